@@ -1,0 +1,172 @@
+//! `holoctl`: inspect a running holo-pager.
+//!
+//! Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error,
+//! 3 the daemon cannot be reached.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, MAX_TEXT_BYTES, PROTOCOL_VERSION};
+
+#[derive(Parser)]
+#[command(version, about = "Inspect holo-pager")]
+struct Args {
+    /// The daemon's socket
+    #[arg(long, default_value = "/run/holo/pager.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Each tier's capacity, use, faults, evictions and refaults
+    Tiers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clients and their regions
+    Regions {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+enum Failure {
+    Unreachable(String),
+    Daemon(String),
+}
+
+fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
+    let s = UnixStream::connect(socket).map_err(|e| {
+        Failure::Unreachable(format!(
+            "cannot reach holo-pager at {}: {e}",
+            socket.display()
+        ))
+    })?;
+    let fd = s.as_raw_fd();
+    let io =
+        |e: std::io::Error| Failure::Unreachable(format!("connection to holo-pager failed: {e}"));
+    let recv_text = || -> Result<(Frame, String), Failure> {
+        let f = match proto::recv(fd, false).map_err(io)? {
+            Recv::Frame(f, _) => f,
+            _ => {
+                return Err(Failure::Unreachable(
+                    "holo-pager closed the connection".into(),
+                ))
+            }
+        };
+        let len = if matches!(f.kind, Kind::Json | Kind::Error | Kind::Refused) {
+            f.a.min(MAX_TEXT_BYTES)
+        } else {
+            0
+        };
+        let mut text = vec![0u8; len as usize];
+        proto::read_exact(fd, &mut text).map_err(io)?;
+        Ok((f, String::from_utf8_lossy(&text).into_owned()))
+    };
+    proto::send(
+        fd,
+        Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CONTROL, 0),
+        None,
+        b"",
+    )
+    .map_err(io)?;
+    let (welcome, text) = recv_text()?;
+    if welcome.kind != Kind::Welcome {
+        return Err(Failure::Daemon(text));
+    }
+    proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?;
+    let (reply, text) = recv_text()?;
+    match reply.kind {
+        Kind::Json => serde_json::from_str(&text)
+            .map_err(|e| Failure::Daemon(format!("bad JSON from holo-pager: {e}"))),
+        _ => Err(Failure::Daemon(text)),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn print_tiers(v: &serde_json::Value) {
+    println!(
+        "granule {} KiB, DRAM budget {}",
+        v["granule_bytes"].as_u64().unwrap_or(0) >> 10,
+        mib(v["dram_budget_bytes"].as_u64().unwrap_or(0))
+    );
+    println!(
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10}",
+        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS"
+    );
+    for t in v["tiers"].as_array().into_iter().flatten() {
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10}",
+            t["name"].as_str().unwrap_or("?"),
+            mib(n("capacity_bytes")),
+            mib(n("used_bytes")),
+            n("pages"),
+            n("faults"),
+            n("evictions"),
+            n("refaults")
+        );
+    }
+}
+
+fn print_regions(v: &serde_json::Value) {
+    println!(
+        "{:>8} {:>6} {:<16} {:>18} {:>12} {:>10} {:>10}",
+        "PID", "UID", "COMM", "START", "SIZE", "RESIDENT", "SPILLED"
+    );
+    for c in v["clients"].as_array().into_iter().flatten() {
+        for r in c["regions"].as_array().into_iter().flatten() {
+            println!(
+                "{:>8} {:>6} {:<16} {:>#18x} {:>12} {:>10} {:>10}",
+                c["pid"],
+                c["uid"],
+                c["comm"].as_str().unwrap_or("?"),
+                r["start"].as_u64().unwrap_or(0),
+                mib(r["len_bytes"].as_u64().unwrap_or(0)),
+                r["resident_pages"],
+                r["spilled_pages"]
+            );
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let (what, json, print): (u64, bool, fn(&serde_json::Value)) = match args.cmd {
+        Cmd::Tiers { json } => (query::TIERS, json, print_tiers),
+        Cmd::Regions { json } => (query::REGIONS, json, print_regions),
+    };
+    match ask(&args.socket, what) {
+        Ok(v) if json => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print(&v);
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Daemon(msg)) => {
+            eprintln!("holoctl: holo-pager refused: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(msg)) => {
+            eprintln!("holoctl: {msg}");
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Configuration: embedded defaults, then the TOML file, then flags; validated once into a
+//! [`Config`] that the rest of the daemon trusts.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// What the TOML file may contain. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub dram_budget: Option<String>,
+    pub granule: Option<String>,
+    pub allow_uids: Option<Vec<u32>>,
+    pub allow_gids: Option<Vec<u32>>,
+    pub max_clients: Option<usize>,
+    pub zap_timeout_ms: Option<u64>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub dram_budget_bytes: u64,
+    pub granule_bytes: u64,
+    /// Besides root, who may register memory.
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    pub max_clients: usize,
+    /// How long a client's agent may take to zap an evicted granule before the eviction is
+    /// cancelled (the granule stays resident).
+    pub zap_timeout_ms: u64,
+    pub log_level: log::LevelFilter,
+}
+
+pub const MIN_GRANULE: u64 = 4 << 10;
+pub const MAX_GRANULE: u64 = 2 << 20;
+
+/// Parse `64K`, `256M`, `2G`, `4096` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let mult = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                other => {
+                    return Err(format!(
+                        "unknown size unit {other:?} in {s:?} (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub dram_budget: Option<String>,
+    pub granule: Option<String>,
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+}
+
+impl Config {
+    pub fn resolve(file: Option<&Path>, flags: Overrides) -> Result<Config, ConfigError> {
+        let fc = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let size =
+            |key: &'static str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
+                v.map_or(Ok(default), |s| {
+                    parse_size(&s).map_err(|message| ConfigError::Invalid { key, message })
+                })
+            };
+        let granule_bytes = size("granule", flags.granule.or(fc.granule), 64 << 10)?;
+        if !granule_bytes.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&granule_bytes)
+        {
+            return Err(ConfigError::Invalid {
+                key: "granule",
+                message: format!("{granule_bytes} bytes is not a power of two between 4K and 2M"),
+            });
+        }
+        let dram_budget_bytes = size("dram-budget", flags.dram_budget.or(fc.dram_budget), 1 << 30)?;
+        if dram_budget_bytes < 4 * granule_bytes {
+            return Err(ConfigError::Invalid {
+                key: "dram-budget",
+                message: format!("{dram_budget_bytes} bytes is less than four granules"),
+            });
+        }
+        let log_level = match fc.log_level.as_deref().unwrap_or("info") {
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "log_level",
+                    message: format!("{other:?} is not one of error, warn, info, debug, trace"),
+                })
+            }
+        };
+        let mut allow_uids = fc.allow_uids.unwrap_or_default();
+        allow_uids.extend(flags.allow_uids);
+        let mut allow_gids = fc.allow_gids.unwrap_or_default();
+        allow_gids.extend(flags.allow_gids);
+        Ok(Config {
+            socket: flags
+                .socket
+                .or(fc.socket)
+                .unwrap_or_else(|| "/run/holo/pager.sock".into()),
+            state_dir: flags
+                .state_dir
+                .or(fc.state_dir)
+                .unwrap_or_else(|| "/var/lib/holo".into()),
+            dram_budget_bytes,
+            granule_bytes,
+            allow_uids,
+            allow_gids,
+            max_clients: fc.max_clients.unwrap_or(256),
+            zap_timeout_ms: fc.zap_timeout_ms.unwrap_or(5000),
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_granules_are_errors() {
+        let dir = std::env::temp_dir().join(format!("holo-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "dram_budget = \"1G\"\nbogus = 1\n").unwrap();
+        let e = Config::resolve(Some(&f), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let bad = Overrides {
+            granule: Some("3K".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(None, bad)
+            .unwrap_err()
+            .to_string()
+            .contains("granule"));
+        // Flags override the file.
+        std::fs::write(&f, "dram_budget = \"1G\"\ngranule = \"4K\"\n").unwrap();
+        let c = Config::resolve(
+            Some(&f),
+            Overrides {
+                granule: Some("2M".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.granule_bytes, c.dram_budget_bytes), (2 << 20, 1 << 30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

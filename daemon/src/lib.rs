@@ -1,0 +1,15 @@
+//! holo-pager: the daemon that serves page faults of registered regions.
+//!
+//! * [`config`]: defaults, TOML file and flags, validated once.
+//! * [`server`]: the Unix socket listener and handshakes (SO_PEERCRED, SCM_RIGHTS).
+//! * [`pager`]: one thread per client, serving its faults and events, running evictions.
+//! * [`pagetable`]: the pure per-client page table the pager executes.
+//! * [`state`]: what the threads share: slot store, budget, registry, counters.
+//! * [`service`]: logging and systemd notification.
+
+pub mod config;
+pub mod pager;
+pub mod pagetable;
+pub mod server;
+pub mod service;
+pub mod state;

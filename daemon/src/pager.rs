@@ -1,0 +1,871 @@
+//! One pager thread per client: it owns the client's page table and uffd, serves its faults,
+//! follows its address-space events and runs the evictions the budget asks of it.
+//!
+//! ```text
+//!  poll(uffd, request conn, agent conn, wake eventfd)
+//!    uffd:    Fault  -> fill the granule window from zeros / spill slots (UFFDIO_COPY)
+//!             Fork   -> clone the page table for the child, retain its slots
+//!             Remove -> pages read as zeros (or: the agent's zap of an eviction)
+//!             Unmap / Remap -> drop / move page states
+//!    request: Register, Forked
+//!    agent:   Zapping -> Go | NoGo, Zapped -> eviction done (or cancelled)
+//!    wake:    evict what the budget asked for
+//! ```
+//!
+//! Eviction of a window, step by step (the `EvictState` names):
+//! `Sent`: write-protected, captured to a slot, Zap sent. `Go`: the agent holds the shim's
+//! address-space gate and may zap now. `Removed`: its EVENT_REMOVE was read, pages are
+//! `Spilled`. Then `Zapped` ends it. While a window has an eviction, its faults wait.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holo_pagers::proto::{self, Frame, Kind, Recv};
+use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
+use holo_tiers::SlotId;
+
+use crate::pagetable::{PageState, PageTable, Window, PAGE};
+use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary};
+
+/// Messages read from the uffd in one go.
+const MSG_BATCH: usize = 64;
+/// Bound on faults parked behind evictions; a client cannot have more blocked threads
+/// than this in practice, and more means a bug.
+const MAX_DEFERRED: usize = 65536;
+/// Evictions in flight per client; the shim's agent queues at most twice this many zaps.
+const MAX_INFLIGHT_EVICTIONS: usize = 64;
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    addr: u64,
+    wp: bool,
+    tid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EvictState {
+    Sent,
+    Go,
+    Removed,
+}
+
+struct Eviction {
+    w: Window,
+    slot: SlotId,
+    /// Pages captured into the slot (all resident when write-protected).
+    pages: Vec<u64>,
+    state: EvictState,
+    sent_at: Instant,
+}
+
+enum Served {
+    Done,
+    Defer,
+    /// An address-space event is unread or in progress: read events, then retry.
+    Retry,
+    Gone(&'static str),
+}
+
+/// The client is gone (exit, exec, kill) or broke the protocol; says which.
+struct Gone(&'static str);
+
+pub struct Pager {
+    d: Arc<Daemon>,
+    info: Arc<ClientInfo>,
+    uffd: Uffd,
+    req: UnixStream,
+    agent: Option<UnixStream>,
+    mem: File,
+    table: PageTable,
+    granule: u64,
+    deferred: Vec<Fault>,
+    evictions: HashMap<u64, Eviction>,
+    next_eviction: u64,
+    pending_forks: VecDeque<(Uffd, PageTable)>,
+    /// Clock hand: where the next victim search starts.
+    hand: u64,
+    buf: Vec<u8>,
+    summary_at: Instant,
+}
+
+impl Pager {
+    pub fn new(
+        d: Arc<Daemon>,
+        info: Arc<ClientInfo>,
+        uffd: Uffd,
+        req: UnixStream,
+        table: PageTable,
+    ) -> io::Result<Pager> {
+        let mem = File::open(format!("/proc/{}/mem", info.pid))?;
+        let granule = d.config.granule_bytes;
+        let resident = table.resident_pages() as i64;
+        d.add_resident(&info, resident);
+        Ok(Pager {
+            d,
+            info,
+            uffd,
+            req,
+            agent: None,
+            mem,
+            table,
+            granule,
+            deferred: Vec::new(),
+            evictions: HashMap::new(),
+            next_eviction: 1,
+            pending_forks: VecDeque::new(),
+            hand: 0,
+            buf: vec![0; granule as usize],
+            summary_at: Instant::now(),
+        })
+    }
+
+    pub fn run(mut self) {
+        log::debug!("pager for pid {} started", self.info.pid);
+        let mut msgs = [UffdMsg::default(); MSG_BATCH];
+        let Gone(why) = loop {
+            if let Err(gone) = self.step(&mut msgs) {
+                break gone;
+            }
+        };
+        self.release_all();
+        log::info!(
+            "client pid {} ({}) gone ({why}); its pages and spill slots are released",
+            self.info.pid,
+            self.info.comm
+        );
+    }
+
+    fn step(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
+        let retrying = self.deferred.iter().any(|f| !self.window_evicting(f.addr));
+        let timeout_ms = if retrying {
+            1
+        } else if !self.evictions.is_empty() {
+            50
+        } else {
+            500
+        };
+        let pfd = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let agent_fd = self.agent.as_ref().map_or(-1, |a| a.as_raw_fd());
+        // A negative fd is ignored by poll: the agent slot is empty until it connects.
+        let mut fds = [
+            pfd(self.uffd.fd().as_raw_fd()),
+            pfd(self.req.as_raw_fd()),
+            pfd(self.info.wake.as_raw_fd()),
+            pfd(agent_fd),
+        ];
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            log::error!(
+                "poll failed for pid {}: {}",
+                self.info.pid,
+                io::Error::last_os_error()
+            );
+            return Err(Gone("poll failed"));
+        }
+        // Faults and events first, in kernel order; then the connections, so that a
+        // message sent after an event was read is handled after that event.
+        if fds[0].revents != 0 {
+            self.read_uffd(msgs)?;
+        }
+        if fds[1].revents != 0 {
+            self.read_requests()?;
+        }
+        if fds[3].revents != 0 {
+            self.read_agent()?;
+        }
+        if fds[2].revents != 0 {
+            self.info.drain_wake();
+            if self.agent.is_none() {
+                self.agent = self.info.agent.lock().unwrap().take();
+            }
+        }
+        self.expire_evictions();
+        self.retry_deferred()?;
+        self.evict_requested()?;
+        self.publish_summary();
+        Ok(())
+    }
+
+    fn read_uffd(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
+        loop {
+            let n = match self.uffd.read_msgs(msgs) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::debug!("uffd of pid {} unreadable: {e}", self.info.pid);
+                    return Err(Gone("its userfaultfd is unreadable"));
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            for m in &msgs[..n] {
+                self.handle_event(m.decode())?;
+            }
+            if n < msgs.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle_event(&mut self, ev: Event) -> Result<(), Gone> {
+        match ev {
+            Event::Fault { addr, wp, tid, .. } => {
+                let f = Fault { addr, wp, tid };
+                match self.serve(f) {
+                    Served::Done => {}
+                    Served::Defer | Served::Retry => self.defer(f),
+                    Served::Gone(why) => return Err(Gone(why)),
+                }
+            }
+            Event::Fork { uffd } => {
+                // SAFETY: the kernel installed this fd in our table for us alone.
+                let child_uffd = unsafe { Uffd::from_raw(uffd) };
+                let table = self.table.clone();
+                self.d.store.retain(table.spilled_refs());
+                self.pending_forks.push_back((child_uffd, table));
+            }
+            Event::Remove { start, end } => self.on_remove(start, end),
+            Event::Unmap { start, end } => {
+                self.cancel_overlapping(start, end);
+                let (released, resident) = self.table.unmap(start, end);
+                self.d.store.release(&released);
+                self.d.add_resident(&self.info, -(resident as i64));
+            }
+            Event::Remap { from, to, len } => {
+                self.cancel_overlapping(from, from + len);
+                self.cancel_overlapping(to, to + len);
+                let (released, resident) = self.table.remap(from, to, len);
+                self.d.store.release(&released);
+                self.d.add_resident(&self.info, -(resident as i64));
+            }
+            Event::Unknown(kind) => log::warn!(
+                "pid {}: unknown userfaultfd event {kind:#x} ignored",
+                self.info.pid
+            ),
+        }
+        Ok(())
+    }
+
+    fn defer(&mut self, f: Fault) {
+        assert!(
+            self.deferred.len() < MAX_DEFERRED,
+            "deferred fault queue overflow"
+        );
+        self.deferred.push(f);
+    }
+
+    fn window_evicting(&self, addr: u64) -> bool {
+        self.evictions
+            .values()
+            .any(|e| e.w.overlaps(addr, addr + PAGE))
+    }
+
+    fn retry_deferred(&mut self) -> Result<(), Gone> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        for f in std::mem::take(&mut self.deferred) {
+            match self.serve(f) {
+                Served::Done => {}
+                Served::Defer | Served::Retry => self.deferred.push(f),
+                Served::Gone(why) => return Err(Gone(why)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Serve one fault, or say why not now.
+    fn serve(&mut self, f: Fault) -> Served {
+        let w = match self.table.window(f.addr, self.granule) {
+            Some(w) => w,
+            None => match self.adopt(f.addr) {
+                Some(w) => w,
+                None => {
+                    self.fail_fault(f, "the address is in no region holo knows");
+                    return Served::Done;
+                }
+            },
+        };
+        if self
+            .evictions
+            .values()
+            .any(|e| e.w.overlaps(w.start, w.end()))
+        {
+            return Served::Defer;
+        }
+        if f.wp {
+            // A write to a page that is write-protected but not being evicted: protection
+            // inherited through fork, or left by a cancelled eviction. Lift it.
+            return match self.uffd.write_protect(w.start, w.len, false) {
+                Ok(()) => Served::Done,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Served::Retry,
+                Err(_) => Served::Gone("write-unprotect failed"),
+            };
+        }
+        self.fill(w, f)
+    }
+
+    /// Fill every non-resident page of `w`: zeros for untouched pages, slot bytes for
+    /// spilled ones, one UFFDIO_COPY per contiguous run.
+    fn fill(&mut self, w: Window, f: Fault) -> Served {
+        if self.table.get(f.addr) == Some(PageState::Resident) {
+            // Usually a second thread's fault on a page an earlier fill of this batch
+            // installed. If the page is really missing, the table is wrong: fail loudly.
+            let mut probe = [0u8; 1];
+            if self.mem.read_exact_at(&mut probe, f.addr).is_err() {
+                self.fail_fault(f, "the page table says resident but the page is missing");
+                return Served::Done;
+            }
+            let _ = self.uffd.wake(f.addr, PAGE);
+            return Served::Done;
+        }
+        let pages = self.table.pages(w).to_vec();
+        let n = pages.len();
+        let mut faulting_page_filled = false;
+        let mut from_spill = false;
+        let mut i = 0;
+        while i < n {
+            if pages[i] == PageState::Resident {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < n && pages[j] != PageState::Resident {
+                j += 1;
+            }
+            if let Err(e) = self.load(&pages, i, j) {
+                log::error!(
+                    "pid {}: cannot read back {:#x}: {e}",
+                    self.info.pid,
+                    w.start + i as u64 * PAGE
+                );
+                self.fail_fault(f, "its page could not be read back from the spill tier");
+                return Served::Done;
+            }
+            let dst = w.start + i as u64 * PAGE;
+            let filled = match self
+                .uffd
+                .copy(dst, &self.buf[i * PAGE as usize..j * PAGE as usize])
+            {
+                Fill::Done => j - i,
+                Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                // Present already: a zap that its REMOVE announced has not happened yet.
+                Fill::Exists => 0,
+                Fill::Retry => return Served::Retry,
+                Fill::TargetGone => return Served::Gone("its address space is gone"),
+            };
+            for (k, state) in pages.iter().enumerate().skip(i).take(filled) {
+                let addr = w.start + k as u64 * PAGE;
+                self.table.set(addr, PageState::Resident);
+                if let PageState::Spilled { slot, .. } = state {
+                    self.d.store.release(&[*slot]);
+                    self.d.stats.spill.refaults.fetch_add(1, Relaxed);
+                    self.d.stats.dram.refaults.fetch_add(1, Relaxed);
+                    from_spill = true;
+                }
+                faulting_page_filled |= addr == f.addr;
+            }
+            self.d.add_resident(&self.info, filled as i64);
+            // Skip the page that was present and carry on with the rest of the run.
+            i += filled + usize::from(filled < j - i);
+        }
+        self.d.stats.dram.faults.fetch_add(1, Relaxed);
+        if from_spill {
+            self.d.stats.spill.faults.fetch_add(1, Relaxed);
+        }
+        if !faulting_page_filled {
+            // Its page was present or resident: let the thread retry the access.
+            let _ = self.uffd.wake(f.addr, PAGE);
+        }
+        Served::Done
+    }
+
+    /// Put the bytes of pages `i..j` of the window into `self.buf`.
+    fn load(
+        &mut self,
+        pages: &[PageState],
+        i: usize,
+        j: usize,
+    ) -> Result<(), holo_tiers::TierError> {
+        let p = PAGE as usize;
+        let mut k = i;
+        while k < j {
+            match pages[k] {
+                PageState::Untouched | PageState::Resident => {
+                    self.buf[k * p..(k + 1) * p].fill(0);
+                    k += 1;
+                }
+                PageState::Spilled { slot, idx } => {
+                    // Read consecutive pages of the same slot in one go.
+                    let mut e = k + 1;
+                    while e < j
+                        && pages[e]
+                            == (PageState::Spilled {
+                                slot,
+                                idx: idx + (e - k) as u16,
+                            })
+                    {
+                        e += 1;
+                    }
+                    self.d
+                        .store
+                        .tier
+                        .read(slot, idx as usize * p, &mut self.buf[k * p..e * p])?;
+                    k = e;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A fault holo cannot serve: never hand out zeros; fail the thread with SIGBUS, as the
+    /// kernel does for an unreadable file page.
+    fn fail_fault(&self, f: Fault, why: &str) {
+        self.d.stats.failed_faults.fetch_add(1, Relaxed);
+        log::error!(
+            "pid {} tid {}: fault at {:#x} cannot be served: {why}; sending SIGBUS",
+            self.info.pid,
+            f.tid,
+            f.addr
+        );
+        // SAFETY: tgkill with a pid/tid pair the kernel reported; at worst ESRCH.
+        unsafe { libc::syscall(libc::SYS_tgkill, self.info.pid, f.tid as i32, libc::SIGBUS) };
+    }
+
+    /// A fault in a registered range the table does not cover: the tail of a region that
+    /// `mremap` grew in place. Adopt the mapping from /proc/PID/maps.
+    fn adopt(&mut self, addr: u64) -> Option<Window> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.info.pid)).ok()?;
+        let (lo, hi) = maps.lines().find_map(|l| {
+            let range = l.split_whitespace().next()?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            (a <= addr && addr < b).then_some((a, b))
+        })?;
+        self.table.adopt(lo, hi);
+        self.table.window(addr, self.granule)
+    }
+
+    fn on_remove(&mut self, start: u64, end: u64) {
+        let agent_zap = self
+            .evictions
+            .iter()
+            .find(|(_, e)| e.state == EvictState::Go && e.w.start == start && e.w.end() == end)
+            .map(|(id, _)| *id);
+        if let Some(id) = agent_zap {
+            // The agent's zap: the captured pages now live in the slot.
+            let e = self.evictions.get_mut(&id).unwrap();
+            e.state = EvictState::Removed;
+            let (slot, pages) = (e.slot, e.pages.clone());
+            let base = e.w.start;
+            for &addr in &pages {
+                let idx = ((addr - base) / PAGE) as u16;
+                let old = self.table.set(addr, PageState::Spilled { slot, idx });
+                debug_assert_eq!(old, PageState::Resident);
+            }
+            self.d.store.commit(slot, pages.len() as u32);
+            return;
+        }
+        // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
+        // eviction not yet under way there captured stale bytes: cancel it.
+        self.cancel_overlapping(start, end);
+        let (released, resident) = self.table.zero_range(start, end);
+        self.d.store.release(&released);
+        self.d.add_resident(&self.info, -(resident as i64));
+    }
+
+    /// Cancel evictions that have not been given the go, over `[start, end)`.
+    fn cancel_overlapping(&mut self, start: u64, end: u64) {
+        let ids: Vec<u64> = self
+            .evictions
+            .iter()
+            .filter(|(_, e)| e.w.overlaps(start, end))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if self.evictions[&id].state == EvictState::Sent {
+                self.cancel(id);
+            } else {
+                // The gate makes this impossible for programs that go through libc.
+                log::error!(
+                    "pid {}: address space changed under an eviction in progress (raw syscall?)",
+                    self.info.pid
+                );
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: u64) {
+        let e = self.evictions.remove(&id).unwrap();
+        debug_assert_ne!(e.state, EvictState::Removed);
+        // Lifting protection also wakes threads that wrote meanwhile.
+        let _ = self.uffd.write_protect(e.w.start, e.w.len, false);
+        self.d.store.discard(e.slot);
+        self.d
+            .budget
+            .evicting
+            .fetch_sub(e.pages.len() as i64, Relaxed);
+        self.d.stats.cancelled_evictions.fetch_add(1, Relaxed);
+    }
+
+    fn expire_evictions(&mut self) {
+        let limit = Duration::from_millis(self.d.config.zap_timeout_ms);
+        let late: Vec<u64> = self
+            .evictions
+            .iter()
+            .filter(|(_, e)| e.state == EvictState::Sent && e.sent_at.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            log::warn!(
+                "pid {}: agent did not zap within {limit:?}; eviction cancelled",
+                self.info.pid
+            );
+            self.cancel(id);
+        }
+    }
+
+    fn evict_requested(&mut self) -> Result<(), Gone> {
+        let want = self.info.evict_request.swap(0, Relaxed);
+        if want <= 0 {
+            return Ok(());
+        }
+        self.d.budget.requested.fetch_sub(want, Relaxed);
+        if self.agent.is_none() {
+            return Ok(());
+        }
+        let mut started = 0i64;
+        let mut tried = 0;
+        while started < want && tried < 4096 && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
+            tried += 1;
+            let Some(w) = self.next_victim() else { break };
+            match self.start_eviction(w) {
+                Ok(n) => started += n as i64,
+                Err(Served::Gone(why)) => return Err(Gone(why)),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The next window from the clock hand with resident pages and no eviction.
+    fn next_victim(&mut self) -> Option<Window> {
+        let g = self.granule;
+        let evicting: Vec<Window> = self.evictions.values().map(|e| e.w).collect();
+        let regions: Vec<(u64, u64)> = self
+            .table
+            .regions()
+            .filter(|r| r.resident > 0)
+            .map(|r| (r.start, r.end()))
+            .collect();
+        for pass in 0..2 {
+            for &(start, end) in &regions {
+                if pass == 0 && end <= self.hand {
+                    continue;
+                }
+                let mut addr = if pass == 0 {
+                    start.max(self.hand)
+                } else {
+                    start
+                };
+                while addr < end {
+                    let w = self.table.window(addr, g).unwrap();
+                    addr = w.end();
+                    if evicting.iter().any(|e| e.overlaps(w.start, w.end())) {
+                        continue;
+                    }
+                    if self.table.pages(w).contains(&PageState::Resident) {
+                        self.hand = w.end();
+                        return Some(w);
+                    }
+                }
+            }
+            self.hand = 0;
+        }
+        None
+    }
+
+    /// Write-protect `w`, capture its resident pages into a new slot, and ask the agent to
+    /// zap it. Returns the number of pages captured.
+    fn start_eviction(&mut self, w: Window) -> Result<usize, Served> {
+        let resident: Vec<u64> = self
+            .table
+            .pages(w)
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == PageState::Resident)
+            .map(|(k, _)| w.start + k as u64 * PAGE)
+            .collect();
+        match self.uffd.write_protect(w.start, w.len, true) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Err(Served::Retry),
+            Err(e) => {
+                log::warn!(
+                    "pid {}: cannot write-protect {:#x}+{:#x}: {e}",
+                    self.info.pid,
+                    w.start,
+                    w.len
+                );
+                return Err(Served::Gone("write-protect failed"));
+            }
+        }
+        let mut captured = Vec::with_capacity(resident.len());
+        for &addr in &resident {
+            let off = (addr - w.start) as usize;
+            // /proc/PID/mem, not process_vm_readv: a page that is unexpectedly missing gives
+            // EIO here instead of faulting back into this very thread.
+            match self
+                .mem
+                .read_exact_at(&mut self.buf[off..off + PAGE as usize], addr)
+            {
+                Ok(()) => captured.push(addr),
+                Err(e) => log::debug!(
+                    "pid {}: page {addr:#x} not readable ({e}); left resident",
+                    self.info.pid
+                ),
+            }
+        }
+        let slot = match self.d.store.alloc() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.uffd.write_protect(w.start, w.len, false);
+                log::error!("cannot evict: {e}");
+                return Err(Served::Retry);
+            }
+        };
+        if let Err(e) = self.d.store.tier.write(slot, &self.buf[..w.len as usize]) {
+            let _ = self.uffd.write_protect(w.start, w.len, false);
+            self.d.store.discard(slot);
+            log::error!("cannot evict: {e}");
+            return Err(Served::Retry);
+        }
+        let id = self.next_eviction;
+        self.next_eviction += 1;
+        let n = captured.len();
+        self.d.budget.evicting.fetch_add(n as i64, Relaxed);
+        self.evictions.insert(
+            id,
+            Eviction {
+                w,
+                slot,
+                pages: captured,
+                state: EvictState::Sent,
+                sent_at: Instant::now(),
+            },
+        );
+        let sent = self.agent.as_ref().map(|a| {
+            proto::send(
+                a.as_raw_fd(),
+                Frame::new(Kind::Zap, id, w.start, w.len),
+                None,
+                b"",
+            )
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
+            self.cancel(id);
+            return Err(Served::Gone("its agent connection is closed"));
+        }
+        Ok(n)
+    }
+
+    fn read_agent(&mut self) -> Result<(), Gone> {
+        let fd = self.agent.as_ref().unwrap().as_raw_fd();
+        loop {
+            match proto::recv(fd, true) {
+                Ok(Recv::WouldBlock) => return Ok(()),
+                Ok(Recv::Frame(f, fd_in)) => {
+                    close_stray(fd_in);
+                    self.on_agent_frame(f, fd)?;
+                }
+                Ok(Recv::Eof) | Err(_) => return Err(Gone("its agent connection closed")),
+            }
+        }
+    }
+
+    fn on_agent_frame(&mut self, f: Frame, fd: RawFd) -> Result<(), Gone> {
+        match f.kind {
+            Kind::Zapping => {
+                let ok = self
+                    .evictions
+                    .get_mut(&f.a)
+                    .filter(|e| e.state == EvictState::Sent)
+                    .map(|e| e.state = EvictState::Go);
+                let reply = if ok.is_some() { Kind::Go } else { Kind::NoGo };
+                proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
+                    .map_err(|_| Gone("its agent connection closed"))?;
+            }
+            Kind::Zapped => match self.evictions.get(&f.a).map(|e| e.state) {
+                Some(EvictState::Removed) => {
+                    let e = self.evictions.remove(&f.a).unwrap();
+                    let n = e.pages.len() as i64;
+                    self.d.budget.evicting.fetch_sub(n, Relaxed);
+                    self.d.add_resident(&self.info, -n);
+                    self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
+                    self.d.stats.spill.evictions.fetch_add(n as u64, Relaxed);
+                }
+                // madvise failed or never reached the kernel: the pages are still here.
+                Some(_) => self.cancel(f.a),
+                None => {}
+            },
+            other => {
+                log::warn!(
+                    "pid {}: unexpected {other:?} on the agent connection",
+                    self.info.pid
+                );
+                return Err(Gone("protocol error on its agent connection"));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_requests(&mut self) -> Result<(), Gone> {
+        let fd = self.req.as_raw_fd();
+        loop {
+            let (f, fd_in) = match proto::recv(fd, true) {
+                Ok(Recv::WouldBlock) => return Ok(()),
+                Ok(Recv::Frame(f, fd_in)) => (f, fd_in),
+                Ok(Recv::Eof) => return Err(Gone("it closed its connection")),
+                Err(e) => {
+                    log::warn!(
+                        "pid {}: bad request ({e}); dropping the client",
+                        self.info.pid
+                    );
+                    return Err(Gone("bad request"));
+                }
+            };
+            close_stray(fd_in);
+            let reply = match f.kind {
+                Kind::Register => self.register(f.a, f.b),
+                Kind::Forked => self.forked(f.a as i32),
+                other => Err(format!("{other:?} is not a request")),
+            };
+            let sent = match reply {
+                Ok(()) => proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b""),
+                Err(msg) => {
+                    log::warn!("pid {}: request refused: {msg}", self.info.pid);
+                    proto::send(
+                        fd,
+                        Frame::new(Kind::Error, msg.len() as u64, 0, 0),
+                        None,
+                        msg.as_bytes(),
+                    )
+                }
+            };
+            sent.map_err(|_| Gone("it closed its connection"))?;
+        }
+    }
+
+    fn register(&mut self, start: u64, len: u64) -> Result<(), String> {
+        const MAX_REGIONS: usize = 65536;
+        if self.table.regions().count() >= MAX_REGIONS {
+            return Err(format!("too many regions (limit {MAX_REGIONS})"));
+        }
+        if start % PAGE != 0 || len % PAGE != 0 || len == 0 || start.checked_add(len).is_none() {
+            return Err(format!("region {start:#x}+{len:#x} is not page aligned"));
+        }
+        if (start..start + len)
+            .step_by(PAGE as usize)
+            .any(|a| self.table.contains(a))
+        {
+            return Err(format!(
+                "region {start:#x}+{len:#x} overlaps a registered region"
+            ));
+        }
+        use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
+        self.uffd
+            .register(
+                start,
+                len,
+                UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot register {start:#x}+{len:#x} (must be private anonymous memory): {e}"
+                )
+            })?;
+        self.table.add_region(start, len).map_err(|e| e.to_string())
+    }
+
+    fn forked(&mut self, child_pid: i32) -> Result<(), String> {
+        let (uffd, table) = self
+            .pending_forks
+            .pop_front()
+            .ok_or("no fork event is pending for this process")?;
+        self.d.offer_child(
+            child_pid,
+            PendingChild {
+                parent_pid: self.info.pid,
+                uffd,
+                table,
+            },
+        );
+        Ok(())
+    }
+
+    fn publish_summary(&mut self) {
+        if self.summary_at.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.summary_at = Instant::now();
+        let summary = self
+            .table
+            .regions()
+            .map(|r| RegionSummary {
+                start: r.start,
+                len_bytes: r.end() - r.start,
+                resident_pages: r.resident,
+                spilled_pages: r.spilled,
+            })
+            .collect();
+        *self.info.regions.lock().unwrap() = summary;
+    }
+
+    /// The client is gone: give back its pages, slots and pending children.
+    fn release_all(&mut self) {
+        for (_, e) in self.evictions.drain() {
+            self.d
+                .budget
+                .evicting
+                .fetch_sub(e.pages.len() as i64, Relaxed);
+            if e.state != EvictState::Removed {
+                self.d.store.discard(e.slot);
+            }
+        }
+        for (_, t) in self.pending_forks.drain(..) {
+            let refs: Vec<SlotId> = t.spilled_refs().collect();
+            self.d.store.release(&refs);
+        }
+        let refs: Vec<SlotId> = self.table.spilled_refs().collect();
+        self.d.store.release(&refs);
+        let resident = self.info.resident.load(Relaxed);
+        self.d.add_resident(&self.info, -resident);
+        let left = self.info.evict_request.swap(0, Relaxed);
+        self.d.budget.requested.fetch_sub(left, Relaxed);
+        self.table = PageTable::default();
+        self.d.remove_client(self.info.token);
+    }
+}
+
+/// A peer attached an fd where none belongs: close it rather than leak it.
+fn close_stray(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the kernel gave us this fd and nothing else refers to it.
+        unsafe { libc::close(fd) };
+    }
+}

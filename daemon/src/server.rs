@@ -1,0 +1,365 @@
+//! The listener: checks each peer with SO_PEERCRED, runs the handshake for its role and
+//! hands the connection to a pager thread (clients), to an existing pager (agents) or
+//! answers queries (holoctl).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
+use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
+
+use crate::pager::Pager;
+use crate::pagetable::PageTable;
+use crate::state::{ClientInfo, Daemon};
+
+/// A handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn peer_of(s: &UnixStream) -> io::Result<Peer> {
+    // SAFETY: ucred is plain data; getsockopt fills at most `len` bytes of it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Root, the configured uids, and members (primary or supplementary) of configured gids.
+fn allowed(d: &Daemon, p: Peer) -> bool {
+    if p.uid == 0 || d.config.allow_uids.contains(&p.uid) || d.config.allow_gids.contains(&p.gid) {
+        return true;
+    }
+    if d.config.allow_gids.is_empty() {
+        return false;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .any(|g: u32| d.config.allow_gids.contains(&g))
+        })
+}
+
+pub fn serve(d: Arc<Daemon>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(conn) => {
+                let d = d.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("handshake".into())
+                    .spawn(move || handshake(d, conn));
+                if let Err(e) = spawned {
+                    log::error!("cannot start a handshake thread: {e}");
+                }
+            }
+            Err(e) => {
+                log::error!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn send_text(fd: RawFd, kind: Kind, text: &str) -> io::Result<()> {
+    proto::send(
+        fd,
+        Frame::new(kind, text.len() as u64, 0, 0),
+        None,
+        text.as_bytes(),
+    )
+}
+
+fn recv_blocking(s: &UnixStream) -> io::Result<(Frame, Option<OwnedFd>)> {
+    match proto::recv(s.as_raw_fd(), false)? {
+        // SAFETY: the kernel just installed this fd for us.
+        Recv::Frame(f, fd) => Ok((f, fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))),
+        Recv::Eof => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the connection",
+        )),
+        Recv::WouldBlock => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "handshake timed out",
+        )),
+    }
+}
+
+/// Refusals are triggered by clients: log them at most once a second.
+fn log_refusal(msg: &str) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap();
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(Instant::now());
+        log::warn!("{msg}");
+    }
+}
+
+fn handshake(d: Arc<Daemon>, conn: UnixStream) {
+    let peer = match peer_of(&conn) {
+        Ok(p) => p,
+        Err(e) => return log::warn!("cannot identify a peer: {e}"),
+    };
+    let _ = conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let (hello, _) = match recv_blocking(&conn) {
+        Ok(h) => h,
+        Err(e) => return log::debug!("pid {}: no hello ({e})", peer.pid),
+    };
+    if hello.kind != Kind::Hello || hello.a != PROTOCOL_VERSION {
+        let _ = send_text(
+            conn.as_raw_fd(),
+            Kind::Refused,
+            "holo-pager speaks protocol version 1 only",
+        );
+        return log_refusal(&format!("pid {}: refused: bad hello {hello:?}", peer.pid));
+    }
+    if hello.b != role::CONTROL && !allowed(&d, peer) {
+        let why = format!(
+            "uid {} is not allowed to use holo-pager (allow_uids / allow_gids)",
+            peer.uid
+        );
+        log_refusal(&format!("pid {} refused: {why}", peer.pid));
+        let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
+        return;
+    }
+    let result = match hello.b {
+        role::CLIENT => start_client(&d, conn, peer),
+        role::CHILD => start_child(&d, conn, peer, hello.c as i32),
+        role::AGENT => attach_agent(&d, conn, peer, hello.c),
+        role::CONTROL => answer_queries(&d, conn),
+        other => Err(format!("unknown role {other}")),
+    };
+    if let Err(e) = result {
+        log_refusal(&format!("pid {}: {e}", peer.pid));
+    }
+}
+
+fn register_client(d: &Arc<Daemon>, peer: Peer) -> Result<Arc<ClientInfo>, String> {
+    let mut clients = d.clients.lock().unwrap();
+    if clients.len() >= d.config.max_clients {
+        return Err(format!(
+            "too many clients (max_clients = {})",
+            d.config.max_clients
+        ));
+    }
+    let info =
+        Arc::new(ClientInfo::new(d.new_token(), peer.pid, peer.uid).map_err(|e| e.to_string())?);
+    clients.push(info.clone());
+    Ok(info)
+}
+
+fn spawn_pager(
+    d: &Arc<Daemon>,
+    info: Arc<ClientInfo>,
+    uffd: Uffd,
+    conn: UnixStream,
+    table: PageTable,
+) -> Result<(), String> {
+    let _ = conn.set_read_timeout(None);
+    let pager = Pager::new(d.clone(), info.clone(), uffd, conn, table).map_err(|e| {
+        d.remove_client(info.token);
+        format!("cannot open /proc/{}/mem: {e}", info.pid)
+    })?;
+    std::thread::Builder::new()
+        .name(format!("pager-{}", info.pid))
+        .spawn(move || pager.run())
+        .map(|_| ())
+        .map_err(|e| format!("cannot start a pager thread: {e}"))
+}
+
+fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), String> {
+    let fd = conn.as_raw_fd();
+    let refuse = |why: String| {
+        let _ = send_text(fd, Kind::Refused, &why);
+        why
+    };
+    let info = register_client(d, peer).map_err(refuse)?;
+    let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
+    let handshake = (|| -> Result<Uffd, String> {
+        proto::send(fd, welcome, None, b"").map_err(|e| e.to_string())?;
+        let (f, ufd) = recv_blocking(&conn).map_err(|e| e.to_string())?;
+        let ufd = match (f.kind, ufd) {
+            (Kind::Uffd, Some(ufd)) => ufd,
+            _ => return Err(format!("expected a userfaultfd, got {:?}", f.kind)),
+        };
+        if !is_userfaultfd(&ufd) {
+            return Err("the file descriptor sent is not a userfaultfd".into());
+        }
+        let uffd = Uffd::from_owned(ufd);
+        uffd.api(HOLO_FEATURES)
+            .map_err(|e| format!("userfaultfd API handshake failed: {e}"))?;
+        Ok(uffd)
+    })();
+    let uffd = match handshake {
+        Ok(u) => u,
+        Err(e) => {
+            d.remove_client(info.token);
+            let _ = send_text(fd, Kind::Error, &e);
+            return Err(e);
+        }
+    };
+    proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
+    log::info!(
+        "client pid {} ({}) uid {} connected",
+        peer.pid,
+        info.comm,
+        peer.uid
+    );
+    spawn_pager(d, info, uffd, conn, PageTable::default())
+}
+
+fn is_userfaultfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.to_string_lossy().contains("userfaultfd"))
+}
+
+fn start_child(
+    d: &Arc<Daemon>,
+    conn: UnixStream,
+    peer: Peer,
+    parent_pid: i32,
+) -> Result<(), String> {
+    let fd = conn.as_raw_fd();
+    let Some(child) = d.claim_child(peer.pid, parent_pid, HANDSHAKE_TIMEOUT) else {
+        let why = format!(
+            "no fork of pid {parent_pid} is pending for pid {}",
+            peer.pid
+        );
+        let _ = send_text(fd, Kind::Refused, &why);
+        return Err(why);
+    };
+    let info = match register_client(d, peer) {
+        Ok(i) => i,
+        Err(why) => {
+            let refs: Vec<_> = child.table.spilled_refs().collect();
+            d.store.release(&refs);
+            let _ = send_text(fd, Kind::Refused, &why);
+            return Err(why);
+        }
+    };
+    // The child keeps its own reference to its uffd, so that our death cannot unregister
+    // its ranges (which would turn its pages into zeros).
+    let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
+    if let Err(e) = proto::send(fd, welcome, Some(child.uffd.fd().as_raw_fd()), b"") {
+        let refs: Vec<_> = child.table.spilled_refs().collect();
+        d.store.release(&refs);
+        d.remove_client(info.token);
+        return Err(format!("cannot welcome forked child: {e}"));
+    }
+    log::info!(
+        "forked child pid {} of pid {parent_pid} connected",
+        peer.pid
+    );
+    spawn_pager(d, info, child.uffd, conn, child.table)
+}
+
+fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Result<(), String> {
+    let client = d.client_by_token(token).filter(|c| c.pid == peer.pid);
+    let Some(client) = client else {
+        let _ = send_text(conn.as_raw_fd(), Kind::Refused, "unknown client token");
+        return Err("agent with an unknown token refused".into());
+    };
+    let _ = conn.set_read_timeout(None);
+    proto::send(conn.as_raw_fd(), Frame::new(Kind::Ok, 0, 0, 0), None, b"")
+        .map_err(|e| e.to_string())?;
+    *client.agent.lock().unwrap() = Some(conn);
+    client.poke();
+    Ok(())
+}
+
+fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
+    let fd = conn.as_raw_fd();
+    proto::send(
+        fd,
+        Frame::new(Kind::Welcome, 0, d.config.granule_bytes, 0),
+        None,
+        b"",
+    )
+    .map_err(|e| e.to_string())?;
+    loop {
+        let f = match recv_blocking(&conn) {
+            Ok((f, _)) => f,
+            Err(_) => return Ok(()),
+        };
+        let body = match (f.kind, f.a) {
+            (Kind::Query, query::TIERS) => tiers_json(d),
+            (Kind::Query, query::REGIONS) => regions_json(d),
+            _ => {
+                let _ = send_text(fd, Kind::Error, "unknown query");
+                return Err(format!("unknown query {f:?}"));
+            }
+        };
+        send_text(fd, Kind::Json, &body.to_string()).map_err(|e| e.to_string())?;
+    }
+}
+
+pub fn tiers_json(d: &Daemon) -> serde_json::Value {
+    let s = &d.stats;
+    let resident = d.budget.resident.load(Relaxed).max(0) as u64;
+    let spill = d.store.tier.usage();
+    let tier = |name: &str, cap: u64, used: u64, pages: u64, c: &crate::state::TierCounters| {
+        serde_json::json!({
+            "name": name,
+            "capacity_bytes": cap,
+            "used_bytes": used,
+            "pages": pages,
+            "faults": c.faults.load(Relaxed),
+            "evictions": c.evictions.load(Relaxed),
+            "refaults": c.refaults.load(Relaxed),
+        })
+    };
+    serde_json::json!({
+        "granule_bytes": d.config.granule_bytes,
+        "dram_budget_bytes": d.config.dram_budget_bytes,
+        "failed_faults": s.failed_faults.load(Relaxed),
+        "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
+        "tiers": [
+            tier("dram", d.config.dram_budget_bytes, resident * 4096, resident, &s.dram),
+            tier("spill", spill.capacity_bytes, spill.used_bytes, d.store.page_refs.load(Relaxed), &s.spill),
+        ],
+    })
+}
+
+pub fn regions_json(d: &Daemon) -> serde_json::Value {
+    let clients = d.clients.lock().unwrap().clone();
+    let list: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "pid": c.pid,
+                "uid": c.uid,
+                "comm": c.comm,
+                "resident_pages": c.resident.load(Relaxed),
+                "regions": *c.regions.lock().unwrap(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "clients": list })
+}

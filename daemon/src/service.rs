@@ -1,0 +1,87 @@
+//! Running as a service: a journal-friendly logger and sd_notify (READY, watchdog).
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+struct Logger {
+    level: log::LevelFilter,
+    /// Under systemd, prefix `<N>` so the journal records the priority.
+    journal: bool,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let prio = match r.level() {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            _ => 7,
+        };
+        let line = if self.journal {
+            format!("<{prio}>{}\n", r.args())
+        } else {
+            format!(
+                "holo-pager {}: {}\n",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            )
+        };
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init_logging(level: log::LevelFilter) {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = log::set_boxed_logger(Box::new(Logger { level, journal }));
+    log::set_max_level(level);
+}
+
+/// Send one sd_notify message; a no-op outside systemd.
+pub fn notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sent = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        log::warn!("sd_notify {msg:?} failed: {e}");
+    }
+}
+
+/// If systemd asked for a watchdog, ping it at half the interval from a thread.
+pub fn start_watchdog() {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let every = Duration::from_micros(usec / 2);
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            notify("WATCHDOG=1");
+            std::thread::sleep(every);
+        })
+        .expect("cannot start the watchdog thread");
+}

@@ -1,0 +1,325 @@
+//! State shared by the daemon's threads: the slot store, the DRAM budget, the client
+//! registry, counters, and forked children waiting for their connection.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use holo_pagers::uffd::Uffd;
+use holo_tiers::{SlotId, Tier, TierError};
+
+use crate::config::Config;
+use crate::pagetable::{PageTable, PAGE};
+
+/// Spill slots with reference counts: after a fork, parent and child point at the same
+/// slots, and a slot is freed when the last page that refers to it is refilled, zeroed or
+/// unmapped.
+pub struct SlotStore {
+    pub tier: Box<dyn Tier>,
+    refs: Mutex<HashMap<SlotId, u32>>,
+    /// Sum of all references: pages that live in the tier, counted per process.
+    pub page_refs: AtomicU64,
+}
+
+impl SlotStore {
+    pub fn new(tier: Box<dyn Tier>) -> SlotStore {
+        SlotStore {
+            tier,
+            refs: Mutex::new(HashMap::new()),
+            page_refs: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh slot with no references yet.
+    pub fn alloc(&self) -> Result<SlotId, TierError> {
+        self.tier.alloc()
+    }
+
+    /// An eviction completed: `pages` pages now refer to `slot`. Zero frees it.
+    pub fn commit(&self, slot: SlotId, pages: u32) {
+        if pages == 0 {
+            self.tier.free(slot);
+            return;
+        }
+        self.refs.lock().unwrap().insert(slot, pages);
+        self.page_refs.fetch_add(pages as u64, Relaxed);
+    }
+
+    /// Give back a slot that no page refers to (a cancelled eviction).
+    pub fn discard(&self, slot: SlotId) {
+        debug_assert!(!self.refs.lock().unwrap().contains_key(&slot));
+        self.tier.free(slot);
+    }
+
+    pub fn retain(&self, slots: impl Iterator<Item = SlotId>) {
+        let mut refs = self.refs.lock().unwrap();
+        let mut n = 0;
+        for s in slots {
+            *refs.get_mut(&s).expect("retain of a free slot") += 1;
+            n += 1;
+        }
+        self.page_refs.fetch_add(n, Relaxed);
+    }
+
+    pub fn release(&self, slots: &[SlotId]) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut freed = Vec::new();
+        {
+            let mut refs = self.refs.lock().unwrap();
+            for s in slots {
+                let r = refs.get_mut(s).expect("release of a free slot");
+                *r -= 1;
+                if *r == 0 {
+                    refs.remove(s);
+                    freed.push(*s);
+                }
+            }
+        }
+        self.page_refs.fetch_sub(slots.len() as u64, Relaxed);
+        for s in freed {
+            self.tier.free(s);
+        }
+    }
+}
+
+/// Counters per tier, as `holoctl tiers` shows them.
+#[derive(Default)]
+pub struct TierCounters {
+    pub faults: AtomicU64,
+    pub evictions: AtomicU64,
+    pub refaults: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub dram: TierCounters,
+    pub spill: TierCounters,
+    /// Faults that could not be served (the client was sent SIGBUS).
+    pub failed_faults: AtomicU64,
+    pub cancelled_evictions: AtomicU64,
+}
+
+/// The DRAM budget, in pages, across all clients.
+pub struct Budget {
+    pub limit_pages: i64,
+    pub resident: AtomicI64,
+    /// Pages whose eviction has started and not finished.
+    pub evicting: AtomicI64,
+    /// Pages asked of victims that they have not started evicting yet.
+    pub requested: AtomicI64,
+}
+
+/// What the registry and `holoctl` know of a client; the pager thread owns the rest.
+pub struct ClientInfo {
+    pub token: u64,
+    pub pid: i32,
+    pub uid: u32,
+    pub comm: String,
+    pub resident: AtomicI64,
+    /// Pages the budget wants this client to evict.
+    pub evict_request: AtomicI64,
+    /// Wakes the pager thread (eviction request, agent connection arrived).
+    pub wake: OwnedFd,
+    /// The agent connection, handed over by the listener.
+    pub agent: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// Region summary for `holoctl regions`, refreshed by the pager.
+    pub regions: Mutex<Vec<RegionSummary>>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegionSummary {
+    pub start: u64,
+    pub len_bytes: u64,
+    pub resident_pages: u64,
+    pub spilled_pages: u64,
+}
+
+impl ClientInfo {
+    pub fn new(token: u64, pid: i32, uid: u32) -> std::io::Result<ClientInfo> {
+        // SAFETY: eventfd returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Ok(ClientInfo {
+            token,
+            pid,
+            uid,
+            comm,
+            resident: AtomicI64::new(0),
+            evict_request: AtomicI64::new(0),
+            // SAFETY: `fd` is a fresh eventfd that we own.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            agent: Mutex::new(None),
+            regions: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn poke(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to an eventfd we own. A full counter (EAGAIN) already
+        // means "wake up", so the result does not matter.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn drain_wake(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes from a non-blocking eventfd we own.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// A forked child whose uffd and page table wait for the child to connect.
+pub struct PendingChild {
+    pub parent_pid: i32,
+    pub uffd: Uffd,
+    pub table: PageTable,
+}
+
+pub struct Daemon {
+    pub config: Config,
+    pub store: SlotStore,
+    pub stats: Stats,
+    pub budget: Budget,
+    pub clients: Mutex<Vec<Arc<ClientInfo>>>,
+    children: Mutex<HashMap<i32, PendingChild>>,
+    children_cv: Condvar,
+    next_token: AtomicU64,
+    pub started: Instant,
+}
+
+impl Daemon {
+    pub fn new(config: Config, tier: Box<dyn Tier>) -> Daemon {
+        let limit_pages = (config.dram_budget_bytes / PAGE) as i64;
+        // Tokens are unguessable enough that one client cannot attach an agent to another
+        // by counting; SO_PEERCRED (same pid) is checked as well.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Daemon {
+            config,
+            store: SlotStore::new(tier),
+            stats: Stats::default(),
+            budget: Budget {
+                limit_pages,
+                resident: AtomicI64::new(0),
+                evicting: AtomicI64::new(0),
+                requested: AtomicI64::new(0),
+            },
+            clients: Mutex::new(Vec::new()),
+            children: Mutex::new(HashMap::new()),
+            children_cv: Condvar::new(),
+            next_token: AtomicU64::new(seed ^ (std::process::id() as u64) << 48 | 1),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn new_token(&self) -> u64 {
+        self.next_token.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
+    }
+
+    pub fn client_by_token(&self, token: u64) -> Option<Arc<ClientInfo>> {
+        self.clients
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|c| c.token == token)
+            .cloned()
+    }
+
+    pub fn remove_client(&self, token: u64) {
+        self.clients.lock().unwrap().retain(|c| c.token != token);
+    }
+
+    /// Account `delta` resident pages of `who`, and if the total is over budget, ask the
+    /// client with the most resident pages to evict the excess.
+    pub fn add_resident(&self, who: &ClientInfo, delta: i64) {
+        who.resident.fetch_add(delta, Relaxed);
+        let total = self.budget.resident.fetch_add(delta, Relaxed) + delta;
+        if delta <= 0 {
+            return;
+        }
+        let excess = total
+            - self.budget.evicting.load(Relaxed)
+            - self.budget.requested.load(Relaxed)
+            - self.budget.limit_pages;
+        if excess <= 0 {
+            return;
+        }
+        // Ask for at least a batch of granules so victims evict in efficient runs.
+        let batch = (8 * self.config.granule_bytes / PAGE) as i64;
+        let ask = excess.max(batch);
+        let victim = {
+            let clients = self.clients.lock().unwrap();
+            clients
+                .iter()
+                .max_by_key(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed))
+                .cloned()
+        };
+        if let Some(v) = victim {
+            v.evict_request.fetch_add(ask, Relaxed);
+            self.budget.requested.fetch_add(ask, Relaxed);
+            v.poke();
+        }
+    }
+
+    pub fn offer_child(&self, child_pid: i32, child: PendingChild) {
+        let mut children = self.children.lock().unwrap();
+        Self::reap_dead_children(&mut children, &self.store);
+        children.insert(child_pid, child);
+        self.children_cv.notify_all();
+    }
+
+    /// Wait (bounded) for the parent to report the fork that created `pid`.
+    pub fn claim_child(
+        &self,
+        pid: i32,
+        parent_pid: i32,
+        timeout: Duration,
+    ) -> Option<PendingChild> {
+        let deadline = Instant::now() + timeout;
+        let mut children = self.children.lock().unwrap();
+        loop {
+            if children
+                .get(&pid)
+                .is_some_and(|c| c.parent_pid == parent_pid)
+            {
+                return children.remove(&pid);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            children = self
+                .children_cv
+                .wait_timeout(children, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Forgotten children: forked with `fork()` hooked, then died before connecting.
+    /// Release what they hold. Called whenever a new child is offered.
+    fn reap_dead_children(children: &mut HashMap<i32, PendingChild>, store: &SlotStore) {
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let dead: Vec<i32> = children
+            .keys()
+            .copied()
+            .filter(|&p| unsafe { libc::kill(p, 0) } != 0)
+            .collect();
+        for p in dead {
+            let c = children.remove(&p).unwrap();
+            let refs: Vec<SlotId> = c.table.spilled_refs().collect();
+            store.release(&refs);
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The shim's side of the protocol: connect and hand over the uffd, register regions, run
+//! the agent thread, re-attach a forked child, and fail loudly if the daemon is lost.
+
+use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use holo_pagers::proto::{self, role, Frame, Kind, Recv, PROTOCOL_VERSION};
+use holo_pagers::uffd::USERFAULTFD_IOC_NEW;
+use libc::{c_int, c_void};
+
+use crate::sys::{self, say, Lock};
+
+const UNINIT: u8 = 0;
+const ACTIVE: u8 = 1;
+const DISABLED: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+/// Program threads take turns on the request connection.
+static REQ: Lock = Lock::new();
+static REQ_FD: AtomicI32 = AtomicI32::new(-1);
+static AGENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// Our own reference to the uffd: while we hold it, the daemon's death cannot unregister
+/// our ranges (which would turn pages into zeros); faults stall instead.
+static UFFD: AtomicI32 = AtomicI32::new(-1);
+static TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Held around every call that can zap or move managed pages (madvise DONTNEED/FREE,
+/// munmap, mremap, mmap MAP_FIXED, fork) and by the agent while it zaps an eviction. It
+/// tells the daemon that the EVENT_REMOVE it reads between `Go` and `Zapped` is the agent's.
+pub static GATE: Lock = Lock::new();
+
+/// Settings read once at load time.
+pub static MIN_REGION: AtomicUsize = AtomicUsize::new(usize::MAX);
+static TIMEOUT_S: AtomicU64 = AtomicU64::new(30);
+static mut SOCKET_PATH: [u8; 108] = [0; 108];
+
+pub fn active() -> bool {
+    STATE.load(Acquire) == ACTIVE
+}
+
+pub fn usable() -> bool {
+    STATE.load(Acquire) != DISABLED
+}
+
+fn parse_size(s: &[u8]) -> Option<usize> {
+    let (digits, unit) = match s.iter().position(|c| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, &b""[..]),
+    };
+    let mut n: usize = 0;
+    for &d in digits {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as usize)?;
+    }
+    let mult = match unit {
+        b"" => 1,
+        b"K" | b"k" => 1 << 10,
+        b"M" | b"m" => 1 << 20,
+        b"G" | b"g" => 1 << 30,
+        _ => return None,
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    n.checked_mul(mult)
+}
+
+unsafe fn env(name: &[u8]) -> Option<&'static [u8]> {
+    let p = libc::getenv(name.as_ptr().cast());
+    if p.is_null() {
+        None
+    } else {
+        Some(core::ffi::CStr::from_ptr(p).to_bytes())
+    }
+}
+
+/// Runs before main (from `.init_array`): read the environment, never talk to the daemon
+/// yet (programs that never allocate much never bother it).
+pub unsafe fn init() {
+    if env(b"HOLO_DISABLE\0") == Some(b"1") {
+        STATE.store(DISABLED, Release);
+        return;
+    }
+    let path = env(b"HOLO_SOCKET\0").unwrap_or(b"/run/holo/pager.sock");
+    let dst = &mut *core::ptr::addr_of_mut!(SOCKET_PATH);
+    if path.len() >= dst.len() {
+        say!("holo: HOLO_SOCKET is longer than a Unix socket path can be; running without holo");
+        STATE.store(DISABLED, Release);
+        return;
+    }
+    dst[..path.len()].copy_from_slice(path);
+    if let Some(t) = env(b"HOLO_DAEMON_TIMEOUT\0") {
+        match parse_size(t) {
+            Some(v) => TIMEOUT_S.store(v as u64, Relaxed),
+            None => say!("holo: HOLO_DAEMON_TIMEOUT is not a number of seconds; using 30"),
+        }
+    }
+    let min = match env(b"HOLO_MIN_REGION\0") {
+        None => 1 << 20,
+        Some(v) => match parse_size(v) {
+            Some(n) => n.max(sys::PAGE),
+            None => {
+                say!("holo: HOLO_MIN_REGION is not a size (e.g. 1M); using 1M");
+                1 << 20
+            }
+        },
+    };
+    MIN_REGION.store(min, Release);
+}
+
+/// Why holo cannot be used; printed once.
+struct Why {
+    what: &'static str,
+    detail: [u8; 200],
+    len: usize,
+    errno: c_int,
+}
+
+impl Why {
+    fn new(what: &'static str) -> Why {
+        Why {
+            what,
+            detail: [0; 200],
+            len: 0,
+            errno: 0,
+        }
+    }
+    fn os(what: &'static str) -> Why {
+        Why {
+            errno: sys::errno(),
+            ..Why::new(what)
+        }
+    }
+    fn print(&self) {
+        let detail = core::str::from_utf8(&self.detail[..self.len]).unwrap_or("?");
+        match (self.len, self.errno) {
+            (0, 0) => say!("holo: {}; running without holo", self.what),
+            (0, e) => say!("holo: {} (errno {e}); running without holo", self.what),
+            _ => say!("holo: {}: {detail}; running without holo", self.what),
+        }
+    }
+}
+
+/// Read the text that follows a frame (bounded), keeping what fits.
+fn read_text(fd: c_int, f: &Frame, why: &mut Why) {
+    let mut left = f.a.min(proto::MAX_TEXT_BYTES) as usize;
+    let mut chunk = [0u8; 200];
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if !matches!(proto::read_exact(fd, &mut chunk[..n]), Ok(true)) {
+            return;
+        }
+        let keep = n.min(why.detail.len() - why.len);
+        why.detail[why.len..why.len + keep].copy_from_slice(&chunk[..keep]);
+        why.len += keep;
+        left -= n;
+    }
+}
+
+fn connect_socket() -> Result<c_int, Why> {
+    // SAFETY: plain socket syscalls on a sockaddr_un we fill; the path is NUL terminated
+    // because SOCKET_PATH is one byte longer than any path we accept.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Why::os("cannot create a socket"));
+        }
+        let mut addr: libc::sockaddr_un = core::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as _;
+        let path = &*core::ptr::addr_of!(SOCKET_PATH);
+        for (d, s) in addr.sun_path.iter_mut().zip(path.iter()) {
+            *d = *s as _;
+        }
+        let len = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            let why = Why::os("cannot reach holo-pager (is it running? HOLO_SOCKET)");
+            libc::close(fd);
+            return Err(why);
+        }
+        Ok(fd)
+    }
+}
+
+/// Send `frame` and read the reply; text after an error reply goes into the `Why`.
+fn call(
+    fd: c_int,
+    frame: Frame,
+    send_fd: Option<c_int>,
+    what: &'static str,
+) -> Result<(Frame, Option<c_int>), Why> {
+    if proto::send(fd, frame, send_fd, b"").is_err() {
+        return Err(Why::os(what));
+    }
+    match proto::recv(fd, false) {
+        Ok(Recv::Frame(f, got_fd)) => {
+            if matches!(f.kind, Kind::Refused | Kind::Error) {
+                let mut why = Why::new(what);
+                read_text(fd, &f, &mut why);
+                return Err(why);
+            }
+            Ok((f, got_fd))
+        }
+        _ => Err(Why::os(what)),
+    }
+}
+
+/// Open the agent connection for `token` and start the agent thread.
+fn start_agent(token: u64) -> Result<(), Why> {
+    let afd = connect_socket()?;
+    let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::AGENT, token);
+    if let Err(w) = call(afd, hello, None, "holo-pager refused the agent connection") {
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(afd) };
+        return Err(w);
+    }
+    AGENT_FD.store(afd, Release);
+    // SAFETY: pthread_create with a static entry point and no argument.
+    let rc = unsafe {
+        let mut tid: libc::pthread_t = 0;
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let rc = libc::pthread_create(&mut tid, &attr, agent_main, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        rc
+    };
+    if rc != 0 {
+        return Err(Why::new("cannot start the holo agent thread"));
+    }
+    Ok(())
+}
+
+fn handshake() -> Result<(), Why> {
+    let fd = connect_socket()?;
+    REQ_FD.store(fd, Release);
+    let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CLIENT, 0);
+    let (welcome, _) = call(fd, hello, None, "holo-pager refused this process")?;
+    // SAFETY: open/ioctl/close on fds we own. The daemon, not us, does UFFDIO_API, so that
+    // it can enable EVENT_FORK even for an unprivileged client.
+    let uffd = unsafe {
+        let dev = libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if dev < 0 {
+            return Err(Why::os(
+                "cannot open /dev/userfaultfd (root or group holo needed)",
+            ));
+        }
+        let u = libc::ioctl(
+            dev,
+            USERFAULTFD_IOC_NEW as _,
+            libc::O_CLOEXEC | libc::O_NONBLOCK,
+        );
+        libc::close(dev);
+        if u < 0 {
+            return Err(Why::os("cannot create a userfaultfd"));
+        }
+        u
+    };
+    UFFD.store(uffd, Release);
+    call(
+        fd,
+        Frame::new(Kind::Uffd, 0, 0, 0),
+        Some(uffd),
+        "holo-pager could not take the userfaultfd",
+    )?;
+    TOKEN.store(welcome.a, Release);
+    start_agent(welcome.a)
+}
+
+fn close_all() {
+    for fd in [&REQ_FD, &AGENT_FD, &UFFD] {
+        let f = fd.swap(-1, AcqRel);
+        if f >= 0 {
+            // SAFETY: closing an fd this module owns.
+            unsafe { libc::close(f) };
+        }
+    }
+}
+
+/// Connect on first use. `true` if holo manages memory in this process.
+pub fn ensure() -> bool {
+    match STATE.load(Acquire) {
+        ACTIVE => return true,
+        DISABLED => return false,
+        _ => {}
+    }
+    REQ.lock();
+    if STATE.load(Acquire) == UNINIT {
+        match handshake() {
+            Ok(()) => STATE.store(ACTIVE, Release),
+            Err(why) => {
+                why.print();
+                close_all();
+                STATE.store(DISABLED, Release);
+            }
+        }
+    }
+    REQ.unlock();
+    active()
+}
+
+/// Ask the daemon to manage `[addr, addr+len)`. `false`: the memory stays plain.
+pub fn register(addr: usize, len: usize) -> bool {
+    static WARNED: AtomicU8 = AtomicU8::new(0);
+    if !ensure() {
+        return false;
+    }
+    REQ.lock();
+    let r = call(
+        REQ_FD.load(Acquire),
+        Frame::new(Kind::Register, addr as u64, len as u64, 0),
+        None,
+        "holo-pager refused a region",
+    );
+    REQ.unlock();
+    match r {
+        Ok(_) => true,
+        Err(why) => {
+            // A few lines at most, whatever the program does.
+            if WARNED.fetch_add(1, Relaxed) < 3 {
+                let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or("?");
+                say!("holo: {}: {detail}; that memory is not managed", why.what);
+            }
+            false
+        }
+    }
+}
+
+/// Zaps the daemon has sent and the agent has not done yet. The daemon keeps at most
+/// `MAX_INFLIGHT_EVICTIONS` (64) in flight per client; more is a protocol error.
+struct ZapQueue {
+    ring: [Frame; 128],
+    head: usize,
+    len: usize,
+}
+
+impl ZapQueue {
+    fn push(&mut self, f: Frame) -> bool {
+        if self.len == self.ring.len() {
+            return false;
+        }
+        self.ring[(self.head + self.len) % self.ring.len()] = f;
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        if self.len == 0 {
+            return None;
+        }
+        let f = self.ring[self.head];
+        self.head = (self.head + 1) % self.ring.len();
+        self.len -= 1;
+        Some(f)
+    }
+}
+
+/// One frame from the daemon on the agent connection; `None` if the connection is gone
+/// or the frame makes no sense here.
+fn agent_recv(fd: c_int) -> Option<Frame> {
+    match proto::recv(fd, false) {
+        Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Zap | Kind::Go | Kind::NoGo) => Some(f),
+        _ => None,
+    }
+}
+
+/// The agent: zaps the granules the daemon evicted, under the gate.
+extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
+    crate::hooks::enter_forever();
+    // SAFETY: blocking every signal in this thread only, so that the program's handlers
+    // never run here while the gate is held.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
+    }
+    let fd = AGENT_FD.load(Acquire);
+    let mut queue = ZapQueue {
+        ring: [Frame::new(Kind::Zap, 0, 0, 0); 128],
+        head: 0,
+        len: 0,
+    };
+    loop {
+        let zap = match queue.pop() {
+            Some(z) => z,
+            None => match agent_recv(fd) {
+                Some(f) if f.kind == Kind::Zap => f,
+                _ => break,
+            },
+        };
+        GATE.lock();
+        let ok = zap_one(fd, zap, &mut queue);
+        GATE.unlock();
+        if !ok {
+            break;
+        }
+    }
+    daemon_lost()
+}
+
+/// Ask for the go, zap, report. Zaps that arrive meanwhile are queued.
+fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
+    if proto::send(fd, Frame::new(Kind::Zapping, zap.a, 0, 0), None, b"").is_err() {
+        return false;
+    }
+    let go = loop {
+        match agent_recv(fd) {
+            Some(f) if f.kind == Kind::Zap => {
+                if !queue.push(f) {
+                    return false;
+                }
+            }
+            Some(f) if f.a == zap.a => break f.kind == Kind::Go,
+            _ => return false,
+        }
+    };
+    if !go {
+        return true;
+    }
+    // SAFETY: the daemon names a range of our own registered memory; DONTNEED only drops
+    // pages whose bytes it has already stored.
+    let rc = unsafe { sys::madvise(zap.b as *mut c_void, zap.c as usize, libc::MADV_DONTNEED) };
+    let err = if rc == 0 { 0 } else { sys::errno() as u64 };
+    proto::send(fd, Frame::new(Kind::Zapped, zap.a, err, 0), None, b"").is_ok()
+}
+
+/// The daemon is gone. Faults on pages it held now stall (our uffd reference keeps the
+/// ranges registered); after the timeout, die loudly rather than run on with wrong data.
+fn daemon_lost() -> ! {
+    let timeout = TIMEOUT_S.load(Relaxed);
+    say!("holo: lost the connection to holo-pager; memory it manages for this process is unreachable; waiting {timeout} s");
+    // SAFETY: sleeping and signalling ourselves.
+    unsafe {
+        libc::sleep(timeout as u32);
+        say!("holo: holo-pager did not come back within {timeout} s; killing pid {} rather than let it read wrong data", libc::getpid());
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    loop {
+        // SAFETY: pause until the signal lands.
+        unsafe { libc::pause() };
+    }
+}
+
+/// `fork` with holo active: the caller holds the gate. Returns the real fork's result.
+pub fn fork_managed(real_fork: unsafe extern "C" fn() -> libc::pid_t) -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: calling the C library's fork.
+    let pid = unsafe { real_fork() };
+    if pid == 0 {
+        child_reattach(parent);
+    } else if pid > 0 {
+        // The daemon read the fork event before fork returned: tell it whose it was.
+        REQ.lock();
+        let r = call(
+            REQ_FD.load(Acquire),
+            Frame::new(Kind::Forked, pid as u64, 0, 0),
+            None,
+            "holo-pager lost track of a fork",
+        );
+        REQ.unlock();
+        if let Err(why) = r {
+            why.print();
+        }
+    }
+    pid
+}
+
+/// In the child: only this thread exists. Reset the locks, drop the parent's connections,
+/// and attach as a client of our own, receiving our uffd from the daemon.
+fn child_reattach(parent: libc::pid_t) {
+    REQ.reset();
+    GATE.reset();
+    crate::table::reset_after_fork();
+    close_all();
+    let attached = (|| -> Result<(), Why> {
+        let fd = connect_socket()?;
+        REQ_FD.store(fd, Release);
+        let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CHILD, parent as u64);
+        let (welcome, uffd) = call(
+            fd,
+            hello,
+            None,
+            "holo-pager could not attach this forked child",
+        )?;
+        match uffd {
+            Some(u) => UFFD.store(u, Release),
+            None => {
+                return Err(Why::new(
+                    "holo-pager sent no userfaultfd for this forked child",
+                ))
+            }
+        }
+        TOKEN.store(welcome.a, Release);
+        start_agent(welcome.a)
+    })();
+    if let Err(why) = attached {
+        // Our pages live in the daemon and only it holds our uffd: running on could read
+        // zeros where data was. Stop now, loudly.
+        why.print();
+        // SAFETY: getpid/kill on ourselves.
+        unsafe {
+            say!("holo: forked child {} cannot be attached to holo-pager; killing it to protect its data", libc::getpid());
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! libholo.so: gives an unmodified program's large anonymous memory to holo-pager.
+//!
+//! ```text
+//!  malloc/calloc/realloc/memalign ≥ HOLO_MIN_REGION ─┐
+//!  mmap(MAP_PRIVATE|MAP_ANONYMOUS) ≥ HOLO_MIN_REGION ─┴─▶ raw mmap + Register (request conn)
+//!  madvise(DONTNEED/FREE) / munmap / mremap / mmap(MAP_FIXED) ─▶ under the address-space gate
+//!  fork ─▶ under the gate; parent reports the child pid, child re-attaches and gets its uffd
+//!  agent thread ◀─ Zap{id, range}: gate, Zapping, Go?, madvise(DONTNEED), Zapped
+//! ```
+//!
+//! Rules for hooks: no allocation, no logging and no lock that a hook can re-enter. The real
+//! allocator is reached through glibc's `__libc_*` entry points, the kernel through raw
+//! syscalls, and a per-thread guard sends any nested call straight to the real function.
+//! If the daemon is absent or refuses, the program runs without holo after one warning line.
+
+#![allow(clippy::missing_safety_doc)]
+
+mod conn;
+mod hooks;
+mod sys;
+mod table;

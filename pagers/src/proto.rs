@@ -1,0 +1,347 @@
+//! The shim <-> daemon wire protocol.
+//!
+//! Every message is one fixed 32-byte frame ([`Frame`]); a frame that carries text (an error,
+//! or JSON for `holoctl`) is followed by `a` bytes of UTF-8. File descriptors travel as
+//! `SCM_RIGHTS` ancillary data on the frame they belong to. The helpers here use raw
+//! syscalls and stack buffers only, because the shim calls them from inside `malloc`/`mmap`
+//! hooks where allocating would recurse.
+//!
+//! ```text
+//! request conn (program threads, one at a time):
+//!   Hello{role=Client|Child}  ->  Welcome{token, granule} | Refused + text
+//!   Uffd + fd                 ->  Ok | Error + text        (daemon does UFFDIO_API)
+//!   Register{start,len}       ->  Ok | Error + text
+//!   Forked{child pid}         ->  Ok
+//! child request conn (after fork, in the child):
+//!   Hello{role=Child, b=parent pid} -> Welcome{token, granule} + the child's uffd
+//! agent conn (the shim's agent thread):
+//!   Hello{role=Agent, c=token} ->  Ok
+//!                                 <- Zap{id, start, len}
+//!   Zapping{id}               ->  Go{id} | NoGo{id}
+//!   Zapped{id, errno}
+//! control conn (holoctl):
+//!   Hello{role=Control}       ->  Welcome
+//!   Query{what}               ->  Json + text
+//! ```
+
+use std::io;
+use std::os::fd::RawFd;
+
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Bound on any text that follows a frame; a peer that announces more is broken or hostile.
+pub const MAX_TEXT_BYTES: u64 = 16 << 20;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Refused = 3,
+    Uffd = 4,
+    Ok = 5,
+    Error = 6,
+    Register = 7,
+    Forked = 8,
+    Zap = 9,
+    Zapping = 10,
+    Go = 11,
+    NoGo = 12,
+    Zapped = 13,
+    Query = 14,
+    Json = 15,
+}
+
+impl Kind {
+    fn from_u32(v: u32) -> Option<Kind> {
+        use Kind::*;
+        Some(match v {
+            1 => Hello,
+            2 => Welcome,
+            3 => Refused,
+            4 => Uffd,
+            5 => Ok,
+            6 => Error,
+            7 => Register,
+            8 => Forked,
+            9 => Zap,
+            10 => Zapping,
+            11 => Go,
+            12 => NoGo,
+            13 => Zapped,
+            14 => Query,
+            15 => Json,
+            _ => return None,
+        })
+    }
+}
+
+/// Roles a connection declares in its `Hello` (`b` field).
+pub mod role {
+    pub const CLIENT: u64 = 1;
+    pub const CHILD: u64 = 2;
+    pub const AGENT: u64 = 3;
+    pub const CONTROL: u64 = 4;
+}
+
+/// `Query` subjects (`a` field).
+pub mod query {
+    pub const TIERS: u64 = 1;
+    pub const REGIONS: u64 = 2;
+}
+
+/// One wire frame. Field meaning depends on `kind` (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+
+pub const FRAME_BYTES: usize = 32;
+
+impl Frame {
+    pub const fn new(kind: Kind, a: u64, b: u64, c: u64) -> Frame {
+        Frame { kind, a, b, c }
+    }
+
+    pub fn encode(&self) -> [u8; FRAME_BYTES] {
+        let mut out = [0u8; FRAME_BYTES];
+        out[0..4].copy_from_slice(&(self.kind as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&self.a.to_le_bytes());
+        out[16..24].copy_from_slice(&self.b.to_le_bytes());
+        out[24..32].copy_from_slice(&self.c.to_le_bytes());
+        out
+    }
+
+    pub fn decode(raw: &[u8; FRAME_BYTES]) -> Result<Frame, DecodeError> {
+        let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
+        let kind_raw = u32::from_le_bytes(raw[0..4].try_into().unwrap());
+        let kind = Kind::from_u32(kind_raw).ok_or(DecodeError::UnknownKind(kind_raw))?;
+        if raw[4..8] != [0; 4] {
+            return Err(DecodeError::NonZeroPadding);
+        }
+        Ok(Frame {
+            kind,
+            a: word(8),
+            b: word(16),
+            c: word(24),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown message kind {0}")]
+    UnknownKind(u32),
+    #[error("non-zero padding in frame")]
+    NonZeroPadding,
+}
+
+/// Outcome of reading one frame.
+#[derive(Debug)]
+pub enum Recv {
+    Frame(Frame, Option<RawFd>),
+    /// The peer closed the connection.
+    Eof,
+    /// Non-blocking socket, nothing there.
+    WouldBlock,
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Send one frame, with an optional file descriptor, and then `text` (if any).
+pub fn send(sock: RawFd, frame: Frame, fd: Option<RawFd>, text: &[u8]) -> io::Result<()> {
+    let bytes = frame.encode();
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: FRAME_BYTES,
+    };
+    // Room for one fd of ancillary data, aligned as cmsghdr requires.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; `cbuf` (32 bytes) holds
+        // CMSG_SPACE(4) = 24 bytes; CMSG_FIRSTHDR returns a pointer inside `cbuf` because
+        // msg_controllen covers it, and we write one int as the payload.
+        unsafe {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        }
+    }
+    // SAFETY: `msg` points at live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    if n as usize != FRAME_BYTES {
+        return Err(io::Error::other("short write of a frame"));
+    }
+    write_all(sock, text)
+}
+
+pub fn write_all(sock: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for reads of its length.
+        let n = unsafe { libc::send(sock, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = last_err();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Read exactly `buf.len()` bytes (blocking socket), or `Ok(false)` on end of file.
+pub fn read_exact(sock: RawFd, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        let n = unsafe { libc::recv(sock, buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n == 0 {
+            return Ok(false);
+        }
+        if n < 0 {
+            let e = last_err();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(true)
+}
+
+/// Receive one frame and the fd that came with it, if any. With `nonblock`, returns
+/// `WouldBlock` when nothing is queued. Frames are sent with one `sendmsg`, and stream
+/// sockets never split a 32-byte write that fits the buffer, so a frame arrives whole;
+/// a partial read is still completed with blocking reads.
+pub fn recv(sock: RawFd, nonblock: bool) -> io::Result<Recv> {
+    let mut bytes = [0u8; FRAME_BYTES];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: FRAME_BYTES,
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    let n = loop {
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        match last_err().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) if nonblock => return Ok(Recv::WouldBlock),
+            _ => return Err(last_err()),
+        }
+    };
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf`; the CMSG macros walk
+    // only within them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    let got = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i));
+                    // Keep the first; close any extra a hostile peer attached.
+                    if fd.is_none() {
+                        fd = Some(got);
+                    } else {
+                        libc::close(got);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if n == 0 {
+        if let Some(f) = fd {
+            // SAFETY: we own the fd the kernel just gave us.
+            unsafe { libc::close(f) };
+        }
+        return Ok(Recv::Eof);
+    }
+    if n < FRAME_BYTES && !read_exact(sock, &mut bytes[n..])? {
+        return Ok(Recv::Eof);
+    }
+    match Frame::decode(&bytes) {
+        Ok(f) => Ok(Recv::Frame(f, fd)),
+        Err(e) => {
+            if let Some(f) = fd {
+                // SAFETY: we own the fd the kernel just gave us.
+                unsafe { libc::close(f) };
+            }
+            Err(io::Error::new(io::ErrorKind::InvalidData, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips() {
+        let f = Frame::new(Kind::Zap, 7, 0x7f00_0000_1000, 65536);
+        assert_eq!(Frame::decode(&f.encode()), Ok(f));
+    }
+
+    #[test]
+    fn bad_frames_are_rejected() {
+        let mut raw = Frame::new(Kind::Ok, 0, 0, 0).encode();
+        raw[0] = 99;
+        assert_eq!(Frame::decode(&raw), Err(DecodeError::UnknownKind(99)));
+        let mut raw = Frame::new(Kind::Ok, 0, 0, 0).encode();
+        raw[5] = 1;
+        assert_eq!(Frame::decode(&raw), Err(DecodeError::NonZeroPadding));
+    }
+
+    #[test]
+    fn fd_passes_over_a_socketpair() {
+        let mut sv = [0; 2];
+        // SAFETY: socketpair writes two fds into `sv`.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) },
+            0
+        );
+        let frame = Frame::new(Kind::Uffd, 1, 2, 3);
+        send(sv[0], frame, Some(0), b"").unwrap();
+        match recv(sv[1], false).unwrap() {
+            Recv::Frame(got, Some(fd)) => {
+                assert_eq!(got, frame);
+                assert!(fd > 2);
+                // SAFETY: closing fds we own.
+                unsafe { libc::close(fd) };
+            }
+            other => panic!("expected a frame with an fd, got {other:?}"),
+        }
+        // SAFETY: closing fds we own.
+        unsafe { libc::close(sv[0]) };
+        assert!(matches!(recv(sv[1], false).unwrap(), Recv::Eof));
+        unsafe { libc::close(sv[1]) };
+    }
+}
