@@ -323,6 +323,8 @@ pub fn register(addr: usize, len: usize) -> bool {
     }
 }
 
+pub const MADV_DONTNEED_LOCKED: c_int = 24;
+
 /// Zaps the daemon has sent and the agent has not done yet. The daemon keeps at most
 /// `MAX_INFLIGHT_EVICTIONS` (64) in flight per client; more is a protocol error.
 struct ZapQueue {
@@ -415,8 +417,16 @@ fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
         return true;
     }
     // SAFETY: the daemon names a range of our own registered memory; DONTNEED only drops
-    // pages whose bytes it has already stored.
-    let rc = unsafe { sys::madvise(zap.b as *mut c_void, zap.c as usize, libc::MADV_DONTNEED) };
+    // pages whose bytes it has already stored. The LOCKED variant also zaps mlock()ed
+    // memory (memtester locks its buffer); kernels before 5.18 lack it, so fall back.
+    let rc = unsafe {
+        let rc = sys::madvise(zap.b as *mut c_void, zap.c as usize, MADV_DONTNEED_LOCKED);
+        if rc != 0 && sys::errno() == libc::EINVAL {
+            sys::madvise(zap.b as *mut c_void, zap.c as usize, libc::MADV_DONTNEED)
+        } else {
+            rc
+        }
+    };
     let err = if rc == 0 { 0 } else { sys::errno() as u64 };
     proto::send(fd, Frame::new(Kind::Zapped, zap.a, err, 0), None, b"").is_ok()
 }
