@@ -146,7 +146,7 @@ impl Pager {
         let retrying = self.deferred.iter().any(|f| !self.window_evicting(f.addr));
         let timeout_ms = if retrying {
             1
-        } else if !self.evictions.is_empty() {
+        } else if !self.evictions.is_empty() || self.info.evict_request.load(Relaxed) > 0 {
             50
         } else {
             500
@@ -193,6 +193,7 @@ impl Pager {
         }
         self.expire_evictions();
         self.retry_deferred()?;
+        self.d.rebalance();
         self.evict_requested()?;
         self.publish_summary();
         Ok(())
@@ -540,25 +541,33 @@ impl Pager {
         }
     }
 
+    /// Start the evictions the budget asked of this client, as many as the in-flight bound
+    /// allows; the rest stays asked for and is started as earlier evictions finish.
     fn evict_requested(&mut self) -> Result<(), Gone> {
         let want = self.info.evict_request.swap(0, Relaxed);
         if want <= 0 {
             return Ok(());
         }
-        self.d.budget.requested.fetch_sub(want, Relaxed);
-        if self.agent.is_none() {
-            return Ok(());
-        }
         let mut started = 0i64;
-        let mut tried = 0;
-        while started < want && tried < 4096 && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
-            tried += 1;
-            let Some(w) = self.next_victim() else { break };
+        let mut exhausted = self.agent.is_none();
+        while started < want && !exhausted && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
+            let Some(w) = self.next_victim() else {
+                exhausted = true;
+                break;
+            };
             match self.start_eviction(w) {
                 Ok(n) => started += n as i64,
                 Err(Served::Gone(why)) => return Err(Gone(why)),
                 Err(_) => break,
             }
+        }
+        let left = (want - started).max(0);
+        if exhausted {
+            // Nothing (more) to evict here: let the budget pick another victim.
+            self.d.budget.requested.fetch_sub(want, Relaxed);
+        } else {
+            self.d.budget.requested.fetch_sub(want - left, Relaxed);
+            self.info.evict_request.fetch_add(left, Relaxed);
         }
         Ok(())
     }
@@ -614,6 +623,9 @@ impl Pager {
         match self.uffd.write_protect(w.start, w.len, true) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Err(Served::Retry),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(Served::Gone("its address space is gone"))
+            }
             Err(e) => {
                 log::warn!(
                     "pid {}: cannot write-protect {:#x}+{:#x}: {e}",

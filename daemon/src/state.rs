@@ -240,18 +240,24 @@ impl Daemon {
         self.clients.lock().unwrap().retain(|c| c.token != token);
     }
 
-    /// Account `delta` resident pages of `who`, and if the total is over budget, ask the
-    /// client with the most resident pages to evict the excess.
+    /// Account `delta` resident pages of `who`, then rebalance.
     pub fn add_resident(&self, who: &ClientInfo, delta: i64) {
         who.resident.fetch_add(delta, Relaxed);
-        let total = self.budget.resident.fetch_add(delta, Relaxed) + delta;
-        if delta <= 0 {
-            return;
+        self.budget.resident.fetch_add(delta, Relaxed);
+        if delta > 0 {
+            self.rebalance();
         }
-        let excess = total
-            - self.budget.evicting.load(Relaxed)
-            - self.budget.requested.load(Relaxed)
-            - self.budget.limit_pages;
+    }
+
+    /// If resident pages, less those already being evicted or asked for, exceed the
+    /// budget, ask the client with the most pages not yet asked for to evict the excess.
+    /// Cheap when under budget: three atomic loads.
+    pub fn rebalance(&self) {
+        let b = &self.budget;
+        let excess = b.resident.load(Relaxed)
+            - b.evicting.load(Relaxed)
+            - b.requested.load(Relaxed)
+            - b.limit_pages;
         if excess <= 0 {
             return;
         }
@@ -262,12 +268,13 @@ impl Daemon {
             let clients = self.clients.lock().unwrap();
             clients
                 .iter()
+                .filter(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed) > 0)
                 .max_by_key(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed))
                 .cloned()
         };
         if let Some(v) = victim {
             v.evict_request.fetch_add(ask, Relaxed);
-            self.budget.requested.fetch_add(ask, Relaxed);
+            b.requested.fetch_add(ask, Relaxed);
             v.poke();
         }
     }

@@ -1,0 +1,614 @@
+//! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]`
+//!
+//! Refault latency of holo against a minimal raw userfaultfd handler measured in the same run.
+//! Both contenders run the same C access loop (`bench/c/access.h`): one read of one random
+//! page per granule, granules in random order and never revisited, each read timed, and each
+//! classified as a refault when `/proc/self/pagemap` showed its page not present right before.
+//!
+//! * `raw`: `bench/c/raw_uffd.c`, a handler thread resolving each fault with one
+//!   `UFFDIO_COPY` of the granule from a prefilled buffer: the cheapest service, from memory.
+//! * `holo`: `bench/c/refault.c` under `LD_PRELOAD=libholo.so`, served by its own
+//!   `holo-pager` (DRAM budget 64 MiB; the 256 MiB region is written in full first, so that
+//!   what exceeds the budget is evicted to the spill tier, a file read through the page cache).
+//!
+//! Contenders alternate round by round (raw 4K, holo 4K, raw 64K, holo 64K, raw 4K, ...) so
+//! that a noisy machine hurts all of them alike. The summary is, per contender, the median over
+//! rounds of each round's percentile. Per-round numbers go to `target/bench/refault-*.json`.
+//!
+//! Placement matters on this 2-vCPU VM (KERNEL-NOTES: waking a thread on the other, halted vCPU
+//! costs ~40 us): by default nothing is pinned; `--pin` puts the timing thread and the handler
+//! (the raw handler thread, or the whole holo-pager) on CPU 0, `--split` the handler on CPU 1.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const REGION_BYTES: u64 = 256 << 20;
+/// holo's DRAM budget: a quarter of the region, so that most of it is spilled.
+const DRAM_BUDGET_MIB: u64 = 64;
+const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+const USAGE: &str =
+    "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]";
+
+type Result<T> = std::result::Result<T, String>;
+const BUDGET_PAGES: u64 = (DRAM_BUDGET_MIB << 20) / 4096;
+
+struct Opts {
+    rounds: usize,
+    /// Accesses per run (capped by the number of granules: 4096 at 64 KiB).
+    samples: u64,
+    /// CPUs of the timing thread and of the fault handler (raw thread or whole daemon).
+    pin: Option<(usize, usize)>,
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = refault(&opts) {
+        eprintln!("holo-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Opts> {
+    let mut it = args.iter();
+    if it.next().map(String::as_str) != Some("refault") {
+        return Err("the only benchmark is `refault`".into());
+    }
+    let mut o = Opts {
+        rounds: 5,
+        samples: 20000,
+        pin: None,
+        out: None,
+    };
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value")).cloned();
+        let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
+        match a.as_str() {
+            "--rounds" => o.rounds = number(value(a)?)? as usize,
+            "--samples" => o.samples = number(value(a)?)?,
+            "--out" => o.out = Some(value(a)?.into()),
+            "--pin" => o.pin = Some((0, 0)),
+            "--split" => o.pin = Some((0, 1)),
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    if o.rounds == 0 || o.samples == 0 {
+        return Err("--rounds and --samples must be positive".into());
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where things are
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// holo's release binaries: `$HOLO_BIN_DIR`, else `<workspace>/target/release`.
+fn holo_bin(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("HOLO_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release"));
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: run `cargo build --release` first",
+            path.display()
+        ))
+    }
+}
+
+/// Compiles `bench/c/<name>.c` with `cc -O2` into `target/bench/bin/`.
+fn compile(name: &str) -> Result<PathBuf> {
+    let src = workspace_root().join("bench/c").join(format!("{name}.c"));
+    let out_dir = workspace_root().join("target/bench/bin");
+    fs::create_dir_all(&out_dir).map_err(|e| format!("mkdir {}: {e}", out_dir.display()))?;
+    let out = out_dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let o = Command::new(&cc)
+        .args(["-O2", "-pthread", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{cc} {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run of one contender
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Raw,
+    Holo,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw",
+            Kind::Holo => "holo",
+        }
+    }
+}
+
+struct Programs {
+    raw: PathBuf,
+    holo: PathBuf,
+    pager: PathBuf,
+    holoctl: PathBuf,
+    shim: PathBuf,
+}
+
+/// What one run produced: the access file's header and its (ns, refault) samples.
+struct Samples {
+    header: Vec<(String, u64)>,
+    ns: Vec<u64>,
+    refault: Vec<bool>,
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Result<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("holo-bench-{label}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(dir.join("state"))
+            .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pin_to(cmd: &mut Command, cpu: usize) {
+    // SAFETY: only sched_setaffinity, async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("killed after {limit:?}"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs one access program (its last argument is the output file) and parses its output.
+fn run_access(mut cmd: Command, dir: &Path) -> Result<Samples> {
+    let out = dir.join("samples.txt");
+    let err_path = dir.join("stderr.txt");
+    let err = fs::File::create(&err_path).map_err(|e| e.to_string())?;
+    cmd.arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+    let status = wait_timeout(&mut child, PROGRAM_TIMEOUT).map_err(|e| format!("{what}: {e}"))?;
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        return Err(format!("{what} failed ({status}):\n{stderr}"));
+    }
+    // The shim fails open; a run without holo would measure plain memory.
+    if stderr.contains("running without holo") {
+        return Err(format!("{what} ran without holo:\n{stderr}"));
+    }
+    let text = fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut s = Samples {
+        header: vec![],
+        ns: vec![],
+        refault: vec![],
+    };
+    for line in text.lines() {
+        let mut f = line.trim_start_matches("# ").split(' ');
+        let (a, b) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let bad = || format!("bad line in {}: {line:?}", out.display());
+        if line.starts_with('#') {
+            s.header
+                .push((a.to_string(), b.parse().map_err(|_| bad())?));
+        } else {
+            s.ns.push(a.parse().map_err(|_| bad())?);
+            s.refault.push(b == "1");
+        }
+    }
+    Ok(s)
+}
+
+fn run_raw(p: &Programs, granule: u64, o: &Opts, seed: u64) -> Result<(Samples, Value)> {
+    let dir = TempDir::new("raw")?;
+    let mut cmd = Command::new(&p.raw);
+    access_args(&mut cmd, granule, o, seed);
+    Ok((run_access(cmd, &dir.0)?, Value::Null))
+}
+
+fn access_args(cmd: &mut Command, granule: u64, o: &Opts, seed: u64) {
+    let (fault, handler) = o.pin.map_or((-1, -1), |(f, h)| (f as i64, h as i64));
+    cmd.args([REGION_BYTES, granule, o.samples, seed].map(|n| n.to_string()));
+    cmd.args([fault, handler].map(|n| n.to_string()));
+}
+
+/// Starts a private holo-pager, runs the client under the shim, and returns the samples
+/// plus what the daemon says of itself: its tier counters and any log line beyond `info`.
+fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64) -> Result<(Samples, Value)> {
+    let dir = TempDir::new("holo")?;
+    let socket = dir.0.join("pager.sock");
+    let log_path = dir.0.join("holo-pager.log");
+    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&p.pager);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"));
+    let budget = format!("{DRAM_BUDGET_MIB}M");
+    cmd.args(["--dram-budget", &budget, "--granule", granule.1]);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some((_, cpu)) = o.pin {
+        pin_to(&mut cmd, cpu);
+    }
+    let mut daemon = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run holo-pager: {e}"))?;
+    let log_text = || fs::read_to_string(&log_path).unwrap_or_default();
+
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(s)) = daemon.try_wait() {
+                return Err(format!("holo-pager exited at start ({s}):\n{}", log_text()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("holo-pager not ready after 10 s:\n{}", log_text()));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut client = Command::new(&p.holo);
+        client
+            .env("LD_PRELOAD", &p.shim)
+            .env("HOLO_SOCKET", &socket);
+        access_args(&mut client, granule.0, o, seed);
+        let samples =
+            run_access(client, &dir.0).map_err(|e| format!("{e}\ndaemon log:\n{}", log_text()))?;
+        if let Ok(Some(s)) = daemon.try_wait() {
+            return Err(format!(
+                "holo-pager died during the run ({s}):\n{}",
+                log_text()
+            ));
+        }
+        let tiers = Command::new(&p.holoctl)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["tiers", "--json"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .unwrap_or(Value::Null);
+        Ok((samples, tiers))
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let (samples, tiers) = result?;
+    let issues: Vec<String> = log_text()
+        .lines()
+        .filter(|l| !l.starts_with("holo-pager info:"))
+        .map(String::from)
+        .collect();
+    Ok((
+        samples,
+        json!({"tiers_after_exit": tiers, "log_issues": issues}),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+/// Nearest-rank percentiles of `ns`, in microseconds (null when there are no samples).
+fn percentiles(mut ns: Vec<u64>) -> Value {
+    if ns.is_empty() {
+        return Value::Null;
+    }
+    ns.sort_unstable();
+    let at =
+        |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] as f64 / 1e3;
+    json!({"p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99), "max_us": at(1.0)})
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run as a JSON row: counts, percentiles of refaults and of all accesses, and the rest.
+fn run_row(
+    round: usize,
+    kind: Kind,
+    granule: u64,
+    s: &Samples,
+    daemon: Value,
+    t: Instant,
+) -> Value {
+    let pick = |refault: bool| -> Vec<u64> {
+        s.ns.iter()
+            .zip(&s.refault)
+            .filter(|(_, &r)| r == refault)
+            .map(|(&n, _)| n)
+            .collect()
+    };
+    let (refaults, resident) = (pick(true), pick(false));
+    // Cross-checks of the pagemap classification against a 1 us threshold.
+    let over_1us = |v: &[u64]| v.iter().filter(|&&n| n > 1000).count();
+    json!({
+        "round": round, "contender": kind.name(), "granule_bytes": granule,
+        "accesses": s.ns.len(), "refaults": refaults.len(),
+        "refaults_over_1us": over_1us(&refaults), "resident_over_1us": over_1us(&resident),
+        "refault": percentiles(refaults), "all": percentiles(s.ns.clone()),
+        "header": s.header.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "holo_pager": daemon, "wall_s": t.elapsed().as_secs_f64(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn refault(o: &Opts) -> Result<()> {
+    let p = Programs {
+        raw: compile("raw_uffd")?,
+        holo: compile("refault")?,
+        pager: holo_bin("holo-pager")?,
+        holoctl: holo_bin("holoctl")?,
+        shim: holo_bin("libholo.so")?,
+    };
+    let placement = match o.pin {
+        Some((f, h)) => format!(
+            "pinned: timing thread on CPU {f}, handler (raw thread / holo-pager) on CPU {h}"
+        ),
+        None => "unpinned (the scheduler places threads)".to_string(),
+    };
+    eprintln!("refault: {} rounds, {placement}", o.rounds);
+
+    let started = Instant::now();
+    let mut rows = vec![];
+    for round in 0..o.rounds {
+        // Same seed for both contenders of a round: they read the very same addresses.
+        let seed = 0x5eed_0000 + round as u64;
+        for &(bytes, label) in &GRANULES {
+            for kind in [Kind::Raw, Kind::Holo] {
+                let t = Instant::now();
+                let (s, daemon) = match kind {
+                    Kind::Raw => run_raw(&p, bytes, o, seed)?,
+                    Kind::Holo => run_holo(&p, (bytes, label), o, seed)?,
+                };
+                let row = run_row(round, kind, bytes, &s, daemon, t);
+                eprintln!(
+                    "  round {}/{} {:4} {:>3}: {:5} accesses, {:5} refaults, refault p50 {:7.1} us, p99 {:7.1} us ({:.1} s)",
+                    round + 1, o.rounds, kind.name(), label, row["accesses"], row["refaults"],
+                    row["refault"]["p50_us"].as_f64().unwrap_or(f64::NAN),
+                    row["refault"]["p99_us"].as_f64().unwrap_or(f64::NAN),
+                    t.elapsed().as_secs_f64()
+                );
+                if kind == Kind::Holo {
+                    // Resident pages (per pagemap) around the pass, against the budget.
+                    let h = &row["header"];
+                    eprintln!(
+                        "    resident pages before/after the pass: {}/{} (budget {BUDGET_PAGES})",
+                        h["resident_pages_before"], h["resident_pages_after"]
+                    );
+                }
+                let issues = &row["holo_pager"]["log_issues"];
+                if let Some(issues) = issues.as_array().filter(|i| !i.is_empty()) {
+                    eprintln!("    holo-pager log: {issues:?}");
+                }
+                rows.push(row);
+            }
+        }
+    }
+
+    // Summary: per contender and granule, medians over rounds of the per-round percentiles.
+    let mut summary = vec![];
+    for &(bytes, label) in &GRANULES {
+        let mut raw = None;
+        for kind in [Kind::Raw, Kind::Holo] {
+            let mine: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes)
+                .collect();
+            let med = |ptr: &str| {
+                median(
+                    mine.iter()
+                        .filter_map(|r| r.pointer(ptr)?.as_f64())
+                        .collect(),
+                )
+            };
+            let pcts = |set: &str| {
+                json!({
+                    "p50_us": med(&format!("/{set}/p50_us")),
+                    "p90_us": med(&format!("/{set}/p90_us")),
+                    "p99_us": med(&format!("/{set}/p99_us")),
+                })
+            };
+            let s = json!({
+                "contender": kind.name(), "granule": label,
+                "accesses_per_round": med("/accesses"), "refaults_per_round": med("/refaults"),
+                "refault": pcts("refault"), "all": pcts("all"),
+            });
+            if kind == Kind::Raw {
+                raw = Some(s.clone());
+            }
+            summary.push((s, raw.clone().unwrap()));
+        }
+    }
+    print_tables(o, &placement, &summary);
+
+    let out = o.out.clone().unwrap_or_else(|| {
+        let name = match o.pin {
+            None => "refault-unpinned.json",
+            Some((f, h)) if f == h => "refault-pinned.json",
+            Some(_) => "refault-split.json",
+        };
+        workspace_root().join("target/bench").join(name)
+    });
+    let report = json!({
+        "benchmark": "refault",
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
+        "region_bytes": REGION_BYTES, "holo_dram_budget_bytes": DRAM_BUDGET_MIB << 20,
+        "samples_requested": o.samples, "rounds": o.rounds, "placement": placement,
+        "summary_is": "per contender and granule, the median over rounds of each round's percentile",
+        "summary": summary.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(),
+        "runs": rows,
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
+    fs::write(&out, serde_json::to_string_pretty(&report).unwrap())
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "\nper-round numbers: {}  (whole run {:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn print_tables(o: &Opts, placement: &str, summary: &[(Value, Value)]) {
+    println!(
+        "\nrefault latency: region {} MiB, holo DRAM budget {DRAM_BUDGET_MIB} MiB, {} rounds, {placement}",
+        REGION_BYTES >> 20,
+        o.rounds
+    );
+    println!(
+        "each cell: median over the {} rounds of that round's percentile",
+        o.rounds
+    );
+    for (set, title) in [
+        (
+            "refault",
+            "refaults: accesses whose page was not present (per /proc/self/pagemap) right before",
+        ),
+        ("all", "all accesses (resident pages included)"),
+    ] {
+        let count = if set == "refault" {
+            "refaults_per_round"
+        } else {
+            "accesses_per_round"
+        };
+        println!("\n{title}");
+        println!(
+            "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>15} {:>15}",
+            "contender",
+            "granule",
+            "samples/rd",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p50 holo/raw",
+            "p99 holo/raw"
+        );
+        for (s, raw) in summary {
+            let v = |row: &Value, k: &str| row[set][k].as_f64().unwrap_or(f64::NAN);
+            // Ratios only where both sides count the same thing: every raw access faults.
+            let ratio = |k: &str| {
+                if s["contender"] == "raw" || set != "refault" {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}x", v(s, k) / v(raw, k))
+                }
+            };
+            println!(
+                "{:<10} {:>7} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>15} {:>15}",
+                s["contender"].as_str().unwrap(),
+                s["granule"].as_str().unwrap(),
+                s[count].as_f64().unwrap_or(0.0),
+                v(s, "p50_us"),
+                v(s, "p90_us"),
+                v(s, "p99_us"),
+                ratio("p50_us"),
+                ratio("p99_us"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let p = percentiles((1..=100).map(|i| i * 1000).collect());
+        assert_eq!(p["p50_us"], 50.0);
+        assert_eq!(p["p99_us"], 99.0);
+        assert_eq!(p["max_us"], 100.0);
+        assert_eq!(percentiles(vec![]), Value::Null);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn arguments() {
+        let args = |s: &str| parse_args(&s.split(' ').map(String::from).collect::<Vec<_>>());
+        let o = args("refault --rounds 3 --split").unwrap();
+        assert_eq!((o.rounds, o.samples, o.pin), (3, 20000, Some((0, 1))));
+        assert!(args("refault --rounds 0").is_err());
+        assert!(args("other").is_err());
+    }
+}
