@@ -3,7 +3,8 @@
 
 use std::fs;
 use std::process::Command;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use holo_e2e::*;
 
@@ -11,12 +12,7 @@ use holo_e2e::*;
 fn holoctl_tiers_json_has_documented_fields() {
     let daemon = Daemon::start("256M", "64K", &[]);
     let tiers = daemon.holoctl_json(&["tiers"]);
-    let fail = |what: &str| -> ! {
-        panic!(
-            "{what}\n`holoctl tiers --json`: {tiers}\n{}",
-            daemon.report_log()
-        )
-    };
+    let fail = |what: &str| -> ! { panic!("{what}\n`holoctl tiers --json`: {tiers}\n{}", daemon.report_log()) };
 
     if tiers["granule_bytes"].as_u64() != Some(65536) {
         fail("granule_bytes should be 65536 (--granule 64K)");
@@ -24,16 +20,9 @@ fn holoctl_tiers_json_has_documented_fields() {
     if tiers["dram_budget_bytes"].as_u64() != Some(parse_size("256M")) {
         fail("dram_budget_bytes should be 268435456 (--dram-budget 256M)");
     }
-    let names: Vec<_> = tiers["tiers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let names: Vec<_> = tiers["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
     if names != ["dram", "spill"] {
-        fail(&format!(
-            "tiers should be [dram, spill] in that order, got {names:?}"
-        ));
+        fail(&format!("tiers should be [dram, spill] in that order, got {names:?}"));
     }
     let dram = TierStats::find(&tiers, "dram").unwrap_or_else(|e| fail(&e));
     let spill = TierStats::find(&tiers, "spill").unwrap_or_else(|e| fail(&e));
@@ -46,10 +35,7 @@ fn holoctl_tiers_json_has_documented_fields() {
     // A fresh daemon holds nothing and has counted nothing.
     for t in [&dram, &spill] {
         if (t.used_bytes, t.pages, t.faults, t.evictions, t.refaults) != (0, 0, 0, 0, 0) {
-            fail(&format!(
-                "a fresh daemon's {} tier should be all zeros",
-                t.name
-            ));
+            fail(&format!("a fresh daemon's {} tier should be all zeros", t.name));
         }
     }
 
@@ -64,23 +50,28 @@ fn holoctl_tiers_json_has_documented_fields() {
 #[test]
 fn holoctl_regions_lists_running_client() {
     let daemon = Daemon::start("64M", "64K", &[]);
-    let mut held = Spawned::spawn(
-        shimmed_command(&daemon, &c_program("hold_and_check"), &["8M"], &[]),
-        true,
-    );
+    let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("hold_and_check"), &["8M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
 
-    let regions = daemon.holoctl_json(&["regions"]);
-    let fail = |what: &str| -> ! {
-        panic!(
-            "{what}\n`holoctl regions --json`: {regions}\n{}",
-            daemon.report_log()
-        )
-    };
+    // The daemon may refresh its per-region summary lazily: give it a few seconds to show
+    // the 8 MiB the program wrote.
     let pid = u64::from(held.pid());
-    let clients = regions["clients"]
-        .as_array()
-        .unwrap_or_else(|| fail("no `clients` array"));
+    let pages_listed = |regions: &serde_json::Value| -> u64 {
+        let clients = regions["clients"].as_array().into_iter().flatten();
+        clients
+            .filter(|c| c["pid"].as_u64() == Some(pid))
+            .flat_map(|c| c["regions"].as_array().cloned().unwrap_or_default())
+            .map(|r| r["resident_pages"].as_u64().unwrap_or(0) + r["spilled_pages"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut regions = daemon.holoctl_json(&["regions"]);
+    while pages_listed(&regions) < parse_size("8M") / 4096 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        regions = daemon.holoctl_json(&["regions"]);
+    }
+    let fail = |what: &str| -> ! { panic!("{what}\n`holoctl regions --json`: {regions}\n{}", daemon.report_log()) };
+    let clients = regions["clients"].as_array().unwrap_or_else(|| fail("no `clients` array"));
     let client = clients
         .iter()
         .find(|c| c["pid"].as_u64() == Some(pid))
@@ -91,9 +82,7 @@ fn holoctl_regions_lists_running_client() {
     if client["comm"].as_str() != Some("hold_and_check") {
         fail("the client's comm should be hold_and_check");
     }
-    let list = client["regions"]
-        .as_array()
-        .unwrap_or_else(|| fail("the client has no `regions` array"));
+    let list = client["regions"].as_array().unwrap_or_else(|| fail("the client has no `regions` array"));
     let (mut bytes, mut pages) = (0, 0);
     for r in list {
         for f in ["start", "len_bytes", "resident_pages", "spilled_pages"] {
@@ -106,9 +95,7 @@ fn holoctl_regions_lists_running_client() {
     }
     // 8 MiB were written, well within the budget: all of it is accounted for.
     if bytes < parse_size("8M") || pages < parse_size("8M") / 4096 {
-        fail(&format!(
-            "regions cover {bytes} bytes / {pages} pages, less than the 8 MiB written"
-        ));
+        fail(&format!("regions cover {bytes} bytes / {pages} pages, less than the 8 MiB written"));
     }
 
     let (cmd, out) = daemon.holoctl(&["regions"]);
@@ -118,9 +105,7 @@ fn holoctl_regions_lists_running_client() {
 
     held.send_line("go");
     let out = held.finish(PROGRAM_TIMEOUT);
-    out.assert_success(&daemon)
-        .assert_managed(&daemon)
-        .assert_stdout_has(&daemon, "ok");
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "ok");
 }
 
 /// Runs holoctl with `args` (no daemon needed) and asserts its exit code.
@@ -128,10 +113,7 @@ fn holoctl_exits(args: &[&str], code: i32, why: &str) {
     let mut cmd = Command::new(bin("holoctl"));
     cmd.args(args);
     let out = run(cmd, Duration::from_secs(10));
-    out.ensure(
-        out.status.code() == Some(code),
-        &format!("holoctl should exit {code}: {why}"),
-    );
+    out.ensure(out.status.code() == Some(code), &format!("holoctl should exit {code}: {why}"));
 }
 
 #[test]
@@ -140,16 +122,8 @@ fn holoctl_unreachable_daemon_exits_3() {
     let socket = dir.path().join("absent.sock");
     let socket = socket.to_str().unwrap();
     holoctl_exits(&["--socket", socket, "tiers"], 3, "no daemon on the socket");
-    holoctl_exits(
-        &["--socket", socket, "tiers", "--json"],
-        3,
-        "no daemon on the socket",
-    );
-    holoctl_exits(
-        &["--socket", socket, "regions", "--json"],
-        3,
-        "no daemon on the socket",
-    );
+    holoctl_exits(&["--socket", socket, "tiers", "--json"], 3, "no daemon on the socket");
+    holoctl_exits(&["--socket", socket, "regions", "--json"], 3, "no daemon on the socket");
 }
 
 #[test]
@@ -170,10 +144,7 @@ fn daemon_refuses(args: &[&str], config: Option<&str>, needle: &str) {
     let state = dir.path().join("state");
     fs::create_dir(&state).unwrap();
     let mut cmd = Command::new(bin("holo-pager"));
-    cmd.arg("--socket")
-        .arg(dir.path().join("pager.sock"))
-        .arg("--state-dir")
-        .arg(&state);
+    cmd.arg("--socket").arg(dir.path().join("pager.sock")).arg("--state-dir").arg(&state);
     if let Some(text) = config {
         let file = dir.path().join("holo-pager.toml");
         fs::write(&file, text).unwrap();
@@ -181,23 +152,11 @@ fn daemon_refuses(args: &[&str], config: Option<&str>, needle: &str) {
     }
     cmd.args(args);
     let out = run(cmd, Duration::from_secs(10));
-    out.ensure(
-        !out.timed_out,
-        "holo-pager accepted bad input and kept running",
-    );
-    out.ensure(
-        !out.success(),
-        "holo-pager should exit non-zero on bad input",
-    );
-    out.ensure(
-        out.signal().is_none(),
-        "holo-pager crashed instead of reporting the error",
-    );
+    out.ensure(!out.timed_out, "holo-pager accepted bad input and kept running");
+    out.ensure(!out.success(), "holo-pager should exit non-zero on bad input");
+    out.ensure(out.signal().is_none(), "holo-pager crashed instead of reporting the error");
     let said = format!("{}{}", out.stdout, out.stderr);
-    out.ensure(
-        said.contains(needle),
-        &format!("the error message should name {needle:?}"),
-    );
+    out.ensure(said.contains(needle), &format!("the error message should name {needle:?}"));
 }
 
 #[test]

@@ -45,10 +45,7 @@ pub const FAIL_OPEN_WARNING: &str = "running without holo";
 
 /// The workspace root: the parent of this crate's folder.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Where the release binaries are: `$HOLO_BIN_DIR`, else `<workspace>/target/release`.
@@ -88,10 +85,7 @@ pub fn c_dir() -> PathBuf {
 /// renamed, so concurrent test processes never run a half-written file.
 pub fn c_program(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = built.get(name) {
         return path.clone();
     }
@@ -101,18 +95,10 @@ pub fn c_program(name: &str) -> PathBuf {
     let out = out_dir.join(name);
     let tmp = out_dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut cmd = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
-    cmd.args(["-O2", "-pthread", "-Wall", "-o"])
-        .arg(&tmp)
-        .arg(&src);
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cc: {e}"));
+    cmd.args(["-O2", "-pthread", "-Wall", "-o"]).arg(&tmp).arg(&src);
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run cc: {e}"));
     if !output.status.success() {
-        panic!(
-            "compiling {} failed\n{}",
-            src.display(),
-            describe_output(&cmd, &output)
-        );
+        panic!("compiling {} failed\n{}", src.display(), describe_output(&cmd, &output));
     }
     fs::rename(&tmp, &out).unwrap();
     built.insert(name.to_string(), out.clone());
@@ -174,7 +160,8 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// A `holo-pager` with its own socket and state directory; SIGKILLed and reaped on drop.
 pub struct Daemon {
-    child: Option<Child>,
+    // A Mutex so that reports (which take `&self`) can tell whether the daemon died.
+    child: Mutex<Option<Child>>,
     command: String,
     socket: PathBuf,
     state_dir: PathBuf,
@@ -202,16 +189,12 @@ impl Daemon {
         cmd.args(["--dram-budget", budget, "--granule", granule]);
         cmd.args(extra);
         cmd.env("RUST_BACKTRACE", "1");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         let command = describe_command(&cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
 
         let mut daemon = Daemon {
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             command,
             socket,
             state_dir,
@@ -227,12 +210,8 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + DAEMON_START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "holo-pager exited during startup ({})\n{}",
-                    status_text(status, false),
-                    self.report()
-                );
+            if !self.is_running() {
+                panic!("holo-pager exited during startup\n{}", self.report());
             }
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -271,29 +250,38 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon already killed").id()
+        self.child.lock().unwrap().as_ref().expect("daemon already killed").id()
     }
 
     /// Everything the daemon wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// SIGKILLs the daemon now and reaps it (for the daemon-death test).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// Whether the daemon process is still running.
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().unwrap().is_none(),
-            None => false,
+    pub fn is_running(&self) -> bool {
+        self.process_state().starts_with("running")
+    }
+
+    /// "running (pid N)", "killed by the test", or how it ended (e.g. "EXITED: killed by
+    /// signal 11"): a daemon that crashed mid-test explains most other symptoms.
+    pub fn process_state(&self) -> String {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match child.as_mut() {
+            None => "killed by the test".into(),
+            Some(c) => match c.try_wait() {
+                Ok(None) => format!("running (pid {})", c.id()),
+                Ok(Some(status)) => format!("EXITED: {}", status_text(status, false)),
+                Err(e) => format!("unknown ({e})"),
+            },
         }
     }
 
@@ -301,17 +289,14 @@ impl Daemon {
     pub fn holoctl(&self, args: &[&str]) -> (String, Output) {
         let mut cmd = Command::new(bin("holoctl"));
         cmd.arg("--socket").arg(&self.socket).args(args);
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run holoctl: {e}"));
+        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run holoctl: {e}"));
         (describe_command(&cmd), out)
     }
 
     /// Runs `holoctl --socket S ARGS... --json` and parses its stdout; panics unless it exits
     /// 0 with valid JSON.
     pub fn holoctl_json(&self, args: &[&str]) -> Value {
-        self.try_holoctl_json(args)
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.report_log()))
+        self.try_holoctl_json(args).unwrap_or_else(|e| panic!("{e}\n{}", self.report_log()))
     }
 
     fn try_holoctl_json(&self, args: &[&str]) -> Result<Value, String> {
@@ -319,18 +304,12 @@ impl Daemon {
         args.push("--json");
         let mut cmd = Command::new(bin("holoctl"));
         cmd.arg("--socket").arg(&self.socket).args(&args);
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot run holoctl: {e}"))?;
+        let out = cmd.output().map_err(|e| format!("cannot run holoctl: {e}"))?;
         if !out.status.success() {
             return Err(format!("holoctl failed\n{}", describe_output(&cmd, &out)));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "holoctl printed invalid JSON ({e})\n{}",
-                describe_output(&cmd, &out)
-            )
-        })
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("holoctl printed invalid JSON ({e})\n{}", describe_output(&cmd, &out)))
     }
 
     /// The counters of one tier from `holoctl tiers --json`.
@@ -344,10 +323,7 @@ impl Daemon {
         let regions = self.holoctl_json(&["regions"]);
         match regions.get("clients").and_then(Value::as_array) {
             Some(clients) => clients.clone(),
-            None => panic!(
-                "`holoctl regions --json` has no `clients` array: {regions}\n{}",
-                self.report_log()
-            ),
+            None => panic!("`holoctl regions --json` has no `clients` array: {regions}\n{}", self.report_log()),
         }
     }
 
@@ -391,18 +367,16 @@ impl Daemon {
 
     /// Polls `cond` every 100 ms until it holds or `timeout` passes; then panics with `what`,
     /// the last observation `cond` returned and the daemon's log.
-    pub fn wait_until(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut cond: impl FnMut() -> Result<(), String>,
-    ) {
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<(), String>) {
         let deadline = Instant::now() + timeout;
         loop {
             match cond() {
                 Ok(()) => return,
                 Err(last) if Instant::now() > deadline => {
-                    panic!("timed out after {timeout:?} waiting for {what}\nlast observation: {last}\n{}", self.report())
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}\nlast observation: {last}\n{}",
+                        self.report()
+                    )
                 }
                 Err(_) => thread::sleep(Duration::from_millis(100)),
             }
@@ -413,6 +387,7 @@ impl Daemon {
     pub fn report_log(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "---- daemon: {}", self.command);
+        let _ = writeln!(s, "daemon process: {}", self.process_state());
         let _ = writeln!(s, "---- daemon log ({}) ----", self.log_path.display());
         s.push_str(&tail(&self.log(), 64 * 1024));
         s
@@ -451,30 +426,19 @@ pub struct TierStats {
 }
 
 impl TierStats {
-    pub const FIELDS: [&'static str; 6] = [
-        "capacity_bytes",
-        "used_bytes",
-        "pages",
-        "faults",
-        "evictions",
-        "refaults",
-    ];
+    pub const FIELDS: [&'static str; 6] = ["capacity_bytes", "used_bytes", "pages", "faults", "evictions", "refaults"];
 
     /// Finds tier `name` in a `tiers --json` document, checking that every documented field is
     /// there and is an unsigned integer.
     pub fn find(tiers: &Value, name: &str) -> Result<TierStats, String> {
-        let list = tiers
-            .get("tiers")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("no `tiers` array in {tiers}"))?;
+        let list =
+            tiers.get("tiers").and_then(Value::as_array).ok_or_else(|| format!("no `tiers` array in {tiers}"))?;
         let t = list
             .iter()
             .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
             .ok_or_else(|| format!("no tier named {name:?} in {tiers}"))?;
         let field = |f: &str| {
-            t.get(f)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| format!("tier {name:?} lacks unsigned `{f}`: {t}"))
+            t.get(f).and_then(Value::as_u64).ok_or_else(|| format!("tier {name:?} lacks unsigned `{f}`: {t}"))
         };
         Ok(TierStats {
             name: name.to_string(),
@@ -493,19 +457,13 @@ impl TierStats {
 
 /// A command for `program` under the shim, talking to `daemon`. HOLO_* variables of the
 /// caller's environment are cleared so that tests are hermetic; `env` is applied last.
-pub fn shimmed_command(
-    daemon: &Daemon,
-    program: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Command {
+pub fn shimmed_command(daemon: &Daemon, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     for var in ["HOLO_DISABLE", "HOLO_MIN_REGION", "HOLO_DAEMON_TIMEOUT"] {
         cmd.env_remove(var);
     }
-    cmd.env("LD_PRELOAD", shim())
-        .env("HOLO_SOCKET", daemon.socket());
+    cmd.env("LD_PRELOAD", shim()).env("HOLO_SOCKET", daemon.socket());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -515,12 +473,7 @@ pub fn shimmed_command(
 
 /// Runs `program` under the shim to completion (stdin closed), killing it after
 /// [`PROGRAM_TIMEOUT`].
-pub fn run_shimmed(
-    daemon: &Daemon,
-    program: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> RunOutput {
+pub fn run_shimmed(daemon: &Daemon, program: &Path, args: &[&str], env: &[(&str, &str)]) -> RunOutput {
     run(shimmed_command(daemon, program, args, env), PROGRAM_TIMEOUT)
 }
 
@@ -589,11 +542,7 @@ impl RunOutput {
     #[track_caller]
     pub fn assert_stdout_has(&self, daemon: &Daemon, prefix: &str) -> &Self {
         let found = self.stdout.lines().any(|l| l.starts_with(prefix));
-        self.check(
-            daemon,
-            found,
-            &format!("stdout has no line starting with {prefix:?}"),
-        );
+        self.check(daemon, found, &format!("stdout has no line starting with {prefix:?}"));
         self
     }
 
@@ -601,11 +550,7 @@ impl RunOutput {
     #[track_caller]
     pub fn assert_managed(&self, daemon: &Daemon) -> &Self {
         let failed_open = self.stderr.contains(FAIL_OPEN_WARNING);
-        self.check(
-            daemon,
-            !failed_open,
-            &format!("the shim failed open ({FAIL_OPEN_WARNING:?} on stderr)"),
-        );
+        self.check(daemon, !failed_open, &format!("the shim failed open ({FAIL_OPEN_WARNING:?} on stderr)"));
         self
     }
 }
@@ -627,18 +572,12 @@ impl Spawned {
     /// Spawns `cmd` with stdout and stderr captured and stdin either a pipe (`with_stdin`) or
     /// closed.
     pub fn spawn(mut cmd: Command, with_stdin: bool) -> Spawned {
-        cmd.stdin(if with_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd.stdin(if with_stdin { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so that forked descendants can be killed with it.
         cmd.process_group(0);
         let command = describe_command(&cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
 
         let (tx, lines) = mpsc::channel();
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -647,11 +586,7 @@ impl Spawned {
         let stdout_thread = thread::spawn(move || {
             let mut reader = BufReader::new(out);
             let mut line = Vec::new();
-            while reader
-                .read_until(b'\n', &mut line)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
+            while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
                 let text = String::from_utf8_lossy(&line).into_owned();
                 acc.lock().unwrap().push_str(&text);
                 let _ = tx.send(text.trim_end_matches('\n').to_string());
@@ -759,20 +694,9 @@ impl Spawned {
         if let Some(t) = self.stdout_thread.take() {
             let _ = t.join();
         }
-        let stderr = self
-            .stderr_thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
+        let stderr = self.stderr_thread.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         let stdout = self.stdout.lock().unwrap().clone();
-        RunOutput {
-            command: self.command.clone(),
-            status,
-            timed_out,
-            elapsed,
-            stdout,
-            stderr,
-        }
+        RunOutput { command: self.command.clone(), status, timed_out, elapsed, stdout, stderr }
     }
 }
 
@@ -793,10 +717,7 @@ impl Drop for Spawned {
 pub fn describe_command(cmd: &Command) -> String {
     let quote = |s: &std::ffi::OsStr| {
         let s = s.to_string_lossy();
-        if !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-        {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
             s.into_owned()
         } else {
             format!("'{}'", s.replace('\'', r"'\''"))
@@ -811,11 +732,7 @@ pub fn describe_command(cmd: &Command) -> String {
     }
     parts.push(quote(cmd.get_program()));
     parts.extend(cmd.get_args().map(quote));
-    let cwd = cmd
-        .get_current_dir()
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_default();
+    let cwd = cmd.get_current_dir().map(Path::to_path_buf).or_else(|| std::env::current_dir().ok()).unwrap_or_default();
     format!("{}\ncwd: {}", parts.join(" "), cwd.display())
 }
 
@@ -833,14 +750,9 @@ pub fn describe_output(cmd: &Command, out: &Output) -> String {
 fn status_text(status: ExitStatus, timed_out: bool) -> String {
     let base = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!(
-            "killed by signal {sig}{}",
-            if status.core_dumped() {
-                " (core dumped)"
-            } else {
-                ""
-            }
-        ),
+        (None, Some(sig)) => {
+            format!("killed by signal {sig}{}", if status.core_dumped() { " (core dumped)" } else { "" })
+        }
         _ => format!("{status}"),
     };
     if timed_out {
@@ -870,7 +782,5 @@ pub fn parse_size(s: &str) -> u64 {
         Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
         _ => (s, 0),
     };
-    num.parse::<u64>()
-        .unwrap_or_else(|_| panic!("bad size {s:?}"))
-        << shift
+    num.parse::<u64>().unwrap_or_else(|_| panic!("bad size {s:?}")) << shift
 }

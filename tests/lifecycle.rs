@@ -10,17 +10,11 @@ use holo_e2e::*;
 /// once its data is in place. With the region over the budget, part of it must be spilled by
 /// then; returns the program and the bytes the state dir allocates on disk at that point.
 fn start_holding(daemon: &Daemon, program: &str, args: &[&str]) -> (Spawned, u64) {
-    let mut held = Spawned::spawn(
-        shimmed_command(daemon, &c_program(program), args, &[]),
-        true,
-    );
+    let mut held = Spawned::spawn(shimmed_command(daemon, &c_program(program), args, &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, daemon);
 
     let pid = u64::from(held.pid());
-    let listed = daemon
-        .clients()
-        .iter()
-        .any(|c| c["pid"].as_u64() == Some(pid));
+    let listed = daemon.clients().iter().any(|c| c["pid"].as_u64() == Some(pid));
     let spill = daemon.tier("spill");
     let allocated = daemon.state_allocated_bytes();
     if !listed || spill.used_bytes == 0 || spill.pages == 0 || allocated == 0 {
@@ -37,51 +31,39 @@ fn start_holding(daemon: &Daemon, program: &str, args: &[&str]) -> (Spawned, u64
 /// (or, with `idle_clients_ok`, none with regions: a process that exec'd may reconnect), no
 /// pages in either tier, and the spill file's disk blocks given back.
 fn wait_released(daemon: &Daemon, allocated_before: u64, idle_clients_ok: bool) {
-    daemon.wait_until(
-        "the daemon to release the client's pages and spill slots",
-        RECLAIM_TIMEOUT,
-        || {
-            let clients = daemon.clients();
-            let holding: Vec<_> = clients
-                .iter()
-                .filter(|c| {
-                    !idle_clients_ok || !c["regions"].as_array().is_some_and(|r| r.is_empty())
-                })
-                .collect();
-            if !holding.is_empty() {
-                return Err(format!("clients still listed: {holding:?}"));
+    daemon.wait_until("the daemon to release the client's pages and spill slots", RECLAIM_TIMEOUT, || {
+        let clients = daemon.clients();
+        let holding: Vec<_> = clients
+            .iter()
+            .filter(|c| !idle_clients_ok || !c["regions"].as_array().is_some_and(|r| r.is_empty()))
+            .collect();
+        if !holding.is_empty() {
+            return Err(format!("clients still listed: {holding:?}"));
+        }
+        for name in ["dram", "spill"] {
+            let tier = daemon.tier(name);
+            if tier.used_bytes != 0 || tier.pages != 0 {
+                return Err(format!("tier still holds pages: {tier:?}"));
             }
-            for name in ["dram", "spill"] {
-                let tier = daemon.tier(name);
-                if tier.used_bytes != 0 || tier.pages != 0 {
-                    return Err(format!("tier still holds pages: {tier:?}"));
-                }
-            }
-            let allocated = daemon.state_allocated_bytes();
-            if allocated > allocated_before / 4 {
-                return Err(format!(
+        }
+        let allocated = daemon.state_allocated_bytes();
+        if allocated > allocated_before / 4 {
+            return Err(format!(
                 "the state dir still allocates {allocated} bytes on disk (had {allocated_before} \
                  while the client lived): spill slots not punched/freed"
             ));
-            }
-            Ok(())
-        },
-    );
+        }
+        Ok(())
+    });
 }
 
 /// After a client went away, a new one must still be served (and paged) normally.
 fn new_client_works(daemon: &Daemon) {
     let refaults_before = daemon.tier("spill").refaults;
-    let out = run_shimmed(daemon, &c_program("fill_verify"), &["256M", "1"], &[]);
-    out.assert_success(daemon)
-        .assert_managed(daemon)
-        .assert_stdout_has(daemon, "fill_verify: verified");
+    let out = run_shimmed(daemon, &c_program("fill_verify"), &["512M", "2"], &[]);
+    out.assert_success(daemon).assert_managed(daemon).assert_stdout_has(daemon, "fill_verify: verified");
     let refaults = daemon.tier("spill").refaults;
-    out.check(
-        daemon,
-        refaults > refaults_before,
-        "the new client caused no refaults from spill",
-    );
+    out.check(daemon, refaults > refaults_before, "the new client caused no refaults from spill");
 }
 
 #[test]
@@ -91,11 +73,7 @@ fn sigkill_releases_pages_and_slots() {
     let (mut held, allocated) = start_holding(&daemon, "hold_and_check", &["512M"]);
     held.kill();
     let out = held.finish(Duration::from_secs(30));
-    out.check(
-        &daemon,
-        out.signal() == Some(9),
-        "hold_and_check should have died of SIGKILL",
-    );
+    out.check(&daemon, out.signal() == Some(9), "hold_and_check should have died of SIGKILL");
     wait_released(&daemon, allocated, false);
     new_client_works(&daemon);
 }
@@ -107,9 +85,7 @@ fn exit_releases_pages_and_slots() {
     let (mut held, allocated) = start_holding(&daemon, "hold_and_check", &["512M"]);
     held.send_line("go");
     let out = held.finish(PROGRAM_TIMEOUT);
-    out.assert_success(&daemon)
-        .assert_managed(&daemon)
-        .assert_stdout_has(&daemon, "ok");
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "ok");
     daemon.assert_paged("hold_and_check");
     wait_released(&daemon, allocated, false);
     new_client_works(&daemon);
@@ -126,11 +102,7 @@ fn exec_releases_pages_and_slots() {
     wait_released(&daemon, allocated, true);
     if held.try_wait() {
         let out = held.finish(Duration::from_secs(5));
-        out.check(
-            &daemon,
-            false,
-            "the exec'd /bin/cat should still be running",
-        );
+        out.check(&daemon, false, "the exec'd /bin/cat should still be running");
         unreachable!();
     }
     held.close_stdin();
@@ -162,8 +134,7 @@ fn refused_uid_runs_unmanaged() {
     std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY); // std also drops root's groups
     let out = run(cmd, PROGRAM_TIMEOUT);
 
-    out.assert_success(&daemon)
-        .assert_stdout_has(&daemon, "fill_verify: verified 67108864 bytes");
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "fill_verify: verified 67108864 bytes");
     let warnings = out.stderr.matches(FAIL_OPEN_WARNING).count();
     out.check(
         &daemon,
@@ -172,31 +143,20 @@ fn refused_uid_runs_unmanaged() {
     );
 
     // The refusal is logged with the uid (the shim may be done before the log line is written).
-    daemon.wait_until(
-        "a refusal of uid 65534 in the daemon log",
-        Duration::from_secs(5),
-        || {
-            let log = daemon.log();
-            let refused = log.lines().any(|l| {
-                let l = l.to_lowercase();
-                l.contains("65534")
-                    && ["refus", "denied", "not allowed", "reject"]
-                        .iter()
-                        .any(|w| l.contains(w))
-            });
-            if refused {
-                Ok(())
-            } else {
-                Err("no line mentioning uid 65534 and a refusal".into())
-            }
-        },
-    );
+    daemon.wait_until("a refusal of uid 65534 in the daemon log", Duration::from_secs(5), || {
+        let log = daemon.log();
+        let refused = log.lines().any(|l| {
+            let l = l.to_lowercase();
+            l.contains("65534") && ["refus", "denied", "not allowed", "reject"].iter().any(|w| l.contains(w))
+        });
+        if refused {
+            Ok(())
+        } else {
+            Err("no line mentioning uid 65534 and a refusal".into())
+        }
+    });
     let clients = daemon.clients();
-    out.check(
-        &daemon,
-        clients.is_empty(),
-        &format!("a refused client is listed: {clients:?}"),
-    );
+    out.check(&daemon, clients.is_empty(), &format!("a refused client is listed: {clients:?}"));
 }
 
 /// When the daemon dies, a client touching spilled pages must stall and then be killed by the
@@ -205,20 +165,12 @@ fn refused_uid_runs_unmanaged() {
 fn daemon_death_kills_stalled_client() {
     let _heavy = heavy();
     let mut daemon = Daemon::start("128M", "64K", &[]);
-    let cmd = shimmed_command(
-        &daemon,
-        &c_program("hold_and_check"),
-        &["512M"],
-        &[("HOLO_DAEMON_TIMEOUT", "3")],
-    );
+    let cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["512M"], &[("HOLO_DAEMON_TIMEOUT", "3")]);
     let mut held = Spawned::spawn(cmd, true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
     let spill = daemon.tier("spill");
     if spill.pages == 0 {
-        panic!(
-            "precondition: hold_and_check should have spilled pages\n{}",
-            daemon.report()
-        );
+        panic!("precondition: hold_and_check should have spilled pages\n{}", daemon.report());
     }
 
     daemon.kill();
@@ -227,34 +179,44 @@ fn daemon_death_kills_stalled_client() {
     let out = held.finish(Duration::from_secs(60));
     let took = killed_at.elapsed();
 
-    let verdict = out
-        .stdout
-        .lines()
-        .any(|l| l == "ok" || l.contains("MISMATCH"));
-    out.check(
-        &daemon,
-        !verdict,
-        "the client got past its stalled faults (served without the daemon?)",
-    );
-    out.check(
-        &daemon,
-        !out.timed_out,
-        "the client hung instead of being killed by the shim",
-    );
-    out.check(
-        &daemon,
-        out.signal() == Some(9),
-        "the client should have been killed by SIGKILL from the shim",
-    );
+    let verdict = out.stdout.lines().any(|l| l == "ok" || l.contains("MISMATCH"));
+    out.check(&daemon, !verdict, "the client got past its stalled faults (served without the daemon?)");
+    out.check(&daemon, !out.timed_out, "the client hung instead of being killed by the shim");
+    out.check(&daemon, out.signal() == Some(9), "the client should have been killed by SIGKILL from the shim");
     let said_why = out.stderr.lines().any(|l| l.starts_with("holo:"));
-    out.check(
-        &daemon,
-        said_why,
-        "no stderr line starting with `holo:` saying why the client was killed",
-    );
+    out.check(&daemon, said_why, "no stderr line starting with `holo:` saying why the client was killed");
     out.check(
         &daemon,
         took >= Duration::from_millis(2500),
         &format!("the client died {took:?} after the daemon, before HOLO_DAEMON_TIMEOUT=3"),
     );
+}
+
+/// The daemon dies while it is evicting a client's granules (the client is still filling):
+/// the agent may be in the middle of a zap. The client must still end by SIGKILL from the
+/// shim after HOLO_DAEMON_TIMEOUT, not hang and not carry on.
+#[test]
+fn daemon_death_mid_eviction_kills_client() {
+    let _heavy = heavy();
+    let mut daemon = Daemon::start("64M", "64K", &[]);
+    let cmd = shimmed_command(&daemon, &c_program("fill_verify"), &["2G", "4"], &[("HOLO_DAEMON_TIMEOUT", "3")]);
+    let program = Spawned::spawn(cmd, false);
+    // Kill the daemon once evictions are under way.
+    daemon.wait_until("evictions to start", Duration::from_secs(30), || {
+        let spill = daemon.tier("spill");
+        if spill.pages > 0 {
+            Ok(())
+        } else {
+            Err(format!("{spill:?}"))
+        }
+    });
+    daemon.kill();
+    let out = program.finish(Duration::from_secs(60));
+
+    let verdict = out.stdout.contains("verified") || out.stdout.contains("MISMATCH");
+    out.check(&daemon, !verdict, "the client got past its stalled faults (served without the daemon?)");
+    out.check(&daemon, !out.timed_out, "the client hung instead of being killed by the shim");
+    out.check(&daemon, out.signal() == Some(9), "the client should have been killed by SIGKILL from the shim");
+    let said_why = out.stderr.lines().any(|l| l.starts_with("holo:"));
+    out.check(&daemon, said_why, "no stderr line starting with `holo:` saying why the client was killed");
 }

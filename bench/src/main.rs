@@ -34,8 +34,7 @@ const REGION_BYTES: u64 = 256 << 20;
 const DRAM_BUDGET_MIB: u64 = 64;
 const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
-const USAGE: &str =
-    "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]";
+const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]";
 
 type Result<T> = std::result::Result<T, String>;
 const BUDGET_PAGES: u64 = (DRAM_BUDGET_MIB << 20) / 4096;
@@ -69,12 +68,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     if it.next().map(String::as_str) != Some("refault") {
         return Err("the only benchmark is `refault`".into());
     }
-    let mut o = Opts {
-        rounds: 5,
-        samples: 20000,
-        pin: None,
-        out: None,
-    };
+    let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value")).cloned();
         let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
@@ -97,25 +91,18 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 // Where things are
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// holo's release binaries: `$HOLO_BIN_DIR`, else `<workspace>/target/release`.
 fn holo_bin(name: &str) -> Result<PathBuf> {
-    let dir = std::env::var_os("HOLO_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release"));
+    let dir =
+        std::env::var_os("HOLO_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/release"));
     let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!(
-            "{} is missing: run `cargo build --release` first",
-            path.display()
-        ))
+        Err(format!("{} is missing: run `cargo build --release` first", path.display()))
     }
 }
 
@@ -133,11 +120,7 @@ fn compile(name: &str) -> Result<PathBuf> {
         .output()
         .map_err(|e| format!("cannot run {cc}: {e}"))?;
     if !o.status.success() {
-        return Err(format!(
-            "{cc} {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&o.stderr)
-        ));
+        return Err(format!("{cc} {}: {}", src.display(), String::from_utf8_lossy(&o.stderr)));
     }
     Ok(out)
 }
@@ -180,14 +163,9 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(label: &str) -> Result<TempDir> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("holo-bench-{label}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(dir.join("state"))
-            .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("holo-bench-{label}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(dir.join("state")).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         Ok(TempDir(dir))
     }
 }
@@ -232,10 +210,7 @@ fn run_access(mut cmd: Command, dir: &Path) -> Result<Samples> {
     let out = dir.join("samples.txt");
     let err_path = dir.join("stderr.txt");
     let err = fs::File::create(&err_path).map_err(|e| e.to_string())?;
-    cmd.arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err);
+    cmd.arg(&out).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
     let what = format!("{cmd:?}");
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     let status = wait_timeout(&mut child, PROGRAM_TIMEOUT).map_err(|e| format!("{what}: {e}"))?;
@@ -248,18 +223,13 @@ fn run_access(mut cmd: Command, dir: &Path) -> Result<Samples> {
         return Err(format!("{what} ran without holo:\n{stderr}"));
     }
     let text = fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut s = Samples {
-        header: vec![],
-        ns: vec![],
-        refault: vec![],
-    };
+    let mut s = Samples { header: vec![], ns: vec![], refault: vec![] };
     for line in text.lines() {
         let mut f = line.trim_start_matches("# ").split(' ');
         let (a, b) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
         let bad = || format!("bad line in {}: {line:?}", out.display());
         if line.starts_with('#') {
-            s.header
-                .push((a.to_string(), b.parse().map_err(|_| bad())?));
+            s.header.push((a.to_string(), b.parse().map_err(|_| bad())?));
         } else {
             s.ns.push(a.parse().map_err(|_| bad())?);
             s.refault.push(b == "1");
@@ -289,21 +259,14 @@ fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64) -> Result<(
     let log_path = dir.0.join("holo-pager.log");
     let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&p.pager);
-    cmd.arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.0.join("state"));
+    cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(dir.0.join("state"));
     let budget = format!("{DRAM_BUDGET_MIB}M");
     cmd.args(["--dram-budget", &budget, "--granule", granule.1]);
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
     if let Some((_, cpu)) = o.pin {
         pin_to(&mut cmd, cpu);
     }
-    let mut daemon = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run holo-pager: {e}"))?;
+    let mut daemon = cmd.spawn().map_err(|e| format!("cannot run holo-pager: {e}"))?;
     let log_text = || fs::read_to_string(&log_path).unwrap_or_default();
 
     let result = (|| {
@@ -318,17 +281,11 @@ fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64) -> Result<(
             thread::sleep(Duration::from_millis(20));
         }
         let mut client = Command::new(&p.holo);
-        client
-            .env("LD_PRELOAD", &p.shim)
-            .env("HOLO_SOCKET", &socket);
+        client.env("LD_PRELOAD", &p.shim).env("HOLO_SOCKET", &socket);
         access_args(&mut client, granule.0, o, seed);
-        let samples =
-            run_access(client, &dir.0).map_err(|e| format!("{e}\ndaemon log:\n{}", log_text()))?;
+        let samples = run_access(client, &dir.0).map_err(|e| format!("{e}\ndaemon log:\n{}", log_text()))?;
         if let Ok(Some(s)) = daemon.try_wait() {
-            return Err(format!(
-                "holo-pager died during the run ({s}):\n{}",
-                log_text()
-            ));
+            return Err(format!("holo-pager died during the run ({s}):\n{}", log_text()));
         }
         let tiers = Command::new(&p.holoctl)
             .arg("--socket")
@@ -343,15 +300,9 @@ fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64) -> Result<(
     let _ = daemon.kill();
     let _ = daemon.wait();
     let (samples, tiers) = result?;
-    let issues: Vec<String> = log_text()
-        .lines()
-        .filter(|l| !l.starts_with("holo-pager info:"))
-        .map(String::from)
-        .collect();
-    Ok((
-        samples,
-        json!({"tiers_after_exit": tiers, "log_issues": issues}),
-    ))
+    let issues: Vec<String> =
+        log_text().lines().filter(|l| !l.starts_with("holo-pager info:")).map(String::from).collect();
+    Ok((samples, json!({"tiers_after_exit": tiers, "log_issues": issues})))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,8 +314,7 @@ fn percentiles(mut ns: Vec<u64>) -> Value {
         return Value::Null;
     }
     ns.sort_unstable();
-    let at =
-        |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] as f64 / 1e3;
+    let at = |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] as f64 / 1e3;
     json!({"p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99), "max_us": at(1.0)})
 }
 
@@ -379,20 +329,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One run as a JSON row: counts, percentiles of refaults and of all accesses, and the rest.
-fn run_row(
-    round: usize,
-    kind: Kind,
-    granule: u64,
-    s: &Samples,
-    daemon: Value,
-    t: Instant,
-) -> Value {
+fn run_row(round: usize, kind: Kind, granule: u64, s: &Samples, daemon: Value, t: Instant) -> Value {
     let pick = |refault: bool| -> Vec<u64> {
-        s.ns.iter()
-            .zip(&s.refault)
-            .filter(|(_, &r)| r == refault)
-            .map(|(&n, _)| n)
-            .collect()
+        s.ns.iter().zip(&s.refault).filter(|(_, &r)| r == refault).map(|(&n, _)| n).collect()
     };
     let (refaults, resident) = (pick(true), pick(false));
     // Cross-checks of the pagemap classification against a 1 us threshold.
@@ -418,9 +357,7 @@ fn refault(o: &Opts) -> Result<()> {
         shim: holo_bin("libholo.so")?,
     };
     let placement = match o.pin {
-        Some((f, h)) => format!(
-            "pinned: timing thread on CPU {f}, handler (raw thread / holo-pager) on CPU {h}"
-        ),
+        Some((f, h)) => format!("pinned: timing thread on CPU {f}, handler (raw thread / holo-pager) on CPU {h}"),
         None => "unpinned (the scheduler places threads)".to_string(),
     };
     eprintln!("refault: {} rounds, {placement}", o.rounds);
@@ -467,17 +404,9 @@ fn refault(o: &Opts) -> Result<()> {
     for &(bytes, label) in &GRANULES {
         let mut raw = None;
         for kind in [Kind::Raw, Kind::Holo] {
-            let mine: Vec<&Value> = rows
-                .iter()
-                .filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes)
-                .collect();
-            let med = |ptr: &str| {
-                median(
-                    mine.iter()
-                        .filter_map(|r| r.pointer(ptr)?.as_f64())
-                        .collect(),
-                )
-            };
+            let mine: Vec<&Value> =
+                rows.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes).collect();
+            let med = |ptr: &str| median(mine.iter().filter_map(|r| r.pointer(ptr)?.as_f64()).collect());
             let pcts = |set: &str| {
                 json!({
                     "p50_us": med(&format!("/{set}/p50_us")),
@@ -519,13 +448,8 @@ fn refault(o: &Opts) -> Result<()> {
         "wall_s": started.elapsed().as_secs_f64(),
     });
     fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
-    fs::write(&out, serde_json::to_string_pretty(&report).unwrap())
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-    println!(
-        "\nper-round numbers: {}  (whole run {:.0} s)",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
+    fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -535,33 +459,16 @@ fn print_tables(o: &Opts, placement: &str, summary: &[(Value, Value)]) {
         REGION_BYTES >> 20,
         o.rounds
     );
-    println!(
-        "each cell: median over the {} rounds of that round's percentile",
-        o.rounds
-    );
+    println!("each cell: median over the {} rounds of that round's percentile", o.rounds);
     for (set, title) in [
-        (
-            "refault",
-            "refaults: accesses whose page was not present (per /proc/self/pagemap) right before",
-        ),
+        ("refault", "refaults: accesses whose page was not present (per /proc/self/pagemap) right before"),
         ("all", "all accesses (resident pages included)"),
     ] {
-        let count = if set == "refault" {
-            "refaults_per_round"
-        } else {
-            "accesses_per_round"
-        };
+        let count = if set == "refault" { "refaults_per_round" } else { "accesses_per_round" };
         println!("\n{title}");
         println!(
             "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>15} {:>15}",
-            "contender",
-            "granule",
-            "samples/rd",
-            "p50 us",
-            "p90 us",
-            "p99 us",
-            "p50 holo/raw",
-            "p99 holo/raw"
+            "contender", "granule", "samples/rd", "p50 us", "p90 us", "p99 us", "p50 holo/raw", "p99 holo/raw"
         );
         for (s, raw) in summary {
             let v = |row: &Value, k: &str| row[set][k].as_f64().unwrap_or(f64::NAN);

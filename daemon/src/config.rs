@@ -8,10 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
@@ -58,30 +55,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (s, 1u64),
         Some((i, _)) => {
-            let mult = match s[i..]
-                .to_ascii_uppercase()
-                .trim_end_matches("IB")
-                .trim_end_matches('B')
-            {
+            let mult = match s[i..].to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
                 "" => 1,
                 "K" => 1 << 10,
                 "M" => 1 << 20,
                 "G" => 1 << 30,
                 "T" => 1 << 40,
-                other => {
-                    return Err(format!(
-                        "unknown size unit {other:?} in {s:?} (use K, M, G or T)"
-                    ))
-                }
+                other => return Err(format!("unknown size unit {other:?} in {s:?} (use K, M, G or T)")),
             };
             (&s[..i], mult)
         }
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Values given on the command line; `None` means "not given".
@@ -100,25 +86,17 @@ impl Config {
         let fc = match file {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?
             }
         };
-        let size =
-            |key: &'static str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
-                v.map_or(Ok(default), |s| {
-                    parse_size(&s).map_err(|message| ConfigError::Invalid { key, message })
-                })
-            };
+        let size = |key: &'static str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
+            v.map_or(Ok(default), |s| parse_size(&s).map_err(|message| ConfigError::Invalid { key, message }))
+        };
         let granule_bytes = size("granule", flags.granule.or(fc.granule), 64 << 10)?;
-        if !granule_bytes.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&granule_bytes)
-        {
+        if !granule_bytes.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&granule_bytes) {
             return Err(ConfigError::Invalid {
                 key: "granule",
                 message: format!("{granule_bytes} bytes is not a power of two between 4K and 2M"),
@@ -149,14 +127,8 @@ impl Config {
         let mut allow_gids = fc.allow_gids.unwrap_or_default();
         allow_gids.extend(flags.allow_gids);
         Ok(Config {
-            socket: flags
-                .socket
-                .or(fc.socket)
-                .unwrap_or_else(|| "/run/holo/pager.sock".into()),
-            state_dir: flags
-                .state_dir
-                .or(fc.state_dir)
-                .unwrap_or_else(|| "/var/lib/holo".into()),
+            socket: flags.socket.or(fc.socket).unwrap_or_else(|| "/run/holo/pager.sock".into()),
+            state_dir: flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into()),
             dram_budget_bytes,
             granule_bytes,
             allow_uids,
@@ -189,28 +161,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "dram_budget = \"1G\"\nbogus = 1\n").unwrap();
-        let e = Config::resolve(Some(&f), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::resolve(Some(&f), Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
-        let bad = Overrides {
-            granule: Some("3K".into()),
-            ..Default::default()
-        };
-        assert!(Config::resolve(None, bad)
-            .unwrap_err()
-            .to_string()
-            .contains("granule"));
+        let bad = Overrides { granule: Some("3K".into()), ..Default::default() };
+        assert!(Config::resolve(None, bad).unwrap_err().to_string().contains("granule"));
         // Flags override the file.
         std::fs::write(&f, "dram_budget = \"1G\"\ngranule = \"4K\"\n").unwrap();
-        let c = Config::resolve(
-            Some(&f),
-            Overrides {
-                granule: Some("2M".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let c = Config::resolve(Some(&f), Overrides { granule: Some("2M".into()), ..Default::default() }).unwrap();
         assert_eq!((c.granule_bytes, c.dram_budget_bytes), (2 << 20, 1 << 30));
         std::fs::remove_dir_all(&dir).unwrap();
     }

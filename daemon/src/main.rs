@@ -54,16 +54,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     service::init_logging(config.log_level);
 
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "cannot create state directory {}",
-            config.state_dir.display()
-        )
-    })?;
-    let spill = holo_tiers::SpillFile::create(
-        &config.state_dir.join("spill"),
-        config.granule_bytes as usize,
-    )?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
+    let spill = holo_tiers::SpillFile::create(&config.state_dir.join("spill"), config.granule_bytes as usize)?;
 
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -72,13 +65,10 @@ fn main() -> anyhow::Result<()> {
     match std::fs::remove_file(&config.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot remove stale {}", config.socket.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", config.socket.display())),
     }
-    let listener = UnixListener::bind(&config.socket)
-        .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    let listener =
+        UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
     // Anyone may connect and be told clearly whether SO_PEERCRED lets them in.
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o666))?;
 

@@ -41,6 +41,8 @@ const MSG_BATCH: usize = 64;
 const MAX_DEFERRED: usize = 65536;
 /// Evictions in flight per client; the shim's agent queues at most twice this many zaps.
 const MAX_INFLIGHT_EVICTIONS: usize = 64;
+/// Evictions started per loop turn: faults that arrive meanwhile wait for at most this many.
+const EVICTIONS_PER_TURN: usize = 8;
 
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -146,16 +148,14 @@ impl Pager {
         let retrying = self.deferred.iter().any(|f| !self.window_evicting(f.addr));
         let timeout_ms = if retrying {
             1
-        } else if !self.evictions.is_empty() || self.info.evict_request.load(Relaxed) > 0 {
+        } else if self.info.evict_request.load(Relaxed) > 0 && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
+            0
+        } else if !self.evictions.is_empty() {
             50
         } else {
             500
         };
-        let pfd = |fd: RawFd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let pfd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let agent_fd = self.agent.as_ref().map_or(-1, |a| a.as_raw_fd());
         // A negative fd is ignored by poll: the agent slot is empty until it connects.
         let mut fds = [
@@ -167,11 +167,7 @@ impl Pager {
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
         if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            log::error!(
-                "poll failed for pid {}: {}",
-                self.info.pid,
-                io::Error::last_os_error()
-            );
+            log::error!("poll failed for pid {}: {}", self.info.pid, io::Error::last_os_error());
             return Err(Gone("poll failed"));
         }
         // Faults and events first, in kernel order; then the connections, so that a
@@ -239,38 +235,30 @@ impl Pager {
             }
             Event::Remove { start, end } => self.on_remove(start, end),
             Event::Unmap { start, end } => {
-                self.cancel_overlapping(start, end);
+                self.settle_overlapping(start, end);
                 let (released, resident) = self.table.unmap(start, end);
                 self.d.store.release(&released);
                 self.d.add_resident(&self.info, -(resident as i64));
             }
             Event::Remap { from, to, len } => {
-                self.cancel_overlapping(from, from + len);
-                self.cancel_overlapping(to, to + len);
+                self.settle_overlapping(from, from + len);
+                self.settle_overlapping(to, to + len);
                 let (released, resident) = self.table.remap(from, to, len);
                 self.d.store.release(&released);
                 self.d.add_resident(&self.info, -(resident as i64));
             }
-            Event::Unknown(kind) => log::warn!(
-                "pid {}: unknown userfaultfd event {kind:#x} ignored",
-                self.info.pid
-            ),
+            Event::Unknown(kind) => log::warn!("pid {}: unknown userfaultfd event {kind:#x} ignored", self.info.pid),
         }
         Ok(())
     }
 
     fn defer(&mut self, f: Fault) {
-        assert!(
-            self.deferred.len() < MAX_DEFERRED,
-            "deferred fault queue overflow"
-        );
+        assert!(self.deferred.len() < MAX_DEFERRED, "deferred fault queue overflow");
         self.deferred.push(f);
     }
 
     fn window_evicting(&self, addr: u64) -> bool {
-        self.evictions
-            .values()
-            .any(|e| e.w.overlaps(addr, addr + PAGE))
+        self.evictions.values().any(|e| e.w.overlaps(addr, addr + PAGE))
     }
 
     fn retry_deferred(&mut self) -> Result<(), Gone> {
@@ -294,16 +282,14 @@ impl Pager {
             None => match self.adopt(f.addr) {
                 Some(w) => w,
                 None => {
-                    self.fail_fault(f, "the address is in no region holo knows");
+                    // Unmapped since it faulted: let the thread retry and meet the kernel's
+                    // verdict (SIGSEGV), as it would without holo.
+                    let _ = self.uffd.wake(f.addr, PAGE);
                     return Served::Done;
                 }
             },
         };
-        if self
-            .evictions
-            .values()
-            .any(|e| e.w.overlaps(w.start, w.end()))
-        {
+        if self.evictions.values().any(|e| e.w.overlaps(w.start, w.end())) {
             return Served::Defer;
         }
         if f.wp {
@@ -347,24 +333,18 @@ impl Pager {
                 j += 1;
             }
             if let Err(e) = self.load(&pages, i, j) {
-                log::error!(
-                    "pid {}: cannot read back {:#x}: {e}",
-                    self.info.pid,
-                    w.start + i as u64 * PAGE
-                );
+                log::error!("pid {}: cannot read back {:#x}: {e}", self.info.pid, w.start + i as u64 * PAGE);
                 self.fail_fault(f, "its page could not be read back from the spill tier");
                 return Served::Done;
             }
             let dst = w.start + i as u64 * PAGE;
-            let filled = match self
-                .uffd
-                .copy(dst, &self.buf[i * PAGE as usize..j * PAGE as usize])
-            {
+            let filled = match self.uffd.copy(dst, &self.buf[i * PAGE as usize..j * PAGE as usize]) {
                 Fill::Done => j - i,
                 Fill::Partial(bytes) => (bytes / PAGE) as usize,
                 // Present already: a zap that its REMOVE announced has not happened yet.
                 Fill::Exists => 0,
-                Fill::Retry => return Served::Retry,
+                // Read the events (the UNMAP among them) before trying again.
+                Fill::Retry | Fill::Unmapped => return Served::Retry,
                 Fill::TargetGone => return Served::Gone("its address space is gone"),
             };
             for (k, state) in pages.iter().enumerate().skip(i).take(filled) {
@@ -394,12 +374,7 @@ impl Pager {
     }
 
     /// Put the bytes of pages `i..j` of the window into `self.buf`.
-    fn load(
-        &mut self,
-        pages: &[PageState],
-        i: usize,
-        j: usize,
-    ) -> Result<(), holo_tiers::TierError> {
+    fn load(&mut self, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
         let mut k = i;
         while k < j {
@@ -411,19 +386,10 @@ impl Pager {
                 PageState::Spilled { slot, idx } => {
                     // Read consecutive pages of the same slot in one go.
                     let mut e = k + 1;
-                    while e < j
-                        && pages[e]
-                            == (PageState::Spilled {
-                                slot,
-                                idx: idx + (e - k) as u16,
-                            })
-                    {
+                    while e < j && pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
                         e += 1;
                     }
-                    self.d
-                        .store
-                        .tier
-                        .read(slot, idx as usize * p, &mut self.buf[k * p..e * p])?;
+                    self.d.store.tier.read(slot, idx as usize * p, &mut self.buf[k * p..e * p])?;
                     k = e;
                 }
             }
@@ -452,10 +418,7 @@ impl Pager {
         let (lo, hi) = maps.lines().find_map(|l| {
             let range = l.split_whitespace().next()?;
             let (a, b) = range.split_once('-')?;
-            let (a, b) = (
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            );
+            let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
             (a <= addr && addr < b).then_some((a, b))
         })?;
         self.table.adopt(lo, hi);
@@ -484,31 +447,37 @@ impl Pager {
         }
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
         // eviction not yet under way there captured stale bytes: cancel it.
-        self.cancel_overlapping(start, end);
+        self.settle_overlapping(start, end);
         let (released, resident) = self.table.zero_range(start, end);
         self.d.store.release(&released);
         self.d.add_resident(&self.info, -(resident as i64));
     }
 
-    /// Cancel evictions that have not been given the go, over `[start, end)`.
-    fn cancel_overlapping(&mut self, start: u64, end: u64) {
-        let ids: Vec<u64> = self
-            .evictions
-            .iter()
-            .filter(|(_, e)| e.w.overlaps(start, end))
-            .map(|(id, _)| *id)
-            .collect();
+    /// The program changed `[start, end)` (unmap, remap, its own DONTNEED): settle the
+    /// evictions there first. Its call went through the gate, so any zap the agent was doing
+    /// has finished: a `Removed` eviction is complete, a `Go` one failed, and a `Sent` one
+    /// captured bytes that are now stale.
+    fn settle_overlapping(&mut self, start: u64, end: u64) {
+        let ids: Vec<u64> =
+            self.evictions.iter().filter(|(_, e)| e.w.overlaps(start, end)).map(|(id, _)| *id).collect();
         for id in ids {
-            if self.evictions[&id].state == EvictState::Sent {
-                self.cancel(id);
+            if self.evictions[&id].state == EvictState::Removed {
+                self.complete(id);
             } else {
-                // The gate makes this impossible for programs that go through libc.
-                log::error!(
-                    "pid {}: address space changed under an eviction in progress (raw syscall?)",
-                    self.info.pid
-                );
+                self.cancel(id);
             }
         }
+    }
+
+    /// The zap of eviction `id` is done: its pages have left DRAM.
+    fn complete(&mut self, id: u64) {
+        let e = self.evictions.remove(&id).unwrap();
+        debug_assert_eq!(e.state, EvictState::Removed);
+        let n = e.pages.len() as i64;
+        self.d.budget.evicting.fetch_sub(n, Relaxed);
+        self.d.add_resident(&self.info, -n);
+        self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
+        self.d.stats.spill.evictions.fetch_add(n as u64, Relaxed);
     }
 
     fn cancel(&mut self, id: u64) {
@@ -517,10 +486,7 @@ impl Pager {
         // Lifting protection also wakes threads that wrote meanwhile.
         let _ = self.uffd.write_protect(e.w.start, e.w.len, false);
         self.d.store.discard(e.slot);
-        self.d
-            .budget
-            .evicting
-            .fetch_sub(e.pages.len() as i64, Relaxed);
+        self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.stats.cancelled_evictions.fetch_add(1, Relaxed);
     }
 
@@ -533,10 +499,7 @@ impl Pager {
             .map(|(id, _)| *id)
             .collect();
         for id in late {
-            log::warn!(
-                "pid {}: agent did not zap within {limit:?}; eviction cancelled",
-                self.info.pid
-            );
+            log::warn!("pid {}: agent did not zap within {limit:?}; eviction cancelled", self.info.pid);
             self.cancel(id);
         }
     }
@@ -550,7 +513,13 @@ impl Pager {
         }
         let mut started = 0i64;
         let mut exhausted = self.agent.is_none();
-        while started < want && !exhausted && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
+        let mut turns = 0;
+        while started < want
+            && !exhausted
+            && self.evictions.len() < MAX_INFLIGHT_EVICTIONS
+            && turns < EVICTIONS_PER_TURN
+        {
+            turns += 1;
             let Some(w) = self.next_victim() else {
                 exhausted = true;
                 break;
@@ -576,22 +545,14 @@ impl Pager {
     fn next_victim(&mut self) -> Option<Window> {
         let g = self.granule;
         let evicting: Vec<Window> = self.evictions.values().map(|e| e.w).collect();
-        let regions: Vec<(u64, u64)> = self
-            .table
-            .regions()
-            .filter(|r| r.resident > 0)
-            .map(|r| (r.start, r.end()))
-            .collect();
+        let regions: Vec<(u64, u64)> =
+            self.table.regions().filter(|r| r.resident > 0).map(|r| (r.start, r.end())).collect();
         for pass in 0..2 {
             for &(start, end) in &regions {
                 if pass == 0 && end <= self.hand {
                     continue;
                 }
-                let mut addr = if pass == 0 {
-                    start.max(self.hand)
-                } else {
-                    start
-                };
+                let mut addr = if pass == 0 { start.max(self.hand) } else { start };
                 while addr < end {
                     let w = self.table.window(addr, g).unwrap();
                     addr = w.end();
@@ -623,34 +584,38 @@ impl Pager {
         match self.uffd.write_protect(w.start, w.len, true) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Err(Served::Retry),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(Served::Gone("its address space is gone"))
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(Served::Gone("its address space is gone")),
             Err(e) => {
-                log::warn!(
-                    "pid {}: cannot write-protect {:#x}+{:#x}: {e}",
-                    self.info.pid,
-                    w.start,
-                    w.len
-                );
+                log::warn!("pid {}: cannot write-protect {:#x}+{:#x}: {e}", self.info.pid, w.start, w.len);
                 return Err(Served::Gone("write-protect failed"));
             }
         }
+        // /proc/PID/mem, not process_vm_readv: a page that is unexpectedly missing gives EIO
+        // here instead of faulting back into this very thread. One read per run of resident
+        // pages; page by page only if a run fails.
         let mut captured = Vec::with_capacity(resident.len());
-        for &addr in &resident {
-            let off = (addr - w.start) as usize;
-            // /proc/PID/mem, not process_vm_readv: a page that is unexpectedly missing gives
-            // EIO here instead of faulting back into this very thread.
-            match self
-                .mem
-                .read_exact_at(&mut self.buf[off..off + PAGE as usize], addr)
-            {
-                Ok(()) => captured.push(addr),
-                Err(e) => log::debug!(
-                    "pid {}: page {addr:#x} not readable ({e}); left resident",
-                    self.info.pid
-                ),
+        let mut run_start = 0;
+        while run_start < resident.len() {
+            let mut run_end = run_start + 1;
+            while run_end < resident.len() && resident[run_end] == resident[run_end - 1] + PAGE {
+                run_end += 1;
             }
+            let (first, off) = (resident[run_start], (resident[run_start] - w.start) as usize);
+            let bytes = (run_end - run_start) * PAGE as usize;
+            if self.mem.read_exact_at(&mut self.buf[off..off + bytes], first).is_ok() {
+                captured.extend_from_slice(&resident[run_start..run_end]);
+            } else {
+                for &addr in &resident[run_start..run_end] {
+                    let off = (addr - w.start) as usize;
+                    match self.mem.read_exact_at(&mut self.buf[off..off + PAGE as usize], addr) {
+                        Ok(()) => captured.push(addr),
+                        Err(e) => {
+                            log::debug!("pid {}: page {addr:#x} not readable ({e}); left resident", self.info.pid)
+                        }
+                    }
+                }
+            }
+            run_start = run_end;
         }
         let slot = match self.d.store.alloc() {
             Ok(s) => s,
@@ -670,24 +635,12 @@ impl Pager {
         self.next_eviction += 1;
         let n = captured.len();
         self.d.budget.evicting.fetch_add(n as i64, Relaxed);
-        self.evictions.insert(
-            id,
-            Eviction {
-                w,
-                slot,
-                pages: captured,
-                state: EvictState::Sent,
-                sent_at: Instant::now(),
-            },
-        );
-        let sent = self.agent.as_ref().map(|a| {
-            proto::send(
-                a.as_raw_fd(),
-                Frame::new(Kind::Zap, id, w.start, w.len),
-                None,
-                b"",
-            )
-        });
+        self.evictions
+            .insert(id, Eviction { w, slot, pages: captured, state: EvictState::Sent, sent_at: Instant::now() });
+        let sent = self
+            .agent
+            .as_ref()
+            .map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, id, w.start, w.len), None, b""));
         if !matches!(sent, Some(Ok(()))) {
             log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
             self.cancel(id);
@@ -723,23 +676,14 @@ impl Pager {
                     .map_err(|_| Gone("its agent connection closed"))?;
             }
             Kind::Zapped => match self.evictions.get(&f.a).map(|e| e.state) {
-                Some(EvictState::Removed) => {
-                    let e = self.evictions.remove(&f.a).unwrap();
-                    let n = e.pages.len() as i64;
-                    self.d.budget.evicting.fetch_sub(n, Relaxed);
-                    self.d.add_resident(&self.info, -n);
-                    self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
-                    self.d.stats.spill.evictions.fetch_add(n as u64, Relaxed);
-                }
+                Some(EvictState::Removed) => self.complete(f.a),
                 // madvise failed or never reached the kernel: the pages are still here.
                 Some(_) => self.cancel(f.a),
+                // Settled already, by a program event that followed the zap.
                 None => {}
             },
             other => {
-                log::warn!(
-                    "pid {}: unexpected {other:?} on the agent connection",
-                    self.info.pid
-                );
+                log::warn!("pid {}: unexpected {other:?} on the agent connection", self.info.pid);
                 return Err(Gone("protocol error on its agent connection"));
             }
         }
@@ -754,10 +698,7 @@ impl Pager {
                 Ok(Recv::Frame(f, fd_in)) => (f, fd_in),
                 Ok(Recv::Eof) => return Err(Gone("it closed its connection")),
                 Err(e) => {
-                    log::warn!(
-                        "pid {}: bad request ({e}); dropping the client",
-                        self.info.pid
-                    );
+                    log::warn!("pid {}: bad request ({e}); dropping the client", self.info.pid);
                     return Err(Gone("bad request"));
                 }
             };
@@ -771,12 +712,7 @@ impl Pager {
                 Ok(()) => proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b""),
                 Err(msg) => {
                     log::warn!("pid {}: request refused: {msg}", self.info.pid);
-                    proto::send(
-                        fd,
-                        Frame::new(Kind::Error, msg.len() as u64, 0, 0),
-                        None,
-                        msg.as_bytes(),
-                    )
+                    proto::send(fd, Frame::new(Kind::Error, msg.len() as u64, 0, 0), None, msg.as_bytes())
                 }
             };
             sent.map_err(|_| Gone("it closed its connection"))?;
@@ -791,42 +727,19 @@ impl Pager {
         if start % PAGE != 0 || len % PAGE != 0 || len == 0 || start.checked_add(len).is_none() {
             return Err(format!("region {start:#x}+{len:#x} is not page aligned"));
         }
-        if (start..start + len)
-            .step_by(PAGE as usize)
-            .any(|a| self.table.contains(a))
-        {
-            return Err(format!(
-                "region {start:#x}+{len:#x} overlaps a registered region"
-            ));
+        if (start..start + len).step_by(PAGE as usize).any(|a| self.table.contains(a)) {
+            return Err(format!("region {start:#x}+{len:#x} overlaps a registered region"));
         }
         use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
         self.uffd
-            .register(
-                start,
-                len,
-                UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
-            )
-            .map_err(|e| {
-                format!(
-                    "cannot register {start:#x}+{len:#x} (must be private anonymous memory): {e}"
-                )
-            })?;
+            .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
+            .map_err(|e| format!("cannot register {start:#x}+{len:#x} (must be private anonymous memory): {e}"))?;
         self.table.add_region(start, len).map_err(|e| e.to_string())
     }
 
     fn forked(&mut self, child_pid: i32) -> Result<(), String> {
-        let (uffd, table) = self
-            .pending_forks
-            .pop_front()
-            .ok_or("no fork event is pending for this process")?;
-        self.d.offer_child(
-            child_pid,
-            PendingChild {
-                parent_pid: self.info.pid,
-                uffd,
-                table,
-            },
-        );
+        let (uffd, table) = self.pending_forks.pop_front().ok_or("no fork event is pending for this process")?;
+        self.d.offer_child(child_pid, PendingChild { parent_pid: self.info.pid, uffd, table });
         Ok(())
     }
 
@@ -851,10 +764,7 @@ impl Pager {
     /// The client is gone: give back its pages, slots and pending children.
     fn release_all(&mut self) {
         for (_, e) in self.evictions.drain() {
-            self.d
-                .budget
-                .evicting
-                .fetch_sub(e.pages.len() as i64, Relaxed);
+            self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
             if e.state != EvictState::Removed {
                 self.d.store.discard(e.slot);
             }

@@ -34,12 +34,7 @@ pub struct Region {
 
 impl Region {
     fn new(start: u64, pages: Vec<PageState>) -> Region {
-        let mut r = Region {
-            start,
-            pages,
-            resident: 0,
-            spilled: 0,
-        };
+        let mut r = Region { start, pages, resident: 0, spilled: 0 };
         r.recount();
         r
     }
@@ -49,16 +44,8 @@ impl Region {
     }
 
     fn recount(&mut self) {
-        self.resident = self
-            .pages
-            .iter()
-            .filter(|p| **p == PageState::Resident)
-            .count() as u64;
-        self.spilled = self
-            .pages
-            .iter()
-            .filter(|p| matches!(p, PageState::Spilled { .. }))
-            .count() as u64;
+        self.resident = self.pages.iter().filter(|p| **p == PageState::Resident).count() as u64;
+        self.spilled = self.pages.iter().filter(|p| matches!(p, PageState::Spilled { .. })).count() as u64;
     }
 }
 
@@ -117,35 +104,19 @@ impl PageTable {
         if start % PAGE != 0 || len % PAGE != 0 || len == 0 || start.checked_add(len).is_none() {
             return Err(TableError::Misaligned { start, len });
         }
-        if self
-            .regions
-            .range(..start + len)
-            .next_back()
-            .is_some_and(|(_, r)| r.end() > start)
-        {
+        if self.regions.range(..start + len).next_back().is_some_and(|(_, r)| r.end() > start) {
             return Err(TableError::Overlap { start, len });
         }
-        self.regions.insert(
-            start,
-            Region::new(start, vec![PageState::Untouched; (len / PAGE) as usize]),
-        );
+        self.regions.insert(start, Region::new(start, vec![PageState::Untouched; (len / PAGE) as usize]));
         Ok(())
     }
 
     fn region_of(&self, addr: u64) -> Option<&Region> {
-        self.regions
-            .range(..=addr)
-            .next_back()
-            .map(|(_, r)| r)
-            .filter(|r| addr < r.end())
+        self.regions.range(..=addr).next_back().map(|(_, r)| r).filter(|r| addr < r.end())
     }
 
     fn region_of_mut(&mut self, addr: u64) -> Option<&mut Region> {
-        self.regions
-            .range_mut(..=addr)
-            .next_back()
-            .map(|(_, r)| r)
-            .filter(|r| addr < r.end())
+        self.regions.range_mut(..=addr).next_back().map(|(_, r)| r).filter(|r| addr < r.end())
     }
 
     pub fn contains(&self, addr: u64) -> bool {
@@ -157,10 +128,7 @@ impl PageTable {
         let r = self.region_of(addr)?;
         let start = (addr & !(granule - 1)).max(r.start);
         let end = ((addr & !(granule - 1)) + granule).min(r.end());
-        Some(Window {
-            start,
-            len: end - start,
-        })
+        Some(Window { start, len: end - start })
     }
 
     /// States of the pages of `w` (which must lie in one region).
@@ -220,13 +188,8 @@ impl PageTable {
     fn cut(&mut self, start: u64, end: u64) -> Vec<Region> {
         let start = start & !(PAGE - 1);
         let end = (end + PAGE - 1) & !(PAGE - 1);
-        let keys: Vec<u64> = self
-            .regions
-            .range(..end)
-            .rev()
-            .take_while(|(_, r)| r.end() > start)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<u64> =
+            self.regions.range(..end).rev().take_while(|(_, r)| r.end() > start).map(|(k, _)| *k).collect();
         let mut cut = Vec::new();
         for k in keys.into_iter().rev() {
             let mut r = self.regions.remove(&k).unwrap();
@@ -282,11 +245,7 @@ impl PageTable {
                 addr = r.end();
                 continue;
             }
-            let gap_end = self
-                .regions
-                .range(addr..)
-                .next()
-                .map_or(end, |(&k, _)| k.min(end));
+            let gap_end = self.regions.range(addr..).next().map_or(end, |(&k, _)| k.min(end));
             self.add_region(addr, gap_end - addr).expect("gap is free");
             added += (gap_end - addr) / PAGE;
             addr = gap_end;
@@ -312,48 +271,21 @@ mod tests {
     fn windows_are_aligned_and_clamped() {
         let t = table_with(0x10000 + 3 * PAGE, 40);
         // First window is clamped to the region start.
-        assert_eq!(
-            t.window(0x10000 + 5 * PAGE, G),
-            Some(Window {
-                start: 0x10000 + 3 * PAGE,
-                len: 13 * PAGE
-            })
-        );
+        assert_eq!(t.window(0x10000 + 5 * PAGE, G), Some(Window { start: 0x10000 + 3 * PAGE, len: 13 * PAGE }));
         // A middle window is a whole granule.
-        assert_eq!(
-            t.window(0x20000 + PAGE, G),
-            Some(Window {
-                start: 0x20000,
-                len: G
-            })
-        );
+        assert_eq!(t.window(0x20000 + PAGE, G), Some(Window { start: 0x20000, len: G }));
         // The last is clamped to the region end.
         let end = 0x10000 + 43 * PAGE;
-        assert_eq!(
-            t.window(end - PAGE, G),
-            Some(Window {
-                start: 0x30000,
-                len: end - 0x30000
-            })
-        );
+        assert_eq!(t.window(end - PAGE, G), Some(Window { start: 0x30000, len: end - 0x30000 }));
         assert_eq!(t.window(end, G), None);
     }
 
     #[test]
     fn overlapping_regions_are_refused() {
         let mut t = table_with(0x10000, 4);
-        assert_eq!(
-            t.add_region(0x10000 + 3 * PAGE, PAGE),
-            Err(TableError::Overlap {
-                start: 0x13000,
-                len: PAGE
-            })
-        );
+        assert_eq!(t.add_region(0x10000 + 3 * PAGE, PAGE), Err(TableError::Overlap { start: 0x13000, len: PAGE }));
         assert!(t.add_region(0x10000 + 4 * PAGE, PAGE).is_ok());
-        assert!(matches!(
-            t.add_region(0x10001, PAGE),
-            Err(TableError::Misaligned { .. })
-        ));
+        assert!(matches!(t.add_region(0x10001, PAGE), Err(TableError::Misaligned { .. })));
     }
 
     #[test]
@@ -374,20 +306,9 @@ mod tests {
         t.set(9 * PAGE, Resident);
         let (rel, res) = t.unmap(3 * PAGE, 5 * PAGE);
         assert_eq!((rel.len(), res), (0, 0));
-        assert!(
-            t.contains(2 * PAGE)
-                && !t.contains(3 * PAGE)
-                && !t.contains(4 * PAGE)
-                && t.contains(5 * PAGE)
-        );
+        assert!(t.contains(2 * PAGE) && !t.contains(3 * PAGE) && !t.contains(4 * PAGE) && t.contains(5 * PAGE));
         // A window no longer spans the hole.
-        assert_eq!(
-            t.window(5 * PAGE, G),
-            Some(Window {
-                start: 5 * PAGE,
-                len: 5 * PAGE
-            })
-        );
+        assert_eq!(t.window(5 * PAGE, G), Some(Window { start: 5 * PAGE, len: 5 * PAGE }));
         assert_eq!(t.resident_pages(), 1);
     }
 

@@ -42,11 +42,7 @@ fn peer_of(s: &UnixStream) -> io::Result<Peer> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
-    })
+    Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid })
 }
 
 /// Root, the configured uids, and members (primary or supplementary) of configured gids.
@@ -58,14 +54,9 @@ fn allowed(d: &Daemon, p: Peer) -> bool {
         return false;
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .any(|g: u32| d.config.allow_gids.contains(&g))
-        })
+    status.lines().find_map(|l| l.strip_prefix("Groups:")).is_some_and(|g| {
+        g.split_whitespace().filter_map(|x| x.parse().ok()).any(|g: u32| d.config.allow_gids.contains(&g))
+    })
 }
 
 pub fn serve(d: Arc<Daemon>, listener: UnixListener) {
@@ -73,9 +64,7 @@ pub fn serve(d: Arc<Daemon>, listener: UnixListener) {
         match conn {
             Ok(conn) => {
                 let d = d.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("handshake".into())
-                    .spawn(move || handshake(d, conn));
+                let spawned = std::thread::Builder::new().name("handshake".into()).spawn(move || handshake(d, conn));
                 if let Err(e) = spawned {
                     log::error!("cannot start a handshake thread: {e}");
                 }
@@ -89,26 +78,15 @@ pub fn serve(d: Arc<Daemon>, listener: UnixListener) {
 }
 
 fn send_text(fd: RawFd, kind: Kind, text: &str) -> io::Result<()> {
-    proto::send(
-        fd,
-        Frame::new(kind, text.len() as u64, 0, 0),
-        None,
-        text.as_bytes(),
-    )
+    proto::send(fd, Frame::new(kind, text.len() as u64, 0, 0), None, text.as_bytes())
 }
 
 fn recv_blocking(s: &UnixStream) -> io::Result<(Frame, Option<OwnedFd>)> {
     match proto::recv(s.as_raw_fd(), false)? {
         // SAFETY: the kernel just installed this fd for us.
         Recv::Frame(f, fd) => Ok((f, fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))),
-        Recv::Eof => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "peer closed the connection",
-        )),
-        Recv::WouldBlock => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "handshake timed out",
-        )),
+        Recv::Eof => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")),
+        Recv::WouldBlock => Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")),
     }
 }
 
@@ -133,18 +111,11 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         Err(e) => return log::debug!("pid {}: no hello ({e})", peer.pid),
     };
     if hello.kind != Kind::Hello || hello.a != PROTOCOL_VERSION {
-        let _ = send_text(
-            conn.as_raw_fd(),
-            Kind::Refused,
-            "holo-pager speaks protocol version 1 only",
-        );
+        let _ = send_text(conn.as_raw_fd(), Kind::Refused, "holo-pager speaks protocol version 1 only");
         return log_refusal(&format!("pid {}: refused: bad hello {hello:?}", peer.pid));
     }
     if hello.b != role::CONTROL && !allowed(&d, peer) {
-        let why = format!(
-            "uid {} is not allowed to use holo-pager (allow_uids / allow_gids)",
-            peer.uid
-        );
+        let why = format!("uid {} is not allowed to use holo-pager (allow_uids / allow_gids)", peer.uid);
         log_refusal(&format!("pid {} refused: {why}", peer.pid));
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
         return;
@@ -164,13 +135,9 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
 fn register_client(d: &Arc<Daemon>, peer: Peer) -> Result<Arc<ClientInfo>, String> {
     let mut clients = d.clients.lock().unwrap();
     if clients.len() >= d.config.max_clients {
-        return Err(format!(
-            "too many clients (max_clients = {})",
-            d.config.max_clients
-        ));
+        return Err(format!("too many clients (max_clients = {})", d.config.max_clients));
     }
-    let info =
-        Arc::new(ClientInfo::new(d.new_token(), peer.pid, peer.uid).map_err(|e| e.to_string())?);
+    let info = Arc::new(ClientInfo::new(d.new_token(), peer.pid, peer.uid).map_err(|e| e.to_string())?);
     clients.push(info.clone());
     Ok(info)
 }
@@ -213,8 +180,7 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
             return Err("the file descriptor sent is not a userfaultfd".into());
         }
         let uffd = Uffd::from_owned(ufd);
-        uffd.api(HOLO_FEATURES)
-            .map_err(|e| format!("userfaultfd API handshake failed: {e}"))?;
+        uffd.api(HOLO_FEATURES).map_err(|e| format!("userfaultfd API handshake failed: {e}"))?;
         Ok(uffd)
     })();
     let uffd = match handshake {
@@ -226,12 +192,7 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
         }
     };
     proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
-    log::info!(
-        "client pid {} ({}) uid {} connected",
-        peer.pid,
-        info.comm,
-        peer.uid
-    );
+    log::info!("client pid {} ({}) uid {} connected", peer.pid, info.comm, peer.uid);
     spawn_pager(d, info, uffd, conn, PageTable::default())
 }
 
@@ -240,18 +201,10 @@ fn is_userfaultfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.to_string_lossy().contains("userfaultfd"))
 }
 
-fn start_child(
-    d: &Arc<Daemon>,
-    conn: UnixStream,
-    peer: Peer,
-    parent_pid: i32,
-) -> Result<(), String> {
+fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -> Result<(), String> {
     let fd = conn.as_raw_fd();
     let Some(child) = d.claim_child(peer.pid, parent_pid, HANDSHAKE_TIMEOUT) else {
-        let why = format!(
-            "no fork of pid {parent_pid} is pending for pid {}",
-            peer.pid
-        );
+        let why = format!("no fork of pid {parent_pid} is pending for pid {}", peer.pid);
         let _ = send_text(fd, Kind::Refused, &why);
         return Err(why);
     };
@@ -273,10 +226,7 @@ fn start_child(
         d.remove_client(info.token);
         return Err(format!("cannot welcome forked child: {e}"));
     }
-    log::info!(
-        "forked child pid {} of pid {parent_pid} connected",
-        peer.pid
-    );
+    log::info!("forked child pid {} of pid {parent_pid} connected", peer.pid);
     spawn_pager(d, info, child.uffd, conn, child.table)
 }
 
@@ -287,8 +237,7 @@ fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Re
         return Err("agent with an unknown token refused".into());
     };
     let _ = conn.set_read_timeout(None);
-    proto::send(conn.as_raw_fd(), Frame::new(Kind::Ok, 0, 0, 0), None, b"")
-        .map_err(|e| e.to_string())?;
+    proto::send(conn.as_raw_fd(), Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
     *client.agent.lock().unwrap() = Some(conn);
     client.poke();
     Ok(())
@@ -296,13 +245,7 @@ fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Re
 
 fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
     let fd = conn.as_raw_fd();
-    proto::send(
-        fd,
-        Frame::new(Kind::Welcome, 0, d.config.granule_bytes, 0),
-        None,
-        b"",
-    )
-    .map_err(|e| e.to_string())?;
+    proto::send(fd, Frame::new(Kind::Welcome, 0, d.config.granule_bytes, 0), None, b"").map_err(|e| e.to_string())?;
     loop {
         let f = match recv_blocking(&conn) {
             Ok((f, _)) => f,

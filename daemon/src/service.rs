@@ -28,11 +28,7 @@ impl log::Log for Logger {
         let line = if self.journal {
             format!("<{prio}>{}\n", r.args())
         } else {
-            format!(
-                "holo-pager {}: {}\n",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            )
+            format!("holo-pager {}: {}\n", r.level().as_str().to_lowercase(), r.args())
         };
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
@@ -70,10 +66,7 @@ pub fn notify(msg: &str) {
 
 /// If systemd asked for a watchdog, ping it at half the interval from a thread.
 pub fn start_watchdog() {
-    let Some(usec) = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()) else {
         return;
     };
     let every = Duration::from_micros(usec / 2);

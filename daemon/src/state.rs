@@ -25,11 +25,7 @@ pub struct SlotStore {
 
 impl SlotStore {
     pub fn new(tier: Box<dyn Tier>) -> SlotStore {
-        SlotStore {
-            tier,
-            refs: Mutex::new(HashMap::new()),
-            page_refs: AtomicU64::new(0),
-        }
+        SlotStore { tier, refs: Mutex::new(HashMap::new()), page_refs: AtomicU64::new(0) }
     }
 
     /// A fresh slot with no references yet.
@@ -145,10 +141,7 @@ impl ClientInfo {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
         Ok(ClientInfo {
             token,
             pid,
@@ -201,10 +194,8 @@ impl Daemon {
         let limit_pages = (config.dram_budget_bytes / PAGE) as i64;
         // Tokens are unguessable enough that one client cannot attach an agent to another
         // by counting; SO_PEERCRED (same pid) is checked as well.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         Daemon {
             config,
             store: SlotStore::new(tier),
@@ -228,12 +219,7 @@ impl Daemon {
     }
 
     pub fn client_by_token(&self, token: u64) -> Option<Arc<ClientInfo>> {
-        self.clients
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|c| c.token == token)
-            .cloned()
+        self.clients.lock().unwrap().iter().find(|c| c.token == token).cloned()
     }
 
     pub fn remove_client(&self, token: u64) {
@@ -254,10 +240,7 @@ impl Daemon {
     /// Cheap when under budget: three atomic loads.
     pub fn rebalance(&self) {
         let b = &self.budget;
-        let excess = b.resident.load(Relaxed)
-            - b.evicting.load(Relaxed)
-            - b.requested.load(Relaxed)
-            - b.limit_pages;
+        let excess = b.resident.load(Relaxed) - b.evicting.load(Relaxed) - b.requested.load(Relaxed) - b.limit_pages;
         if excess <= 0 {
             return;
         }
@@ -287,30 +270,18 @@ impl Daemon {
     }
 
     /// Wait (bounded) for the parent to report the fork that created `pid`.
-    pub fn claim_child(
-        &self,
-        pid: i32,
-        parent_pid: i32,
-        timeout: Duration,
-    ) -> Option<PendingChild> {
+    pub fn claim_child(&self, pid: i32, parent_pid: i32, timeout: Duration) -> Option<PendingChild> {
         let deadline = Instant::now() + timeout;
         let mut children = self.children.lock().unwrap();
         loop {
-            if children
-                .get(&pid)
-                .is_some_and(|c| c.parent_pid == parent_pid)
-            {
+            if children.get(&pid).is_some_and(|c| c.parent_pid == parent_pid) {
                 return children.remove(&pid);
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
-            children = self
-                .children_cv
-                .wait_timeout(children, deadline - now)
-                .unwrap()
-                .0;
+            children = self.children_cv.wait_timeout(children, deadline - now).unwrap().0;
         }
     }
 
@@ -318,11 +289,7 @@ impl Daemon {
     /// Release what they hold. Called whenever a new child is offered.
     fn reap_dead_children(children: &mut HashMap<i32, PendingChild>, store: &SlotStore) {
         // SAFETY: kill with signal 0 only checks that the pid exists.
-        let dead: Vec<i32> = children
-            .keys()
-            .copied()
-            .filter(|&p| unsafe { libc::kill(p, 0) } != 0)
-            .collect();
+        let dead: Vec<i32> = children.keys().copied().filter(|&p| unsafe { libc::kill(p, 0) } != 0).collect();
         for p in dead {
             let c = children.remove(&p).unwrap();
             let refs: Vec<SlotId> = c.table.spilled_refs().collect();

@@ -115,18 +115,10 @@ struct Why {
 
 impl Why {
     fn new(what: &'static str) -> Why {
-        Why {
-            what,
-            detail: [0; 200],
-            len: 0,
-            errno: 0,
-        }
+        Why { what, detail: [0; 200], len: 0, errno: 0 }
     }
     fn os(what: &'static str) -> Why {
-        Why {
-            errno: sys::errno(),
-            ..Why::new(what)
-        }
+        Why { errno: sys::errno(), ..Why::new(what) }
     }
     fn print(&self) {
         let detail = core::str::from_utf8(&self.detail[..self.len]).unwrap_or("?");
@@ -179,12 +171,7 @@ fn connect_socket() -> Result<c_int, Why> {
 }
 
 /// Send `frame` and read the reply; text after an error reply goes into the `Why`.
-fn call(
-    fd: c_int,
-    frame: Frame,
-    send_fd: Option<c_int>,
-    what: &'static str,
-) -> Result<(Frame, Option<c_int>), Why> {
+fn call(fd: c_int, frame: Frame, send_fd: Option<c_int>, what: &'static str) -> Result<(Frame, Option<c_int>), Why> {
     if proto::send(fd, frame, send_fd, b"").is_err() {
         return Err(Why::os(what));
     }
@@ -238,15 +225,9 @@ fn handshake() -> Result<(), Why> {
     let uffd = unsafe {
         let dev = libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if dev < 0 {
-            return Err(Why::os(
-                "cannot open /dev/userfaultfd (root or group holo needed)",
-            ));
+            return Err(Why::os("cannot open /dev/userfaultfd (root or group holo needed)"));
         }
-        let u = libc::ioctl(
-            dev,
-            USERFAULTFD_IOC_NEW as _,
-            libc::O_CLOEXEC | libc::O_NONBLOCK,
-        );
+        let u = libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, libc::O_CLOEXEC | libc::O_NONBLOCK);
         libc::close(dev);
         if u < 0 {
             return Err(Why::os("cannot create a userfaultfd"));
@@ -254,12 +235,7 @@ fn handshake() -> Result<(), Why> {
         u
     };
     UFFD.store(uffd, Release);
-    call(
-        fd,
-        Frame::new(Kind::Uffd, 0, 0, 0),
-        Some(uffd),
-        "holo-pager could not take the userfaultfd",
-    )?;
+    call(fd, Frame::new(Kind::Uffd, 0, 0, 0), Some(uffd), "holo-pager could not take the userfaultfd")?;
     TOKEN.store(welcome.a, Release);
     start_agent(welcome.a)
 }
@@ -374,11 +350,7 @@ extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
     }
     let fd = AGENT_FD.load(Acquire);
-    let mut queue = ZapQueue {
-        ring: [Frame::new(Kind::Zap, 0, 0, 0); 128],
-        head: 0,
-        len: 0,
-    };
+    let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
     loop {
         let zap = match queue.pop() {
             Some(z) => z,
@@ -439,7 +411,10 @@ fn daemon_lost() -> ! {
     // SAFETY: sleeping and signalling ourselves.
     unsafe {
         libc::sleep(timeout as u32);
-        say!("holo: holo-pager did not come back within {timeout} s; killing pid {} rather than let it read wrong data", libc::getpid());
+        say!(
+            "holo: holo-pager did not come back within {timeout} s; killing pid {} rather than let it read wrong data",
+            libc::getpid()
+        );
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
     loop {
@@ -484,19 +459,10 @@ fn child_reattach(parent: libc::pid_t) {
         let fd = connect_socket()?;
         REQ_FD.store(fd, Release);
         let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CHILD, parent as u64);
-        let (welcome, uffd) = call(
-            fd,
-            hello,
-            None,
-            "holo-pager could not attach this forked child",
-        )?;
+        let (welcome, uffd) = call(fd, hello, None, "holo-pager could not attach this forked child")?;
         match uffd {
             Some(u) => UFFD.store(u, Release),
-            None => {
-                return Err(Why::new(
-                    "holo-pager sent no userfaultfd for this forked child",
-                ))
-            }
+            None => return Err(Why::new("holo-pager sent no userfaultfd for this forked child")),
         }
         TOKEN.store(welcome.a, Release);
         start_agent(welcome.a)
@@ -507,7 +473,10 @@ fn child_reattach(parent: libc::pid_t) {
         why.print();
         // SAFETY: getpid/kill on ourselves.
         unsafe {
-            say!("holo: forked child {} cannot be attached to holo-pager; killing it to protect its data", libc::getpid());
+            say!(
+                "holo: forked child {} cannot be attached to holo-pager; killing it to protect its data",
+                libc::getpid()
+            );
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }

@@ -60,14 +60,8 @@ extern "C" fn init() {
     let _g = Guard::enter();
     // SAFETY: dlsym with NUL-terminated names; RTLD_NEXT finds the C library's versions.
     unsafe {
-        REAL_FORK.store(
-            libc::dlsym(libc::RTLD_NEXT, c"fork".as_ptr()) as usize,
-            Release,
-        );
-        REAL_USABLE_SIZE.store(
-            libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) as usize,
-            Release,
-        );
+        REAL_FORK.store(libc::dlsym(libc::RTLD_NEXT, c"fork".as_ptr()) as usize, Release);
+        REAL_USABLE_SIZE.store(libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) as usize, Release);
         conn::init();
     }
 }
@@ -190,15 +184,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, n: size_t) -> *mut c_void {
                 return p;
             }
             // The kernel moves the pages (and tells the daemon with EVENT_REMAP/UNMAP).
-            let q = gated(|| {
-                sys::mremap(
-                    p,
-                    old_len,
-                    new_len,
-                    libc::MREMAP_MAYMOVE,
-                    core::ptr::null_mut(),
-                )
-            });
+            let q = gated(|| sys::mremap(p, old_len, new_len, libc::MREMAP_MAYMOVE, core::ptr::null_mut()));
             if q == libc::MAP_FAILED {
                 sys::set_errno(libc::ENOMEM);
                 return core::ptr::null_mut();
@@ -361,21 +347,14 @@ pub unsafe extern "C" fn mremap(
     flags: c_int,
     new_addr: *mut c_void,
 ) -> *mut c_void {
-    let target = if flags & libc::MREMAP_FIXED != 0 {
-        new_addr
-    } else {
-        core::ptr::null_mut()
-    };
+    let target = if flags & libc::MREMAP_FIXED != 0 { new_addr } else { core::ptr::null_mut() };
     gated(|| sys::mremap(old, old_len, new_len, flags, target))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
     const MADV_DONTNEED_LOCKED: c_int = 24;
-    let zaps = matches!(
-        advice,
-        libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED
-    );
+    let zaps = matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED);
     if zaps {
         gated(|| sys::madvise(addr, len, advice))
     } else {

@@ -12,14 +12,7 @@ pub fn round_up(n: usize, to: usize) -> Option<usize> {
 
 /// The calls below go through `syscall(2)`, never libc's wrappers (those are our own
 /// hooks). Like libc, they return -1 (or MAP_FAILED) and set errno on failure.
-pub unsafe fn mmap(
-    addr: *mut c_void,
-    len: usize,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: i64,
-) -> *mut c_void {
+pub unsafe fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void {
     libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void
 }
 
@@ -67,13 +60,7 @@ impl Lock {
         while self.0.swap(2, Acquire) != 0 {
             // SAFETY: futex wait on a live atomic; spurious wake-ups are handled by the loop.
             unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    2,
-                    0usize,
-                )
+                libc::syscall(libc::SYS_futex, self.0.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, 2, 0usize)
             };
         }
     }
@@ -81,14 +68,7 @@ impl Lock {
     pub fn unlock(&self) {
         if self.0.swap(0, Release) == 2 {
             // SAFETY: futex wake on a live atomic.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                )
-            };
+            unsafe { libc::syscall(libc::SYS_futex, self.0.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1) };
         }
     }
 
@@ -107,10 +87,7 @@ pub struct Line {
 
 impl Line {
     pub fn new() -> Line {
-        Line {
-            buf: [0; 512],
-            len: 0,
-        }
+        Line { buf: [0; 512], len: 0 }
     }
 
     pub fn emit(mut self) {

@@ -98,11 +98,7 @@ pub fn remove(addr: usize) -> Option<usize> {
                 break;
             }
             let h = home(k);
-            let stays = if i <= j {
-                i < h && h <= j
-            } else {
-                i < h || h <= j
-            };
+            let stays = if i <= j { i < h && h <= j } else { i < h || h <= j };
             if !stays {
                 LENS[i].store(LENS[j].load(Relaxed), Relaxed);
                 KEYS[i].store(k, Release);
@@ -142,11 +138,7 @@ mod tests {
             assert!(remove(a).is_some());
         }
         for (n, &a) in addrs.iter().enumerate() {
-            assert_eq!(
-                get(a),
-                if n % 2 == 0 { None } else { Some(n + 1) },
-                "entry {n}"
-            );
+            assert_eq!(get(a), if n % 2 == 0 { None } else { Some(n + 1) }, "entry {n}");
         }
         for &a in addrs.iter().skip(1).step_by(2) {
             assert!(remove(a).is_some());

@@ -121,12 +121,7 @@ impl Frame {
         if raw[4..8] != [0; 4] {
             return Err(DecodeError::NonZeroPadding);
         }
-        Ok(Frame {
-            kind,
-            a: word(8),
-            b: word(16),
-            c: word(24),
-        })
+        Ok(Frame { kind, a: word(8), b: word(16), c: word(24) })
     }
 }
 
@@ -155,10 +150,7 @@ fn last_err() -> io::Error {
 /// Send one frame, with an optional file descriptor, and then `text` (if any).
 pub fn send(sock: RawFd, frame: Frame, fd: Option<RawFd>, text: &[u8]) -> io::Result<()> {
     let bytes = frame.encode();
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: FRAME_BYTES,
-    };
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: FRAME_BYTES };
     // Room for one fd of ancillary data, aligned as cmsghdr requires.
     let mut cbuf = [0u64; 4];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
@@ -233,10 +225,7 @@ pub fn read_exact(sock: RawFd, buf: &mut [u8]) -> io::Result<bool> {
 /// a partial read is still completed with blocking reads.
 pub fn recv(sock: RawFd, nonblock: bool) -> io::Result<Recv> {
     let mut bytes = [0u8; FRAME_BYTES];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: FRAME_BYTES,
-    };
+    let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: FRAME_BYTES };
     let mut cbuf = [0u64; 8];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -324,10 +313,7 @@ mod tests {
     fn fd_passes_over_a_socketpair() {
         let mut sv = [0; 2];
         // SAFETY: socketpair writes two fds into `sv`.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) },
-            0
-        );
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) }, 0);
         let frame = Frame::new(Kind::Uffd, 1, 2, 3);
         send(sv[0], frame, Some(0), b"").unwrap();
         match recv(sv[1], false).unwrap() {

@@ -171,22 +171,10 @@ impl UffdMsg {
                 wp: a[0] & UFFD_PAGEFAULT_FLAG_WP != 0,
                 tid: a[2] as u32,
             },
-            UFFD_EVENT_FORK => Event::Fork {
-                uffd: a[0] as u32 as RawFd,
-            },
-            UFFD_EVENT_REMAP => Event::Remap {
-                from: a[0],
-                to: a[1],
-                len: a[2],
-            },
-            UFFD_EVENT_REMOVE => Event::Remove {
-                start: a[0],
-                end: a[1],
-            },
-            UFFD_EVENT_UNMAP => Event::Unmap {
-                start: a[0],
-                end: a[1],
-            },
+            UFFD_EVENT_FORK => Event::Fork { uffd: a[0] as u32 as RawFd },
+            UFFD_EVENT_REMAP => Event::Remap { from: a[0], to: a[1], len: a[2] },
+            UFFD_EVENT_REMOVE => Event::Remove { start: a[0], end: a[1] },
+            UFFD_EVENT_UNMAP => Event::Unmap { start: a[0], end: a[1] },
             other => Event::Unknown(other),
         }
     }
@@ -203,7 +191,9 @@ pub enum Fill {
     Exists,
     /// An unread event (REMOVE, FORK, ...) is changing the address space: read events, retry.
     Retry,
-    /// The address space is gone (process exited or exec'd) or the range is not mapped.
+    /// The range is not mapped (any more): an UNMAP event for it is on its way.
+    Unmapped,
+    /// The address space is gone (the process exited or exec'd).
     TargetGone,
 }
 
@@ -228,9 +218,7 @@ impl Uffd {
     /// `fd` must be an open userfaultfd that nothing else owns.
     pub unsafe fn from_raw(fd: RawFd) -> Self {
         // SAFETY: the caller guarantees exclusive ownership of an open fd.
-        Uffd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }
+        Uffd { fd: unsafe { OwnedFd::from_raw_fd(fd) } }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -253,40 +241,23 @@ impl Uffd {
     /// The API handshake, done by the daemon on a client's fresh fd. Returns the features
     /// the kernel granted; fails if any of `features` is missing.
     pub fn api(&self, features: u64) -> io::Result<u64> {
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features,
-            ioctls: 0,
-        };
+        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
         self.ioctl(UFFDIO_API_IOCTL, &mut api)?;
         if api.features & features != features {
-            return Err(io::Error::other(format!(
-                "kernel lacks userfaultfd features {:#x}",
-                features & !api.features
-            )));
+            return Err(io::Error::other(format!("kernel lacks userfaultfd features {:#x}", features & !api.features)));
         }
         Ok(api.features)
     }
 
     pub fn register(&self, start: u64, len: u64, mode: u64) -> io::Result<()> {
-        let mut reg = UffdioRegister {
-            range: UffdioRange { start, len },
-            mode,
-            ioctls: 0,
-        };
+        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
         self.ioctl(UFFDIO_REGISTER, &mut reg)
     }
 
     /// Install `len` bytes from `src` at `dst` in the client and wake the faulting threads.
     pub fn copy(&self, dst: u64, src: &[u8]) -> Fill {
         debug_assert!(src.len() % PAGE_SIZE == 0 && dst % PAGE_SIZE as u64 == 0);
-        let mut c = UffdioCopy {
-            dst,
-            src: src.as_ptr() as u64,
-            len: src.len() as u64,
-            mode: 0,
-            copy: 0,
-        };
+        let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
         match self.ioctl(UFFDIO_COPY, &mut c) {
             Ok(()) => Fill::Done,
             Err(e) => match e.raw_os_error() {
@@ -295,7 +266,7 @@ impl Uffd {
                 Some(libc::EAGAIN) if c.copy > 0 => Fill::Partial(c.copy as u64),
                 Some(libc::EAGAIN) => Fill::Retry,
                 Some(libc::EEXIST) => Fill::Exists,
-                Some(libc::ESRCH) | Some(libc::ENOENT) | Some(libc::EFAULT) => Fill::TargetGone,
+                Some(libc::ENOENT) => Fill::Unmapped,
                 _ => Fill::TargetGone,
             },
         }
@@ -305,15 +276,8 @@ impl Uffd {
     /// waiting on it.
     pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> io::Result<()> {
         // Setting protection never wakes, and the kernel refuses WP together with DONTWAKE.
-        let mode = if protect {
-            UFFDIO_WRITEPROTECT_MODE_WP
-        } else {
-            0
-        };
-        let mut wp = UffdioWriteprotect {
-            range: UffdioRange { start, len },
-            mode,
-        };
+        let mode = if protect { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 };
+        let mut wp = UffdioWriteprotect { range: UffdioRange { start, len }, mode };
         self.ioctl(UFFDIO_WRITEPROTECT, &mut wp)
     }
 

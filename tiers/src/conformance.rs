@@ -32,11 +32,7 @@ fn reads_back_what_was_written(t: &dyn Tier) {
     for (i, &s) in slots.iter().enumerate() {
         let mut buf = vec![0; n];
         t.read(s, 0, &mut buf).unwrap();
-        assert!(
-            buf == pattern(i as u64, n),
-            "{}: slot {s} did not read back",
-            t.name()
-        );
+        assert!(buf == pattern(i as u64, n), "{}: slot {s} did not read back", t.name());
     }
 }
 
@@ -47,21 +43,12 @@ fn partial_reads_see_the_right_bytes(t: &dyn Tier) {
     t.write(s, &data).unwrap();
     let mut buf = vec![0; 4096];
     t.read(s, n - 4096, &mut buf).unwrap();
-    assert!(
-        buf[..] == data[n - 4096..],
-        "{}: tail read is wrong",
-        t.name()
-    );
+    assert!(buf[..] == data[n - 4096..], "{}: tail read is wrong", t.name());
 }
 
 fn freed_slots_are_reused_and_usage_follows(t: &dyn Tier) {
     let n = t.slot_bytes() as u64;
-    assert_eq!(
-        t.usage().used_bytes,
-        0,
-        "{}: a new tier is not empty",
-        t.name()
-    );
+    assert_eq!(t.usage().used_bytes, 0, "{}: a new tier is not empty", t.name());
     let a = t.alloc().unwrap();
     let b = t.alloc().unwrap();
     assert_ne!(a, b);
@@ -79,14 +66,7 @@ fn freed_slots_are_reused_and_usage_follows(t: &dyn Tier) {
     assert!(buf == pattern(2, n as usize));
     t.free(b);
     t.free(c);
-    assert_eq!(
-        t.usage(),
-        crate::TierUsage {
-            capacity_bytes: t.usage().capacity_bytes,
-            used_bytes: 0,
-            used_slots: 0
-        }
-    );
+    assert_eq!(t.usage(), crate::TierUsage { capacity_bytes: t.usage().capacity_bytes, used_bytes: 0, used_slots: 0 });
 }
 
 fn concurrent_use_keeps_slots_apart(t: &dyn Tier) {
@@ -100,11 +80,7 @@ fn concurrent_use_keeps_slots_apart(t: &dyn Tier) {
                     t.write(s, &pattern(seed, n)).unwrap();
                     let mut buf = vec![0; n];
                     t.read(s, 0, &mut buf).unwrap();
-                    assert!(
-                        buf == pattern(seed, n),
-                        "{}: concurrent slot {s} corrupted",
-                        t.name()
-                    );
+                    assert!(buf == pattern(seed, n), "{}: concurrent slot {s} corrupted", t.name());
                     t.free(s);
                 }
             });

@@ -24,17 +24,9 @@ pub enum TierError {
     #[error("{tier} tier is full ({used_bytes} bytes used)")]
     Full { tier: &'static str, used_bytes: u64 },
     #[error("{tier} tier I/O on slot {slot} failed: {source}")]
-    Io {
-        tier: &'static str,
-        slot: SlotId,
-        source: std::io::Error,
-    },
+    Io { tier: &'static str, slot: SlotId, source: std::io::Error },
     #[error("cannot open {tier} tier at {path}: {source}")]
-    Open {
-        tier: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    Open { tier: &'static str, path: String, source: std::io::Error },
 }
 
 /// What a tier holds now.

@@ -37,16 +37,8 @@ impl SpillFile {
             .create(true)
             .truncate(true)
             .open(path)
-            .map_err(|source| TierError::Open {
-                tier: NAME,
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(SpillFile {
-            file,
-            slot_bytes,
-            slots: Mutex::new(Slots::default()),
-        })
+            .map_err(|source| TierError::Open { tier: NAME, path: path.display().to_string(), source })?;
+        Ok(SpillFile { file, slot_bytes, slots: Mutex::new(Slots::default()) })
     }
 
     fn offset(&self, slot: SlotId) -> u64 {
@@ -54,11 +46,7 @@ impl SpillFile {
     }
 
     fn io_err(slot: SlotId, source: std::io::Error) -> TierError {
-        TierError::Io {
-            tier: NAME,
-            slot,
-            source,
-        }
+        TierError::Io { tier: NAME, slot, source }
     }
 
     fn filesystem_free_bytes(&self) -> u64 {
@@ -86,10 +74,7 @@ impl Tier for SpillFile {
             return Ok(slot);
         }
         if s.high_water == SlotId::MAX {
-            return Err(TierError::Full {
-                tier: NAME,
-                used_bytes: self.offset(s.high_water),
-            });
+            return Err(TierError::Full { tier: NAME, used_bytes: self.offset(s.high_water) });
         }
         s.high_water += 1;
         Ok(s.high_water - 1)
@@ -97,16 +82,12 @@ impl Tier for SpillFile {
 
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
         assert!(data.len() <= self.slot_bytes, "write beyond a slot");
-        self.file
-            .write_all_at(data, self.offset(slot))
-            .map_err(|e| Self::io_err(slot, e))
+        self.file.write_all_at(data, self.offset(slot)).map_err(|e| Self::io_err(slot, e))
     }
 
     fn read(&self, slot: SlotId, offset: usize, buf: &mut [u8]) -> Result<(), TierError> {
         assert!(offset + buf.len() <= self.slot_bytes, "read beyond a slot");
-        self.file
-            .read_exact_at(buf, self.offset(slot) + offset as u64)
-            .map_err(|e| Self::io_err(slot, e))
+        self.file.read_exact_at(buf, self.offset(slot) + offset as u64).map_err(|e| Self::io_err(slot, e))
     }
 
     fn free(&self, slot: SlotId) {
@@ -122,10 +103,7 @@ impl Tier for SpillFile {
             );
         }
         let mut s = self.slots.lock().unwrap();
-        debug_assert!(
-            slot < s.high_water && !s.free.contains(&slot),
-            "double free of slot {slot}"
-        );
+        debug_assert!(slot < s.high_water && !s.free.contains(&slot), "double free of slot {slot}");
         s.free.push(slot);
         // Give the tail of the file back when the highest slots are free.
         if s.free.len() as SlotId == s.high_water {
@@ -139,11 +117,7 @@ impl Tier for SpillFile {
         let s = self.slots.lock().unwrap();
         let used_slots = (s.high_water as usize - s.free.len()) as u64;
         let used_bytes = used_slots * self.slot_bytes as u64;
-        TierUsage {
-            capacity_bytes: used_bytes + self.filesystem_free_bytes(),
-            used_bytes,
-            used_slots,
-        }
+        TierUsage { capacity_bytes: used_bytes + self.filesystem_free_bytes(), used_bytes, used_slots }
     }
 }
 
@@ -155,9 +129,7 @@ mod tests {
     fn spill_file_conforms() {
         let dir = std::env::temp_dir().join(format!("holo-spill-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        crate::conformance::check_all(|| {
-            Box::new(SpillFile::create(&dir.join("spill"), 65536).unwrap())
-        });
+        crate::conformance::check_all(|| Box::new(SpillFile::create(&dir.join("spill"), 65536).unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

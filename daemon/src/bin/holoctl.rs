@@ -41,40 +41,21 @@ enum Failure {
 }
 
 fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
-    let s = UnixStream::connect(socket).map_err(|e| {
-        Failure::Unreachable(format!(
-            "cannot reach holo-pager at {}: {e}",
-            socket.display()
-        ))
-    })?;
+    let s = UnixStream::connect(socket)
+        .map_err(|e| Failure::Unreachable(format!("cannot reach holo-pager at {}: {e}", socket.display())))?;
     let fd = s.as_raw_fd();
-    let io =
-        |e: std::io::Error| Failure::Unreachable(format!("connection to holo-pager failed: {e}"));
+    let io = |e: std::io::Error| Failure::Unreachable(format!("connection to holo-pager failed: {e}"));
     let recv_text = || -> Result<(Frame, String), Failure> {
         let f = match proto::recv(fd, false).map_err(io)? {
             Recv::Frame(f, _) => f,
-            _ => {
-                return Err(Failure::Unreachable(
-                    "holo-pager closed the connection".into(),
-                ))
-            }
+            _ => return Err(Failure::Unreachable("holo-pager closed the connection".into())),
         };
-        let len = if matches!(f.kind, Kind::Json | Kind::Error | Kind::Refused) {
-            f.a.min(MAX_TEXT_BYTES)
-        } else {
-            0
-        };
+        let len = if matches!(f.kind, Kind::Json | Kind::Error | Kind::Refused) { f.a.min(MAX_TEXT_BYTES) } else { 0 };
         let mut text = vec![0u8; len as usize];
         proto::read_exact(fd, &mut text).map_err(io)?;
         Ok((f, String::from_utf8_lossy(&text).into_owned()))
     };
-    proto::send(
-        fd,
-        Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CONTROL, 0),
-        None,
-        b"",
-    )
-    .map_err(io)?;
+    proto::send(fd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CONTROL, 0), None, b"").map_err(io)?;
     let (welcome, text) = recv_text()?;
     if welcome.kind != Kind::Welcome {
         return Err(Failure::Daemon(text));
@@ -82,8 +63,9 @@ fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
     proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?;
     let (reply, text) = recv_text()?;
     match reply.kind {
-        Kind::Json => serde_json::from_str(&text)
-            .map_err(|e| Failure::Daemon(format!("bad JSON from holo-pager: {e}"))),
+        Kind::Json => {
+            serde_json::from_str(&text).map_err(|e| Failure::Daemon(format!("bad JSON from holo-pager: {e}")))
+        }
         _ => Err(Failure::Daemon(text)),
     }
 }
