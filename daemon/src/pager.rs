@@ -63,6 +63,8 @@ struct Eviction {
     slot: SlotId,
     /// Pages captured into the slot (all resident when write-protected).
     pages: Vec<u64>,
+    /// Of those, how many the agent's zap has removed so far (they refer to the slot).
+    spilled: u32,
     state: EvictState,
     sent_at: Instant,
 }
@@ -322,14 +324,15 @@ impl Pager {
         let n = pages.len();
         let mut faulting_page_filled = false;
         let mut from_spill = false;
+        let mut page_at_a_time = false;
         let mut i = 0;
         while i < n {
             if pages[i] == PageState::Resident {
                 i += 1;
                 continue;
             }
-            let mut j = i;
-            while j < n && pages[j] != PageState::Resident {
+            let mut j = i + 1;
+            while j < n && pages[j] != PageState::Resident && !page_at_a_time {
                 j += 1;
             }
             if let Err(e) = self.load(&pages, i, j) {
@@ -343,7 +346,18 @@ impl Pager {
                 Fill::Partial(bytes) => (bytes / PAGE) as usize,
                 // Present already: a zap that its REMOVE announced has not happened yet.
                 Fill::Exists => 0,
-                // Read the events (the UNMAP among them) before trying again.
+                // One COPY must stay within one VMA: a window that mprotect split needs
+                // page-sized copies.
+                Fill::Unmapped if j - i > 1 => {
+                    page_at_a_time = true;
+                    continue;
+                }
+                // This page is not mapped (any more): read the events (the UNMAP among
+                // them) before trying again, unless it is only a neighbour of the fault.
+                Fill::Unmapped if dst != f.addr => {
+                    i += 1;
+                    continue;
+                }
                 Fill::Retry | Fill::Unmapped => return Served::Retry,
                 Fill::TargetGone => return Served::Gone("its address space is gone"),
             };
@@ -426,23 +440,29 @@ impl Pager {
     }
 
     fn on_remove(&mut self, start: u64, end: u64) {
+        // While the agent holds the gate (Go, or Removed after a first piece) every REMOVE
+        // inside its window is its zap. madvise reports one REMOVE per VMA, so a window
+        // that mprotect split arrives in pieces.
         let agent_zap = self
             .evictions
             .iter()
-            .find(|(_, e)| e.state == EvictState::Go && e.w.start == start && e.w.end() == end)
+            .find(|(_, e)| {
+                matches!(e.state, EvictState::Go | EvictState::Removed) && e.w.start <= start && end <= e.w.end()
+            })
             .map(|(id, _)| *id);
         if let Some(id) = agent_zap {
-            // The agent's zap: the captured pages now live in the slot.
+            // The captured pages of this piece now live in the slot.
             let e = self.evictions.get_mut(&id).unwrap();
             e.state = EvictState::Removed;
-            let (slot, pages) = (e.slot, e.pages.clone());
-            let base = e.w.start;
-            for &addr in &pages {
+            let (slot, base) = (e.slot, e.w.start);
+            let piece: Vec<u64> = e.pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
+            e.spilled += piece.len() as u32;
+            for &addr in &piece {
                 let idx = ((addr - base) / PAGE) as u16;
                 let old = self.table.set(addr, PageState::Spilled { slot, idx });
                 debug_assert_eq!(old, PageState::Resident);
             }
-            self.d.store.commit(slot, pages.len() as u32);
+            self.d.store.add_refs(slot, piece.len() as u32);
             return;
         }
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
@@ -473,8 +493,12 @@ impl Pager {
     fn complete(&mut self, id: u64) {
         let e = self.evictions.remove(&id).unwrap();
         debug_assert_eq!(e.state, EvictState::Removed);
-        let n = e.pages.len() as i64;
-        self.d.budget.evicting.fetch_sub(n, Relaxed);
+        // Pages whose REMOVE never came (madvise stopped early) stay resident.
+        let n = e.spilled as i64;
+        if n == 0 {
+            self.d.store.discard(e.slot);
+        }
+        self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.add_resident(&self.info, -n);
         self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
         self.d.stats.spill.evictions.fetch_add(n as u64, Relaxed);
@@ -635,8 +659,10 @@ impl Pager {
         self.next_eviction += 1;
         let n = captured.len();
         self.d.budget.evicting.fetch_add(n as i64, Relaxed);
-        self.evictions
-            .insert(id, Eviction { w, slot, pages: captured, state: EvictState::Sent, sent_at: Instant::now() });
+        self.evictions.insert(
+            id,
+            Eviction { w, slot, pages: captured, spilled: 0, state: EvictState::Sent, sent_at: Instant::now() },
+        );
         let sent = self
             .agent
             .as_ref()
@@ -765,7 +791,7 @@ impl Pager {
     fn release_all(&mut self) {
         for (_, e) in self.evictions.drain() {
             self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
-            if e.state != EvictState::Removed {
+            if e.spilled == 0 {
                 self.d.store.discard(e.slot);
             }
         }

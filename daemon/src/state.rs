@@ -33,13 +33,12 @@ impl SlotStore {
         self.tier.alloc()
     }
 
-    /// An eviction completed: `pages` pages now refer to `slot`. Zero frees it.
-    pub fn commit(&self, slot: SlotId, pages: u32) {
+    /// `pages` more pages now refer to `slot` (an eviction's zap removed them).
+    pub fn add_refs(&self, slot: SlotId, pages: u32) {
         if pages == 0 {
-            self.tier.free(slot);
             return;
         }
-        self.refs.lock().unwrap().insert(slot, pages);
+        *self.refs.lock().unwrap().entry(slot).or_insert(0) += pages;
         self.page_refs.fetch_add(pages as u64, Relaxed);
     }
 

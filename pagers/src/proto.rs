@@ -8,12 +8,12 @@
 //!
 //! ```text
 //! request conn (program threads, one at a time):
-//!   Hello{role=Client|Child}  ->  Welcome{token, granule} | Refused + text
+//!   Hello{a=version, b=role}  ->  Welcome{token, granule} | Refused + text
 //!   Uffd + fd                 ->  Ok | Error + text        (daemon does UFFDIO_API)
 //!   Register{start,len}       ->  Ok | Error + text
 //!   Forked{child pid}         ->  Ok
 //! child request conn (after fork, in the child):
-//!   Hello{role=Child, b=parent pid} -> Welcome{token, granule} + the child's uffd
+//!   Hello{role=Child, c=parent pid} -> Welcome{token, granule} + the child's uffd
 //! agent conn (the shim's agent thread):
 //!   Hello{role=Agent, c=token} ->  Ok
 //!                                 <- Zap{id, start, len}
