@@ -93,6 +93,13 @@ fn madvise_mprotect_munmap_semantics() {
 }
 
 #[test]
+fn mprotect_mid_granule_range() {
+    let _heavy = heavy();
+    let daemon = Daemon::start("64M", "64K", &[]);
+    run_paged(&daemon, "mprotect_split", &["256M"], "mprotect_split: all checks passed");
+}
+
+#[test]
 fn mremap_and_realloc_semantics() {
     let _heavy = heavy();
     let daemon = Daemon::start("64M", "64K", &[]);

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// How long a program under test may run before it is killed and the test fails.
-pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the daemon may take to start accepting connections.
 pub const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long reclamation (after exit, exec, SIGKILL) may take to show in `holoctl`.

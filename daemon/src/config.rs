@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub max_clients: Option<usize>,
     pub zap_timeout_ms: Option<u64>,
     pub log_level: Option<String>,
+    pub pressure_target_pct: Option<f64>,
+    pub min_budget: Option<String>,
+    pub cgroup_margin: Option<String>,
+    pub pressure_interval_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +48,13 @@ pub struct Config {
     /// cancelled (the granule stays resident).
     pub zap_timeout_ms: u64,
     pub log_level: log::LevelFilter,
+    /// The pressure controller holds PSI "some" avg10 under this (percent)...
+    pub pressure_target_pct: f64,
+    /// ...never shrinking the budget below this...
+    pub min_budget_bytes: u64,
+    /// ...and keeps each client's memory cgroup this far below its limit.
+    pub cgroup_margin_bytes: u64,
+    pub pressure_interval_ms: u64,
 }
 
 pub const MIN_GRANULE: u64 = 4 << 10;
@@ -122,6 +133,28 @@ impl Config {
                 })
             }
         };
+        let pressure_target_pct = fc.pressure_target_pct.unwrap_or(10.0);
+        if !(pressure_target_pct > 0.0 && pressure_target_pct <= 100.0) {
+            return Err(ConfigError::Invalid {
+                key: "pressure_target_pct",
+                message: format!("{pressure_target_pct} is not a percentage above 0"),
+            });
+        }
+        let min_budget_bytes = size("min_budget", fc.min_budget, 4 * granule_bytes)?;
+        if min_budget_bytes < granule_bytes || min_budget_bytes > dram_budget_bytes {
+            return Err(ConfigError::Invalid {
+                key: "min_budget",
+                message: format!("{min_budget_bytes} bytes is not between one granule and dram_budget"),
+            });
+        }
+        let cgroup_margin_bytes = size("cgroup_margin", fc.cgroup_margin, 64 << 20)?;
+        let pressure_interval_ms = fc.pressure_interval_ms.unwrap_or(250);
+        if !(10..=10_000).contains(&pressure_interval_ms) {
+            return Err(ConfigError::Invalid {
+                key: "pressure_interval_ms",
+                message: format!("{pressure_interval_ms} is not between 10 and 10000"),
+            });
+        }
         let mut allow_uids = fc.allow_uids.unwrap_or_default();
         allow_uids.extend(flags.allow_uids);
         let mut allow_gids = fc.allow_gids.unwrap_or_default();
@@ -136,6 +169,10 @@ impl Config {
             max_clients: fc.max_clients.unwrap_or(256),
             zap_timeout_ms: fc.zap_timeout_ms.unwrap_or(5000),
             log_level,
+            pressure_target_pct,
+            min_budget_bytes,
+            cgroup_margin_bytes,
+            pressure_interval_ms,
         })
     }
 }
@@ -169,6 +206,32 @@ mod tests {
         std::fs::write(&f, "dram_budget = \"1G\"\ngranule = \"4K\"\n").unwrap();
         let c = Config::resolve(Some(&f), Overrides { granule: Some("2M".into()), ..Default::default() }).unwrap();
         assert_eq!((c.granule_bytes, c.dram_budget_bytes), (2 << 20, 1 << 30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pressure_keys_default_and_validate() {
+        let dir = std::env::temp_dir().join(format!("holo-cfg-pressure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        let c = Config::resolve(None, Overrides::default()).unwrap();
+        assert_eq!(c.pressure_target_pct, 10.0);
+        assert_eq!((c.min_budget_bytes, c.cgroup_margin_bytes, c.pressure_interval_ms), (256 << 10, 64 << 20, 250));
+        std::fs::write(&f, "pressure_target_pct = 5.5\nmin_budget = \"1M\"\ncgroup_margin = \"32M\"\n").unwrap();
+        let c = Config::resolve(Some(&f), Overrides::default()).unwrap();
+        assert_eq!((c.pressure_target_pct, c.min_budget_bytes, c.cgroup_margin_bytes), (5.5, 1 << 20, 32 << 20));
+        for (bad, key) in [
+            ("pressure_target_pct = 0.0", "pressure_target_pct"),
+            ("pressure_target_pct = 101.0", "pressure_target_pct"),
+            ("min_budget = \"4K\"", "min_budget"),
+            ("min_budget = \"2G\"", "min_budget"),
+            ("cgroup_margin = \"lots\"", "cgroup_margin"),
+            ("pressure_interval_ms = 0", "pressure_interval_ms"),
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let e = Config::resolve(Some(&f), Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! * [`config`]: defaults, TOML file and flags, validated once.
 //! * [`server`]: the Unix socket listener and handshakes (SO_PEERCRED, SCM_RIGHTS).
 //! * [`pager`]: one thread per client, serving its faults and events, running evictions.
+//! * [`pressure`]: PSI and memory cgroups move the DRAM budget.
 //! * [`pagetable`]: the pure per-client page table the pager executes.
 //! * [`state`]: what the threads share: slot store, budget, registry, counters.
 //! * [`service`]: logging and systemd notification.
@@ -10,6 +11,7 @@
 pub mod config;
 pub mod pager;
 pub mod pagetable;
+pub mod pressure;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use holo_pager::config::{Config, Overrides};
 use holo_pager::state::Daemon;
-use holo_pager::{server, service};
+use holo_pager::{pressure, server, service};
 
 /// Serve page faults of programs running under libholo.so, keeping at most --dram-budget
 /// of their memory resident and spilling the rest.
@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon::new(config, Box::new(spill)));
     service::notify("READY=1");
     service::start_watchdog();
+    pressure::spawn(daemon.clone()).context("cannot start the pressure thread")?;
     server::serve(daemon, listener);
     Ok(())
 }

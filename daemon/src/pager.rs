@@ -303,6 +303,9 @@ impl Pager {
                 Err(_) => Served::Gone("write-unprotect failed"),
             };
         }
+        if self.d.throttle_fills() {
+            return Served::Defer;
+        }
         self.fill(w, f)
     }
 

@@ -254,6 +254,7 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
         let body = match (f.kind, f.a) {
             (Kind::Query, query::TIERS) => tiers_json(d),
             (Kind::Query, query::REGIONS) => regions_json(d),
+            (Kind::Query, query::PRESSURE) => pressure_json(d),
             _ => {
                 let _ = send_text(fd, Kind::Error, "unknown query");
                 return Err(format!("unknown query {f:?}"));
@@ -305,4 +306,29 @@ pub fn regions_json(d: &Daemon) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "clients": list })
+}
+
+pub fn pressure_json(d: &Daemon) -> serde_json::Value {
+    let c = &d.pressure.counters;
+    let view = d.pressure.view.lock().unwrap().clone();
+    let page = crate::pagetable::PAGE;
+    serde_json::json!({
+        "mode": view.mode,
+        "target_pct": d.config.pressure_target_pct,
+        "system": view.system,
+        "some_recent_pct": view.some_recent_pct,
+        "budget_bytes": d.budget.limit_pages.load(Relaxed).max(0) as u64 * page,
+        "configured_budget_bytes": d.config.dram_budget_bytes,
+        "min_budget_bytes": d.config.min_budget_bytes,
+        "resident_bytes": d.budget.resident.load(Relaxed).max(0) as u64 * page,
+        "cgroup_margin_bytes": d.config.cgroup_margin_bytes,
+        "actions": {
+            "psi_shrinks": c.psi_shrinks.load(Relaxed),
+            "cgroup_shrinks": c.cgroup_shrinks.load(Relaxed),
+            "grows": c.grows.load(Relaxed),
+            "shrunk_bytes": c.shrunk_pages.load(Relaxed) * page,
+            "trigger_fires": c.trigger_fires.load(Relaxed),
+        },
+        "clients": view.clients,
+    })
 }

@@ -100,7 +100,8 @@ pub struct Stats {
 
 /// The DRAM budget, in pages, across all clients.
 pub struct Budget {
-    pub limit_pages: i64,
+    /// `dram_budget` until the pressure controller moves it.
+    pub limit_pages: AtomicI64,
     pub resident: AtomicI64,
     /// Pages whose eviction has started and not finished.
     pub evicting: AtomicI64,
@@ -181,6 +182,7 @@ pub struct Daemon {
     pub store: SlotStore,
     pub stats: Stats,
     pub budget: Budget,
+    pub pressure: crate::pressure::Shared,
     pub clients: Mutex<Vec<Arc<ClientInfo>>>,
     children: Mutex<HashMap<i32, PendingChild>>,
     children_cv: Condvar,
@@ -200,11 +202,12 @@ impl Daemon {
             store: SlotStore::new(tier),
             stats: Stats::default(),
             budget: Budget {
-                limit_pages,
+                limit_pages: AtomicI64::new(limit_pages),
                 resident: AtomicI64::new(0),
                 evicting: AtomicI64::new(0),
                 requested: AtomicI64::new(0),
             },
+            pressure: Default::default(),
             clients: Mutex::new(Vec::new()),
             children: Mutex::new(HashMap::new()),
             children_cv: Condvar::new(),
@@ -236,10 +239,13 @@ impl Daemon {
 
     /// If resident pages, less those already being evicted or asked for, exceed the
     /// budget, ask the client with the most pages not yet asked for to evict the excess.
-    /// Cheap when under budget: three atomic loads.
+    /// Cheap when under budget: four atomic loads.
     pub fn rebalance(&self) {
         let b = &self.budget;
-        let excess = b.resident.load(Relaxed) - b.evicting.load(Relaxed) - b.requested.load(Relaxed) - b.limit_pages;
+        let excess = b.resident.load(Relaxed)
+            - b.evicting.load(Relaxed)
+            - b.requested.load(Relaxed)
+            - b.limit_pages.load(Relaxed);
         if excess <= 0 {
             return;
         }
@@ -259,6 +265,17 @@ impl Daemon {
             b.requested.fetch_add(ask, Relaxed);
             v.poke();
         }
+    }
+
+    /// Should new fills wait? Yes while resident pages exceed the budget by more than a
+    /// little slack and evictions are under way to bring them back: faulting faster than
+    /// the victims can evict would let the resident set grow without bound. With no
+    /// eviction possible, fills go on (the budget cannot be met, but nothing deadlocks).
+    pub fn throttle_fills(&self) -> bool {
+        let b = &self.budget;
+        let limit = b.limit_pages.load(Relaxed);
+        let slack = (32 * self.config.granule_bytes / PAGE).max(limit as u64 / 16) as i64;
+        b.resident.load(Relaxed) > limit + slack && (b.evicting.load(Relaxed) > 0 || b.requested.load(Relaxed) > 0)
     }
 
     pub fn offer_child(&self, child_pid: i32, child: PendingChild) {

@@ -198,21 +198,55 @@ fn start_agent(token: u64) -> Result<(), Why> {
         return Err(w);
     }
     AGENT_FD.store(afd, Release);
+    if !spawn(agent_main) || !spawn(sentinel_main) {
+        return Err(Why::new("cannot start the holo agent threads"));
+    }
+    Ok(())
+}
+
+/// Start a detached helper thread with a small stack.
+fn spawn(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
     // SAFETY: pthread_create with a static entry point and no argument.
-    let rc = unsafe {
+    unsafe {
         let mut tid: libc::pthread_t = 0;
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
-        let rc = libc::pthread_create(&mut tid, &attr, agent_main, core::ptr::null_mut());
+        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
+        let rc = libc::pthread_create(&mut tid, &attr, entry, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
-        rc
-    };
-    if rc != 0 {
-        return Err(Why::new("cannot start the holo agent thread"));
+        rc == 0
     }
-    Ok(())
+}
+
+/// Block every signal in a helper thread, so that the program's handlers never run there
+/// (while the gate is held, say), and mark it as inside a hook for good.
+fn become_helper_thread() {
+    crate::hooks::enter_forever();
+    // SAFETY: changing this thread's own signal mask.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
+    }
+}
+
+/// Watches the connections for the daemon's death. The agent cannot always see it: it may
+/// be stuck in a madvise whose EVENT_REMOVE nobody will ever read.
+extern "C" fn sentinel_main(_: *mut c_void) -> *mut c_void {
+    become_helper_thread();
+    let mut fds = [REQ_FD.load(Acquire), AGENT_FD.load(Acquire)].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: poll on our own fds; POLLRDHUP never consumes data the others read.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+        if n > 0 && fds.iter().any(|f| f.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0) {
+            daemon_lost()
+        }
+    }
 }
 
 fn handshake() -> Result<(), Why> {
@@ -341,14 +375,7 @@ fn agent_recv(fd: c_int) -> Option<Frame> {
 
 /// The agent: zaps the granules the daemon evicted, under the gate.
 extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
-    crate::hooks::enter_forever();
-    // SAFETY: blocking every signal in this thread only, so that the program's handlers
-    // never run here while the gate is held.
-    unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
-    }
+    become_helper_thread();
     let fd = AGENT_FD.load(Acquire);
     let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
     loop {
@@ -406,6 +433,14 @@ fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
 /// The daemon is gone. Faults on pages it held now stall (our uffd reference keeps the
 /// ranges registered); after the timeout, die loudly rather than run on with wrong data.
 fn daemon_lost() -> ! {
+    // The agent and the sentinel may both notice; one of them speaks and counts down.
+    static NOTICED: AtomicU8 = AtomicU8::new(0);
+    if NOTICED.swap(1, AcqRel) != 0 {
+        loop {
+            // SAFETY: parking this thread for good.
+            unsafe { libc::pause() };
+        }
+    }
     let timeout = TIMEOUT_S.load(Relaxed);
     say!("holo: lost the connection to holo-pager; memory it manages for this process is unreachable; waiting {timeout} s");
     // SAFETY: sleeping and signalling ourselves.

@@ -87,6 +87,7 @@ pub mod role {
 pub mod query {
     pub const TIERS: u64 = 1;
     pub const REGIONS: u64 = 2;
+    pub const PRESSURE: u64 = 3;
 }
 
 /// One wire frame. Field meaning depends on `kind` (see the module docs).

@@ -33,6 +33,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Memory pressure, the budget it leaves, the actions taken, each client's cgroup
+    Pressure {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 enum Failure {
@@ -120,6 +125,52 @@ fn print_regions(v: &serde_json::Value) {
     }
 }
 
+fn print_pressure(v: &serde_json::Value) {
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(0.0);
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let s = &v["system"];
+    println!(
+        "PSI memory: some avg10 {:.2}%, full avg10 {:.2}%, some over the last second {:.2}% (target {}%, {})",
+        f(&s["some_avg10"]),
+        f(&s["full_avg10"]),
+        f(&v["some_recent_pct"]),
+        f(&v["target_pct"]),
+        v["mode"].as_str().unwrap_or("?")
+    );
+    println!(
+        "budget {} of {} configured (floor {}), {} resident",
+        mib(n(&v["budget_bytes"])),
+        mib(n(&v["configured_budget_bytes"])),
+        mib(n(&v["min_budget_bytes"])),
+        mib(n(&v["resident_bytes"]))
+    );
+    let a = &v["actions"];
+    println!(
+        "actions: {} shrinks on PSI, {} on cgroup limits ({} in all), {} grows; trigger fired {} times",
+        n(&a["psi_shrinks"]),
+        n(&a["cgroup_shrinks"]),
+        mib(n(&a["shrunk_bytes"])),
+        n(&a["grows"]),
+        n(&a["trigger_fires"])
+    );
+    println!(
+        "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10}",
+        "PID", "COMM", "MEMORY CGROUP", "LIMIT", "USAGE", "SOME AVG10"
+    );
+    for c in v["clients"].as_array().into_iter().flatten() {
+        let opt_mib = |x: &serde_json::Value| x.as_u64().map_or("-".to_string(), mib);
+        println!(
+            "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10}",
+            c["pid"],
+            c["comm"].as_str().unwrap_or("?"),
+            c["memory_cgroup"].as_str().unwrap_or("-"),
+            opt_mib(&c["limit_bytes"]),
+            opt_mib(&c["usage_bytes"]),
+            c["some_avg10"].as_f64().map_or("-".to_string(), |p| format!("{p:.2}%"))
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -132,6 +183,7 @@ fn main() -> ExitCode {
     let (what, json, print): (u64, bool, fn(&serde_json::Value)) = match args.cmd {
         Cmd::Tiers { json } => (query::TIERS, json, print_tiers),
         Cmd::Regions { json } => (query::REGIONS, json, print_regions),
+        Cmd::Pressure { json } => (query::PRESSURE, json, print_pressure),
     };
     match ask(&args.socket, what) {
         Ok(v) if json => {

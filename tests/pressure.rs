@@ -1,0 +1,267 @@
+//! Memory pressure: a managed program and a memory hog share a memory-limited cgroup (cgroup
+//! v1 memory controller). Under holo, the daemon shrinks the DRAM budget so that the cgroup
+//! stays under its limit, and both finish with their data intact; without holo, the same
+//! workload is OOM-killed.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use holo_e2e::*;
+use serde_json::Value;
+
+const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
+const LIMIT: &str = "384M";
+/// The managed program's working set: more than the cgroup's limit, less than the budget.
+const MANAGED: &str = "512M";
+const BUDGET: &str = "1G";
+const HOG: &str = "192M";
+/// The hog grows 16M per step: 160 MB/s, under the controller's margin per tick.
+const HOG_STEP_MS: &str = "100";
+
+/// A cgroup v1 memory cgroup with a limit; on drop, what is left in it is killed and it is
+/// removed.
+struct MemCgroup {
+    path: PathBuf,
+}
+
+impl MemCgroup {
+    /// `Err(why)` when this machine has no usable cgroup v1 memory controller.
+    fn create(label: &str, limit: &str) -> Result<MemCgroup, String> {
+        let root = PathBuf::from(V1_MEMORY);
+        if !root.join("memory.limit_in_bytes").is_file() {
+            return Err(format!("no cgroup v1 memory controller at {V1_MEMORY}"));
+        }
+        let path = root.join(format!("holo-e2e-{label}-{}", std::process::id()));
+        let cg = MemCgroup { path };
+        if cg.path.exists() {
+            cg.empty_and_remove();
+        }
+        fs::create_dir(&cg.path).map_err(|e| format!("cannot create {}: {e}", cg.path.display()))?;
+        // No swap here, but where there is, the limit must hold for memory+swap alike.
+        cg.write("memory.swappiness", "0");
+        fs::write(cg.path.join("memory.limit_in_bytes"), parse_size(limit).to_string())
+            .map_err(|e| format!("cannot set the limit of {}: {e}", cg.path.display()))?;
+        Ok(cg)
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        let _ = fs::write(self.path.join(file), value);
+    }
+
+    fn read(&self, file: &str) -> String {
+        fs::read_to_string(self.path.join(file)).unwrap_or_default()
+    }
+
+    /// The cgroup's path as /proc/PID/cgroup shows it.
+    fn name(&self) -> String {
+        format!("/{}", self.path.file_name().unwrap().to_string_lossy())
+    }
+
+    /// `oom_kill` of memory.oom_control: processes the OOM killer killed in this cgroup.
+    fn oom_kills(&self) -> u64 {
+        let text = self.read("memory.oom_control");
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or_else(
+            || panic!("{} has no oom_kill count: {text:?}", self.path.join("memory.oom_control").display()),
+        )
+    }
+
+    fn stats(&self) -> String {
+        format!(
+            "cgroup {}: limit {} usage {} max_usage {} failcnt {}\n{}",
+            self.path.display(),
+            self.read("memory.limit_in_bytes").trim(),
+            self.read("memory.usage_in_bytes").trim(),
+            self.read("memory.max_usage_in_bytes").trim(),
+            self.read("memory.failcnt").trim(),
+            self.read("memory.oom_control")
+        )
+    }
+
+    /// Makes `cmd`'s process join the cgroup before it execs.
+    fn put(&self, cmd: &mut Command) {
+        let procs = CString::new(self.path.join("cgroup.procs").to_string_lossy().into_owned()).unwrap();
+        // SAFETY: the closure only makes raw syscalls (open, write, close) on data prepared
+        // before the fork, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+    }
+
+    fn empty_and_remove(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for pid in self.read("cgroup.procs").split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: plain syscall on a pid that sits in our test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if fs::remove_dir(&self.path).is_ok() || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        self.empty_and_remove();
+    }
+}
+
+/// The cgroup, or a loud skip.
+fn cgroup_or_skip(label: &str, test: &str) -> Option<MemCgroup> {
+    match MemCgroup::create(label, LIMIT) {
+        Ok(cg) => Some(cg),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}; this test needs root and the cgroup v1 memory controller");
+            None
+        }
+    }
+}
+
+fn hog_command(cg: &MemCgroup) -> Command {
+    let mut cmd = Command::new(c_program("pressure_hog"));
+    cmd.args([HOG, HOG_STEP_MS]);
+    cg.put(&mut cmd);
+    cmd
+}
+
+fn pressure(daemon: &Daemon) -> Value {
+    daemon.holoctl_json(&["pressure"])
+}
+
+fn bytes(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a byte count: {v}"))
+}
+
+#[test]
+fn holo_shrinks_its_budget_so_a_limited_cgroup_is_not_oom_killed() {
+    let _heavy = heavy();
+    let Some(cg) = cgroup_or_skip("holo", "holo_shrinks_its_budget_so_a_limited_cgroup_is_not_oom_killed") else {
+        return;
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    fs::write(&conf_file, "cgroup_margin = \"64M\"\npressure_target_pct = 10.0\n").unwrap();
+    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap()]);
+    let configured = parse_size(BUDGET);
+    let limit = parse_size(LIMIT);
+
+    let started = Instant::now();
+    let mut cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &[MANAGED], &[]);
+    cg.put(&mut cmd);
+    let mut managed = Spawned::spawn(cmd, true);
+    managed.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let filled = started.elapsed();
+
+    // The managed program alone would pass the limit: the budget must already be under it.
+    let p = pressure(&daemon);
+    let budget_alone = bytes(&p["budget_bytes"]);
+    let me = p["clients"].as_array().and_then(|c| c.iter().find(|c| c["pid"].as_u64() == Some(managed.pid().into())));
+    let ok = budget_alone < limit
+        && p["actions"]["cgroup_shrinks"].as_u64() >= Some(1)
+        && me.is_some_and(|c| c["memory_cgroup"] == cg.name().as_str() && c["limit_bytes"] == limit);
+    if !ok {
+        panic!(
+            "after the managed fill, expected a budget under {LIMIT} and the client's cgroup listed\n{p:#}\n{}\n{}",
+            cg.stats(),
+            daemon.report()
+        );
+    }
+
+    // The hog arrives: the budget must make room for it too.
+    let mut hog = Spawned::spawn(hog_command(&cg), true);
+    hog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let p = pressure(&daemon);
+    let budget_with_hog = bytes(&p["budget_bytes"]);
+    if budget_with_hog + parse_size(HOG) > limit {
+        panic!(
+            "with the hog holding {HOG}, the budget should leave it room under {LIMIT}\n{p:#}\n{}\n{}",
+            cg.stats(),
+            daemon.report()
+        );
+    }
+
+    // Both verify everything while they share the cgroup.
+    managed.send_line("verify");
+    let out = managed.finish(PROGRAM_TIMEOUT);
+    let total = started.elapsed();
+    hog.send_line("verify");
+    let hog_out = hog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("{}\n{:#}", cg.stats(), pressure(&daemon));
+    out.check(&daemon, out.success() && out.stdout.contains("ok"), &format!("the managed program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    hog_out.check(&daemon, hog_out.success(), &format!("the hog failed\n{tail}"));
+    hog_out.assert_stdout_has(&daemon, "pressure_hog: verified");
+    let kills = cg.oom_kills();
+    out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
+    daemon.assert_paged("under pressure");
+
+    let p = pressure(&daemon);
+    eprintln!(
+        "pressure with holo: managed {MANAGED} filled in {filled:.1?}, done in {total:.1?}; budget {} MiB \
+         configured, {} MiB after the fill, {} MiB with the hog; system PSI some avg10 {:.2}%, \
+         full avg10 {:.2}%; actions {}; cgroup failcnt {}, max usage {} MiB, OOM kills {kills}",
+        configured >> 20,
+        budget_alone >> 20,
+        budget_with_hog >> 20,
+        p["system"]["some_avg10"].as_f64().unwrap_or(0.0),
+        p["system"]["full_avg10"].as_f64().unwrap_or(0.0),
+        p["actions"],
+        cg.read("memory.failcnt").trim(),
+        cg.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0) >> 20
+    );
+}
+
+#[test]
+fn without_holo_the_same_workload_is_oom_killed() {
+    let _heavy = heavy();
+    let Some(cg) = cgroup_or_skip("plain", "without_holo_the_same_workload_is_oom_killed") else {
+        return;
+    };
+    let started = Instant::now();
+    let mut cmd = Command::new(c_program("hold_and_check"));
+    cmd.arg(MANAGED);
+    cg.put(&mut cmd);
+    let managed = Spawned::spawn(cmd, false);
+    let hog = Spawned::spawn(hog_command(&cg), false);
+    let out = managed.finish(PROGRAM_TIMEOUT);
+    let hog_out = hog.finish(PROGRAM_TIMEOUT);
+    let kills = cg.oom_kills();
+    let killed = [&out, &hog_out].iter().filter(|o| o.signal() == Some(libc::SIGKILL)).count();
+    out.ensure(
+        kills >= 1 && killed >= 1,
+        &format!(
+            "expected the OOM killer to kill the managed program or the hog ({kills} OOM kills, {killed} \
+             SIGKILLed)\nhog: {}\n{}",
+            hog_out.describe(),
+            cg.stats()
+        ),
+    );
+    eprintln!(
+        "pressure without holo: OOM kills {kills} after {:.1?} (managed: {}, hog: {}); cgroup failcnt {}; \
+         {}",
+        started.elapsed(),
+        if out.signal() == Some(libc::SIGKILL) { "SIGKILL" } else { "survived" },
+        if hog_out.signal() == Some(libc::SIGKILL) { "SIGKILL" } else { "survived" },
+        cg.read("memory.failcnt").trim(),
+        fs::read_to_string("/proc/pressure/memory").unwrap_or_default().replace('\n', "; ")
+    );
+}
