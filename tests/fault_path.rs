@@ -42,7 +42,9 @@ fn fill_verify_2g_through_256m_budget() {
         .assert_stdout_has(&daemon, "fill_verify: verified 2147483648 bytes in 2 passes");
     daemon.assert_paged("fill_verify 2G");
 
-    let slack = 32 * granule;
+    // The daemon throttles fills 32 granules past the budget; up to 64 evictions per client
+    // are in flight, and their pages count as resident until zapped.
+    let slack = (32 + 64) * granule;
     out.check(
         &daemon,
         max_used <= budget + slack,

@@ -177,6 +177,11 @@ pub struct PendingChild {
     pub table: PageTable,
 }
 
+/// Granules of resident pages beyond the budget before fills wait for evictions. Pages
+/// under eviction count as resident until zapped, so the resident set can exceed the budget
+/// by this plus the evictions in flight.
+pub const THROTTLE_SLACK_GRANULES: u64 = 32;
+
 pub struct Daemon {
     pub config: Config,
     pub store: SlotStore,
@@ -267,14 +272,14 @@ impl Daemon {
         }
     }
 
-    /// Should new fills wait? Yes while resident pages exceed the budget by more than a
-    /// little slack and evictions are under way to bring them back: faulting faster than
+    /// Should new fills wait? Yes while resident pages exceed the budget by more than
+    /// `THROTTLE_SLACK_GRANULES` and evictions are under way to bring them back: faulting faster than
     /// the victims can evict would let the resident set grow without bound. With no
     /// eviction possible, fills go on (the budget cannot be met, but nothing deadlocks).
     pub fn throttle_fills(&self) -> bool {
         let b = &self.budget;
         let limit = b.limit_pages.load(Relaxed);
-        let slack = (32 * self.config.granule_bytes / PAGE).max(limit as u64 / 16) as i64;
+        let slack = (THROTTLE_SLACK_GRANULES * self.config.granule_bytes / PAGE) as i64;
         b.resident.load(Relaxed) > limit + slack && (b.evicting.load(Relaxed) > 0 || b.requested.load(Relaxed) > 0)
     }
 

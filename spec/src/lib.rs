@@ -1,1 +1,12 @@
-//! placeholder
+//! Model-checked specifications of holo's protocols (issue 6), checked with `stateright`.
+//!
+//! One module per protocol; `spec/README.md` says what each models, what it abstracts away,
+//! its invariants, how to run it and how many states it explores.
+//!
+//! * [`evict`]: model 1, fault and eviction between a program's threads, the shim's agent,
+//!   the daemon's pager thread and the kernel's userfaultfd, for one granule window.
+//!
+//! Models 2 (ownership and coherence across nodes) and 3 (tier migration) are not written yet.
+
+pub mod evict;
+pub mod trace;

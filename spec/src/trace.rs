@@ -1,0 +1,83 @@
+//! Counterexample traces, printed one step a line with the state that matters.
+
+use std::fmt::Write;
+
+use holo_pager::pagetable::PageState;
+use stateright::{Checker, Model, Path};
+
+use crate::evict::{Action, Evict, State, N};
+
+fn page_states(s: &State) -> String {
+    let mut out = String::new();
+    for p in 0..N {
+        let t = match s.pager.table.get(p) {
+            PageState::Untouched => "U".to_string(),
+            PageState::Resident => "R".to_string(),
+            PageState::Spilled { slot, .. } => format!("S{slot}"),
+        };
+        let k = if s.mem.present[p] {
+            format!("{}{}", s.mem.val[p], if s.mem.wp[p] { "w" } else { "" })
+        } else {
+            "-".to_string()
+        };
+        let _ = write!(out, "{}p{p}:{t}/{k}/t{}", if p > 0 { " " } else { "" }, s.mem.truth[p]);
+    }
+    out
+}
+
+/// One line per step: the action, then the pages (table/kernel/truth), the eviction, the
+/// threads, the agent and the queues after it.
+pub fn describe(path: &Path<State, Action>) -> String {
+    let mut out = String::new();
+    let steps = path.clone().into_vec();
+    let mut prev: Option<Action> = None;
+    for (i, (s, next)) in steps.iter().enumerate() {
+        let what = match prev {
+            None => "init".to_string(),
+            Some(a) => format!("{a:?}"),
+        };
+        let _ = writeln!(
+            out,
+            "{i:3} {what:<42} | {} | ev {:?} | th {:?} | agent {:?} gate {:?} | uffd f{:?} e{:?} batch {:?} | to_agent {:?} from_agent {:?}{}",
+            page_states(s),
+            s.pager.ev.map(|e| (e.id, e.state, e.spilled)),
+            s.threads,
+            s.agent,
+            s.gate,
+            s.mem.faults,
+            s.mem.events,
+            s.pager.batch,
+            s.to_agent,
+            s.from_agent,
+            match &s.child {
+                Some(c) => format!(" | child {:?}/{:?} table {:?}", c.mem.present, c.mem.val, (0..N).map(|p| c.table.get(p)).collect::<Vec<_>>()),
+                None => String::new(),
+            },
+        );
+        prev = *next;
+    }
+    out
+}
+
+/// Run a breadth-first check to the end (or to the first broken `always` property).
+pub fn check(model: Evict, stop_at_first_failure: bool) -> impl Checker<Evict> {
+    let mut b = model.checker();
+    if stop_at_first_failure {
+        b = b.finish_when(stateright::HasDiscoveries::AnyFailures);
+    }
+    b.spawn_bfs().join()
+}
+
+/// The model's `always` properties that have a counterexample.
+pub fn failures(c: &impl Checker<Evict>) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = c
+        .model()
+        .properties()
+        .iter()
+        .filter(|p| p.expectation == stateright::Expectation::Always)
+        .filter(|p| c.discovery(p.name).is_some())
+        .map(|p| p.name)
+        .collect();
+    v.sort();
+    v
+}
