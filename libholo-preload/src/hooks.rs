@@ -125,15 +125,22 @@ fn alloc_managed(size: usize, align: usize) -> *mut c_void {
     p
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn malloc(n: size_t) -> *mut c_void {
+/// A managed block for an allocation hook, or null when holo does not take this one
+/// (too small, holo unusable, or a nested call).
+fn try_managed(n: usize, align: usize) -> *mut c_void {
     if wants(n) {
         if let Some(_g) = Guard::enter() {
-            let p = alloc_managed(n, PAGE);
-            if !p.is_null() {
-                return p;
-            }
+            return alloc_managed(n, align);
         }
+    }
+    core::ptr::null_mut()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn malloc(n: size_t) -> *mut c_void {
+    let p = try_managed(n, PAGE);
+    if !p.is_null() {
+        return p;
     }
     __libc_malloc(n)
 }
@@ -144,14 +151,10 @@ pub unsafe extern "C" fn calloc(n: size_t, m: size_t) -> *mut c_void {
         sys::set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     };
-    if wants(total) {
-        if let Some(_g) = Guard::enter() {
-            // Fresh anonymous memory is zero already.
-            let p = alloc_managed(total, PAGE);
-            if !p.is_null() {
-                return p;
-            }
-        }
+    // Fresh anonymous memory is zero already.
+    let p = try_managed(total, PAGE);
+    if !p.is_null() {
+        return p;
     }
     __libc_calloc(n, m)
 }
@@ -216,12 +219,10 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, n: size_t) -> *mut c_void {
 }
 
 unsafe fn aligned(align: size_t, n: size_t) -> *mut c_void {
-    if wants(n) && align <= (1 << 30) {
-        if let Some(_g) = Guard::enter() {
-            let p = alloc_managed(n, align);
-            if !p.is_null() {
-                return p;
-            }
+    if align <= (1 << 30) {
+        let p = try_managed(n, align);
+        if !p.is_null() {
+            return p;
         }
     }
     __libc_memalign(align, n)
