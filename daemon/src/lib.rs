@@ -5,9 +5,11 @@
 //! * [`pager`]: one thread per client, serving its faults and events, running evictions.
 //! * [`pressure`]: PSI and memory cgroups move the DRAM budget.
 //! * [`pagetable`]: the pure per-client page table the pager executes.
+//! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: slot store, budget, registry, counters.
 //! * [`service`]: logging and systemd notification.
 
+pub mod arc;
 pub mod config;
 pub mod pager;
 pub mod pagetable;
