@@ -31,6 +31,7 @@ use holo_pagers::proto::{self, Frame, Kind, Recv};
 use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
+use crate::arc::{ArcPolicy, Placement};
 use crate::pagetable::{PageState, PageTable, Window, PAGE};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary};
 
@@ -93,7 +94,9 @@ pub struct Pager {
     evictions: HashMap<u64, Eviction>,
     next_eviction: u64,
     pending_forks: VecDeque<(Uffd, PageTable)>,
-    /// Clock hand: where the next victim search starts.
+    /// Which resident window to evict next, fed with this client's faults and evictions.
+    policy: ArcPolicy,
+    /// Clock hand: where the search for a victim ARC does not know starts.
     hand: u64,
     buf: Vec<u8>,
     summary_at: Instant,
@@ -109,6 +112,7 @@ impl Pager {
     ) -> io::Result<Pager> {
         let mem = File::open(format!("/proc/{}/mem", info.pid))?;
         let granule = d.config.granule_bytes;
+        let d_budget_granules = d.config.dram_budget_bytes / granule;
         let resident = table.resident_pages() as i64;
         d.add_resident(&info, resident);
         Ok(Pager {
@@ -124,6 +128,7 @@ impl Pager {
             evictions: HashMap::new(),
             next_eviction: 1,
             pending_forks: VecDeque::new(),
+            policy: ArcPolicy::new(d_budget_granules),
             hand: 0,
             buf: vec![0; granule as usize],
             summary_at: Instant::now(),
@@ -209,7 +214,14 @@ impl Pager {
             if n == 0 {
                 return Ok(());
             }
-            for m in &msgs[..n] {
+            // Events first, then faults. One read returns pending faults before events, but
+            // reading an event lets its poster go on (a DONTNEED zaps, a fork returns): a
+            // fault served before the batch's events would fill from stale state.
+            let is_fault = |m: &UffdMsg| matches!(m.decode(), Event::Fault { .. });
+            for m in msgs[..n].iter().filter(|m| !is_fault(m)) {
+                self.handle_event(m.decode())?;
+            }
+            for m in msgs[..n].iter().filter(|m| is_fault(m)) {
                 self.handle_event(m.decode())?;
             }
             if n < msgs.len() {
@@ -314,14 +326,15 @@ impl Pager {
     fn fill(&mut self, w: Window, f: Fault) -> Served {
         if self.table.get(f.addr) == Some(PageState::Resident) {
             // Usually a second thread's fault on a page an earlier fill of this batch
-            // installed. If the page is really missing, the table is wrong: fail loudly.
+            // installed: wake it. If the page is missing, a program DONTNEED whose REMOVE we
+            // had already handled zapped it after we filled it: it reads as zeros.
             let mut probe = [0u8; 1];
-            if self.mem.read_exact_at(&mut probe, f.addr).is_err() {
-                self.fail_fault(f, "the page table says resident but the page is missing");
+            if self.mem.read_exact_at(&mut probe, f.addr).is_ok() {
+                let _ = self.uffd.wake(f.addr, PAGE);
                 return Served::Done;
             }
-            let _ = self.uffd.wake(f.addr, PAGE);
-            return Served::Done;
+            self.table.set(f.addr, PageState::Untouched);
+            self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
         let n = pages.len();
@@ -378,6 +391,9 @@ impl Pager {
             self.d.add_resident(&self.info, filled as i64);
             // Skip the page that was present and carry on with the rest of the run.
             i += filled + usize::from(filled < j - i);
+        }
+        if self.table.pages(w).contains(&PageState::Resident) {
+            self.policy.on_fault(w.start);
         }
         self.d.stats.dram.faults.fetch_add(1, Relaxed);
         if from_spill {
@@ -496,6 +512,7 @@ impl Pager {
     fn complete(&mut self, id: u64) {
         let e = self.evictions.remove(&id).unwrap();
         debug_assert_eq!(e.state, EvictState::Removed);
+        self.policy.on_evicted(e.w.start);
         // Pages whose REMOVE never came (madvise stopped early) stay resident.
         let n = e.spilled as i64;
         if n == 0 {
@@ -510,6 +527,7 @@ impl Pager {
     fn cancel(&mut self, id: u64) {
         let e = self.evictions.remove(&id).unwrap();
         debug_assert_ne!(e.state, EvictState::Removed);
+        self.policy.on_cancelled(e.w.start);
         // Lifting protection also wakes threads that wrote meanwhile.
         let _ = self.uffd.write_protect(e.w.start, e.w.len, false);
         self.d.store.discard(e.slot);
@@ -554,7 +572,10 @@ impl Pager {
             match self.start_eviction(w) {
                 Ok(n) => started += n as i64,
                 Err(Served::Gone(why)) => return Err(Gone(why)),
-                Err(_) => break,
+                Err(_) => {
+                    self.policy.on_cancelled(w.start);
+                    break;
+                }
             }
         }
         let left = (want - started).max(0);
@@ -568,8 +589,29 @@ impl Pager {
         Ok(())
     }
 
-    /// The next window from the clock hand with resident pages and no eviction.
+    /// The next window to evict: ARC's choice, or where ARC knows no resident window (one
+    /// that mremap moved, say), the clock hand's.
     fn next_victim(&mut self) -> Option<Window> {
+        self.policy.resize(self.d.budget.limit_pages.load(Relaxed).max(1) as u64 * PAGE / self.granule);
+        for _ in 0..64 {
+            let Some(key) = self.policy.victim() else { break };
+            match self.table.window(key, self.granule) {
+                Some(w)
+                    if w.start == key
+                        && !self.evictions.values().any(|e| e.w.overlaps(w.start, w.end()))
+                        && self.table.pages(w).contains(&PageState::Resident) =>
+                {
+                    return Some(w)
+                }
+                // Freed, moved or already leaving: ARC's key is stale.
+                _ => self.policy.on_removed(key),
+            }
+        }
+        self.clock_victim()
+    }
+
+    /// The next window from the clock hand with resident pages and no eviction.
+    fn clock_victim(&mut self) -> Option<Window> {
         let g = self.granule;
         let evicting: Vec<Window> = self.evictions.values().map(|e| e.w).collect();
         let regions: Vec<(u64, u64)> =
@@ -704,13 +746,18 @@ impl Pager {
                 proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
                     .map_err(|_| Gone("its agent connection closed"))?;
             }
-            Kind::Zapped => match self.evictions.get(&f.a).map(|e| e.state) {
-                Some(EvictState::Removed) => self.complete(f.a),
-                // madvise failed or never reached the kernel: the pages are still here.
-                Some(_) => self.cancel(f.a),
-                // Settled already, by a program event that followed the zap.
-                None => {}
-            },
+            Kind::Zapped => {
+                match self.evictions.get(&f.a).map(|e| e.state) {
+                    Some(EvictState::Removed) => self.complete(f.a),
+                    // madvise failed or never reached the kernel: the pages are still here.
+                    Some(_) => self.cancel(f.a),
+                    None => {}
+                }
+                // The agent holds the gate until this: a program REMOVE can only follow
+                // once the eviction is settled, so it is never taken for the agent's.
+                proto::send(fd, Frame::new(Kind::Done, f.a, 0, 0), None, b"")
+                    .map_err(|_| Gone("its agent connection closed"))?;
+            }
             other => {
                 log::warn!("pid {}: unexpected {other:?} on the agent connection", self.info.pid);
                 return Err(Gone("protocol error on its agent connection"));

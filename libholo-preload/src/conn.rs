@@ -368,7 +368,7 @@ impl ZapQueue {
 /// or the frame makes no sense here.
 fn agent_recv(fd: c_int) -> Option<Frame> {
     match proto::recv(fd, false) {
-        Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Zap | Kind::Go | Kind::NoGo) => Some(f),
+        Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Zap | Kind::Go | Kind::NoGo | Kind::Done) => Some(f),
         _ => None,
     }
 }
@@ -401,16 +401,9 @@ fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
     if proto::send(fd, Frame::new(Kind::Zapping, zap.a, 0, 0), None, b"").is_err() {
         return false;
     }
-    let go = loop {
-        match agent_recv(fd) {
-            Some(f) if f.kind == Kind::Zap => {
-                if !queue.push(f) {
-                    return false;
-                }
-            }
-            Some(f) if f.a == zap.a => break f.kind == Kind::Go,
-            _ => return false,
-        }
+    let go = match await_reply(fd, zap.a, queue) {
+        Some(kind) => kind == Kind::Go,
+        None => return false,
     };
     if !go {
         return true;
@@ -427,7 +420,28 @@ fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
         }
     };
     let err = if rc == 0 { 0 } else { sys::errno() as u64 };
-    proto::send(fd, Frame::new(Kind::Zapped, zap.a, err, 0), None, b"").is_ok()
+    if proto::send(fd, Frame::new(Kind::Zapped, zap.a, err, 0), None, b"").is_err() {
+        return false;
+    }
+    // Keep the gate until the daemon has settled the eviction: a program DONTNEED whose
+    // REMOVE it read before our Zapped would otherwise be taken for part of our zap.
+    await_reply(fd, zap.a, queue) == Some(Kind::Done)
+}
+
+/// Wait for the daemon's reply about zap `id` (Go, NoGo or Done), queueing the zaps that
+/// arrive meanwhile. `None`: the connection is gone or the daemon said something else.
+fn await_reply(fd: c_int, id: u64, queue: &mut ZapQueue) -> Option<Kind> {
+    loop {
+        match agent_recv(fd) {
+            Some(f) if f.kind == Kind::Zap => {
+                if !queue.push(f) {
+                    return None;
+                }
+            }
+            Some(f) if f.a == id => return Some(f.kind),
+            _ => return None,
+        }
+    }
 }
 
 /// The daemon is gone. Faults on pages it held now stall (our uffd reference keeps the

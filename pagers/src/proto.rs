@@ -18,7 +18,7 @@
 //!   Hello{role=Agent, c=token} ->  Ok
 //!                                 <- Zap{id, start, len}
 //!   Zapping{id}               ->  Go{id} | NoGo{id}
-//!   Zapped{id, errno}
+//!   Zapped{id, errno}        ->  Done{id}   (the agent holds the gate until Done)
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
@@ -49,6 +49,7 @@ pub enum Kind {
     Zapped = 13,
     Query = 14,
     Json = 15,
+    Done = 16,
 }
 
 impl Kind {
@@ -70,6 +71,7 @@ impl Kind {
             13 => Zapped,
             14 => Query,
             15 => Json,
+            16 => Done,
             _ => return None,
         })
     }

@@ -35,7 +35,8 @@ fn main() {
         }
     }
     let t = std::time::Instant::now();
-    let c = trace::check(Evict::new(design, b), true);
+    let all = std::env::var("ALL").is_ok();
+    let c = trace::check(Evict::new(design, b), !all);
     println!(
         "states {} unique {} depth {} in {:?}",
         c.state_count(),
@@ -45,6 +46,14 @@ fn main() {
     );
     for f in trace::failures(&c) {
         println!("FAIL: {f}");
-        println!("{}", trace::describe(&c.discovery(f).unwrap()));
+        let path = trace::trim(c.model(), f, &c.discovery(f).unwrap());
+        println!("{}", trace::describe(&path));
+        for (i, (st, _)) in path.into_vec().iter().enumerate() {
+            println!(
+                "{i}: table_agrees={} slots={}",
+                holo_spec::evict::table_agrees(&design, st),
+                holo_spec::evict::slots_counted(st)
+            );
+        }
     }
 }

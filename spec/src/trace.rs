@@ -68,6 +68,12 @@ pub fn check(model: Evict, stop_at_first_failure: bool) -> impl Checker<Evict> {
     b.spawn_bfs().join()
 }
 
+/// Run a breadth-first check until `property` is broken (or to the end).
+pub fn check_for(model: Evict, property: &'static str) -> impl Checker<Evict> {
+    let only = std::iter::once(property).collect();
+    model.checker().finish_when(stateright::HasDiscoveries::AnyOf(only)).spawn_bfs().join()
+}
+
 /// The model's `always` properties that have a counterexample.
 pub fn failures(c: &impl Checker<Evict>) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = c
@@ -80,4 +86,14 @@ pub fn failures(c: &impl Checker<Evict>) -> Vec<&'static str> {
         .collect();
     v.sort();
     v
+}
+
+/// `path` cut at its first state that breaks `property` (the checker keeps the last
+/// counterexample it met, not the first, when it explores everything).
+pub fn trim(model: &Evict, property: &str, path: &Path<State, Action>) -> Path<State, Action> {
+    let p = model.properties().into_iter().find(|p| p.name == property).expect("a property of the model");
+    let v = path.clone().into_vec();
+    let cut = v.iter().position(|(s, _)| !(p.condition)(model, s)).unwrap_or(v.len() - 1);
+    let actions: Vec<Action> = v[..cut].iter().filter_map(|(_, a)| *a).collect();
+    Path::from_actions(model, v[0].0.clone(), &actions).expect("the same path")
 }

@@ -12,6 +12,7 @@ use stateright::{Checker, Path};
 const TABLE: &str = "the page table agrees with the kernel";
 const SLOTS: &str = "slot references match the page tables";
 const KILLED: &str = "no thread is killed";
+const READ: &str = "reads return the last write";
 
 /// Explore everything; every `always` property holds and every `sometimes` one is reached.
 fn passes(name: &str, design: Design, bounds: Bounds) {
@@ -25,15 +26,29 @@ fn passes(name: &str, design: Design, bounds: Bounds) {
     c.assert_properties();
 }
 
-/// Explore until the first broken `always` property (or everything when `all`); return the
-/// counterexample for `property`, printed.
-fn fails(name: &str, design: Design, bounds: Bounds, property: &'static str, all: bool) -> Path<State, Action> {
-    let c = trace::check(Evict::new(design, bounds), !all);
-    let broken = trace::failures(&c);
-    println!("{name}: {} states ({} unique) explored; broken: {broken:?}", c.state_count(), c.unique_state_count());
-    let path = c.discovery(property).unwrap_or_else(|| panic!("{name}: no counterexample for {property:?}"));
-    println!("counterexample for {property:?}:\n{}", trace::describe(&path));
-    path
+/// Explore until `properties` are all broken, or everything; return the counterexample for
+/// each, cut at its first broken state, printed.
+fn fails_with(name: &str, design: Design, bounds: Bounds, properties: &[&'static str]) -> Vec<Path<State, Action>> {
+    properties
+        .iter()
+        .map(|&property| {
+            let c = trace::check_for(Evict::new(design, bounds.clone()), property);
+            println!(
+                "{name}: {} states ({} unique) explored; broken: {:?}",
+                c.state_count(),
+                c.unique_state_count(),
+                trace::failures(&c)
+            );
+            let found = c.discovery(property).unwrap_or_else(|| panic!("{name}: no counterexample for {property:?}"));
+            let path = trace::trim(c.model(), property, &found);
+            println!("counterexample for {property:?}:\n{}", trace::describe(&path));
+            path
+        })
+        .collect()
+}
+
+fn fails(name: &str, design: Design, bounds: Bounds, property: &'static str) -> Path<State, Action> {
+    fails_with(name, design, bounds, &[property]).pop().unwrap()
 }
 
 fn steps(path: &Path<State, Action>) -> Vec<(State, Action, State)> {
@@ -63,29 +78,21 @@ fn fixed_one_thread_evictions() {
     passes(
         "fixed, 1 thread, W in 1 or 2 VMAs, 2 evictions, timeouts, failed zaps",
         Design::FIXED,
-        Bounds {
-            split: vec![false, true],
-            dontneed_all: true,
-            start_resident: vec![true, false],
-            evictions: 2,
-            expire: true,
-            agent_fails: true,
-            ..Bounds::default()
-        },
+        Bounds { split: vec![false, true], evictions: 2, expire: true, agent_fails: true, ..Bounds::default() },
     );
 }
 
 #[test]
 fn fixed_one_thread_fork() {
     passes(
-        "fixed, 1 thread, W in 1 or 2 VMAs, fork and a child that reads",
+        "fixed, 1 thread, W in 1 or 2 VMAs, DONTNEED of all of W, fork and a child that reads",
         Design::FIXED,
         Bounds {
             split: vec![false, true],
+            dontneed_page: false,
             dontneed_all: true,
-            start_resident: vec![true, false],
             forks: 1,
-            child_reads: 2,
+            child_reads: 1,
             ..Bounds::default()
         },
     );
@@ -94,7 +101,7 @@ fn fixed_one_thread_fork() {
 #[test]
 fn fixed_two_threads() {
     passes(
-        "fixed, 2 threads",
+        "fixed, 2 threads, W resident or untouched",
         Design::FIXED,
         Bounds { threads: 2, start_resident: vec![true, false], ..Bounds::default() },
     );
@@ -105,23 +112,16 @@ fn fixed_two_threads_split() {
     passes(
         "fixed, 2 threads, W in 2 VMAs, DONTNEED of all of W",
         Design::FIXED,
-        Bounds {
-            threads: 2,
-            split: vec![true],
-            dontneed_page: false,
-            dontneed_all: true,
-            start_resident: vec![true, false],
-            ..Bounds::default()
-        },
+        Bounds { threads: 2, split: vec![true], dontneed_page: false, dontneed_all: true, ..Bounds::default() },
     );
 }
 
 #[test]
 fn fixed_two_threads_fork() {
     passes(
-        "fixed, 2 threads, fork and a child that reads",
+        "fixed, 2 threads, fork and a child that reads (no DONTNEED)",
         Design::FIXED,
-        Bounds { threads: 2, forks: 1, child_reads: 1, ..Bounds::default() },
+        Bounds { threads: 2, forks: 1, child_reads: 1, dontneed_page: false, ..Bounds::default() },
     );
 }
 
@@ -134,6 +134,55 @@ fn fixed_daemon_crash() {
     );
 }
 
+/// Larger bounds, a few minutes in a debug build: `cargo test -p holo-spec -- --ignored`.
+#[test]
+#[ignore]
+fn deep_fixed_one_thread() {
+    passes(
+        "deep: fixed, 1 thread, everything",
+        Design::FIXED,
+        Bounds {
+            split: vec![false, true],
+            dontneed_all: true,
+            start_resident: vec![true, false],
+            evictions: 2,
+            expire: true,
+            agent_fails: true,
+            forks: 1,
+            child_reads: 1,
+            ..Bounds::default()
+        },
+    );
+}
+
+#[test]
+#[ignore]
+fn deep_fixed_two_threads() {
+    passes(
+        "deep: fixed, 2 threads, W in 1 or 2 VMAs, fork",
+        Design::FIXED,
+        Bounds {
+            threads: 2,
+            split: vec![false, true],
+            dontneed_all: true,
+            start_resident: vec![true, false],
+            forks: 1,
+            child_reads: 1,
+            ..Bounds::default()
+        },
+    );
+}
+
+#[test]
+#[ignore]
+fn deep_fixed_two_threads_four_ops() {
+    passes(
+        "deep: fixed, 2 threads, 4 operations",
+        Design::FIXED,
+        Bounds { threads: 2, ops: 4, start_resident: vec![true, false], ..Bounds::default() },
+    );
+}
+
 // ---- the current code: the flaws the model found -------------------------------------------
 
 /// Flaw 1. The agent sends `Zapped` and releases the gate; the program's own DONTNEED then
@@ -142,9 +191,9 @@ fn fixed_daemon_crash() {
 /// `Spilled` (their slot counted twice) and refault with the old bytes instead of zeros.
 #[test]
 fn current_takes_a_program_dontneed_for_the_agents_zap() {
-    let bounds = Bounds::default();
-    let path = fails("current, 1 thread", Design::CURRENT, bounds.clone(), SLOTS, true);
-    let misread = steps(&path).into_iter().any(|(b, a, n)| {
+    let paths = fails_with("current, 1 thread", Design::CURRENT, Bounds::default(), &[SLOTS, READ]);
+    let (path, read) = (&paths[0], &paths[1]);
+    let misread = steps(path).into_iter().any(|(b, a, n)| {
         a == Action::PagerHandle
             && is_program_remove(handled(&b, &n))
             && matches!(b.pager.ev, Some(e) if e.state == EvictState::Removed)
@@ -152,12 +201,10 @@ fn current_takes_a_program_dontneed_for_the_agents_zap() {
             && b.agent == Agent::Idle
     });
     assert!(misread, "the trace shows a program REMOVE counted as the agent's after the agent let go of the gate");
-    // And the data consequence: the DONTNEED'd page would refill with its old bytes.
-    let table = fails("current, 1 thread", Design::CURRENT, bounds, TABLE, true);
-    let last = table.last_state();
-    assert!((0..2).any(|p| !last.mem.present[p]
-        && matches!(last.pager.table.get(p), PageState::Spilled { .. })
-        && last.mem.truth[p] == 0));
+    // And the data consequence: after its own DONTNEED the program reads its old bytes.
+    let last = read.last_state();
+    assert!(last.bad.wrong_read);
+    assert!((0..2).any(|p| last.mem.present[p] && last.mem.truth[p] == 0 && last.mem.val[p] != 0));
     // Fix A alone removes it: the same bounds pass.
     passes("current + fix A, 1 thread", Design { ack_zapped: true, ..Design::CURRENT }, Bounds::default());
 }
@@ -169,8 +216,7 @@ fn current_takes_a_program_dontneed_for_the_agents_zap() {
 #[test]
 fn current_serves_a_batch_fault_after_its_remove_was_read() {
     let design = Design { ack_zapped: true, refill_zapped: true, ..Design::CURRENT };
-    let path =
-        fails("current + fixes A, C; 2 threads", design, Bounds { threads: 2, ..Bounds::default() }, TABLE, false);
+    let path = fails("current + fixes A, C; 2 threads", design, Bounds { threads: 2, ..Bounds::default() }, TABLE);
     let stale_fill = steps(&path).into_iter().any(|(b, a, n)| {
         a == Action::PagerHandle
             && matches!(handled(&b, &n), Msg::Fault(_))
@@ -189,7 +235,7 @@ fn current_serves_a_batch_fault_after_its_remove_was_read() {
 fn current_clones_the_table_after_serving_a_batch_fault() {
     let design = Design { ack_zapped: true, ..Design::CURRENT };
     let bounds = Bounds { threads: 2, forks: 1, child_reads: 1, dontneed_page: false, ..Bounds::default() };
-    let path = fails("current + fix A, 2 threads, fork", design, bounds, TABLE, false);
+    let path = fails("current + fix A, 2 threads, fork", design, bounds, TABLE);
     let last = path.last_state();
     let c = last.child.as_ref().expect("a child");
     assert!((0..2).any(|p| !c.mem.present[p] && c.table.get(p) == PageState::Resident));
@@ -210,13 +256,13 @@ fn current_clones_the_table_after_serving_a_batch_fault() {
 fn current_kills_a_thread_when_a_fill_races_a_dontneed_zap() {
     let design = Design { ack_zapped: true, events_first: true, ..Design::CURRENT };
     let bounds = Bounds { threads: 2, ..Bounds::default() };
-    let path = fails("current + fixes A, B; 2 threads", design, bounds.clone(), TABLE, false);
+    let path = fails("current + fixes A, B; 2 threads", design, bounds.clone(), TABLE);
     let race = steps(&path).into_iter().any(|(b, a, n)| {
         matches!(a, Action::Zap(_))
             && (0..2).any(|p| b.mem.present[p] && !n.mem.present[p] && n.pager.table.get(p) == PageState::Resident)
     });
     assert!(race, "the trace shows a DONTNEED zap of a page the pager filled after handling its REMOVE");
-    let killed = fails("current + fixes A, B; 2 threads", design, bounds, KILLED, true);
+    let killed = fails("current + fixes A, B; 2 threads", design, bounds, KILLED);
     assert!(killed.last_state().threads.contains(&Thread::Killed));
 }
 
@@ -226,7 +272,7 @@ fn current_kills_a_thread_when_a_fill_races_a_dontneed_zap() {
 /// REMOVE arrives while the eviction is `Go` and is taken for the agent's.
 #[test]
 fn broken_no_gate() {
-    let path = fails("broken: no gate", Design::NO_GATE, Bounds::default(), TABLE, false);
+    let path = fails("broken: no gate", Design::NO_GATE, Bounds::default(), TABLE);
     let confused = steps(&path).into_iter().any(|(b, a, n)| {
         a == Action::PagerHandle
             && is_program_remove(handled(&b, &n))
@@ -240,7 +286,7 @@ fn broken_no_gate() {
 /// drops it; the page refaults with the captured, older value.
 #[test]
 fn broken_no_write_protect() {
-    let path = fails("broken: no write-protect", Design::NO_WRITE_PROTECT, Bounds::default(), TABLE, false);
+    let path = fails("broken: no write-protect", Design::NO_WRITE_PROTECT, Bounds::default(), TABLE);
     let lost = steps(&path).into_iter().any(|(b, a, n)| {
         matches!(a, Action::Start(_, holo_spec::evict::Op::Write(_)))
             && b.pager.ev.is_some_and(|e| e.state != EvictState::Removed)
@@ -259,7 +305,7 @@ fn broken_no_write_protect() {
 #[test]
 fn broken_first_piece_completes() {
     let bounds = Bounds { split: vec![true], dontneed_page: false, ..Bounds::default() };
-    let path = fails("broken: first REMOVE piece completes", Design::FIRST_PIECE_COMPLETES, bounds, TABLE, false);
+    let path = fails("broken: first REMOVE piece completes", Design::FIRST_PIECE_COMPLETES, bounds, TABLE);
     let pieces: Vec<Msg> = steps(&path)
         .into_iter()
         .filter(|(_, a, _)| *a == Action::PagerHandle)
