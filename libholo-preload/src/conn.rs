@@ -379,15 +379,14 @@ extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
     let fd = AGENT_FD.load(Acquire);
     let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
     loop {
-        let zap = match queue.pop() {
-            Some(z) => z,
-            None => match agent_recv(fd) {
-                Some(f) if f.kind == Kind::Zap => f,
+        if queue.len == 0 {
+            match agent_recv(fd) {
+                Some(f) if f.kind == Kind::Zap => queue.push(f),
                 _ => break,
-            },
-        };
+            };
+        }
         GATE.lock();
-        let ok = zap_one(fd, zap, &mut queue);
+        let ok = zap_batch(fd, &mut queue);
         GATE.unlock();
         if !ok {
             break;
@@ -396,36 +395,72 @@ extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
     daemon_lost()
 }
 
-/// Ask for the go, zap, report. Zaps that arrive meanwhile are queued.
-fn zap_one(fd: c_int, zap: Frame, queue: &mut ZapQueue) -> bool {
-    if proto::send(fd, Frame::new(Kind::Zapping, zap.a, 0, 0), None, b"").is_err() {
+/// Zaps done under one hold of the gate.
+const ZAP_BATCH: usize = 16;
+
+/// Under the gate: take the zaps queued or already sent (up to a batch), ask the go for all,
+/// zap those given it, report, and keep the gate until the daemon has settled every one
+/// (`Done`): a program DONTNEED whose REMOVE it read before our `Zapped` would otherwise be
+/// taken for part of our zap. One batch costs the daemon two wake-ups, not two per zap.
+fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
+    while queue.len < queue.ring.len() {
+        match proto::recv(fd, true) {
+            Ok(Recv::Frame(f, None)) if f.kind == Kind::Zap => {
+                queue.push(f);
+            }
+            Ok(Recv::WouldBlock) => break,
+            _ => return false,
+        }
+    }
+    let mut batch = [Frame::new(Kind::Zap, 0, 0, 0); ZAP_BATCH];
+    let mut n = 0;
+    while n < ZAP_BATCH {
+        let Some(z) = queue.pop() else { break };
+        batch[n] = z;
+        n += 1;
+    }
+    let batch = &batch[..n];
+    let say = |kind: Kind, z: &Frame, b: u64| proto::send(fd, Frame::new(kind, z.a, b, 0), None, b"").is_ok();
+    if !batch.iter().all(|z| say(Kind::Zapping, z, 0)) {
         return false;
     }
-    let go = match await_reply(fd, zap.a, queue) {
-        Some(kind) => kind == Kind::Go,
-        None => return false,
-    };
-    if !go {
-        return true;
+    let mut go = [false; ZAP_BATCH];
+    for (z, go) in batch.iter().zip(go.iter_mut()) {
+        match await_reply(fd, z.a, queue) {
+            Some(kind) => *go = kind == Kind::Go,
+            None => return false,
+        }
     }
+    let zapped: &mut [bool] = &mut [false; ZAP_BATCH][..n];
+    for ((z, go), done) in batch.iter().zip(go).zip(zapped.iter_mut()) {
+        if go {
+            if !say(Kind::Zapped, z, zap(z.b, z.c)) {
+                return false;
+            }
+            *done = true;
+        }
+    }
+    batch.iter().zip(zapped.iter()).filter(|(_, d)| **d).all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done))
+}
+
+/// `madvise(DONTNEED)` one granule; returns 0 or the errno.
+fn zap(start: u64, len: u64) -> u64 {
     // SAFETY: the daemon names a range of our own registered memory; DONTNEED only drops
     // pages whose bytes it has already stored. The LOCKED variant also zaps mlock()ed
     // memory (memtester locks its buffer); kernels before 5.18 lack it, so fall back.
     let rc = unsafe {
-        let rc = sys::madvise(zap.b as *mut c_void, zap.c as usize, MADV_DONTNEED_LOCKED);
+        let rc = sys::madvise(start as *mut c_void, len as usize, MADV_DONTNEED_LOCKED);
         if rc != 0 && sys::errno() == libc::EINVAL {
-            sys::madvise(zap.b as *mut c_void, zap.c as usize, libc::MADV_DONTNEED)
+            sys::madvise(start as *mut c_void, len as usize, libc::MADV_DONTNEED)
         } else {
             rc
         }
     };
-    let err = if rc == 0 { 0 } else { sys::errno() as u64 };
-    if proto::send(fd, Frame::new(Kind::Zapped, zap.a, err, 0), None, b"").is_err() {
-        return false;
+    if rc == 0 {
+        0
+    } else {
+        sys::errno() as u64
     }
-    // Keep the gate until the daemon has settled the eviction: a program DONTNEED whose
-    // REMOVE it read before our Zapped would otherwise be taken for part of our zap.
-    await_reply(fd, zap.a, queue) == Some(Kind::Done)
 }
 
 /// Wait for the daemon's reply about zap `id` (Go, NoGo or Done), queueing the zaps that
