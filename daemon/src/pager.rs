@@ -800,12 +800,7 @@ impl Pager {
         if self.table.regions().count() >= MAX_REGIONS {
             return Err(format!("too many regions (limit {MAX_REGIONS})"));
         }
-        if start % PAGE != 0 || len % PAGE != 0 || len == 0 || start.checked_add(len).is_none() {
-            return Err(format!("region {start:#x}+{len:#x} is not page aligned"));
-        }
-        if (start..start + len).step_by(PAGE as usize).any(|a| self.table.contains(a)) {
-            return Err(format!("region {start:#x}+{len:#x} overlaps a registered region"));
-        }
+        self.table.check_new_region(start, len).map_err(|e| e.to_string())?;
         use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
         self.uffd
             .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)

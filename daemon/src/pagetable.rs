@@ -100,13 +100,20 @@ impl PageTable {
         })
     }
 
-    pub fn add_region(&mut self, start: u64, len: u64) -> Result<(), TableError> {
-        if start % PAGE != 0 || len % PAGE != 0 || len == 0 || start.checked_add(len).is_none() {
+    /// Whether `[start, start+len)` could become a region: page aligned, not empty, and
+    /// clear of every region.
+    pub fn check_new_region(&self, start: u64, len: u64) -> Result<(), TableError> {
+        if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 || start.checked_add(len).is_none() {
             return Err(TableError::Misaligned { start, len });
         }
         if self.regions.range(..start + len).next_back().is_some_and(|(_, r)| r.end() > start) {
             return Err(TableError::Overlap { start, len });
         }
+        Ok(())
+    }
+
+    pub fn add_region(&mut self, start: u64, len: u64) -> Result<(), TableError> {
+        self.check_new_region(start, len)?;
         self.regions.insert(start, Region::new(start, vec![PageState::Untouched; (len / PAGE) as usize]));
         Ok(())
     }

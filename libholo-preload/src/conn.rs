@@ -105,7 +105,8 @@ pub unsafe fn init() {
     MIN_REGION.store(min, Release);
 }
 
-/// Why holo cannot be used; printed once.
+/// Why holo cannot be used; printed once. Large for an error type, but these paths run
+/// inside allocation hooks, where it cannot be boxed.
 struct Why {
     what: &'static str,
     detail: [u8; 200],

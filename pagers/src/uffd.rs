@@ -256,7 +256,7 @@ impl Uffd {
 
     /// Install `len` bytes from `src` at `dst` in the client and wake the faulting threads.
     pub fn copy(&self, dst: u64, src: &[u8]) -> Fill {
-        debug_assert!(src.len() % PAGE_SIZE == 0 && dst % PAGE_SIZE as u64 == 0);
+        debug_assert!(src.len().is_multiple_of(PAGE_SIZE) && dst.is_multiple_of(PAGE_SIZE as u64));
         let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
         match self.ioctl(UFFDIO_COPY, &mut c) {
             Ok(()) => Fill::Done,
