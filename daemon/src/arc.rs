@@ -343,6 +343,16 @@ enum Bounds {
 /// just faulted in survives at least this many later faults (module doc).
 pub const MIN_RECENT_PCT: u64 = 25;
 
+/// Drop every trace of `key` (resident or ghost): the program freed its range.
+fn forget(dir: &mut Dir, fresh: &mut Option<u64>, key: u64) {
+    if let Some(i) = dir.find(key) {
+        dir.remove(i);
+    }
+    if *fresh == Some(key) {
+        *fresh = None;
+    }
+}
+
 /// ARC over granule keys. See the module doc.
 #[derive(Debug)]
 pub struct ArcPolicy {
@@ -503,12 +513,7 @@ impl Placement for ArcPolicy {
     }
 
     fn on_removed(&mut self, key: u64) {
-        if let Some(i) = self.dir.find(key) {
-            self.dir.remove(i);
-        }
-        if self.fresh == Some(key) {
-            self.fresh = None;
-        }
+        forget(&mut self.dir, &mut self.fresh, key);
     }
 
     fn resize(&mut self, capacity: u64) {
@@ -597,12 +602,7 @@ impl Placement for LruPolicy {
     }
 
     fn on_removed(&mut self, key: u64) {
-        if let Some(i) = self.dir.find(key) {
-            self.dir.remove(i);
-        }
-        if self.fresh == Some(key) {
-            self.fresh = None;
-        }
+        forget(&mut self.dir, &mut self.fresh, key);
     }
 
     fn resize(&mut self, capacity: u64) {

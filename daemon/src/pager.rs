@@ -152,7 +152,7 @@ impl Pager {
     }
 
     fn step(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
-        let retrying = self.deferred.iter().any(|f| !self.window_evicting(f.addr));
+        let retrying = self.deferred.iter().any(|f| !self.evicting(f.addr, f.addr + PAGE));
         let timeout_ms = if retrying {
             1
         } else if self.info.evict_request.load(Relaxed) > 0 && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
@@ -271,8 +271,9 @@ impl Pager {
         self.deferred.push(f);
     }
 
-    fn window_evicting(&self, addr: u64) -> bool {
-        self.evictions.values().any(|e| e.w.overlaps(addr, addr + PAGE))
+    /// Whether an eviction in progress overlaps `[start, end)`.
+    fn evicting(&self, start: u64, end: u64) -> bool {
+        self.evictions.values().any(|e| e.w.overlaps(start, end))
     }
 
     fn retry_deferred(&mut self) -> Result<(), Gone> {
@@ -303,7 +304,7 @@ impl Pager {
                 }
             },
         };
-        if self.evictions.values().any(|e| e.w.overlaps(w.start, w.end())) {
+        if self.evicting(w.start, w.end()) {
             return Served::Defer;
         }
         if f.wp {
@@ -592,13 +593,17 @@ impl Pager {
     /// The next window to evict: ARC's choice, or where ARC knows no resident window (one
     /// that mremap moved, say), the clock hand's.
     fn next_victim(&mut self) -> Option<Window> {
-        self.policy.resize(self.d.budget.limit_pages.load(Relaxed).max(1) as u64 * PAGE / self.granule);
+        // The budget moves under pressure; ARC's capacity follows it.
+        let capacity = self.d.budget.limit_pages.load(Relaxed).max(1) as u64 * PAGE / self.granule;
+        if capacity != self.policy.capacity() {
+            self.policy.resize(capacity);
+        }
         for _ in 0..64 {
             let Some(key) = self.policy.victim() else { break };
             match self.table.window(key, self.granule) {
                 Some(w)
                     if w.start == key
-                        && !self.evictions.values().any(|e| e.w.overlaps(w.start, w.end()))
+                        && !self.evicting(w.start, w.end())
                         && self.table.pages(w).contains(&PageState::Resident) =>
                 {
                     return Some(w)
@@ -613,7 +618,6 @@ impl Pager {
     /// The next window from the clock hand with resident pages and no eviction.
     fn clock_victim(&mut self) -> Option<Window> {
         let g = self.granule;
-        let evicting: Vec<Window> = self.evictions.values().map(|e| e.w).collect();
         let regions: Vec<(u64, u64)> =
             self.table.regions().filter(|r| r.resident > 0).map(|r| (r.start, r.end())).collect();
         for pass in 0..2 {
@@ -625,7 +629,7 @@ impl Pager {
                 while addr < end {
                     let w = self.table.window(addr, g).unwrap();
                     addr = w.end();
-                    if evicting.iter().any(|e| e.overlaps(w.start, w.end())) {
+                    if self.evicting(w.start, w.end()) {
                         continue;
                     }
                     if self.table.pages(w).contains(&PageState::Resident) {
