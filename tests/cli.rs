@@ -21,11 +21,11 @@ fn holoctl_tiers_json_has_documented_fields() {
         fail("dram_budget_bytes should be 268435456 (--dram-budget 256M)");
     }
     let names: Vec<_> = tiers["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
-    if names != ["dram", "spill"] {
-        fail(&format!("tiers should be [dram, spill] in that order, got {names:?}"));
+    if names != ["dram", "nvme"] {
+        fail(&format!("tiers should be [dram, nvme] in that order, got {names:?}"));
     }
     let dram = TierStats::find(&tiers, "dram").unwrap_or_else(|e| fail(&e));
-    let spill = TierStats::find(&tiers, "spill").unwrap_or_else(|e| fail(&e));
+    let spill = TierStats::find(&tiers, "nvme").unwrap_or_else(|e| fail(&e));
     if dram.capacity_bytes != parse_size("256M") {
         fail("the dram tier's capacity should be the budget");
     }
@@ -42,7 +42,7 @@ fn holoctl_tiers_json_has_documented_fields() {
     // The human-readable form works too.
     let (cmd, out) = daemon.holoctl(&["tiers"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !text.contains("dram") || !text.contains("spill") {
+    if !out.status.success() || !text.contains("dram") || !text.contains("nvme") {
         panic!("`holoctl tiers` should exit 0 and show both tiers\n{cmd}\n{out:?}");
     }
 }

@@ -51,7 +51,7 @@ fn fill_verify_2g_through_256m_budget() {
         &format!("DRAM use reached {max_used} bytes ({samples} samples), over the budget {budget} + {slack} slack"),
     );
     // 2 GiB were written twice through 256 MiB: most of it must have gone to disk and back.
-    let spill = daemon.tier("spill");
+    let spill = daemon.tier("nvme");
     out.check(
         &daemon,
         spill.refaults * 4096 >= parse_size("1G"),

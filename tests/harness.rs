@@ -351,7 +351,7 @@ impl Daemon {
     pub fn assert_paged(&self, context: &str) {
         let tiers = self.holoctl_json(&["tiers"]);
         let dram = TierStats::find(&tiers, "dram").unwrap_or_else(|e| panic!("{e}"));
-        let spill = TierStats::find(&tiers, "spill").unwrap_or_else(|e| panic!("{e}"));
+        let spill = TierStats::find(&tiers, "nvme").unwrap_or_else(|e| panic!("{e}"));
         // README: `evictions` are "pages that left" a tier, which for pages going to disk is
         // DRAM's counter; the spill tier may also count the pages it took in. Accept either.
         let evicted = dram.evictions.max(spill.evictions);

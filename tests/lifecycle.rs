@@ -15,7 +15,7 @@ fn start_holding(daemon: &Daemon, program: &str, args: &[&str]) -> (Spawned, u64
 
     let pid = u64::from(held.pid());
     let listed = daemon.clients().iter().any(|c| c["pid"].as_u64() == Some(pid));
-    let spill = daemon.tier("spill");
+    let spill = daemon.tier("nvme");
     let allocated = daemon.state_allocated_bytes();
     if !listed || spill.used_bytes == 0 || spill.pages == 0 || allocated == 0 {
         panic!(
@@ -40,7 +40,7 @@ fn wait_released(daemon: &Daemon, allocated_before: u64, idle_clients_ok: bool) 
         if !holding.is_empty() {
             return Err(format!("clients still listed: {holding:?}"));
         }
-        for name in ["dram", "spill"] {
+        for name in ["dram", "nvme"] {
             let tier = daemon.tier(name);
             if tier.used_bytes != 0 || tier.pages != 0 {
                 return Err(format!("tier still holds pages: {tier:?}"));
@@ -59,10 +59,10 @@ fn wait_released(daemon: &Daemon, allocated_before: u64, idle_clients_ok: bool) 
 
 /// After a client went away, a new one must still be served (and paged) normally.
 fn new_client_works(daemon: &Daemon) {
-    let refaults_before = daemon.tier("spill").refaults;
+    let refaults_before = daemon.tier("nvme").refaults;
     let out = run_shimmed(daemon, &c_program("fill_verify"), &["512M", "2"], &[]);
     out.assert_success(daemon).assert_managed(daemon).assert_stdout_has(daemon, "fill_verify: verified");
-    let refaults = daemon.tier("spill").refaults;
+    let refaults = daemon.tier("nvme").refaults;
     out.check(daemon, refaults > refaults_before, "the new client caused no refaults from spill");
 }
 
@@ -168,7 +168,7 @@ fn daemon_death_kills_stalled_client() {
     let cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["512M"], &[("HOLO_DAEMON_TIMEOUT", "3")]);
     let mut held = Spawned::spawn(cmd, true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
-    let spill = daemon.tier("spill");
+    let spill = daemon.tier("nvme");
     if spill.pages == 0 {
         panic!("precondition: hold_and_check should have spilled pages\n{}", daemon.report());
     }
@@ -203,7 +203,7 @@ fn daemon_death_mid_eviction_kills_client() {
     let program = Spawned::spawn(cmd, false);
     // Kill the daemon once evictions are under way.
     daemon.wait_until("evictions to start", Duration::from_secs(30), || {
-        let spill = daemon.tier("spill");
+        let spill = daemon.tier("nvme");
         if spill.pages > 0 {
             Ok(())
         } else {

@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub min_budget: Option<String>,
     pub cgroup_margin: Option<String>,
     pub pressure_interval_ms: Option<u64>,
+    pub nvme_path: Option<PathBuf>,
+    pub nvme_capacity: Option<String>,
+    pub fs_dir: Option<PathBuf>,
+    pub fs_capacity: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +59,13 @@ pub struct Config {
     /// ...and keeps each client's memory cgroup this far below its limit.
     pub cgroup_margin_bytes: u64,
     pub pressure_interval_ms: u64,
+    /// The NVMe tier: a file (created) or a block device (used whole).
+    pub nvme_path: PathBuf,
+    /// `None`: as much as the filesystem or device has.
+    pub nvme_capacity_bytes: Option<u64>,
+    /// The FS tier's directory (on a shared mount); `None`: no FS tier.
+    pub fs_dir: Option<PathBuf>,
+    pub fs_capacity_bytes: Option<u64>,
 }
 
 pub const MIN_GRANULE: u64 = 4 << 10;
@@ -90,6 +101,10 @@ pub struct Overrides {
     pub granule: Option<String>,
     pub allow_uids: Vec<u32>,
     pub allow_gids: Vec<u32>,
+    pub nvme_path: Option<PathBuf>,
+    pub nvme_capacity: Option<String>,
+    pub fs_dir: Option<PathBuf>,
+    pub fs_capacity: Option<String>,
 }
 
 impl Config {
@@ -155,13 +170,34 @@ impl Config {
                 message: format!("{pressure_interval_ms} is not between 10 and 10000"),
             });
         }
+        let capacity = |key: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
+            let Some(v) = v else { return Ok(None) };
+            let bytes = parse_size(&v).map_err(|message| ConfigError::Invalid { key, message })?;
+            if bytes < granule_bytes {
+                let message = format!("{bytes} bytes is less than one granule");
+                return Err(ConfigError::Invalid { key, message });
+            }
+            Ok(Some(bytes))
+        };
+        let nvme_capacity_bytes = capacity("nvme-capacity", flags.nvme_capacity.or(fc.nvme_capacity))?;
+        let fs_capacity_bytes = capacity("fs-capacity", flags.fs_capacity.or(fc.fs_capacity))?;
+        let fs_dir = flags.fs_dir.or(fc.fs_dir);
+        if fs_capacity_bytes.is_some() && fs_dir.is_none() {
+            let message = "is set but fs_dir is not (no FS tier)".to_string();
+            return Err(ConfigError::Invalid { key: "fs-capacity", message });
+        }
+        let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let mut allow_uids = fc.allow_uids.unwrap_or_default();
         allow_uids.extend(flags.allow_uids);
         let mut allow_gids = fc.allow_gids.unwrap_or_default();
         allow_gids.extend(flags.allow_gids);
         Ok(Config {
             socket: flags.socket.or(fc.socket).unwrap_or_else(|| "/run/holo/pager.sock".into()),
-            state_dir: flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into()),
+            nvme_path: flags.nvme_path.or(fc.nvme_path).unwrap_or_else(|| state_dir.join("nvme.slab")),
+            state_dir,
+            nvme_capacity_bytes,
+            fs_dir,
+            fs_capacity_bytes,
             dram_budget_bytes,
             granule_bytes,
             allow_uids,

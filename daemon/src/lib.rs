@@ -6,7 +6,8 @@
 //! * [`pressure`]: PSI and memory cgroups move the DRAM budget.
 //! * [`pagetable`]: the pure per-client page table the pager executes.
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
-//! * [`state`]: what the threads share: slot store, budget, registry, counters.
+//! * [`state`]: what the threads share: budget, registry, counters.
+//! * [`store`]: the tiers below DRAM and where each evicted granule lives.
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
@@ -17,3 +18,4 @@ pub mod pressure;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod store;

@@ -1,4 +1,4 @@
-//! `holo-pager`: parse flags, open the spill tier, listen, serve.
+//! `holo-pager`: parse flags, open the tiers, listen, serve.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use holo_pager::config::{Config, Overrides};
 use holo_pager::state::Daemon;
+use holo_pager::store::Store;
 use holo_pager::{pressure, server, service};
 
 /// Serve page faults of programs running under libholo.so, keeping at most --dram-budget
@@ -22,7 +23,7 @@ struct Args {
     /// Unix socket to listen on [default: /run/holo/pager.sock]
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Directory for the spill file [default: /var/lib/holo]
+    /// Directory for the daemon's own files [default: /var/lib/holo]
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Bytes of managed memory kept resident across all clients, e.g. 256M [default: 1G]
@@ -37,6 +38,18 @@ struct Args {
     /// A gid whose members may register memory (repeatable)
     #[arg(long = "allow-gid")]
     allow_gids: Vec<u32>,
+    /// The NVMe tier: a file or a block device [default: STATE_DIR/nvme.slab]
+    #[arg(long)]
+    nvme_path: Option<PathBuf>,
+    /// Cap of the NVMe tier, e.g. 64G [default: the free space of its filesystem]
+    #[arg(long)]
+    nvme_capacity: Option<String>,
+    /// Directory of the FS tier, the coldest, e.g. on a shared mount [default: no FS tier]
+    #[arg(long)]
+    fs_dir: Option<PathBuf>,
+    /// Cap of the FS tier [default: the free space of its filesystem]
+    #[arg(long)]
+    fs_capacity: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,13 +63,17 @@ fn main() -> anyhow::Result<()> {
             granule: args.granule,
             allow_uids: args.allow_uids,
             allow_gids: args.allow_gids,
+            nvme_path: args.nvme_path,
+            nvme_capacity: args.nvme_capacity,
+            fs_dir: args.fs_dir,
+            fs_capacity: args.fs_capacity,
         },
     )?;
     service::init_logging(config.log_level);
 
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
-    let spill = holo_tiers::SpillFile::create(&config.state_dir.join("spill"), config.granule_bytes as usize)?;
+    let store = Store::open(&config)?;
 
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -73,13 +90,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o666))?;
 
     log::info!(
-        "ready on {}: budget {} MiB, granule {} KiB, spill in {}",
+        "ready on {}: budget {} MiB, granule {} KiB, tiers dram > {}",
         config.socket.display(),
         config.dram_budget_bytes >> 20,
         config.granule_bytes >> 10,
-        config.state_dir.display()
+        store.levels.iter().map(|l| l.tier.name()).collect::<Vec<_>>().join(" > ")
     );
-    let daemon = Arc::new(Daemon::new(config, Box::new(spill)));
+    let daemon = Arc::new(Daemon::new(config, store));
     service::notify("READY=1");
     service::start_watchdog();
     pressure::spawn(daemon.clone()).context("cannot start the pressure thread")?;

@@ -42,8 +42,14 @@ const MSG_BATCH: usize = 64;
 const MAX_DEFERRED: usize = 65536;
 /// Evictions in flight per client; the shim's agent queues at most twice this many zaps.
 const MAX_INFLIGHT_EVICTIONS: usize = 64;
-/// Evictions started per loop turn: faults that arrive meanwhile wait for at most this many.
+/// Evictions started per loop turn, written to the tiers as one batch: faults that arrive
+/// meanwhile wait for at most this many (and at most this many bytes).
 const EVICTIONS_PER_TURN: usize = 8;
+const EVICTION_BATCH_BYTES: u64 = 1 << 20;
+/// The slot of an eviction captured but not yet written.
+const NO_SLOT: SlotId = SlotId::MAX;
+/// At most one log line per client this often while evictions fail.
+const EVICT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -68,6 +74,16 @@ struct Eviction {
     spilled: u32,
     state: EvictState,
     sent_at: Instant,
+}
+
+/// Pages `i..j` of the window at `start`, as `buf` holds them: their states then, and the
+/// versions of the slots they were read from.
+struct Loaded {
+    start: u64,
+    i: usize,
+    j: usize,
+    pages: Vec<PageState>,
+    versions: Vec<u64>,
 }
 
 enum Served {
@@ -98,8 +114,15 @@ pub struct Pager {
     policy: ArcPolicy,
     /// Clock hand: where the search for a victim ARC does not know starts.
     hand: u64,
+    /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
+    /// What `buf` holds, if it holds tier bytes a fill has not installed yet.
+    loaded: Option<Loaded>,
+    /// Where evictions capture windows, one buffer per eviction of a batch.
+    evict_bufs: Vec<Vec<u8>>,
     summary_at: Instant,
+    /// When an eviction failure was last logged (they repeat while the tiers are full).
+    evict_error_logged: Option<Instant>,
 }
 
 impl Pager {
@@ -131,7 +154,12 @@ impl Pager {
             policy: ArcPolicy::new(d_budget_granules),
             hand: 0,
             buf: vec![0; granule as usize],
+            loaded: None,
+            evict_bufs: (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
+                .map(|_| vec![0; granule as usize])
+                .collect(),
             summary_at: Instant::now(),
+            evict_error_logged: None,
         })
     }
 
@@ -340,7 +368,6 @@ impl Pager {
         let pages = self.table.pages(w).to_vec();
         let n = pages.len();
         let mut faulting_page_filled = false;
-        let mut from_spill = false;
         let mut page_at_a_time = false;
         let mut i = 0;
         while i < n {
@@ -352,9 +379,9 @@ impl Pager {
             while j < n && pages[j] != PageState::Resident && !page_at_a_time {
                 j += 1;
             }
-            if let Err(e) = self.load(&pages, i, j) {
+            if let Err(e) = self.load_once(w.start, &pages, i, j) {
                 log::error!("pid {}: cannot read back {:#x}: {e}", self.info.pid, w.start + i as u64 * PAGE);
-                self.fail_fault(f, "its page could not be read back from the spill tier");
+                self.fail_fault(f, "its page could not be read back from the tier that holds it");
                 return Served::Done;
             }
             let dst = w.start + i as u64 * PAGE;
@@ -383,11 +410,12 @@ impl Pager {
                 self.table.set(addr, PageState::Resident);
                 if let PageState::Spilled { slot, .. } = state {
                     self.d.store.release(&[*slot]);
-                    self.d.stats.spill.refaults.fetch_add(1, Relaxed);
                     self.d.stats.dram.refaults.fetch_add(1, Relaxed);
-                    from_spill = true;
                 }
                 faulting_page_filled |= addr == f.addr;
+            }
+            if filled > 0 {
+                self.loaded = None;
             }
             self.d.add_resident(&self.info, filled as i64);
             // Skip the page that was present and carry on with the rest of the run.
@@ -397,9 +425,6 @@ impl Pager {
             self.policy.on_fault(w.start);
         }
         self.d.stats.dram.faults.fetch_add(1, Relaxed);
-        if from_spill {
-            self.d.stats.spill.faults.fetch_add(1, Relaxed);
-        }
         if !faulting_page_filled {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);
@@ -407,9 +432,38 @@ impl Pager {
         Served::Done
     }
 
-    /// Put the bytes of pages `i..j` of the window into `self.buf`.
+    /// `load`, unless `self.buf` already holds exactly these bytes: a fill that the kernel
+    /// refused with EAGAIN (the address space was changing) is retried after the events are
+    /// read, and should not read the tiers again.
+    fn load_once(&mut self, start: u64, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
+        let spilled = |p: &[PageState]| {
+            p.iter()
+                .filter_map(|s| if let PageState::Spilled { slot, .. } = s { Some(*slot) } else { None })
+                .collect::<Vec<_>>()
+        };
+        if let Some(l) = &self.loaded {
+            if (l.start, l.i, l.j) == (start, i, j)
+                && l.pages == pages[i..j]
+                && l.versions == self.d.store.versions(spilled(&pages[i..j]).into_iter())
+            {
+                return Ok(());
+            }
+        }
+        self.loaded = None;
+        self.load(pages, i, j)?;
+        let versions = self.d.store.versions(spilled(&pages[i..j]).into_iter());
+        if !versions.is_empty() {
+            self.loaded = Some(Loaded { start, i, j, pages: pages[i..j].to_vec(), versions });
+        }
+        Ok(())
+    }
+
+    /// Put the bytes of pages `i..j` of the window into `self.buf`: zeros for pages never
+    /// written, tier reads (one batch) for spilled runs.
     fn load(&mut self, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
+        // (first page, end page, slot, byte offset in the slot) of each spilled run.
+        let mut runs: Vec<(usize, usize, SlotId, usize)> = Vec::new();
         let mut k = i;
         while k < j {
             match pages[k] {
@@ -418,17 +472,31 @@ impl Pager {
                     k += 1;
                 }
                 PageState::Spilled { slot, idx } => {
-                    // Read consecutive pages of the same slot in one go.
+                    // Consecutive pages of the same slot are one read.
                     let mut e = k + 1;
                     while e < j && pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
                         e += 1;
                     }
-                    self.d.store.tier.read(slot, idx as usize * p, &mut self.buf[k * p..e * p])?;
+                    runs.push((k, e, slot, idx as usize * p));
                     k = e;
                 }
             }
         }
-        Ok(())
+        if runs.is_empty() {
+            return Ok(());
+        }
+        // The runs' destinations: disjoint, ascending pieces of the buffer.
+        let mut reqs = Vec::with_capacity(runs.len());
+        let mut rest: &mut [u8] = &mut self.buf[..j * p];
+        let mut base = 0;
+        for &(k, e, slot, offset) in &runs {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
+            let (dst, tail) = tail.split_at_mut((e - k) * p);
+            reqs.push((slot, offset, dst));
+            rest = tail;
+            base = e * p;
+        }
+        self.d.store.read(&mut reqs)
     }
 
     /// A fault holo cannot serve: never hand out zeros; fail the thread with SIGBUS, as the
@@ -522,7 +590,6 @@ impl Pager {
         self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.add_resident(&self.info, -n);
         self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
-        self.d.stats.spill.evictions.fetch_add(n as u64, Relaxed);
     }
 
     fn cancel(&mut self, id: u64) {
@@ -531,7 +598,9 @@ impl Pager {
         self.policy.on_cancelled(e.w.start);
         // Lifting protection also wakes threads that wrote meanwhile.
         let _ = self.uffd.write_protect(e.w.start, e.w.len, false);
-        self.d.store.discard(e.slot);
+        if e.slot != NO_SLOT {
+            self.d.store.discard(e.slot);
+        }
         self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.stats.cancelled_evictions.fetch_add(1, Relaxed);
     }
@@ -559,26 +628,32 @@ impl Pager {
         }
         let mut started = 0i64;
         let mut exhausted = self.agent.is_none();
-        let mut turns = 0;
+        let mut batch: Vec<u64> = Vec::with_capacity(self.evict_bufs.len());
         while started < want
             && !exhausted
             && self.evictions.len() < MAX_INFLIGHT_EVICTIONS
-            && turns < EVICTIONS_PER_TURN
+            && batch.len() < self.evict_bufs.len()
         {
-            turns += 1;
             let Some(w) = self.next_victim() else {
                 exhausted = true;
                 break;
             };
-            match self.start_eviction(w) {
-                Ok(n) => started += n as i64,
-                Err(Served::Gone(why)) => return Err(Gone(why)),
+            match self.capture(w, batch.len()) {
+                Ok((id, n)) => {
+                    batch.push(id);
+                    started += n as i64;
+                }
+                Err(Served::Gone(why)) => {
+                    self.commit_evictions(&batch)?;
+                    return Err(Gone(why));
+                }
                 Err(_) => {
                     self.policy.on_cancelled(w.start);
                     break;
                 }
             }
         }
+        started -= self.commit_evictions(&batch)? as i64;
         let left = (want - started).max(0);
         if exhausted {
             // Nothing (more) to evict here: let the budget pick another victim.
@@ -643,9 +718,10 @@ impl Pager {
         None
     }
 
-    /// Write-protect `w`, capture its resident pages into a new slot, and ask the agent to
-    /// zap it. Returns the number of pages captured.
-    fn start_eviction(&mut self, w: Window) -> Result<usize, Served> {
+    /// Write-protect `w` and capture its resident pages into eviction buffer `k`. The
+    /// eviction is registered (so no one picks `w` again) but has no slot until
+    /// [`Self::commit_evictions`]. Returns the eviction's id and the pages captured.
+    fn capture(&mut self, w: Window, k: usize) -> Result<(u64, usize), Served> {
         let resident: Vec<u64> = self
             .table
             .pages(w)
@@ -675,12 +751,12 @@ impl Pager {
             }
             let (first, off) = (resident[run_start], (resident[run_start] - w.start) as usize);
             let bytes = (run_end - run_start) * PAGE as usize;
-            if self.mem.read_exact_at(&mut self.buf[off..off + bytes], first).is_ok() {
+            if self.mem.read_exact_at(&mut self.evict_bufs[k][off..off + bytes], first).is_ok() {
                 captured.extend_from_slice(&resident[run_start..run_end]);
             } else {
                 for &addr in &resident[run_start..run_end] {
                     let off = (addr - w.start) as usize;
-                    match self.mem.read_exact_at(&mut self.buf[off..off + PAGE as usize], addr) {
+                    match self.mem.read_exact_at(&mut self.evict_bufs[k][off..off + PAGE as usize], addr) {
                         Ok(()) => captured.push(addr),
                         Err(e) => {
                             log::debug!("pid {}: page {addr:#x} not readable ({e}); left resident", self.info.pid)
@@ -690,38 +766,66 @@ impl Pager {
             }
             run_start = run_end;
         }
-        let slot = match self.d.store.alloc() {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.uffd.write_protect(w.start, w.len, false);
-                log::error!("cannot evict: {e}");
-                return Err(Served::Retry);
-            }
-        };
-        if let Err(e) = self.d.store.tier.write(slot, &self.buf[..w.len as usize]) {
-            let _ = self.uffd.write_protect(w.start, w.len, false);
-            self.d.store.discard(slot);
-            log::error!("cannot evict: {e}");
-            return Err(Served::Retry);
-        }
         let id = self.next_eviction;
         self.next_eviction += 1;
         let n = captured.len();
         self.d.budget.evicting.fetch_add(n as i64, Relaxed);
-        self.evictions.insert(
-            id,
-            Eviction { w, slot, pages: captured, spilled: 0, state: EvictState::Sent, sent_at: Instant::now() },
-        );
-        let sent = self
-            .agent
-            .as_ref()
-            .map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, id, w.start, w.len), None, b""));
-        if !matches!(sent, Some(Ok(()))) {
-            log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
-            self.cancel(id);
-            return Err(Served::Gone("its agent connection is closed"));
+        let e = Eviction {
+            w,
+            slot: NO_SLOT,
+            pages: captured,
+            spilled: 0,
+            state: EvictState::Sent,
+            sent_at: Instant::now(),
+        };
+        self.evictions.insert(id, e);
+        Ok((id, n))
+    }
+
+    /// Write the captured evictions `ids` (eviction buffer `k` for the `k`th) to the tiers in
+    /// one batch, then ask the agent to zap each one that was written. An eviction whose bytes
+    /// found no place is cancelled. Returns the pages of the cancelled ones.
+    fn commit_evictions(&mut self, ids: &[u64]) -> Result<usize, Gone> {
+        if ids.is_empty() {
+            return Ok(0);
         }
-        Ok(n)
+        let data: Vec<&[u8]> =
+            ids.iter().enumerate().map(|(k, id)| &self.evict_bufs[k][..self.evictions[id].w.len as usize]).collect();
+        let slots = self.d.store.put_batch(&data);
+        let mut cancelled_pages = 0;
+        let mut gone = None;
+        for (&id, slot) in ids.iter().zip(slots) {
+            let e = self.evictions.get_mut(&id).unwrap();
+            match slot {
+                Ok(slot) => e.slot = slot,
+                Err(err) => {
+                    cancelled_pages += e.pages.len();
+                    self.d.stats.failed_evictions.fetch_add(1, Relaxed);
+                    if self.evict_error_logged.is_none_or(|t| t.elapsed() > EVICT_ERROR_LOG_INTERVAL) {
+                        log::error!("pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
+                        self.evict_error_logged = Some(Instant::now());
+                    }
+                    self.cancel(id);
+                    continue;
+                }
+            }
+            let (start, len) = (e.w.start, e.w.len);
+            e.sent_at = Instant::now();
+            let sent = self
+                .agent
+                .as_ref()
+                .map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, id, start, len), None, b""));
+            if !matches!(sent, Some(Ok(()))) {
+                log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
+                cancelled_pages += self.evictions[&id].pages.len();
+                self.cancel(id);
+                gone = Some(Gone("its agent connection is closed"));
+            }
+        }
+        match gone {
+            Some(g) => Err(g),
+            None => Ok(cancelled_pages),
+        }
     }
 
     fn read_agent(&mut self) -> Result<(), Gone> {

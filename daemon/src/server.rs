@@ -264,30 +264,40 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
     }
 }
 
+/// `holoctl tiers`: DRAM first, then every tier below it in placement order.
 pub fn tiers_json(d: &Daemon) -> serde_json::Value {
     let s = &d.stats;
     let resident = d.budget.resident.load(Relaxed).max(0) as u64;
-    let spill = d.store.tier.usage();
-    let tier = |name: &str, cap: u64, used: u64, pages: u64, c: &crate::state::TierCounters| {
+    let dram = serde_json::json!({
+        "name": "dram",
+        "capacity_bytes": d.budget.limit_pages.load(Relaxed).max(0) as u64 * crate::pagetable::PAGE,
+        "used_bytes": resident * crate::pagetable::PAGE,
+        "pages": resident,
+        "faults": s.dram.faults.load(Relaxed),
+        "evictions": s.dram.evictions.load(Relaxed),
+        "refaults": s.dram.refaults.load(Relaxed),
+    });
+    let lower = d.store.levels.iter().map(|l| {
+        let (u, c) = (l.tier.usage(), &l.counters);
         serde_json::json!({
-            "name": name,
-            "capacity_bytes": cap,
-            "used_bytes": used,
-            "pages": pages,
+            "name": l.tier.name(),
+            "capacity_bytes": u.capacity_bytes,
+            "used_bytes": u.used_bytes,
+            "pages": c.pages.load(Relaxed),
             "faults": c.faults.load(Relaxed),
             "evictions": c.evictions.load(Relaxed),
             "refaults": c.refaults.load(Relaxed),
+            "overflows": c.overflows.load(Relaxed),
+            "read_errors": c.read_errors.load(Relaxed),
         })
-    };
+    });
     serde_json::json!({
         "granule_bytes": d.config.granule_bytes,
         "dram_budget_bytes": d.config.dram_budget_bytes,
         "failed_faults": s.failed_faults.load(Relaxed),
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
-        "tiers": [
-            tier("dram", d.config.dram_budget_bytes, resident * 4096, resident, &s.dram),
-            tier("spill", spill.capacity_bytes, spill.used_bytes, d.store.page_refs.load(Relaxed), &s.spill),
-        ],
+        "failed_evictions": s.failed_evictions.load(Relaxed),
+        "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
     })
 }
 

@@ -1,4 +1,4 @@
-//! State shared by the daemon's threads: the slot store, the DRAM budget, the client
+//! State shared by the daemon's threads: the tier store, the DRAM budget, the client
 //! registry, counters, and forked children waiting for their connection.
 
 use std::collections::HashMap;
@@ -8,94 +8,31 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use holo_pagers::uffd::Uffd;
-use holo_tiers::{SlotId, Tier, TierError};
+use holo_tiers::SlotId;
 
 use crate::config::Config;
 use crate::pagetable::{PageTable, PAGE};
+use crate::store::Store;
 
-/// Spill slots with reference counts: after a fork, parent and child point at the same
-/// slots, and a slot is freed when the last page that refers to it is refilled, zeroed or
-/// unmapped.
-pub struct SlotStore {
-    pub tier: Box<dyn Tier>,
-    refs: Mutex<HashMap<SlotId, u32>>,
-    /// Sum of all references: pages that live in the tier, counted per process.
-    pub page_refs: AtomicU64,
-}
-
-impl SlotStore {
-    pub fn new(tier: Box<dyn Tier>) -> SlotStore {
-        SlotStore { tier, refs: Mutex::new(HashMap::new()), page_refs: AtomicU64::new(0) }
-    }
-
-    /// A fresh slot with no references yet.
-    pub fn alloc(&self) -> Result<SlotId, TierError> {
-        self.tier.alloc()
-    }
-
-    /// `pages` more pages now refer to `slot` (an eviction's zap removed them).
-    pub fn add_refs(&self, slot: SlotId, pages: u32) {
-        if pages == 0 {
-            return;
-        }
-        *self.refs.lock().unwrap().entry(slot).or_insert(0) += pages;
-        self.page_refs.fetch_add(pages as u64, Relaxed);
-    }
-
-    /// Give back a slot that no page refers to (a cancelled eviction).
-    pub fn discard(&self, slot: SlotId) {
-        debug_assert!(!self.refs.lock().unwrap().contains_key(&slot));
-        self.tier.free(slot);
-    }
-
-    pub fn retain(&self, slots: impl Iterator<Item = SlotId>) {
-        let mut refs = self.refs.lock().unwrap();
-        let mut n = 0;
-        for s in slots {
-            *refs.get_mut(&s).expect("retain of a free slot") += 1;
-            n += 1;
-        }
-        self.page_refs.fetch_add(n, Relaxed);
-    }
-
-    pub fn release(&self, slots: &[SlotId]) {
-        if slots.is_empty() {
-            return;
-        }
-        let mut freed = Vec::new();
-        {
-            let mut refs = self.refs.lock().unwrap();
-            for s in slots {
-                let r = refs.get_mut(s).expect("release of a free slot");
-                *r -= 1;
-                if *r == 0 {
-                    refs.remove(s);
-                    freed.push(*s);
-                }
-            }
-        }
-        self.page_refs.fetch_sub(slots.len() as u64, Relaxed);
-        for s in freed {
-            self.tier.free(s);
-        }
-    }
-}
-
-/// Counters per tier, as `holoctl tiers` shows them.
+/// Counters of the DRAM tier (the other tiers count in the [`Store`]).
 #[derive(Default)]
-pub struct TierCounters {
+pub struct DramCounters {
+    /// Faults served (a granule window filled).
     pub faults: AtomicU64,
+    /// Pages evicted from DRAM.
     pub evictions: AtomicU64,
+    /// Pages filled back from a lower tier.
     pub refaults: AtomicU64,
 }
 
 #[derive(Default)]
 pub struct Stats {
-    pub dram: TierCounters,
-    pub spill: TierCounters,
+    pub dram: DramCounters,
     /// Faults that could not be served (the client was sent SIGBUS).
     pub failed_faults: AtomicU64,
     pub cancelled_evictions: AtomicU64,
+    /// Evictions that could not write the granule anywhere (every tier full or failing).
+    pub failed_evictions: AtomicU64,
 }
 
 /// The DRAM budget, in pages, across all clients.
@@ -184,7 +121,7 @@ pub const THROTTLE_SLACK_GRANULES: u64 = 32;
 
 pub struct Daemon {
     pub config: Config,
-    pub store: SlotStore,
+    pub store: Store,
     pub stats: Stats,
     pub budget: Budget,
     pub pressure: crate::pressure::Shared,
@@ -196,7 +133,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(config: Config, tier: Box<dyn Tier>) -> Daemon {
+    pub fn new(config: Config, store: Store) -> Daemon {
         let limit_pages = (config.dram_budget_bytes / PAGE) as i64;
         // Tokens are unguessable enough that one client cannot attach an agent to another
         // by counting; SO_PEERCRED (same pid) is checked as well.
@@ -204,7 +141,7 @@ impl Daemon {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         Daemon {
             config,
-            store: SlotStore::new(tier),
+            store,
             stats: Stats::default(),
             budget: Budget {
                 limit_pages: AtomicI64::new(limit_pages),
@@ -308,7 +245,7 @@ impl Daemon {
 
     /// Forgotten children: forked with `fork()` hooked, then died before connecting.
     /// Release what they hold. Called whenever a new child is offered.
-    fn reap_dead_children(children: &mut HashMap<i32, PendingChild>, store: &SlotStore) {
+    fn reap_dead_children(children: &mut HashMap<i32, PendingChild>, store: &Store) {
         // SAFETY: kill with signal 0 only checks that the pid exists.
         let dead: Vec<i32> = children.keys().copied().filter(|&p| unsafe { libc::kill(p, 0) } != 0).collect();
         for p in dead {

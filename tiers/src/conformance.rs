@@ -1,7 +1,33 @@
 //! The suite every [`Tier`] implementation must pass. Call [`check_all`] from the
-//! implementation's tests with a constructor that returns a fresh, empty tier.
+//! implementation's tests with a [`Subject`] that makes fresh tiers and can damage them.
 
-use crate::Tier;
+use crate::{ReadReq, SlotId, Tier, TierError};
+
+/// How the suite gets at a tier implementation.
+pub struct Subject<'a> {
+    /// A fresh, empty tier that holds at most `slots` slots.
+    pub make: &'a dyn Fn(u64) -> Box<dyn Tier>,
+    /// Change one byte of `slot`'s data on the medium, behind the tier's back.
+    pub corrupt: &'a dyn Fn(SlotId),
+    /// For a durable tier: the medium of the last tier made, opened again keeping its slots.
+    pub reopen: Option<&'a dyn Fn() -> Box<dyn Tier>>,
+}
+
+/// Room for every check but the capacity one.
+const ROOMY: u64 = 1024;
+
+pub fn check_all(s: Subject<'_>) {
+    reads_back_what_was_written(&*(s.make)(ROOMY));
+    partial_reads_see_the_right_bytes(&*(s.make)(ROOMY));
+    batched_reads_see_their_own_slots(&*(s.make)(ROOMY));
+    freed_slots_are_reused_and_usage_follows(&*(s.make)(ROOMY));
+    concurrent_use_keeps_slots_apart(&*(s.make)(ROOMY));
+    full_at_capacity_and_usable_after_a_free(&*(s.make)(4));
+    corruption_is_an_error_naming_the_slot(&*(s.make)(ROOMY), s.corrupt);
+    if let Some(reopen) = s.reopen {
+        slots_survive_a_reopen(&*(s.make)(ROOMY), reopen);
+    }
+}
 
 /// Distinct, position-dependent bytes, so misplaced reads are caught.
 fn pattern(slot_seed: u64, len: usize) -> Vec<u8> {
@@ -16,11 +42,10 @@ fn pattern(slot_seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub fn check_all(make: impl Fn() -> Box<dyn Tier>) {
-    reads_back_what_was_written(make().as_ref());
-    partial_reads_see_the_right_bytes(make().as_ref());
-    freed_slots_are_reused_and_usage_follows(make().as_ref());
-    concurrent_use_keeps_slots_apart(make().as_ref());
+fn read_all(t: &dyn Tier, slot: SlotId) -> Vec<u8> {
+    let mut buf = vec![0; t.slot_bytes()];
+    t.read(slot, 0, &mut buf).unwrap_or_else(|e| panic!("{}: read of slot {slot}: {e}", t.name()));
+    buf
 }
 
 fn reads_back_what_was_written(t: &dyn Tier) {
@@ -30,10 +55,11 @@ fn reads_back_what_was_written(t: &dyn Tier) {
         t.write(s, &pattern(i as u64, n)).unwrap();
     }
     for (i, &s) in slots.iter().enumerate() {
-        let mut buf = vec![0; n];
-        t.read(s, 0, &mut buf).unwrap();
-        assert!(buf == pattern(i as u64, n), "{}: slot {s} did not read back", t.name());
+        assert!(read_all(t, s) == pattern(i as u64, n), "{}: slot {s} did not read back", t.name());
     }
+    // A slot rewritten reads back its new bytes.
+    t.write(slots[0], &pattern(99, n)).unwrap();
+    assert!(read_all(t, slots[0]) == pattern(99, n), "{}: a rewritten slot reads old bytes", t.name());
 }
 
 fn partial_reads_see_the_right_bytes(t: &dyn Tier) {
@@ -44,6 +70,36 @@ fn partial_reads_see_the_right_bytes(t: &dyn Tier) {
     let mut buf = vec![0; 4096];
     t.read(s, n - 4096, &mut buf).unwrap();
     assert!(buf[..] == data[n - 4096..], "{}: tail read is wrong", t.name());
+    // A short write (the end of a region) reads back, and reads past it are refused.
+    let short = t.alloc().unwrap();
+    t.write(short, &data[..8192]).unwrap();
+    let mut buf = vec![0; 8192];
+    t.read(short, 0, &mut buf).unwrap();
+    assert!(buf[..] == data[..8192], "{}: short slot is wrong", t.name());
+    let err = t.read(short, 8192, &mut [0; 4096]).expect_err("read beyond the written bytes");
+    assert!(matches!(err, TierError::Corrupt { slot, .. } if slot == short), "{}: {err}", t.name());
+}
+
+fn batched_reads_see_their_own_slots(t: &dyn Tier) {
+    let n = t.slot_bytes();
+    // More reads than one ring round, with a mix of offsets.
+    let slots: Vec<_> = (0..70).map(|_| t.alloc().unwrap()).collect();
+    for (i, &s) in slots.iter().enumerate() {
+        t.write(s, &pattern(1000 + i as u64, n)).unwrap();
+    }
+    let mut bufs: Vec<Vec<u8>> = slots.iter().map(|_| vec![0; 4096]).collect();
+    let offset = |i: usize| (i * 4096) % n;
+    let mut reqs: Vec<ReadReq<'_>> = slots
+        .iter()
+        .zip(bufs.iter_mut())
+        .enumerate()
+        .map(|(i, (&slot, buf))| ReadReq { slot, offset: offset(i), buf })
+        .collect();
+    t.read_batch(&mut reqs).unwrap();
+    for (i, buf) in bufs.iter().enumerate() {
+        let want = &pattern(1000 + i as u64, n)[offset(i)..offset(i) + 4096];
+        assert!(buf[..] == *want, "{}: batched read {i} got another slot's bytes", t.name());
+    }
 }
 
 fn freed_slots_are_reused_and_usage_follows(t: &dyn Tier) {
@@ -61,12 +117,11 @@ fn freed_slots_are_reused_and_usage_follows(t: &dyn Tier) {
     let c = t.alloc().unwrap();
     assert_eq!(c, a, "{}: a freed slot is not reused", t.name());
     // The surviving slot is untouched by the free and the reuse.
-    let mut buf = vec![0; n as usize];
-    t.read(b, 0, &mut buf).unwrap();
-    assert!(buf == pattern(2, n as usize));
+    assert!(read_all(t, b) == pattern(2, n as usize));
     t.free(b);
     t.free(c);
-    assert_eq!(t.usage(), crate::TierUsage { capacity_bytes: t.usage().capacity_bytes, used_bytes: 0, used_slots: 0 });
+    assert_eq!(t.usage().used_slots, 0);
+    assert_eq!(t.usage().used_bytes, 0);
 }
 
 fn concurrent_use_keeps_slots_apart(t: &dyn Tier) {
@@ -78,13 +133,52 @@ fn concurrent_use_keeps_slots_apart(t: &dyn Tier) {
                     let seed = th << 32 | round;
                     let s = t.alloc().unwrap();
                     t.write(s, &pattern(seed, n)).unwrap();
-                    let mut buf = vec![0; n];
-                    t.read(s, 0, &mut buf).unwrap();
-                    assert!(buf == pattern(seed, n), "{}: concurrent slot {s} corrupted", t.name());
+                    assert!(read_all(t, s) == pattern(seed, n), "{}: concurrent slot {s} corrupted", t.name());
                     t.free(s);
                 }
             });
         }
     });
     assert_eq!(t.usage().used_slots, 0);
+}
+
+fn full_at_capacity_and_usable_after_a_free(t: &dyn Tier) {
+    let n = t.slot_bytes();
+    let slots: Vec<_> = (0..4).map(|_| t.alloc().expect("within capacity")).collect();
+    assert_eq!(t.usage().capacity_bytes, 4 * n as u64, "{}: capacity is not what was configured", t.name());
+    let err = t.alloc().expect_err("a fifth slot in a four-slot tier");
+    assert!(err.is_full(), "{}: a full tier should say so, not {err}", t.name());
+    t.free(slots[2]);
+    let again = t.alloc().expect("a slot after a free");
+    t.write(again, &pattern(7, n)).unwrap();
+    assert!(read_all(t, again) == pattern(7, n));
+}
+
+fn corruption_is_an_error_naming_the_slot(t: &dyn Tier, corrupt: &dyn Fn(SlotId)) {
+    let n = t.slot_bytes();
+    let (good, bad) = (t.alloc().unwrap(), t.alloc().unwrap());
+    t.write(good, &pattern(11, n)).unwrap();
+    t.write(bad, &pattern(12, n)).unwrap();
+    corrupt(bad);
+    match t.read(bad, 0, &mut vec![0; n]) {
+        Err(TierError::Corrupt { slot, .. }) => assert_eq!(slot, bad, "{}: the error names another slot", t.name()),
+        other => panic!("{}: a corrupted slot read as {other:?}, not as an error", t.name()),
+    }
+    // Even a read of bytes the damage did not touch is refused: the slot cannot be trusted.
+    assert!(t.read(bad, n - 4096, &mut [0; 4096]).is_err(), "{}: part of a corrupt slot was served", t.name());
+    assert!(read_all(t, good) == pattern(11, n), "{}: a neighbour of the corrupt slot is damaged", t.name());
+}
+
+fn slots_survive_a_reopen(t: &dyn Tier, reopen: &dyn Fn() -> Box<dyn Tier>) {
+    let n = t.slot_bytes();
+    let slots: Vec<_> = (0..3).map(|_| t.alloc().unwrap()).collect();
+    for (i, &s) in slots.iter().enumerate() {
+        t.write(s, &pattern(500 + i as u64, n)).unwrap();
+    }
+    t.free(slots[1]);
+    let again = reopen();
+    assert_eq!(again.usage().used_slots, 2, "{}: reopened tier lost track of its slots", again.name());
+    assert!(read_all(&*again, slots[0]) == pattern(500, n));
+    assert!(read_all(&*again, slots[2]) == pattern(502, n));
+    assert_eq!(again.alloc().unwrap(), slots[1], "{}: the freed slot is not reused after reopen", again.name());
 }

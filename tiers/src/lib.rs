@@ -1,23 +1,37 @@
 //! holo-tiers: where a page lives when it is not resident in a client.
 //!
-//! A tier stores fixed-size *slots* of one granule each. The daemon decides what goes where;
-//! a tier only keeps bytes and reports its usage. Every implementation must pass
-//! [`conformance::check_all`].
+//! A tier stores fixed-size *slots* of one granule each. The daemon decides what goes where
+//! (`daemon/src/store.rs`); a tier only keeps bytes, proves them intact on every read, and
+//! reports its usage. Every implementation must pass [`conformance::check_all`].
 //!
 //! ```text
 //!   DRAM (the clients' resident pages, accounted by the daemon)
 //!     │ evict                ▲ refault
 //!     ▼                      │
-//!   SpillFile (one file under --state-dir, slots reused, freed space punched out)
+//!   NvmeTier  one file or block device, O_DIRECT through io_uring, BLAKE3 per slot
+//!     │ full: overflow        (checksums in memory: the tier is scratch space)
+//!     ▼
+//!   FsTier    one file per slot in a directory of a (shared) mount, checksum in the file
 //! ```
+//!
+//! A read whose bytes do not match the checksum written with them is
+//! [`TierError::Corrupt`], never data.
 
+mod aligned;
 pub mod conformance;
-mod spill;
+mod fsdir;
+mod nvme;
 
-pub use spill::SpillFile;
+pub use aligned::AlignedBuf;
+pub use fsdir::FsTier;
+pub use nvme::NvmeTier;
 
 /// Index of a slot within a tier.
 pub type SlotId = u32;
+
+/// Direct I/O alignment of buffers, offsets and lengths. 4 KiB satisfies every disk holo
+/// expects (512-byte and 4 KiB logical blocks).
+pub const IO_ALIGN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -25,8 +39,21 @@ pub enum TierError {
     Full { tier: &'static str, used_bytes: u64 },
     #[error("{tier} tier I/O on slot {slot} failed: {source}")]
     Io { tier: &'static str, slot: SlotId, source: std::io::Error },
+    #[error("{tier} tier slot {slot} is corrupt: {detail}")]
+    Corrupt { tier: &'static str, slot: SlotId, detail: String },
     #[error("cannot open {tier} tier at {path}: {source}")]
     Open { tier: &'static str, path: String, source: std::io::Error },
+}
+
+impl TierError {
+    /// Out of space: the caller may try the next tier.
+    pub fn is_full(&self) -> bool {
+        match self {
+            TierError::Full { .. } => true,
+            TierError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
 }
 
 /// What a tier holds now.
@@ -37,17 +64,54 @@ pub struct TierUsage {
     pub used_slots: u64,
 }
 
+/// One read of a batch: `buf.len()` bytes of `slot` from `offset`.
+pub struct ReadReq<'a> {
+    pub slot: SlotId,
+    pub offset: usize,
+    pub buf: &'a mut [u8],
+}
+
 pub trait Tier: Send + Sync {
     fn name(&self) -> &'static str;
     /// Bytes in one slot (one granule).
     fn slot_bytes(&self) -> usize;
     /// Reserve a slot. Its content is undefined until written.
     fn alloc(&self) -> Result<SlotId, TierError>;
-    /// Write `data` (at most `slot_bytes`) at the start of `slot`.
+    /// Write `data` (at most `slot_bytes`) at the start of `slot`; later reads may only ask
+    /// for bytes within `data.len()`.
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError>;
-    /// Read `buf.len()` bytes of `slot` starting at `offset`.
-    fn read(&self, slot: SlotId, offset: usize, buf: &mut [u8]) -> Result<(), TierError>;
+    /// Several writes at once (one result each, in order); a tier with a queue keeps them
+    /// all in flight.
+    fn write_batch(&self, writes: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
+        writes.iter().map(|&(slot, data)| self.write(slot, data)).collect()
+    }
+    /// Read `buf.len()` bytes of `slot` starting at `offset`, verified against the checksum.
+    fn read(&self, slot: SlotId, offset: usize, buf: &mut [u8]) -> Result<(), TierError> {
+        self.read_batch(&mut [ReadReq { slot, offset, buf }])
+    }
+    /// Several reads at once; a tier with a queue (io_uring) keeps them all in flight.
+    fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError>;
     /// Give a slot back; its space may be reused and its bytes are gone.
     fn free(&self, slot: SlotId);
     fn usage(&self) -> TierUsage;
+}
+
+/// The checksum of a slot's bytes, as stored beside them.
+pub(crate) fn checksum(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+/// Bytes `len` rounded up to the direct I/O alignment.
+pub(crate) fn align_up(len: usize) -> usize {
+    len.div_ceil(IO_ALIGN) * IO_ALIGN
+}
+
+/// Free space of the filesystem holding `fd`, or 0 if unknown.
+pub(crate) fn filesystem_free_bytes(fd: std::os::fd::RawFd) -> u64 {
+    // SAFETY: statvfs is plain data, filled by the kernel for a valid fd.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(fd, &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
 }

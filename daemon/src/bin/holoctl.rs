@@ -80,26 +80,32 @@ fn mib(bytes: u64) -> String {
 }
 
 fn print_tiers(v: &serde_json::Value) {
+    let n = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or(0);
     println!(
-        "granule {} KiB, DRAM budget {}",
-        v["granule_bytes"].as_u64().unwrap_or(0) >> 10,
-        mib(v["dram_budget_bytes"].as_u64().unwrap_or(0))
+        "granule {} KiB, DRAM budget {}; failed faults {}, failed evictions {}",
+        n(v, "granule_bytes") >> 10,
+        mib(n(v, "dram_budget_bytes")),
+        n(v, "failed_faults"),
+        n(v, "failed_evictions")
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10}",
-        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS"
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS", "OVERFLOWS", "ERRORS"
     );
     for t in v["tiers"].as_array().into_iter().flatten() {
-        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        // DRAM has no overflow or read-error counters: show "-", not a misleading 0.
+        let opt = |k: &str| t[k].as_u64().map_or("-".to_string(), |x| x.to_string());
         println!(
-            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10}",
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
             t["name"].as_str().unwrap_or("?"),
-            mib(n("capacity_bytes")),
-            mib(n("used_bytes")),
-            n("pages"),
-            n("faults"),
-            n("evictions"),
-            n("refaults")
+            mib(n(t, "capacity_bytes")),
+            mib(n(t, "used_bytes")),
+            n(t, "pages"),
+            n(t, "faults"),
+            n(t, "evictions"),
+            n(t, "refaults"),
+            opt("overflows"),
+            opt("read_errors")
         );
     }
 }

@@ -1,0 +1,328 @@
+//! Where evicted pages live: the tiers below DRAM, in order, and the one map from the slot
+//! ids that page tables hold to the place the bytes are (tier, slot in that tier).
+//!
+//! Page tables never name a tier: a slot id stays the same whatever tier its bytes sit in,
+//! so moving bytes between tiers changes one map entry, not every page table (after a fork,
+//! several) that refers to them.
+//!
+//! Slots are reference counted: after a fork, parent and child point at the same slots, and
+//! a slot is freed when the last page that refers to it is refilled, zeroed or unmapped.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use holo_tiers::{FsTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
+
+use crate::config::Config;
+
+/// Why there is no HBM tier on this node. Probes for an NVIDIA driver the way CUDA does
+/// (its device nodes and `libcuda.so.1`), so that the log says which part is missing.
+fn hbm_absent_reason() -> String {
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        return "absent: no NVIDIA GPU on this node (/dev/nvidiactl does not exist)".into();
+    }
+    // SAFETY: dlopen/dlclose of a library name; nothing from it is called.
+    let lib = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if lib.is_null() {
+        return "absent: an NVIDIA device exists but libcuda.so.1 cannot be loaded".into();
+    }
+    unsafe { libc::dlclose(lib) };
+    "absent: a GPU and its driver are present, but this build has no HBM tier yet".into()
+}
+
+/// Counters of one tier, as `holoctl tiers` shows them.
+#[derive(Default)]
+pub struct TierCounters {
+    /// Pages that live in the tier, counted per process that refers to them.
+    pub pages: AtomicU64,
+    /// Pages written into the tier by evictions.
+    pub evictions: AtomicU64,
+    /// Fault batches that read from the tier.
+    pub faults: AtomicU64,
+    /// Pages read back from the tier by faults.
+    pub refaults: AtomicU64,
+    /// Granules that went to a lower tier because this one was full.
+    pub overflows: AtomicU64,
+    /// Reads that failed: I/O errors and checksum mismatches.
+    pub read_errors: AtomicU64,
+}
+
+pub struct Level {
+    pub tier: Box<dyn Tier>,
+    pub counters: TierCounters,
+}
+
+pub struct Store {
+    pub levels: Vec<Level>,
+    map: Mutex<Map>,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: Vec<Entry>,
+    free_ids: Vec<SlotId>,
+    next_version: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Pages referring to the slot; 0 between `put` and the first `add_refs`.
+    refs: u32,
+    level: u8,
+    at: SlotId,
+    live: bool,
+    /// Unique over the store's life: a slot's bytes never change, so (slot, version) names
+    /// them even after the slot id is reused.
+    version: u64,
+}
+
+impl Store {
+    /// The tiers the configuration asks for, fastest first: NVMe, then FS if configured.
+    pub fn open(config: &Config) -> Result<Store, TierError> {
+        let g = config.granule_bytes as usize;
+        let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes)?;
+        if !nvme.direct() {
+            log::warn!(
+                "nvme tier: {} refuses O_DIRECT (tmpfs?): buffered I/O, evicted pages may linger in the page cache",
+                config.nvme_path.display()
+            );
+        }
+        let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
+        if let Some(dir) = &config.fs_dir {
+            // One directory per node, so that nodes sharing the mount never touch each
+            // other's slots.
+            let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let dir = dir.join(format!("holo-{}", node.trim()));
+            tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, false)?));
+        }
+        log::info!("hbm tier: {}", hbm_absent_reason());
+        Ok(Store::new(tiers))
+    }
+
+    /// `tiers` from fastest to slowest; a granule goes to the first with room.
+    pub fn new(tiers: Vec<Box<dyn Tier>>) -> Store {
+        assert!(!tiers.is_empty() && tiers.len() < u8::MAX as usize);
+        let levels = tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
+        Store { levels, map: Mutex::new(Map::default()) }
+    }
+
+    /// Pages that live in any tier (per process).
+    pub fn pages(&self) -> u64 {
+        self.levels.iter().map(|l| l.counters.pages.load(Relaxed)).sum()
+    }
+
+    /// Write one granule's bytes into the fastest tier with room. The new slot has no
+    /// references until `add_refs`.
+    pub fn put(&self, data: &[u8]) -> Result<SlotId, TierError> {
+        self.put_batch(&[data]).pop().unwrap()
+    }
+
+    /// `put` for several granules at once: each tier gets the ones it has room for as one
+    /// batch. One result per granule, in order.
+    pub fn put_batch(&self, data: &[&[u8]]) -> Vec<Result<SlotId, TierError>> {
+        let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..data.len()).collect();
+        for (level, l) in self.levels.iter().enumerate() {
+            if todo.is_empty() {
+                break;
+            }
+            let mut placed: Vec<(usize, SlotId)> = Vec::new();
+            let mut overflow = Vec::new();
+            for &k in &todo {
+                match l.tier.alloc() {
+                    Ok(at) => placed.push((k, at)),
+                    Err(e) if e.is_full() => overflow.push(k),
+                    Err(e) => out[k] = Some(Err(e)),
+                }
+            }
+            let writes: Vec<(SlotId, &[u8])> = placed.iter().map(|&(k, at)| (at, data[k])).collect();
+            for ((k, at), r) in placed.into_iter().zip(l.tier.write_batch(&writes)) {
+                match r {
+                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at))),
+                    Err(e) => {
+                        l.tier.free(at);
+                        if e.is_full() {
+                            overflow.push(k);
+                        } else {
+                            out[k] = Some(Err(e));
+                        }
+                    }
+                }
+            }
+            l.counters.overflows.fetch_add(overflow.len() as u64, Relaxed);
+            overflow.sort_unstable();
+            todo = overflow;
+        }
+        let last = self.levels.last().unwrap().tier.name();
+        out.into_iter().map(|r| r.unwrap_or(Err(TierError::Full { tier: last, used_bytes: 0 }))).collect()
+    }
+
+    fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
+        let mut m = self.map.lock().unwrap();
+        m.next_version += 1;
+        let entry = Entry { refs: 0, level, at, live: true, version: m.next_version };
+        match m.free_ids.pop() {
+            Some(id) => {
+                m.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                m.entries.push(entry);
+                (m.entries.len() - 1) as SlotId
+            }
+        }
+    }
+
+    /// The version of each of `slots` (0 for a free slot).
+    pub fn versions(&self, slots: impl Iterator<Item = SlotId>) -> Vec<u64> {
+        let m = self.map.lock().unwrap();
+        slots.map(|id| m.entries.get(id as usize).filter(|e| e.live).map_or(0, |e| e.version)).collect()
+    }
+
+    /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
+    pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        let places: Vec<(u8, SlotId)> = {
+            let m = self.map.lock().unwrap();
+            reqs.iter()
+                .map(|(id, _, _)| {
+                    let e = m.entries[*id as usize];
+                    assert!(e.live && e.refs > 0, "read of slot {id}, which no page refers to");
+                    (e.level, e.at)
+                })
+                .collect()
+        };
+        for (level, l) in self.levels.iter().enumerate() {
+            let mut batch: Vec<ReadReq<'_>> = reqs
+                .iter_mut()
+                .zip(&places)
+                .filter(|(_, p)| p.0 as usize == level)
+                .map(|((_, offset, buf), p)| ReadReq { slot: p.1, offset: *offset, buf: &mut **buf })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let pages: usize = batch.iter().map(|r| r.buf.len() / crate::pagetable::PAGE as usize).sum();
+            if let Err(e) = l.tier.read_batch(&mut batch) {
+                l.counters.read_errors.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+            l.counters.faults.fetch_add(1, Relaxed);
+            l.counters.refaults.fetch_add(pages as u64, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `pages` more pages now refer to `slot` (an eviction's zap removed them).
+    pub fn add_refs(&self, slot: SlotId, pages: u32) {
+        if pages == 0 {
+            return;
+        }
+        let mut m = self.map.lock().unwrap();
+        let e = &mut m.entries[slot as usize];
+        debug_assert!(e.live);
+        if e.refs == 0 {
+            self.levels[e.level as usize].counters.evictions.fetch_add(pages as u64, Relaxed);
+        }
+        e.refs += pages;
+        self.levels[e.level as usize].counters.pages.fetch_add(pages as u64, Relaxed);
+    }
+
+    /// One more page refers to each of `slots` (a fork copied the pages that do).
+    pub fn retain(&self, slots: impl Iterator<Item = SlotId>) {
+        let mut m = self.map.lock().unwrap();
+        for id in slots {
+            let e = &mut m.entries[id as usize];
+            assert!(e.live && e.refs > 0, "retain of free slot {id}");
+            e.refs += 1;
+            self.levels[e.level as usize].counters.pages.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One page less refers to each of `slots`; slots nothing refers to any more are freed.
+    pub fn release(&self, slots: &[SlotId]) {
+        let mut freed = Vec::new();
+        {
+            let mut m = self.map.lock().unwrap();
+            let Map { entries, free_ids, .. } = &mut *m;
+            for &id in slots {
+                let e = &mut entries[id as usize];
+                assert!(e.live && e.refs > 0, "release of free slot {id}");
+                e.refs -= 1;
+                self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
+                if e.refs == 0 {
+                    e.live = false;
+                    freed.push((e.level, e.at));
+                    free_ids.push(id);
+                }
+            }
+        }
+        for (level, at) in freed {
+            self.levels[level as usize].tier.free(at);
+        }
+    }
+
+    /// Give back a slot that no page refers to (a cancelled eviction).
+    pub fn discard(&self, slot: SlotId) {
+        let (level, at) = {
+            let mut m = self.map.lock().unwrap();
+            let e = &mut m.entries[slot as usize];
+            assert!(e.live && e.refs == 0, "discard of slot {slot}, which pages refer to");
+            e.live = false;
+            let place = (e.level, e.at);
+            m.free_ids.push(slot);
+            place
+        };
+        self.levels[level as usize].tier.free(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holo_tiers::{FsTier, NvmeTier};
+
+    fn two_tiers(dir: &std::path::Path, nvme_slots: u64) -> Store {
+        let g = 8192;
+        std::fs::create_dir_all(dir).unwrap();
+        Store::new(vec![
+            Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(nvme_slots * g as u64)).unwrap()),
+            Box::new(FsTier::open(&dir.join("fs"), g, None, false).unwrap()),
+        ])
+    }
+
+    #[test]
+    fn overflows_to_the_next_tier_and_reads_back_from_either() {
+        let dir = std::env::temp_dir().join(format!("holo-store-test-{}", std::process::id()));
+        let store = two_tiers(&dir, 2);
+        let ids: Vec<SlotId> = (0..5u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().for_each(|&id| store.add_refs(id, 2));
+        let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
+        assert_eq!((nvme.pages.load(Relaxed), fs.pages.load(Relaxed)), (4, 6));
+        assert_eq!(nvme.overflows.load(Relaxed), 3);
+        let mut bufs = [[0u8; 4096]; 5];
+        let mut reqs: Vec<(SlotId, usize, &mut [u8])> =
+            ids.iter().zip(bufs.iter_mut()).map(|(&id, b)| (id, 4096, &mut b[..])).collect();
+        store.read(&mut reqs).unwrap();
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(b.iter().all(|&x| x == i as u8), "slot {i} read another slot's bytes");
+        }
+        // Freeing an NVMe slot makes room there again.
+        store.release(&[ids[0], ids[0]]);
+        let again = store.put(&[9; 8192]).unwrap();
+        store.add_refs(again, 1);
+        assert_eq!(nvme.pages.load(Relaxed), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn all_tiers_full_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("holo-store-full-{}", std::process::id()));
+        let g = 8192;
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::new(vec![Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(g as u64)).unwrap())]);
+        store.put(&[1; 8192]).unwrap();
+        let err = store.put(&[2; 8192]).unwrap_err();
+        assert!(err.is_full() && err.to_string().contains("full"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,139 @@
+//! The tiers below DRAM end to end: a working set that spans DRAM, NVMe and FS and reads
+//! back intact; granules corrupted on disk behind the daemon's back are reported, never
+//! served; full tiers overflow, and with every tier full the program still keeps its data.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use holo_e2e::*;
+
+/// Overwrites bytes in the data part of every granule-sized slot of `file` (the NVMe tier's
+/// slab) or of every slot file in `dir` (the FS tier): what a failing disk or a stray writer
+/// would do.
+fn corrupt_nvme_slab(file: &Path, granule: u64) -> u64 {
+    let f = fs::OpenOptions::new().write(true).open(file).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut n = 0;
+    let mut off = 0;
+    while off < len {
+        f.write_all_at(b"CORRUPT!", off + 1000).unwrap();
+        off += granule;
+        n += 1;
+    }
+    f.sync_all().unwrap();
+    n
+}
+
+fn corrupt_fs_slots(dir: &Path) -> u64 {
+    let mut n = 0;
+    for node_dir in fs::read_dir(dir).unwrap() {
+        for slot in fs::read_dir(node_dir.unwrap().path()).unwrap() {
+            let f = fs::OpenOptions::new().write(true).open(slot.unwrap().path()).unwrap();
+            // Past the 4 KiB header: the data itself.
+            f.write_all_at(b"CORRUPT!", 4096 + 1000).unwrap();
+            f.sync_all().unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn working_set_spans_dram_nvme_and_fs_and_verifies() {
+    let _heavy = heavy();
+    let fs_dir = TempDir::new("fs-tier");
+    let fs_arg = fs_dir.path().to_str().unwrap();
+    // 256 MiB written twice through 32 MiB of DRAM and 64 MiB of NVMe: the rest must go to FS.
+    let daemon = Daemon::start("32M", "64K", &["--nvme-capacity", "64M", "--fs-dir", fs_arg]);
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["256M", "2"], &[]);
+    out.assert_success(&daemon)
+        .assert_managed(&daemon)
+        .assert_stdout_has(&daemon, "fill_verify: verified 268435456 bytes in 2 passes");
+
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    let names: Vec<_> = tiers["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+    out.check(&daemon, names == ["dram", "nvme", "fs"], &format!("tiers should be dram, nvme, fs: {names:?}"));
+    let nvme = daemon.tier("nvme");
+    let fs = daemon.tier("fs");
+    out.check(&daemon, nvme.capacity_bytes == parse_size("64M"), &format!("nvme capacity is not 64M: {nvme:?}"));
+    out.check(
+        &daemon,
+        nvme.evictions > 0 && nvme.refaults > 0 && fs.evictions > 0 && fs.refaults > 0,
+        &format!("both lower tiers should have been written and read back: {nvme:?} {fs:?}"),
+    );
+    let overflows = tiers["tiers"][1]["overflows"].as_u64().unwrap_or(0);
+    out.check(&daemon, overflows > 0, "granules went to fs without the full nvme tier counting overflows");
+    out.check(&daemon, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail");
+}
+
+/// Runs `hold_and_check` until its data is spilled, damages the tier behind the daemon's
+/// back with `corrupt`, then lets it verify: it must die of SIGBUS (not print `ok`, not see
+/// a mismatch), and the daemon must name the corrupt slot, count it and go on serving.
+fn corruption_is_reported_not_served(daemon: &Daemon, tier: &str, corrupt: impl FnOnce() -> u64) {
+    let mut held = Spawned::spawn(shimmed_command(daemon, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, daemon);
+    let spilled = daemon.tier(tier);
+    if spilled.pages == 0 {
+        panic!("precondition: hold_and_check should have pages in the {tier} tier\n{}", daemon.report());
+    }
+    let damaged = corrupt();
+    assert!(damaged > 0, "nothing to corrupt in the {tier} tier");
+
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.check(
+        daemon,
+        out.signal() == Some(libc::SIGBUS),
+        "a program whose spilled data was corrupted must get SIGBUS, never the damaged bytes",
+    );
+    let log = daemon.log();
+    out.check(
+        daemon,
+        log.contains(&format!("{tier} tier slot")) && log.contains("checksum mismatch"),
+        &format!("the daemon log should name the corrupt {tier} slot and say why"),
+    );
+    let t = daemon.holoctl_json(&["tiers"]);
+    let row = t["tiers"].as_array().unwrap().iter().find(|r| r["name"] == tier).unwrap().clone();
+    out.check(daemon, row["read_errors"].as_u64() > Some(0), &format!("{tier} read_errors should count it: {row}"));
+    out.check(daemon, t["failed_faults"].as_u64() > Some(0), "failed_faults should count the refused fault");
+
+    // The daemon keeps serving everyone else.
+    let next = run_shimmed(daemon, &c_program("fill_verify"), &["64M", "1"], &[]);
+    next.assert_success(daemon).assert_managed(daemon).assert_stdout_has(daemon, "fill_verify: verified");
+}
+
+#[test]
+fn corrupted_nvme_granule_is_reported_not_served() {
+    let _heavy = heavy();
+    let daemon = Daemon::start("16M", "64K", &[]);
+    let slab = daemon.state_dir().join("nvme.slab");
+    corruption_is_reported_not_served(&daemon, "nvme", || corrupt_nvme_slab(&slab, parse_size("64K")));
+}
+
+#[test]
+fn corrupted_fs_granule_is_reported_not_served() {
+    let _heavy = heavy();
+    let fs_dir = TempDir::new("fs-tier");
+    let fs_arg = fs_dir.path().to_str().unwrap();
+    let daemon = Daemon::start("16M", "64K", &["--nvme-capacity", "1M", "--fs-dir", fs_arg]);
+    corruption_is_reported_not_served(&daemon, "fs", || corrupt_fs_slots(fs_dir.path()));
+}
+
+#[test]
+fn with_every_tier_full_the_budget_gives_way_not_the_data() {
+    let _heavy = heavy();
+    // 4 MiB of NVMe and nothing below: most of 128 MiB cannot leave DRAM.
+    let daemon = Daemon::start("16M", "64K", &["--nvme-capacity", "4M"]);
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["128M", "2"], &[]);
+    out.assert_success(&daemon)
+        .assert_managed(&daemon)
+        .assert_stdout_has(&daemon, "fill_verify: verified 134217728 bytes in 2 passes");
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    out.check(&daemon, tiers["failed_evictions"].as_u64() > Some(0), "failed evictions should be counted");
+    out.check(
+        &daemon,
+        daemon.log().contains("cannot evict, the budget cannot be held") && daemon.log().contains("nvme tier is full"),
+        "the daemon should say why it cannot hold the budget",
+    );
+}

@@ -1,0 +1,390 @@
+//! The NVMe tier: granule-sized slots in one file or block device, read and written with
+//! O_DIRECT through io_uring, each slot checked against a BLAKE3 checksum on every read.
+//!
+//! * **Direct I/O**: pages evicted from DRAM must not come back into DRAM as page cache
+//!   (that would spend the very memory the budget saves), so every transfer bypasses it.
+//!   Where the filesystem refuses O_DIRECT (tmpfs), the tier falls back to buffered I/O and
+//!   [`NvmeTier::direct`] says so, for the daemon to log.
+//! * **io_uring**: a batch of reads (a fault's window spanning several slots, a prefetch) is
+//!   submitted at once, so the device works on all of them together. Each caller takes a ring
+//!   from a small pool, so pager threads never share one.
+//! * **Slots** are fixed-size extents at `slot * slot_bytes`, reused lowest first, which keeps
+//!   the file dense. A freed slot keeps its blocks while the tier is busy (punching a hole
+//!   costs ~120 us here, and the next write into it must allocate again); once a quarter of
+//!   the slots sit free, the tier is shrinking and those blocks are punched out in one go.
+//!   When the last slot is freed, the file is truncated to nothing.
+//! * **Checksums** live in memory: this tier is scratch space that a daemon restart starts
+//!   afresh, so there is nothing on the medium to trust after a restart anyway.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use io_uring::{opcode, types, IoUring};
+
+use crate::{align_up, checksum, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
+
+const NAME: &str = "nvme";
+/// Operations one ring keeps in flight; bigger batches go in several rounds.
+const RING_DEPTH: usize = 32;
+/// Rings kept for reuse (one per concurrently active pager thread, in practice).
+const MAX_POOLED_RINGS: usize = 16;
+
+pub struct NvmeTier {
+    file: File,
+    slot_bytes: usize,
+    /// Slots the tier may hand out: the configured capacity or the device's size.
+    max_slots: u64,
+    capacity_configured: bool,
+    is_device: bool,
+    direct: bool,
+    slots: Mutex<Slots>,
+    rings: Mutex<Vec<Ring>>,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Slots below this index have been handed out at least once.
+    high_water: SlotId,
+    free: BinaryHeap<Reverse<SlotId>>,
+    /// Free slots whose blocks have not been punched out yet (some may be in use again).
+    unpunched: Vec<SlotId>,
+    /// What was written to each slot below `high_water`; `None` while free or unwritten.
+    sums: Vec<Option<Sum>>,
+    in_use: Vec<bool>,
+}
+
+/// Free slots that wait for a batch punch: at least this many, and a quarter of the tier.
+const PUNCH_BATCH: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Sum {
+    len: u32,
+    hash: [u8; 32],
+}
+
+/// A ring and one scratch buffer per operation it may have in flight.
+struct Ring {
+    uring: IoUring,
+    bufs: Vec<AlignedBuf>,
+}
+
+impl NvmeTier {
+    /// Open `path`: a regular file (created or emptied) or a block device (used whole).
+    /// `capacity_bytes` caps the tier; `None` means the filesystem's free space or the device.
+    pub fn open(path: &Path, slot_bytes: usize, capacity_bytes: Option<u64>) -> Result<NvmeTier, TierError> {
+        assert!(slot_bytes > 0 && slot_bytes % IO_ALIGN == 0, "slot size must be a multiple of {IO_ALIGN}");
+        let open_err = |source| TierError::Open { tier: NAME, path: path.display().to_string(), source };
+        let is_device = std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        let open =
+            |flags: i32| OpenOptions::new().read(true).write(true).create(!is_device).custom_flags(flags).open(path);
+        let (file, direct) = match open(libc::O_DIRECT | libc::O_CLOEXEC) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(libc::O_CLOEXEC).map_err(open_err)?, false),
+            Err(e) => return Err(open_err(e)),
+        };
+        let device_slots = if is_device {
+            let mut bytes: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 for a block device fd.
+            if unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) } != 0 {
+                return Err(open_err(io::Error::last_os_error()));
+            }
+            bytes / slot_bytes as u64
+        } else {
+            // Contents of an earlier run are not kept: this tier is scratch.
+            file.set_len(0).map_err(open_err)?;
+            SlotId::MAX as u64
+        };
+        let max_slots = capacity_bytes.map_or(device_slots, |c| (c / slot_bytes as u64).min(device_slots));
+        Ok(NvmeTier {
+            file,
+            slot_bytes,
+            max_slots,
+            capacity_configured: capacity_bytes.is_some() || is_device,
+            is_device,
+            direct,
+            slots: Mutex::new(Slots::default()),
+            rings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether transfers bypass the page cache (false only where O_DIRECT was refused).
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    fn offset(&self, slot: SlotId) -> u64 {
+        slot as u64 * self.slot_bytes as u64
+    }
+
+    fn io_err(slot: SlotId, source: io::Error) -> TierError {
+        TierError::Io { tier: NAME, slot, source }
+    }
+
+    fn take_ring(&self) -> io::Result<Ring> {
+        if let Some(r) = self.rings.lock().unwrap().pop() {
+            return Ok(r);
+        }
+        Ok(Ring { uring: IoUring::new(RING_DEPTH as u32)?, bufs: Vec::new() })
+    }
+
+    fn put_ring(&self, ring: Ring) {
+        let mut rings = self.rings.lock().unwrap();
+        if rings.len() < MAX_POOLED_RINGS {
+            rings.push(ring);
+        }
+    }
+
+    /// Run `ops` (slot, length, is_write) on `ring`, op `i` using `ring.bufs[i]`; returns
+    /// each op's outcome. Short transfers (rare: a signal, the end of a device) are finished
+    /// with plain pread/pwrite.
+    fn run(&self, ring: &mut Ring, ops: &[(SlotId, usize, bool)]) -> Vec<io::Result<()>> {
+        debug_assert!(ops.len() <= RING_DEPTH);
+        while ring.bufs.len() < ops.len() {
+            ring.bufs.push(AlignedBuf::new(self.slot_bytes));
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut done: Vec<Option<io::Result<usize>>> = (0..ops.len()).map(|_| None).collect();
+        for (i, &(slot, len, write)) in ops.iter().enumerate() {
+            let ptr = ring.bufs[i].as_mut_ptr();
+            let entry = if write {
+                opcode::Write::new(fd, ptr, len as u32).offset(self.offset(slot)).build()
+            } else {
+                opcode::Read::new(fd, ptr, len as u32).offset(self.offset(slot)).build()
+            };
+            // SAFETY: the buffer outlives the operation: we wait for every completion below
+            // before the ring or its buffers can be touched again.
+            if unsafe { ring.uring.submission().push(&entry.user_data(i as u64)) }.is_err() {
+                unreachable!("ring has room for {RING_DEPTH} entries");
+            }
+        }
+        let mut pending = ops.len();
+        while pending > 0 {
+            if let Err(e) = ring.uring.submit_and_wait(pending) {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // The kernel did not take the batch: nothing is in flight that we know of.
+                return ops.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect();
+            }
+            for cqe in ring.uring.completion() {
+                let r = cqe.result();
+                done[cqe.user_data() as usize] =
+                    Some(if r < 0 { Err(io::Error::from_raw_os_error(-r)) } else { Ok(r as usize) });
+                pending -= 1;
+            }
+        }
+        ops.iter()
+            .zip(done)
+            .enumerate()
+            .map(|(i, (&(slot, len, write), r))| {
+                let n = r.expect("every op completed")?;
+                if n == len {
+                    return Ok(());
+                }
+                let (off, rest) = (self.offset(slot) + n as u64, n..len);
+                if write {
+                    self.file.write_all_at(&ring.bufs[i][rest], off)
+                } else {
+                    self.file.read_exact_at(&mut ring.bufs[i][rest], off)
+                }
+            })
+            .collect()
+    }
+}
+
+/// `_IOR(0x12, 114, size_t)`: a block device's size in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+impl Tier for NvmeTier {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    fn alloc(&self) -> Result<SlotId, TierError> {
+        let mut s = self.slots.lock().unwrap();
+        let slot = match s.free.pop() {
+            Some(Reverse(slot)) => slot,
+            None if s.high_water as u64 >= self.max_slots => {
+                return Err(TierError::Full { tier: NAME, used_bytes: self.offset(s.high_water) })
+            }
+            None => {
+                s.high_water += 1;
+                s.sums.push(None);
+                s.in_use.push(false);
+                s.high_water - 1
+            }
+        };
+        s.in_use[slot as usize] = true;
+        Ok(slot)
+    }
+
+    fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
+        self.write_batch(&[(slot, data)]).pop().unwrap()
+    }
+
+    fn write_batch(&self, writes: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
+        let mut ring = match self.take_ring() {
+            Ok(r) => r,
+            Err(e) => {
+                return writes
+                    .iter()
+                    .map(|&(slot, _)| Err(Self::io_err(slot, io::Error::other(e.to_string()))))
+                    .collect()
+            }
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(RING_DEPTH) {
+            while ring.bufs.len() < chunk.len() {
+                ring.bufs.push(AlignedBuf::new(self.slot_bytes));
+            }
+            let ops: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, &(slot, data))| {
+                    assert!(data.len() <= self.slot_bytes, "write beyond a slot");
+                    let len = align_up(data.len());
+                    ring.bufs[i][..data.len()].copy_from_slice(data);
+                    ring.bufs[i][data.len()..len].fill(0);
+                    (slot, len, true)
+                })
+                .collect();
+            let outcomes = self.run(&mut ring, &ops);
+            let sums: Vec<Sum> =
+                chunk.iter().map(|(_, data)| Sum { len: data.len() as u32, hash: checksum(data) }).collect();
+            let mut s = self.slots.lock().unwrap();
+            for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
+                results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| s.sums[slot as usize] = Some(sum)));
+            }
+        }
+        self.put_ring(ring);
+        results
+    }
+
+    fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
+        let sums: Vec<Sum> = {
+            let s = self.slots.lock().unwrap();
+            reqs.iter()
+                .map(|r| match s.sums.get(r.slot as usize).copied().flatten() {
+                    Some(sum) if r.offset + r.buf.len() <= sum.len as usize => Ok(sum),
+                    Some(sum) => Err(TierError::Corrupt {
+                        tier: NAME,
+                        slot: r.slot,
+                        detail: format!("read of {}+{} beyond the {} bytes written", r.offset, r.buf.len(), sum.len),
+                    }),
+                    None => Err(TierError::Corrupt { tier: NAME, slot: r.slot, detail: "never written".into() }),
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
+        let mut result = Ok(());
+        'chunks: for (chunk, chunk_sums) in reqs.chunks_mut(RING_DEPTH).zip(sums.chunks(RING_DEPTH)) {
+            let ops: Vec<_> =
+                chunk.iter().zip(chunk_sums).map(|(r, s)| (r.slot, align_up(s.len as usize), false)).collect();
+            for (i, outcome) in self.run(&mut ring, &ops).into_iter().enumerate() {
+                let (req, sum) = (&mut chunk[i], chunk_sums[i]);
+                let data = &ring.bufs[i][..sum.len as usize];
+                if let Err(e) = outcome {
+                    result = Err(Self::io_err(req.slot, e));
+                    break 'chunks;
+                }
+                if checksum(data) != sum.hash {
+                    let detail = "BLAKE3 checksum mismatch: the bytes on the medium changed".to_string();
+                    result = Err(TierError::Corrupt { tier: NAME, slot: req.slot, detail });
+                    break 'chunks;
+                }
+                req.buf.copy_from_slice(&data[req.offset..req.offset + req.buf.len()]);
+            }
+        }
+        self.put_ring(ring);
+        result
+    }
+
+    fn free(&self, slot: SlotId) {
+        let mut s = self.slots.lock().unwrap();
+        assert!(s.in_use[slot as usize], "double free of slot {slot}");
+        s.in_use[slot as usize] = false;
+        s.sums[slot as usize] = None;
+        s.free.push(Reverse(slot));
+        if s.free.len() as SlotId == s.high_water {
+            *s = Slots::default();
+            if !self.is_device {
+                let _ = self.file.set_len(0);
+            }
+            return;
+        }
+        s.unpunched.push(slot);
+        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.high_water as usize / 4) {
+            // Under the lock, so that no slot is handed out again while its blocks go.
+            // Failure only costs disk space, never data.
+            for slot in std::mem::take(&mut s.unpunched) {
+                if !s.in_use[slot as usize] {
+                    // SAFETY: fallocate on an fd we own, with a range inside the file.
+                    unsafe {
+                        libc::fallocate(
+                            self.file.as_raw_fd(),
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            self.offset(slot) as i64,
+                            self.slot_bytes as i64,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn usage(&self) -> TierUsage {
+        let s = self.slots.lock().unwrap();
+        let used_slots = (s.high_water as usize - s.free.len()) as u64;
+        let used_bytes = used_slots * self.slot_bytes as u64;
+        let capacity_bytes = if self.capacity_configured {
+            self.max_slots * self.slot_bytes as u64
+        } else {
+            used_bytes + crate::filesystem_free_bytes(self.file.as_raw_fd())
+        };
+        TierUsage { capacity_bytes, used_bytes, used_slots }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{check_all, Subject};
+
+    #[test]
+    fn nvme_tier_conforms() {
+        let dir = std::env::temp_dir().join(format!("holo-nvme-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nvme.slab");
+        let slot_bytes = 65536;
+        check_all(Subject {
+            make: &|slots| Box::new(NvmeTier::open(&path, slot_bytes, Some(slots * slot_bytes as u64)).unwrap()),
+            corrupt: &|slot| {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all_at(b"X", slot as u64 * slot_bytes as u64 + 100).unwrap();
+                f.sync_all().unwrap();
+            },
+            reopen: None,
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn uses_direct_io_on_a_real_filesystem() {
+        let dir = std::env::temp_dir().join(format!("holo-nvme-direct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let is_tmpfs = crate::fsdir::is_tmpfs(&dir);
+        let t = NvmeTier::open(&dir.join("nvme.slab"), 65536, None).unwrap();
+        assert_eq!(t.direct(), !is_tmpfs, "O_DIRECT should be used unless the directory is on tmpfs");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
