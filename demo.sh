@@ -102,7 +102,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The spill file grows to about SIZE - BUDGET; fail early rather than with ENOSPC midway.
+# The NVMe tier's slab grows to about SIZE - BUDGET; fail early rather than with ENOSPC midway.
 size_bytes=$(numfmt --from=iec "$SIZE") || die "HOLO_DEMO_SIZE=$SIZE is not a size"
 budget_bytes=$(numfmt --from=iec "$BUDGET") || die "HOLO_DEMO_BUDGET=$BUDGET is not a size"
 avail_mib=$(df -Pm "$TMP" | awk 'NR == 2 { print $4 }')
@@ -115,7 +115,7 @@ cc -O2 -g -Wall -pthread -o "$TMP/fill_verify" tests/c/fill_verify.c
 
 # --- daemon -----------------------------------------------------------------------------
 # Embedded defaults except three flags. Under systemd, holo-pager uses the service paths
-# (socket /run/holo/pager.sock in RuntimeDirectory=holo, spill state in StateDirectory=holo,
+# (socket /run/holo/pager.sock in RuntimeDirectory=holo, tier slab in StateDirectory=holo,
 # /var/lib/holo; see systemd/holo-pager.service). The demo points socket and state into its
 # own temp dir so that it never collides with a holo-pager service running on this machine.
 mkdir -m 0700 "$STATE"

@@ -3,6 +3,7 @@
 //! * [`config`]: defaults, TOML file and flags, validated once.
 //! * [`server`]: the Unix socket listener and handshakes (SO_PEERCRED, SCM_RIGHTS).
 //! * [`pager`]: one thread per client, serving its faults and events, running evictions.
+//! * [`prefetch`]: the trend of a client's refaults, and how far ahead to fetch.
 //! * [`pressure`]: PSI and memory cgroups move the DRAM budget.
 //! * [`pagetable`]: the pure per-client page table the pager executes.
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
@@ -14,6 +15,7 @@ pub mod arc;
 pub mod config;
 pub mod pager;
 pub mod pagetable;
+pub mod prefetch;
 pub mod pressure;
 pub mod server;
 pub mod service;

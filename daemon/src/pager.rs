@@ -33,7 +33,8 @@ use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement};
 use crate::pagetable::{PageState, PageTable, Window, PAGE};
-use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary};
+use crate::prefetch::{Ahead, Streams};
+use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
 
 /// Messages read from the uffd in one go.
 const MSG_BATCH: usize = 64;
@@ -46,8 +47,14 @@ const MAX_INFLIGHT_EVICTIONS: usize = 64;
 /// meanwhile wait for at most this many (and at most this many bytes).
 const EVICTIONS_PER_TURN: usize = 8;
 const EVICTION_BATCH_BYTES: u64 = 1 << 20;
+/// Most granules, and bytes, one prefetch fetches ahead.
+const PREFETCH_MAX_GRANULES: u64 = 32;
+const PREFETCH_MAX_BYTES: u64 = 4 << 20;
 /// The slot of an eviction captured but not yet written.
 const NO_SLOT: SlotId = SlotId::MAX;
+/// After an eviction found no room in any tier, wait this long before trying again, so that
+/// a full store costs one failed attempt per interval, not one per fault.
+const EVICT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one log line per client this often while evictions fail.
 const EVICT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -118,11 +125,16 @@ pub struct Pager {
     buf: Vec<u8>,
     /// What `buf` holds, if it holds tier bytes a fill has not installed yet.
     loaded: Option<Loaded>,
+    /// The trend of this client's refaults, and where prefetched granules are assembled.
+    trend: Streams,
+    prefetch_buf: Vec<u8>,
     /// Where evictions capture windows, one buffer per eviction of a batch.
     evict_bufs: Vec<Vec<u8>>,
     summary_at: Instant,
     /// When an eviction failure was last logged (they repeat while the tiers are full).
     evict_error_logged: Option<Instant>,
+    /// After the tiers refused a granule, no eviction is tried before this.
+    evict_backoff_until: Option<Instant>,
 }
 
 impl Pager {
@@ -155,11 +167,14 @@ impl Pager {
             hand: 0,
             buf: vec![0; granule as usize],
             loaded: None,
+            trend: Streams::new(granule, (PREFETCH_MAX_BYTES / granule).clamp(1, PREFETCH_MAX_GRANULES) as usize),
+            prefetch_buf: Vec::new(),
             evict_bufs: (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
                 .map(|_| vec![0; granule as usize])
                 .collect(),
             summary_at: Instant::now(),
             evict_error_logged: None,
+            evict_backoff_until: None,
         })
     }
 
@@ -368,6 +383,7 @@ impl Pager {
         let pages = self.table.pages(w).to_vec();
         let n = pages.len();
         let mut faulting_page_filled = false;
+        let mut from_tier = false;
         let mut page_at_a_time = false;
         let mut i = 0;
         while i < n {
@@ -411,6 +427,7 @@ impl Pager {
                 if let PageState::Spilled { slot, .. } = state {
                     self.d.store.release(&[*slot]);
                     self.d.stats.dram.refaults.fetch_add(1, Relaxed);
+                    from_tier = true;
                 }
                 faulting_page_filled |= addr == f.addr;
             }
@@ -429,7 +446,90 @@ impl Pager {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);
         }
+        if from_tier {
+            if let Some(ahead) = self.trend.on_refault(w.start) {
+                self.prefetch(w, ahead);
+            }
+        }
         Served::Done
+    }
+
+    /// Fetch the granules `ahead` of `w` that are wholly in the tiers, with one batch of
+    /// tier reads and one UFFDIO_COPY per granule; nobody waits on them, so any trouble
+    /// (a granule being evicted, an address-space change) just ends the prefetch early.
+    fn prefetch(&mut self, w: Window, ahead: Ahead) {
+        let g = self.granule as i64;
+        // Prefetched pages displace colder ones (they push the resident set over the budget,
+        // and evictions follow), but never into the slack that throttles fills.
+        let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
+        let room = self.d.budget.limit_pages.load(Relaxed) + slack - self.d.budget.resident.load(Relaxed);
+        let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
+        let mut wins = Vec::with_capacity(count);
+        let mut addr = w.start as i64;
+        for _ in 0..count {
+            addr += ahead.stride * g;
+            let Some(next) = u64::try_from(addr).ok().and_then(|a| self.table.window(a, self.granule)) else { break };
+            let all_spilled = self.table.pages(next).iter().all(|p| matches!(p, PageState::Spilled { .. }));
+            if next.start as i64 == addr && all_spilled && !self.evicting(next.start, next.end()) {
+                wins.push(next);
+            }
+        }
+        if wins.is_empty() {
+            return;
+        }
+        let p = PAGE as usize;
+        let need = wins.iter().map(|w| w.len as usize).sum::<usize>();
+        if self.prefetch_buf.len() < need {
+            self.prefetch_buf.resize(need, 0);
+        }
+        let pages: Vec<Vec<PageState>> = wins.iter().map(|w| self.table.pages(*w).to_vec()).collect();
+        // One read per run of consecutive pages of one slot (usually: one per granule).
+        let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
+        let mut rest: &mut [u8] = &mut self.prefetch_buf[..need];
+        for states in &pages {
+            let mut k = 0;
+            while k < states.len() {
+                let PageState::Spilled { slot, idx } = states[k] else { unreachable!("checked above") };
+                let mut e = k + 1;
+                while e < states.len() && states[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
+                    e += 1;
+                }
+                let (dst, tail) = std::mem::take(&mut rest).split_at_mut((e - k) * p);
+                reqs.push((slot, idx as usize * p, dst));
+                rest = tail;
+                k = e;
+            }
+        }
+        if let Err(e) = self.d.store.read(&mut reqs) {
+            // The fault that reaches this granule will meet the error and report it.
+            log::debug!("pid {}: prefetch read failed: {e}", self.info.pid);
+            return;
+        }
+        let mut off = 0;
+        for (next, states) in wins.iter().zip(&pages) {
+            let len = next.len as usize;
+            let filled = match self.uffd.copy(next.start, &self.prefetch_buf[off..off + len]) {
+                Fill::Done => states.len(),
+                Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                _ => 0,
+            };
+            for (k, s) in states.iter().enumerate().take(filled) {
+                self.table.set(next.start + k as u64 * PAGE, PageState::Resident);
+                if let PageState::Spilled { slot, .. } = s {
+                    self.d.store.release(&[*slot]);
+                }
+            }
+            self.d.add_resident(&self.info, filled as i64);
+            self.d.stats.dram.prefetched.fetch_add(filled as u64, Relaxed);
+            self.d.stats.dram.refaults.fetch_add(filled as u64, Relaxed);
+            if filled > 0 {
+                self.policy.on_fault(next.start);
+            }
+            if filled < states.len() {
+                break;
+            }
+            off += len;
+        }
     }
 
     /// `load`, unless `self.buf` already holds exactly these bytes: a fill that the kernel
@@ -627,7 +727,8 @@ impl Pager {
             return Ok(());
         }
         let mut started = 0i64;
-        let mut exhausted = self.agent.is_none();
+        // With no agent, or while the tiers refuse granules, there is nothing to evict here.
+        let mut exhausted = self.agent.is_none() || self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
         let mut batch: Vec<u64> = Vec::with_capacity(self.evict_bufs.len());
         while started < want
             && !exhausted
@@ -653,7 +754,11 @@ impl Pager {
                 }
             }
         }
-        started -= self.commit_evictions(&batch)? as i64;
+        let failed = self.commit_evictions(&batch)?;
+        if failed > 0 {
+            started -= failed as i64;
+            exhausted = true;
+        }
         let left = (want - started).max(0);
         if exhausted {
             // Nothing (more) to evict here: let the budget pick another victim.
@@ -800,6 +905,7 @@ impl Pager {
                 Ok(slot) => e.slot = slot,
                 Err(err) => {
                     cancelled_pages += e.pages.len();
+                    self.evict_backoff_until = Some(Instant::now() + EVICT_RETRY_AFTER);
                     self.d.stats.failed_evictions.fetch_add(1, Relaxed);
                     if self.evict_error_logged.is_none_or(|t| t.elapsed() > EVICT_ERROR_LOG_INTERVAL) {
                         log::error!("pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);

@@ -276,6 +276,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "faults": s.dram.faults.load(Relaxed),
         "evictions": s.dram.evictions.load(Relaxed),
         "refaults": s.dram.refaults.load(Relaxed),
+        "prefetched_pages": s.dram.prefetched.load(Relaxed),
     });
     let lower = d.store.levels.iter().map(|l| {
         let (u, c) = (l.tier.usage(), &l.counters);

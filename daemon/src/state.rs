@@ -23,6 +23,8 @@ pub struct DramCounters {
     pub evictions: AtomicU64,
     /// Pages filled back from a lower tier.
     pub refaults: AtomicU64,
+    /// Of those, pages fetched ahead of a trend before anything faulted on them.
+    pub prefetched: AtomicU64,
 }
 
 #[derive(Default)]

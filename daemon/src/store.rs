@@ -196,7 +196,7 @@ impl Store {
                 .iter_mut()
                 .zip(&places)
                 .filter(|(_, p)| p.0 as usize == level)
-                .map(|((_, offset, buf), p)| ReadReq { slot: p.1, offset: *offset, buf: &mut **buf })
+                .map(|((_, offset, buf), p)| ReadReq { slot: p.1, offset: *offset, buf })
                 .collect();
             if batch.is_empty() {
                 continue;

@@ -57,7 +57,7 @@ impl FsTier {
     /// stay readable; without, they are removed. `capacity_bytes` caps the tier; `None` means
     /// the filesystem's free space.
     pub fn open(dir: &Path, slot_bytes: usize, capacity_bytes: Option<u64>, keep: bool) -> Result<FsTier, TierError> {
-        assert!(slot_bytes > 0 && slot_bytes % IO_ALIGN == 0, "slot size must be a multiple of {IO_ALIGN}");
+        assert!(slot_bytes > 0 && slot_bytes.is_multiple_of(IO_ALIGN), "slot size must be a multiple of {IO_ALIGN}");
         let open_err = |source| TierError::Open { tier: NAME, path: dir.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(open_err)?;
         let mut kept = Vec::new();

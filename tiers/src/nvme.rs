@@ -78,7 +78,7 @@ impl NvmeTier {
     /// Open `path`: a regular file (created or emptied) or a block device (used whole).
     /// `capacity_bytes` caps the tier; `None` means the filesystem's free space or the device.
     pub fn open(path: &Path, slot_bytes: usize, capacity_bytes: Option<u64>) -> Result<NvmeTier, TierError> {
-        assert!(slot_bytes > 0 && slot_bytes % IO_ALIGN == 0, "slot size must be a multiple of {IO_ALIGN}");
+        assert!(slot_bytes > 0 && slot_bytes.is_multiple_of(IO_ALIGN), "slot size must be a multiple of {IO_ALIGN}");
         let open_err = |source| TierError::Open { tier: NAME, path: path.display().to_string(), source };
         let is_device = std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
         let open =

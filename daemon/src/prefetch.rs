@@ -1,0 +1,238 @@
+//! Prefetch: find the trend in a client's refaults and say how far to fetch ahead along it.
+//!
+//! The majority-trend idea of Leap (Al Maruf and Chowdhury, ATC '20): over the last
+//! [`HISTORY`] refault deltas (in granules), a delta that holds a strict majority is the
+//! trend, which tolerates the odd out-of-order fault of a sequential or strided scan. The
+//! window (granules fetched ahead) doubles while the trend holds, up to a cap, and halves when
+//! it breaks, so random access, which has no majority, prefetches nothing.
+//!
+//! A refault that lands just past what was fetched ahead means the prefetched granules were
+//! used (they did not fault): it counts as one more step of the trend, not as a long jump.
+//!
+//! A program often scans several streams at once (memtester compares two halves of its
+//! buffer; a merge reads two runs), whose interleaved deltas have no majority. [`Streams`]
+//! gives each stream its own trend: a refault belongs to the stream whose last refault is
+//! nearest, within reach of its window, else it starts a new stream in place of the least
+//! recently used one, as the kernel's readahead keeps state per open file.
+//!
+//! Pure: the pager feeds it refault addresses and does the I/O.
+
+const HISTORY: usize = 8;
+/// Streams followed at once per client.
+const STREAMS: usize = 4;
+/// A refault this many granules (plus the stream's window) from a stream's last one
+/// continues that stream.
+const STREAM_REACH: u64 = 8;
+
+/// The trends of up to [`STREAMS`] interleaved streams.
+pub struct Streams {
+    granule: u64,
+    max_window: usize,
+    /// Most recently used first.
+    trends: Vec<Trend>,
+}
+
+impl Streams {
+    pub fn new(granule: u64, max_window: usize) -> Streams {
+        Streams { granule, max_window, trends: Vec::with_capacity(STREAMS) }
+    }
+
+    /// A refault of the granule at `addr`: what to fetch ahead, if anything.
+    pub fn on_refault(&mut self, addr: u64) -> Option<Ahead> {
+        let g = self.granule;
+        let nearest = self
+            .trends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let d = t.last?.abs_diff(addr) / g;
+                (d <= STREAM_REACH + t.window as u64 * (t.stride().unsigned_abs() + 1)).then_some((d, i))
+            })
+            .min()
+            .map(|(_, i)| i);
+        let mut t = match nearest {
+            Some(i) => self.trends.remove(i),
+            None => {
+                if self.trends.len() == STREAMS {
+                    self.trends.pop();
+                }
+                Trend::new(g, self.max_window)
+            }
+        };
+        let ahead = t.on_refault(addr);
+        self.trends.insert(0, t);
+        ahead
+    }
+}
+
+/// The first window once a trend appears.
+const START_WINDOW: usize = 2;
+
+pub struct Trend {
+    granule: u64,
+    max_window: usize,
+    deltas: [i64; HISTORY],
+    filled: usize,
+    next: usize,
+    last: Option<u64>,
+    /// Where the next refault lands if everything fetched ahead was used.
+    expect: Option<u64>,
+    window: usize,
+}
+
+/// Fetch `count` granules starting one `stride` (in granules, may be negative) after the
+/// refault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ahead {
+    pub stride: i64,
+    pub count: usize,
+}
+
+impl Trend {
+    pub fn new(granule: u64, max_window: usize) -> Trend {
+        Trend {
+            granule,
+            max_window: max_window.max(1),
+            deltas: [0; HISTORY],
+            filled: 0,
+            next: 0,
+            last: None,
+            expect: None,
+            window: 0,
+        }
+    }
+
+    /// A refault of the granule at `addr`: what to fetch ahead, if anything.
+    pub fn on_refault(&mut self, addr: u64) -> Option<Ahead> {
+        let g = self.granule as i64;
+        let delta = match (self.last, self.expect) {
+            (_, Some(e)) if e == addr => self.majority().unwrap_or(0),
+            (Some(last), _) => (addr as i64 - last as i64) / g,
+            (None, _) => {
+                self.last = Some(addr);
+                return None;
+            }
+        };
+        self.last = Some(addr);
+        self.expect = None;
+        self.deltas[self.next] = delta;
+        self.next = (self.next + 1) % HISTORY;
+        self.filled = (self.filled + 1).min(HISTORY);
+        match self.majority() {
+            Some(stride) if stride != 0 => {
+                self.window = (self.window * 2).clamp(START_WINDOW, self.max_window);
+                let end = addr as i64 + stride * g * (self.window as i64 + 1);
+                self.expect = u64::try_from(end).ok();
+                Some(Ahead { stride, count: self.window })
+            }
+            _ => {
+                self.window /= 2;
+                None
+            }
+        }
+    }
+
+    fn stride(&self) -> i64 {
+        self.majority().unwrap_or(1)
+    }
+
+    /// The delta that more than half of the recorded deltas share (Boyer-Moore vote, then a
+    /// count to confirm).
+    fn majority(&self) -> Option<i64> {
+        let seen = &self.deltas[..self.filled];
+        if seen.len() < 3 {
+            return None;
+        }
+        let (mut cand, mut votes) = (0i64, 0usize);
+        for &d in seen {
+            if votes == 0 {
+                cand = d;
+            }
+            votes = if d == cand { votes + 1 } else { votes - 1 };
+        }
+        (seen.iter().filter(|&&d| d == cand).count() * 2 > seen.len()).then_some(cand)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 65536;
+
+    #[test]
+    fn sequential_scan_grows_the_window_and_follows_prefetched_ground() {
+        let mut t = Trend::new(G, 32);
+        assert_eq!(t.on_refault(0), None);
+        assert_eq!(t.on_refault(G), None);
+        assert_eq!(t.on_refault(2 * G), None, "two deltas are no majority yet");
+        let a = t.on_refault(3 * G).unwrap();
+        assert_eq!(a, Ahead { stride: 1, count: 2 });
+        // Granules 4 and 5 were fetched ahead and used: the next refault is at 6.
+        let a = t.on_refault(6 * G).unwrap();
+        assert_eq!(a, Ahead { stride: 1, count: 4 });
+        let a = t.on_refault(11 * G).unwrap();
+        assert_eq!(a, Ahead { stride: 1, count: 8 });
+        let mut at = 20 * G;
+        for _ in 0..5 {
+            let a = t.on_refault(at).unwrap();
+            at += (a.count as u64 + 1) * G;
+        }
+        assert_eq!(t.window, 32, "the window stops at its cap");
+    }
+
+    #[test]
+    fn strided_and_backward_scans_are_trends_too() {
+        let mut t = Trend::new(G, 8);
+        for i in 0..4u64 {
+            t.on_refault(1000 * G + i * 3 * G);
+        }
+        assert_eq!(t.on_refault(1012 * G).map(|a| a.stride), Some(3));
+        let mut t = Trend::new(G, 8);
+        for i in 0..4u64 {
+            t.on_refault((500 - i) * G);
+        }
+        assert_eq!(t.on_refault(496 * G).map(|a| a.stride), Some(-1));
+    }
+
+    #[test]
+    fn interleaved_streams_each_keep_their_trend() {
+        // memtester's shape: a[i], b[i], a[i+1], b[i+1], ... with b 3200 granules after a.
+        let mut s = Streams::new(G, 32);
+        let mut fetched = 0;
+        for i in 0..20u64 {
+            for base in [0, 3200] {
+                fetched += s.on_refault((base + i) * G).map_or(0, |a| a.count);
+            }
+        }
+        assert!(fetched >= 20, "two interleaved sequential streams should both prefetch, got {fetched}");
+    }
+
+    #[test]
+    fn random_access_prefetches_nothing() {
+        let mut t = Streams::new(G, 32);
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut fetched = 0;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            fetched += t.on_refault((x % 1_000_000) * G).map_or(0, |a| a.count);
+        }
+        assert_eq!(fetched, 0, "random refaults should not trigger prefetch");
+    }
+
+    #[test]
+    fn a_broken_trend_shrinks_the_window() {
+        let mut t = Trend::new(G, 32);
+        for i in 0..6u64 {
+            t.on_refault(i * G);
+        }
+        let before = t.window;
+        // A trend outlives noise until the noise is half the history; then the window shrinks.
+        for addr in [900 * G, 17 * G, 4000 * G, 33 * G, 7000 * G, 61 * G, 2500 * G, 300 * G] {
+            t.on_refault(addr);
+        }
+        assert!(t.window < before, "window {} should shrink from {before}", t.window);
+    }
+}
