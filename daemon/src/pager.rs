@@ -47,6 +47,8 @@ const MAX_INFLIGHT_EVICTIONS: usize = 64;
 /// meanwhile wait for at most this many (and at most this many bytes).
 const EVICTIONS_PER_TURN: usize = 8;
 const EVICTION_BATCH_BYTES: u64 = 1 << 20;
+/// Most bytes of windows staged (read from the tiers, not yet installed).
+const STAGE_MAX_BYTES: usize = 4 << 20;
 /// Most granules, and bytes, one prefetch fetches ahead.
 const PREFETCH_MAX_GRANULES: u64 = 32;
 const PREFETCH_MAX_BYTES: u64 = 4 << 20;
@@ -83,14 +85,13 @@ struct Eviction {
     sent_at: Instant,
 }
 
-/// Pages `i..j` of the window at `start`, as `buf` holds them: their states then, and the
-/// versions of the slots they were read from.
-struct Loaded {
+/// A window's tier bytes, read but not installed yet (pages not spilled read as zeros), with
+/// the page states and slot versions they were read under: valid while both are unchanged.
+struct Staged {
     start: u64,
-    i: usize,
-    j: usize,
     pages: Vec<PageState>,
     versions: Vec<u64>,
+    bytes: Vec<u8>,
 }
 
 enum Served {
@@ -123,11 +124,12 @@ pub struct Pager {
     hand: u64,
     /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
-    /// What `buf` holds, if it holds tier bytes a fill has not installed yet.
-    loaded: Option<Loaded>,
-    /// The trend of this client's refaults, and where prefetched granules are assembled.
+    /// Windows read from the tiers and not installed yet, oldest first: a fill the kernel
+    /// refused with EAGAIN (the address space was changing), retried after the events are
+    /// read, or a fault of a batch staged ahead, takes its bytes from here, not the tiers.
+    staged: VecDeque<Staged>,
+    /// The trend of this client's refaults, for prefetch.
     trend: Streams,
-    prefetch_buf: Vec<u8>,
     /// Where evictions capture windows, one buffer per eviction of a batch.
     evict_bufs: Vec<Vec<u8>>,
     summary_at: Instant,
@@ -166,9 +168,8 @@ impl Pager {
             policy: ArcPolicy::new(d_budget_granules),
             hand: 0,
             buf: vec![0; granule as usize],
-            loaded: None,
+            staged: VecDeque::new(),
             trend: Streams::new(granule, (PREFETCH_MAX_BYTES / granule).clamp(1, PREFETCH_MAX_GRANULES) as usize),
-            prefetch_buf: Vec::new(),
             evict_bufs: (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
                 .map(|_| vec![0; granule as usize])
                 .collect(),
@@ -264,6 +265,10 @@ impl Pager {
             for m in msgs[..n].iter().filter(|m| !is_fault(m)) {
                 self.handle_event(m.decode())?;
             }
+            self.stage(msgs[..n].iter().filter_map(|m| match m.decode() {
+                Event::Fault { addr, wp: false, .. } => Some(addr),
+                _ => None,
+            }));
             for m in msgs[..n].iter().filter(|m| is_fault(m)) {
                 self.handle_event(m.decode())?;
             }
@@ -306,6 +311,82 @@ impl Pager {
             }
             Event::Unknown(kind) => log::warn!("pid {}: unknown userfaultfd event {kind:#x} ignored", self.info.pid),
         }
+        Ok(())
+    }
+
+    /// Read the tier bytes of the windows that faults at `addrs` will fill, as one tier
+    /// batch: several threads' faults then wait for the device together, not one after the
+    /// other.
+    fn stage(&mut self, addrs: impl Iterator<Item = u64>) {
+        let mut wins: Vec<Window> = Vec::new();
+        for addr in addrs {
+            let Some(w) = self.table.window(addr, self.granule) else { continue };
+            let spilled = self.table.pages(w).iter().any(|p| matches!(p, PageState::Spilled { .. }));
+            if spilled && !self.evicting(w.start, w.end()) && !wins.contains(&w) && self.staged_index(w).is_none() {
+                wins.push(w);
+            }
+        }
+        if wins.len() >= 2 {
+            // On error nothing is staged: each fill reads (and reports) for itself.
+            let _ = self.read_windows(&wins);
+        }
+    }
+
+    /// The valid staged copy of window `w`, if any; stale ones are dropped on the way.
+    fn staged_index(&mut self, w: Window) -> Option<usize> {
+        let k = self.staged.iter().position(|st| st.start == w.start)?;
+        let pages = self.table.pages(w);
+        let st = &self.staged[k];
+        if st.pages == pages && st.versions == self.d.store.versions(spilled_slots(pages)) {
+            return Some(k);
+        }
+        self.staged.remove(k);
+        None
+    }
+
+    /// Read the spilled pages of `wins` from the tiers in one batch and stage them.
+    fn read_windows(&mut self, wins: &[Window]) -> Result<(), holo_tiers::TierError> {
+        if wins.is_empty() {
+            return Ok(());
+        }
+        let p = PAGE as usize;
+        let mut staged: Vec<Staged> = wins
+            .iter()
+            .map(|w| {
+                let pages = self.table.pages(*w).to_vec();
+                let versions = self.d.store.versions(spilled_slots(&pages));
+                Staged { start: w.start, pages, versions, bytes: vec![0; w.len as usize] }
+            })
+            .collect();
+        let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
+        for st in staged.iter_mut() {
+            let mut rest: &mut [u8] = &mut st.bytes;
+            let mut base = 0;
+            let mut k = 0;
+            while k < st.pages.len() {
+                let PageState::Spilled { slot, idx } = st.pages[k] else {
+                    k += 1;
+                    continue;
+                };
+                // Consecutive pages of the same slot are one read.
+                let mut e = k + 1;
+                while e < st.pages.len() && st.pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
+                    e += 1;
+                }
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
+                let (dst, tail) = tail.split_at_mut((e - k) * p);
+                reqs.push((slot, idx as usize * p, dst));
+                rest = tail;
+                base = e * p;
+                k = e;
+            }
+        }
+        self.d.store.read(&mut reqs)?;
+        let room = (STAGE_MAX_BYTES / self.granule as usize).max(wins.len());
+        while self.staged.len() + staged.len() > room {
+            self.staged.pop_front();
+        }
+        self.staged.extend(staged);
         Ok(())
     }
 
@@ -395,7 +476,7 @@ impl Pager {
             while j < n && pages[j] != PageState::Resident && !page_at_a_time {
                 j += 1;
             }
-            if let Err(e) = self.load_once(w.start, &pages, i, j) {
+            if let Err(e) = self.load(w, &pages, i, j) {
                 log::error!("pid {}: cannot read back {:#x}: {e}", self.info.pid, w.start + i as u64 * PAGE);
                 self.fail_fault(f, "its page could not be read back from the tier that holds it");
                 return Served::Done;
@@ -432,7 +513,8 @@ impl Pager {
                 faulting_page_filled |= addr == f.addr;
             }
             if filled > 0 {
-                self.loaded = None;
+                // Its pages changed: the staged copy (if any) is stale now.
+                self.staged.retain(|st| st.start != w.start);
             }
             self.d.add_resident(&self.info, filled as i64);
             // Skip the page that was present and carry on with the rest of the run.
@@ -477,43 +559,26 @@ impl Pager {
         if wins.is_empty() {
             return;
         }
-        let p = PAGE as usize;
-        let need = wins.iter().map(|w| w.len as usize).sum::<usize>();
-        if self.prefetch_buf.len() < need {
-            self.prefetch_buf.resize(need, 0);
-        }
-        let pages: Vec<Vec<PageState>> = wins.iter().map(|w| self.table.pages(*w).to_vec()).collect();
-        // One read per run of consecutive pages of one slot (usually: one per granule).
-        let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
-        let mut rest: &mut [u8] = &mut self.prefetch_buf[..need];
-        for states in &pages {
-            let mut k = 0;
-            while k < states.len() {
-                let PageState::Spilled { slot, idx } = states[k] else { unreachable!("checked above") };
-                let mut e = k + 1;
-                while e < states.len() && states[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
-                    e += 1;
-                }
-                let (dst, tail) = std::mem::take(&mut rest).split_at_mut((e - k) * p);
-                reqs.push((slot, idx as usize * p, dst));
-                rest = tail;
-                k = e;
+        let mut unread = Vec::with_capacity(wins.len());
+        for &next in &wins {
+            if self.staged_index(next).is_none() {
+                unread.push(next);
             }
         }
-        if let Err(e) = self.d.store.read(&mut reqs) {
+        if let Err(e) = self.read_windows(&unread) {
             // The fault that reaches this granule will meet the error and report it.
             log::debug!("pid {}: prefetch read failed: {e}", self.info.pid);
             return;
         }
-        let mut off = 0;
-        for (next, states) in wins.iter().zip(&pages) {
-            let len = next.len as usize;
-            let filled = match self.uffd.copy(next.start, &self.prefetch_buf[off..off + len]) {
-                Fill::Done => states.len(),
+        for next in wins {
+            let Some(k) = self.staged_index(next) else { break };
+            let st = self.staged.remove(k).unwrap();
+            let filled = match self.uffd.copy(next.start, &st.bytes) {
+                Fill::Done => st.pages.len(),
                 Fill::Partial(bytes) => (bytes / PAGE) as usize,
                 _ => 0,
             };
-            for (k, s) in states.iter().enumerate().take(filled) {
+            for (k, s) in st.pages.iter().enumerate().take(filled) {
                 self.table.set(next.start + k as u64 * PAGE, PageState::Resident);
                 if let PageState::Spilled { slot, .. } = s {
                     self.d.store.release(&[*slot]);
@@ -525,78 +590,33 @@ impl Pager {
             if filled > 0 {
                 self.policy.on_fault(next.start);
             }
-            if filled < states.len() {
+            if filled < st.pages.len() {
+                if filled == 0 {
+                    // Not installed (the address space is changing): a fault may use it.
+                    self.staged.push_back(st);
+                }
                 break;
             }
-            off += len;
         }
     }
 
-    /// `load`, unless `self.buf` already holds exactly these bytes: a fill that the kernel
-    /// refused with EAGAIN (the address space was changing) is retried after the events are
-    /// read, and should not read the tiers again.
-    fn load_once(&mut self, start: u64, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
-        let spilled = |p: &[PageState]| {
-            p.iter()
-                .filter_map(|s| if let PageState::Spilled { slot, .. } = s { Some(*slot) } else { None })
-                .collect::<Vec<_>>()
-        };
-        if let Some(l) = &self.loaded {
-            if (l.start, l.i, l.j) == (start, i, j)
-                && l.pages == pages[i..j]
-                && l.versions == self.d.store.versions(spilled(&pages[i..j]).into_iter())
-            {
-                return Ok(());
-            }
-        }
-        self.loaded = None;
-        self.load(pages, i, j)?;
-        let versions = self.d.store.versions(spilled(&pages[i..j]).into_iter());
-        if !versions.is_empty() {
-            self.loaded = Some(Loaded { start, i, j, pages: pages[i..j].to_vec(), versions });
-        }
-        Ok(())
-    }
-
-    /// Put the bytes of pages `i..j` of the window into `self.buf`: zeros for pages never
-    /// written, tier reads (one batch) for spilled runs.
-    fn load(&mut self, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
+    /// Put the bytes of pages `i..j` of window `w` (states `pages`) into `self.buf`: zeros
+    /// for pages never written, the staged copy or else a tier read for spilled ones.
+    fn load(&mut self, w: Window, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
-        // (first page, end page, slot, byte offset in the slot) of each spilled run.
-        let mut runs: Vec<(usize, usize, SlotId, usize)> = Vec::new();
-        let mut k = i;
-        while k < j {
-            match pages[k] {
-                PageState::Untouched | PageState::Resident => {
-                    self.buf[k * p..(k + 1) * p].fill(0);
-                    k += 1;
-                }
-                PageState::Spilled { slot, idx } => {
-                    // Consecutive pages of the same slot are one read.
-                    let mut e = k + 1;
-                    while e < j && pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
-                        e += 1;
-                    }
-                    runs.push((k, e, slot, idx as usize * p));
-                    k = e;
-                }
-            }
-        }
-        if runs.is_empty() {
+        if !pages[i..j].iter().any(|s| matches!(s, PageState::Spilled { .. })) {
+            self.buf[i * p..j * p].fill(0);
             return Ok(());
         }
-        // The runs' destinations: disjoint, ascending pieces of the buffer.
-        let mut reqs = Vec::with_capacity(runs.len());
-        let mut rest: &mut [u8] = &mut self.buf[..j * p];
-        let mut base = 0;
-        for &(k, e, slot, offset) in &runs {
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
-            let (dst, tail) = tail.split_at_mut((e - k) * p);
-            reqs.push((slot, offset, dst));
-            rest = tail;
-            base = e * p;
-        }
-        self.d.store.read(&mut reqs)
+        let k = match self.staged_index(w) {
+            Some(k) => k,
+            None => {
+                self.read_windows(&[w])?;
+                self.staged.len() - 1
+            }
+        };
+        self.buf[i * p..j * p].copy_from_slice(&self.staged[k].bytes[i * p..j * p]);
+        Ok(())
     }
 
     /// A fault holo cannot serve: never hand out zeros; fail the thread with SIGBUS, as the
@@ -1075,4 +1095,9 @@ fn close_stray(fd: Option<RawFd>) {
         // SAFETY: the kernel gave us this fd and nothing else refers to it.
         unsafe { libc::close(fd) };
     }
+}
+
+/// The slots that the spilled pages among `pages` refer to, in order.
+fn spilled_slots(pages: &[PageState]) -> impl Iterator<Item = SlotId> + '_ {
+    pages.iter().filter_map(|s| if let PageState::Spilled { slot, .. } = s { Some(*slot) } else { None })
 }
