@@ -36,6 +36,7 @@ pub struct FileConfig {
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
+    pub migration_rate: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +67,8 @@ pub struct Config {
     /// The FS tier's directory (on a shared mount); `None`: no FS tier.
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity_bytes: Option<u64>,
+    /// Bytes a second that demotion between the lower tiers may move.
+    pub migration_rate_bytes: u64,
 }
 
 pub const MIN_GRANULE: u64 = 4 << 10;
@@ -186,6 +189,11 @@ impl Config {
             let message = "is set but fs_dir is not (no FS tier)".to_string();
             return Err(ConfigError::Invalid { key: "fs-capacity", message });
         }
+        let migration_rate_bytes = size("migration_rate", fc.migration_rate, 256 << 20)?;
+        if migration_rate_bytes < granule_bytes {
+            let message = format!("{migration_rate_bytes} bytes a second is less than one granule");
+            return Err(ConfigError::Invalid { key: "migration_rate", message });
+        }
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let mut allow_uids = fc.allow_uids.unwrap_or_default();
         allow_uids.extend(flags.allow_uids);
@@ -198,6 +206,7 @@ impl Config {
             nvme_capacity_bytes,
             fs_dir,
             fs_capacity_bytes,
+            migration_rate_bytes,
             dram_budget_bytes,
             granule_bytes,
             allow_uids,

@@ -290,6 +290,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "refaults": c.refaults.load(Relaxed),
             "overflows": c.overflows.load(Relaxed),
             "read_errors": c.read_errors.load(Relaxed),
+            "demotions": c.demotions.load(Relaxed),
         })
     });
     serde_json::json!({

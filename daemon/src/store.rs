@@ -7,9 +7,20 @@
 //!
 //! Slots are reference counted: after a fork, parent and child point at the same slots, and
 //! a slot is freed when the last page that refers to it is refilled, zeroed or unmapped.
+//!
+//! **Demotion.** New granules go to the fastest tier with room, so without help the fast tier
+//! fills with whatever came first and the hot newcomers overflow. [`Store::demote`] moves the
+//! oldest granules of a tier filled past [`DEMOTE_HIGH_PCT`] down to the next tier until it
+//! is back under [`DEMOTE_LOW_PCT`], at a capped rate (`migration_rate`), so that migrations
+//! never starve the faults that share the device. A move copies the bytes, then switches the
+//! map entry under the I/O gate's write side: reads hold its read side from translation to
+//! completion, so no read can be in flight on a slot that a move frees. At every moment the
+//! map names exactly one copy; a move whose entry was freed meanwhile is thrown away.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use holo_tiers::{FsTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
 
@@ -45,7 +56,14 @@ pub struct TierCounters {
     pub overflows: AtomicU64,
     /// Reads that failed: I/O errors and checksum mismatches.
     pub read_errors: AtomicU64,
+    /// Pages moved down out of this tier to the next.
+    pub demotions: AtomicU64,
 }
+
+/// A tier filled past this share of its capacity has its oldest granules demoted...
+pub const DEMOTE_HIGH_PCT: u64 = 90;
+/// ...until it is back under this.
+pub const DEMOTE_LOW_PCT: u64 = 80;
 
 pub struct Level {
     pub tier: Box<dyn Tier>,
@@ -55,6 +73,8 @@ pub struct Level {
 pub struct Store {
     pub levels: Vec<Level>,
     map: Mutex<Map>,
+    /// Reads hold it shared from translation to completion; a move's switch holds it alone.
+    io_gate: RwLock<()>,
 }
 
 #[derive(Default)]
@@ -62,6 +82,9 @@ struct Map {
     entries: Vec<Entry>,
     free_ids: Vec<SlotId>,
     next_version: u64,
+    /// Per level, (version, id) in the order granules arrived: the oldest first. Entries
+    /// that have left the level since are skipped when met.
+    arrivals: Vec<VecDeque<(u64, SlotId)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -102,8 +125,10 @@ impl Store {
     /// `tiers` from fastest to slowest; a granule goes to the first with room.
     pub fn new(tiers: Vec<Box<dyn Tier>>) -> Store {
         assert!(!tiers.is_empty() && tiers.len() < u8::MAX as usize);
+        let n = tiers.len();
         let levels = tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
-        Store { levels, map: Mutex::new(Map::default()) }
+        let map = Map { arrivals: vec![VecDeque::new(); n], ..Map::default() };
+        Store { levels, map: Mutex::new(map), io_gate: RwLock::new(()) }
     }
 
     /// Pages that live in any tier (per process).
@@ -160,8 +185,9 @@ impl Store {
     fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
         let mut m = self.map.lock().unwrap();
         m.next_version += 1;
-        let entry = Entry { refs: 0, level, at, live: true, version: m.next_version };
-        match m.free_ids.pop() {
+        let version = m.next_version;
+        let entry = Entry { refs: 0, level, at, live: true, version };
+        let id = match m.free_ids.pop() {
             Some(id) => {
                 m.entries[id as usize] = entry;
                 id
@@ -170,7 +196,9 @@ impl Store {
                 m.entries.push(entry);
                 (m.entries.len() - 1) as SlotId
             }
-        }
+        };
+        Self::arrived(&mut m, level as usize, version, id);
+        id
     }
 
     /// The version of each of `slots` (0 for a free slot).
@@ -181,6 +209,7 @@ impl Store {
 
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
     pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        let _reading = self.io_gate.read().unwrap();
         let places: Vec<(u8, SlotId)> = {
             let m = self.map.lock().unwrap();
             reqs.iter()
@@ -210,6 +239,110 @@ impl Store {
             l.counters.refaults.fetch_add(pages as u64, Relaxed);
         }
         Ok(())
+    }
+
+    /// Demote the oldest granules of every tier above its high-water mark to the tier below,
+    /// moving at most `max_bytes`. Returns the bytes moved.
+    pub fn demote(&self, max_bytes: u64) -> u64 {
+        let mut moved = 0;
+        for level in 0..self.levels.len().saturating_sub(1) {
+            let u = self.levels[level].tier.usage();
+            if u.capacity_bytes == 0 || u.used_bytes * 100 <= u.capacity_bytes * DEMOTE_HIGH_PCT {
+                continue;
+            }
+            let target = u.capacity_bytes * DEMOTE_LOW_PCT / 100;
+            let mut used = u.used_bytes;
+            while used > target && moved < max_bytes {
+                let Some((id, version, at)) = self.oldest(level) else { break };
+                match self.move_down(level, id, version, at) {
+                    Ok(bytes) => {
+                        moved += bytes;
+                        used = used.saturating_sub(self.levels[level].tier.slot_bytes() as u64);
+                    }
+                    Err(e) => {
+                        log::warn!("demotion out of the {} tier failed: {e}", self.levels[level].tier.name());
+                        return moved;
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Note that granule `id` arrived in `level`, if that level can demote at all. Entries
+    /// that left are dropped from the front as they age, and all at once when they pile up,
+    /// so the queue stays within a small multiple of the live slots.
+    fn arrived(m: &mut Map, level: usize, version: u64, id: SlotId) {
+        if level + 1 >= m.arrivals.len() {
+            return;
+        }
+        let Map { entries, arrivals, .. } = m;
+        let q = &mut arrivals[level];
+        q.push_back((version, id));
+        let valid = |&(v, id): &(u64, SlotId)| {
+            let e = entries[id as usize];
+            e.live && e.version == v && e.level as usize == level
+        };
+        while q.front().is_some_and(|a| !valid(a)) {
+            q.pop_front();
+        }
+        if q.len() > 2 * entries.len() + 64 {
+            q.retain(valid);
+        }
+    }
+
+    /// The oldest granule still in `level` that pages refer to.
+    fn oldest(&self, level: usize) -> Option<(SlotId, u64, SlotId)> {
+        let mut m = self.map.lock().unwrap();
+        while let Some((version, id)) = m.arrivals[level].pop_front() {
+            let e = m.entries[id as usize];
+            if e.live && e.version == version && e.level as usize == level && e.refs > 0 {
+                return Some((id, version, e.at));
+            }
+            if e.live && e.version == version && e.level as usize == level {
+                // Not referenced yet (its eviction is under way): look again later.
+                m.arrivals[level].push_back((version, id));
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Copy granule `id` (at `at` in `level`) to the next level and switch the map to the
+    /// copy; a granule freed meanwhile is not switched. Returns the bytes copied.
+    fn move_down(&self, level: usize, id: SlotId, version: u64, at: SlotId) -> Result<u64, TierError> {
+        let (from, to) = (&self.levels[level], &self.levels[level + 1]);
+        let n = from.tier.slot_bytes();
+        let mut buf = vec![0u8; n];
+        {
+            // Shared: a release may free `at` meanwhile, but only readers are kept out of a
+            // switch, and the version check below throws such a copy away.
+            let _reading = self.io_gate.read().unwrap();
+            from.tier.read(at, 0, &mut buf)?;
+        }
+        let new_at = to.tier.alloc()?;
+        if let Err(e) = to.tier.write(new_at, &buf) {
+            to.tier.free(new_at);
+            return Err(e);
+        }
+        let _switching = self.io_gate.write().unwrap();
+        let mut m = self.map.lock().unwrap();
+        let e = &mut m.entries[id as usize];
+        if !(e.live && e.version == version && e.level as usize == level) {
+            drop(m);
+            to.tier.free(new_at);
+            return Ok(0);
+        }
+        e.level = (level + 1) as u8;
+        e.at = new_at;
+        let pages = e.refs as u64;
+        Self::arrived(&mut m, level + 1, version, id);
+        drop(m);
+        from.tier.free(at);
+        from.counters.pages.fetch_sub(pages, Relaxed);
+        from.counters.demotions.fetch_add(pages, Relaxed);
+        to.counters.pages.fetch_add(pages, Relaxed);
+        Ok(n as u64)
     }
 
     /// `pages` more pages now refer to `slot` (an eviction's zap removed them).
@@ -276,6 +409,21 @@ impl Store {
     }
 }
 
+/// Start the thread that demotes granules down the tiers, at most `rate` bytes a second.
+pub fn spawn_migrator(d: std::sync::Arc<crate::state::Daemon>) -> std::io::Result<()> {
+    const TICK: Duration = Duration::from_millis(100);
+    let per_tick = (d.config.migration_rate_bytes / 10).max(1);
+    std::thread::Builder::new().name("migrator".into()).spawn(move || loop {
+        let started = Instant::now();
+        let moved = d.store.demote(per_tick);
+        // Moving a tick's worth may take longer than a tick; never more than the rate.
+        let spent = started.elapsed();
+        let owed = Duration::from_secs_f64(moved as f64 / d.config.migration_rate_bytes as f64);
+        std::thread::sleep(owed.max(TICK).saturating_sub(spent).max(Duration::from_millis(1)));
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +471,42 @@ mod tests {
         store.put(&[1; 8192]).unwrap();
         let err = store.put(&[2; 8192]).unwrap_err();
         assert!(err.is_full() && err.to_string().contains("full"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn demotion_moves_the_oldest_and_reads_stay_correct_while_it_runs() {
+        let dir = std::env::temp_dir().join(format!("holo-store-demote-{}", std::process::id()));
+        let store = two_tiers(&dir, 10);
+        let ids: Vec<SlotId> = (0..10u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().for_each(|&id| store.add_refs(id, 1));
+        std::thread::scope(|s| {
+            // Readers hammer every slot while the demotion runs.
+            for t in 0..3 {
+                let (store, ids) = (&store, &ids);
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let k = (round * 7 + t) % ids.len();
+                        let mut buf = [0u8; 4096];
+                        store.read(&mut [(ids[k], 4096, &mut buf[..])]).unwrap();
+                        assert!(buf.iter().all(|&b| b == k as u8), "slot {k} read wrong bytes mid-demotion");
+                    }
+                });
+            }
+            let moved = store.demote(u64::MAX);
+            assert_eq!(moved, 2 * 8192, "10 of 10 slots used: two must go to get under 80%");
+        });
+        let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
+        assert_eq!((nvme.pages.load(Relaxed), fs.pages.load(Relaxed)), (8, 2));
+        assert_eq!(nvme.demotions.load(Relaxed), 2);
+        // The two oldest moved, and read back from their new tier.
+        let mut buf = [0u8; 8192];
+        store.read(&mut [(ids[0], 0, &mut buf[..])]).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(store.levels[1].tier.usage().used_slots, 2);
+        // Releasing a demoted slot frees it in its new tier.
+        store.release(&[ids[0], ids[1]]);
+        assert_eq!(store.levels[1].tier.usage().used_slots, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -89,14 +89,14 @@ fn print_tiers(v: &serde_json::Value) {
         n(v, "failed_evictions")
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS", "OVERFLOWS", "ERRORS"
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS", "OVERFLOWS", "DEMOTIONS", "ERRORS"
     );
     for t in v["tiers"].as_array().into_iter().flatten() {
         // DRAM has no overflow or read-error counters: show "-", not a misleading 0.
         let opt = |k: &str| t[k].as_u64().map_or("-".to_string(), |x| x.to_string());
         println!(
-            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
             t["name"].as_str().unwrap_or("?"),
             mib(n(t, "capacity_bytes")),
             mib(n(t, "used_bytes")),
@@ -105,6 +105,7 @@ fn print_tiers(v: &serde_json::Value) {
             n(t, "evictions"),
             n(t, "refaults"),
             opt("overflows"),
+            opt("demotions"),
             opt("read_errors")
         );
     }
