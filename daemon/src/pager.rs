@@ -801,10 +801,20 @@ impl Pager {
 
     fn register(&mut self, start: u64, len: u64) -> Result<(), String> {
         const MAX_REGIONS: usize = 65536;
-        if self.table.regions().count() >= MAX_REGIONS {
+        // The page table costs 8 bytes per page, touched or not: without a bound, one huge
+        // MAP_NORESERVE mapping makes the daemon allocate terabytes and abort.
+        const MAX_MANAGED_BYTES: u64 = 1 << 40;
+        let (regions, managed) = self.table.regions().fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.end() - r.start));
+        if regions >= MAX_REGIONS {
             return Err(format!("too many regions (limit {MAX_REGIONS})"));
         }
         self.table.check_new_region(start, len).map_err(|e| e.to_string())?;
+        if len > MAX_MANAGED_BYTES - managed {
+            return Err(format!(
+                "cannot register {start:#x}+{len:#x}: a client may register at most {} GiB in all",
+                MAX_MANAGED_BYTES >> 30
+            ));
+        }
         use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
         self.uffd
             .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
