@@ -23,8 +23,12 @@ const OK: u32 = 5;
 const ERROR: u32 = 6;
 const REGISTER: u32 = 7;
 const FORKED: u32 = 8;
+const ZAPPING: u32 = 10;
+const NOGO: u32 = 12;
+const ZAPPED: u32 = 13;
 const QUERY: u32 = 14;
 const JSON: u32 = 15;
+const DONE: u32 = 16;
 const ROLE_CLIENT: u64 = 1;
 const ROLE_CHILD: u64 = 2;
 const ROLE_AGENT: u64 = 3;
@@ -51,6 +55,7 @@ fn padded(mut f: [u8; 32]) -> Vec<u8> {
 enum Reply {
     Frame {
         kind: u32,
+        a: u64,
         text: String,
     },
     /// The daemon closed the connection.
@@ -129,7 +134,7 @@ impl Raw {
             self.s.read_exact(&mut buf).expect("the text after a frame");
             text = String::from_utf8(buf).expect("UTF-8 text");
         }
-        Reply::Frame { kind, text }
+        Reply::Frame { kind, a, text }
     }
 
     /// Whether the daemon closed the connection (within the read timeout).
@@ -213,16 +218,32 @@ impl Drop for Mapping {
 
 /// A client connection past the handshake (Hello, Welcome, Uffd, Ok), ready for requests.
 fn client(daemon: &Daemon) -> Raw {
+    client_and_token(daemon).0
+}
+
+/// [`client`], and the token its agent must present.
+fn client_and_token(daemon: &Daemon) -> (Raw, u64) {
     let mut c = Raw::connect(daemon);
     c.send_frame(HELLO, 1, ROLE_CLIENT, 0);
     let welcome = c.recv();
-    assert!(matches!(welcome, Reply::Frame { kind: WELCOME, .. }), "welcome: {welcome:?}\n{}", daemon.report());
+    let Reply::Frame { kind: WELCOME, a: token, .. } = welcome else {
+        panic!("welcome: {welcome:?}\n{}", daemon.report());
+    };
     let uffd = new_uffd();
     c.send_frame_with_fd(UFFD, 0, 0, 0, uffd);
     close(uffd); // the daemon holds the only reference: our ranges go when it drops us
     let ok = c.recv();
     assert!(matches!(ok, Reply::Frame { kind: OK, .. }), "uffd handshake: {ok:?}\n{}", daemon.report());
-    c
+    (c, token)
+}
+
+/// The agent connection of the client whose token is `token`.
+fn agent(daemon: &Daemon, token: u64) -> Raw {
+    let mut a = Raw::connect(daemon);
+    a.send_frame(HELLO, 1, ROLE_AGENT, token);
+    let ok = a.recv();
+    assert!(matches!(ok, Reply::Frame { kind: OK, .. }), "agent hello: {ok:?}\n{}", daemon.report());
+    a
 }
 
 /// A well-behaved program under the shim, started now and checked by [`Background::check`].
@@ -511,4 +532,51 @@ fn half_a_request_does_not_stall_other_clients() {
         }
     });
     assert_alive(&daemon, "half a request");
+}
+
+/// An agent that answers for evictions that do not exist, then sends what only a client
+/// may: NoGo and Done for the unknown ones, and the protocol error ends the client.
+#[test]
+fn agent_protocol_errors() {
+    let daemon = Daemon::start("64M", "64K", &[]);
+    let (mut c, token) = client_and_token(&daemon);
+    let mut a = agent(&daemon, token);
+    a.send_frame(ZAPPING, 12345, 0, 0);
+    assert_eq!(a.recv(), Reply::Frame { kind: NOGO, a: 12345, text: String::new() }, "Zapping of no eviction");
+    a.send_frame(ZAPPED, u64::MAX, 0, 0);
+    assert_eq!(a.recv(), Reply::Frame { kind: DONE, a: u64::MAX, text: String::new() }, "Zapped of no eviction");
+    a.send_frame(REGISTER, 0x1000, 0x1000, 0);
+    expect_closed(&daemon, "a request on the agent connection", &mut a);
+    expect_closed(&daemon, "the client of a broken agent", &mut c);
+    daemon.wait_until("the agent's protocol error in the log", Duration::from_secs(5), || {
+        if daemon.log().contains("unexpected Register on the agent connection") {
+            Ok(())
+        } else {
+            Err("no `unexpected Register on the agent connection` line".into())
+        }
+    });
+    assert_alive(&daemon, "agent protocol errors");
+}
+
+/// A client whose agent never zaps (hung, stopped, hostile) holds most of the budget, so it
+/// is the one asked to evict: a second program must still get through the budget.
+#[test]
+fn agent_that_never_zaps_does_not_stall_other_clients() {
+    let _heavy = heavy();
+    let daemon = Daemon::start("64M", "64K", &[]);
+    let (mut c, token) = client_and_token(&daemon);
+    let _silent = agent(&daemon, token); // never read: Zap frames pile up unanswered
+    let m = Mapping::new(48 << 20);
+    c.send_frame(REGISTER, m.addr, m.len, 0);
+    expect(&daemon, "register", &c.recv(), OK, "");
+    for off in (0..m.len).step_by(PAGE as usize) {
+        // SAFETY: inside our mapping; the daemon serves the fault.
+        unsafe { std::ptr::write_volatile((m.addr + off) as *mut u8, 1) };
+    }
+    let t = Instant::now();
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["128M", "1"], &[]);
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "fill_verify: verified");
+    out.check(&daemon, t.elapsed() < Duration::from_secs(60), "the second program was held up");
+    out.check(&daemon, daemon.log().contains("agent did not zap within"), "no stalled agent in the daemon log");
+    assert_alive(&daemon, "an agent that never zaps");
 }

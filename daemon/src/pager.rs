@@ -44,6 +44,9 @@ const MAX_DEFERRED: usize = 65536;
 const MAX_INFLIGHT_EVICTIONS: usize = 64;
 /// Evictions started per loop turn: faults that arrive meanwhile wait for at most this many.
 const EVICTIONS_PER_TURN: usize = 8;
+/// How long a client whose agent let a zap time out is not asked to evict (then it is tried
+/// again): its stuck evictions would otherwise throttle every other client's fills.
+const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
 
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -544,8 +547,16 @@ impl Pager {
             .filter(|(_, e)| e.state == EvictState::Sent && e.sent_at.elapsed() > limit)
             .map(|(id, _)| *id)
             .collect();
+        if !late.is_empty() {
+            log::warn!(
+                "pid {}: agent did not zap within {limit:?}; {} eviction(s) cancelled, not asked to evict for {} s",
+                self.info.pid,
+                late.len(),
+                STALLED_AGENT_PAUSE_MS / 1000
+            );
+            self.info.evict_paused_until_ms.store(self.d.now_ms() + STALLED_AGENT_PAUSE_MS, Relaxed);
+        }
         for id in late {
-            log::warn!("pid {}: agent did not zap within {limit:?}; eviction cancelled", self.info.pid);
             self.cancel(id);
         }
     }
@@ -558,7 +569,9 @@ impl Pager {
             return Ok(());
         }
         let mut started = 0i64;
-        let mut exhausted = self.agent.is_none();
+        // Paused (agent stalled): give the request back, the budget picks another victim.
+        let paused = self.info.evict_paused_until_ms.load(Relaxed) > self.d.now_ms();
+        let mut exhausted = self.agent.is_none() || paused;
         let mut turns = 0;
         while started < want
             && !exhausted
