@@ -94,7 +94,11 @@ impl Raw {
 
     /// One frame with `fd` attached as SCM_RIGHTS.
     fn send_frame_with_fd(&mut self, kind: u32, a: u64, b: u64, c: u64, fd: RawFd) {
-        let bytes = frame(kind, a, b, c);
+        self.send_with_fd(&frame(kind, a, b, c), fd);
+    }
+
+    /// `bytes` in one sendmsg with `fd` attached as SCM_RIGHTS.
+    fn send_with_fd(&mut self, bytes: &[u8], fd: RawFd) {
         let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
         let mut cbuf = [0u64; 4];
         // SAFETY: a msghdr over live buffers; `cbuf` holds CMSG_SPACE(4) bytes; one int payload.
@@ -111,7 +115,7 @@ impl Raw {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
             libc::sendmsg(self.s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
         };
-        assert_eq!(n, 32, "sendmsg: {}", std::io::Error::last_os_error());
+        assert_eq!(n, bytes.len() as isize, "sendmsg: {}", std::io::Error::last_os_error());
     }
 
     /// The next frame (and the text after Refused/Error/Json), or `Closed`. Fds the daemon
@@ -379,6 +383,11 @@ fn hostile_requests_get_clear_errors_and_others_served() {
     let hole = unmapped.addr;
     drop(unmapped);
     let huge = Mapping::new(16 << 40); // 16 TiB of address space, nothing behind it
+                                       // A second uffd after the handshake: refused, and the fd closed (checked in the fd test).
+    let extra = new_uffd();
+    c.send_frame_with_fd(UFFD, 0, 0, 0, extra);
+    close(extra);
+    expect(&daemon, "a second uffd", &c.recv(), ERROR, "Uffd is not a request");
     let requests: &[(&str, u32, u64, u64, u32, &str)] = &[
         ("unmapped range", REGISTER, hole, 16 * PAGE, ERROR, "must be private anonymous memory"),
         ("misaligned start", REGISTER, m.addr + 1, PAGE, ERROR, "not page aligned"),
@@ -579,4 +588,61 @@ fn agent_that_never_zaps_does_not_stall_other_clients() {
     out.check(&daemon, t.elapsed() < Duration::from_secs(60), "the second program was held up");
     out.check(&daemon, daemon.log().contains("agent did not zap within"), "no stalled agent in the daemon log");
     assert_alive(&daemon, "an agent that never zaps");
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// File descriptors that hostile clients attach where none belongs (or of the wrong kind)
+/// are closed by the daemon, not leaked: its fd table is what every client needs.
+#[test]
+fn fds_sent_by_hostile_clients_are_not_leaked() {
+    let daemon = Daemon::start("64M", "64K", &[]);
+    // One control round trip first, so that anything opened lazily is already open.
+    assert!(daemon.tier("dram").capacity_bytes > 0);
+    let before = open_fds(daemon.pid());
+    let mut pipe = [0; 2];
+    // SAFETY: pipe writes two fds into `pipe`.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    for i in 0..50 {
+        // A pipe instead of a uffd.
+        let mut c = Raw::connect(&daemon);
+        c.send_frame(HELLO, 1, ROLE_CLIENT, 0);
+        assert!(matches!(c.recv(), Reply::Frame { kind: WELCOME, .. }));
+        c.send_frame_with_fd(UFFD, 0, 0, 0, pipe[0]);
+        expect(&daemon, "a pipe for a uffd", &c.recv(), ERROR, "not a userfaultfd");
+        // An fd on a hello that does not decode.
+        let mut c = Raw::connect(&daemon);
+        c.send_frame_with_fd(1000 + i, 0, 0, 0, pipe[1]);
+        expect(&daemon, "an fd on a garbage hello", &c.recv(), REFUSED, "unknown message kind");
+        // An fd on a query.
+        let mut c = Raw::connect(&daemon);
+        c.send_frame_with_fd(HELLO, 1, ROLE_CONTROL, 0, pipe[1]);
+        assert!(matches!(c.recv(), Reply::Frame { kind: WELCOME, .. }));
+        c.send_frame_with_fd(QUERY, 1, 0, 0, pipe[0]);
+        assert!(matches!(c.recv(), Reply::Frame { kind: JSON, .. }));
+    }
+    // An fd on half a hello: the daemon gives up on the rest after its handshake timeout.
+    let mut c = Raw::connect(&daemon);
+    c.send_with_fd(&frame(HELLO, 1, ROLE_CLIENT, 0)[..8], pipe[0]);
+    expect(&daemon, "an fd on half a hello", &c.recv(), REFUSED, "truncated frame");
+    // An fd on every request of a real client.
+    let mut c = client(&daemon);
+    for _ in 0..50 {
+        c.send_frame_with_fd(FORKED, 1, 0, 0, pipe[0]);
+        expect(&daemon, "an fd on a request", &c.recv(), ERROR, "no fork event is pending");
+    }
+    drop(c);
+    close(pipe[0]);
+    close(pipe[1]);
+    daemon.wait_until("the daemon's fd count to come back", Duration::from_secs(10), || {
+        let now = open_fds(daemon.pid());
+        if now <= before {
+            Ok(())
+        } else {
+            Err(format!("{now} fds open, {before} before the hostile clients"))
+        }
+    });
+    assert_alive(&daemon, "fds sent by hostile clients");
 }
