@@ -374,3 +374,13 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
         "clients": view.clients,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_eq_is_equality() {
+        for (a, b) in [(0, 0), (1, 1), (u64::MAX, u64::MAX), (0, 1), (1 << 63, 0), (u64::MAX, 0), (5, 7), (2, 1 << 1)] {
+            assert_eq!(super::token_eq(a, b), a == b, "{a:#x} vs {b:#x}");
+        }
+    }
+}
