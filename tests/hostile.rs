@@ -646,3 +646,59 @@ fn fds_sent_by_hostile_clients_are_not_leaked() {
     });
     assert_alive(&daemon, "fds sent by hostile clients");
 }
+
+/// An agent that presents a real client's token from another process is refused: the token
+/// is checked together with the connecting pid (SO_PEERCRED), so a leaked or guessed token
+/// does not let one process take over another's evictions.
+#[test]
+fn agent_token_from_another_process_is_refused() {
+    let daemon = Daemon::start("64M", "64K", &[]);
+    let (_c, token) = client_and_token(&daemon);
+    // Everything the child needs is prepared here: after fork() in a threaded test process it
+    // may only make plain syscalls.
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as _;
+    let path = daemon.socket().as_os_str().as_encoded_bytes();
+    assert!(path.len() < addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    let hello = frame(HELLO, 1, ROLE_AGENT, token);
+    let mut pipe = [0; 2];
+    // SAFETY: pipe writes two fds into `pipe`.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child only calls async-signal-safe syscalls on prepared buffers, then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(2);
+            }
+            libc::write(s, hello.as_ptr().cast(), hello.len());
+            let mut got = [0u8; 32];
+            let n = libc::read(s, got.as_mut_ptr().cast(), got.len());
+            libc::write(pipe[1], got.as_ptr().cast(), n.max(0) as usize);
+            libc::_exit(0);
+        }
+    }
+    close(pipe[1]);
+    let mut status = 0;
+    // SAFETY: reaping the child we forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    let mut got = [0u8; 32];
+    // SAFETY: reading into a live buffer from our pipe.
+    let n = unsafe { libc::read(pipe[0], got.as_mut_ptr().cast(), got.len()) };
+    close(pipe[0]);
+    assert!(n >= 4, "the child got no answer ({n} bytes)\n{}", daemon.report_log());
+    let kind = u32::from_le_bytes(got[0..4].try_into().unwrap());
+    assert_eq!(kind, REFUSED, "another process attached an agent with our token\n{}", daemon.report_log());
+    // The same token from this process is accepted: the refusal was about the pid.
+    let _agent = agent(&daemon, token);
+    assert_alive(&daemon, "an agent token from another process");
+}
