@@ -44,10 +44,11 @@ for t in "${targets[@]}"; do
     [[ -d $crate/tests/corpus/$t ]] && corpora+=("tests/corpus/$t")
     log="$ROOT/target/fuzz-$t.log"
     echo "==> fuzzing $t for ${SECONDS_EACH}s (log: $log)"
-    # -O: optimised with debug assertions; -max_total_time bounds the run; a crash, a
-    # panic, an ASan report or a 10 s input (-timeout) makes cargo fuzz exit non-zero.
+    # -O -a: optimised, with debug assertions and overflow checks (-O alone drops them).
+    # -max_total_time bounds the run; a crash, a panic, an ASan report or a 10 s input
+    # (-timeout) makes cargo fuzz exit non-zero.
     rc=0
-    (cd "$crate" && cargo +nightly fuzz run -O --target-dir "$ROOT/target/fuzz" "$t" "${corpora[@]}" -- \
+    (cd "$crate" && cargo +nightly fuzz run -O -a --target-dir "$ROOT/target/fuzz" "$t" "${corpora[@]}" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -max_len=4096 -print_final_stats=1) >"$log" 2>&1 || rc=$?
     grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY)|panicked' "$log" || true
     if ((rc != 0)); then
