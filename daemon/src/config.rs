@@ -112,15 +112,25 @@ pub struct Overrides {
 
 impl Config {
     pub fn resolve(file: Option<&Path>, flags: Overrides) -> Result<Config, ConfigError> {
-        let fc = match file {
-            None => FileConfig::default(),
+        match file {
+            None => Config::build(FileConfig::default(), flags),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?
+                Config::from_toml_str(&text, &path.display().to_string(), flags)
             }
-        };
+        }
+    }
+
+    /// [`Config::resolve`] from the text of a config file (`origin` names it in errors): the
+    /// pure part, which the fuzz targets and corpus tests call without touching files.
+    pub fn from_toml_str(text: &str, origin: &str, flags: Overrides) -> Result<Config, ConfigError> {
+        let fc = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        Config::build(fc, flags)
+    }
+
+    fn build(fc: FileConfig, flags: Overrides) -> Result<Config, ConfigError> {
         let size = |key: &'static str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
             v.map_or(Ok(default), |s| parse_size(&s).map_err(|message| ConfigError::Invalid { key, message }))
         };
@@ -195,6 +205,11 @@ impl Config {
             return Err(ConfigError::Invalid { key: "migration_rate", message });
         }
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
+        let max_clients = fc.max_clients.unwrap_or(256);
+        if max_clients == 0 {
+            // Would refuse every client while looking healthy: almost certainly a typo.
+            return Err(ConfigError::Invalid { key: "max_clients", message: "0 would refuse every client".into() });
+        }
         let mut allow_uids = fc.allow_uids.unwrap_or_default();
         allow_uids.extend(flags.allow_uids);
         let mut allow_gids = fc.allow_gids.unwrap_or_default();
@@ -211,7 +226,7 @@ impl Config {
             granule_bytes,
             allow_uids,
             allow_gids,
-            max_clients: fc.max_clients.unwrap_or(256),
+            max_clients,
             zap_timeout_ms: fc.zap_timeout_ms.unwrap_or(5000),
             log_level,
             pressure_target_pct,

@@ -59,6 +59,9 @@ const NO_SLOT: SlotId = SlotId::MAX;
 const EVICT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one log line per client this often while evictions fail.
 const EVICT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a client whose agent let a zap time out is not asked to evict (then it is tried
+/// again): its stuck evictions would otherwise throttle every other client's fills.
+const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
 
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -733,8 +736,16 @@ impl Pager {
             .filter(|(_, e)| e.state == EvictState::Sent && e.sent_at.elapsed() > limit)
             .map(|(id, _)| *id)
             .collect();
+        if !late.is_empty() {
+            log::warn!(
+                "pid {}: agent did not zap within {limit:?}; {} eviction(s) cancelled, not asked to evict for {} s",
+                self.info.pid,
+                late.len(),
+                STALLED_AGENT_PAUSE_MS / 1000
+            );
+            self.info.evict_paused_until_ms.store(self.d.now_ms() + STALLED_AGENT_PAUSE_MS, Relaxed);
+        }
         for id in late {
-            log::warn!("pid {}: agent did not zap within {limit:?}; eviction cancelled", self.info.pid);
             self.cancel(id);
         }
     }
@@ -747,8 +758,11 @@ impl Pager {
             return Ok(());
         }
         let mut started = 0i64;
-        // With no agent, or while the tiers refuse granules, there is nothing to evict here.
-        let mut exhausted = self.agent.is_none() || self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
+        // With no agent, while the tiers refuse granules, or paused (agent stalled): give the
+        // request back, the budget picks another victim.
+        let paused = self.info.evict_paused_until_ms.load(Relaxed) > self.d.now_ms();
+        let backing_off = self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
+        let mut exhausted = self.agent.is_none() || paused || backing_off;
         let mut batch: Vec<u64> = Vec::with_capacity(self.evict_bufs.len());
         while started < want
             && !exhausted
@@ -1031,10 +1045,20 @@ impl Pager {
 
     fn register(&mut self, start: u64, len: u64) -> Result<(), String> {
         const MAX_REGIONS: usize = 65536;
-        if self.table.regions().count() >= MAX_REGIONS {
+        // The page table costs 8 bytes per page, touched or not: without a bound, one huge
+        // MAP_NORESERVE mapping makes the daemon allocate terabytes and abort.
+        const MAX_MANAGED_BYTES: u64 = 1 << 40;
+        let (regions, managed) = self.table.regions().fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.end() - r.start));
+        if regions >= MAX_REGIONS {
             return Err(format!("too many regions (limit {MAX_REGIONS})"));
         }
         self.table.check_new_region(start, len).map_err(|e| e.to_string())?;
+        if len > MAX_MANAGED_BYTES - managed {
+            return Err(format!(
+                "cannot register {start:#x}+{len:#x}: a client may register at most {} GiB in all",
+                MAX_MANAGED_BYTES >> 30
+            ));
+        }
         use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
         self.uffd
             .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)

@@ -18,6 +18,10 @@ use crate::state::{ClientInfo, Daemon};
 
 /// A handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the handshake, a peer that leaves half a frame unsent or stops reading our replies
+/// this long is dropped: its pager thread, which also runs its evictions, must never block
+/// on it for good (a blocked victim would stall every client's fills behind the budget).
+const PEER_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Peer {
@@ -106,11 +110,22 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         Err(e) => return log::warn!("cannot identify a peer: {e}"),
     };
     let _ = conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(PEER_IO_TIMEOUT));
     let (hello, _) = match recv_blocking(&conn) {
         Ok(h) => h,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            let why = format!("malformed hello: {e}");
+            let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
+            return log_refusal(&format!("pid {}: refused: {why}", peer.pid));
+        }
         Err(e) => return log::debug!("pid {}: no hello ({e})", peer.pid),
     };
-    if hello.kind != Kind::Hello || hello.a != PROTOCOL_VERSION {
+    if hello.kind != Kind::Hello {
+        let why = format!("expected Hello, got {:?}", hello.kind);
+        let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
+        return log_refusal(&format!("pid {}: refused: {why}", peer.pid));
+    }
+    if hello.a != PROTOCOL_VERSION {
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, "holo-pager speaks protocol version 1 only");
         return log_refusal(&format!("pid {}: refused: bad hello {hello:?}", peer.pid));
     }
@@ -125,7 +140,11 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         role::CHILD => start_child(&d, conn, peer, hello.c as i32),
         role::AGENT => attach_agent(&d, conn, peer, hello.c),
         role::CONTROL => answer_queries(&d, conn),
-        other => Err(format!("unknown role {other}")),
+        other => {
+            let why = format!("unknown role {other}");
+            let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
+            Err(why)
+        }
     };
     if let Err(e) = result {
         log_refusal(&format!("pid {}: {e}", peer.pid));
@@ -149,7 +168,8 @@ fn spawn_pager(
     conn: UnixStream,
     table: PageTable,
 ) -> Result<(), String> {
-    let _ = conn.set_read_timeout(None);
+    // The pager reads without blocking; the timeout bounds only the rest of a partial frame.
+    let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
     let pager = Pager::new(d.clone(), info.clone(), uffd, conn, table).map_err(|e| {
         d.remove_client(info.token);
         format!("cannot open /proc/{}/mem: {e}", info.pid)
@@ -197,8 +217,9 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
 }
 
 fn is_userfaultfd(fd: &OwnedFd) -> bool {
+    // Exact: a file or memfd merely named "userfaultfd" must not pass.
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|p| p.to_string_lossy().contains("userfaultfd"))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[userfaultfd]")
 }
 
 fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -> Result<(), String> {
@@ -230,13 +251,34 @@ fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -
     spawn_pager(d, info, child.uffd, conn, child.table)
 }
 
+/// Whether two tokens are equal, in time that does not depend on where they differ.
+fn token_eq(a: u64, b: u64) -> bool {
+    let diff = std::hint::black_box(a ^ b);
+    // 1 when diff == 0: (diff | -diff) has its top bit set for any non-zero diff.
+    ((diff | diff.wrapping_neg()) >> 63) ^ 1 == 1
+}
+
+/// The client of `pid` whose token is `token`. Every registered token is compared, without
+/// early exit, so timing tells a guesser nothing about how close a guess was.
+fn client_for_agent(d: &Daemon, token: u64, pid: i32) -> Option<Arc<ClientInfo>> {
+    let clients = d.clients.lock().unwrap();
+    let mut found = None;
+    for c in clients.iter() {
+        if token_eq(c.token, token) & (c.pid == pid) {
+            found = Some(c.clone());
+        }
+    }
+    found
+}
+
 fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Result<(), String> {
-    let client = d.client_by_token(token).filter(|c| c.pid == peer.pid);
-    let Some(client) = client else {
+    let Some(client) = client_for_agent(d, token, peer.pid) else {
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, "unknown client token");
         return Err("agent with an unknown token refused".into());
     };
-    let _ = conn.set_read_timeout(None);
+    // As for the request connection: reads do not block, a partial frame or a peer that
+    // stops reading Go/Done is bounded.
+    let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
     proto::send(conn.as_raw_fd(), Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
     *client.agent.lock().unwrap() = Some(conn);
     client.poke();
@@ -343,4 +385,14 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
         },
         "clients": view.clients,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_eq_is_equality() {
+        for (a, b) in [(0, 0), (1, 1), (u64::MAX, u64::MAX), (0, 1), (1 << 63, 0), (u64::MAX, 0), (5, 7), (2, 1 << 1)] {
+            assert_eq!(super::token_eq(a, b), a == b, "{a:#x} vs {b:#x}");
+        }
+    }
 }

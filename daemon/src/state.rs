@@ -57,6 +57,9 @@ pub struct ClientInfo {
     pub resident: AtomicI64,
     /// Pages the budget wants this client to evict.
     pub evict_request: AtomicI64,
+    /// Until when ([`Daemon::now_ms`]) the budget asks this client for nothing: its agent let
+    /// a zap time out, and a victim that cannot evict stalls every client's fills.
+    pub evict_paused_until_ms: AtomicU64,
     /// Wakes the pager thread (eviction request, agent connection arrived).
     pub wake: OwnedFd,
     /// The agent connection, handed over by the listener.
@@ -88,6 +91,7 @@ impl ClientInfo {
             comm,
             resident: AtomicI64::new(0),
             evict_request: AtomicI64::new(0),
+            evict_paused_until_ms: AtomicU64::new(0),
             // SAFETY: `fd` is a fresh eventfd that we own.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             agent: Mutex::new(None),
@@ -160,6 +164,11 @@ impl Daemon {
         }
     }
 
+    /// Milliseconds since the daemon started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     pub fn new_token(&self) -> u64 {
         self.next_token.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
     }
@@ -196,11 +205,13 @@ impl Daemon {
         // Ask for at least a batch of granules so victims evict in efficient runs.
         let batch = (8 * self.config.granule_bytes / PAGE) as i64;
         let ask = excess.max(batch);
+        let now = self.now_ms();
         let victim = {
             let clients = self.clients.lock().unwrap();
             clients
                 .iter()
                 .filter(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed) > 0)
+                .filter(|c| c.evict_paused_until_ms.load(Relaxed) <= now)
                 .max_by_key(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed))
                 .cloned()
         };

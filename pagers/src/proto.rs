@@ -271,24 +271,44 @@ pub fn recv(sock: RawFd, nonblock: bool) -> io::Result<Recv> {
         }
     }
     if n == 0 {
-        if let Some(f) = fd {
-            // SAFETY: we own the fd the kernel just gave us.
-            unsafe { libc::close(f) };
-        }
+        close_stray(fd);
         return Ok(Recv::Eof);
     }
-    if n < FRAME_BYTES && !read_exact(sock, &mut bytes[n..])? {
-        return Ok(Recv::Eof);
+    if n < FRAME_BYTES {
+        // The rest of a frame that arrived split; a receive timeout on the socket bounds the
+        // wait, so a peer that sends half a frame and stops cannot hold the reader forever.
+        let rest = read_exact(sock, &mut bytes[n..]).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                io::Error::new(io::ErrorKind::InvalidData, "truncated frame: the rest never arrived")
+            }
+            _ => e,
+        });
+        let got_all = match rest {
+            Ok(all) => all,
+            Err(e) => {
+                close_stray(fd);
+                return Err(e);
+            }
+        };
+        if !got_all {
+            close_stray(fd);
+            return Ok(Recv::Eof);
+        }
     }
     match Frame::decode(&bytes) {
         Ok(f) => Ok(Recv::Frame(f, fd)),
         Err(e) => {
-            if let Some(f) = fd {
-                // SAFETY: we own the fd the kernel just gave us.
-                unsafe { libc::close(f) };
-            }
+            close_stray(fd);
             Err(io::Error::new(io::ErrorKind::InvalidData, e))
         }
+    }
+}
+
+/// Close an fd received with a frame that is not passed on.
+fn close_stray(fd: Option<RawFd>) {
+    if let Some(f) = fd {
+        // SAFETY: we own the fd the kernel just gave us, and nothing else refers to it.
+        unsafe { libc::close(f) };
     }
 }
 

@@ -1,0 +1,20 @@
+//! The parsers of /proc and cgroup text the pressure controller reads. Clients choose their
+//! cgroup names (delegated cgroups), which land in /proc/PID/cgroup and mountinfo: any text
+//! must parse to something or nothing, never panic.
+#![no_main]
+
+use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    if let Some(p) = parse_psi(&text) {
+        assert!(text.contains("some"));
+        let _ = p.some_avg10 + p.full_avg10;
+    }
+    let cg = parse_proc_cgroup(&text);
+    for path in [cg.v1_memory, cg.v2].into_iter().flatten() {
+        assert!(text.contains(path.as_str()));
+    }
+    let _ = parse_mountinfo(&text);
+});

@@ -1,0 +1,119 @@
+//! Regression corpus of the daemon's parser fuzz targets (daemon/fuzz), replayed on stable
+//! with plain `cargo test`: every file under tests/corpus/<target>/ goes through the same
+//! function as the fuzz target and must not panic; the hand-written ones (`hand-*`) must give
+//! the specific outcome listed here. Inputs the fuzzer finds are added as they are.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use holo_pager::config::{parse_size, Config, Overrides};
+use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, Psi};
+
+fn corpus(target: &str) -> HashMap<String, Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
+    let files: HashMap<_, _> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
+        .collect();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files
+}
+
+fn text(files: &HashMap<String, Vec<u8>>, name: &str) -> String {
+    let data = files.get(name).unwrap_or_else(|| panic!("missing corpus file {name}"));
+    String::from_utf8(data.clone()).unwrap()
+}
+
+fn config(text: &str) -> Result<Config, String> {
+    Config::from_toml_str(text, "corpus.toml", Overrides::default()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn config_corpus_never_panics() {
+    for (name, data) in corpus("config_toml") {
+        // As the fuzz target: only UTF-8 reaches the TOML parser (a file that is not is a
+        // read error before it).
+        if let Ok(t) = std::str::from_utf8(&data) {
+            if let Ok(c) = config(t) {
+                assert!(c.granule_bytes.is_power_of_two() && c.dram_budget_bytes >= 4 * c.granule_bytes, "{name}");
+                assert!(c.max_clients >= 1, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn hand_written_configs_give_their_specific_error() {
+    let files = corpus("config_toml");
+    let ok = |name: &str| config(&text(&files, name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let err = |name: &str, want: &str| match config(&text(&files, name)) {
+        Ok(c) => panic!("{name}: accepted ({c:?}), expected an error with {want:?}"),
+        Err(e) => assert!(e.contains(want), "{name}: {e:?} does not contain {want:?}"),
+    };
+    assert_eq!(ok("hand-empty.toml").granule_bytes, 64 << 10);
+    let c = ok("hand-example-uncommented.toml");
+    assert_eq!((c.dram_budget_bytes, c.max_clients, c.pressure_interval_ms), (1 << 30, 256, 250));
+    err("hand-unknown-key.toml", "unknown field `bogus`");
+    err("hand-granule-3k.toml", "granule: 3072 bytes is not a power of two between 4K and 2M");
+    err("hand-granule-overflow.toml", "granule: \"99999999999T\" is too large");
+    err("hand-granule-integer.toml", "invalid type: integer `65536`, expected a string");
+    err("hand-budget-too-small.toml", "dram-budget: 65536 bytes is less than four granules");
+    err("hand-negative-max-clients.toml", "invalid value: integer `-1`");
+    err("hand-max-clients-zero.toml", "max_clients: 0 would refuse every client");
+    err("hand-target-nan.toml", "pressure_target_pct: NaN is not a percentage above 0");
+    err("hand-target-inf.toml", "pressure_target_pct: inf is not a percentage above 0");
+    err("hand-uid-overflow.toml", "invalid value: integer `4294967296`");
+    err("hand-duplicate-key.toml", "duplicate key");
+    err("hand-bad-log-level.toml", "log_level: \"verbose\" is not one of");
+    err("hand-deep-nesting.toml", "config file corpus.toml");
+    err("hand-interval-zero.toml", "pressure_interval_ms: 0 is not between 10 and 10000");
+    err("hand-not-toml.toml", "config file corpus.toml");
+}
+
+#[test]
+fn parse_size_corpus() {
+    let files = corpus("parse_size");
+    for (name, data) in &files {
+        if let Ok(n) = parse_size(&String::from_utf8_lossy(data)) {
+            assert_eq!(parse_size(&n.to_string()), Ok(n), "{name}");
+        }
+    }
+    let size = |name: &str| parse_size(&text(&files, name));
+    let err = |name: &str, want: &str| match size(name) {
+        Ok(n) => panic!("{name}: accepted as {n}, expected an error with {want:?}"),
+        Err(e) => assert!(e.contains(want), "{name}: {e:?} does not contain {want:?}"),
+    };
+    assert_eq!(size("hand-u64-max"), Ok(u64::MAX));
+    assert_eq!(size("hand-spaces"), Ok(64 << 10));
+    assert_eq!(size("hand-kib"), Ok(64 << 10));
+    assert_eq!(size("hand-zero"), Ok(0)); // callers judge the value: a zero budget is refused there
+    err("hand-empty", "is not a size");
+    err("hand-unit-only", "is not a size");
+    err("hand-negative", "unknown size unit \"-1\"");
+    err("hand-u64-overflow", "is not a size");
+    err("hand-mul-overflow", "\"16777216T\" is too large");
+    err("hand-fraction", "unknown size unit \".5G\"");
+    err("hand-arabic-digit", "unknown size unit");
+    err("hand-inner-space", "unknown size unit \" K\"");
+}
+
+#[test]
+fn proc_parsers_corpus() {
+    let files = corpus("proc_parsers");
+    for data in files.values() {
+        let t = String::from_utf8_lossy(data);
+        let _ = (parse_psi(&t), parse_proc_cgroup(&t), parse_mountinfo(&t));
+    }
+    let psi = parse_psi(&text(&files, "hand-psi.txt"));
+    assert_eq!(psi, Some(Psi { some_avg10: 1.5, full_avg10: 0.25, some_total_us: 12345 }));
+    assert_eq!(parse_psi(&text(&files, "hand-psi-no-total.txt")), None);
+    let cg = parse_proc_cgroup(&text(&files, "hand-cgroup-colon-path.txt"));
+    // A cgroup name may contain ':' (users name delegated cgroups): kept whole.
+    assert_eq!(cg.v2.as_deref(), Some("/user.slice/a:b:c"));
+    assert_eq!(cg.v1_memory.as_deref(), Some("/v1/x"));
+    let m = parse_mountinfo(&text(&files, "hand-mountinfo-short.txt"));
+    assert_eq!(m.v2, Some(("/sys/fs/cgroup".into(), "/".into())));
+    assert_eq!(parse_psi(&text(&files, "hand-blank-lines.txt")), None);
+}
