@@ -45,8 +45,7 @@ const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--worki
        [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE]
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
-cgroup 64M, scratch files under /var/tmp, contenders holo,swapfile,zram,disk
-(also available: holo-uncapped, the daemon's page cache unlimited)";
+cgroup 64M, scratch files under /var/tmp, contenders holo,holo-uncapped,swapfile,zram,disk";
 
 const MIB: u64 = 1 << 20;
 const PHASES: [&str; 5] = ["write", "seq_read", "rand_read", "rand_write", "verify"];
@@ -163,7 +162,13 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         zram_comp: "lzo".into(),
         pager_limit: 64 * MIB,
         dir: "/var/tmp".into(),
-        contenders: vec![Contender::Holo, Contender::Swapfile, Contender::Zram, Contender::Disk],
+        contenders: vec![
+            Contender::Holo,
+            Contender::HoloUncapped,
+            Contender::Swapfile,
+            Contender::Zram,
+            Contender::Disk,
+        ],
         out: None,
     };
     let mut it = args.iter();
@@ -655,20 +660,16 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, capped: bo
     if let Ok(Some(st)) = daemon.0.try_wait() {
         return Err(format!("holo-pager died during the run ({st}):\n{}", log_text()));
     }
-    let spill_bytes: u64 = fs::read_dir(&state)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-        .sum();
+    let spill: Vec<fs::Metadata> =
+        fs::read_dir(&state).into_iter().flatten().flatten().filter_map(|e| e.metadata().ok()).collect();
+    let spill_len: u64 = spill.iter().map(|m| m.len()).sum();
     drop(daemon);
     let issues: Vec<String> =
         log_text().lines().filter(|l| !l.starts_with("holo-pager info:")).map(String::from).collect();
     row["holo_pager"] = json!({
         "cgroup": pager_cg.stats(), "capped": capped,
         "budget_bytes_min": budgets.iter().min(), "budget_bytes_last": budgets.last(),
-        "spill_file_bytes": spill_bytes, "log_issues": issues,
+        "spill_files_bytes": spill_len, "log_issues": issues,
     });
     row["dram_outside_cgroup_bytes"] = pager_cg.stats()["max_usage_bytes"].clone();
     Ok(row)
@@ -988,15 +989,15 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
         }
     }
 
-    let get = |c: &str, ph: &str, k: &str| summary.iter().find(|s| s["contender"] == c).map(|s| f(&s["phases"][ph][k]));
-    if let (Some(h), Some(k)) = (get("holo", "seq_read", "mb_per_s"), get("swapfile", "seq_read", "mb_per_s")) {
-        let met = if h >= 3.0 * k { "MET" } else { "NOT MET" };
-        println!("\ngoal: holo sequential >= 3x kernel swap (swapfile): {:.2}x, {met}", h / k);
-    }
-    for ph in ["rand_read", "rand_write"] {
-        if let (Some(h), Some(k)) = (get("holo", ph, "ops_per_s"), get("swapfile", ph, "ops_per_s")) {
-            let met = if h >= k { "MET" } else { "NOT MET" };
-            println!("goal: holo {ph} >= kernel swap (swapfile): {:.2}x, {met}", h / k);
+    // Issue 8's goals, against the swapfile, for each holo variant that ran.
+    let get = |c: &str, ph: &str| summary.iter().find(|s| s["contender"] == c).map(|s| f(&s["phases"][ph]["mb_per_s"]));
+    println!();
+    for holo in ["holo", "holo-uncapped"] {
+        for (ph, times) in [("seq_read", 3.0), ("rand_read", 1.0), ("rand_write", 1.0)] {
+            if let (Some(h), Some(k)) = (get(holo, ph), get("swapfile", ph)) {
+                let met = if h >= times * k { "MET" } else { "NOT MET" };
+                println!("goal: {holo} {ph} >= {times}x swapfile: {:.2}x, {met}", h / k);
+            }
         }
     }
 }
