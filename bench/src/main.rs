@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+mod plot;
 mod swap;
 
 const REGION_BYTES: u64 = 256 << 20;

@@ -36,13 +36,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use crate::plot::{svg, Panel};
 use crate::{compile, holo_bin, median, workspace_root};
 
 type Result<T> = std::result::Result<T, String>;
 
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
-       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE]
+       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.svg]
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, scratch files under /var/tmp, contenders holo,holo-uncapped,swapfile,zram,disk";
@@ -112,6 +113,7 @@ struct Opts {
     dir: PathBuf,
     contenders: Vec<Contender>,
     out: Option<PathBuf>,
+    plot: Option<PathBuf>,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -170,6 +172,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             Contender::Disk,
         ],
         out: None,
+        plot: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -188,6 +191,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--pager-limit" => o.pager_limit = parse_size(&value()?)?,
             "--dir" => o.dir = value()?.into(),
             "--out" => o.out = Some(value()?.into()),
+            "--plot" => o.plot = Some(value()?.into()),
             "--contenders" => {
                 o.contenders = value()?
                     .split(',')
@@ -796,7 +800,10 @@ fn swap(o: &Opts) -> Result<bool> {
     }
     fs::write(&out, serde_json::to_string_pretty(&report).unwrap_or_default())
         .map_err(|e| format!("{}: {e}", out.display()))?;
+    let plot_path = o.plot.clone().unwrap_or_else(|| out.with_extension("svg"));
+    fs::write(&plot_path, plot(o, &summary)).map_err(|e| format!("{}: {e}", plot_path.display()))?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    println!("plot: {}", plot_path.display());
     if !all_ok {
         println!("NOT ALL RUNS PASSED: see the outcomes above");
     }
@@ -1019,4 +1026,58 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(64 << 10));
         assert!(parse_size("lots").is_err());
     }
+}
+
+/// Throughput and latency per phase and contender, with the disk's floor as reference lines.
+fn plot(o: &Opts, summary: &[Value]) -> String {
+    const COLOURS: [(&str, &str); 4] =
+        [("holo", "#1f5fa8"), ("holo-uncapped", "#8fb8e8"), ("swapfile", "#c0392b"), ("zram", "#2e8b57")];
+    let disk = summary.iter().find(|s| s["contender"] == "disk");
+    let floor = |t: &str, k: &str| disk.and_then(|d| d["tests"][t][k].as_f64());
+    let panel = |title: &str, phases: &[&str], k: &str, lines: Vec<(String, Option<f64>)>| Panel {
+        title: title.into(),
+        groups: phases.iter().map(|p| p.to_string()).collect(),
+        series: COLOURS
+            .iter()
+            .filter_map(|&(c, colour)| {
+                let s = summary.iter().find(|s| s["contender"] == c)?;
+                Some((c.to_string(), colour, phases.iter().map(|p| s["phases"][p][k].as_f64()).collect()))
+            })
+            .collect(),
+        lines: lines.into_iter().filter_map(|(l, v)| Some((l, v?))).collect(),
+    };
+    let lat = ["seq_read", "rand_read", "rand_write"];
+    svg(
+        &format!(
+            "holo-bench swap: {} MiB working set ({} data), cgroup {} + {} MiB; medians of {} round(s); log scales",
+            o.working_set >> 20,
+            o.data,
+            o.limit >> 20,
+            o.margin >> 20,
+            o.rounds
+        ),
+        &[
+            panel(
+                "throughput, MB/s",
+                &PHASES,
+                "mb_per_s",
+                vec![
+                    ("disk seq 1M QD1".into(), floor("seq_1m_qd1", "mb_per_s")),
+                    ("disk rand 4K QD1".into(), floor("rand_4k_qd1", "mb_per_s")),
+                ],
+            ),
+            panel(
+                "p50 per 4 KiB page or op, us",
+                &lat,
+                "p50_us",
+                vec![("disk rand 4K p50".into(), floor("rand_4k_qd1", "p50_us"))],
+            ),
+            panel(
+                "p99 per 4 KiB page or op, us",
+                &lat,
+                "p99_us",
+                vec![("disk rand 4K p99".into(), floor("rand_4k_qd1", "p99_us"))],
+            ),
+        ],
+    )
 }
