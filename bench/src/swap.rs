@@ -44,6 +44,7 @@ type Result<T> = std::result::Result<T, String>;
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
        [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.svg]
+       holo-bench swap --replot RUN.json [--plot FILE.svg]   (redraws an earlier run's plot)
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, scratch files under /var/tmp, contenders holo,holo-uncapped,swapfile,zram,disk";
@@ -62,7 +63,16 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn check_interrupt() -> Result<()> {
+/// Ctrl-C and SIGTERM only set a flag: the loops stop, and the guards tear down.
+pub(crate) fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub(crate) fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err("interrupted".into())
     } else {
@@ -114,6 +124,8 @@ struct Opts {
     contenders: Vec<Contender>,
     out: Option<PathBuf>,
     plot: Option<PathBuf>,
+    /// Only redraw the plot of an earlier run's JSON.
+    replot: Option<PathBuf>,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -124,12 +136,16 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    // Ctrl-C and SIGTERM only set a flag: the loops stop, and the guards tear down.
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    if let Some(json) = &o.replot {
+        return match replot(&o, json) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("holo-bench swap: {e}");
+                1
+            }
+        };
     }
+    stop_on_signals();
     match swap(&o) {
         Ok(true) => 0,
         Ok(false) => 1,
@@ -173,6 +189,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         ],
         out: None,
         plot: None,
+        replot: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -192,6 +209,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--dir" => o.dir = value()?.into(),
             "--out" => o.out = Some(value()?.into()),
             "--plot" => o.plot = Some(value()?.into()),
+            "--replot" => o.replot = Some(value()?.into()),
             "--contenders" => {
                 o.contenders = value()?
                     .split(',')
@@ -504,7 +522,7 @@ struct Programs {
 }
 
 /// A child process killed (by its pid) on drop.
-struct Kid(Child);
+pub(crate) struct Kid(pub(crate) Child);
 
 impl Drop for Kid {
     fn drop(&mut self) {
@@ -514,7 +532,11 @@ impl Drop for Kid {
 }
 
 /// Runs `cmd` to its end with stdout and stderr captured; Err when interrupted or past the timeout.
-fn run_captured(mut cmd: Command, dir: &Path, label: &str) -> Result<(std::process::ExitStatus, String, String)> {
+pub(crate) fn run_captured(
+    mut cmd: Command,
+    dir: &Path,
+    label: &str,
+) -> Result<(std::process::ExitStatus, String, String)> {
     let (out_path, err_path) = (dir.join(format!("{label}.out")), dir.join(format!("{label}.err")));
     let out = fs::File::create(&out_path).map_err(|e| e.to_string())?;
     let err = fs::File::create(&err_path).map_err(|e| e.to_string())?;
@@ -536,7 +558,7 @@ fn run_captured(mut cmd: Command, dir: &Path, label: &str) -> Result<(std::proce
 }
 
 /// Parses the JSON lines of a program, keyed by `key`.
-fn json_lines(text: &str, key: &str) -> Map<String, Value> {
+pub(crate) fn json_lines(text: &str, key: &str) -> Map<String, Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| Some((v[key].as_str()?.to_string(), v)))
@@ -613,27 +635,10 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, capped: bo
         &format!("holo-bench-swap-{}-pager", std::process::id()),
         capped.then_some(o.pager_limit),
     )?;
-    let (socket, state, log_path) = (dir.join("pager.sock"), dir.join("state"), dir.join("holo-pager.log"));
-    fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&p.pager);
-    cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(&state);
-    cmd.args(["--dram-budget", &o.limit.to_string(), "--granule", &o.granule]);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-    pager_cg.join_on_exec(&mut cmd);
-    let mut daemon = Kid(cmd.spawn().map_err(|e| format!("cannot run holo-pager: {e}"))?);
+    let (mut daemon, socket, log_path) =
+        start_pager(&p.pager, dir, &o.limit.to_string(), &o.granule, |cmd| pager_cg.join_on_exec(cmd))?;
+    let state = dir.join("state");
     let log_text = || read(&log_path);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        if let Ok(Some(st)) = daemon.0.try_wait() {
-            return Err(format!("holo-pager exited at start ({st}):\n{}", log_text()));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("holo-pager not ready after 10 s:\n{}", log_text()));
-        }
-        check_interrupt()?;
-        thread::sleep(Duration::from_millis(20));
-    }
 
     // The daemon may shrink its budget to keep the cgroup under its limit: sample it.
     let stop = Arc::new(AtomicBool::new(false));
@@ -677,6 +682,38 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, capped: bo
     });
     row["dram_outside_cgroup_bytes"] = pager_cg.stats()["max_usage_bytes"].clone();
     Ok(row)
+}
+
+/// Starts a private holo-pager with its state, socket and log under `dir` and waits until it
+/// accepts connections; `prepare` adjusts the command (e.g. a cgroup to join).
+pub(crate) fn start_pager(
+    pager: &Path,
+    dir: &Path,
+    budget: &str,
+    granule: &str,
+    prepare: impl FnOnce(&mut Command),
+) -> Result<(Kid, PathBuf, PathBuf)> {
+    let (socket, state, log_path) = (dir.join("pager.sock"), dir.join("state"), dir.join("holo-pager.log"));
+    fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(pager);
+    cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(&state);
+    cmd.args(["--dram-budget", budget, "--granule", granule]);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+    prepare(&mut cmd);
+    let mut daemon = Kid(cmd.spawn().map_err(|e| format!("cannot run holo-pager: {e}"))?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        if let Ok(Some(st)) = daemon.0.try_wait() {
+            return Err(format!("holo-pager exited at start ({st}):\n{}", read(&log_path)));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("holo-pager not ready after 10 s:\n{}", read(&log_path)));
+        }
+        check_interrupt()?;
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok((daemon, socket, log_path))
 }
 
 fn run_swapfile(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<Value> {
@@ -765,6 +802,7 @@ fn swap(o: &Opts) -> Result<bool> {
             row["round"] = json!(round);
             row["contender"] = json!(c.name());
             row["wall_s"] = json!(t.elapsed().as_secs_f64());
+            row["loadavg_after"] = json!(read(Path::new("/proc/loadavg")).trim());
             print_progress(round, o.rounds, c, &row);
             rows.push(row);
         }
@@ -1080,4 +1118,23 @@ fn plot(o: &Opts, summary: &[Value]) -> String {
             ),
         ],
     )
+}
+
+fn replot(given: &Opts, json: &Path) -> Result<()> {
+    let text = fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let r: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let (opt, n) = (&r["options"], |v: &Value| v.as_u64().unwrap_or(0));
+    let o = Opts {
+        rounds: n(&opt["rounds"]) as usize,
+        limit: n(&opt["limit_bytes"]),
+        margin: n(&opt["margin_bytes"]),
+        working_set: n(&opt["working_set_bytes"]),
+        data: opt["data"].as_str().unwrap_or("?").into(),
+        ..parse_args(&[])?
+    };
+    let summary = r["summary"].as_array().ok_or("no summary in the JSON")?;
+    let path = given.plot.clone().unwrap_or_else(|| json.with_extension("svg"));
+    fs::write(&path, plot(&o, summary)).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("plot: {}", path.display());
+    Ok(())
 }
