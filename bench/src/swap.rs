@@ -407,10 +407,6 @@ fn mkswap(path: &Path) -> Result<()> {
 /// then creates the scratch directory, the swapfile, the zram device and the disk floor's file.
 fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
     let wants = |c: Contender| o.contenders.contains(&c);
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
-    }
     let mem_root = v1_memory_root()
         .filter(|r| r.join("memory.limit_in_bytes").is_file())
         .ok_or("refusing to run: no cgroup v1 memory controller in /proc/mounts (pure cgroup v2 is not supported)")?;
@@ -763,6 +759,10 @@ fn run_disk(p: &Programs, s: &Setup, dir: &Path, seed: u64) -> Result<Value> {
 
 /// Runs every round; returns whether every run passed (no OOM kill, no verification failure).
 fn swap(o: &Opts) -> Result<bool> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
+    }
     let p = Programs {
         workload: compile("swap_workload")?,
         disk_floor: compile("disk_floor")?,
@@ -938,6 +938,7 @@ fn summarize(o: &Opts, rows: &[Value]) -> Vec<Value> {
             "contender": c.name(), "rounds": mine.len(), "rounds_ok": ok.len(),
             "outcomes": mine.iter().map(|r| r["outcome"].clone()).collect::<Vec<_>>(),
             "cgroup_max_usage_bytes": med_of("/cgroup/max_usage_bytes"),
+            "cgroup_failcnt": med_of("/cgroup/failcnt"),
             "dram_outside_cgroup_bytes": med_of("/dram_outside_cgroup_bytes"),
             "pswpin": med_of("/pswpin"), "pswpout": med_of("/pswpout"),
             "holo_budget_min_bytes": med_of("/holo_pager/budget_bytes_min"),
@@ -999,15 +1000,16 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     println!("(latencies are per 4 KiB page or operation; thru holo/x > 1 and p99 holo/x < 1 favour holo)");
 
     println!(
-        "\n{:<14} {:>16} {:>20} {:>10} {:>10}  outcomes",
-        "contender", "cgroup max MiB", "DRAM outside MiB", "pswpin", "pswpout"
+        "\n{:<14} {:>16} {:>10} {:>20} {:>10} {:>10}  outcomes",
+        "contender", "cgroup max MiB", "failcnt", "DRAM outside MiB", "pswpin", "pswpout"
     );
     for s in summary.iter().filter(|s| s["contender"] != "disk") {
         let mib = |k: &str| s[k].as_f64().map_or("-".into(), |b| format!("{:.0}", b / MIB as f64));
         println!(
-            "{:<14} {:>16} {:>20} {:>10} {:>10}  {}",
+            "{:<14} {:>16} {:>10} {:>20} {:>10} {:>10}  {}",
             s["contender"].as_str().unwrap_or("?"),
             mib("cgroup_max_usage_bytes"),
+            f(&s["cgroup_failcnt"]),
             mib("dram_outside_cgroup_bytes"),
             f(&s["pswpin"]),
             f(&s["pswpout"]),
