@@ -355,6 +355,11 @@ pub unsafe extern "C" fn mremap(
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
     const MADV_DONTNEED_LOCKED: c_int = 24;
+    // MADV_FREE leaves the pages in place until the kernel needs them, and a write before
+    // then keeps them, without any fault holo could see: after its REMOVE event the daemon
+    // would take them for zeros and a later eviction would drop what was written. Freeing
+    // them at once is one of the outcomes MADV_FREE allows, so managed processes get that.
+    let advice = if advice == libc::MADV_FREE && conn::active() { libc::MADV_DONTNEED } else { advice };
     let zaps = matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED);
     if zaps {
         gated(|| sys::madvise(addr, len, advice))
