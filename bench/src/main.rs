@@ -11,7 +11,7 @@
 //!   `UFFDIO_COPY` of the granule from a prefilled buffer: the cheapest service, from memory.
 //! * `holo`: `bench/c/refault.c` under `LD_PRELOAD=libholo.so`, served by its own
 //!   `holo-pager` (DRAM budget 64 MiB; the 256 MiB region is written in full first, so that
-//!   what exceeds the budget is evicted to the spill tier, a file read through the page cache).
+//!   what exceeds the budget is evicted to the NVMe tier, read back with O_DIRECT).
 //!
 //! Contenders alternate round by round (raw 4K, holo 4K, raw 64K, holo 64K, raw 4K, ...) so
 //! that a noisy machine hurts all of them alike. The summary is, per contender, the median over
