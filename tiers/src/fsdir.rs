@@ -14,14 +14,14 @@
 //! Transfers use O_DIRECT where the filesystem allows it, for the same reason as the NVMe
 //! tier: cold pages must not come back into DRAM as page cache.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::slots::SlotAllocator;
 use crate::{align_up, checksum, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
 
 const NAME: &str = "fs";
@@ -31,17 +31,10 @@ const HEADER: usize = IO_ALIGN;
 pub struct FsTier {
     dir: PathBuf,
     slot_bytes: usize,
-    max_slots: u64,
     capacity_configured: bool,
     direct: bool,
-    slots: Mutex<Slots>,
+    slots: Mutex<SlotAllocator>,
     bufs: Mutex<Vec<AlignedBuf>>,
-}
-
-#[derive(Default)]
-struct Slots {
-    high_water: SlotId,
-    free: BinaryHeap<Reverse<SlotId>>,
 }
 
 /// Whether `dir` is on tmpfs (which refuses O_DIRECT).
@@ -73,20 +66,13 @@ impl FsTier {
                 None => {}
             }
         }
-        let mut slots = Slots::default();
-        if let Some(&max) = kept.iter().max() {
-            slots.high_water = max + 1;
-            let mut used = vec![false; slots.high_water as usize];
-            kept.iter().for_each(|&s| used[s as usize] = true);
-            slots.free = (0..slots.high_water).filter(|&s| !used[s as usize]).map(Reverse).collect();
-        }
+        let max_slots = capacity_bytes.map_or(SlotId::MAX as u64, |c| c / slot_bytes as u64);
         Ok(FsTier {
             dir: dir.to_path_buf(),
             slot_bytes,
-            max_slots: capacity_bytes.map_or(SlotId::MAX as u64, |c| c / slot_bytes as u64),
             capacity_configured: capacity_bytes.is_some(),
             direct: !is_tmpfs(dir),
-            slots: Mutex::new(slots),
+            slots: Mutex::new(SlotAllocator::with_used(max_slots, &kept)),
             bufs: Mutex::new(Vec::new()),
         })
     }
@@ -175,14 +161,7 @@ impl Tier for FsTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        if let Some(Reverse(slot)) = s.free.pop() {
-            return Ok(slot);
-        }
-        if s.high_water as u64 >= self.max_slots {
-            return Err(TierError::Full { tier: NAME, used_bytes: s.high_water as u64 * self.slot_bytes as u64 });
-        }
-        s.high_water += 1;
-        Ok(s.high_water - 1)
+        s.alloc().ok_or(TierError::Full { tier: NAME, used_bytes: s.used() * self.slot_bytes as u64 })
     }
 
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
@@ -222,24 +201,13 @@ impl Tier for FsTier {
     fn free(&self, slot: SlotId) {
         // A missing file only means the slot was never written; nothing to give back.
         let _ = std::fs::remove_file(self.path(slot, "slot"));
-        let mut s = self.slots.lock().unwrap();
-        s.free.push(Reverse(slot));
-        if s.free.len() as SlotId == s.high_water {
-            *s = Slots::default();
-        }
+        self.slots.lock().unwrap().free(slot);
     }
 
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
-        let used_slots = (s.high_water as usize - s.free.len()) as u64;
-        let used_bytes = used_slots * self.slot_bytes as u64;
-        let capacity_bytes = if self.capacity_configured {
-            self.max_slots * self.slot_bytes as u64
-        } else {
-            let free = File::open(&self.dir).map(|d| crate::filesystem_free_bytes(std::os::fd::AsRawFd::as_raw_fd(&d)));
-            used_bytes + free.unwrap_or(0)
-        };
-        TierUsage { capacity_bytes, used_bytes, used_slots }
+        let free_space = || File::open(&self.dir).map_or(0, |d| crate::filesystem_free_bytes(d.as_raw_fd()));
+        TierUsage::of(&s, self.slot_bytes, self.capacity_configured, free_space)
     }
 }
 

@@ -21,6 +21,7 @@ mod aligned;
 pub mod conformance;
 mod fsdir;
 mod nvme;
+mod slots;
 
 pub use aligned::AlignedBuf;
 pub use fsdir::FsTier;
@@ -62,6 +63,22 @@ pub struct TierUsage {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub used_slots: u64,
+}
+
+impl TierUsage {
+    /// The usage of a tier whose slots `slots` hands out: its capacity is the configured
+    /// one, or else what it uses plus what its filesystem has free.
+    fn of(
+        slots: &slots::SlotAllocator,
+        slot_bytes: usize,
+        configured: bool,
+        free_space: impl FnOnce() -> u64,
+    ) -> TierUsage {
+        let used_slots = slots.used();
+        let used_bytes = used_slots * slot_bytes as u64;
+        let capacity_bytes = if configured { slots.max_slots() * slot_bytes as u64 } else { used_bytes + free_space() };
+        TierUsage { capacity_bytes, used_bytes, used_slots }
+    }
 }
 
 /// One read of a batch: `buf.len()` bytes of `slot` from `offset`.

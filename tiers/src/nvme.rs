@@ -16,8 +16,6 @@
 //! * **Checksums** live in memory: this tier is scratch space that a daemon restart starts
 //!   afresh, so there is nothing on the medium to trust after a restart anyway.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -27,6 +25,7 @@ use std::sync::Mutex;
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::slots::SlotAllocator;
 use crate::{align_up, checksum, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
 
 const NAME: &str = "nvme";
@@ -38,8 +37,6 @@ const MAX_POOLED_RINGS: usize = 16;
 pub struct NvmeTier {
     file: File,
     slot_bytes: usize,
-    /// Slots the tier may hand out: the configured capacity or the device's size.
-    max_slots: u64,
     capacity_configured: bool,
     is_device: bool,
     direct: bool,
@@ -47,16 +44,20 @@ pub struct NvmeTier {
     rings: Mutex<Vec<Ring>>,
 }
 
-#[derive(Default)]
 struct Slots {
-    /// Slots below this index have been handed out at least once.
-    high_water: SlotId,
-    free: BinaryHeap<Reverse<SlotId>>,
+    /// Slots the tier may hand out: the configured capacity or the device's size.
+    alloc: SlotAllocator,
     /// Free slots whose blocks have not been punched out yet (some may be in use again).
     unpunched: Vec<SlotId>,
-    /// What was written to each slot below `high_water`; `None` while free or unwritten.
+    /// What was written to each slot below the high-water mark; `None` while free or unwritten.
     sums: Vec<Option<Sum>>,
     in_use: Vec<bool>,
+}
+
+impl Slots {
+    fn new(max_slots: u64) -> Slots {
+        Slots { alloc: SlotAllocator::new(max_slots), unpunched: Vec::new(), sums: Vec::new(), in_use: Vec::new() }
+    }
 }
 
 /// Free slots that wait for a batch punch: at least this many, and a quarter of the tier.
@@ -104,11 +105,10 @@ impl NvmeTier {
         Ok(NvmeTier {
             file,
             slot_bytes,
-            max_slots,
             capacity_configured: capacity_bytes.is_some() || is_device,
             is_device,
             direct,
-            slots: Mutex::new(Slots::default()),
+            slots: Mutex::new(Slots::new(max_slots)),
             rings: Mutex::new(Vec::new()),
         })
     }
@@ -212,18 +212,12 @@ impl Tier for NvmeTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        let slot = match s.free.pop() {
-            Some(Reverse(slot)) => slot,
-            None if s.high_water as u64 >= self.max_slots => {
-                return Err(TierError::Full { tier: NAME, used_bytes: self.offset(s.high_water) })
-            }
-            None => {
-                s.high_water += 1;
-                s.sums.push(None);
-                s.in_use.push(false);
-                s.high_water - 1
-            }
+        let Some(slot) = s.alloc.alloc() else {
+            return Err(TierError::Full { tier: NAME, used_bytes: s.alloc.used() * self.slot_bytes as u64 });
         };
+        let below = s.alloc.high_water() as usize;
+        s.sums.resize(below, None);
+        s.in_use.resize(below, false);
         s.in_use[slot as usize] = true;
         Ok(slot)
     }
@@ -314,16 +308,15 @@ impl Tier for NvmeTier {
         assert!(s.in_use[slot as usize], "double free of slot {slot}");
         s.in_use[slot as usize] = false;
         s.sums[slot as usize] = None;
-        s.free.push(Reverse(slot));
-        if s.free.len() as SlotId == s.high_water {
-            *s = Slots::default();
+        if s.alloc.free(slot) {
+            *s = Slots::new(s.alloc.max_slots());
             if !self.is_device {
                 let _ = self.file.set_len(0);
             }
             return;
         }
         s.unpunched.push(slot);
-        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.high_water as usize / 4) {
+        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.alloc.high_water() as usize / 4) {
             // Under the lock, so that no slot is handed out again while its blocks go.
             // Failure only costs disk space, never data.
             for slot in std::mem::take(&mut s.unpunched) {
@@ -344,14 +337,8 @@ impl Tier for NvmeTier {
 
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
-        let used_slots = (s.high_water as usize - s.free.len()) as u64;
-        let used_bytes = used_slots * self.slot_bytes as u64;
-        let capacity_bytes = if self.capacity_configured {
-            self.max_slots * self.slot_bytes as u64
-        } else {
-            used_bytes + crate::filesystem_free_bytes(self.file.as_raw_fd())
-        };
-        TierUsage { capacity_bytes, used_bytes, used_slots }
+        let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
+        TierUsage::of(&s.alloc, self.slot_bytes, self.capacity_configured, free_space)
     }
 }
 
