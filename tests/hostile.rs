@@ -4,7 +4,8 @@
 //! a well-behaved program under the shim meanwhile.
 //!
 //! Frames are encoded here by hand, not with `holo_pagers::proto`, so that the test does not
-//! share the daemon's encoder and can send what that encoder never would.
+//! share the daemon's encoder and can send what that encoder never would; only the transport
+//! (`proto::send_raw`: any bytes, with an fd attached) is shared.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -13,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use holo_e2e::*;
+use holo_pagers::proto;
 
 // Wire constants, from the protocol description in pagers/src/proto.rs.
 const HELLO: u32 = 1;
@@ -99,23 +101,8 @@ impl Raw {
 
     /// `bytes` in one sendmsg with `fd` attached as SCM_RIGHTS.
     fn send_with_fd(&mut self, bytes: &[u8], fd: RawFd) {
-        let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-        let mut cbuf = [0u64; 4];
-        // SAFETY: a msghdr over live buffers; `cbuf` holds CMSG_SPACE(4) bytes; one int payload.
-        let n = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
-            libc::sendmsg(self.s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-        };
-        assert_eq!(n, bytes.len() as isize, "sendmsg: {}", std::io::Error::last_os_error());
+        let n = proto::send_raw(self.s.as_raw_fd(), bytes, Some(fd));
+        assert_eq!(n.as_ref().ok(), Some(&bytes.len()), "sendmsg: {n:?}");
     }
 
     /// The next frame (and the text after Refused/Error/Json), or `Closed`. Fds the daemon

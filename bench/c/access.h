@@ -19,7 +19,8 @@
 #define HOLO_BENCH_ACCESS_H
 
 #define _GNU_SOURCE
-#include <errno.h>
+#include "bench.h"
+
 #include <fcntl.h>
 #include <sched.h>
 #include <stdint.h>
@@ -37,12 +38,6 @@ struct args {
     int fault_cpu, handler_cpu;
     const char *out;
 };
-
-static void die(const char *prog, const char *what)
-{
-    fprintf(stderr, "%s: %s: %s\n", prog, what, strerror(errno));
-    exit(3);
-}
 
 static struct args parse_args(const char *prog, int argc, char **argv)
 {
@@ -85,21 +80,6 @@ static void pin_self(const char *prog, int cpu)
     CPU_SET(cpu, &set);
     if (sched_setaffinity(0, sizeof set, &set))
         die(prog, "sched_setaffinity");
-}
-
-static inline uint64_t xorshift(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
 /* Whether the page at `p` is present in this process's page table. */

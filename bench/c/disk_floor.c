@@ -10,6 +10,8 @@
  *   rand_64k_qd1      OPS/4 random 64 KiB reads (holo's default granule)
  * Real data is written because reading never-written (fallocated) blocks costs no disk I/O. */
 #define _GNU_SOURCE
+#include "bench.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -21,34 +23,15 @@
 #include <time.h>
 #include <unistd.h>
 
+static const char *prog = "disk_floor";
+
 #define MIB (1UL << 20)
-
-static void die(const char *what)
-{
-    fprintf(stderr, "disk_floor: %s: %s\n", what, strerror(errno));
-    exit(3);
-}
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
-static inline uint64_t xorshift(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 static void *aligned(size_t n)
 {
     void *p;
     if (posix_memalign(&p, 4096, n))
-        die("posix_memalign");
+        die(prog, "posix_memalign");
     return p;
 }
 
@@ -88,7 +71,7 @@ static void *seq_reader(void *arg)
     uint8_t *buf = aligned(MIB);
     for (size_t b = s->first; b < s->nblocks; b += s->step)
         if (pread(s->fd, buf, MIB, (off_t)(b * MIB)) != (ssize_t)MIB)
-            die("pread 1 MiB");
+            die(prog, "pread 1 MiB");
     free(buf);
     return NULL;
 }
@@ -101,7 +84,7 @@ static void seq(int fd, size_t size, size_t threads)
     for (size_t i = 0; i < threads; i++) {
         s[i] = (struct seq){fd, i, threads, size / MIB};
         if (pthread_create(&t[i], NULL, seq_reader, &s[i]))
-            die("pthread_create");
+            die(prog, "pthread_create");
     }
     for (size_t i = 0; i < threads; i++)
         pthread_join(t[i], NULL);
@@ -115,13 +98,13 @@ static void rand_reads(int fd, size_t size, size_t bs, size_t ops, uint64_t *rng
     uint8_t *buf = aligned(bs);
     uint32_t *lat = malloc(ops * sizeof *lat);
     if (!lat)
-        die("malloc");
+        die(prog, "malloc");
     uint64_t t0 = now_ns();
     for (size_t i = 0; i < ops; i++) {
         off_t off = (off_t)(xorshift(rng) % (size / bs) * bs);
         uint64_t a = now_ns();
         if (pread(fd, buf, bs, off) != (ssize_t)bs)
-            die("pread");
+            die(prog, "pread");
         lat[i] = (uint32_t)(now_ns() - a);
     }
     report(name, ops * bs, ops, now_ns() - t0, lat);
@@ -135,16 +118,16 @@ int main(int argc, char **argv)
         size_t size = strtoull(argv[3], NULL, 0) / MIB * MIB;
         int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
         if (fd < 0)
-            die("open");
+            die(prog, "open");
         uint64_t *buf = aligned(MIB), rng = 0x9e3779b97f4a7c15ull;
         for (size_t off = 0; off < size; off += MIB) {
             for (size_t w = 0; w < MIB / 8; w++)
                 buf[w] = xorshift(&rng);
             if (pwrite(fd, buf, MIB, (off_t)off) != (ssize_t)MIB)
-                die("pwrite");
+                die(prog, "pwrite");
         }
         if (fsync(fd) || close(fd))
-            die("fsync");
+            die(prog, "fsync");
         return 0;
     }
     if (argc != 6 || strcmp(argv[1], "read")) {
@@ -154,7 +137,7 @@ int main(int argc, char **argv)
     int fd = open(argv[2], O_RDONLY | O_DIRECT | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st))
-        die("open");
+        die(prog, "open");
     uint64_t rng = strtoull(argv[3], NULL, 0) | 1;
     size_t ops = strtoull(argv[4], NULL, 0), threads = strtoull(argv[5], NULL, 0);
     size_t size = (size_t)st.st_size;

@@ -13,6 +13,8 @@
  *   verify     every word checked against its pattern and version
  * Any wrong word is reported on stderr and the exit status is 1. */
 #define _GNU_SOURCE
+#include "bench.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,24 +23,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+static const char *prog = "swap_workload";
+
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
 
 static uint64_t seed;
 static int sparse;
-
-static void die(const char *what)
-{
-    fprintf(stderr, "swap_workload: %s: %s\n", what, strerror(errno));
-    exit(3);
-}
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
 
 static inline uint64_t splitmix(uint64_t x)
 {
@@ -60,14 +51,6 @@ static void write_page(uint64_t *p, size_t page, uint8_t ver)
 {
     for (size_t w = 0; w < WORDS; w++)
         p[w] = word(page * WORDS + w, ver);
-}
-
-static inline uint64_t xorshift(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
 }
 
 static long majflt(void)
@@ -126,7 +109,7 @@ int main(int argc, char **argv)
     size_t nlat = npages * passes > ops ? npages * passes : ops;
     uint32_t *lat = malloc(nlat * sizeof *lat);
     if (!raw || !ver || !lat)
-        die("malloc");
+        die(prog, "malloc");
     uint64_t *base = (uint64_t *)(((uintptr_t)raw + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
     memset(lat, 0, nlat * sizeof *lat); /* touched now, not inside a timed phase */
 

@@ -13,6 +13,8 @@
  * faults (raw: all; holo: the accessed pages not present right before the pass), the pass's
  * wall time, and per-access latency percentiles over all threads. Exit 1 on wrong data. */
 #define _GNU_SOURCE
+#include "bench.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -27,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+static const char *prog = "threads_fault";
+
 #define PAGE 4096UL
 
 static size_t size, granule, nthreads, ngran;
@@ -36,27 +40,6 @@ static size_t *order, *page_in;
 static uint32_t *lat;
 static size_t bad;
 static pthread_barrier_t start;
-
-static void die(const char *what)
-{
-    fprintf(stderr, "threads_fault: %s: %s\n", what, strerror(errno));
-    exit(3);
-}
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
-static inline uint64_t xorshift(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 static inline uint8_t fill_byte(size_t page) { return (uint8_t)(page * 131 + 7); }
 
@@ -70,7 +53,7 @@ static void *map(size_t len)
 {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
-        die("mmap");
+        die(prog, "mmap");
     return p;
 }
 
@@ -79,13 +62,13 @@ static size_t present_targets(void)
 {
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        die("open /proc/self/pagemap");
+        die(prog, "open /proc/self/pagemap");
     size_t n = 0;
     for (size_t i = 0; i < ngran; i++) {
         uint64_t e;
         uintptr_t p = (uintptr_t)base + order[i] * granule + page_in[i] * PAGE;
         if (pread(fd, &e, 8, (off_t)(p / PAGE * 8)) != 8)
-            die("pread pagemap");
+            die(prog, "pread pagemap");
         n += e >> 63;
     }
     close(fd);
@@ -101,7 +84,7 @@ static void *handler(void *unused)
         if (r != sizeof m) {
             if (r < 0 && errno == EINTR)
                 continue;
-            die("read uffd");
+            die(prog, "read uffd");
         }
         if (m.event != UFFD_EVENT_PAGEFAULT)
             continue;
@@ -109,7 +92,7 @@ static void *handler(void *unused)
         struct uffdio_copy c = {
             .dst = at, .src = (uint64_t)(uintptr_t)(src + (at - (uintptr_t)base)), .len = granule};
         if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST)
-            die("UFFDIO_COPY");
+            die(prog, "UFFDIO_COPY");
     }
     return NULL;
 }
@@ -162,7 +145,7 @@ int main(int argc, char **argv)
     page_in = malloc(ngran * sizeof *page_in);
     lat = malloc(ngran * sizeof *lat);
     if (!order || !page_in || !lat)
-        die("malloc");
+        die(prog, "malloc");
     for (size_t i = 0; i < ngran; i++)
         order[i] = i;
     for (size_t i = 0; i < ngran; i++) { /* Fisher-Yates */
@@ -186,19 +169,19 @@ int main(int argc, char **argv)
         uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
         struct uffdio_api api = {.api = UFFD_API};
         if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api))
-            die("userfaultfd");
+            die(prog, "userfaultfd");
         struct uffdio_register reg = {.range = {.start = (uintptr_t)base, .len = size},
                                       .mode = UFFDIO_REGISTER_MODE_MISSING};
         if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-            die("UFFDIO_REGISTER");
+            die(prog, "UFFDIO_REGISTER");
         pthread_t h;
         if (pthread_create(&h, NULL, handler, NULL))
-            die("pthread_create");
+            die(prog, "pthread_create");
         faults = ngran;
     } else {
         uint8_t *m = malloc(size + granule);
         if (!m)
-            die("malloc");
+            die(prog, "malloc");
         base = (uint8_t *)(((uintptr_t)m + granule - 1) & ~(uintptr_t)(granule - 1));
         fill(base);
         /* The daemon evicts asynchronously: wait until the count stops moving. */
@@ -214,10 +197,10 @@ int main(int argc, char **argv)
 
     pthread_t t[256];
     if (pthread_barrier_init(&start, NULL, (unsigned)nthreads + 1))
-        die("pthread_barrier_init");
+        die(prog, "pthread_barrier_init");
     for (size_t i = 0; i < nthreads; i++)
         if (pthread_create(&t[i], NULL, worker, (void *)i))
-            die("pthread_create");
+            die(prog, "pthread_create");
     pthread_barrier_wait(&start);
     uint64_t t0 = now_ns();
     for (size_t i = 0; i < nthreads; i++)

@@ -153,7 +153,7 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 /// `64K`, `256M`, `1G` or a number of bytes.
-fn parse_size(s: &str) -> Result<u64> {
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let (num, mult) = match s.to_ascii_uppercase().chars().last() {
         Some('K') => (&s[..s.len() - 1], 1 << 10),
         Some('M') => (&s[..s.len() - 1], 1 << 20),
@@ -1039,25 +1039,6 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments() {
-        let args = |s: &str| parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>());
-        let o = args("").unwrap();
-        assert_eq!((o.limit, o.working_set, o.margin, o.rounds), (256 << 20, 1 << 30, 32 << 20, 3));
-        let o = args("--limit 64M --contenders holo,zram --data sparse").unwrap();
-        assert_eq!((o.working_set, o.contenders.len(), o.data.as_str()), (256 << 20, 2, "sparse"));
-        assert!(args("--limit 1G --working-set 512M").is_err());
-        assert!(args("--contenders holo,nfs").is_err());
-        assert!(args("--data zeros").is_err());
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert!(parse_size("lots").is_err());
-    }
-}
-
 /// Throughput and latency per phase and contender, with the disk's floor as reference lines.
 fn plot(o: &Opts, summary: &[Value]) -> String {
     const COLOURS: [(&str, &str); 3] = [("holo", "#1f5fa8"), ("swapfile", "#c0392b"), ("zram", "#2e8b57")];
@@ -1128,4 +1109,23 @@ fn replot(given: &Opts, json: &Path) -> Result<()> {
     fs::write(&path, plot(&o, summary)).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("plot: {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments() {
+        let args = |s: &str| parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>());
+        let o = args("").unwrap();
+        assert_eq!((o.limit, o.working_set, o.margin, o.rounds), (256 << 20, 1 << 30, 32 << 20, 3));
+        let o = args("--limit 64M --contenders holo,zram --data sparse").unwrap();
+        assert_eq!((o.working_set, o.contenders.len(), o.data.as_str()), (256 << 20, 2, "sparse"));
+        assert!(args("--limit 1G --working-set 512M").is_err());
+        assert!(args("--contenders holo,nfs").is_err());
+        assert!(args("--data zeros").is_err());
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert!(parse_size("lots").is_err());
+    }
 }

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::swap::{check_interrupt, run_captured, start_pager, stop_on_signals};
+use crate::swap::{check_interrupt, parse_size, run_captured, start_pager, stop_on_signals};
 use crate::{compile, holo_bin, median, TempDir};
 
 type Result<T> = std::result::Result<T, String>;
@@ -55,16 +55,6 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-fn size(s: &str) -> Result<u64> {
-    let (num, mult) = match s.to_ascii_uppercase().chars().last() {
-        Some('K') => (&s[..s.len() - 1], 1 << 10),
-        Some('M') => (&s[..s.len() - 1], 1 << 20),
-        Some('G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or(format!("not a size: {s}"))
-}
-
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut o = Opts { rounds: 3, threads: vec![1, 2, 4, 8], size: 256 << 20, granule: "64K".into(), out: None };
     let mut it = args.iter();
@@ -78,13 +68,13 @@ fn parse_args(args: &[String]) -> Result<Opts> {
                     .map(|t| t.parse().map_err(|_| format!("not a number: {t}")))
                     .collect::<Result<_>>()?
             }
-            "--size" => o.size = size(&value()?)?,
+            "--size" => o.size = parse_size(&value()?)?,
             "--granule" => o.granule = value()?,
             "--out" => o.out = Some(value()?.into()),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
-    let g = size(&o.granule)?;
+    let g = parse_size(&o.granule)?;
     if o.rounds == 0 || o.threads.is_empty() || o.threads.iter().any(|&t| t == 0 || t > 256) {
         return Err("--rounds must be positive and thread counts between 1 and 256".into());
     }
@@ -97,7 +87,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 fn threads(o: &Opts) -> Result<()> {
     let program = compile("threads_fault")?;
     let (pager, shim) = (holo_bin("holo-pager")?, holo_bin("libholo.so")?);
-    let granule_bytes = size(&o.granule)?;
+    let granule_bytes = parse_size(&o.granule)?;
     let budget = o.size / 4;
     eprintln!(
         "threads: region {} MiB, holo budget {} MiB, granule {}, {} rounds",

@@ -100,7 +100,9 @@ fn main() -> anyhow::Result<()> {
     service::notify("READY=1");
     service::start_watchdog();
     pressure::spawn(daemon.clone()).context("cannot start the pressure thread")?;
-    holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
+    if daemon.store.levels.len() > 1 {
+        holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
+    }
     server::serve(daemon, listener);
     Ok(())
 }

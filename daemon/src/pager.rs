@@ -505,21 +505,12 @@ impl Pager {
                 Fill::Retry | Fill::Unmapped => return Served::Retry,
                 Fill::TargetGone => return Served::Gone("its address space is gone"),
             };
-            for (k, state) in pages.iter().enumerate().skip(i).take(filled) {
-                let addr = w.start + k as u64 * PAGE;
-                self.table.set(addr, PageState::Resident);
-                if let PageState::Spilled { slot, .. } = state {
-                    self.d.store.release(&[*slot]);
-                    self.d.stats.dram.refaults.fetch_add(1, Relaxed);
-                    from_tier = true;
-                }
-                faulting_page_filled |= addr == f.addr;
-            }
+            from_tier |= self.installed(dst, &pages[i..i + filled]) > 0;
+            faulting_page_filled |= (dst..dst + filled as u64 * PAGE).contains(&f.addr);
             if filled > 0 {
                 // Its pages changed: the staged copy (if any) is stale now.
                 self.staged.retain(|st| st.start != w.start);
             }
-            self.d.add_resident(&self.info, filled as i64);
             // Skip the page that was present and carry on with the rest of the run.
             i += filled + usize::from(filled < j - i);
         }
@@ -581,15 +572,8 @@ impl Pager {
                 Fill::Partial(bytes) => (bytes / PAGE) as usize,
                 _ => 0,
             };
-            for (k, s) in st.pages.iter().enumerate().take(filled) {
-                self.table.set(next.start + k as u64 * PAGE, PageState::Resident);
-                if let PageState::Spilled { slot, .. } = s {
-                    self.d.store.release(&[*slot]);
-                }
-            }
-            self.d.add_resident(&self.info, filled as i64);
-            self.d.stats.dram.prefetched.fetch_add(filled as u64, Relaxed);
-            self.d.stats.dram.refaults.fetch_add(filled as u64, Relaxed);
+            let from_tier = self.installed(next.start, &st.pages[..filled]);
+            self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
             if filled > 0 {
                 self.policy.on_fault(next.start);
             }
@@ -601,6 +585,20 @@ impl Pager {
                 break;
             }
         }
+    }
+
+    /// Pages from `start` on, whose states were `states`, were just filled: they are resident
+    /// now and the slots of those that were spilled lose a reference. Returns how many came
+    /// from a tier (refaults).
+    fn installed(&mut self, start: u64, states: &[PageState]) -> usize {
+        for k in 0..states.len() {
+            self.table.set(start + k as u64 * PAGE, PageState::Resident);
+        }
+        let slots: Vec<SlotId> = spilled_slots(states).collect();
+        self.d.store.release(&slots);
+        self.d.stats.dram.refaults.fetch_add(slots.len() as u64, Relaxed);
+        self.d.add_resident(&self.info, states.len() as i64);
+        slots.len()
     }
 
     /// Put the bytes of pages `i..j` of window `w` (states `pages`) into `self.buf`: zeros

@@ -173,10 +173,6 @@ impl Daemon {
         self.next_token.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
     }
 
-    pub fn client_by_token(&self, token: u64) -> Option<Arc<ClientInfo>> {
-        self.clients.lock().unwrap().iter().find(|c| c.token == token).cloned()
-    }
-
     pub fn remove_client(&self, token: u64) {
         self.clients.lock().unwrap().retain(|c| c.token != token);
     }

@@ -131,14 +131,10 @@ impl Store {
         Store { levels, map: Mutex::new(map), io_gate: RwLock::new(()) }
     }
 
-    /// Pages that live in any tier (per process).
-    pub fn pages(&self) -> u64 {
-        self.levels.iter().map(|l| l.counters.pages.load(Relaxed)).sum()
-    }
-
     /// Write one granule's bytes into the fastest tier with room. The new slot has no
     /// references until `add_refs`.
-    pub fn put(&self, data: &[u8]) -> Result<SlotId, TierError> {
+    #[cfg(test)]
+    fn put(&self, data: &[u8]) -> Result<SlotId, TierError> {
         self.put_batch(&[data]).pop().unwrap()
     }
 
@@ -178,8 +174,9 @@ impl Store {
             overflow.sort_unstable();
             todo = overflow;
         }
-        let last = self.levels.last().unwrap().tier.name();
-        out.into_iter().map(|r| r.unwrap_or(Err(TierError::Full { tier: last, used_bytes: 0 }))).collect()
+        let last = &self.levels.last().unwrap().tier;
+        let full = || TierError::Full { tier: last.name(), used_bytes: last.usage().used_bytes };
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(full()))).collect()
     }
 
     fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
@@ -373,6 +370,9 @@ impl Store {
 
     /// One page less refers to each of `slots`; slots nothing refers to any more are freed.
     pub fn release(&self, slots: &[SlotId]) {
+        if slots.is_empty() {
+            return;
+        }
         let mut freed = Vec::new();
         {
             let mut m = self.map.lock().unwrap();

@@ -152,8 +152,17 @@ fn last_err() -> io::Error {
 
 /// Send one frame, with an optional file descriptor, and then `text` (if any).
 pub fn send(sock: RawFd, frame: Frame, fd: Option<RawFd>, text: &[u8]) -> io::Result<()> {
-    let bytes = frame.encode();
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: FRAME_BYTES };
+    if send_raw(sock, &frame.encode(), fd)? != FRAME_BYTES {
+        return Err(io::Error::other("short write of a frame"));
+    }
+    write_all(sock, text)
+}
+
+/// One `sendmsg` of `bytes`, with `fd` attached as SCM_RIGHTS if given; returns the bytes
+/// sent. [`send`] is the protocol's way; this is also how tests and fuzzers send bytes that
+/// are not a valid frame.
+pub fn send_raw(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
     // Room for one fd of ancillary data, aligned as cmsghdr requires.
     let mut cbuf = [0u64; 4];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
@@ -179,10 +188,7 @@ pub fn send(sock: RawFd, frame: Frame, fd: Option<RawFd>, text: &[u8]) -> io::Re
     if n < 0 {
         return Err(last_err());
     }
-    if n as usize != FRAME_BYTES {
-        return Err(io::Error::other("short write of a frame"));
-    }
-    write_all(sock, text)
+    Ok(n as usize)
 }
 
 pub fn write_all(sock: RawFd, mut buf: &[u8]) -> io::Result<()> {

@@ -156,22 +156,7 @@ fn fds_on_rejected_frames_are_closed() {
             (p[0], p[1])
         };
         // `bytes` go in one sendmsg with `passed` attached as SCM_RIGHTS.
-        let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-        let mut cbuf = [0u64; 4];
-        // SAFETY: a msghdr over live buffers carrying one fd.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), passed);
-            assert_eq!(libc::sendmsg(sv[0], &msg, 0), bytes.len() as isize);
-        }
+        assert_eq!(proto::send_raw(sv[0], bytes, Some(passed)).unwrap(), bytes.len());
         close(passed); // the only other reference is now the one in flight
         if !hold_open {
             close(sv[0]);

@@ -40,24 +40,8 @@ fuzz_target!(|data: &[u8]| {
     let mut sent_fd = with_fd;
     for (i, piece) in data.chunks(chunk).enumerate() {
         if sent_fd && i == 0 && piece.len() == FRAME_BYTES {
-            // Through `send` so the fd rides as SCM_RIGHTS; only whole frames can go that way.
-            let raw: [u8; FRAME_BYTES] = piece.try_into().unwrap();
-            let mut iov = libc::iovec { iov_base: raw.as_ptr() as *mut _, iov_len: FRAME_BYTES };
-            let mut cbuf = [0u64; 4];
-            // SAFETY: the same cmsg construction as proto::send, over live buffers.
-            unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = cbuf.as_mut_ptr().cast();
-                msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), 0);
-                assert_eq!(libc::sendmsg(sv[0], &msg, 0), FRAME_BYTES as isize);
-            }
+            // Through `send_raw` so the fd rides as SCM_RIGHTS.
+            assert_eq!(proto::send_raw(sv[0], piece, Some(0)).unwrap(), FRAME_BYTES);
         } else {
             proto::write_all(sv[0], piece).unwrap();
         }
