@@ -163,6 +163,8 @@ pub struct Daemon {
     // A Mutex so that reports (which take `&self`) can tell whether the daemon died.
     child: Mutex<Option<Child>>,
     command: String,
+    /// The flags it was started with, to start it again the same way.
+    args: Vec<std::ffi::OsString>,
     socket: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
@@ -181,21 +183,15 @@ impl Daemon {
         let state_dir = dir.path().join("state");
         fs::create_dir(&state_dir).unwrap();
         let log_path = dir.path().join("holo-pager.log");
-        let log = fs::File::create(&log_path).unwrap();
-
-        let mut cmd = Command::new(bin("holo-pager"));
-        cmd.arg("--socket").arg(&socket);
-        cmd.arg("--state-dir").arg(&state_dir);
-        cmd.args(["--dram-budget", budget, "--granule", granule]);
-        cmd.args(extra);
-        cmd.env("RUST_BACKTRACE", "1");
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        let command = describe_command(&cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
-
+        let mut args: Vec<std::ffi::OsString> = vec!["--socket".into(), socket.clone().into()];
+        args.extend(["--state-dir".into(), state_dir.clone().into()]);
+        args.extend(["--dram-budget", budget, "--granule", granule].map(Into::into));
+        args.extend(extra.iter().map(Into::into));
+        let (child, command) = Self::spawn(&args, &log_path);
         let mut daemon = Daemon {
             child: Mutex::new(Some(child)),
             command,
+            args,
             socket,
             state_dir,
             log_path,
@@ -205,6 +201,26 @@ impl Daemon {
         };
         daemon.wait_ready();
         daemon
+    }
+
+    fn spawn(args: &[std::ffi::OsString], log_path: &Path) -> (Child, String) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+        let mut cmd = Command::new(bin("holo-pager"));
+        cmd.args(args);
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let command = describe_command(&cmd);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+        (child, command)
+    }
+
+    /// SIGKILLs the daemon (if it runs) and starts it again with the same flags and state
+    /// directory, as systemd's `Restart=` would; returns once its socket accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, _) = Self::spawn(&self.args, &self.log_path);
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

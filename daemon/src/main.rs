@@ -97,6 +97,11 @@ fn main() -> anyhow::Result<()> {
         store.levels.iter().map(|l| l.tier.name()).collect::<Vec<_>>().join(" > ")
     );
     let daemon = Arc::new(Daemon::new(config, store));
+    // Before listening: the clients of a crashed predecessor reconnect as soon as the socket
+    // is back, and find their state ready.
+    let recovered = holo_pager::journal::recover_all(&daemon.journal_dir(), &daemon.store)
+        .with_context(|| format!("cannot recover client state from {}", daemon.journal_dir().display()))?;
+    *daemon.recovered.lock().unwrap() = recovered;
     service::notify("READY=1");
     service::start_watchdog();
     pressure::spawn(daemon.clone()).context("cannot start the pressure thread")?;

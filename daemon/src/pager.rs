@@ -32,6 +32,7 @@ use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement};
+use crate::journal::{Intent, Journal};
 use crate::pagetable::{PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
@@ -140,21 +141,51 @@ pub struct Pager {
     evict_error_logged: Option<Instant>,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
+    /// Where the page-table changes go that a restarted daemon needs (`None` if it could
+    /// not be created: logged, and this client would not survive a restart).
+    journal: Option<Journal>,
+    /// Served by a daemon that crashed: protection and parked faults it left are lifted
+    /// once the thread starts.
+    resumed: bool,
 }
 
 impl Pager {
+    /// A pager for a client whose memory is described by `table`. A client resumed after a
+    /// daemon restart also brings the evictions its agent may still be zapping (`resume`:
+    /// their intents and the next eviction id).
     pub fn new(
         d: Arc<Daemon>,
         info: Arc<ClientInfo>,
         uffd: Uffd,
         req: UnixStream,
         table: PageTable,
+        resume: Option<(Vec<(u64, Intent)>, u64)>,
     ) -> io::Result<Pager> {
         let mem = File::open(format!("/proc/{}/mem", info.pid))?;
         let granule = d.config.granule_bytes;
         let d_budget_granules = d.config.dram_budget_bytes / granule;
         let resident = table.resident_pages() as i64;
         d.add_resident(&info, resident);
+        let resumed = resume.is_some();
+        let (intents, next_eviction) = resume.unwrap_or((Vec::new(), 1));
+        let journal = crate::journal::start_time(info.pid)
+            .ok_or_else(|| io::Error::other("process gone"))
+            .and_then(|t| {
+                Journal::create(&crate::journal::path_for(&d.journal_dir(), info.pid, t), &table, &intents)
+            })
+            .map_err(|e| log::error!("pid {}: no journal ({e}); a daemon restart would lose its pages", info.pid))
+            .ok();
+        let mut evictions = HashMap::new();
+        for (id, i) in intents {
+            // Pages its zap already removed are spilled (and referred to) in the table.
+            let spilled =
+                i.pages.iter().filter(|&&a| matches!(table.get(a), Some(PageState::Spilled { slot, .. }) if slot == i.slot));
+            let spilled = spilled.count() as u32;
+            let pages: Vec<u64> = i.pages.iter().copied().filter(|&a| table.get(a) == Some(PageState::Resident)).collect();
+            d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
+            let state = if spilled > 0 { EvictState::Removed } else { EvictState::Go };
+            evictions.insert(id, Eviction { w: i.w, slot: i.slot, pages, spilled, state, sent_at: Instant::now() });
+        }
         Ok(Pager {
             d,
             info,
@@ -165,8 +196,8 @@ impl Pager {
             table,
             granule,
             deferred: Vec::new(),
-            evictions: HashMap::new(),
-            next_eviction: 1,
+            evictions,
+            next_eviction,
             pending_forks: VecDeque::new(),
             policy: ArcPolicy::new(d_budget_granules),
             hand: 0,
@@ -179,11 +210,51 @@ impl Pager {
             summary_at: Instant::now(),
             evict_error_logged: None,
             evict_backoff_until: None,
+            journal,
+            resumed,
         })
+    }
+
+    /// The evictions under way that have a slot, as journal intents.
+    fn intents(&self) -> Vec<(u64, Intent)> {
+        self.evictions
+            .iter()
+            .filter(|(_, e)| e.slot != NO_SLOT)
+            .map(|(&id, e)| {
+                let version = self.d.store.versions(std::iter::once(e.slot))[0];
+                (id, Intent { w: e.w, slot: e.slot, version, pages: e.pages.clone() })
+            })
+            .collect()
+    }
+
+    /// First thing after a restart: the crashed daemon may have left windows
+    /// write-protected (evictions it started) and faults it had read but not served.
+    /// Lift the protection everywhere but the windows the agent is still zapping, and wake
+    /// every waiting thread: those whose page is still missing fault again, to us.
+    fn lift_after_restart(&mut self) {
+        let regions: Vec<(u64, u64)> = self.table.regions().map(|r| (r.start, r.end())).collect();
+        let mut zapping: Vec<Window> = self.evictions.values().map(|e| e.w).collect();
+        zapping.sort_unstable_by_key(|w| w.start);
+        for (start, end) in regions {
+            let mut at = start;
+            for w in zapping.iter().filter(|w| w.overlaps(start, end)) {
+                if w.start > at {
+                    let _ = self.uffd.write_protect(at, w.start - at, false);
+                }
+                at = at.max(w.end());
+            }
+            if at < end {
+                let _ = self.uffd.write_protect(at, end - at, false);
+            }
+            let _ = self.uffd.wake(start, end - start);
+        }
     }
 
     pub fn run(mut self) {
         log::debug!("pager for pid {} started", self.info.pid);
+        if self.resumed {
+            self.lift_after_restart();
+        }
         let mut msgs = [UffdMsg::default(); MSG_BATCH];
         let Gone(why) = loop {
             if let Err(gone) = self.step(&mut msgs) {
@@ -246,6 +317,10 @@ impl Pager {
         self.d.rebalance();
         self.evict_requested()?;
         self.publish_summary();
+        if self.journal.as_ref().is_some_and(|j| j.wants_compaction()) {
+            let intents = self.intents();
+            self.journal.as_mut().unwrap().compact(&self.table, &intents);
+        }
         Ok(())
     }
 
@@ -301,6 +376,9 @@ impl Pager {
             Event::Remove { start, end } => self.on_remove(start, end),
             Event::Unmap { start, end } => {
                 self.settle_overlapping(start, end);
+                if let Some(j) = &mut self.journal {
+                    j.unmap(start, end);
+                }
                 let (released, resident) = self.table.unmap(start, end);
                 self.d.store.release(&released);
                 self.d.add_resident(&self.info, -(resident as i64));
@@ -308,6 +386,9 @@ impl Pager {
             Event::Remap { from, to, len } => {
                 self.settle_overlapping(from, from + len);
                 self.settle_overlapping(to, to + len);
+                if let Some(j) = &mut self.journal {
+                    j.remap(from, to, len);
+                }
                 let (released, resident) = self.table.remap(from, to, len);
                 self.d.store.release(&released);
                 self.d.add_resident(&self.info, -(resident as i64));
@@ -645,6 +726,9 @@ impl Pager {
             (a <= addr && addr < b).then_some((a, b))
         })?;
         self.table.adopt(lo, hi);
+        if let Some(j) = &mut self.journal {
+            j.adopt(lo, hi);
+        }
         self.table.window(addr, self.granule)
     }
 
@@ -677,6 +761,9 @@ impl Pager {
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
         // eviction not yet under way there captured stale bytes: cancel it.
         self.settle_overlapping(start, end);
+        if let Some(j) = &mut self.journal {
+            j.zero(start, end);
+        }
         let (released, resident) = self.table.zero_range(start, end);
         self.d.store.release(&released);
         self.d.add_resident(&self.info, -(resident as i64));
@@ -949,6 +1036,11 @@ impl Pager {
             }
             let (start, len) = (e.w.start, e.w.len);
             e.sent_at = Instant::now();
+            if let Some(j) = &mut self.journal {
+                // Before the zap: once the pages are gone, only this says where they are.
+                let version = self.d.store.versions(std::iter::once(e.slot))[0];
+                j.evict(id, &Intent { w: e.w, slot: e.slot, version, pages: e.pages.clone() });
+            }
             let sent = self
                 .agent
                 .as_ref()
@@ -1061,7 +1153,11 @@ impl Pager {
         self.uffd
             .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
             .map_err(|e| format!("cannot register {start:#x}+{len:#x} (must be private anonymous memory): {e}"))?;
-        self.table.add_region(start, len).map_err(|e| e.to_string())
+        self.table.add_region(start, len).map_err(|e| e.to_string())?;
+        if let Some(j) = &mut self.journal {
+            j.region(start, len);
+        }
+        Ok(())
     }
 
     fn forked(&mut self, child_pid: i32) -> Result<(), String> {
@@ -1107,6 +1203,9 @@ impl Pager {
         let left = self.info.evict_request.swap(0, Relaxed);
         self.d.budget.requested.fetch_sub(left, Relaxed);
         self.table = PageTable::default();
+        if let Some(j) = self.journal.take() {
+            j.remove();
+        }
         self.d.remove_client(self.info.token);
     }
 }

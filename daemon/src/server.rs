@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
 
+use crate::journal::Intent;
 use crate::pager::Pager;
 use crate::pagetable::PageTable;
 use crate::state::{ClientInfo, Daemon};
@@ -139,6 +140,7 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         role::CLIENT => start_client(&d, conn, peer),
         role::CHILD => start_child(&d, conn, peer, hello.c as i32),
         role::AGENT => attach_agent(&d, conn, peer, hello.c),
+        role::RESUME => resume_client(&d, conn, peer, hello.c),
         role::CONTROL => answer_queries(&d, conn),
         other => {
             let why = format!("unknown role {other}");
@@ -167,10 +169,11 @@ fn spawn_pager(
     uffd: Uffd,
     conn: UnixStream,
     table: PageTable,
+    resume: Option<(Vec<(u64, Intent)>, u64)>,
 ) -> Result<(), String> {
     // The pager reads without blocking; the timeout bounds only the rest of a partial frame.
     let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
-    let pager = Pager::new(d.clone(), info.clone(), uffd, conn, table).map_err(|e| {
+    let pager = Pager::new(d.clone(), info.clone(), uffd, conn, table, resume).map_err(|e| {
         d.remove_client(info.token);
         format!("cannot open /proc/{}/mem: {e}", info.pid)
     })?;
@@ -213,7 +216,64 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
     };
     proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
     log::info!("client pid {} ({}) uid {} connected", peer.pid, info.comm, peer.uid);
-    spawn_pager(d, info, uffd, conn, PageTable::default())
+    spawn_pager(d, info, uffd, conn, PageTable::default(), None)
+}
+
+/// A client of a daemon that crashed reconnects: it reports the zaps its agent may be in
+/// the middle of and hands its uffd back (registered and past UFFDIO_API already). Its
+/// page table comes from its journal, replayed at start-up ([`crate::journal`]).
+fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Result<(), String> {
+    let fd = conn.as_raw_fd();
+    let refuse = |why: String| {
+        let _ = send_text(fd, Kind::Refused, &why);
+        why
+    };
+    if zaps > proto::MAX_RESUMED_ZAPS {
+        return Err(refuse(format!("{zaps} zaps in flight reported; at most {}", proto::MAX_RESUMED_ZAPS)));
+    }
+    let mut reported = Vec::new();
+    for _ in 0..zaps {
+        match recv_blocking(&conn).map_err(|e| refuse(e.to_string()))? {
+            (f, None) if f.kind == Kind::Zapping => reported.push((f.a, f.b, f.c)),
+            (f, _) => return Err(refuse(format!("expected Zapping, got {:?}", f.kind))),
+        }
+    }
+    let uffd = match recv_blocking(&conn).map_err(|e| refuse(e.to_string()))? {
+        (f, Some(ufd)) if f.kind == Kind::Uffd && is_userfaultfd(&ufd) => Uffd::from_owned(ufd),
+        (f, _) => return Err(refuse(format!("expected a userfaultfd, got {:?}", f.kind))),
+    };
+    let Some(r) = d.recovered.lock().unwrap().remove(&peer.pid) else {
+        return Err(refuse(format!(
+            "holo-pager has no record of pid {} (restarted without its state dir, or not its client)",
+            peer.pid
+        )));
+    };
+    // The reported zaps that the journal knows, with the slot still holding their bytes,
+    // are evictions under way; the other intents' slots are given back.
+    let mut under_way = Vec::new();
+    for (id, intent) in r.intents {
+        let reported = reported.iter().any(|&(zid, start, len)| zid == id && start == intent.w.start && len == intent.w.len);
+        let current = d.store.versions(std::iter::once(intent.slot))[0] == intent.version;
+        if reported && current {
+            under_way.push((id, intent));
+        } else {
+            d.store.discard_if_unreferenced(intent.slot, intent.version);
+        }
+    }
+    let info = register_client(d, peer).map_err(refuse)?;
+    let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
+    if let Err(e) = proto::send(fd, welcome, None, b"") {
+        d.remove_client(info.token);
+        return Err(format!("cannot welcome resumed client: {e}"));
+    }
+    log::info!(
+        "client pid {} ({}) resumed after a restart: {} spilled pages, {} zap(s) under way",
+        peer.pid,
+        info.comm,
+        r.table.regions().map(|r| r.spilled).sum::<u64>(),
+        under_way.len()
+    );
+    spawn_pager(d, info, uffd, conn, r.table, Some((under_way, r.next_eviction)))
 }
 
 fn is_userfaultfd(fd: &OwnedFd) -> bool {
@@ -248,7 +308,7 @@ fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -
         return Err(format!("cannot welcome forked child: {e}"));
     }
     log::info!("forked child pid {} of pid {parent_pid} connected", peer.pid);
-    spawn_pager(d, info, child.uffd, conn, child.table)
+    spawn_pager(d, info, child.uffd, conn, child.table, None)
 }
 
 /// Whether two tokens are equal, in time that does not depend on where they differ.

@@ -136,6 +136,8 @@ pub struct Daemon {
     children_cv: Condvar,
     next_token: AtomicU64,
     pub started: Instant,
+    /// Clients of a crashed predecessor, by pid, until their shims reconnect.
+    pub recovered: Mutex<HashMap<i32, crate::journal::Recovered>>,
 }
 
 impl Daemon {
@@ -161,7 +163,13 @@ impl Daemon {
             children_cv: Condvar::new(),
             next_token: AtomicU64::new(seed ^ (std::process::id() as u64) << 48 | 1),
             started: Instant::now(),
+            recovered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where client journals live.
+    pub fn journal_dir(&self) -> std::path::PathBuf {
+        self.config.state_dir.join("clients")
     }
 
     /// Milliseconds since the daemon started.

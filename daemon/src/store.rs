@@ -16,6 +16,12 @@
 //! map entry under the I/O gate's write side: reads hold its read side from translation to
 //! completion, so no read can be in flight on a slot that a move frees. At every moment the
 //! map names exactly one copy; a move whose entry was freed meanwhile is thrown away.
+//!
+//! **Restart.** Every change of the map is also written to `STATE_DIR/store.map` (one
+//! [`MAP_RECORD_BYTES`] record per slot id) right after the bytes it names are in their
+//! tier, and the tiers keep their slots across a restart, so a daemon restarted after a crash
+//! finds every granule again ([`Store::recover`]). Reference counts are not recorded: the
+//! recovered page tables say who refers to what.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -73,6 +79,8 @@ pub struct Level {
 pub struct Store {
     pub levels: Vec<Level>,
     map: Mutex<Map>,
+    /// Where map entries are recorded (`None` in tests that need no restart).
+    map_file: Option<std::fs::File>,
     /// Reads hold it shared from translation to completion; a move's switch holds it alone.
     io_gate: RwLock<()>,
 }
@@ -87,6 +95,10 @@ struct Map {
     arrivals: Vec<VecDeque<(u64, SlotId)>>,
 }
 
+/// One slot id's record in `store.map`: live (u8), level (u8), 2 zero bytes, the slot in
+/// its tier (u32 LE), version (u64 LE). All zeros: free.
+pub const MAP_RECORD_BYTES: usize = 16;
+
 #[derive(Clone, Copy)]
 struct Entry {
     /// Pages referring to the slot; 0 between `put` and the first `add_refs`.
@@ -99,11 +111,36 @@ struct Entry {
     version: u64,
 }
 
+impl Entry {
+    const FREE: Entry = Entry { refs: 0, level: 0, at: 0, live: false, version: 0 };
+
+    fn encode(&self) -> [u8; MAP_RECORD_BYTES] {
+        let mut r = [0u8; MAP_RECORD_BYTES];
+        if self.live {
+            r[0] = 1;
+            r[1] = self.level;
+            r[4..8].copy_from_slice(&self.at.to_le_bytes());
+            r[8..16].copy_from_slice(&self.version.to_le_bytes());
+        }
+        r
+    }
+
+    fn decode(r: &[u8]) -> Option<Entry> {
+        (r[0] == 1).then(|| Entry {
+            refs: 0,
+            level: r[1],
+            at: SlotId::from_le_bytes(r[4..8].try_into().unwrap()),
+            live: true,
+            version: u64::from_le_bytes(r[8..16].try_into().unwrap()),
+        })
+    }
+}
+
 impl Store {
     /// The tiers the configuration asks for, fastest first: NVMe, then FS if configured.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
-        let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes)?;
+        let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
         if !nvme.direct() {
             log::warn!(
                 "nvme tier: {} refuses O_DIRECT (tmpfs?): buffered I/O, evicted pages may linger in the page cache",
@@ -116,10 +153,83 @@ impl Store {
             // other's slots.
             let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let dir = dir.join(format!("holo-{}", node.trim()));
-            tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, false)?));
+            tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, true)?));
         }
         log::info!("hbm tier: {}", hbm_absent_reason());
-        Ok(Store::new(tiers))
+        let mut store = Store::new(tiers);
+        let path = config.state_dir.join("store.map");
+        let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path).map_err(open_err)?;
+        let mut records = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut records).map_err(open_err)?;
+        {
+            let m = store.map.get_mut().unwrap();
+            for (id, r) in records.chunks_exact(MAP_RECORD_BYTES).enumerate() {
+                let Some(e) = Entry::decode(r).filter(|e| (e.level as usize) < store.levels.len()) else { continue };
+                m.entries.resize(id + 1, Entry::FREE);
+                m.entries[id] = e;
+                m.next_version = m.next_version.max(e.version);
+            }
+        }
+        store.map_file = Some(file);
+        Ok(store)
+    }
+
+    /// After a restart: `refs` says how many pages of the recovered page tables refer to
+    /// each slot id, `held` names ids that must stay although nothing refers to them yet
+    /// (evictions that clients may still be finishing). Every other entry of the recorded
+    /// map is freed, and so is every slot a tier kept that no entry names (a crash between
+    /// a tier write and its map record). Returns (granules kept, granules freed).
+    pub fn recover(&self, refs: &std::collections::HashMap<SlotId, u32>, held: &std::collections::HashSet<SlotId>) -> (u64, u64) {
+        let mut m = self.map.lock().unwrap();
+        let mut named: Vec<std::collections::HashSet<SlotId>> = vec![Default::default(); self.levels.len()];
+        let (mut kept, mut freed) = (0, 0);
+        let Map { entries, free_ids, arrivals, .. } = &mut *m;
+        for (id, e) in entries.iter_mut().enumerate() {
+            let id = id as SlotId;
+            if !e.live {
+                free_ids.push(id);
+                continue;
+            }
+            let n = refs.get(&id).copied().unwrap_or(0);
+            if n == 0 && !held.contains(&id) {
+                e.live = false;
+                free_ids.push(id);
+                freed += 1;
+                self.persist(id, e);
+                continue;
+            }
+            e.refs = n;
+            named[e.level as usize].insert(e.at);
+            self.levels[e.level as usize].counters.pages.fetch_add(n as u64, Relaxed);
+            if e.level as usize + 1 < arrivals.len() {
+                arrivals[e.level as usize].push_back((e.version, id));
+            }
+            kept += 1;
+        }
+        for (level, l) in self.levels.iter().enumerate() {
+            for at in l.tier.kept_slots() {
+                if !named[level].contains(&at) {
+                    l.tier.free(at);
+                }
+            }
+        }
+        // Entries first named later must still be kept in arrival order.
+        for q in arrivals.iter_mut() {
+            q.make_contiguous().sort_unstable();
+        }
+        (kept, freed)
+    }
+
+    /// Record entry `id` in the map file. Under the map lock, so records of one id are
+    /// written in the order the entry changed.
+    fn persist(&self, id: SlotId, e: &Entry) {
+        if let Some(f) = &self.map_file {
+            use std::os::unix::fs::FileExt;
+            if let Err(err) = f.write_all_at(&e.encode(), id as u64 * MAP_RECORD_BYTES as u64) {
+                log::error!("cannot record slot {id} in the store map ({err}): a restart would lose it");
+            }
+        }
     }
 
     /// `tiers` from fastest to slowest; a granule goes to the first with room.
@@ -128,7 +238,7 @@ impl Store {
         let n = tiers.len();
         let levels = tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
         let map = Map { arrivals: vec![VecDeque::new(); n], ..Map::default() };
-        Store { levels, map: Mutex::new(map), io_gate: RwLock::new(()) }
+        Store { levels, map: Mutex::new(map), map_file: None, io_gate: RwLock::new(()) }
     }
 
     /// Write one granule's bytes into the fastest tier with room. The new slot has no
@@ -194,6 +304,7 @@ impl Store {
                 (m.entries.len() - 1) as SlotId
             }
         };
+        self.persist(id, &entry);
         Self::arrived(&mut m, level as usize, version, id);
         id
     }
@@ -333,6 +444,8 @@ impl Store {
         e.level = (level + 1) as u8;
         e.at = new_at;
         let pages = e.refs as u64;
+        let moved = *e;
+        self.persist(id, &moved);
         Self::arrived(&mut m, level + 1, version, id);
         drop(m);
         from.tier.free(at);
@@ -386,11 +499,24 @@ impl Store {
                     e.live = false;
                     freed.push((e.level, e.at));
                     free_ids.push(id);
+                    self.persist(id, e);
                 }
             }
         }
         for (level, at) in freed {
             self.levels[level as usize].tier.free(at);
+        }
+    }
+
+    /// After a restart: give back slot `id` if it still holds `version` and no page refers
+    /// to it (an eviction the crashed daemon started that no agent is finishing).
+    pub fn discard_if_unreferenced(&self, id: SlotId, version: u64) {
+        let unreferenced = {
+            let m = self.map.lock().unwrap();
+            m.entries.get(id as usize).is_some_and(|e| e.live && e.version == version && e.refs == 0)
+        };
+        if unreferenced {
+            self.discard(id);
         }
     }
 
@@ -402,6 +528,8 @@ impl Store {
             assert!(e.live && e.refs == 0, "discard of slot {slot}, which pages refer to");
             e.live = false;
             let place = (e.level, e.at);
+            let freed = *e;
+            self.persist(slot, &freed);
             m.free_ids.push(slot);
             place
         };
@@ -433,7 +561,7 @@ mod tests {
         let g = 8192;
         std::fs::create_dir_all(dir).unwrap();
         Store::new(vec![
-            Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(nvme_slots * g as u64)).unwrap()),
+            Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(nvme_slots * g as u64), false).unwrap()),
             Box::new(FsTier::open(&dir.join("fs"), g, None, false).unwrap()),
         ])
     }
@@ -467,7 +595,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("holo-store-full-{}", std::process::id()));
         let g = 8192;
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::new(vec![Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(g as u64)).unwrap())]);
+        let store = Store::new(vec![Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(g as u64), false).unwrap())]);
         store.put(&[1; 8192]).unwrap();
         let err = store.put(&[2; 8192]).unwrap_err();
         assert!(err.is_full() && err.to_string().contains("full"), "{err}");

@@ -1,5 +1,15 @@
 //! The shim's side of the protocol: connect and hand over the uffd, register regions, run
-//! the agent thread, re-attach a forked child, and fail loudly if the daemon is lost.
+//! the agent thread, re-attach a forked child, reconnect to a restarted daemon, and fail
+//! loudly if the daemon stays lost.
+//!
+//! **Daemon restart.** The sentinel thread sees the connections hang up and reconnects
+//! (`Resume`) as soon as the socket answers again, for up to `HOLO_DAEMON_TIMEOUT` seconds;
+//! the program's faulting threads wait meanwhile (our uffd reference keeps the ranges
+//! registered). The agent may be in the middle of a zap then, holding the gate, even blocked
+//! inside madvise until someone reads its EVENT_REMOVE: so it publishes the zaps of each
+//! batch in [`INFLIGHT`] before asking for them, the sentinel reports those to the new
+//! daemon, and the agent, on the new connection, says `Zapped` for each before it lets go
+//! of the gate. The new daemon thus knows which REMOVEs are the agent's.
 
 use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use holo_pagers::proto::{self, role, Frame, Kind, Recv, PROTOCOL_VERSION};
@@ -21,6 +31,19 @@ static AGENT_FD: AtomicI32 = AtomicI32::new(-1);
 /// our ranges (which would turn pages into zeros); faults stall instead.
 static UFFD: AtomicI32 = AtomicI32::new(-1);
 static TOKEN: AtomicU64 = AtomicU64::new(0);
+/// Bumped by the sentinel each time it has reconnected; the agent follows it.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A zap as the agent publishes it: (id, start, len), all 0 for an empty entry.
+struct ZapSlot([AtomicU64; 3]);
+const EMPTY_ZAP: ZapSlot = ZapSlot([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+/// The agent's current batch (written under the gate before it asks for a go, cleared when
+/// the daemon has settled all of it).
+static INFLIGHT: [ZapSlot; ZAP_BATCH] = [EMPTY_ZAP; ZAP_BATCH];
+static INFLIGHT_LEN: AtomicUsize = AtomicUsize::new(0);
+/// What the sentinel reported to the new daemon, for the agent to settle.
+static REPORTED: [ZapSlot; ZAP_BATCH] = [EMPTY_ZAP; ZAP_BATCH];
+static REPORTED_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Held around every call that can zap or move managed pages (madvise DONTNEED/FREE,
 /// munmap, mremap, mmap MAP_FIXED, fork) and by the agent while it zaps an eviction. It
@@ -120,6 +143,10 @@ impl Why {
     }
     fn os(what: &'static str) -> Why {
         Why { errno: sys::errno(), ..Why::new(what) }
+    }
+    fn print_plain(&self) {
+        let detail = core::str::from_utf8(&self.detail[..self.len]).unwrap_or("?");
+        say!("holo: {}: {detail}", self.what);
     }
     fn print(&self) {
         let detail = core::str::from_utf8(&self.detail[..self.len]).unwrap_or("?");
@@ -232,22 +259,117 @@ fn become_helper_thread() {
     }
 }
 
-/// Watches the connections for the daemon's death. The agent cannot always see it: it may
-/// be stuck in a madvise whose EVENT_REMOVE nobody will ever read.
+/// Watches the connections for the daemon's death and reconnects to its successor. The
+/// agent cannot always see the death: it may be stuck in a madvise whose EVENT_REMOVE
+/// nobody will read until a new daemon runs.
 extern "C" fn sentinel_main(_: *mut c_void) -> *mut c_void {
     become_helper_thread();
-    let mut fds = [REQ_FD.load(Acquire), AGENT_FD.load(Acquire)].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    });
     loop {
+        let mut fds = [REQ_FD.load(Acquire), AGENT_FD.load(Acquire)].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        });
         // SAFETY: poll on our own fds; POLLRDHUP never consumes data the others read.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
         if n > 0 && fds.iter().any(|f| f.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0) {
-            daemon_lost()
+            reconnect();
         }
     }
+}
+
+fn now_ms() -> u64 {
+    // SAFETY: clock_gettime fills a timespec we own.
+    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The daemon is gone: wait for a new one (up to the timeout) and resume with it, or die
+/// loudly rather than run on with memory nobody serves.
+fn reconnect() {
+    let timeout = TIMEOUT_S.load(Relaxed);
+    say!("holo: lost the connection to holo-pager; waiting up to {timeout} s for it to come back");
+    let t0 = now_ms();
+    loop {
+        match resume() {
+            Ok(()) => {
+                say!("holo: resumed with a restarted holo-pager after {} ms", now_ms() - t0);
+                return;
+            }
+            Err((true, why)) => {
+                why.print_plain();
+                kill_self("holo-pager came back without this process's state");
+            }
+            Err((false, _)) if now_ms() - t0 > timeout * 1000 => {
+                kill_self("holo-pager did not come back in time");
+            }
+            // SAFETY: sleeping 20 ms.
+            Err((false, _)) => unsafe {
+                libc::usleep(20_000);
+            },
+        }
+    }
+}
+
+/// One try at resuming with a restarted daemon. `Err((true, _))`: it answered and refused
+/// (it does not know us: our spilled pages are gone); `Err((false, _))`: not there yet.
+fn resume() -> Result<(), (bool, Why)> {
+    let fd = connect_socket().map_err(|w| (false, w))?;
+    let close = |fd: c_int| {
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+    };
+    // The agent's batch as of now; it settles exactly these on the new connection.
+    let n = INFLIGHT_LEN.load(Acquire);
+    for (r, i) in REPORTED.iter().zip(INFLIGHT.iter()).take(n) {
+        for k in 0..3 {
+            r.0[k].store(i.0[k].load(Relaxed), Relaxed);
+        }
+    }
+    REPORTED_LEN.store(n, Release);
+    let mut sent = proto::send(fd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::RESUME, n as u64), None, b"").is_ok();
+    for z in REPORTED.iter().take(n) {
+        let [id, start, len] = [0, 1, 2].map(|k| z.0[k].load(Relaxed));
+        sent &= proto::send(fd, Frame::new(Kind::Zapping, id, start, len), None, b"").is_ok();
+    }
+    if !sent {
+        close(fd);
+        return Err((false, Why::os("cannot talk to holo-pager")));
+    }
+    let welcome = match call(fd, Frame::new(Kind::Uffd, 0, 0, 0), Some(UFFD.load(Acquire)), "holo-pager refused to resume this process") {
+        Ok((f, _)) if f.kind == Kind::Welcome => f,
+        Ok(_) => {
+            close(fd);
+            return Err((true, Why::new("holo-pager answered the resume with something else")));
+        }
+        // A daemon that is starting may close on us; only a clear refusal is final.
+        Err(why) => {
+            close(fd);
+            return Err((why.len > 0, why));
+        }
+    };
+    let afd = match connect_socket() {
+        Ok(a) => a,
+        Err(w) => {
+            close(fd);
+            return Err((false, w));
+        }
+    };
+    if let Err(w) = call(afd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::AGENT, welcome.a), None, "holo-pager refused the agent") {
+        close(fd);
+        close(afd);
+        return Err((true, w));
+    }
+    TOKEN.store(welcome.a, Release);
+    REQ.lock();
+    let old = REQ_FD.swap(fd, AcqRel);
+    REQ.unlock();
+    close(old);
+    // The agent closes its old connection when it moves to this one.
+    AGENT_FD.store(afd, Release);
+    GENERATION.fetch_add(1, AcqRel);
+    Ok(())
 }
 
 fn handshake() -> Result<(), Why> {
@@ -377,23 +499,62 @@ fn agent_recv(fd: c_int) -> Option<Frame> {
 /// The agent: zaps the granules the daemon evicted, under the gate.
 extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
     become_helper_thread();
-    let fd = AGENT_FD.load(Acquire);
+    let mut fd = AGENT_FD.load(Acquire);
+    let mut generation = GENERATION.load(Acquire);
     let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
     loop {
         if queue.len == 0 {
             match agent_recv(fd) {
-                Some(f) if f.kind == Kind::Zap => queue.push(f),
-                _ => break,
+                Some(f) if f.kind == Kind::Zap => {
+                    queue.push(f);
+                }
+                _ => {
+                    GATE.lock();
+                    fd = follow_sentinel(fd, &mut generation, &mut queue);
+                    GATE.unlock();
+                    continue;
+                }
             };
         }
         GATE.lock();
-        let ok = zap_batch(fd, &mut queue);
-        GATE.unlock();
-        if !ok {
-            break;
+        if !zap_batch(fd, &mut queue) {
+            fd = follow_sentinel(fd, &mut generation, &mut queue);
         }
+        GATE.unlock();
     }
-    daemon_lost()
+}
+
+/// Under the gate, after the connection `old` failed: wait for the sentinel to resume with
+/// a new daemon, settle there the zaps it reported (their madvise, if we did one, has
+/// returned: the new daemon read its REMOVE), and return the new connection. The old
+/// daemon's queued zaps are void.
+fn follow_sentinel(old: c_int, generation: &mut u64, queue: &mut ZapQueue) -> c_int {
+    queue.len = 0;
+    let deadline = now_ms() + TIMEOUT_S.load(Relaxed) * 1000 + 5000;
+    loop {
+        while GENERATION.load(Acquire) == *generation {
+            if now_ms() > deadline {
+                kill_self("the holo agent lost its connection to holo-pager");
+            }
+            // SAFETY: sleeping 5 ms.
+            unsafe { libc::usleep(5_000) };
+        }
+        *generation = GENERATION.load(Acquire);
+        let fd = AGENT_FD.load(Acquire);
+        let reported = REPORTED_LEN.load(Acquire);
+        let ids: [u64; ZAP_BATCH] = core::array::from_fn(|k| REPORTED[k].0[0].load(Relaxed));
+        let settled = ids[..reported]
+            .iter()
+            .all(|&id| proto::send(fd, Frame::new(Kind::Zapped, id, 0, 0), None, b"").is_ok())
+            && ids[..reported].iter().all(|&id| await_reply(fd, id, queue) == Some(Kind::Done));
+        if settled {
+            INFLIGHT_LEN.store(0, Release);
+            // SAFETY: closing the connection to the daemon that died.
+            unsafe { libc::close(old) };
+            return fd;
+        }
+        // This daemon died too: wait for the next one.
+    }
 }
 
 /// Zaps done under one hold of the gate.
@@ -421,6 +582,14 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
         n += 1;
     }
     let batch = &batch[..n];
+    // Published before any go is asked for: if the daemon dies from here on, the sentinel
+    // tells its successor which zaps may happen.
+    for (slot, z) in INFLIGHT.iter().zip(batch) {
+        for (k, v) in [z.a, z.b, z.c].into_iter().enumerate() {
+            slot.0[k].store(v, Relaxed);
+        }
+    }
+    INFLIGHT_LEN.store(n, Release);
     let say = |kind: Kind, z: &Frame, b: u64| proto::send(fd, Frame::new(kind, z.a, b, 0), None, b"").is_ok();
     if !batch.iter().all(|z| say(Kind::Zapping, z, 0)) {
         return false;
@@ -441,7 +610,12 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
             *done = true;
         }
     }
-    batch.iter().zip(zapped.iter()).filter(|(_, d)| **d).all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done))
+    let settled =
+        batch.iter().zip(zapped.iter()).filter(|(_, d)| **d).all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done));
+    if settled {
+        INFLIGHT_LEN.store(0, Release);
+    }
+    settled
 }
 
 /// `madvise(DONTNEED)` one granule; returns 0 or the errno.
@@ -480,31 +654,16 @@ fn await_reply(fd: c_int, id: u64, queue: &mut ZapQueue) -> Option<Kind> {
     }
 }
 
-/// The daemon is gone. Faults on pages it held now stall (our uffd reference keeps the
-/// ranges registered); after the timeout, die loudly rather than run on with wrong data.
-fn daemon_lost() -> ! {
-    // The agent and the sentinel may both notice; one of them speaks and counts down.
-    static NOTICED: AtomicU8 = AtomicU8::new(0);
-    if NOTICED.swap(1, AcqRel) != 0 {
-        loop {
-            // SAFETY: parking this thread for good.
-            unsafe { libc::pause() };
-        }
-    }
-    let timeout = TIMEOUT_S.load(Relaxed);
-    say!("holo: lost the connection to holo-pager; memory it manages for this process is unreachable; waiting {timeout} s");
-    // SAFETY: sleeping and signalling ourselves.
+/// Memory holo manages for this process cannot be served any more: die loudly rather than
+/// run on with wrong data.
+fn kill_self(why: &str) -> ! {
+    // SAFETY: getpid/kill on ourselves, then pause until the signal lands.
     unsafe {
-        libc::sleep(timeout as u32);
-        say!(
-            "holo: holo-pager did not come back within {timeout} s; killing pid {} rather than let it read wrong data",
-            libc::getpid()
-        );
+        say!("holo: {why}; killing pid {} rather than let it read wrong data", libc::getpid());
         libc::kill(libc::getpid(), libc::SIGKILL);
-    }
-    loop {
-        // SAFETY: pause until the signal lands.
-        unsafe { libc::pause() };
+        loop {
+            libc::pause();
+        }
     }
 }
 

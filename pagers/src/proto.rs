@@ -19,6 +19,11 @@
 //!                                 <- Zap{id, start, len}
 //!   Zapping{id}               ->  Go{id} | NoGo{id}
 //!   Zapped{id, errno}        ->  Done{id}   (the agent holds the gate until Done)
+//! resumed request conn (the shim's sentinel, after the daemon restarted):
+//!   Hello{role=Resume, c=n}   then n x Zapping{id, start, len} (zaps the agent may be
+//!                             doing), then Uffd + fd
+//!                             ->  Welcome{token, granule} | Refused + text
+//!   (then a new agent conn; the agent reports each of those zaps with Zapped)
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
@@ -83,7 +88,11 @@ pub mod role {
     pub const CHILD: u64 = 2;
     pub const AGENT: u64 = 3;
     pub const CONTROL: u64 = 4;
+    pub const RESUME: u64 = 5;
 }
+
+/// Most zaps a resuming shim may report in flight (its agent zaps at most 16 per batch).
+pub const MAX_RESUMED_ZAPS: u64 = 64;
 
 /// `Query` subjects (`a` field).
 pub mod query {

@@ -35,6 +35,8 @@ pub struct FsTier {
     direct: bool,
     slots: Mutex<SlotAllocator>,
     bufs: Mutex<Vec<AlignedBuf>>,
+    /// Slots found in the directory at open (with `keep`).
+    kept: Vec<SlotId>,
 }
 
 /// Whether `dir` is on tmpfs (which refuses O_DIRECT).
@@ -73,6 +75,7 @@ impl FsTier {
             capacity_configured: capacity_bytes.is_some(),
             direct: !is_tmpfs(dir),
             slots: Mutex::new(SlotAllocator::with_used(max_slots, &kept)),
+            kept,
             bufs: Mutex::new(Vec::new()),
         })
     }
@@ -202,6 +205,10 @@ impl Tier for FsTier {
         // A missing file only means the slot was never written; nothing to give back.
         let _ = std::fs::remove_file(self.path(slot, "slot"));
         self.slots.lock().unwrap().free(slot);
+    }
+
+    fn kept_slots(&self) -> Vec<SlotId> {
+        self.kept.clone()
     }
 
     fn usage(&self) -> TierUsage {

@@ -110,6 +110,11 @@ pub trait Tier: Send + Sync {
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError>;
     /// Give a slot back; its space may be reused and its bytes are gone.
     fn free(&self, slot: SlotId);
+    /// The slots in use that an earlier run left when this tier was reopened (durable
+    /// tiers), for the owner to free the ones nothing refers to any more.
+    fn kept_slots(&self) -> Vec<SlotId> {
+        Vec::new()
+    }
     fn usage(&self) -> TierUsage;
 }
 

@@ -13,8 +13,13 @@
 //!   costs ~120 us here, and the next write into it must allocate again); once a quarter of
 //!   the slots sit free, the tier is shrinking and those blocks are punched out in one go.
 //!   When the last slot is freed, the file is truncated to nothing.
-//! * **Checksums** live in memory: this tier is scratch space that a daemon restart starts
-//!   afresh, so there is nothing on the medium to trust after a restart anyway.
+//! * **Checksums** are checked from memory and also written to a sidecar file
+//!   (`PATH.sums`, one [`SUM_RECORD_BYTES`] record per slot, zeroed when the slot is freed),
+//!   so that a daemon restarted after a crash ([`NvmeTier::open`] with `keep`) finds which
+//!   slots hold what. A record is written after its slot's bytes: a crash in between leaves
+//!   a slot without a record, which counts as free. Plain writes, no fsync: they survive the
+//!   daemon's death (the kernel holds them), and after a machine crash no process whose
+//!   pages these were is left anyway. A block device has no sidecar and is never kept.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -36,6 +41,10 @@ const MAX_POOLED_RINGS: usize = 16;
 
 pub struct NvmeTier {
     file: File,
+    /// The checksum records (`None` for a block device).
+    sums_file: Option<File>,
+    /// Slots in use that an earlier run left (with `keep`), for the owner to sort out.
+    kept: Vec<SlotId>,
     slot_bytes: usize,
     capacity_configured: bool,
     is_device: bool,
@@ -69,6 +78,24 @@ struct Sum {
     hash: [u8; 32],
 }
 
+/// One slot's record in the sidecar: length (u32 LE), 4 zero bytes, BLAKE3 hash. All zeros:
+/// the slot is free.
+pub const SUM_RECORD_BYTES: usize = 40;
+
+impl Sum {
+    fn encode(&self) -> [u8; SUM_RECORD_BYTES] {
+        let mut r = [0u8; SUM_RECORD_BYTES];
+        r[0..4].copy_from_slice(&self.len.to_le_bytes());
+        r[8..40].copy_from_slice(&self.hash);
+        r
+    }
+
+    fn decode(r: &[u8]) -> Option<Sum> {
+        let len = u32::from_le_bytes(r[0..4].try_into().unwrap());
+        (len > 0).then(|| Sum { len, hash: r[8..40].try_into().unwrap() })
+    }
+}
+
 /// A ring and one scratch buffer per operation it may have in flight.
 struct Ring {
     uring: IoUring,
@@ -76,9 +103,11 @@ struct Ring {
 }
 
 impl NvmeTier {
-    /// Open `path`: a regular file (created or emptied) or a block device (used whole).
-    /// `capacity_bytes` caps the tier; `None` means the filesystem's free space or the device.
-    pub fn open(path: &Path, slot_bytes: usize, capacity_bytes: Option<u64>) -> Result<NvmeTier, TierError> {
+    /// Open `path`: a regular file or a block device (used whole). With `keep`, the slots
+    /// that an earlier run's checksum records name stay readable ([`Tier::kept_slots`]);
+    /// without, the file starts empty. `capacity_bytes` caps the tier; `None` means the
+    /// filesystem's free space or the device.
+    pub fn open(path: &Path, slot_bytes: usize, capacity_bytes: Option<u64>, keep: bool) -> Result<NvmeTier, TierError> {
         assert!(slot_bytes > 0 && slot_bytes.is_multiple_of(IO_ALIGN), "slot size must be a multiple of {IO_ALIGN}");
         let open_err = |source| TierError::Open { tier: NAME, path: path.display().to_string(), source };
         let is_device = std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
@@ -97,18 +126,54 @@ impl NvmeTier {
             }
             bytes / slot_bytes as u64
         } else {
-            // Contents of an earlier run are not kept: this tier is scratch.
-            file.set_len(0).map_err(open_err)?;
             SlotId::MAX as u64
         };
         let max_slots = capacity_bytes.map_or(device_slots, |c| (c / slot_bytes as u64).min(device_slots));
+        let mut slots = Slots::new(max_slots);
+        let mut kept = Vec::new();
+        let sums_file = if is_device {
+            None
+        } else {
+            let mut sums_path = path.as_os_str().to_owned();
+            sums_path.push(".sums");
+            let sums_file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&sums_path)
+                .map_err(open_err)?;
+            if keep {
+                let mut records = Vec::new();
+                std::io::Read::read_to_end(&mut &sums_file, &mut records).map_err(open_err)?;
+                for (slot, r) in records.chunks_exact(SUM_RECORD_BYTES).enumerate() {
+                    if let Some(sum) = Sum::decode(r).filter(|_| (slot as u64) < max_slots) {
+                        kept.push(slot as SlotId);
+                        slots.sums.resize(slot + 1, None);
+                        slots.in_use.resize(slot + 1, false);
+                        slots.sums[slot] = Some(sum);
+                        slots.in_use[slot] = true;
+                    }
+                }
+                slots.alloc = SlotAllocator::with_used(max_slots, &kept);
+                let below = slots.alloc.high_water() as usize;
+                slots.sums.resize(below, None);
+                slots.in_use.resize(below, false);
+            } else {
+                file.set_len(0).map_err(open_err)?;
+                sums_file.set_len(0).map_err(open_err)?;
+            }
+            Some(sums_file)
+        };
         Ok(NvmeTier {
             file,
+            sums_file,
+            kept,
             slot_bytes,
             capacity_configured: capacity_bytes.is_some() || is_device,
             is_device,
             direct,
-            slots: Mutex::new(Slots::new(max_slots)),
+            slots: Mutex::new(slots),
             rings: Mutex::new(Vec::new()),
         })
     }
@@ -120,6 +185,17 @@ impl NvmeTier {
 
     fn offset(&self, slot: SlotId) -> u64 {
         slot as u64 * self.slot_bytes as u64
+    }
+
+    /// Persist slot `slot`'s checksum record (`None`: free). Failure to record only costs
+    /// the slot after a restart (it reads as free), never data now: logged, not returned.
+    fn record_sum(&self, slot: SlotId, sum: Option<Sum>) {
+        if let Some(f) = &self.sums_file {
+            let r = sum.map_or([0; SUM_RECORD_BYTES], |s| s.encode());
+            if let Err(e) = f.write_all_at(&r, slot as u64 * SUM_RECORD_BYTES as u64) {
+                log::warn!("nvme tier: cannot record the checksum of slot {slot}: {e}");
+            }
+        }
     }
 
     fn io_err(slot: SlotId, source: io::Error) -> TierError {
@@ -257,7 +333,10 @@ impl Tier for NvmeTier {
                 chunk.iter().map(|(_, data)| Sum { len: data.len() as u32, hash: checksum(data) }).collect();
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
-                results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| s.sums[slot as usize] = Some(sum)));
+                results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| {
+                    s.sums[slot as usize] = Some(sum);
+                    self.record_sum(slot, Some(sum));
+                }));
             }
         }
         self.put_ring(ring);
@@ -307,13 +386,19 @@ impl Tier for NvmeTier {
         let mut s = self.slots.lock().unwrap();
         assert!(s.in_use[slot as usize], "double free of slot {slot}");
         s.in_use[slot as usize] = false;
-        s.sums[slot as usize] = None;
+        let had_sum = s.sums[slot as usize].take().is_some();
         if s.alloc.free(slot) {
             *s = Slots::new(s.alloc.max_slots());
             if !self.is_device {
                 let _ = self.file.set_len(0);
             }
+            if let Some(f) = &self.sums_file {
+                let _ = f.set_len(0);
+            }
             return;
+        }
+        if had_sum {
+            self.record_sum(slot, None);
         }
         s.unpunched.push(slot);
         if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.alloc.high_water() as usize / 4) {
@@ -335,6 +420,10 @@ impl Tier for NvmeTier {
         }
     }
 
+    fn kept_slots(&self) -> Vec<SlotId> {
+        self.kept.clone()
+    }
+
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
         let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
@@ -354,13 +443,13 @@ mod tests {
         let path = dir.join("nvme.slab");
         let slot_bytes = 65536;
         check_all(Subject {
-            make: &|slots| Box::new(NvmeTier::open(&path, slot_bytes, Some(slots * slot_bytes as u64)).unwrap()),
+            make: &|slots| Box::new(NvmeTier::open(&path, slot_bytes, Some(slots * slot_bytes as u64), false).unwrap()),
             corrupt: &|slot| {
                 let f = OpenOptions::new().write(true).open(&path).unwrap();
                 f.write_all_at(b"X", slot as u64 * slot_bytes as u64 + 100).unwrap();
                 f.sync_all().unwrap();
             },
-            reopen: None,
+            reopen: Some(&|| Box::new(NvmeTier::open(&path, slot_bytes, None, true).unwrap())),
         });
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -370,7 +459,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("holo-nvme-direct-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let is_tmpfs = crate::fsdir::is_tmpfs(&dir);
-        let t = NvmeTier::open(&dir.join("nvme.slab"), 65536, None).unwrap();
+        let t = NvmeTier::open(&dir.join("nvme.slab"), 65536, None, false).unwrap();
         assert_eq!(t.direct(), !is_tmpfs, "O_DIRECT should be used unless the directory is on tmpfs");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,80 @@
+//! Restart without loss: the daemon is SIGKILLed and started again while a program writes
+//! and verifies a working set several times the DRAM budget. The program must finish with
+//! every byte intact, each time after a pause.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+/// Five `kill -9` of holo-pager, each followed by a restart (as systemd's `Restart=` does),
+/// during a verified workload 8x the budget: the program resumes each time and verifies
+/// every word of every pass. The pause each client saw is printed (stderr of the shim).
+#[test]
+fn five_kill_9_during_a_verified_workload_lose_nothing() {
+    let _heavy = heavy();
+    let mut daemon = Daemon::start("64M", "64K", &[]);
+    let cmd = shimmed_command(&daemon, &c_program("fill_verify"), &["512M", "6"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
+    let program = Spawned::spawn(cmd, false);
+    daemon.wait_until("evictions to start", Duration::from_secs(60), || {
+        let nvme = daemon.tier("nvme");
+        if nvme.pages > 0 {
+            Ok(())
+        } else {
+            Err(format!("{nvme:?}"))
+        }
+    });
+    let mut restarts = Vec::new();
+    for round in 0..5u64 {
+        // Kill at different points of the fill and verify phases.
+        std::thread::sleep(Duration::from_millis(700 + 450 * round));
+        let at = Instant::now();
+        daemon.restart();
+        restarts.push(at.elapsed());
+        // Wait until the client has resumed with this daemon before the next kill.
+        daemon.wait_until("the client to resume", Duration::from_secs(60), || {
+            let log = daemon.log();
+            let resumed = log.matches("resumed after a restart").count();
+            if resumed > round as usize {
+                Ok(())
+            } else {
+                Err(format!("{resumed} resumes logged"))
+            }
+        });
+    }
+    let out = program.finish(Duration::from_secs(600));
+    eprintln!("daemon restarts took {restarts:?}");
+    for line in out.stderr.lines().filter(|l| l.starts_with("holo:")) {
+        eprintln!("client said: {line}");
+    }
+    out.check(&daemon, out.success(), "the program did not verify its data across five daemon restarts");
+    out.check(&daemon, !out.stdout.contains("MISMATCH"), "data mismatch after a daemon restart");
+    let resumes = out.stderr.lines().filter(|l| l.contains("resumed with a restarted holo-pager")).count();
+    out.check(&daemon, resumes == 5, &format!("the shim resumed {resumes} times, not 5"));
+    let spilled_again = daemon.tier("nvme");
+    assert_eq!(spilled_again.pages, 0, "the finished client's slots were not all released: {spilled_again:?}");
+}
+
+/// A daemon restarted without the state of its predecessor (a fresh state directory) does
+/// not know the client's spilled pages: the client must be killed with a clear message,
+/// never run on with zeros.
+#[test]
+fn restart_without_state_kills_the_client_loudly() {
+    let _heavy = heavy();
+    let mut daemon = Daemon::start("64M", "64K", &[]);
+    let cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["256M"], &[("HOLO_DAEMON_TIMEOUT", "30")]);
+    let mut held = Spawned::spawn(cmd, true);
+    held.wait_for_line("ready", Duration::from_secs(120), &daemon);
+    assert!(daemon.tier("nvme").pages > 0, "precondition: pages should be spilled\n{}", daemon.report());
+    // Lose the state: the restarted daemon has no journal of this client.
+    daemon.kill();
+    std::fs::remove_dir_all(daemon.state_dir().join("clients")).unwrap();
+    daemon.restart();
+    held.send_line("go");
+    let out = held.finish(Duration::from_secs(60));
+    out.check(&daemon, out.signal() == Some(9), "the client should have been killed by the shim");
+    let said = out.stderr.lines().any(|l| l.contains("no record of pid"));
+    out.check(&daemon, said, "the shim did not say that the daemon has no record of it");
+    out.check(&daemon, !out.stdout.lines().any(|l| l == "ok"), "the client carried on without its pages");
+}
