@@ -45,6 +45,9 @@ fn five_kill_9_during_a_verified_workload_lose_nothing() {
     }
     let out = program.finish(Duration::from_secs(600));
     eprintln!("daemon restarts took {restarts:?}");
+    for line in daemon.log().lines().filter(|l| l.contains("resumed after a restart")) {
+        eprintln!("daemon said: {line}");
+    }
     for line in out.stderr.lines().filter(|l| l.starts_with("holo:")) {
         eprintln!("client said: {line}");
     }
