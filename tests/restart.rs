@@ -81,3 +81,41 @@ fn restart_without_state_kills_the_client_loudly() {
     out.check(&daemon, said, "the shim did not say that the daemon has no record of it");
     out.check(&daemon, !out.stdout.lines().any(|l| l == "ok"), "the client carried on without its pages");
 }
+
+/// Eight threads writing and reading at random while the daemon is killed and restarted
+/// three times: faults parked in the dead daemon, write-protected windows it left and zaps
+/// under way are all taken up by its successor; every page verifies.
+#[test]
+fn threads_survive_daemon_restarts() {
+    let _heavy = heavy();
+    let mut daemon = Daemon::start("32M", "64K", &[]);
+    let cmd = shimmed_command(
+        &daemon,
+        &c_program("threads_rw"),
+        &["128M", "8", "30000"],
+        &[("HOLO_DAEMON_TIMEOUT", "60")],
+    );
+    let program = Spawned::spawn(cmd, false);
+    daemon.wait_until("evictions to start", Duration::from_secs(60), || {
+        let nvme = daemon.tier("nvme");
+        if nvme.pages > 0 {
+            Ok(())
+        } else {
+            Err(format!("{nvme:?}"))
+        }
+    });
+    for round in 0..3u64 {
+        std::thread::sleep(Duration::from_millis(500 + 600 * round));
+        daemon.restart();
+        daemon.wait_until("the client to resume", Duration::from_secs(60), || {
+            let resumed = daemon.log().matches("resumed after a restart").count();
+            if resumed > round as usize {
+                Ok(())
+            } else {
+                Err(format!("{resumed} resumes logged"))
+            }
+        });
+    }
+    let out = program.finish(Duration::from_secs(600));
+    out.check(&daemon, out.success(), "threads_rw did not verify its pages across three daemon restarts");
+}
