@@ -9,10 +9,12 @@
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
+//! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
 pub mod config;
+pub mod metrics;
 pub mod pager;
 pub mod pagetable;
 pub mod prefetch;

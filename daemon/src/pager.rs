@@ -68,6 +68,8 @@ struct Fault {
     addr: u64,
     wp: bool,
     tid: u32,
+    /// When the pager read it: its service latency runs from here to its fill.
+    since: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,8 @@ pub struct Pager {
     evict_error_logged: Option<Instant>,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
+    /// When the batch of uffd messages being handled was read.
+    batch_read_at: Instant,
 }
 
 impl Pager {
@@ -179,6 +183,7 @@ impl Pager {
             summary_at: Instant::now(),
             evict_error_logged: None,
             evict_backoff_until: None,
+            batch_read_at: Instant::now(),
         })
     }
 
@@ -261,6 +266,7 @@ impl Pager {
             if n == 0 {
                 return Ok(());
             }
+            self.batch_read_at = Instant::now();
             // Events first, then faults. One read returns pending faults before events, but
             // reading an event lets its poster go on (a DONTNEED zaps, a fork returns): a
             // fault served before the batch's events would fill from stale state.
@@ -284,7 +290,7 @@ impl Pager {
     fn handle_event(&mut self, ev: Event) -> Result<(), Gone> {
         match ev {
             Event::Fault { addr, wp, tid, .. } => {
-                let f = Fault { addr, wp, tid };
+                let f = Fault { addr, wp, tid, since: self.batch_read_at };
                 match self.serve(f) {
                     Served::Done => {}
                     Served::Defer | Served::Retry => self.defer(f),
@@ -465,6 +471,12 @@ impl Pager {
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
+        // Which tier's latency this fill counts in: the slowest it reads from, else DRAM.
+        let tier = if pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) {
+            self.d.store.slowest_level(spilled_slots(&pages)).map_or(0, |level| level + 1)
+        } else {
+            0
+        };
         let n = pages.len();
         let mut faulting_page_filled = false;
         let mut from_tier = false;
@@ -518,6 +530,8 @@ impl Pager {
             self.policy.on_fault(w.start);
         }
         self.d.stats.dram.faults.fetch_add(1, Relaxed);
+        self.info.faults.fetch_add(1, Relaxed);
+        self.d.metrics.fault_served(tier, f.since.elapsed());
         if !faulting_page_filled {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);

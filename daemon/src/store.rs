@@ -204,6 +204,13 @@ impl Store {
         slots.map(|id| m.entries.get(id as usize).filter(|e| e.live).map_or(0, |e| e.version)).collect()
     }
 
+    /// The slowest level that any of `slots` lives in (`None` for none): what the fault
+    /// latency histogram files a fill under.
+    pub fn slowest_level(&self, slots: impl Iterator<Item = SlotId>) -> Option<usize> {
+        let m = self.map.lock().unwrap();
+        slots.filter_map(|id| m.entries.get(id as usize).filter(|e| e.live)).map(|e| e.level as usize).max()
+    }
+
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
     pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
         let _reading = self.io_gate.read().unwrap();
