@@ -390,6 +390,8 @@ const MAX_REQUEST_BYTES: usize = 8 << 10;
 /// A client has this long, in all, to send its request and take the answer: one connection
 /// is served at a time, so a slow or silent client delays the next scrape by at most this.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Most bytes read and thrown away after refusing a request that is too large.
+const MAX_DRAIN_BYTES: usize = 256 << 10;
 
 /// What a request asks for, decided from its bytes alone.
 #[derive(Debug, PartialEq, Eq)]
@@ -469,7 +471,18 @@ fn answer(d: &Daemon, mut conn: TcpStream) -> std::io::Result<()> {
     let complete = |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
     while !complete(&head) {
         if head.len() > MAX_REQUEST_BYTES {
-            return respond(&mut conn, "431 Request Header Fields Too Large", "request too large\n", true, deadline);
+            respond(&mut conn, "431 Request Header Fields Too Large", "request too large\n", true, deadline)?;
+            // Closing with unread bytes would reset the connection, and the client might never
+            // read why: say we are done, then read (bounded) what it still sends.
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut drained = 0;
+            while drained < MAX_DRAIN_BYTES && Instant::now() < deadline {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
