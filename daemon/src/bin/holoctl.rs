@@ -336,7 +336,7 @@ fn render_top(prev: &Sample, now: &Sample, refresh: u64, of: Option<u64>) -> Str
             (resident, row)
         })
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, row) in rows.iter().take(TOP_MAX_CLIENTS) {
         let _ = writeln!(out, "{row}");
     }
