@@ -414,7 +414,10 @@ pub fn route(head: &[u8]) -> Route {
     let body = match method {
         Some("GET") => true,
         Some("HEAD") => false,
-        _ => return Route::Refuse("405 Method Not Allowed", "only GET /metrics\n"),
+        Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            return Route::Refuse("405 Method Not Allowed", "only GET /metrics\n")
+        }
+        _ => return Route::Refuse("400 Bad Request", "not an HTTP/1 request line\n"),
     };
     // A query string (`?name[]=...` from some scrapers) is ignored: everything is exported.
     match target.map(|t| t.split('?').next().unwrap_or_default()) {
@@ -640,7 +643,9 @@ mod tests {
         assert_eq!(route(b"HEAD /metrics HTTP/1.0\n\n"), Route::Metrics { body: false });
         assert!(matches!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::Refuse(s, _) if s.starts_with("404")));
         assert!(matches!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::Refuse(s, _) if s.starts_with("405")));
-        for bad in [&b""[..], b"GET", b"GET /metrics", b"\xff\xfe", b"GET /metrics SPDY/3\r\n\r\n"] {
+        let bad: [&[u8]; 6] =
+            [b"", b"GET", b"GET /metrics", b"\xff\xfe", b"GET /metrics SPDY/3\r\n\r\n", b"\0GET /metrics HTTP/1.1\n\n"];
+        for bad in bad {
             assert!(matches!(route(bad), Route::Refuse(s, _) if s.starts_with("400")), "{bad:?}");
         }
     }
