@@ -444,25 +444,33 @@ pub fn spawn(d: Arc<Daemon>) {
         Err(e) => return log::error!("metrics endpoint off: cannot listen on {addr}: {e} (metrics_listen)"),
     };
     let bound = listener.local_addr().unwrap_or(addr);
-    let _ = d.metrics.listening.set(bound);
+    let served = d.clone();
     let spawned = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        log::info!("metrics on http://{bound}/metrics");
+        let mut warned: Option<Instant> = None;
         for conn in listener.incoming() {
             match conn {
                 Ok(conn) => {
-                    if let Err(e) = answer(&d, conn) {
+                    if let Err(e) = answer(&served, conn) {
                         log::debug!("metrics client: {e}");
                     }
                 }
                 Err(e) => {
-                    log::warn!("metrics endpoint: accept failed: {e}");
+                    // Out of fds, say, which clients of the Unix socket can cause: once in 10 s.
+                    if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(Instant::now());
+                        log::warn!("metrics endpoint: accept failed: {e}");
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
     });
-    if let Err(e) = spawned {
-        log::error!("metrics endpoint off: cannot start its thread: {e}");
+    match spawned {
+        Ok(_) => {
+            let _ = d.metrics.listening.set(bound);
+            log::info!("metrics on http://{bound}/metrics");
+        }
+        Err(e) => log::error!("metrics endpoint off: cannot start its thread: {e}"),
     }
 }
 
