@@ -2,11 +2,9 @@
 //! and verifies a working set several times the DRAM budget. The program must finish with
 //! every byte intact, each time after a pause.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::*;
+use holo_e2e::*;
 
 /// Five `kill -9` of holo-pager, each followed by a restart (as systemd's `Restart=` does),
 /// during a verified workload 8x the budget: the program resumes each time and verifies
@@ -89,12 +87,8 @@ fn restart_without_state_kills_the_client_loudly() {
 fn threads_survive_daemon_restarts() {
     let _heavy = heavy();
     let mut daemon = Daemon::start("32M", "64K", &[]);
-    let cmd = shimmed_command(
-        &daemon,
-        &c_program("threads_rw"),
-        &["128M", "8", "30000"],
-        &[("HOLO_DAEMON_TIMEOUT", "60")],
-    );
+    let cmd =
+        shimmed_command(&daemon, &c_program("threads_rw"), &["128M", "8", "30000"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
     let program = Spawned::spawn(cmd, false);
     daemon.wait_until("evictions to start", Duration::from_secs(60), || {
         let nvme = daemon.tier("nvme");

@@ -1,6 +1,7 @@
 //! Configuration: embedded defaults, then the TOML file, then flags; validated once into a
 //! [`Config`] that the rest of the daemon trusts.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -37,6 +38,7 @@ pub struct FileConfig {
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
     pub migration_rate: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +71,21 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// Bytes a second that demotion between the lower tiers may move.
     pub migration_rate_bytes: u64,
+    /// Where the Prometheus endpoint listens; `None`: no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The Prometheus endpoint's address unless configured: loopback, so that nothing outside
+/// the node reads the daemon's state unless an operator says so.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+
+/// `metrics_listen`: an `IP:PORT`, or `""`/`"off"` for no endpoint.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| format!("{s:?} is not an IP:PORT address such as 127.0.0.1:9477 (or \"off\")"))
 }
 
 pub const MIN_GRANULE: u64 = 4 << 10;
@@ -108,6 +125,7 @@ pub struct Overrides {
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -204,6 +222,9 @@ impl Config {
             let message = format!("{migration_rate_bytes} bytes a second is less than one granule");
             return Err(ConfigError::Invalid { key: "migration_rate", message });
         }
+        let listen = flags.metrics_listen.or(fc.metrics_listen);
+        let metrics_listen = parse_metrics_listen(listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN))
+            .map_err(|message| ConfigError::Invalid { key: "metrics_listen", message })?;
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let max_clients = fc.max_clients.unwrap_or(256);
         if max_clients == 0 {
@@ -222,6 +243,7 @@ impl Config {
             fs_dir,
             fs_capacity_bytes,
             migration_rate_bytes,
+            metrics_listen,
             dram_budget_bytes,
             granule_bytes,
             allow_uids,
@@ -293,5 +315,87 @@ mod tests {
             assert!(e.contains(key), "{bad}: {e}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_can_be_off() {
+        let c = Config::resolve(None, Overrides::default()).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
+        for off in ["", "off", "OFF", " off "] {
+            let flags = Overrides { metrics_listen: Some(off.into()), ..Default::default() };
+            assert_eq!(Config::resolve(None, flags).unwrap().metrics_listen, None, "{off:?}");
+        }
+        let c = Config::from_toml_str("metrics_listen = \"[::1]:0\"\n", "t", Overrides::default()).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:0".parse().unwrap()));
+        // Flags override the file.
+        let flags = Overrides { metrics_listen: Some("off".into()), ..Default::default() };
+        let c = Config::from_toml_str("metrics_listen = \"0.0.0.0:9477\"\n", "t", flags).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        for bad in ["9477", "localhost:9477", "127.0.0.1", "127.0.0.1:99999"] {
+            let flags = Overrides { metrics_listen: Some(bad.into()), ..Default::default() };
+            let e = Config::resolve(None, flags).unwrap_err().to_string();
+            assert!(e.contains("metrics_listen") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    /// Every key of the example config (systemd/holo-pager.toml) is one the daemon knows, and
+    /// every key the daemon knows is in the example: uncomment its `# key = value` lines and
+    /// parse them, then require every field (the destructuring fails to compile when a field
+    /// is added and not listed here).
+    #[test]
+    fn example_config_documents_every_key() {
+        let example = include_str!("../../systemd/holo-pager.toml");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let fc: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let FileConfig {
+            socket,
+            state_dir,
+            dram_budget,
+            granule,
+            allow_uids,
+            allow_gids,
+            max_clients,
+            zap_timeout_ms,
+            log_level,
+            pressure_target_pct,
+            min_budget,
+            cgroup_margin,
+            pressure_interval_ms,
+            nvme_path,
+            nvme_capacity,
+            fs_dir,
+            fs_capacity,
+            migration_rate,
+            metrics_listen,
+        } = fc;
+        let present = [
+            ("socket", socket.is_some()),
+            ("state_dir", state_dir.is_some()),
+            ("dram_budget", dram_budget.is_some()),
+            ("granule", granule.is_some()),
+            ("allow_uids", allow_uids.is_some()),
+            ("allow_gids", allow_gids.is_some()),
+            ("max_clients", max_clients.is_some()),
+            ("zap_timeout_ms", zap_timeout_ms.is_some()),
+            ("log_level", log_level.is_some()),
+            ("pressure_target_pct", pressure_target_pct.is_some()),
+            ("min_budget", min_budget.is_some()),
+            ("cgroup_margin", cgroup_margin.is_some()),
+            ("pressure_interval_ms", pressure_interval_ms.is_some()),
+            ("nvme_path", nvme_path.is_some()),
+            ("nvme_capacity", nvme_capacity.is_some()),
+            ("fs_dir", fs_dir.is_some()),
+            ("fs_capacity", fs_capacity.is_some()),
+            ("migration_rate", migration_rate.is_some()),
+            ("metrics_listen", metrics_listen.as_deref() == Some(DEFAULT_METRICS_LISTEN)),
+        ];
+        for (key, ok) in present {
+            assert!(ok, "systemd/holo-pager.toml does not show `# {key} = ...` (with its default)");
+        }
     }
 }

@@ -209,8 +209,15 @@ pub fn replay(path: &Path) -> io::Result<Recovered> {
         if end > bytes.len() {
             break;
         }
-        let w: Vec<u64> = bytes[at + 8..end].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-        let want = |k: usize| if w.len() < k { Err(bad(format!("record at {at}: kind {kind} with {n} words"))) } else { Ok(()) };
+        let w: Vec<u64> =
+            bytes[at + 8..end].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let want = |k: usize| {
+            if w.len() < k {
+                Err(bad(format!("record at {at}: kind {kind} with {n} words")))
+            } else {
+                Ok(())
+            }
+        };
         match kind {
             REGION => {
                 want(2)?;
@@ -362,7 +369,8 @@ mod tests {
         table.set(0x11000, PageState::Spilled { slot: 7, idx: 1 });
         let mut j = Journal::create(&path, &table, &[]).unwrap();
         // An eviction of the second granule, its zap done.
-        let intent = Intent { w: Window { start: 0x18000, len: 8 * PAGE }, slot: 9, version: 3, pages: vec![0x18000, 0x1a000] };
+        let intent =
+            Intent { w: Window { start: 0x18000, len: 8 * PAGE }, slot: 9, version: 3, pages: vec![0x18000, 0x1a000] };
         j.evict(42, &intent);
         // The program zeroes the first page, then moves the region.
         j.zero(0x10000, 0x11000);

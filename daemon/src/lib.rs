@@ -10,11 +10,13 @@
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
+//! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
 pub mod config;
 pub mod journal;
+pub mod metrics;
 pub mod pager;
 pub mod pagetable;
 pub mod prefetch;

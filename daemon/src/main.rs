@@ -10,7 +10,7 @@ use clap::Parser;
 use holo_pager::config::{Config, Overrides};
 use holo_pager::state::Daemon;
 use holo_pager::store::Store;
-use holo_pager::{pressure, server, service};
+use holo_pager::{metrics, pressure, server, service};
 
 /// Serve page faults of programs running under libholo.so, keeping at most --dram-budget
 /// of their memory resident and spilling the rest.
@@ -50,6 +50,9 @@ struct Args {
     /// Cap of the FS tier [default: the free space of its filesystem]
     #[arg(long)]
     fs_capacity: Option<String>,
+    /// Where the Prometheus endpoint listens, IP:PORT, or "off" [default: 127.0.0.1:9477]
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             nvme_capacity: args.nvme_capacity,
             fs_dir: args.fs_dir,
             fs_capacity: args.fs_capacity,
+            metrics_listen: args.metrics_listen,
         },
     )?;
     service::init_logging(config.log_level);
@@ -108,6 +112,7 @@ fn main() -> anyhow::Result<()> {
     if daemon.store.levels.len() > 1 {
         holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
     }
+    metrics::spawn(daemon.clone());
     server::serve(daemon, listener);
     Ok(())
 }

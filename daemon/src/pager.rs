@@ -69,6 +69,8 @@ struct Fault {
     addr: u64,
     wp: bool,
     tid: u32,
+    /// When the pager read it: its service latency runs from here to its fill.
+    since: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +149,8 @@ pub struct Pager {
     /// Served by a daemon that crashed: protection and parked faults it left are lifted
     /// once the thread starts.
     resumed: bool,
+    /// When the batch of uffd messages being handled was read.
+    batch_read_at: Instant,
 }
 
 impl Pager {
@@ -170,18 +174,19 @@ impl Pager {
         let (intents, next_eviction) = resume.unwrap_or((Vec::new(), 1));
         let journal = crate::journal::start_time(info.pid)
             .ok_or_else(|| io::Error::other("process gone"))
-            .and_then(|t| {
-                Journal::create(&crate::journal::path_for(&d.journal_dir(), info.pid, t), &table, &intents)
-            })
+            .and_then(|t| Journal::create(&crate::journal::path_for(&d.journal_dir(), info.pid, t), &table, &intents))
             .map_err(|e| log::error!("pid {}: no journal ({e}); a daemon restart would lose its pages", info.pid))
             .ok();
         let mut evictions = HashMap::new();
         for (id, i) in intents {
             // Pages its zap already removed are spilled (and referred to) in the table.
-            let spilled =
-                i.pages.iter().filter(|&&a| matches!(table.get(a), Some(PageState::Spilled { slot, .. }) if slot == i.slot));
+            let spilled = i
+                .pages
+                .iter()
+                .filter(|&&a| matches!(table.get(a), Some(PageState::Spilled { slot, .. }) if slot == i.slot));
             let spilled = spilled.count() as u32;
-            let pages: Vec<u64> = i.pages.iter().copied().filter(|&a| table.get(a) == Some(PageState::Resident)).collect();
+            let pages: Vec<u64> =
+                i.pages.iter().copied().filter(|&a| table.get(a) == Some(PageState::Resident)).collect();
             d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
             let state = if spilled > 0 { EvictState::Removed } else { EvictState::Go };
             evictions.insert(id, Eviction { w: i.w, slot: i.slot, pages, spilled, state, sent_at: Instant::now() });
@@ -212,6 +217,7 @@ impl Pager {
             evict_backoff_until: None,
             journal,
             resumed,
+            batch_read_at: Instant::now(),
         })
     }
 
@@ -336,6 +342,7 @@ impl Pager {
             if n == 0 {
                 return Ok(());
             }
+            self.batch_read_at = Instant::now();
             // Events first, then faults. One read returns pending faults before events, but
             // reading an event lets its poster go on (a DONTNEED zaps, a fork returns): a
             // fault served before the batch's events would fill from stale state.
@@ -359,7 +366,7 @@ impl Pager {
     fn handle_event(&mut self, ev: Event) -> Result<(), Gone> {
         match ev {
             Event::Fault { addr, wp, tid, .. } => {
-                let f = Fault { addr, wp, tid };
+                let f = Fault { addr, wp, tid, since: self.batch_read_at };
                 match self.serve(f) {
                     Served::Done => {}
                     Served::Defer | Served::Retry => self.defer(f),
@@ -546,6 +553,12 @@ impl Pager {
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
+        // Which tier's latency this fill counts in: the slowest it reads from, else DRAM.
+        let tier = if pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) {
+            self.d.store.slowest_level(spilled_slots(&pages)).map_or(0, |level| level + 1)
+        } else {
+            0
+        };
         let n = pages.len();
         let mut faulting_page_filled = false;
         let mut from_tier = false;
@@ -599,6 +612,8 @@ impl Pager {
             self.policy.on_fault(w.start);
         }
         self.d.stats.dram.faults.fetch_add(1, Relaxed);
+        self.info.faults.fetch_add(1, Relaxed);
+        self.d.metrics.fault_served(tier, f.since.elapsed());
         if !faulting_page_filled {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);

@@ -252,7 +252,8 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
     // are evictions under way; the other intents' slots are given back.
     let mut under_way = Vec::new();
     for (id, intent) in r.intents {
-        let reported = reported.iter().any(|&(zid, start, len)| zid == id && start == intent.w.start && len == intent.w.len);
+        let reported =
+            reported.iter().any(|&(zid, start, len)| zid == id && start == intent.w.start && len == intent.w.len);
         let current = d.store.versions(std::iter::once(intent.slot))[0] == intent.version;
         if reported && current {
             under_way.push((id, intent));
@@ -357,6 +358,7 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
             (Kind::Query, query::TIERS) => tiers_json(d),
             (Kind::Query, query::REGIONS) => regions_json(d),
             (Kind::Query, query::PRESSURE) => pressure_json(d),
+            (Kind::Query, query::STATUS) => status_json(d),
             _ => {
                 let _ = send_text(fd, Kind::Error, "unknown query");
                 return Err(format!("unknown query {f:?}"));
@@ -415,6 +417,7 @@ pub fn regions_json(d: &Daemon) -> serde_json::Value {
                 "uid": c.uid,
                 "comm": c.comm,
                 "resident_pages": c.resident.load(Relaxed),
+                "faults": c.faults.load(Relaxed),
                 "regions": *c.regions.lock().unwrap(),
             })
         })
@@ -447,8 +450,112 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
     })
 }
 
+/// What `holoctl status` judges health from: counters since start and each lower tier's
+/// usage now.
+#[derive(Clone, Debug, Default)]
+pub struct HealthInput {
+    pub failed_faults: u64,
+    pub failed_evictions: u64,
+    pub cancelled_evictions: u64,
+    /// Per lower tier: name, read errors, used and capacity bytes.
+    pub tiers: Vec<(&'static str, u64, u64, u64)>,
+    pub granule_bytes: u64,
+}
+
+/// Why the daemon is degraded; empty when it is healthy. Pure, so that it is unit-tested.
+/// Error counters count since the daemon started: one checksum mismatch is worth an
+/// operator's look until then. Cancelled evictions are normal (a program changed the range).
+pub fn health_reasons(h: &HealthInput) -> Vec<String> {
+    let mut why = Vec::new();
+    if h.failed_faults > 0 {
+        why.push(format!("{} faults could not be served (SIGBUS) since start", h.failed_faults));
+    }
+    if h.failed_evictions > 0 {
+        why.push(format!("{} granules found no tier with room since start", h.failed_evictions));
+    }
+    for &(name, read_errors, used, capacity) in &h.tiers {
+        if read_errors > 0 {
+            why.push(format!("{name} tier: {read_errors} failed reads (I/O or checksum) since start"));
+        }
+        if capacity > 0 && used + h.granule_bytes > capacity {
+            why.push(format!("{name} tier is full ({} of {} MiB)", used >> 20, capacity >> 20));
+        }
+    }
+    why
+}
+
+/// `holoctl status`: health, version, uptime, clients, budget.
+pub fn status_json(d: &Daemon) -> serde_json::Value {
+    let s = &d.stats;
+    let page = crate::pagetable::PAGE;
+    let input = HealthInput {
+        failed_faults: s.failed_faults.load(Relaxed),
+        failed_evictions: s.failed_evictions.load(Relaxed),
+        cancelled_evictions: s.cancelled_evictions.load(Relaxed),
+        tiers: d
+            .store
+            .levels
+            .iter()
+            .map(|l| {
+                let u = l.tier.usage();
+                (l.tier.name(), l.counters.read_errors.load(Relaxed), u.used_bytes, u.capacity_bytes)
+            })
+            .collect(),
+        granule_bytes: d.config.granule_bytes,
+    };
+    let reasons = health_reasons(&input);
+    let clients = d.clients.lock().unwrap().clone();
+    let (regions, registered): (usize, u64) = clients.iter().fold((0, 0), |(n, b), c| {
+        let r = c.regions.lock().unwrap();
+        (n + r.len(), b + r.iter().map(|r| r.len_bytes).sum::<u64>())
+    });
+    serde_json::json!({
+        "health": if reasons.is_empty() { "ok" } else { "degraded" },
+        "reasons": reasons,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": d.started.elapsed().as_secs(),
+        "clients": clients.len(),
+        "regions": regions,
+        "registered_bytes": registered,
+        "budget_bytes": d.budget.limit_pages.load(Relaxed).max(0) as u64 * page,
+        "configured_budget_bytes": d.config.dram_budget_bytes,
+        "resident_bytes": d.budget.resident.load(Relaxed).max(0) as u64 * page,
+        "tiers": std::iter::once("dram").chain(d.store.levels.iter().map(|l| l.tier.name())).collect::<Vec<_>>(),
+        "failed_faults": input.failed_faults,
+        "failed_evictions": input.failed_evictions,
+        "cancelled_evictions": input.cancelled_evictions,
+        "metrics_listen": d.metrics.listening.get().map(|a| a.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_each_reason() {
+        let g = 64 << 10;
+        let ok = HealthInput {
+            tiers: vec![("nvme", 0, 0, 1 << 30), ("fs", 0, 0, 0)],
+            granule_bytes: g,
+            ..Default::default()
+        };
+        assert!(health_reasons(&ok).is_empty(), "{:?}", health_reasons(&ok));
+        // Cancelled evictions are routine.
+        assert!(health_reasons(&HealthInput { cancelled_evictions: 9, ..ok.clone() }).is_empty());
+        let bad = HealthInput {
+            failed_faults: 1,
+            failed_evictions: 2,
+            tiers: vec![("nvme", 3, (1 << 30) - g + 1, 1 << 30), ("fs", 0, 0, 1 << 30)],
+            ..ok
+        };
+        let why = health_reasons(&bad);
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[0].contains("1 faults") && why[1].contains("2 granules"), "{why:?}");
+        assert!(why[2].contains("nvme tier: 3 failed reads") && why[3].contains("nvme tier is full"), "{why:?}");
+    }
+
     #[test]
     fn token_eq_is_equality() {
         for (a, b) in [(0, 0), (1, 1), (u64::MAX, u64::MAX), (0, 1), (1 << 63, 0), (u64::MAX, 0), (5, 7), (2, 1 << 1)] {

@@ -55,6 +55,8 @@ pub struct ClientInfo {
     pub uid: u32,
     pub comm: String,
     pub resident: AtomicI64,
+    /// Faults served (granule windows filled), for the fault rate `holoctl top` shows.
+    pub faults: AtomicU64,
     /// Pages the budget wants this client to evict.
     pub evict_request: AtomicI64,
     /// Until when ([`Daemon::now_ms`]) the budget asks this client for nothing: its agent let
@@ -90,6 +92,7 @@ impl ClientInfo {
             uid,
             comm,
             resident: AtomicI64::new(0),
+            faults: AtomicU64::new(0),
             evict_request: AtomicI64::new(0),
             evict_paused_until_ms: AtomicU64::new(0),
             // SAFETY: `fd` is a fresh eventfd that we own.
@@ -138,6 +141,9 @@ pub struct Daemon {
     pub started: Instant,
     /// Clients of a crashed predecessor, by pid, until their shims reconnect.
     pub recovered: Mutex<HashMap<i32, crate::journal::Recovered>>,
+    /// What only the Prometheus endpoint shows (fault latency); the rest it reads from the
+    /// counters above.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
@@ -147,6 +153,8 @@ impl Daemon {
         // by counting; SO_PEERCRED (same pid) is checked as well.
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        // DRAM, then every tier below it.
+        let metrics = crate::metrics::Metrics::new(1 + store.levels.len());
         Daemon {
             config,
             store,
@@ -164,6 +172,7 @@ impl Daemon {
             next_token: AtomicU64::new(seed ^ (std::process::id() as u64) << 48 | 1),
             started: Instant::now(),
             recovered: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 

@@ -159,7 +159,13 @@ impl Store {
         let mut store = Store::new(tiers);
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path).map_err(open_err)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(open_err)?;
         let mut records = Vec::new();
         std::io::Read::read_to_end(&mut &file, &mut records).map_err(open_err)?;
         {
@@ -180,7 +186,11 @@ impl Store {
     /// (evictions that clients may still be finishing). Every other entry of the recorded
     /// map is freed, and so is every slot a tier kept that no entry names (a crash between
     /// a tier write and its map record). Returns (granules kept, granules freed).
-    pub fn recover(&self, refs: &std::collections::HashMap<SlotId, u32>, held: &std::collections::HashSet<SlotId>) -> (u64, u64) {
+    pub fn recover(
+        &self,
+        refs: &std::collections::HashMap<SlotId, u32>,
+        held: &std::collections::HashSet<SlotId>,
+    ) -> (u64, u64) {
         let mut m = self.map.lock().unwrap();
         let mut named: Vec<std::collections::HashSet<SlotId>> = vec![Default::default(); self.levels.len()];
         let (mut kept, mut freed) = (0, 0);
@@ -313,6 +323,13 @@ impl Store {
     pub fn versions(&self, slots: impl Iterator<Item = SlotId>) -> Vec<u64> {
         let m = self.map.lock().unwrap();
         slots.map(|id| m.entries.get(id as usize).filter(|e| e.live).map_or(0, |e| e.version)).collect()
+    }
+
+    /// The slowest level that any of `slots` lives in (`None` for none): what the fault
+    /// latency histogram files a fill under.
+    pub fn slowest_level(&self, slots: impl Iterator<Item = SlotId>) -> Option<usize> {
+        let m = self.map.lock().unwrap();
+        slots.filter_map(|id| m.entries.get(id as usize).filter(|e| e.live)).map(|e| e.level as usize).max()
     }
 
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.

@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use holo_pager::config::{parse_size, Config, Overrides};
+use holo_pager::metrics::{route, Route};
 use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, Psi};
 
 fn corpus(target: &str) -> HashMap<String, Vec<u8>> {
@@ -116,4 +117,27 @@ fn proc_parsers_corpus() {
     let m = parse_mountinfo(&text(&files, "hand-mountinfo-short.txt"));
     assert_eq!(m.v2, Some(("/sys/fs/cgroup".into(), "/".into())));
     assert_eq!(parse_psi(&text(&files, "hand-blank-lines.txt")), None);
+}
+
+#[test]
+fn metrics_request_corpus() {
+    let files = corpus("metrics_request");
+    for (name, data) in &files {
+        // As the fuzz target: metrics only for a request line that asks for them.
+        if let Route::Metrics { body } = route(data) {
+            let want: &[u8] = if body { b"GET /metrics" } else { b"HEAD /metrics" };
+            assert!(data.starts_with(want), "{name}");
+        }
+    }
+    let status = |name: &str| match route(&files[name]) {
+        Route::Metrics { body } => format!("metrics body={body}"),
+        Route::Refuse(status, _) => status.to_string(),
+    };
+    assert_eq!(status("hand-prometheus.txt"), "metrics body=true");
+    assert_eq!(status("hand-head.txt"), "metrics body=false");
+    assert_eq!(status("hand-root.txt"), "404 Not Found");
+    assert_eq!(status("hand-post.txt"), "405 Method Not Allowed");
+    for bad in ["hand-http09.txt", "hand-binary.txt", "hand-empty.txt", "hand-double-space.txt"] {
+        assert_eq!(status(bad), "400 Bad Request", "{bad}");
+    }
 }

@@ -36,6 +36,8 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// A zap as the agent publishes it: (id, start, len), all 0 for an empty entry.
 struct ZapSlot([AtomicU64; 3]);
+// Only the initializer of the arrays below (each element a fresh atomic), never shared.
+#[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_ZAP: ZapSlot = ZapSlot([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
 /// The agent's current batch (written under the gate before it asks for a go, cleared when
 /// the daemon has settled all of it).
@@ -328,7 +330,8 @@ fn resume() -> Result<(), (bool, Why)> {
         }
     }
     REPORTED_LEN.store(n, Release);
-    let mut sent = proto::send(fd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::RESUME, n as u64), None, b"").is_ok();
+    let mut sent =
+        proto::send(fd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::RESUME, n as u64), None, b"").is_ok();
     for z in REPORTED.iter().take(n) {
         let [id, start, len] = [0, 1, 2].map(|k| z.0[k].load(Relaxed));
         sent &= proto::send(fd, Frame::new(Kind::Zapping, id, start, len), None, b"").is_ok();
@@ -337,7 +340,12 @@ fn resume() -> Result<(), (bool, Why)> {
         close(fd);
         return Err((false, Why::os("cannot talk to holo-pager")));
     }
-    let welcome = match call(fd, Frame::new(Kind::Uffd, 0, 0, 0), Some(UFFD.load(Acquire)), "holo-pager refused to resume this process") {
+    let welcome = match call(
+        fd,
+        Frame::new(Kind::Uffd, 0, 0, 0),
+        Some(UFFD.load(Acquire)),
+        "holo-pager refused to resume this process",
+    ) {
         Ok((f, _)) if f.kind == Kind::Welcome => f,
         Ok(_) => {
             close(fd);
@@ -356,7 +364,12 @@ fn resume() -> Result<(), (bool, Why)> {
             return Err((false, w));
         }
     };
-    if let Err(w) = call(afd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::AGENT, welcome.a), None, "holo-pager refused the agent") {
+    if let Err(w) = call(
+        afd,
+        Frame::new(Kind::Hello, PROTOCOL_VERSION, role::AGENT, welcome.a),
+        None,
+        "holo-pager refused the agent",
+    ) {
         close(fd);
         close(afd);
         return Err((true, w));
@@ -543,10 +556,9 @@ fn follow_sentinel(old: c_int, generation: &mut u64, queue: &mut ZapQueue) -> c_
         let fd = AGENT_FD.load(Acquire);
         let reported = REPORTED_LEN.load(Acquire);
         let ids: [u64; ZAP_BATCH] = core::array::from_fn(|k| REPORTED[k].0[0].load(Relaxed));
-        let settled = ids[..reported]
-            .iter()
-            .all(|&id| proto::send(fd, Frame::new(Kind::Zapped, id, 0, 0), None, b"").is_ok())
-            && ids[..reported].iter().all(|&id| await_reply(fd, id, queue) == Some(Kind::Done));
+        let settled =
+            ids[..reported].iter().all(|&id| proto::send(fd, Frame::new(Kind::Zapped, id, 0, 0), None, b"").is_ok())
+                && ids[..reported].iter().all(|&id| await_reply(fd, id, queue) == Some(Kind::Done));
         if settled {
             INFLIGHT_LEN.store(0, Release);
             // SAFETY: closing the connection to the daemon that died.
@@ -610,8 +622,11 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
             *done = true;
         }
     }
-    let settled =
-        batch.iter().zip(zapped.iter()).filter(|(_, d)| **d).all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done));
+    let settled = batch
+        .iter()
+        .zip(zapped.iter())
+        .filter(|(_, d)| **d)
+        .all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done));
     if settled {
         INFLIGHT_LEN.store(0, Release);
     }

@@ -99,6 +99,8 @@ pub mod query {
     pub const TIERS: u64 = 1;
     pub const REGIONS: u64 = 2;
     pub const PRESSURE: u64 = 3;
+    /// Health, version, uptime, clients: `holoctl status`.
+    pub const STATUS: u64 = 4;
 }
 
 /// One wire frame. Field meaning depends on `kind` (see the module docs).

@@ -107,7 +107,12 @@ impl NvmeTier {
     /// that an earlier run's checksum records name stay readable ([`Tier::kept_slots`]);
     /// without, the file starts empty. `capacity_bytes` caps the tier; `None` means the
     /// filesystem's free space or the device.
-    pub fn open(path: &Path, slot_bytes: usize, capacity_bytes: Option<u64>, keep: bool) -> Result<NvmeTier, TierError> {
+    pub fn open(
+        path: &Path,
+        slot_bytes: usize,
+        capacity_bytes: Option<u64>,
+        keep: bool,
+    ) -> Result<NvmeTier, TierError> {
         assert!(slot_bytes > 0 && slot_bytes.is_multiple_of(IO_ALIGN), "slot size must be a multiple of {IO_ALIGN}");
         let open_err = |source| TierError::Open { tier: NAME, path: path.display().to_string(), source };
         let is_device = std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false);

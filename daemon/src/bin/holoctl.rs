@@ -3,10 +3,12 @@
 //! Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error,
 //! 3 the daemon cannot be reached.
 
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, MAX_TEXT_BYTES, PROTOCOL_VERSION};
@@ -38,6 +40,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Health (ok, or degraded and why), version, uptime, pid, clients, budget and resident bytes
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of clients and tiers, with rates over each refresh interval
+    Top {
+        /// Seconds between refreshes (0.1 to 3600)
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after this many refreshes [default: run until interrupted]
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
 }
 
 enum Failure {
@@ -45,34 +68,53 @@ enum Failure {
     Daemon(String),
 }
 
-fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
-    let s = UnixStream::connect(socket)
-        .map_err(|e| Failure::Unreachable(format!("cannot reach holo-pager at {}: {e}", socket.display())))?;
-    let fd = s.as_raw_fd();
-    let io = |e: std::io::Error| Failure::Unreachable(format!("connection to holo-pager failed: {e}"));
-    let recv_text = || -> Result<(Frame, String), Failure> {
-        let f = match proto::recv(fd, false).map_err(io)? {
+/// A control connection: one handshake, then any number of queries.
+struct Conn(UnixStream);
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Unreachable(format!("connection to holo-pager failed: {e}"))
+}
+
+impl Conn {
+    fn open(socket: &Path) -> Result<Conn, Failure> {
+        let s = UnixStream::connect(socket)
+            .map_err(|e| Failure::Unreachable(format!("cannot reach holo-pager at {}: {e}", socket.display())))?;
+        let conn = Conn(s);
+        let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CONTROL, 0);
+        proto::send(conn.0.as_raw_fd(), hello, None, b"").map_err(io_failure)?;
+        let (welcome, text) = conn.recv_text()?;
+        if welcome.kind != Kind::Welcome {
+            return Err(Failure::Daemon(text));
+        }
+        Ok(conn)
+    }
+
+    fn recv_text(&self) -> Result<(Frame, String), Failure> {
+        let fd = self.0.as_raw_fd();
+        let f = match proto::recv(fd, false).map_err(io_failure)? {
             Recv::Frame(f, _) => f,
             _ => return Err(Failure::Unreachable("holo-pager closed the connection".into())),
         };
         let len = if matches!(f.kind, Kind::Json | Kind::Error | Kind::Refused) { f.a.min(MAX_TEXT_BYTES) } else { 0 };
         let mut text = vec![0u8; len as usize];
-        proto::read_exact(fd, &mut text).map_err(io)?;
+        proto::read_exact(fd, &mut text).map_err(io_failure)?;
         Ok((f, String::from_utf8_lossy(&text).into_owned()))
-    };
-    proto::send(fd, Frame::new(Kind::Hello, PROTOCOL_VERSION, role::CONTROL, 0), None, b"").map_err(io)?;
-    let (welcome, text) = recv_text()?;
-    if welcome.kind != Kind::Welcome {
-        return Err(Failure::Daemon(text));
     }
-    proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?;
-    let (reply, text) = recv_text()?;
-    match reply.kind {
-        Kind::Json => {
-            serde_json::from_str(&text).map_err(|e| Failure::Daemon(format!("bad JSON from holo-pager: {e}")))
+
+    fn query(&self, what: u64) -> Result<serde_json::Value, Failure> {
+        proto::send(self.0.as_raw_fd(), Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io_failure)?;
+        let (reply, text) = self.recv_text()?;
+        match reply.kind {
+            Kind::Json => {
+                serde_json::from_str(&text).map_err(|e| Failure::Daemon(format!("bad JSON from holo-pager: {e}")))
+            }
+            _ => Err(Failure::Daemon(text)),
         }
-        _ => Err(Failure::Daemon(text)),
     }
+}
+
+fn ask(socket: &Path, what: u64) -> Result<serde_json::Value, Failure> {
+    Conn::open(socket)?.query(what)
 }
 
 fn mib(bytes: u64) -> String {
@@ -178,6 +220,163 @@ fn print_pressure(v: &serde_json::Value) {
     }
 }
 
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h) {
+        (0, 0) => format!("{m}m{s:02}s"),
+        (0, _) => format!("{h}h{m:02}m{s:02}s"),
+        _ => format!("{d}d{h:02}h{m:02}m"),
+    }
+}
+
+fn print_status(v: &serde_json::Value) {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    println!(
+        "holo-pager {} (pid {}): {}",
+        v["version"].as_str().unwrap_or("?"),
+        n("pid"),
+        v["health"].as_str().unwrap_or("?")
+    );
+    for why in v["reasons"].as_array().into_iter().flatten() {
+        println!("  - {}", why.as_str().unwrap_or("?"));
+    }
+    println!(
+        "up {}; {} clients, {} regions ({} registered)",
+        duration(n("uptime_seconds")),
+        n("clients"),
+        n("regions"),
+        mib(n("registered_bytes"))
+    );
+    println!(
+        "resident {} of a {} budget ({} configured)",
+        mib(n("resident_bytes")),
+        mib(n("budget_bytes")),
+        mib(n("configured_budget_bytes"))
+    );
+    let tiers: Vec<&str> = v["tiers"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+    println!("tiers: {}", tiers.join(" > "));
+    match v["metrics_listen"].as_str() {
+        Some(addr) => println!("metrics: http://{addr}/metrics"),
+        None => println!("metrics: off"),
+    }
+}
+
+/// One look at the daemon, for `top`.
+struct Sample {
+    at: Instant,
+    tiers: serde_json::Value,
+    regions: serde_json::Value,
+}
+
+const PAGE: u64 = 4096;
+/// Most clients `top` lists (the busiest by resident bytes).
+const TOP_MAX_CLIENTS: usize = 40;
+
+/// The `top` screen for the change from `prev` to `now`: pure, so that it is unit-tested.
+fn render_top(prev: &Sample, now: &Sample, refresh: u64, of: Option<u64>) -> String {
+    use std::fmt::Write as _;
+    let secs = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let mut out = String::new();
+    let clients = now.regions["clients"].as_array().cloned().unwrap_or_default();
+    let dram = now.tiers["tiers"].as_array().and_then(|t| t.first()).cloned().unwrap_or_default();
+    let progress = of.map_or(format!("refresh {refresh}"), |of| format!("refresh {refresh}/{of}"));
+    let _ = writeln!(
+        out,
+        "holo top: {} clients, resident {} of a {} budget; rates over {secs:.1}s ({progress})",
+        clients.len(),
+        mib(n(&dram["used_bytes"])),
+        mib(n(&dram["capacity_bytes"])),
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<6} {:>12} {:>12} {:>10} {:>12} {:>12} {:>12}",
+        "TIER", "USED", "CAPACITY", "FAULTS/s", "EVICTIONS/s", "REFAULTS/s", "MOVED/s"
+    );
+    let before = prev.tiers["tiers"].as_array().cloned().unwrap_or_default();
+    for t in now.tiers["tiers"].as_array().into_iter().flatten() {
+        let old = before.iter().find(|o| o["name"] == t["name"]).cloned().unwrap_or_default();
+        let d = |k: &str| rate(n(&old[k]), n(&t[k]));
+        // Pages in and out: evictions, refaults and demotions are all counted in pages.
+        let moved = (d("evictions") + d("refaults") + d("demotions")) * PAGE as f64;
+        let _ = writeln!(
+            out,
+            "{:<6} {:>12} {:>12} {:>10.0} {:>12.0} {:>12.0} {:>10}/s",
+            t["name"].as_str().unwrap_or("?"),
+            mib(n(&t["used_bytes"])),
+            mib(n(&t["capacity_bytes"])),
+            d("faults"),
+            d("evictions"),
+            d("refaults"),
+            mib(moved as u64)
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:>8} {:<16} {:>12} {:>12} {:>10}", "PID", "COMM", "RESIDENT", "SPILLED", "FAULTS/s");
+    let old_clients = prev.regions["clients"].as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<(u64, String)> = clients
+        .iter()
+        .map(|c| {
+            let resident = n(&c["resident_pages"]) * PAGE;
+            let spilled: u64 =
+                c["regions"].as_array().into_iter().flatten().map(|r| n(&r["spilled_pages"])).sum::<u64>() * PAGE;
+            // A client that connected since `prev` faulted all it counts within the interval.
+            let was = old_clients.iter().find(|o| o["pid"] == c["pid"] && o["comm"] == c["comm"]);
+            let faults = rate(was.map_or(0, |o| n(&o["faults"])), n(&c["faults"]));
+            let row = format!(
+                "{:>8} {:<16} {:>12} {:>12} {:>10.0}",
+                n(&c["pid"]),
+                c["comm"].as_str().unwrap_or("?"),
+                mib(resident),
+                mib(spilled),
+                faults
+            );
+            (resident, row)
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    for (_, row) in rows.iter().take(TOP_MAX_CLIENTS) {
+        let _ = writeln!(out, "{row}");
+    }
+    if rows.len() > TOP_MAX_CLIENTS {
+        let _ = writeln!(out, "... and {} more clients", rows.len() - TOP_MAX_CLIENTS);
+    }
+    out
+}
+
+fn top(socket: &Path, interval: f64, iterations: Option<u64>) -> Result<(), Failure> {
+    let conn = Conn::open(socket)?;
+    let sample = || -> Result<Sample, Failure> {
+        Ok(Sample { at: Instant::now(), tiers: conn.query(query::TIERS)?, regions: conn.query(query::REGIONS)? })
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut prev = sample()?;
+    let mut refresh = 0;
+    while iterations.is_none_or(|max| refresh < max) {
+        std::thread::sleep(Duration::from_secs_f64(interval));
+        let now = sample()?;
+        refresh += 1;
+        let screen = render_top(&prev, &now, refresh, iterations);
+        let mut out = std::io::stdout().lock();
+        // Clear and home the cursor on a terminal; elsewhere (a pipe, a log) one screen
+        // after another, a blank line between.
+        let lead = if tty {
+            "\x1b[H\x1b[2J"
+        } else if refresh > 1 {
+            "\n"
+        } else {
+            ""
+        };
+        if write!(out, "{lead}{screen}").and_then(|()| out.flush()).is_err() {
+            return Ok(()); // stdout closed (`holoctl top | head`): done
+        }
+        prev = now;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -191,6 +390,13 @@ fn main() -> ExitCode {
         Cmd::Tiers { json } => (query::TIERS, json, print_tiers),
         Cmd::Regions { json } => (query::REGIONS, json, print_regions),
         Cmd::Pressure { json } => (query::PRESSURE, json, print_pressure),
+        Cmd::Status { json } => (query::STATUS, json, print_status),
+        Cmd::Top { interval, iterations } => {
+            return match top(&args.socket, interval, iterations) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => fail(f),
+            }
+        }
     };
     match ask(&args.socket, what) {
         Ok(v) if json => {
@@ -201,13 +407,68 @@ fn main() -> ExitCode {
             print(&v);
             ExitCode::SUCCESS
         }
-        Err(Failure::Daemon(msg)) => {
+        Err(f) => fail(f),
+    }
+}
+
+fn fail(f: Failure) -> ExitCode {
+    match f {
+        Failure::Daemon(msg) => {
             eprintln!("holoctl: holo-pager refused: {msg}");
             ExitCode::from(1)
         }
-        Err(Failure::Unreachable(msg)) => {
+        Failure::Unreachable(msg) => {
             eprintln!("holoctl: {msg}");
             ExitCode::from(3)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn top_shows_rates_over_the_interval() {
+        let t0 = Instant::now();
+        let tiers = |faults: u64, ev: u64, nv_refaults: u64| {
+            json!({"tiers": [
+                {"name": "dram", "capacity_bytes": 16u64 << 20, "used_bytes": 8u64 << 20, "faults": faults,
+                 "evictions": ev, "refaults": 0},
+                {"name": "nvme", "capacity_bytes": 1u64 << 30, "used_bytes": 4u64 << 20, "faults": 0,
+                 "evictions": ev, "refaults": nv_refaults, "demotions": 0},
+            ]})
+        };
+        let client = |pid: u64, faults: u64| {
+            json!({"pid": pid, "comm": "app", "resident_pages": 256, "faults": faults,
+                   "regions": [{"spilled_pages": 512}]})
+        };
+        let prev = Sample { at: t0, tiers: tiers(100, 0, 0), regions: json!({"clients": [client(7, 100)]}) };
+        let now = Sample {
+            at: t0 + Duration::from_secs(2),
+            tiers: tiers(300, 512, 256),
+            regions: json!({"clients": [client(7, 300), client(8, 50)]}),
+        };
+        let screen = render_top(&prev, &now, 1, Some(2));
+        let line = |start: &str| screen.lines().find(|l| l.trim_start().starts_with(start)).unwrap_or("").to_string();
+        // 200 faults in 2 s; 512 pages evicted (1 MiB/s out of DRAM and into NVMe alike).
+        let dram_line = line("dram");
+        let dram: Vec<&str> = dram_line.split_whitespace().collect();
+        assert_eq!(dram[5], "100", "{screen}");
+        assert_eq!(dram[6], "256", "{screen}");
+        let nvme = line("nvme");
+        assert!(nvme.contains(" 128 ") && nvme.contains("1.5 MiB/s"), "{screen}");
+        assert!(line("7 ").contains("1.0 MiB") && line("7 ").contains("2.0 MiB") && line("7 ").ends_with(" 100"));
+        // A client new since `prev` faulted everything it counts within the interval.
+        assert!(line("8 ").ends_with(" 25"), "{screen}");
+        assert!(screen.contains("refresh 1/2") && screen.contains("2 clients"), "{screen}");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(59), "0m59s");
+        assert_eq!(duration(3723), "1h02m03s");
+        assert_eq!(duration(2 * 86400 + 3600), "2d01h00m");
     }
 }
