@@ -225,11 +225,26 @@ impl Cluster {
 
     /// `holoctl cluster members --json`: this node's view of the group and the inventory.
     pub fn members(&self) -> serde_json::Value {
-        let left = *self.left.lock().unwrap();
+        if *self.left.lock().unwrap() {
+            // Its Raft is stopped and its log gone: whatever it last saw is stale.
+            return json!({
+                "node_id": self.config.node_id,
+                "raft_addr": self.config.advertise,
+                "state": "left",
+                "leader": null,
+                "term": null,
+                "last_log_index": null,
+                "last_applied_index": null,
+                "voters": [],
+                "members": [],
+                "restored": self.restored,
+            });
+        }
         let m = self.raft.metrics().borrow().clone();
-        let (state, membership) = {
+        // The state machine's own last applied index: metrics may lag behind it.
+        let (state, applied, membership) = {
             let sm = self.sm.inner.lock().unwrap();
-            (sm.state.clone(), m.membership_config.membership().clone())
+            (sm.state.clone(), sm.last_applied.map(|l| l.index), m.membership_config.membership().clone())
         };
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
@@ -252,7 +267,6 @@ impl Cluster {
             })
             .collect();
         let state_name = match m.state {
-            _ if left => "left",
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
             ServerState::Candidate => "candidate",
@@ -266,7 +280,7 @@ impl Cluster {
             "leader": m.current_leader,
             "term": m.current_term,
             "last_log_index": m.last_log_index,
-            "last_applied_index": m.last_applied.map(|l| l.index),
+            "last_applied_index": applied,
             "voters": voters,
             "members": members,
             "regions": state.regions.len(),

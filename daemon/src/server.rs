@@ -297,12 +297,45 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
             (Kind::Query, query::TIERS) => tiers_json(d),
             (Kind::Query, query::REGIONS) => regions_json(d),
             (Kind::Query, query::PRESSURE) => pressure_json(d),
+            (Kind::Query, query::CLUSTER) | (Kind::Command, _) => {
+                let reply = match f.kind {
+                    Kind::Query => crate::cluster::members_json(),
+                    _ => match read_command(&conn, f.a) {
+                        Ok(text) => crate::cluster::command(&text),
+                        Err(e) => {
+                            // The stream may be out of step with the frames now: hang up.
+                            let _ = send_text(fd, Kind::Error, &e);
+                            return Err(e);
+                        }
+                    },
+                };
+                match reply {
+                    Ok(body) => body,
+                    Err(e) => {
+                        send_text(fd, Kind::Error, &e).map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                }
+            }
             _ => {
                 let _ = send_text(fd, Kind::Error, "unknown query");
                 return Err(format!("unknown query {f:?}"));
             }
         };
         send_text(fd, Kind::Json, &body.to_string()).map_err(|e| e.to_string())?;
+    }
+}
+
+/// The JSON text of a `Command` frame that announced `len` bytes.
+fn read_command(conn: &UnixStream, len: u64) -> Result<String, String> {
+    if len > proto::MAX_COMMAND_BYTES {
+        return Err(format!("command of {len} bytes is over {} bytes", proto::MAX_COMMAND_BYTES));
+    }
+    let mut text = vec![0u8; len as usize];
+    match proto::read_exact(conn.as_raw_fd(), &mut text) {
+        Ok(true) => String::from_utf8(text).map_err(|_| "command is not UTF-8".to_string()),
+        Ok(false) => Err("connection closed inside a command".into()),
+        Err(e) => Err(format!("cannot read a command: {e}")),
     }
 }
 

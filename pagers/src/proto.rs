@@ -22,6 +22,7 @@
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
+//!   Command{a=len} + JSON text ->  Json + text | Error + text   (cluster commands)
 //! ```
 
 use std::io;
@@ -50,6 +51,8 @@ pub enum Kind {
     Query = 14,
     Json = 15,
     Done = 16,
+    /// A control command whose arguments follow as `a` bytes of JSON (`holoctl cluster ...`).
+    Command = 17,
 }
 
 impl Kind {
@@ -72,6 +75,7 @@ impl Kind {
             14 => Query,
             15 => Json,
             16 => Done,
+            17 => Command,
             _ => return None,
         })
     }
@@ -90,7 +94,12 @@ pub mod query {
     pub const TIERS: u64 = 1;
     pub const REGIONS: u64 = 2;
     pub const PRESSURE: u64 = 3;
+    /// The cluster as this node sees it (`holoctl cluster members`).
+    pub const CLUSTER: u64 = 4;
 }
+
+/// Most bytes of JSON a `Command` frame may announce.
+pub const MAX_COMMAND_BYTES: u64 = 64 << 10;
 
 /// One wire frame. Field meaning depends on `kind` (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,6 +38,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster (Raft group of daemons) this daemon belongs to
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Make this daemon a one-node cluster and its leader
+    Init {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join the cluster of the member whose cluster address is ADDR (host:port)
+    Join {
+        addr: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave the cluster (the daemon goes on alone; restart it to join again)
+    Leave {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Members, their roles and addresses, the leader and the term, as this daemon sees them
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 enum Failure {
@@ -45,7 +75,13 @@ enum Failure {
     Daemon(String),
 }
 
-fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
+/// What to send after the handshake: a query, or a command with its JSON arguments.
+enum Request {
+    Query(u64),
+    Command(serde_json::Value),
+}
+
+fn ask(socket: &PathBuf, what: Request) -> Result<serde_json::Value, Failure> {
     let s = UnixStream::connect(socket)
         .map_err(|e| Failure::Unreachable(format!("cannot reach holo-pager at {}: {e}", socket.display())))?;
     let fd = s.as_raw_fd();
@@ -65,7 +101,13 @@ fn ask(socket: &PathBuf, what: u64) -> Result<serde_json::Value, Failure> {
     if welcome.kind != Kind::Welcome {
         return Err(Failure::Daemon(text));
     }
-    proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?;
+    match what {
+        Request::Query(what) => proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?,
+        Request::Command(args) => {
+            let text = args.to_string();
+            proto::send(fd, Frame::new(Kind::Command, text.len() as u64, 0, 0), None, text.as_bytes()).map_err(io)?
+        }
+    }
     let (reply, text) = recv_text()?;
     match reply.kind {
         Kind::Json => {
@@ -178,6 +220,46 @@ fn print_pressure(v: &serde_json::Value) {
     }
 }
 
+fn print_members(v: &serde_json::Value) {
+    let opt = |x: &serde_json::Value| if x.is_null() { "-".to_string() } else { x.to_string() };
+    println!(
+        "node {} ({}): leader {}, term {}, last log index {}, applied {}",
+        v["node_id"],
+        v["state"].as_str().unwrap_or("?"),
+        opt(&v["leader"]),
+        v["term"],
+        opt(&v["last_log_index"]),
+        opt(&v["last_applied_index"])
+    );
+    println!("{:>6} {:<8} {:<24} {:<24} {:>12}  TIERS", "ID", "ROLE", "RAFT ADDRESS", "DATA ADDRESS", "DONATED");
+    for m in v["members"].as_array().into_iter().flatten() {
+        let leader = if m["id"] == v["leader"] { "*" } else { " " };
+        let tiers: Vec<String> = m["tiers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!("{} {}", t["name"].as_str().unwrap_or("?"), mib(t["capacity_bytes"].as_u64().unwrap_or(0))))
+            .collect();
+        println!(
+            "{:>5}{leader} {:<8} {:<24} {:<24} {:>12}  {}",
+            m["id"],
+            m["role"].as_str().unwrap_or("?"),
+            m["raft_addr"].as_str().unwrap_or("-"),
+            m["data_addr"].as_str().unwrap_or("-"),
+            mib(m["donated_bytes"].as_u64().unwrap_or(0)),
+            tiers.join(", ")
+        );
+    }
+}
+
+fn print_done(v: &serde_json::Value) {
+    if v.get("members").is_some() {
+        print_members(v)
+    } else {
+        println!("{v}")
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -187,10 +269,19 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let (what, json, print): (u64, bool, fn(&serde_json::Value)) = match args.cmd {
-        Cmd::Tiers { json } => (query::TIERS, json, print_tiers),
-        Cmd::Regions { json } => (query::REGIONS, json, print_regions),
-        Cmd::Pressure { json } => (query::PRESSURE, json, print_pressure),
+    let command = |args: serde_json::Value| Request::Command(args);
+    let (what, json, print): (Request, bool, fn(&serde_json::Value)) = match args.cmd {
+        Cmd::Tiers { json } => (Request::Query(query::TIERS), json, print_tiers),
+        Cmd::Regions { json } => (Request::Query(query::REGIONS), json, print_regions),
+        Cmd::Pressure { json } => (Request::Query(query::PRESSURE), json, print_pressure),
+        Cmd::Cluster { cmd } => match cmd {
+            ClusterCmd::Members { json } => (Request::Query(query::CLUSTER), json, print_members),
+            ClusterCmd::Init { json } => (command(serde_json::json!({"command": "init"})), json, print_done),
+            ClusterCmd::Join { addr, json } => {
+                (command(serde_json::json!({"command": "join", "addr": addr})), json, print_done)
+            }
+            ClusterCmd::Leave { json } => (command(serde_json::json!({"command": "leave"})), json, print_done),
+        },
     };
     match ask(&args.socket, what) {
         Ok(v) if json => {
