@@ -163,6 +163,8 @@ pub struct Daemon {
     // A Mutex so that reports (which take `&self`) can tell whether the daemon died.
     child: Mutex<Option<Child>>,
     command: String,
+    /// Every argument it was started with, for [`Daemon::restart`].
+    args: Vec<std::ffi::OsString>,
     socket: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
@@ -191,11 +193,13 @@ impl Daemon {
         cmd.env("RUST_BACKTRACE", "1");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         let command = describe_command(&cmd);
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
 
         let mut daemon = Daemon {
             child: Mutex::new(Some(child)),
             command,
+            args,
             socket,
             state_dir,
             log_path,
@@ -205,6 +209,20 @@ impl Daemon {
         };
         daemon.wait_ready();
         daemon
+    }
+
+    /// Starts the daemon again after [`Daemon::kill`], with the same flags, socket and state
+    /// directory (as a restart after a crash would); its output is appended to the same log.
+    pub fn restart(&mut self) {
+        assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() stopped");
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
+        let mut cmd = Command::new(bin("holo-pager"));
+        cmd.args(&self.args);
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command));
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -299,7 +317,8 @@ impl Daemon {
         self.try_holoctl_json(args).unwrap_or_else(|e| panic!("{e}\n{}", self.report_log()))
     }
 
-    fn try_holoctl_json(&self, args: &[&str]) -> Result<Value, String> {
+    /// [`Daemon::holoctl_json`], returning the failure instead of panicking.
+    pub fn try_holoctl_json(&self, args: &[&str]) -> Result<Value, String> {
         let mut args = args.to_vec();
         args.push("--json");
         let mut cmd = Command::new(bin("holoctl"));
