@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub dir: PathBuf,
     /// The inventory entry this node registers (tiers, donated memory).
     pub info: NodeInfo,
+    /// Build a snapshot (and purge the log before it) every this many entries; normally
+    /// [`SNAPSHOT_EVERY`], smaller in tests that need snapshots to happen.
+    pub snapshot_every: u64,
 }
 
 type RaftNode = Raft<TypeConfig>;
@@ -101,8 +104,8 @@ impl Cluster {
             heartbeat_interval: 250,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: SNAPSHOT_EVERY / 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 2,
             snapshot_max_chunk_size: 256 << 10,
             ..Default::default()
         }
@@ -208,7 +211,9 @@ impl Cluster {
     /// Proposes `cmd` through the leader and returns its outcome once committed and applied.
     pub fn write(&self, cmd: Command) -> Result<Outcome, ClusterError> {
         self.check_not_left()?;
-        self.rt.block_on(tokio::time::timeout(ADMIN_TIMEOUT, self.write_via_leader(cmd)))
+        // The timer is made inside the runtime (an async block), as tokio requires.
+        self.rt
+            .block_on(async { tokio::time::timeout(ADMIN_TIMEOUT, self.write_via_leader(cmd)).await })
             .map_err(|_| ClusterError::Failed("timed out".into()))?
             .map_err(ClusterError::Failed)
     }
@@ -216,6 +221,11 @@ impl Cluster {
     async fn write_via_leader(&self, command: Command) -> Result<Outcome, String> {
         let svc = Service { raft: self.raft.clone(), id: self.config.node_id };
         retry_until(ADMIN_TIMEOUT, || svc.write(WriteReq { command: command.clone(), forwarded: false })).await
+    }
+
+    /// What this node found on disk when it started.
+    pub fn restored(&self) -> &Restored {
+        &self.restored
     }
 
     /// A copy of the replicated state as this node has applied it.

@@ -32,6 +32,7 @@ pub fn start(config: &Config, store: &Store) -> Result<bool, ClusterError> {
         advertise: c.advertise.clone(),
         dir: config.state_dir.join("raft"),
         info: NodeInfo { tiers, ..Default::default() },
+        snapshot_every: holo_cluster::node::SNAPSHOT_EVERY,
     })?;
     if MEMBER.set(member).is_err() {
         panic!("the cluster member was started twice");
