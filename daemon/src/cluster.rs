@@ -58,7 +58,7 @@ pub enum ClusterCommand {
     Leave,
 }
 
-/// Runs a `Command` frame's JSON text; blocks until the change is committed or has failed.
+/// Runs the JSON text of a `CLUSTER_COMMAND` query; blocks until the change is committed or has failed.
 pub fn command(text: &str) -> Result<serde_json::Value, String> {
     let cmd: ClusterCommand = serde_json::from_str(text).map_err(|e| format!("bad cluster command: {e}"))?;
     let m = member()?;

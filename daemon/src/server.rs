@@ -297,10 +297,10 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
             (Kind::Query, query::TIERS) => tiers_json(d),
             (Kind::Query, query::REGIONS) => regions_json(d),
             (Kind::Query, query::PRESSURE) => pressure_json(d),
-            (Kind::Query, query::CLUSTER) | (Kind::Command, _) => {
-                let reply = match f.kind {
-                    Kind::Query => crate::cluster::members_json(),
-                    _ => match read_command(&conn, f.a) {
+            (Kind::Query, query::CLUSTER | query::CLUSTER_COMMAND) => {
+                let reply = match f.a {
+                    query::CLUSTER => crate::cluster::members_json(),
+                    _ => match read_command(&conn, f.b) {
                         Ok(text) => crate::cluster::command(&text),
                         Err(e) => {
                             // The stream may be out of step with the frames now: hang up.
@@ -326,7 +326,7 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
     }
 }
 
-/// The JSON text of a `Command` frame that announced `len` bytes.
+/// The JSON text that follows a `CLUSTER_COMMAND` query that announced `len` bytes.
 fn read_command(conn: &UnixStream, len: u64) -> Result<String, String> {
     if len > proto::MAX_COMMAND_BYTES {
         return Err(format!("command of {len} bytes is over {} bytes", proto::MAX_COMMAND_BYTES));

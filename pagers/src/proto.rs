@@ -22,7 +22,7 @@
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
-//!   Command{a=len} + JSON text ->  Json + text | Error + text   (cluster commands)
+//!   Query{CLUSTER_COMMAND, b=len} + JSON text -> Json + text | Error + text
 //! ```
 
 use std::io;
@@ -51,8 +51,6 @@ pub enum Kind {
     Query = 14,
     Json = 15,
     Done = 16,
-    /// A control command whose arguments follow as `a` bytes of JSON (`holoctl cluster ...`).
-    Command = 17,
 }
 
 impl Kind {
@@ -75,7 +73,6 @@ impl Kind {
             14 => Query,
             15 => Json,
             16 => Done,
-            17 => Command,
             _ => return None,
         })
     }
@@ -94,11 +91,14 @@ pub mod query {
     pub const TIERS: u64 = 1;
     pub const REGIONS: u64 = 2;
     pub const PRESSURE: u64 = 3;
+    // The cluster's subjects are numbered from 16, apart from the others.
     /// The cluster as this node sees it (`holoctl cluster members`).
-    pub const CLUSTER: u64 = 4;
+    pub const CLUSTER: u64 = 16;
+    /// A cluster command (`holoctl cluster init|join|leave`): `b` bytes of JSON follow.
+    pub const CLUSTER_COMMAND: u64 = 17;
 }
 
-/// Most bytes of JSON a `Command` frame may announce.
+/// Most bytes of JSON a `CLUSTER_COMMAND` query may announce.
 pub const MAX_COMMAND_BYTES: u64 = 64 << 10;
 
 /// One wire frame. Field meaning depends on `kind` (see the module docs).

@@ -105,7 +105,8 @@ fn ask(socket: &PathBuf, what: Request) -> Result<serde_json::Value, Failure> {
         Request::Query(what) => proto::send(fd, Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io)?,
         Request::Command(args) => {
             let text = args.to_string();
-            proto::send(fd, Frame::new(Kind::Command, text.len() as u64, 0, 0), None, text.as_bytes()).map_err(io)?
+            let frame = Frame::new(Kind::Query, query::CLUSTER_COMMAND, text.len() as u64, 0);
+            proto::send(fd, frame, None, text.as_bytes()).map_err(io)?
         }
     }
     let (reply, text) = recv_text()?;
