@@ -59,7 +59,10 @@ fn wait_for(what: &str, nodes: &[&Node], mut cond: impl FnMut() -> Result<(), St
         match cond() {
             Ok(()) => return,
             Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {CLUSTER_TIMEOUT:?} waiting for {what}\nlast observation: {last}{}", report(nodes))
+                panic!(
+                    "timed out after {CLUSTER_TIMEOUT:?} waiting for {what}\nlast observation: {last}{}",
+                    report(nodes)
+                )
             }
             Err(_) => thread::sleep(Duration::from_millis(200)),
         }
@@ -112,7 +115,7 @@ fn view<'a>(nodes: &[&'a Node]) -> Result<Vec<(&'a Node, Value)>, String> {
 
 #[test]
 fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() {
-    let mut nodes = vec![start_node(1), start_node(2), start_node(3)];
+    let mut nodes = [start_node(1), start_node(2), start_node(3)];
     let all: Vec<&Node> = nodes.iter().collect();
     let addrs: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
 
@@ -142,7 +145,9 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
         let v = view(&survivors)?;
         let (leader, term) = agreed(&v, &[1, 2, 3], &addrs)?;
         if leader == old_leader || term <= old_term {
-            return Err(format!("still leader {leader} in term {term} (the killed leader was {old_leader}, term {old_term})"));
+            return Err(format!(
+                "still leader {leader} in term {term} (the killed leader was {old_leader}, term {old_term})"
+            ));
         }
         let lv = &v.iter().find(|(n, _)| n.id == leader).expect("the leader is a survivor").1;
         if lv["state"] != "leader" {
@@ -225,5 +230,8 @@ fn a_taken_cluster_port_fails_the_start() {
     cmd.args(["--dram-budget", "16M", "--nvme-capacity", "64M", "--node-id", "1", "--cluster-listen", &addr]);
     cmd.stdin(Stdio::null());
     let out = run(cmd, Duration::from_secs(60));
-    out.ensure(!out.success() && out.stderr.contains("cannot listen on") && out.stderr.contains(&addr), "holo-pager should refuse to start when its cluster port is taken, naming it");
+    out.ensure(
+        !out.success() && out.stderr.contains("cannot listen on") && out.stderr.contains(&addr),
+        "holo-pager should refuse to start when its cluster port is taken, naming it",
+    );
 }

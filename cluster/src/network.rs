@@ -26,7 +26,9 @@ pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 pub struct Network;
@@ -48,6 +50,8 @@ pub struct Peer {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl Peer {
+    // The error is openraft's own type, which its network trait requires.
+    #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(&mut self) -> Result<RaftClient<Channel>, RpcErr<E>> {
         if self.client.is_none() {
             self.client = Some(client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?);

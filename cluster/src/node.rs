@@ -125,7 +125,8 @@ impl Cluster {
             TcpIncoming::from(l).with_nodelay(Some(true))
         };
         rt.spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(server).serve_with_incoming(incoming).await {
+            if let Err(e) = tonic::transport::Server::builder().add_service(server).serve_with_incoming(incoming).await
+            {
                 log::error!("the cluster gRPC server stopped: {e}");
             }
         });
@@ -169,19 +170,21 @@ impl Cluster {
     pub fn join(&self, addr: &str) -> Result<serde_json::Value, ClusterError> {
         self.check_not_left()?;
         let req = JoinReq { node: self.config.info.clone(), forwarded: false };
-        self.rt.block_on(retry_until(ADMIN_TIMEOUT, || {
-            let (req, addr) = (req.clone(), addr.to_string());
-            async move {
-                let mut c = network::client(&addr).map_err(|e| format!("bad address {addr:?}: {e}"))?;
-                c.join(req).await.map_err(|s| format!("{addr}: {}", s.message()))?.into_inner()
-            }
-        }))
-        .map_err(ClusterError::Failed)?;
+        self.rt
+            .block_on(retry_until(ADMIN_TIMEOUT, || {
+                let (req, addr) = (req.clone(), addr.to_string());
+                async move {
+                    let mut c = network::client(&addr).map_err(|e| format!("bad address {addr:?}: {e}"))?;
+                    c.join(req).await.map_err(|s| format!("{addr}: {}", s.message()))?.into_inner()
+                }
+            }))
+            .map_err(ClusterError::Failed)?;
         // Wait until this node has applied its own registration, so `members` shows it.
         let id = self.config.node_id;
         self.rt.block_on(async {
             let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-            while !self.sm.inner.lock().unwrap().state.nodes.contains_key(&id) && tokio::time::Instant::now() < deadline {
+            while !self.sm.inner.lock().unwrap().state.nodes.contains_key(&id) && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -374,7 +377,10 @@ impl Service {
             Leader::Peer(addr) if !req.forwarded => {
                 let fwd = JoinReq { forwarded: true, ..req };
                 let mut c = network::client(&addr).map_err(|e| e.to_string())?;
-                c.join(fwd).await.map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?.into_inner()
+                c.join(fwd)
+                    .await
+                    .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
+                    .into_inner()
             }
             Leader::Peer(addr) => Err(format!("not the leader (the leader is at {addr})")),
             Leader::Me => {
@@ -383,7 +389,10 @@ impl Service {
                 if !membership.voter_ids().any(|v| v == id) {
                     if membership.get_node(&id).is_none() {
                         let node = BasicNode::new(req.node.raft_addr.clone());
-                        self.raft.add_learner(id, node, true).await.map_err(|e| format!("cannot add node {id}: {e}"))?;
+                        self.raft
+                            .add_learner(id, node, true)
+                            .await
+                            .map_err(|e| format!("cannot add node {id}: {e}"))?;
                     }
                     self.raft
                         .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)

@@ -86,8 +86,8 @@ pub fn check_extent(state: &ClusterState, node: NodeId, extent: &Extent) -> Resu
     let bad = Denied::BadExtent { start_page: extent.start_page, pages: extent.pages };
     let end = extent.start_page.checked_add(extent.pages).ok_or(bad.clone())?;
     if extent.pages == 0
-        || extent.start_page % granule_pages != 0
-        || (extent.pages % granule_pages != 0 && end != region_pages)
+        || !extent.start_page.is_multiple_of(granule_pages)
+        || (!extent.pages.is_multiple_of(granule_pages) && end != region_pages)
         || end > region_pages
     {
         return Err(bad);
@@ -154,7 +154,8 @@ pub fn release(state: &mut ClusterState, node: NodeId, extent: &Extent, epoch: u
 
 /// Drops every lease that has expired at `now_ms`; returns them.
 pub fn expire(state: &mut ClusterState, now_ms: u64) -> Vec<Lease> {
-    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.leases).into_iter().partition(|l| !l.valid_at(now_ms));
+    let (gone, kept): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut state.leases).into_iter().partition(|l| !l.valid_at(now_ms));
     state.leases = kept;
     gone
 }
@@ -323,7 +324,10 @@ mod tests {
         assert_eq!(bad(&mut s, e), Denied::UnknownRegion("nope".into()));
         assert_eq!(acquire_write(&mut s, 9, &ext(0, G), 0, 10), Err(Denied::UnknownNode(9)));
         assert_eq!(acquire_write(&mut s, 1, &ext(0, G), 0, 0), Err(Denied::BadDuration(0)));
-        assert_eq!(acquire_write(&mut s, 1, &ext(0, G), 0, MAX_LEASE_MS + 1), Err(Denied::BadDuration(MAX_LEASE_MS + 1)));
+        assert_eq!(
+            acquire_write(&mut s, 1, &ext(0, G), 0, MAX_LEASE_MS + 1),
+            Err(Denied::BadDuration(MAX_LEASE_MS + 1))
+        );
         // The whole region, whatever its granule alignment at the end.
         acquire_write(&mut s, 1, &ext(0, 256), 0, 10).unwrap();
     }

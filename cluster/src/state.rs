@@ -108,17 +108,49 @@ pub enum Command {
     /// Adds or updates a node's inventory (a node re-registers after a restart).
     RegisterNode(NodeInfo),
     /// Removes a node and everything it held.
-    RemoveNode { id: NodeId },
-    CreateRegion { name: String, size_bytes: u64, granule_bytes: u64 },
-    DeleteRegion { name: String },
-    AcquireWrite { node: NodeId, extent: Extent, now_ms: u64, duration_ms: u64 },
-    ReleaseWrite { node: NodeId, extent: Extent, epoch: u64 },
-    Expire { now_ms: u64 },
-    RegisterReader { node: NodeId, extent: Extent, now_ms: u64 },
-    UnregisterReader { node: NodeId, extent: Extent },
+    RemoveNode {
+        id: NodeId,
+    },
+    CreateRegion {
+        name: String,
+        size_bytes: u64,
+        granule_bytes: u64,
+    },
+    DeleteRegion {
+        name: String,
+    },
+    AcquireWrite {
+        node: NodeId,
+        extent: Extent,
+        now_ms: u64,
+        duration_ms: u64,
+    },
+    ReleaseWrite {
+        node: NodeId,
+        extent: Extent,
+        epoch: u64,
+    },
+    Expire {
+        now_ms: u64,
+    },
+    RegisterReader {
+        node: NodeId,
+        extent: Extent,
+        now_ms: u64,
+    },
+    UnregisterReader {
+        node: NodeId,
+        extent: Extent,
+    },
     /// `node` now holds a copy of `extent`'s pages (or no longer does).
-    PlaceCopy { node: NodeId, extent: Extent },
-    DropCopy { node: NodeId, extent: Extent },
+    PlaceCopy {
+        node: NodeId,
+        extent: Extent,
+    },
+    DropCopy {
+        node: NodeId,
+        extent: Extent,
+    },
 }
 
 /// What applying a [`Command`] produced; returned to the proposer.
@@ -290,7 +322,8 @@ mod tests {
     fn regions_are_validated_and_deleted_whole() {
         let mut s = ClusterState::default();
         s.apply(&node(1));
-        let create = |size, granule| Command::CreateRegion { name: "r".into(), size_bytes: size, granule_bytes: granule };
+        let create =
+            |size, granule| Command::CreateRegion { name: "r".into(), size_bytes: size, granule_bytes: granule };
         assert!(matches!(s.apply(&create(1 << 20, 3000)), Outcome::Invalid(_)));
         assert!(matches!(s.apply(&create(0, 4096)), Outcome::Invalid(_)));
         assert_eq!(s.apply(&create(1 << 20, 4096)), Outcome::Done);

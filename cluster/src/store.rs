@@ -174,8 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let mut inner = self.inner.lock().unwrap();
-        write_atomic(&inner.dir.join("vote.json"), &to_json(vote), true)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomic(&inner.dir.join("vote.json"), &to_json(vote), true).map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -288,8 +287,7 @@ impl StateMachineStore {
             snapshots_built: 0,
         };
         if let Some(s) = snapshot {
-            inner.state =
-                serde_json::from_slice(&s.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            inner.state = serde_json::from_slice(&s.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             inner.last_applied = s.meta.last_log_id;
             inner.membership = s.meta.last_membership.clone();
             restored.snapshot_index = s.meta.last_log_id.map(|l| l.index);
@@ -308,11 +306,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
             None => format!("0-0-{}", inner.snapshots_built),
         };
-        let meta = SnapshotMeta {
-            last_log_id: inner.last_applied,
-            last_membership: inner.membership.clone(),
-            snapshot_id,
-        };
+        let meta =
+            SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone(), snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         write_atomic(&inner.dir.join("snapshot.json"), &to_json(&stored), true)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
@@ -364,8 +359,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let data = snapshot.into_inner();
-        let state: ClusterState = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let state: ClusterState =
+            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let mut inner = self.inner.lock().unwrap();
         let stored = StoredSnapshot { meta: meta.clone(), data };
         write_atomic(&inner.dir.join("snapshot.json"), &to_json(&stored), true)
@@ -435,7 +430,10 @@ mod tests {
             let mut sm = StateMachineStore::open(&dir, &mut restored).unwrap();
             let cmd = crate::state::Command::RegisterNode(crate::state::NodeInfo { id: 7, ..Default::default() });
             let members = Membership::new(vec![[7].into()], None);
-            let e1 = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 7), 1), payload: EntryPayload::Membership(members) };
+            let e1 = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 7), 1),
+                payload: EntryPayload::Membership(members),
+            };
             let e2 = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 7), 2), payload: EntryPayload::Normal(cmd) };
             sm.apply([e1, e2]).await.unwrap();
             let snap = sm.build_snapshot().await.unwrap();

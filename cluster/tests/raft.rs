@@ -57,7 +57,8 @@ fn leases_go_through_raft_and_snapshots_bring_a_late_member_up() {
     // Region and leases, proposed from the follower (forwarded to the leader).
     let create = Command::CreateRegion { name: "shared".into(), size_bytes: 16 << 20, granule_bytes: 64 << 10 };
     assert_eq!(n2.write(create).unwrap(), Outcome::Done);
-    let acquire = |node, start, now_ms| Command::AcquireWrite { node, extent: extent(start), now_ms, duration_ms: 5000 };
+    let acquire =
+        |node, start, now_ms| Command::AcquireWrite { node, extent: extent(start), now_ms, duration_ms: 5000 };
     let Outcome::Granted(g) = n2.write(acquire(2, 0, 1000)).unwrap() else { panic!("node 2 should get the lease") };
     assert_eq!((g.lease.holder, g.lease.epoch), (2, 1));
     match n1.write(acquire(1, 0, 2000)).unwrap() {

@@ -143,16 +143,18 @@ fn cluster_config(
         }
         return Ok(None);
     };
-    let addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|_| invalid("cluster_listen", format!("{listen:?} is not an IP address and port, e.g. 10.0.0.1:7400")))?;
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid("cluster_listen", format!("{listen:?} is not an IP address and port, e.g. 10.0.0.1:7400"))
+    })?;
     let node_id = node_id.ok_or_else(|| invalid("node_id", "is required with cluster_listen".into()))?;
     if node_id == 0 {
         return Err(invalid("node_id", "0 is not a node id (use 1 or more)".into()));
     }
     let advertise = match advertise {
         Some(a) => {
-            let port_ok = a.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let port_ok = a
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
             if !port_ok {
                 return Err(invalid("cluster_advertise", format!("{a:?} is not host:port")));
             }
@@ -363,7 +365,8 @@ mod tests {
         let parse = |text: &str, flags| Config::from_toml_str(text, "t.toml", flags).map_err(|e| e.to_string());
         assert_eq!(parse("", Overrides::default()).unwrap().cluster, None);
         let c = parse("node_id = 2\ncluster_listen = \"127.0.0.1:7400\"\n", Overrides::default()).unwrap();
-        let want = ClusterConfig { node_id: 2, listen: "127.0.0.1:7400".parse().unwrap(), advertise: "127.0.0.1:7400".into() };
+        let want =
+            ClusterConfig { node_id: 2, listen: "127.0.0.1:7400".parse().unwrap(), advertise: "127.0.0.1:7400".into() };
         assert_eq!(c.cluster, Some(want));
         // Flags override the file.
         let flags = Overrides { node_id: Some(3), cluster_advertise: Some("node3:7400".into()), ..Default::default() };

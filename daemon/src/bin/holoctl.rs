@@ -239,7 +239,9 @@ fn print_members(v: &serde_json::Value) {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|t| format!("{} {}", t["name"].as_str().unwrap_or("?"), mib(t["capacity_bytes"].as_u64().unwrap_or(0))))
+            .map(|t| {
+                format!("{} {}", t["name"].as_str().unwrap_or("?"), mib(t["capacity_bytes"].as_u64().unwrap_or(0)))
+            })
             .collect();
         println!(
             "{:>5}{leader} {:<8} {:<24} {:<24} {:>12}  {}",
