@@ -132,6 +132,15 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
         Ok(())
     });
     let (old_leader, old_term) = first;
+    // A voter refuses to join another cluster (its own log would clash with that leader's).
+    let (cmd, out) = nodes[0].daemon.holoctl(&["cluster", "join", &nodes[2].addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("already a voter"),
+        "`{cmd}` on a voter should fail saying so\nstatus: {}\nstderr: {stderr}{}",
+        out.status,
+        report(&all)
+    );
     assert_eq!(old_leader, 1, "node 1 initialised the cluster and nothing has failed{}", report(&all));
 
     // kill -9 the leader.

@@ -169,6 +169,14 @@ impl Cluster {
     /// Joins the cluster that the member at `addr` belongs to (it forwards to its leader).
     pub fn join(&self, addr: &str) -> Result<serde_json::Value, ClusterError> {
         self.check_not_left()?;
+        // A voter of some cluster (after `init`, or a restart) has a log of its own that
+        // another cluster's leader would overwrite or trip over.
+        let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.contains(&self.config.node_id) {
+            return Err(ClusterError::Failed(format!(
+                "this node is already a voter of a cluster (voters {voters:?}); `holoctl cluster leave` first"
+            )));
+        }
         let req = JoinReq { node: self.config.info.clone(), forwarded: false };
         self.rt
             .block_on(retry_until(ADMIN_TIMEOUT, || {

@@ -142,6 +142,16 @@ pub fn acquire_write(
     Ok(Grant { lease, invalidate: invalidate.into_iter().collect(), renewed: false })
 }
 
+/// The valid write lease, if any, that covers page `page` of `region` at `now_ms`. This is
+/// the read the fault path makes against the applied state: a node that finds its own lease
+/// here writes without a Raft round trip (callers should subtract a clock-skew margin from
+/// `expires_at_ms`: it is on the proposing leader's clock).
+pub fn lease_covering<'a>(state: &'a ClusterState, region: &str, page: u64, now_ms: u64) -> Option<&'a Lease> {
+    state.leases.iter().find(|l| {
+        l.valid_at(now_ms) && l.extent.region == region && (l.extent.start_page..l.extent.end_page()).contains(&page)
+    })
+}
+
 /// Ends `node`'s lease on `extent` of epoch `epoch` (whether or not it has expired).
 pub fn release(state: &mut ClusterState, node: NodeId, extent: &Extent, epoch: u64) -> Result<Lease, Denied> {
     let i = state
@@ -269,6 +279,18 @@ mod tests {
         assert_eq!(r.lease.expires_at_ms, 1900);
         // The holder's own overlapping but different extent is refused.
         assert!(matches!(acquire_write(&mut s, 1, &ext(0, 2 * G), 900, 10), Err(Denied::Held { .. })));
+    }
+
+    #[test]
+    fn the_covering_lease_is_found_while_valid() {
+        let mut s = state();
+        let l = acquire_write(&mut s, 2, &ext(G, G), 0, 100).unwrap().lease;
+        assert_eq!(lease_covering(&s, "r", G, 50), Some(&l));
+        assert_eq!(lease_covering(&s, "r", 2 * G - 1, 99), Some(&l));
+        assert_eq!(lease_covering(&s, "r", 2 * G, 50), None, "past the extent");
+        assert_eq!(lease_covering(&s, "r", G - 1, 50), None, "before the extent");
+        assert_eq!(lease_covering(&s, "r", G, 100), None, "expired");
+        assert_eq!(lease_covering(&s, "other", G, 50), None);
     }
 
     #[test]
