@@ -30,6 +30,32 @@ pub const SNAPSHOT_EVERY: u64 = 1000;
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an admin request waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How often the leader drops expired leases from the replicated state (one `Expire` entry,
+/// only when there is something to drop). Expired leases are invalid at once whether or not
+/// they have been dropped; this only keeps the state small.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the Unix epoch: the time a proposer stamps on its commands.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The leader's garbage collector of expired leases (see [`EXPIRE_EVERY`]).
+async fn expire_leases(raft: RaftNode, sm: StateMachineStore) {
+    loop {
+        tokio::time::sleep(EXPIRE_EVERY).await;
+        if raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let now = now_ms();
+        let stale = sm.inner.lock().unwrap().state.leases.iter().any(|l| !l.valid_at(now));
+        if stale {
+            if let Err(e) = raft.client_write(Command::Expire { now_ms: now }).await {
+                log::debug!("cannot drop expired leases: {e}");
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -124,6 +150,7 @@ impl Cluster {
                 .map_err(|source| ClusterError::Listen { addr: config.listen, source })?;
             TcpIncoming::from(l).with_nodelay(Some(true))
         };
+        rt.spawn(expire_leases(raft.clone(), sm.clone()));
         rt.spawn(async move {
             if let Err(e) = tonic::transport::Server::builder().add_service(server).serve_with_incoming(incoming).await
             {

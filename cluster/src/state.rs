@@ -70,6 +70,10 @@ pub struct ClusterState {
     pub leases: Vec<Lease>,
     /// The largest epoch ever granted; never decreases.
     pub last_epoch: u64,
+    /// The cluster's clock: the latest `now_ms` any applied command carried. A command
+    /// stamped earlier (a new leader whose clock is behind) acts at this time instead, so
+    /// that time never runs backwards and an expired lease never comes back to life.
+    pub clock_ms: u64,
     /// Read-only copies: (node, extent) pairs, invalidated when a writer takes the extent.
     pub readers: Vec<(NodeId, Extent)>,
     /// Where remote copies of spilled pages live (the remote tier): extent → holders.
@@ -169,6 +173,10 @@ impl ClusterState {
     /// Applies one committed command. Never panics on a bad command: a command that the state
     /// refuses is recorded as refused (every replica refuses it the same way).
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        if let Some(t) = command_time(cmd) {
+            self.clock_ms = self.clock_ms.max(t);
+        }
+        let now_ms = self.clock_ms;
         let out = match cmd {
             Command::RegisterNode(info) => {
                 if !self.nodes.contains_key(&info.id) && self.nodes.len() >= MAX_NODES {
@@ -206,14 +214,14 @@ impl ClusterState {
                 self.copies.retain(|e, _| e.region != *name);
                 Outcome::Done
             }
-            Command::AcquireWrite { node, extent, now_ms, duration_ms } => {
+            Command::AcquireWrite { node, extent, now_ms: _, duration_ms } => {
                 if self.leases.len() >= MAX_LEASES {
-                    ownership::expire(self, *now_ms);
+                    ownership::expire(self, now_ms);
                     if self.leases.len() >= MAX_LEASES {
                         return Outcome::Invalid(format!("{MAX_LEASES} leases are held"));
                     }
                 }
-                match ownership::acquire_write(self, *node, extent, *now_ms, *duration_ms) {
+                match ownership::acquire_write(self, *node, extent, now_ms, *duration_ms) {
                     Ok(g) => Outcome::Granted(g),
                     Err(d) => Outcome::Denied(d),
                 }
@@ -222,9 +230,9 @@ impl ClusterState {
                 Ok(l) => Outcome::Released(l),
                 Err(d) => Outcome::Denied(d),
             },
-            Command::Expire { now_ms } => Outcome::Expired(ownership::expire(self, *now_ms)),
-            Command::RegisterReader { node, extent, now_ms } => {
-                match ownership::register_reader(self, *node, extent, *now_ms) {
+            Command::Expire { now_ms: _ } => Outcome::Expired(ownership::expire(self, now_ms)),
+            Command::RegisterReader { node, extent, now_ms: _ } => {
+                match ownership::register_reader(self, *node, extent, now_ms) {
                     Ok(()) => Outcome::Done,
                     Err(d) => Outcome::Denied(d),
                 }
@@ -250,7 +258,7 @@ impl ClusterState {
                 Outcome::Done
             }
         };
-        debug_assert_eq!(ownership::check_invariants(self, command_time(cmd).unwrap_or(0)), Ok(()));
+        debug_assert_eq!(ownership::check_invariants(self, self.clock_ms), Ok(()));
         out
     }
 }
@@ -316,6 +324,24 @@ mod tests {
         // Round trip through the snapshot encoding.
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), a);
+    }
+
+    /// A command stamped before the cluster's clock (a leader whose clock is behind) acts at
+    /// the cluster's clock: an expired lease stays expired.
+    #[test]
+    fn time_never_runs_backwards() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        s.apply(&node(2));
+        s.apply(&Command::CreateRegion { name: "r".into(), size_bytes: 1 << 20, granule_bytes: 4096 });
+        let e = Extent { region: "r".into(), start_page: 0, pages: 1 };
+        s.apply(&Command::AcquireWrite { node: 1, extent: e.clone(), now_ms: 1000, duration_ms: 100 });
+        // Node 2 reads after the lease expired, then a node with a slow clock proposes.
+        assert_eq!(s.apply(&Command::RegisterReader { node: 2, extent: e.clone(), now_ms: 2000 }), Outcome::Done);
+        let out = s.apply(&Command::AcquireWrite { node: 2, extent: e.clone(), now_ms: 1050, duration_ms: 100 });
+        assert!(matches!(&out, Outcome::Granted(g) if g.lease.expires_at_ms == 2100), "{out:?}");
+        assert_eq!(s.clock_ms, 2000);
+        s.apply(&node(3)); // a command without a time checks the invariants at the cluster's clock
     }
 
     #[test]

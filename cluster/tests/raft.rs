@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use holo_cluster::node::now_ms;
 use holo_cluster::ownership::Denied;
+use holo_cluster::ownership::MAX_LEASE_MS;
 use holo_cluster::state::{Command, Extent, NodeInfo, Outcome};
 use holo_cluster::{Cluster, NodeConfig};
 
@@ -57,20 +59,27 @@ fn leases_go_through_raft_and_snapshots_bring_a_late_member_up() {
     // Region and leases, proposed from the follower (forwarded to the leader).
     let create = Command::CreateRegion { name: "shared".into(), size_bytes: 16 << 20, granule_bytes: 64 << 10 };
     assert_eq!(n2.write(create).unwrap(), Outcome::Done);
+    // Real times and the longest leases, so that the leader's own expiry of leases (every
+    // few seconds, on its clock) leaves them alone.
+    let t0 = now_ms();
     let acquire =
-        |node, start, now_ms| Command::AcquireWrite { node, extent: extent(start), now_ms, duration_ms: 5000 };
-    let Outcome::Granted(g) = n2.write(acquire(2, 0, 1000)).unwrap() else { panic!("node 2 should get the lease") };
+        |node, start, now_ms| Command::AcquireWrite { node, extent: extent(start), now_ms, duration_ms: MAX_LEASE_MS };
+    let Outcome::Granted(g) = n2.write(acquire(2, 0, t0)).unwrap() else { panic!("node 2 should get the lease") };
     assert_eq!((g.lease.holder, g.lease.epoch), (2, 1));
-    match n1.write(acquire(1, 0, 2000)).unwrap() {
+    match n1.write(acquire(1, 0, t0 + 1)).unwrap() {
         Outcome::Denied(Denied::Held { holder: 2, epoch: 1, .. }) => {}
         other => panic!("node 1 must be refused while node 2 holds the lease: {other:?}"),
     }
     // Enough entries for several snapshots, each purging the log before it.
     for i in 1..40u64 {
-        let out = n1.write(acquire(1 + i % 2, i * 16, 1000 + i)).unwrap();
+        let out = n1.write(acquire(1 + i % 2, i * 16, t0 + i)).unwrap();
         assert!(matches!(out, Outcome::Granted(_)), "{out:?}");
     }
-    let expired = n1.write(Command::Expire { now_ms: 1_000_000 }).unwrap();
+    // The leader drops a lease that expired by itself.
+    let short = Command::AcquireWrite { node: 2, extent: extent(4000), now_ms: now_ms(), duration_ms: 1 };
+    assert!(matches!(n2.write(short).unwrap(), Outcome::Granted(_)));
+    wait("the leader to drop the expired lease", || n1.state().leases.len() == 40);
+    let expired = n1.write(Command::Expire { now_ms: t0 + 2 * MAX_LEASE_MS }).unwrap();
     assert!(matches!(&expired, Outcome::Expired(v) if v.len() == 40), "{expired:?}");
     wait("the leader to build a snapshot", || d.join("n1/snapshot.json").exists());
     // ...and purge the entries it covers, so that a new member can only be sent the snapshot.
@@ -81,7 +90,7 @@ fn leases_go_through_raft_and_snapshots_bring_a_late_member_up() {
     n3.join(&format!("127.0.0.1:{p2}")).unwrap();
     wait("node 3 to apply the leader's state", || n3.state() == n1.state());
     let s = n3.state();
-    assert_eq!((s.last_epoch, s.leases.len(), s.nodes.len()), (40, 0, 3));
+    assert_eq!((s.last_epoch, s.leases.len(), s.nodes.len()), (41, 0, 3));
     assert_eq!(s.nodes[&2].donated_bytes, 2 << 20);
     assert!(d.join("n3/snapshot.json").exists(), "node 3 should have stored the snapshot it installed");
 
