@@ -1,9 +1,11 @@
 //! The cluster's control plane end to end: real daemons whose Raft members talk gRPC over
-//! loopback TCP, driven by `holoctl cluster ...` as an operator would.
+//! real sockets, driven by `holoctl cluster ...` as an operator would.
 //!
-//! Loopback ports rather than network namespaces: what these tests check (election,
-//! membership, a restart from the log on disk) does not depend on links; the link-down
-//! scenarios of the data plane will need namespaces.
+//! Each daemon of the three-node test runs in its own network namespace, with one veth link
+//! to a bridge in a fourth ("switch") namespace, as three machines on a LAN would: 10.77.0.N,
+//! port 7400 each. Nothing is added to the host's own namespace, and concurrent runs do not
+//! collide (each has its own namespaces). holoctl reaches each daemon through its Unix socket,
+//! which namespaces do not hide.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -16,10 +18,60 @@ use serde_json::Value;
 /// Generous: three debug or release daemons on a loaded two-core machine.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A loopback port nobody listens on now (the kernel picks it; a tiny race with other
-/// processes remains, and shows as a daemon that cannot listen).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Runs `ip ARGS`; panics with its output unless it succeeds.
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run ip (iproute2): {e}"));
+    if !out.status.success() {
+        panic!("network setup failed\n{}", describe_output(&cmd, &out));
+    }
+}
+
+/// Network namespaces `holo-PID-N-1..=nodes`, each with `eth0` = 10.77.0.N/24, linked
+/// through a bridge in namespace `holo-PID-N-sw`. Removed on drop (which also removes the
+/// links), after the daemons in them are gone.
+struct Lan {
+    prefix: String,
+    nodes: u32,
+}
+
+impl Lan {
+    fn new(nodes: u32) -> Lan {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let lan = Lan { prefix: format!("holo-{pid}-{n}"), nodes };
+        let sw = lan.ns("sw");
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for i in 1..=nodes {
+            let ns = lan.ns(&i.to_string());
+            // Made in the switch namespace, so that not even a link name touches the host's.
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{i}/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    fn ns(&self, which: &str) -> String {
+        format!("{}-{which}", self.prefix)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for i in 1..=self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(&i.to_string())]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns("sw")]).status();
+    }
 }
 
 struct Node {
@@ -28,12 +80,18 @@ struct Node {
     daemon: Daemon,
 }
 
-fn start_node(id: u64) -> Node {
-    let addr = format!("127.0.0.1:{}", free_port());
+/// Node `id` of `lan`: its daemon runs in namespace N and listens on 10.77.0.N:7400.
+fn start_node(lan: &Lan, id: u32) -> Node {
+    let addr = format!("10.77.0.{id}:7400");
+    let ns = lan.ns(&id.to_string());
     let id_s = id.to_string();
-    let daemon =
-        Daemon::start("16M", "64K", &["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr]);
-    Node { id, addr, daemon }
+    let daemon = Daemon::start_wrapped(
+        &["ip", "netns", "exec", &ns],
+        "16M",
+        "64K",
+        &["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr],
+    );
+    Node { id: id.into(), addr, daemon }
 }
 
 fn report(nodes: &[&Node]) -> String {
@@ -113,14 +171,16 @@ fn view<'a>(nodes: &[&'a Node]) -> Result<Vec<(&'a Node, Value)>, String> {
     nodes.iter().map(|n| members(n).map(|m| (*n, m))).collect()
 }
 
-#[test]
-fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() {
-    let mut nodes = [start_node(1), start_node(2), start_node(3)];
+/// (node id, cluster address) of each node.
+type Addrs = Vec<(u64, String)>;
+
+/// Three daemons in `lan` form a cluster: init on node 1, node 2 joins through node 1, node 3
+/// through node 2 (a follower, which must forward the request to the leader). Returns the
+/// nodes, their (id, address) pairs, and the (leader, term) they all agree on.
+fn form(lan: &Lan) -> ([Node; 3], Addrs, (u64, u64)) {
+    let nodes = [start_node(lan, 1), start_node(lan, 2), start_node(lan, 3)];
     let all: Vec<&Node> = nodes.iter().collect();
     let addrs: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-
-    // Form: init on node 1, node 2 joins through node 1, node 3 through node 2 (a follower,
-    // which must forward the request to the leader).
     let init = holoctl_cluster(&nodes[0], &["init"], &all);
     assert_eq!((init["leader"].as_u64(), init["state"].as_str()), (Some(1), Some("leader")), "{init}{}", report(&all));
     let joined = holoctl_cluster(&nodes[1], &["join", &nodes[0].addr], &all);
@@ -131,7 +191,16 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
         first = agreed(&view(&all)?, &[1, 2, 3], &addrs)?;
         Ok(())
     });
-    let (old_leader, old_term) = first;
+    assert_eq!(first.0, 1, "node 1 initialised the cluster and nothing has failed{}", report(&all));
+    drop(all);
+    (nodes, addrs, first)
+}
+
+#[test]
+fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() {
+    let lan = Lan::new(3);
+    let (mut nodes, addrs, (old_leader, old_term)) = form(&lan);
+    let all: Vec<&Node> = nodes.iter().collect();
     // A voter refuses to join another cluster (its own log would clash with that leader's).
     let (cmd, out) = nodes[0].daemon.holoctl(&["cluster", "join", &nodes[2].addr]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -141,7 +210,6 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
         out.status,
         report(&all)
     );
-    assert_eq!(old_leader, 1, "node 1 initialised the cluster and nothing has failed{}", report(&all));
 
     // kill -9 the leader.
     let li = nodes.iter().position(|n| n.id == old_leader).unwrap();
@@ -212,6 +280,45 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
         Ok(())
     });
     assert_eq!(members(&nodes[li]).unwrap()["state"], "left");
+}
+
+/// A partition rather than a crash: the leader's link goes down, so it keeps running but
+/// cannot reach a majority. The two others elect a new leader; when the link comes back, the
+/// old leader follows the new one and catches up with the entries it missed.
+#[test]
+fn a_cut_off_leader_is_replaced_and_follows_after_the_link_returns() {
+    let lan = Lan::new(3);
+    let (nodes, addrs, (old_leader, old_term)) = form(&lan);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let ns = lan.ns(&old_leader.to_string());
+    ip(&["-n", &ns, "link", "set", "eth0", "down"]);
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != old_leader).collect();
+    let mut second = (0, 0);
+    wait_for("the two connected nodes to elect a new leader", &all, || {
+        let (leader, term) = agreed(&view(&rest)?, &[1, 2, 3], &addrs)?;
+        if leader == old_leader || term <= old_term {
+            return Err(format!("still leader {leader} in term {term}"));
+        }
+        second = (leader, term);
+        Ok(())
+    });
+    let new_leader = rest.iter().find(|n| n.id == second.0).unwrap();
+    let leader_index = members(new_leader).unwrap()["last_log_index"].as_u64().unwrap();
+
+    ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    let cut = nodes.iter().find(|n| n.id == old_leader).unwrap();
+    wait_for("the old leader to follow the new one and catch up", &all, || {
+        let v = view(&all)?;
+        let (leader, term) = agreed(&v, &[1, 2, 3], &addrs)?;
+        if leader == old_leader || term < second.1 {
+            return Err(format!("(leader, term) is {:?} after the link came back", (leader, term)));
+        }
+        let mine = members(cut)?;
+        if mine["state"] != "follower" || mine["last_applied_index"].as_u64() < Some(leader_index) {
+            return Err(format!("the old leader: {mine}"));
+        }
+        Ok(())
+    });
 }
 
 #[test]

@@ -163,7 +163,8 @@ pub struct Daemon {
     // A Mutex so that reports (which take `&self`) can tell whether the daemon died.
     child: Mutex<Option<Child>>,
     command: String,
-    /// Every argument it was started with, for [`Daemon::restart`].
+    /// The program and every argument it was started with, for [`Daemon::restart`].
+    program: std::ffi::OsString,
     args: Vec<std::ffi::OsString>,
     socket: PathBuf,
     state_dir: PathBuf,
@@ -178,6 +179,13 @@ impl Daemon {
     /// Starts a daemon with `--dram-budget budget --granule granule` and `extra` flags, and
     /// waits until its socket accepts connections.
     pub fn start(budget: &str, granule: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_wrapped(&[], budget, granule, extra)
+    }
+
+    /// [`Daemon::start`] under a wrapper command, e.g. `["ip", "netns", "exec", "NS"]` to run
+    /// the daemon in a network namespace (the wrapper must exec the daemon, so that its pid
+    /// is the daemon's).
+    pub fn start_wrapped(wrapper: &[&str], budget: &str, granule: &str, extra: &[&str]) -> Daemon {
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("pager.sock");
         let state_dir = dir.path().join("state");
@@ -185,7 +193,14 @@ impl Daemon {
         let log_path = dir.path().join("holo-pager.log");
         let log = fs::File::create(&log_path).unwrap();
 
-        let mut cmd = Command::new(bin("holo-pager"));
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin("holo-pager")),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("holo-pager"));
+                cmd
+            }
+        };
         cmd.arg("--socket").arg(&socket);
         cmd.arg("--state-dir").arg(&state_dir);
         cmd.args(["--dram-budget", budget, "--granule", granule]);
@@ -193,12 +208,14 @@ impl Daemon {
         cmd.env("RUST_BACKTRACE", "1");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         let command = describe_command(&cmd);
+        let program = cmd.get_program().to_os_string();
         let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
 
         let mut daemon = Daemon {
             child: Mutex::new(Some(child)),
             command,
+            program,
             args,
             socket,
             state_dir,
@@ -216,7 +233,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() stopped");
         let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
-        let mut cmd = Command::new(bin("holo-pager"));
+        let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
         cmd.env("RUST_BACKTRACE", "1");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
