@@ -201,6 +201,22 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
     let lan = Lan::new(3);
     let (mut nodes, addrs, (old_leader, old_term)) = form(&lan);
     let all: Vec<&Node> = nodes.iter().collect();
+    // Anyone may look, but only root may change the cluster.
+    let mut cmd = Command::new(bin("holoctl"));
+    cmd.arg("--socket").arg(nodes[1].daemon.socket()).args(["cluster", "leave"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run(cmd, Duration::from_secs(60));
+    out.ensure(
+        out.status.code() == Some(1) && out.stderr.contains("run holoctl as root"),
+        "uid 65534 must not make a node leave",
+    );
+    let mut cmd = Command::new(bin("holoctl"));
+    cmd.arg("--socket").arg(nodes[1].daemon.socket()).args(["cluster", "members", "--json"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run(cmd, Duration::from_secs(60));
+    out.ensure(out.success() && out.stdout.contains("\"voters\":[1,2,3]"), "uid 65534 may read the members");
     // A voter refuses to join another cluster (its own log would clash with that leader's).
     let (cmd, out) = nodes[0].daemon.holoctl(&["cluster", "join", &nodes[2].addr]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -139,7 +139,7 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         role::CLIENT => start_client(&d, conn, peer),
         role::CHILD => start_child(&d, conn, peer, hello.c as i32),
         role::AGENT => attach_agent(&d, conn, peer, hello.c),
-        role::CONTROL => answer_queries(&d, conn),
+        role::CONTROL => answer_queries(&d, conn, peer),
         other => {
             let why = format!("unknown role {other}");
             let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
@@ -285,7 +285,7 @@ fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Re
     Ok(())
 }
 
-fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
+fn answer_queries(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), String> {
     let fd = conn.as_raw_fd();
     proto::send(fd, Frame::new(Kind::Welcome, 0, d.config.granule_bytes, 0), None, b"").map_err(|e| e.to_string())?;
     loop {
@@ -301,6 +301,10 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
                 let reply = match f.a {
                     query::CLUSTER => crate::cluster::members_json(),
                     _ => match read_command(&conn, f.b) {
+                        // Anyone may look; changing the cluster's membership is root's.
+                        Ok(_) if peer.uid != 0 => {
+                            Err(format!("uid {} may not change the cluster: run holoctl as root", peer.uid))
+                        }
                         Ok(text) => crate::cluster::command(&text),
                         Err(e) => {
                             // The stream may be out of step with the frames now: hang up.
