@@ -163,7 +163,8 @@ pub struct Daemon {
     // A Mutex so that reports (which take `&self`) can tell whether the daemon died.
     child: Mutex<Option<Child>>,
     command: String,
-    /// The flags it was started with, to start it again the same way.
+    /// The program and every argument it was started with, for [`Daemon::restart`].
+    program: std::ffi::OsString,
     args: Vec<std::ffi::OsString>,
     socket: PathBuf,
     state_dir: PathBuf,
@@ -178,19 +179,43 @@ impl Daemon {
     /// Starts a daemon with `--dram-budget budget --granule granule` and `extra` flags, and
     /// waits until its socket accepts connections.
     pub fn start(budget: &str, granule: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_wrapped(&[], budget, granule, extra)
+    }
+
+    /// [`Daemon::start`] under a wrapper command, e.g. `["ip", "netns", "exec", "NS"]` to run
+    /// the daemon in a network namespace (the wrapper must exec the daemon, so that its pid
+    /// is the daemon's).
+    pub fn start_wrapped(wrapper: &[&str], budget: &str, granule: &str, extra: &[&str]) -> Daemon {
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("pager.sock");
         let state_dir = dir.path().join("state");
         fs::create_dir(&state_dir).unwrap();
         let log_path = dir.path().join("holo-pager.log");
-        let mut args: Vec<std::ffi::OsString> = vec!["--socket".into(), socket.clone().into()];
-        args.extend(["--state-dir".into(), state_dir.clone().into()]);
-        args.extend(["--dram-budget", budget, "--granule", granule].map(Into::into));
-        args.extend(extra.iter().map(Into::into));
-        let (child, command) = Self::spawn(&args, &log_path);
+        let log = fs::File::create(&log_path).unwrap();
+
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin("holo-pager")),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("holo-pager"));
+                cmd
+            }
+        };
+        cmd.arg("--socket").arg(&socket);
+        cmd.arg("--state-dir").arg(&state_dir);
+        cmd.args(["--dram-budget", budget, "--granule", granule]);
+        cmd.args(extra);
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let command = describe_command(&cmd);
+        let program = cmd.get_program().to_os_string();
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+
         let mut daemon = Daemon {
             child: Mutex::new(Some(child)),
             command,
+            program,
             args,
             socket,
             state_dir,
@@ -203,22 +228,16 @@ impl Daemon {
         daemon
     }
 
-    fn spawn(args: &[std::ffi::OsString], log_path: &Path) -> (Child, String) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
-        let mut cmd = Command::new(bin("holo-pager"));
-        cmd.args(args);
+    /// Starts the daemon again after [`Daemon::kill`], with the same flags, socket and state
+    /// directory (as a restart after a crash would); its output is appended to the same log.
+    pub fn restart(&mut self) {
+        assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() stopped");
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
         cmd.env("RUST_BACKTRACE", "1");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        let command = describe_command(&cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
-        (child, command)
-    }
-
-    /// SIGKILLs the daemon (if it runs) and starts it again with the same flags and state
-    /// directory, as systemd's `Restart=` would; returns once its socket accepts connections.
-    pub fn restart(&mut self) {
-        self.kill();
-        let (child, _) = Self::spawn(&self.args, &self.log_path);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command));
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
     }
@@ -315,7 +334,8 @@ impl Daemon {
         self.try_holoctl_json(args).unwrap_or_else(|e| panic!("{e}\n{}", self.report_log()))
     }
 
-    fn try_holoctl_json(&self, args: &[&str]) -> Result<Value, String> {
+    /// [`Daemon::holoctl_json`], returning the failure instead of panicking.
+    pub fn try_holoctl_json(&self, args: &[&str]) -> Result<Value, String> {
         let mut args = args.to_vec();
         args.push("--json");
         let mut cmd = Command::new(bin("holoctl"));

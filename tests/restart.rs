@@ -28,6 +28,7 @@ fn five_kill_9_during_a_verified_workload_lose_nothing() {
         // Kill at different points of the fill and verify phases.
         std::thread::sleep(Duration::from_millis(700 + 450 * round));
         let at = Instant::now();
+        daemon.kill();
         daemon.restart();
         restarts.push(at.elapsed());
         // Wait until the client has resumed with this daemon before the next kill.
@@ -100,6 +101,7 @@ fn threads_survive_daemon_restarts() {
     });
     for round in 0..3u64 {
         std::thread::sleep(Duration::from_millis(500 + 600 * round));
+        daemon.kill();
         daemon.restart();
         daemon.wait_until("the client to resume", Duration::from_secs(60), || {
             let resumed = daemon.log().matches("resumed after a restart").count();

@@ -39,6 +39,20 @@ pub struct FileConfig {
     pub fs_capacity: Option<String>,
     pub migration_rate: Option<String>,
     pub metrics_listen: Option<String>,
+    pub node_id: Option<u64>,
+    pub cluster_listen: Option<String>,
+    pub cluster_advertise: Option<String>,
+}
+
+/// Membership of a holo cluster (the Raft group of daemons); absent: a standalone daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This daemon's id in the cluster, unique and never reused (1 or more).
+    pub node_id: u64,
+    /// Where the cluster's gRPC service (Raft and membership) listens.
+    pub listen: std::net::SocketAddr,
+    /// Where peers reach it, "host:port"; the listen address unless set.
+    pub advertise: String,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +85,8 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// Bytes a second that demotion between the lower tiers may move.
     pub migration_rate_bytes: u64,
+    /// `None`: no cluster, the daemon works alone.
+    pub cluster: Option<ClusterConfig>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -126,6 +142,49 @@ pub struct Overrides {
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
     pub metrics_listen: Option<String>,
+    pub node_id: Option<u64>,
+    pub cluster_listen: Option<String>,
+    pub cluster_advertise: Option<String>,
+}
+
+/// `node_id`, `cluster_listen` and `cluster_advertise`, resolved: all or nothing.
+fn cluster_config(
+    node_id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let invalid = |key, message: String| ConfigError::Invalid { key, message };
+    let Some(listen) = listen else {
+        if node_id.is_some() || advertise.is_some() {
+            let message = "is set but cluster_listen is not (no cluster)".to_string();
+            return Err(invalid(if node_id.is_some() { "node_id" } else { "cluster_advertise" }, message));
+        }
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid("cluster_listen", format!("{listen:?} is not an IP address and port, e.g. 10.0.0.1:7400"))
+    })?;
+    let node_id = node_id.ok_or_else(|| invalid("node_id", "is required with cluster_listen".into()))?;
+    if node_id == 0 {
+        return Err(invalid("node_id", "0 is not a node id (use 1 or more)".into()));
+    }
+    let advertise = match advertise {
+        Some(a) => {
+            let port_ok = a
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(invalid("cluster_advertise", format!("{a:?} is not host:port")));
+            }
+            a
+        }
+        None if addr.ip().is_unspecified() || addr.port() == 0 => {
+            let message = format!("{addr} cannot be reached by peers: set cluster_advertise");
+            return Err(invalid("cluster_listen", message));
+        }
+        None => addr.to_string(),
+    };
+    Ok(Some(ClusterConfig { node_id, listen: addr, advertise }))
 }
 
 impl Config {
@@ -225,6 +284,11 @@ impl Config {
         let listen = flags.metrics_listen.or(fc.metrics_listen);
         let metrics_listen = parse_metrics_listen(listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN))
             .map_err(|message| ConfigError::Invalid { key: "metrics_listen", message })?;
+        let cluster = cluster_config(
+            flags.node_id.or(fc.node_id),
+            flags.cluster_listen.or(fc.cluster_listen),
+            flags.cluster_advertise.or(fc.cluster_advertise),
+        )?;
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let max_clients = fc.max_clients.unwrap_or(256);
         if max_clients == 0 {
@@ -255,6 +319,7 @@ impl Config {
             min_budget_bytes,
             cgroup_margin_bytes,
             pressure_interval_ms,
+            cluster,
         })
     }
 }
@@ -372,6 +437,9 @@ mod tests {
             fs_capacity,
             migration_rate,
             metrics_listen,
+            node_id,
+            cluster_listen,
+            cluster_advertise,
         } = fc;
         let present = [
             ("socket", socket.is_some()),
@@ -393,9 +461,39 @@ mod tests {
             ("fs_capacity", fs_capacity.is_some()),
             ("migration_rate", migration_rate.is_some()),
             ("metrics_listen", metrics_listen.as_deref() == Some(DEFAULT_METRICS_LISTEN)),
+            ("node_id", node_id.is_some()),
+            ("cluster_listen", cluster_listen.is_some()),
+            ("cluster_advertise", cluster_advertise.is_some()),
         ];
         for (key, ok) in present {
             assert!(ok, "systemd/holo-pager.toml does not show `# {key} = ...` (with its default)");
+        }
+    }
+
+    #[test]
+    fn cluster_keys_default_and_validate() {
+        let parse = |text: &str, flags| Config::from_toml_str(text, "t.toml", flags).map_err(|e| e.to_string());
+        assert_eq!(parse("", Overrides::default()).unwrap().cluster, None);
+        let c = parse("node_id = 2\ncluster_listen = \"127.0.0.1:7400\"\n", Overrides::default()).unwrap();
+        let want =
+            ClusterConfig { node_id: 2, listen: "127.0.0.1:7400".parse().unwrap(), advertise: "127.0.0.1:7400".into() };
+        assert_eq!(c.cluster, Some(want));
+        // Flags override the file.
+        let flags = Overrides { node_id: Some(3), cluster_advertise: Some("node3:7400".into()), ..Default::default() };
+        let c = parse("node_id = 2\ncluster_listen = \"0.0.0.0:7400\"\n", flags).unwrap().cluster.unwrap();
+        assert_eq!((c.node_id, c.advertise.as_str()), (3, "node3:7400"));
+        for (bad, key) in [
+            ("node_id = 1", "node_id"),
+            ("cluster_advertise = \"a:1\"", "cluster_advertise"),
+            ("cluster_listen = \"127.0.0.1:7400\"", "node_id"),
+            ("node_id = 0\ncluster_listen = \"127.0.0.1:7400\"", "node_id"),
+            ("node_id = 1\ncluster_listen = \"nowhere\"", "cluster_listen"),
+            ("node_id = 1\ncluster_listen = \"0.0.0.0:7400\"", "cluster_listen"),
+            ("node_id = 1\ncluster_listen = \"127.0.0.1:7400\"\ncluster_advertise = \"x\"", "cluster_advertise"),
+            ("node_id = -1", "node_id"),
+        ] {
+            let e = parse(bad, Overrides::default()).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! * [`prefetch`]: the trend of a client's refaults, and how far ahead to fetch.
 //! * [`pressure`]: PSI and memory cgroups move the DRAM budget.
 //! * [`pagetable`]: the pure per-client page table the pager executes.
+//! * [`cluster`]: this daemon's member of the cluster's Raft group, when configured.
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
@@ -14,6 +15,7 @@
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
+pub mod cluster;
 pub mod config;
 pub mod journal;
 pub mod metrics;

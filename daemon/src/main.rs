@@ -53,6 +53,15 @@ struct Args {
     /// Where the Prometheus endpoint listens, IP:PORT, or "off" [default: 127.0.0.1:9477]
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// This daemon's id in its cluster (1 or more) [default: no cluster]
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address and port of the cluster's gRPC service, e.g. 10.0.0.1:7400 [default: no cluster]
+    #[arg(long)]
+    cluster_listen: Option<String>,
+    /// host:port peers use to reach --cluster-listen [default: the listen address]
+    #[arg(long)]
+    cluster_advertise: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +80,9 @@ fn main() -> anyhow::Result<()> {
             fs_dir: args.fs_dir,
             fs_capacity: args.fs_capacity,
             metrics_listen: args.metrics_listen,
+            node_id: args.node_id,
+            cluster_listen: args.cluster_listen,
+            cluster_advertise: args.cluster_advertise,
         },
     )?;
     service::init_logging(config.log_level);
@@ -78,6 +90,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
     let store = Store::open(&config)?;
+    // Before the socket exists: a daemon whose cluster port is taken fails to start, visibly.
+    holo_pager::cluster::start(&config, &store)?;
 
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -141,7 +141,7 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         role::CHILD => start_child(&d, conn, peer, hello.c as i32),
         role::AGENT => attach_agent(&d, conn, peer, hello.c),
         role::RESUME => resume_client(&d, conn, peer, hello.c),
-        role::CONTROL => answer_queries(&d, conn),
+        role::CONTROL => answer_queries(&d, conn, peer),
         other => {
             let why = format!("unknown role {other}");
             let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
@@ -346,7 +346,7 @@ fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Re
     Ok(())
 }
 
-fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
+fn answer_queries(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), String> {
     let fd = conn.as_raw_fd();
     proto::send(fd, Frame::new(Kind::Welcome, 0, d.config.granule_bytes, 0), None, b"").map_err(|e| e.to_string())?;
     loop {
@@ -359,12 +359,49 @@ fn answer_queries(d: &Arc<Daemon>, conn: UnixStream) -> Result<(), String> {
             (Kind::Query, query::REGIONS) => regions_json(d),
             (Kind::Query, query::PRESSURE) => pressure_json(d),
             (Kind::Query, query::STATUS) => status_json(d),
+            (Kind::Query, query::CLUSTER | query::CLUSTER_COMMAND) => {
+                let reply = match f.a {
+                    query::CLUSTER => crate::cluster::members_json(),
+                    _ => match read_command(&conn, f.b) {
+                        // Anyone may look; changing the cluster's membership is root's.
+                        Ok(_) if peer.uid != 0 => {
+                            Err(format!("uid {} may not change the cluster: run holoctl as root", peer.uid))
+                        }
+                        Ok(text) => crate::cluster::command(&text),
+                        Err(e) => {
+                            // The stream may be out of step with the frames now: hang up.
+                            let _ = send_text(fd, Kind::Error, &e);
+                            return Err(e);
+                        }
+                    },
+                };
+                match reply {
+                    Ok(body) => body,
+                    Err(e) => {
+                        send_text(fd, Kind::Error, &e).map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                }
+            }
             _ => {
                 let _ = send_text(fd, Kind::Error, "unknown query");
                 return Err(format!("unknown query {f:?}"));
             }
         };
         send_text(fd, Kind::Json, &body.to_string()).map_err(|e| e.to_string())?;
+    }
+}
+
+/// The JSON text that follows a `CLUSTER_COMMAND` query that announced `len` bytes.
+fn read_command(conn: &UnixStream, len: u64) -> Result<String, String> {
+    if len > proto::MAX_COMMAND_BYTES {
+        return Err(format!("command of {len} bytes is over {} bytes", proto::MAX_COMMAND_BYTES));
+    }
+    let mut text = vec![0u8; len as usize];
+    match proto::read_exact(conn.as_raw_fd(), &mut text) {
+        Ok(true) => String::from_utf8(text).map_err(|_| "command is not UTF-8".to_string()),
+        Ok(false) => Err("connection closed inside a command".into()),
+        Err(e) => Err(format!("cannot read a command: {e}")),
     }
 }
 

@@ -27,6 +27,7 @@
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
+//!   Query{CLUSTER_COMMAND, b=len} + JSON text -> Json + text | Error + text
 //! ```
 
 use std::io;
@@ -101,7 +102,15 @@ pub mod query {
     pub const PRESSURE: u64 = 3;
     /// Health, version, uptime, clients: `holoctl status`.
     pub const STATUS: u64 = 4;
+    // The cluster's subjects are numbered from 16, apart from the others.
+    /// The cluster as this node sees it (`holoctl cluster members`).
+    pub const CLUSTER: u64 = 16;
+    /// A cluster command (`holoctl cluster init|join|leave`): `b` bytes of JSON follow.
+    pub const CLUSTER_COMMAND: u64 = 17;
 }
+
+/// Most bytes of JSON a `CLUSTER_COMMAND` query may announce.
+pub const MAX_COMMAND_BYTES: u64 = 64 << 10;
 
 /// One wire frame. Field meaning depends on `kind` (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

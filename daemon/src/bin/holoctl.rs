@@ -54,6 +54,36 @@ enum Cmd {
         #[arg(long)]
         iterations: Option<u64>,
     },
+    /// The cluster (Raft group of daemons) this daemon belongs to
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Make this daemon a one-node cluster and its leader
+    Init {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join the cluster of the member whose cluster address is ADDR (host:port)
+    Join {
+        addr: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave the cluster (the daemon goes on alone; restart it to join again)
+    Leave {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Members, their roles and addresses, the leader and the term, as this daemon sees them
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -103,6 +133,9 @@ impl Conn {
 
     fn query(&self, what: u64) -> Result<serde_json::Value, Failure> {
         proto::send(self.0.as_raw_fd(), Frame::new(Kind::Query, what, 0, 0), None, b"").map_err(io_failure)?;
+        self.reply()
+    }
+    fn reply(&self) -> Result<serde_json::Value, Failure> {
         let (reply, text) = self.recv_text()?;
         match reply.kind {
             Kind::Json => {
@@ -115,6 +148,15 @@ impl Conn {
 
 fn ask(socket: &Path, what: u64) -> Result<serde_json::Value, Failure> {
     Conn::open(socket)?.query(what)
+}
+
+/// A cluster command: its JSON arguments follow the frame.
+fn command(socket: &Path, args: serde_json::Value) -> Result<serde_json::Value, Failure> {
+    let conn = Conn::open(socket)?;
+    let text = args.to_string();
+    let frame = Frame::new(Kind::Query, query::CLUSTER_COMMAND, text.len() as u64, 0);
+    proto::send(conn.0.as_raw_fd(), frame, None, text.as_bytes()).map_err(io_failure)?;
+    conn.reply()
 }
 
 fn mib(bytes: u64) -> String {
@@ -377,6 +419,48 @@ fn top(socket: &Path, interval: f64, iterations: Option<u64>) -> Result<(), Fail
     Ok(())
 }
 
+fn print_members(v: &serde_json::Value) {
+    let opt = |x: &serde_json::Value| if x.is_null() { "-".to_string() } else { x.to_string() };
+    println!(
+        "node {} ({}): leader {}, term {}, last log index {}, applied {}",
+        v["node_id"],
+        v["state"].as_str().unwrap_or("?"),
+        opt(&v["leader"]),
+        v["term"],
+        opt(&v["last_log_index"]),
+        opt(&v["last_applied_index"])
+    );
+    println!("{:>6} {:<8} {:<24} {:<24} {:>12}  TIERS", "ID", "ROLE", "RAFT ADDRESS", "DATA ADDRESS", "DONATED");
+    for m in v["members"].as_array().into_iter().flatten() {
+        let leader = if m["id"] == v["leader"] { "*" } else { " " };
+        let tiers: Vec<String> = m["tiers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!("{} {}", t["name"].as_str().unwrap_or("?"), mib(t["capacity_bytes"].as_u64().unwrap_or(0)))
+            })
+            .collect();
+        println!(
+            "{:>5}{leader} {:<8} {:<24} {:<24} {:>12}  {}",
+            m["id"],
+            m["role"].as_str().unwrap_or("?"),
+            m["raft_addr"].as_str().unwrap_or("-"),
+            m["data_addr"].as_str().unwrap_or("-"),
+            mib(m["donated_bytes"].as_u64().unwrap_or(0)),
+            tiers.join(", ")
+        );
+    }
+}
+
+fn print_done(v: &serde_json::Value) {
+    if v.get("members").is_some() {
+        print_members(v)
+    } else {
+        println!("{v}")
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -391,6 +475,29 @@ fn main() -> ExitCode {
         Cmd::Regions { json } => (query::REGIONS, json, print_regions),
         Cmd::Pressure { json } => (query::PRESSURE, json, print_pressure),
         Cmd::Status { json } => (query::STATUS, json, print_status),
+        Cmd::Cluster { cmd } => {
+            let (args_json, json) = match cmd {
+                ClusterCmd::Members { json } => (None, json),
+                ClusterCmd::Init { json } => (Some(serde_json::json!({"command": "init"})), json),
+                ClusterCmd::Join { addr, json } => (Some(serde_json::json!({"command": "join", "addr": addr})), json),
+                ClusterCmd::Leave { json } => (Some(serde_json::json!({"command": "leave"})), json),
+            };
+            let reply = match args_json {
+                None => ask(&args.socket, query::CLUSTER),
+                Some(a) => command(&args.socket, a),
+            };
+            return match reply {
+                Ok(v) if json => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    print_done(&v);
+                    ExitCode::SUCCESS
+                }
+                Err(f) => fail(f),
+            };
+        }
         Cmd::Top { interval, iterations } => {
             return match top(&args.socket, interval, iterations) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,369 @@
+//! The cluster's control plane end to end: real daemons whose Raft members talk gRPC over
+//! real sockets, driven by `holoctl cluster ...` as an operator would.
+//!
+//! Each daemon of the three-node test runs in its own network namespace, with one veth link
+//! to a bridge in a fourth ("switch") namespace, as three machines on a LAN would: 10.77.0.N,
+//! port 7400 each. Nothing is added to the host's own namespace, and concurrent runs do not
+//! collide (each has its own namespaces). holoctl reaches each daemon through its Unix socket,
+//! which namespaces do not hide.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use holo_e2e::*;
+use serde_json::Value;
+
+/// Generous: three debug or release daemons on a loaded two-core machine.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `ip ARGS`; panics with its output unless it succeeds.
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run ip (iproute2): {e}"));
+    if !out.status.success() {
+        panic!("network setup failed\n{}", describe_output(&cmd, &out));
+    }
+}
+
+/// Network namespaces `holo-PID-N-1..=nodes`, each with `eth0` = 10.77.0.N/24, linked
+/// through a bridge in namespace `holo-PID-N-sw`. Removed on drop (which also removes the
+/// links), after the daemons in them are gone.
+struct Lan {
+    prefix: String,
+    nodes: u32,
+}
+
+impl Lan {
+    fn new(nodes: u32) -> Lan {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let lan = Lan { prefix: format!("holo-{pid}-{n}"), nodes };
+        let sw = lan.ns("sw");
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for i in 1..=nodes {
+            let ns = lan.ns(&i.to_string());
+            // Made in the switch namespace, so that not even a link name touches the host's.
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{i}/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    fn ns(&self, which: &str) -> String {
+        format!("{}-{which}", self.prefix)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for i in 1..=self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(&i.to_string())]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns("sw")]).status();
+    }
+}
+
+struct Node {
+    id: u64,
+    addr: String,
+    daemon: Daemon,
+}
+
+/// Node `id` of `lan`: its daemon runs in namespace N and listens on 10.77.0.N:7400.
+fn start_node(lan: &Lan, id: u32) -> Node {
+    let addr = format!("10.77.0.{id}:7400");
+    let ns = lan.ns(&id.to_string());
+    let id_s = id.to_string();
+    let daemon = Daemon::start_wrapped(
+        &["ip", "netns", "exec", &ns],
+        "16M",
+        "64K",
+        &["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr],
+    );
+    Node { id: id.into(), addr, daemon }
+}
+
+fn report(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| format!("\n======== node {} ({}) ========\n{}", n.id, n.addr, n.daemon.report_log())).collect()
+}
+
+fn members(n: &Node) -> Result<Value, String> {
+    n.daemon.try_holoctl_json(&["cluster", "members"])
+}
+
+/// Runs `holoctl cluster ARGS --json` on `n`; panics with every node's log unless it succeeds.
+fn holoctl_cluster(n: &Node, args: &[&str], all: &[&Node]) -> Value {
+    let mut full = vec!["cluster"];
+    full.extend_from_slice(args);
+    n.daemon.try_holoctl_json(&full).unwrap_or_else(|e| panic!("{e}\n{}", report(all)))
+}
+
+/// Polls `cond` until it holds or [`CLUSTER_TIMEOUT`] passes; then panics with what it saw
+/// last and every node's log.
+fn wait_for(what: &str, nodes: &[&Node], mut cond: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(last) if Instant::now() > deadline => {
+                panic!(
+                    "timed out after {CLUSTER_TIMEOUT:?} waiting for {what}\nlast observation: {last}{}",
+                    report(nodes)
+                )
+            }
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_u64).collect()
+}
+
+/// Every node in `view` reports the same leader (one of `expect_voters`), the same term,
+/// exactly `expect_voters` as voters, and each voter registered with the address it listens
+/// on. Returns (leader, term).
+fn agreed(view: &[(&Node, Value)], expect_voters: &[u64], addrs: &[(u64, String)]) -> Result<(u64, u64), String> {
+    let mut seen = None;
+    for (n, m) in view {
+        let (Some(leader), Some(term)) = (m["leader"].as_u64(), m["term"].as_u64()) else {
+            return Err(format!("node {} knows no leader: {m}", n.id));
+        };
+        if ids(&m["voters"]) != expect_voters {
+            return Err(format!("node {} sees voters {:?}, want {expect_voters:?}: {m}", n.id, ids(&m["voters"])));
+        }
+        for (id, addr) in addrs {
+            let member = m["members"].as_array().into_iter().flatten().find(|x| x["id"].as_u64() == Some(*id));
+            let ok = member.is_some_and(|x| {
+                x["raft_addr"].as_str() == Some(addr.as_str()) && x["registered"] == true && x["role"] == "voter"
+            });
+            if !ok {
+                return Err(format!("node {} does not list node {id} as a registered voter at {addr}: {m}", n.id));
+            }
+        }
+        match seen {
+            None => seen = Some((leader, term)),
+            Some(s) if s != (leader, term) => {
+                return Err(format!("nodes disagree: (leader, term) {s:?} vs {:?} on node {}", (leader, term), n.id))
+            }
+            Some(_) => {}
+        }
+    }
+    let (leader, term) = seen.ok_or("no nodes")?;
+    if !expect_voters.contains(&leader) {
+        return Err(format!("leader {leader} is not one of {expect_voters:?}"));
+    }
+    Ok((leader, term))
+}
+
+fn view<'a>(nodes: &[&'a Node]) -> Result<Vec<(&'a Node, Value)>, String> {
+    nodes.iter().map(|n| members(n).map(|m| (*n, m))).collect()
+}
+
+/// (node id, cluster address) of each node.
+type Addrs = Vec<(u64, String)>;
+
+/// Three daemons in `lan` form a cluster: init on node 1, node 2 joins through node 1, node 3
+/// through node 2 (a follower, which must forward the request to the leader). Returns the
+/// nodes, their (id, address) pairs, and the (leader, term) they all agree on.
+fn form(lan: &Lan) -> ([Node; 3], Addrs, (u64, u64)) {
+    let nodes = [start_node(lan, 1), start_node(lan, 2), start_node(lan, 3)];
+    let all: Vec<&Node> = nodes.iter().collect();
+    let addrs: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let init = holoctl_cluster(&nodes[0], &["init"], &all);
+    assert_eq!((init["leader"].as_u64(), init["state"].as_str()), (Some(1), Some("leader")), "{init}{}", report(&all));
+    let joined = holoctl_cluster(&nodes[1], &["join", &nodes[0].addr], &all);
+    assert_eq!(ids(&joined["voters"]), [1, 2], "{joined}{}", report(&all));
+    holoctl_cluster(&nodes[2], &["join", &nodes[1].addr], &all);
+    let mut first = (0, 0);
+    wait_for("all three to agree on members, leader and term", &all, || {
+        first = agreed(&view(&all)?, &[1, 2, 3], &addrs)?;
+        Ok(())
+    });
+    assert_eq!(first.0, 1, "node 1 initialised the cluster and nothing has failed{}", report(&all));
+    drop(all);
+    (nodes, addrs, first)
+}
+
+#[test]
+fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() {
+    let lan = Lan::new(3);
+    let (mut nodes, addrs, (old_leader, old_term)) = form(&lan);
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Anyone may look, but only root may change the cluster.
+    let mut cmd = Command::new(bin("holoctl"));
+    cmd.arg("--socket").arg(nodes[1].daemon.socket()).args(["cluster", "leave"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run(cmd, Duration::from_secs(60));
+    out.ensure(
+        out.status.code() == Some(1) && out.stderr.contains("run holoctl as root"),
+        "uid 65534 must not make a node leave",
+    );
+    let mut cmd = Command::new(bin("holoctl"));
+    cmd.arg("--socket").arg(nodes[1].daemon.socket()).args(["cluster", "members", "--json"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run(cmd, Duration::from_secs(60));
+    out.ensure(out.success() && out.stdout.contains("\"voters\":[1,2,3]"), "uid 65534 may read the members");
+    // A voter refuses to join another cluster (its own log would clash with that leader's).
+    let (cmd, out) = nodes[0].daemon.holoctl(&["cluster", "join", &nodes[2].addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("already a voter"),
+        "`{cmd}` on a voter should fail saying so\nstatus: {}\nstderr: {stderr}{}",
+        out.status,
+        report(&all)
+    );
+
+    // kill -9 the leader.
+    let li = nodes.iter().position(|n| n.id == old_leader).unwrap();
+    let before_kill = members(&nodes[li]).unwrap_or_else(|e| panic!("{e}{}", report(&all)));
+    let killed_log_index = before_kill["last_log_index"].as_u64().expect("the leader has a log");
+    nodes[li].daemon.kill();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != old_leader).collect();
+    let mut second = (0, 0);
+    wait_for("the survivors to elect a new leader", &survivors, || {
+        let v = view(&survivors)?;
+        let (leader, term) = agreed(&v, &[1, 2, 3], &addrs)?;
+        if leader == old_leader || term <= old_term {
+            return Err(format!(
+                "still leader {leader} in term {term} (the killed leader was {old_leader}, term {old_term})"
+            ));
+        }
+        let lv = &v.iter().find(|(n, _)| n.id == leader).expect("the leader is a survivor").1;
+        if lv["state"] != "leader" {
+            return Err(format!("node {leader} is named leader but reports {}", lv["state"]));
+        }
+        second = (leader, term);
+        Ok(())
+    });
+    let (new_leader, new_term) = second;
+    let leader_node = survivors.iter().find(|n| n.id == new_leader).unwrap();
+    // The new leader's term began with an entry the killed node never saw.
+    let leader_index = members(leader_node).unwrap()["last_log_index"].as_u64().unwrap();
+    assert!(leader_index > killed_log_index, "new term, new entry: {leader_index} vs {killed_log_index}");
+
+    // Restart the killed node with the same state directory: it reads its log and vote back
+    // and rejoins without a `join`, then catches up with what it missed.
+    nodes[li].daemon.restart();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let after = members(&nodes[li]).unwrap_or_else(|e| panic!("{e}{}", report(&all)));
+    let restored = &after["restored"];
+    assert!(
+        restored["last_log_index"].as_u64() >= Some(killed_log_index) && restored["vote_term"].as_u64() >= Some(old_term),
+        "the restarted node should have found its log (up to {killed_log_index}) and vote (term {old_term}) on disk: {after}{}",
+        report(&all)
+    );
+    wait_for("the restarted node to follow the new leader and catch up", &all, || {
+        let v = view(&all)?;
+        let (leader, term) = agreed(&v, &[1, 2, 3], &addrs)?;
+        if (leader, term) != (new_leader, new_term) {
+            return Err(format!("(leader, term) is now {:?}, expected {:?}", (leader, term), (new_leader, new_term)));
+        }
+        let mine = &v[li].1;
+        if mine["state"] != "follower" || mine["last_applied_index"].as_u64() < Some(leader_index) {
+            return Err(format!("restarted node: {mine}"));
+        }
+        Ok(())
+    });
+
+    // The restarted node, a follower now, leaves: the others drop it from voters and inventory.
+    let left = holoctl_cluster(&nodes[li], &["leave"], &all);
+    assert_eq!(left["left"], true, "{left}");
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != old_leader).collect();
+    let rest_ids: Vec<u64> = rest.iter().map(|n| n.id).collect();
+    let rest_addrs: Vec<(u64, String)> = rest.iter().map(|n| (n.id, n.addr.clone())).collect();
+    wait_for("the others to drop the node that left", &all, || {
+        let v = view(&rest)?;
+        agreed(&v, &rest_ids, &rest_addrs)?;
+        for (n, m) in &v {
+            if m["members"].as_array().into_iter().flatten().any(|x| x["id"].as_u64() == Some(old_leader)) {
+                return Err(format!("node {} still lists node {old_leader}: {m}", n.id));
+            }
+        }
+        Ok(())
+    });
+    assert_eq!(members(&nodes[li]).unwrap()["state"], "left");
+}
+
+/// A partition rather than a crash: the leader's link goes down, so it keeps running but
+/// cannot reach a majority. The two others elect a new leader; when the link comes back, the
+/// old leader follows the new one and catches up with the entries it missed.
+#[test]
+fn a_cut_off_leader_is_replaced_and_follows_after_the_link_returns() {
+    let lan = Lan::new(3);
+    let (nodes, addrs, (old_leader, old_term)) = form(&lan);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let ns = lan.ns(&old_leader.to_string());
+    ip(&["-n", &ns, "link", "set", "eth0", "down"]);
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != old_leader).collect();
+    let mut second = (0, 0);
+    wait_for("the two connected nodes to elect a new leader", &all, || {
+        let (leader, term) = agreed(&view(&rest)?, &[1, 2, 3], &addrs)?;
+        if leader == old_leader || term <= old_term {
+            return Err(format!("still leader {leader} in term {term}"));
+        }
+        second = (leader, term);
+        Ok(())
+    });
+    let new_leader = rest.iter().find(|n| n.id == second.0).unwrap();
+    let leader_index = members(new_leader).unwrap()["last_log_index"].as_u64().unwrap();
+
+    ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    let cut = nodes.iter().find(|n| n.id == old_leader).unwrap();
+    wait_for("the old leader to follow the new one and catch up", &all, || {
+        let v = view(&all)?;
+        let (leader, term) = agreed(&v, &[1, 2, 3], &addrs)?;
+        if leader == old_leader || term < second.1 {
+            return Err(format!("(leader, term) is {:?} after the link came back", (leader, term)));
+        }
+        let mine = members(cut)?;
+        if mine["state"] != "follower" || mine["last_applied_index"].as_u64() < Some(leader_index) {
+            return Err(format!("the old leader: {mine}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_standalone_daemon_refuses_cluster_commands() {
+    let d = Daemon::start("16M", "64K", &["--nvme-capacity", "64M"]);
+    for args in [&["cluster", "members"][..], &["cluster", "init"], &["cluster", "join", "127.0.0.1:1"]] {
+        let (cmd, out) = d.holoctl(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && stderr.contains("not in a cluster"),
+            "`{cmd}` should exit 1 saying the daemon is not in a cluster\nstatus: {}\nstderr: {stderr}\n{}",
+            out.status,
+            d.report_log()
+        );
+    }
+}
+
+#[test]
+fn a_taken_cluster_port_fails_the_start() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = TempDir::new("cluster-port");
+    let mut cmd = Command::new(bin("holo-pager"));
+    cmd.arg("--socket").arg(dir.path().join("s")).arg("--state-dir").arg(dir.path().join("state"));
+    cmd.args(["--dram-budget", "16M", "--nvme-capacity", "64M", "--node-id", "1", "--cluster-listen", &addr]);
+    cmd.stdin(Stdio::null());
+    let out = run(cmd, Duration::from_secs(60));
+    out.ensure(
+        !out.success() && out.stderr.contains("cannot listen on") && out.stderr.contains(&addr),
+        "holo-pager should refuse to start when its cluster port is taken, naming it",
+    );
+}
