@@ -37,6 +37,15 @@ pub struct FileConfig {
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
     pub migration_rate: Option<String>,
+    // The data plane between nodes (remote.rs).
+    pub donate: Option<String>,
+    pub data_listen: Option<String>,
+    pub remote_peers: Option<Vec<String>>,
+    pub remote_replicas: Option<usize>,
+    pub remote_capacity: Option<String>,
+    pub remote_timeout_ms: Option<u64>,
+    pub remote_max_inflight: Option<usize>,
+    pub remote_order: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +78,8 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// Bytes a second that demotion between the lower tiers may move.
     pub migration_rate_bytes: u64,
+    /// Memory donated to peers and the remote tier.
+    pub remote: crate::remote::RemoteConfig,
 }
 
 pub const MIN_GRANULE: u64 = 4 << 10;
@@ -204,6 +215,19 @@ impl Config {
             let message = format!("{migration_rate_bytes} bytes a second is less than one granule");
             return Err(ConfigError::Invalid { key: "migration_rate", message });
         }
+        let remote = crate::remote::RemoteConfig::build(
+            crate::remote::RemoteKeys {
+                donate: fc.donate,
+                data_listen: fc.data_listen,
+                remote_peers: fc.remote_peers,
+                remote_replicas: fc.remote_replicas,
+                remote_capacity: fc.remote_capacity,
+                remote_timeout_ms: fc.remote_timeout_ms,
+                remote_max_inflight: fc.remote_max_inflight,
+                remote_order: fc.remote_order,
+            },
+            granule_bytes,
+        )?;
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let max_clients = fc.max_clients.unwrap_or(256);
         if max_clients == 0 {
@@ -233,6 +257,7 @@ impl Config {
             min_budget_bytes,
             cgroup_margin_bytes,
             pressure_interval_ms,
+            remote,
         })
     }
 }

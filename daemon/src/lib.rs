@@ -9,6 +9,7 @@
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
+//! * [`remote`]: memory donated to peers, and the remote tier in theirs.
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
@@ -17,6 +18,7 @@ pub mod pager;
 pub mod pagetable;
 pub mod prefetch;
 pub mod pressure;
+pub mod remote;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -74,6 +74,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
     let store = Store::open(&config)?;
+    // Lent to peers for as long as the daemon runs.
+    let _donor = holo_pager::remote::start_donor(&config.remote, config.granule_bytes)
+        .with_context(|| format!("cannot serve donated memory on {}", config.remote.data_listen))?;
 
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -100,7 +100,8 @@ struct Entry {
 }
 
 impl Store {
-    /// The tiers the configuration asks for, fastest first: NVMe, then FS if configured.
+    /// The tiers the configuration asks for, fastest first: NVMe, then remote DRAM if
+    /// `remote_peers` lists any (before NVMe with `remote_order = "before-nvme"`), then FS.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes)?;
@@ -111,6 +112,10 @@ impl Store {
             );
         }
         let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
+        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket)? {
+            let at = if config.remote.order == crate::remote::RemoteOrder::BeforeNvme { 0 } else { 1 };
+            tiers.insert(at, Box::new(remote));
+        }
         if let Some(dir) = &config.fs_dir {
             // One directory per node, so that nodes sharing the mount never touch each
             // other's slots.

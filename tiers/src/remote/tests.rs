@@ -127,7 +127,9 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
     assert_eq!(peer, 1);
     b.damage_slot(rs);
     match read(&t, slots[5]) {
-        Err(TierError::Corrupt { slot, detail, .. }) => assert!(slot == slots[5] && detail.contains("checksum"), "{detail}"),
+        Err(TierError::Corrupt { slot, detail, .. }) => {
+            assert!(slot == slots[5] && detail.contains("checksum"), "{detail}")
+        }
         other => panic!("a damaged last copy read as {:?}", other.map(|_| "data")),
     }
 }

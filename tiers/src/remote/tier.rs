@@ -115,7 +115,9 @@ impl RemoteTier {
                     donated_slots += s.capacity_slots;
                     match transport.reset(p, opts.owner) {
                         Ok(0) => {}
-                        Ok(k) => log::info!("remote tier: freed {k} slots an earlier run left on {}", transport.peer_name(p)),
+                        Ok(k) => {
+                            log::info!("remote tier: freed {k} slots an earlier run left on {}", transport.peer_name(p))
+                        }
                         Err(e) => log::warn!("remote tier: {e}"),
                     }
                 }
@@ -179,7 +181,8 @@ impl RemoteTier {
 
     /// Send every queued free, one FREE per peer.
     fn flush_frees(&self) {
-        let queued = std::mem::replace(&mut *self.pending_frees.lock().unwrap(), vec![Vec::new(); self.down_until.len()]);
+        let queued =
+            std::mem::replace(&mut *self.pending_frees.lock().unwrap(), vec![Vec::new(); self.down_until.len()]);
         for (peer, slots) in queued.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
             if !self.is_up(peer) {
                 self.counters.lost_frees.fetch_add(slots.len() as u64, Relaxed);
@@ -306,7 +309,9 @@ impl Tier for RemoteTier {
                         for (i, st) in items.into_iter().zip(statuses) {
                             match st {
                                 Ok(rs) => got[i].push((p, rs)),
-                                Err(st) => fails[i].add(self.transport.peer_name(p), st.to_string(), st == Status::Full, false),
+                                Err(st) => {
+                                    fails[i].add(self.transport.peer_name(p), st.to_string(), st == Status::Full, false)
+                                }
                             }
                         }
                     }
@@ -360,7 +365,12 @@ impl Tier for RemoteTier {
                     return Err(corrupt("never written".into()));
                 };
                 if r.offset + r.buf.len() > place.len {
-                    return Err(corrupt(format!("read of {}+{} beyond the {} bytes written", r.offset, r.buf.len(), place.len)));
+                    return Err(corrupt(format!(
+                        "read of {}+{} beyond the {} bytes written",
+                        r.offset,
+                        r.buf.len(),
+                        place.len
+                    )));
                 }
                 let mut order = place.copies.clone();
                 order.sort_by_key(|&(p, _)| !self.is_up(p));

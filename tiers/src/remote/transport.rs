@@ -317,16 +317,21 @@ impl Transport for TcpTransport {
     }
 
     fn stat(&self, peer: usize) -> Result<DonorStat, TransportError> {
-        self.call(peer, wire::OP_STAT, |_| {}, |body| {
-            let mut r = Reader::new(body);
-            let s = DonorStat {
-                slot_bytes: r.u32("slot size")?,
-                capacity_slots: r.u64("capacity")?,
-                used_slots: r.u64("used")?,
-            };
-            r.end()?;
-            Ok(s)
-        })
+        self.call(
+            peer,
+            wire::OP_STAT,
+            |_| {},
+            |body| {
+                let mut r = Reader::new(body);
+                let s = DonorStat {
+                    slot_bytes: r.u32("slot size")?,
+                    capacity_slots: r.u64("capacity")?,
+                    used_slots: r.u64("used")?,
+                };
+                r.end()?;
+                Ok(s)
+            },
+        )
     }
 
     fn put(&self, peer: usize, owner: u64, data: &[&[u8]]) -> Result<Vec<Result<RemoteSlot, Status>>, TransportError> {
@@ -421,11 +426,16 @@ impl Transport for TcpTransport {
     }
 
     fn reset(&self, peer: usize, owner: u64) -> Result<u32, TransportError> {
-        self.call(peer, wire::OP_RESET, |b| wire::put_u64(b, owner), |body| {
-            let mut r = Reader::new(body);
-            let n = r.u32("freed")?;
-            r.end()?;
-            Ok(n)
-        })
+        self.call(
+            peer,
+            wire::OP_RESET,
+            |b| wire::put_u64(b, owner),
+            |body| {
+                let mut r = Reader::new(body);
+                let n = r.u32("freed")?;
+                r.end()?;
+                Ok(n)
+            },
+        )
     }
 }
