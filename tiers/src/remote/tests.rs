@@ -110,6 +110,7 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
     assert_eq!(t.counters.fallback_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // One donor gone (its connections cut): every granule still reads back, one batch.
+    let spare = t.alloc().unwrap();
     drop(a);
     let mut bufs = vec![vec![0u8; SLOT]; slots.len()];
     let mut reqs: Vec<ReadReq<'_>> =
@@ -119,8 +120,9 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
         assert!(*buf == pattern(s as u8), "slot {s} read wrong bytes after a donor loss");
     }
     // New granules cannot get two copies: refused, and the store may overflow them.
-    let s = t.alloc().unwrap();
-    let err = t.write(s, &pattern(1)).unwrap_err();
+    let err = t.alloc().unwrap_err();
+    assert!(err.is_full() && err.to_string().contains("1 of the peers answer"), "{err}");
+    let err = t.write(spare, &pattern(1)).unwrap_err();
     assert!(err.is_full() && err.to_string().contains("1 of 2 copies"), "{err}");
     // Both copies damaged: an error naming the slot, never bytes.
     let (peer, rs) = t.copies_of(slots[5]).into_iter().find(|&(p, _)| p == 1).unwrap();

@@ -252,6 +252,12 @@ impl Tier for RemoteTier {
     }
 
     fn alloc(&self) -> Result<SlotId, TierError> {
+        // Without enough healthy peers no write can succeed: say so before any transfer.
+        let up = (0..self.transport.peer_count()).filter(|&p| self.is_up(p)).count();
+        if up < self.opts.replicas {
+            let detail = format!("{up} of the peers answer, {} copies are needed", self.opts.replicas);
+            return Err(TierError::Unavailable { tier: NAME, detail });
+        }
         let mut s = self.slots.lock().unwrap();
         s.alloc().ok_or(TierError::Full { tier: NAME, used_bytes: s.used() * self.opts.slot_bytes as u64 })
     }
