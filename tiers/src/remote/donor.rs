@@ -106,7 +106,8 @@ impl Arena {
         unsafe { std::slice::from_raw_parts_mut(self.base.add(slot * self.slot_bytes), self.slot_bytes) }
     }
 
-    fn put(&self, owner: u64, data: &[u8]) -> Result<SlotId, Status> {
+    /// Store `data`, whose checksum `sum` the wire decoder has checked.
+    fn put(&self, owner: u64, data: &[u8], sum: [u8; 32]) -> Result<SlotId, Status> {
         if data.len() > self.slot_bytes {
             return Err(Status::TooBig);
         }
@@ -114,30 +115,35 @@ impl Arena {
         let mut m = self.metas[slot as usize].lock().unwrap();
         debug_assert!(!m.live);
         self.bytes_of(slot as usize, &mut m)[..data.len()].copy_from_slice(data);
-        *m = Meta { live: true, owner, len: data.len() as u32, sum: crate::checksum(data) };
+        *m = Meta { live: true, owner, len: data.len() as u32, sum };
         Ok(slot)
     }
 
-    /// Append the requested bytes to `out` after checking the whole slot.
-    fn get(&self, owner: u64, it: &wire::GetItem, out: &mut Vec<u8>) -> Status {
-        let Some(meta) = self.metas.get(it.slot as usize) else { return Status::NotFound };
+    /// Append the requested bytes to `out`; returns the checksum the reader checks them with.
+    /// A whole granule goes with the checksum it was stored with, unchecked here: the reader's
+    /// check covers this memory and the wire at once. Part of one is only sent after the whole
+    /// slot checked out, with a checksum of that part.
+    fn get(&self, owner: u64, it: &wire::GetItem, out: &mut Vec<u8>) -> Result<[u8; 32], Status> {
+        let Some(meta) = self.metas.get(it.slot as usize) else { return Err(Status::NotFound) };
         let mut m = meta.lock().unwrap();
         if !m.live || m.owner != owner {
-            return Status::NotFound;
+            return Err(Status::NotFound);
         }
         let (len, sum) = (m.len as usize, m.sum);
-        let bytes = self.bytes_of(it.slot as usize, &mut m);
-        if crate::checksum(&bytes[..len]) != sum {
-            return Status::Corrupt;
-        }
         let (off, n) = (it.offset as usize, it.len as usize);
         if off.checked_add(n).is_none_or(|end| end > len) {
-            return Status::OutOfRange;
+            return Err(Status::OutOfRange);
         }
-        wire::put_u8(out, Status::Ok as u8);
-        wire::put_u32(out, n as u32);
+        let bytes = self.bytes_of(it.slot as usize, &mut m);
+        if off == 0 && n == len {
+            out.extend_from_slice(&bytes[..len]);
+            return Ok(sum);
+        }
+        if crate::checksum(&bytes[..len]) != sum {
+            return Err(Status::Corrupt);
+        }
         out.extend_from_slice(&bytes[off..off + n]);
-        Status::Ok
+        Ok(crate::checksum(&bytes[off..off + n]))
     }
 
     fn free(&self, owner: u64, slot: SlotId) -> bool {
@@ -282,7 +288,8 @@ fn send_error(conn: &mut TcpStream, req_id: u64, why: &str) -> io::Result<()> {
     let mut out = Vec::new();
     wire::begin_frame(&mut out);
     out.extend_from_slice(why.as_bytes());
-    wire::finish_frame(&mut out, wire::OP_ERROR, req_id);
+    let end = out.len();
+    wire::finish_frame(&mut out, wire::OP_ERROR, req_id, end);
     write_all(conn, &out, Instant::now() + FRAME_TIMEOUT)
 }
 
@@ -313,7 +320,7 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
         if read_full(&mut conn, &mut inbuf, deadline).is_err() {
             return;
         }
-        let req = wire::verify_body(&h, &inbuf).and_then(|()| wire::decode_request(h.op, &inbuf));
+        let req = wire::verify_body(&h, &inbuf).and_then(|()| wire::decode_request(h.op, &inbuf, h.ctrl_len));
         let req = match req {
             Ok(r) => r,
             Err(e) => {
@@ -323,15 +330,16 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
             }
         };
         wire::begin_frame(&mut out);
-        answer(arena, c, req, &mut out);
-        wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id);
+        let ctrl_end = answer(arena, c, req, &mut out);
+        wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
         if write_all(&mut conn, &out, Instant::now() + FRAME_TIMEOUT).is_err() {
             return;
         }
     }
 }
 
-fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>) {
+/// Append the answer's body to `out`; returns where its control part ends.
+fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>) -> usize {
     match req {
         Request::Stat => {
             wire::put_u32(out, arena.slot_bytes as u32);
@@ -340,9 +348,9 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
         }
         Request::Put { owner, items } => {
             wire::put_u32(out, items.len() as u32);
-            for data in items {
+            for (data, sum) in items {
                 c.puts.fetch_add(1, Relaxed);
-                let (st, slot) = match arena.put(owner, data) {
+                let (st, slot) = match arena.put(owner, data, sum) {
                     Ok(slot) => (Status::Ok, slot),
                     Err(st) => {
                         if st == Status::Full {
@@ -356,18 +364,32 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
             }
         }
         Request::Get { owner, items } => {
+            // The control part has a fixed size: reserve it, append the data after it, and
+            // fill each item's entry as its bytes go in (no second copy of the data).
             wire::put_u32(out, items.len() as u32);
+            let mut entry = out.len();
+            let ctrl_end = entry + items.len() * wire::GET_ANSWER_ITEM_CTRL;
+            out.resize(ctrl_end, 0);
             for it in &items {
                 c.gets.fetch_add(1, Relaxed);
-                let st = arena.get(owner, it, out);
-                if st != Status::Ok {
-                    if st == Status::Corrupt {
-                        c.corrupt.fetch_add(1, Relaxed);
+                let before = out.len();
+                let (st, sum) = match arena.get(owner, it, out) {
+                    Ok(sum) => (Status::Ok, sum),
+                    Err(st) => {
+                        if st == Status::Corrupt {
+                            c.corrupt.fetch_add(1, Relaxed);
+                        }
+                        (st, [0; 32])
                     }
-                    wire::put_u8(out, st as u8);
-                    wire::put_u32(out, 0);
-                }
+                };
+                let n = (out.len() - before) as u32;
+                let e = &mut out[entry..entry + wire::GET_ANSWER_ITEM_CTRL];
+                e[0] = st as u8;
+                e[1..5].copy_from_slice(&n.to_le_bytes());
+                e[5..].copy_from_slice(&sum);
+                entry += wire::GET_ANSWER_ITEM_CTRL;
             }
+            return ctrl_end;
         }
         Request::Free { owner, slots } => {
             let freed = slots.iter().filter(|&&s| arena.free(owner, s)).count();
@@ -385,4 +407,5 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
             wire::put_u32(out, freed as u32);
         }
     }
+    out.len()
 }

@@ -196,8 +196,10 @@ fn a_donor_answers_malformed_frames_with_clear_errors_and_keeps_serving() {
     wire::put_u64(&mut good, 1);
     wire::put_u32(&mut good, 1);
     wire::put_u32(&mut good, 3);
+    good.extend_from_slice(blake3::hash(b"abc").as_bytes());
+    let ctrl_end = good.len();
     good.extend_from_slice(b"abc");
-    wire::finish_frame(&mut good, wire::OP_PUT, 9);
+    wire::finish_frame(&mut good, wire::OP_PUT, 9, ctrl_end);
 
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
@@ -206,10 +208,12 @@ fn a_donor_answers_malformed_frames_with_clear_errors_and_keeps_serving() {
     oversized[16..20].copy_from_slice(&(1u32 << 30).to_le_bytes());
     assert!(donor_refusal(&d, &oversized[..HEADER_BYTES]).contains("exceeds"));
     let mut bad_sum = good.clone();
-    *bad_sum.last_mut().unwrap() ^= 1;
-    assert!(donor_refusal(&d, &bad_sum).contains("checksum"));
-    // Truncated: the donor waits for the rest only FRAME_TIMEOUT, then drops the connection.
-    assert_eq!(d.counters.bad_frames.load(std::sync::atomic::Ordering::Relaxed), 3);
+    bad_sum[HEADER_BYTES + 2] ^= 1;
+    assert!(donor_refusal(&d, &bad_sum).contains("checksum mismatch: the frame"));
+    let mut bad_item = good.clone();
+    *bad_item.last_mut().unwrap() ^= 1;
+    assert!(donor_refusal(&d, &bad_item).contains("checksum mismatch in item 0"));
+    assert_eq!(d.counters.bad_frames.load(std::sync::atomic::Ordering::Relaxed), 4);
     // And it still serves well-formed peers.
     let t = tier(&[&d], 1, None, 500);
     let s = t.alloc().unwrap();

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::wire::{self, GetItem, Reader, Status, WireError, HEADER_BYTES, MAX_BODY_BYTES, MAX_ITEMS};
+use super::wire::{
+    self, GetItem, Reader, Status, WireError, GET_ANSWER_ITEM_CTRL, HEADER_BYTES, MAX_BODY_BYTES, MAX_ITEMS,
+    PUT_ITEM_CTRL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -144,14 +147,15 @@ impl TcpTransport {
         Ok(Slot(p))
     }
 
-    /// One request/response exchange with `peer`: `encode` appends the request body, `decode`
-    /// reads the response body. Within the deadline, or an error.
+    /// One request/response exchange with `peer`: `encode` appends the request body and
+    /// returns where its control part ends; `decode` reads the response's control and data
+    /// parts. Within the deadline, or an error.
     fn call<R>(
         &self,
         peer: usize,
         op: u16,
-        encode: impl Fn(&mut Vec<u8>),
-        decode: impl FnOnce(&[u8]) -> Result<R, WireError>,
+        encode: impl Fn(&mut Vec<u8>) -> usize,
+        decode: impl FnOnce(&[u8], &[u8]) -> Result<R, WireError>,
     ) -> Result<R, TransportError> {
         let p = &self.peers[peer];
         let deadline = Instant::now() + self.opts.timeout;
@@ -169,12 +173,12 @@ impl TcpTransport {
             conn = self.connect(p, deadline)?;
             result = self.exchange(p, &mut conn, op, req_id, &encode, deadline);
         }
-        let body_len = match result {
+        let (body_len, ctrl_len) = match result {
             Ok(n) => n,
             Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(e),
         };
-        let body = &conn.buf[HEADER_BYTES..HEADER_BYTES + body_len];
-        let out = decode(body).map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source });
+        let (ctrl, data) = conn.buf[HEADER_BYTES..HEADER_BYTES + body_len].split_at(ctrl_len);
+        let out = decode(ctrl, data).map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source });
         if out.is_ok() {
             let mut pool = p.pool.lock().unwrap();
             if pool.len() < self.opts.max_inflight {
@@ -192,16 +196,17 @@ impl TcpTransport {
         Ok(Conn { stream, buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024 + 64) })
     }
 
-    /// Send one frame and receive its answer into `conn.buf`; returns the body's length.
+    /// Send one frame and receive its answer into `conn.buf`; returns the body's length and
+    /// its control part's.
     fn exchange(
         &self,
         p: &Peer,
         conn: &mut Conn,
         op: u16,
         req_id: u64,
-        encode: &dyn Fn(&mut Vec<u8>),
+        encode: &dyn Fn(&mut Vec<u8>) -> usize,
         deadline: Instant,
-    ) -> Result<usize, Exchange> {
+    ) -> Result<(usize, usize), Exchange> {
         let peer = || p.addr.to_string();
         let timeout_ms = self.opts.timeout.as_millis() as u64;
         let io = |e: io::Error| {
@@ -212,8 +217,8 @@ impl TcpTransport {
             }
         };
         wire::begin_frame(&mut conn.buf);
-        encode(&mut conn.buf);
-        wire::finish_frame(&mut conn.buf, op, req_id);
+        let ctrl_end = encode(&mut conn.buf);
+        wire::finish_frame(&mut conn.buf, op, req_id, ctrl_end);
         if let Err(e) = write_all(&mut conn.stream, &conn.buf, deadline) {
             // Nothing was answered yet: a stale pooled connection, or a dead peer.
             return Err(Exchange::Stale(io(e)));
@@ -239,7 +244,7 @@ impl TcpTransport {
             let m = format!("answer op {:#06x} id {} to request op {op:#06x} id {req_id}", h.op, h.req_id);
             return Err(wire_err(WireError::Malformed(m)));
         }
-        Ok(h.body_len)
+        Ok((h.body_len, h.ctrl_len))
     }
 }
 
@@ -288,6 +293,13 @@ pub(crate) fn write_all(s: &mut TcpStream, mut buf: &[u8], deadline: Instant) ->
     Ok(())
 }
 
+fn no_data(data: &[u8]) -> Result<(), WireError> {
+    match data.len() {
+        0 => Ok(()),
+        n => Err(WireError::Malformed(format!("{n} data bytes in an answer that carries none"))),
+    }
+}
+
 /// Split `n` items into runs that fit one frame: at most [`MAX_ITEMS`], and a body of at most
 /// [`MAX_BODY_BYTES`] given each item's bytes on the wire (`cost`) and `fixed` bytes besides.
 fn chunks(n: usize, fixed: usize, cost: impl Fn(usize) -> usize) -> Vec<std::ops::Range<usize>> {
@@ -320,9 +332,10 @@ impl Transport for TcpTransport {
         self.call(
             peer,
             wire::OP_STAT,
-            |_| {},
-            |body| {
-                let mut r = Reader::new(body);
+            |b| b.len(),
+            |ctrl, data| {
+                no_data(data)?;
+                let mut r = Reader::new(ctrl);
                 let s = DonorStat {
                     slot_bytes: r.u32("slot size")?,
                     capacity_slots: r.u64("capacity")?,
@@ -336,18 +349,24 @@ impl Transport for TcpTransport {
 
     fn put(&self, peer: usize, owner: u64, data: &[&[u8]]) -> Result<Vec<Result<RemoteSlot, Status>>, TransportError> {
         let mut out = Vec::with_capacity(data.len());
-        for run in chunks(data.len(), 12, |i| 4 + data[i].len()) {
+        for run in chunks(data.len(), 12, |i| PUT_ITEM_CTRL + data[i].len()) {
             let items = &data[run];
+            // The checksum each granule is stored with on the donor: computed once, here.
+            let sums: Vec<blake3::Hash> = items.iter().map(|d| blake3::hash(d)).collect();
             let encode = |b: &mut Vec<u8>| {
                 wire::put_u64(b, owner);
                 wire::put_u32(b, items.len() as u32);
-                for d in items {
+                for (d, sum) in items.iter().zip(&sums) {
                     wire::put_u32(b, d.len() as u32);
-                    b.extend_from_slice(d);
+                    b.extend_from_slice(sum.as_bytes());
                 }
+                let ctrl_end = b.len();
+                items.iter().for_each(|d| b.extend_from_slice(d));
+                ctrl_end
             };
-            let got = self.call(peer, wire::OP_PUT, encode, |body| {
-                let mut r = Reader::new(body);
+            let got = self.call(peer, wire::OP_PUT, encode, |ctrl, data| {
+                no_data(data)?;
+                let mut r = Reader::new(ctrl);
                 if r.count()? != items.len() {
                     return Err(WireError::Malformed("a PUT answer with another number of items".into()));
                 }
@@ -366,7 +385,7 @@ impl Transport for TcpTransport {
 
     fn get(&self, peer: usize, owner: u64, reqs: &mut [GetReq<'_>]) -> Result<Vec<Status>, TransportError> {
         let mut out = Vec::with_capacity(reqs.len());
-        let costs: Vec<usize> = reqs.iter().map(|r| 5 + r.buf.len()).collect();
+        let costs: Vec<usize> = reqs.iter().map(|r| GET_ANSWER_ITEM_CTRL + r.buf.len()).collect();
         for run in chunks(reqs.len(), 4, |i| costs[i]) {
             let items: Vec<GetItem> = reqs[run.clone()]
                 .iter()
@@ -380,27 +399,38 @@ impl Transport for TcpTransport {
                     wire::put_u32(b, it.offset);
                     wire::put_u32(b, it.len);
                 }
+                b.len()
             };
             let reqs = &mut reqs[run];
-            let got = self.call(peer, wire::OP_GET, encode, |body| {
-                let mut r = Reader::new(body);
+            let got = self.call(peer, wire::OP_GET, encode, |ctrl, data| {
+                let mut r = Reader::new(ctrl);
+                let mut d = Reader::new(data);
                 if r.count()? != reqs.len() {
                     return Err(WireError::Malformed("a GET answer with another number of items".into()));
                 }
                 let mut v = Vec::with_capacity(reqs.len());
                 for req in reqs.iter_mut() {
-                    let st = r.status()?;
+                    let mut st = r.status()?;
                     let len = r.u32("item length")? as usize;
-                    let bytes = r.bytes(len, "item data")?;
+                    let sum = r.sum()?;
                     if st == Status::Ok {
                         if len != req.buf.len() {
                             return Err(WireError::Malformed(format!("{len} bytes for a {}-byte read", req.buf.len())));
                         }
-                        req.buf.copy_from_slice(bytes);
+                        let bytes = d.bytes(len, "item data")?;
+                        // The checksum the granule was stored with (for part of one, a checksum
+                        // the donor made after checking the whole): damage in the donor's memory
+                        // or on the wire shows here, and refuses this item only.
+                        if *blake3::hash(bytes).as_bytes() == sum {
+                            req.buf.copy_from_slice(bytes);
+                        } else {
+                            st = Status::Corrupt;
+                        }
                     }
                     v.push(st);
                 }
                 r.end()?;
+                d.end()?;
                 Ok(v)
             })?;
             out.extend(got);
@@ -415,9 +445,11 @@ impl Transport for TcpTransport {
                 wire::put_u64(b, owner);
                 wire::put_u32(b, slots.len() as u32);
                 slots.iter().for_each(|&s| wire::put_u32(b, s));
+                b.len()
             };
-            self.call(peer, wire::OP_FREE, encode, |body| {
-                let mut r = Reader::new(body);
+            self.call(peer, wire::OP_FREE, encode, |ctrl, data| {
+                no_data(data)?;
+                let mut r = Reader::new(ctrl);
                 r.u32("freed")?;
                 r.end()
             })?;
@@ -426,16 +458,16 @@ impl Transport for TcpTransport {
     }
 
     fn reset(&self, peer: usize, owner: u64) -> Result<u32, TransportError> {
-        self.call(
-            peer,
-            wire::OP_RESET,
-            |b| wire::put_u64(b, owner),
-            |body| {
-                let mut r = Reader::new(body);
-                let n = r.u32("freed")?;
-                r.end()?;
-                Ok(n)
-            },
-        )
+        let encode = |b: &mut Vec<u8>| {
+            wire::put_u64(b, owner);
+            b.len()
+        };
+        self.call(peer, wire::OP_RESET, encode, |ctrl, data| {
+            no_data(data)?;
+            let mut r = Reader::new(ctrl);
+            let n = r.u32("freed")?;
+            r.end()?;
+            Ok(n)
+        })
     }
 }

@@ -1,23 +1,31 @@
 //! The data plane's wire format: one length-prefixed binary frame, fixed-width little-endian
-//! integers, a BLAKE3 checksum of the body in every header (checked on receive, both ways).
+//! integers, every byte of it covered by a BLAKE3 checksum that the receiver checks (both
+//! directions).
 //!
 //! ```text
-//!  header (56 bytes)                                          body (body_len bytes)
-//!  ┌───────┬─────────┬──────┬────────┬──────────┬──────────┬──────────────┐┌──────────────┐
-//!  │ magic │ version │  op  │ req_id │ body_len │ reserved │ BLAKE3(body) ││ op-specific  │
-//!  │ u32   │ u16     │ u16  │ u64    │ u32      │ u32 (0)  │ 32 bytes     ││              │
-//!  └───────┴─────────┴──────┴────────┴──────────┴──────────┴──────────────┘└──────────────┘
+//!  header (56 bytes)                                               body (body_len bytes)
+//!  ┌───────┬─────────┬──────┬────────┬──────────┬──────────┬─────────────────┐┌─────────┬──────────┐
+//!  │ magic │ version │  op  │ req_id │ body_len │ ctrl_len │ BLAKE3(control) ││ control │ data     │
+//!  │ u32   │ u16     │ u16  │ u64    │ u32      │ u32      │ 32 bytes        ││         │ items    │
+//!  └───────┴─────────┴──────┴────────┴──────────┴──────────┴─────────────────┘└─────────┴──────────┘
 //! ```
+//!
+//! The body is a *control* part (`ctrl_len` bytes: ids, counts, lengths, statuses), covered by
+//! the header's checksum, then the granules' bytes, each covered by its own BLAKE3 in the
+//! control part. The split is what makes the check cheap: a granule's checksum is the one the
+//! donor stores with it, so a PUT is hashed once by the sender and once by the donor (which
+//! keeps that hash), and a whole-granule GET is hashed once, by the receiver, against the hash
+//! stored at PUT time: one check covers the donor's memory and the wire together.
 //!
 //! Bodies (`owner` is the sending node's id; a donor serves a slot only to its owner):
 //!
-//! | op | request body | response body |
-//! |---|---|---|
-//! | STAT | empty | slot_bytes u32, capacity_slots u64, used_slots u64 |
-//! | PUT | owner u64, n u32, n × (len u32, bytes) | n u32, n × (status u8, slot u32) |
-//! | GET | owner u64, n u32, n × (slot u32, offset u32, len u32) | n u32, n × (status u8, len u32, bytes) |
-//! | FREE | owner u64, n u32, n × slot u32 | freed u32 |
-//! | RESET | owner u64 | freed u32 |
+//! | op | request control | request data | response control | response data |
+//! |---|---|---|---|---|
+//! | STAT | | | slot_bytes u32, capacity_slots u64, used_slots u64 | |
+//! | PUT | owner u64, n u32, n × (len u32, sum 32) | n granules | n u32, n × (status u8, slot u32) | |
+//! | GET | owner u64, n u32, n × (slot u32, offset u32, len u32) | | n u32, n × (status u8, len u32, sum 32) | the `Ok` items' bytes |
+//! | FREE | owner u64, n u32, n × slot u32 | | freed u32 | |
+//! | RESET | owner u64 | | freed u32 | |
 //!
 //! A response's op is the request's with [`RESPONSE`] set; [`OP_ERROR`] carries a UTF-8 reason
 //! (the frame could not be served at all). Hard caps ([`MAX_BODY_BYTES`], [`MAX_ITEMS`]) are
@@ -87,8 +95,10 @@ pub enum WireError {
     TooManyItems { n: usize },
     #[error("truncated {what}: {need} bytes needed, {have} left")]
     Truncated { what: &'static str, need: usize, have: usize },
-    #[error("BLAKE3 checksum mismatch: the frame body changed in transit")]
+    #[error("BLAKE3 checksum mismatch: the frame changed in transit")]
     BadChecksum,
+    #[error("BLAKE3 checksum mismatch in item {0}: its bytes changed in transit")]
+    BadItemChecksum(usize),
     #[error("malformed frame: {0}")]
     Malformed(String),
 }
@@ -98,6 +108,8 @@ pub struct Header {
     pub op: u16,
     pub req_id: u64,
     pub body_len: usize,
+    /// The body's first `ctrl_len` bytes are its control part, which `sum` covers.
+    pub ctrl_len: usize,
     pub sum: [u8; 32],
 }
 
@@ -127,18 +139,20 @@ pub fn decode_header(b: &[u8]) -> Result<Header, WireError> {
     if body_len > MAX_BODY_BYTES {
         return Err(WireError::TooLarge { len: body_len, max: MAX_BODY_BYTES });
     }
-    if b[20..24] != [0; 4] {
-        return Err(WireError::Malformed("reserved header bytes are not zero".into()));
+    let ctrl_len = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
+    if ctrl_len > body_len {
+        return Err(WireError::Malformed(format!("a {ctrl_len}-byte control part in a {body_len}-byte body")));
     }
-    Ok(Header { op, req_id, body_len, sum: b[24..56].try_into().unwrap() })
+    Ok(Header { op, req_id, body_len, ctrl_len, sum: b[24..56].try_into().unwrap() })
 }
 
-/// Check a received body against its header.
+/// Check a received body's length and its control part's checksum (data items are checked
+/// against their own checksums when decoded).
 pub fn verify_body(h: &Header, body: &[u8]) -> Result<(), WireError> {
     if body.len() != h.body_len {
         return Err(WireError::Truncated { what: "body", need: h.body_len, have: body.len() });
     }
-    if *blake3::hash(body).as_bytes() != h.sum {
+    if *blake3::hash(&body[..h.ctrl_len]).as_bytes() != h.sum {
         return Err(WireError::BadChecksum);
     }
     Ok(())
@@ -150,18 +164,20 @@ pub fn begin_frame(out: &mut Vec<u8>) {
     out.resize(HEADER_BYTES, 0);
 }
 
-/// Fill the header of the frame in `out` whose body follows it.
-pub fn finish_frame(out: &mut [u8], op: u16, req_id: u64) {
+/// Fill the header of the frame in `out` whose body follows it; the control part ends at
+/// `ctrl_end` (an index into `out`; `out.len()` for a frame without data items).
+pub fn finish_frame(out: &mut [u8], op: u16, req_id: u64, ctrl_end: usize) {
     let body_len = out.len() - HEADER_BYTES;
     assert!(body_len <= MAX_BODY_BYTES, "frame body of {body_len} bytes built past the cap");
-    let sum = *blake3::hash(&out[HEADER_BYTES..]).as_bytes();
+    assert!((HEADER_BYTES..=out.len()).contains(&ctrl_end), "control part outside the body");
+    let sum = *blake3::hash(&out[HEADER_BYTES..ctrl_end]).as_bytes();
     let h = &mut out[..HEADER_BYTES];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4..6].copy_from_slice(&VERSION.to_le_bytes());
     h[6..8].copy_from_slice(&op.to_le_bytes());
     h[8..16].copy_from_slice(&req_id.to_le_bytes());
     h[16..20].copy_from_slice(&(body_len as u32).to_le_bytes());
-    h[20..24].fill(0);
+    h[20..24].copy_from_slice(&((ctrl_end - HEADER_BYTES) as u32).to_le_bytes());
     h[24..56].copy_from_slice(&sum);
 }
 
@@ -204,6 +220,9 @@ impl<'a> Reader<'a> {
     pub fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.bytes(8, what)?.try_into().unwrap()))
     }
+    pub fn sum(&mut self) -> Result<[u8; 32], WireError> {
+        Ok(self.bytes(32, "item checksum")?.try_into().unwrap())
+    }
     pub fn status(&mut self) -> Result<Status, WireError> {
         Status::from_u8(self.u8("item status")?)
     }
@@ -236,24 +255,44 @@ pub struct GetItem {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Stat,
-    Put { owner: u64, items: Vec<&'a [u8]> },
-    Get { owner: u64, items: Vec<GetItem> },
-    Free { owner: u64, slots: Vec<u32> },
-    Reset { owner: u64 },
+    /// Each granule with its checksum (already checked).
+    Put {
+        owner: u64,
+        items: Vec<(&'a [u8], [u8; 32])>,
+    },
+    Get {
+        owner: u64,
+        items: Vec<GetItem>,
+    },
+    Free {
+        owner: u64,
+        slots: Vec<u32>,
+    },
+    Reset {
+        owner: u64,
+    },
 }
 
-/// Decode a request body (already checked against its header's checksum).
-pub fn decode_request<'a>(op: u16, body: &'a [u8]) -> Result<Request<'a>, WireError> {
-    let mut r = Reader::new(body);
+/// Decode a request body whose control part passed [`verify_body`]; a PUT's granules are
+/// checked against their checksums here.
+pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Request<'a>, WireError> {
+    let (ctrl, data) = body.split_at(ctrl_len);
+    let mut r = Reader::new(ctrl);
+    let mut d = Reader::new(data);
     let req = match op {
         OP_STAT => Request::Stat,
         OP_PUT => {
             let owner = r.u64("owner")?;
             let n = r.count()?;
             let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
+            for i in 0..n {
                 let len = r.u32("item length")? as usize;
-                items.push(r.bytes(len, "item data")?);
+                let sum = r.sum()?;
+                let bytes = d.bytes(len, "item data")?;
+                if *blake3::hash(bytes).as_bytes() != sum {
+                    return Err(WireError::BadItemChecksum(i));
+                }
+                items.push((bytes, sum));
             }
             Request::Put { owner, items }
         }
@@ -265,7 +304,7 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8]) -> Result<Request<'a>, WireEr
                 items.push(GetItem { slot: r.u32("slot")?, offset: r.u32("offset")?, len: r.u32("length")? });
             }
             // The answer must fit one frame too: refuse a GET whose answer could not.
-            let answer_bytes: u64 = 4 + items.iter().map(|i| 5 + i.len as u64).sum::<u64>();
+            let answer_bytes: u64 = 4 + items.iter().map(|i| GET_ANSWER_ITEM_CTRL as u64 + i.len as u64).sum::<u64>();
             if answer_bytes > MAX_BODY_BYTES as u64 {
                 return Err(WireError::TooLarge { len: answer_bytes as usize, max: MAX_BODY_BYTES });
             }
@@ -281,8 +320,14 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8]) -> Result<Request<'a>, WireEr
         other => return Err(WireError::UnknownOp(other)),
     };
     r.end()?;
+    d.end()?;
     Ok(req)
 }
+
+/// Control bytes per item of a GET answer: status u8, len u32, checksum.
+pub const GET_ANSWER_ITEM_CTRL: usize = 1 + 4 + 32;
+/// Control bytes per item of a PUT request: len u32, checksum.
+pub const PUT_ITEM_CTRL: usize = 4 + 32;
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -301,23 +346,36 @@ impl fmt::Display for Status {
 mod tests {
     use super::*;
 
-    fn frame(op: u16, body: &[u8]) -> Vec<u8> {
+    /// A frame whose control part is `body[..ctrl]`.
+    fn frame_split(op: u16, body: &[u8], ctrl: usize) -> Vec<u8> {
         let mut out = Vec::new();
         begin_frame(&mut out);
         out.extend_from_slice(body);
-        finish_frame(&mut out, op, 7);
+        finish_frame(&mut out, op, 7, HEADER_BYTES + ctrl);
         out
     }
 
-    fn put_body(items: &[&[u8]]) -> Vec<u8> {
+    fn frame(op: u16, body: &[u8]) -> Vec<u8> {
+        frame_split(op, body, body.len())
+    }
+
+    /// A PUT body and the length of its control part.
+    fn put_body(items: &[&[u8]]) -> (Vec<u8>, usize) {
         let mut b = Vec::new();
         put_u64(&mut b, 42);
         put_u32(&mut b, items.len() as u32);
         for it in items {
             put_u32(&mut b, it.len() as u32);
-            b.extend_from_slice(it);
+            b.extend_from_slice(blake3::hash(it).as_bytes());
         }
-        b
+        let ctrl = b.len();
+        items.iter().for_each(|it| b.extend_from_slice(it));
+        (b, ctrl)
+    }
+
+    fn put_frame(items: &[&[u8]]) -> Vec<u8> {
+        let (b, ctrl) = put_body(items);
+        frame_split(OP_PUT, &b, ctrl)
     }
 
     /// Decode a whole frame the way a receiver does: header, body, checksum, request.
@@ -326,18 +384,20 @@ mod tests {
         let body = f.get(HEADER_BYTES..).unwrap_or(&[]);
         let body = &body[..body.len().min(h.body_len)];
         verify_body(&h, body)?;
-        decode_request(h.op, body)
+        decode_request(h.op, body, h.ctrl_len)
     }
 
     #[test]
     fn a_good_frame_round_trips() {
-        let f = frame(OP_PUT, &put_body(&[b"abc", b"", b"defg"]));
-        assert_eq!(receive(&f), Ok(Request::Put { owner: 42, items: vec![&b"abc"[..], b"", b"defg"] }));
+        let f = put_frame(&[b"abc", b"", b"defg"]);
+        let sum = |b: &[u8]| *blake3::hash(b).as_bytes();
+        let items = vec![(&b"abc"[..], sum(b"abc")), (&b""[..], sum(b"")), (&b"defg"[..], sum(b"defg"))];
+        assert_eq!(receive(&f), Ok(Request::Put { owner: 42, items }));
     }
 
     #[test]
     fn malformed_frames_are_clear_errors() {
-        let good = frame(OP_PUT, &put_body(&[&[9; 100]]));
+        let good = put_frame(&[&[9; 100]]);
         // Truncated header.
         assert!(matches!(receive(&good[..20]), Err(WireError::Truncated { what: "header", .. })));
         // Truncated body.
@@ -356,28 +416,36 @@ mod tests {
         f[6..8].copy_from_slice(&0x0077u16.to_le_bytes());
         assert_eq!(receive(&f), Err(WireError::UnknownOp(0x77)));
         let mut f = good.clone();
-        f[21] = 1;
+        f[20..24].copy_from_slice(&1000u32.to_le_bytes()); // control part longer than the body
         assert!(matches!(receive(&f), Err(WireError::Malformed(_))));
         // Oversized: refused from the header alone, before any allocation.
         let mut f = good.clone();
         f[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode_header(&f), Err(WireError::TooLarge { .. })));
-        // A flipped body byte: bad checksum.
+        // A flipped byte of the control part, or of a granule: bad checksum.
+        let mut f = good.clone();
+        f[HEADER_BYTES + 3] ^= 1;
+        assert_eq!(receive(&f), Err(WireError::BadChecksum));
         let mut f = good.clone();
         *f.last_mut().unwrap() ^= 1;
-        assert_eq!(receive(&f), Err(WireError::BadChecksum));
+        assert_eq!(receive(&f), Err(WireError::BadItemChecksum(0)));
+        assert!(receive(&f).unwrap_err().to_string().contains("item 0"));
         // Bodies that lie about their contents, with a valid checksum.
-        let mut lying = put_body(&[&[1; 10]]);
+        let (mut lying, ctrl) = put_body(&[&[1; 10]]);
         lying[12..16].copy_from_slice(&1000u32.to_le_bytes()); // item longer than the body
-        let e = receive(&frame(OP_PUT, &lying)).unwrap_err();
+        let e = receive(&frame_split(OP_PUT, &lying, ctrl)).unwrap_err();
         assert!(matches!(e, WireError::Truncated { what: "item data", need: 1000, .. }), "{e}");
+        let (mut extra, ctrl) = put_body(&[&[1; 10]]);
+        extra.push(0); // data the control part does not account for
+        assert!(matches!(receive(&frame_split(OP_PUT, &extra, ctrl)), Err(WireError::Malformed(_))));
         let mut many = Vec::new();
         put_u64(&mut many, 1);
         put_u32(&mut many, u32::MAX);
         assert!(matches!(receive(&frame(OP_GET, &many)), Err(WireError::TooManyItems { .. })));
-        let mut trailing = put_body(&[b"x"]);
+        let mut trailing = Vec::new();
+        put_u64(&mut trailing, 5);
         trailing.push(0);
-        assert!(matches!(receive(&frame(OP_PUT, &trailing)), Err(WireError::Malformed(_))));
+        assert!(matches!(receive(&frame(OP_RESET, &trailing)), Err(WireError::Malformed(_))));
         assert!(matches!(receive(&frame(OP_FREE, &[1, 2, 3])), Err(WireError::Truncated { what: "owner", .. })));
     }
 
@@ -393,14 +461,16 @@ mod tests {
             }
             b
         });
-        for n in 0..good.len() {
-            let _ = receive(&good[..n]);
-        }
-        for i in 0..good.len() {
-            for bit in 0..8 {
-                let mut f = good.clone();
-                f[i] ^= 1 << bit;
-                let _ = receive(&f);
+        for good in [good, put_frame(&[b"abcdef", b"", &[7; 64]])] {
+            for n in 0..good.len() {
+                let _ = receive(&good[..n]);
+            }
+            for i in 0..good.len() {
+                for bit in 0..8 {
+                    let mut f = good.clone();
+                    f[i] ^= 1 << bit;
+                    let _ = receive(&f);
+                }
             }
         }
     }
