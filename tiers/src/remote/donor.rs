@@ -26,6 +26,8 @@ use crate::SlotId;
 
 /// A pooled client connection may sit idle this long before the donor closes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frame buffers above this are released after use instead of kept for the next frame.
+const KEEP_BUF_BYTES: usize = 1 << 20;
 /// Once a frame's first byte arrived, all of it must within this.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -334,6 +336,12 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
         wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
         if write_all(&mut conn, &out, Instant::now() + FRAME_TIMEOUT).is_err() {
             return;
+        }
+        // A peer's one big batch should not pin up to MAX_BODY_BYTES twice per connection.
+        for buf in [&mut inbuf, &mut out] {
+            if buf.capacity() > KEEP_BUF_BYTES {
+                *buf = Vec::new();
+            }
         }
     }
 }

@@ -254,3 +254,25 @@ fn the_rdma_probe_says_what_it_found() {
     assert!(rdma_probe_in(&dir).contains("mlx5_0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_peer_that_starts_late_is_met_and_counted() {
+    let a = donor(8);
+    let port = TcpListener::bind(LOOPBACK).unwrap().local_addr().unwrap().port();
+    let late: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let t = TcpTransport::new(&[a.local_addr(), late], TransportOptions::default());
+    let opts = RemoteOptions { slot_bytes: SLOT, replicas: 1, capacity_bytes: None, owner: 9 };
+    let t = RemoteTier::open(Box::new(t), opts).unwrap();
+    assert_eq!(t.usage().capacity_bytes, 8 * SLOT as u64, "only the donor that answered counts");
+    let opts = DonorOptions { donate_bytes: 8 * SLOT as u64, slot_bytes: SLOT, max_conns: 4 };
+    let b = DonorServer::start(late, opts).unwrap();
+    std::thread::sleep(DOWN_BACKOFF + Duration::from_millis(50));
+    let s = t.alloc().unwrap();
+    assert_eq!(t.usage().capacity_bytes, 16 * SLOT as u64, "the late donor is met at the next alloc");
+    for i in 0..2 {
+        let s = if i == 0 { s } else { t.alloc().unwrap() };
+        t.write(s, &pattern(i)).unwrap();
+    }
+    assert_eq!(a.used_slots() + b.used_slots(), 2);
+    assert!(b.used_slots() > 0, "the late donor takes granules too");
+}

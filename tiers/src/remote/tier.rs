@@ -71,6 +71,12 @@ pub struct RemoteTier {
     transport: Box<dyn Transport>,
     opts: RemoteOptions,
     slots: Mutex<SlotAllocator>,
+    /// Slots the tier hands out: the configured capacity, or what the peers met so far donate
+    /// divided by the replicas.
+    capacity_slots: AtomicU64,
+    donated_slots: AtomicU64,
+    /// Peers not met yet (they did not answer at start): met, and counted, when they answer.
+    unmet: Mutex<Vec<bool>>,
     places: Mutex<Vec<Option<Place>>>,
     down_until: Vec<Mutex<Option<Instant>>>,
     pending_frees: Mutex<Vec<Vec<RemoteSlot>>>,
@@ -98,49 +104,71 @@ impl RemoteTier {
             );
             return Err(open_err(names, msg));
         }
-        let down_until: Vec<_> = (0..n).map(|_| Mutex::new(None)).collect();
-        let mut donated_slots = 0;
-        for (p, down) in down_until.iter().enumerate() {
-            match transport.stat(p) {
-                Ok(s) if s.slot_bytes as usize != opts.slot_bytes => {
-                    let msg = format!(
-                        "peer {} serves {}-byte slots, this node's granule is {} bytes: every node needs the same granule",
-                        transport.peer_name(p),
-                        s.slot_bytes,
-                        opts.slot_bytes
-                    );
-                    return Err(open_err(names, msg));
-                }
-                Ok(s) => {
-                    donated_slots += s.capacity_slots;
-                    match transport.reset(p, opts.owner) {
-                        Ok(0) => {}
-                        Ok(k) => {
-                            log::info!("remote tier: freed {k} slots an earlier run left on {}", transport.peer_name(p))
-                        }
-                        Err(e) => log::warn!("remote tier: {e}"),
-                    }
-                }
-                Err(e) => {
-                    log::warn!("remote tier: {e}; will retry it");
-                    *down.lock().unwrap() = Some(Instant::now() + DOWN_BACKOFF);
-                }
-            }
-        }
-        let max_slots = match opts.capacity_bytes {
-            Some(c) => c / opts.slot_bytes as u64,
-            None => donated_slots / opts.replicas as u64,
-        };
-        Ok(RemoteTier {
+        let t = RemoteTier {
             transport,
             opts,
-            slots: Mutex::new(SlotAllocator::new(max_slots)),
+            slots: Mutex::new(SlotAllocator::new(SlotId::MAX as u64)),
+            capacity_slots: AtomicU64::new(opts.capacity_bytes.map_or(0, |c| c / opts.slot_bytes as u64)),
+            donated_slots: AtomicU64::new(0),
+            unmet: Mutex::new(vec![true; n]),
             places: Mutex::new(Vec::new()),
-            down_until,
+            down_until: (0..n).map(|_| Mutex::new(None)).collect(),
             pending_frees: Mutex::new(vec![Vec::new(); n]),
             counters: RemoteCounters::default(),
             last_fallback_log: Mutex::new(None),
-        })
+        };
+        for p in 0..n {
+            if let Err(Meet::WrongGranule(msg)) = t.meet(p) {
+                return Err(open_err(names, msg));
+            }
+        }
+        Ok(t)
+    }
+
+    /// First contact with `peer`: its slot size must be ours; it counts towards the capacity;
+    /// whatever an earlier run of this node left there is freed (RESET).
+    fn meet(&self, peer: usize) -> Result<(), Meet> {
+        let name = self.transport.peer_name(peer);
+        let s = match self.transport.stat(peer) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("remote tier: {e}; will retry it");
+                *self.down_until[peer].lock().unwrap() = Some(Instant::now() + DOWN_BACKOFF);
+                return Err(Meet::NoAnswer);
+            }
+        };
+        if s.slot_bytes as usize != self.opts.slot_bytes {
+            return Err(Meet::WrongGranule(format!(
+                "peer {name} serves {}-byte slots, this node's granule is {} bytes: every node needs the same granule",
+                s.slot_bytes, self.opts.slot_bytes
+            )));
+        }
+        self.unmet.lock().unwrap()[peer] = false;
+        match self.transport.reset(peer, self.opts.owner) {
+            Ok(0) => {}
+            Ok(k) => log::info!("remote tier: freed {k} slots an earlier run left on {name}"),
+            Err(e) => log::warn!("remote tier: {e}"),
+        }
+        let donated = self.donated_slots.fetch_add(s.capacity_slots, Relaxed) + s.capacity_slots;
+        if self.opts.capacity_bytes.is_none() {
+            self.capacity_slots.store(donated / self.opts.replicas as u64, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Meet the peers that did not answer at start, if they are due for a retry.
+    fn meet_latecomers(&self) {
+        let due: Vec<usize> = {
+            let unmet = self.unmet.lock().unwrap();
+            (0..unmet.len()).filter(|&p| unmet[p] && self.is_up(p)).collect()
+        };
+        for p in due {
+            if let Err(Meet::WrongGranule(msg)) = self.meet(p) {
+                // Never usable: keep it out of every write and read order for an hour at a time.
+                log::error!("remote tier: {msg}; not using that peer");
+                *self.down_until[p].lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
+            }
+        }
     }
 
     fn is_up(&self, peer: usize) -> bool {
@@ -221,6 +249,11 @@ impl RemoteTier {
     }
 }
 
+enum Meet {
+    NoAnswer,
+    WrongGranule(String),
+}
+
 /// Why one granule's write or read did not succeed, per peer tried.
 #[derive(Default)]
 struct Failures {
@@ -252,14 +285,20 @@ impl Tier for RemoteTier {
     }
 
     fn alloc(&self) -> Result<SlotId, TierError> {
+        self.meet_latecomers();
         // Without enough healthy peers no write can succeed: say so before any transfer.
-        let up = (0..self.transport.peer_count()).filter(|&p| self.is_up(p)).count();
+        let unmet = self.unmet.lock().unwrap().clone();
+        let up = (0..self.transport.peer_count()).filter(|&p| !unmet[p] && self.is_up(p)).count();
         if up < self.opts.replicas {
             let detail = format!("{up} of the peers answer, {} copies are needed", self.opts.replicas);
             return Err(TierError::Unavailable { tier: NAME, detail });
         }
         let mut s = self.slots.lock().unwrap();
-        s.alloc().ok_or(TierError::Full { tier: NAME, used_bytes: s.used() * self.opts.slot_bytes as u64 })
+        let full = TierError::Full { tier: NAME, used_bytes: s.used() * self.opts.slot_bytes as u64 };
+        if s.used() >= self.capacity_slots.load(Relaxed) {
+            return Err(full);
+        }
+        s.alloc().ok_or(full)
     }
 
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
@@ -455,7 +494,8 @@ impl Tier for RemoteTier {
         let s = self.slots.lock().unwrap();
         let used_slots = s.used();
         let slot_bytes = self.opts.slot_bytes as u64;
-        TierUsage { capacity_bytes: s.max_slots() * slot_bytes, used_bytes: used_slots * slot_bytes, used_slots }
+        let capacity_bytes = self.capacity_slots.load(Relaxed) * slot_bytes;
+        TierUsage { capacity_bytes, used_bytes: used_slots * slot_bytes, used_slots }
     }
 }
 
