@@ -176,6 +176,12 @@ impl Daemon {
     /// Starts a daemon with `--dram-budget budget --granule granule` and `extra` flags, and
     /// waits until its socket accepts connections.
     pub fn start(budget: &str, granule: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_under(&[], budget, granule, extra)
+    }
+
+    /// [`Daemon::start`] through a command prefix, e.g. `["ip", "netns", "exec", "NS"]` (which
+    /// execs the daemon, so the pid is still the daemon's).
+    pub fn start_under(prefix: &[&str], budget: &str, granule: &str, extra: &[&str]) -> Daemon {
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("pager.sock");
         let state_dir = dir.path().join("state");
@@ -183,7 +189,14 @@ impl Daemon {
         let log_path = dir.path().join("holo-pager.log");
         let log = fs::File::create(&log_path).unwrap();
 
-        let mut cmd = Command::new(bin("holo-pager"));
+        let mut cmd = match prefix.split_first() {
+            None => Command::new(bin("holo-pager")),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("holo-pager"));
+                c
+            }
+        };
         cmd.arg("--socket").arg(&socket);
         cmd.arg("--state-dir").arg(&state_dir);
         cmd.args(["--dram-budget", budget, "--granule", granule]);

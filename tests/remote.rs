@@ -3,9 +3,11 @@
 //! memory, two copies each. One donor is killed with SIGKILL while the program holds its
 //! data; every byte still verifies, served from the surviving copies.
 //!
-//! Loopback, not network namespaces: the harness's daemons share the test's namespace (their
-//! Unix sockets are paths, so namespaces would work, but loopback keeps the test short).
-//! `holo-bench remote` does measure across a veth pair between two namespaces.
+//! The first test runs on loopback. The second puts each donor in its own network namespace,
+//! joined to the node by a veth pair, and cuts one donor's link (link down: its packets vanish,
+//! nothing answers, unlike a killed process whose kernel refuses connections): reads wait out
+//! `remote_timeout_ms` and fall back to the other copy; brought back up, the donor is used again.
+//! The daemons' Unix sockets are paths, so `holoctl` and the shim reach them in any namespace.
 
 use std::fs;
 use std::process::Command;
@@ -15,9 +17,14 @@ use holo_e2e::*;
 
 /// A daemon that donates `donate` on an ephemeral loopback port; returns it and its address.
 fn donor(config_dir: &TempDir, name: &str, donate: &str) -> (Daemon, String) {
+    donor_at(config_dir, name, donate, "127.0.0.1", &[])
+}
+
+/// A donor listening on `ip` (port chosen by the kernel), started under `prefix`.
+fn donor_at(config_dir: &TempDir, name: &str, donate: &str, ip: &str, prefix: &[&str]) -> (Daemon, String) {
     let conf = config_dir.path().join(format!("{name}.toml"));
-    fs::write(&conf, format!("donate = \"{donate}\"\ndata_listen = \"127.0.0.1:0\"\n")).unwrap();
-    let d = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap()]);
+    fs::write(&conf, format!("donate = \"{donate}\"\ndata_listen = \"{ip}:0\"\n")).unwrap();
+    let d = Daemon::start_under(prefix, "16M", "64K", &["--config", conf.to_str().unwrap()]);
     let log = d.log();
     let addr = log
         .lines()
@@ -26,6 +33,52 @@ fn donor(config_dir: &TempDir, name: &str, donate: &str) -> (Daemon, String) {
         .unwrap_or_else(|| panic!("donor {name} did not log its data address\n{}", d.report_log()))
         .to_string();
     (d, addr)
+}
+
+/// Network namespaces `holo-e2e-PID-{b,c}`, each joined to this namespace by a veth pair
+/// (10.214.N.1 here, 10.214.N.2 there). Removed on drop, with the veths.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Namespaces {
+    fn new(n: usize) -> Namespaces {
+        let pid = std::process::id();
+        let mut ns = Namespaces { names: Vec::new() };
+        for i in 1..=n {
+            let name = format!("holo-e2e-{pid}-{i}");
+            let (here, there) = (format!("he{pid}x{i}"), format!("he{pid}y{i}"));
+            ip(&["netns", "add", &name]);
+            ns.names.push(name.clone());
+            ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+            ip(&["link", "set", &there, "netns", &name]);
+            ip(&["addr", "add", &format!("10.214.{i}.1/24"), "dev", &here]);
+            ip(&["-n", &name, "addr", "add", &format!("10.214.{i}.2/24"), "dev", &there]);
+            ip(&["link", "set", &here, "up"]);
+            ip(&["-n", &name, "link", "set", &there, "up"]);
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+
+    /// Bring the link of namespace `i` (1-based) down or up, from its side.
+    fn link(&self, i: usize, up: bool) {
+        let there = format!("he{}y{i}", std::process::id());
+        ip(&["-n", &self.names[i - 1], "link", "set", &there, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
 }
 
 fn remote_row(d: &Daemon) -> serde_json::Value {
@@ -91,6 +144,53 @@ fn a_program_spills_to_two_donors_and_survives_losing_one() {
     let fs = node.tier("fs");
     out.check(&node, fs.evictions > 0 && fs.refaults > 0, &format!("granules should overflow to fs: {fs:?}"));
     drop(donor_b);
+}
+
+#[test]
+fn a_donor_cut_off_by_its_link_is_waited_out_then_used_again() {
+    let _heavy = heavy();
+    let ns = Namespaces::new(2);
+    let confs = TempDir::new("remote-conf");
+    let exec = |i: usize| ["ip", "netns", "exec", ns.names[i - 1].as_str()];
+    let (_donor_b, addr_b) = donor_at(&confs, "b", "160M", "10.214.1.2", &exec(1));
+    let (_donor_c, addr_c) = donor_at(&confs, "c", "160M", "10.214.2.2", &exec(2));
+    let conf = confs.path().join("node.toml");
+    let peers = format!("remote_peers = [\"{addr_b}\", \"{addr_c}\"]\nremote_timeout_ms = 300\n");
+    fs::write(&conf, peers).unwrap();
+    let node = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M"]);
+
+    let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
+    let remote = remote_row(&node);
+    assert!(remote["pages"].as_u64().unwrap_or(0) * 4096 >= 48 << 20, "{remote}\n{}", node.report());
+
+    ns.link(1, false);
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&node).assert_stdout_has(&node, "ok");
+    let log = node.log();
+    out.check(
+        &node,
+        log.contains(&format!("peer {addr_b} did not answer within 300 ms")),
+        "the cut donor should time out",
+    );
+    out.check(&node, log.contains("fallback reads"), "reads should fall back to the other copy");
+    let tiers = node.holoctl_json(&["tiers"]);
+    out.check(&node, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail when one copy answers");
+
+    // Link back up: after the back-off the donor takes copies again.
+    ns.link(1, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    let out = run_shimmed(&node, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&node).assert_managed(&node).assert_stdout_has(&node, "fill_verify: verified 67108864 bytes");
+    let after = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    out.check(&node, after > before, &format!("the remote tier should take granules again ({before} -> {after})"));
+    out.check(
+        &node,
+        node.log().contains(&format!("peer {addr_b} answers again")),
+        "the node should say the donor is back",
+    );
 }
 
 #[test]

@@ -154,10 +154,17 @@ impl Store {
             }
             let mut placed: Vec<(usize, SlotId)> = Vec::new();
             let mut overflow = Vec::new();
+            // The last tier's own reason (full, or its peers down) is what the caller sees.
+            let last = level + 1 == self.levels.len();
             for &k in &todo {
                 match l.tier.alloc() {
                     Ok(at) => placed.push((k, at)),
-                    Err(e) if e.is_full() => overflow.push(k),
+                    Err(e) if e.is_full() => {
+                        overflow.push(k);
+                        if last {
+                            out[k] = Some(Err(e));
+                        }
+                    }
                     Err(e) => out[k] = Some(Err(e)),
                 }
             }
@@ -169,7 +176,8 @@ impl Store {
                         l.tier.free(at);
                         if e.is_full() {
                             overflow.push(k);
-                        } else {
+                        }
+                        if !e.is_full() || last {
                             out[k] = Some(Err(e));
                         }
                     }
