@@ -17,8 +17,9 @@ trap 'rm -rf "$TMP"' EXIT
 
 # --- Debian packages ------------------------------------------------------------------
 # build-essential: cc for the C test programs; pkg-config: build scripts; memtester: run
-# under the shim by an e2e test; util-linux, procps: everyday tools the e2e tests call.
-PACKAGES=(build-essential pkg-config memtester util-linux procps)
+# under the shim by an e2e test; util-linux, procps: everyday tools the e2e tests call;
+# iproute2: network namespaces and veth pairs of the remote-tier e2e test.
+PACKAGES=(build-essential pkg-config memtester util-linux procps iproute2)
 
 pkg_installed() {
     # Not `dpkg -s | grep -q`: with pipefail, grep quitting early can SIGPIPE dpkg.
