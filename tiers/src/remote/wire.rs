@@ -324,6 +324,19 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
     Ok(req)
 }
 
+/// Decode one whole request frame of outside bytes, as a donor does (header, caps, checksums,
+/// body); for fuzzing and tests. Bytes past the frame are ignored.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Header, Request<'_>), WireError> {
+    let h = decode_header(bytes)?;
+    let body = &bytes[HEADER_BYTES..];
+    if body.len() < h.body_len {
+        return Err(WireError::Truncated { what: "body", need: h.body_len, have: body.len() });
+    }
+    let body = &body[..h.body_len];
+    verify_body(&h, body)?;
+    Ok((h, decode_request(h.op, body, h.ctrl_len)?))
+}
+
 /// Control bytes per item of a GET answer: status u8, len u32, checksum.
 pub const GET_ANSWER_ITEM_CTRL: usize = 1 + 4 + 32;
 /// Control bytes per item of a PUT request: len u32, checksum.
