@@ -1,6 +1,8 @@
 //! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]`
 //! `holo-bench swap [...]`: holo against kernel swap (swapfile, zram) and the disk, see `swap.rs`.
 //! `holo-bench threads [...]`: fault throughput with 1-8 faulting threads, see `threads.rs`.
+//! `holo-bench remote [...]`: remote fetch latency of a 64 KiB granule against raw TCP, on
+//! loopback, an unshaped veth and a veth held to 1 Gbit/s, see `remote.rs`.
 //!
 //! Refault latency of holo against a minimal raw userfaultfd handler measured in the same run.
 //! Both contenders run the same C access loop (`bench/c/access.h`): one read of one random
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 mod plot;
+mod remote;
 mod swap;
 mod threads;
 
@@ -41,7 +44,8 @@ const DRAM_BUDGET_MIB: u64 = 64;
 const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]\n       \
-                     holo-bench swap --help\n       holo-bench threads --help";
+                     holo-bench swap --help\n       holo-bench threads --help\n       \
+                     holo-bench remote --help";
 
 type Result<T> = std::result::Result<T, String>;
 const BUDGET_PAGES: u64 = (DRAM_BUDGET_MIB << 20) / 4096;
@@ -60,6 +64,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("swap") => std::process::exit(swap::main(&args[1..])),
         Some("threads") => std::process::exit(threads::main(&args[1..])),
+        Some("remote") => std::process::exit(remote::main(&args[1..])),
         _ => {}
     }
     let opts = match parse_args(&args) {
@@ -78,7 +83,7 @@ fn main() {
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     if it.next().map(String::as_str) != Some("refault") {
-        return Err("the benchmarks are `refault`, `swap` and `threads`".into());
+        return Err("the benchmarks are `refault`, `swap`, `threads` and `remote`".into());
     }
     let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None };
     while let Some(a) = it.next() {

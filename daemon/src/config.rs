@@ -38,6 +38,15 @@ pub struct FileConfig {
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
     pub migration_rate: Option<String>,
+    // The data plane between nodes (remote.rs).
+    pub donate: Option<String>,
+    pub data_listen: Option<String>,
+    pub remote_peers: Option<Vec<String>>,
+    pub remote_replicas: Option<usize>,
+    pub remote_capacity: Option<String>,
+    pub remote_timeout_ms: Option<u64>,
+    pub remote_max_inflight: Option<usize>,
+    pub remote_order: Option<String>,
     pub metrics_listen: Option<String>,
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
@@ -85,6 +94,8 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// Bytes a second that demotion between the lower tiers may move.
     pub migration_rate_bytes: u64,
+    /// Memory donated to peers and the remote tier.
+    pub remote: crate::remote::RemoteConfig,
     /// `None`: no cluster, the daemon works alone.
     pub cluster: Option<ClusterConfig>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
@@ -289,6 +300,19 @@ impl Config {
             flags.cluster_listen.or(fc.cluster_listen),
             flags.cluster_advertise.or(fc.cluster_advertise),
         )?;
+        let remote = crate::remote::RemoteConfig::build(
+            crate::remote::RemoteKeys {
+                donate: fc.donate,
+                data_listen: fc.data_listen,
+                remote_peers: fc.remote_peers,
+                remote_replicas: fc.remote_replicas,
+                remote_capacity: fc.remote_capacity,
+                remote_timeout_ms: fc.remote_timeout_ms,
+                remote_max_inflight: fc.remote_max_inflight,
+                remote_order: fc.remote_order,
+            },
+            granule_bytes,
+        )?;
         let state_dir: PathBuf = flags.state_dir.or(fc.state_dir).unwrap_or_else(|| "/var/lib/holo".into());
         let max_clients = fc.max_clients.unwrap_or(256);
         if max_clients == 0 {
@@ -320,6 +344,7 @@ impl Config {
             cgroup_margin_bytes,
             pressure_interval_ms,
             cluster,
+            remote,
         })
     }
 }
@@ -403,71 +428,50 @@ mod tests {
         }
     }
 
-    /// Every key of the example config (systemd/holo-pager.toml) is one the daemon knows, and
-    /// every key the daemon knows is in the example: uncomment its `# key = value` lines and
-    /// parse them, then require every field (the destructuring fails to compile when a field
-    /// is added and not listed here).
-    #[test]
-    fn example_config_documents_every_key() {
-        let example = include_str!("../../systemd/holo-pager.toml");
-        let uncommented: String = example
-            .lines()
-            .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let fc: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
-        let FileConfig {
-            socket,
-            state_dir,
-            dram_budget,
-            granule,
-            allow_uids,
-            allow_gids,
-            max_clients,
-            zap_timeout_ms,
-            log_level,
-            pressure_target_pct,
-            min_budget,
-            cgroup_margin,
-            pressure_interval_ms,
-            nvme_path,
-            nvme_capacity,
-            fs_dir,
-            fs_capacity,
-            migration_rate,
-            metrics_listen,
-            node_id,
-            cluster_listen,
-            cluster_advertise,
-        } = fc;
-        let present = [
-            ("socket", socket.is_some()),
-            ("state_dir", state_dir.is_some()),
-            ("dram_budget", dram_budget.is_some()),
-            ("granule", granule.is_some()),
-            ("allow_uids", allow_uids.is_some()),
-            ("allow_gids", allow_gids.is_some()),
-            ("max_clients", max_clients.is_some()),
-            ("zap_timeout_ms", zap_timeout_ms.is_some()),
-            ("log_level", log_level.is_some()),
-            ("pressure_target_pct", pressure_target_pct.is_some()),
-            ("min_budget", min_budget.is_some()),
-            ("cgroup_margin", cgroup_margin.is_some()),
-            ("pressure_interval_ms", pressure_interval_ms.is_some()),
-            ("nvme_path", nvme_path.is_some()),
-            ("nvme_capacity", nvme_capacity.is_some()),
-            ("fs_dir", fs_dir.is_some()),
-            ("fs_capacity", fs_capacity.is_some()),
-            ("migration_rate", migration_rate.is_some()),
-            ("metrics_listen", metrics_listen.as_deref() == Some(DEFAULT_METRICS_LISTEN)),
-            ("node_id", node_id.is_some()),
-            ("cluster_listen", cluster_listen.is_some()),
-            ("cluster_advertise", cluster_advertise.is_some()),
-        ];
-        for (key, ok) in present {
-            assert!(ok, "systemd/holo-pager.toml does not show `# {key} = ...` (with its default)");
+    /// Lists the fields serde would read for a struct, then stops.
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for &Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
         }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(serde::de::Error::custom("fields listed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    #[test]
+    fn every_config_key_is_documented_in_the_example_config() {
+        use serde::Deserialize;
+        let fields = Fields(std::cell::Cell::new(&[]));
+        let _ = FileConfig::deserialize(&fields);
+        assert!(fields.0.get().contains(&"donate"), "{:?}", fields.0.get());
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/holo-pager.toml");
+        let example = std::fs::read_to_string(path).unwrap();
+        // `# key = value` lines (prose may contain " = " too, after other words).
+        let setting = |l: &'static str| -> Option<(&'static str, &'static str)> {
+            let l = l.strip_prefix("# ").unwrap_or(l);
+            let (k, _) = l.split_once(" = ")?;
+            k.chars().all(|c| c.is_ascii_lowercase() || c == '_').then_some((k, l))
+        };
+        let example: &'static str = example.leak();
+        let keys: Vec<&str> = example.lines().filter_map(setting).map(|(k, _)| k).collect();
+        for f in fields.0.get() {
+            assert!(keys.contains(f), "config key {f} is not documented in systemd/holo-pager.toml");
+        }
+        // And the example, uncommented, is a valid config.
+        let text = example.lines().filter_map(setting).map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+        Config::from_toml_str(&text, path, Default::default()).unwrap();
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
+//! * [`remote`]: memory donated to peers, and the remote tier in theirs.
 //! * [`service`]: logging and systemd notification.
 
 pub mod arc;
@@ -23,6 +24,7 @@ pub mod pager;
 pub mod pagetable;
 pub mod prefetch;
 pub mod pressure;
+pub mod remote;
 pub mod server;
 pub mod service;
 pub mod state;

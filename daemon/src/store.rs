@@ -137,7 +137,8 @@ impl Entry {
 }
 
 impl Store {
-    /// The tiers the configuration asks for, fastest first: NVMe, then FS if configured.
+    /// The tiers the configuration asks for, fastest first: NVMe, then remote DRAM if
+    /// `remote_peers` lists any (before NVMe with `remote_order = "before-nvme"`), then FS.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -148,6 +149,10 @@ impl Store {
             );
         }
         let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
+        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket)? {
+            let at = if config.remote.order == crate::remote::RemoteOrder::BeforeNvme { 0 } else { 1 };
+            tiers.insert(at, Box::new(remote));
+        }
         if let Some(dir) = &config.fs_dir {
             // One directory per node, so that nodes sharing the mount never touch each
             // other's slots.
@@ -269,10 +274,17 @@ impl Store {
             }
             let mut placed: Vec<(usize, SlotId)> = Vec::new();
             let mut overflow = Vec::new();
+            // The last tier's own reason (full, or its peers down) is what the caller sees.
+            let last = level + 1 == self.levels.len();
             for &k in &todo {
                 match l.tier.alloc() {
                     Ok(at) => placed.push((k, at)),
-                    Err(e) if e.is_full() => overflow.push(k),
+                    Err(e) if e.is_full() => {
+                        overflow.push(k);
+                        if last {
+                            out[k] = Some(Err(e));
+                        }
+                    }
                     Err(e) => out[k] = Some(Err(e)),
                 }
             }
@@ -284,7 +296,8 @@ impl Store {
                         l.tier.free(at);
                         if e.is_full() {
                             overflow.push(k);
-                        } else {
+                        }
+                        if !e.is_full() || last {
                             out[k] = Some(Err(e));
                         }
                     }
@@ -385,7 +398,13 @@ impl Store {
                         used = used.saturating_sub(self.levels[level].tier.slot_bytes() as u64);
                     }
                     Err(e) => {
-                        log::warn!("demotion out of the {} tier failed: {e}", self.levels[level].tier.name());
+                        // The migrator retries every tick: say it once every 10 s, not 10 times a second.
+                        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+                        let mut last = LAST.lock().unwrap();
+                        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            *last = Some(Instant::now());
+                            log::warn!("demotion out of the {} tier failed: {e}", self.levels[level].tier.name());
+                        }
                         return moved;
                     }
                 }

@@ -30,9 +30,9 @@ fi
 # target name -> crate folder holding its fuzz/ directory
 declare -A CRATE=(
     [frame_decode]=pagers [frame_stream]=pagers
-    [config_toml]=daemon [parse_size]=daemon [proc_parsers]=daemon [metrics_request]=daemon
+    [config_toml]=daemon [parse_size]=daemon [proc_parsers]=daemon [metrics_request]=daemon [remote_frame]=daemon
 )
-ORDER=(frame_decode frame_stream config_toml parse_size proc_parsers metrics_request)
+ORDER=(frame_decode frame_stream config_toml parse_size proc_parsers metrics_request remote_frame)
 targets=("$@")
 ((${#targets[@]})) || targets=("${ORDER[@]}")
 

@@ -14,6 +14,9 @@
 //!   FsTier    one file per slot in a directory of a (shared) mount, checksum in the file
 //! ```
 //!
+//! [`remote`] adds a tier in the DRAM that peers donate, reached through a [`remote::Transport`]
+//! (TCP), each granule on several peers; the daemon places it where its config says.
+//!
 //! A read whose bytes do not match the checksum written with them is
 //! [`TierError::Corrupt`], never data.
 
@@ -21,11 +24,13 @@ mod aligned;
 pub mod conformance;
 mod fsdir;
 mod nvme;
+pub mod remote;
 mod slots;
 
 pub use aligned::AlignedBuf;
 pub use fsdir::FsTier;
 pub use nvme::NvmeTier;
+pub use remote::RemoteTier;
 
 /// Index of a slot within a tier.
 pub type SlotId = u32;
@@ -42,15 +47,19 @@ pub enum TierError {
     Io { tier: &'static str, slot: SlotId, source: std::io::Error },
     #[error("{tier} tier slot {slot} is corrupt: {detail}")]
     Corrupt { tier: &'static str, slot: SlotId, detail: String },
+    /// Not enough of the tier's machinery answers (remote peers down): like `Full`, the
+    /// caller may try the next tier.
+    #[error("{tier} tier cannot take the granule: {detail}")]
+    Unavailable { tier: &'static str, detail: String },
     #[error("cannot open {tier} tier at {path}: {source}")]
     Open { tier: &'static str, path: String, source: std::io::Error },
 }
 
 impl TierError {
-    /// Out of space: the caller may try the next tier.
+    /// Out of space (or, for the remote tier, out of reach): the caller may try the next tier.
     pub fn is_full(&self) -> bool {
         match self {
-            TierError::Full { .. } => true,
+            TierError::Full { .. } | TierError::Unavailable { .. } => true,
             TierError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
             _ => false,
         }

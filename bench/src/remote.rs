@@ -1,0 +1,374 @@
+//! `holo-bench remote [--rounds N] [--fetches N] [--out FILE]`: remote fetch latency of one
+//! 64 KiB granule through holo's data plane, against raw TCP round trips of the same size
+//! measured in the same run.
+//!
+//! * `raw`: one TCP connection (TCP_NODELAY); the client writes a 16-byte request, the server
+//!   answers with 64 KiB from a prefilled buffer. The floor: the network and the kernel.
+//! * `holo`: `RemoteTier::read` of a whole granule from a `DonorServer` (one replica; the
+//!   healthy path reads one copy whatever the replica count): the wire frame, BLAKE3 of the
+//!   donor's slot before sending, BLAKE3 of the frame on both sides, the copies.
+//!
+//! Three links, each fetch timed alone (one in flight):
+//! * `loopback`: both ends in this network namespace, 127.0.0.1;
+//! * `veth`: client and server in two network namespaces joined by a veth pair, unshaped;
+//! * `veth-1gbit`: a second veth pair between the same namespaces, both ends held to 1 Gbit/s
+//!   by `tc qdisc add ... tbf rate 1gbit burst 128kb latency 50ms`. 64 KiB take 0.52 ms on
+//!   such a wire alone.
+//!
+//! The namespaces are set up at start and torn down at the end (or on error); without root or
+//! iproute2 or the tbf qdisc the benchmark refuses, saying which step failed. Within a round,
+//! contenders alternate per link (raw, holo); the summary is the median over rounds of each
+//! round's percentile.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use holo_tiers::remote::{DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
+use holo_tiers::{RemoteTier, Tier};
+use serde_json::{json, Value};
+
+use crate::swap::{check_interrupt, stop_on_signals};
+use crate::{median, percentiles, workspace_root};
+
+type Result<T> = std::result::Result<T, String>;
+
+const USAGE: &str = "usage: holo-bench remote [--rounds N] [--fetches N] [--out FILE]
+defaults: 3 rounds, 2000 fetches per contender, link and round; needs root (network namespaces, tc)";
+const GRANULE: usize = 64 << 10;
+/// Granules stored on the donor; fetches pick among them at random.
+const SLOTS: u32 = 256;
+const WARMUP: usize = 50;
+const LINKS: [&str; 3] = ["loopback", "veth", "veth-1gbit"];
+
+struct Opts {
+    rounds: usize,
+    fetches: usize,
+    out: Option<PathBuf>,
+}
+
+pub fn main(args: &[String]) -> i32 {
+    let o = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            return 2;
+        }
+    };
+    stop_on_signals();
+    match remote(&o) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("holo-bench remote: {e}");
+            1
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Opts> {
+    let mut o = Opts { rounds: 3, fetches: 2000, out: None };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value")).cloned();
+        match a.as_str() {
+            "--rounds" => o.rounds = value()?.parse().map_err(|_| "--rounds needs a number")?,
+            "--fetches" => o.fetches = value()?.parse().map_err(|_| "--fetches needs a number")?,
+            "--out" => o.out = Some(value()?.into()),
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    if o.rounds == 0 || o.fetches == 0 {
+        return Err("--rounds and --fetches must be positive".into());
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces
+
+/// Namespaces `a` (client) and `b` (server), veth pair 0 (10.213.0.0/24, unshaped) and pair 1
+/// (10.213.1.0/24, tbf 1 Gbit/s both ways). Removed on drop.
+struct Netns {
+    a: String,
+    b: String,
+}
+
+const VETH_SERVER: &str = "10.213.0.2";
+const SHAPED_SERVER: &str = "10.213.1.2";
+
+fn run(what: &str, args: &[&str]) -> Result<()> {
+    let out =
+        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{what}: cannot run {}: {e}", args[0]))?;
+    if !out.status.success() {
+        return Err(format!("{what}: `{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn setup() -> Result<Netns> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the veth links need root (network namespaces, veth, tc); refusing".into());
+        }
+        let pid = std::process::id();
+        let ns = Netns { a: format!("holo-bench-{pid}-a"), b: format!("holo-bench-{pid}-b") };
+        let (a, b) = (ns.a.as_str(), ns.b.as_str());
+        let netns = "network namespaces (iproute2)";
+        run(netns, &["ip", "netns", "add", a])?;
+        run(netns, &["ip", "netns", "add", b])?;
+        for (i, (va, vb)) in
+            [(format!("hb{pid}a0"), format!("hb{pid}b0")), (format!("hb{pid}a1"), format!("hb{pid}b1"))]
+                .iter()
+                .enumerate()
+        {
+            let veth = "veth pair";
+            run(veth, &["ip", "link", "add", va, "type", "veth", "peer", "name", vb])?;
+            run(veth, &["ip", "link", "set", va, "netns", a])?;
+            run(veth, &["ip", "link", "set", vb, "netns", b])?;
+            run(veth, &["ip", "-n", a, "addr", "add", &format!("10.213.{i}.1/24"), "dev", va])?;
+            run(veth, &["ip", "-n", b, "addr", "add", &format!("10.213.{i}.2/24"), "dev", vb])?;
+            run(veth, &["ip", "-n", a, "link", "set", va, "up"])?;
+            run(veth, &["ip", "-n", b, "link", "set", vb, "up"])?;
+            if i == 1 {
+                let tbf = "1 Gbit/s shaping (tc tbf; is sch_tbf available?)";
+                for (n, dev) in [(a, va), (b, vb)] {
+                    run(
+                        tbf,
+                        &[
+                            "ip", "netns", "exec", n, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "1gbit",
+                            "burst", "128kb", "latency", "50ms",
+                        ],
+                    )?;
+                }
+            }
+        }
+        run(netns, &["ip", "-n", a, "link", "set", "lo", "up"])?;
+        run(netns, &["ip", "-n", b, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends in it, and their qdiscs.
+        for n in [&self.a, &self.b] {
+            if let Err(e) = run("teardown", &["ip", "netns", "del", n]) {
+                eprintln!("holo-bench remote: {e}");
+            }
+        }
+    }
+}
+
+/// Run `f` on a thread that has entered network namespace `ns` (None: this one). Sockets
+/// made there stay in that namespace, whichever thread uses them later.
+fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = ns {
+                let path = format!("/run/netns/{ns}");
+                let f = fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+                // SAFETY: setns on a valid namespace fd; it changes only this thread.
+                if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns {ns}: {}", std::io::Error::last_os_error()));
+                }
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| "a benchmark thread panicked".to_string())?
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contenders
+
+/// The raw server: for each 16-byte request (length u64, unused u64), that many bytes.
+fn raw_server(listen: &str) -> Result<SocketAddr> {
+    let l = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let data = vec![0x5Au8; GRANULE];
+        for conn in l.incoming().flatten() {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut c = conn;
+                let _ = c.set_nodelay(true);
+                let mut req = [0u8; 16];
+                while c.read_exact(&mut req).is_ok() {
+                    let n = (u64::from_le_bytes(req[..8].try_into().unwrap()) as usize).min(GRANULE);
+                    if c.write_all(&data[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct Servers {
+    _donor: DonorServer,
+    donor_port: u16,
+    raw_port: u16,
+}
+
+fn servers(listen_ip: &str) -> Result<Servers> {
+    let opts =
+        DonorOptions { donate_bytes: (2 * SLOTS as u64 + 16) * GRANULE as u64, slot_bytes: GRANULE, max_conns: 64 };
+    let donor =
+        DonorServer::start(format!("{listen_ip}:0").parse().unwrap(), opts).map_err(|e| format!("donor: {e}"))?;
+    let raw = raw_server(&format!("{listen_ip}:0"))?;
+    Ok(Servers { donor_port: donor.local_addr().port(), _donor: donor, raw_port: raw.port() })
+}
+
+/// A remote tier on the donor at `addr`, holding `SLOTS` granules.
+fn holo_client(addr: SocketAddr, owner: u64) -> Result<RemoteTier> {
+    let t = TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8 });
+    let opts = RemoteOptions { slot_bytes: GRANULE, replicas: 1, capacity_bytes: None, owner };
+    let tier = RemoteTier::open(Box::new(t), opts).map_err(|e| e.to_string())?;
+    let data: Vec<Vec<u8>> = (0..SLOTS).map(|s| (0..GRANULE).map(|i| (i as u32 ^ s) as u8).collect()).collect();
+    for (s, d) in data.iter().enumerate() {
+        let slot = tier.alloc().map_err(|e| e.to_string())?;
+        assert_eq!(slot, s as u32);
+        tier.write(slot, d).map_err(|e| e.to_string())?;
+    }
+    Ok(tier)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn time_raw(addr: SocketAddr, fetches: usize) -> Result<Vec<u64>> {
+    let mut c = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    c.set_nodelay(true).unwrap();
+    let mut req = [0u8; 16];
+    req[..8].copy_from_slice(&(GRANULE as u64).to_le_bytes());
+    let mut buf = vec![0u8; GRANULE];
+    let mut ns = Vec::with_capacity(fetches);
+    for i in 0..WARMUP + fetches {
+        let t = Instant::now();
+        c.write_all(&req).and_then(|()| c.read_exact(&mut buf)).map_err(|e| format!("raw fetch: {e}"))?;
+        if i >= WARMUP {
+            ns.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(ns)
+}
+
+fn time_holo(tier: &RemoteTier, fetches: usize, seed: u64) -> Result<Vec<u64>> {
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; GRANULE];
+    let mut ns = Vec::with_capacity(fetches);
+    for i in 0..WARMUP + fetches {
+        let slot = (rng.next() % SLOTS as u64) as u32;
+        let t = Instant::now();
+        tier.read(slot, 0, &mut buf).map_err(|e| format!("holo fetch: {e}"))?;
+        let el = t.elapsed().as_nanos() as u64;
+        if buf[1] != (1 ^ slot) as u8 {
+            return Err(format!("holo fetch of slot {slot} returned another granule's bytes"));
+        }
+        if i >= WARMUP {
+            ns.push(el);
+        }
+    }
+    Ok(ns)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn remote(o: &Opts) -> Result<()> {
+    let ns = Netns::setup()?;
+    let (a, b) = (ns.a.clone(), ns.b.clone());
+    let lo = servers("127.0.0.1")?;
+    let far = in_netns(Some(&b), || servers("0.0.0.0"))?;
+    let lo_tier = holo_client(SocketAddr::from(([127, 0, 0, 1], lo.donor_port)), 1)?;
+    let addr = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let (veth_tier, shaped_tier) = in_netns(Some(&a), || {
+        Ok((holo_client(addr(VETH_SERVER, far.donor_port), 2)?, holo_client(addr(SHAPED_SERVER, far.donor_port), 3)?))
+    })?;
+    eprintln!(
+        "remote: 64 KiB fetches, {} per contender, link and round, {} rounds; links {}",
+        o.fetches,
+        o.rounds,
+        LINKS.join(", ")
+    );
+    let mut rows = Vec::new();
+    for round in 0..o.rounds {
+        for link in LINKS {
+            check_interrupt()?;
+            let (netns, raw_addr, tier) = match link {
+                "loopback" => (None, addr("127.0.0.1", lo.raw_port), &lo_tier),
+                "veth" => (Some(a.as_str()), addr(VETH_SERVER, far.raw_port), &veth_tier),
+                _ => (Some(a.as_str()), addr(SHAPED_SERVER, far.raw_port), &shaped_tier),
+            };
+            let (raw, holo) = in_netns(netns, || {
+                let raw = time_raw(raw_addr, o.fetches)?;
+                let holo = time_holo(tier, o.fetches, 0x5eed + round as u64)?;
+                Ok((raw, holo))
+            })?;
+            for (contender, ns) in [("raw", raw), ("holo", holo)] {
+                let p = percentiles(ns);
+                eprintln!(
+                    "  round {}/{} {link:10} {contender:4}: p50 {:.1} us, p99 {:.1} us",
+                    round + 1,
+                    o.rounds,
+                    p["p50_us"].as_f64().unwrap_or(f64::NAN),
+                    p["p99_us"].as_f64().unwrap_or(f64::NAN)
+                );
+                rows.push(json!({"round": round, "link": link, "contender": contender, "fetches": o.fetches,
+                                 "percentiles": p,
+                                 "loadavg": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()}));
+            }
+        }
+    }
+    drop((lo_tier, veth_tier, shaped_tier));
+    drop(ns);
+    let summary = print_summary(&rows, o.rounds);
+    let out = o.out.clone().unwrap_or_else(|| workspace_root().join("target/bench/remote.json"));
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    }
+    let doc =
+        json!({"benchmark": "remote", "granule_bytes": GRANULE, "rounds": o.rounds, "summary": summary, "runs": rows});
+    fs::write(&out, serde_json::to_string_pretty(&doc).unwrap())
+        .map_err(|e| format!("write {}: {e}", out.display()))?;
+    eprintln!("per-round numbers: {}", out.display());
+    Ok(())
+}
+
+fn print_summary(rows: &[Value], rounds: usize) -> Value {
+    let med = |link: &str, who: &str, q: &str| -> f64 {
+        median(
+            rows.iter()
+                .filter(|r| r["link"] == link && r["contender"] == who)
+                .filter_map(|r| r["percentiles"][q].as_f64())
+                .collect(),
+        )
+    };
+    println!("\nremote fetch of one 64 KiB granule, median over {rounds} rounds of each round's percentile\n");
+    println!("| link | raw TCP p50 us | holo p50 us | raw TCP p99 us | holo p99 us | p50 holo/raw | p99 holo/raw |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for link in LINKS {
+        let (r50, h50, r99, h99) = (
+            med(link, "raw", "p50_us"),
+            med(link, "holo", "p50_us"),
+            med(link, "raw", "p99_us"),
+            med(link, "holo", "p99_us"),
+        );
+        println!("| {link} | {r50:.1} | {h50:.1} | {r99:.1} | {h99:.1} | {:.2}x | {:.2}x |", h50 / r50, h99 / r99);
+        out.push(json!({"link": link, "raw_p50_us": r50, "holo_p50_us": h50, "raw_p99_us": r99, "holo_p99_us": h99}));
+    }
+    Value::Array(out)
+}

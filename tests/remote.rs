@@ -1,0 +1,209 @@
+//! The remote tier end to end: three real daemons on loopback. Two donate DRAM; the third has
+//! a small DRAM budget and a tiny NVMe tier, so a program's pages overflow into the donors'
+//! memory, two copies each. One donor is killed with SIGKILL while the program holds its
+//! data; every byte still verifies, served from the surviving copies.
+//!
+//! The first test runs on loopback. The second puts each donor in its own network namespace,
+//! joined to the node by a veth pair, and cuts one donor's link (link down: its packets vanish,
+//! nothing answers, unlike a killed process whose kernel refuses connections): reads wait out
+//! `remote_timeout_ms` and fall back to the other copy; brought back up, the donor is used again.
+//! The daemons' Unix sockets are paths, so `holoctl` and the shim reach them in any namespace.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use holo_e2e::*;
+
+/// A daemon that donates `donate` on an ephemeral loopback port; returns it and its address.
+fn donor(config_dir: &TempDir, name: &str, donate: &str) -> (Daemon, String) {
+    donor_at(config_dir, name, donate, "127.0.0.1", &[])
+}
+
+/// A donor listening on `ip` (port chosen by the kernel), started under `prefix`.
+fn donor_at(config_dir: &TempDir, name: &str, donate: &str, ip: &str, prefix: &[&str]) -> (Daemon, String) {
+    let conf = config_dir.path().join(format!("{name}.toml"));
+    fs::write(&conf, format!("donate = \"{donate}\"\ndata_listen = \"{ip}:0\"\n")).unwrap();
+    let d = Daemon::start_wrapped(prefix, "16M", "64K", &["--config", conf.to_str().unwrap()]);
+    let log = d.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("to peers on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("donor {name} did not log its data address\n{}", d.report_log()))
+        .to_string();
+    (d, addr)
+}
+
+/// Network namespaces `holo-e2e-PID-{b,c}`, each joined to this namespace by a veth pair
+/// (10.214.N.1 here, 10.214.N.2 there). Removed on drop, with the veths.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Namespaces {
+    fn new(n: usize) -> Namespaces {
+        let pid = std::process::id();
+        let mut ns = Namespaces { names: Vec::new() };
+        for i in 1..=n {
+            let name = format!("holo-e2e-{pid}-{i}");
+            let (here, there) = (format!("he{pid}x{i}"), format!("he{pid}y{i}"));
+            ip(&["netns", "add", &name]);
+            ns.names.push(name.clone());
+            ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+            ip(&["link", "set", &there, "netns", &name]);
+            ip(&["addr", "add", &format!("10.214.{i}.1/24"), "dev", &here]);
+            ip(&["-n", &name, "addr", "add", &format!("10.214.{i}.2/24"), "dev", &there]);
+            ip(&["link", "set", &here, "up"]);
+            ip(&["-n", &name, "link", "set", &there, "up"]);
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+
+    /// Bring the link of namespace `i` (1-based) down or up, from its side.
+    fn link(&self, i: usize, up: bool) {
+        let there = format!("he{}y{i}", std::process::id());
+        ip(&["-n", &self.names[i - 1], "link", "set", &there, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn remote_row(d: &Daemon) -> serde_json::Value {
+    let tiers = d.holoctl_json(&["tiers"]);
+    tiers["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "remote").cloned().unwrap_or_else(|| {
+        panic!("no remote tier in `holoctl tiers`: {tiers}\n{}", d.report_log());
+    })
+}
+
+#[test]
+fn a_program_spills_to_two_donors_and_survives_losing_one() {
+    let _heavy = heavy();
+    let confs = TempDir::new("remote-conf");
+    let (mut donor_a, addr_a) = donor(&confs, "a", "160M");
+    let (donor_b, addr_b) = donor(&confs, "b", "160M");
+    let fs_dir = TempDir::new("remote-fs");
+    let conf = confs.path().join("node.toml");
+    fs::write(
+        &conf,
+        format!(
+            "remote_peers = [\"{addr_a}\", \"{addr_b}\"]\nremote_replicas = 2\nremote_timeout_ms = 1000\nfs_dir = \"{}\"\n",
+            fs_dir.path().display()
+        ),
+    )
+    .unwrap();
+    // 96 MiB through 16 MiB of DRAM and 1 MiB of NVMe: about 79 MiB must live in the donors.
+    let node = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M"]);
+    let log = node.log();
+    assert!(log.contains("no RDMA device found, using TCP") || log.contains("RDMA device(s)"), "{}", node.report_log());
+    let tiers = node.holoctl_json(&["tiers"]);
+    let names: Vec<_> = tiers["tiers"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["dram", "nvme", "remote", "fs"], "tier order");
+
+    let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
+    let remote = remote_row(&node);
+    let spilled = remote["pages"].as_u64().unwrap_or(0);
+    assert!(spilled * 4096 >= 48 << 20, "most of the working set should be in the donors: {remote}\n{}", node.report());
+    // Both donors hold every granule: the tier's slots, counted in their STAT, are on each.
+    assert!(remote["read_errors"].as_u64() == Some(0), "{remote}");
+
+    // Mid-way: one donor dies without warning.
+    donor_a.kill();
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&node).assert_stdout_has(&node, "ok");
+    let remote = remote_row(&node);
+    out.check(
+        &node,
+        remote["refaults"].as_u64() > Some(0),
+        &format!("pages should have come back from the donors: {remote}"),
+    );
+    let tiers = node.holoctl_json(&["tiers"]);
+    out.check(&node, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail when one copy survives");
+    let log = node.log();
+    out.check(&node, log.contains("remote tier: ") && log.contains(&addr_a), "the node should log the lost donor");
+    out.check(&node, log.contains("fallback reads"), "reads served by the surviving copy should be logged and counted");
+
+    // With one donor left, two copies cannot be made: new evictions overflow to FS, and a
+    // second program still verifies every byte.
+    let out = run_shimmed(&node, &c_program("fill_verify"), &["64M", "2"], &[]);
+    out.assert_success(&node).assert_managed(&node).assert_stdout_has(&node, "fill_verify: verified 67108864 bytes");
+    let fs = node.tier("fs");
+    out.check(&node, fs.evictions > 0 && fs.refaults > 0, &format!("granules should overflow to fs: {fs:?}"));
+    drop(donor_b);
+}
+
+#[test]
+fn a_donor_cut_off_by_its_link_is_waited_out_then_used_again() {
+    let _heavy = heavy();
+    let ns = Namespaces::new(2);
+    let confs = TempDir::new("remote-conf");
+    let exec = |i: usize| ["ip", "netns", "exec", ns.names[i - 1].as_str()];
+    let (_donor_b, addr_b) = donor_at(&confs, "b", "160M", "10.214.1.2", &exec(1));
+    let (_donor_c, addr_c) = donor_at(&confs, "c", "160M", "10.214.2.2", &exec(2));
+    let conf = confs.path().join("node.toml");
+    let peers = format!("remote_peers = [\"{addr_b}\", \"{addr_c}\"]\nremote_timeout_ms = 300\n");
+    fs::write(&conf, peers).unwrap();
+    let node = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M"]);
+
+    let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
+    let remote = remote_row(&node);
+    assert!(remote["pages"].as_u64().unwrap_or(0) * 4096 >= 48 << 20, "{remote}\n{}", node.report());
+
+    ns.link(1, false);
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&node).assert_stdout_has(&node, "ok");
+    let log = node.log();
+    out.check(
+        &node,
+        log.contains(&format!("peer {addr_b} did not answer within 300 ms")),
+        "the cut donor should time out",
+    );
+    out.check(&node, log.contains("fallback reads"), "reads should fall back to the other copy");
+    let tiers = node.holoctl_json(&["tiers"]);
+    out.check(&node, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail when one copy answers");
+
+    // Link back up: after the back-off the donor takes copies again.
+    ns.link(1, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    let out = run_shimmed(&node, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&node).assert_managed(&node).assert_stdout_has(&node, "fill_verify: verified 67108864 bytes");
+    let after = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    out.check(&node, after > before, &format!("the remote tier should take granules again ({before} -> {after})"));
+    out.check(
+        &node,
+        node.log().contains(&format!("peer {addr_b} answers again")),
+        "the node should say the donor is back",
+    );
+}
+
+#[test]
+fn fewer_peers_than_replicas_is_refused_at_start() {
+    let dir = TempDir::new("remote-few");
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let conf = dir.path().join("holo-pager.toml");
+    fs::write(&conf, "remote_peers = [\"127.0.0.1:9\"]\nremote_replicas = 2\n").unwrap();
+    let mut cmd = Command::new(bin("holo-pager"));
+    cmd.arg("--socket").arg(dir.path().join("pager.sock")).arg("--state-dir").arg(&state).arg("--config").arg(&conf);
+    let out = run(cmd, Duration::from_secs(10));
+    out.ensure(!out.timed_out && !out.success() && out.signal().is_none(), "holo-pager should refuse to start");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    out.ensure(said.contains("remote_replicas") && said.contains("need 2 peers"), "the error should say why");
+}

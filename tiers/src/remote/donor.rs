@@ -1,0 +1,419 @@
+//! The donor server: DRAM a node lends to its peers (`donate` bytes), served over TCP.
+//!
+//! The arena is one anonymous mapping of `donate` bytes cut into granule-sized slots, handed
+//! out lowest first ([`SlotAllocator`]); pages are only touched (and so only cost memory) as
+//! slots are written, and the whole arena is given back to the kernel whenever its last slot is
+//! freed. Each slot keeps its owner (the node that stored it), its length and the BLAKE3
+//! checksum of its bytes; a GET verifies the whole slot before any byte leaves, so damage in
+//! the donor's DRAM is reported, never served. A full arena answers `Full` per granule, and the
+//! sender overflows to its next tier.
+//!
+//! One thread per connection, at most [`DonorOptions::max_conns`] connections; a connection
+//! idle for [`IDLE_TIMEOUT`] is closed (clients reconnect transparently), and a frame that has
+//! begun must finish within [`FRAME_TIMEOUT`]. The peers are trusted nodes of one cluster: the
+//! owner check keeps nodes from mixing up their slots, it is not authentication.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::transport::{read_full, write_all};
+use super::wire::{self, Request, Status, HEADER_BYTES};
+use crate::slots::SlotAllocator;
+use crate::SlotId;
+
+/// A pooled client connection may sit idle this long before the donor closes it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frame buffers above this are released after use instead of kept for the next frame.
+const KEEP_BUF_BYTES: usize = 1 << 20;
+/// Once a frame's first byte arrived, all of it must within this.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+pub struct DonorOptions {
+    pub donate_bytes: u64,
+    pub slot_bytes: usize,
+    /// Connections served at once; more are refused with an error frame.
+    pub max_conns: usize,
+}
+
+/// Counters of a donor, for logs and `holoctl`.
+#[derive(Default)]
+pub struct DonorCounters {
+    pub puts: AtomicU64,
+    pub gets: AtomicU64,
+    pub frees: AtomicU64,
+    pub full: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub refused_conns: AtomicU64,
+}
+
+struct Meta {
+    live: bool,
+    owner: u64,
+    len: u32,
+    sum: [u8; 32],
+}
+
+/// The donated memory. Slot `i`'s bytes are only touched with `metas[i]` locked.
+struct Arena {
+    base: *mut u8,
+    bytes: usize,
+    slot_bytes: usize,
+    metas: Vec<Mutex<Meta>>,
+    alloc: Mutex<SlotAllocator>,
+}
+
+// SAFETY: `base` is a private mapping owned by the arena; every access to a slot's bytes holds
+// that slot's mutex, so no two threads touch the same bytes without synchronisation.
+unsafe impl Send for Arena {}
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    fn new(donate_bytes: u64, slot_bytes: usize) -> io::Result<Arena> {
+        let slots = (donate_bytes / slot_bytes as u64).min(SlotId::MAX as u64) as usize;
+        let bytes = slots * slot_bytes;
+        let base = if bytes == 0 {
+            std::ptr::null_mut()
+        } else {
+            // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    bytes,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            p as *mut u8
+        };
+        let metas = (0..slots).map(|_| Mutex::new(Meta { live: false, owner: 0, len: 0, sum: [0; 32] })).collect();
+        Ok(Arena { base, bytes, slot_bytes, metas, alloc: Mutex::new(SlotAllocator::new(slots as u64)) })
+    }
+
+    /// Slot `slot`'s bytes. The caller holds `metas[slot]`'s lock for as long as it uses them.
+    #[allow(clippy::mut_from_ref)]
+    fn bytes_of(&self, slot: usize, _held: &mut std::sync::MutexGuard<'_, Meta>) -> &mut [u8] {
+        assert!(slot < self.metas.len());
+        // SAFETY: in bounds of the mapping; exclusive because the caller holds the slot's lock
+        // (witnessed by the guard) and the slice does not outlive that borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(slot * self.slot_bytes), self.slot_bytes) }
+    }
+
+    /// Store `data`, whose checksum `sum` the wire decoder has checked.
+    fn put(&self, owner: u64, data: &[u8], sum: [u8; 32]) -> Result<SlotId, Status> {
+        if data.len() > self.slot_bytes {
+            return Err(Status::TooBig);
+        }
+        let slot = self.alloc.lock().unwrap().alloc().ok_or(Status::Full)?;
+        let mut m = self.metas[slot as usize].lock().unwrap();
+        debug_assert!(!m.live);
+        self.bytes_of(slot as usize, &mut m)[..data.len()].copy_from_slice(data);
+        *m = Meta { live: true, owner, len: data.len() as u32, sum };
+        Ok(slot)
+    }
+
+    /// Append the requested bytes to `out`; returns the checksum the reader checks them with.
+    /// A whole granule goes with the checksum it was stored with, unchecked here: the reader's
+    /// check covers this memory and the wire at once. Part of one is only sent after the whole
+    /// slot checked out, with a checksum of that part.
+    fn get(&self, owner: u64, it: &wire::GetItem, out: &mut Vec<u8>) -> Result<[u8; 32], Status> {
+        let Some(meta) = self.metas.get(it.slot as usize) else { return Err(Status::NotFound) };
+        let mut m = meta.lock().unwrap();
+        if !m.live || m.owner != owner {
+            return Err(Status::NotFound);
+        }
+        let (len, sum) = (m.len as usize, m.sum);
+        let (off, n) = (it.offset as usize, it.len as usize);
+        if off.checked_add(n).is_none_or(|end| end > len) {
+            return Err(Status::OutOfRange);
+        }
+        let bytes = self.bytes_of(it.slot as usize, &mut m);
+        if off == 0 && n == len {
+            out.extend_from_slice(&bytes[..len]);
+            return Ok(sum);
+        }
+        if crate::checksum(&bytes[..len]) != sum {
+            return Err(Status::Corrupt);
+        }
+        out.extend_from_slice(&bytes[off..off + n]);
+        Ok(crate::checksum(&bytes[off..off + n]))
+    }
+
+    fn free(&self, owner: u64, slot: SlotId) -> bool {
+        let Some(meta) = self.metas.get(slot as usize) else { return false };
+        {
+            let mut m = meta.lock().unwrap();
+            if !m.live || m.owner != owner {
+                return false;
+            }
+            m.live = false;
+        }
+        let mut a = self.alloc.lock().unwrap();
+        if a.free(slot) {
+            // No slot is live and none can be handed out while we hold the allocator: give
+            // the memory back to the node.
+            // SAFETY: the whole mapping, which no live slot uses.
+            unsafe { libc::madvise(self.base as *mut libc::c_void, self.bytes, libc::MADV_DONTNEED) };
+        }
+        true
+    }
+
+    fn used(&self) -> u64 {
+        self.alloc.lock().unwrap().used()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: the mapping made in new(); nothing uses it any more.
+            unsafe { libc::munmap(self.base as *mut libc::c_void, self.bytes) };
+        }
+    }
+}
+
+/// A running donor: listens until dropped.
+pub struct DonorServer {
+    addr: SocketAddr,
+    arena: Arc<Arena>,
+    stop: Arc<AtomicBool>,
+    /// Open connections, shut down when the server is dropped.
+    conns: Conns,
+    pub counters: Arc<DonorCounters>,
+}
+
+impl DonorServer {
+    /// Listen on `listen` (port 0: any free port, see [`DonorServer::local_addr`]) and serve
+    /// `opts.donate_bytes` of memory in slots of `opts.slot_bytes`.
+    pub fn start(listen: SocketAddr, opts: DonorOptions) -> io::Result<DonorServer> {
+        assert!(opts.slot_bytes > 0 && opts.max_conns > 0);
+        let arena = Arc::new(Arena::new(opts.donate_bytes, opts.slot_bytes)?);
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(DonorCounters::default());
+        let conns = Conns::default();
+        let (a, s, c, k) = (arena.clone(), stop.clone(), counters.clone(), conns.clone());
+        std::thread::Builder::new()
+            .name("donor-accept".into())
+            .spawn(move || accept_loop(listener, a, s, c, k, opts.max_conns))?;
+        Ok(DonorServer { addr, arena, stop, conns, counters })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn capacity_slots(&self) -> u64 {
+        self.arena.metas.len() as u64
+    }
+
+    pub fn used_slots(&self) -> u64 {
+        self.arena.used()
+    }
+
+    /// Flip one stored byte of `slot`, behind the checksum's back (tests of corruption).
+    #[doc(hidden)]
+    pub fn damage_slot(&self, slot: SlotId) {
+        let mut m = self.arena.metas[slot as usize].lock().unwrap();
+        self.arena.bytes_of(slot as usize, &mut m)[100] ^= 0x5A;
+    }
+}
+
+impl Drop for DonorServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        // Wake the accept loop so it sees the flag, and end every connection now.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+        for (_, c) in self.conns.0.lock().unwrap().drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Conns(Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>);
+
+fn accept_loop(
+    listener: TcpListener,
+    arena: Arc<Arena>,
+    stop: Arc<AtomicBool>,
+    c: Arc<DonorCounters>,
+    conns: Conns,
+    max: usize,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut next_id = 0u64;
+    let mut last_log = None::<Instant>;
+    for conn in listener.incoming() {
+        if stop.load(Relaxed) {
+            return;
+        }
+        let Ok(mut conn) = conn else { continue };
+        if active.load(Relaxed) >= max {
+            c.refused_conns.fetch_add(1, Relaxed);
+            if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                log::warn!("donor: refusing a connection, {max} already served");
+                last_log = Some(Instant::now());
+            }
+            let _ = send_error(&mut conn, 0, "too many connections to this donor");
+            continue;
+        }
+        active.fetch_add(1, Relaxed);
+        next_id += 1;
+        let id = next_id;
+        if let Ok(clone) = conn.try_clone() {
+            conns.0.lock().unwrap().insert(id, clone);
+        }
+        let (arena, stop, c, active, conns) = (arena.clone(), stop.clone(), c.clone(), active.clone(), conns.clone());
+        let spawned = std::thread::Builder::new().name("donor-conn".into()).spawn(move || {
+            serve(conn, &arena, &stop, &c);
+            conns.0.lock().unwrap().remove(&id);
+            active.fetch_sub(1, Relaxed);
+        });
+        if spawned.is_err() {
+            log::warn!("donor: cannot start a connection thread");
+        }
+    }
+}
+
+fn send_error(conn: &mut TcpStream, req_id: u64, why: &str) -> io::Result<()> {
+    let mut out = Vec::new();
+    wire::begin_frame(&mut out);
+    out.extend_from_slice(why.as_bytes());
+    let end = out.len();
+    wire::finish_frame(&mut out, wire::OP_ERROR, req_id, end);
+    write_all(conn, &out, Instant::now() + FRAME_TIMEOUT)
+}
+
+/// Serve one connection until it closes, idles out, or sends a bad frame.
+fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounters) {
+    let _ = conn.set_nodelay(true);
+    let mut inbuf = Vec::new();
+    let mut out = Vec::new();
+    let mut header = [0u8; HEADER_BYTES];
+    while !stop.load(Relaxed) {
+        if read_full(&mut conn, &mut header[..1], Instant::now() + IDLE_TIMEOUT).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        if read_full(&mut conn, &mut header[1..], deadline).is_err() {
+            return;
+        }
+        let h = match wire::decode_header(&header) {
+            Ok(h) => h,
+            Err(e) => {
+                // The stream cannot be trusted to be in step any more: say why and close.
+                c.bad_frames.fetch_add(1, Relaxed);
+                let _ = send_error(&mut conn, 0, &e.to_string());
+                return;
+            }
+        };
+        inbuf.resize(h.body_len, 0);
+        if read_full(&mut conn, &mut inbuf, deadline).is_err() {
+            return;
+        }
+        let req = wire::verify_body(&h, &inbuf).and_then(|()| wire::decode_request(h.op, &inbuf, h.ctrl_len));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                c.bad_frames.fetch_add(1, Relaxed);
+                let _ = send_error(&mut conn, h.req_id, &e.to_string());
+                return;
+            }
+        };
+        wire::begin_frame(&mut out);
+        let ctrl_end = answer(arena, c, req, &mut out);
+        wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
+        if write_all(&mut conn, &out, Instant::now() + FRAME_TIMEOUT).is_err() {
+            return;
+        }
+        // A peer's one big batch should not pin up to MAX_BODY_BYTES twice per connection.
+        for buf in [&mut inbuf, &mut out] {
+            if buf.capacity() > KEEP_BUF_BYTES {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
+/// Append the answer's body to `out`; returns where its control part ends.
+fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>) -> usize {
+    match req {
+        Request::Stat => {
+            wire::put_u32(out, arena.slot_bytes as u32);
+            wire::put_u64(out, arena.metas.len() as u64);
+            wire::put_u64(out, arena.used());
+        }
+        Request::Put { owner, items } => {
+            wire::put_u32(out, items.len() as u32);
+            for (data, sum) in items {
+                c.puts.fetch_add(1, Relaxed);
+                let (st, slot) = match arena.put(owner, data, sum) {
+                    Ok(slot) => (Status::Ok, slot),
+                    Err(st) => {
+                        if st == Status::Full {
+                            c.full.fetch_add(1, Relaxed);
+                        }
+                        (st, 0)
+                    }
+                };
+                wire::put_u8(out, st as u8);
+                wire::put_u32(out, slot);
+            }
+        }
+        Request::Get { owner, items } => {
+            // The control part has a fixed size: reserve it, append the data after it, and
+            // fill each item's entry as its bytes go in (no second copy of the data).
+            wire::put_u32(out, items.len() as u32);
+            let mut entry = out.len();
+            let ctrl_end = entry + items.len() * wire::GET_ANSWER_ITEM_CTRL;
+            out.resize(ctrl_end, 0);
+            for it in &items {
+                c.gets.fetch_add(1, Relaxed);
+                let before = out.len();
+                let (st, sum) = match arena.get(owner, it, out) {
+                    Ok(sum) => (Status::Ok, sum),
+                    Err(st) => {
+                        if st == Status::Corrupt {
+                            c.corrupt.fetch_add(1, Relaxed);
+                        }
+                        (st, [0; 32])
+                    }
+                };
+                let n = (out.len() - before) as u32;
+                let e = &mut out[entry..entry + wire::GET_ANSWER_ITEM_CTRL];
+                e[0] = st as u8;
+                e[1..5].copy_from_slice(&n.to_le_bytes());
+                e[5..].copy_from_slice(&sum);
+                entry += wire::GET_ANSWER_ITEM_CTRL;
+            }
+            return ctrl_end;
+        }
+        Request::Free { owner, slots } => {
+            let freed = slots.iter().filter(|&&s| arena.free(owner, s)).count();
+            c.frees.fetch_add(freed as u64, Relaxed);
+            wire::put_u32(out, freed as u32);
+        }
+        Request::Reset { owner } => {
+            let mine: Vec<SlotId> = (0..arena.metas.len() as SlotId)
+                .filter(|&s| {
+                    let m = arena.metas[s as usize].lock().unwrap();
+                    m.live && m.owner == owner
+                })
+                .collect();
+            let freed = mine.iter().filter(|&&s| arena.free(owner, s)).count();
+            wire::put_u32(out, freed as u32);
+        }
+    }
+    out.len()
+}

@@ -1,0 +1,490 @@
+//! The data plane's wire format: one length-prefixed binary frame, fixed-width little-endian
+//! integers, every byte of it covered by a BLAKE3 checksum that the receiver checks (both
+//! directions).
+//!
+//! ```text
+//!  header (56 bytes)                                               body (body_len bytes)
+//!  ┌───────┬─────────┬──────┬────────┬──────────┬──────────┬─────────────────┐┌─────────┬──────────┐
+//!  │ magic │ version │  op  │ req_id │ body_len │ ctrl_len │ BLAKE3(control) ││ control │ data     │
+//!  │ u32   │ u16     │ u16  │ u64    │ u32      │ u32      │ 32 bytes        ││         │ items    │
+//!  └───────┴─────────┴──────┴────────┴──────────┴──────────┴─────────────────┘└─────────┴──────────┘
+//! ```
+//!
+//! The body is a *control* part (`ctrl_len` bytes: ids, counts, lengths, statuses), covered by
+//! the header's checksum, then the granules' bytes, each covered by its own BLAKE3 in the
+//! control part. The split is what makes the check cheap: a granule's checksum is the one the
+//! donor stores with it, so a PUT is hashed once by the sender and once by the donor (which
+//! keeps that hash), and a whole-granule GET is hashed once, by the receiver, against the hash
+//! stored at PUT time: one check covers the donor's memory and the wire together.
+//!
+//! Bodies (`owner` is the sending node's id; a donor serves a slot only to its owner):
+//!
+//! | op | request control | request data | response control | response data |
+//! |---|---|---|---|---|
+//! | STAT | | | slot_bytes u32, capacity_slots u64, used_slots u64 | |
+//! | PUT | owner u64, n u32, n × (len u32, sum 32) | n granules | n u32, n × (status u8, slot u32) | |
+//! | GET | owner u64, n u32, n × (slot u32, offset u32, len u32) | | n u32, n × (status u8, len u32, sum 32) | the `Ok` items' bytes |
+//! | FREE | owner u64, n u32, n × slot u32 | | freed u32 | |
+//! | RESET | owner u64 | | freed u32 | |
+//!
+//! A response's op is the request's with [`RESPONSE`] set; [`OP_ERROR`] carries a UTF-8 reason
+//! (the frame could not be served at all). Hard caps ([`MAX_BODY_BYTES`], [`MAX_ITEMS`]) are
+//! checked before anything is allocated, so a hostile peer cannot make the receiver allocate
+//! more than one capped body per connection.
+
+use std::fmt;
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"HOLR");
+pub const VERSION: u16 = 1;
+pub const HEADER_BYTES: usize = 56;
+/// Largest body either side accepts: 8 granules of the largest size (2 MiB) and their framing.
+pub const MAX_BODY_BYTES: usize = (16 << 20) + 4096;
+/// Most items in one PUT/GET/FREE.
+pub const MAX_ITEMS: usize = 256;
+
+pub const OP_STAT: u16 = 1;
+pub const OP_PUT: u16 = 2;
+pub const OP_GET: u16 = 3;
+pub const OP_FREE: u16 = 4;
+pub const OP_RESET: u16 = 5;
+pub const RESPONSE: u16 = 0x8000;
+pub const OP_ERROR: u16 = 0xFFFF;
+
+/// Per-item outcome of a PUT or GET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    /// The donor has no free slot (the sender overflows to its next tier).
+    Full = 1,
+    /// No such slot, or not the asker's.
+    NotFound = 2,
+    /// The donor's copy no longer matches the checksum it was stored with.
+    Corrupt = 3,
+    /// The read asks for bytes beyond what was stored.
+    OutOfRange = 4,
+    /// A PUT larger than the donor's slot.
+    TooBig = 5,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Result<Status, WireError> {
+        Ok(match v {
+            0 => Status::Ok,
+            1 => Status::Full,
+            2 => Status::NotFound,
+            3 => Status::Corrupt,
+            4 => Status::OutOfRange,
+            5 => Status::TooBig,
+            _ => return Err(WireError::Malformed(format!("unknown item status {v}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("bad magic {0:#010x} (not a holo data-plane frame)")]
+    BadMagic(u32),
+    #[error("unsupported protocol version {0} (this build speaks {VERSION})")]
+    BadVersion(u16),
+    #[error("unknown op {0:#06x}")]
+    UnknownOp(u16),
+    #[error("frame body of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("{n} items exceed the limit of {MAX_ITEMS} per frame")]
+    TooManyItems { n: usize },
+    #[error("truncated {what}: {need} bytes needed, {have} left")]
+    Truncated { what: &'static str, need: usize, have: usize },
+    #[error("BLAKE3 checksum mismatch: the frame changed in transit")]
+    BadChecksum,
+    #[error("BLAKE3 checksum mismatch in item {0}: its bytes changed in transit")]
+    BadItemChecksum(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub op: u16,
+    pub req_id: u64,
+    pub body_len: usize,
+    /// The body's first `ctrl_len` bytes are its control part, which `sum` covers.
+    pub ctrl_len: usize,
+    pub sum: [u8; 32],
+}
+
+fn known_op(op: u16) -> bool {
+    matches!(op & !RESPONSE, OP_STAT | OP_PUT | OP_GET | OP_FREE | OP_RESET) || op == OP_ERROR
+}
+
+/// Decode and validate a header: magic, version, op, size cap. The body is not read yet.
+pub fn decode_header(b: &[u8]) -> Result<Header, WireError> {
+    if b.len() < HEADER_BYTES {
+        return Err(WireError::Truncated { what: "header", need: HEADER_BYTES, have: b.len() });
+    }
+    let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let version = u16::from_le_bytes(b[4..6].try_into().unwrap());
+    if version != VERSION {
+        return Err(WireError::BadVersion(version));
+    }
+    let op = u16::from_le_bytes(b[6..8].try_into().unwrap());
+    if !known_op(op) {
+        return Err(WireError::UnknownOp(op));
+    }
+    let req_id = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    let body_len = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+    if body_len > MAX_BODY_BYTES {
+        return Err(WireError::TooLarge { len: body_len, max: MAX_BODY_BYTES });
+    }
+    let ctrl_len = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
+    if ctrl_len > body_len {
+        return Err(WireError::Malformed(format!("a {ctrl_len}-byte control part in a {body_len}-byte body")));
+    }
+    Ok(Header { op, req_id, body_len, ctrl_len, sum: b[24..56].try_into().unwrap() })
+}
+
+/// Check a received body's length and its control part's checksum (data items are checked
+/// against their own checksums when decoded).
+pub fn verify_body(h: &Header, body: &[u8]) -> Result<(), WireError> {
+    if body.len() != h.body_len {
+        return Err(WireError::Truncated { what: "body", need: h.body_len, have: body.len() });
+    }
+    if *blake3::hash(&body[..h.ctrl_len]).as_bytes() != h.sum {
+        return Err(WireError::BadChecksum);
+    }
+    Ok(())
+}
+
+/// Start a frame in `out` (cleared): room for the header, which [`finish_frame`] fills.
+pub fn begin_frame(out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(HEADER_BYTES, 0);
+}
+
+/// Fill the header of the frame in `out` whose body follows it; the control part ends at
+/// `ctrl_end` (an index into `out`; `out.len()` for a frame without data items).
+pub fn finish_frame(out: &mut [u8], op: u16, req_id: u64, ctrl_end: usize) {
+    let body_len = out.len() - HEADER_BYTES;
+    assert!(body_len <= MAX_BODY_BYTES, "frame body of {body_len} bytes built past the cap");
+    assert!((HEADER_BYTES..=out.len()).contains(&ctrl_end), "control part outside the body");
+    let sum = *blake3::hash(&out[HEADER_BYTES..ctrl_end]).as_bytes();
+    let h = &mut out[..HEADER_BYTES];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&op.to_le_bytes());
+    h[8..16].copy_from_slice(&req_id.to_le_bytes());
+    h[16..20].copy_from_slice(&(body_len as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&((ctrl_end - HEADER_BYTES) as u32).to_le_bytes());
+    h[24..56].copy_from_slice(&sum);
+}
+
+pub fn put_u8(out: &mut Vec<u8>, v: u8) {
+    out.push(v);
+}
+pub fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Reads fixed-width fields off a body; every read is bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        let have = self.buf.len() - self.pos;
+        if n > have {
+            return Err(WireError::Truncated { what, need: n, have });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        Ok(self.bytes(1, what)?[0])
+    }
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.bytes(4, what)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.bytes(8, what)?.try_into().unwrap()))
+    }
+    pub fn sum(&mut self) -> Result<[u8; 32], WireError> {
+        Ok(self.bytes(32, "item checksum")?.try_into().unwrap())
+    }
+    pub fn status(&mut self) -> Result<Status, WireError> {
+        Status::from_u8(self.u8("item status")?)
+    }
+    /// An item count, checked against [`MAX_ITEMS`] before anything is sized by it.
+    pub fn count(&mut self) -> Result<usize, WireError> {
+        let n = self.u32("item count")? as usize;
+        if n > MAX_ITEMS {
+            return Err(WireError::TooManyItems { n });
+        }
+        Ok(n)
+    }
+    /// The body must be used up exactly: trailing bytes mean the two sides disagree.
+    pub fn end(&self) -> Result<(), WireError> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            n => Err(WireError::Malformed(format!("{n} trailing bytes after the last item"))),
+        }
+    }
+}
+
+/// One read a GET asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetItem {
+    pub slot: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// A decoded request, borrowing the body it came from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Stat,
+    /// Each granule with its checksum (already checked).
+    Put {
+        owner: u64,
+        items: Vec<(&'a [u8], [u8; 32])>,
+    },
+    Get {
+        owner: u64,
+        items: Vec<GetItem>,
+    },
+    Free {
+        owner: u64,
+        slots: Vec<u32>,
+    },
+    Reset {
+        owner: u64,
+    },
+}
+
+/// Decode a request body whose control part passed [`verify_body`]; a PUT's granules are
+/// checked against their checksums here.
+pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Request<'a>, WireError> {
+    let (ctrl, data) = body.split_at(ctrl_len);
+    let mut r = Reader::new(ctrl);
+    let mut d = Reader::new(data);
+    let req = match op {
+        OP_STAT => Request::Stat,
+        OP_PUT => {
+            let owner = r.u64("owner")?;
+            let n = r.count()?;
+            let mut items = Vec::with_capacity(n);
+            for i in 0..n {
+                let len = r.u32("item length")? as usize;
+                let sum = r.sum()?;
+                let bytes = d.bytes(len, "item data")?;
+                if *blake3::hash(bytes).as_bytes() != sum {
+                    return Err(WireError::BadItemChecksum(i));
+                }
+                items.push((bytes, sum));
+            }
+            Request::Put { owner, items }
+        }
+        OP_GET => {
+            let owner = r.u64("owner")?;
+            let n = r.count()?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(GetItem { slot: r.u32("slot")?, offset: r.u32("offset")?, len: r.u32("length")? });
+            }
+            // The answer must fit one frame too: refuse a GET whose answer could not.
+            let answer_bytes: u64 = 4 + items.iter().map(|i| GET_ANSWER_ITEM_CTRL as u64 + i.len as u64).sum::<u64>();
+            if answer_bytes > MAX_BODY_BYTES as u64 {
+                return Err(WireError::TooLarge { len: answer_bytes as usize, max: MAX_BODY_BYTES });
+            }
+            Request::Get { owner, items }
+        }
+        OP_FREE => {
+            let owner = r.u64("owner")?;
+            let n = r.count()?;
+            let slots = (0..n).map(|_| r.u32("slot")).collect::<Result<_, _>>()?;
+            Request::Free { owner, slots }
+        }
+        OP_RESET => Request::Reset { owner: r.u64("owner")? },
+        other => return Err(WireError::UnknownOp(other)),
+    };
+    r.end()?;
+    d.end()?;
+    Ok(req)
+}
+
+/// Decode one whole request frame of outside bytes, as a donor does (header, caps, checksums,
+/// body); for fuzzing and tests. Bytes past the frame are ignored.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Header, Request<'_>), WireError> {
+    let h = decode_header(bytes)?;
+    let body = &bytes[HEADER_BYTES..];
+    if body.len() < h.body_len {
+        return Err(WireError::Truncated { what: "body", need: h.body_len, have: body.len() });
+    }
+    let body = &body[..h.body_len];
+    verify_body(&h, body)?;
+    Ok((h, decode_request(h.op, body, h.ctrl_len)?))
+}
+
+/// Control bytes per item of a GET answer: status u8, len u32, checksum.
+pub const GET_ANSWER_ITEM_CTRL: usize = 1 + 4 + 32;
+/// Control bytes per item of a PUT request: len u32, checksum.
+pub const PUT_ITEM_CTRL: usize = 4 + 32;
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::Full => "donor full",
+            Status::NotFound => "no such slot on the donor",
+            Status::Corrupt => "donor copy fails its checksum",
+            Status::OutOfRange => "read beyond the stored bytes",
+            Status::TooBig => "granule larger than the donor's slot",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame whose control part is `body[..ctrl]`.
+    fn frame_split(op: u16, body: &[u8], ctrl: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        begin_frame(&mut out);
+        out.extend_from_slice(body);
+        finish_frame(&mut out, op, 7, HEADER_BYTES + ctrl);
+        out
+    }
+
+    fn frame(op: u16, body: &[u8]) -> Vec<u8> {
+        frame_split(op, body, body.len())
+    }
+
+    /// A PUT body and the length of its control part.
+    fn put_body(items: &[&[u8]]) -> (Vec<u8>, usize) {
+        let mut b = Vec::new();
+        put_u64(&mut b, 42);
+        put_u32(&mut b, items.len() as u32);
+        for it in items {
+            put_u32(&mut b, it.len() as u32);
+            b.extend_from_slice(blake3::hash(it).as_bytes());
+        }
+        let ctrl = b.len();
+        items.iter().for_each(|it| b.extend_from_slice(it));
+        (b, ctrl)
+    }
+
+    fn put_frame(items: &[&[u8]]) -> Vec<u8> {
+        let (b, ctrl) = put_body(items);
+        frame_split(OP_PUT, &b, ctrl)
+    }
+
+    /// Decode a whole frame the way a receiver does: header, body, checksum, request.
+    fn receive(f: &[u8]) -> Result<Request<'_>, WireError> {
+        let h = decode_header(f)?;
+        let body = f.get(HEADER_BYTES..).unwrap_or(&[]);
+        let body = &body[..body.len().min(h.body_len)];
+        verify_body(&h, body)?;
+        decode_request(h.op, body, h.ctrl_len)
+    }
+
+    #[test]
+    fn a_good_frame_round_trips() {
+        let f = put_frame(&[b"abc", b"", b"defg"]);
+        let sum = |b: &[u8]| *blake3::hash(b).as_bytes();
+        let items = vec![(&b"abc"[..], sum(b"abc")), (&b""[..], sum(b"")), (&b"defg"[..], sum(b"defg"))];
+        assert_eq!(receive(&f), Ok(Request::Put { owner: 42, items }));
+    }
+
+    #[test]
+    fn malformed_frames_are_clear_errors() {
+        let good = put_frame(&[&[9; 100]]);
+        // Truncated header.
+        assert!(matches!(receive(&good[..20]), Err(WireError::Truncated { what: "header", .. })));
+        // Truncated body.
+        let e = receive(&good[..good.len() - 1]).unwrap_err();
+        assert!(matches!(e, WireError::Truncated { what: "body", .. }), "{e}");
+        // Bad magic.
+        let mut f = good.clone();
+        f[0] ^= 0xFF;
+        assert!(matches!(receive(&f), Err(WireError::BadMagic(_))));
+        assert!(receive(&f).unwrap_err().to_string().contains("not a holo data-plane frame"));
+        // Bad version, unknown op, dirty reserved bytes.
+        let mut f = good.clone();
+        f[4] = 9;
+        assert_eq!(receive(&f), Err(WireError::BadVersion(9)));
+        let mut f = good.clone();
+        f[6..8].copy_from_slice(&0x0077u16.to_le_bytes());
+        assert_eq!(receive(&f), Err(WireError::UnknownOp(0x77)));
+        let mut f = good.clone();
+        f[20..24].copy_from_slice(&1000u32.to_le_bytes()); // control part longer than the body
+        assert!(matches!(receive(&f), Err(WireError::Malformed(_))));
+        // Oversized: refused from the header alone, before any allocation.
+        let mut f = good.clone();
+        f[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode_header(&f), Err(WireError::TooLarge { .. })));
+        // A flipped byte of the control part, or of a granule: bad checksum.
+        let mut f = good.clone();
+        f[HEADER_BYTES + 3] ^= 1;
+        assert_eq!(receive(&f), Err(WireError::BadChecksum));
+        let mut f = good.clone();
+        *f.last_mut().unwrap() ^= 1;
+        assert_eq!(receive(&f), Err(WireError::BadItemChecksum(0)));
+        assert!(receive(&f).unwrap_err().to_string().contains("item 0"));
+        // Bodies that lie about their contents, with a valid checksum.
+        let (mut lying, ctrl) = put_body(&[&[1; 10]]);
+        lying[12..16].copy_from_slice(&1000u32.to_le_bytes()); // item longer than the body
+        let e = receive(&frame_split(OP_PUT, &lying, ctrl)).unwrap_err();
+        assert!(matches!(e, WireError::Truncated { what: "item data", need: 1000, .. }), "{e}");
+        let (mut extra, ctrl) = put_body(&[&[1; 10]]);
+        extra.push(0); // data the control part does not account for
+        assert!(matches!(receive(&frame_split(OP_PUT, &extra, ctrl)), Err(WireError::Malformed(_))));
+        let mut many = Vec::new();
+        put_u64(&mut many, 1);
+        put_u32(&mut many, u32::MAX);
+        assert!(matches!(receive(&frame(OP_GET, &many)), Err(WireError::TooManyItems { .. })));
+        let mut trailing = Vec::new();
+        put_u64(&mut trailing, 5);
+        trailing.push(0);
+        assert!(matches!(receive(&frame(OP_RESET, &trailing)), Err(WireError::Malformed(_))));
+        assert!(matches!(receive(&frame(OP_FREE, &[1, 2, 3])), Err(WireError::Truncated { what: "owner", .. })));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder() {
+        // A cheap stand-in for a fuzzer: every prefix and many single-byte mutations.
+        let good = frame(OP_GET, &{
+            let mut b = Vec::new();
+            put_u64(&mut b, 3);
+            put_u32(&mut b, 2);
+            for v in [1u32, 0, 4096, 2, 4096, 4096] {
+                put_u32(&mut b, v);
+            }
+            b
+        });
+        for good in [good, put_frame(&[b"abcdef", b"", &[7; 64]])] {
+            for n in 0..good.len() {
+                let _ = receive(&good[..n]);
+            }
+            for i in 0..good.len() {
+                for bit in 0..8 {
+                    let mut f = good.clone();
+                    f[i] ^= 1 << bit;
+                    let _ = receive(&f);
+                }
+            }
+        }
+    }
+}
