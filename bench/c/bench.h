@@ -32,4 +32,18 @@ static inline uint64_t xorshift(uint64_t *s)
     return *s;
 }
 
+/* qsort comparator for latencies. */
+static inline int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile `q` (0..1) of the sorted `v[0..n)`. */
+static inline uint32_t pct(const uint32_t *v, size_t n, double q)
+{
+    size_t k = (size_t)(q * n + 0.999999);
+    return v[(k < 1 ? 1 : k > n ? n : k) - 1];
+}
+
 #endif

@@ -60,18 +60,6 @@ static long majflt(void)
     return r.ru_majflt;
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted `v`. */
-static uint32_t pct(const uint32_t *v, size_t n, double q)
-{
-    size_t k = (size_t)(q * n + 0.999999);
-    return v[(k < 1 ? 1 : k > n ? n : k) - 1];
-}
 
 static void report(const char *phase, size_t bytes, size_t ops, uint64_t ns, uint32_t *lat, long flt)
 {

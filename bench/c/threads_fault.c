@@ -113,17 +113,6 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static uint32_t pct(const uint32_t *v, size_t n, double q)
-{
-    size_t k = (size_t)(q * n + 0.999999);
-    return v[(k < 1 ? 1 : k > n ? n : k) - 1];
-}
 
 int main(int argc, char **argv)
 {

@@ -47,7 +47,42 @@ const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin
                      holo-bench swap --help\n       holo-bench threads --help\n       \
                      holo-bench remote --help";
 
-type Result<T> = std::result::Result<T, String>;
+pub(crate) type Result<T> = std::result::Result<T, String>;
+
+/// Run a subcommand the common way: parse its arguments (usage error: exit 2), stop cleanly
+/// on SIGINT/SIGTERM, run it (failure: its message and exit 1).
+fn run_subcommand<O>(
+    name: &str,
+    usage: &str,
+    args: &[String],
+    parse: fn(&[String]) -> Result<O>,
+    run: fn(&O) -> Result<()>,
+) -> i32 {
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}\n{usage}");
+            return 2;
+        }
+    };
+    swap::stop_on_signals();
+    match run(&o) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("holo-bench {name}: {e}");
+            1
+        }
+    }
+}
+
+/// Write a benchmark's per-round JSON report to `out`, creating its directory.
+fn write_report(out: &Path, report: &Value) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    fs::write(out, serde_json::to_string_pretty(report).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", out.display()))
+}
 const BUDGET_PAGES: u64 = (DRAM_BUDGET_MIB << 20) / 4096;
 
 struct Opts {
@@ -464,8 +499,7 @@ fn refault(o: &Opts) -> Result<()> {
         "runs": rows,
         "wall_s": started.elapsed().as_secs_f64(),
     });
-    fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
-    fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_report(&out, &report)?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }

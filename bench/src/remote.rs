@@ -31,10 +31,10 @@ use holo_tiers::remote::{DonorOptions, DonorServer, RemoteOptions, TcpTransport,
 use holo_tiers::{RemoteTier, Tier};
 use serde_json::{json, Value};
 
-use crate::swap::{check_interrupt, stop_on_signals};
+use crate::swap::check_interrupt;
 use crate::{median, percentiles, workspace_root};
 
-type Result<T> = std::result::Result<T, String>;
+use crate::Result;
 
 const USAGE: &str = "usage: holo-bench remote [--rounds N] [--fetches N] [--out FILE]
 defaults: 3 rounds, 2000 fetches per contender, link and round; needs root (network namespaces, tc)";
@@ -51,21 +51,7 @@ struct Opts {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let o = match parse_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}\n{USAGE}");
-            return 2;
-        }
-    };
-    stop_on_signals();
-    match remote(&o) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("holo-bench remote: {e}");
-            1
-        }
-    }
+    crate::run_subcommand("remote", USAGE, args, parse_args, remote)
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
@@ -336,13 +322,9 @@ fn remote(o: &Opts) -> Result<()> {
     drop(ns);
     let summary = print_summary(&rows, o.rounds);
     let out = o.out.clone().unwrap_or_else(|| workspace_root().join("target/bench/remote.json"));
-    if let Some(dir) = out.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    }
     let doc =
         json!({"benchmark": "remote", "granule_bytes": GRANULE, "rounds": o.rounds, "summary": summary, "runs": rows});
-    fs::write(&out, serde_json::to_string_pretty(&doc).unwrap())
-        .map_err(|e| format!("write {}: {e}", out.display()))?;
+    crate::write_report(&out, &doc)?;
     eprintln!("per-round numbers: {}", out.display());
     Ok(())
 }

@@ -38,7 +38,7 @@ use serde_json::{json, Map, Value};
 use crate::plot::{svg, Panel};
 use crate::{compile, holo_bin, median, workspace_root};
 
-type Result<T> = std::result::Result<T, String>;
+use crate::Result;
 
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
@@ -825,11 +825,7 @@ fn swap(o: &Opts) -> Result<bool> {
         "wall_s": started.elapsed().as_secs_f64(),
     });
     drop(setup);
-    if let Some(parent) = out.parent() {
-        fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    fs::write(&out, serde_json::to_string_pretty(&report).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    crate::write_report(&out, &report)?;
     let plot_path = o.plot.clone().unwrap_or_else(|| out.with_extension("svg"));
     fs::write(&plot_path, plot(o, &summary)).map_err(|e| format!("{}: {e}", plot_path.display()))?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());

@@ -20,10 +20,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::swap::{check_interrupt, parse_size, run_captured, start_pager, stop_on_signals};
+use crate::swap::{check_interrupt, parse_size, run_captured, start_pager};
 use crate::{compile, holo_bin, median, TempDir};
 
-type Result<T> = std::result::Result<T, String>;
+use crate::Result;
 
 const USAGE: &str =
     "usage: holo-bench threads [--rounds N] [--threads 1,2,4,8] [--size SIZE] [--granule 64K] [--out FILE]
@@ -38,21 +38,7 @@ struct Opts {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let o = match parse_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}\n{USAGE}");
-            return 2;
-        }
-    };
-    stop_on_signals();
-    match threads(&o) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("holo-bench threads: {e}");
-            1
-        }
-    }
+    crate::run_subcommand("threads", USAGE, args, parse_args, threads)
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
@@ -187,11 +173,7 @@ fn threads(o: &Opts) -> Result<()> {
         "summary_is": "per contender and thread count, the median over rounds of each round's figure",
         "summary": summary, "runs": rows, "wall_s": started.elapsed().as_secs_f64(),
     });
-    if let Some(parent) = out.parent() {
-        fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    fs::write(&out, serde_json::to_string_pretty(&report).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    crate::write_report(&out, &report)?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -91,6 +91,14 @@ struct Eviction {
     sent_at: Instant,
 }
 
+impl Eviction {
+    /// What the journal records of it: where its captured pages went.
+    fn intent(&self, store: &crate::store::Store) -> Intent {
+        let version = store.versions(std::iter::once(self.slot))[0];
+        Intent { w: self.w, slot: self.slot, version, pages: self.pages.clone() }
+    }
+}
+
 /// A window's tier bytes, read but not installed yet (pages not spilled read as zeros), with
 /// the page states and slot versions they were read under: valid while both are unchanged.
 struct Staged {
@@ -223,14 +231,7 @@ impl Pager {
 
     /// The evictions under way that have a slot, as journal intents.
     fn intents(&self) -> Vec<(u64, Intent)> {
-        self.evictions
-            .iter()
-            .filter(|(_, e)| e.slot != NO_SLOT)
-            .map(|(&id, e)| {
-                let version = self.d.store.versions(std::iter::once(e.slot))[0];
-                (id, Intent { w: e.w, slot: e.slot, version, pages: e.pages.clone() })
-            })
-            .collect()
+        self.evictions.iter().filter(|(_, e)| e.slot != NO_SLOT).map(|(&id, e)| (id, e.intent(&self.d.store))).collect()
     }
 
     /// First thing after a restart: the crashed daemon may have left windows
@@ -1053,8 +1054,7 @@ impl Pager {
             e.sent_at = Instant::now();
             if let Some(j) = &mut self.journal {
                 // Before the zap: once the pages are gone, only this says where they are.
-                let version = self.d.store.versions(std::iter::once(e.slot))[0];
-                j.evict(id, &Intent { w: e.w, slot: e.slot, version, pages: e.pages.clone() });
+                j.evict(id, &e.intent(&self.d.store));
             }
             let sent = self
                 .agent

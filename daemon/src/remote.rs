@@ -39,7 +39,8 @@ pub struct RemoteConfig {
     pub order: RemoteOrder,
 }
 
-/// The raw values of the remote keys, as the file gives them.
+/// The raw values of the remote keys, as the file gives them. They repeat fields of
+/// `FileConfig` because serde cannot `flatten` into a struct that denies unknown keys.
 #[derive(Default)]
 pub struct RemoteKeys {
     pub donate: Option<String>,

@@ -730,13 +730,6 @@ fn child_reattach(parent: libc::pid_t) {
         // Our pages live in the daemon and only it holds our uffd: running on could read
         // zeros where data was. Stop now, loudly.
         why.print();
-        // SAFETY: getpid/kill on ourselves.
-        unsafe {
-            say!(
-                "holo: forked child {} cannot be attached to holo-pager; killing it to protect its data",
-                libc::getpid()
-            );
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        kill_self("this forked child cannot be attached to holo-pager");
     }
 }

@@ -336,12 +336,18 @@ impl Tier for NvmeTier {
             let outcomes = self.run(&mut ring, &ops);
             let sums: Vec<Sum> =
                 chunk.iter().map(|(_, data)| Sum { len: data.len() as u32, hash: checksum(data) }).collect();
+            let mut written = Vec::with_capacity(chunk.len());
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
                 results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| {
                     s.sums[slot as usize] = Some(sum);
-                    self.record_sum(slot, Some(sum));
+                    written.push((slot, sum));
                 }));
+            }
+            drop(s);
+            // Outside the lock: other pager threads' reads need it, not this I/O.
+            for (slot, sum) in written {
+                self.record_sum(slot, Some(sum));
             }
         }
         self.put_ring(ring);
@@ -403,6 +409,8 @@ impl Tier for NvmeTier {
             return;
         }
         if had_sum {
+            // Under the lock, unlike a write's record: once unlocked the slot may be handed
+            // out and written again, and its new record must not be zeroed after the fact.
             self.record_sum(slot, None);
         }
         s.unpunched.push(slot);
