@@ -279,6 +279,16 @@ fn malformed_handshakes_are_refused_and_others_served() {
         expect(&daemon, what, &c.recv(), REFUSED, want);
         expect_closed(&daemon, what, &mut c);
     }
+    // Every refusal is counted; the log, which a peer can fill at will, is rate-limited.
+    let status = daemon.holoctl_json(&["status"]);
+    assert_eq!(status["refused_connections"].as_u64(), Some(cases.len() as u64), "{status}\n{}", daemon.report_log());
+    let logged = daemon.log().lines().filter(|l| l.contains("refused")).count();
+    assert!(
+        logged < cases.len(),
+        "{logged} refusal lines for {} refusals: not rate-limited\n{}",
+        cases.len(),
+        daemon.report_log()
+    );
 
     // A child whose parent reported no fork: refused once the daemon stops waiting (5 s).
     let mut c = Raw::connect(&daemon);

@@ -14,6 +14,7 @@
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
 //! * [`remote`]: memory donated to peers, and the remote tier in theirs.
 //! * [`service`]: logging and systemd notification.
+//! * [`ratelimit`]: [`log_limited!`], for log lines a client can trigger.
 
 pub mod arc;
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod pager;
 pub mod pagetable;
 pub mod prefetch;
 pub mod pressure;
+pub mod ratelimit;
 pub mod remote;
 pub mod server;
 pub mod service;

@@ -103,6 +103,18 @@ pub const METRICS: &[Desc] = &[
         &[],
         "Granules that no tier would take (every tier full or failing).",
     ),
+    m(
+        "holo_daemon_refused_connections_total",
+        Counter,
+        &[],
+        "Connections refused at the handshake: malformed or unknown hello, peer not allowed, max_clients reached.",
+    ),
+    m(
+        "holo_pager_refused_requests_total",
+        Counter,
+        &[],
+        "Requests of connected clients refused: malformed, overlapping or oversized regions, per-client limits.",
+    ),
     m("holo_tier_capacity_bytes", Gauge, &["tier"], "Capacity of the tier; dram: the budget now."),
     m("holo_tier_used_bytes", Gauge, &["tier"], "Bytes the tier holds now."),
     m(
@@ -336,6 +348,8 @@ pub fn render(d: &Daemon) -> String {
     w.single("holo_pager_failed_faults_total", f(s.failed_faults.load(Relaxed)));
     w.single("holo_pager_cancelled_evictions_total", f(s.cancelled_evictions.load(Relaxed)));
     w.single("holo_pager_failed_evictions_total", f(s.failed_evictions.load(Relaxed)));
+    w.single("holo_daemon_refused_connections_total", f(s.refused_connections.load(Relaxed)));
+    w.single("holo_pager_refused_requests_total", f(s.refused_requests.load(Relaxed)));
 
     w.family("holo_tier_capacity_bytes");
     w.sample(&["dram"], f(budget_bytes));

@@ -58,8 +58,6 @@ const NO_SLOT: SlotId = SlotId::MAX;
 /// After an eviction found no room in any tier, wait this long before trying again, so that
 /// a full store costs one failed attempt per interval, not one per fault.
 const EVICT_RETRY_AFTER: Duration = Duration::from_secs(1);
-/// At most one log line per client this often while evictions fail.
-const EVICT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client whose agent let a zap time out is not asked to evict (then it is tried
 /// again): its stuck evictions would otherwise throttle every other client's fills.
 const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
@@ -147,8 +145,6 @@ pub struct Pager {
     /// Where evictions capture windows, one buffer per eviction of a batch.
     evict_bufs: Vec<Vec<u8>>,
     summary_at: Instant,
-    /// When an eviction failure was last logged (they repeat while the tiers are full).
-    evict_error_logged: Option<Instant>,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
     /// Where the page-table changes go that a restarted daemon needs (`None` if it could
@@ -221,7 +217,6 @@ impl Pager {
                 .map(|_| vec![0; granule as usize])
                 .collect(),
             summary_at: Instant::now(),
-            evict_error_logged: None,
             evict_backoff_until: None,
             journal,
             resumed,
@@ -575,7 +570,12 @@ impl Pager {
                 j += 1;
             }
             if let Err(e) = self.load(w, &pages, i, j) {
-                log::error!("pid {}: cannot read back {:#x}: {e}", self.info.pid, w.start + i as u64 * PAGE);
+                crate::log_limited!(
+                    error,
+                    "pid {}: cannot read back {:#x}: {e}",
+                    self.info.pid,
+                    w.start + i as u64 * PAGE
+                );
                 self.fail_fault(f, "its page could not be read back from the tier that holds it");
                 return Served::Done;
             }
@@ -721,7 +721,8 @@ impl Pager {
     /// kernel does for an unreadable file page.
     fn fail_fault(&self, f: Fault, why: &str) {
         self.d.stats.failed_faults.fetch_add(1, Relaxed);
-        log::error!(
+        crate::log_limited!(
+            error,
             "pid {} tid {}: fault at {:#x} cannot be served: {why}; sending SIGBUS",
             self.info.pid,
             f.tid,
@@ -1042,10 +1043,7 @@ impl Pager {
                     cancelled_pages += e.pages.len();
                     self.evict_backoff_until = Some(Instant::now() + EVICT_RETRY_AFTER);
                     self.d.stats.failed_evictions.fetch_add(1, Relaxed);
-                    if self.evict_error_logged.is_none_or(|t| t.elapsed() > EVICT_ERROR_LOG_INTERVAL) {
-                        log::error!("pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
-                        self.evict_error_logged = Some(Instant::now());
-                    }
+                    crate::log_limited!(error, "pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
                     self.cancel(id);
                     continue;
                 }
@@ -1127,7 +1125,8 @@ impl Pager {
                 Ok(Recv::Frame(f, fd_in)) => (f, fd_in),
                 Ok(Recv::Eof) => return Err(Gone("it closed its connection")),
                 Err(e) => {
-                    log::warn!("pid {}: bad request ({e}); dropping the client", self.info.pid);
+                    self.d.stats.refused_requests.fetch_add(1, Relaxed);
+                    crate::log_limited!(warn, "pid {}: bad request ({e}); dropping the client", self.info.pid);
                     return Err(Gone("bad request"));
                 }
             };
@@ -1140,7 +1139,8 @@ impl Pager {
             let sent = match reply {
                 Ok(()) => proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b""),
                 Err(msg) => {
-                    log::warn!("pid {}: request refused: {msg}", self.info.pid);
+                    self.d.stats.refused_requests.fetch_add(1, Relaxed);
+                    crate::log_limited!(warn, "pid {}: request refused: {msg}", self.info.pid);
                     proto::send(fd, Frame::new(Kind::Error, msg.len() as u64, 0, 0), None, msg.as_bytes())
                 }
             };

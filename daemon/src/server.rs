@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
@@ -95,14 +95,10 @@ fn recv_blocking(s: &UnixStream) -> io::Result<(Frame, Option<OwnedFd>)> {
     }
 }
 
-/// Refusals are triggered by clients: log them at most once a second.
-fn log_refusal(msg: &str) {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap();
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-        *last = Some(Instant::now());
-        log::warn!("{msg}");
-    }
+/// Refusals are triggered by clients: every one is counted, the log is rate-limited.
+fn log_refusal(d: &Daemon, msg: &str) {
+    d.stats.refused_connections.fetch_add(1, Relaxed);
+    crate::log_limited!(warn, "{msg}");
 }
 
 fn handshake(d: Arc<Daemon>, conn: UnixStream) {
@@ -117,22 +113,22 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             let why = format!("malformed hello: {e}");
             let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
-            return log_refusal(&format!("pid {}: refused: {why}", peer.pid));
+            return log_refusal(&d, &format!("pid {}: refused: {why}", peer.pid));
         }
         Err(e) => return log::debug!("pid {}: no hello ({e})", peer.pid),
     };
     if hello.kind != Kind::Hello {
         let why = format!("expected Hello, got {:?}", hello.kind);
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
-        return log_refusal(&format!("pid {}: refused: {why}", peer.pid));
+        return log_refusal(&d, &format!("pid {}: refused: {why}", peer.pid));
     }
     if hello.a != PROTOCOL_VERSION {
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, "holo-pager speaks protocol version 1 only");
-        return log_refusal(&format!("pid {}: refused: bad hello {hello:?}", peer.pid));
+        return log_refusal(&d, &format!("pid {}: refused: bad hello {hello:?}", peer.pid));
     }
     if hello.b != role::CONTROL && !allowed(&d, peer) {
         let why = format!("uid {} is not allowed to use holo-pager (allow_uids / allow_gids)", peer.uid);
-        log_refusal(&format!("pid {} refused: {why}", peer.pid));
+        log_refusal(&d, &format!("pid {} refused: {why}", peer.pid));
         let _ = send_text(conn.as_raw_fd(), Kind::Refused, &why);
         return;
     }
@@ -149,7 +145,7 @@ fn handshake(d: Arc<Daemon>, conn: UnixStream) {
         }
     };
     if let Err(e) = result {
-        log_refusal(&format!("pid {}: {e}", peer.pid));
+        log_refusal(&d, &format!("pid {}: {e}", peer.pid));
     }
 }
 
@@ -562,6 +558,8 @@ pub fn status_json(d: &Daemon) -> serde_json::Value {
         "failed_faults": input.failed_faults,
         "failed_evictions": input.failed_evictions,
         "cancelled_evictions": input.cancelled_evictions,
+        "refused_connections": s.refused_connections.load(Relaxed),
+        "refused_requests": s.refused_requests.load(Relaxed),
         "metrics_listen": d.metrics.listening.get().map(|a| a.to_string()),
     })
 }

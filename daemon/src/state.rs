@@ -35,6 +35,10 @@ pub struct Stats {
     pub cancelled_evictions: AtomicU64,
     /// Evictions that could not write the granule anywhere (every tier full or failing).
     pub failed_evictions: AtomicU64,
+    /// Connections refused at the handshake (bad hello, not allowed, too many clients, ...).
+    pub refused_connections: AtomicU64,
+    /// Requests of connected clients refused (bad region, limits).
+    pub refused_requests: AtomicU64,
 }
 
 /// The DRAM budget, in pages, across all clients.

@@ -398,13 +398,12 @@ impl Store {
                         used = used.saturating_sub(self.levels[level].tier.slot_bytes() as u64);
                     }
                     Err(e) => {
-                        // The migrator retries every tick: say it once every 10 s, not 10 times a second.
-                        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-                        let mut last = LAST.lock().unwrap();
-                        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                            *last = Some(Instant::now());
-                            log::warn!("demotion out of the {} tier failed: {e}", self.levels[level].tier.name());
-                        }
+                        // The migrator retries every tick: the line must not repeat 10 times a second.
+                        crate::log_limited!(
+                            warn,
+                            "demotion out of the {} tier failed: {e}",
+                            self.levels[level].tier.name()
+                        );
                         return moved;
                     }
                 }
