@@ -179,6 +179,24 @@ fn metrics_status_and_top_follow_a_program_that_spills() {
         fail(&format!("the histograms' counts {counts:?} do not add up to holo_pager_faults_total:\n{}", m.text));
     }
 
+    // `holoctl tiers` while the program runs: its ARC, bytes moved per second (64 MiB went
+    // through DRAM into NVMe seconds ago), and ratios only where they mean something.
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    let placement = tiers["placement"].as_array().and_then(|p| p.iter().find(|c| c["pid"] == u64::from(pid)));
+    let arc_ok = placement.is_some_and(|c| {
+        let g = &c["granules"];
+        g["capacity"].as_u64() == Some(16 * 16)
+            && g["target_recent"].as_u64().is_some()
+            && g["lens"]["t1"].as_u64() > Some(0)
+    });
+    let (dram, nvme) = (&tiers["tiers"][0], &tiers["tiers"][1]);
+    let moving =
+        dram["moved_bytes_per_second"].as_f64() > Some(0.0) && nvme["moved_bytes_per_second"].as_f64() > Some(0.0);
+    let ratios = dram["hit_ratio"].is_null() && nvme["hit_ratio"].is_null() == (dram["refaults"].as_u64() == Some(0));
+    if !(arc_ok && moving && ratios) {
+        fail(&format!("`holoctl tiers --json` (ARC {arc_ok}, moving {moving}, ratios {ratios}): {tiers}"));
+    }
+
     // `holoctl status` while the program runs.
     let status = daemon.holoctl_json(&["status"]);
     let running = status["clients"].as_u64() == Some(1)

@@ -130,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
     }
     metrics::spawn(daemon.clone());
+    daemon.spawn_rate_sampler().context("cannot start the tier rate sampler")?;
     server::serve(daemon, listener);
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
@@ -405,17 +405,25 @@ fn read_command(conn: &UnixStream, len: u64) -> Result<String, String> {
 pub fn tiers_json(d: &Daemon) -> serde_json::Value {
     let s = &d.stats;
     let resident = d.budget.resident.load(Relaxed).max(0) as u64;
+    let rates = d.rates.bytes_per_second(Instant::now(), &d.moved_pages());
+    let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
+    let (dram_evicted, dram_refaulted) = (s.dram.evictions.load(Relaxed), s.dram.refaults.load(Relaxed));
     let dram = serde_json::json!({
         "name": "dram",
         "capacity_bytes": d.budget.limit_pages.load(Relaxed).max(0) as u64 * crate::pagetable::PAGE,
         "used_bytes": resident * crate::pagetable::PAGE,
         "pages": resident,
         "faults": s.dram.faults.load(Relaxed),
-        "evictions": s.dram.evictions.load(Relaxed),
-        "refaults": s.dram.refaults.load(Relaxed),
+        "evictions": dram_evicted,
+        "refaults": dram_refaulted,
         "prefetched_pages": s.dram.prefetched.load(Relaxed),
+        "clean_evictions": s.dram.clean_evictions.load(Relaxed),
+        // DRAM hits are invisible (no access bits): the share of evicted pages that came
+        // back says how well placement chose (lower is better).
+        "refault_ratio": ratio(dram_refaulted, dram_evicted),
+        "moved_bytes_per_second": rates[0],
     });
-    let lower = d.store.levels.iter().map(|l| {
+    let lower = d.store.levels.iter().zip(&rates[1..]).map(|(l, rate)| {
         let (u, c) = (l.tier.usage(), &l.counters);
         serde_json::json!({
             "name": l.tier.name(),
@@ -428,8 +436,21 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "overflows": c.overflows.load(Relaxed),
             "read_errors": c.read_errors.load(Relaxed),
             "demotions": c.demotions.load(Relaxed),
+            // Of the pages faulted back into DRAM, the share this tier served.
+            "hit_ratio": ratio(c.refaults.load(Relaxed), dram_refaulted),
+            "moved_bytes_per_second": rate,
         })
     });
+    let placement: Vec<_> = d
+        .clients
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let p = c.placement.lock().unwrap().clone();
+            serde_json::json!({ "pid": c.pid, "comm": c.comm, "granules": p })
+        })
+        .collect();
     serde_json::json!({
         "granule_bytes": d.config.granule_bytes,
         "dram_budget_bytes": d.config.dram_budget_bytes,
@@ -437,6 +458,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
         "failed_evictions": s.failed_evictions.load(Relaxed),
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
+        "placement": placement,
     })
 }
 

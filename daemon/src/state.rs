@@ -1,7 +1,7 @@
 //! State shared by the daemon's threads: the tier store, the DRAM budget, the client
 //! registry, counters, and forked children waiting for their connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +25,8 @@ pub struct DramCounters {
     pub refaults: AtomicU64,
     /// Of those, pages fetched ahead of a trend before anything faulted on them.
     pub prefetched: AtomicU64,
+    /// Granules evicted with no capture and no write: clean, their slot held their bytes.
+    pub clean_evictions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -72,6 +74,48 @@ pub struct ClientInfo {
     pub agent: Mutex<Option<std::os::unix::net::UnixStream>>,
     /// Region summary for `holoctl regions`, refreshed by the pager.
     pub regions: Mutex<Vec<RegionSummary>>,
+    /// Its placement policy's sizes, refreshed with `regions`.
+    pub placement: Mutex<PlacementSummary>,
+}
+
+/// What `holoctl tiers` shows of a client's ARC, in granules.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PlacementSummary {
+    pub capacity: u64,
+    /// ARC's target size of T1 (`p`): how much of the capacity recency gets.
+    pub target_recent: Option<u64>,
+    pub lens: crate::arc::Lens,
+}
+
+/// How many seconds back `holoctl tiers`' bytes per second look.
+const RATE_SAMPLES: usize = 10;
+
+/// Pages moved in or out of each tier (DRAM first), sampled once a second, for the bytes
+/// per second `holoctl tiers` shows.
+#[derive(Default)]
+pub struct TierRates(Mutex<VecDeque<(Instant, Vec<u64>)>>);
+
+impl TierRates {
+    pub fn record(&self, now: Instant, moved_pages: Vec<u64>) {
+        let mut s = self.0.lock().unwrap();
+        if s.len() > RATE_SAMPLES {
+            s.pop_front();
+        }
+        s.push_back((now, moved_pages));
+    }
+
+    /// Bytes per second per tier from the oldest sample kept to `now`, when the counters
+    /// read `moved_pages`.
+    pub fn bytes_per_second(&self, now: Instant, moved_pages: &[u64]) -> Vec<f64> {
+        let s = self.0.lock().unwrap();
+        match s.front() {
+            Some((t0, then)) if now > *t0 => {
+                let secs = (now - *t0).as_secs_f64();
+                then.iter().zip(moved_pages).map(|(a, b)| b.saturating_sub(*a) as f64 * PAGE as f64 / secs).collect()
+            }
+            _ => vec![0.0; moved_pages.len()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -103,6 +147,7 @@ impl ClientInfo {
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             agent: Mutex::new(None),
             regions: Mutex::new(Vec::new()),
+            placement: Mutex::default(),
         })
     }
 
@@ -148,6 +193,7 @@ pub struct Daemon {
     /// What only the Prometheus endpoint shows (fault latency); the rest it reads from the
     /// counters above.
     pub metrics: crate::metrics::Metrics,
+    pub rates: TierRates,
 }
 
 impl Daemon {
@@ -177,7 +223,29 @@ impl Daemon {
             started: Instant::now(),
             recovered: Mutex::new(HashMap::new()),
             metrics,
+            rates: TierRates::default(),
         }
+    }
+
+    /// Pages moved in or out of each tier so far (DRAM: evicted and refaulted; a lower tier:
+    /// written, read back and demoted), DRAM first.
+    pub fn moved_pages(&self) -> Vec<u64> {
+        let dram = &self.stats.dram;
+        let lower = self.store.levels.iter().map(|l| {
+            let c = &l.counters;
+            c.evictions.load(Relaxed) + c.refaults.load(Relaxed) + c.demotions.load(Relaxed)
+        });
+        std::iter::once(dram.evictions.load(Relaxed) + dram.refaults.load(Relaxed)).chain(lower).collect()
+    }
+
+    /// Sample [`Self::moved_pages`] once a second, for [`TierRates`].
+    pub fn spawn_rate_sampler(self: &Arc<Self>) -> std::io::Result<()> {
+        let d = self.clone();
+        std::thread::Builder::new().name("tier-rates".into()).spawn(move || loop {
+            d.rates.record(Instant::now(), d.moved_pages());
+            std::thread::sleep(Duration::from_secs(1));
+        })?;
+        Ok(())
     }
 
     /// Where client journals live.

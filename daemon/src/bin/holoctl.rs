@@ -173,14 +173,28 @@ fn print_tiers(v: &serde_json::Value) {
         n(v, "failed_evictions")
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "TIER", "CAPACITY", "USED", "PAGES", "FAULTS", "EVICTIONS", "REFAULTS", "OVERFLOWS", "DEMOTIONS", "ERRORS"
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>8}",
+        "TIER",
+        "CAPACITY",
+        "USED",
+        "PAGES",
+        "FAULTS",
+        "EVICTIONS",
+        "REFAULTS",
+        "HIT%",
+        "MOVED/S",
+        "OVERFLOWS",
+        "DEMOTIONS",
+        "ERRORS"
     );
     for t in v["tiers"].as_array().into_iter().flatten() {
         // DRAM has no overflow or read-error counters: show "-", not a misleading 0.
         let opt = |k: &str| t[k].as_u64().map_or("-".to_string(), |x| x.to_string());
+        // DRAM's hits are invisible; lower tiers: the share of refaults each served.
+        let hit = t["hit_ratio"].as_f64().map_or("-".to_string(), |r| format!("{:.0}", r * 100.0));
+        let moved = t["moved_bytes_per_second"].as_f64().unwrap_or(0.0) as u64;
         println!(
-            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>8}",
             t["name"].as_str().unwrap_or("?"),
             mib(n(t, "capacity_bytes")),
             mib(n(t, "used_bytes")),
@@ -188,9 +202,34 @@ fn print_tiers(v: &serde_json::Value) {
             n(t, "faults"),
             n(t, "evictions"),
             n(t, "refaults"),
+            hit,
+            mib(moved),
             opt("overflows"),
             opt("demotions"),
             opt("read_errors")
+        );
+    }
+    let dram = &v["tiers"][0];
+    if let Some(r) = dram["refault_ratio"].as_f64() {
+        println!(
+            "dram: {:.0}% of evicted pages came back; {} granules evicted clean (no write)",
+            r * 100.0,
+            n(dram, "clean_evictions")
+        );
+    }
+    for c in v["placement"].as_array().into_iter().flatten() {
+        let g = &c["granules"];
+        let l = &g["lens"];
+        let target = g["target_recent"].as_u64().map_or("-".to_string(), |p| p.to_string());
+        println!(
+            "ARC pid {} ({}): capacity {} granules, T1 target {target}, T1 {} T2 {} ghosts B1 {} B2 {}",
+            c["pid"],
+            c["comm"].as_str().unwrap_or("?"),
+            n(g, "capacity"),
+            l["t1"],
+            l["t2"],
+            l["b1"],
+            l["b2"]
         );
     }
 }
