@@ -7,7 +7,10 @@
 //!   the daemon's pager thread and the kernel's userfaultfd, for one granule window.
 //! * [`ownership`]: model 2, write leases, epochs, `holo_sync` and readers across 2 or 3
 //!   nodes with crashes, partitions and clock skew, applied by holo-cluster's own state machine.
+//! * [`migrate`]: model 3, moves of granules down the tiers with faults, evictions, a crash at
+//!   any step and a burst of migrations.
 
 pub mod evict;
+pub mod migrate;
 pub mod ownership;
 pub mod trace;
