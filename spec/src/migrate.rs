@@ -227,10 +227,10 @@ impl Model for Migrate {
         let slots = n + self.bounds.evictions as usize + 1;
         let mut tiers = [vec![None; slots], vec![None; slots]];
         let mut map = vec![FREE; slots];
-        for id in 0..n {
+        for (id, e) in map.iter_mut().take(n).enumerate() {
             let version = id as u8 + 1;
             let at = alloc(&mut tiers[0], version);
-            map[id] = Entry { live: true, level: 0, at, version };
+            *e = Entry { live: true, level: 0, at, version };
         }
         vec![State {
             records: map.clone(),
