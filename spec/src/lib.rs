@@ -5,8 +5,12 @@
 //!
 //! * [`evict`]: model 1, fault and eviction between a program's threads, the shim's agent,
 //!   the daemon's pager thread and the kernel's userfaultfd, for one granule window.
-//!
-//! Models 2 (ownership and coherence across nodes) and 3 (tier migration) are not written yet.
+//! * [`ownership`]: model 2, write leases, epochs, `holo_sync` and readers across 2 or 3
+//!   nodes with crashes, partitions and clock skew, applied by holo-cluster's own state machine.
+//! * [`migrate`]: model 3, moves of granules down the tiers with faults, evictions, a crash at
+//!   any step and a burst of migrations.
 
 pub mod evict;
+pub mod migrate;
+pub mod ownership;
 pub mod trace;

@@ -1,11 +1,12 @@
 //! Counterexample traces, printed one step a line with the state that matters.
 
 use std::fmt::Write;
+use std::hash::Hash;
 
 use holo_pager::pagetable::PageState;
 use stateright::{Checker, Model, Path};
 
-use crate::evict::{Action, Evict, State, N};
+use crate::evict::{Action, State, N};
 
 fn page_states(s: &State) -> String {
     let mut out = String::new();
@@ -25,7 +26,7 @@ fn page_states(s: &State) -> String {
     out
 }
 
-/// One line per step: the action, then the pages (table/kernel/truth), the eviction, the
+/// Model 1's trace: one line per step: the action, then the pages (table/kernel/truth), the eviction, the
 /// threads, the agent and the queues after it.
 pub fn describe(path: &Path<State, Action>) -> String {
     let mut out = String::new();
@@ -60,7 +61,12 @@ pub fn describe(path: &Path<State, Action>) -> String {
 }
 
 /// Run a breadth-first check to the end (or to the first broken `always` property).
-pub fn check(model: Evict, stop_at_first_failure: bool) -> impl Checker<Evict> {
+pub fn check<M>(model: M, stop_at_first_failure: bool) -> impl Checker<M>
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + PartialEq + Hash + Send + Sync + 'static,
+    M::Action: Clone + PartialEq,
+{
     let mut b = model.checker();
     if stop_at_first_failure {
         b = b.finish_when(stateright::HasDiscoveries::AnyFailures);
@@ -69,13 +75,22 @@ pub fn check(model: Evict, stop_at_first_failure: bool) -> impl Checker<Evict> {
 }
 
 /// Run a breadth-first check until `property` is broken (or to the end).
-pub fn check_for(model: Evict, property: &'static str) -> impl Checker<Evict> {
+pub fn check_for<M>(model: M, property: &'static str) -> impl Checker<M>
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + PartialEq + Hash + Send + Sync + 'static,
+    M::Action: Clone + PartialEq,
+{
     let only = std::iter::once(property).collect();
     model.checker().finish_when(stateright::HasDiscoveries::AnyOf(only)).spawn_bfs().join()
 }
 
 /// The model's `always` properties that have a counterexample.
-pub fn failures(c: &impl Checker<Evict>) -> Vec<&'static str> {
+pub fn failures<M: Model>(c: &impl Checker<M>) -> Vec<&'static str>
+where
+    M::State: Clone + PartialEq,
+    M::Action: Clone + PartialEq,
+{
     let mut v: Vec<&'static str> = c
         .model()
         .properties()
@@ -90,10 +105,26 @@ pub fn failures(c: &impl Checker<Evict>) -> Vec<&'static str> {
 
 /// `path` cut at its first state that breaks `property` (the checker keeps the last
 /// counterexample it met, not the first, when it explores everything).
-pub fn trim(model: &Evict, property: &str, path: &Path<State, Action>) -> Path<State, Action> {
+pub fn trim<M: Model>(model: &M, property: &str, path: &Path<M::State, M::Action>) -> Path<M::State, M::Action>
+where
+    M::State: Clone + PartialEq,
+    M::Action: Clone + PartialEq,
+{
     let p = model.properties().into_iter().find(|p| p.name == property).expect("a property of the model");
     let v = path.clone().into_vec();
     let cut = v.iter().position(|(s, _)| !(p.condition)(model, s)).unwrap_or(v.len() - 1);
-    let actions: Vec<Action> = v[..cut].iter().filter_map(|(_, a)| *a).collect();
+    let actions: Vec<M::Action> = v[..cut].iter().filter_map(|(_, a)| a.clone()).collect();
     Path::from_actions(model, v[0].0.clone(), &actions).expect("the same path")
+}
+
+/// Models 2 and 3's traces: one line per step, the action then the state as `show` prints it.
+pub fn describe_with<S: Clone, A: std::fmt::Debug + Clone>(path: &Path<S, A>, show: impl Fn(&S) -> String) -> String {
+    let mut out = String::new();
+    let mut prev: Option<A> = None;
+    for (i, (s, next)) in path.clone().into_vec().into_iter().enumerate() {
+        let what = prev.as_ref().map_or("init".to_string(), |a| format!("{a:?}"));
+        let _ = writeln!(out, "{i:3} {what:<34} | {}", show(&s));
+        prev = next;
+    }
+    out
 }
