@@ -575,22 +575,6 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn daemon(dir: &std::path::Path) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = crate::config::Config::resolve(
-            None,
-            crate::config::Overrides {
-                state_dir: Some(dir.into()),
-                fs_dir: Some(dir.join("fs")),
-                dram_budget: Some("16M".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let store = crate::store::Store::open(&config).unwrap();
-        Daemon::new(config, store)
-    }
-
     /// The family a sample line belongs to: its name, less a histogram's suffix.
     fn family_of(sample: &str) -> String {
         let name = sample.split(['{', ' ']).next().unwrap();
@@ -607,7 +591,7 @@ mod tests {
     #[test]
     fn every_declared_metric_is_rendered_and_every_rendered_one_declared() {
         let dir = std::env::temp_dir().join(format!("holo-metrics-test-{}", std::process::id()));
-        let d = daemon(&dir);
+        let d = crate::state::test_daemon(&dir);
         d.metrics.fault_served(0, Duration::from_micros(3));
         d.metrics.fault_served(1, Duration::from_millis(2));
         let text = render(&d);

@@ -734,6 +734,9 @@ fn escalate(d: &Daemon, orders: Orders, s: &Sample, wanted_pages: i64) {
         shared.step.store(orders.step as u8, Relaxed);
         shared.throttling.store(orders.step >= Step::Throttle, Relaxed);
     }
+    if !orders.release && !orders.fail_one {
+        return;
+    }
     let clients = d.clients.lock().unwrap().clone();
     if orders.release {
         let wanted_bytes = wanted_pages.max(0) as u64 * PAGE;
@@ -1104,5 +1107,26 @@ mod tests {
         assert_eq!(priority_for(&prios, &v1), 10);
         assert_eq!(priority_for(&[("/".into(), 3)], &v2("/anything")), 3);
         assert_eq!(priority_for(&[], &v1), 0);
+    }
+
+    #[test]
+    fn only_clients_below_the_top_priority_are_throttled_one_fault_per_gap() {
+        let dir = std::env::temp_dir().join(format!("holo-pressure-throttle-{}", std::process::id()));
+        let d = crate::state::test_daemon(&dir);
+        let (low, high) = (ClientInfo::new(1, 1, 0).unwrap(), ClientInfo::new(2, 2, 0).unwrap());
+        low.priority.store(-10, Relaxed);
+        d.pressure.top_priority.store(0, Relaxed);
+        assert!(!hold_fault(&d, &low), "not throttling: nobody waits");
+        d.pressure.throttling.store(true, Relaxed);
+        for _ in 0..100 {
+            assert!(!hold_fault(&d, &high), "the top priority is never throttled");
+        }
+        assert!(!hold_fault(&d, &low), "the first fault passes and starts the gap");
+        assert!(hold_fault(&d, &low), "the next waits for the gap");
+        assert!(hold_fault(&d, &low));
+        std::thread::sleep(Duration::from_millis(THROTTLE_FAULT_GAP_MS + 5));
+        assert!(!hold_fault(&d, &low), "then passes");
+        assert_eq!(d.pressure.counters.throttled_faults.load(Relaxed), 1, "one fault was served late");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

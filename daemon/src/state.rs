@@ -295,3 +295,21 @@ impl Daemon {
         }
     }
 }
+
+/// A daemon for unit tests: state and an FS tier under `dir`, a 16 MiB budget.
+#[cfg(test)]
+pub fn test_daemon(dir: &std::path::Path) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = crate::config::Config::resolve(
+        None,
+        crate::config::Overrides {
+            state_dir: Some(dir.into()),
+            fs_dir: Some(dir.join("fs")),
+            dram_budget: Some("16M".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let store = crate::store::Store::open(&config).unwrap();
+    Daemon::new(config, store)
+}
