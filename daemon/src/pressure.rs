@@ -281,14 +281,14 @@ impl Controller {
         self.limit <= self.p.min_pages
     }
 
-    /// Pages holo would like back now: what is resident beyond the room of a cgroup short
-    /// of it, else what a PSI shrink would take.
+    /// Pages holo would like back now: with a cgroup short of room, what would bring the
+    /// cgroup furthest into its margin back out of it; else what a PSI shrink would take.
     pub fn wanted_pages(&self, s: &Sample) -> i64 {
-        let resident = self.limit.min(s.resident_pages);
-        match cgroup_cap(&s.cgroups, s.resident_pages, self.p.margin_pages) {
-            Some((cap, _)) if cap < self.limit => (resident - cap).max(self.p.granule_pages),
-            _ => (resident as f64 * SHRINK_FRACTION) as i64,
+        if self.cgroup_short(s) {
+            let into_margin = s.cgroups.iter().map(|c| c.usage_pages + self.p.margin_pages - c.limit_pages).max();
+            return into_margin.unwrap_or(0).max(self.p.granule_pages);
         }
+        (self.limit.min(s.resident_pages) as f64 * SHRINK_FRACTION) as i64
     }
 
     fn shrink(&mut self, from: i64, to: i64, reason: Reason) -> Action {
@@ -966,7 +966,7 @@ mod tests {
         // 384M limit; 350M of holo's plus 20M of the program's own: 14M of room < 64M margin.
         s.cgroups = vec![CgroupLoad { limit_pages: 384 * MIB, usage_pages: 370 * MIB, holo_pages: 350 * MIB }];
         assert!(c.cgroup_short(&s));
-        assert_eq!(c.wanted_pages(&s), 50 * MIB, "what is resident beyond the cap");
+        assert_eq!(c.wanted_pages(&s), 50 * MIB, "370M used + 64M margin - 384M limit");
         let a = c.tick(&s);
         let cap = (384 - 64 - 20) * MIB;
         assert_eq!(a, Action::Shrink { from: 1024 * MIB, to: cap - 16 * MIB, reason: Reason::Cgroup(0) });
