@@ -95,7 +95,9 @@ pub fn c_program(name: &str) -> PathBuf {
     let out = out_dir.join(name);
     let tmp = out_dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut cmd = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
-    cmd.args(["-O2", "-pthread", "-Wall", "-o"]).arg(&tmp).arg(&src);
+    // holo.h, the shim's C API, for the programs that use it.
+    let include = workspace_root().join("libholo-preload").join("include");
+    cmd.args(["-O2", "-pthread", "-Wall", "-I"]).arg(include).arg("-o").arg(&tmp).arg(&src);
     let output = cmd.output().unwrap_or_else(|e| panic!("cannot run cc: {e}"));
     if !output.status.success() {
         panic!("compiling {} failed\n{}", src.display(), describe_output(&cmd, &output));

@@ -1,7 +1,8 @@
 //! Memory pressure: a managed program and a memory hog share a memory-limited cgroup (cgroup
 //! v1 memory controller). Under holo, the daemon shrinks the DRAM budget so that the cgroup
 //! stays under its limit, and both finish with their data intact; without holo, the same
-//! workload is OOM-killed.
+//! workload is OOM-killed. A cooperative program (`holo_on_pressure`) is asked to release
+//! memory first, and does.
 
 use std::ffi::CString;
 use std::fs;
@@ -264,4 +265,51 @@ fn without_holo_the_same_workload_is_oom_killed() {
         cg.read("memory.failcnt").trim(),
         fs::read_to_string("/proc/pressure/memory").unwrap_or_default().replace('\n', "; ")
     );
+}
+
+#[test]
+fn a_cooperative_program_is_asked_to_release_memory_and_does() {
+    let _heavy = heavy();
+    let Some(cg) = cgroup_or_skip("release", "a_cooperative_program_is_asked_to_release_memory_and_does") else {
+        return;
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    fs::write(&conf_file, "cgroup_margin = \"64M\"\npressure_target_pct = 10.0\n").unwrap();
+    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap()]);
+
+    // 512M of data and a 64M cache it can drop, in a 384M cgroup: the first cgroup shrink
+    // comes with a release request, and the callback frees the cache.
+    let mut cmd = shimmed_command(&daemon, &c_program("pressure_release"), &[MANAGED, "64M"], &[]);
+    cg.put(&mut cmd);
+    let mut managed = Spawned::spawn(cmd, true);
+    managed.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let mut hog = Spawned::spawn(hog_command(&cg), true);
+    hog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let p = pressure(&daemon);
+    let requests = p["actions"]["release_requests"].as_u64().unwrap_or(0);
+
+    managed.send_line("verify");
+    let out = managed.finish(PROGRAM_TIMEOUT);
+    hog.send_line("verify");
+    let hog_out = hog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("{}\n{p:#}", cg.stats());
+    out.check(&daemon, out.success() && out.stdout.contains("ok"), &format!("the managed program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    hog_out.check(&daemon, hog_out.success(), &format!("the hog failed\n{tail}"));
+    let report = out.stdout.lines().find(|l| l.starts_with("pressure_release:")).unwrap_or("");
+    let calls: u64 = report.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    out.check(
+        &daemon,
+        requests >= 1 && calls >= 1 && report.ends_with("cache freed"),
+        &format!("expected a release request ({requests} sent) answered by the callback ({report:?})\n{tail}"),
+    );
+    out.check(
+        &daemon,
+        p["actions"]["escalations"].as_u64() >= Some(1) && daemon.log().contains("to release memory"),
+        &format!("expected the escalation counted and the release logged\n{tail}"),
+    );
+    let kills = cg.oom_kills();
+    out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
+    eprintln!("release: {requests} request(s) sent; {report}; actions {}", p["actions"]);
 }

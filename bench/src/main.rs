@@ -1,5 +1,7 @@
 //! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]`
 //! `holo-bench swap [...]`: holo against kernel swap (swapfile, zram) and the disk, see `swap.rs`.
+//! `holo-bench pressure [...]`: a program and a hog in one memory-limited cgroup, with holo,
+//! without it and with kernel swap: PSI and completion time, see `pressure.rs`.
 //! `holo-bench threads [...]`: fault throughput with 1-8 faulting threads, see `threads.rs`.
 //! `holo-bench remote [...]`: remote fetch latency of a 64 KiB granule against raw TCP, on
 //! loopback, an unshaped veth and a veth held to 1 Gbit/s, see `remote.rs`.
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 mod plot;
+mod pressure;
 mod remote;
 mod swap;
 mod threads;
@@ -45,7 +48,7 @@ const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]\n       \
                      holo-bench swap --help\n       holo-bench threads --help\n       \
-                     holo-bench remote --help";
+                     holo-bench remote --help\n       holo-bench pressure --help";
 
 pub(crate) type Result<T> = std::result::Result<T, String>;
 
@@ -99,6 +102,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("swap") => std::process::exit(swap::main(&args[1..])),
         Some("threads") => std::process::exit(threads::main(&args[1..])),
+        Some("pressure") => std::process::exit(pressure::main(&args[1..])),
         Some("remote") => std::process::exit(remote::main(&args[1..])),
         _ => {}
     }

@@ -229,7 +229,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 // ---------------------------------------------------------------------------------------------
 // Machine state: cgroups, swap, zram, scratch files, each undone on drop
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
 
@@ -238,7 +238,7 @@ fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 /// The mount point of the cgroup v1 memory controller, from /proc/mounts.
-fn v1_memory_root() -> Option<PathBuf> {
+pub(crate) fn v1_memory_root() -> Option<PathBuf> {
     read(Path::new("/proc/mounts")).lines().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         (f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "memory")).then(|| PathBuf::from(f[1]))
@@ -246,18 +246,18 @@ fn v1_memory_root() -> Option<PathBuf> {
 }
 
 /// Active swap areas, as /proc/swaps lists them.
-fn active_swaps() -> Vec<String> {
+pub(crate) fn active_swaps() -> Vec<String> {
     read(Path::new("/proc/swaps")).lines().skip(1).map(String::from).collect()
 }
 
 /// A cgroup v1 memory cgroup; on drop, what is left in it (only processes this benchmark
 /// started) is killed and the cgroup removed.
-struct MemCg {
+pub(crate) struct MemCg {
     path: PathBuf,
 }
 
 impl MemCg {
-    fn create(root: &Path, name: &str, limit: Option<u64>) -> Result<MemCg> {
+    pub(crate) fn create(root: &Path, name: &str, limit: Option<u64>) -> Result<MemCg> {
         let path = root.join(name);
         fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
         let cg = MemCg { path };
@@ -267,11 +267,11 @@ impl MemCg {
         Ok(cg)
     }
 
-    fn num(&self, file: &str) -> u64 {
+    pub(crate) fn num(&self, file: &str) -> u64 {
         read(&self.path.join(file)).trim().parse().unwrap_or(0)
     }
 
-    fn oom_kills(&self) -> u64 {
+    pub(crate) fn oom_kills(&self) -> u64 {
         let text = read(&self.path.join("memory.oom_control"));
         text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
     }
@@ -285,7 +285,7 @@ impl MemCg {
     }
 
     /// Makes `cmd`'s process join the cgroup before it execs.
-    fn join_on_exec(&self, cmd: &mut Command) {
+    pub(crate) fn join_on_exec(&self, cmd: &mut Command) {
         let procs = CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes()).unwrap_or_default();
         // SAFETY: only open/write/close on data prepared before the fork, as pre_exec requires.
         unsafe {
@@ -319,7 +319,7 @@ impl Drop for MemCg {
                 return;
             }
             if Instant::now() > deadline {
-                eprintln!("holo-bench swap: WARNING: could not remove cgroup {}", self.path.display());
+                eprintln!("holo-bench: WARNING: could not remove cgroup {}", self.path.display());
                 return;
             }
             thread::sleep(Duration::from_millis(50));
@@ -328,10 +328,10 @@ impl Drop for MemCg {
 }
 
 /// A swap area turned on; turned off on drop.
-struct SwapOn(CString);
+pub(crate) struct SwapOn(CString);
 
 impl SwapOn {
-    fn new(path: &Path) -> Result<SwapOn> {
+    pub(crate) fn new(path: &Path) -> Result<SwapOn> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: plain syscall with a NUL-terminated path.
         if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
@@ -346,7 +346,7 @@ impl Drop for SwapOn {
         // SAFETY: plain syscall with a NUL-terminated path.
         if unsafe { libc::swapoff(self.0.as_ptr()) } != 0 {
             eprintln!(
-                "holo-bench swap: WARNING: swapoff {:?} failed ({}); run it by hand",
+                "holo-bench: WARNING: swapoff {:?} failed ({}); run it by hand",
                 self.0,
                 std::io::Error::last_os_error()
             );
@@ -383,6 +383,24 @@ impl Drop for Setup {
 
 fn zram_sys(n: u32) -> PathBuf {
     PathBuf::from(format!("/sys/block/zram{n}"))
+}
+
+/// Creates a swapfile of `bytes` at `path` (a new file; the caller removes it).
+pub(crate) fn make_swapfile(path: &Path, bytes: u64) -> Result<()> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    // Allocated blocks, not a sparse file: swapon refuses holes.
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open fd.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) } != 0 {
+        return Err(format!("fallocate {}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    drop(f);
+    mkswap(path)
 }
 
 fn mkswap(path: &Path) -> Result<()> {
@@ -461,21 +479,8 @@ fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
 
     if wants(Contender::Swapfile) {
         let path = s.scratch.join("swapfile");
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("create {}: {e}", path.display()))?;
         s.swapfile = Some(path.clone());
-        // Allocated blocks, not a sparse file: swapon refuses holes.
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open fd.
-        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, (ws + 64 * MIB) as libc::off_t) } != 0 {
-            return Err(format!("fallocate {}: {}", path.display(), std::io::Error::last_os_error()));
-        }
-        drop(f);
-        mkswap(&path)?;
+        make_swapfile(&path, ws + 64 * MIB)?;
     }
     if wants(Contender::Zram) {
         let n: u32 = read(control).trim().parse().map_err(|_| "zram hot_add gave no device number")?;
@@ -551,7 +556,7 @@ pub(crate) fn json_lines(text: &str, key: &str) -> Map<String, Value> {
         .collect()
 }
 
-fn vmstat() -> (u64, u64) {
+pub(crate) fn vmstat() -> (u64, u64) {
     let text = read(Path::new("/proc/vmstat"));
     let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.trim().parse().ok()).unwrap_or(0);
     (get("pswpin "), get("pswpout "))

@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub min_budget: Option<String>,
     pub cgroup_margin: Option<String>,
     pub pressure_interval_ms: Option<u64>,
+    pub priorities: Option<std::collections::BTreeMap<String, i32>>,
     pub nvme_path: Option<PathBuf>,
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
@@ -85,6 +86,11 @@ pub struct Config {
     /// ...and keeps each client's memory cgroup this far below its limit.
     pub cgroup_margin_bytes: u64,
     pub pressure_interval_ms: u64,
+    /// Client priorities by cgroup path (a client's v2 cgroup or v1 memory cgroup, or an
+    /// ancestor), longest path first; unlisted clients have priority 0. Under pressure the
+    /// faults of clients below the highest priority are throttled, and at the last resort the
+    /// lowest is failed.
+    pub priorities: Vec<(String, i32)>,
     /// The NVMe tier: a file (created) or a block device (used whole).
     pub nvme_path: PathBuf,
     /// `None`: as much as the filesystem or device has.
@@ -137,6 +143,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Priorities run from -100 (failed first) to 100.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+
+/// `priorities`, checked (absolute cgroup paths without `.`, `..`, empty components or a
+/// trailing `/`; priorities in [`PRIORITY_RANGE`]) and sorted longest path first.
+fn priorities(map: std::collections::BTreeMap<String, i32>) -> Result<Vec<(String, i32)>, String> {
+    for (path, &prio) in &map {
+        let components_ok = path == "/"
+            || path
+                .strip_prefix('/')
+                .is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+        if !components_ok {
+            return Err(format!(
+                "{path:?} is not a cgroup path such as \"/batch.slice\" (absolute, no trailing '/', '.' or '..')"
+            ));
+        }
+        if !PRIORITY_RANGE.contains(&prio) {
+            return Err(format!("{path:?} has priority {prio}; priorities run from -100 to 100"));
+        }
+    }
+    let mut v: Vec<(String, i32)> = map.into_iter().collect();
+    v.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    Ok(v)
 }
 
 /// Values given on the command line; `None` means "not given".
@@ -271,6 +302,8 @@ impl Config {
                 message: format!("{pressure_interval_ms} is not between 10 and 10000"),
             });
         }
+        let priorities = priorities(fc.priorities.unwrap_or_default())
+            .map_err(|message| ConfigError::Invalid { key: "priorities", message })?;
         let capacity = |key: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
             let Some(v) = v else { return Ok(None) };
             let bytes = parse_size(&v).map_err(|message| ConfigError::Invalid { key, message })?;
@@ -343,6 +376,7 @@ impl Config {
             min_budget_bytes,
             cgroup_margin_bytes,
             pressure_interval_ms,
+            priorities,
             cluster,
             remote,
         })
@@ -405,6 +439,21 @@ mod tests {
             assert!(e.contains(key), "{bad}: {e}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn priorities_validate_and_sort_longest_first() {
+        let parse = |text: &str| Config::from_toml_str(text, "t.toml", Overrides::default()).map_err(|e| e.to_string());
+        assert_eq!(parse("").unwrap().priorities, vec![]);
+        let c = parse("priorities = { \"/batch\" = -10, \"/batch/urgent\" = 5, \"/\" = 1 }").unwrap();
+        assert_eq!(c.priorities, vec![("/batch/urgent".into(), 5), ("/batch".into(), -10), ("/".into(), 1)]);
+        for bad in ["batch", "/batch/", "/a//b", "/a/../b", ""] {
+            let e = parse(&format!("priorities = {{ {bad:?} = 1 }}")).unwrap_err();
+            assert!(e.contains("priorities") && e.contains("not a cgroup path"), "{bad}: {e}");
+        }
+        let e = parse("priorities = { \"/x\" = 101 }").unwrap_err();
+        assert!(e.contains("priorities") && e.contains("-100 to 100"), "{e}");
+        assert!(parse("priorities = { \"/x\" = \"high\" }").is_err());
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!
 //! Names are `holo_<component>_<what>_<unit>`, the unit last (see [`UNIT_SUFFIXES`]); label
 //! sets are closed: `tier` is `dram` or a configured tier's name, `action` one of the
-//! pressure controller's three, `version` this build's.
+//! pressure controller's three, `response` one of the pressure response's five, `version`
+//! this build's.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -63,9 +64,9 @@ pub struct Desc {
 
 /// What a metric name may end in: its unit, `_total` for a counter, `_info` for the build
 /// info. Counts of things (`_pages`, `_clients`, `_regions`) are units of their own, as
-/// `_bytes` is.
+/// `_bytes` is; `_step` is a step of the pressure response, 0 (calm) to 4 (last resort).
 pub const UNIT_SUFFIXES: &[&str] =
-    &["_bytes", "_seconds", "_total", "_pages", "_ratio", "_clients", "_regions", "_info"];
+    &["_bytes", "_seconds", "_total", "_pages", "_ratio", "_clients", "_regions", "_info", "_step"];
 
 const fn m(name: &'static str, kind: Type, labels: &'static [&'static str], help: &'static str) -> Desc {
     Desc { name, kind, labels, help }
@@ -163,6 +164,18 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_pressure_shrunk_bytes_total", Counter, &[], "Bytes the controller's shrinks took off the budget."),
     m("holo_pressure_trigger_fires_total", Counter, &[], "Times the PSI trigger woke the controller."),
+    m(
+        "holo_pressure_response_step",
+        Gauge,
+        &[],
+        "The pressure response's step: 0 calm, 1 release, 2 demote, 3 throttle, 4 last resort.",
+    ),
+    m(
+        "holo_pressure_responses_total",
+        Counter,
+        &["response"],
+        "Pressure responses: escalation, release_request, throttled_fault, refused_client, failed_client.",
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -410,6 +423,13 @@ pub fn render(d: &Daemon) -> String {
     w.sample(&["grow"], f(c.grows.load(Relaxed)));
     w.single("holo_pressure_shrunk_bytes_total", f(c.shrunk_pages.load(Relaxed) * PAGE));
     w.single("holo_pressure_trigger_fires_total", f(c.trigger_fires.load(Relaxed)));
+    w.single("holo_pressure_response_step", d.pressure.step() as u8);
+    w.family("holo_pressure_responses_total");
+    w.sample(&["escalation"], f(c.escalations.load(Relaxed)));
+    w.sample(&["release_request"], f(c.release_requests.load(Relaxed)));
+    w.sample(&["throttled_fault"], f(c.throttled_faults.load(Relaxed)));
+    w.sample(&["refused_client"], f(c.refused_clients.load(Relaxed)));
+    w.sample(&["failed_client"], f(c.failed_clients.load(Relaxed)));
     w.out
 }
 
@@ -576,22 +596,6 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn daemon(dir: &std::path::Path) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = crate::config::Config::resolve(
-            None,
-            crate::config::Overrides {
-                state_dir: Some(dir.into()),
-                fs_dir: Some(dir.join("fs")),
-                dram_budget: Some("16M".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let store = crate::store::Store::open(&config).unwrap();
-        Daemon::new(config, store)
-    }
-
     /// The family a sample line belongs to: its name, less a histogram's suffix.
     fn family_of(sample: &str) -> String {
         let name = sample.split(['{', ' ']).next().unwrap();
@@ -608,7 +612,7 @@ mod tests {
     #[test]
     fn every_declared_metric_is_rendered_and_every_rendered_one_declared() {
         let dir = std::env::temp_dir().join(format!("holo-metrics-test-{}", std::process::id()));
-        let d = daemon(&dir);
+        let d = crate::state::test_daemon(&dir);
         d.metrics.fault_served(0, Duration::from_micros(3));
         d.metrics.fault_served(1, Duration::from_millis(2));
         let text = render(&d);

@@ -541,7 +541,7 @@ impl Pager {
                 Err(_) => Served::Gone("write-unprotect failed"),
             };
         }
-        if self.d.throttle_fills() {
+        if self.d.throttle_fills() || crate::pressure::hold_fault(&self.d, &self.info) {
             return Served::Defer;
         }
         self.fill(w, f)

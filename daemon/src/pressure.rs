@@ -7,20 +7,29 @@
 //! * per client, its memory cgroup: cgroup v1 `memory.limit_in_bytes`/`usage_in_bytes`, and
 //!   the cgroup v2 `memory.pressure` of its v2 cgroup where the file exists.
 //!
-//! The [`Controller`] is pure: it turns a [`Sample`] into an [`Action`] on
-//! `Budget.limit_pages`; [`run`] does the I/O, applies, logs and counts.
+//! The response hierarchy, in order ([`Step`]): (1) ask the clients to release memory (a
+//! `Release` frame to each shim's agent: `malloc_trim` and the program's `holo_on_pressure`
+//! callback); (2) demote cold pages (shrink the DRAM budget); (3) throttle the faults of
+//! clients whose priority is below the highest; (4) last resort: refuse new clients and fail
+//! the lowest-priority client. Priorities come from the config's `priorities`, by cgroup.
+//!
+//! Decisions are pure: the [`Escalation`] turns a [`Pressing`] into [`Orders`] (which step,
+//! whether to ask for a release or fail a client), the [`Controller`] turns a [`Sample`] into
+//! an [`Action`] on `Budget.limit_pages`; [`run`] does the I/O, applies, logs and counts.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use holo_pagers::proto::{self, Frame, Kind};
+
 use crate::pagetable::PAGE;
-use crate::state::Daemon;
+use crate::state::{ClientInfo, Daemon};
 
 pub const SYSTEM_PSI: &str = "/proc/pressure/memory";
 /// Kernels refuse unprivileged triggers whose window is not a multiple of 2 s.
@@ -189,6 +198,10 @@ pub struct Sample {
     pub resident_pages: i64,
     /// Client cgroups with a memory limit.
     pub cgroups: Vec<CgroupLoad>,
+    /// The escalation has reached [`Step::Demote`]: only then is a PSI spike answered with
+    /// a shrink (the clients were asked to release first). A cgroup short of room is
+    /// answered at once whatever the step: its need is exact, and an OOM kill will not wait.
+    pub demote: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -236,7 +249,7 @@ impl Controller {
         if let Some((cap, i)) = cap.filter(|&(cap, _)| cap < from) {
             return self.shrink(from, cap - slack, Reason::Cgroup(i));
         }
-        let spike = s.some_recent > p.target_pct;
+        let spike = s.some_recent > p.target_pct && s.demote;
         if spike && self.last_psi_shrink.is_none_or(|t| s.now >= t + PSI_SHRINK_GAP) {
             self.last_psi_shrink = Some(s.now);
             return self.shrink(from, (base as f64 * (1.0 - SHRINK_FRACTION)) as i64, Reason::Psi);
@@ -258,6 +271,26 @@ impl Controller {
         Action::Grow { from, to }
     }
 
+    /// Whether some client cgroup has less room than the margin (the next tick shrinks).
+    pub fn cgroup_short(&self, s: &Sample) -> bool {
+        cgroup_cap(&s.cgroups, s.resident_pages, self.p.margin_pages).is_some_and(|(cap, _)| cap < self.limit)
+    }
+
+    /// Whether the budget is at its floor: nothing more to demote.
+    pub fn at_floor(&self) -> bool {
+        self.limit <= self.p.min_pages
+    }
+
+    /// Pages holo would like back now: with a cgroup short of room, what would bring the
+    /// cgroup furthest into its margin back out of it; else what a PSI shrink would take.
+    pub fn wanted_pages(&self, s: &Sample) -> i64 {
+        if self.cgroup_short(s) {
+            let into_margin = s.cgroups.iter().map(|c| c.usage_pages + self.p.margin_pages - c.limit_pages).max();
+            return into_margin.unwrap_or(0).max(self.p.granule_pages);
+        }
+        (self.limit.min(s.resident_pages) as f64 * SHRINK_FRACTION) as i64
+    }
+
     fn shrink(&mut self, from: i64, to: i64, reason: Reason) -> Action {
         let to = to.max(self.p.min_pages);
         if to >= from {
@@ -269,6 +302,186 @@ impl Controller {
     }
 }
 
+/// The response hierarchy's steps, in the order they are taken; each includes those before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Step {
+    #[default]
+    Calm = 0,
+    /// Ask the clients to release memory.
+    Release = 1,
+    /// Demote cold pages: PSI shrinks of the budget.
+    Demote = 2,
+    /// Delay the faults of clients below the highest priority.
+    Throttle = 3,
+    /// Refuse new clients; fail the lowest-priority client.
+    LastResort = 4,
+}
+
+impl Step {
+    const ALL: [Step; 5] = [Step::Calm, Step::Release, Step::Demote, Step::Throttle, Step::LastResort];
+
+    fn down(self) -> Step {
+        Step::ALL[(self as usize).saturating_sub(1)]
+    }
+}
+
+/// Pressure above the target this long moves from asking (1) to demoting (2)...
+const DEMOTE_AFTER: Duration = Duration::from_secs(1);
+/// ...this long, to throttling (3)...
+const THROTTLE_AFTER: Duration = Duration::from_secs(5);
+/// ...and pressure at [`SEVERE_FACTOR`] times the target with nothing left to demote (the
+/// budget at its floor), this long, to the last resort (4).
+const LAST_RESORT_AFTER: Duration = Duration::from_secs(10);
+const SEVERE_FACTOR: f64 = 2.0;
+/// Down one step per this long of calm (under half the target, no cgroup short of room).
+const STEP_DOWN_AFTER: Duration = CALM_FOR;
+/// At most one release request per this long: a program's callback needs time to act, and
+/// its effect shows in the next samples.
+const RELEASE_GAP: Duration = Duration::from_secs(5);
+/// At most one client failed per this long: its memory takes time to go.
+const FAIL_GAP: Duration = Duration::from_secs(30);
+
+/// What the escalation sees each tick.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pressing {
+    pub now: Duration,
+    /// The worst "some" stall share of about the last second, percent ([`Sample::some_recent`]).
+    pub recent_pct: f64,
+    pub target_pct: f64,
+    /// A client cgroup has less room than the margin.
+    pub cgroup_short: bool,
+    /// The budget is at its floor.
+    pub at_floor: bool,
+}
+
+/// What the escalation asks for this tick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Orders {
+    pub step: Step,
+    /// Send every client a release request.
+    pub release: bool,
+    /// Fail the lowest-priority client.
+    pub fail_one: bool,
+}
+
+/// The response hierarchy's state machine: up a step when pressure has stayed above the
+/// target long enough (and, for the last resort, far enough above it with nothing left to
+/// demote); down a step per calm spell.
+#[derive(Default)]
+pub struct Escalation {
+    step: Step,
+    stepped_at: Duration,
+    over_since: Option<Duration>,
+    severe_since: Option<Duration>,
+    calm_since: Option<Duration>,
+    last_release: Option<Duration>,
+    last_fail: Option<Duration>,
+}
+
+/// How long `cond` has held, given when it started holding; forgets the start when it stops.
+fn held_for(since: &mut Option<Duration>, cond: bool, now: Duration) -> Option<Duration> {
+    if !cond {
+        *since = None;
+        return None;
+    }
+    Some(now.saturating_sub(*since.get_or_insert(now)))
+}
+
+impl Escalation {
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    pub fn tick(&mut self, p: &Pressing) -> Orders {
+        let now = p.now;
+        let over = p.recent_pct > p.target_pct;
+        let pressed = over || p.cgroup_short;
+        let severe = p.recent_pct >= SEVERE_FACTOR * p.target_pct && p.at_floor;
+        let calm = p.recent_pct < p.target_pct / 2.0 && !p.cgroup_short;
+        let over_for = held_for(&mut self.over_since, over, now);
+        let severe_for = held_for(&mut self.severe_since, severe, now);
+        let calm_for = held_for(&mut self.calm_since, calm, now);
+        let due = if severe_for.is_some_and(|d| d >= LAST_RESORT_AFTER) {
+            Step::LastResort
+        } else if over_for.is_some_and(|d| d >= THROTTLE_AFTER) {
+            Step::Throttle
+        } else if over_for.is_some_and(|d| d >= DEMOTE_AFTER) {
+            Step::Demote
+        } else if pressed {
+            Step::Release
+        } else {
+            Step::Calm
+        };
+        if due > self.step {
+            self.step = due;
+            self.stepped_at = now;
+        } else if calm_for.is_some_and(|d| d >= STEP_DOWN_AFTER) && now >= self.stepped_at + STEP_DOWN_AFTER {
+            self.step = self.step.down();
+            self.stepped_at = now;
+        }
+        let release = pressed && self.last_release.is_none_or(|t| now >= t + RELEASE_GAP);
+        if release {
+            self.last_release = Some(now);
+        }
+        let fail_one = self.step == Step::LastResort && self.last_fail.is_none_or(|t| now >= t + FAIL_GAP);
+        if fail_one {
+            self.last_fail = Some(now);
+        }
+        Orders { step: self.step, release, fail_one }
+    }
+}
+
+/// A client's priority: that of the longest `priorities` entry that is its cgroup v2 path or
+/// its cgroup v1 memory path, or an ancestor of either (whole path components); else 0.
+/// `priorities` is sorted longest path first (as [`crate::config::Config`] keeps it).
+pub fn priority_for(priorities: &[(String, i32)], cg: &ProcCgroups) -> i32 {
+    let under = |path: &str, dir: &str| {
+        dir == "/" || path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    priorities
+        .iter()
+        .find(|(dir, _)| [&cg.v2, &cg.v1_memory].into_iter().flatten().any(|p| under(p, dir)))
+        .map_or(0, |&(_, prio)| prio)
+}
+
+/// How long a throttled client waits between two served faults: each fault waits at most
+/// this (plus the pager's retry tick) for each fault of the same client ahead of it.
+const THROTTLE_FAULT_GAP_MS: u64 = 20;
+
+/// Step (3), the pager's hook before it serves a fault: `true` means "defer this fault and
+/// retry". While throttling, a client whose priority is below the highest has at most one
+/// fault served per [`THROTTLE_FAULT_GAP_MS`]; other clients, and every client otherwise,
+/// pass at the cost of one atomic load.
+pub fn hold_fault(d: &Daemon, client: &ClientInfo) -> bool {
+    let shared = &d.pressure;
+    if !shared.throttling.load(Relaxed) || client.priority.load(Relaxed) >= shared.top_priority.load(Relaxed) {
+        return false;
+    }
+    let now = d.now_ms();
+    if now < client.next_fault_ms.load(Relaxed) {
+        client.fault_held.store(true, Relaxed);
+        return true;
+    }
+    client.next_fault_ms.store(now + THROTTLE_FAULT_GAP_MS, Relaxed);
+    if client.fault_held.swap(false, Relaxed) {
+        shared.counters.throttled_faults.fetch_add(1, Relaxed);
+    }
+    false
+}
+
+/// Step (4), the listener's check before it registers a new client.
+pub fn admit_client(d: &Daemon) -> Result<(), String> {
+    if d.pressure.step() < Step::LastResort {
+        return Ok(());
+    }
+    d.pressure.counters.refused_clients.fetch_add(1, Relaxed);
+    Err("holo-pager takes no new clients while memory pressure stays severe (the last resort of its \
+         pressure response); the program runs without holo"
+        .into())
+}
+
 /// The actions taken, as `holoctl pressure` shows them.
 #[derive(Default)]
 pub struct Counters {
@@ -278,6 +491,16 @@ pub struct Counters {
     /// Pages the shrinks took off the budget.
     pub shrunk_pages: AtomicU64,
     pub trigger_fires: AtomicU64,
+    /// Times the response hierarchy went up a step.
+    pub escalations: AtomicU64,
+    /// `Release` frames sent to clients' agents.
+    pub release_requests: AtomicU64,
+    /// Faults served late because their client was throttled.
+    pub throttled_faults: AtomicU64,
+    /// New clients refused at the last resort.
+    pub refused_clients: AtomicU64,
+    /// Clients failed at the last resort.
+    pub failed_clients: AtomicU64,
 }
 
 /// A client's cgroup as `holoctl pressure` shows it.
@@ -290,6 +513,7 @@ pub struct ClientCgroup {
     pub usage_bytes: Option<u64>,
     pub pressure_cgroup: Option<String>,
     pub some_avg10: Option<f64>,
+    pub priority: i32,
 }
 
 /// The controller's last view, published for `holoctl pressure`.
@@ -306,6 +530,18 @@ pub struct View {
 pub struct Shared {
     pub counters: Counters,
     pub view: Mutex<View>,
+    /// The escalation's [`Step`], for the listener and `holoctl`.
+    step: AtomicU8,
+    /// At [`Step::Throttle`] or above: the pagers consult [`hold_fault`].
+    throttling: AtomicBool,
+    /// The highest priority among the clients: those below it are throttled.
+    top_priority: AtomicI32,
+}
+
+impl Shared {
+    pub fn step(&self) -> Step {
+        Step::ALL[self.step.load(Relaxed) as usize]
+    }
 }
 
 /// A registered PSI trigger: readable with `POLLPRI` when the threshold is crossed.
@@ -383,6 +619,7 @@ fn run(d: Arc<Daemon>) {
         }
     };
     let mode = if trigger.is_some() { "trigger" } else { "polling" };
+    let mut escalation = Escalation::default();
     let mounts = CgroupMounts::read();
     let mut rates = Rates::default();
     let t0 = Instant::now();
@@ -398,8 +635,19 @@ fn run(d: Arc<Daemon>) {
             some_recent: rates.update(Path::new(SYSTEM_PSI), now, system.some_total_us),
             resident_pages: d.budget.resident.load(Relaxed),
             cgroups: Vec::new(),
+            demote: false,
         };
         let (clients, paths) = observe_clients(&d, &mounts, &mut rates, now, &mut sample);
+        let orders = escalation.tick(&Pressing {
+            now: sample.now,
+            recent_pct: sample.some_recent,
+            target_pct: c.pressure_target_pct,
+            cgroup_short: ctl.cgroup_short(&sample),
+            at_floor: ctl.at_floor(),
+        });
+        // Ask first (1), then demote (2) in the same tick.
+        escalate(&d, orders, &sample, ctl.wanted_pages(&sample));
+        sample.demote = orders.step >= Step::Demote;
         let action = ctl.tick(&sample);
         apply(&d, action, &sample, &paths);
         *d.pressure.view.lock().unwrap() = View { mode, system, some_recent_pct: sample.some_recent, clients };
@@ -419,8 +667,12 @@ fn observe_clients(
     let mut v1: HashMap<String, (Option<u64>, Option<u64>, i64)> = HashMap::new();
     let mut v2: HashMap<String, Option<Psi>> = HashMap::new();
     let mut shown = Vec::new();
+    let mut top_priority = i32::MIN;
     for c in &clients {
         let cg = parse_proc_cgroup(&std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap_or_default());
+        let priority = priority_for(&d.config.priorities, &cg);
+        c.priority.store(priority, Relaxed);
+        top_priority = top_priority.max(priority);
         let mem = cg.v1_memory.as_ref().map(|p| {
             let e = v1.entry(p.clone()).or_insert_with(|| {
                 let dir = CgroupMounts::dir(&mounts.v1_memory, p);
@@ -447,8 +699,10 @@ fn observe_clients(
             usage_bytes: mem.and_then(|m| m.1),
             pressure_cgroup: cg.v2.clone(),
             some_avg10: psi.map(|p| p.some_avg10),
+            priority,
         });
     }
+    d.pressure.top_priority.store(top_priority, Relaxed);
     let mut paths = Vec::new();
     for (path, (limit, usage, holo)) in v1 {
         if let (Some(limit), Some(usage)) = (limit, usage) {
@@ -458,6 +712,94 @@ fn observe_clients(
         }
     }
     (shown, paths)
+}
+
+/// Carries out the escalation's orders: publishes the step (the pagers and the listener
+/// read it), asks for releases, fails a client. Logs each step change and each order (the
+/// escalation's gaps bound how often).
+fn escalate(d: &Daemon, orders: Orders, s: &Sample, wanted_pages: i64) {
+    let shared = &d.pressure;
+    let c = &shared.counters;
+    let was = shared.step();
+    if orders.step != was {
+        if orders.step > was {
+            c.escalations.fetch_add(1, Relaxed);
+        }
+        log::info!(
+            "pressure: response {was:?} -> {:?} (memory stalled {:.1}% of the last second, target {}%)",
+            orders.step,
+            s.some_recent,
+            d.config.pressure_target_pct
+        );
+        shared.step.store(orders.step as u8, Relaxed);
+        shared.throttling.store(orders.step >= Step::Throttle, Relaxed);
+    }
+    if !orders.release && !orders.fail_one {
+        return;
+    }
+    let clients = d.clients.lock().unwrap().clone();
+    if orders.release {
+        let wanted_bytes = wanted_pages.max(0) as u64 * PAGE;
+        let asked = clients.iter().filter(|cl| notify(cl, Frame::new(Kind::Release, wanted_bytes, 0, 0), b"")).count();
+        c.release_requests.fetch_add(asked as u64, Relaxed);
+        log::info!("pressure: asked {asked} client(s) to release memory ({} MiB wanted)", wanted_bytes >> 20);
+    }
+    if orders.fail_one {
+        fail_lowest_priority(d, &clients, s);
+    }
+}
+
+/// Sends a frame (and its text) on a client's agent connection without blocking; false if
+/// it has no agent yet or its buffer is full.
+fn notify(client: &ClientInfo, frame: Frame, text: &[u8]) -> bool {
+    let conn = client.notify.lock().unwrap();
+    conn.as_ref().is_some_and(|conn| matches!(proto::send_whole_nonblocking(conn.as_raw_fd(), frame, text), Ok(true)))
+}
+
+/// How long a failed client's shim has to kill itself before the daemon does.
+const FAIL_GRACE: Duration = Duration::from_secs(5);
+
+/// The last resort: fail the client of lowest priority (the largest of those, on a tie),
+/// but only one below the highest priority: with no priorities set holo does not choose a
+/// victim (the kernel's OOM killer remains). The shim prints why and kills its process (a
+/// failed client must never read zeros); the daemon sends SIGKILL itself after
+/// [`FAIL_GRACE`], through a pidfd so a recycled pid is never hit.
+fn fail_lowest_priority(d: &Daemon, clients: &[Arc<ClientInfo>], s: &Sample) {
+    let top = clients.iter().map(|c| c.priority.load(Relaxed)).max();
+    let victim = clients
+        .iter()
+        .filter(|c| Some(c.priority.load(Relaxed)) < top)
+        .min_by_key(|c| (c.priority.load(Relaxed), -c.resident.load(Relaxed)));
+    let Some(v) = victim else {
+        log::warn!("pressure: last resort, but every client has the same priority: none is failed");
+        return;
+    };
+    let why = format!(
+        "holo-pager failed this process to relieve memory pressure (stalled {:.0}% of the last second, \
+         target {}%): it has the lowest priority ({}) of holo's clients",
+        s.some_recent,
+        d.config.pressure_target_pct,
+        v.priority.load(Relaxed)
+    );
+    // SAFETY: pidfd_open on a pid, no pointers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, v.pid, 0) } as i32;
+    let told = notify(v, Frame::new(Kind::Fail, why.len() as u64, 0, 0), why.as_bytes());
+    d.pressure.counters.failed_clients.fetch_add(1, Relaxed);
+    log::warn!("pressure: last resort: failing pid {} ({}): {why} (shim told: {told})", v.pid, v.comm);
+    if pidfd >= 0 {
+        let spawned = std::thread::Builder::new().name("fail-client".into()).spawn(move || {
+            std::thread::sleep(FAIL_GRACE);
+            // SAFETY: a pidfd we own; a process that already exited makes this ESRCH.
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0);
+                libc::close(pidfd);
+            }
+        });
+        if spawned.is_err() {
+            // SAFETY: closing the pidfd we opened.
+            unsafe { libc::close(pidfd) };
+        }
+    }
 }
 
 fn apply(d: &Daemon, action: Action, s: &Sample, paths: &[String]) {
@@ -523,6 +865,7 @@ mod tests {
             some_recent: recent,
             resident_pages: resident,
             cgroups: vec![],
+            demote: true,
         }
     }
 
@@ -567,6 +910,9 @@ mod tests {
     fn spike_shrinks_fast_from_what_is_resident_rate_limited_and_floored() {
         let mut c = Controller::new(params());
         // 300M resident of a 1G budget: the first cut is from 300M, not from 1G.
+        assert_eq!(c.wanted_pages(&at(0.0, 20.0, 30.0, 300 * MIB)), 75 * MIB);
+        // Not before the escalation reaches demotion.
+        assert_eq!(c.tick(&Sample { demote: false, ..at(0.0, 20.0, 30.0, 300 * MIB) }), Action::Hold);
         let a = c.tick(&at(0.0, 20.0, 30.0, 300 * MIB));
         assert_eq!(a, Action::Shrink { from: 1024 * MIB, to: 225 * MIB, reason: Reason::Psi });
         // Within a second: no second cut, however high PSI is.
@@ -619,6 +965,8 @@ mod tests {
         let mut s = at(0.0, 0.0, 0.0, 350 * MIB);
         // 384M limit; 350M of holo's plus 20M of the program's own: 14M of room < 64M margin.
         s.cgroups = vec![CgroupLoad { limit_pages: 384 * MIB, usage_pages: 370 * MIB, holo_pages: 350 * MIB }];
+        assert!(c.cgroup_short(&s));
+        assert_eq!(c.wanted_pages(&s), 50 * MIB, "370M used + 64M margin - 384M limit");
         let a = c.tick(&s);
         let cap = (384 - 64 - 20) * MIB;
         assert_eq!(a, Action::Shrink { from: 1024 * MIB, to: cap - 16 * MIB, reason: Reason::Cgroup(0) });
@@ -646,5 +994,139 @@ mod tests {
             c.tick(&s);
         }
         assert_eq!(c.limit(), cap - 32 * MIB);
+    }
+
+    fn pressing(secs: f64, recent: f64) -> Pressing {
+        Pressing { now: Duration::from_secs_f64(secs), recent_pct: recent, target_pct: 10.0, ..Default::default() }
+    }
+
+    /// Ticks every 250 ms from `from` to `to` seconds; returns the orders of the last tick.
+    fn run_for(e: &mut Escalation, from: f64, to: f64, p: impl Fn(f64) -> Pressing) -> Vec<Orders> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t < to {
+            out.push(e.tick(&p(t)));
+            t += 0.25;
+        }
+        out
+    }
+
+    #[test]
+    fn escalation_asks_first_then_demotes_then_throttles() {
+        let mut e = Escalation::default();
+        assert_eq!(e.tick(&pressing(0.0, 2.0)), Orders { step: Step::Calm, release: false, fail_one: false });
+        // Over the target: ask at once, demote only after a second of it, throttle after 5 s.
+        assert_eq!(e.tick(&pressing(1.0, 15.0)), Orders { step: Step::Release, release: true, fail_one: false });
+        assert_eq!(e.tick(&pressing(1.75, 15.0)).step, Step::Release);
+        assert_eq!(e.tick(&pressing(2.0, 15.0)).step, Step::Demote);
+        let orders = run_for(&mut e, 2.25, 6.0, |t| pressing(t, 15.0));
+        assert!(orders.iter().all(|o| o.step == Step::Demote && !o.fail_one), "{orders:?}");
+        // Asked again only after RELEASE_GAP.
+        assert!(orders.iter().all(|o| !o.release), "{orders:?}");
+        assert_eq!(e.tick(&pressing(6.0, 15.0)), Orders { step: Step::Throttle, release: true, fail_one: false });
+        // High pressure, but budget not at its floor: never the last resort.
+        let orders = run_for(&mut e, 6.25, 60.0, |t| pressing(t, 50.0));
+        assert!(orders.iter().all(|o| o.step == Step::Throttle && !o.fail_one));
+    }
+
+    #[test]
+    fn a_dip_under_the_target_restarts_the_clock() {
+        let mut e = Escalation::default();
+        run_for(&mut e, 0.0, 4.0, |t| pressing(t, 15.0));
+        assert_eq!(e.step(), Step::Demote);
+        // One tick at 8%: under the target but not calm: no step down, the clock restarts.
+        e.tick(&pressing(4.0, 8.0));
+        run_for(&mut e, 4.25, 9.0, |t| pressing(t, 15.0));
+        assert_eq!(e.step(), Step::Demote, "only 4.75 s over the target since the dip");
+        e.tick(&pressing(9.25, 15.0));
+        assert_eq!(e.step(), Step::Throttle);
+    }
+
+    #[test]
+    fn a_cgroup_short_of_room_asks_for_a_release_but_does_not_escalate_further() {
+        let mut e = Escalation::default();
+        let short = |t| Pressing { cgroup_short: true, ..pressing(t, 0.0) };
+        let orders = run_for(&mut e, 0.0, 30.0, short);
+        assert!(orders.iter().all(|o| o.step == Step::Release));
+        assert_eq!(orders.iter().filter(|o| o.release).count(), 6, "one per RELEASE_GAP");
+    }
+
+    #[test]
+    fn last_resort_needs_severe_pressure_at_the_floor_for_long_and_fails_rarely() {
+        let mut e = Escalation::default();
+        let severe = |t| Pressing { at_floor: true, ..pressing(t, 25.0) };
+        run_for(&mut e, 0.0, 10.0, severe);
+        assert_eq!(e.step(), Step::Throttle, "10 s severe not yet reached");
+        let o = e.tick(&severe(10.0));
+        assert_eq!(o, Orders { step: Step::LastResort, release: true, fail_one: true });
+        let orders = run_for(&mut e, 10.25, 70.0, severe);
+        let failed_at: Vec<usize> = (0..orders.len()).filter(|&i| orders[i].fail_one).collect();
+        // The tick at 40 s is the 119th after 10.25 s.
+        assert_eq!(failed_at, [119], "one failure per FAIL_GAP: the next at 40 s");
+        // 19% at the floor is over the target but not twice it: the severe clock restarts.
+        let mut e = Escalation::default();
+        run_for(&mut e, 0.0, 60.0, |t| Pressing {
+            at_floor: true,
+            ..pressing(t, if t % 8.0 < 1.0 { 19.0 } else { 25.0 })
+        });
+        assert_eq!(e.step(), Step::Throttle);
+    }
+
+    #[test]
+    fn calm_steps_down_one_step_per_calm_spell() {
+        let mut e = Escalation::default();
+        run_for(&mut e, 0.0, 12.0, |t| Pressing { at_floor: true, ..pressing(t, 30.0) });
+        assert_eq!(e.step(), Step::LastResort);
+        // Between half the target and the target: hold (hysteresis).
+        run_for(&mut e, 12.0, 30.0, |t| pressing(t, 7.0));
+        assert_eq!(e.step(), Step::LastResort);
+        let mut steps = vec![];
+        for o in run_for(&mut e, 30.0, 60.0, |t| pressing(t, 1.0)) {
+            if steps.last() != Some(&o.step) {
+                steps.push(o.step);
+            }
+            assert!(!o.release);
+        }
+        assert_eq!(steps, [Step::LastResort, Step::Throttle, Step::Demote, Step::Release, Step::Calm]);
+        // Four steps down in 30 s of calm: one per 5 s at most.
+        assert_eq!(e.step(), Step::Calm);
+    }
+
+    #[test]
+    fn priority_goes_by_the_longest_matching_cgroup() {
+        let prios: Vec<(String, i32)> =
+            vec![("/batch/urgent".into(), 5), ("/system.slice/db.service".into(), 10), ("/batch".into(), -10)];
+        let v2 = |p: &str| ProcCgroups { v1_memory: None, v2: Some(p.into()) };
+        assert_eq!(priority_for(&prios, &v2("/batch")), -10);
+        assert_eq!(priority_for(&prios, &v2("/batch/job-1")), -10);
+        assert_eq!(priority_for(&prios, &v2("/batch/urgent/job-2")), 5);
+        assert_eq!(priority_for(&prios, &v2("/batchy")), 0, "whole components only");
+        assert_eq!(priority_for(&prios, &v2("/user.slice")), 0);
+        // The v1 memory cgroup counts too (this machine's cgroups are v1).
+        let v1 = ProcCgroups { v1_memory: Some("/system.slice/db.service".into()), v2: Some("/".into()) };
+        assert_eq!(priority_for(&prios, &v1), 10);
+        assert_eq!(priority_for(&[("/".into(), 3)], &v2("/anything")), 3);
+        assert_eq!(priority_for(&[], &v1), 0);
+    }
+
+    #[test]
+    fn only_clients_below_the_top_priority_are_throttled_one_fault_per_gap() {
+        let dir = std::env::temp_dir().join(format!("holo-pressure-throttle-{}", std::process::id()));
+        let d = crate::state::test_daemon(&dir);
+        let (low, high) = (ClientInfo::new(1, 1, 0).unwrap(), ClientInfo::new(2, 2, 0).unwrap());
+        low.priority.store(-10, Relaxed);
+        d.pressure.top_priority.store(0, Relaxed);
+        assert!(!hold_fault(&d, &low), "not throttling: nobody waits");
+        d.pressure.throttling.store(true, Relaxed);
+        for _ in 0..100 {
+            assert!(!hold_fault(&d, &high), "the top priority is never throttled");
+        }
+        assert!(!hold_fault(&d, &low), "the first fault passes and starts the gap");
+        assert!(hold_fault(&d, &low), "the next waits for the gap");
+        assert!(hold_fault(&d, &low));
+        std::thread::sleep(Duration::from_millis(THROTTLE_FAULT_GAP_MS + 5));
+        assert!(!hold_fault(&d, &low), "then passes");
+        assert_eq!(d.pressure.counters.throttled_faults.load(Relaxed), 1, "one fault was served late");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

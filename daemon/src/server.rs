@@ -186,6 +186,7 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
         let _ = send_text(fd, Kind::Refused, &why);
         why
     };
+    crate::pressure::admit_client(d).map_err(refuse)?;
     let info = register_client(d, peer).map_err(refuse)?;
     let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
     let handshake = (|| -> Result<Uffd, String> {
@@ -337,6 +338,7 @@ fn attach_agent(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, token: u64) -> Re
     // stops reading Go/Done is bounded.
     let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
     proto::send(conn.as_raw_fd(), Frame::new(Kind::Ok, 0, 0, 0), None, b"").map_err(|e| e.to_string())?;
+    *client.notify.lock().unwrap() = conn.try_clone().ok();
     *client.agent.lock().unwrap() = Some(conn);
     client.poke();
     Ok(())
@@ -500,7 +502,13 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
             "grows": c.grows.load(Relaxed),
             "shrunk_bytes": c.shrunk_pages.load(Relaxed) * page,
             "trigger_fires": c.trigger_fires.load(Relaxed),
+            "escalations": c.escalations.load(Relaxed),
+            "release_requests": c.release_requests.load(Relaxed),
+            "throttled_faults": c.throttled_faults.load(Relaxed),
+            "refused_clients": c.refused_clients.load(Relaxed),
+            "failed_clients": c.failed_clients.load(Relaxed),
         },
+        "step": d.pressure.step(),
         "clients": view.clients,
     })
 }

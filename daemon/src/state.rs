@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,16 @@ pub struct ClientInfo {
     pub wake: OwnedFd,
     /// The agent connection, handed over by the listener.
     pub agent: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// A second handle on the agent connection, for the pressure thread's `Release` and
+    /// `Fail` frames (sent whole and without blocking, so they never interleave with the
+    /// pager's frames nor stall the pressure thread).
+    pub notify: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// From the `priorities` of the config, by cgroup; refreshed by the pressure thread.
+    pub priority: AtomicI32,
+    /// While low-priority faults are throttled: when ([`Daemon::now_ms`]) this client may
+    /// have its next fault served, and whether a fault is waiting for that.
+    pub next_fault_ms: AtomicU64,
+    pub fault_held: AtomicBool,
     /// Region summary for `holoctl regions`, refreshed by the pager.
     pub regions: Mutex<Vec<RegionSummary>>,
     /// Its placement policy's sizes, refreshed with `regions`.
@@ -146,6 +156,10 @@ impl ClientInfo {
             // SAFETY: `fd` is a fresh eventfd that we own.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             agent: Mutex::new(None),
+            notify: Mutex::new(None),
+            priority: AtomicI32::new(0),
+            next_fault_ms: AtomicU64::new(0),
+            fault_held: AtomicBool::new(false),
             regions: Mutex::new(Vec::new()),
             placement: Mutex::default(),
         })
@@ -352,4 +366,22 @@ impl Daemon {
             store.release(&refs);
         }
     }
+}
+
+/// A daemon for unit tests: state and an FS tier under `dir`, a 16 MiB budget.
+#[cfg(test)]
+pub fn test_daemon(dir: &std::path::Path) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = crate::config::Config::resolve(
+        None,
+        crate::config::Overrides {
+            state_dir: Some(dir.into()),
+            fs_dir: Some(dir.join("fs")),
+            dram_budget: Some("16M".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let store = crate::store::Store::open(&config).unwrap();
+    Daemon::new(config, store)
 }

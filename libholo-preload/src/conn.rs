@@ -1,6 +1,6 @@
 //! The shim's side of the protocol: connect and hand over the uffd, register regions, run
-//! the agent thread, re-attach a forked child, reconnect to a restarted daemon, and fail
-//! loudly if the daemon stays lost.
+//! the agent thread (zaps, and the daemon's pressure frames), re-attach a forked child,
+//! reconnect to a restarted daemon, and fail loudly if the daemon stays lost.
 //!
 //! **Daemon restart.** The sentinel thread sees the connections hang up and reconnects
 //! (`Resume`) as soon as the socket answers again, for up to `HOLO_DAEMON_TIMEOUT` seconds;
@@ -228,13 +228,13 @@ fn start_agent(token: u64) -> Result<(), Why> {
         return Err(w);
     }
     AGENT_FD.store(afd, Release);
-    if !spawn(agent_main) || !spawn(sentinel_main) {
+    if !spawn(agent_main) || !spawn(sentinel_main) || !spawn(crate::release::main) {
         return Err(Why::new("cannot start the holo agent threads"));
     }
     Ok(())
 }
 
-/// Start a detached helper thread with a small stack.
+/// Start a detached thread with a small stack.
 fn spawn(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
     // SAFETY: pthread_create with a static entry point and no argument.
     unsafe {
@@ -501,12 +501,32 @@ impl ZapQueue {
 }
 
 /// One frame from the daemon on the agent connection; `None` if the connection is gone
-/// or the frame makes no sense here.
+/// or the frame makes no sense here. Pressure frames are handled on the way, whatever the
+/// agent waits for ([`on_pressure_frame`]).
 fn agent_recv(fd: c_int) -> Option<Frame> {
-    match proto::recv(fd, false) {
-        Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Zap | Kind::Go | Kind::NoGo | Kind::Done) => Some(f),
-        _ => None,
+    loop {
+        match proto::recv(fd, false) {
+            Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Zap | Kind::Go | Kind::NoGo | Kind::Done) => {
+                return Some(f)
+            }
+            Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Release | Kind::Fail) => on_pressure_frame(fd, f),
+            _ => return None,
+        }
     }
+}
+
+/// `Release`: wake the release thread and go on at once (the agent never runs the
+/// program's callback, see [`crate::release`]). `Fail`: the daemon's last resort under
+/// memory pressure chose this process; say why and die, never to read zeros.
+fn on_pressure_frame(fd: c_int, f: Frame) {
+    if f.kind == Kind::Release {
+        crate::release::request(f.a);
+        return;
+    }
+    let mut why = Why::new("holo-pager failed this process");
+    read_text(fd, &f, &mut why);
+    let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or(why.what);
+    kill_self(if detail.is_empty() { why.what } else { detail });
 }
 
 /// The agent: zaps the granules the daemon evicted, under the gate.
@@ -582,6 +602,7 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
             Ok(Recv::Frame(f, None)) if f.kind == Kind::Zap => {
                 queue.push(f);
             }
+            Ok(Recv::Frame(f, None)) if matches!(f.kind, Kind::Release | Kind::Fail) => on_pressure_frame(fd, f),
             Ok(Recv::WouldBlock) => break,
             _ => return false,
         }

@@ -6,7 +6,11 @@
 //!  madvise(DONTNEED/FREE) / munmap / mremap / mmap(MAP_FIXED) ─▶ under the address-space gate
 //!  fork ─▶ under the gate; parent reports the child pid, child re-attaches and gets its uffd
 //!  agent thread ◀─ Zap{id, range}: gate, Zapping, Go?, madvise(DONTNEED), Zapped
+//!               ◀─ Release{bytes}: wake the release thread (malloc_trim, holo_on_pressure
+//!                  callback); Fail + text: print it and kill the process
 //! ```
+//!
+//! The one function a program may call, `holo_on_pressure`, is declared in `include/holo.h`.
 //!
 //! Rules for hooks: no allocation, no logging and no lock that a hook can re-enter. The real
 //! allocator is reached through glibc's `__libc_*` entry points, the kernel through raw
@@ -19,5 +23,6 @@
 
 mod conn;
 mod hooks;
+mod release;
 mod sys;
 mod table;

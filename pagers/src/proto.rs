@@ -19,6 +19,10 @@
 //!                                 <- Zap{id, start, len}
 //!   Zapping{id}               ->  Go{id} | NoGo{id}
 //!   Zapped{id, errno}        ->  Done{id}   (the agent holds the gate until Done)
+//!                                 <- Release{bytes wanted}  (memory pressure: no reply; the
+//!                                    shim runs malloc_trim and the program's callback)
+//!                                 <- Fail + text  (last resort of the pressure response: the
+//!                                    shim prints the text and kills the process)
 //! resumed request conn (the shim's sentinel, after the daemon restarted):
 //!   Hello{role=Resume, c=n}   then n x Zapping{id, start, len} (zaps the agent may be
 //!                             doing), then Uffd + fd
@@ -56,6 +60,8 @@ pub enum Kind {
     Query = 14,
     Json = 15,
     Done = 16,
+    Release = 17,
+    Fail = 18,
 }
 
 impl Kind {
@@ -78,6 +84,8 @@ impl Kind {
             14 => Query,
             15 => Json,
             16 => Done,
+            17 => Release,
+            18 => Fail,
             _ => return None,
         })
     }
@@ -176,6 +184,31 @@ pub fn send(sock: RawFd, frame: Frame, fd: Option<RawFd>, text: &[u8]) -> io::Re
         return Err(io::Error::other("short write of a frame"));
     }
     write_all(sock, text)
+}
+
+/// Most text a frame sent with [`send_whole_nonblocking`] may carry.
+pub const MAX_WHOLE_TEXT_BYTES: usize = 480;
+
+/// Send `frame` and `text` in one `send`, without blocking: `Ok(false)` when the peer's
+/// buffer is full. For a second thread writing on a connection another thread also writes
+/// frames to: one small send on a Unix stream socket is queued as one piece, so it never
+/// interleaves with the other thread's frames.
+pub fn send_whole_nonblocking(sock: RawFd, frame: Frame, text: &[u8]) -> io::Result<bool> {
+    assert!(text.len() <= MAX_WHOLE_TEXT_BYTES, "text too long for one small send");
+    let mut buf = [0u8; FRAME_BYTES + MAX_WHOLE_TEXT_BYTES];
+    buf[..FRAME_BYTES].copy_from_slice(&frame.encode());
+    buf[FRAME_BYTES..FRAME_BYTES + text.len()].copy_from_slice(text);
+    let len = FRAME_BYTES + text.len();
+    // SAFETY: `buf` is valid for reads of `len` bytes.
+    let n = unsafe { libc::send(sock, buf.as_ptr().cast(), len, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        let e = last_err();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(e) };
+    }
+    if n as usize != len {
+        return Err(io::Error::other("short write of a frame"));
+    }
+    Ok(true)
 }
 
 /// One `sendmsg` of `bytes`, with `fd` attached as SCM_RIGHTS if given; returns the bytes
@@ -346,6 +379,15 @@ mod tests {
     fn frame_round_trips() {
         let f = Frame::new(Kind::Zap, 7, 0x7f00_0000_1000, 65536);
         assert_eq!(Frame::decode(&f.encode()), Ok(f));
+    }
+
+    #[test]
+    fn every_kind_decodes() {
+        for v in 1..=18 {
+            let k = Kind::from_u32(v).unwrap();
+            assert_eq!(k as u32, v);
+        }
+        assert_eq!(Kind::from_u32(19), None);
     }
 
     #[test]

@@ -284,19 +284,29 @@ fn print_pressure(v: &serde_json::Value) {
         n(&a["trigger_fires"])
     );
     println!(
-        "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10}",
-        "PID", "COMM", "MEMORY CGROUP", "LIMIT", "USAGE", "SOME AVG10"
+        "response: step {} ({} escalations); {} release requests, {} throttled faults, {} clients refused, {} failed",
+        v["step"].as_str().unwrap_or("?"),
+        n(&a["escalations"]),
+        n(&a["release_requests"]),
+        n(&a["throttled_faults"]),
+        n(&a["refused_clients"]),
+        n(&a["failed_clients"])
+    );
+    println!(
+        "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}",
+        "PID", "COMM", "MEMORY CGROUP", "LIMIT", "USAGE", "SOME AVG10", "PRIORITY"
     );
     for c in v["clients"].as_array().into_iter().flatten() {
         let opt_mib = |x: &serde_json::Value| x.as_u64().map_or("-".to_string(), mib);
         println!(
-            "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10}",
+            "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}",
             c["pid"],
             c["comm"].as_str().unwrap_or("?"),
             c["memory_cgroup"].as_str().unwrap_or("-"),
             opt_mib(&c["limit_bytes"]),
             opt_mib(&c["usage_bytes"]),
-            c["some_avg10"].as_f64().map_or("-".to_string(), |p| format!("{p:.2}%"))
+            c["some_avg10"].as_f64().map_or("-".to_string(), |p| format!("{p:.2}%")),
+            c["priority"]
         );
     }
 }
