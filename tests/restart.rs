@@ -96,8 +96,8 @@ fn threads_survive_daemon_restarts() {
     let _heavy = heavy();
     let mut daemon = Daemon::start("32M", "64K", &[]);
     let cmd =
-        shimmed_command(&daemon, &c_program("threads_rw"), &["128M", "8", "30000"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
-    let program = Spawned::spawn(cmd, false);
+        shimmed_command(&daemon, &c_program("threads_rw"), &["128M", "8", "60000"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
+    let mut program = Spawned::spawn(cmd, false);
     daemon.wait_until("evictions to start", Duration::from_secs(60), || {
         let nvme = daemon.tier("nvme");
         if nvme.pages > 0 {
@@ -108,6 +108,12 @@ fn threads_survive_daemon_restarts() {
     });
     for round in 0..3u64 {
         std::thread::sleep(Duration::from_millis(500 + 600 * round));
+        // A restart after the program ended would test nothing: the workload must outlast them.
+        assert!(
+            !program.try_wait(),
+            "threads_rw ended before restart {round}: lengthen its workload\n{}",
+            daemon.report_log()
+        );
         daemon.kill();
         daemon.restart();
         daemon.wait_until("the client to resume", Duration::from_secs(60), || {
