@@ -419,7 +419,6 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "evictions": dram_evicted,
         "refaults": dram_refaulted,
         "prefetched_pages": s.dram.prefetched.load(Relaxed),
-        "clean_evictions": s.dram.clean_evictions.load(Relaxed),
         // DRAM hits are invisible (no access bits): the share of evicted pages that came
         // back says how well placement chose (lower is better).
         "refault_ratio": ratio(dram_refaulted, dram_evicted),
