@@ -128,3 +128,49 @@ pub fn describe_with<S: Clone, A: std::fmt::Debug + Clone>(path: &Path<S, A>, sh
     }
     out
 }
+
+/// Explore everything and assert that every `always` property holds and every `sometimes`
+/// one is reached, printing the state counts (models 2 and 3).
+pub fn assert_passes<M>(name: &str, model: M)
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + PartialEq + Hash + Send + Sync + std::fmt::Debug + 'static,
+    M::Action: Clone + PartialEq + std::fmt::Debug,
+{
+    let t = std::time::Instant::now();
+    let c = check(model, false);
+    println!(
+        "{name}: {} states ({} unique), depth {}, {:.1?}: all properties hold",
+        c.state_count(),
+        c.unique_state_count(),
+        c.max_depth(),
+        t.elapsed()
+    );
+    c.assert_properties();
+}
+
+/// The counterexample for `property`, cut at its first broken state and printed with `show`;
+/// panics if there is none (models 2 and 3).
+pub fn counterexample<M>(
+    name: &str,
+    model: M,
+    property: &'static str,
+    show: impl Fn(&M::State) -> String,
+) -> Vec<M::Action>
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + PartialEq + Hash + Send + Sync + 'static,
+    M::Action: Clone + PartialEq + std::fmt::Debug,
+{
+    let c = check_for(model, property);
+    println!(
+        "{name}: {} states ({} unique) explored; broken: {:?}",
+        c.state_count(),
+        c.unique_state_count(),
+        failures(&c)
+    );
+    let found = c.discovery(property).unwrap_or_else(|| panic!("{name}: no counterexample for {property:?}"));
+    let path = trim(c.model(), property, &found);
+    println!("counterexample for {property:?}:\n{}", describe_with(&path, show));
+    path.into_actions()
+}

@@ -3,36 +3,15 @@
 //!
 //! `cargo test -p holo-spec --test migrate -- --nocapture` prints state counts and traces.
 
-use holo_spec::migrate::{show, Action, Bounds, Design, Migrate, State};
+use holo_spec::migrate::{show, Action, Bounds, Design, Migrate};
 use holo_spec::trace;
-use stateright::{Checker, Path};
 
 fn passes(name: &str, design: Design, bounds: Bounds) {
-    let t = std::time::Instant::now();
-    let c = trace::check(Migrate::new(design, bounds), false);
-    println!(
-        "{name}: {} states ({} unique), depth {}, {:.1?}: all properties hold",
-        c.state_count(),
-        c.unique_state_count(),
-        c.max_depth(),
-        t.elapsed()
-    );
-    c.assert_properties();
+    trace::assert_passes(name, Migrate::new(design, bounds));
 }
 
-/// The counterexample for `property`, cut at its first broken state, printed.
 fn fails(name: &str, design: Design, bounds: Bounds, property: &'static str) -> Vec<Action> {
-    let c = trace::check_for(Migrate::new(design, bounds), property);
-    println!(
-        "{name}: {} states ({} unique) explored; broken: {:?}",
-        c.state_count(),
-        c.unique_state_count(),
-        trace::failures(&c)
-    );
-    let found = c.discovery(property).unwrap_or_else(|| panic!("{name}: no counterexample for {property:?}"));
-    let path: Path<State, Action> = trace::trim(c.model(), property, &found);
-    println!("counterexample for {property:?}:\n{}", trace::describe_with(&path, show));
-    path.into_actions()
+    trace::counterexample(name, Migrate::new(design, bounds), property, show)
 }
 
 #[test]

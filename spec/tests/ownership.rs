@@ -4,40 +4,19 @@
 //!
 //! `cargo test -p holo-spec --test ownership -- --nocapture` prints state counts and traces.
 
-use holo_spec::ownership::{show, Action, Bounds, Design, Ownership, State};
+use holo_spec::ownership::{show, Action, Bounds, Design, Ownership};
 use holo_spec::trace;
-use stateright::{Checker, Path};
 
 const ONE_WRITER: &str = "at most one node may write at any instant";
 const STALE: &str = "readers see the latest published write";
 const CUT_LEASED: &str = "a partitioned node never obtains a lease";
 
 fn passes(name: &str, design: Design, bounds: Bounds) {
-    let t = std::time::Instant::now();
-    let c = trace::check(Ownership::new(design, bounds), false);
-    println!(
-        "{name}: {} states ({} unique), depth {}, {:.1?}: all properties hold",
-        c.state_count(),
-        c.unique_state_count(),
-        c.max_depth(),
-        t.elapsed()
-    );
-    c.assert_properties();
+    trace::assert_passes(name, Ownership::new(design, bounds));
 }
 
-/// The counterexample for `property`, cut at its first broken state, printed.
 fn fails(name: &str, design: Design, bounds: Bounds, property: &'static str) -> Vec<Action> {
-    let c = trace::check_for(Ownership::new(design, bounds), property);
-    println!(
-        "{name}: {} states ({} unique) explored; broken: {:?}",
-        c.state_count(),
-        c.unique_state_count(),
-        trace::failures(&c)
-    );
-    let found = c.discovery(property).unwrap_or_else(|| panic!("{name}: no counterexample for {property:?}"));
-    let path: Path<State, Action> = trace::trim(c.model(), property, &found);
-    println!("counterexample for {property:?}:\n{}", trace::describe_with(&path, show));
-    path.into_actions()
+    trace::counterexample(name, Ownership::new(design, bounds), property, show)
 }
 
 fn small() -> Bounds {
