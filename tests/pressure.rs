@@ -148,6 +148,15 @@ fn pressure(daemon: &Daemon) -> Value {
     daemon.holoctl_json(&["pressure"])
 }
 
+/// A daemon with the `BUDGET`, a 64M cgroup margin and a 10% PSI target (and its config dir).
+fn pressure_daemon() -> (TempDir, Daemon) {
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    fs::write(&conf_file, "cgroup_margin = \"64M\"\npressure_target_pct = 10.0\n").unwrap();
+    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap()]);
+    (conf, daemon)
+}
+
 fn bytes(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a byte count: {v}"))
 }
@@ -158,10 +167,7 @@ fn holo_shrinks_its_budget_so_a_limited_cgroup_is_not_oom_killed() {
     let Some(cg) = cgroup_or_skip("holo", "holo_shrinks_its_budget_so_a_limited_cgroup_is_not_oom_killed") else {
         return;
     };
-    let conf = TempDir::new("pressure-conf");
-    let conf_file = conf.path().join("holo-pager.toml");
-    fs::write(&conf_file, "cgroup_margin = \"64M\"\npressure_target_pct = 10.0\n").unwrap();
-    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap()]);
+    let (_conf, daemon) = pressure_daemon();
     let configured = parse_size(BUDGET);
     let limit = parse_size(LIMIT);
 
@@ -273,10 +279,7 @@ fn a_cooperative_program_is_asked_to_release_memory_and_does() {
     let Some(cg) = cgroup_or_skip("release", "a_cooperative_program_is_asked_to_release_memory_and_does") else {
         return;
     };
-    let conf = TempDir::new("pressure-conf");
-    let conf_file = conf.path().join("holo-pager.toml");
-    fs::write(&conf_file, "cgroup_margin = \"64M\"\npressure_target_pct = 10.0\n").unwrap();
-    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap()]);
+    let (_conf, daemon) = pressure_daemon();
 
     // 512M of data and a 64M cache it can drop, in a 384M cgroup: the first cgroup shrink
     // comes with a release request, and the callback frees the cache.
