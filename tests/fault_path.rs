@@ -57,6 +57,16 @@ fn fill_verify_2g_through_256m_budget() {
         spill.refaults * 4096 >= parse_size("1G"),
         &format!("only {} pages refaulted from spill for 2 x 2 GiB through 256 MiB", spill.refaults),
     );
+    // The verify passes read granules back and leave most unmodified: those are evicted again
+    // with no write (their slot still holds them); the second pass's writes to granules the
+    // first verify read back (write faults on clean windows) must dirty them, or it would not
+    // verify.
+    let dram = &daemon.holoctl_json(&["tiers"])["tiers"][0];
+    out.check(
+        &daemon,
+        dram["clean_evictions"].as_u64() > Some(0),
+        &format!("no clean eviction in 2 verify passes of 2 GiB through 256 MiB: {dram}"),
+    );
 }
 
 #[test]

@@ -91,6 +91,12 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_pager_faults_total", Counter, &[], "Faults served (granule windows filled), zero fills included."),
     m("holo_pager_prefetched_pages_total", Counter, &[], "Pages fetched from a tier ahead of a refault trend."),
+    m(
+        "holo_pager_clean_evictions_total",
+        Counter,
+        &[],
+        "Granules evicted without a write: unmodified since they were read back, their slot still held them.",
+    ),
     m("holo_pager_failed_faults_total", Counter, &[], "Faults answered with SIGBUS because holo could not serve them."),
     m(
         "holo_pager_cancelled_evictions_total",
@@ -358,6 +364,7 @@ pub fn render(d: &Daemon) -> String {
     }
     w.single("holo_pager_faults_total", f(s.dram.faults.load(Relaxed)));
     w.single("holo_pager_prefetched_pages_total", f(s.dram.prefetched.load(Relaxed)));
+    w.single("holo_pager_clean_evictions_total", f(s.dram.clean_evictions.load(Relaxed)));
     w.single("holo_pager_failed_faults_total", f(s.failed_faults.load(Relaxed)));
     w.single("holo_pager_cancelled_evictions_total", f(s.cancelled_evictions.load(Relaxed)));
     w.single("holo_pager_failed_evictions_total", f(s.failed_evictions.load(Relaxed)));

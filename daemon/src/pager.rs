@@ -17,7 +17,7 @@
 //! address-space gate and may zap now. `Removed`: its EVENT_REMOVE was read, pages are
 //! `Spilled`. Then `Zapped` ends it. While a window has an eviction, its faults wait.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -65,6 +65,8 @@ const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
 #[derive(Clone, Copy, Debug)]
 struct Fault {
     addr: u64,
+    /// A write to a missing page: its window is dirty as soon as it is filled.
+    write: bool,
     wp: bool,
     tid: u32,
     /// When the pager read it: its service latency runs from here to its fill.
@@ -85,6 +87,9 @@ struct Eviction {
     pages: Vec<u64>,
     /// Of those, how many the agent's zap has removed so far (they refer to the slot).
     spilled: u32,
+    /// The window was clean: `slot` is the one it was filled from, still holding its bytes
+    /// and a reference for each of its pages, so nothing was captured or written.
+    reused: bool,
     state: EvictState,
     sent_at: Instant,
 }
@@ -134,6 +139,11 @@ pub struct Pager {
     policy: ArcPolicy,
     /// Clock hand: where the search for a victim ARC does not know starts.
     hand: u64,
+    /// Clean windows: filled whole from one slot, write-protected since, so that slot still
+    /// holds their bytes and keeps one reference per page for them. Evicting one costs no
+    /// capture and no write; their first write (a WP fault), or any change of the address
+    /// space over them, forgets them and drops the references.
+    clean: BTreeMap<u64, (SlotId, u32)>,
     /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
     /// Windows read from the tiers and not installed yet, oldest first: a fill the kernel
@@ -193,7 +203,11 @@ impl Pager {
                 i.pages.iter().copied().filter(|&a| table.get(a) == Some(PageState::Resident)).collect();
             d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
             let state = if spilled > 0 { EvictState::Removed } else { EvictState::Go };
-            evictions.insert(id, Eviction { w: i.w, slot: i.slot, pages, spilled, state, sent_at: Instant::now() });
+            // Not `reused`, even if it was a clean eviction: recovery counted references
+            // from the tables alone (resident pages hold none), so each page its zap removes
+            // adds one, as for a fresh slot.
+            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at: Instant::now() };
+            evictions.insert(id, e);
         }
         Ok(Pager {
             d,
@@ -212,6 +226,7 @@ impl Pager {
             hand: 0,
             buf: vec![0; granule as usize],
             staged: VecDeque::new(),
+            clean: BTreeMap::new(),
             trend: Streams::new(granule, (PREFETCH_MAX_BYTES / granule).clamp(1, PREFETCH_MAX_GRANULES) as usize),
             evict_bufs: (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
                 .map(|_| vec![0; granule as usize])
@@ -361,8 +376,8 @@ impl Pager {
 
     fn handle_event(&mut self, ev: Event) -> Result<(), Gone> {
         match ev {
-            Event::Fault { addr, wp, tid, .. } => {
-                let f = Fault { addr, wp, tid, since: self.batch_read_at };
+            Event::Fault { addr, write, wp, tid } => {
+                let f = Fault { addr, write, wp, tid, since: self.batch_read_at };
                 match self.serve(f) {
                     Served::Done => {}
                     Served::Defer | Served::Retry => self.defer(f),
@@ -520,7 +535,9 @@ impl Pager {
         }
         if f.wp {
             // A write to a page that is write-protected but not being evicted: protection
-            // inherited through fork, or left by a cancelled eviction. Lift it.
+            // inherited through fork, left by a cancelled eviction, or the first write to a
+            // clean window. Lift it: the window is dirty from now on.
+            self.forget_clean(w.start, w.end());
             return match self.uffd.write_protect(w.start, w.len, false) {
                 Ok(()) => Served::Done,
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Served::Retry,
@@ -545,10 +562,14 @@ impl Pager {
                 let _ = self.uffd.wake(f.addr, PAGE);
                 return Served::Done;
             }
+            self.forget_clean(w.start, w.end());
             self.table.set(f.addr, PageState::Untouched);
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
+        // A read of a window wholly in one slot fills it write-protected and keeps the slot:
+        // until the program writes to it, evicting it again costs no write.
+        let clean_slot = if f.write { None } else { whole_from_one_slot(&pages) };
         // Which tier's latency this fill counts in: the slowest it reads from, else DRAM.
         let tier = if pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) {
             self.d.store.slowest_level(spilled_slots(&pages)).map_or(0, |level| level + 1)
@@ -580,27 +601,32 @@ impl Pager {
                 return Served::Done;
             }
             let dst = w.start + i as u64 * PAGE;
-            let filled = match self.uffd.copy(dst, &self.buf[i * PAGE as usize..j * PAGE as usize]) {
-                Fill::Done => j - i,
-                Fill::Partial(bytes) => (bytes / PAGE) as usize,
-                // Present already: a zap that its REMOVE announced has not happened yet.
-                Fill::Exists => 0,
-                // One COPY must stay within one VMA: a window that mprotect split needs
-                // page-sized copies.
-                Fill::Unmapped if j - i > 1 => {
-                    page_at_a_time = true;
-                    continue;
-                }
-                // This page is not mapped (any more): read the events (the UNMAP among
-                // them) before trying again, unless it is only a neighbour of the fault.
-                Fill::Unmapped if dst != f.addr => {
-                    i += 1;
-                    continue;
-                }
-                Fill::Retry | Fill::Unmapped => return Served::Retry,
-                Fill::TargetGone => return Served::Gone("its address space is gone"),
-            };
-            from_tier |= self.installed(dst, &pages[i..i + filled]) > 0;
+            let filled =
+                match self.uffd.copy_with(dst, &self.buf[i * PAGE as usize..j * PAGE as usize], clean_slot.is_some()) {
+                    Fill::Done => j - i,
+                    Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                    // Present already: a zap that its REMOVE announced has not happened yet.
+                    Fill::Exists => 0,
+                    // One COPY must stay within one VMA: a window that mprotect split needs
+                    // page-sized copies.
+                    Fill::Unmapped if j - i > 1 => {
+                        page_at_a_time = true;
+                        continue;
+                    }
+                    // This page is not mapped (any more): read the events (the UNMAP among
+                    // them) before trying again, unless it is only a neighbour of the fault.
+                    Fill::Unmapped if dst != f.addr => {
+                        i += 1;
+                        continue;
+                    }
+                    Fill::Retry | Fill::Unmapped => return Served::Retry,
+                    Fill::TargetGone => return Served::Gone("its address space is gone"),
+                };
+            let whole = i == 0 && filled == n;
+            from_tier |= self.installed(dst, &pages[i..i + filled], whole && clean_slot.is_some()) > 0;
+            if let (true, Some(slot)) = (whole, clean_slot) {
+                self.clean.insert(w.start, (slot, n as u32));
+            }
             faulting_page_filled |= (dst..dst + filled as u64 * PAGE).contains(&f.addr);
             if filled > 0 {
                 // Its pages changed: the staged copy (if any) is stale now.
@@ -664,12 +690,17 @@ impl Pager {
         for next in wins {
             let Some(k) = self.staged_index(next) else { break };
             let st = self.staged.remove(k).unwrap();
-            let filled = match self.uffd.copy(next.start, &st.bytes) {
+            let clean_slot = whole_from_one_slot(&st.pages);
+            let filled = match self.uffd.copy_with(next.start, &st.bytes, clean_slot.is_some()) {
                 Fill::Done => st.pages.len(),
                 Fill::Partial(bytes) => (bytes / PAGE) as usize,
                 _ => 0,
             };
-            let from_tier = self.installed(next.start, &st.pages[..filled]);
+            let whole = filled == st.pages.len();
+            let from_tier = self.installed(next.start, &st.pages[..filled], whole && clean_slot.is_some());
+            if let (true, Some(slot)) = (whole, clean_slot) {
+                self.clean.insert(next.start, (slot, filled as u32));
+            }
             self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
             if filled > 0 {
                 self.policy.on_fault(next.start);
@@ -685,14 +716,16 @@ impl Pager {
     }
 
     /// Pages from `start` on, whose states were `states`, were just filled: they are resident
-    /// now and the slots of those that were spilled lose a reference. Returns how many came
-    /// from a tier (refaults).
-    fn installed(&mut self, start: u64, states: &[PageState]) -> usize {
+    /// now and the slots of those that were spilled lose a reference, unless `retain` (a
+    /// clean window keeps them). Returns how many came from a tier (refaults).
+    fn installed(&mut self, start: u64, states: &[PageState], retain: bool) -> usize {
         for k in 0..states.len() {
             self.table.set(start + k as u64 * PAGE, PageState::Resident);
         }
         let slots: Vec<SlotId> = spilled_slots(states).collect();
-        self.d.store.release(&slots);
+        if !retain {
+            self.d.store.release(&slots);
+        }
         self.d.stats.dram.refaults.fetch_add(slots.len() as u64, Relaxed);
         self.d.add_resident(&self.info, states.len() as i64);
         slots.len()
@@ -764,7 +797,7 @@ impl Pager {
             // The captured pages of this piece now live in the slot.
             let e = self.evictions.get_mut(&id).unwrap();
             e.state = EvictState::Removed;
-            let (slot, base) = (e.slot, e.w.start);
+            let (slot, base, reused) = (e.slot, e.w.start, e.reused);
             let piece: Vec<u64> = e.pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
             e.spilled += piece.len() as u32;
             for &addr in &piece {
@@ -772,7 +805,10 @@ impl Pager {
                 let old = self.table.set(addr, PageState::Spilled { slot, idx });
                 debug_assert_eq!(old, PageState::Resident);
             }
-            self.d.store.add_refs(slot, piece.len() as u32);
+            // A reused slot has held their references since the window was filled.
+            if !reused {
+                self.d.store.add_refs(slot, piece.len() as u32);
+            }
             return;
         }
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
@@ -791,6 +827,7 @@ impl Pager {
     /// has finished: a `Removed` eviction is complete, a `Go` one failed, and a `Sent` one
     /// captured bytes that are now stale.
     fn settle_overlapping(&mut self, start: u64, end: u64) {
+        self.forget_clean(start, end);
         let ids: Vec<u64> =
             self.evictions.iter().filter(|(_, e)| e.w.overlaps(start, end)).map(|(id, _)| *id).collect();
         for id in ids {
@@ -802,6 +839,20 @@ impl Pager {
         }
     }
 
+    /// The clean windows overlapping `[start, end)` may be written from now on (or are gone):
+    /// drop the references they held on their slots.
+    fn forget_clean(&mut self, start: u64, end: u64) {
+        let from = start.saturating_sub(self.granule - 1);
+        let hit: Vec<u64> = self.clean.range(from..end).map(|(&s, _)| s).collect();
+        for s in hit {
+            let (slot, pages) = self.clean[&s];
+            if s + pages as u64 * PAGE > start {
+                self.clean.remove(&s);
+                self.d.store.release(&vec![slot; pages as usize]);
+            }
+        }
+    }
+
     /// The zap of eviction `id` is done: its pages have left DRAM.
     fn complete(&mut self, id: u64) {
         let e = self.evictions.remove(&id).unwrap();
@@ -809,9 +860,7 @@ impl Pager {
         self.policy.on_evicted(e.w.start);
         // Pages whose REMOVE never came (madvise stopped early) stay resident.
         let n = e.spilled as i64;
-        if n == 0 {
-            self.d.store.discard(e.slot);
-        }
+        self.drop_unspilled(&e);
         self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.add_resident(&self.info, -n);
         self.d.stats.dram.evictions.fetch_add(n as u64, Relaxed);
@@ -823,11 +872,23 @@ impl Pager {
         self.policy.on_cancelled(e.w.start);
         // Lifting protection also wakes threads that wrote meanwhile.
         let _ = self.uffd.write_protect(e.w.start, e.w.len, false);
-        if e.slot != NO_SLOT {
-            self.d.store.discard(e.slot);
-        }
+        self.drop_unspilled(&e);
         self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.stats.cancelled_evictions.fetch_add(1, Relaxed);
+    }
+
+    /// An eviction ends: give back what its slot holds for pages that did not leave DRAM. A
+    /// fresh slot nothing refers to is freed; a reused one loses the references of its
+    /// resident pages.
+    fn drop_unspilled(&self, e: &Eviction) {
+        if e.slot == NO_SLOT {
+            return;
+        }
+        if e.reused {
+            self.d.store.release(&vec![e.slot; e.pages.len() - e.spilled as usize]);
+        } else if e.spilled == 0 {
+            self.d.store.discard_unless_referenced(e.slot);
+        }
     }
 
     fn expire_evictions(&mut self) {
@@ -865,7 +926,10 @@ impl Pager {
         let paused = self.info.evict_paused_until_ms.load(Relaxed) > self.d.now_ms();
         let backing_off = self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
         let mut exhausted = self.agent.is_none() || paused || backing_off;
+        // Captured evictions, to write as one batch (the kth in eviction buffer k), and clean
+        // ones, whose slot holds their bytes already.
         let mut batch: Vec<u64> = Vec::with_capacity(self.evict_bufs.len());
+        let mut clean: Vec<u64> = Vec::new();
         while started < want
             && !exhausted
             && self.evictions.len() < MAX_INFLIGHT_EVICTIONS
@@ -876,12 +940,17 @@ impl Pager {
                 break;
             };
             match self.capture(w, batch.len()) {
-                Ok((id, n)) => {
-                    batch.push(id);
+                Ok((id, n, captured)) => {
+                    if captured {
+                        batch.push(id)
+                    } else {
+                        clean.push(id)
+                    }
                     started += n as i64;
                 }
                 Err(Served::Gone(why)) => {
                     self.commit_evictions(&batch)?;
+                    self.ask_zaps(&clean)?;
                     return Err(Gone(why));
                 }
                 Err(_) => {
@@ -890,7 +959,7 @@ impl Pager {
                 }
             }
         }
-        let failed = self.commit_evictions(&batch)?;
+        let failed = self.commit_evictions(&batch)? + self.ask_zaps(&clean)?;
         if failed > 0 {
             started -= failed as i64;
             exhausted = true;
@@ -961,8 +1030,21 @@ impl Pager {
 
     /// Write-protect `w` and capture its resident pages into eviction buffer `k`. The
     /// eviction is registered (so no one picks `w` again) but has no slot until
-    /// [`Self::commit_evictions`]. Returns the eviction's id and the pages captured.
-    fn capture(&mut self, w: Window, k: usize) -> Result<(u64, usize), Served> {
+    /// [`Self::commit_evictions`]. Returns the eviction's id, the pages captured, and whether
+    /// buffer `k` was used: a clean window needs no capture, it reuses its slot.
+    fn capture(&mut self, w: Window, k: usize) -> Result<(u64, usize, bool), Served> {
+        if let Some(&(slot, pages)) = self.clean.get(&w.start) {
+            let whole = pages as u64 * PAGE == w.len && self.table.pages(w).iter().all(|p| *p == PageState::Resident);
+            if whole {
+                // Write-protected since it was filled: its bytes are the slot's.
+                self.clean.remove(&w.start);
+                let pages = (0..pages as u64).map(|k| w.start + k * PAGE).collect();
+                let id = self.register_eviction(w, slot, pages, true);
+                self.d.stats.dram.clean_evictions.fetch_add(1, Relaxed);
+                return Ok((id, w.len as usize / PAGE as usize, false));
+            }
+            self.forget_clean(w.start, w.end());
+        }
         let resident: Vec<u64> = self
             .table
             .pages(w)
@@ -1007,20 +1089,17 @@ impl Pager {
             }
             run_start = run_end;
         }
+        let n = captured.len();
+        Ok((self.register_eviction(w, NO_SLOT, captured, false), n, true))
+    }
+
+    fn register_eviction(&mut self, w: Window, slot: SlotId, pages: Vec<u64>, reused: bool) -> u64 {
         let id = self.next_eviction;
         self.next_eviction += 1;
-        let n = captured.len();
-        self.d.budget.evicting.fetch_add(n as i64, Relaxed);
-        let e = Eviction {
-            w,
-            slot: NO_SLOT,
-            pages: captured,
-            spilled: 0,
-            state: EvictState::Sent,
-            sent_at: Instant::now(),
-        };
+        self.d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
+        let e = Eviction { w, slot, pages, spilled: 0, reused, state: EvictState::Sent, sent_at: Instant::now() };
         self.evictions.insert(id, e);
-        Ok((id, n))
+        id
     }
 
     /// Write the captured evictions `ids` (eviction buffer `k` for the `k`th) to the tiers in
@@ -1034,20 +1113,33 @@ impl Pager {
             ids.iter().enumerate().map(|(k, id)| &self.evict_bufs[k][..self.evictions[id].w.len as usize]).collect();
         let slots = self.d.store.put_batch(&data);
         let mut cancelled_pages = 0;
-        let mut gone = None;
+        let mut written = Vec::with_capacity(ids.len());
         for (&id, slot) in ids.iter().zip(slots) {
             let e = self.evictions.get_mut(&id).unwrap();
             match slot {
-                Ok(slot) => e.slot = slot,
+                Ok(slot) => {
+                    e.slot = slot;
+                    written.push(id);
+                }
                 Err(err) => {
                     cancelled_pages += e.pages.len();
                     self.evict_backoff_until = Some(Instant::now() + EVICT_RETRY_AFTER);
                     self.d.stats.failed_evictions.fetch_add(1, Relaxed);
                     crate::log_limited!(error, "pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
                     self.cancel(id);
-                    continue;
                 }
             }
+        }
+        Ok(cancelled_pages + self.ask_zaps(&written)?)
+    }
+
+    /// Ask the agent to zap evictions `ids`, whose slots hold their bytes, each journaled
+    /// first. Returns the pages of those cancelled.
+    fn ask_zaps(&mut self, ids: &[u64]) -> Result<usize, Gone> {
+        let mut cancelled_pages = 0;
+        let mut gone = None;
+        for &id in ids {
+            let e = self.evictions.get_mut(&id).unwrap();
             let (start, len) = (e.w.start, e.w.len);
             e.sent_at = Instant::now();
             if let Some(j) = &mut self.journal {
@@ -1206,12 +1298,12 @@ impl Pager {
 
     /// The client is gone: give back its pages, slots and pending children.
     fn release_all(&mut self) {
-        for (_, e) in self.evictions.drain() {
+        let evictions: Vec<Eviction> = self.evictions.drain().map(|(_, e)| e).collect();
+        for e in evictions {
             self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
-            if e.spilled == 0 {
-                self.d.store.discard(e.slot);
-            }
+            self.drop_unspilled(&e);
         }
+        self.forget_clean(0, u64::MAX);
         for (_, t) in self.pending_forks.drain(..) {
             let refs: Vec<SlotId> = t.spilled_refs().collect();
             self.d.store.release(&refs);
@@ -1236,6 +1328,14 @@ fn close_stray(fd: Option<RawFd>) {
         // SAFETY: the kernel gave us this fd and nothing else refers to it.
         unsafe { libc::close(fd) };
     }
+}
+
+/// The slot that holds the whole window whose pages are `pages`, page `k` at index `k`, if
+/// one does.
+fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
+    let PageState::Spilled { slot, .. } = *pages.first()? else { return None };
+    let all = pages.iter().enumerate().all(|(k, p)| *p == PageState::Spilled { slot, idx: k as u16 });
+    all.then_some(slot)
 }
 
 /// The slots that the spilled pages among `pages` refer to, in order.

@@ -2,6 +2,7 @@
 //! hands the connection to a pager thread (clients), to an existing pager (agents) or
 //! answers queries (holoctl).
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
+use holo_tiers::SlotId;
 
 use crate::journal::Intent;
 use crate::pager::Pager;
@@ -245,18 +247,9 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
             peer.pid
         )));
     };
-    // The reported zaps that the journal knows, with the slot still holding their bytes,
-    // are evictions under way; the other intents' slots are given back.
-    let mut under_way = Vec::new();
-    for (id, intent) in r.intents {
-        let reported =
-            reported.iter().any(|&(zid, start, len)| zid == id && start == intent.w.start && len == intent.w.len);
-        let current = d.store.versions(std::iter::once(intent.slot))[0] == intent.version;
-        if reported && current {
-            under_way.push((id, intent));
-        } else {
-            d.store.discard_if_unreferenced(intent.slot, intent.version);
-        }
+    let (under_way, settled) = settle_intents(r.intents, &reported, |slot| d.store.versions(std::iter::once(slot))[0]);
+    for i in settled {
+        d.store.discard_if_unreferenced(i.slot, i.version);
     }
     let info = register_client(d, peer).map_err(refuse)?;
     let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
@@ -272,6 +265,26 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
         under_way.len()
     );
     spawn_pager(d, info, uffd, conn, r.table, Some((under_way, r.next_eviction)))
+}
+
+/// Sort a resumed client's journaled eviction intents: the zaps its agent reported
+/// (`(id, start, len)`) that the journal knows, with the slot still at the intent's version
+/// (`version_of`), are evictions under way; the rest are settled, their slots to be given
+/// back if nothing refers to them. A slot an eviction under way uses is never given back:
+/// a clean eviction reuses the slot (and version) an earlier, finished eviction of the same
+/// window wrote, so two intents can name one slot.
+fn settle_intents(
+    intents: HashMap<u64, Intent>,
+    reported: &[(u64, u64, u64)],
+    version_of: impl Fn(SlotId) -> u64,
+) -> (Vec<(u64, Intent)>, Vec<Intent>) {
+    let (under_way, other): (Vec<_>, Vec<_>) = intents.into_iter().partition(|(id, i)| {
+        reported.iter().any(|&(zid, start, len)| zid == *id && start == i.w.start && len == i.w.len)
+            && version_of(i.slot) == i.version
+    });
+    let in_use: HashSet<SlotId> = under_way.iter().map(|(_, i)| i.slot).collect();
+    let settled = other.into_iter().map(|(_, i)| i).filter(|i| !in_use.contains(&i.slot)).collect();
+    (under_way, settled)
 }
 
 fn is_userfaultfd(fd: &OwnedFd) -> bool {
@@ -419,6 +432,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "evictions": dram_evicted,
         "refaults": dram_refaulted,
         "prefetched_pages": s.dram.prefetched.load(Relaxed),
+        "clean_evictions": s.dram.clean_evictions.load(Relaxed),
         // DRAM hits are invisible (no access bits): the share of evicted pages that came
         // back says how well placement chose (lower is better).
         "refault_ratio": ratio(dram_refaulted, dram_evicted),
@@ -618,6 +632,23 @@ mod tests {
         assert_eq!(why.len(), 4, "{why:?}");
         assert!(why[0].contains("1 faults") && why[1].contains("2 granules"), "{why:?}");
         assert!(why[2].contains("nvme tier: 3 failed reads") && why[3].contains("nvme tier is full"), "{why:?}");
+    }
+
+    #[test]
+    fn a_slot_that_an_eviction_under_way_reuses_is_not_given_back() {
+        use crate::pagetable::Window;
+        let w = Window { start: 0x10000, len: 0x10000 };
+        let intent = |slot, version| Intent { w, slot, version, pages: vec![w.start] };
+        // Eviction 1 wrote slot 7 (version 3) and finished; the window was read back clean
+        // and eviction 2 is dropping it into the same slot; eviction 3's slot was rewritten.
+        let intents = HashMap::from([(1, intent(7, 3)), (2, intent(7, 3)), (3, intent(8, 1)), (4, intent(9, 1))]);
+        let reported = [(2, w.start, w.len), (3, w.start, w.len)];
+        let (under_way, settled) =
+            settle_intents(intents, &reported, |slot| if slot == 8 { 2 } else { 1 + 2 * (slot == 7) as u64 });
+        assert_eq!(under_way.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
+        let mut settled: Vec<SlotId> = settled.iter().map(|i| i.slot).collect();
+        settled.sort_unstable();
+        assert_eq!(settled, [8, 9], "slot 7 is in use by eviction 2");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct DramCounters {
     pub refaults: AtomicU64,
     /// Of those, pages fetched ahead of a trend before anything faulted on them.
     pub prefetched: AtomicU64,
+    /// Granules evicted with no capture and no write: clean, their slot held their bytes.
+    pub clean_evictions: AtomicU64,
 }
 
 #[derive(Default)]

@@ -555,6 +555,16 @@ impl Store {
         }
     }
 
+    /// Give back slot `id` unless a page refers to it: the slot of an eviction that ends
+    /// with none of its pages spilled. A fresh slot has no other references; one that a
+    /// restarted daemon's rebuilt eviction reused may (a fork's pages, say).
+    pub fn discard_unless_referenced(&self, id: SlotId) {
+        let unreferenced = self.map.lock().unwrap().entries[id as usize].refs == 0;
+        if unreferenced {
+            self.discard(id);
+        }
+    }
+
     /// Give back a slot that no page refers to (a cancelled eviction).
     pub fn discard(&self, slot: SlotId) {
         let (level, at) = {

@@ -47,6 +47,8 @@ pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+/// `UFFDIO_COPY` mode: install the pages write-protected.
+const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -256,8 +258,15 @@ impl Uffd {
 
     /// Install `len` bytes from `src` at `dst` in the client and wake the faulting threads.
     pub fn copy(&self, dst: u64, src: &[u8]) -> Fill {
+        self.copy_with(dst, src, false)
+    }
+
+    /// [`Self::copy`], the installed pages write-protected when `protect` (the next write to
+    /// one raises a WP fault: how the pager learns that a page it installed is dirty).
+    pub fn copy_with(&self, dst: u64, src: &[u8], protect: bool) -> Fill {
         debug_assert!(src.len().is_multiple_of(PAGE_SIZE) && dst.is_multiple_of(PAGE_SIZE as u64));
-        let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
+        let mode = if protect { UFFDIO_COPY_MODE_WP } else { 0 };
+        let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode, copy: 0 };
         match self.ioctl(UFFDIO_COPY, &mut c) {
             Ok(()) => Fill::Done,
             Err(e) => match e.raw_os_error() {

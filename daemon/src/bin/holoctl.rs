@@ -211,7 +211,11 @@ fn print_tiers(v: &serde_json::Value) {
     }
     let dram = &v["tiers"][0];
     if let Some(r) = dram["refault_ratio"].as_f64() {
-        println!("dram: {:.0}% of evicted pages came back", r * 100.0);
+        println!(
+            "dram: {:.0}% of evicted pages came back; {} granules evicted clean (no write)",
+            r * 100.0,
+            n(dram, "clean_evictions")
+        );
     }
     for c in v["placement"].as_array().into_iter().flatten() {
         let g = &c["granules"];
