@@ -18,8 +18,9 @@
 //! * **Health**: a peer that fails a call is skipped for [`DOWN_BACKOFF`] (reads still try it
 //!   last), then tried again; the maintenance thread probes it (STAT) once per back-off.
 //! * **Loss and re-replication**: a peer is *declared lost* when no call to it succeeded for
-//!   [`RemoteOptions::lost_after`], or when it answers that it does not hold a granule it was
-//!   given (it restarted: its memory is gone). Its *generation* is then bumped: every copy
+//!   [`RemoteOptions::lost_after`], or when it shows that it lost the granules it was given
+//!   (it restarted): a GET answers that it does not hold one, or holds other bytes there, or a
+//!   PUT is answered with a slot number one of this node's copies still occupies. Its *generation* is then bumped: every copy
 //!   made under an older generation no longer counts, is never read again, and is never freed
 //!   one by one (a restarted donor reuses slot numbers); when the peer answers again it is met
 //!   afresh, and its RESET frees whatever this node left there. The maintenance thread then
@@ -155,8 +156,36 @@ struct Health {
     counted_slots: u64,
 }
 
+/// The slots this node's copies of one generation occupy on a peer. A live donor never hands
+/// out a taken slot, so a PUT answered with one of these means the donor lost its memory.
+#[derive(Default)]
+struct Held {
+    gen: u32,
+    bits: Vec<u64>,
+}
+
+impl Held {
+    /// Mark `slot` taken; returns whether it already was.
+    fn take(&mut self, slot: RemoteSlot) -> bool {
+        let (w, b) = (slot as usize / 64, 1u64 << (slot % 64));
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        let was = self.bits[w] & b != 0;
+        self.bits[w] |= b;
+        was
+    }
+
+    fn release(&mut self, slot: RemoteSlot) {
+        if let Some(word) = self.bits.get_mut(slot as usize / 64) {
+            *word &= !(1u64 << (slot % 64));
+        }
+    }
+}
+
 struct Peer {
     health: Mutex<Health>,
+    held: Mutex<Held>,
     /// Calls naming slots (PUT, GET, FREE) hold it shared; RESET holds it alone, so no call
     /// of an older generation reaches the donor after the RESET that ends that generation.
     gate: RwLock<()>,
@@ -251,7 +280,9 @@ impl RemoteTier {
             slots: Mutex::new(SlotAllocator::new(SlotId::MAX as u64)),
             capacity_slots: AtomicU64::new(opts.capacity_bytes.map_or(0, |c| c / opts.slot_bytes as u64)),
             donated_slots: AtomicU64::new(0),
-            peers: (0..n).map(|_| Peer { health: Mutex::new(health()), gate: RwLock::new(()) }).collect(),
+            peers: (0..n)
+                .map(|_| Peer { health: Mutex::new(health()), held: Mutex::default(), gate: RwLock::new(()) })
+                .collect(),
             places: Mutex::new(Vec::new()),
             next_place_id: AtomicU64::new(1),
             pending_frees: Mutex::new(vec![Vec::new(); n]),
@@ -454,6 +485,7 @@ impl Core {
             }
             h.met = false;
             h.gen = h.gen.wrapping_add(1);
+            *self.peers[peer].held.lock().unwrap() = Held { gen: h.gen, bits: Vec::new() };
             h.failing_since = None;
             h.down_until = Some(Instant::now() + DOWN_BACKOFF);
             let counted = std::mem::take(&mut h.counted_slots);
@@ -495,6 +527,12 @@ impl Core {
 
     fn queue_frees(&self, copies: &[Replica]) {
         let flush = {
+            for c in copies {
+                let mut held = self.peers[c.peer].held.lock().unwrap();
+                if held.gen == c.gen {
+                    held.release(c.slot);
+                }
+            }
             let mut q = self.pending_frees.lock().unwrap();
             copies.iter().for_each(|c| q[c.peer].push((c.gen, c.slot)));
             q.iter().any(|v| v.len() >= FREE_BATCH)
@@ -562,7 +600,20 @@ impl Core {
         if !met || gen.is_some_and(|g| g != now_gen) {
             return (now_gen, Err(CallErr::Lost));
         }
-        (now_gen, self.transport.put(peer, self.opts.owner, data).map_err(CallErr::Transport))
+        let r = self.transport.put(peer, self.opts.owner, data).map_err(CallErr::Transport);
+        let mut reused = None;
+        if let Ok(sts) = &r {
+            let mut held = self.peers[peer].held.lock().unwrap();
+            if held.gen == now_gen {
+                reused = sts.iter().filter_map(|st| st.ok()).find(|&s| held.take(s));
+            }
+        }
+        drop(_shared);
+        if let Some(s) = reused {
+            let why = format!("it handed out slot {s} again, which holds a granule of this node: it restarted");
+            self.declare_lost(peer, &why);
+        }
+        (now_gen, r)
     }
 
     /// GET from `peer` copies made under generation `gen`, if that is still its generation.
