@@ -6,6 +6,7 @@
 //!  scrape ──GET /metrics──▶ metrics thread ──render()──▶ reads, at scrape time:
 //!                                                        Stats, DramCounters  (state.rs)
 //!                                                        TierCounters, usage  (store.rs)
+//!                                                        Tier::replication    (remote tier)
 //!                                                        pressure Counters, View
 //!                                                        clients, budget
 //!                                                        Metrics::fault_latency (here)
