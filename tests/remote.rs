@@ -3,7 +3,10 @@
 //! memory, two copies each. One donor is killed with SIGKILL while the program holds its
 //! data; every byte still verifies, served from the surviving copies.
 //!
-//! The first test runs on loopback. The second puts each donor in its own network namespace,
+//! The first test runs on loopback. The second, with three donors, SIGKILLs one while the
+//! program idles, waits until the node has re-replicated every granule that donor held (0
+//! under-replicated in `holoctl tiers`), then SIGKILLs a second one: every byte still verifies.
+//! The third puts each donor in its own network namespace,
 //! joined to the node by a veth pair, and cuts one donor's link (link down: its packets vanish,
 //! nothing answers, unlike a killed process whose kernel refuses connections): calls to it wait
 //! out `remote_timeout_ms` and the data comes from the other copy; brought back up, the donor
@@ -84,6 +87,19 @@ impl Drop for Namespaces {
     }
 }
 
+/// The text of the daemon's /metrics (it was started with `--metrics-listen 127.0.0.1:0`).
+fn scrape(d: &Daemon) -> String {
+    use std::io::{Read, Write};
+    let status = d.holoctl_json(&["status"]);
+    let addr = status["metrics_listen"].as_str().unwrap_or_else(|| panic!("no metrics_listen: {status}"));
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn remote_row(d: &Daemon) -> serde_json::Value {
     let tiers = d.holoctl_json(&["tiers"]);
     tiers["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "remote").cloned().unwrap_or_else(|| {
@@ -139,7 +155,9 @@ fn a_program_spills_to_two_donors_and_survives_losing_one() {
     // Whether a read met the dead donor first (a fallback, logged) or a write did (then reads
     // go to the live copy directly) depends on timing; either way the loss is logged.
     let log = node.log();
-    out.check(&node, log.contains(&format!("cannot connect to peer {addr_a}")), "the node should log the lost donor");
+    // (The first failed call says "cannot connect" or "connection reset", as the kill lands.)
+    let logged = log.lines().any(|l| l.contains(&format!("peer {addr_a}")) && l.contains("skipping that peer"));
+    out.check(&node, logged, "the node should log the lost donor");
 
     // With one donor left, two copies cannot be made: new evictions overflow to FS, and a
     // second program still verifies every byte.
@@ -148,6 +166,69 @@ fn a_program_spills_to_two_donors_and_survives_losing_one() {
     let fs = node.tier("fs");
     out.check(&node, fs.evictions > 0 && fs.refaults > 0, &format!("granules should overflow to fs: {fs:?}"));
     drop(donor_b);
+}
+
+#[test]
+fn a_lost_donor_is_re_replicated_so_that_a_second_loss_loses_nothing() {
+    let _heavy = heavy();
+    let confs = TempDir::new("remote-conf");
+    let (mut donor_a, addr_a) = donor(&confs, "a", "160M");
+    let (mut donor_b, addr_b) = donor(&confs, "b", "160M");
+    let (donor_c, addr_c) = donor(&confs, "c", "160M");
+    let conf = confs.path().join("node.toml");
+    fs::write(
+        &conf,
+        format!(
+            "remote_peers = [\"{addr_a}\", \"{addr_b}\", \"{addr_c}\"]\nremote_replicas = 2\n\
+             remote_timeout_ms = 500\nremote_lost_after_ms = 1500\n"
+        ),
+    )
+    .unwrap();
+    let node = Daemon::start(
+        "16M",
+        "64K",
+        &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
+    let remote = remote_row(&node);
+    assert!(remote["pages"].as_u64().unwrap_or(0) * 4096 >= 48 << 20, "{remote}\n{}", node.report());
+    assert_eq!(remote["under_replicated_granules"].as_u64(), Some(0), "{remote}");
+    assert_eq!(remote["lost_peers"].as_u64(), Some(0), "{remote}");
+
+    // One donor dies while the program holds its data and does nothing: the node notices,
+    // declares it lost and copies every granule it held to the third donor.
+    donor_a.kill();
+    node.wait_until("the lost donor's granules to have two copies again", Duration::from_secs(120), || {
+        let r = remote_row(&node);
+        let (lost, under, copied) = (
+            r["lost_peers"].as_u64().unwrap_or(0),
+            r["under_replicated_granules"].as_u64(),
+            r["rereplicated_granules"].as_u64().unwrap_or(0),
+        );
+        if lost >= 1 && under == Some(0) && copied > 0 {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    let log = node.log();
+    assert!(log.contains(&format!("peer {addr_a} declared lost")), "{}", node.report_log());
+    // The metrics endpoint says the same.
+    let metrics = scrape(&node);
+    assert!(metrics.contains("holo_remote_under_replicated_granules 0\n"), "{metrics}");
+    assert!(metrics.contains("holo_remote_lost_peers_total 1\n"), "{metrics}");
+
+    // A second original donor dies: every granule still has a copy, on the third.
+    donor_b.kill();
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&node).assert_stdout_has(&node, "ok");
+    let tiers = node.holoctl_json(&["tiers"]);
+    out.check(&node, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail: each granule has a live copy");
+    let remote = remote_row(&node);
+    out.check(&node, remote["read_errors"].as_u64() == Some(0), &format!("no read may fail: {remote}"));
+    drop(donor_c);
 }
 
 #[test]

@@ -214,7 +214,7 @@ fn servers(listen_ip: &str) -> Result<Servers> {
 /// A remote tier on the donor at `addr`, holding `SLOTS` granules.
 fn holo_client(addr: SocketAddr, owner: u64) -> Result<RemoteTier> {
     let t = TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8 });
-    let opts = RemoteOptions { slot_bytes: GRANULE, replicas: 1, capacity_bytes: None, owner };
+    let opts = RemoteOptions::new(GRANULE, 1, owner);
     let tier = RemoteTier::open(Box::new(t), opts).map_err(|e| e.to_string())?;
     let data: Vec<Vec<u8>> = (0..SLOTS).map(|s| (0..GRANULE).map(|i| (i as u32 ^ s) as u8).collect()).collect();
     for (s, d) in data.iter().enumerate() {

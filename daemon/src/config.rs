@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub remote_timeout_ms: Option<u64>,
     pub remote_max_inflight: Option<usize>,
     pub remote_order: Option<String>,
+    pub remote_lost_after_ms: Option<u64>,
+    pub remote_rereplicate_rate: Option<String>,
     pub metrics_listen: Option<String>,
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
@@ -343,6 +345,8 @@ impl Config {
                 remote_timeout_ms: fc.remote_timeout_ms,
                 remote_max_inflight: fc.remote_max_inflight,
                 remote_order: fc.remote_order,
+                remote_lost_after_ms: fc.remote_lost_after_ms,
+                remote_rereplicate_rate: fc.remote_rereplicate_rate,
             },
             granule_bytes,
         )?;

@@ -6,6 +6,7 @@
 //!  scrape ──GET /metrics──▶ metrics thread ──render()──▶ reads, at scrape time:
 //!                                                        Stats, DramCounters  (state.rs)
 //!                                                        TierCounters, usage  (store.rs)
+//!                                                        Tier::replication    (remote tier)
 //!                                                        pressure Counters, View
 //!                                                        clients, budget
 //!                                                        Metrics::fault_latency (here)
@@ -63,10 +64,10 @@ pub struct Desc {
 }
 
 /// What a metric name may end in: its unit, `_total` for a counter, `_info` for the build
-/// info. Counts of things (`_pages`, `_clients`, `_regions`) are units of their own, as
+/// info. Counts of things (`_pages`, `_granules`, `_clients`, `_regions`) are units of their own, as
 /// `_bytes` is; `_step` is a step of the pressure response, 0 (calm) to 4 (last resort).
 pub const UNIT_SUFFIXES: &[&str] =
-    &["_bytes", "_seconds", "_total", "_pages", "_ratio", "_clients", "_regions", "_info", "_step"];
+    &["_bytes", "_seconds", "_total", "_pages", "_granules", "_ratio", "_clients", "_regions", "_info", "_step"];
 
 const fn m(name: &'static str, kind: Type, labels: &'static [&'static str], help: &'static str) -> Desc {
     Desc { name, kind, labels, help }
@@ -151,6 +152,25 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_tier_demoted_pages_total", Counter, &["tier"], "Pages moved (demoted) out of the tier to the next."),
     m("holo_tier_read_errors_total", Counter, &["tier"], "Reads that failed: I/O errors and checksum mismatches."),
+    m(
+        "holo_remote_under_replicated_granules",
+        Gauge,
+        &[],
+        "Granules of the remote tier with fewer copies than remote_replicas, as of its last count (0 without \
+         a remote tier).",
+    ),
+    m(
+        "holo_remote_rereplicated_granules_total",
+        Counter,
+        &[],
+        "Copies the remote tier made again, from a surviving copy to another peer, after a peer was lost.",
+    ),
+    m(
+        "holo_remote_lost_peers_total",
+        Counter,
+        &[],
+        "Remote peers declared lost (failing for remote_lost_after_ms, or restarted).",
+    ),
     m("holo_pressure_psi_some_avg10_ratio", Gauge, &[], "System memory PSI, some, avg10, as a ratio (0 to 1)."),
     m("holo_pressure_psi_full_avg10_ratio", Gauge, &[], "System memory PSI, full, avg10, as a ratio (0 to 1)."),
     m("holo_pressure_budget_bytes", Gauge, &[], "The DRAM budget now, as the pressure controller set it."),
@@ -409,6 +429,19 @@ pub fn render(d: &Daemon) -> String {
             w.sample(&[name], f(pick(&l.counters).load(Relaxed)));
         }
     }
+
+    // Replicating tiers (the remote one): summed, 0 when there is none.
+    let repl =
+        levels.iter().filter_map(|l| l.tier.replication()).fold(holo_tiers::ReplicationStats::default(), |a, r| {
+            holo_tiers::ReplicationStats {
+                under_replicated_granules: a.under_replicated_granules + r.under_replicated_granules,
+                rereplicated_granules: a.rereplicated_granules + r.rereplicated_granules,
+                lost_peers: a.lost_peers + r.lost_peers,
+            }
+        });
+    w.single("holo_remote_under_replicated_granules", f(repl.under_replicated_granules));
+    w.single("holo_remote_rereplicated_granules_total", f(repl.rereplicated_granules));
+    w.single("holo_remote_lost_peers_total", f(repl.lost_peers));
 
     let view = d.pressure.view.lock().unwrap().clone();
     let c = &d.pressure.counters;

@@ -37,6 +37,10 @@ pub struct RemoteConfig {
     pub timeout_ms: u64,
     pub max_inflight: usize,
     pub order: RemoteOrder,
+    /// A peer no call succeeded to for this long is declared lost (its copies re-replicated).
+    pub lost_after_ms: u64,
+    /// Re-replication's cap, bytes a second.
+    pub rereplicate_rate_bytes: u64,
 }
 
 /// The raw values of the remote keys, as the file gives them. They repeat fields of
@@ -51,6 +55,8 @@ pub struct RemoteKeys {
     pub remote_timeout_ms: Option<u64>,
     pub remote_max_inflight: Option<usize>,
     pub remote_order: Option<String>,
+    pub remote_lost_after_ms: Option<u64>,
+    pub remote_rereplicate_rate: Option<String>,
 }
 
 fn invalid(key: &'static str, message: String) -> ConfigError {
@@ -114,7 +120,41 @@ impl RemoteConfig {
             "before-nvme" => RemoteOrder::BeforeNvme,
             other => return Err(invalid("remote_order", format!("{other:?} is not after-nvme or before-nvme"))),
         };
-        Ok(RemoteConfig { donate_bytes, data_listen, peers, replicas, capacity_bytes, timeout_ms, max_inflight, order })
+        // Default: 5 s, or twice the deadline of one call if that is longer.
+        let lost_after_ms = k
+            .remote_lost_after_ms
+            .unwrap_or((RemoteOptions::DEFAULT_LOST_AFTER.as_millis() as u64).max(2 * timeout_ms));
+        if !(100..=3_600_000).contains(&lost_after_ms) {
+            return Err(invalid("remote_lost_after_ms", format!("{lost_after_ms} is not between 100 and 3600000")));
+        }
+        if lost_after_ms <= timeout_ms {
+            return Err(invalid(
+                "remote_lost_after_ms",
+                format!(
+                    "{lost_after_ms} ms is not longer than remote_timeout_ms ({timeout_ms}): one slow call would lose a peer"
+                ),
+            ));
+        }
+        let rereplicate_rate_bytes = size("remote_rereplicate_rate", k.remote_rereplicate_rate)?
+            .unwrap_or(RemoteOptions::DEFAULT_REREPLICATE_BYTES_PER_SEC);
+        if rereplicate_rate_bytes < granule_bytes {
+            return Err(invalid(
+                "remote_rereplicate_rate",
+                format!("{rereplicate_rate_bytes} bytes a second is less than one granule"),
+            ));
+        }
+        Ok(RemoteConfig {
+            donate_bytes,
+            data_listen,
+            peers,
+            replicas,
+            capacity_bytes,
+            timeout_ms,
+            max_inflight,
+            order,
+            lost_after_ms,
+            rereplicate_rate_bytes,
+        })
     }
 }
 
@@ -151,18 +191,21 @@ pub fn open_tier(
         .collect::<Result<Vec<_>, _>>()?;
     let topts = TransportOptions { timeout: Duration::from_millis(c.timeout_ms), max_inflight: c.max_inflight };
     let opts = RemoteOptions {
-        slot_bytes: granule_bytes as usize,
-        replicas: c.replicas,
         capacity_bytes: c.capacity_bytes,
-        owner: owner_id(socket),
+        lost_after: Duration::from_millis(c.lost_after_ms),
+        rereplicate_bytes_per_sec: c.rereplicate_rate_bytes,
+        ..RemoteOptions::new(granule_bytes as usize, c.replicas, owner_id(socket))
     };
     let tier = RemoteTier::open(Box::new(TcpTransport::new(&addrs, topts)), opts)?;
     log::info!(
-        "remote tier: {} peer(s) ({}), {} copies per granule, {} MiB",
+        "remote tier: {} peer(s) ({}), {} copies per granule, {} MiB; a peer failing for {} ms is lost, its \
+         granules re-replicated at up to {} MiB/s",
         addrs.len(),
         c.peers.join(", "),
         c.replicas,
-        holo_tiers::Tier::usage(&tier).capacity_bytes >> 20
+        holo_tiers::Tier::usage(&tier).capacity_bytes >> 20,
+        c.lost_after_ms,
+        c.rereplicate_rate_bytes >> 20
     );
     Ok(Some(tier))
 }
@@ -211,5 +254,24 @@ mod tests {
         assert!(RemoteConfig::build(bad, 65536).unwrap_err().to_string().contains("remote_order"));
         let bad = RemoteKeys { donate: Some("1K".into()), ..Default::default() };
         assert!(RemoteConfig::build(bad, 65536).unwrap_err().to_string().contains("donate"));
+    }
+
+    #[test]
+    fn loss_and_re_replication_keys_are_checked() {
+        let c = RemoteConfig::build(keys(&["a:1", "b:2"], None), 65536).unwrap();
+        assert_eq!((c.lost_after_ms, c.rereplicate_rate_bytes), (5000, 32 << 20));
+        let k = RemoteKeys {
+            remote_lost_after_ms: Some(2000),
+            remote_rereplicate_rate: Some("8M".into()),
+            ..keys(&["a:1", "b:2"], None)
+        };
+        let c = RemoteConfig::build(k, 65536).unwrap();
+        assert_eq!((c.lost_after_ms, c.rereplicate_rate_bytes), (2000, 8 << 20));
+        let k = RemoteKeys { remote_lost_after_ms: Some(400), ..keys(&["a:1", "b:2"], None) };
+        let e = RemoteConfig::build(k, 65536).unwrap_err().to_string();
+        assert!(e.contains("remote_lost_after_ms") && e.contains("remote_timeout_ms"), "{e}");
+        let k = RemoteKeys { remote_rereplicate_rate: Some("1K".into()), ..keys(&["a:1", "b:2"], None) };
+        let e = RemoteConfig::build(k, 65536).unwrap_err().to_string();
+        assert!(e.contains("remote_rereplicate_rate"), "{e}");
     }
 }

@@ -440,7 +440,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
     });
     let lower = d.store.levels.iter().zip(&rates[1..]).map(|(l, rate)| {
         let (u, c) = (l.tier.usage(), &l.counters);
-        serde_json::json!({
+        let mut row = serde_json::json!({
             "name": l.tier.name(),
             "capacity_bytes": u.capacity_bytes,
             "used_bytes": u.used_bytes,
@@ -454,7 +454,14 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             // Of the pages faulted back into DRAM, the share this tier served.
             "hit_ratio": ratio(c.refaults.load(Relaxed), dram_refaulted),
             "moved_bytes_per_second": rate,
-        })
+        });
+        // A tier that keeps copies on several peers (remote): how they stand.
+        if let Some(r) = l.tier.replication() {
+            row["under_replicated_granules"] = r.under_replicated_granules.into();
+            row["rereplicated_granules"] = r.rereplicated_granules.into();
+            row["lost_peers"] = r.lost_peers.into();
+        }
+        row
     });
     let placement: Vec<_> = d
         .clients

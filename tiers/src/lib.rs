@@ -125,6 +125,21 @@ pub trait Tier: Send + Sync {
         Vec::new()
     }
     fn usage(&self) -> TierUsage;
+    /// For a tier that keeps several copies of each slot (remote): how replication stands.
+    fn replication(&self) -> Option<ReplicationStats> {
+        None
+    }
+}
+
+/// How a replicating tier's copies stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Slots with fewer copies than configured now (as of the tier's last count).
+    pub under_replicated_granules: u64,
+    /// Copies made again after a peer was lost, since start.
+    pub rereplicated_granules: u64,
+    /// Peers declared lost since start.
+    pub lost_peers: u64,
 }
 
 /// The checksum of a slot's bytes, as stored beside them.

@@ -209,6 +209,16 @@ fn print_tiers(v: &serde_json::Value) {
             opt("read_errors")
         );
     }
+    for t in v["tiers"].as_array().into_iter().flatten() {
+        if let Some(under) = t["under_replicated_granules"].as_u64() {
+            println!(
+                "{}: {under} granules under-replicated, {} re-replicated, {} peers lost",
+                t["name"].as_str().unwrap_or("?"),
+                n(t, "rereplicated_granules"),
+                n(t, "lost_peers")
+            );
+        }
+    }
     let dram = &v["tiers"][0];
     if let Some(r) = dram["refault_ratio"].as_f64() {
         println!(

@@ -23,10 +23,8 @@ fn tier(donors: &[&DonorServer], replicas: usize, capacity_slots: Option<u64>, t
     let opts = TransportOptions { timeout: Duration::from_millis(timeout_ms), max_inflight: 8 };
     let t = TcpTransport::new(&addrs, opts);
     let ropts = RemoteOptions {
-        slot_bytes: SLOT,
-        replicas,
         capacity_bytes: capacity_slots.map(|s| s * SLOT as u64),
-        owner: 0x5107,
+        ..RemoteOptions::new(SLOT, replicas, 0x5107)
     };
     RemoteTier::open(Box::new(t), ropts).unwrap()
 }
@@ -107,7 +105,7 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
     let (peer, rs) = t.copies_of(slots[3])[0];
     [&a, &b][peer].damage_slot(rs);
     assert!(read(&t, slots[3]).unwrap() == pattern(slots[3] as u8));
-    assert_eq!(t.counters.fallback_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(t.counters().fallback_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // One donor gone (its connections cut): every granule still reads back, one batch.
     let spare = t.alloc().unwrap();
@@ -140,11 +138,11 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
 fn too_few_peers_and_full_donors_are_clear() {
     let a = donor(2);
     let addrs = [a.local_addr()];
-    let opts = RemoteOptions { slot_bytes: SLOT, replicas: 2, capacity_bytes: None, owner: 1 };
+    let opts = RemoteOptions::new(SLOT, 2, 1);
     let e = RemoteTier::open(Box::new(TcpTransport::new(&addrs, TransportOptions::default())), opts).err().unwrap();
     assert!(e.to_string().contains("1 peer(s) for 2 replicas"), "{e}");
     // A slot size other than the donor's.
-    let opts = RemoteOptions { slot_bytes: 8192, replicas: 1, capacity_bytes: None, owner: 1 };
+    let opts = RemoteOptions::new(8192, 1, 1);
     let e = RemoteTier::open(Box::new(TcpTransport::new(&addrs, TransportOptions::default())), opts).err().unwrap();
     assert!(e.to_string().contains("same granule"), "{e}");
     // The local cap allows more than the donor holds: the donor's Full comes back as Full.
@@ -261,7 +259,7 @@ fn a_peer_that_starts_late_is_met_and_counted() {
     let port = TcpListener::bind(LOOPBACK).unwrap().local_addr().unwrap().port();
     let late: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t = TcpTransport::new(&[a.local_addr(), late], TransportOptions::default());
-    let opts = RemoteOptions { slot_bytes: SLOT, replicas: 1, capacity_bytes: None, owner: 9 };
+    let opts = RemoteOptions::new(SLOT, 1, 9);
     let t = RemoteTier::open(Box::new(t), opts).unwrap();
     assert_eq!(t.usage().capacity_bytes, 8 * SLOT as u64, "only the donor that answered counts");
     let opts = DonorOptions { donate_bytes: 8 * SLOT as u64, slot_bytes: SLOT, max_conns: 4 };
@@ -275,4 +273,185 @@ fn a_peer_that_starts_late_is_met_and_counted() {
     }
     assert_eq!(a.used_slots() + b.used_slots(), 2);
     assert!(b.used_slots() > 0, "the late donor takes granules too");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loss of a peer and re-replication
+
+/// A tier on `donors`, `replicas` copies each, peers declared lost after 300 ms of failures;
+/// `rate` 0: no maintenance thread (the test calls `maintain`).
+fn lossy_tier(donors: &[&DonorServer], replicas: usize, rate: u64) -> RemoteTier {
+    let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
+    let t = TcpTransport::new(&addrs, TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8 });
+    let opts = RemoteOptions {
+        lost_after: Duration::from_millis(300),
+        rereplicate_bytes_per_sec: rate,
+        ..RemoteOptions::new(SLOT, replicas, 0x10557)
+    };
+    RemoteTier::open(Box::new(t), opts).unwrap()
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Wait (up to 30 s) until `cond` holds; `what` says what was awaited if it never does.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Write `n` granules of distinct patterns; returns their slots.
+fn fill(t: &RemoteTier, n: usize) -> Vec<SlotId> {
+    let slots: Vec<SlotId> = (0..n).map(|_| t.alloc().unwrap()).collect();
+    let data: Vec<Vec<u8>> = slots.iter().map(|&s| pattern(s as u8)).collect();
+    let writes: Vec<(SlotId, &[u8])> = slots.iter().zip(&data).map(|(&s, d)| (s, &d[..])).collect();
+    assert!(t.write_batch(&writes).iter().all(Result::is_ok));
+    slots
+}
+
+#[test]
+fn a_lost_donor_is_re_replicated_and_a_second_loss_loses_nothing() {
+    let (a, b, c) = (donor(64), donor(64), donor(64));
+    let t = lossy_tier(&[&a, &b, &c], 2, 64 << 20);
+    let slots = fill(&t, 24);
+    let on_a = slots.iter().filter(|&&s| t.copies_of(s).iter().any(|&(p, _)| p == 0)).count() as u64;
+    assert!(on_a > 0 && on_a < 24, "{on_a} granules on the first donor");
+    assert_eq!(a.used_slots() + b.used_slots() + c.used_slots(), 48);
+    let c_before = c.used_slots();
+
+    // The first donor dies; nothing reads or writes: the tier notices it by itself.
+    drop(a);
+    let k = t.counters();
+    wait_for("the lost donor's granules to be re-replicated", || {
+        load(&k.peers_lost) == 1 && load(&k.under_replicated) == 0 && load(&k.rereplicated) == on_a
+    });
+    for &s in &slots {
+        let copies = t.copies_of(s);
+        assert_eq!(copies.len(), 2, "slot {s}: {copies:?}");
+        assert!(copies.iter().all(|&(p, _)| p != 0), "slot {s} still counts a copy on the lost donor: {copies:?}");
+    }
+    // Only the granules that had a copy on the dead donor were copied, and each once.
+    assert_eq!(b.used_slots() + c.used_slots(), 48, "every granule on both survivors, nothing more");
+    assert!(c.used_slots() > c_before, "the third donor took copies");
+
+    // A second original donor dies: every granule still reads back from the third.
+    drop(b);
+    for &s in &slots {
+        assert!(read(&t, s).unwrap() == pattern(s as u8), "slot {s} read wrong bytes after two losses");
+    }
+}
+
+#[test]
+fn a_granule_freed_during_re_replication_leaves_no_copy_behind() {
+    let (a, b, c) = (donor(64), donor(64), donor(64));
+    let t = lossy_tier(&[&a, &b, &c], 2, 0);
+    let slots = fill(&t, 12);
+    let on_a: Vec<SlotId> = slots.iter().copied().filter(|&s| t.copies_of(s).iter().any(|&(p, _)| p == 0)).collect();
+    let victim = on_a[0];
+    drop(a);
+    let mut freed = false;
+    wait_for("the donor to be declared lost and its granules copied", || {
+        t.maintain(&mut || {
+            // The copies of this batch are made, their replica lists not switched yet.
+            if !freed {
+                freed = true;
+                t.free(victim);
+            }
+        });
+        load(&t.counters().under_replicated) == 0 && load(&t.counters().peers_lost) == 1
+    });
+    assert!(freed, "a batch ran");
+    t.flush_frees();
+    assert_eq!(load(&t.counters().rereplicated), on_a.len() as u64 - 1, "the freed granule was not counted");
+    assert!(t.copies_of(victim).is_empty());
+    // Every live granule has two copies, the freed one none: its new copy was freed too.
+    assert_eq!(b.used_slots() + c.used_slots(), 2 * (slots.len() as u64 - 1), "a copy leaked");
+    for &s in slots.iter().filter(|&&s| s != victim) {
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
+}
+
+#[test]
+fn granules_no_peer_has_room_for_stay_counted_as_under_replicated() {
+    // Three donors of 4 slots: 6 granules, two copies each, fill them all.
+    let (a, b, c) = (donor(4), donor(4), donor(4));
+    let t = lossy_tier(&[&a, &b, &c], 2, 0);
+    let slots = fill(&t, 6);
+    assert_eq!((a.used_slots(), b.used_slots(), c.used_slots()), (4, 4, 4));
+    let on_a: Vec<SlotId> = slots.iter().copied().filter(|&s| t.copies_of(s).iter().any(|&(p, _)| p == 0)).collect();
+    assert_eq!(on_a.len(), 4);
+    drop(a);
+    let k = t.counters();
+    wait_for("a re-replication pass to give up for want of room", || {
+        t.maintain(&mut || {});
+        load(&k.peers_lost) == 1 && load(&k.rereplicate_failures) >= 4
+    });
+    assert_eq!(load(&k.under_replicated), 4, "each granule of the lost donor is counted");
+    assert_eq!(load(&k.rereplicated), 0);
+    assert_eq!(t.replication().unwrap().under_replicated_granules, 4);
+    // Still readable from the one copy left.
+    for &s in &slots {
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
+    // Room on both survivors: a later pass copies what now fits (one granule needing each).
+    let both: SlotId = *slots.iter().find(|s| !on_a.contains(s)).unwrap();
+    t.free(both);
+    t.flush_frees();
+    wait_for("a later pass to use the room", || {
+        t.maintain(&mut || {});
+        load(&k.rereplicated) == 2
+    });
+    assert_eq!(load(&k.under_replicated), 2);
+    assert_eq!((b.used_slots(), c.used_slots()), (4, 4));
+}
+
+#[test]
+fn a_donor_that_restarted_is_declared_lost_and_not_trusted_for_its_old_slots() {
+    let (a, b, c) = (donor(64), donor(64), donor(64));
+    let t = lossy_tier(&[&a, &b, &c], 2, 0);
+    let slots = fill(&t, 9);
+    // The first donor restarts on the same port between two calls: its memory is gone.
+    let addr = a.local_addr();
+    drop(a);
+    let opts = DonorOptions { donate_bytes: 64 * SLOT as u64, slot_bytes: SLOT, max_conns: 64 };
+    // The old listener closes when its accept thread sees the stop: retry until it has.
+    let started = Instant::now();
+    let a2 = loop {
+        match DonorServer::start(addr, opts) {
+            Ok(d) => break d,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("cannot restart the donor on {addr}: {e}"),
+        }
+    };
+    // New granules of this node land on the fresh donor, in the slot numbers the old ones had
+    // there (it hands out the lowest first).
+    let more = fill(&t, 6);
+    assert!(a2.used_slots() > 0);
+    // A slot handed out again, which a copy of ours still occupies: the donor lost its memory.
+    assert_eq!(load(&t.counters().peers_lost), 1, "the first PUT on a reused slot gives the restart away");
+    // Reads of granules it held come from the other copy, never from the reused slots (the
+    // bytes there are intact, but another granule's).
+    for &s in &slots {
+        assert!(read(&t, s).unwrap() == pattern(s as u8), "slot {s}");
+    }
+    assert_eq!(load(&t.counters().peers_lost), 1);
+    // Re-replication copies them to the other peers; met again after its back-off, the
+    // donor's RESET frees this node's copies of the lost generation there: in the end two
+    // copies of each granule exist, and nothing more.
+    let used = || a2.used_slots() + b.used_slots() + c.used_slots();
+    wait_for("the granules copied and the restarted donor's stale copies freed", || {
+        t.maintain(&mut || {});
+        t.flush_frees();
+        load(&t.counters().under_replicated) == 0 && used() == 30
+    });
+    for &s in slots.iter().chain(&more) {
+        assert_eq!(t.copies_of(s).len(), 2);
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
 }

@@ -9,24 +9,41 @@
 //! * **Read**: from the first healthy replica; on an error, a timeout, a checksum mismatch (in
 //!   transit or in the donor's memory) it falls back to the next replica, and
 //!   [`RemoteCounters::fallback_reads`] counts it. Only when every replica fails is the read an
-//!   error: `Corrupt` if any replica's bytes were damaged, else `Io`.
+//!   error: `Corrupt` if any replica's bytes were damaged, else `Io`. A whole-granule read is
+//!   also checked against the checksum this node keeps for the granule, so a donor that lost
+//!   the granule and holds another under the same slot number is caught, not served.
 //! * **Free**: queued per peer and sent in batches (at the next write, or when 64 pile up), so
-//!   that releasing a region does not cost a round trip per granule.
+//!   that releasing a region does not cost a round trip per granule. Frees for a peer that is
+//!   down wait in the queue until it answers again (or is declared lost: see below).
 //! * **Health**: a peer that fails a call is skipped for [`DOWN_BACKOFF`] (reads still try it
-//!   last), then tried again.
+//!   last), then tried again; the maintenance thread probes it (STAT) once per back-off.
+//! * **Loss and re-replication**: a peer is *declared lost* when no call to it succeeded for
+//!   [`RemoteOptions::lost_after`], or when it shows that it lost the granules it was given
+//!   (it restarted): a GET answers that it does not hold one, or holds other bytes there, or a
+//!   PUT is answered with a slot number one of this node's copies still occupies. Its *generation* is then bumped: every copy
+//!   made under an older generation no longer counts, is never read again, and is never freed
+//!   one by one (a restarted donor reuses slot numbers); when the peer answers again it is met
+//!   afresh, and its RESET frees whatever this node left there. The maintenance thread then
+//!   copies each under-replicated granule from a surviving copy (GET, checked against the
+//!   granule's checksum) to another healthy peer (PUT), in batches, at most
+//!   [`RemoteOptions::rereplicate_bytes_per_sec`], and adds the copy to the granule's replica
+//!   list under the lock that reads and frees take, so a read finds a valid copy throughout and
+//!   a granule freed meanwhile gets its new copy freed too. A granule no peer has room for
+//!   stays under-replicated: counted ([`RemoteCounters::under_replicated`]), logged, retried.
 //!
-//! Slot numbers are local (a [`SlotAllocator`]); a map gives each its copies (peer, slot on
-//! that peer) and length. Like the NVMe tier this is scratch space: at start the tier frees
-//! whatever an earlier run of the same node left on the donors (RESET).
+//! Slot numbers are local (a [`SlotAllocator`]); a map gives each its copies (peer, peer
+//! generation, slot on that peer), length and checksum. Like the NVMe tier this is scratch
+//! space: at start the tier frees whatever an earlier run of the same node left on the donors
+//! (RESET).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::transport::{GetReq, RemoteSlot, Transport, TransportError};
 use super::wire::Status;
 use crate::slots::SlotAllocator;
-use crate::{ReadReq, SlotId, Tier, TierError, TierUsage};
+use crate::{ReadReq, ReplicationStats, SlotId, Tier, TierError, TierUsage};
 
 const NAME: &str = "remote";
 /// A peer that failed a call is left alone this long before it is tried again.
@@ -35,6 +52,16 @@ pub const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 const FREE_BATCH: usize = 64;
 /// Most copies of one granule.
 pub const MAX_REPLICAS: usize = 4;
+/// How long the maintenance thread sleeps when it has nothing to copy.
+const TICK: Duration = Duration::from_millis(200);
+/// Granules copied per re-replication batch at most.
+const REREPLICATE_BATCH: usize = 32;
+/// Slots looked at per batch at most (the map's lock is held while they are).
+const SCAN_CHUNK: usize = 4096;
+/// A pass that left granules under-replicated waits this long before the next one.
+const RETRY_PASS: Duration = Duration::from_secs(1);
+/// One log line per kind of event at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteOptions {
@@ -45,6 +72,28 @@ pub struct RemoteOptions {
     pub capacity_bytes: Option<u64>,
     /// This node's id on the donors: they serve a slot only to the node that stored it.
     pub owner: u64,
+    /// A peer no call succeeded to for this long is declared lost.
+    pub lost_after: Duration,
+    /// Cap of re-replication, bytes copied a second. 0: no maintenance thread (tests call
+    /// [`RemoteTier::maintain`] themselves).
+    pub rereplicate_bytes_per_sec: u64,
+}
+
+impl RemoteOptions {
+    pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(5);
+    pub const DEFAULT_REREPLICATE_BYTES_PER_SEC: u64 = 32 << 20;
+
+    /// The defaults: capacity from the donors, loss after 5 s, re-replication at 32 MiB/s.
+    pub fn new(slot_bytes: usize, replicas: usize, owner: u64) -> RemoteOptions {
+        RemoteOptions {
+            slot_bytes,
+            replicas,
+            capacity_bytes: None,
+            owner,
+            lost_after: Self::DEFAULT_LOST_AFTER,
+            rereplicate_bytes_per_sec: Self::DEFAULT_REREPLICATE_BYTES_PER_SEC,
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -55,37 +104,148 @@ pub struct RemoteCounters {
     pub failed_reads: AtomicU64,
     /// Granules refused because fewer than `replicas` peers could take them.
     pub refused_writes: AtomicU64,
-    /// Remote slots whose free could not be delivered (the peer was down): they stay taken on
-    /// the donor until this node restarts (RESET).
-    pub lost_frees: AtomicU64,
+    /// Peers declared lost (a peer lost twice counts twice).
+    pub peers_lost: AtomicU64,
+    /// Copies made by re-replication.
+    pub rereplicated: AtomicU64,
+    /// Granules with fewer valid copies than `replicas`, as of the last count (at each loss and
+    /// at the end of each re-replication pass).
+    pub under_replicated: AtomicU64,
+    /// Of those, granules with no valid copy left (every peer that held one was lost): their
+    /// reads fail.
+    pub without_copy: AtomicU64,
+    /// Under-replicated granules a pass could not copy (no healthy peer with room, or no
+    /// source answered), each time.
+    pub rereplicate_failures: AtomicU64,
+}
+
+/// One copy of a granule: on `peer`, made while the peer's generation was `gen`.
+#[derive(Clone, Copy, Debug)]
+struct Replica {
+    peer: usize,
+    gen: u32,
+    slot: RemoteSlot,
 }
 
 #[derive(Clone)]
 struct Place {
     len: usize,
-    /// (peer, slot on the peer), the order they were written in.
-    copies: Vec<(usize, RemoteSlot)>,
+    /// BLAKE3 of the granule's bytes.
+    sum: [u8; 32],
+    /// Unique per write: a slot freed and written again is another place.
+    id: u64,
+    /// The order they were written in.
+    copies: Vec<Replica>,
 }
 
-pub struct RemoteTier {
+struct Health {
+    /// Answered STAT (its slot size checked) and RESET: only met peers take writes.
+    met: bool,
+    /// Was met once (peers that were not are met at the next alloc).
+    ever_met: bool,
+    /// Serves another slot size: never used.
+    refused: bool,
+    down_until: Option<Instant>,
+    /// When the current run of failed calls began.
+    failing_since: Option<Instant>,
+    /// The last call that succeeded.
+    last_ok: Option<Instant>,
+    /// Bumped when the peer is declared lost: copies of older generations are gone.
+    gen: u32,
+    /// Slots it donates, counted in the capacity while it is met.
+    counted_slots: u64,
+}
+
+/// The slots this node's copies of one generation occupy on a peer. A live donor never hands
+/// out a taken slot, so a PUT answered with one of these means the donor lost its memory.
+#[derive(Default)]
+struct Held {
+    gen: u32,
+    bits: Vec<u64>,
+}
+
+impl Held {
+    /// Mark `slot` taken; returns whether it already was.
+    fn take(&mut self, slot: RemoteSlot) -> bool {
+        let (w, b) = (slot as usize / 64, 1u64 << (slot % 64));
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        let was = self.bits[w] & b != 0;
+        self.bits[w] |= b;
+        was
+    }
+
+    fn release(&mut self, slot: RemoteSlot) {
+        if let Some(word) = self.bits.get_mut(slot as usize / 64) {
+            *word &= !(1u64 << (slot % 64));
+        }
+    }
+}
+
+struct Peer {
+    health: Mutex<Health>,
+    held: Mutex<Held>,
+    /// Calls naming slots (PUT, GET, FREE) hold it shared; RESET holds it alone, so no call
+    /// of an older generation reaches the donor after the RESET that ends that generation.
+    gate: RwLock<()>,
+}
+
+/// The re-replication pass in progress.
+#[derive(Default)]
+struct Maint {
+    /// Some granule may be under-replicated: a pass is due.
+    dirty: bool,
+    /// The next slot the pass looks at.
+    cursor: usize,
+    /// Granules this pass could not copy.
+    stuck: u64,
+    /// A pass that left granules behind waits until then.
+    next_pass: Option<Instant>,
+}
+
+struct Core {
     transport: Box<dyn Transport>,
     opts: RemoteOptions,
     slots: Mutex<SlotAllocator>,
-    /// Slots the tier hands out: the configured capacity, or what the peers met so far donate
+    /// Slots the tier hands out: the configured capacity, or what the met peers donate
     /// divided by the replicas.
     capacity_slots: AtomicU64,
     donated_slots: AtomicU64,
-    /// Peers not met yet (they did not answer at start): met, and counted, when they answer.
-    unmet: Mutex<Vec<bool>>,
+    peers: Vec<Peer>,
     places: Mutex<Vec<Option<Place>>>,
-    down_until: Vec<Mutex<Option<Instant>>>,
-    pending_frees: Mutex<Vec<Vec<RemoteSlot>>>,
-    pub counters: RemoteCounters,
-    last_fallback_log: Mutex<Option<Instant>>,
+    next_place_id: AtomicU64,
+    /// Per peer, (generation, slot) of the copies to free there.
+    pending_frees: Mutex<Vec<Vec<(u32, RemoteSlot)>>>,
+    counters: RemoteCounters,
+    maint: Mutex<Maint>,
+    /// The maintenance thread's stop flag, and its wake-up call.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// When each kind of rate-limited log line was last written.
+    logged: [Mutex<Option<Instant>>; 4],
+}
+
+const LOG_FALLBACK: usize = 0;
+const LOG_STUCK: usize = 1;
+const LOG_NO_COPY: usize = 2;
+const LOG_COPY_FAILED: usize = 3;
+
+/// The tier; its maintenance thread (loss detection, re-replication) runs until it is dropped.
+pub struct RemoteTier {
+    core: Arc<Core>,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 fn open_err(peers: String, msg: String) -> TierError {
     TierError::Open { tier: NAME, path: peers, source: std::io::Error::other(msg) }
+}
+
+/// Why a call to a peer was not made or did not succeed.
+enum CallErr {
+    Transport(TransportError),
+    /// The peer was declared lost (or not met) since the copies were chosen.
+    Lost,
 }
 
 impl RemoteTier {
@@ -104,36 +264,133 @@ impl RemoteTier {
             );
             return Err(open_err(names, msg));
         }
-        let t = RemoteTier {
+        let health = || Health {
+            met: false,
+            ever_met: false,
+            refused: false,
+            down_until: None,
+            failing_since: None,
+            last_ok: None,
+            gen: 0,
+            counted_slots: 0,
+        };
+        let core = Core {
             transport,
             opts,
             slots: Mutex::new(SlotAllocator::new(SlotId::MAX as u64)),
             capacity_slots: AtomicU64::new(opts.capacity_bytes.map_or(0, |c| c / opts.slot_bytes as u64)),
             donated_slots: AtomicU64::new(0),
-            unmet: Mutex::new(vec![true; n]),
+            peers: (0..n)
+                .map(|_| Peer { health: Mutex::new(health()), held: Mutex::default(), gate: RwLock::new(()) })
+                .collect(),
             places: Mutex::new(Vec::new()),
-            down_until: (0..n).map(|_| Mutex::new(None)).collect(),
+            next_place_id: AtomicU64::new(1),
             pending_frees: Mutex::new(vec![Vec::new(); n]),
             counters: RemoteCounters::default(),
-            last_fallback_log: Mutex::new(None),
+            maint: Mutex::new(Maint::default()),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            logged: std::array::from_fn(|_| Mutex::new(None)),
         };
         for p in 0..n {
-            if let Err(Meet::WrongGranule(msg)) = t.meet(p) {
+            if let Err(Meet::WrongGranule(msg)) = core.meet(p) {
                 return Err(open_err(names, msg));
             }
         }
-        Ok(t)
+        let core = Arc::new(core);
+        let worker = if opts.rereplicate_bytes_per_sec > 0 {
+            let c = core.clone();
+            let h = std::thread::Builder::new()
+                .name("remote-maint".into())
+                .spawn(move || c.run())
+                .map_err(|e| open_err(names, format!("cannot start the re-replication thread: {e}")))?;
+            Some(h)
+        } else {
+            None
+        };
+        Ok(RemoteTier { core, worker })
     }
 
-    /// First contact with `peer`: its slot size must be ours; it counts towards the capacity;
-    /// whatever an earlier run of this node left there is freed (RESET).
+    pub fn counters(&self) -> &RemoteCounters {
+        &self.core.counters
+    }
+
+    /// Where each valid copy of `slot` is: (peer, slot on the peer) (tests, diagnostics).
+    pub fn copies_of(&self, slot: SlotId) -> Vec<(usize, RemoteSlot)> {
+        let gens = self.core.gens();
+        let places = self.core.places.lock().unwrap();
+        places.get(slot as usize).and_then(|p| p.as_ref()).map_or(Vec::new(), |p| {
+            p.copies.iter().filter(|c| gens[c.peer] == c.gen).map(|c| (c.peer, c.slot)).collect()
+        })
+    }
+
+    /// One step of the maintenance the tier's thread runs: probe peers that failed, declare
+    /// lost those failing for `lost_after`, meet again those that answer, and copy one batch of
+    /// under-replicated granules. `between` runs after the batch's copies were made and before
+    /// the replica lists switch (tests free a slot there). Returns the bytes copied.
+    #[doc(hidden)]
+    pub fn maintain(&self, between: &mut dyn FnMut()) -> u64 {
+        self.core.maintain(between).0
+    }
+
+    /// Send the queued frees now (tests).
+    #[doc(hidden)]
+    pub fn flush_frees(&self) {
+        self.core.flush_frees();
+    }
+}
+
+enum Meet {
+    NoAnswer,
+    WrongGranule(String),
+}
+
+impl Core {
+    fn name(&self, peer: usize) -> String {
+        self.transport.peer_name(peer)
+    }
+
+    fn health(&self, peer: usize) -> std::sync::MutexGuard<'_, Health> {
+        self.peers[peer].health.lock().unwrap()
+    }
+
+    /// Each peer's generation now: a copy counts only if it was made under it.
+    fn gens(&self) -> Vec<u32> {
+        (0..self.peers.len()).map(|p| self.health(p).gen).collect()
+    }
+
+    /// True once per [`LOG_EVERY`] for the kind of line `kind`.
+    fn may_log(&self, kind: usize) -> bool {
+        let mut last = self.logged[kind].lock().unwrap();
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn recompute_capacity(&self) {
+        if self.opts.capacity_bytes.is_none() {
+            self.capacity_slots.store(self.donated_slots.load(Relaxed) / self.opts.replicas as u64, Relaxed);
+        }
+    }
+
+    /// (Re)meet `peer`: its slot size must be ours; it counts towards the capacity; whatever
+    /// this node left there (an earlier run, or copies of a generation declared lost) is freed
+    /// (RESET).
     fn meet(&self, peer: usize) -> Result<(), Meet> {
-        let name = self.transport.peer_name(peer);
+        let _alone = self.peers[peer].gate.write().unwrap();
+        if self.health(peer).met {
+            return Ok(()); // met meanwhile (by the other caller of meet_due): its copies stay
+        }
+        let name = self.name(peer);
         let s = match self.transport.stat(peer) {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("remote tier: {e}; will retry it");
-                *self.down_until[peer].lock().unwrap() = Some(Instant::now() + DOWN_BACKOFF);
+                if self.health(peer).failing_since.is_none() {
+                    log::warn!("remote tier: {e}; will retry it");
+                }
+                self.failed(peer);
                 return Err(Meet::NoAnswer);
             }
         };
@@ -143,63 +400,141 @@ impl RemoteTier {
                 s.slot_bytes, self.opts.slot_bytes
             )));
         }
-        self.unmet.lock().unwrap()[peer] = false;
         match self.transport.reset(peer, self.opts.owner) {
             Ok(0) => {}
-            Ok(k) => log::info!("remote tier: freed {k} slots an earlier run left on {name}"),
-            Err(e) => log::warn!("remote tier: {e}"),
+            Ok(k) => log::info!("remote tier: freed {k} slots this node had left on {name}"),
+            // Copies left there are of an older generation: never read; freed at the next RESET.
+            Err(e) => log::warn!("remote tier: {e} (RESET; what this node left there stays until it restarts)"),
         }
-        let donated = self.donated_slots.fetch_add(s.capacity_slots, Relaxed) + s.capacity_slots;
-        if self.opts.capacity_bytes.is_none() {
-            self.capacity_slots.store(donated / self.opts.replicas as u64, Relaxed);
+        {
+            let mut h = self.health(peer);
+            if h.ever_met {
+                log::info!("remote tier: peer {name} answers again; met afresh, it takes new copies");
+            }
+            h.met = true;
+            h.ever_met = true;
+            h.down_until = None;
+            h.failing_since = None;
+            h.last_ok = Some(Instant::now());
+            h.counted_slots = s.capacity_slots;
         }
+        self.donated_slots.fetch_add(s.capacity_slots, Relaxed);
+        self.recompute_capacity();
         Ok(())
     }
 
-    /// Meet the peers that did not answer at start, if they are due for a retry.
-    fn meet_latecomers(&self) {
-        let due: Vec<usize> = {
-            let unmet = self.unmet.lock().unwrap();
-            (0..unmet.len()).filter(|&p| unmet[p] && self.is_up(p)).collect()
-        };
-        for p in due {
+    /// Meet the peers that are not met and are due for a try; `all`: also those met before
+    /// (declared lost since), else only those never met (at start they did not answer).
+    fn meet_due(&self, all: bool) {
+        let now = Instant::now();
+        for p in 0..self.peers.len() {
+            let due = {
+                let h = self.health(p);
+                !h.met && !h.refused && (all || !h.ever_met) && h.down_until.is_none_or(|t| now >= t)
+            };
+            if !due {
+                continue;
+            }
             if let Err(Meet::WrongGranule(msg)) = self.meet(p) {
-                // Never usable: keep it out of every write and read order for an hour at a time.
                 log::error!("remote tier: {msg}; not using that peer");
-                *self.down_until[p].lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
+                self.health(p).refused = true;
             }
         }
     }
 
     fn is_up(&self, peer: usize) -> bool {
-        self.down_until[peer].lock().unwrap().is_none_or(|t| Instant::now() >= t)
+        self.health(peer).down_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Met, and not in its back-off: may take writes.
+    fn usable(&self, peer: usize) -> bool {
+        let h = self.health(peer);
+        h.met && h.down_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A call to `peer` failed: back off, and remember since when it fails.
+    fn failed(&self, peer: usize) {
+        let mut h = self.health(peer);
+        h.down_until = Some(Instant::now() + DOWN_BACKOFF);
+        h.failing_since.get_or_insert_with(Instant::now);
     }
 
     fn mark_down(&self, peer: usize, e: &TransportError) {
-        let mut d = self.down_until[peer].lock().unwrap();
-        if d.is_none() {
+        if self.health(peer).failing_since.is_none() {
             log::warn!("remote tier: {e}; skipping that peer for writes, retrying it every {DOWN_BACKOFF:?}");
         }
-        *d = Some(Instant::now() + DOWN_BACKOFF);
+        self.failed(peer);
     }
 
     fn mark_up(&self, peer: usize) {
-        let mut d = self.down_until[peer].lock().unwrap();
-        if d.take().is_some() {
-            log::info!("remote tier: peer {} answers again", self.transport.peer_name(peer));
+        let mut h = self.health(peer);
+        h.failing_since = None;
+        h.last_ok = Some(Instant::now());
+        if h.down_until.take().is_some() && h.met {
+            log::info!("remote tier: peer {} answers again", self.name(peer));
         }
     }
 
-    /// Where each copy of `slot` is (tests, diagnostics).
-    pub fn copies_of(&self, slot: SlotId) -> Vec<(usize, RemoteSlot)> {
-        let places = self.places.lock().unwrap();
-        places.get(slot as usize).and_then(|p| p.as_ref()).map_or(Vec::new(), |p| p.copies.clone())
+    /// `peer` no longer holds what it was given (it restarted), or has not answered for
+    /// `lost_after`: none of its copies count any more. Re-replication starts.
+    fn declare_lost(&self, peer: usize, why: &str) {
+        {
+            let mut h = self.health(peer);
+            if !h.met {
+                return;
+            }
+            h.met = false;
+            h.gen = h.gen.wrapping_add(1);
+            *self.peers[peer].held.lock().unwrap() = Held { gen: h.gen, bits: Vec::new() };
+            h.failing_since = None;
+            h.down_until = Some(Instant::now() + DOWN_BACKOFF);
+            let counted = std::mem::take(&mut h.counted_slots);
+            self.donated_slots.fetch_sub(counted, Relaxed);
+        }
+        self.recompute_capacity();
+        self.counters.peers_lost.fetch_add(1, Relaxed);
+        let (under, _) = self.count_under();
+        log::error!(
+            "remote tier: peer {} declared lost ({why}); its copies no longer count: {under} granules are \
+             under-replicated, re-replicating them onto the other peers",
+            self.name(peer)
+        );
+        {
+            let mut m = self.maint.lock().unwrap();
+            m.dirty = true;
+            m.cursor = 0;
+            m.stuck = 0;
+            m.next_pass = None;
+        }
+        self.wake.notify_all();
     }
 
-    fn queue_frees(&self, copies: &[(usize, RemoteSlot)]) {
+    /// Count the granules with fewer valid copies than `replicas`, and those with none; store
+    /// both in the counters.
+    fn count_under(&self) -> (u64, u64) {
+        let gens = self.gens();
+        let want = self.opts.replicas;
+        let (mut under, mut none) = (0, 0);
+        for p in self.places.lock().unwrap().iter().flatten() {
+            let valid = p.copies.iter().filter(|c| gens[c.peer] == c.gen).count();
+            under += (valid < want) as u64;
+            none += (valid == 0) as u64;
+        }
+        self.counters.under_replicated.store(under, Relaxed);
+        self.counters.without_copy.store(none, Relaxed);
+        (under, none)
+    }
+
+    fn queue_frees(&self, copies: &[Replica]) {
         let flush = {
+            for c in copies {
+                let mut held = self.peers[c.peer].held.lock().unwrap();
+                if held.gen == c.gen {
+                    held.release(c.slot);
+                }
+            }
             let mut q = self.pending_frees.lock().unwrap();
-            copies.iter().for_each(|&(p, s)| q[p].push(s));
+            copies.iter().for_each(|c| q[c.peer].push((c.gen, c.slot)));
             q.iter().any(|v| v.len() >= FREE_BATCH)
         };
         if flush {
@@ -207,19 +542,29 @@ impl RemoteTier {
         }
     }
 
-    /// Send every queued free, one FREE per peer.
+    /// Send every queued free, one FREE per peer. Frees of a generation declared lost are
+    /// dropped (that peer's RESET frees them; one by one they could hit slots it reused);
+    /// frees for a peer that does not answer wait for it.
     fn flush_frees(&self) {
-        let queued =
-            std::mem::replace(&mut *self.pending_frees.lock().unwrap(), vec![Vec::new(); self.down_until.len()]);
-        for (peer, slots) in queued.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-            if !self.is_up(peer) {
-                self.counters.lost_frees.fetch_add(slots.len() as u64, Relaxed);
+        let queued = std::mem::replace(&mut *self.pending_frees.lock().unwrap(), vec![Vec::new(); self.peers.len()]);
+        for (peer, items) in queued.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            let _shared = self.peers[peer].gate.read().unwrap();
+            let (gen, usable) = {
+                let h = self.health(peer);
+                (h.gen, h.met && h.down_until.is_none_or(|t| Instant::now() >= t))
+            };
+            let keep: Vec<(u32, RemoteSlot)> = items.into_iter().filter(|&(g, _)| g == gen).collect();
+            if keep.is_empty() {
                 continue;
             }
-            if let Err(e) = self.transport.free(peer, self.opts.owner, &slots) {
-                self.counters.lost_frees.fetch_add(slots.len() as u64, Relaxed);
-                self.mark_down(peer, &e);
+            if usable {
+                let slots: Vec<RemoteSlot> = keep.iter().map(|&(_, s)| s).collect();
+                match self.transport.free(peer, self.opts.owner, &slots) {
+                    Ok(()) => continue,
+                    Err(e) => self.mark_down(peer, &e),
+                }
             }
+            self.pending_frees.lock().unwrap()[peer].extend(keep);
         }
     }
 
@@ -239,19 +584,381 @@ impl RemoteTier {
         })
     }
 
+    /// PUT `data` on `peer` while its generation is still the one the caller chose it under
+    /// (`gen`: `None`, whichever is current, if it is met). Returns the generation used.
+    fn put_on(
+        &self,
+        peer: usize,
+        gen: Option<u32>,
+        data: &[&[u8]],
+    ) -> (u32, Result<Vec<Result<RemoteSlot, Status>>, CallErr>) {
+        let _shared = self.peers[peer].gate.read().unwrap();
+        let (now_gen, met) = {
+            let h = self.health(peer);
+            (h.gen, h.met)
+        };
+        if !met || gen.is_some_and(|g| g != now_gen) {
+            return (now_gen, Err(CallErr::Lost));
+        }
+        let r = self.transport.put(peer, self.opts.owner, data).map_err(CallErr::Transport);
+        let mut reused = None;
+        if let Ok(sts) = &r {
+            let mut held = self.peers[peer].held.lock().unwrap();
+            if held.gen == now_gen {
+                reused = sts.iter().filter_map(|st| st.ok()).find(|&s| held.take(s));
+            }
+        }
+        drop(_shared);
+        if let Some(s) = reused {
+            let why = format!("it handed out slot {s} again, which holds a granule of this node: it restarted");
+            self.declare_lost(peer, &why);
+        }
+        (now_gen, r)
+    }
+
+    /// GET from `peer` copies made under generation `gen`, if that is still its generation.
+    fn get_on(&self, peer: usize, gen: u32, gets: &mut [GetReq<'_>]) -> Result<Vec<Status>, CallErr> {
+        let _shared = self.peers[peer].gate.read().unwrap();
+        if self.health(peer).gen != gen {
+            return Err(CallErr::Lost);
+        }
+        self.transport.get(peer, self.opts.owner, gets).map_err(CallErr::Transport)
+    }
+
+    /// A GET of a copy of `slot` (place `id`) on `peer` answered that the peer does not hold
+    /// it: if the granule is still the same one (not freed meanwhile, which frees its copies),
+    /// the peer lost its memory: declare it lost.
+    fn copy_missing(&self, slot: SlotId, id: u64, peer: usize, rs: RemoteSlot) {
+        let same = self.places.lock().unwrap().get(slot as usize).and_then(|p| p.as_ref()).is_some_and(|p| p.id == id);
+        if same {
+            self.declare_lost(
+                peer,
+                &format!("it does not hold slot {rs} (granule {slot}) any more: restarted or reset"),
+            );
+        }
+    }
+
     fn note_fallback(&self, slot: SlotId, failed: &str) {
         let n = self.counters.fallback_reads.fetch_add(1, Relaxed) + 1;
-        let mut last = self.last_fallback_log.lock().unwrap();
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if self.may_log(LOG_FALLBACK) {
             log::warn!("remote tier: slot {slot} read from another replica after {failed} ({n} fallback reads so far)");
         }
     }
-}
 
-enum Meet {
-    NoAnswer,
-    WrongGranule(String),
+    // -----------------------------------------------------------------------------------------
+    // Maintenance: health, loss, re-replication
+
+    fn run(&self) {
+        let rate = self.opts.rereplicate_bytes_per_sec as f64;
+        loop {
+            let started = Instant::now();
+            let (bytes, busy) = self.maintain(&mut || {});
+            let pause = if bytes > 0 {
+                Duration::from_secs_f64(bytes as f64 / rate).saturating_sub(started.elapsed())
+            } else if busy {
+                Duration::ZERO
+            } else {
+                TICK
+            };
+            let stop = self.stop.lock().unwrap();
+            let stop = if pause.is_zero() || *stop { stop } else { self.wake.wait_timeout(stop, pause).unwrap().0 };
+            if *stop {
+                return;
+            }
+        }
+    }
+
+    /// One step; returns the bytes copied and whether a pass goes on (no pause wanted).
+    fn maintain(&self, between: &mut dyn FnMut()) -> (u64, bool) {
+        self.check_peers();
+        let due = {
+            let m = self.maint.lock().unwrap();
+            m.dirty && m.next_pass.is_none_or(|t| Instant::now() >= t)
+        };
+        if !due {
+            return (0, false);
+        }
+        let bytes = self.rereplicate_batch(between);
+        let m = self.maint.lock().unwrap();
+        (bytes, m.dirty && m.next_pass.is_none())
+    }
+
+    /// Probe (STAT) failing peers once per back-off and quiet ones once per heartbeat, so that
+    /// a loss is noticed without traffic; declare lost those failing for `lost_after`; meet
+    /// again those declared lost that answer.
+    fn check_peers(&self) {
+        let heartbeat = (self.opts.lost_after / 4).clamp(Duration::from_millis(10), DOWN_BACKOFF);
+        let now = Instant::now();
+        for p in 0..self.peers.len() {
+            let (met, due, failing_for, quiet) = {
+                let h = self.health(p);
+                (
+                    h.met,
+                    h.down_until.is_none_or(|t| now >= t),
+                    h.failing_since.map(|t| now.saturating_duration_since(t)),
+                    h.last_ok.is_none_or(|t| now.saturating_duration_since(t) >= heartbeat),
+                )
+            };
+            if !met {
+                continue;
+            }
+            if let Some(f) = failing_for {
+                if f >= self.opts.lost_after {
+                    let why = format!("no call to it succeeded for {} ms", f.as_millis());
+                    self.declare_lost(p, &why);
+                    continue;
+                }
+            }
+            if (failing_for.is_some() && due) || (failing_for.is_none() && quiet) {
+                match self.transport.stat(p) {
+                    Ok(_) => self.mark_up(p),
+                    Err(e) => self.mark_down(p, &e),
+                }
+            }
+        }
+        self.meet_due(true);
+    }
+
+    /// Copy one batch of under-replicated granules (the next ones from the pass's cursor) to
+    /// new peers. Returns the bytes copied.
+    fn rereplicate_batch(&self, between: &mut dyn FnMut()) -> u64 {
+        struct Job {
+            slot: SlotId,
+            id: u64,
+            len: usize,
+            sum: [u8; 32],
+            valid: Vec<Replica>,
+            data: Option<Vec<u8>>,
+            target: Option<usize>,
+            copy: Option<Replica>,
+        }
+        let want = self.opts.replicas;
+        let n = self.peers.len();
+        let gens = self.gens();
+        let (mut jobs, pass_done) = {
+            let places = self.places.lock().unwrap();
+            let mut m = self.maint.lock().unwrap();
+            let end = (m.cursor + SCAN_CHUNK).min(places.len());
+            let mut jobs = Vec::new();
+            let mut i = m.cursor;
+            while i < end && jobs.len() < REREPLICATE_BATCH {
+                if let Some(p) = &places[i] {
+                    let valid: Vec<Replica> = p.copies.iter().filter(|c| gens[c.peer] == c.gen).copied().collect();
+                    if valid.len() < want && !valid.is_empty() {
+                        jobs.push(Job {
+                            slot: i as SlotId,
+                            id: p.id,
+                            len: p.len,
+                            sum: p.sum,
+                            valid,
+                            data: None,
+                            target: None,
+                            copy: None,
+                        });
+                    }
+                }
+                i += 1;
+            }
+            m.cursor = i;
+            (jobs, i >= places.len())
+        };
+
+        // Fetch each from a valid copy, the next one if that fails; checked against the
+        // granule's own checksum.
+        let mut missing: Vec<(SlotId, u64, usize, RemoteSlot)> = Vec::new();
+        for round in 0..want {
+            let mut work: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (j, job) in jobs.iter().enumerate() {
+                if job.data.is_none() && round < job.valid.len() {
+                    let p = job.valid[round].peer;
+                    match work.iter_mut().find(|(q, _)| *q == p) {
+                        Some((_, v)) => v.push(j),
+                        None => work.push((p, vec![j])),
+                    }
+                }
+            }
+            if work.is_empty() {
+                break;
+            }
+            let jobs_ref = &jobs;
+            let results = self.per_peer(work, |p, idx: Vec<usize>| {
+                let mut bufs: Vec<Vec<u8>> = idx.iter().map(|&j| vec![0u8; jobs_ref[j].len]).collect();
+                let mut gets: Vec<GetReq<'_>> = idx
+                    .iter()
+                    .zip(bufs.iter_mut())
+                    .map(|(&j, b)| GetReq {
+                        slot: jobs_ref[j].valid[round].slot,
+                        offset: 0,
+                        buf: b,
+                        expect: Some(jobs_ref[j].sum),
+                    })
+                    .collect();
+                let r = self.get_on(p, gens[p], &mut gets);
+                drop(gets);
+                (idx, bufs, r)
+            });
+            for (p, (idx, bufs, r)) in results {
+                match r {
+                    Ok(sts) => {
+                        self.mark_up(p);
+                        for ((j, buf), st) in idx.into_iter().zip(bufs).zip(sts) {
+                            match st {
+                                Status::Ok => jobs[j].data = Some(buf),
+                                Status::NotFound => {
+                                    missing.push((jobs[j].slot, jobs[j].id, p, jobs[j].valid[round].slot))
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(CallErr::Transport(e)) => self.mark_down(p, &e),
+                    Err(CallErr::Lost) => {}
+                }
+            }
+        }
+        for (slot, id, p, rs) in missing {
+            self.copy_missing(slot, id, p, rs);
+        }
+
+        // A target per granule: a usable peer without a copy of it, spread by slot number;
+        // peers that answer Full are not asked again in this batch.
+        let mut full = vec![false; n];
+        let usable: Vec<bool> = (0..n).map(|p| self.usable(p)).collect();
+        for _round in 0..n {
+            let mut work: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (j, job) in jobs.iter_mut().enumerate() {
+                if job.data.is_none() || job.copy.is_some() {
+                    continue;
+                }
+                let pick = (0..n)
+                    .map(|k| (job.slot as usize + k) % n)
+                    .find(|&p| usable[p] && !full[p] && !job.valid.iter().any(|c| c.peer == p));
+                job.target = pick;
+                if let Some(p) = pick {
+                    match work.iter_mut().find(|(q, _)| *q == p) {
+                        Some((_, v)) => v.push(j),
+                        None => work.push((p, vec![j])),
+                    }
+                }
+            }
+            if work.is_empty() {
+                break;
+            }
+            let jobs_ref = &jobs;
+            let results = self.per_peer(work, |p, idx: Vec<usize>| {
+                let data: Vec<&[u8]> = idx.iter().map(|&j| jobs_ref[j].data.as_deref().unwrap()).collect();
+                (idx, self.put_on(p, Some(gens[p]), &data))
+            });
+            let mut retry = false;
+            for (p, (idx, (gen, r))) in results {
+                match r {
+                    Ok(sts) => {
+                        self.mark_up(p);
+                        for (j, st) in idx.into_iter().zip(sts) {
+                            match st {
+                                Ok(slot) => jobs[j].copy = Some(Replica { peer: p, gen, slot }),
+                                Err(_) => {
+                                    full[p] = true;
+                                    retry = true;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if let CallErr::Transport(e) = e {
+                            self.mark_down(p, &e);
+                        }
+                        full[p] = true; // not again in this batch
+                        retry = true;
+                    }
+                }
+            }
+            if !retry {
+                break;
+            }
+        }
+
+        between();
+
+        // Switch: add each new copy to its granule's list, dropping copies that no longer
+        // count; a granule freed or rewritten meanwhile gets its new copy freed instead.
+        let mut orphans = Vec::new();
+        let mut copied = 0u64;
+        let mut failed = 0u64;
+        {
+            let gens = self.gens();
+            let mut places = self.places.lock().unwrap();
+            for job in &jobs {
+                let Some(copy) = job.copy else {
+                    failed += 1;
+                    continue;
+                };
+                match places.get_mut(job.slot as usize).and_then(|p| p.as_mut()) {
+                    Some(p) if p.id == job.id => {
+                        p.copies.retain(|c| gens[c.peer] == c.gen);
+                        p.copies.push(copy);
+                        copied += 1;
+                    }
+                    _ => orphans.push(copy),
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            self.queue_frees(&orphans);
+        }
+        self.flush_frees();
+        self.counters.rereplicated.fetch_add(copied, Relaxed);
+        if failed > 0 {
+            self.counters.rereplicate_failures.fetch_add(failed, Relaxed);
+            self.maint.lock().unwrap().stuck += failed;
+        }
+        if pass_done {
+            self.finish_pass();
+        }
+        copied * self.opts.slot_bytes as u64
+    }
+
+    /// The pass reached the last slot: count what is still under-replicated; done if nothing
+    /// is, else say so (rate-limited) and try again after [`RETRY_PASS`].
+    fn finish_pass(&self) {
+        let (under, none) = self.count_under();
+        let stuck = {
+            let mut m = self.maint.lock().unwrap();
+            m.cursor = 0;
+            let stuck = std::mem::take(&mut m.stuck);
+            if under == 0 {
+                m.dirty = false;
+                m.next_pass = None;
+            } else {
+                m.next_pass = Some(Instant::now() + RETRY_PASS);
+            }
+            stuck
+        };
+        if under == 0 {
+            if self.counters.rereplicated.load(Relaxed) > 0 {
+                log::info!("remote tier: every granule has its {} copies again", self.opts.replicas);
+            }
+            return;
+        }
+        if none > 0 && self.may_log(LOG_NO_COPY) {
+            log::error!(
+                "remote tier: {none} granules lost every copy (each peer that held one was declared lost): \
+                 their reads fail"
+            );
+        }
+        if under > none && self.may_log(LOG_STUCK) {
+            let up = (0..self.peers.len()).filter(|&p| self.usable(p)).count();
+            log::warn!(
+                "remote tier: {} granules have fewer than {} copies; {stuck} could not be copied in the last pass \
+                 ({up} peers usable: no other peer has room or answers); retrying",
+                under - none,
+                self.opts.replicas
+            );
+        }
+        if stuck > 0 && self.may_log(LOG_COPY_FAILED) {
+            log::debug!("remote tier: {stuck} re-replications failed in the last pass");
+        }
+    }
 }
 
 /// Why one granule's write or read did not succeed, per peer tried.
@@ -281,21 +988,21 @@ impl Tier for RemoteTier {
     }
 
     fn slot_bytes(&self) -> usize {
-        self.opts.slot_bytes
+        self.core.opts.slot_bytes
     }
 
     fn alloc(&self) -> Result<SlotId, TierError> {
-        self.meet_latecomers();
+        let c = &*self.core;
+        c.meet_due(false);
         // Without enough healthy peers no write can succeed: say so before any transfer.
-        let unmet = self.unmet.lock().unwrap().clone();
-        let up = (0..self.transport.peer_count()).filter(|&p| !unmet[p] && self.is_up(p)).count();
-        if up < self.opts.replicas {
-            let detail = format!("{up} of the peers answer, {} copies are needed", self.opts.replicas);
+        let up = (0..c.peers.len()).filter(|&p| c.usable(p)).count();
+        if up < c.opts.replicas {
+            let detail = format!("{up} of the peers answer, {} copies are needed", c.opts.replicas);
             return Err(TierError::Unavailable { tier: NAME, detail });
         }
-        let mut s = self.slots.lock().unwrap();
-        let full = TierError::Full { tier: NAME, used_bytes: s.used() * self.opts.slot_bytes as u64 };
-        if s.used() >= self.capacity_slots.load(Relaxed) {
+        let mut s = c.slots.lock().unwrap();
+        let full = TierError::Full { tier: NAME, used_bytes: s.used() * c.opts.slot_bytes as u64 };
+        if s.used() >= c.capacity_slots.load(Relaxed) {
             return Err(full);
         }
         s.alloc().ok_or(full)
@@ -306,13 +1013,14 @@ impl Tier for RemoteTier {
     }
 
     fn write_batch(&self, writes: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
+        let c = &*self.core;
         for (_, d) in writes {
-            assert!(d.len() <= self.opts.slot_bytes, "write beyond a slot");
+            assert!(d.len() <= c.opts.slot_bytes, "write beyond a slot");
         }
-        self.flush_frees();
-        let n = self.transport.peer_count();
-        let want = self.opts.replicas;
-        let mut got: Vec<Vec<(usize, RemoteSlot)>> = vec![Vec::new(); writes.len()];
+        c.flush_frees();
+        let n = c.peers.len();
+        let want = c.opts.replicas;
+        let mut got: Vec<Vec<Replica>> = vec![Vec::new(); writes.len()];
         let mut tried: Vec<Vec<bool>> = vec![vec![false; n]; writes.len()];
         let mut fails: Vec<Failures> = writes.iter().map(|_| Failures::default()).collect();
         // Each round gives every short granule its next untried healthy peers; at most n rounds.
@@ -329,8 +1037,8 @@ impl Tier for RemoteTier {
                         continue;
                     }
                     tried[i][p] = true;
-                    if !self.is_up(p) {
-                        fails[i].add(self.transport.peer_name(p), "down".into(), false, false);
+                    if !c.usable(p) {
+                        fails[i].add(c.name(p), "down".into(), false, false);
                         continue;
                     }
                     match work.iter_mut().find(|(q, _)| *q == p) {
@@ -343,27 +1051,31 @@ impl Tier for RemoteTier {
             if work.is_empty() {
                 break;
             }
-            let results = self.per_peer(work, |p, items: Vec<usize>| {
+            let results = c.per_peer(work, |p, items: Vec<usize>| {
                 let data: Vec<&[u8]> = items.iter().map(|&i| writes[i].1).collect();
-                (items, self.transport.put(p, self.opts.owner, &data))
+                (items, c.put_on(p, None, &data))
             });
-            for (p, (items, r)) in results {
+            for (p, (items, (gen, r))) in results {
                 match r {
                     Ok(statuses) => {
-                        self.mark_up(p);
+                        c.mark_up(p);
                         for (i, st) in items.into_iter().zip(statuses) {
                             match st {
-                                Ok(rs) => got[i].push((p, rs)),
-                                Err(st) => {
-                                    fails[i].add(self.transport.peer_name(p), st.to_string(), st == Status::Full, false)
-                                }
+                                Ok(rs) => got[i].push(Replica { peer: p, gen, slot: rs }),
+                                Err(st) => fails[i].add(c.name(p), st.to_string(), st == Status::Full, false),
                             }
                         }
                     }
                     Err(e) => {
-                        self.mark_down(p, &e);
+                        let why = match e {
+                            CallErr::Transport(e) => {
+                                c.mark_down(p, &e);
+                                e.to_string()
+                            }
+                            CallErr::Lost => "declared lost".into(),
+                        };
                         for i in items {
-                            fails[i].add(self.transport.peer_name(p), e.to_string(), false, false);
+                            fails[i].add(c.name(p), why.clone(), false, false);
                         }
                     }
                 }
@@ -373,21 +1085,27 @@ impl Tier for RemoteTier {
         for (i, &(slot, data)) in writes.iter().enumerate() {
             let copies = std::mem::take(&mut got[i]);
             if copies.len() == want {
+                let place = Place {
+                    len: data.len(),
+                    sum: crate::checksum(data),
+                    id: c.next_place_id.fetch_add(1, Relaxed),
+                    copies,
+                };
                 let old = {
-                    let mut places = self.places.lock().unwrap();
+                    let mut places = c.places.lock().unwrap();
                     if places.len() <= slot as usize {
                         places.resize(slot as usize + 1, None);
                     }
-                    places[slot as usize].replace(Place { len: data.len(), copies })
+                    places[slot as usize].replace(place)
                 };
                 if let Some(old) = old {
-                    self.queue_frees(&old.copies);
+                    c.queue_frees(&old.copies);
                 }
                 out.push(Ok(()));
                 continue;
             }
-            self.queue_frees(&copies);
-            self.counters.refused_writes.fetch_add(1, Relaxed);
+            c.queue_frees(&copies);
+            c.counters.refused_writes.fetch_add(1, Relaxed);
             let f = &fails[i];
             let why = format!("{} of {want} copies stored ({})", copies.len(), f.text.join("; "));
             out.push(Err(if f.other == 0 {
@@ -400,9 +1118,14 @@ impl Tier for RemoteTier {
     }
 
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
-        // Per request: the replicas to try, healthy ones first.
-        let orders: Vec<Vec<(usize, RemoteSlot)>> = {
-            let places = self.places.lock().unwrap();
+        let c = &*self.core;
+        let gens = c.gens();
+        // Per request: the valid copies to try, healthy ones first; the place's id; the
+        // checksum a whole-granule read must have.
+        let mut ids = Vec::with_capacity(reqs.len());
+        let mut expects = Vec::with_capacity(reqs.len());
+        let orders: Vec<Vec<Replica>> = {
+            let places = c.places.lock().unwrap();
             let mut orders = Vec::with_capacity(reqs.len());
             for r in reqs.iter() {
                 let corrupt = |detail: String| TierError::Corrupt { tier: NAME, slot: r.slot, detail };
@@ -417,60 +1140,80 @@ impl Tier for RemoteTier {
                         place.len
                     )));
                 }
-                let mut order = place.copies.clone();
-                order.sort_by_key(|&(p, _)| !self.is_up(p));
+                let mut order: Vec<Replica> = place.copies.iter().filter(|c| gens[c.peer] == c.gen).copied().collect();
+                order.sort_by_key(|r| !c.is_up(r.peer));
                 orders.push(order);
+                ids.push(place.id);
+                expects.push((r.offset == 0 && r.buf.len() == place.len).then_some(place.sum));
             }
             orders
         };
         let mut done = vec![false; reqs.len()];
         let mut fails: Vec<Failures> = reqs.iter().map(|_| Failures::default()).collect();
-        for round in 0..self.opts.replicas {
+        let mut missing: Vec<(SlotId, u64, usize, RemoteSlot)> = Vec::new();
+        for (i, o) in orders.iter().enumerate() {
+            if o.is_empty() {
+                fails[i].text.push("no valid copy left: every peer that held one was declared lost".into());
+                fails[i].other += 1;
+            }
+        }
+        for round in 0..c.opts.replicas {
             let mut work: Vec<(usize, Vec<(usize, GetReq<'_>)>)> = Vec::new();
             for (i, r) in reqs.iter_mut().enumerate() {
                 if done[i] || round >= orders[i].len() {
                     continue;
                 }
-                let (p, rs) = orders[i][round];
-                let g = GetReq { slot: rs, offset: r.offset, buf: &mut *r.buf };
-                match work.iter_mut().find(|(q, _)| *q == p) {
+                let rep = orders[i][round];
+                let g = GetReq { slot: rep.slot, offset: r.offset, buf: &mut *r.buf, expect: expects[i] };
+                match work.iter_mut().find(|(q, _)| *q == rep.peer) {
                     Some((_, items)) => items.push((i, g)),
-                    None => work.push((p, vec![(i, g)])),
+                    None => work.push((rep.peer, vec![(i, g)])),
                 }
             }
             if work.is_empty() {
                 break;
             }
-            let results = self.per_peer(work, |p, items: Vec<(usize, GetReq<'_>)>| {
+            let results = c.per_peer(work, |p, items: Vec<(usize, GetReq<'_>)>| {
                 let (idx, mut gets): (Vec<usize>, Vec<GetReq<'_>>) = items.into_iter().unzip();
-                (idx, self.transport.get(p, self.opts.owner, &mut gets))
+                (idx, c.get_on(p, gens[p], &mut gets))
             });
             for (p, (idx, r)) in results {
                 match r {
                     Ok(statuses) => {
-                        self.mark_up(p);
+                        c.mark_up(p);
                         for (i, st) in idx.into_iter().zip(statuses) {
                             if st == Status::Ok {
                                 done[i] = true;
                                 if round > 0 {
-                                    self.note_fallback(reqs[i].slot, &fails[i].text.join("; "));
+                                    c.note_fallback(reqs[i].slot, &fails[i].text.join("; "));
                                 }
                             } else {
-                                fails[i].add(self.transport.peer_name(p), st.to_string(), false, st == Status::Corrupt);
+                                if st == Status::NotFound {
+                                    missing.push((reqs[i].slot, ids[i], p, orders[i][round].slot));
+                                }
+                                fails[i].add(c.name(p), st.to_string(), false, st == Status::Corrupt);
                             }
                         }
                     }
-                    Err(e) => {
-                        self.mark_down(p, &e);
+                    Err(CallErr::Transport(e)) => {
+                        c.mark_down(p, &e);
                         for i in idx {
-                            fails[i].add(self.transport.peer_name(p), e.to_string(), false, e.is_checksum());
+                            fails[i].add(c.name(p), e.to_string(), false, e.is_checksum());
+                        }
+                    }
+                    Err(CallErr::Lost) => {
+                        for i in idx {
+                            fails[i].add(c.name(p), "declared lost".into(), false, false);
                         }
                     }
                 }
             }
         }
+        for (slot, id, p, rs) in missing {
+            c.copy_missing(slot, id, p, rs);
+        }
         if let Some(i) = done.iter().position(|d| !d) {
-            self.counters.failed_reads.fetch_add(done.iter().filter(|d| !**d).count() as u64, Relaxed);
+            c.counters.failed_reads.fetch_add(done.iter().filter(|d| !**d).count() as u64, Relaxed);
             let (slot, f) = (reqs[i].slot, &fails[i]);
             let detail = format!("every replica failed ({})", f.text.join("; "));
             return Err(if f.corrupt {
@@ -483,24 +1226,40 @@ impl Tier for RemoteTier {
     }
 
     fn free(&self, slot: SlotId) {
-        let place = self.places.lock().unwrap().get_mut(slot as usize).and_then(Option::take);
-        self.slots.lock().unwrap().free(slot);
+        let c = &*self.core;
+        let place = c.places.lock().unwrap().get_mut(slot as usize).and_then(Option::take);
+        c.slots.lock().unwrap().free(slot);
         if let Some(p) = place {
-            self.queue_frees(&p.copies);
+            c.queue_frees(&p.copies);
         }
     }
 
     fn usage(&self) -> TierUsage {
-        let s = self.slots.lock().unwrap();
+        let c = &*self.core;
+        let s = c.slots.lock().unwrap();
         let used_slots = s.used();
-        let slot_bytes = self.opts.slot_bytes as u64;
-        let capacity_bytes = self.capacity_slots.load(Relaxed) * slot_bytes;
+        let slot_bytes = c.opts.slot_bytes as u64;
+        let capacity_bytes = c.capacity_slots.load(Relaxed) * slot_bytes;
         TierUsage { capacity_bytes, used_bytes: used_slots * slot_bytes, used_slots }
+    }
+
+    fn replication(&self) -> Option<ReplicationStats> {
+        let k = &self.core.counters;
+        Some(ReplicationStats {
+            under_replicated_granules: k.under_replicated.load(Relaxed),
+            rereplicated_granules: k.rereplicated.load(Relaxed),
+            lost_peers: k.peers_lost.load(Relaxed),
+        })
     }
 }
 
 impl Drop for RemoteTier {
     fn drop(&mut self) {
-        self.flush_frees();
+        *self.core.stop.lock().unwrap() = true;
+        self.core.wake.notify_all();
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+        self.core.flush_frees();
     }
 }

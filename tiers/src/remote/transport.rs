@@ -60,6 +60,10 @@ pub struct GetReq<'a> {
     pub slot: RemoteSlot,
     pub offset: usize,
     pub buf: &'a mut [u8],
+    /// For a whole-granule read, the checksum the granule was stored with, if the caller
+    /// knows it: a slot that holds other bytes (the donor restarted and reused the slot number)
+    /// answers `NotFound` instead of those bytes.
+    pub expect: Option<[u8; 32]>,
 }
 
 /// Page transfer to and from the peers `0..peer_count()`.
@@ -421,7 +425,10 @@ impl Transport for TcpTransport {
                         // The checksum the granule was stored with (for part of one, a checksum
                         // the donor made after checking the whole): damage in the donor's memory
                         // or on the wire shows here, and refuses this item only.
-                        if *blake3::hash(bytes).as_bytes() == sum {
+                        if req.expect.is_some_and(|e| e != sum) {
+                            // Intact bytes, but not the granule that was stored there.
+                            st = Status::NotFound;
+                        } else if *blake3::hash(bytes).as_bytes() == sum {
                             req.buf.copy_from_slice(bytes);
                         } else {
                             st = Status::Corrupt;
