@@ -625,8 +625,12 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<
         MemCg::create(&s.mem_root, &format!("holo-bench-swap-{}-pager", std::process::id()), Some(o.pager_limit))?;
     // The daemon keeps each client's cgroup `cgroup_margin` below its limit; give it the
     // benchmark's margin, so that its budget is the same `--limit` the kernel contenders get.
+    // Their limit does not move with the machine's memory pressure (other programs', or the
+    // workload's own stalls at its limit), so holo's budget must not either: the PSI target
+    // is set out of reach, the cgroup cap stays.
     let conf = dir.join("holo-pager.toml");
-    fs::write(&conf, format!("cgroup_margin = \"{}\"\n", o.margin)).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let text = format!("cgroup_margin = \"{}\"\npressure_target_pct = 100\nmetrics_listen = \"off\"\n", o.margin);
+    fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let (mut daemon, socket, log_path) = start_pager(&p.pager, dir, &o.limit.to_string(), &o.granule, |cmd| {
         pager_cg.join_on_exec(cmd);
         cmd.arg("--config").arg(&conf);

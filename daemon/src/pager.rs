@@ -2,7 +2,7 @@
 //! follows its address-space events and runs the evictions the budget asks of it.
 //!
 //! ```text
-//!  poll(uffd, request conn, agent conn, wake eventfd)
+//!  poll(uffd, request conn, agent conn, wake eventfd, writer eventfd)
 //!    uffd:    Fault  -> fill the granule window from zeros / spill slots (UFFDIO_COPY)
 //!             Fork   -> clone the page table for the child, retain its slots
 //!             Remove -> pages read as zeros (or: the agent's zap of an eviction)
@@ -10,10 +10,12 @@
 //!    request: Register, Forked
 //!    agent:   Zapping -> Go | NoGo, Zapped -> eviction done (or cancelled)
 //!    wake:    evict what the budget asked for
+//!    writer:  a batch of captured evictions is in the tiers -> Zap each
 //! ```
 //!
 //! Eviction of a window, step by step (the `EvictState` names):
-//! `Sent`: write-protected, captured to a slot, Zap sent. `Go`: the agent holds the shim's
+//! `Sent`: write-protected, captured, written to a slot (by the [`Writer`] thread, while
+//! this one serves faults), Zap sent. `Go`: the agent holds the shim's
 //! address-space gate and may zap now. `Removed`: its EVENT_REMOVE was read, pages are
 //! `Spilled`. Then `Zapped` ends it. While a window has an eviction, its faults wait.
 
@@ -36,6 +38,7 @@ use crate::journal::{Intent, Journal};
 use crate::pagetable::{PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
+use crate::writer::{Batch, Writer, Written};
 
 /// Messages read from the uffd in one go.
 const MSG_BATCH: usize = 64;
@@ -152,8 +155,13 @@ pub struct Pager {
     staged: VecDeque<Staged>,
     /// The trend of this client's refaults, for prefetch.
     trend: Streams,
-    /// Where evictions capture windows, one buffer per eviction of a batch.
+    /// Where evictions capture windows, one buffer per eviction of a batch; empty while
+    /// both sets of buffers are with the writer.
     evict_bufs: Vec<Vec<u8>>,
+    /// The other set of buffers, while it is not with the writer.
+    spare_bufs: Option<Vec<Vec<u8>>>,
+    /// Writes captured batches to the tiers on a thread of its own.
+    writer: Writer,
     summary_at: Instant,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
@@ -209,6 +217,7 @@ impl Pager {
             let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at: Instant::now() };
             evictions.insert(id, e);
         }
+        let writer = Writer::spawn(d.clone(), info.pid)?;
         Ok(Pager {
             d,
             info,
@@ -228,9 +237,9 @@ impl Pager {
             staged: VecDeque::new(),
             clean: BTreeMap::new(),
             trend: Streams::new(granule, (PREFETCH_MAX_BYTES / granule).clamp(1, PREFETCH_MAX_GRANULES) as usize),
-            evict_bufs: (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
-                .map(|_| vec![0; granule as usize])
-                .collect(),
+            evict_bufs: eviction_buffers(granule),
+            spare_bufs: Some(eviction_buffers(granule)),
+            writer,
             summary_at: Instant::now(),
             evict_backoff_until: None,
             journal,
@@ -290,7 +299,10 @@ impl Pager {
         let retrying = self.deferred.iter().any(|f| !self.evicting(f.addr, f.addr + PAGE));
         let timeout_ms = if retrying {
             1
-        } else if self.info.evict_request.load(Relaxed) > 0 && self.evictions.len() < MAX_INFLIGHT_EVICTIONS {
+        } else if self.info.evict_request.load(Relaxed) > 0
+            && self.evictions.len() < MAX_INFLIGHT_EVICTIONS
+            && !self.evict_bufs.is_empty()
+        {
             0
         } else if !self.evictions.is_empty() {
             50
@@ -305,6 +317,7 @@ impl Pager {
             pfd(self.req.as_raw_fd()),
             pfd(self.info.wake.as_raw_fd()),
             pfd(agent_fd),
+            pfd(self.writer.fd()),
         ];
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
@@ -322,6 +335,11 @@ impl Pager {
         }
         if fds[3].revents != 0 {
             self.read_agent()?;
+        }
+        if fds[4].revents != 0 {
+            while let Some(w) = self.writer.take() {
+                self.written(w)?;
+            }
         }
         if fds[2].revents != 0 {
             self.info.drain_wake();
@@ -896,7 +914,8 @@ impl Pager {
         let late: Vec<u64> = self
             .evictions
             .iter()
-            .filter(|(_, e)| e.state == EvictState::Sent && e.sent_at.elapsed() > limit)
+            // Those still being written (no slot yet) wait for the disk, not the agent.
+            .filter(|(_, e)| e.state == EvictState::Sent && e.slot != NO_SLOT && e.sent_at.elapsed() > limit)
             .map(|(id, _)| *id)
             .collect();
         if !late.is_empty() {
@@ -949,7 +968,7 @@ impl Pager {
                     started += n as i64;
                 }
                 Err(Served::Gone(why)) => {
-                    self.commit_evictions(&batch)?;
+                    self.write_evictions(batch);
                     self.ask_zaps(&clean)?;
                     return Err(Gone(why));
                 }
@@ -959,7 +978,8 @@ impl Pager {
                 }
             }
         }
-        let failed = self.commit_evictions(&batch)? + self.ask_zaps(&clean)?;
+        self.write_evictions(batch);
+        let failed = self.ask_zaps(&clean)?;
         if failed > 0 {
             started -= failed as i64;
             exhausted = true;
@@ -1102,27 +1122,40 @@ impl Pager {
         id
     }
 
-    /// Write the captured evictions `ids` (eviction buffer `k` for the `k`th) to the tiers in
-    /// one batch, then ask the agent to zap each one that was written. An eviction whose bytes
-    /// found no place is cancelled. Returns the pages of the cancelled ones.
-    fn commit_evictions(&mut self, ids: &[u64]) -> Result<usize, Gone> {
+    /// Hand the captured evictions `ids` (eviction buffer `k` for the `k`th) to the writer,
+    /// to be written to the tiers as one batch; the other set of buffers takes their place.
+    fn write_evictions(&mut self, ids: Vec<u64>) {
         if ids.is_empty() {
-            return Ok(0);
+            return;
         }
-        let data: Vec<&[u8]> =
-            ids.iter().enumerate().map(|(k, id)| &self.evict_bufs[k][..self.evictions[id].w.len as usize]).collect();
-        let slots = self.d.store.put_batch(&data);
-        let mut cancelled_pages = 0;
-        let mut written = Vec::with_capacity(ids.len());
-        for (&id, slot) in ids.iter().zip(slots) {
-            let e = self.evictions.get_mut(&id).unwrap();
+        let lens = ids.iter().map(|id| self.evictions[id].w.len as usize).collect();
+        let bufs = std::mem::replace(&mut self.evict_bufs, self.spare_bufs.take().unwrap_or_default());
+        self.writer.submit(Batch { ids, lens, bufs });
+    }
+
+    /// A batch is in the tiers: ask the agent to zap each eviction that found a slot; cancel
+    /// those that found none. An eviction cancelled while it was written (the program changed
+    /// the window) gives its fresh slot back.
+    fn written(&mut self, w: Written) -> Result<(), Gone> {
+        if self.evict_bufs.is_empty() {
+            self.evict_bufs = w.bufs;
+        } else {
+            self.spare_bufs = Some(w.bufs);
+        }
+        let mut zap = Vec::with_capacity(w.ids.len());
+        for (id, slot) in w.ids.into_iter().zip(w.slots) {
+            let Some(e) = self.evictions.get_mut(&id) else {
+                if let Ok(slot) = slot {
+                    self.d.store.discard(slot);
+                }
+                continue;
+            };
             match slot {
                 Ok(slot) => {
                     e.slot = slot;
-                    written.push(id);
+                    zap.push(id);
                 }
                 Err(err) => {
-                    cancelled_pages += e.pages.len();
                     self.evict_backoff_until = Some(Instant::now() + EVICT_RETRY_AFTER);
                     self.d.stats.failed_evictions.fetch_add(1, Relaxed);
                     crate::log_limited!(error, "pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
@@ -1130,7 +1163,7 @@ impl Pager {
                 }
             }
         }
-        Ok(cancelled_pages + self.ask_zaps(&written)?)
+        self.ask_zaps(&zap).map(|_| ())
     }
 
     /// Ask the agent to zap evictions `ids`, whose slots hold their bytes, each journaled
@@ -1298,6 +1331,12 @@ impl Pager {
 
     /// The client is gone: give back its pages, slots and pending children.
     fn release_all(&mut self) {
+        // Batches still being written: their fresh slots go back, nothing will refer to them.
+        while let Some(w) = self.writer.wait() {
+            for slot in w.slots.into_iter().flatten() {
+                self.d.store.discard(slot);
+            }
+        }
         let evictions: Vec<Eviction> = self.evictions.drain().map(|(_, e)| e).collect();
         for e in evictions {
             self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
@@ -1336,6 +1375,10 @@ fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
     let PageState::Spilled { slot, .. } = *pages.first()? else { return None };
     let all = pages.iter().enumerate().all(|(k, p)| *p == PageState::Spilled { slot, idx: k as u16 });
     all.then_some(slot)
+}
+
+fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
+    (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64)).map(|_| vec![0; granule as usize]).collect()
 }
 
 /// The slots that the spilled pages among `pages` refer to, in order.
