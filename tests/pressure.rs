@@ -316,3 +316,65 @@ fn a_cooperative_program_is_asked_to_release_memory_and_does() {
     out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
     eprintln!("release: {requests} request(s) sent; {report}; actions {}", p["actions"]);
 }
+
+#[test]
+fn a_cgroup_crossing_its_margin_wakes_the_controller_at_once() {
+    let _heavy = heavy();
+    let test = "a_cgroup_crossing_its_margin_wakes_the_controller_at_once";
+    let Some(cg) = cgroup_or_skip("notify", test) else {
+        return;
+    };
+    let (_conf, daemon) = pressure_daemon();
+    let limit = parse_size(LIMIT);
+    let margin = parse_size("64M");
+
+    // `holo-bench pressure`'s race: the program fills at full speed while the hog grows, both
+    // started at once. Each time the hog pushes the cgroup's usage into the margin, its usage
+    // threshold wakes the controller, which cuts the budget then, not at its next tick.
+    let mut cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &[MANAGED], &[]);
+    cg.put(&mut cmd);
+    let mut managed = Spawned::spawn(cmd, true);
+    let mut hog = Spawned::spawn(hog_command(&cg), true);
+    managed.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    hog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let p = pressure(&daemon);
+    let me = p["clients"].as_array().and_then(|c| c.iter().find(|c| c["pid"].as_u64() == Some(managed.pid().into())));
+    let thresholds: Vec<u64> =
+        me.and_then(|c| c["thresholds_bytes"].as_array()).into_iter().flatten().filter_map(Value::as_u64).collect();
+    let a = &p["actions"];
+    let (notifications, notified) =
+        (a["cgroup_notifications"].as_u64().unwrap_or(0), a["notified_shrinks"].as_u64().unwrap_or(0));
+
+    managed.send_line("verify");
+    let out = managed.finish(PROGRAM_TIMEOUT);
+    hog.send_line("verify");
+    let hog_out = hog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("{}\n{p:#}", cg.stats());
+    out.check(
+        &daemon,
+        thresholds == [limit - margin, limit - margin / 2, limit - margin / 4],
+        &format!("expected the client's cgroup to wake the controller at {LIMIT} less 64M, 32M, 16M\n{tail}"),
+    );
+    out.check(
+        &daemon,
+        notifications >= 1 && notified >= 1,
+        &format!(
+            "expected usage threshold notifications ({notifications}) and a cgroup shrink made on one \
+             ({notified})\n{tail}"
+        ),
+    );
+    out.check(&daemon, out.success() && out.stdout.contains("ok"), &format!("the managed program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    hog_out.check(&daemon, hog_out.success(), &format!("the hog failed\n{tail}"));
+    hog_out.assert_stdout_has(&daemon, "pressure_hog: verified");
+    let kills = cg.oom_kills();
+    out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
+    daemon.assert_paged("under pressure, both started at once");
+    eprintln!(
+        "notify: {notifications} cgroup notification(s), {notified} shrink(s) made on one; actions {}; cgroup \
+         failcnt {}, max usage {} MiB, OOM kills {kills}",
+        p["actions"],
+        cg.read("memory.failcnt").trim(),
+        cg.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0) >> 20
+    );
+}
