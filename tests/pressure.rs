@@ -347,6 +347,21 @@ fn a_cgroup_crossing_its_margin_wakes_the_controller_at_once() {
     let (notifications, notified) =
         (a["cgroup_notifications"].as_u64().unwrap_or(0), a["notified_shrinks"].as_u64().unwrap_or(0));
 
+    // A new limit (raised: both keep their room) is registered anew.
+    let raised = parse_size("448M");
+    cg.write("memory.limit_in_bytes", &raised.to_string());
+    let pid = u64::from(managed.pid());
+    daemon.wait_until("the thresholds of the raised limit", Duration::from_secs(30), || {
+        let p = pressure(&daemon);
+        let me = p["clients"].as_array().and_then(|c| c.iter().find(|c| c["pid"].as_u64() == Some(pid)).cloned());
+        let now = me.map(|c| c["thresholds_bytes"].clone()).unwrap_or_default();
+        if now == serde_json::json!([raised - margin, raised - margin / 2, raised - margin / 4]) {
+            Ok(())
+        } else {
+            Err(format!("thresholds_bytes {now}"))
+        }
+    });
+
     managed.send_line("verify");
     let out = managed.finish(PROGRAM_TIMEOUT);
     hog.send_line("verify");

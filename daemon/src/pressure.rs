@@ -52,8 +52,8 @@ const GROW_GAP: Duration = Duration::from_secs(1);
 const CALM_FOR: Duration = Duration::from_secs(5);
 const SHRINK_FRACTION: f64 = 0.25;
 const GROW_FRACTION: f64 = 0.05;
-/// Ticks woken by client cgroup notifications come at most this often: a usage going back
-/// and forth across a threshold costs at most one tick per this long.
+/// Ticks woken by client cgroup notifications or connections come at most this often: a
+/// usage going back and forth across a threshold costs at most one tick per this long.
 const MIN_NOTIFIED_GAP: Duration = Duration::from_millis(5);
 
 /// One line's worth of a PSI file.
@@ -554,6 +554,8 @@ struct Woken {
     psi: bool,
     /// Client cgroup notifications that fired (v1 usage thresholds, v2 `memory.events`).
     cgroups: u64,
+    /// A client connected.
+    poked: bool,
 }
 
 /// Waits up to `timeout` for the PSI trigger or any client cgroup's notification. A trigger
@@ -587,6 +589,7 @@ fn wait(trigger: &mut Option<Trigger>, notifiers: &mut Notifiers, wake: &Poke, t
         let poke = fds.pop().unwrap();
         if poke.revents != 0 {
             wake.drain();
+            woken.poked = true;
         }
     }
     woken.cgroups = notifiers.handle(&fds);
@@ -651,9 +654,10 @@ fn run(d: Arc<Daemon>) {
         if woken.psi {
             counters.trigger_fires.fetch_add(1, Relaxed);
         }
-        if woken.cgroups > 0 {
-            counters.cgroup_notifications.fetch_add(woken.cgroups, Relaxed);
-            // A usage going back and forth across a threshold must not spin this thread.
+        counters.cgroup_notifications.fetch_add(woken.cgroups, Relaxed);
+        if woken.cgroups > 0 || woken.poked {
+            // A usage going back and forth across a threshold, or clients connecting in a
+            // loop, must not spin this thread.
             let since = last_tick.elapsed();
             if since < MIN_NOTIFIED_GAP {
                 std::thread::sleep(MIN_NOTIFIED_GAP - since);
