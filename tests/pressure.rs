@@ -1,8 +1,10 @@
 //! Memory pressure: a managed program and a memory hog share a memory-limited cgroup (cgroup
 //! v1 memory controller). Under holo, the daemon shrinks the DRAM budget so that the cgroup
 //! stays under its limit, and both finish with their data intact; without holo, the same
-//! workload is OOM-killed. A cooperative program (`holo_on_pressure`) is asked to release
-//! memory first, and does.
+//! workload is OOM-killed. Started at once, the two push the cgroup into its margin and its
+//! usage threshold wakes the controller. A cooperative program (`holo_on_pressure`) is asked
+//! to release memory first, and does. A program thrashing in a small cgroup of its own raises
+//! system PSI over a tiny target until the low-priority client's faults are throttled.
 
 use std::ffi::CString;
 use std::fs;
@@ -315,4 +317,168 @@ fn a_cooperative_program_is_asked_to_release_memory_and_does() {
     let kills = cg.oom_kills();
     out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
     eprintln!("release: {requests} request(s) sent; {report}; actions {}", p["actions"]);
+}
+
+#[test]
+fn a_cgroup_crossing_its_margin_wakes_the_controller_at_once() {
+    let _heavy = heavy();
+    let test = "a_cgroup_crossing_its_margin_wakes_the_controller_at_once";
+    let Some(cg) = cgroup_or_skip("notify", test) else {
+        return;
+    };
+    let (_conf, daemon) = pressure_daemon();
+    let limit = parse_size(LIMIT);
+    let margin = parse_size("64M");
+
+    // `holo-bench pressure`'s race: the program fills at full speed while the hog grows, both
+    // started at once. Each time the hog pushes the cgroup's usage into the margin, its usage
+    // threshold wakes the controller, which cuts the budget then, not at its next tick.
+    let mut cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &[MANAGED], &[]);
+    cg.put(&mut cmd);
+    let mut managed = Spawned::spawn(cmd, true);
+    let mut hog = Spawned::spawn(hog_command(&cg), true);
+    managed.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    hog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let p = pressure(&daemon);
+    let me = p["clients"].as_array().and_then(|c| c.iter().find(|c| c["pid"].as_u64() == Some(managed.pid().into())));
+    let thresholds: Vec<u64> =
+        me.and_then(|c| c["thresholds_bytes"].as_array()).into_iter().flatten().filter_map(Value::as_u64).collect();
+    let a = &p["actions"];
+    let (notifications, notified) =
+        (a["cgroup_notifications"].as_u64().unwrap_or(0), a["notified_shrinks"].as_u64().unwrap_or(0));
+
+    // A new limit (raised: both keep their room) is registered anew.
+    let raised = parse_size("448M");
+    cg.write("memory.limit_in_bytes", &raised.to_string());
+    let pid = u64::from(managed.pid());
+    daemon.wait_until("the thresholds of the raised limit", Duration::from_secs(30), || {
+        let p = pressure(&daemon);
+        let me = p["clients"].as_array().and_then(|c| c.iter().find(|c| c["pid"].as_u64() == Some(pid)).cloned());
+        let now = me.map(|c| c["thresholds_bytes"].clone()).unwrap_or_default();
+        if now == serde_json::json!([raised - margin, raised - margin / 2, raised - margin / 4]) {
+            Ok(())
+        } else {
+            Err(format!("thresholds_bytes {now}"))
+        }
+    });
+
+    managed.send_line("verify");
+    let out = managed.finish(PROGRAM_TIMEOUT);
+    hog.send_line("verify");
+    let hog_out = hog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("{}\n{p:#}", cg.stats());
+    out.check(
+        &daemon,
+        thresholds == [limit - margin, limit - margin / 2, limit - margin / 4],
+        &format!("expected the client's cgroup to wake the controller at {LIMIT} less 64M, 32M, 16M\n{tail}"),
+    );
+    out.check(
+        &daemon,
+        notifications >= 1 && notified >= 1,
+        &format!(
+            "expected usage threshold notifications ({notifications}) and a cgroup shrink made on one \
+             ({notified})\n{tail}"
+        ),
+    );
+    out.check(&daemon, out.success() && out.stdout.contains("ok"), &format!("the managed program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    hog_out.check(&daemon, hog_out.success(), &format!("the hog failed\n{tail}"));
+    hog_out.assert_stdout_has(&daemon, "pressure_hog: verified");
+    let kills = cg.oom_kills();
+    out.check(&daemon, kills == 0, &format!("the OOM killer ran in the cgroup {kills} times\n{tail}"));
+    daemon.assert_paged("under pressure, both started at once");
+    eprintln!(
+        "notify: {notifications} cgroup notification(s), {notified} shrink(s) made on one; actions {}; cgroup \
+         failcnt {}, max usage {} MiB, OOM kills {kills}",
+        p["actions"],
+        cg.read("memory.failcnt").trim(),
+        cg.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0) >> 20
+    );
+}
+
+#[test]
+fn sustained_system_pressure_throttles_the_lower_priority_client() {
+    let _heavy = heavy();
+    let test = "sustained_system_pressure_throttles_the_lower_priority_client";
+    // The low-priority client's cgroup (its limit is not the point) and a small one for the
+    // thrasher, whose reads of a file twice its size are refaults: memory stalls, system PSI.
+    let Some(batch) = cgroup_or_skip("batch", test) else {
+        return;
+    };
+    let thrash_cg = match MemCgroup::create("thrash", "32M") {
+        Ok(cg) => cg,
+        Err(why) => return eprintln!("SKIPPED {test}: {why}"),
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    // A 1% target: the thrasher's stalls pass it for as long as it runs.
+    fs::write(&conf_file, format!("pressure_target_pct = 1.0\npriorities = {{ \"{}\" = -10 }}\n", batch.name()))
+        .unwrap();
+    let daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap()]);
+
+    // The top-priority client (priority 0) holds its data; the low one (-10) keeps faulting:
+    // a fill_verify larger than the budget, started again each time it ends, until throttled.
+    let mut high = Spawned::spawn(shimmed_command(&daemon, &c_program("hold_and_check"), &["16M"], &[]), true);
+    high.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let high_pid = u64::from(high.pid());
+    let low_command = || {
+        let mut cmd = shimmed_command(&daemon, &c_program("fill_verify"), &["128M", "2"], &[]);
+        batch.put(&mut cmd);
+        Spawned::spawn(cmd, false)
+    };
+    let mut low = low_command();
+    let mut low_runs = 0;
+    let scratch = TempDir::new("thrash");
+    let mut thrash_cmd = Command::new(c_program("thrash"));
+    thrash_cmd.arg(scratch.path().join("file")).arg("64M");
+    thrash_cg.put(&mut thrash_cmd);
+    let mut thrash = Spawned::spawn(thrash_cmd, true);
+    thrash.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+
+    daemon.wait_until("the response to throttle the low-priority client", Duration::from_secs(120), || {
+        if low.try_wait() {
+            let out = std::mem::replace(&mut low, low_command()).finish(PROGRAM_TIMEOUT);
+            out.check(&daemon, out.success(), "the low-priority client failed");
+            out.assert_managed(&daemon);
+            low_runs += 1;
+        }
+        let p = pressure(&daemon);
+        let throttled = p["actions"]["throttled_faults"].as_u64().unwrap_or(0);
+        if p["step"] == "throttle" && throttled >= 1 {
+            Ok(())
+        } else {
+            Err(format!("step {}, {throttled} throttled faults, some_recent {}%", p["step"], p["some_recent_pct"]))
+        }
+    });
+    let p = pressure(&daemon);
+    thrash.send_line("stop");
+    let thrash_out = thrash.finish(PROGRAM_TIMEOUT);
+    let priorities: Vec<(u64, i64)> = p["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["pid"].as_u64()?, c["priority"].as_i64()?)))
+        .collect();
+    // Once the stalls are gone the response steps down and the low client finishes.
+    let out = low.finish(PROGRAM_TIMEOUT);
+    high.send_line("verify");
+    let high_out = high.finish(PROGRAM_TIMEOUT);
+    let tail = format!("{p:#}");
+    out.check(&daemon, out.success(), &format!("the low-priority client failed after the throttle\n{tail}"));
+    out.assert_managed(&daemon);
+    high_out.check(&daemon, high_out.success() && high_out.stdout.contains("ok"), "the top-priority client failed");
+    high_out.check(
+        &daemon,
+        priorities.contains(&(high_pid, 0)) && priorities.iter().any(|&(_, prio)| prio == -10),
+        &format!("expected a client at priority 0 and one at -10\n{tail}"),
+    );
+    thrash_out.check(&daemon, thrash_out.success(), "the thrasher failed");
+    let failed = p["actions"]["failed_clients"].as_u64().unwrap_or(0);
+    out.check(&daemon, failed == 0, &format!("no client should have been failed\n{tail}"));
+    eprintln!(
+        "throttle: step {} after {low_runs} complete low-priority run(s); actions {}; {}",
+        p["step"],
+        p["actions"],
+        thrash_out.stdout.trim()
+    );
 }

@@ -242,6 +242,8 @@ fn rounds(o: &Opts, workload: &Path, pager: &Path, shim: &Path, root: &Path, scr
                     }
                     let log = read(&log);
                     row["holo_responses"] = json!(log.lines().filter(|l| l.contains("pressure:")).count());
+                    // The controller's counters: how often a cgroup notification woke it.
+                    row["holo_actions"] = holoctl_pressure(&socket)?["actions"].take();
                     row
                 }
                 "none" => run_pair(workload, o, root, &[])?,
@@ -257,19 +259,44 @@ fn rounds(o: &Opts, workload: &Path, pager: &Path, shim: &Path, root: &Path, scr
             let _ = fs::remove_dir_all(&dir);
             row["round"] = json!(round);
             row["contender"] = json!(c);
+            let a = &row["holo_actions"];
+            let notified = if a.is_object() {
+                format!(
+                    "; {} cgroup notifications, {} of {} cgroup shrinks made on one",
+                    a["cgroup_notifications"], a["notified_shrinks"], a["cgroup_shrinks"]
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "round {round} {c:<8}: program {}, hog {}, {:.1} s, PSI some avg10 peak {:.1}%, stalled {:.1}%, {} OOM kills",
+                "round {round} {c:<8}: program {}, hog {}, {:.1} s, PSI some avg10 peak {:.1}%, stalled {:.1}%, {} OOM \
+                 kills, cgroup max usage {} MiB{notified}",
                 row["program"].as_str().unwrap_or("?"),
                 row["hog"].as_str().unwrap_or("?"),
                 row["completion_s"].as_f64().unwrap_or(0.0),
                 row["psi_some_avg10_peak_pct"].as_f64().unwrap_or(0.0),
                 row["stalled_pct"].as_f64().unwrap_or(0.0),
-                row["oom_kills"]
+                row["oom_kills"],
+                row["cgroup_max_usage_bytes"].as_u64().unwrap_or(0) >> 20
             );
             rows.push(row);
         }
     }
     Ok(rows)
+}
+
+/// `holoctl pressure --json` of the daemon at `socket`.
+fn holoctl_pressure(socket: &Path) -> Result<Value> {
+    let out = Command::new(holo_bin("holoctl")?)
+        .arg("--socket")
+        .arg(socket)
+        .args(["pressure", "--json"])
+        .output()
+        .map_err(|e| format!("cannot run holoctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("holoctl pressure failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("holoctl pressure --json: {e}"))
 }
 
 fn summarize(contender: &str, rows: &[Value]) -> Value {

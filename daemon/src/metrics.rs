@@ -185,6 +185,18 @@ pub const METRICS: &[Desc] = &[
     m("holo_pressure_shrunk_bytes_total", Counter, &[], "Bytes the controller's shrinks took off the budget."),
     m("holo_pressure_trigger_fires_total", Counter, &[], "Times the PSI trigger woke the controller."),
     m(
+        "holo_pressure_cgroup_notifications_total",
+        Counter,
+        &[],
+        "Times a client cgroup's notification (v1 usage threshold, v2 memory.events) woke the controller.",
+    ),
+    m(
+        "holo_pressure_notified_shrinks_total",
+        Counter,
+        &[],
+        "Cgroup shrinks of the budget made at once on a client cgroup's notification.",
+    ),
+    m(
         "holo_pressure_response_step",
         Gauge,
         &[],
@@ -456,6 +468,8 @@ pub fn render(d: &Daemon) -> String {
     w.sample(&["grow"], f(c.grows.load(Relaxed)));
     w.single("holo_pressure_shrunk_bytes_total", f(c.shrunk_pages.load(Relaxed) * PAGE));
     w.single("holo_pressure_trigger_fires_total", f(c.trigger_fires.load(Relaxed)));
+    w.single("holo_pressure_cgroup_notifications_total", f(c.cgroup_notifications.load(Relaxed)));
+    w.single("holo_pressure_notified_shrinks_total", f(c.notified_shrinks.load(Relaxed)));
     w.single("holo_pressure_response_step", d.pressure.step() as u8);
     w.family("holo_pressure_responses_total");
     w.sample(&["escalation"], f(c.escalations.load(Relaxed)));

@@ -1,11 +1,15 @@
 //! Memory pressure: the DRAM budget follows the machine's and the clients' cgroups' memory
 //! pressure instead of staying at `dram_budget`.
 //!
-//! Signals, read every `pressure_interval_ms` (and at once when the PSI trigger fires):
+//! Signals, read every `pressure_interval_ms`, and at once when the PSI trigger or a client
+//! cgroup's notification fires (one `poll` waits on all of them) or a client connects:
 //! * system PSI, `/proc/pressure/memory`, with a `POLLPRI` trigger ("some" stall of
 //!   `pressure_target_pct` of a 2 s window: unprivileged triggers need multiples of 2 s);
-//! * per client, its memory cgroup: cgroup v1 `memory.limit_in_bytes`/`usage_in_bytes`, and
-//!   the cgroup v2 `memory.pressure` of its v2 cgroup where the file exists.
+//! * per client, its memory cgroup: cgroup v1 `memory.limit_in_bytes`/`usage_in_bytes`, with
+//!   usage thresholds at the margin that wake the controller the moment usage crosses them
+//!   ([`cgroup`]: a fill at full speed would otherwise cross the margin within one tick), and
+//!   the cgroup v2 `memory.pressure` of its v2 cgroup where the file exists (`memory.events`
+//!   wakes it where the v2 memory controller is enabled).
 //!
 //! The response hierarchy, in order ([`Step`]): (1) ask the clients to release memory (a
 //! `Release` frame to each shim's agent: `malloc_trim` and the program's `holo_on_pressure`
@@ -20,7 +24,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -30,6 +34,10 @@ use holo_pagers::proto::{self, Frame, Kind};
 
 use crate::pagetable::PAGE;
 use crate::state::{ClientInfo, Daemon};
+
+mod cgroup;
+pub use cgroup::{parse_mountinfo, parse_proc_cgroup, rearm, thresholds, CgroupMounts, ProcCgroups, Rearm};
+use cgroup::{read_u64, Notifiers, V1_UNLIMITED};
 
 pub const SYSTEM_PSI: &str = "/proc/pressure/memory";
 /// Kernels refuse unprivileged triggers whose window is not a multiple of 2 s.
@@ -44,6 +52,9 @@ const GROW_GAP: Duration = Duration::from_secs(1);
 const CALM_FOR: Duration = Duration::from_secs(5);
 const SHRINK_FRACTION: f64 = 0.25;
 const GROW_FRACTION: f64 = 0.05;
+/// Ticks woken by client cgroup notifications or connections come at most this often: a
+/// usage going back and forth across a threshold costs at most one tick per this long.
+const MIN_NOTIFIED_GAP: Duration = Duration::from_millis(5);
 
 /// One line's worth of a PSI file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -81,74 +92,6 @@ pub fn parse_psi(text: &str) -> Option<Psi> {
         }
     }
     seen_some.then_some(psi)
-}
-
-/// Where a process sits: its cgroup v1 memory cgroup and its cgroup v2 cgroup (paths
-/// relative to each hierarchy's root), from `/proc/PID/cgroup`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProcCgroups {
-    pub v1_memory: Option<String>,
-    pub v2: Option<String>,
-}
-
-pub fn parse_proc_cgroup(text: &str) -> ProcCgroups {
-    let mut out = ProcCgroups::default();
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
-        if id == "0" && controllers.is_empty() {
-            out.v2 = Some(path.to_string());
-        } else if controllers.split(',').any(|c| c == "memory") {
-            out.v1_memory = Some(path.to_string());
-        }
-    }
-    out
-}
-
-/// Mount points of the cgroup v1 memory hierarchy and of cgroup v2, from mountinfo, each
-/// with the hierarchy path mounted there (not `/` inside some containers).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CgroupMounts {
-    pub v1_memory: Option<(PathBuf, String)>,
-    pub v2: Option<(PathBuf, String)>,
-}
-
-pub fn parse_mountinfo(text: &str) -> CgroupMounts {
-    let mut out = CgroupMounts::default();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let left: Vec<&str> = left.split_whitespace().collect();
-        let right: Vec<&str> = right.split_whitespace().collect();
-        if left.len() < 5 || right.len() < 3 {
-            continue;
-        }
-        let (root, point) = (left[3].to_string(), PathBuf::from(left[4]));
-        match right[0] {
-            "cgroup2" if out.v2.is_none() => out.v2 = Some((point, root)),
-            "cgroup" if right[2].split(',').any(|o| o == "memory") => out.v1_memory = Some((point, root)),
-            _ => {}
-        }
-    }
-    out
-}
-
-impl CgroupMounts {
-    pub fn read() -> CgroupMounts {
-        parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-    }
-
-    fn dir(mount: &Option<(PathBuf, String)>, path: &str) -> Option<PathBuf> {
-        let (point, root) = mount.as_ref()?;
-        let rel = if root == "/" { path } else { path.strip_prefix(root.as_str())? };
-        Some(point.join(rel.trim_start_matches('/')))
-    }
-}
-
-/// A cgroup v1 limit of "unlimited" is a huge number (PAGE_COUNTER_MAX pages).
-const V1_UNLIMITED: u64 = 1 << 62;
-
-fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// What the controller knows of one client cgroup, in pages.
@@ -271,9 +214,11 @@ impl Controller {
         Action::Grow { from, to }
     }
 
-    /// Whether some client cgroup has less room than the margin (the next tick shrinks).
+    /// Whether some client cgroup has less room than the margin: its usage is inside it now.
+    /// (A budget merely larger than a cgroup could hold is cut by [`Self::tick`] but is no
+    /// shortage: nothing to ask the clients for while usage is under the margin.)
     pub fn cgroup_short(&self, s: &Sample) -> bool {
-        cgroup_cap(&s.cgroups, s.resident_pages, self.p.margin_pages).is_some_and(|(cap, _)| cap < self.limit)
+        s.cgroups.iter().any(|c| c.usage_pages + self.p.margin_pages > c.limit_pages)
     }
 
     /// Whether the budget is at its floor: nothing more to demote.
@@ -491,6 +436,11 @@ pub struct Counters {
     /// Pages the shrinks took off the budget.
     pub shrunk_pages: AtomicU64,
     pub trigger_fires: AtomicU64,
+    /// Wake-ups by a client cgroup's notification (a v1 usage threshold crossed, either way,
+    /// or a change of a v2 `memory.events`).
+    pub cgroup_notifications: AtomicU64,
+    /// Cgroup shrinks made at once on such a wake-up, rather than at a tick.
+    pub notified_shrinks: AtomicU64,
     /// Times the response hierarchy went up a step.
     pub escalations: AtomicU64,
     /// `Release` frames sent to clients' agents.
@@ -514,12 +464,15 @@ pub struct ClientCgroup {
     pub pressure_cgroup: Option<String>,
     pub some_avg10: Option<f64>,
     pub priority: i32,
+    /// The usages at which its v1 memory cgroup wakes the controller (empty: none registered).
+    pub thresholds_bytes: Vec<u64>,
 }
 
 /// The controller's last view, published for `holoctl pressure`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct View {
-    /// "trigger" (POLLPRI on a PSI trigger, plus ticks) or "polling" (ticks only).
+    /// "trigger" (POLLPRI on a PSI trigger, plus ticks) or "polling" (ticks only), for system
+    /// PSI; client cgroups' notifications come on top of either.
     pub mode: &'static str,
     pub system: Psi,
     pub some_recent_pct: f64,
@@ -536,9 +489,47 @@ pub struct Shared {
     throttling: AtomicBool,
     /// The highest priority among the clients: those below it are throttled.
     top_priority: AtomicI32,
+    /// Wakes the controller for a new client, so that its cgroup's notification is
+    /// registered before it has filled much.
+    wake: Poke,
+}
+
+/// An eventfd that wakes the controller thread.
+pub struct Poke(Option<OwnedFd>);
+
+impl Default for Poke {
+    fn default() -> Poke {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own. Without
+        // one (out of fds), a new client waits for the next tick.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        Poke((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl Poke {
+    fn poke(&self) {
+        if let Some(fd) = &self.0 {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a u64 we own; a full counter already means "wake".
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn drain(&self) {
+        if let Some(fd) = &self.0 {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into a u64 we own; the fd is non-blocking.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
+    }
 }
 
 impl Shared {
+    /// A client was registered: the controller looks at its cgroup now, not at its next tick.
+    pub fn client_added(&self) {
+        self.wake.poke();
+    }
+
     pub fn step(&self) -> Step {
         Step::ALL[self.step.load(Relaxed) as usize]
     }
@@ -556,21 +547,53 @@ impl Trigger {
     }
 }
 
-/// Waits up to `timeout` for the trigger; true if it fired.
-fn wait(trigger: Option<&Trigger>, timeout: Duration) -> bool {
-    let Some(t) = trigger else {
-        std::thread::sleep(timeout);
-        return false;
-    };
-    let mut pfd = libc::pollfd { fd: t.0.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-    if n > 0 && pfd.revents & libc::POLLERR != 0 {
-        // The PSI file went away: wait the timeout rather than spin.
-        std::thread::sleep(timeout);
-        return false;
+/// What woke the controller.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Woken {
+    /// The system PSI trigger fired.
+    psi: bool,
+    /// Client cgroup notifications that fired (v1 usage thresholds, v2 `memory.events`).
+    cgroups: u64,
+    /// A client connected.
+    poked: bool,
+}
+
+/// Waits up to `timeout` for the PSI trigger or any client cgroup's notification. A trigger
+/// whose file reports an error (it went away) is dropped: ticks and notifications go on.
+fn wait(trigger: &mut Option<Trigger>, notifiers: &mut Notifiers, wake: &Poke, timeout: Duration) -> Woken {
+    let mut fds = notifiers.pollfds();
+    let poked = fds.len();
+    fds.extend(wake.0.as_ref().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
+    if let Some(t) = trigger {
+        fds.push(libc::pollfd { fd: t.0.as_raw_fd(), events: libc::POLLPRI, revents: 0 });
     }
-    n > 0 && pfd.revents & libc::POLLPRI != 0
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+        return Woken::default();
+    }
+    // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as i32) };
+    if n <= 0 {
+        return Woken::default();
+    }
+    let mut woken = Woken::default();
+    if trigger.is_some() {
+        let psi = fds.pop().unwrap();
+        if psi.revents & libc::POLLERR != 0 {
+            log::warn!("pressure: the PSI trigger on {SYSTEM_PSI} reports an error; polling PSI from now on");
+            *trigger = None;
+        }
+        woken.psi = psi.revents & libc::POLLPRI != 0;
+    }
+    if fds.len() > poked {
+        let poke = fds.pop().unwrap();
+        if poke.revents != 0 {
+            wake.drain();
+            woken.poked = true;
+        }
+    }
+    woken.cgroups = notifiers.handle(&fds);
+    woken
 }
 
 /// Stall share over at least [`RATE_SPAN`], per PSI file.
@@ -618,16 +641,30 @@ fn run(d: Arc<Daemon>) {
             None
         }
     };
-    let mode = if trigger.is_some() { "trigger" } else { "polling" };
+    let mut trigger = trigger;
     let mut escalation = Escalation::default();
     let mounts = CgroupMounts::read();
     let mut rates = Rates::default();
+    let mut notifiers = Notifiers::default();
+    let counters = &d.pressure.counters;
     let t0 = Instant::now();
+    let mut last_tick = t0;
     loop {
-        if wait(trigger.as_ref(), interval) {
-            d.pressure.counters.trigger_fires.fetch_add(1, Relaxed);
+        let woken = wait(&mut trigger, &mut notifiers, &d.pressure.wake, interval);
+        if woken.psi {
+            counters.trigger_fires.fetch_add(1, Relaxed);
+        }
+        counters.cgroup_notifications.fetch_add(woken.cgroups, Relaxed);
+        if woken.cgroups > 0 || woken.poked {
+            // A usage going back and forth across a threshold, or clients connecting in a
+            // loop, must not spin this thread.
+            let since = last_tick.elapsed();
+            if since < MIN_NOTIFIED_GAP {
+                std::thread::sleep(MIN_NOTIFIED_GAP - since);
+            }
         }
         let now = Instant::now();
+        last_tick = now;
         let system = std::fs::read_to_string(SYSTEM_PSI).ok().and_then(|t| parse_psi(&t)).unwrap_or_default();
         let mut sample = Sample {
             now: now - t0,
@@ -637,7 +674,7 @@ fn run(d: Arc<Daemon>) {
             cgroups: Vec::new(),
             demote: false,
         };
-        let (clients, paths) = observe_clients(&d, &mounts, &mut rates, now, &mut sample);
+        let (mut clients, paths) = observe_clients(&d, &mounts, &mut rates, now, &mut sample);
         let orders = escalation.tick(&Pressing {
             now: sample.now,
             recent_pct: sample.some_recent,
@@ -649,8 +686,52 @@ fn run(d: Arc<Daemon>) {
         escalate(&d, orders, &sample, ctl.wanted_pages(&sample));
         sample.demote = orders.step >= Step::Demote;
         let action = ctl.tick(&sample);
+        if woken.cgroups > 0 && matches!(action, Action::Shrink { reason: Reason::Cgroup(_), .. }) {
+            counters.notified_shrinks.fetch_add(1, Relaxed);
+        }
         apply(&d, action, &sample, &paths);
+        // After acting: registering costs a few syscalls per new or changed cgroup.
+        arm(&d, &mounts, &mut notifiers, &sample, &paths, &mut clients);
+        let mode = if trigger.is_some() { "trigger" } else { "polling" };
         *d.pressure.view.lock().unwrap() = View { mode, system, some_recent_pct: sample.some_recent, clients };
+    }
+}
+
+/// Brings the client cgroups' notifications in line with this tick's cgroups, logs what
+/// was (or could not be) registered, and shows the thresholds in `clients`.
+fn arm(
+    d: &Daemon,
+    mounts: &CgroupMounts,
+    notifiers: &mut Notifiers,
+    s: &Sample,
+    paths: &[String],
+    clients: &mut [ClientCgroup],
+) {
+    let v1: Vec<(String, Option<u64>)> =
+        paths.iter().zip(&s.cgroups).map(|(p, l)| (p.clone(), Some(l.limit_pages as u64 * PAGE))).collect();
+    let mut v2: Vec<String> = clients.iter().filter_map(|c| c.pressure_cgroup.clone()).collect();
+    v2.sort_unstable();
+    v2.dedup();
+    let synced = notifiers.sync(mounts, &v1, &v2, d.config.cgroup_margin_bytes);
+    // Clients choose their cgroups and limits: these lines are theirs to trigger.
+    for (path, t) in &synced.armed {
+        let mib: Vec<String> = t.iter().map(|b| format!("{:.1}", *b as f64 / (1u64 << 20) as f64)).collect();
+        crate::log_limited!(
+            info,
+            "pressure: memory cgroup {path} wakes the controller at usage {} MiB",
+            mib.join(", ")
+        );
+    }
+    for (path, why) in &synced.failed {
+        crate::log_limited!(
+            warn,
+            "pressure: cannot register usage thresholds on memory cgroup {path} ({why}); its cap is polled \
+             every {} ms",
+            d.config.pressure_interval_ms
+        );
+    }
+    for c in clients.iter_mut() {
+        c.thresholds_bytes = c.memory_cgroup.as_deref().map(|p| notifiers.armed(p)).unwrap_or_default();
     }
 }
 
@@ -700,6 +781,7 @@ fn observe_clients(
             pressure_cgroup: cg.v2.clone(),
             some_avg10: psi.map(|p| p.some_avg10),
             priority,
+            thresholds_bytes: Vec::new(),
         });
     }
     d.pressure.top_priority.store(top_priority, Relaxed);
@@ -880,24 +962,6 @@ mod tests {
     }
 
     #[test]
-    fn proc_cgroup_and_mountinfo_parse() {
-        let cg = parse_proc_cgroup("9:name=systemd:/\n4:memory:/holo/t1\n3:cpu,cpuacct:/x\n0::/user.slice/a\n");
-        assert_eq!(cg, ProcCgroups { v1_memory: Some("/holo/t1".into()), v2: Some("/user.slice/a".into()) });
-        let pure_v2 = parse_proc_cgroup("0::/system.slice/app.service\n");
-        assert_eq!(pure_v2.v1_memory, None);
-
-        let mi = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-                  32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-                  41 31 0:38 /ct /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        let m = parse_mountinfo(mi);
-        assert_eq!(m.v1_memory, Some(("/sys/fs/cgroup/memory".into(), "/".into())));
-        assert_eq!(CgroupMounts::dir(&m.v1_memory, "/holo/t1"), Some(PathBuf::from("/sys/fs/cgroup/memory/holo/t1")));
-        // A container sees its own subtree at the mount point.
-        assert_eq!(CgroupMounts::dir(&m.v2, "/ct/app"), Some(PathBuf::from("/sys/fs/cgroup/unified/app")));
-        assert_eq!(CgroupMounts::dir(&m.v2, "/elsewhere"), None);
-    }
-
-    #[test]
     fn cap_counts_each_cgroups_own_memory_and_holo_elsewhere() {
         // 384M limit, 300M used of which 200M are holo's; 50M more of holo's elsewhere.
         let cg = CgroupLoad { limit_pages: 384 * MIB, usage_pages: 300 * MIB, holo_pages: 200 * MIB };
@@ -994,6 +1058,22 @@ mod tests {
             c.tick(&s);
         }
         assert_eq!(c.limit(), cap - 32 * MIB);
+    }
+
+    #[test]
+    fn a_budget_too_large_for_a_cgroup_is_cut_but_is_no_shortage() {
+        // A client just connected to a 384M cgroup: 8M used, nothing resident yet. The 1G
+        // budget is cut to what the cgroup holds, but nobody is asked to release anything.
+        let mut c = Controller::new(params());
+        let mut s = at(0.0, 0.0, 0.0, 0);
+        s.cgroups = vec![CgroupLoad { limit_pages: 384 * MIB, usage_pages: 8 * MIB, holo_pages: 0 }];
+        assert!(!c.cgroup_short(&s));
+        let cap = (384 - 64 - 8) * MIB;
+        assert_eq!(c.tick(&s), Action::Shrink { from: 1024 * MIB, to: cap - 16 * MIB, reason: Reason::Cgroup(0) });
+        // Usage enters the margin (a hog grew): now it is short, by what is inside the margin.
+        s.cgroups[0].usage_pages = 330 * MIB;
+        assert!(c.cgroup_short(&s));
+        assert_eq!(c.wanted_pages(&s), 10 * MIB);
     }
 
     fn pressing(secs: f64, recent: f64) -> Pressing {

@@ -158,6 +158,8 @@ fn register_client(d: &Arc<Daemon>, peer: Peer) -> Result<Arc<ClientInfo>, Strin
     }
     let info = Arc::new(ClientInfo::new(d.new_token(), peer.pid, peer.uid).map_err(|e| e.to_string())?);
     clients.push(info.clone());
+    drop(clients);
+    d.pressure.client_added();
     Ok(info)
 }
 
@@ -522,6 +524,8 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
             "grows": c.grows.load(Relaxed),
             "shrunk_bytes": c.shrunk_pages.load(Relaxed) * page,
             "trigger_fires": c.trigger_fires.load(Relaxed),
+            "cgroup_notifications": c.cgroup_notifications.load(Relaxed),
+            "notified_shrinks": c.notified_shrinks.load(Relaxed),
             "escalations": c.escalations.load(Relaxed),
             "release_requests": c.release_requests.load(Relaxed),
             "throttled_faults": c.throttled_faults.load(Relaxed),

@@ -286,12 +286,15 @@ fn print_pressure(v: &serde_json::Value) {
     );
     let a = &v["actions"];
     println!(
-        "actions: {} shrinks on PSI, {} on cgroup limits ({} in all), {} grows; trigger fired {} times",
+        "actions: {} shrinks on PSI, {} on cgroup limits ({} at once on a cgroup notification; {} in all), {} \
+         grows; PSI trigger fired {} times, cgroup notifications {}",
         n(&a["psi_shrinks"]),
         n(&a["cgroup_shrinks"]),
+        n(&a["notified_shrinks"]),
         mib(n(&a["shrunk_bytes"])),
         n(&a["grows"]),
-        n(&a["trigger_fires"])
+        n(&a["trigger_fires"]),
+        n(&a["cgroup_notifications"])
     );
     println!(
         "response: step {} ({} escalations); {} release requests, {} throttled faults, {} clients refused, {} failed",
@@ -303,20 +306,22 @@ fn print_pressure(v: &serde_json::Value) {
         n(&a["failed_clients"])
     );
     println!(
-        "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}",
+        "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}  WAKES AT",
         "PID", "COMM", "MEMORY CGROUP", "LIMIT", "USAGE", "SOME AVG10", "PRIORITY"
     );
     for c in v["clients"].as_array().into_iter().flatten() {
         let opt_mib = |x: &serde_json::Value| x.as_u64().map_or("-".to_string(), mib);
+        let wakes: Vec<String> = c["thresholds_bytes"].as_array().into_iter().flatten().map(|t| mib(n(t))).collect();
         println!(
-            "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}",
+            "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}  {}",
             c["pid"],
             c["comm"].as_str().unwrap_or("?"),
             c["memory_cgroup"].as_str().unwrap_or("-"),
             opt_mib(&c["limit_bytes"]),
             opt_mib(&c["usage_bytes"]),
             c["some_avg10"].as_f64().map_or("-".to_string(), |p| format!("{p:.2}%")),
-            c["priority"]
+            c["priority"],
+            if wakes.is_empty() { "-".to_string() } else { wakes.join(", ") }
         );
     }
 }
