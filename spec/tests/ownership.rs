@@ -44,7 +44,9 @@ fn two_nodes_crash_and_removal() {
 /// writer publish while that reader still read its old copy. Now the removed reader's read
 /// lease stays until it expires, a grant names it while it may be valid, and the reader stops
 /// reading at its expiry (less the skew margin) on its own clock.
+/// 24.8 M unique states, ~6 min and ~13 GB in a release build: `--ignored`.
 #[test]
+#[ignore]
 fn three_nodes_removal_of_a_cut_off_reader() {
     passes(
         "3 nodes, the cut-off node removed (reads)",
