@@ -291,3 +291,101 @@ fn fewer_peers_than_replicas_is_refused_at_start() {
     let said = format!("{}{}", out.stdout, out.stderr);
     out.ensure(said.contains("remote_replicas") && said.contains("need 2 peers"), "the error should say why");
 }
+
+/// A secret file of mode 0600 holding `byte` 32 times.
+fn secret_file(dir: &TempDir, name: &str, byte: u8) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.path().join(name);
+    fs::write(&p, [byte; 32]).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
+/// Donors and nodes that share `cluster_secret_file` spill to each other; a node with another
+/// secret is refused by every donor, so its granules overflow to its next tier, and its data
+/// still verifies.
+#[test]
+fn a_node_without_the_cluster_secret_cannot_spill_to_the_donors() {
+    let _heavy = heavy();
+    let confs = TempDir::new("remote-conf");
+    let good = secret_file(&confs, "good.secret", 0x42);
+    let wrong = secret_file(&confs, "wrong.secret", 0x43);
+    let donor = |name: &str| {
+        let conf = confs.path().join(format!("{name}.toml"));
+        fs::write(
+            &conf,
+            format!("donate = \"160M\"\ndata_listen = \"127.0.0.1:0\"\ncluster_secret_file = \"{good}\"\n"),
+        )
+        .unwrap();
+        let d = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap()]);
+        let log = d.log();
+        assert!(log.contains("authenticated with the secret in"), "{}", d.report_log());
+        let addr = log.lines().find_map(|l| l.split("to peers on ").nth(1)).and_then(|r| r.split_whitespace().next());
+        let addr = addr.unwrap_or_else(|| panic!("no data address\n{}", d.report_log())).to_string();
+        (d, addr)
+    };
+    let (_donor_a, addr_a) = donor("a");
+    let (_donor_b, addr_b) = donor("b");
+    let node = |name: &str, secret: &str| {
+        let fs_dir = confs.path().join(format!("{name}-fs"));
+        fs::create_dir(&fs_dir).unwrap();
+        let conf = confs.path().join(format!("{name}.toml"));
+        let text = format!(
+            "remote_peers = [\"{addr_a}\", \"{addr_b}\"]\nremote_timeout_ms = 1000\nfs_dir = \"{}\"\n\
+             cluster_secret_file = \"{secret}\"\n",
+            fs_dir.display()
+        );
+        fs::write(&conf, text).unwrap();
+        Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M"])
+    };
+
+    let trusted = node("trusted", &good);
+    let out = run_shimmed(&trusted, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&trusted).assert_stdout_has(&trusted, "fill_verify: verified 67108864 bytes");
+    let remote = remote_row(&trusted);
+    out.check(&trusted, remote["evictions"].as_u64() > Some(0), &format!("the trusted node spills: {remote}"));
+
+    let stranger = node("stranger", &wrong);
+    let out = run_shimmed(&stranger, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&stranger).assert_stdout_has(&stranger, "fill_verify: verified 67108864 bytes");
+    let remote = remote_row(&stranger);
+    out.check(&stranger, remote["evictions"].as_u64() == Some(0), &format!("no granule reaches a donor: {remote}"));
+    out.check(&stranger, remote["pages"].as_u64() == Some(0), &format!("no page is on a donor: {remote}"));
+    let fs = stranger.tier("fs");
+    out.check(&stranger, fs.evictions > 0, &format!("granules should overflow to fs: {fs:?}"));
+    let log = stranger.log();
+    out.check(
+        &stranger,
+        log.contains("authentication failed: the donor does not hold this cluster's secret"),
+        "the node should say why the donors are refused",
+    );
+}
+
+#[test]
+fn a_bad_cluster_secret_file_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("remote-secret");
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let short = dir.path().join("short.secret");
+    fs::write(&short, [1u8; 16]).unwrap();
+    fs::set_permissions(&short, fs::Permissions::from_mode(0o600)).unwrap();
+    let open = dir.path().join("open.secret");
+    fs::write(&open, [1u8; 32]).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    for (file, why) in [(&short, "at least 32"), (&open, "group or others")] {
+        let conf = dir.path().join("holo-pager.toml");
+        fs::write(&conf, format!("cluster_secret_file = \"{}\"\n", file.display())).unwrap();
+        let mut cmd = Command::new(bin("holo-pager"));
+        cmd.arg("--socket")
+            .arg(dir.path().join("pager.sock"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(&conf);
+        let out = run(cmd, Duration::from_secs(10));
+        out.ensure(!out.timed_out && !out.success() && out.signal().is_none(), "holo-pager should refuse to start");
+        let said = format!("{}{}", out.stdout, out.stderr);
+        out.ensure(said.contains("cluster_secret_file") && said.contains(why), "the error should say why");
+    }
+}

@@ -203,8 +203,12 @@ struct Servers {
 }
 
 fn servers(listen_ip: &str) -> Result<Servers> {
-    let opts =
-        DonorOptions { donate_bytes: (2 * SLOTS as u64 + 16) * GRANULE as u64, slot_bytes: GRANULE, max_conns: 64 };
+    let opts = DonorOptions {
+        donate_bytes: (2 * SLOTS as u64 + 16) * GRANULE as u64,
+        slot_bytes: GRANULE,
+        max_conns: 64,
+        key: None,
+    };
     let donor =
         DonorServer::start(format!("{listen_ip}:0").parse().unwrap(), opts).map_err(|e| format!("donor: {e}"))?;
     let raw = raw_server(&format!("{listen_ip}:0"))?;
@@ -213,7 +217,8 @@ fn servers(listen_ip: &str) -> Result<Servers> {
 
 /// A remote tier on the donor at `addr`, holding `SLOTS` granules.
 fn holo_client(addr: SocketAddr, owner: u64) -> Result<RemoteTier> {
-    let t = TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8 });
+    let t =
+        TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8, key: None });
     let opts = RemoteOptions::new(GRANULE, 1, owner);
     let tier = RemoteTier::open(Box::new(t), opts).map_err(|e| e.to_string())?;
     let data: Vec<Vec<u8>> = (0..SLOTS).map(|s| (0..GRANULE).map(|i| (i as u32 ^ s) as u8).collect()).collect();

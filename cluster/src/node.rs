@@ -30,9 +30,9 @@ pub const SNAPSHOT_EVERY: u64 = 1000;
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an admin request waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
-/// How often the leader drops expired leases from the replicated state (one `Expire` entry,
-/// only when there is something to drop). Expired leases are invalid at once whether or not
-/// they have been dropped; this only keeps the state small.
+/// How often the leader drops expired write and read leases from the replicated state (one
+/// `Expire` entry, only when there is something to drop). Expired leases are invalid at once
+/// whether or not they have been dropped; this only keeps the state small.
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch: the time a proposer stamps on its commands.
@@ -48,7 +48,7 @@ async fn expire_leases(raft: RaftNode, sm: StateMachineStore) {
             continue;
         }
         let now = now_ms();
-        let stale = sm.inner.lock().unwrap().state.leases.iter().any(|l| !l.valid_at(now));
+        let stale = crate::ownership::anything_expired(&sm.inner.lock().unwrap().state, now);
         if stale {
             if let Err(e) = raft.client_write(Command::Expire { now_ms: now }).await {
                 log::debug!("cannot drop expired leases: {e}");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ownership::{self, Denied, Grant, Lease};
+use crate::ownership::{self, Denied, Grant, Lease, ReadLease, Registered};
 
 pub type NodeId = u64;
 pub const PAGE_BYTES: u64 = 4096;
@@ -74,9 +74,12 @@ pub struct ClusterState {
     /// stamped earlier (a new leader whose clock is behind) acts at this time instead, so
     /// that time never runs backwards and an expired lease never comes back to life.
     pub clock_ms: u64,
-    /// Read-only copies: (node, extent) pairs, invalidated when a writer takes the extent and
-    /// kept until the reader unregisters (after dropping its copy).
-    pub readers: Vec<(NodeId, Extent)>,
+    /// Read leases: who may keep a read-only copy of which extent until when; marked
+    /// invalidated when a writer takes the extent, kept until the reader unregisters (after
+    /// dropping its copy) or the lease expires. (Snapshots written before read leases had a
+    /// `readers` list of (node, extent) pairs: it is ignored and those readers register again.)
+    #[serde(default, rename = "read_leases")]
+    pub readers: Vec<ReadLease>,
     /// Where remote copies of spilled pages live (the remote tier): extent → holders.
     #[serde(with = "pairs")]
     pub copies: BTreeMap<Extent, BTreeSet<NodeId>>,
@@ -138,10 +141,13 @@ pub enum Command {
     Expire {
         now_ms: u64,
     },
+    /// Grants (or renews) a read lease of `duration_ms`.
     RegisterReader {
         node: NodeId,
         extent: Extent,
         now_ms: u64,
+        #[serde(default = "default_read_lease_ms")]
+        duration_ms: u64,
     },
     UnregisterReader {
         node: NodeId,
@@ -164,6 +170,7 @@ pub enum Outcome {
     #[default]
     Done,
     Granted(Grant),
+    Registered(Registered),
     Released(Lease),
     Expired(Vec<Lease>),
     Denied(Denied),
@@ -211,7 +218,7 @@ impl ClusterState {
             Command::DeleteRegion { name } => {
                 self.regions.remove(name);
                 self.leases.retain(|l| l.extent.region != *name);
-                self.readers.retain(|(_, e)| e.region != *name);
+                self.readers.retain(|r| r.extent.region != *name);
                 self.copies.retain(|e, _| e.region != *name);
                 Outcome::Done
             }
@@ -232,9 +239,15 @@ impl ClusterState {
                 Err(d) => Outcome::Denied(d),
             },
             Command::Expire { now_ms: _ } => Outcome::Expired(ownership::expire(self, now_ms)),
-            Command::RegisterReader { node, extent, now_ms: _ } => {
-                match ownership::register_reader(self, *node, extent, now_ms) {
-                    Ok(()) => Outcome::Done,
+            Command::RegisterReader { node, extent, now_ms: _, duration_ms } => {
+                if self.readers.len() >= MAX_LEASES {
+                    ownership::expire(self, now_ms);
+                    if self.readers.len() >= MAX_LEASES {
+                        return Outcome::Invalid(format!("{MAX_LEASES} read leases are held"));
+                    }
+                }
+                match ownership::register_reader(self, *node, extent, now_ms, *duration_ms) {
+                    Ok(r) => Outcome::Registered(r),
                     Err(d) => Outcome::Denied(d),
                 }
             }
@@ -262,6 +275,10 @@ impl ClusterState {
         debug_assert_eq!(ownership::check_invariants(self, self.clock_ms), Ok(()));
         out
     }
+}
+
+fn default_read_lease_ms() -> u64 {
+    ownership::DEFAULT_READ_LEASE_MS
 }
 
 /// The time a command acts at, for those that carry one.
@@ -338,7 +355,8 @@ mod tests {
         let e = Extent { region: "r".into(), start_page: 0, pages: 1 };
         s.apply(&Command::AcquireWrite { node: 1, extent: e.clone(), now_ms: 1000, duration_ms: 100 });
         // Node 2 reads after the lease expired, then a node with a slow clock proposes.
-        assert_eq!(s.apply(&Command::RegisterReader { node: 2, extent: e.clone(), now_ms: 2000 }), Outcome::Done);
+        let out = s.apply(&Command::RegisterReader { node: 2, extent: e.clone(), now_ms: 2000, duration_ms: 100 });
+        assert!(matches!(&out, Outcome::Registered(r) if r.lease.expires_at_ms == 2100 && !r.renewed), "{out:?}");
         let out = s.apply(&Command::AcquireWrite { node: 2, extent: e.clone(), now_ms: 1050, duration_ms: 100 });
         assert!(matches!(&out, Outcome::Granted(g) if g.lease.expires_at_ms == 2100), "{out:?}");
         assert_eq!(s.clock_ms, 2000);
@@ -362,6 +380,22 @@ mod tests {
         s.apply(&Command::DeleteRegion { name: "r".into() });
         assert!(s.regions.is_empty() && s.leases.is_empty() && s.copies.is_empty());
         assert_eq!(s.last_epoch, 1);
+    }
+
+    /// A log entry or snapshot written before read leases had an expiry still decodes: the
+    /// entry gets the default duration, the old registrations are dropped (never trusted).
+    #[test]
+    fn entries_and_snapshots_from_before_read_leases_decode() {
+        let e = r#"{"RegisterReader":{"node":1,"extent":{"region":"r","start_page":0,"pages":1},"now_ms":5}}"#;
+        let cmd: Command = serde_json::from_str(e).unwrap();
+        assert!(matches!(cmd, Command::RegisterReader { duration_ms: ownership::DEFAULT_READ_LEASE_MS, .. }));
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("read_leases");
+        json["readers"] = serde_json::json!([[1, {"region": "r", "start_page": 0, "pages": 1}]]);
+        let old: ClusterState = serde_json::from_value(json).unwrap();
+        assert_eq!(old, s);
     }
 
     #[test]

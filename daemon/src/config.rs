@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub remote_order: Option<String>,
     pub remote_lost_after_ms: Option<u64>,
     pub remote_rereplicate_rate: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
@@ -347,6 +348,7 @@ impl Config {
                 remote_order: fc.remote_order,
                 remote_lost_after_ms: fc.remote_lost_after_ms,
                 remote_rereplicate_rate: fc.remote_rereplicate_rate,
+                cluster_secret_file: fc.cluster_secret_file,
             },
             granule_bytes,
         )?;

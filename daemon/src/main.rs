@@ -66,7 +66,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::resolve(
+    let mut config = Config::resolve(
         args.config.as_deref(),
         Overrides {
             socket: args.socket,
@@ -86,6 +86,8 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     service::init_logging(config.log_level);
+    // Before anything listens or connects: a bad secret file stops the daemon, clearly.
+    holo_pager::remote::load_cluster_key(&mut config.remote, config.cluster.is_some()).map_err(anyhow::Error::msg)?;
 
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;

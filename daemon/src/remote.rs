@@ -8,9 +8,11 @@
 //! faster than NVMe. The config says which network this node has.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use holo_tiers::remote::{self, DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
+use holo_tiers::remote::{self, ClusterKey, DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
 use holo_tiers::{RemoteTier, TierError};
 
 use crate::config::{parse_size, ConfigError};
@@ -41,6 +43,10 @@ pub struct RemoteConfig {
     pub lost_after_ms: u64,
     /// Re-replication's cap, bytes a second.
     pub rereplicate_rate_bytes: u64,
+    /// `cluster_secret_file`: the shared secret that authenticates node-to-node traffic.
+    pub secret_file: Option<PathBuf>,
+    /// The key read from `secret_file` ([`load_cluster_key`], at start).
+    pub key: Option<ClusterKey>,
 }
 
 /// The raw values of the remote keys, as the file gives them. They repeat fields of
@@ -57,6 +63,7 @@ pub struct RemoteKeys {
     pub remote_order: Option<String>,
     pub remote_lost_after_ms: Option<u64>,
     pub remote_rereplicate_rate: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 fn invalid(key: &'static str, message: String) -> ConfigError {
@@ -146,6 +153,8 @@ impl RemoteConfig {
         Ok(RemoteConfig {
             donate_bytes,
             data_listen,
+            secret_file: k.cluster_secret_file,
+            key: None,
             peers,
             replicas,
             capacity_bytes,
@@ -172,6 +181,55 @@ fn owner_id(socket: &std::path::Path) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
 }
 
+/// Reads the cluster secret from `path`: a file of at least
+/// [`remote::auth::MIN_SECRET_BYTES`] bytes that neither group nor others may read.
+pub fn read_cluster_key(path: &Path) -> Result<ClusterKey, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is accessible to group or others (mode {:o}): chmod 600 it, the secret lets any holder join the \
+             cluster and read its pages",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    let secret = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    ClusterKey::from_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Loads `cluster_secret_file` into `c.key` (at start, before anything listens), or says
+/// why the daemon must not start. Without the key: one warning line if this node talks to
+/// other nodes at all.
+pub fn load_cluster_key(c: &mut RemoteConfig, clustered: bool) -> Result<(), String> {
+    match &c.secret_file {
+        Some(path) => {
+            c.key = Some(read_cluster_key(path).map_err(|e| format!("cluster_secret_file: {e}"))?);
+            log::info!("node-to-node traffic is authenticated with the secret in {}", path.display());
+        }
+        None if clustered || c.donate_bytes > 0 || !c.peers.is_empty() => {
+            log::warn!(
+                "node-to-node traffic is unauthenticated: anyone who reaches the data and cluster ports can read, \
+                 write and free donated pages and change membership (set cluster_secret_file)"
+            );
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The key to use: loaded at start, or read now (a config built without `main`).
+fn key_of(c: &RemoteConfig) -> std::io::Result<Option<ClusterKey>> {
+    match (&c.key, &c.secret_file) {
+        (Some(k), _) => Ok(Some(*k)),
+        (None, Some(path)) => read_cluster_key(path).map(Some).map_err(std::io::Error::other),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The remote tier, if `remote_peers` lists any.
 pub fn open_tier(
     c: &RemoteConfig,
@@ -189,7 +247,8 @@ pub fn open_tier(
         .iter()
         .map(|p| resolve(p).map_err(|e| open_err(format!("cannot resolve {p}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let topts = TransportOptions { timeout: Duration::from_millis(c.timeout_ms), max_inflight: c.max_inflight };
+    let key = key_of(c).map_err(|e| open_err(format!("cluster_secret_file: {e}")))?;
+    let topts = TransportOptions { timeout: Duration::from_millis(c.timeout_ms), max_inflight: c.max_inflight, key };
     let opts = RemoteOptions {
         capacity_bytes: c.capacity_bytes,
         lost_after: Duration::from_millis(c.lost_after_ms),
@@ -216,8 +275,12 @@ pub fn start_donor(c: &RemoteConfig, granule_bytes: u64) -> std::io::Result<Opti
         return Ok(None);
     }
     let listen = resolve(&c.data_listen)?;
-    let opts =
-        DonorOptions { donate_bytes: c.donate_bytes, slot_bytes: granule_bytes as usize, max_conns: DONOR_MAX_CONNS };
+    let opts = DonorOptions {
+        donate_bytes: c.donate_bytes,
+        slot_bytes: granule_bytes as usize,
+        max_conns: DONOR_MAX_CONNS,
+        key: key_of(c)?,
+    };
     let donor = DonorServer::start(listen, opts)?;
     log::info!(
         "donor: lending {} MiB to peers on {} ({})",
@@ -254,6 +317,40 @@ mod tests {
         assert!(RemoteConfig::build(bad, 65536).unwrap_err().to_string().contains("remote_order"));
         let bad = RemoteKeys { donate: Some("1K".into()), ..Default::default() };
         assert!(RemoteConfig::build(bad, 65536).unwrap_err().to_string().contains("donate"));
+    }
+
+    #[test]
+    fn the_cluster_secret_file_is_checked() {
+        let dir = std::env::temp_dir().join(format!("holo-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, bytes: &[u8], mode: u32| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let good = file("good", &[7; 32], 0o600);
+        let same = file("same", &[7; 32], 0o400);
+        assert_eq!(read_cluster_key(&good).unwrap(), read_cluster_key(&same).unwrap());
+        let e = read_cluster_key(&file("short", &[7; 31], 0o600)).unwrap_err();
+        assert!(e.contains("31 bytes") && e.contains("at least 32"), "{e}");
+        let e = read_cluster_key(&file("open", &[7; 32], 0o644)).unwrap_err();
+        assert!(e.contains("group or others") && e.contains("644"), "{e}");
+        let e = read_cluster_key(&file("group", &[7; 32], 0o640)).unwrap_err();
+        assert!(e.contains("group or others"), "{e}");
+        let e = read_cluster_key(&dir.join("missing")).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        let mut c = RemoteConfig::build(
+            RemoteKeys { cluster_secret_file: Some(dir.join("missing")), ..Default::default() },
+            65536,
+        )
+        .unwrap();
+        let e = load_cluster_key(&mut c, false).unwrap_err();
+        assert!(e.starts_with("cluster_secret_file: cannot read"), "{e}");
+        c.secret_file = Some(good);
+        load_cluster_key(&mut c, false).unwrap();
+        assert!(c.key.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,8 +14,12 @@
 //!   must act on. It writes only while its lease is valid on its own clock with a margin of
 //!   the skew bound, and only once every node of `Grant::invalidate` dropped its copy;
 //!   `holo_sync()` publishes its copy with its epoch to the published store (the durable home),
-//!   which refuses an epoch older than the one it holds (a fence). A reader registers
-//!   (`RegisterReader`) and fetches the published version.
+//!   which refuses an epoch older than the one it holds (a fence). A reader takes a read
+//!   lease (`RegisterReader`) and fetches the published version (or, when the outcome says
+//!   the lease was renewed, keeps its copy); it reads its copy only while its read lease is
+//!   valid on its own clock with the same skew margin, and a writer whose grant named
+//!   readers writes once each has dropped its copy or the latest of their read leases'
+//!   expiries (`Grant::readers_expire_at_ms`) has passed on the writer's own clock.
 //! * **Faults**: a node crashes (its memory is lost) and restarts; one node at a time is cut
 //!   off from the others (a partition); an operator may remove a crashed or cut-off node
 //!   (`RemoveNode`). The published store is reachable from every node (the worst case: a
@@ -23,7 +27,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use holo_cluster::ownership::check_invariants;
+use holo_cluster::ownership::{anything_expired, check_invariants};
 use holo_cluster::state::{ClusterState, Command, Extent, NodeId, NodeInfo, Outcome};
 use stateright::{Model, Property};
 
@@ -48,11 +52,20 @@ pub struct Design {
     /// readers it invalidated, so a later grant did not name a reader that had not dropped its
     /// copy yet. Emulated by unregistering them in the grant's step.
     pub unregister_at_grant: bool,
+    /// A reader reads its copy only while its read lease is valid on its own clock (with the
+    /// skew margin when `skew_margin`). `false`: a reader keeps reading its copy until it
+    /// hears of an invalidation, as when registrations had no expiry.
+    pub reader_expiry: bool,
 }
 
 impl Design {
-    pub const CORRECT: Design =
-        Design { quorum: true, skew_margin: true, wait_for_invalidation: true, unregister_at_grant: false };
+    pub const CORRECT: Design = Design {
+        quorum: true,
+        skew_margin: true,
+        wait_for_invalidation: true,
+        unregister_at_grant: false,
+        reader_expiry: true,
+    };
     /// `acquire_write` as it was before this model: registrations removed at the grant.
     pub const BEFORE_FIX: Design = Design { unregister_at_grant: true, ..Design::CORRECT };
     /// Broken 1: a lease granted without a quorum.
@@ -61,6 +74,9 @@ impl Design {
     pub const NO_SKEW_MARGIN: Design = Design { skew_margin: false, ..Design::CORRECT };
     /// Broken 3: a new writer writes before the readers it invalidated dropped their copies.
     pub const NO_INVALIDATION_WAIT: Design = Design { wait_for_invalidation: false, ..Design::CORRECT };
+    /// Broken 4: readers ignore their read lease's expiry (reader registrations as they were
+    /// before read leases: a reader reads until it hears of an invalidation).
+    pub const READERS_IGNORE_EXPIRY: Design = Design { reader_expiry: false, ..Design::CORRECT };
 }
 
 /// Bounds on the behaviours explored.
@@ -70,7 +86,7 @@ pub struct Bounds {
     pub nodes: usize,
     /// Real time runs from 0 to this many ticks (1 tick = 1 ms of the leases).
     pub ticks: u64,
-    /// Lease duration, ms.
+    /// Lease duration, ms (write and read leases).
     pub lease_ms: u64,
     /// Node clocks differ by up to this, ms (every offset vector within it is explored).
     pub skew_ms: u64,
@@ -138,6 +154,10 @@ pub struct Node {
     pub lease: Option<(u64, u64)>,
     /// Nodes of the grant's `invalidate` that have not dropped their copies yet.
     pub awaiting: Vec<NodeId>,
+    /// The grant's `readers_expire_at_ms`: past it (on this node's clock) it need not wait.
+    pub awaiting_until: u64,
+    /// This node's read lease: its expiry (on the proposer's clock), from the outcome.
+    pub read_lease: Option<u64>,
     pub copy: Copy,
     /// A grant invalidated this node's reader registration: drop the copy, then ack.
     pub must_drop: bool,
@@ -160,6 +180,8 @@ pub struct Ghost {
     pub handoff: bool,
     pub taken_after_expiry: bool,
     pub read_a_synced_write: bool,
+    /// A node wrote while another still held a read copy, its read lease expired.
+    pub wrote_past_a_read_lease: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +211,10 @@ fn hash_cluster<H: Hasher>(c: &ClusterState, h: &mut H) {
     for l in &c.leases {
         (l.holder, l.epoch, l.expires_at_ms).hash(h);
     }
-    (c.last_epoch, c.clock_ms, &c.readers).hash(h);
+    for r in &c.readers {
+        (r.holder, r.expires_at_ms, r.invalidated).hash(h);
+    }
+    (c.last_epoch, c.clock_ms).hash(h);
 }
 
 impl Hash for State {
@@ -215,8 +240,9 @@ pub enum Action {
     Remove(NodeId),
     Acquire(NodeId),
     Release(NodeId),
-    /// The leader drops expired leases (`node.rs: expire_leases`).
+    /// The leader drops expired write and read leases (`node.rs: expire_leases`).
     Expire(NodeId),
+    /// Take a read lease (and fetch), or renew it.
     Register(NodeId),
     /// An invalidated node drops its copy, unregisters and acks.
     Drop(NodeId),
@@ -266,7 +292,18 @@ impl Ownership {
     }
 
     fn may_write(&self, s: &State, n: NodeId) -> Option<u64> {
-        self.believes(s, n).filter(|_| s.nodes[idx(n)].awaiting.is_empty())
+        let node = &s.nodes[idx(n)];
+        self.believes(s, n).filter(|_| node.awaiting.is_empty() || s.clock(n) >= node.awaiting_until)
+    }
+
+    /// The node may read its copy: its read lease is valid on its own clock, with the margin.
+    pub fn may_read(&self, s: &State, n: NodeId) -> bool {
+        let node = &s.nodes[idx(n)];
+        if !self.design.reader_expiry {
+            return node.up;
+        }
+        let margin = if self.design.skew_margin { self.bounds.skew_ms } else { 0 };
+        matches!(node.read_lease, Some(expires) if node.up && s.clock(n) + margin < expires)
     }
 
     /// Commit `cmd` (proposed by a node that reached a quorum) and apply it with the code's
@@ -291,6 +328,7 @@ impl Ownership {
         let node = &mut s.nodes[idx(n)];
         node.lease = Some((g.lease.epoch, g.lease.expires_at_ms));
         node.awaiting = if self.design.wait_for_invalidation { g.invalidate.clone() } else { Vec::new() };
+        node.awaiting_until = g.readers_expire_at_ms;
         for &r in &g.invalidate {
             s.nodes[idx(r)].must_drop = true;
         }
@@ -361,7 +399,15 @@ impl Model for Ownership {
                 })
                 .collect();
         }
-        let node = Node { up: true, lease: None, awaiting: Vec::new(), copy: Copy::None, must_drop: false };
+        let node = Node {
+            up: true,
+            lease: None,
+            awaiting: Vec::new(),
+            awaiting_until: 0,
+            read_lease: None,
+            copy: Copy::None,
+            must_drop: false,
+        };
         offsets
             .into_iter()
             .map(|offsets| State {
@@ -421,10 +467,14 @@ impl Model for Ownership {
             if proposes && node.lease.is_some() {
                 out.push(Action::Release(n));
             }
-            if proposes && s.cluster.leases.iter().any(|l| !l.valid_at(s.cluster.clock_ms.max(s.clock(n)))) {
+            if proposes && anything_expired(&s.cluster, s.cluster.clock_ms.max(s.clock(n))) {
                 out.push(Action::Expire(n));
             }
-            if self.bounds.readers && proposes && node.copy == Copy::None && node.lease.is_none() && !node.must_drop {
+            // Register with no copy, or renew once the read lease is no longer valid on its own
+            // clock with the margin (renewals earlier are abstracted away, as for write leases).
+            let copy_or_renewal =
+                node.copy == Copy::None || (matches!(node.copy, Copy::Read { .. }) && !self.may_read(s, n));
+            if self.bounds.readers && proposes && copy_or_renewal && node.lease.is_none() && !node.must_drop {
                 out.push(Action::Register(n));
             }
             if node.must_drop && proposes {
@@ -438,7 +488,7 @@ impl Model for Ownership {
                     out.push(Action::Sync(n));
                 }
             }
-            if matches!(node.copy, Copy::Read { .. }) {
+            if matches!(node.copy, Copy::Read { .. }) && self.may_read(s, n) {
                 out.push(Action::Read(n));
             }
         }
@@ -466,6 +516,7 @@ impl Model for Ownership {
                 node.lease = None;
                 node.awaiting.clear();
                 node.copy = Copy::None;
+                node.read_lease = None;
             }
             Action::Restart(n) => s.nodes[idx(n)].up = true,
             Action::Remove(n) => {
@@ -486,15 +537,23 @@ impl Model for Ownership {
             }
             Action::Register(n) => {
                 let now_ms = s.clock(n);
-                if Self::commit(&mut s, Command::RegisterReader { node: n, extent: extent(), now_ms }) == Outcome::Done
-                {
-                    s.nodes[idx(n)].copy = Copy::Read { value: s.published.value };
+                let cmd =
+                    Command::RegisterReader { node: n, extent: extent(), now_ms, duration_ms: self.bounds.lease_ms };
+                if let Outcome::Registered(r) = Self::commit(&mut s, cmd) {
+                    let published = s.published.value;
+                    let node = &mut s.nodes[idx(n)];
+                    node.read_lease = Some(r.lease.expires_at_ms);
+                    // Renewed: the copy held is current. Else fetch the published version.
+                    if !(r.renewed && matches!(node.copy, Copy::Read { .. })) {
+                        node.copy = Copy::Read { value: published };
+                    }
                 }
             }
             Action::Drop(n) => {
                 Self::commit(&mut s, Command::UnregisterReader { node: n, extent: extent() });
                 let node = &mut s.nodes[idx(n)];
                 node.must_drop = false;
+                node.read_lease = None;
                 if matches!(node.copy, Copy::Read { .. }) {
                     node.copy = Copy::None;
                 }
@@ -504,6 +563,9 @@ impl Model for Ownership {
             }
             Action::Write(n) => {
                 let epoch = self.may_write(&s, n).unwrap();
+                s.ghost.wrote_past_a_read_lease |= self
+                    .ids()
+                    .any(|m| m != n && matches!(s.nodes[idx(m)].copy, Copy::Read { .. }) && !self.may_read(&s, m));
                 Self::write(&mut s, n, epoch);
             }
             Action::Sync(n) => Self::sync(&mut s, n),
@@ -533,6 +595,10 @@ impl Model for Ownership {
         ];
         if self.bounds.readers {
             p.push(Property::sometimes("a reader reads a synced write", |_, s: &State| s.ghost.read_a_synced_write));
+            p.push(Property::sometimes(
+                "a node writes while an expired reader still holds its copy",
+                |_, s: &State| s.ghost.wrote_past_a_read_lease,
+            ));
         }
         p
     }
@@ -549,7 +615,7 @@ pub fn show(s: &State) -> String {
             let lease = n.lease.map_or("-".into(), |(e, x)| format!("e{e}<{x}"));
             let copy = match n.copy {
                 Copy::None => "-".into(),
-                Copy::Read { value } => format!("r{value}"),
+                Copy::Read { value } => format!("r{value}<{}", n.read_lease.map_or("-".into(), |x| x.to_string())),
                 Copy::Write { epoch, base, value } => format!("w{value}/e{epoch}/b{base}"),
             };
             format!(
@@ -557,7 +623,11 @@ pub fn show(s: &State) -> String {
                 i + 1,
                 if n.up { "" } else { "(down)" },
                 s.now + s.offsets[i],
-                if n.awaiting.is_empty() { String::new() } else { format!(" wait{:?}", n.awaiting) },
+                if n.awaiting.is_empty() {
+                    String::new()
+                } else {
+                    format!(" wait{:?}<{}", n.awaiting, n.awaiting_until)
+                },
                 if n.must_drop { " drop!" } else { "" },
             )
         })
@@ -572,6 +642,10 @@ pub fn show(s: &State) -> String {
         s.published.value,
         s.published.epoch,
         leases,
-        s.cluster.readers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        s.cluster
+            .readers
+            .iter()
+            .map(|r| format!("n{}<{}{}", r.holder, r.expires_at_ms, if r.invalidated { "!" } else { "" }))
+            .collect::<Vec<_>>(),
     )
 }

@@ -1,5 +1,5 @@
 //! Model 2 (ownership and coherence): the design passes exhaustively within the bounds of
-//! each test; the code as it was before the model's two fixes and each deliberately broken
+//! each test; the code as it was before the model's first fix and each deliberately broken
 //! variant are rejected with a counterexample.
 //!
 //! `cargo test -p holo-spec --test ownership -- --nocapture` prints state counts and traces.
@@ -36,6 +36,22 @@ fn two_nodes_crash_and_removal() {
         "2 nodes, a crash, removal of the crashed node, a partition",
         Design::CORRECT,
         Bounds { nodes: 2, crashes: 1, removals: true, ..small() },
+    );
+}
+
+/// Found by this model and fixed with read leases: reader registrations had no expiry and
+/// `forget_node` dropped them, so an operator who removed a cut-off (live) reader let the next
+/// writer publish while that reader still read its old copy. Now the removed reader's read
+/// lease stays until it expires, a grant names it while it may be valid, and the reader stops
+/// reading at its expiry (less the skew margin) on its own clock.
+/// 24.8 M unique states, ~6 min and ~13 GB in a release build: `--ignored`.
+#[test]
+#[ignore]
+fn three_nodes_removal_of_a_cut_off_reader() {
+    passes(
+        "3 nodes, the cut-off node removed (reads)",
+        Design::CORRECT,
+        Bounds { removals: true, remove_cut_off: true, ..small() },
     );
 }
 
@@ -76,19 +92,6 @@ fn before_fix_a_second_grant_forgets_an_invalidated_reader() {
     assert_eq!(a.iter().filter(|a| matches!(a, Action::Acquire(_))).count(), 2, "{a:?}");
 }
 
-/// Not fixed: reader registrations have no expiry, so an operator who removes a cut-off
-/// (live) reader lets the next writer publish while that reader still reads its old copy.
-#[test]
-fn removing_a_cut_off_reader_leaves_it_a_stale_copy() {
-    let a = fails(
-        "a cut-off reader removed",
-        Design::CORRECT,
-        Bounds { removals: true, remove_cut_off: true, ..small() },
-        STALE,
-    );
-    assert!(a.iter().any(|a| matches!(a, Action::Remove(_))), "{a:?}");
-}
-
 // ---- broken variants --------------------------------------------------------------------------
 
 #[test]
@@ -101,6 +104,15 @@ fn broken_lease_without_quorum() {
 #[test]
 fn broken_no_skew_margin() {
     fails("no skew margin", Design::NO_SKEW_MARGIN, small(), ONE_WRITER);
+}
+
+/// Readers that read until they hear of an invalidation (registrations as they were before
+/// read leases) read a stale copy once their read lease expired and a writer published.
+#[test]
+fn broken_readers_ignore_their_expiry() {
+    let bounds = Bounds { removals: true, remove_cut_off: true, ..small() };
+    let a = fails("readers ignore their read lease's expiry", Design::READERS_IGNORE_EXPIRY, bounds, STALE);
+    assert!(a.iter().any(|a| matches!(a, Action::Sync(_))), "{a:?}");
 }
 
 #[test]

@@ -10,8 +10,12 @@
 //!
 //! One thread per connection, at most [`DonorOptions::max_conns`] connections; a connection
 //! idle for [`IDLE_TIMEOUT`] is closed (clients reconnect transparently), and a frame that has
-//! begun must finish within [`FRAME_TIMEOUT`]. The peers are trusted nodes of one cluster: the
-//! owner check keeps nodes from mixing up their slots, it is not authentication.
+//! begun must finish within [`FRAME_TIMEOUT`]. With a cluster key ([`DonorOptions::key`]) a
+//! connection must pass the [`super::auth`] handshake before any request, and every frame
+//! after it carries a MAC: a connection that fails either is told why, counted
+//! ([`DonorCounters::auth_failures`]), logged (at most once per 10 s) and closed, without
+//! reading or writing any slot. Without a key, anyone who reaches the port is served. The owner
+//! check keeps nodes from mixing up their slots; it is not access control.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES, NONCE_BYTES};
 use super::transport::{read_full, write_all};
 use super::wire::{self, Request, Status, HEADER_BYTES};
 use crate::slots::SlotAllocator;
@@ -37,6 +42,8 @@ pub struct DonorOptions {
     pub slot_bytes: usize,
     /// Connections served at once; more are refused with an error frame.
     pub max_conns: usize,
+    /// The cluster key: every connection must prove it holds it. `None`: unauthenticated.
+    pub key: Option<ClusterKey>,
 }
 
 /// Counters of a donor, for logs and `holoctl`.
@@ -49,6 +56,21 @@ pub struct DonorCounters {
     pub corrupt: AtomicU64,
     pub bad_frames: AtomicU64,
     pub refused_conns: AtomicU64,
+    /// Connections closed for a failed handshake or a frame with a bad MAC.
+    pub auth_failures: AtomicU64,
+    last_auth_log: Mutex<Option<Instant>>,
+}
+
+impl DonorCounters {
+    /// Counts an authentication failure and logs it, at most once per 10 s.
+    fn auth_failed(&self, peer: &str, why: &str) {
+        let n = self.auth_failures.fetch_add(1, Relaxed) + 1;
+        let mut last = self.last_auth_log.lock().unwrap();
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            log::warn!("donor: closing the connection from {peer}: {why} ({n} authentication failures so far)");
+        }
+    }
 }
 
 struct Meta {
@@ -205,7 +227,7 @@ impl DonorServer {
         let (a, s, c, k) = (arena.clone(), stop.clone(), counters.clone(), conns.clone());
         std::thread::Builder::new()
             .name("donor-accept".into())
-            .spawn(move || accept_loop(listener, a, s, c, k, opts.max_conns))?;
+            .spawn(move || accept_loop(listener, a, s, c, k, opts.max_conns, opts.key))?;
         Ok(DonorServer { addr, arena, stop, conns, counters })
     }
 
@@ -250,6 +272,7 @@ fn accept_loop(
     c: Arc<DonorCounters>,
     conns: Conns,
     max: usize,
+    key: Option<ClusterKey>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut next_id = 0u64;
@@ -265,7 +288,7 @@ fn accept_loop(
                 log::warn!("donor: refusing a connection, {max} already served");
                 last_log = Some(Instant::now());
             }
-            let _ = send_error(&mut conn, 0, "too many connections to this donor");
+            let _ = send_error(&mut conn, 0, "too many connections to this donor", None);
             continue;
         }
         active.fetch_add(1, Relaxed);
@@ -276,7 +299,7 @@ fn accept_loop(
         }
         let (arena, stop, c, active, conns) = (arena.clone(), stop.clone(), c.clone(), active.clone(), conns.clone());
         let spawned = std::thread::Builder::new().name("donor-conn".into()).spawn(move || {
-            serve(conn, &arena, &stop, &c);
+            serve(conn, &arena, &stop, &c, key);
             conns.0.lock().unwrap().remove(&id);
             active.fetch_sub(1, Relaxed);
         });
@@ -286,54 +309,138 @@ fn accept_loop(
     }
 }
 
-fn send_error(conn: &mut TcpStream, req_id: u64, why: &str) -> io::Result<()> {
+fn send_error(conn: &mut TcpStream, req_id: u64, why: &str, session: Option<&mut Session>) -> io::Result<()> {
     let mut out = Vec::new();
     wire::begin_frame(&mut out);
     out.extend_from_slice(why.as_bytes());
     let end = out.len();
     wire::finish_frame(&mut out, wire::OP_ERROR, req_id, end);
+    if let Some(s) = session {
+        let mac = s.seal(&out);
+        out.extend_from_slice(&mac);
+    }
     write_all(conn, &out, Instant::now() + FRAME_TIMEOUT)
 }
 
+/// Why a connection ends while reading a frame.
+enum Ended {
+    /// Closed, idle, timed out: nothing to say.
+    Quietly,
+    /// A bad frame: say why, then close.
+    Bad(wire::WireError, u64),
+}
+
+/// Reads one frame into `header` and `body` (and its MAC trailer into `mac` if `mac` is
+/// `Some`): the first byte within `first`, the rest within [`FRAME_TIMEOUT`] of it.
+fn read_frame(
+    conn: &mut TcpStream,
+    header: &mut [u8; HEADER_BYTES],
+    body: &mut Vec<u8>,
+    mac: Option<&mut [u8; MAC_BYTES]>,
+    first: Duration,
+) -> Result<wire::Header, Ended> {
+    read_full(conn, &mut header[..1], Instant::now() + first).map_err(|_| Ended::Quietly)?;
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    read_full(conn, &mut header[1..], deadline).map_err(|_| Ended::Quietly)?;
+    // On a bad header the stream cannot be trusted to be in step any more.
+    let h = wire::decode_header(header).map_err(|e| Ended::Bad(e, 0))?;
+    body.resize(h.body_len, 0);
+    read_full(conn, body, deadline).map_err(|_| Ended::Quietly)?;
+    if let Some(mac) = mac {
+        read_full(conn, mac, deadline).map_err(|_| Ended::Quietly)?;
+    }
+    Ok(h)
+}
+
+/// The donor's side of the handshake ([`super::auth`]): the session, or why the peer failed
+/// (`None`: it hung up or went quiet, which is not counted as a failure).
+fn handshake(conn: &mut TcpStream, key: &ClusterKey, buf: &mut Vec<u8>) -> Result<Session, Option<String>> {
+    let mut header = [0u8; HEADER_BYTES];
+    let mut expect = |conn: &mut TcpStream, op: u16| -> Result<[u8; 32], Option<String>> {
+        let h = match read_frame(conn, &mut header, buf, None, FRAME_TIMEOUT) {
+            Ok(h) => h,
+            Err(Ended::Quietly) => return Err(None),
+            Err(Ended::Bad(e, _)) => return Err(Some(format!("bad handshake frame: {e}"))),
+        };
+        if h.op != op {
+            return Err(Some(format!(
+                "this donor requires authentication: the peer sent op {:#06x} without the handshake (set \
+                 cluster_secret_file to the cluster's secret on every node)",
+                h.op
+            )));
+        }
+        let bad = |e: wire::WireError| Some(format!("bad handshake frame: {e}"));
+        wire::verify_body(&h, buf).map_err(bad)?;
+        auth::fixed::<32>(buf, "handshake frame").map_err(bad)
+    };
+    let nc: [u8; NONCE_BYTES] = expect(conn, wire::OP_HELLO)?;
+    let nd = auth::nonce().map_err(|e| Some(format!("no random nonce: {e}")))?;
+    let mut out = Vec::new();
+    auth::handshake_frame(&mut out, wire::OP_HELLO | wire::RESPONSE, &[&nd, &auth::donor_proof(key, &nc, &nd)]);
+    write_all(conn, &out, Instant::now() + FRAME_TIMEOUT).map_err(|_| None)?;
+    let proof = expect(conn, wire::OP_AUTH)?;
+    if !auth::ct_eq(&proof, &auth::client_proof(key, &nd, &nc)) {
+        return Err(Some("authentication failed: the peer does not hold this cluster's secret".into()));
+    }
+    auth::handshake_frame(&mut out, wire::OP_AUTH | wire::RESPONSE, &[]);
+    write_all(conn, &out, Instant::now() + FRAME_TIMEOUT).map_err(|_| None)?;
+    Ok(Session::new(key, Side::Donor, &nd, &nc))
+}
+
 /// Serve one connection until it closes, idles out, or sends a bad frame.
-fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounters) {
+fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounters, key: Option<ClusterKey>) {
     let _ = conn.set_nodelay(true);
+    let peer = conn.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut inbuf = Vec::new();
     let mut out = Vec::new();
     let mut header = [0u8; HEADER_BYTES];
+    let mut mac = [0u8; MAC_BYTES];
+    let mut session = match key {
+        None => None,
+        Some(k) => match handshake(&mut conn, &k, &mut inbuf) {
+            Ok(s) => Some(s),
+            Err(None) => return,
+            Err(Some(why)) => {
+                c.auth_failed(&peer, &why);
+                let _ = send_error(&mut conn, 0, &why, None);
+                return;
+            }
+        },
+    };
     while !stop.load(Relaxed) {
-        if read_full(&mut conn, &mut header[..1], Instant::now() + IDLE_TIMEOUT).is_err() {
-            return;
-        }
-        let deadline = Instant::now() + FRAME_TIMEOUT;
-        if read_full(&mut conn, &mut header[1..], deadline).is_err() {
-            return;
-        }
-        let h = match wire::decode_header(&header) {
+        let h = match read_frame(&mut conn, &mut header, &mut inbuf, session.as_ref().map(|_| &mut mac), IDLE_TIMEOUT) {
             Ok(h) => h,
-            Err(e) => {
-                // The stream cannot be trusted to be in step any more: say why and close.
+            Err(Ended::Quietly) => return,
+            Err(Ended::Bad(e, req_id)) => {
                 c.bad_frames.fetch_add(1, Relaxed);
-                let _ = send_error(&mut conn, 0, &e.to_string());
+                let _ = send_error(&mut conn, req_id, &e.to_string(), session.as_mut());
                 return;
             }
         };
-        inbuf.resize(h.body_len, 0);
-        if read_full(&mut conn, &mut inbuf, deadline).is_err() {
-            return;
+        // The MAC first: nothing of an unauthenticated frame is decoded or acted on.
+        if let Some(s) = session.as_mut() {
+            if let Err(e) = s.open_parts(&header, &inbuf, &mac) {
+                c.auth_failed(&peer, &e.to_string());
+                let _ = send_error(&mut conn, h.req_id, &e.to_string(), Some(s));
+                return;
+            }
         }
         let req = wire::verify_body(&h, &inbuf).and_then(|()| wire::decode_request(h.op, &inbuf, h.ctrl_len));
         let req = match req {
             Ok(r) => r,
             Err(e) => {
                 c.bad_frames.fetch_add(1, Relaxed);
-                let _ = send_error(&mut conn, h.req_id, &e.to_string());
+                let _ = send_error(&mut conn, h.req_id, &e.to_string(), session.as_mut());
                 return;
             }
         };
         wire::begin_frame(&mut out);
         let ctrl_end = answer(arena, c, req, &mut out);
         wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
+        if let Some(s) = session.as_mut() {
+            let m = s.seal(&out);
+            out.extend_from_slice(&m);
+        }
         if write_all(&mut conn, &out, Instant::now() + FRAME_TIMEOUT).is_err() {
             return;
         }

@@ -12,11 +12,13 @@
 //! libibverbs with the `rdma` feature, else from sysfs), so the log states plainly that TCP is
 //! used.
 
+pub mod auth;
 mod donor;
 mod tier;
 mod transport;
 pub mod wire;
 
+pub use auth::ClusterKey;
 pub use donor::{DonorCounters, DonorOptions, DonorServer};
 pub use tier::{RemoteCounters, RemoteOptions, RemoteTier, DOWN_BACKOFF, MAX_REPLICAS};
 pub use transport::{DonorStat, GetReq, RemoteSlot, TcpTransport, Transport, TransportError, TransportOptions};

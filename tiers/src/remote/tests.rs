@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::auth;
 use super::wire::{self, HEADER_BYTES};
 use super::*;
 use crate::conformance::{check_all, Subject};
@@ -14,13 +15,13 @@ const SLOT: usize = 65536;
 const LOOPBACK: &str = "127.0.0.1:0";
 
 fn donor(slots: u64) -> DonorServer {
-    let opts = DonorOptions { donate_bytes: slots * SLOT as u64, slot_bytes: SLOT, max_conns: 64 };
+    let opts = DonorOptions { donate_bytes: slots * SLOT as u64, slot_bytes: SLOT, max_conns: 64, key: None };
     DonorServer::start(LOOPBACK.parse().unwrap(), opts).unwrap()
 }
 
 fn tier(donors: &[&DonorServer], replicas: usize, capacity_slots: Option<u64>, timeout_ms: u64) -> RemoteTier {
     let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
-    let opts = TransportOptions { timeout: Duration::from_millis(timeout_ms), max_inflight: 8 };
+    let opts = TransportOptions { timeout: Duration::from_millis(timeout_ms), max_inflight: 8, key: None };
     let t = TcpTransport::new(&addrs, opts);
     let ropts = RemoteOptions {
         capacity_bytes: capacity_slots.map(|s| s * SLOT as u64),
@@ -229,7 +230,10 @@ fn a_silent_peer_costs_one_deadline_and_in_flight_calls_are_bounded() {
         std::thread::sleep(Duration::from_secs(30));
         drop(held);
     });
-    let t = TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_millis(200), max_inflight: 1 });
+    let t = TcpTransport::new(
+        &[addr],
+        TransportOptions { timeout: Duration::from_millis(200), max_inflight: 1, key: None },
+    );
     let started = Instant::now();
     let e = t.stat(0).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
@@ -262,7 +266,7 @@ fn a_peer_that_starts_late_is_met_and_counted() {
     let opts = RemoteOptions::new(SLOT, 1, 9);
     let t = RemoteTier::open(Box::new(t), opts).unwrap();
     assert_eq!(t.usage().capacity_bytes, 8 * SLOT as u64, "only the donor that answered counts");
-    let opts = DonorOptions { donate_bytes: 8 * SLOT as u64, slot_bytes: SLOT, max_conns: 4 };
+    let opts = DonorOptions { donate_bytes: 8 * SLOT as u64, slot_bytes: SLOT, max_conns: 4, key: None };
     let b = DonorServer::start(late, opts).unwrap();
     std::thread::sleep(DOWN_BACKOFF + Duration::from_millis(50));
     let s = t.alloc().unwrap();
@@ -282,7 +286,8 @@ fn a_peer_that_starts_late_is_met_and_counted() {
 /// `rate` 0: no maintenance thread (the test calls `maintain`).
 fn lossy_tier(donors: &[&DonorServer], replicas: usize, rate: u64) -> RemoteTier {
     let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
-    let t = TcpTransport::new(&addrs, TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8 });
+    let t =
+        TcpTransport::new(&addrs, TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8, key: None });
     let opts = RemoteOptions {
         lost_after: Duration::from_millis(300),
         rereplicate_bytes_per_sec: rate,
@@ -417,7 +422,7 @@ fn a_donor_that_restarted_is_declared_lost_and_not_trusted_for_its_old_slots() {
     // The first donor restarts on the same port between two calls: its memory is gone.
     let addr = a.local_addr();
     drop(a);
-    let opts = DonorOptions { donate_bytes: 64 * SLOT as u64, slot_bytes: SLOT, max_conns: 64 };
+    let opts = DonorOptions { donate_bytes: 64 * SLOT as u64, slot_bytes: SLOT, max_conns: 64, key: None };
     // The old listener closes when its accept thread sees the stop: retry until it has.
     let started = Instant::now();
     let a2 = loop {
@@ -454,4 +459,152 @@ fn a_donor_that_restarted_is_declared_lost_and_not_trusted_for_its_old_slots() {
         assert_eq!(t.copies_of(s).len(), 2);
         assert!(read(&t, s).unwrap() == pattern(s as u8));
     }
+}
+
+// ---- authentication (cluster secret) ------------------------------------------------------
+
+fn key(b: u8) -> Option<ClusterKey> {
+    Some(ClusterKey::from_secret(&[b; 40]).unwrap())
+}
+
+fn keyed_donor(k: Option<ClusterKey>) -> DonorServer {
+    let opts = DonorOptions { donate_bytes: 8 * SLOT as u64, slot_bytes: SLOT, max_conns: 8, key: k };
+    DonorServer::start(LOOPBACK.parse().unwrap(), opts).unwrap()
+}
+
+fn keyed_transport(d: &DonorServer, k: Option<ClusterKey>) -> TcpTransport {
+    TcpTransport::new(
+        &[d.local_addr()],
+        TransportOptions { timeout: Duration::from_millis(2000), max_inflight: 2, key: k },
+    )
+}
+
+fn auth_failures(d: &DonorServer) -> u64 {
+    d.counters.auth_failures.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn peers_with_the_same_secret_store_and_read() {
+    let d = keyed_donor(key(1));
+    let t = keyed_transport(&d, key(1));
+    let got = t.put(0, 7, &[&pattern(1)[..], &pattern(2)[..]]).unwrap();
+    let slots: Vec<u32> = got.into_iter().map(|r| r.unwrap()).collect();
+    let mut buf = vec![0u8; SLOT];
+    for _ in 0..3 {
+        // Several frames on one pooled connection: the sequence numbers advance in step.
+        let st = t.get(0, 7, &mut [GetReq { slot: slots[1], offset: 0, buf: &mut buf, expect: None }]).unwrap();
+        assert_eq!(st, vec![wire::Status::Ok]);
+        assert!(buf == pattern(2));
+    }
+    assert_eq!(t.stat(0).unwrap().used_slots, 2);
+    assert_eq!(auth_failures(&d), 0);
+}
+
+#[test]
+fn a_peer_without_the_secret_cannot_touch_a_slot() {
+    let d = keyed_donor(key(1));
+    let good = keyed_transport(&d, key(1));
+    let slot = good.put(0, 7, &[&pattern(1)[..]]).unwrap()[0].unwrap();
+    // Another secret: the client finds the donor's proof wrong and gives up first.
+    let wrong = keyed_transport(&d, key(2));
+    let e = wrong.put(0, 7, &[&pattern(9)[..]]).unwrap_err();
+    assert!(matches!(&e, TransportError::Auth { why, .. } if why.contains("does not hold")), "{e}");
+    // No secret at all: the donor refuses the request, says why, counts it.
+    let none = keyed_transport(&d, None);
+    let e = none.free(0, 7, &[slot]).unwrap_err().to_string();
+    assert!(e.contains("requires authentication") && e.contains("cluster_secret_file"), "{e}");
+    assert_eq!(auth_failures(&d), 1);
+    // A client with a key and a donor without one: a clear error, not a hang.
+    let open = keyed_donor(None);
+    let e = keyed_transport(&open, key(1)).stat(0).unwrap_err().to_string();
+    assert!(e.contains("does not authenticate"), "{e}");
+    // Nothing was stored or freed by the refused peers.
+    assert_eq!(good.stat(0).unwrap().used_slots, 1);
+    let mut buf = vec![0u8; SLOT];
+    let st = good.get(0, 7, &mut [GetReq { slot, offset: 0, buf: &mut buf, expect: None }]).unwrap();
+    assert_eq!(st, vec![wire::Status::Ok]);
+    assert!(buf == pattern(1));
+}
+
+/// A raw client: runs the handshake with `k` (proving with `client_key`), returns the stream
+/// and its session.
+fn raw_session(d: &DonorServer, k: &ClusterKey, client_key: &ClusterKey) -> (TcpStream, auth::Session) {
+    let mut s = TcpStream::connect(d.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let nc = auth::nonce().unwrap();
+    let mut f = Vec::new();
+    auth::handshake_frame(&mut f, wire::OP_HELLO, &[&nc]);
+    s.write_all(&f).unwrap();
+    let mut answer = vec![0u8; HEADER_BYTES + 64];
+    s.read_exact(&mut answer).unwrap();
+    let (nd, proof) = auth::split_hello_answer(&answer[HEADER_BYTES..]).unwrap();
+    assert!(auth::ct_eq(&proof, &auth::donor_proof(k, &nc, &nd)));
+    auth::handshake_frame(&mut f, wire::OP_AUTH, &[&auth::client_proof(client_key, &nd, &nc)]);
+    s.write_all(&f).unwrap();
+    (s, auth::Session::new(k, auth::Side::Client, &nd, &nc))
+}
+
+fn put_frame(owner: u64, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    wire::begin_frame(&mut f);
+    wire::put_u64(&mut f, owner);
+    wire::put_u32(&mut f, 1);
+    wire::put_u32(&mut f, data.len() as u32);
+    f.extend_from_slice(blake3::hash(data).as_bytes());
+    let ctrl_end = f.len();
+    f.extend_from_slice(data);
+    wire::finish_frame(&mut f, wire::OP_PUT, 1, ctrl_end);
+    f
+}
+
+/// Reads what the donor sends until it closes; the error frame's text.
+fn error_until_closed(s: &mut TcpStream) -> String {
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let h = wire::decode_header(&rest).unwrap();
+    assert_eq!(h.op, wire::OP_ERROR);
+    String::from_utf8_lossy(&rest[HEADER_BYTES..HEADER_BYTES + h.body_len]).into_owned()
+}
+
+#[test]
+fn tampered_replayed_and_unproven_frames_are_refused() {
+    let k = key(1).unwrap();
+    let d = keyed_donor(Some(k));
+    // A client that answers the challenge with another key's proof.
+    let (mut s, _) = raw_session(&d, &k, &key(2).unwrap());
+    assert!(error_until_closed(&mut s).contains("authentication failed"));
+    assert_eq!(auth_failures(&d), 1);
+
+    // A good frame, then the same frame again (replayed: its sequence number is past).
+    let (mut s, mut sess) = raw_session(&d, &k, &k);
+    let mut ack = vec![0u8; HEADER_BYTES];
+    s.read_exact(&mut ack).unwrap(); // AUTH|RESPONSE
+    assert_eq!(wire::decode_header(&ack).unwrap().op, wire::OP_AUTH | wire::RESPONSE);
+    let f = put_frame(7, b"abc");
+    let mac = sess.seal(&f);
+    s.write_all(&f).unwrap();
+    s.write_all(&mac).unwrap();
+    let mut answer = vec![0u8; HEADER_BYTES];
+    s.read_exact(&mut answer).unwrap();
+    let h = wire::decode_header(&answer).unwrap();
+    assert_eq!(h.op, wire::OP_PUT | wire::RESPONSE);
+    let mut rest = vec![0u8; h.body_len + auth::MAC_BYTES];
+    s.read_exact(&mut rest).unwrap();
+    s.write_all(&f).unwrap();
+    s.write_all(&mac).unwrap();
+    assert!(error_until_closed(&mut s).contains("MAC mismatch"));
+    assert_eq!(auth_failures(&d), 2);
+    assert_eq!(d.used_slots(), 1, "the replayed PUT stored nothing");
+
+    // A tampered frame (one byte of its data changed, checksums recomputed): its MAC fails.
+    let (mut s, mut sess) = raw_session(&d, &k, &k);
+    s.read_exact(&mut ack).unwrap();
+    let f = put_frame(7, b"abc");
+    let mac = sess.seal(&f);
+    let forged = put_frame(7, b"abd");
+    s.write_all(&forged).unwrap();
+    s.write_all(&mac).unwrap();
+    assert!(error_until_closed(&mut s).contains("MAC mismatch"));
+    assert_eq!(auth_failures(&d), 3);
+    assert_eq!(d.used_slots(), 1, "the forged PUT stored nothing");
 }

@@ -8,7 +8,9 @@
 //!
 //! The TCP transport keeps a small pool of blocking connections per peer (TCP_NODELAY: a
 //! request is one write of one frame, and a fault waits for its answer). A pooled connection
-//! that the peer closed while idle is replaced once, transparently.
+//! that the peer closed while idle is replaced once, transparently. With a cluster key
+//! ([`TransportOptions::key`]) each new connection runs the [`super::auth`] handshake, which
+//! also checks that the donor holds the secret, and every frame carries a MAC trailer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES};
 use super::wire::{
     self, GetItem, Reader, Status, WireError, GET_ANSWER_ITEM_CTRL, HEADER_BYTES, MAX_BODY_BYTES, MAX_ITEMS,
     PUT_ITEM_CTRL,
@@ -35,6 +38,8 @@ pub enum TransportError {
     Wire { peer: String, source: WireError },
     #[error("peer {peer} refused the request: {message}")]
     Remote { peer: String, message: String },
+    #[error("peer {peer}: authentication failed: {why}")]
+    Auth { peer: String, why: String },
 }
 
 impl TransportError {
@@ -87,11 +92,13 @@ pub struct TransportOptions {
     pub timeout: Duration,
     /// Requests in flight to one peer at most; more wait (within the deadline).
     pub max_inflight: usize,
+    /// The cluster key: authenticate every connection with it. `None`: unauthenticated.
+    pub key: Option<ClusterKey>,
 }
 
 impl Default for TransportOptions {
     fn default() -> Self {
-        TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8 }
+        TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8, key: None }
     }
 }
 
@@ -99,6 +106,8 @@ struct Conn {
     stream: TcpStream,
     /// Frame buffer, reused for the request and then the response.
     buf: Vec<u8>,
+    /// The authenticated session, with a cluster key.
+    session: Option<Session>,
 }
 
 struct Peer {
@@ -197,7 +206,68 @@ impl TcpTransport {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let stream = TcpStream::connect_timeout(&p.addr, left).map_err(err)?;
         stream.set_nodelay(true).map_err(err)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024 + 64) })
+        let mut conn = Conn { stream, buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024 + 64), session: None };
+        if let Some(key) = &self.opts.key {
+            conn.session = Some(self.handshake(p, &mut conn, key, deadline)?);
+        }
+        Ok(conn)
+    }
+
+    /// The client's side of the handshake ([`super::auth`]) on a new connection.
+    fn handshake(
+        &self,
+        p: &Peer,
+        conn: &mut Conn,
+        key: &ClusterKey,
+        deadline: Instant,
+    ) -> Result<Session, TransportError> {
+        let fail = |why: String| TransportError::Auth { peer: p.addr.to_string(), why };
+        let nc = auth::nonce().map_err(|e| fail(format!("no random nonce: {e}")))?;
+        auth::handshake_frame(&mut conn.buf, wire::OP_HELLO, &[&nc]);
+        let (nd, proof) = match self.handshake_step(p, conn, wire::OP_HELLO, deadline) {
+            Ok(body) => auth::split_hello_answer(&body).map_err(|e| fail(e.to_string()))?,
+            Err(TransportError::Remote { message, .. }) => {
+                return Err(fail(format!(
+                    "the donor does not authenticate (is cluster_secret_file set on it?): {message}"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if !auth::ct_eq(&proof, &auth::donor_proof(key, &nc, &nd)) {
+            return Err(fail("the donor does not hold this cluster's secret".into()));
+        }
+        auth::handshake_frame(&mut conn.buf, wire::OP_AUTH, &[&auth::client_proof(key, &nd, &nc)]);
+        match self.handshake_step(p, conn, wire::OP_AUTH, deadline) {
+            Ok(_) => Ok(Session::new(key, Side::Client, &nd, &nc)),
+            Err(TransportError::Remote { message, .. }) => Err(fail(message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the handshake frame in `conn.buf` and returns the body of its answer (`op` with
+    /// [`wire::RESPONSE`]).
+    fn handshake_step(&self, p: &Peer, conn: &mut Conn, op: u16, deadline: Instant) -> Result<Vec<u8>, TransportError> {
+        let peer = || p.addr.to_string();
+        let timeout_ms = self.opts.timeout.as_millis() as u64;
+        let io = |e: io::Error| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Timeout { peer: peer(), timeout_ms },
+            _ => TransportError::Io { peer: peer(), source: e },
+        };
+        write_all(&mut conn.stream, &conn.buf, deadline).map_err(io)?;
+        let mut header = [0u8; HEADER_BYTES];
+        read_full(&mut conn.stream, &mut header, deadline).map_err(io)?;
+        let wire_err = |source| TransportError::Wire { peer: peer(), source };
+        let h = wire::decode_header(&header).map_err(wire_err)?;
+        let mut body = vec![0; h.body_len];
+        read_full(&mut conn.stream, &mut body, deadline).map_err(io)?;
+        wire::verify_body(&h, &body).map_err(wire_err)?;
+        if h.op == wire::OP_ERROR {
+            return Err(TransportError::Remote { peer: peer(), message: String::from_utf8_lossy(&body).into_owned() });
+        }
+        if h.op != op | wire::RESPONSE {
+            return Err(wire_err(WireError::Malformed(format!("answer op {:#06x} to handshake op {op:#06x}", h.op))));
+        }
+        Ok(body)
     }
 
     /// Send one frame and receive its answer into `conn.buf`; returns the body's length and
@@ -223,6 +293,10 @@ impl TcpTransport {
         wire::begin_frame(&mut conn.buf);
         let ctrl_end = encode(&mut conn.buf);
         wire::finish_frame(&mut conn.buf, op, req_id, ctrl_end);
+        if let Some(s) = conn.session.as_mut() {
+            let mac = s.seal(&conn.buf);
+            conn.buf.extend_from_slice(&mac);
+        }
         if let Err(e) = write_all(&mut conn.stream, &conn.buf, deadline) {
             // Nothing was answered yet: a stale pooled connection, or a dead peer.
             return Err(Exchange::Stale(io(e)));
@@ -239,6 +313,12 @@ impl TcpTransport {
         let h = wire::decode_header(&conn.buf).map_err(wire_err)?;
         conn.buf.resize(HEADER_BYTES + h.body_len, 0);
         read_full(&mut conn.stream, &mut conn.buf[HEADER_BYTES..], deadline).map_err(|e| Exchange::Failed(io(e)))?;
+        if let Some(s) = conn.session.as_mut() {
+            // The MAC first: nothing of an unauthenticated answer is used.
+            let mut mac = [0u8; MAC_BYTES];
+            read_full(&mut conn.stream, &mut mac, deadline).map_err(|e| Exchange::Failed(io(e)))?;
+            s.open(&conn.buf, &mac).map_err(wire_err)?;
+        }
         wire::verify_body(&h, &conn.buf[HEADER_BYTES..]).map_err(wire_err)?;
         if h.op == wire::OP_ERROR {
             let message = String::from_utf8_lossy(&conn.buf[HEADER_BYTES..]).into_owned();

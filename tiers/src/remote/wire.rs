@@ -27,6 +27,9 @@
 //! | FREE | owner u64, n u32, n × slot u32 | | freed u32 | |
 //! | RESET | owner u64 | | freed u32 | |
 //!
+//! On a connection authenticated with the cluster secret ([`super::auth`]), HELLO and AUTH
+//! frames come first, and every frame after them is followed by a 32-byte MAC trailer.
+//!
 //! A response's op is the request's with [`RESPONSE`] set; [`OP_ERROR`] carries a UTF-8 reason
 //! (the frame could not be served at all). Hard caps ([`MAX_BODY_BYTES`], [`MAX_ITEMS`]) are
 //! checked before anything is allocated, so a hostile peer cannot make the receiver allocate
@@ -47,6 +50,10 @@ pub const OP_PUT: u16 = 2;
 pub const OP_GET: u16 = 3;
 pub const OP_FREE: u16 = 4;
 pub const OP_RESET: u16 = 5;
+/// Handshake frames of an authenticated connection ([`super::auth`]); a donor without a
+/// cluster secret answers them with an error.
+pub const OP_HELLO: u16 = 6;
+pub const OP_AUTH: u16 = 7;
 pub const RESPONSE: u16 = 0x8000;
 pub const OP_ERROR: u16 = 0xFFFF;
 
@@ -101,6 +108,8 @@ pub enum WireError {
     BadItemChecksum(usize),
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error("frame MAC mismatch: the frame was forged, altered, replayed or reordered")]
+    BadMac,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +123,7 @@ pub struct Header {
 }
 
 fn known_op(op: u16) -> bool {
-    matches!(op & !RESPONSE, OP_STAT | OP_PUT | OP_GET | OP_FREE | OP_RESET) || op == OP_ERROR
+    matches!(op & !RESPONSE, OP_STAT | OP_PUT | OP_GET | OP_FREE | OP_RESET | OP_HELLO | OP_AUTH) || op == OP_ERROR
 }
 
 /// Decode and validate a header: magic, version, op, size cap. The body is not read yet.
