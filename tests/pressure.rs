@@ -72,6 +72,12 @@ impl MemCgroup {
         )
     }
 
+    /// "failcnt N, max usage M MiB": how close the cgroup came to its limit.
+    fn peak(&self) -> String {
+        let max = self.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0);
+        format!("failcnt {}, max usage {} MiB", self.read("memory.failcnt").trim(), max >> 20)
+    }
+
     fn stats(&self) -> String {
         format!(
             "cgroup {}: limit {} usage {} max_usage {} failcnt {}\n{}",
@@ -227,15 +233,14 @@ fn holo_shrinks_its_budget_so_a_limited_cgroup_is_not_oom_killed() {
     eprintln!(
         "pressure with holo: managed {MANAGED} filled in {filled:.1?}, done in {total:.1?}; budget {} MiB \
          configured, {} MiB after the fill, {} MiB with the hog; system PSI some avg10 {:.2}%, \
-         full avg10 {:.2}%; actions {}; cgroup failcnt {}, max usage {} MiB, OOM kills {kills}",
+         full avg10 {:.2}%; actions {}; cgroup {}, OOM kills {kills}",
         configured >> 20,
         budget_alone >> 20,
         budget_with_hog >> 20,
         p["system"]["some_avg10"].as_f64().unwrap_or(0.0),
         p["system"]["full_avg10"].as_f64().unwrap_or(0.0),
         p["actions"],
-        cg.read("memory.failcnt").trim(),
-        cg.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0) >> 20
+        cg.peak()
     );
 }
 
@@ -389,10 +394,9 @@ fn a_cgroup_crossing_its_margin_wakes_the_controller_at_once() {
     daemon.assert_paged("under pressure, both started at once");
     eprintln!(
         "notify: {notifications} cgroup notification(s), {notified} shrink(s) made on one; actions {}; cgroup \
-         failcnt {}, max usage {} MiB, OOM kills {kills}",
+         {}, OOM kills {kills}",
         p["actions"],
-        cg.read("memory.failcnt").trim(),
-        cg.read("memory.max_usage_in_bytes").trim().parse::<u64>().unwrap_or(0) >> 20
+        cg.peak()
     );
 }
 

@@ -1377,8 +1377,11 @@ fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
     all.then_some(slot)
 }
 
+/// One set of capture buffers: one granule for each eviction of a batch.
 fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
-    (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64)).map(|_| vec![0; granule as usize]).collect()
+    (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
+        .map(|_| vec![0; granule as usize])
+        .collect()
 }
 
 /// The slots that the spilled pages among `pages` refer to, in order.

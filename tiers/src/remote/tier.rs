@@ -770,11 +770,7 @@ impl Core {
             let mut work: Vec<(usize, Vec<usize>)> = Vec::new();
             for (j, job) in jobs.iter().enumerate() {
                 if job.data.is_none() && round < job.valid.len() {
-                    let p = job.valid[round].peer;
-                    match work.iter_mut().find(|(q, _)| *q == p) {
-                        Some((_, v)) => v.push(j),
-                        None => work.push((p, vec![j])),
-                    }
+                    add_work(&mut work, job.valid[round].peer, j);
                 }
             }
             if work.is_empty() {
@@ -835,10 +831,7 @@ impl Core {
                     .find(|&p| usable[p] && !full[p] && !job.valid.iter().any(|c| c.peer == p));
                 job.target = pick;
                 if let Some(p) = pick {
-                    match work.iter_mut().find(|(q, _)| *q == p) {
-                        Some((_, v)) => v.push(j),
-                        None => work.push((p, vec![j])),
-                    }
+                    add_work(&mut work, p, j);
                 }
             }
             if work.is_empty() {
@@ -1261,5 +1254,13 @@ impl Drop for RemoteTier {
             let _ = h.join();
         }
         self.core.flush_frees();
+    }
+}
+
+/// Job `j` goes to peer `p`: one entry per peer, so each peer gets one call for all its jobs.
+fn add_work(work: &mut Vec<(usize, Vec<usize>)>, p: usize, j: usize) {
+    match work.iter_mut().find(|(q, _)| *q == p) {
+        Some((_, v)) => v.push(j),
+        None => work.push((p, vec![j])),
     }
 }
