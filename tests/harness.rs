@@ -421,6 +421,18 @@ impl Daemon {
         }
     }
 
+    /// Waits until the NVMe tier holds pages: evictions are under way.
+    pub fn wait_for_evictions(&self, timeout: Duration) {
+        self.wait_until("evictions to start", timeout, || {
+            let nvme = self.tier("nvme");
+            if nvme.pages > 0 {
+                Ok(())
+            } else {
+                Err(format!("{nvme:?}"))
+            }
+        });
+    }
+
     /// The daemon's command line and log tail.
     pub fn report_log(&self) -> String {
         let mut s = String::new();

@@ -202,14 +202,7 @@ fn daemon_death_mid_eviction_kills_client() {
     let cmd = shimmed_command(&daemon, &c_program("fill_verify"), &["2G", "4"], &[("HOLO_DAEMON_TIMEOUT", "3")]);
     let program = Spawned::spawn(cmd, false);
     // Kill the daemon once evictions are under way.
-    daemon.wait_until("evictions to start", Duration::from_secs(30), || {
-        let spill = daemon.tier("nvme");
-        if spill.pages > 0 {
-            Ok(())
-        } else {
-            Err(format!("{spill:?}"))
-        }
-    });
+    daemon.wait_for_evictions(Duration::from_secs(30));
     daemon.kill();
     let out = program.finish(Duration::from_secs(60));
 

@@ -15,14 +15,7 @@ fn five_kill_9_during_a_verified_workload_lose_nothing() {
     let mut daemon = Daemon::start("64M", "64K", &[]);
     let cmd = shimmed_command(&daemon, &c_program("fill_verify"), &["512M", "6"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
     let program = Spawned::spawn(cmd, false);
-    daemon.wait_until("evictions to start", Duration::from_secs(60), || {
-        let nvme = daemon.tier("nvme");
-        if nvme.pages > 0 {
-            Ok(())
-        } else {
-            Err(format!("{nvme:?}"))
-        }
-    });
+    daemon.wait_for_evictions(Duration::from_secs(60));
     let mut restarts = Vec::new();
     for round in 0..5u64 {
         // Kill at different points of the fill and verify phases.
@@ -98,14 +91,7 @@ fn threads_survive_daemon_restarts() {
     let cmd =
         shimmed_command(&daemon, &c_program("threads_rw"), &["128M", "8", "60000"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
     let mut program = Spawned::spawn(cmd, false);
-    daemon.wait_until("evictions to start", Duration::from_secs(60), || {
-        let nvme = daemon.tier("nvme");
-        if nvme.pages > 0 {
-            Ok(())
-        } else {
-            Err(format!("{nvme:?}"))
-        }
-    });
+    daemon.wait_for_evictions(Duration::from_secs(60));
     for round in 0..3u64 {
         std::thread::sleep(Duration::from_millis(500 + 600 * round));
         // A restart after the program ended would test nothing: the workload must outlast them.

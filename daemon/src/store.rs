@@ -546,20 +546,22 @@ impl Store {
     /// After a restart: give back slot `id` if it still holds `version` and no page refers
     /// to it (an eviction the crashed daemon started that no agent is finishing).
     pub fn discard_if_unreferenced(&self, id: SlotId, version: u64) {
-        let unreferenced = {
-            let m = self.map.lock().unwrap();
-            m.entries.get(id as usize).is_some_and(|e| e.live && e.version == version && e.refs == 0)
-        };
-        if unreferenced {
-            self.discard(id);
-        }
+        self.discard_if(id, |e| e.version == version);
     }
 
     /// Give back slot `id` unless a page refers to it: the slot of an eviction that ends
     /// with none of its pages spilled. A fresh slot has no other references; one that a
     /// restarted daemon's rebuilt eviction reused may (a fork's pages, say).
     pub fn discard_unless_referenced(&self, id: SlotId) {
-        let unreferenced = self.map.lock().unwrap().entries[id as usize].refs == 0;
+        self.discard_if(id, |_| true);
+    }
+
+    /// Give back slot `id` if it is live, no page refers to it, and `also` holds of it.
+    fn discard_if(&self, id: SlotId, also: impl Fn(&Entry) -> bool) {
+        let unreferenced = {
+            let m = self.map.lock().unwrap();
+            m.entries.get(id as usize).is_some_and(|e| e.live && e.refs == 0 && also(e))
+        };
         if unreferenced {
             self.discard(id);
         }

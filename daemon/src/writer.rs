@@ -35,7 +35,7 @@ pub struct Writer {
     ready: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     /// Batches handed over and not taken back yet.
-    pub in_flight: usize,
+    in_flight: usize,
 }
 
 impl Writer {
