@@ -29,7 +29,13 @@ fn corrupt_fs_slots(dir: &Path) -> u64 {
     let mut n = 0;
     for node_dir in fs::read_dir(dir).unwrap() {
         for slot in fs::read_dir(node_dir.unwrap().path()).unwrap() {
-            let f = fs::OpenOptions::new().write(true).open(slot.unwrap().path()).unwrap();
+            // The daemon may still be finishing evictions and demotions (written on other
+            // threads): a temporary file renamed, or a slot freed, since the listing.
+            let f = match fs::OpenOptions::new().write(true).open(slot.unwrap().path()) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("cannot open an fs slot to corrupt it: {e}"),
+            };
             // Past the 4 KiB header: the data itself.
             f.write_all_at(b"CORRUPT!", 4096 + 1000).unwrap();
             f.sync_all().unwrap();
