@@ -213,3 +213,106 @@ fn daemon_death_mid_eviction_kills_client() {
     let said_why = out.stderr.lines().any(|l| l.starts_with("holo:"));
     out.check(&daemon, said_why, "no stderr line starting with `holo:` saying why the client was killed");
 }
+
+/// Stops one thread of `pid`, the one named `name`, with ptrace (the rest of the process runs
+/// on) until the returned guard is dropped.
+struct StoppedThread {
+    pid: u32,
+    tid: i32,
+}
+
+impl StoppedThread {
+    fn stop(pid: u32, name: &str) -> StoppedThread {
+        let tid = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|tid| fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).is_ok_and(|c| c.trim() == name))
+            .unwrap_or_else(|| panic!("pid {pid} has no thread named {name}"));
+        // SAFETY: ptrace requests on a thread of a child process we started; waitpid on it
+        // with __WALL, as a tracer of a non-leader thread must.
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0), 0, "PTRACE_SEIZE {tid}");
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "PTRACE_INTERRUPT {tid}");
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "waitpid {tid}");
+        }
+        StoppedThread { pid, tid }
+    }
+
+    /// The system call the thread is stopped in, if any.
+    fn in_syscall(&self) -> Option<i64> {
+        let text = fs::read_to_string(format!("/proc/{}/task/{}/syscall", self.pid, self.tid)).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        // SAFETY: detaching the thread this guard stopped (it is in a ptrace stop).
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0) };
+    }
+}
+
+fn vm_rss_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().strip_suffix(" kB"));
+    kib.and_then(|k| k.trim().parse::<u64>().ok()).unwrap_or(0) << 10
+}
+
+/// A client whose agent stops answering (here: stopped by ptrace while the program runs on,
+/// as a thread starved on a loaded machine is) must not grow past the budget while its
+/// evictions are paused: its fills wait, and once the agent answers again, evicting resumes
+/// and the program finishes with its data intact. (Before, a paused client filled freely and
+/// a lone one in a memory-limited cgroup was OOM-killed.)
+#[test]
+fn stalled_agent_holds_fills_then_resumes() {
+    let _heavy = heavy();
+    let dir = TempDir::new("stalled-agent");
+    let config = dir.path().join("holo-pager.toml");
+    fs::write(&config, "zap_timeout_ms = 500\npressure_target_pct = 100\n").unwrap();
+    let daemon = Daemon::start("64M", "64K", &["--config", config.to_str().unwrap()]);
+    // Grows 16M every 100 ms, so that between steps its agent waits for zaps, outside the
+    // address-space gate: a stop there leaves the program free to fault.
+    let cmd = shimmed_command(&daemon, &c_program("pressure_hog"), &["512M", "100"], &[]);
+    let mut program = Spawned::spawn(cmd, true);
+    daemon.wait_for_evictions(Duration::from_secs(30));
+
+    let stalls = || daemon.holoctl_json(&["tiers"])["stalled_agents"].as_u64().unwrap();
+    let mut peak_rss = 0;
+    for _ in 0..20 {
+        let agent = StoppedThread::stop(program.pid(), "holo-agent");
+        if agent.in_syscall() == Some(libc::SYS_madvise) {
+            // Mid-zap, under the gate: the program's faults wait on that eviction anyway.
+            drop(agent);
+            std::thread::sleep(Duration::from_millis(37));
+            continue;
+        }
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            peak_rss = peak_rss.max(vm_rss_bytes(program.pid()));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        break;
+    }
+    program.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    program.send_line("go");
+    let out = program.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "pressure_hog: verified");
+    out.check(&daemon, stalls() >= 1, "the agent was stopped but no zap timed out");
+    out.check(
+        &daemon,
+        daemon.log().contains("its agent answers again; evicting resumes"),
+        "the daemon did not resume evicting when the agent answered",
+    );
+    // The budget, the fill slack, the write batches in flight, the program and the shim.
+    let bound = (64 + 32) << 20;
+    out.check(
+        &daemon,
+        peak_rss <= bound,
+        &format!(
+            "the program's RSS reached {} MiB while its agent was stopped (bound {} MiB)",
+            peak_rss >> 20,
+            bound >> 20
+        ),
+    );
+}

@@ -106,6 +106,12 @@ pub const METRICS: &[Desc] = &[
         "Evictions abandoned because the program changed the range first, or its agent timed out.",
     ),
     m(
+        "holo_pager_stalled_agents_total",
+        Counter,
+        &[],
+        "Times a client's agent let a zap time out: its evictions were paused until it answered.",
+    ),
+    m(
         "holo_pager_failed_evictions_total",
         Counter,
         &[],
@@ -399,6 +405,7 @@ pub fn render(d: &Daemon) -> String {
     w.single("holo_pager_clean_evictions_total", f(s.dram.clean_evictions.load(Relaxed)));
     w.single("holo_pager_failed_faults_total", f(s.failed_faults.load(Relaxed)));
     w.single("holo_pager_cancelled_evictions_total", f(s.cancelled_evictions.load(Relaxed)));
+    w.single("holo_pager_stalled_agents_total", f(s.stalled_agents.load(Relaxed)));
     w.single("holo_pager_failed_evictions_total", f(s.failed_evictions.load(Relaxed)));
     w.single("holo_daemon_refused_connections_total", f(s.refused_connections.load(Relaxed)));
     w.single("holo_pager_refused_requests_total", f(s.refused_requests.load(Relaxed)));

@@ -62,8 +62,15 @@ const NO_SLOT: SlotId = SlotId::MAX;
 /// a full store costs one failed attempt per interval, not one per fault.
 const EVICT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long a client whose agent let a zap time out is not asked to evict (then it is tried
-/// again): its stuck evictions would otherwise throttle every other client's fills.
+/// again), unless the agent answers sooner: its stuck evictions would otherwise throttle every
+/// other client's fills.
 const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
+/// For how much of that pause the client's fills still wait while the budget is exceeded. A
+/// slow agent (a stalled process on a loaded machine) answers within it and evicting resumes,
+/// so a lone client in a memory-limited cgroup does not grow into the OOM killer. Bounded,
+/// because an agent may be waiting for the address-space gate that a thread holds while it
+/// faults (say, in `madvise(MADV_POPULATE_WRITE)`): after this, fills go on and free it.
+const STALLED_AGENT_HOLD: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -165,6 +172,8 @@ pub struct Pager {
     summary_at: Instant,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
+    /// Until when fills wait for a stalled agent (`STALLED_AGENT_HOLD`) while over budget.
+    stalled_hold_until: Option<Instant>,
     /// Where the page-table changes go that a restarted daemon needs (`None` if it could
     /// not be created: logged, and this client would not survive a restart).
     journal: Option<Journal>,
@@ -242,6 +251,7 @@ impl Pager {
             writer,
             summary_at: Instant::now(),
             evict_backoff_until: None,
+            stalled_hold_until: None,
             journal,
             resumed,
             batch_read_at: Instant::now(),
@@ -562,7 +572,8 @@ impl Pager {
                 Err(_) => Served::Gone("write-unprotect failed"),
             };
         }
-        if self.d.throttle_fills() || crate::pressure::hold_fault(&self.d, &self.info) {
+        if self.d.throttle_fills() || self.held_for_stalled_agent() || crate::pressure::hold_fault(&self.d, &self.info)
+        {
             return Served::Defer;
         }
         self.fill(w, f)
@@ -926,6 +937,8 @@ impl Pager {
                 STALLED_AGENT_PAUSE_MS / 1000
             );
             self.info.evict_paused_until_ms.store(self.d.now_ms() + STALLED_AGENT_PAUSE_MS, Relaxed);
+            self.stalled_hold_until = Some(Instant::now() + STALLED_AGENT_HOLD);
+            self.d.stats.stalled_agents.fetch_add(1, Relaxed);
         }
         for id in late {
             self.cancel(id);
@@ -1210,7 +1223,32 @@ impl Pager {
         }
     }
 
+    /// Should a fill wait because this client's agent stalled and the budget is exceeded?
+    fn held_for_stalled_agent(&mut self) -> bool {
+        match self.stalled_hold_until {
+            Some(t) if Instant::now() < t => self.d.over_budget(),
+            Some(_) => {
+                log::warn!(
+                    "pid {}: agent still silent after {STALLED_AGENT_HOLD:?}; its fills go on over the budget",
+                    self.info.pid
+                );
+                self.stalled_hold_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Any frame from a stalled agent shows it is back: evicting resumes at once.
+    fn agent_answered(&mut self) {
+        if self.info.evict_paused_until_ms.swap(0, Relaxed) > self.d.now_ms() {
+            log::info!("pid {}: its agent answers again; evicting resumes", self.info.pid);
+        }
+        self.stalled_hold_until = None;
+    }
+
     fn on_agent_frame(&mut self, f: Frame, fd: RawFd) -> Result<(), Gone> {
+        self.agent_answered();
         match f.kind {
             Kind::Zapping => {
                 let ok = self

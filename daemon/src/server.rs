@@ -480,6 +480,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "dram_budget_bytes": d.config.dram_budget_bytes,
         "failed_faults": s.failed_faults.load(Relaxed),
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
+        "stalled_agents": s.stalled_agents.load(Relaxed),
         "failed_evictions": s.failed_evictions.load(Relaxed),
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
         "placement": placement,

@@ -35,6 +35,8 @@ pub struct Stats {
     /// Faults that could not be served (the client was sent SIGBUS).
     pub failed_faults: AtomicU64,
     pub cancelled_evictions: AtomicU64,
+    /// Times a client's agent let a zap time out (its evictions paused, its fills held a while).
+    pub stalled_agents: AtomicU64,
     /// Evictions that could not write the granule anywhere (every tier full or failing).
     pub failed_evictions: AtomicU64,
     /// Connections refused at the handshake (bad hello, not allowed, too many clients, ...).
@@ -327,9 +329,14 @@ impl Daemon {
     /// eviction possible, fills go on (the budget cannot be met, but nothing deadlocks).
     pub fn throttle_fills(&self) -> bool {
         let b = &self.budget;
-        let limit = b.limit_pages.load(Relaxed);
+        self.over_budget() && (b.evicting.load(Relaxed) > 0 || b.requested.load(Relaxed) > 0)
+    }
+
+    /// Do resident pages exceed the budget by more than `THROTTLE_SLACK_GRANULES`?
+    pub fn over_budget(&self) -> bool {
+        let b = &self.budget;
         let slack = (THROTTLE_SLACK_GRANULES * self.config.granule_bytes / PAGE) as i64;
-        b.resident.load(Relaxed) > limit + slack && (b.evicting.load(Relaxed) > 0 || b.requested.load(Relaxed) > 0)
+        b.resident.load(Relaxed) > b.limit_pages.load(Relaxed) + slack
     }
 
     pub fn offer_child(&self, child_pid: i32, child: PendingChild) {
