@@ -485,8 +485,8 @@ pub struct State {
     pub next_val: u8,
     pub gate: Option<Holder>,
     pub agent: Agent,
-    /// A Zap the agent received while waiting for Go (`ZapQueue`).
-    pub agent_queue: Option<u8>,
+    /// Zaps the agent received while waiting for a reply (`ZapQueue`).
+    pub agent_queue: VecDeque<u8>,
     pub to_agent: VecDeque<Frame>,
     pub from_agent: VecDeque<Frame>,
     /// `INFLIGHT`: the zap the agent has published before asking for its go.
@@ -1135,8 +1135,7 @@ impl Evict {
             (_, Frame::Eof) => self.agent_lost(s),
             (Agent::Idle, Frame::Zap(id)) => s.agent = Agent::Gate(id),
             (Agent::WaitGo(_) | Agent::WaitDone(_), Frame::Zap(id)) => {
-                assert!(s.agent_queue.is_none(), "agent queue overflow in the model");
-                s.agent_queue = Some(id);
+                s.agent_queue.push_back(id);
             }
             (Agent::WaitGo(id), Frame::Go(g)) if g == id => {
                 s.mem.events.push_back(Event::Remove {
@@ -1176,7 +1175,7 @@ impl Evict {
         if let Some(eof) = s.to_agent.iter().rposition(|f| *f == Frame::Eof) {
             s.to_agent.drain(..=eof);
         }
-        s.agent_queue = None;
+        s.agent_queue.clear();
         s.agent_old = false;
         match s.reported {
             Some(id) => {
@@ -1343,15 +1342,13 @@ impl Evict {
 
     fn agent_actions(&self, s: &State, out: &mut Vec<Action>) {
         match s.agent {
-            Agent::Idle if s.agent_queue.is_some() => out.push(Action::AgentRecv),
-            Agent::Idle | Agent::WaitGo(_) | Agent::WaitDone(_) => {
-                if !s.to_agent.is_empty() {
-                    out.push(Action::AgentRecv);
-                    if self.bounds.agent_fails
-                        && matches!((s.agent, s.to_agent[0]), (Agent::WaitGo(id), Frame::Go(g)) if g == id)
-                    {
-                        out.push(Action::AgentFail);
-                    }
+            Agent::Idle if !s.agent_queue.is_empty() => out.push(Action::AgentRecv),
+            Agent::Idle | Agent::WaitGo(_) | Agent::WaitDone(_) if !s.to_agent.is_empty() => {
+                out.push(Action::AgentRecv);
+                if self.bounds.agent_fails
+                    && matches!((s.agent, s.to_agent[0]), (Agent::WaitGo(id), Frame::Go(g)) if g == id)
+                {
+                    out.push(Action::AgentFail);
                 }
             }
             Agent::Gate(_) if s.gate.is_none() => out.push(Action::AgentTakeGate),
@@ -1463,7 +1460,7 @@ impl Model for Evict {
                     next_val: if resident { N as u8 } else { 0 },
                     gate: None,
                     agent: Agent::Idle,
-                    agent_queue: None,
+                    agent_queue: VecDeque::new(),
                     to_agent: VecDeque::new(),
                     from_agent: VecDeque::new(),
                     inflight: None,
@@ -1580,8 +1577,8 @@ impl Model for Evict {
                 }
             }
             Action::AgentRecv => {
-                if s.agent == Agent::Idle && s.agent_queue.is_some() {
-                    s.agent = Agent::Gate(s.agent_queue.take().unwrap());
+                if s.agent == Agent::Idle && !s.agent_queue.is_empty() {
+                    s.agent = Agent::Gate(s.agent_queue.pop_front().unwrap());
                 } else {
                     self.agent_recv(&mut s);
                 }
