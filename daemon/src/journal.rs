@@ -18,7 +18,7 @@
 //!
 //! Record: kind (u32 LE), payload words (u32 LE), then the payload as u64 LE words.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -109,6 +109,26 @@ fn evict_record(id: u64, i: &Intent) -> Vec<u8> {
     }
     words.extend(bits);
     record(EVICT, &words)
+}
+
+/// Sort a resumed client's journaled eviction intents: the zaps its agent reported
+/// (`(id, start, len)`) that the journal knows, with the slot still at the intent's version
+/// (`version_of`), are evictions under way; the rest are settled, their slots to be given
+/// back if nothing refers to them. A slot an eviction under way uses is never given back:
+/// a clean eviction reuses the slot (and version) an earlier, finished eviction of the same
+/// window wrote, so two intents can name one slot.
+pub fn settle_intents(
+    intents: HashMap<u64, Intent>,
+    reported: &[(u64, u64, u64)],
+    version_of: impl Fn(SlotId) -> u64,
+) -> (Vec<(u64, Intent)>, Vec<Intent>) {
+    let (under_way, other): (Vec<_>, Vec<_>) = intents.into_iter().partition(|(id, i)| {
+        reported.iter().any(|&(zid, start, len)| zid == *id && start == i.w.start && len == i.w.len)
+            && version_of(i.slot) == i.version
+    });
+    let in_use: HashSet<SlotId> = under_way.iter().map(|(_, i)| i.slot).collect();
+    let settled = other.into_iter().map(|(_, i)| i).filter(|i| !in_use.contains(&i.slot)).collect();
+    (under_way, settled)
 }
 
 /// The journal file of the client `pid` that started at `starttime`.
@@ -402,6 +422,22 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert!(replay(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_slot_that_an_eviction_under_way_reuses_is_not_given_back() {
+        let w = Window { start: 0x10000, len: 0x10000 };
+        let intent = |slot, version| Intent { w, slot, version, pages: vec![w.start] };
+        // Eviction 1 wrote slot 7 (version 3) and finished; the window was read back clean
+        // and eviction 2 is dropping it into the same slot; eviction 3's slot was rewritten.
+        let intents = HashMap::from([(1, intent(7, 3)), (2, intent(7, 3)), (3, intent(8, 1)), (4, intent(9, 1))]);
+        let reported = [(2, w.start, w.len), (3, w.start, w.len)];
+        let (under_way, settled) =
+            settle_intents(intents, &reported, |slot| if slot == 8 { 2 } else { 1 + 2 * (slot == 7) as u64 });
+        assert_eq!(under_way.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
+        let mut settled: Vec<SlotId> = settled.iter().map(|i| i.slot).collect();
+        settled.sort_unstable();
+        assert_eq!(settled, [8, 9], "slot 7 is in use by eviction 2");
     }
 
     #[test]

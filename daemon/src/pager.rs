@@ -1408,8 +1408,8 @@ fn close_stray(fd: Option<RawFd>) {
 }
 
 /// The slot that holds the whole window whose pages are `pages`, page `k` at index `k`, if
-/// one does.
-fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
+/// one does: a read fault fills such a window clean (spec model 1 calls this).
+pub fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
     let PageState::Spilled { slot, .. } = *pages.first()? else { return None };
     let all = pages.iter().enumerate().all(|(k, p)| *p == PageState::Spilled { slot, idx: k as u16 });
     all.then_some(slot)

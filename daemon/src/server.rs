@@ -2,7 +2,6 @@
 //! hands the connection to a pager thread (clients), to an existing pager (agents) or
 //! answers queries (holoctl).
 
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
-use holo_tiers::SlotId;
 
 use crate::journal::Intent;
 use crate::pager::Pager;
@@ -249,7 +247,8 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
             peer.pid
         )));
     };
-    let (under_way, settled) = settle_intents(r.intents, &reported, |slot| d.store.versions(std::iter::once(slot))[0]);
+    let (under_way, settled) =
+        crate::journal::settle_intents(r.intents, &reported, |slot| d.store.versions(std::iter::once(slot))[0]);
     for i in settled {
         d.store.discard_if_unreferenced(i.slot, i.version);
     }
@@ -267,26 +266,6 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
         under_way.len()
     );
     spawn_pager(d, info, uffd, conn, r.table, Some((under_way, r.next_eviction)))
-}
-
-/// Sort a resumed client's journaled eviction intents: the zaps its agent reported
-/// (`(id, start, len)`) that the journal knows, with the slot still at the intent's version
-/// (`version_of`), are evictions under way; the rest are settled, their slots to be given
-/// back if nothing refers to them. A slot an eviction under way uses is never given back:
-/// a clean eviction reuses the slot (and version) an earlier, finished eviction of the same
-/// window wrote, so two intents can name one slot.
-fn settle_intents(
-    intents: HashMap<u64, Intent>,
-    reported: &[(u64, u64, u64)],
-    version_of: impl Fn(SlotId) -> u64,
-) -> (Vec<(u64, Intent)>, Vec<Intent>) {
-    let (under_way, other): (Vec<_>, Vec<_>) = intents.into_iter().partition(|(id, i)| {
-        reported.iter().any(|&(zid, start, len)| zid == *id && start == i.w.start && len == i.w.len)
-            && version_of(i.slot) == i.version
-    });
-    let in_use: HashSet<SlotId> = under_way.iter().map(|(_, i)| i.slot).collect();
-    let settled = other.into_iter().map(|(_, i)| i).filter(|i| !in_use.contains(&i.slot)).collect();
-    (under_way, settled)
 }
 
 fn is_userfaultfd(fd: &OwnedFd) -> bool {
@@ -644,23 +623,6 @@ mod tests {
         assert_eq!(why.len(), 4, "{why:?}");
         assert!(why[0].contains("1 faults") && why[1].contains("2 granules"), "{why:?}");
         assert!(why[2].contains("nvme tier: 3 failed reads") && why[3].contains("nvme tier is full"), "{why:?}");
-    }
-
-    #[test]
-    fn a_slot_that_an_eviction_under_way_reuses_is_not_given_back() {
-        use crate::pagetable::Window;
-        let w = Window { start: 0x10000, len: 0x10000 };
-        let intent = |slot, version| Intent { w, slot, version, pages: vec![w.start] };
-        // Eviction 1 wrote slot 7 (version 3) and finished; the window was read back clean
-        // and eviction 2 is dropping it into the same slot; eviction 3's slot was rewritten.
-        let intents = HashMap::from([(1, intent(7, 3)), (2, intent(7, 3)), (3, intent(8, 1)), (4, intent(9, 1))]);
-        let reported = [(2, w.start, w.len), (3, w.start, w.len)];
-        let (under_way, settled) =
-            settle_intents(intents, &reported, |slot| if slot == 8 { 2 } else { 1 + 2 * (slot == 7) as u64 });
-        assert_eq!(under_way.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
-        let mut settled: Vec<SlotId> = settled.iter().map(|i| i.slot).collect();
-        settled.sort_unstable();
-        assert_eq!(settled, [8, 9], "slot 7 is in use by eviction 2");
     }
 
     #[test]

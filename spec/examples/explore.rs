@@ -10,6 +10,8 @@ fn main() {
         "nogate" => Design::NO_GATE,
         "nowp" => Design::NO_WRITE_PROTECT,
         "first" => Design::FIRST_PIECE_COMPLETES,
+        "settle_old" => Design::SETTLE_FREES_IN_USE,
+        "noclean" => Design { clean: false, ..Design::FIXED },
         "ackonly" => Design { ack_zapped: true, ..Design::CURRENT },
         "ack_events" => Design { ack_zapped: true, events_first: true, ..Design::CURRENT },
         "ack_refill" => Design { ack_zapped: true, refill_zapped: true, ..Design::CURRENT },
@@ -31,6 +33,9 @@ fn main() {
             "expire" => b.expire = v.parse().unwrap(),
             "agent_fails" => b.agent_fails = v.parse().unwrap(),
             "crash" => b.crash = v.parse().unwrap(),
+            "restarts" => b.restarts = v.parse().unwrap(),
+            "late_zap" => b.late_zap = v.parse().unwrap(),
+            "late_reply" => b.late_reply = v.parse().unwrap(),
             _ => panic!("{k}"),
         }
     }

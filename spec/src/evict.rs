@@ -26,6 +26,10 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
+use std::collections::HashMap;
+
+use holo_pager::journal::{settle_intents, Intent};
+use holo_pager::pager::whole_from_one_slot;
 use holo_pager::pagetable::{PageState, PageTable, Window, PAGE};
 use stateright::{Model, Property};
 
@@ -59,6 +63,15 @@ pub struct Design {
     /// zapped by a DONTNEED after a fill raced it: it reads as zeros (refill it) instead of
     /// `fail_fault` (SIGBUS).
     pub refill_zapped: bool,
+    /// The clean-granule path (e90d793): a read fault on a window that one slot holds whole
+    /// installs it write-protected and keeps the slot's references; evicting it reuses the
+    /// slot and its version, with no capture and no write; its first write or any change of
+    /// the address space over it forgets it.
+    pub clean: bool,
+    /// At a resume, `settle_intents` keeps the slot of every eviction under way (e90d793).
+    /// `false`: the settled intents are discarded as the code did before: the slot of a
+    /// finished eviction is given back although a clean eviction under way reuses it.
+    pub settle_keeps_in_use: bool,
 }
 
 impl Design {
@@ -70,15 +83,21 @@ impl Design {
         ack_zapped: false,
         events_first: false,
         refill_zapped: false,
+        clean: false,
+        settle_keeps_in_use: true,
     };
     /// The current design with the three fixes this model motivates.
-    pub const FIXED: Design = Design { ack_zapped: true, events_first: true, refill_zapped: true, ..Design::CURRENT };
+    /// The code as it is now: the three fixes and the clean-granule path.
+    pub const FIXED: Design =
+        Design { ack_zapped: true, events_first: true, refill_zapped: true, clean: true, ..Design::CURRENT };
     /// Broken 1: no address-space gate.
     pub const NO_GATE: Design = Design { gate: false, ..Design::FIXED };
     /// Broken 2: eviction without write-protecting first.
     pub const NO_WRITE_PROTECT: Design = Design { write_protect: false, ..Design::FIXED };
     /// Broken 3: the first REMOVE piece completes the eviction (the bug 3624b66 fixed).
     pub const FIRST_PIECE_COMPLETES: Design = Design { remove_pieces: false, ..Design::FIXED };
+    /// Broken 4: the resume's settle before e90d793 (d7dcbf5's restart bug).
+    pub const SETTLE_FREES_IN_USE: Design = Design { settle_keeps_in_use: false, ..Design::FIXED };
 }
 
 /// Bounds on the behaviours explored.
@@ -110,6 +129,17 @@ pub struct Bounds {
     pub agent_fails: bool,
     /// The daemon may die at any step.
     pub crash: bool,
+    /// How many times a dead daemon is restarted and the client resumes with it (each after
+    /// a crash; with 0 the one crash is final: faults stall). Needs `crash`, no fork.
+    pub restarts: u8,
+    /// A zap whose REMOVE the dead daemon read (the program's or the agent's) may land
+    /// after the new daemon read `/proc/PID/pagemap` (README, findings). Off: the restart
+    /// waits for it.
+    pub late_zap: bool,
+    /// The agent may read the dead daemon's last `Done`/`NoGo` for its zap after the
+    /// sentinel reported that zap to the new daemon (README, findings). Off: the restart
+    /// waits until the agent has read it.
+    pub late_reply: bool,
 }
 
 impl Default for Bounds {
@@ -127,6 +157,9 @@ impl Default for Bounds {
             expire: false,
             agent_fails: false,
             crash: false,
+            restarts: 0,
+            late_zap: false,
+            late_reply: false,
         }
     }
 }
@@ -194,12 +227,13 @@ impl Hash for Table {
 }
 
 /// A uffd fault message: thread `th` (0 in the child) touched `page`; `wp`: a write to a
-/// write-protected page.
+/// write-protected page; `write`: a write to a missing page (its window is dirty once filled).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fault {
     pub th: u8,
     pub page: u8,
     pub wp: bool,
+    pub write: bool,
 }
 
 /// Who posted an event (the kernel's record of the waiting poster; the daemon never sees it).
@@ -308,8 +342,13 @@ pub enum Agent {
     Zap { id: u8, piece: u8, stage: Stage },
     /// Sent Zapped, waits for the daemon's acknowledgement (fix A).
     WaitDone(u8),
-    /// Lost the daemon (end of file): stops; faults stall.
+    /// Lost the daemon (end of file) with no restart to come: stops; faults stall.
     Dead,
+    /// Lost the daemon while idle: waits for the gate to follow the sentinel.
+    Lost,
+    /// Holds the gate and waits for the sentinel to resume with a new daemon
+    /// (`follow_sentinel`).
+    Follow,
 }
 
 /// Frames on the agent connection.
@@ -323,6 +362,8 @@ pub enum Frame {
     Zapped(u8, bool),
     /// Fix A: the daemon has settled eviction `id`.
     Done(u8),
+    /// Not a frame: the end of the connection, the daemon died.
+    Eof,
 }
 
 /// `pager.rs: EvictState`.
@@ -333,14 +374,18 @@ pub enum EvictState {
     Removed,
 }
 
-/// `pager.rs: Eviction`; the slot is `id`.
+/// `pager.rs: Eviction`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Eviction {
     pub id: u8,
+    pub slot: u8,
     pub state: EvictState,
     /// `pages`: captured pages.
     pub captured: [bool; N],
     pub spilled: u8,
+    /// A clean window's eviction: the slot it was filled from, still holding a reference
+    /// for each of its pages.
+    pub reused: bool,
 }
 
 /// Where the pager thread is in `Pager::step`.
@@ -364,9 +409,31 @@ pub struct Pager {
     pub batch: VecDeque<Msg>,
     pub started: u8,
     pub crashed: bool,
+    /// `clean`: the slot that holds `W` whole while `W` is clean.
+    pub clean: Option<u8>,
+    /// `next_eviction`: the id of the next eviction.
+    pub next_id: u8,
 }
 
-/// A spill slot: the captured values, its reference count, freed or not.
+/// An eviction's intent as the journal records it (`journal::Intent`, window `W`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct JIntent {
+    pub id: u8,
+    pub slot: u8,
+    pub version: u8,
+    pub captured: [bool; N],
+}
+
+/// What the client's journal replays to: the table as its records rebuild it (fills are not
+/// journaled) and the eviction intents, by id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Journal {
+    pub table: Table,
+    pub intents: Vec<JIntent>,
+}
+
+/// A spill slot: the captured values, its reference count, freed or not. Slot ids are never
+/// reused in the model, so a live slot's version is its id (`version`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Slot {
     pub vals: [u8; N],
@@ -380,6 +447,8 @@ pub struct Child {
     pub table: Table,
     pub thread: Thread,
     pub reads_left: u8,
+    /// The child's pager's clean window.
+    pub clean: Option<u8>,
 }
 
 /// Things that went wrong on a step (kept so that the properties can see them).
@@ -395,6 +464,17 @@ pub struct Bad {
     pub store_misuse: bool,
 }
 
+impl Slot {
+    /// `Store::versions`: 0 for a free slot.
+    pub fn version(&self, id: u8) -> u8 {
+        if self.freed {
+            0
+        } else {
+            id
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct State {
     pub split: bool,
@@ -405,11 +485,19 @@ pub struct State {
     pub next_val: u8,
     pub gate: Option<Holder>,
     pub agent: Agent,
-    /// A Zap the agent received while waiting for Go (`ZapQueue`).
-    pub agent_queue: Option<u8>,
+    /// Zaps the agent received while waiting for a reply (`ZapQueue`).
+    pub agent_queue: VecDeque<u8>,
     pub to_agent: VecDeque<Frame>,
     pub from_agent: VecDeque<Frame>,
+    /// `INFLIGHT`: the zap the agent has published before asking for its go.
+    pub inflight: Option<u8>,
+    /// `REPORTED`: what the sentinel told the new daemon the agent may be zapping.
+    pub reported: Option<u8>,
+    /// The agent's connection is the dead daemon's (until it follows the sentinel).
+    pub agent_old: bool,
+    pub crashes: u8,
     pub pager: Pager,
+    pub journal: Journal,
     pub slots: Vec<Slot>,
     /// The child's view of `W`, copied by `fork`, until its FORK event is handled.
     pub pending_child: Option<Mem>,
@@ -459,6 +547,14 @@ pub enum Action {
     ChildRetry,
     /// The daemon dies.
     Crash,
+    /// A new daemon starts (`recover_all`: replay the journal, reconcile it with the pages
+    /// present, recount the slots) and the sentinel resumes with it (`resume_client`:
+    /// report the agent's zap, `settle_intents`, `Pager::new`, `lift_after_restart`).
+    Restart,
+    /// The agent, holding the gate, settles the reported zap on the new connection.
+    AgentFollow,
+    /// The agent takes the gate to follow the sentinel.
+    AgentLostGate,
 }
 
 // ----------------------------------------------------------------------------------------
@@ -497,6 +593,19 @@ impl State {
             Thread::Madvise { stage, .. } | Thread::Forking(stage) => stage_raises(*stage),
             _ => false,
         }) || matches!(self.agent, Agent::Zap { stage, .. } if stage_raises(stage))
+    }
+
+    /// A REMOVE has been read and its poster (a thread or the agent) has not zapped yet.
+    pub fn zap_pending(&self) -> bool {
+        let pending = |s: Stage| matches!(s, Stage::Read | Stage::ZapPending);
+        self.threads.iter().any(|t| matches!(*t, Thread::Madvise { stage, .. } if pending(stage)))
+            || matches!(self.agent, Agent::Zap { stage, .. } if pending(stage))
+    }
+
+    /// The dead daemon's answer that settles the agent's published zap is still unread.
+    pub fn reply_unread(&self) -> bool {
+        self.inflight
+            .is_some_and(|id| self.to_agent.iter().any(|f| matches!(*f, Frame::Done(g) | Frame::NoGo(g) if g == id)))
     }
 
     /// Ghost: page `p` is in the program's DONTNEED that has posted its REMOVE and not zapped
@@ -552,6 +661,13 @@ impl State {
         }
     }
 
+    fn clean_mut(&mut self, who: Who) -> &mut Option<u8> {
+        match who {
+            Who::Parent => &mut self.pager.clean,
+            Who::Child => &mut self.child.as_mut().unwrap().clean,
+        }
+    }
+
     fn slot(&mut self, id: u32) -> &mut Slot {
         &mut self.slots[id as usize - 1]
     }
@@ -579,6 +695,15 @@ impl State {
         self.bad.store_misuse |= misuse;
     }
 
+    /// `Store::discard_if`: give back slot `id` if it is live, no page refers to it, and
+    /// (`discard_if_unreferenced`) it still holds `version`.
+    fn discard_if(&mut self, id: u8, version: Option<u8>) {
+        let sl = self.slots[id as usize - 1];
+        if !sl.freed && sl.refs == 0 && version.is_none_or(|v| v == sl.version(id)) {
+            self.discard(id);
+        }
+    }
+
     /// `SlotStore::add_refs` / `retain`.
     fn add_refs(&mut self, id: u32, n: u8) {
         let sl = &mut self.slots[id as usize - 1];
@@ -591,6 +716,27 @@ impl State {
         if self.gate == Some(h) {
             self.gate = None;
         }
+    }
+
+    /// The agent sends `f`; false if its connection is the dead daemon's.
+    fn agent_send(&mut self, f: Frame) -> bool {
+        if self.agent_old {
+            return false;
+        }
+        self.from_agent.push_back(f);
+        true
+    }
+
+    /// The slots a page table, a clean window or an eviction under way needs.
+    pub fn slots_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.pager.table.0.spilled_refs().collect();
+        v.extend(self.pager.clean.map(u32::from));
+        v.extend(self.pager.ev.map(|e| e.slot as u32));
+        if let Some(c) = &self.child {
+            v.extend(c.table.0.spilled_refs());
+            v.extend(c.clean.map(u32::from));
+        }
+        v
     }
 }
 
@@ -634,7 +780,8 @@ impl Evict {
             }
             _ => {
                 let wp = m.present[p];
-                m.faults.push_back(Fault { th: t as u8, page: p as u8, wp });
+                let write = matches!(op, Op::Write(_)) && !wp;
+                m.faults.push_back(Fault { th: t as u8, page: p as u8, wp, write });
                 s.threads[t] = Thread::Faulted(op);
             }
         }
@@ -648,7 +795,7 @@ impl Evict {
             }
             c.thread = Thread::Idle;
         } else {
-            c.mem.faults.push_back(Fault { th: 0, page: p as u8, wp: false });
+            c.mem.faults.push_back(Fault { th: 0, page: p as u8, wp: false, write: false });
             c.thread = Thread::Faulted(Op::Read(p as u8));
         }
     }
@@ -676,8 +823,9 @@ impl Evict {
             return Served::Defer;
         }
         if f.wp {
-            // `write_protect(w, false)`: lift a protection left by fork or a cancelled
-            // eviction.
+            // `write_protect(w, false)`: lift a protection left by fork, a cancelled
+            // eviction, or a clean fill: the window is dirty from now on.
+            self.forget_clean(s, Who::Parent);
             if s.mmap_changing() {
                 return Served::Retry;
             }
@@ -709,6 +857,7 @@ impl Evict {
                 return Served::Done;
             }
             // Fix C: a DONTNEED zapped it after a fill: it reads as zeros.
+            self.forget_clean(s, who);
             s.table_mut(who).set(p, PageState::Untouched);
         }
         let pages = s.table_mut(who).pages();
@@ -716,6 +865,11 @@ impl Evict {
             // The first UFFDIO_COPY fails with EAGAIN.
             return Served::Retry;
         }
+        // A read of a window wholly in one slot installs it write-protected; if the one
+        // COPY fills all of it, the slot keeps its references and the window is clean.
+        let clean_slot = if self.design.clean && !f.write { whole_from_one_slot(&pages) } else { None };
+        let whole = (0..N).all(|q| pages[q] != PageState::Resident && !s.mem_mut(who).present[q]);
+        let retain = whole && clean_slot.is_some();
         let mut faulting_filled = false;
         for (q, st) in pages.iter().enumerate() {
             if *st == PageState::Resident || s.mem_mut(who).present[q] {
@@ -736,13 +890,17 @@ impl Evict {
             let m = s.mem_mut(who);
             m.present[q] = true;
             m.val[q] = v;
-            m.wp[q] = false;
+            m.wp[q] = clean_slot.is_some();
             s.table_mut(who).set(q, PageState::Resident);
-            if let PageState::Spilled { slot, .. } = *st {
-                s.release(&[slot]);
+            match *st {
+                PageState::Spilled { slot, .. } if !retain => s.release(&[slot]),
+                _ => {}
             }
             s.wake(who, q, q + 1);
             faulting_filled |= q == p;
+        }
+        if retain {
+            *s.clean_mut(who) = clean_slot.map(|c| c as u8);
         }
         if !faulting_filled {
             s.wake(who, p, p + 1);
@@ -773,7 +931,8 @@ impl Evict {
                     s.add_refs(r, 1);
                 }
                 let mem = s.pending_child.take().unwrap();
-                s.child = Some(Child { mem, table, thread: Thread::Idle, reads_left: self.bounds.child_reads });
+                s.child =
+                    Some(Child { mem, table, thread: Thread::Idle, reads_left: self.bounds.child_reads, clean: None });
             }
         }
     }
@@ -796,24 +955,36 @@ impl Evict {
             let mut n = 0;
             for q in plo..phi {
                 if e.captured[q] {
-                    s.pager.table.set(q, PageState::Spilled { slot: e.id as u32, idx: q as u16 });
+                    s.pager.table.set(q, PageState::Spilled { slot: e.slot as u32, idx: q as u16 });
                     n += 1;
                 }
             }
             let ev = s.pager.ev.as_mut().unwrap();
             ev.state = EvictState::Removed;
             ev.spilled += n;
-            s.add_refs(e.id as u32, n);
+            // A reused slot has held their references since the window was filled.
+            if !e.reused {
+                s.add_refs(e.slot as u32, n);
+            }
             return;
         }
-        // The program's own DONTNEED: zeros from now on.
+        // The program's own DONTNEED: zeros from now on (journaled: `Journal::zero`).
         self.settle_overlapping(s);
+        s.journal.table.0.zero_range(start, end);
         let (released, _resident) = s.pager.table.0.zero_range(start, end);
         s.release(&released);
     }
 
+    /// `Pager::forget_clean`: the clean window may be written from now on, or is gone.
+    fn forget_clean(&self, s: &mut State, who: Who) {
+        if let Some(slot) = s.clean_mut(who).take() {
+            s.release(&[slot as u32; N]);
+        }
+    }
+
     /// `Pager::settle_overlapping` (every eviction overlaps: there is one window).
     fn settle_overlapping(&self, s: &mut State) {
+        self.forget_clean(s, Who::Parent);
         match s.pager.ev {
             Some(e) if e.state == EvictState::Removed => self.complete(s),
             Some(_) => self.cancel(s),
@@ -824,19 +995,29 @@ impl Evict {
     /// `Pager::complete`.
     fn complete(&self, s: &mut State) {
         let e = s.pager.ev.take().unwrap();
-        if e.spilled == 0 {
-            s.discard(e.id);
-        }
+        Self::drop_unspilled(s, e);
     }
 
-    /// `Pager::cancel`: unprotect (its error ignored), discard the slot.
+    /// `Pager::cancel`: unprotect (its error ignored), give back what the slot holds.
     fn cancel(&self, s: &mut State) {
         let e = s.pager.ev.take().unwrap();
         if !s.mmap_changing() {
             s.mem.wp = [false; N];
             s.wake(Who::Parent, 0, N);
         }
-        s.discard(e.id);
+        Self::drop_unspilled(s, e);
+    }
+
+    /// `Pager::drop_unspilled`: a reused slot loses the references of the pages that stayed;
+    /// a slot none of whose pages left is given back unless a page refers to it
+    /// (`discard_unless_referenced`: a rebuilt eviction's slot may be referred to).
+    fn drop_unspilled(s: &mut State, e: Eviction) {
+        let pages = e.captured.iter().filter(|c| **c).count() as u8;
+        if e.reused {
+            s.release(&vec![e.slot as u32; (pages - e.spilled) as usize]);
+        } else if e.spilled == 0 {
+            s.discard_if(e.slot, None);
+        }
     }
 
     /// `Pager::retry_deferred`.
@@ -857,9 +1038,19 @@ impl Evict {
             && s.pager.table.pages().contains(&PageState::Resident)
     }
 
-    /// `Pager::start_eviction`.
+    /// `Pager::evict_requested` for `W`: `capture`, the writer's `put_batch`, then
+    /// `ask_zaps` (the intent journaled, then Zap), as one step.
     fn start_eviction(&self, s: &mut State) {
         let pages = s.pager.table.pages();
+        if let Some(slot) = s.pager.clean {
+            if pages.iter().all(|p| *p == PageState::Resident) {
+                // Write-protected since it was filled: its bytes are the slot's.
+                s.pager.clean = None;
+                self.register_eviction(s, slot, [true; N], true);
+                return;
+            }
+            self.forget_clean(s, Who::Parent);
+        }
         if self.design.write_protect {
             if s.mmap_changing() {
                 // EAGAIN: nothing started this turn.
@@ -881,10 +1072,30 @@ impl Evict {
             }
         }
         s.slots.push(Slot { vals, refs: 0, freed: false });
-        let id = s.slots.len() as u8;
+        let slot = s.slots.len() as u8;
+        self.register_eviction(s, slot, captured, false);
+    }
+
+    /// `register_eviction` and `ask_zaps`: journal the intent, then ask for the zap.
+    fn register_eviction(&self, s: &mut State, slot: u8, captured: [bool; N], reused: bool) {
+        let id = s.pager.next_id;
+        s.pager.next_id += 1;
         s.pager.started += 1;
-        s.pager.ev = Some(Eviction { id, state: EvictState::Sent, captured, spilled: 0 });
+        s.pager.ev = Some(Eviction { id, slot, state: EvictState::Sent, captured, spilled: 0, reused });
+        let version = s.slots[slot as usize - 1].version(slot);
+        let intent = JIntent { id, slot, version, captured };
+        s.journal.intents.push(intent);
+        Self::replay_intent(&mut s.journal.table, intent);
         s.to_agent.push_back(Frame::Zap(id));
+    }
+
+    /// `journal::replay` of an EVICT record: its captured pages live in the slot.
+    fn replay_intent(t: &mut Table, i: JIntent) {
+        for q in 0..N {
+            if i.captured[q] {
+                t.set(q, PageState::Spilled { slot: i.slot as u32, idx: q as u16 });
+            }
+        }
     }
 
     /// `Pager::on_agent_frame`.
@@ -921,10 +1132,10 @@ impl Evict {
     fn agent_recv(&self, s: &mut State) {
         let f = s.to_agent.pop_front().unwrap();
         match (s.agent, f) {
+            (_, Frame::Eof) => self.agent_lost(s),
             (Agent::Idle, Frame::Zap(id)) => s.agent = Agent::Gate(id),
             (Agent::WaitGo(_) | Agent::WaitDone(_), Frame::Zap(id)) => {
-                assert!(s.agent_queue.is_none(), "agent queue overflow in the model");
-                s.agent_queue = Some(id);
+                s.agent_queue.push_back(id);
             }
             (Agent::WaitGo(id), Frame::Go(g)) if g == id => {
                 s.mem.events.push_back(Event::Remove {
@@ -934,16 +1145,164 @@ impl Evict {
                 });
                 s.agent = Agent::Zap { id, piece: 0, stage: Stage::Posted };
             }
-            (Agent::WaitGo(id), Frame::NoGo(g)) if g == id => {
-                s.release_gate(Holder::Agent);
-                s.agent = Agent::Idle;
-            }
-            (Agent::WaitDone(id), Frame::Done(g)) if g == id => {
+            (Agent::WaitGo(id), Frame::NoGo(g)) | (Agent::WaitDone(id), Frame::Done(g)) if g == id => {
+                // The batch is settled: `INFLIGHT` is cleared.
+                s.inflight = None;
                 s.release_gate(Holder::Agent);
                 s.agent = Agent::Idle;
             }
             (a, f) => unreachable!("agent in {a:?} got {f:?}"),
         }
+    }
+
+    /// The agent's connection failed (end of file, or a send to the dead daemon). Without a
+    /// restart it stops; with one, it holds the gate (`agent_main` takes it if idle) and
+    /// follows the sentinel.
+    fn agent_lost(&self, s: &mut State) {
+        if self.bounds.restarts == 0 {
+            s.release_gate(Holder::Agent);
+            s.agent = Agent::Dead;
+        } else if s.gate == Some(Holder::Agent) {
+            s.agent = Agent::Follow;
+        } else {
+            s.agent = Agent::Lost;
+        }
+    }
+
+    /// `follow_sentinel`: the old connection's frames are void; settle the reported zap on
+    /// the new one (`Zapped`, then wait for `Done`), or let go at once if none was reported.
+    fn agent_follow(&self, s: &mut State) {
+        if let Some(eof) = s.to_agent.iter().rposition(|f| *f == Frame::Eof) {
+            s.to_agent.drain(..=eof);
+        }
+        s.agent_queue.clear();
+        s.agent_old = false;
+        match s.reported {
+            Some(id) => {
+                s.from_agent.push_back(Frame::Zapped(id, true));
+                s.agent = Agent::WaitDone(id);
+            }
+            None => {
+                s.inflight = None;
+                s.release_gate(Holder::Agent);
+                s.agent = Agent::Idle;
+            }
+        }
+    }
+
+    /// `Agent::Zap`'s madvise is over: send `Zapped`, then wait for `Done` (fix A) or let go.
+    fn agent_zapped(&self, s: &mut State, id: u8, ok: bool) {
+        if !s.agent_send(Frame::Zapped(id, ok)) {
+            self.agent_lost(s);
+        } else if self.design.ack_zapped {
+            s.agent = Agent::WaitDone(id);
+        } else {
+            s.inflight = None;
+            s.release_gate(Holder::Agent);
+            s.agent = Agent::Idle;
+        }
+    }
+
+    /// A new daemon starts and the client resumes with it: `journal::recover_all` (replay,
+    /// `reconcile`, `Store::recover`), `server::resume_client` (the sentinel reports the
+    /// agent's published zap; the real `settle_intents`; `discard_if_unreferenced`),
+    /// `Pager::new` (the evictions under way rebuilt) and `lift_after_restart`.
+    fn resume(&self, s: &mut State) {
+        // recover_all: the journal's table; a present page is resident whatever it says.
+        let mut table = s.journal.table.clone();
+        for q in 0..N {
+            if s.mem.present[q] {
+                table.set(q, PageState::Resident);
+            }
+        }
+        // Store::recover: references from the table; unreferenced slots are freed, except
+        // those of intents (evictions an agent may still be zapping).
+        for (i, sl) in s.slots.iter_mut().enumerate() {
+            let id = i as u32 + 1;
+            if sl.freed {
+                continue;
+            }
+            let n = table.0.spilled_refs().filter(|r| *r == id).count() as u8;
+            if n == 0 && !s.journal.intents.iter().any(|j| j.slot as u32 == id) {
+                sl.freed = true;
+            } else {
+                sl.refs = n;
+            }
+        }
+        // resume_client: the sentinel reports `INFLIGHT`.
+        s.reported = s.inflight;
+        let w = Window { start: BASE, len: GRANULE };
+        let intent = |j: &JIntent| Intent {
+            w,
+            slot: j.slot as u32,
+            version: j.version as u64,
+            pages: (0..N).filter(|&q| j.captured[q]).map(addr).collect(),
+        };
+        let intents: HashMap<u64, Intent> = s.journal.intents.iter().map(|j| (j.id as u64, intent(j))).collect();
+        let reported: Vec<(u64, u64, u64)> = s.reported.iter().map(|&id| (id as u64, BASE, GRANULE)).collect();
+        let slots = s.slots.clone();
+        let version_of = |slot: u32| slots[slot as usize - 1].version(slot as u8) as u64;
+        let (under_way, mut settled) = settle_intents(intents.clone(), &reported, version_of);
+        if !self.design.settle_keeps_in_use {
+            // Before e90d793: every intent not under way is settled.
+            settled =
+                intents.into_iter().filter(|(id, _)| under_way.iter().all(|(u, _)| u != id)).map(|(_, i)| i).collect();
+        }
+        for i in settled {
+            s.discard_if(i.slot as u8, Some(i.version as u8));
+        }
+        // Pager::new: rebuild the eviction under way (the agent zaps one at a time).
+        assert!(under_way.len() <= 1);
+        let ev = under_way.first().map(|(id, i)| {
+            let j = *s.journal.intents.iter().find(|j| j.id as u64 == *id).unwrap();
+            let mut captured = [false; N];
+            let mut spilled = 0;
+            for &a in &i.pages {
+                let q = ((a - BASE) / PAGE) as usize;
+                match table.get(q) {
+                    PageState::Spilled { slot, .. } if slot == i.slot => spilled += 1,
+                    PageState::Resident => captured[q] = true,
+                    _ => {}
+                }
+            }
+            let state = if spilled > 0 { EvictState::Removed } else { EvictState::Go };
+            // Not `reused`: recovery counted references from the table alone.
+            Eviction { id: j.id, slot: j.slot, state, captured, spilled, reused: false }
+        });
+        let next_id = s.journal.intents.iter().map(|j| j.id + 1).max().unwrap_or(1);
+        // Journal::create: a snapshot of the table (resident pages are not in it) and the
+        // intents under way.
+        let mut jtable = table.clone();
+        for q in 0..N {
+            if jtable.get(q) == PageState::Resident {
+                jtable.set(q, PageState::Untouched);
+            }
+        }
+        let jintents: Vec<JIntent> =
+            s.journal.intents.iter().copied().filter(|j| under_way.iter().any(|(id, _)| *id == j.id as u64)).collect();
+        for &j in &jintents {
+            Self::replay_intent(&mut jtable, j);
+        }
+        s.journal = Journal { table: jtable, intents: jintents };
+        s.pager = Pager {
+            table,
+            ev,
+            deferred: Vec::new(),
+            phase: Phase::Read,
+            batch: VecDeque::new(),
+            started: s.pager.started,
+            crashed: false,
+            clean: None,
+            next_id,
+        };
+        // The frames the agent sent the dead daemon are lost.
+        s.from_agent.clear();
+        // lift_after_restart: unprotect all but a window being zapped (EAGAIN ignored),
+        // wake every waiting thread.
+        if s.pager.ev.is_none() && !s.mmap_changing() {
+            s.mem.wp = [false; N];
+        }
+        s.wake(Who::Parent, 0, N);
     }
 
     // ---- actions ---------------------------------------------------------------------
@@ -983,21 +1342,18 @@ impl Evict {
 
     fn agent_actions(&self, s: &State, out: &mut Vec<Action>) {
         match s.agent {
-            Agent::Idle if s.agent_queue.is_some() => out.push(Action::AgentRecv),
-            Agent::Idle | Agent::WaitGo(_) | Agent::WaitDone(_) => {
-                if !s.to_agent.is_empty() {
-                    out.push(Action::AgentRecv);
-                    if self.bounds.agent_fails
-                        && matches!((s.agent, s.to_agent[0]), (Agent::WaitGo(id), Frame::Go(g)) if g == id)
-                    {
-                        out.push(Action::AgentFail);
-                    }
-                } else if s.pager.crashed {
-                    // End of file on the agent connection.
-                    out.push(Action::AgentRecv);
+            Agent::Idle if !s.agent_queue.is_empty() => out.push(Action::AgentRecv),
+            Agent::Idle | Agent::WaitGo(_) | Agent::WaitDone(_) if !s.to_agent.is_empty() => {
+                out.push(Action::AgentRecv);
+                if self.bounds.agent_fails
+                    && matches!((s.agent, s.to_agent[0]), (Agent::WaitGo(id), Frame::Go(g)) if g == id)
+                {
+                    out.push(Action::AgentFail);
                 }
             }
             Agent::Gate(_) if s.gate.is_none() => out.push(Action::AgentTakeGate),
+            Agent::Lost if s.gate.is_none() => out.push(Action::AgentLostGate),
+            Agent::Follow if !s.pager.crashed => out.push(Action::AgentFollow),
             Agent::Zap { stage: Stage::Post, .. } => out.push(Action::AgentPost),
             Agent::Zap { stage: Stage::Read, .. } => out.push(Action::AgentResume),
             Agent::Zap { stage: Stage::ZapPending, .. } => out.push(Action::AgentZap),
@@ -1007,6 +1363,12 @@ impl Evict {
 
     fn pager_actions(&self, s: &State, out: &mut Vec<Action>) {
         if s.pager.crashed {
+            if s.crashes <= self.bounds.restarts
+                && (self.bounds.late_zap || !s.zap_pending())
+                && (self.bounds.late_reply || !s.reply_unread())
+            {
+                out.push(Action::Restart);
+            }
             return;
         }
         match s.pager.phase {
@@ -1031,9 +1393,17 @@ impl Evict {
                 out.push(Action::ChildServe);
             }
         }
-        if self.bounds.crash {
+        if self.bounds.crash && s.crashes < self.bounds.restarts.max(1) && !self.unjournaled_dontneed(s) {
             out.push(Action::Crash);
         }
+    }
+
+    /// The README's known limit: a program DONTNEED whose REMOVE the daemon has read but not
+    /// journaled is replayed without it (its page may read its old bytes). With restarts,
+    /// the model does not crash the daemon there.
+    fn unjournaled_dontneed(&self, s: &State) -> bool {
+        self.bounds.restarts > 0
+            && s.pager.batch.iter().any(|m| matches!(m, Msg::Event(Event::Remove { by: Poster::Thread(_), .. })))
     }
 
     fn child_actions(&self, s: &State, out: &mut Vec<Action>) {
@@ -1056,6 +1426,10 @@ impl Model for Evict {
     type Action = Action;
 
     fn init_states(&self) -> Vec<State> {
+        assert!(
+            self.bounds.restarts == 0 || (self.bounds.crash && self.bounds.forks == 0),
+            "restarts need crash, no fork"
+        );
         let mut out = Vec::new();
         for &split in &self.bounds.split {
             for &resident in &self.bounds.start_resident {
@@ -1086,9 +1460,13 @@ impl Model for Evict {
                     next_val: if resident { N as u8 } else { 0 },
                     gate: None,
                     agent: Agent::Idle,
-                    agent_queue: None,
+                    agent_queue: VecDeque::new(),
                     to_agent: VecDeque::new(),
                     from_agent: VecDeque::new(),
+                    inflight: None,
+                    reported: None,
+                    agent_old: false,
+                    crashes: 0,
                     pager: Pager {
                         table,
                         ev: None,
@@ -1097,7 +1475,11 @@ impl Model for Evict {
                         batch: VecDeque::new(),
                         started: 0,
                         crashed: false,
+                        clean: None,
+                        next_id: 1,
                     },
+                    // Created when the client connected: its regions, nothing spilled.
+                    journal: Journal { table: Table::new(), intents: Vec::new() },
                     slots: Vec::new(),
                     pending_child: None,
                     child: None,
@@ -1195,13 +1577,8 @@ impl Model for Evict {
                 }
             }
             Action::AgentRecv => {
-                if s.agent == Agent::Idle && s.agent_queue.is_some() {
-                    s.agent = Agent::Gate(s.agent_queue.take().unwrap());
-                } else if s.to_agent.is_empty() {
-                    // The daemon is gone: zap_one fails, the gate is released, the agent
-                    // stops (daemon_lost).
-                    s.release_gate(Holder::Agent);
-                    s.agent = Agent::Dead;
+                if s.agent == Agent::Idle && !s.agent_queue.is_empty() {
+                    s.agent = Agent::Gate(s.agent_queue.pop_front().unwrap());
                 } else {
                     self.agent_recv(&mut s);
                 }
@@ -1209,19 +1586,23 @@ impl Model for Evict {
             Action::AgentTakeGate => {
                 let Agent::Gate(id) = s.agent else { unreachable!() };
                 s.gate = Some(Holder::Agent);
-                s.from_agent.push_back(Frame::Zapping(id));
-                s.agent = Agent::WaitGo(id);
+                // Published before the go is asked for, for the sentinel to report.
+                s.inflight = Some(id);
+                if s.agent_send(Frame::Zapping(id)) {
+                    s.agent = Agent::WaitGo(id);
+                } else {
+                    self.agent_lost(&mut s);
+                }
             }
+            Action::AgentLostGate => {
+                s.gate = Some(Holder::Agent);
+                s.agent = Agent::Follow;
+            }
+            Action::AgentFollow => self.agent_follow(&mut s),
             Action::AgentFail => {
                 let Agent::WaitGo(id) = s.agent else { unreachable!() };
                 s.to_agent.pop_front();
-                s.from_agent.push_back(Frame::Zapped(id, false));
-                if self.design.ack_zapped {
-                    s.agent = Agent::WaitDone(id);
-                } else {
-                    s.release_gate(Holder::Agent);
-                    s.agent = Agent::Idle;
-                }
+                self.agent_zapped(&mut s, id, false);
             }
             Action::AgentPost => {
                 let Agent::Zap { id, piece, .. } = s.agent else { unreachable!() };
@@ -1241,13 +1622,7 @@ impl Model for Evict {
                 if (piece as usize) + 1 < ps.len() {
                     s.agent = Agent::Zap { id, piece: piece + 1, stage: Stage::Post };
                 } else {
-                    s.from_agent.push_back(Frame::Zapped(id, true));
-                    if self.design.ack_zapped {
-                        s.agent = Agent::WaitDone(id);
-                    } else {
-                        s.release_gate(Holder::Agent);
-                        s.agent = Agent::Idle;
-                    }
+                    self.agent_zapped(&mut s, id, true);
                 }
             }
             Action::PagerRead => {
@@ -1312,7 +1687,13 @@ impl Model for Evict {
                 let Thread::Woken(op) = s.child.as_ref().unwrap().thread else { unreachable!() };
                 self.child_access(&mut s, op.page());
             }
-            Action::Crash => s.pager.crashed = true,
+            Action::Crash => {
+                s.pager.crashed = true;
+                s.crashes += 1;
+                s.agent_old = true;
+                s.to_agent.push_back(Frame::Eof);
+            }
+            Action::Restart => self.resume(&mut s),
         }
         Some(s)
     }
@@ -1326,6 +1707,9 @@ impl Model for Evict {
                 table_agrees(&m.design, s)
             }),
             Property::always("slot references match the page tables", |_, s: &State| slots_counted(s)),
+            Property::always("no slot in use is freed", |_, s: &State| {
+                s.slots_in_use().iter().all(|&id| !s.slots[id as usize - 1].freed)
+            }),
             Property::sometimes("a thread waits for a spilled page", |_, s: &State| {
                 s.threads.iter().any(|t| {
                     matches!(t, Thread::Faulted(op) if matches!(op, Op::Read(_) | Op::Write(_))
@@ -1338,6 +1722,20 @@ impl Model for Evict {
                 s.split
                     && matches!(s.pager.ev, Some(e) if e.state == EvictState::Removed && e.spilled == 1)
                     && matches!(s.agent, Agent::Zap { piece: 1, .. })
+            }));
+        }
+        if self.design.clean && self.bounds.evictions > 1 {
+            p.push(Property::sometimes(
+                "a clean window is evicted",
+                |_, s: &State| matches!(s.pager.ev, Some(e) if e.reused && e.state == EvictState::Removed),
+            ));
+        }
+        if self.bounds.restarts > 0 {
+            p.push(Property::sometimes("a resumed daemon finishes an eviction under way", |_, s: &State| {
+                s.crashes > 0
+                    && !s.pager.crashed
+                    && s.reported
+                        .is_some_and(|id| matches!(s.pager.ev, Some(e) if e.id == id && e.state == EvictState::Removed))
             }));
         }
         if self.bounds.forks > 0 && self.bounds.child_reads > 0 {
@@ -1395,7 +1793,9 @@ pub fn table_agrees(d: &Design, s: &State) -> bool {
 }
 
 /// Every live slot is referenced exactly as many times as the page tables (parent and
-/// child) refer to it; a freed one not at all; no store misuse happened.
+/// child) refer to it, plus a reference per page for a clean window filled from it (and
+/// for the pages of a clean window's eviction not yet zapped); a freed one not at all; no
+/// store misuse happened.
 pub fn slots_counted(s: &State) -> bool {
     if s.bad.store_misuse {
         return false;
@@ -1403,8 +1803,13 @@ pub fn slots_counted(s: &State) -> bool {
     s.slots.iter().enumerate().all(|(i, sl)| {
         let id = i as u32 + 1;
         let mut n = s.pager.table.0.spilled_refs().filter(|r| *r == id).count();
+        n += N * usize::from(s.pager.clean == Some(id as u8));
+        if let Some(e) = s.pager.ev.filter(|e| e.reused && e.slot as u32 == id) {
+            n += e.captured.iter().filter(|c| **c).count() - e.spilled as usize;
+        }
         if let Some(c) = &s.child {
             n += c.table.0.spilled_refs().filter(|r| *r == id).count();
+            n += N * usize::from(c.clean == Some(id as u8));
         }
         if sl.freed {
             n == 0
