@@ -481,6 +481,12 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "failed_faults": s.failed_faults.load(Relaxed),
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
         "failed_evictions": s.failed_evictions.load(Relaxed),
+        // Node-to-node messages refused for failed authentication: connections to this
+        // node's donor, and requests and replies of the cluster's gRPC service.
+        "auth_failures": {
+            "data_plane": crate::remote::donor_auth_failures(),
+            "control_plane": crate::cluster::auth_failures(),
+        },
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
         "placement": placement,
     })
