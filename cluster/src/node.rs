@@ -480,8 +480,11 @@ impl Service {
     {
         let peer = r.remote_addr().map_or("an unknown peer".to_string(), |a| a.to_string());
         let req = r.into_inner();
-        if let Err(e) = self.auth.open_request(method, self.id, &req, now_ms()) {
-            return Err(self.auth.refused(&format!("refused {method} from {peer}: {e}")));
+        match self.auth.open_request(method, self.id, &req, now_ms()) {
+            Ok(()) => {}
+            // Authentic, but more than the replay window can remember: not an attack to count.
+            Err(e @ auth::AuthError::Overloaded) => return Err(Status::resource_exhausted(e.to_string())),
+            Err(e) => return Err(self.auth.refused(&format!("refused {method} from {peer}: {e}"))),
         }
         let reply = serve(auth::decode(&req.body)?).await;
         Ok(Response::new(self.auth.seal_reply(method, &req.nonce, &reply)?))
