@@ -6,13 +6,17 @@
 //! types are serde types already, so the messages travel as JSON inside ordinary gRPC framing
 //! (HTTP/2, `application/grpc`), through [`JsonCodec`](src/rpc.rs). This is the control plane:
 //! a few small messages a second, never page bytes, so JSON's cost does not matter.
+//!
+//! Every method takes a `SealedRequest` and answers a `SealedReply` (src/auth.rs): the typed
+//! message is inside, under a MAC. Only the server is generated: `network::Client` seals and
+//! sends through tonic's generic client, one code path for every method.
 
-fn method(name: &str, route: &str, input: &str, output: &str) -> tonic_build::manual::Method {
+fn method(name: &str, route: &str) -> tonic_build::manual::Method {
     tonic_build::manual::Method::builder()
         .name(name)
         .route_name(route)
-        .input_type(input)
-        .output_type(output)
+        .input_type("crate::auth::SealedRequest")
+        .output_type("crate::auth::SealedReply")
         .codec_path("crate::rpc::JsonCodec")
         .build()
 }
@@ -21,12 +25,12 @@ fn main() {
     let service = tonic_build::manual::Service::builder()
         .name("Raft")
         .package("holo.cluster")
-        .method(method("append_entries", "AppendEntries", "crate::rpc::AppendReq", "crate::rpc::AppendReply"))
-        .method(method("vote", "Vote", "crate::rpc::VoteReq", "crate::rpc::VoteReply"))
-        .method(method("install_snapshot", "InstallSnapshot", "crate::rpc::SnapshotReq", "crate::rpc::SnapshotReply"))
-        .method(method("join", "Join", "crate::rpc::JoinReq", "crate::rpc::AdminReply"))
-        .method(method("leave", "Leave", "crate::rpc::LeaveReq", "crate::rpc::AdminReply"))
-        .method(method("write", "Write", "crate::rpc::WriteReq", "crate::rpc::WriteReply"))
+        .method(method("append_entries", "AppendEntries"))
+        .method(method("vote", "Vote"))
+        .method(method("install_snapshot", "InstallSnapshot"))
+        .method(method("join", "Join"))
+        .method(method("leave", "Leave"))
+        .method(method("write", "Write"))
         .build();
-    tonic_build::manual::Builder::new().compile(&[service]);
+    tonic_build::manual::Builder::new().build_client(false).compile(&[service]);
 }

@@ -80,17 +80,15 @@ struct Node {
     daemon: Daemon,
 }
 
-/// Node `id` of `lan`: its daemon runs in namespace N and listens on 10.77.0.N:7400.
-fn start_node(lan: &Lan, id: u32) -> Node {
+/// Node `id` of `lan`: its daemon runs in namespace N and listens on 10.77.0.N:7400, with
+/// `extra` flags.
+fn start_node(lan: &Lan, id: u32, extra: &[&str]) -> Node {
     let addr = format!("10.77.0.{id}:7400");
     let ns = lan.ns(&id.to_string());
     let id_s = id.to_string();
-    let daemon = Daemon::start_wrapped(
-        &["ip", "netns", "exec", &ns],
-        "16M",
-        "64K",
-        &["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr],
-    );
+    let mut flags = vec!["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr];
+    flags.extend_from_slice(extra);
+    let daemon = Daemon::start_wrapped(&["ip", "netns", "exec", &ns], "16M", "64K", &flags);
     Node { id: id.into(), addr, daemon }
 }
 
@@ -176,9 +174,10 @@ type Addrs = Vec<(u64, String)>;
 
 /// Three daemons in `lan` form a cluster: init on node 1, node 2 joins through node 1, node 3
 /// through node 2 (a follower, which must forward the request to the leader). Returns the
-/// nodes, their (id, address) pairs, and the (leader, term) they all agree on.
-fn form(lan: &Lan) -> ([Node; 3], Addrs, (u64, u64)) {
-    let nodes = [start_node(lan, 1), start_node(lan, 2), start_node(lan, 3)];
+/// nodes, their (id, address) pairs, and the (leader, term) they all agree on. Each daemon
+/// gets `extra` flags.
+fn form(lan: &Lan, extra: &[&str]) -> ([Node; 3], Addrs, (u64, u64)) {
+    let nodes = [start_node(lan, 1, extra), start_node(lan, 2, extra), start_node(lan, 3, extra)];
     let all: Vec<&Node> = nodes.iter().collect();
     let addrs: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
     let init = holoctl_cluster(&nodes[0], &["init"], &all);
@@ -199,7 +198,7 @@ fn form(lan: &Lan) -> ([Node; 3], Addrs, (u64, u64)) {
 #[test]
 fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() {
     let lan = Lan::new(3);
-    let (mut nodes, addrs, (old_leader, old_term)) = form(&lan);
+    let (mut nodes, addrs, (old_leader, old_term)) = form(&lan, &[]);
     let all: Vec<&Node> = nodes.iter().collect();
     // Anyone may look, but only root may change the cluster.
     let mut cmd = Command::new(bin("holoctl"));
@@ -304,7 +303,10 @@ fn three_daemons_elect_a_new_leader_and_a_restarted_node_rejoins_from_its_log() 
 #[test]
 fn a_cut_off_leader_is_replaced_and_follows_after_the_link_returns() {
     let lan = Lan::new(3);
-    let (nodes, addrs, (old_leader, old_term)) = form(&lan);
+    // With the cluster secret: every vote and append of the re-election is authenticated.
+    let confs = TempDir::new("cluster-secret");
+    let secret = secret_config(&confs, 0x42);
+    let (nodes, addrs, (old_leader, old_term)) = form(&lan, &["--config", &secret]);
     let all: Vec<&Node> = nodes.iter().collect();
     let ns = lan.ns(&old_leader.to_string());
     ip(&["-n", &ns, "link", "set", "eth0", "down"]);
@@ -335,6 +337,68 @@ fn a_cut_off_leader_is_replaced_and_follows_after_the_link_returns() {
         }
         Ok(())
     });
+    // Nothing the members sent each other, across the partition, was refused.
+    for (n, m) in view(&all).unwrap_or_else(|e| panic!("{e}{}", report(&all))) {
+        assert!(m["authenticated"] == true && m["auth_failures"] == 0, "node {}: {m}{}", n.id, report(&all));
+    }
+}
+
+/// A config file naming a secret file of mode 0600 that holds `byte` 32 times.
+fn secret_config(dir: &TempDir, byte: u8) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = dir.path().join(format!("{byte:x}.secret"));
+    std::fs::write(&secret, [byte; 32]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = dir.path().join(format!("{byte:x}.toml"));
+    std::fs::write(&conf, format!("cluster_secret_file = \"{}\"\n", secret.display())).unwrap();
+    conf.display().to_string()
+}
+
+/// Three daemons sharing `cluster_secret_file` form a cluster over the LAN; a fourth with
+/// another secret and a fifth with none cannot join it: `holoctl cluster join` fails at once
+/// saying why, the membership stays as it was, and the member counts the refusals.
+#[test]
+fn only_nodes_with_the_cluster_secret_can_join() {
+    let lan = Lan::new(5);
+    let confs = TempDir::new("cluster-secret");
+    let good = secret_config(&confs, 0x42);
+    let (nodes, addrs, _) = form(&lan, &["--config", &good]);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let m = members(&nodes[0]).unwrap_or_else(|e| panic!("{e}{}", report(&all)));
+    assert!(m["authenticated"] == true && m["auth_failures"] == 0, "{m}{}", report(&all));
+
+    let wrong = secret_config(&confs, 0x43);
+    for (id, extra, why) in
+        [(4, vec!["--config", &wrong], "bad MAC on the request"), (5, vec![], "the sender has no cluster_secret_file")]
+    {
+        let outsider = start_node(&lan, id, &extra);
+        let (cmd, out) = outsider.daemon.holoctl(&["cluster", "join", &nodes[0].addr]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && stderr.contains(why) && stderr.contains("cluster_secret_file"),
+            "`{cmd}` from node {id} should fail saying why\nstatus: {}\nstderr: {stderr}{}{}",
+            out.status,
+            report(&all),
+            report(&[&outsider])
+        );
+        let own = members(&outsider).unwrap_or_else(|e| panic!("{e}{}", report(&[&outsider])));
+        assert_eq!(ids(&own["voters"]), Vec::<u64>::new(), "node {id} is in no cluster: {own}");
+    }
+    // The membership is unchanged: the same three voters, and no inventory entry for 4 or 5.
+    let v = view(&all).unwrap_or_else(|e| panic!("{e}{}", report(&all)));
+    agreed(&v, &[1, 2, 3], &addrs).unwrap_or_else(|e| panic!("{e}{}", report(&all)));
+    for (n, m) in &v {
+        let listed: Vec<u64> = m["members"].as_array().unwrap().iter().filter_map(|x| x["id"].as_u64()).collect();
+        assert_eq!(listed, [1, 2, 3], "node {} lists {m}", n.id);
+    }
+    // Node 1 refused both joins: counted, shown by holoctl, logged.
+    let refused = v[0].1["auth_failures"].as_u64().unwrap_or(0);
+    assert!(refused >= 2, "node 1 refused {refused} requests: {}{}", v[0].1, report(&all));
+    let tiers = nodes[0].daemon.holoctl_json(&["tiers"]);
+    assert!(tiers["auth_failures"]["control_plane"].as_u64() >= Some(2), "{tiers}");
+    assert_eq!(tiers["auth_failures"]["data_plane"], 0, "{tiers}");
+    let log = nodes[0].daemon.log();
+    assert!(log.contains("cluster: refused Join from 10.77.0."), "{}", report(&all));
 }
 
 #[test]

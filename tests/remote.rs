@@ -317,15 +317,15 @@ fn a_node_without_the_cluster_secret_cannot_spill_to_the_donors() {
             format!("donate = \"160M\"\ndata_listen = \"127.0.0.1:0\"\ncluster_secret_file = \"{good}\"\n"),
         )
         .unwrap();
-        let d = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap()]);
+        let d = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
         let log = d.log();
         assert!(log.contains("authenticated with the secret in"), "{}", d.report_log());
         let addr = log.lines().find_map(|l| l.split("to peers on ").nth(1)).and_then(|r| r.split_whitespace().next());
         let addr = addr.unwrap_or_else(|| panic!("no data address\n{}", d.report_log())).to_string();
         (d, addr)
     };
-    let (_donor_a, addr_a) = donor("a");
-    let (_donor_b, addr_b) = donor("b");
+    let (donor_a, addr_a) = donor("a");
+    let (donor_b, addr_b) = donor("b");
     let node = |name: &str, secret: &str| {
         let fs_dir = confs.path().join(format!("{name}-fs"));
         fs::create_dir(&fs_dir).unwrap();
@@ -359,6 +359,21 @@ fn a_node_without_the_cluster_secret_cannot_spill_to_the_donors() {
         log.contains("authentication failed: the donor does not hold this cluster's secret"),
         "the node should say why the donors are refused",
     );
+    // The stranger gave up on each donor's proof before sending its own, so the donors saw
+    // only quiet closes. A peer that skips the handshake is refused by the donor and counted,
+    // in holoctl and in the metrics.
+    for (d, addr) in [(&donor_a, &addr_a), (&donor_b, &addr_b)] {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.write_all(&[0x55; 64]).unwrap();
+        let _ = conn.read_to_end(&mut Vec::new());
+        let tiers = d.holoctl_json(&["tiers"]);
+        let n = tiers["auth_failures"]["data_plane"].as_u64();
+        assert_eq!(n, Some(1), "{tiers}{}", d.report_log());
+        let line = "holo_node_auth_failures_total{plane=\"data\"} 1\n";
+        assert!(scrape(d).contains(line), "the metrics should show {line}{}", d.report_log());
+    }
 }
 
 #[test]

@@ -15,12 +15,15 @@
 //!   clock, no unsafe), so that a stateright model in `spec/` can call them.
 //! * [`store`]: the Raft log, vote and snapshots on disk, fsync'd.
 //! * [`rpc`], [`network`]: the gRPC service (JSON codec, no protoc) and openraft's network.
+//! * [`auth`]: every request and reply of the service under a MAC keyed from the cluster
+//!   secret, with replays refused.
 //! * [`node`]: a running member: start, init, join, leave, members.
 //!
 //! Page bytes never enter the Raft log, and nothing here runs on a fault-serving thread.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod network;
 pub mod node;
 pub mod ownership;

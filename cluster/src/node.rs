@@ -17,9 +17,10 @@ use serde_json::json;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::network::{self, Network};
+use crate::auth::{self, Auth, ClusterKey, SealedReply, SealedRequest};
+use crate::network::{Client, Network};
 use crate::rpc::raft_server::RaftServer;
-use crate::rpc::{self, AdminReply, JoinReq, LeaveReq, WriteReply, WriteReq};
+use crate::rpc::{self, method, AdminReply, JoinReq, LeaveReq, WriteReply, WriteReq};
 use crate::state::{Command, NodeId, NodeInfo, Outcome};
 use crate::store::{LogStore, Restored, StateMachineStore};
 use crate::{BasicNode, TypeConfig};
@@ -88,6 +89,12 @@ pub struct NodeConfig {
     /// Build a snapshot (and purge the log before it) every this many entries; normally
     /// [`SNAPSHOT_EVERY`], smaller in tests that need snapshots to happen.
     pub snapshot_every: u64,
+    /// The control-plane key ([`auth::Plane::Control`] of `cluster_secret_file`); `None`:
+    /// the service is unauthenticated.
+    pub key: Option<ClusterKey>,
+    /// Logs a refused request or reply; the daemon's is rate-limited, since anyone who reaches
+    /// the port can cause one.
+    pub log_refused: fn(&str),
 }
 
 type RaftNode = Raft<TypeConfig>;
@@ -100,6 +107,7 @@ pub struct Cluster {
     config: NodeConfig,
     restored: Restored,
     left: Mutex<bool>,
+    auth: Arc<Auth>,
 }
 
 impl Cluster {
@@ -137,10 +145,12 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let auth = Arc::new(Auth::new(config.key, config.log_refused));
+        let network = Network { auth: auth.clone() };
         let raft = rt
-            .block_on(Raft::new(config.node_id, Arc::new(raft_config), Network, log, sm.clone()))
+            .block_on(Raft::new(config.node_id, Arc::new(raft_config), network, log, sm.clone()))
             .map_err(|e| ClusterError::Failed(format!("cannot start Raft: {e}")))?;
-        let service = Service { raft: raft.clone(), id: config.node_id };
+        let service = Service { raft: raft.clone(), id: config.node_id, auth: auth.clone() };
         let server = RaftServer::new(service)
             .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES);
@@ -158,16 +168,18 @@ impl Cluster {
             }
         });
         log::info!(
-            "cluster node {} on {} (advertised {}): {} log entries on disk, last {:?}, vote term {:?}, snapshot at {:?}",
+            "cluster node {} on {} (advertised {}, {}): {} log entries on disk, last {:?}, vote term {:?}, snapshot \
+             at {:?}",
             config.node_id,
             config.listen,
             config.advertise,
+            if auth.is_keyed() { "authenticated" } else { "unauthenticated" },
             restored.log_entries,
             restored.last_log_index,
             restored.vote_term,
             restored.snapshot_index
         );
-        Ok(Cluster { rt, raft, sm, config, restored, left: Mutex::new(false) })
+        Ok(Cluster { rt, raft, sm, config, restored, left: Mutex::new(false), auth })
     }
 
     fn check_not_left(&self) -> Result<(), ClusterError> {
@@ -205,14 +217,29 @@ impl Cluster {
             )));
         }
         let req = JoinReq { node: self.config.info.clone(), forwarded: false };
+        // The first hop names no node: which member answers at `addr` is not known yet. The
+        // channel is made inside the runtime, as tonic requires.
+        let client = {
+            let _guard = self.rt.enter();
+            Client::new(addr, None, self.auth.clone())
+                .map_err(|e| ClusterError::Failed(format!("bad address {addr:?}: {e}")))?
+        };
+        // Ok(Err(..)): refused credentials, which asking again will not change.
         self.rt
             .block_on(retry_until(ADMIN_TIMEOUT, || {
-                let (req, addr) = (req.clone(), addr.to_string());
+                let (req, mut c) = (req.clone(), client.clone());
                 async move {
-                    let mut c = network::client(&addr).map_err(|e| format!("bad address {addr:?}: {e}"))?;
-                    c.join(req).await.map_err(|s| format!("{addr}: {}", s.message()))?.into_inner()
+                    match c.call::<_, AdminReply>(method::JOIN, &req).await {
+                        Ok(Ok(leader)) => Ok(Ok(leader)),
+                        Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                        Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                            Ok(Err(format!("{addr}: {} (every node needs the same cluster_secret_file)", s.message())))
+                        }
+                        Err(s) => Err(format!("{addr}: {}", s.message())),
+                    }
                 }
             }))
+            .and_then(|r| r)
             .map_err(ClusterError::Failed)?;
         // Wait until this node has applied its own registration, so `members` shows it.
         let id = self.config.node_id;
@@ -233,7 +260,7 @@ impl Cluster {
         let id = self.config.node_id;
         self.rt
             .block_on(retry_until(ADMIN_TIMEOUT, || {
-                let svc = Service { raft: self.raft.clone(), id };
+                let svc = self.service();
                 async move { svc.leave(LeaveReq { id, forwarded: false }).await }
             }))
             .map_err(ClusterError::Failed)?;
@@ -256,9 +283,19 @@ impl Cluster {
             .map_err(ClusterError::Failed)
     }
 
+    fn service(&self) -> Service {
+        Service { raft: self.raft.clone(), id: self.config.node_id, auth: self.auth.clone() }
+    }
+
     async fn write_via_leader(&self, command: Command) -> Result<Outcome, String> {
-        let svc = Service { raft: self.raft.clone(), id: self.config.node_id };
+        let svc = self.service();
         retry_until(ADMIN_TIMEOUT, || svc.write(WriteReq { command: command.clone(), forwarded: false })).await
+    }
+
+    /// Control-plane messages refused so far (requests its server refused, replies its
+    /// clients did).
+    pub fn auth_failures(&self) -> u64 {
+        self.auth.failures()
     }
 
     /// What this node found on disk when it started.
@@ -286,6 +323,8 @@ impl Cluster {
                 "voters": [],
                 "members": [],
                 "restored": self.restored,
+                "authenticated": self.auth.is_keyed(),
+                "auth_failures": self.auth.failures(),
             });
         }
         let m = self.raft.metrics().borrow().clone();
@@ -335,6 +374,8 @@ impl Cluster {
             "leases": state.leases.len(),
             "last_epoch": state.last_epoch,
             "restored": self.restored,
+            "authenticated": self.auth.is_keyed(),
+            "auth_failures": self.auth.failures(),
         })
     }
 }
@@ -376,12 +417,13 @@ where
 struct Service {
     raft: RaftNode,
     id: NodeId,
+    auth: Arc<Auth>,
 }
 
 /// Where an admin request must run.
 enum Leader {
     Me,
-    Peer(String),
+    Peer(NodeId, String),
 }
 
 impl Service {
@@ -395,7 +437,7 @@ impl Service {
                 };
                 match leader {
                     Some((l, _)) if l == self.id => return Ok(Leader::Me),
-                    Some((_, Some(addr))) => return Ok(Leader::Peer(addr)),
+                    Some((l, Some(addr))) => return Ok(Leader::Peer(l, addr)),
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
@@ -407,17 +449,53 @@ impl Service {
         found.unwrap_or_else(|_| Err(format!("no leader known after {LEADER_WAIT:?}: is this node in a cluster?")))
     }
 
+    /// Sends an admin request on to the leader (node `leader` at `addr`).
+    async fn forward<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        method: &str,
+        req: &Q,
+    ) -> Result<T, String> {
+        let mut c = Client::new(addr, Some(leader), self.auth.clone()).map_err(|e| e.to_string())?;
+        c.call::<Q, Result<T, String>>(method, req)
+            .await
+            .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
+    }
+
+    /// Checks a request that arrived on `method` from `peer`, runs `serve` on its body and
+    /// seals the reply. A request that fails authentication is refused (`Unauthenticated`),
+    /// counted and logged; nothing of it is decoded or run.
+    async fn serve<Q, A, F, Fut>(
+        &self,
+        method: &str,
+        r: Request<SealedRequest>,
+        serve: F,
+    ) -> Result<Response<SealedReply>, Status>
+    where
+        Q: serde::de::DeserializeOwned,
+        A: serde::Serialize,
+        F: FnOnce(Q) -> Fut,
+        Fut: std::future::Future<Output = A>,
+    {
+        let peer = r.remote_addr().map_or("an unknown peer".to_string(), |a| a.to_string());
+        let req = r.into_inner();
+        match self.auth.open_request(method, self.id, &req, now_ms()) {
+            Ok(()) => {}
+            // Authentic, but more than the replay window can remember: not an attack to count.
+            Err(e @ auth::AuthError::Overloaded) => return Err(Status::resource_exhausted(e.to_string())),
+            Err(e) => return Err(self.auth.refused(&format!("refused {method} from {peer}: {e}"))),
+        }
+        let reply = serve(auth::decode(&req.body)?).await;
+        Ok(Response::new(self.auth.seal_reply(method, &req.nonce, &reply)?))
+    }
+
     async fn join(&self, req: JoinReq) -> AdminReply {
         match self.leader().await? {
-            Leader::Peer(addr) if !req.forwarded => {
-                let fwd = JoinReq { forwarded: true, ..req };
-                let mut c = network::client(&addr).map_err(|e| e.to_string())?;
-                c.join(fwd)
-                    .await
-                    .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
-                    .into_inner()
+            Leader::Peer(leader, addr) if !req.forwarded => {
+                self.forward(leader, &addr, method::JOIN, &JoinReq { forwarded: true, ..req }).await
             }
-            Leader::Peer(addr) => Err(format!("not the leader (the leader is at {addr})")),
+            Leader::Peer(_, addr) => Err(format!("not the leader (the leader is at {addr})")),
             Leader::Me => {
                 let id = req.node.id;
                 let membership = self.raft.metrics().borrow().membership_config.membership().clone();
@@ -443,14 +521,10 @@ impl Service {
 
     async fn leave(&self, req: LeaveReq) -> AdminReply {
         match self.leader().await? {
-            Leader::Peer(addr) if !req.forwarded => {
-                let mut c = network::client(&addr).map_err(|e| e.to_string())?;
-                c.leave(LeaveReq { forwarded: true, ..req })
-                    .await
-                    .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
-                    .into_inner()
+            Leader::Peer(leader, addr) if !req.forwarded => {
+                self.forward(leader, &addr, method::LEAVE, &LeaveReq { forwarded: true, ..req }).await
             }
-            Leader::Peer(addr) => Err(format!("not the leader (the leader is at {addr})")),
+            Leader::Peer(_, addr) => Err(format!("not the leader (the leader is at {addr})")),
             Leader::Me => {
                 let id = req.id;
                 let voters: BTreeSet<NodeId> =
@@ -475,14 +549,10 @@ impl Service {
 
     async fn write(&self, req: WriteReq) -> WriteReply {
         match self.leader().await? {
-            Leader::Peer(addr) if !req.forwarded => {
-                let mut c = network::client(&addr).map_err(|e| e.to_string())?;
-                c.write(WriteReq { forwarded: true, ..req })
-                    .await
-                    .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
-                    .into_inner()
+            Leader::Peer(leader, addr) if !req.forwarded => {
+                self.forward(leader, &addr, method::WRITE, &WriteReq { forwarded: true, ..req }).await
             }
-            Leader::Peer(addr) => Err(format!("not the leader (the leader is at {addr})")),
+            Leader::Peer(_, addr) => Err(format!("not the leader (the leader is at {addr})")),
             Leader::Me => self.write_local(req.command).await,
         }
     }
@@ -500,27 +570,27 @@ impl Service {
 
 #[tonic::async_trait]
 impl rpc::raft_server::Raft for Service {
-    async fn append_entries(&self, r: Request<rpc::AppendReq>) -> Result<Response<rpc::AppendReply>, Status> {
-        Ok(Response::new(self.raft.append_entries(r.into_inner()).await))
+    async fn append_entries(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::APPEND_ENTRIES, r, |q: rpc::AppendReq| self.raft.append_entries(q)).await
     }
 
-    async fn vote(&self, r: Request<rpc::VoteReq>) -> Result<Response<rpc::VoteReply>, Status> {
-        Ok(Response::new(self.raft.vote(r.into_inner()).await))
+    async fn vote(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::VOTE, r, |q: rpc::VoteReq| self.raft.vote(q)).await
     }
 
-    async fn install_snapshot(&self, r: Request<rpc::SnapshotReq>) -> Result<Response<rpc::SnapshotReply>, Status> {
-        Ok(Response::new(self.raft.install_snapshot(r.into_inner()).await))
+    async fn install_snapshot(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::INSTALL_SNAPSHOT, r, |q: rpc::SnapshotReq| self.raft.install_snapshot(q)).await
     }
 
-    async fn join(&self, r: Request<JoinReq>) -> Result<Response<AdminReply>, Status> {
-        Ok(Response::new(Service::join(self, r.into_inner()).await))
+    async fn join(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::JOIN, r, |q| Service::join(self, q)).await
     }
 
-    async fn leave(&self, r: Request<LeaveReq>) -> Result<Response<AdminReply>, Status> {
-        Ok(Response::new(Service::leave(self, r.into_inner()).await))
+    async fn leave(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::LEAVE, r, |q| Service::leave(self, q)).await
     }
 
-    async fn write(&self, r: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
-        Ok(Response::new(Service::write(self, r.into_inner()).await))
+    async fn write(&self, r: Request<SealedRequest>) -> Result<Response<SealedReply>, Status> {
+        self.serve(method::WRITE, r, |q| Service::write(self, q)).await
     }
 }

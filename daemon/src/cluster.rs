@@ -26,6 +26,8 @@ pub fn start(config: &Config, store: &Store) -> Result<bool, ClusterError> {
         .iter()
         .map(|l| TierInfo { name: l.tier.name().to_string(), capacity_bytes: l.tier.usage().capacity_bytes })
         .collect();
+    let keys = crate::remote::keys_of(&config.remote)
+        .map_err(|e| ClusterError::Failed(format!("cluster_secret_file: {e}")))?;
     let member = Cluster::start(NodeConfig {
         node_id: c.node_id,
         listen: c.listen,
@@ -33,6 +35,8 @@ pub fn start(config: &Config, store: &Store) -> Result<bool, ClusterError> {
         dir: config.state_dir.join("raft"),
         info: NodeInfo { tiers, ..Default::default() },
         snapshot_every: holo_cluster::node::SNAPSHOT_EVERY,
+        key: keys.map(|k| k.control),
+        log_refused: |m| crate::log_limited!(warn, "{m}"),
     })?;
     if MEMBER.set(member).is_err() {
         panic!("the cluster member was started twice");
@@ -42,6 +46,11 @@ pub fn start(config: &Config, store: &Store) -> Result<bool, ClusterError> {
 
 fn member() -> Result<&'static Cluster, String> {
     MEMBER.get().ok_or_else(|| "this holo-pager is not in a cluster: set node_id and cluster_listen".to_string())
+}
+
+/// Control-plane messages this node refused (0 when it is not in a cluster).
+pub fn auth_failures() -> u64 {
+    MEMBER.get().map_or(0, Cluster::auth_failures)
 }
 
 /// `holoctl cluster members`.

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     // Before the socket exists: a daemon whose cluster port is taken fails to start, visibly.
     holo_pager::cluster::start(&config, &store)?;
     // Lent to peers for as long as the daemon runs.
-    let _donor = holo_pager::remote::start_donor(&config.remote, config.granule_bytes)
+    holo_pager::remote::start_donor(&config.remote, config.granule_bytes)
         .with_context(|| format!("cannot serve donated memory on {}", config.remote.data_listen))?;
 
     if let Some(dir) = config.socket.parent() {

@@ -177,6 +177,13 @@ pub const METRICS: &[Desc] = &[
         &[],
         "Remote peers declared lost (failing for remote_lost_after_ms, or restarted).",
     ),
+    m(
+        "holo_node_auth_failures_total",
+        Counter,
+        &["plane"],
+        "Node-to-node messages refused for failed authentication (cluster_secret_file): data, connections \
+         the donor closed; control, cluster gRPC requests and replies refused.",
+    ),
     m("holo_pressure_psi_some_avg10_ratio", Gauge, &[], "System memory PSI, some, avg10, as a ratio (0 to 1)."),
     m("holo_pressure_psi_full_avg10_ratio", Gauge, &[], "System memory PSI, full, avg10, as a ratio (0 to 1)."),
     m("holo_pressure_budget_bytes", Gauge, &[], "The DRAM budget now, as the pressure controller set it."),
@@ -461,6 +468,9 @@ pub fn render(d: &Daemon) -> String {
     w.single("holo_remote_under_replicated_granules", f(repl.under_replicated_granules));
     w.single("holo_remote_rereplicated_granules_total", f(repl.rereplicated_granules));
     w.single("holo_remote_lost_peers_total", f(repl.lost_peers));
+    w.family("holo_node_auth_failures_total");
+    w.sample(&["data"], f(crate::remote::donor_auth_failures()));
+    w.sample(&["control"], f(crate::cluster::auth_failures()));
 
     let view = d.pressure.view.lock().unwrap().clone();
     let c = &d.pressure.counters;

@@ -10,8 +10,11 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use holo_tiers::remote::auth::Plane;
 use holo_tiers::remote::{self, ClusterKey, DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
 use holo_tiers::{RemoteTier, TierError};
 
@@ -45,8 +48,16 @@ pub struct RemoteConfig {
     pub rereplicate_rate_bytes: u64,
     /// `cluster_secret_file`: the shared secret that authenticates node-to-node traffic.
     pub secret_file: Option<PathBuf>,
-    /// The key read from `secret_file` ([`load_cluster_key`], at start).
-    pub key: Option<ClusterKey>,
+    /// The keys derived from `secret_file` ([`load_cluster_key`], at start).
+    pub keys: Option<NodeKeys>,
+}
+
+/// The keys of the cluster secret, one per plane, each in its own derivation domain: the
+/// data plane's (page transfer) and the control plane's (the cluster's gRPC service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeKeys {
+    pub data: ClusterKey,
+    pub control: ClusterKey,
 }
 
 /// The raw values of the remote keys, as the file gives them. They repeat fields of
@@ -154,7 +165,7 @@ impl RemoteConfig {
             donate_bytes,
             data_listen,
             secret_file: k.cluster_secret_file,
-            key: None,
+            keys: None,
             peers,
             replicas,
             capacity_bytes,
@@ -183,7 +194,7 @@ fn owner_id(socket: &std::path::Path) -> u64 {
 
 /// Reads the cluster secret from `path`: a file of at least
 /// [`remote::auth::MIN_SECRET_BYTES`] bytes that neither group nor others may read.
-pub fn read_cluster_key(path: &Path) -> Result<ClusterKey, String> {
+pub fn read_cluster_keys(path: &Path) -> Result<NodeKeys, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
@@ -198,17 +209,21 @@ pub fn read_cluster_key(path: &Path) -> Result<ClusterKey, String> {
         ));
     }
     let secret = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    ClusterKey::from_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
+    let key = |plane| ClusterKey::from_secret(&secret, plane).map_err(|e| format!("{}: {e}", path.display()));
+    Ok(NodeKeys { data: key(Plane::Data)?, control: key(Plane::Control)? })
 }
 
-/// Loads `cluster_secret_file` into `c.key` (at start, before anything listens), or says
+/// Loads `cluster_secret_file` into `c.keys` (at start, before anything listens), or says
 /// why the daemon must not start. Without the key: one warning line if this node talks to
 /// other nodes at all.
 pub fn load_cluster_key(c: &mut RemoteConfig, clustered: bool) -> Result<(), String> {
     match &c.secret_file {
         Some(path) => {
-            c.key = Some(read_cluster_key(path).map_err(|e| format!("cluster_secret_file: {e}"))?);
-            log::info!("node-to-node traffic is authenticated with the secret in {}", path.display());
+            c.keys = Some(read_cluster_keys(path).map_err(|e| format!("cluster_secret_file: {e}"))?);
+            log::info!(
+                "node-to-node traffic (data plane and cluster control plane) is authenticated with the secret in {}",
+                path.display()
+            );
         }
         None if clustered || c.donate_bytes > 0 || !c.peers.is_empty() => {
             log::warn!(
@@ -221,11 +236,11 @@ pub fn load_cluster_key(c: &mut RemoteConfig, clustered: bool) -> Result<(), Str
     Ok(())
 }
 
-/// The key to use: loaded at start, or read now (a config built without `main`).
-fn key_of(c: &RemoteConfig) -> std::io::Result<Option<ClusterKey>> {
-    match (&c.key, &c.secret_file) {
+/// The keys to use: loaded at start, or read now (a config built without `main`).
+pub fn keys_of(c: &RemoteConfig) -> std::io::Result<Option<NodeKeys>> {
+    match (&c.keys, &c.secret_file) {
         (Some(k), _) => Ok(Some(*k)),
-        (None, Some(path)) => read_cluster_key(path).map(Some).map_err(std::io::Error::other),
+        (None, Some(path)) => read_cluster_keys(path).map(Some).map_err(std::io::Error::other),
         (None, None) => Ok(None),
     }
 }
@@ -247,7 +262,7 @@ pub fn open_tier(
         .iter()
         .map(|p| resolve(p).map_err(|e| open_err(format!("cannot resolve {p}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let key = key_of(c).map_err(|e| open_err(format!("cluster_secret_file: {e}")))?;
+    let key = keys_of(c).map_err(|e| open_err(format!("cluster_secret_file: {e}")))?.map(|k| k.data);
     let topts = TransportOptions { timeout: Duration::from_millis(c.timeout_ms), max_inflight: c.max_inflight, key };
     let opts = RemoteOptions {
         capacity_bytes: c.capacity_bytes,
@@ -269,17 +284,27 @@ pub fn open_tier(
     Ok(Some(tier))
 }
 
-/// The donor server, if `donate` is above 0.
-pub fn start_donor(c: &RemoteConfig, granule_bytes: u64) -> std::io::Result<Option<DonorServer>> {
+/// This daemon's donor server, set once at start when it donates; it serves until the process
+/// exits. A process-wide cell, as the cluster member is, so that `holoctl` and the metrics
+/// reach its counters without `Daemon` knowing about it.
+static DONOR: OnceLock<DonorServer> = OnceLock::new();
+
+/// Data-plane connections the donor refused for failed authentication (0 without a donor).
+pub fn donor_auth_failures() -> u64 {
+    DONOR.get().map_or(0, |d| d.counters.auth_failures.load(Relaxed))
+}
+
+/// Starts the donor server if `donate` is above 0.
+pub fn start_donor(c: &RemoteConfig, granule_bytes: u64) -> std::io::Result<()> {
     if c.donate_bytes == 0 {
-        return Ok(None);
+        return Ok(());
     }
     let listen = resolve(&c.data_listen)?;
     let opts = DonorOptions {
         donate_bytes: c.donate_bytes,
         slot_bytes: granule_bytes as usize,
         max_conns: DONOR_MAX_CONNS,
-        key: key_of(c)?,
+        key: keys_of(c)?.map(|k| k.data),
     };
     let donor = DonorServer::start(listen, opts)?;
     log::info!(
@@ -288,7 +313,10 @@ pub fn start_donor(c: &RemoteConfig, granule_bytes: u64) -> std::io::Result<Opti
         donor.local_addr(),
         remote::rdma_probe()
     );
-    Ok(Some(donor))
+    if DONOR.set(donor).is_err() {
+        panic!("the donor was started twice");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -331,14 +359,16 @@ mod tests {
         };
         let good = file("good", &[7; 32], 0o600);
         let same = file("same", &[7; 32], 0o400);
-        assert_eq!(read_cluster_key(&good).unwrap(), read_cluster_key(&same).unwrap());
-        let e = read_cluster_key(&file("short", &[7; 31], 0o600)).unwrap_err();
+        let k = read_cluster_keys(&good).unwrap();
+        assert_eq!(k, read_cluster_keys(&same).unwrap());
+        assert_ne!(k.data, k.control, "each plane has its own key");
+        let e = read_cluster_keys(&file("short", &[7; 31], 0o600)).unwrap_err();
         assert!(e.contains("31 bytes") && e.contains("at least 32"), "{e}");
-        let e = read_cluster_key(&file("open", &[7; 32], 0o644)).unwrap_err();
+        let e = read_cluster_keys(&file("open", &[7; 32], 0o644)).unwrap_err();
         assert!(e.contains("group or others") && e.contains("644"), "{e}");
-        let e = read_cluster_key(&file("group", &[7; 32], 0o640)).unwrap_err();
+        let e = read_cluster_keys(&file("group", &[7; 32], 0o640)).unwrap_err();
         assert!(e.contains("group or others"), "{e}");
-        let e = read_cluster_key(&dir.join("missing")).unwrap_err();
+        let e = read_cluster_keys(&dir.join("missing")).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
         let mut c = RemoteConfig::build(
             RemoteKeys { cluster_secret_file: Some(dir.join("missing")), ..Default::default() },
@@ -349,7 +379,7 @@ mod tests {
         assert!(e.starts_with("cluster_secret_file: cannot read"), "{e}");
         c.secret_file = Some(good);
         load_cluster_key(&mut c, false).unwrap();
-        assert!(c.key.is_some());
+        assert!(c.keys.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

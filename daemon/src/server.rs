@@ -461,6 +461,12 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
         "stalled_agents": s.stalled_agents.load(Relaxed),
         "failed_evictions": s.failed_evictions.load(Relaxed),
+        // Node-to-node messages refused for failed authentication: connections to this
+        // node's donor, and requests and replies of the cluster's gRPC service.
+        "auth_failures": {
+            "data_plane": crate::remote::donor_auth_failures(),
+            "control_plane": crate::cluster::auth_failures(),
+        },
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
         "placement": placement,
     })

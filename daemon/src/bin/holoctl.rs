@@ -219,6 +219,12 @@ fn print_tiers(v: &serde_json::Value) {
             );
         }
     }
+    let auth = &v["auth_failures"];
+    println!(
+        "node-to-node authentication failures: data plane {}, control plane {}",
+        n(auth, "data_plane"),
+        n(auth, "control_plane")
+    );
     let dram = &v["tiers"][0];
     if let Some(r) = dram["refault_ratio"].as_f64() {
         println!(
@@ -494,6 +500,11 @@ fn print_members(v: &serde_json::Value) {
         opt(&v["last_log_index"]),
         opt(&v["last_applied_index"])
     );
+    if v["authenticated"] == true {
+        println!("control plane authenticated; {} requests or replies refused", v["auth_failures"]);
+    } else {
+        println!("control plane NOT authenticated (no cluster_secret_file)");
+    }
     println!("{:>6} {:<8} {:<24} {:<24} {:>12}  TIERS", "ID", "ROLE", "RAFT ADDRESS", "DATA ADDRESS", "DONATED");
     for m in v["members"].as_array().into_iter().flatten() {
         let leader = if m["id"] == v["leader"] { "*" } else { " " };

@@ -36,7 +36,24 @@ pub const MAC_BYTES: usize = 32;
 /// Shortest secret a node accepts (bytes of the secret file).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-const KEY_CONTEXT: &str = "holo 2025-01 cluster secret: node-to-node key v1";
+/// Which plane a key authenticates. Each derives its own key from the one secret (its own BLAKE3
+/// `derive_key` context), so that a message of one plane never verifies on the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    /// Page transfer between nodes (this module).
+    Data,
+    /// The cluster's gRPC service (`holo-cluster`'s `auth`).
+    Control,
+}
+
+impl Plane {
+    fn context(self) -> &'static str {
+        match self {
+            Plane::Data => "holo 2025-01 cluster secret: node-to-node key v1",
+            Plane::Control => "holo 2025-01 cluster secret: control-plane key v1",
+        }
+    }
+}
 
 /// The cluster key derived from the shared secret. `Debug` never shows it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,12 +66,12 @@ impl fmt::Debug for ClusterKey {
 }
 
 impl ClusterKey {
-    /// The key for `secret` (the whole secret file), or why it is unusable.
-    pub fn from_secret(secret: &[u8]) -> Result<ClusterKey, String> {
+    /// `plane`'s key for `secret` (the whole secret file), or why it is unusable.
+    pub fn from_secret(secret: &[u8], plane: Plane) -> Result<ClusterKey, String> {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(format!("the secret is {} bytes; at least {MIN_SECRET_BYTES} are needed", secret.len()));
         }
-        Ok(ClusterKey(blake3::derive_key(KEY_CONTEXT, secret)))
+        Ok(ClusterKey(blake3::derive_key(plane.context(), secret)))
     }
 
     /// Keyed BLAKE3 of the concatenation of `parts` under this key.
@@ -198,7 +215,7 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> ClusterKey {
-        ClusterKey::from_secret(&[b; 32]).unwrap()
+        ClusterKey::from_secret(&[b; 32], Plane::Data).unwrap()
     }
 
     #[test]
@@ -220,8 +237,9 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused_and_keys_differ() {
-        assert!(ClusterKey::from_secret(&[1; 31]).unwrap_err().contains("at least 32"));
+        assert!(ClusterKey::from_secret(&[1; 31], Plane::Data).unwrap_err().contains("at least 32"));
         assert_ne!(key(1), key(2));
+        assert_ne!(key(1), ClusterKey::from_secret(&[1; 32], Plane::Control).unwrap(), "each plane has its own key");
         assert_eq!(format!("{:?}", key(1)), "ClusterKey(<redacted>)");
         assert_ne!(nonce().unwrap(), nonce().unwrap());
     }

@@ -464,7 +464,7 @@ fn a_donor_that_restarted_is_declared_lost_and_not_trusted_for_its_old_slots() {
 // ---- authentication (cluster secret) ------------------------------------------------------
 
 fn key(b: u8) -> Option<ClusterKey> {
-    Some(ClusterKey::from_secret(&[b; 40]).unwrap())
+    Some(ClusterKey::from_secret(&[b; 40], auth::Plane::Data).unwrap())
 }
 
 fn keyed_donor(k: Option<ClusterKey>) -> DonorServer {
