@@ -277,8 +277,9 @@ const DEMOTE_AFTER: Duration = Duration::from_secs(1);
 /// ...this long, to throttling (3)...
 const THROTTLE_AFTER: Duration = Duration::from_secs(5);
 /// ...and pressure at [`SEVERE_FACTOR`] times the target with nothing left to demote (the
-/// budget at its floor), this long, to the last resort (4).
-const LAST_RESORT_AFTER: Duration = Duration::from_secs(10);
+/// budget at its floor), this long (unless `last_resort_after_ms` says otherwise), to the
+/// last resort (4).
+pub const LAST_RESORT_AFTER: Duration = Duration::from_secs(10);
 const SEVERE_FACTOR: f64 = 2.0;
 /// Down one step per this long of calm (under half the target, no cgroup short of room).
 const STEP_DOWN_AFTER: Duration = CALM_FOR;
@@ -314,8 +315,9 @@ pub struct Orders {
 /// The response hierarchy's state machine: up a step when pressure has stayed above the
 /// target long enough (and, for the last resort, far enough above it with nothing left to
 /// demote); down a step per calm spell.
-#[derive(Default)]
 pub struct Escalation {
+    /// How long severe pressure must last before the last resort.
+    last_resort_after: Duration,
     step: Step,
     stepped_at: Duration,
     over_since: Option<Duration>,
@@ -335,6 +337,19 @@ fn held_for(since: &mut Option<Duration>, cond: bool, now: Duration) -> Option<D
 }
 
 impl Escalation {
+    pub fn new(last_resort_after: Duration) -> Escalation {
+        Escalation {
+            last_resort_after,
+            step: Step::Calm,
+            stepped_at: Duration::ZERO,
+            over_since: None,
+            severe_since: None,
+            calm_since: None,
+            last_release: None,
+            last_fail: None,
+        }
+    }
+
     pub fn step(&self) -> Step {
         self.step
     }
@@ -348,7 +363,7 @@ impl Escalation {
         let over_for = held_for(&mut self.over_since, over, now);
         let severe_for = held_for(&mut self.severe_since, severe, now);
         let calm_for = held_for(&mut self.calm_since, calm, now);
-        let due = if severe_for.is_some_and(|d| d >= LAST_RESORT_AFTER) {
+        let due = if severe_for.is_some_and(|d| d >= self.last_resort_after) {
             Step::LastResort
         } else if over_for.is_some_and(|d| d >= THROTTLE_AFTER) {
             Step::Throttle
@@ -422,8 +437,9 @@ pub fn admit_client(d: &Daemon) -> Result<(), String> {
         return Ok(());
     }
     d.pressure.counters.refused_clients.fetch_add(1, Relaxed);
+    // The shim adds that the program runs without holo.
     Err("holo-pager takes no new clients while memory pressure stays severe (the last resort of its \
-         pressure response); the program runs without holo"
+         pressure response)"
         .into())
 }
 
@@ -642,7 +658,7 @@ fn run(d: Arc<Daemon>) {
         }
     };
     let mut trigger = trigger;
-    let mut escalation = Escalation::default();
+    let mut escalation = Escalation::new(Duration::from_millis(c.last_resort_after_ms));
     let mounts = CgroupMounts::read();
     let mut rates = Rates::default();
     let mut notifiers = Notifiers::default();
@@ -1093,7 +1109,7 @@ mod tests {
 
     #[test]
     fn escalation_asks_first_then_demotes_then_throttles() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         assert_eq!(e.tick(&pressing(0.0, 2.0)), Orders { step: Step::Calm, release: false, fail_one: false });
         // Over the target: ask at once, demote only after a second of it, throttle after 5 s.
         assert_eq!(e.tick(&pressing(1.0, 15.0)), Orders { step: Step::Release, release: true, fail_one: false });
@@ -1111,7 +1127,7 @@ mod tests {
 
     #[test]
     fn a_dip_under_the_target_restarts_the_clock() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 4.0, |t| pressing(t, 15.0));
         assert_eq!(e.step(), Step::Demote);
         // One tick at 8%: under the target but not calm: no step down, the clock restarts.
@@ -1124,7 +1140,7 @@ mod tests {
 
     #[test]
     fn a_cgroup_short_of_room_asks_for_a_release_but_does_not_escalate_further() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         let short = |t| Pressing { cgroup_short: true, ..pressing(t, 0.0) };
         let orders = run_for(&mut e, 0.0, 30.0, short);
         assert!(orders.iter().all(|o| o.step == Step::Release));
@@ -1133,7 +1149,7 @@ mod tests {
 
     #[test]
     fn last_resort_needs_severe_pressure_at_the_floor_for_long_and_fails_rarely() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         let severe = |t| Pressing { at_floor: true, ..pressing(t, 25.0) };
         run_for(&mut e, 0.0, 10.0, severe);
         assert_eq!(e.step(), Step::Throttle, "10 s severe not yet reached");
@@ -1144,17 +1160,23 @@ mod tests {
         // The tick at 40 s is the 119th after 10.25 s.
         assert_eq!(failed_at, [119], "one failure per FAIL_GAP: the next at 40 s");
         // 19% at the floor is over the target but not twice it: the severe clock restarts.
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 60.0, |t| Pressing {
             at_floor: true,
             ..pressing(t, if t % 8.0 < 1.0 { 19.0 } else { 25.0 })
         });
         assert_eq!(e.step(), Step::Throttle);
+        // A shorter `last_resort_after_ms`: the last resort comes at once after it, even
+        // before the throttle's 5 s.
+        let mut e = Escalation::new(Duration::from_secs(2));
+        run_for(&mut e, 0.0, 2.0, severe);
+        assert_eq!(e.step(), Step::Demote);
+        assert_eq!(e.tick(&severe(2.0)), Orders { step: Step::LastResort, release: false, fail_one: true });
     }
 
     #[test]
     fn calm_steps_down_one_step_per_calm_spell() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 12.0, |t| Pressing { at_floor: true, ..pressing(t, 30.0) });
         assert_eq!(e.step(), Step::LastResort);
         // Between half the target and the target: hold (hysteresis).

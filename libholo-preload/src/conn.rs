@@ -526,7 +526,9 @@ fn on_pressure_frame(fd: c_int, f: Frame) {
     let mut why = Why::new("holo-pager failed this process");
     read_text(fd, &f, &mut why);
     let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or(why.what);
-    kill_self(if detail.is_empty() { why.what } else { detail });
+    // SAFETY: getpid has no preconditions.
+    say!("holo: {}; killing pid {}", if detail.is_empty() { why.what } else { detail }, unsafe { libc::getpid() });
+    die()
 }
 
 /// The agent: zaps the granules the daemon evicted, under the gate.
@@ -693,9 +695,15 @@ fn await_reply(fd: c_int, id: u64, queue: &mut ZapQueue) -> Option<Kind> {
 /// Memory holo manages for this process cannot be served any more: die loudly rather than
 /// run on with wrong data.
 fn kill_self(why: &str) -> ! {
+    // SAFETY: getpid has no preconditions.
+    say!("holo: {why}; killing pid {} rather than let it read wrong data", unsafe { libc::getpid() });
+    die()
+}
+
+/// SIGKILL ourselves (no handler, no atexit: nothing more runs on the program's memory).
+fn die() -> ! {
     // SAFETY: getpid/kill on ourselves, then pause until the signal lands.
     unsafe {
-        say!("holo: {why}; killing pid {} rather than let it read wrong data", libc::getpid());
         libc::kill(libc::getpid(), libc::SIGKILL);
         loop {
             libc::pause();
