@@ -610,3 +610,50 @@ fn the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_p
     );
     eprintln!("last resort: actions {a}; the victim's stderr: {}", low_out.stderr.trim());
 }
+
+#[test]
+fn holo_priority_lowers_a_programs_priority_but_never_raises_it() {
+    let test = "holo_priority_lowers_a_programs_priority_but_never_raises_it";
+    let Some(batch) = cgroup_or_skip("prio", test) else {
+        return;
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    fs::write(&conf_file, format!("priorities = {{ \"{}\" = -10 }}\n", batch.name())).unwrap();
+    let daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    let holding = |prio: &str, in_batch: bool| {
+        let mut cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["4M"], &[("HOLO_PRIORITY", prio)]);
+        if in_batch {
+            batch.put(&mut cmd);
+        }
+        let mut p = Spawned::spawn(cmd, true);
+        p.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+        p
+    };
+    // (HOLO_PRIORITY, in the -10 cgroup, the priority it must get)
+    let cases = [("-20", false, -20), ("50", false, 0), ("-5", true, -10), ("100", true, -10), ("high", false, 0)];
+    let mut programs: Vec<(Spawned, i64)> = cases.iter().map(|&(p, b, want)| (holding(p, b), want)).collect();
+    let want: Vec<(u64, i64)> = programs.iter().map(|(p, want)| (u64::from(p.pid()), *want)).collect();
+    daemon.wait_until("each client's priority in `holoctl pressure`", Duration::from_secs(30), || {
+        let p = pressure(&daemon);
+        let got: Vec<(u64, i64)> = p["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c["pid"].as_u64()?, c["priority"].as_i64()?)))
+            .collect();
+        if want.iter().all(|w| got.contains(w)) {
+            Ok(())
+        } else {
+            Err(format!("want (pid, priority) {want:?}, got {got:?}"))
+        }
+    });
+    for ((p, _), (value, ..)) in programs.drain(..).zip(cases) {
+        let mut p = p;
+        p.send_line("verify");
+        let out = p.finish(PROGRAM_TIMEOUT);
+        out.assert_success(&daemon).assert_managed(&daemon);
+        let warned = out.stderr.contains("HOLO_PRIORITY is not a priority from -100 to 100; ignored");
+        out.check(&daemon, warned == (value == "high"), "expected a warning for HOLO_PRIORITY=high only");
+    }
+}

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use holo_pagers::proto::PRIORITY_RANGE;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +152,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
-
-/// Priorities run from -100 (failed first) to 100.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
 
 /// `priorities`, checked (absolute cgroup paths without `.`, `..`, empty components or a
 /// trailing `/`; priorities in [`PRIORITY_RANGE`]) and sorted longest path first.

@@ -767,7 +767,7 @@ fn observe_clients(
     let mut top_priority = i32::MIN;
     for c in &clients {
         let cg = parse_proc_cgroup(&std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap_or_default());
-        let priority = priority_for(&d.config.priorities, &cg);
+        let priority = priority_for(&d.config.priorities, &cg).min(c.priority_ceiling.load(Relaxed));
         c.priority.store(priority, Relaxed);
         top_priority = top_priority.max(priority);
         let mem = cg.v1_memory.as_ref().map(|p| {

@@ -55,6 +55,8 @@ pub static GATE: Lock = Lock::new();
 /// Settings read once at load time.
 pub static MIN_REGION: AtomicUsize = AtomicUsize::new(usize::MAX);
 static TIMEOUT_S: AtomicU64 = AtomicU64::new(30);
+/// `HOLO_PRIORITY`, as the `Uffd` frame carries it ([`proto::encode_priority`]).
+static PRIORITY: AtomicU64 = AtomicU64::new(0);
 static mut SOCKET_PATH: [u8; 108] = [0; 108];
 
 pub fn active() -> bool {
@@ -115,6 +117,12 @@ pub unsafe fn init() {
         match parse_size(t) {
             Some(v) => TIMEOUT_S.store(v as u64, Relaxed),
             None => say!("holo: HOLO_DAEMON_TIMEOUT is not a number of seconds; using 30"),
+        }
+    }
+    if let Some(p) = env(b"HOLO_PRIORITY\0") {
+        match proto::parse_priority(p) {
+            Some(p) => PRIORITY.store(proto::encode_priority(Some(p)), Relaxed),
+            None => say!("holo: HOLO_PRIORITY is not a priority from -100 to 100; ignored"),
         }
     }
     let min = match env(b"HOLO_MIN_REGION\0") {
@@ -342,7 +350,7 @@ fn resume() -> Result<(), (bool, Why)> {
     }
     let welcome = match call(
         fd,
-        Frame::new(Kind::Uffd, 0, 0, 0),
+        Frame::new(Kind::Uffd, PRIORITY.load(Relaxed), 0, 0),
         Some(UFFD.load(Acquire)),
         "holo-pager refused to resume this process",
     ) {
@@ -405,7 +413,8 @@ fn handshake() -> Result<(), Why> {
         u
     };
     UFFD.store(uffd, Release);
-    call(fd, Frame::new(Kind::Uffd, 0, 0, 0), Some(uffd), "holo-pager could not take the userfaultfd")?;
+    let uffd_frame = Frame::new(Kind::Uffd, PRIORITY.load(Relaxed), 0, 0);
+    call(fd, uffd_frame, Some(uffd), "holo-pager could not take the userfaultfd")?;
     TOKEN.store(welcome.a, Release);
     start_agent(welcome.a)
 }
