@@ -5,11 +5,12 @@
 //! cgroup's notification fires (one `poll` waits on all of them) or a client connects:
 //! * system PSI, `/proc/pressure/memory`, with a `POLLPRI` trigger ("some" stall of
 //!   `pressure_target_pct` of a 2 s window: unprivileged triggers need multiples of 2 s);
-//! * per client, its memory cgroup: cgroup v1 `memory.limit_in_bytes`/`usage_in_bytes`, with
-//!   usage thresholds at the margin that wake the controller the moment usage crosses them
-//!   ([`cgroup`]: a fill at full speed would otherwise cross the margin within one tick), and
-//!   the cgroup v2 `memory.pressure` of its v2 cgroup where the file exists (`memory.events`
-//!   wakes it where the v2 memory controller is enabled).
+//! * per client, its memory cgroup ([`MemoryCgroup`]): cgroup v1
+//!   `memory.limit_in_bytes`/`usage_in_bytes`, with usage thresholds at the margin that wake
+//!   the controller the moment usage crosses them ([`cgroup`]: a fill at full speed would
+//!   otherwise cross the margin within one tick), or, where the memory controller is on v2,
+//!   `memory.max`/`memory.current` (`memory.events` wakes it); and the cgroup v2
+//!   `memory.pressure` of its v2 cgroup where the file exists.
 //!
 //! The response hierarchy, in order ([`Step`]): (1) ask the clients to release memory (a
 //! `Release` frame to each shim's agent: `malloc_trim` and the program's `holo_on_pressure`
@@ -36,8 +37,10 @@ use crate::pagetable::PAGE;
 use crate::state::{ClientInfo, Daemon};
 
 mod cgroup;
-pub use cgroup::{parse_mountinfo, parse_proc_cgroup, rearm, thresholds, CgroupMounts, ProcCgroups, Rearm};
-use cgroup::{read_u64, Notifiers, V1_UNLIMITED};
+use cgroup::Notifiers;
+pub use cgroup::{
+    parse_mountinfo, parse_proc_cgroup, parse_v2_max, rearm, thresholds, CgroupMounts, MemoryCgroup, ProcCgroups, Rearm,
+};
 
 pub const SYSTEM_PSI: &str = "/proc/pressure/memory";
 /// Kernels refuse unprivileged triggers whose window is not a multiple of 2 s.
@@ -474,7 +477,10 @@ pub struct Counters {
 pub struct ClientCgroup {
     pub pid: i32,
     pub comm: String,
+    /// The cgroup whose memory limit applies to it ([`MemoryCgroup`]), and its hierarchy
+    /// ("v1" or "v2").
     pub memory_cgroup: Option<String>,
+    pub memory_hierarchy: Option<&'static str>,
     pub limit_bytes: Option<u64>,
     pub usage_bytes: Option<u64>,
     pub pressure_cgroup: Option<String>,
@@ -720,11 +726,18 @@ fn arm(
     mounts: &CgroupMounts,
     notifiers: &mut Notifiers,
     s: &Sample,
-    paths: &[String],
+    paths: &[MemoryCgroup],
     clients: &mut [ClientCgroup],
 ) {
-    let v1: Vec<(String, Option<u64>)> =
-        paths.iter().zip(&s.cgroups).map(|(p, l)| (p.clone(), Some(l.limit_pages as u64 * PAGE))).collect();
+    // Usage thresholds are v1's; a v2 cgroup's `memory.events` is watched with the v2 list.
+    let v1: Vec<(String, Option<u64>)> = paths
+        .iter()
+        .zip(&s.cgroups)
+        .filter_map(|(p, l)| match p {
+            MemoryCgroup::V1(p) => Some((p.clone(), Some(l.limit_pages as u64 * PAGE))),
+            MemoryCgroup::V2(_) => None,
+        })
+        .collect();
     let mut v2: Vec<String> = clients.iter().filter_map(|c| c.pressure_cgroup.clone()).collect();
     v2.sort_unstable();
     v2.dedup();
@@ -747,21 +760,24 @@ fn arm(
         );
     }
     for c in clients.iter_mut() {
-        c.thresholds_bytes = c.memory_cgroup.as_deref().map(|p| notifiers.armed(p)).unwrap_or_default();
+        c.thresholds_bytes = match (c.memory_hierarchy, &c.memory_cgroup) {
+            (Some("v1"), Some(p)) => notifiers.armed(p),
+            _ => Vec::new(),
+        };
     }
 }
 
 /// Reads each client's cgroups (once per cgroup), adds their loads and pressure to `sample`,
-/// and returns what `holoctl` shows plus the v1 path of each load in `sample.cgroups`.
+/// and returns what `holoctl` shows plus the memory cgroup of each load in `sample.cgroups`.
 fn observe_clients(
     d: &Daemon,
     mounts: &CgroupMounts,
     rates: &mut Rates,
     now: Instant,
     sample: &mut Sample,
-) -> (Vec<ClientCgroup>, Vec<String>) {
+) -> (Vec<ClientCgroup>, Vec<MemoryCgroup>) {
     let clients = d.clients.lock().unwrap().clone();
-    let mut v1: HashMap<String, (Option<u64>, Option<u64>, i64)> = HashMap::new();
+    let mut mem: HashMap<MemoryCgroup, (Option<u64>, Option<u64>, i64)> = HashMap::new();
     let mut v2: HashMap<String, Option<Psi>> = HashMap::new();
     let mut shown = Vec::new();
     let mut top_priority = i32::MIN;
@@ -770,12 +786,10 @@ fn observe_clients(
         let priority = priority_for(&d.config.priorities, &cg).min(c.priority_ceiling.load(Relaxed));
         c.priority.store(priority, Relaxed);
         top_priority = top_priority.max(priority);
-        let mem = cg.v1_memory.as_ref().map(|p| {
-            let e = v1.entry(p.clone()).or_insert_with(|| {
-                let dir = CgroupMounts::dir(&mounts.v1_memory, p);
-                let file = |name: &str| dir.as_ref().and_then(|d| read_u64(&d.join(name)));
-                (file("memory.limit_in_bytes").filter(|&l| l < V1_UNLIMITED), file("memory.usage_in_bytes"), 0)
-            });
+        let memory = MemoryCgroup::of(mounts, &cg);
+        let load = memory.as_ref().map(|(m, dir)| {
+            let (limit, usage) = m.read(dir);
+            let e = mem.entry(m.clone()).or_insert((limit, usage, 0));
             e.2 += c.resident.load(Relaxed);
             (e.0, e.1)
         });
@@ -791,9 +805,10 @@ fn observe_clients(
         shown.push(ClientCgroup {
             pid: c.pid,
             comm: c.comm.clone(),
-            memory_cgroup: cg.v1_memory.clone(),
-            limit_bytes: mem.and_then(|m| m.0),
-            usage_bytes: mem.and_then(|m| m.1),
+            memory_cgroup: memory.as_ref().map(|(m, _)| m.path().to_string()),
+            memory_hierarchy: memory.as_ref().map(|(m, _)| m.hierarchy()),
+            limit_bytes: load.and_then(|l| l.0),
+            usage_bytes: load.and_then(|l| l.1),
             pressure_cgroup: cg.v2.clone(),
             some_avg10: psi.map(|p| p.some_avg10),
             priority,
@@ -802,7 +817,7 @@ fn observe_clients(
     }
     d.pressure.top_priority.store(top_priority, Relaxed);
     let mut paths = Vec::new();
-    for (path, (limit, usage, holo)) in v1 {
+    for (path, (limit, usage, holo)) in mem {
         if let (Some(limit), Some(usage)) = (limit, usage) {
             let pages = |b: u64| (b / PAGE) as i64;
             sample.cgroups.push(CgroupLoad { limit_pages: pages(limit), usage_pages: pages(usage), holo_pages: holo });
@@ -900,7 +915,7 @@ fn fail_lowest_priority(d: &Daemon, clients: &[Arc<ClientInfo>], s: &Sample) {
     }
 }
 
-fn apply(d: &Daemon, action: Action, s: &Sample, paths: &[String]) {
+fn apply(d: &Daemon, action: Action, s: &Sample, paths: &[MemoryCgroup]) {
     let c = &d.pressure.counters;
     let mib = |pages: i64| (pages * PAGE as i64) >> 20;
     match action {
