@@ -611,6 +611,17 @@ fn the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_p
     eprintln!("last resort: actions {a}; the victim's stderr: {}", low_out.stderr.trim());
 }
 
+/// The (pid, priority) of each client `holoctl pressure` shows.
+fn priorities(daemon: &Daemon) -> Vec<(u64, i64)> {
+    let p = pressure(daemon);
+    p["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["pid"].as_u64()?, c["priority"].as_i64()?)))
+        .collect()
+}
+
 #[test]
 fn holo_priority_lowers_a_programs_priority_but_never_raises_it() {
     let test = "holo_priority_lowers_a_programs_priority_but_never_raises_it";
@@ -620,40 +631,47 @@ fn holo_priority_lowers_a_programs_priority_but_never_raises_it() {
     let conf = TempDir::new("pressure-conf");
     let conf_file = conf.path().join("holo-pager.toml");
     fs::write(&conf_file, format!("priorities = {{ \"{}\" = -10 }}\n", batch.name())).unwrap();
-    let daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
-    let holding = |prio: &str, in_batch: bool| {
-        let mut cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["4M"], &[("HOLO_PRIORITY", prio)]);
+    let mut daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    let start = |program: &str, prio: &str, in_batch: bool| {
+        let env = [("HOLO_PRIORITY", prio), ("HOLO_DAEMON_TIMEOUT", "60")];
+        let mut cmd = shimmed_command(&daemon, &c_program(program), &["4M"], &env);
         if in_batch {
             batch.put(&mut cmd);
         }
         let mut p = Spawned::spawn(cmd, true);
-        p.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
-        p
+        let ready = p.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+        (p, ready)
     };
     // (HOLO_PRIORITY, in the -10 cgroup, the priority it must get)
     let cases = [("-20", false, -20), ("50", false, 0), ("-5", true, -10), ("100", true, -10), ("high", false, 0)];
-    let mut programs: Vec<(Spawned, i64)> = cases.iter().map(|&(p, b, want)| (holding(p, b), want)).collect();
-    let want: Vec<(u64, i64)> = programs.iter().map(|(p, want)| (u64::from(p.pid()), *want)).collect();
-    daemon.wait_until("each client's priority in `holoctl pressure`", Duration::from_secs(30), || {
-        let p = pressure(&daemon);
-        let got: Vec<(u64, i64)> = p["clients"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| Some((c["pid"].as_u64()?, c["priority"].as_i64()?)))
-            .collect();
-        if want.iter().all(|w| got.contains(w)) {
-            Ok(())
-        } else {
-            Err(format!("want (pid, priority) {want:?}, got {got:?}"))
-        }
-    });
-    for ((p, _), (value, ..)) in programs.drain(..).zip(cases) {
-        let mut p = p;
+    let mut programs: Vec<Spawned> = cases.iter().map(|&(p, b, _)| start("hold_and_check", p, b).0).collect();
+    let mut want: Vec<(u64, i64)> = programs.iter().zip(&cases).map(|(p, c)| (u64::from(p.pid()), c.2)).collect();
+    // A forked child keeps its parent's HOLO_PRIORITY (its environment).
+    let (forking, ready) = start("fork_hold", "-30", false);
+    let child: u64 = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).expect("ready CHILD_PID");
+    want.extend([(u64::from(forking.pid()), -30), (child, -30)]);
+    programs.push(forking);
+    let see_all = |daemon: &Daemon, what: &str| {
+        daemon.wait_until(what, Duration::from_secs(60), || {
+            let got = priorities(daemon);
+            if want.iter().all(|w| got.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!("want (pid, priority) {want:?}, got {got:?}"))
+            }
+        })
+    };
+    see_all(&daemon, "each client's priority in `holoctl pressure`");
+    // A restarted daemon learns it again from each resuming shim.
+    daemon.kill();
+    daemon.restart();
+    see_all(&daemon, "each resumed client's priority in `holoctl pressure`");
+
+    for (mut p, (value, ..)) in programs.into_iter().zip(cases.iter().chain([&("-30", false, -30)])) {
         p.send_line("verify");
         let out = p.finish(PROGRAM_TIMEOUT);
         out.assert_success(&daemon).assert_managed(&daemon);
         let warned = out.stderr.contains("HOLO_PRIORITY is not a priority from -100 to 100; ignored");
-        out.check(&daemon, warned == (value == "high"), "expected a warning for HOLO_PRIORITY=high only");
+        out.check(&daemon, warned == (*value == "high"), "expected a warning for HOLO_PRIORITY=high only");
     }
 }
