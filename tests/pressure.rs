@@ -609,6 +609,9 @@ fn the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_p
         &format!("expected one client failed and the refusals counted before the step down\n{p:#}"),
     );
     eprintln!("last resort: actions {a}; the victim's stderr: {}", low_out.stderr.trim());
+    for line in daemon.log().lines().filter(|l| l.contains("pressure: response")) {
+        eprintln!("daemon said: {line}");
+    }
 }
 
 /// The (pid, priority) of each client `holoctl pressure` shows.
