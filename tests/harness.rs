@@ -665,14 +665,14 @@ impl Spawned {
         self.child.id()
     }
 
-    /// Waits until the program prints a line starting with `want`; panics on timeout or end
-    /// of output (after collecting the program's output and the daemon's report).
-    pub fn wait_for_line(&mut self, want: &str, timeout: Duration, daemon: &Daemon) {
+    /// Waits until the program prints a line starting with `want`, and returns it; panics on
+    /// timeout or end of output (after collecting the program's output and the daemon's report).
+    pub fn wait_for_line(&mut self, want: &str, timeout: Duration, daemon: &Daemon) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let problem = match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(want) => return,
+                Ok(line) if line.starts_with(want) => return line,
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => format!("no {want:?} line within {timeout:?}"),
                 Err(RecvTimeoutError::Disconnected) => {

@@ -350,22 +350,28 @@ fn hostile_requests_get_clear_errors_and_others_served() {
     api[0] = 0xAA;
     // SAFETY: UFFDIO_API (_IOWR(0xAA, 0x3F, 24 bytes)) on our uffd with a valid struct.
     assert_eq!(unsafe { libc::ioctl(used, 0xc018_aa3f, api.as_mut_ptr()) }, 0);
-    for (what, fd, want) in [
-        ("a pipe", Some(pipe[0]), "not a userfaultfd"),
-        ("a regular file named userfaultfd", Some(file.as_raw_fd()), "not a userfaultfd"),
-        ("no fd at all", None, "expected a userfaultfd"),
-        ("a uffd already past UFFDIO_API", Some(used), "API handshake failed"),
+    let fresh = new_uffd();
+    // A Uffd frame's `a` is the priority the program asks for (HOLO_PRIORITY): bit 32 set,
+    // the priority in the low 32 bits.
+    for (what, fd, a, want) in [
+        ("a pipe", Some(pipe[0]), 0, "not a userfaultfd"),
+        ("a regular file named userfaultfd", Some(file.as_raw_fd()), 0, "not a userfaultfd"),
+        ("no fd at all", None, 0, "expected a userfaultfd"),
+        ("a uffd already past UFFDIO_API", Some(used), 0, "API handshake failed"),
+        ("a priority out of range", Some(fresh), 1 << 32 | 101, "bad HOLO_PRIORITY: priority 101 is outside"),
+        ("a malformed priority field", Some(fresh), u64::MAX, "bad HOLO_PRIORITY: malformed priority field"),
     ] {
         let mut c = Raw::connect(&daemon);
         c.send_frame(HELLO, 1, ROLE_CLIENT, 0);
         assert!(matches!(c.recv(), Reply::Frame { kind: WELCOME, .. }), "{what}: no welcome");
         match fd {
-            Some(fd) => c.send_frame_with_fd(UFFD, 0, 0, 0, fd),
-            None => c.send_frame(UFFD, 0, 0, 0),
+            Some(fd) => c.send_frame_with_fd(UFFD, a, 0, 0, fd),
+            None => c.send_frame(UFFD, a, 0, 0),
         }
         expect(&daemon, what, &c.recv(), ERROR, want);
         expect_closed(&daemon, what, &mut c);
     }
+    close(fresh);
     close(used);
     close(pipe[0]);
     close(pipe[1]);

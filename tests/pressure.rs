@@ -486,3 +486,195 @@ fn sustained_system_pressure_throttles_the_lower_priority_client() {
         thrash_out.stdout.trim()
     );
 }
+
+#[test]
+fn the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_pressure_lasts() {
+    let _heavy = heavy();
+    let test = "the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_pressure_lasts";
+    let Some(batch) = cgroup_or_skip("last-batch", test) else {
+        return;
+    };
+    let thrash_cg = match MemCgroup::create("last-thrash", "32M") {
+        Ok(cg) => cg,
+        Err(why) => return eprintln!("SKIPPED {test}: {why}"),
+    };
+    // The budget is at its floor from the start (min_budget = dram_budget): nothing is left to
+    // demote, so stalls at twice the 1% target for 2 s are the last resort. Two thrashers
+    // stall the machine's memory 4-10% of the time here, for as long as they run.
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    let budget = "32M";
+    fs::write(
+        &conf_file,
+        format!(
+            "pressure_target_pct = 1.0\nmin_budget = \"{budget}\"\nlast_resort_after_ms = 2000\n\
+             priorities = {{ \"{}\" = -10 }}\n",
+            batch.name()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(budget, "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+
+    // The top-priority client (0) holds more than the budget: part of it lives in the tiers
+    // below while the pressure lasts. The low-priority one (-10) is the victim.
+    let mut high = Spawned::spawn(shimmed_command(&daemon, &c_program("hold_and_check"), &["48M"], &[]), true);
+    high.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let mut low_cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["16M"], &[]);
+    batch.put(&mut low_cmd);
+    let mut low = Spawned::spawn(low_cmd, true);
+    low.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let low_pid = low.pid();
+
+    let scratch = TempDir::new("thrash");
+    let mut thrashers: Vec<Spawned> = (0..2)
+        .map(|i| {
+            let mut cmd = Command::new(c_program("thrash"));
+            cmd.arg(scratch.path().join(format!("file{i}"))).arg("64M");
+            thrash_cg.put(&mut cmd);
+            Spawned::spawn(cmd, true)
+        })
+        .collect();
+    for t in &mut thrashers {
+        t.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    }
+
+    // The low-priority client is failed: its shim prints the daemon's reason and kills it.
+    daemon.wait_until("the last resort to fail the low-priority client", Duration::from_secs(120), || {
+        let p = pressure(&daemon);
+        let failed = p["actions"]["failed_clients"].as_u64().unwrap_or(0);
+        if p["step"] == "last_resort" && failed >= 1 {
+            Ok(())
+        } else {
+            Err(format!("step {}, {failed} failed clients, some_recent {}%", p["step"], p["some_recent_pct"]))
+        }
+    });
+    let low_out = low.finish(PROGRAM_TIMEOUT);
+    low_out.check(
+        &daemon,
+        low_out.signal() == Some(libc::SIGKILL)
+            && low_out.stderr.contains("holo-pager failed this process to relieve memory pressure")
+            && low_out.stderr.contains("lowest priority (-10)")
+            && !low_out.stdout.contains("ok"),
+        "expected the low-priority client killed (SIGKILL) with the daemon's reason on its stderr",
+    );
+    let failed_log = format!("last resort: failing pid {low_pid}");
+    low_out.check(&daemon, daemon.log().contains(&failed_log), &format!("expected {failed_log:?} in the log"));
+
+    // While the pressure lasts, a new program is refused: its shim says why and it runs on
+    // plain memory, correctly.
+    let p = pressure(&daemon);
+    assert_eq!(p["step"], "last_resort", "the pressure must still be severe\n{p:#}\n{}", daemon.report());
+    let refused = run_shimmed(&daemon, &c_program("fill_verify"), &["8M", "1"], &[]);
+    refused.check(
+        &daemon,
+        refused.success()
+            && refused.stderr.contains("takes no new clients while memory pressure stays severe")
+            && refused.stderr.contains(FAIL_OPEN_WARNING),
+        "expected a new program refused by the last resort, running (and verifying) without holo",
+    );
+    let p = pressure(&daemon);
+    let refused_clients = p["actions"]["refused_clients"].as_u64().unwrap_or(0);
+    refused.check(&daemon, refused_clients >= 1, &format!("expected refused_clients counted\n{p:#}"));
+
+    // The pressure ends: the response steps down and new programs are taken again.
+    for t in &mut thrashers {
+        t.send_line("stop");
+    }
+    for t in thrashers {
+        let out = t.finish(PROGRAM_TIMEOUT);
+        out.check(&daemon, out.success(), "a thrasher failed");
+    }
+    daemon.wait_until("the response to step down from the last resort", Duration::from_secs(120), || {
+        let p = pressure(&daemon);
+        if p["step"] != "last_resort" {
+            Ok(())
+        } else {
+            Err(format!("step {}, some_recent {}%", p["step"], p["some_recent_pct"]))
+        }
+    });
+    let accepted = run_shimmed(&daemon, &c_program("fill_verify"), &["64M", "2"], &[]);
+    accepted.assert_success(&daemon).assert_managed(&daemon);
+
+    // The top-priority client was never failed, and reads back every byte.
+    high.send_line("verify");
+    let high_out = high.finish(PROGRAM_TIMEOUT);
+    high_out.check(&daemon, high_out.success() && high_out.stdout.contains("ok"), "the top-priority client failed");
+    high_out.assert_managed(&daemon);
+    daemon.assert_paged("through the last resort");
+    let p = pressure(&daemon);
+    let a = &p["actions"];
+    high_out.check(
+        &daemon,
+        a["failed_clients"] == 1 && a["refused_clients"] == refused_clients,
+        &format!("expected one client failed and the refusals counted before the step down\n{p:#}"),
+    );
+    eprintln!("last resort: actions {a}; the victim's stderr: {}", low_out.stderr.trim());
+    for line in daemon.log().lines().filter(|l| l.contains("pressure: response")) {
+        eprintln!("daemon said: {line}");
+    }
+}
+
+/// The (pid, priority) of each client `holoctl pressure` shows.
+fn priorities(daemon: &Daemon) -> Vec<(u64, i64)> {
+    let p = pressure(daemon);
+    p["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["pid"].as_u64()?, c["priority"].as_i64()?)))
+        .collect()
+}
+
+#[test]
+fn holo_priority_lowers_a_programs_priority_but_never_raises_it() {
+    let test = "holo_priority_lowers_a_programs_priority_but_never_raises_it";
+    let Some(batch) = cgroup_or_skip("prio", test) else {
+        return;
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    fs::write(&conf_file, format!("priorities = {{ \"{}\" = -10 }}\n", batch.name())).unwrap();
+    let mut daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    let start = |program: &str, prio: &str, in_batch: bool| {
+        let env = [("HOLO_PRIORITY", prio), ("HOLO_DAEMON_TIMEOUT", "60")];
+        let mut cmd = shimmed_command(&daemon, &c_program(program), &["4M"], &env);
+        if in_batch {
+            batch.put(&mut cmd);
+        }
+        let mut p = Spawned::spawn(cmd, true);
+        let ready = p.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+        (p, ready)
+    };
+    // (HOLO_PRIORITY, in the -10 cgroup, the priority it must get)
+    let cases = [("-20", false, -20), ("50", false, 0), ("-5", true, -10), ("100", true, -10), ("high", false, 0)];
+    let mut programs: Vec<Spawned> = cases.iter().map(|&(p, b, _)| start("hold_and_check", p, b).0).collect();
+    let mut want: Vec<(u64, i64)> = programs.iter().zip(&cases).map(|(p, c)| (u64::from(p.pid()), c.2)).collect();
+    // A forked child keeps its parent's HOLO_PRIORITY (its environment).
+    let (forking, ready) = start("fork_hold", "-30", false);
+    let child: u64 = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).expect("ready CHILD_PID");
+    want.extend([(u64::from(forking.pid()), -30), (child, -30)]);
+    programs.push(forking);
+    let see_all = |daemon: &Daemon, what: &str| {
+        daemon.wait_until(what, Duration::from_secs(60), || {
+            let got = priorities(daemon);
+            if want.iter().all(|w| got.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!("want (pid, priority) {want:?}, got {got:?}"))
+            }
+        })
+    };
+    see_all(&daemon, "each client's priority in `holoctl pressure`");
+    // A restarted daemon learns it again from each resuming shim.
+    daemon.kill();
+    daemon.restart();
+    see_all(&daemon, "each resumed client's priority in `holoctl pressure`");
+
+    for (mut p, (value, ..)) in programs.into_iter().zip(cases.iter().chain([&("-30", false, -30)])) {
+        p.send_line("verify");
+        let out = p.finish(PROGRAM_TIMEOUT);
+        out.assert_success(&daemon).assert_managed(&daemon);
+        let warned = out.stderr.contains("HOLO_PRIORITY is not a priority from -100 to 100; ignored");
+        out.check(&daemon, warned == (*value == "high"), "expected a warning for HOLO_PRIORITY=high only");
+    }
+}

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use holo_pagers::proto::PRIORITY_RANGE;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,7 @@ pub struct FileConfig {
     pub min_budget: Option<String>,
     pub cgroup_margin: Option<String>,
     pub pressure_interval_ms: Option<u64>,
+    pub last_resort_after_ms: Option<u64>,
     pub priorities: Option<std::collections::BTreeMap<String, i32>>,
     pub nvme_path: Option<PathBuf>,
     pub nvme_capacity: Option<String>,
@@ -89,6 +91,9 @@ pub struct Config {
     /// ...and keeps each client's memory cgroup this far below its limit.
     pub cgroup_margin_bytes: u64,
     pub pressure_interval_ms: u64,
+    /// How long stalls must stay at twice the target, with the budget at `min_budget`, before
+    /// the last resort (new clients refused, the lowest-priority client failed).
+    pub last_resort_after_ms: u64,
     /// Client priorities by cgroup path (a client's v2 cgroup or v1 memory cgroup, or an
     /// ancestor), longest path first; unlisted clients have priority 0. Under pressure the
     /// faults of clients below the highest priority are throttled, and at the last resort the
@@ -147,9 +152,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64K, 256M, 2G)"))?;
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
-
-/// Priorities run from -100 (failed first) to 100.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
 
 /// `priorities`, checked (absolute cgroup paths without `.`, `..`, empty components or a
 /// trailing `/`; priorities in [`PRIORITY_RANGE`]) and sorted longest path first.
@@ -305,6 +307,14 @@ impl Config {
                 message: format!("{pressure_interval_ms} is not between 10 and 10000"),
             });
         }
+        let default_after = crate::pressure::LAST_RESORT_AFTER.as_millis() as u64;
+        let last_resort_after_ms = fc.last_resort_after_ms.unwrap_or(default_after);
+        if !(1000..=3_600_000).contains(&last_resort_after_ms) {
+            return Err(ConfigError::Invalid {
+                key: "last_resort_after_ms",
+                message: format!("{last_resort_after_ms} is not between 1000 and 3600000 (one hour)"),
+            });
+        }
         let priorities = priorities(fc.priorities.unwrap_or_default())
             .map_err(|message| ConfigError::Invalid { key: "priorities", message })?;
         let capacity = |key: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
@@ -382,6 +392,7 @@ impl Config {
             min_budget_bytes,
             cgroup_margin_bytes,
             pressure_interval_ms,
+            last_resort_after_ms,
             priorities,
             cluster,
             remote,
@@ -429,6 +440,7 @@ mod tests {
         let c = Config::resolve(None, Overrides::default()).unwrap();
         assert_eq!(c.pressure_target_pct, 10.0);
         assert_eq!((c.min_budget_bytes, c.cgroup_margin_bytes, c.pressure_interval_ms), (256 << 10, 64 << 20, 250));
+        assert_eq!(c.last_resort_after_ms, 10_000);
         std::fs::write(&f, "pressure_target_pct = 5.5\nmin_budget = \"1M\"\ncgroup_margin = \"32M\"\n").unwrap();
         let c = Config::resolve(Some(&f), Overrides::default()).unwrap();
         assert_eq!((c.pressure_target_pct, c.min_budget_bytes, c.cgroup_margin_bytes), (5.5, 1 << 20, 32 << 20));
@@ -439,6 +451,8 @@ mod tests {
             ("min_budget = \"2G\"", "min_budget"),
             ("cgroup_margin = \"lots\"", "cgroup_margin"),
             ("pressure_interval_ms = 0", "pressure_interval_ms"),
+            ("last_resort_after_ms = 999", "last_resort_after_ms"),
+            ("last_resort_after_ms = 3600001", "last_resort_after_ms"),
         ] {
             std::fs::write(&f, bad).unwrap();
             let e = Config::resolve(Some(&f), Overrides::default()).unwrap_err().to_string();

@@ -5,11 +5,12 @@
 //! cgroup's notification fires (one `poll` waits on all of them) or a client connects:
 //! * system PSI, `/proc/pressure/memory`, with a `POLLPRI` trigger ("some" stall of
 //!   `pressure_target_pct` of a 2 s window: unprivileged triggers need multiples of 2 s);
-//! * per client, its memory cgroup: cgroup v1 `memory.limit_in_bytes`/`usage_in_bytes`, with
-//!   usage thresholds at the margin that wake the controller the moment usage crosses them
-//!   ([`cgroup`]: a fill at full speed would otherwise cross the margin within one tick), and
-//!   the cgroup v2 `memory.pressure` of its v2 cgroup where the file exists (`memory.events`
-//!   wakes it where the v2 memory controller is enabled).
+//! * per client, its memory cgroup ([`MemoryCgroup`]): cgroup v1
+//!   `memory.limit_in_bytes`/`usage_in_bytes`, with usage thresholds at the margin that wake
+//!   the controller the moment usage crosses them ([`cgroup`]: a fill at full speed would
+//!   otherwise cross the margin within one tick), or, where the memory controller is on v2,
+//!   `memory.max`/`memory.current` (`memory.events` wakes it); and the cgroup v2
+//!   `memory.pressure` of its v2 cgroup where the file exists.
 //!
 //! The response hierarchy, in order ([`Step`]): (1) ask the clients to release memory (a
 //! `Release` frame to each shim's agent: `malloc_trim` and the program's `holo_on_pressure`
@@ -36,8 +37,10 @@ use crate::pagetable::PAGE;
 use crate::state::{ClientInfo, Daemon};
 
 mod cgroup;
-pub use cgroup::{parse_mountinfo, parse_proc_cgroup, rearm, thresholds, CgroupMounts, ProcCgroups, Rearm};
-use cgroup::{read_u64, Notifiers, V1_UNLIMITED};
+use cgroup::Notifiers;
+pub use cgroup::{
+    parse_mountinfo, parse_proc_cgroup, parse_v2_max, rearm, thresholds, CgroupMounts, MemoryCgroup, ProcCgroups, Rearm,
+};
 
 pub const SYSTEM_PSI: &str = "/proc/pressure/memory";
 /// Kernels refuse unprivileged triggers whose window is not a multiple of 2 s.
@@ -277,8 +280,9 @@ const DEMOTE_AFTER: Duration = Duration::from_secs(1);
 /// ...this long, to throttling (3)...
 const THROTTLE_AFTER: Duration = Duration::from_secs(5);
 /// ...and pressure at [`SEVERE_FACTOR`] times the target with nothing left to demote (the
-/// budget at its floor), this long, to the last resort (4).
-const LAST_RESORT_AFTER: Duration = Duration::from_secs(10);
+/// budget at its floor), this long (unless `last_resort_after_ms` says otherwise), to the
+/// last resort (4).
+pub const LAST_RESORT_AFTER: Duration = Duration::from_secs(10);
 const SEVERE_FACTOR: f64 = 2.0;
 /// Down one step per this long of calm (under half the target, no cgroup short of room).
 const STEP_DOWN_AFTER: Duration = CALM_FOR;
@@ -314,8 +318,9 @@ pub struct Orders {
 /// The response hierarchy's state machine: up a step when pressure has stayed above the
 /// target long enough (and, for the last resort, far enough above it with nothing left to
 /// demote); down a step per calm spell.
-#[derive(Default)]
 pub struct Escalation {
+    /// How long severe pressure must last before the last resort.
+    last_resort_after: Duration,
     step: Step,
     stepped_at: Duration,
     over_since: Option<Duration>,
@@ -335,6 +340,19 @@ fn held_for(since: &mut Option<Duration>, cond: bool, now: Duration) -> Option<D
 }
 
 impl Escalation {
+    pub fn new(last_resort_after: Duration) -> Escalation {
+        Escalation {
+            last_resort_after,
+            step: Step::Calm,
+            stepped_at: Duration::ZERO,
+            over_since: None,
+            severe_since: None,
+            calm_since: None,
+            last_release: None,
+            last_fail: None,
+        }
+    }
+
     pub fn step(&self) -> Step {
         self.step
     }
@@ -348,7 +366,7 @@ impl Escalation {
         let over_for = held_for(&mut self.over_since, over, now);
         let severe_for = held_for(&mut self.severe_since, severe, now);
         let calm_for = held_for(&mut self.calm_since, calm, now);
-        let due = if severe_for.is_some_and(|d| d >= LAST_RESORT_AFTER) {
+        let due = if severe_for.is_some_and(|d| d >= self.last_resort_after) {
             Step::LastResort
         } else if over_for.is_some_and(|d| d >= THROTTLE_AFTER) {
             Step::Throttle
@@ -422,8 +440,9 @@ pub fn admit_client(d: &Daemon) -> Result<(), String> {
         return Ok(());
     }
     d.pressure.counters.refused_clients.fetch_add(1, Relaxed);
+    // The shim adds that the program runs without holo.
     Err("holo-pager takes no new clients while memory pressure stays severe (the last resort of its \
-         pressure response); the program runs without holo"
+         pressure response)"
         .into())
 }
 
@@ -458,7 +477,10 @@ pub struct Counters {
 pub struct ClientCgroup {
     pub pid: i32,
     pub comm: String,
+    /// The cgroup whose memory limit applies to it ([`MemoryCgroup`]), and its hierarchy
+    /// ("v1" or "v2").
     pub memory_cgroup: Option<String>,
+    pub memory_hierarchy: Option<&'static str>,
     pub limit_bytes: Option<u64>,
     pub usage_bytes: Option<u64>,
     pub pressure_cgroup: Option<String>,
@@ -642,7 +664,7 @@ fn run(d: Arc<Daemon>) {
         }
     };
     let mut trigger = trigger;
-    let mut escalation = Escalation::default();
+    let mut escalation = Escalation::new(Duration::from_millis(c.last_resort_after_ms));
     let mounts = CgroupMounts::read();
     let mut rates = Rates::default();
     let mut notifiers = Notifiers::default();
@@ -704,11 +726,18 @@ fn arm(
     mounts: &CgroupMounts,
     notifiers: &mut Notifiers,
     s: &Sample,
-    paths: &[String],
+    paths: &[MemoryCgroup],
     clients: &mut [ClientCgroup],
 ) {
-    let v1: Vec<(String, Option<u64>)> =
-        paths.iter().zip(&s.cgroups).map(|(p, l)| (p.clone(), Some(l.limit_pages as u64 * PAGE))).collect();
+    // Usage thresholds are v1's; a v2 cgroup's `memory.events` is watched with the v2 list.
+    let v1: Vec<(String, Option<u64>)> = paths
+        .iter()
+        .zip(&s.cgroups)
+        .filter_map(|(p, l)| match p {
+            MemoryCgroup::V1(p) => Some((p.clone(), Some(l.limit_pages as u64 * PAGE))),
+            MemoryCgroup::V2(_) => None,
+        })
+        .collect();
     let mut v2: Vec<String> = clients.iter().filter_map(|c| c.pressure_cgroup.clone()).collect();
     v2.sort_unstable();
     v2.dedup();
@@ -731,35 +760,36 @@ fn arm(
         );
     }
     for c in clients.iter_mut() {
-        c.thresholds_bytes = c.memory_cgroup.as_deref().map(|p| notifiers.armed(p)).unwrap_or_default();
+        c.thresholds_bytes = match (c.memory_hierarchy, &c.memory_cgroup) {
+            (Some("v1"), Some(p)) => notifiers.armed(p),
+            _ => Vec::new(),
+        };
     }
 }
 
 /// Reads each client's cgroups (once per cgroup), adds their loads and pressure to `sample`,
-/// and returns what `holoctl` shows plus the v1 path of each load in `sample.cgroups`.
+/// and returns what `holoctl` shows plus the memory cgroup of each load in `sample.cgroups`.
 fn observe_clients(
     d: &Daemon,
     mounts: &CgroupMounts,
     rates: &mut Rates,
     now: Instant,
     sample: &mut Sample,
-) -> (Vec<ClientCgroup>, Vec<String>) {
+) -> (Vec<ClientCgroup>, Vec<MemoryCgroup>) {
     let clients = d.clients.lock().unwrap().clone();
-    let mut v1: HashMap<String, (Option<u64>, Option<u64>, i64)> = HashMap::new();
+    let mut mem: HashMap<MemoryCgroup, (Option<u64>, Option<u64>, i64)> = HashMap::new();
     let mut v2: HashMap<String, Option<Psi>> = HashMap::new();
     let mut shown = Vec::new();
     let mut top_priority = i32::MIN;
     for c in &clients {
         let cg = parse_proc_cgroup(&std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap_or_default());
-        let priority = priority_for(&d.config.priorities, &cg);
+        let priority = priority_for(&d.config.priorities, &cg).min(c.priority_ceiling.load(Relaxed));
         c.priority.store(priority, Relaxed);
         top_priority = top_priority.max(priority);
-        let mem = cg.v1_memory.as_ref().map(|p| {
-            let e = v1.entry(p.clone()).or_insert_with(|| {
-                let dir = CgroupMounts::dir(&mounts.v1_memory, p);
-                let file = |name: &str| dir.as_ref().and_then(|d| read_u64(&d.join(name)));
-                (file("memory.limit_in_bytes").filter(|&l| l < V1_UNLIMITED), file("memory.usage_in_bytes"), 0)
-            });
+        let memory = MemoryCgroup::of(mounts, &cg);
+        let load = memory.as_ref().map(|(m, dir)| {
+            let (limit, usage) = m.read(dir);
+            let e = mem.entry(m.clone()).or_insert((limit, usage, 0));
             e.2 += c.resident.load(Relaxed);
             (e.0, e.1)
         });
@@ -775,9 +805,10 @@ fn observe_clients(
         shown.push(ClientCgroup {
             pid: c.pid,
             comm: c.comm.clone(),
-            memory_cgroup: cg.v1_memory.clone(),
-            limit_bytes: mem.and_then(|m| m.0),
-            usage_bytes: mem.and_then(|m| m.1),
+            memory_cgroup: memory.as_ref().map(|(m, _)| m.path().to_string()),
+            memory_hierarchy: memory.as_ref().map(|(m, _)| m.hierarchy()),
+            limit_bytes: load.and_then(|l| l.0),
+            usage_bytes: load.and_then(|l| l.1),
             pressure_cgroup: cg.v2.clone(),
             some_avg10: psi.map(|p| p.some_avg10),
             priority,
@@ -786,7 +817,7 @@ fn observe_clients(
     }
     d.pressure.top_priority.store(top_priority, Relaxed);
     let mut paths = Vec::new();
-    for (path, (limit, usage, holo)) in v1 {
+    for (path, (limit, usage, holo)) in mem {
         if let (Some(limit), Some(usage)) = (limit, usage) {
             let pages = |b: u64| (b / PAGE) as i64;
             sample.cgroups.push(CgroupLoad { limit_pages: pages(limit), usage_pages: pages(usage), holo_pages: holo });
@@ -884,7 +915,7 @@ fn fail_lowest_priority(d: &Daemon, clients: &[Arc<ClientInfo>], s: &Sample) {
     }
 }
 
-fn apply(d: &Daemon, action: Action, s: &Sample, paths: &[String]) {
+fn apply(d: &Daemon, action: Action, s: &Sample, paths: &[MemoryCgroup]) {
     let c = &d.pressure.counters;
     let mib = |pages: i64| (pages * PAGE as i64) >> 20;
     match action {
@@ -1093,7 +1124,7 @@ mod tests {
 
     #[test]
     fn escalation_asks_first_then_demotes_then_throttles() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         assert_eq!(e.tick(&pressing(0.0, 2.0)), Orders { step: Step::Calm, release: false, fail_one: false });
         // Over the target: ask at once, demote only after a second of it, throttle after 5 s.
         assert_eq!(e.tick(&pressing(1.0, 15.0)), Orders { step: Step::Release, release: true, fail_one: false });
@@ -1111,7 +1142,7 @@ mod tests {
 
     #[test]
     fn a_dip_under_the_target_restarts_the_clock() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 4.0, |t| pressing(t, 15.0));
         assert_eq!(e.step(), Step::Demote);
         // One tick at 8%: under the target but not calm: no step down, the clock restarts.
@@ -1124,7 +1155,7 @@ mod tests {
 
     #[test]
     fn a_cgroup_short_of_room_asks_for_a_release_but_does_not_escalate_further() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         let short = |t| Pressing { cgroup_short: true, ..pressing(t, 0.0) };
         let orders = run_for(&mut e, 0.0, 30.0, short);
         assert!(orders.iter().all(|o| o.step == Step::Release));
@@ -1133,7 +1164,7 @@ mod tests {
 
     #[test]
     fn last_resort_needs_severe_pressure_at_the_floor_for_long_and_fails_rarely() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         let severe = |t| Pressing { at_floor: true, ..pressing(t, 25.0) };
         run_for(&mut e, 0.0, 10.0, severe);
         assert_eq!(e.step(), Step::Throttle, "10 s severe not yet reached");
@@ -1144,17 +1175,23 @@ mod tests {
         // The tick at 40 s is the 119th after 10.25 s.
         assert_eq!(failed_at, [119], "one failure per FAIL_GAP: the next at 40 s");
         // 19% at the floor is over the target but not twice it: the severe clock restarts.
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 60.0, |t| Pressing {
             at_floor: true,
             ..pressing(t, if t % 8.0 < 1.0 { 19.0 } else { 25.0 })
         });
         assert_eq!(e.step(), Step::Throttle);
+        // A shorter `last_resort_after_ms`: the last resort comes at once after it, even
+        // before the throttle's 5 s.
+        let mut e = Escalation::new(Duration::from_secs(2));
+        run_for(&mut e, 0.0, 2.0, severe);
+        assert_eq!(e.step(), Step::Demote);
+        assert_eq!(e.tick(&severe(2.0)), Orders { step: Step::LastResort, release: false, fail_one: true });
     }
 
     #[test]
     fn calm_steps_down_one_step_per_calm_spell() {
-        let mut e = Escalation::default();
+        let mut e = Escalation::new(LAST_RESORT_AFTER);
         run_for(&mut e, 0.0, 12.0, |t| Pressing { at_floor: true, ..pressing(t, 30.0) });
         assert_eq!(e.step(), Step::LastResort);
         // Between half the target and the target: hold (hysteresis).

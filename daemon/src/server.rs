@@ -201,6 +201,7 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
         if !is_userfaultfd(&ufd) {
             return Err("the file descriptor sent is not a userfaultfd".into());
         }
+        ask_priority(&info, f.a)?;
         let uffd = Uffd::from_owned(ufd);
         uffd.api(HOLO_FEATURES).map_err(|e| format!("userfaultfd API handshake failed: {e}"))?;
         Ok(uffd)
@@ -237,8 +238,8 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
             (f, _) => return Err(refuse(format!("expected Zapping, got {:?}", f.kind))),
         }
     }
-    let uffd = match recv_blocking(&conn).map_err(|e| refuse(e.to_string()))? {
-        (f, Some(ufd)) if f.kind == Kind::Uffd && is_userfaultfd(&ufd) => Uffd::from_owned(ufd),
+    let (uffd, asked) = match recv_blocking(&conn).map_err(|e| refuse(e.to_string()))? {
+        (f, Some(ufd)) if f.kind == Kind::Uffd && is_userfaultfd(&ufd) => (Uffd::from_owned(ufd), f.a),
         (f, _) => return Err(refuse(format!("expected a userfaultfd, got {:?}", f.kind))),
     };
     let Some(r) = d.recovered.lock().unwrap().remove(&peer.pid) else {
@@ -253,6 +254,10 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
         d.store.discard_if_unreferenced(i.slot, i.version);
     }
     let info = register_client(d, peer).map_err(refuse)?;
+    if let Err(e) = ask_priority(&info, asked) {
+        d.remove_client(info.token);
+        return Err(refuse(e));
+    }
     let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
     if let Err(e) = proto::send(fd, welcome, None, b"") {
         d.remove_client(info.token);
@@ -266,6 +271,15 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
         under_way.len()
     );
     spawn_pager(d, info, uffd, conn, r.table, Some((under_way, r.next_eviction)))
+}
+
+/// Records the priority a client asks for in its `Uffd` frame's `a` (`HOLO_PRIORITY`): a
+/// ceiling on the priority its cgroup gives it, so asking can only lower it.
+fn ask_priority(info: &ClientInfo, a: u64) -> Result<(), String> {
+    if let Some(p) = proto::decode_priority(a).map_err(|e| format!("bad HOLO_PRIORITY: {e}"))? {
+        info.priority_ceiling.store(p, Relaxed);
+    }
+    Ok(())
 }
 
 fn is_userfaultfd(fd: &OwnedFd) -> bool {
@@ -290,6 +304,11 @@ fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -
             return Err(why);
         }
     };
+    // The child runs with the parent's environment, HOLO_PRIORITY included.
+    let parent = d.clients.lock().unwrap().iter().find(|c| c.pid == parent_pid).cloned();
+    if let Some(parent) = parent {
+        info.priority_ceiling.store(parent.priority_ceiling.load(Relaxed), Relaxed);
+    }
     // The child keeps its own reference to its uffd, so that our death cannot unregister
     // its ranges (which would turn its pages into zeros).
     let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);

@@ -78,8 +78,12 @@ pub struct ClientInfo {
     /// `Fail` frames (sent whole and without blocking, so they never interleave with the
     /// pager's frames nor stall the pressure thread).
     pub notify: Mutex<Option<std::os::unix::net::UnixStream>>,
-    /// From the `priorities` of the config, by cgroup; refreshed by the pressure thread.
+    /// From the `priorities` of the config, by cgroup, lowered to `priority_ceiling`;
+    /// refreshed by the pressure thread.
     pub priority: AtomicI32,
+    /// What the program asked for (`HOLO_PRIORITY`, inherited over a fork): a priority may be
+    /// lowered, never raised. The top of the range when it asked for nothing.
+    pub priority_ceiling: AtomicI32,
     /// While low-priority faults are throttled: when ([`Daemon::now_ms`]) this client may
     /// have its next fault served, and whether a fault is waiting for that.
     pub next_fault_ms: AtomicU64,
@@ -160,6 +164,7 @@ impl ClientInfo {
             agent: Mutex::new(None),
             notify: Mutex::new(None),
             priority: AtomicI32::new(0),
+            priority_ceiling: AtomicI32::new(*holo_pagers::proto::PRIORITY_RANGE.end()),
             next_fault_ms: AtomicU64::new(0),
             fault_held: AtomicBool::new(false),
             regions: Mutex::new(Vec::new()),

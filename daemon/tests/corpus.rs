@@ -9,7 +9,7 @@ use std::path::Path;
 
 use holo_pager::config::{parse_size, Config, Overrides};
 use holo_pager::metrics::{route, Route};
-use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, Psi};
+use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max, Psi};
 
 fn corpus(target: &str) -> HashMap<String, Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
@@ -105,7 +105,7 @@ fn proc_parsers_corpus() {
     let files = corpus("proc_parsers");
     for data in files.values() {
         let t = String::from_utf8_lossy(data);
-        let _ = (parse_psi(&t), parse_proc_cgroup(&t), parse_mountinfo(&t));
+        let _ = (parse_psi(&t), parse_proc_cgroup(&t), parse_mountinfo(&t), parse_v2_max(&t));
     }
     let psi = parse_psi(&text(&files, "hand-psi.txt"));
     assert_eq!(psi, Some(Psi { some_avg10: 1.5, full_avg10: 0.25, some_total_us: 12345 }));

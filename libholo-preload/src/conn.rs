@@ -55,6 +55,8 @@ pub static GATE: Lock = Lock::new();
 /// Settings read once at load time.
 pub static MIN_REGION: AtomicUsize = AtomicUsize::new(usize::MAX);
 static TIMEOUT_S: AtomicU64 = AtomicU64::new(30);
+/// `HOLO_PRIORITY`, as the `Uffd` frame carries it ([`proto::encode_priority`]).
+static PRIORITY: AtomicU64 = AtomicU64::new(0);
 static mut SOCKET_PATH: [u8; 108] = [0; 108];
 
 pub fn active() -> bool {
@@ -115,6 +117,12 @@ pub unsafe fn init() {
         match parse_size(t) {
             Some(v) => TIMEOUT_S.store(v as u64, Relaxed),
             None => say!("holo: HOLO_DAEMON_TIMEOUT is not a number of seconds; using 30"),
+        }
+    }
+    if let Some(p) = env(b"HOLO_PRIORITY\0") {
+        match proto::parse_priority(p) {
+            Some(p) => PRIORITY.store(proto::encode_priority(Some(p)), Relaxed),
+            None => say!("holo: HOLO_PRIORITY is not a priority from -100 to 100; ignored"),
         }
     }
     let min = match env(b"HOLO_MIN_REGION\0") {
@@ -350,7 +358,7 @@ fn resume() -> Result<(), (bool, Why)> {
     }
     let welcome = match call(
         fd,
-        Frame::new(Kind::Uffd, 0, 0, 0),
+        Frame::new(Kind::Uffd, PRIORITY.load(Relaxed), 0, 0),
         Some(UFFD.load(Acquire)),
         "holo-pager refused to resume this process",
     ) {
@@ -413,7 +421,8 @@ fn handshake() -> Result<(), Why> {
         u
     };
     UFFD.store(uffd, Release);
-    call(fd, Frame::new(Kind::Uffd, 0, 0, 0), Some(uffd), "holo-pager could not take the userfaultfd")?;
+    let uffd_frame = Frame::new(Kind::Uffd, PRIORITY.load(Relaxed), 0, 0);
+    call(fd, uffd_frame, Some(uffd), "holo-pager could not take the userfaultfd")?;
     TOKEN.store(welcome.a, Release);
     start_agent(welcome.a)
 }
@@ -534,7 +543,9 @@ fn on_pressure_frame(fd: c_int, f: Frame) {
     let mut why = Why::new("holo-pager failed this process");
     read_text(fd, &f, &mut why);
     let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or(why.what);
-    kill_self(if detail.is_empty() { why.what } else { detail });
+    // SAFETY: getpid has no preconditions.
+    say!("holo: {}; killing pid {}", if detail.is_empty() { why.what } else { detail }, unsafe { libc::getpid() });
+    die()
 }
 
 /// The agent: zaps the granules the daemon evicted, under the gate.
@@ -701,9 +712,15 @@ fn await_reply(fd: c_int, id: u64, queue: &mut ZapQueue) -> Option<Kind> {
 /// Memory holo manages for this process cannot be served any more: die loudly rather than
 /// run on with wrong data.
 fn kill_self(why: &str) -> ! {
+    // SAFETY: getpid has no preconditions.
+    say!("holo: {why}; killing pid {} rather than let it read wrong data", unsafe { libc::getpid() });
+    die()
+}
+
+/// SIGKILL ourselves (no handler, no atexit: nothing more runs on the program's memory).
+fn die() -> ! {
     // SAFETY: getpid/kill on ourselves, then pause until the signal lands.
     unsafe {
-        say!("holo: {why}; killing pid {} rather than let it read wrong data", libc::getpid());
         libc::kill(libc::getpid(), libc::SIGKILL);
         loop {
             libc::pause();

@@ -9,7 +9,8 @@
 //! ```text
 //! request conn (program threads, one at a time):
 //!   Hello{a=version, b=role}  ->  Welcome{token, granule} | Refused + text
-//!   Uffd + fd                 ->  Ok | Error + text        (daemon does UFFDIO_API)
+//!   Uffd{a=priority} + fd     ->  Ok | Error + text        (daemon does UFFDIO_API; `a`:
+//!                                 the priority the program asks for, see [`encode_priority`])
 //!   Register{start,len}       ->  Ok | Error + text
 //!   Forked{child pid}         ->  Ok
 //! child request conn (after fork, in the child):
@@ -27,7 +28,8 @@
 //!   Hello{role=Resume, c=n}   then n x Zapping{id, start, len} (zaps the agent may be
 //!                             doing), then Uffd + fd
 //!                             ->  Welcome{token, granule} | Refused + text
-//!   (then a new agent conn; the agent reports each of those zaps with Zapped)
+//!   (then a new agent conn; the agent reports each of those zaps with Zapped; the Uffd frame's
+//!   `a` is the priority asked for, as at the first registration)
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
@@ -115,6 +117,60 @@ pub mod query {
     pub const CLUSTER: u64 = 16;
     /// A cluster command (`holoctl cluster init|join|leave`): `b` bytes of JSON follow.
     pub const CLUSTER_COMMAND: u64 = 17;
+}
+
+/// Client priorities run from -100 (failed first under memory pressure) to 100.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+/// Set in a `Uffd` frame's `a` when the program asks for a priority (`HOLO_PRIORITY`); the
+/// low 32 bits hold it, two's complement. 0: none asked for.
+pub const PRIORITY_ASKED: u64 = 1 << 32;
+
+/// The `Uffd` frame's `a` for the priority a program asks for. The daemon only ever lowers a
+/// client's priority to it, never raises it: a program cannot escape the pressure response.
+pub const fn encode_priority(asked: Option<i32>) -> u64 {
+    match asked {
+        Some(p) => PRIORITY_ASKED | p as u32 as u64,
+        None => 0,
+    }
+}
+
+/// The priority a `Uffd` frame's `a` asks for; an error for anything [`encode_priority`] does
+/// not produce from a priority in [`PRIORITY_RANGE`].
+pub fn decode_priority(a: u64) -> Result<Option<i32>, PriorityError> {
+    if a == 0 {
+        return Ok(None);
+    }
+    if a >> 32 != PRIORITY_ASKED >> 32 {
+        return Err(PriorityError::Malformed(a));
+    }
+    let p = a as u32 as i32;
+    if !PRIORITY_RANGE.contains(&p) {
+        return Err(PriorityError::OutOfRange(p));
+    }
+    Ok(Some(p))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PriorityError {
+    #[error("malformed priority field {0:#x}")]
+    Malformed(u64),
+    #[error("priority {0} is outside -100 to 100")]
+    OutOfRange(i32),
+}
+
+/// `HOLO_PRIORITY`'s value: a decimal integer in [`PRIORITY_RANGE`] (a leading `-` allowed).
+/// Allocates nothing: the shim parses it before `main`.
+pub fn parse_priority(s: &[u8]) -> Option<i32> {
+    let (negative, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 3 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+    let p = if negative { -n } else { n };
+    PRIORITY_RANGE.contains(&p).then_some(p)
 }
 
 /// Most bytes of JSON a `CLUSTER_COMMAND` query may announce.
@@ -398,6 +454,29 @@ mod tests {
         let mut raw = Frame::new(Kind::Ok, 0, 0, 0).encode();
         raw[5] = 1;
         assert_eq!(Frame::decode(&raw), Err(DecodeError::NonZeroPadding));
+    }
+
+    #[test]
+    fn priorities_round_trip_and_bad_fields_are_errors() {
+        assert_eq!(decode_priority(encode_priority(None)), Ok(None));
+        for p in [-100, -10, 0, 7, 100] {
+            assert_eq!(decode_priority(encode_priority(Some(p))), Ok(Some(p)), "{p}");
+        }
+        assert_eq!(decode_priority(encode_priority(Some(-101))), Err(PriorityError::OutOfRange(-101)));
+        assert_eq!(decode_priority(PRIORITY_ASKED | 101), Err(PriorityError::OutOfRange(101)));
+        assert_eq!(decode_priority(5), Err(PriorityError::Malformed(5)));
+        assert_eq!(decode_priority(u64::MAX), Err(PriorityError::Malformed(u64::MAX)));
+    }
+
+    #[test]
+    fn holo_priority_parses() {
+        assert_eq!(parse_priority(b"-10"), Some(-10));
+        assert_eq!(parse_priority(b"0"), Some(0));
+        assert_eq!(parse_priority(b"100"), Some(100));
+        assert_eq!(parse_priority(b"-100"), Some(-100));
+        for bad in [&b""[..], b"-", b"101", b"-101", b"+5", b"5x", b" 5", b"1000", b"low", b"--1"] {
+            assert_eq!(parse_priority(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

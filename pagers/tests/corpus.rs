@@ -8,7 +8,9 @@ use std::io::ErrorKind;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use holo_pagers::proto::{self, DecodeError, Frame, Kind, Recv, FRAME_BYTES};
+use holo_pagers::proto::{
+    self, decode_priority, encode_priority, DecodeError, Frame, Kind, PriorityError, Recv, FRAME_BYTES,
+};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
@@ -75,6 +77,10 @@ fn check_decode(name: &str, data: &[u8]) {
         let raw: &[u8; FRAME_BYTES] = raw.try_into().unwrap();
         if let Ok(f) = Frame::decode(raw) {
             assert_eq!(&f.encode(), raw, "{name}: {f:?} does not round-trip");
+            if let Ok(asked) = decode_priority(f.a) {
+                assert!(asked.is_none_or(|p| proto::PRIORITY_RANGE.contains(&p)), "{name}: {asked:?}");
+                assert_eq!(encode_priority(asked), f.a, "{name}: {asked:?} does not round-trip");
+            }
         }
     }
     // The stream reader returns exactly the frames that decode, up to the first that does not.
@@ -123,6 +129,11 @@ fn hand_written_frames_give_their_specific_error() {
     // Huge fields are the receiver's to judge, not the decoder's.
     assert_eq!(first("hand-register-huge-len.bin"), Ok(Frame::new(Kind::Register, !0xfff, !0xfff, 0)));
     assert_eq!(first("hand-error-text-len-max.bin"), Ok(Frame::new(Kind::Error, u64::MAX, 0, 0)));
+    // The priority a Uffd frame asks for: the frame decodes, the field is judged apart.
+    let priority = |name: &str| decode_priority(first(name).unwrap().a);
+    assert_eq!(priority("hand-uffd-priority-minus-10.bin"), Ok(Some(-10)));
+    assert_eq!(priority("hand-uffd-priority-101.bin"), Err(PriorityError::OutOfRange(101)));
+    assert_eq!(priority("hand-uffd-priority-high-bits.bin"), Err(PriorityError::Malformed(0x3_0000_0005)));
     assert_eq!(DecodeError::UnknownKind(99).to_string(), "unknown message kind 99");
     assert_eq!(DecodeError::NonZeroPadding.to_string(), "non-zero padding in frame");
 

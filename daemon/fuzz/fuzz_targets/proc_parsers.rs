@@ -1,9 +1,9 @@
 //! The parsers of /proc and cgroup text the pressure controller reads. Clients choose their
 //! cgroup names (delegated cgroups), which land in /proc/PID/cgroup and mountinfo: any text
-//! must parse to something or nothing, never panic.
+//! must parse to something or nothing, never panic (cgroup v2 `memory.max` too).
 #![no_main]
 
-use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi};
+use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,4 +17,5 @@ fuzz_target!(|data: &[u8]| {
         assert!(text.contains(path.as_str()));
     }
     let _ = parse_mountinfo(&text);
+    let _ = parse_v2_max(&text);
 });

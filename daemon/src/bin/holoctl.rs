@@ -318,11 +318,16 @@ fn print_pressure(v: &serde_json::Value) {
     for c in v["clients"].as_array().into_iter().flatten() {
         let opt_mib = |x: &serde_json::Value| x.as_u64().map_or("-".to_string(), mib);
         let wakes: Vec<String> = c["thresholds_bytes"].as_array().into_iter().flatten().map(|t| mib(n(t))).collect();
+        let memory_cgroup = match (c["memory_cgroup"].as_str(), c["memory_hierarchy"].as_str()) {
+            (Some(path), Some("v2")) => format!("{path} (v2)"),
+            (Some(path), _) => path.to_string(),
+            (None, _) => "-".to_string(),
+        };
         println!(
             "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}  {}",
             c["pid"],
             c["comm"].as_str().unwrap_or("?"),
-            c["memory_cgroup"].as_str().unwrap_or("-"),
+            memory_cgroup,
             opt_mib(&c["limit_bytes"]),
             opt_mib(&c["usage_bytes"]),
             c["some_avg10"].as_f64().map_or("-".to_string(), |p| format!("{p:.2}%")),

@@ -9,7 +9,10 @@
 //!   eventfd ([`rearm`]); removing the cgroup signals the eventfd once and drops it.
 //! * cgroup v2: `memory.events` is polled for `POLLPRI` (the kernel notifies on every change
 //!   of its `high`/`max`/`oom` counts), which only wakes the controller for an early sample.
-//!   This machine's v2 hierarchy has no memory controller, so that path is untested here.
+//!
+//! A client's limit and usage come from v1 where its memory controller is mounted, else from
+//! v2 `memory.max`/`memory.current` ([`MemoryCgroup`]). This machine's v2 hierarchy has no
+//! memory controller, so the v2 paths are tested only on directories laid out like it.
 //!
 //! Decisions ([`thresholds`], [`rearm`]) are pure; [`Notifiers`] does the registrations.
 
@@ -81,10 +84,77 @@ impl CgroupMounts {
 }
 
 /// A cgroup v1 limit of "unlimited" is a huge number (PAGE_COUNTER_MAX pages).
-pub(super) const V1_UNLIMITED: u64 = 1 << 62;
+const V1_UNLIMITED: u64 = 1 << 62;
 
-pub(super) fn read_u64(path: &Path) -> Option<u64> {
+fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The cgroup whose memory controller governs a process, where its limit and usage are read:
+/// cgroup v1 `memory.limit_in_bytes`/`memory.usage_in_bytes`, or cgroup v2
+/// `memory.max`/`memory.current`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryCgroup {
+    V1(String),
+    V2(String),
+}
+
+impl MemoryCgroup {
+    /// The process's v1 memory cgroup where it has one (the v1 controller is mounted: it then
+    /// holds memory, and v2 cannot); else its v2 cgroup where that has the memory controller
+    /// enabled (a `memory.max` file: the root cgroup and cgroups whose parent does not
+    /// delegate the controller have none). With its directory.
+    pub fn of(mounts: &CgroupMounts, cg: &ProcCgroups) -> Option<(MemoryCgroup, PathBuf)> {
+        if let Some(p) = &cg.v1_memory {
+            let dir = CgroupMounts::dir(&mounts.v1_memory, p)?;
+            return Some((MemoryCgroup::V1(p.clone()), dir));
+        }
+        let p = cg.v2.as_ref()?;
+        let dir = CgroupMounts::dir(&mounts.v2, p)?;
+        dir.join("memory.max").is_file().then(|| (MemoryCgroup::V2(p.clone()), dir))
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            MemoryCgroup::V1(p) | MemoryCgroup::V2(p) => p,
+        }
+    }
+
+    pub fn hierarchy(&self) -> &'static str {
+        match self {
+            MemoryCgroup::V1(_) => "v1",
+            MemoryCgroup::V2(_) => "v2",
+        }
+    }
+
+    /// Its limit (`None`: unlimited or unreadable) and usage, in bytes, from `dir`.
+    pub fn read(&self, dir: &Path) -> (Option<u64>, Option<u64>) {
+        match self {
+            MemoryCgroup::V1(_) => (
+                read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED),
+                read_u64(&dir.join("memory.usage_in_bytes")),
+            ),
+            MemoryCgroup::V2(_) => (
+                std::fs::read_to_string(dir.join("memory.max")).ok().as_deref().and_then(parse_v2_max).flatten(),
+                read_u64(&dir.join("memory.current")),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryCgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} (cgroup {})", self.path(), self.hierarchy())
+    }
+}
+
+/// cgroup v2 `memory.max`: a byte count, or `max` for no limit (`Some(None)`); `None` if it
+/// is neither.
+pub fn parse_v2_max(text: &str) -> Option<Option<u64>> {
+    match text.trim() {
+        "max" => Some(None),
+        n => n.parse().ok().map(Some),
+    }
 }
 
 /// The usages (bytes, ascending, distinct, positive) at which a v1 cgroup limited to `limit`
@@ -300,6 +370,69 @@ mod tests {
         // A container sees its own subtree at the mount point.
         assert_eq!(CgroupMounts::dir(&m.v2, "/ct/app"), Some(PathBuf::from("/sys/fs/cgroup/unified/app")));
         assert_eq!(CgroupMounts::dir(&m.v2, "/elsewhere"), None);
+    }
+
+    #[test]
+    fn v2_memory_max_parses() {
+        assert_eq!(parse_v2_max("536870912\n"), Some(Some(512 * MIB)));
+        assert_eq!(parse_v2_max("max\n"), Some(None));
+        assert_eq!(parse_v2_max(""), None);
+        assert_eq!(parse_v2_max("-1\n"), None);
+        assert_eq!(parse_v2_max("512M\n"), None);
+    }
+
+    /// A directory laid out as a cgroup v1 memory hierarchy and a cgroup v2 one would be.
+    fn fake_cgroups(dir: &Path, files: &[(&str, &str)]) -> CgroupMounts {
+        for (path, text) in files {
+            let f = dir.join(path);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, text).unwrap();
+        }
+        CgroupMounts { v1_memory: Some((dir.join("memory"), "/".into())), v2: Some((dir.join("unified"), "/".into())) }
+    }
+
+    #[test]
+    fn the_memory_cgroup_is_v1_where_the_process_has_one_else_v2_with_the_controller() {
+        let dir = std::env::temp_dir().join(format!("holo-memcg-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = fake_cgroups(
+            &dir,
+            &[
+                ("memory/holo/t1/memory.limit_in_bytes", "402653184\n"),
+                ("memory/holo/t1/memory.usage_in_bytes", "1048576\n"),
+                ("memory/free/memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory/free/memory.usage_in_bytes", "4096\n"),
+                ("unified/app.slice/memory.max", "536870912\n"),
+                ("unified/app.slice/memory.current", "2097152\n"),
+                ("unified/app.slice/memory.limit_in_bytes", "1\n"),
+                ("unified/big.slice/memory.max", "max\n"),
+                ("unified/big.slice/memory.current", "8192\n"),
+                // The v2 memory controller not enabled here: no memory.* files.
+                ("unified/plain.slice/cgroup.procs", ""),
+            ],
+        );
+        let cg =
+            |v1: Option<&str>, v2: Option<&str>| ProcCgroups { v1_memory: v1.map(Into::into), v2: v2.map(Into::into) };
+        let read = |cg: ProcCgroups| MemoryCgroup::of(&m, &cg).map(|(mc, d)| (mc.read(&d), mc));
+
+        // Hybrid (this machine): the v1 memory cgroup, whatever the v2 one has.
+        let v1 = MemoryCgroup::V1("/holo/t1".into());
+        assert_eq!(read(cg(Some("/holo/t1"), Some("/app.slice"))), Some(((Some(384 * MIB), Some(MIB)), v1)));
+        let unlimited = read(cg(Some("/free"), Some("/"))).unwrap();
+        assert_eq!(unlimited.0, (None, Some(4096)), "the v1 \"unlimited\" number is no limit");
+        // Pure v2: memory.max and memory.current, "max" being no limit.
+        let v2 = MemoryCgroup::V2("/app.slice".into());
+        assert_eq!(read(cg(None, Some("/app.slice"))), Some(((Some(512 * MIB), Some(2 * MIB)), v2.clone())));
+        assert_eq!(v2.to_string(), "/app.slice (cgroup v2)");
+        assert_eq!(read(cg(None, Some("/big.slice"))).unwrap().0, (None, Some(8192)));
+        // No memory controller in the v2 cgroup, the root cgroup, no cgroup at all: none.
+        assert_eq!(read(cg(None, Some("/plain.slice"))), None);
+        assert_eq!(read(cg(None, Some("/"))), None);
+        assert_eq!(read(cg(None, None)), None);
+        // A cgroup outside what the mount shows (another container's): none.
+        let inside = CgroupMounts { v2: Some((dir.join("unified"), "/ct".into())), ..m.clone() };
+        assert_eq!(MemoryCgroup::of(&inside, &cg(None, Some("/app.slice"))), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
