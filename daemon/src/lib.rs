@@ -10,7 +10,7 @@
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
-//! * [`writer`]: each pager's eviction writes, on a thread of their own.
+//! * [`worker`]: each pager's I/O threads: eviction writes and prefetch reads.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
 //! * [`remote`]: memory donated to peers, and the remote tier in theirs.
@@ -32,4 +32,4 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
-pub mod writer;
+pub mod worker;

@@ -2,7 +2,7 @@
 //! follows its address-space events and runs the evictions the budget asks of it.
 //!
 //! ```text
-//!  poll(uffd, request conn, agent conn, wake eventfd, writer eventfd)
+//!  poll(uffd, request conn, agent conn, wake eventfd, writer eventfd, reader eventfd)
 //!    uffd:    Fault  -> fill the granule window from zeros / spill slots (UFFDIO_COPY)
 //!             Fork   -> clone the page table for the child, retain its slots
 //!             Remove -> pages read as zeros (or: the agent's zap of an eviction)
@@ -11,6 +11,7 @@
 //!    agent:   Zapping -> Go | NoGo, Zapped -> eviction done (or cancelled)
 //!    wake:    evict what the budget asked for
 //!    writer:  a batch of captured evictions is in the tiers -> Zap each
+//!    reader:  granules prefetch read ahead are here -> install them (UFFDIO_COPY)
 //! ```
 //!
 //! Eviction of a window, step by step (the `EvictState` names):
@@ -38,7 +39,7 @@ use crate::journal::{Intent, Journal};
 use crate::pagetable::{PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
-use crate::writer::{Batch, Writer, Written};
+use crate::worker::{spawn_reader, spawn_writer, Batch, Prefetched, Reader, Writer, Written};
 
 /// Messages read from the uffd in one go.
 const MSG_BATCH: usize = 64;
@@ -56,6 +57,8 @@ const STAGE_MAX_BYTES: usize = 4 << 20;
 /// Most granules, and bytes, one prefetch fetches ahead.
 const PREFETCH_MAX_GRANULES: u64 = 32;
 const PREFETCH_MAX_BYTES: u64 = 4 << 20;
+/// Prefetch batches the reader may have in hand: one being read while the next is asked for.
+const PREFETCH_MAX_BATCHES: usize = 2;
 /// The slot of an eviction captured but not yet written.
 const NO_SLOT: SlotId = SlotId::MAX;
 /// After an eviction found no room in any tier, wait this long before trying again, so that
@@ -114,7 +117,9 @@ impl Eviction {
 
 /// A window's tier bytes, read but not installed yet (pages not spilled read as zeros), with
 /// the page states and slot versions they were read under: valid while both are unchanged.
-struct Staged {
+/// A window's spilled bytes read from the tiers, with the page states and slot versions they
+/// were read under: valid while those still hold.
+pub struct Staged {
     start: u64,
     pages: Vec<PageState>,
     versions: Vec<u64>,
@@ -169,6 +174,11 @@ pub struct Pager {
     spare_bufs: Option<Vec<Vec<u8>>>,
     /// Writes captured batches to the tiers on a thread of its own.
     writer: Writer,
+    /// Reads prefetched windows on a thread of its own.
+    reader: Reader,
+    /// Windows the reader is reading (their faults wait for it), and their pages.
+    reading: Vec<Window>,
+    reading_pages: i64,
     summary_at: Instant,
     /// After the tiers refused a granule, no eviction is tried before this.
     evict_backoff_until: Option<Instant>,
@@ -226,7 +236,8 @@ impl Pager {
             let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at: Instant::now() };
             evictions.insert(id, e);
         }
-        let writer = Writer::spawn(d.clone(), info.pid)?;
+        let writer = spawn_writer(d.clone(), info.pid)?;
+        let reader = spawn_reader(d.clone(), info.pid)?;
         Ok(Pager {
             d,
             info,
@@ -249,6 +260,9 @@ impl Pager {
             evict_bufs: eviction_buffers(granule),
             spare_bufs: Some(eviction_buffers(granule)),
             writer,
+            reader,
+            reading: Vec::new(),
+            reading_pages: 0,
             summary_at: Instant::now(),
             evict_backoff_until: None,
             stalled_hold_until: None,
@@ -306,7 +320,7 @@ impl Pager {
     }
 
     fn step(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
-        let retrying = self.deferred.iter().any(|f| !self.evicting(f.addr, f.addr + PAGE));
+        let retrying = self.deferred.iter().any(|f| !self.evicting(f.addr, f.addr + PAGE) && !self.being_read(f.addr));
         let timeout_ms = if retrying {
             1
         } else if self.info.evict_request.load(Relaxed) > 0
@@ -328,6 +342,7 @@ impl Pager {
             pfd(self.info.wake.as_raw_fd()),
             pfd(agent_fd),
             pfd(self.writer.fd()),
+            pfd(self.reader.fd()),
         ];
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
@@ -349,6 +364,11 @@ impl Pager {
         if fds[4].revents != 0 {
             while let Some(w) = self.writer.take() {
                 self.written(w)?;
+            }
+        }
+        if fds[5].revents != 0 {
+            while let Some(p) = self.reader.take() {
+                self.prefetched(p);
             }
         }
         if fds[2].revents != 0 {
@@ -452,7 +472,12 @@ impl Pager {
         for addr in addrs {
             let Some(w) = self.table.window(addr, self.granule) else { continue };
             let spilled = self.table.pages(w).iter().any(|p| matches!(p, PageState::Spilled { .. }));
-            if spilled && !self.evicting(w.start, w.end()) && !wins.contains(&w) && self.staged_index(w).is_none() {
+            if spilled
+                && !self.evicting(w.start, w.end())
+                && !self.being_read(w.start)
+                && !wins.contains(&w)
+                && self.staged_index(w).is_none()
+            {
                 wins.push(w);
             }
         }
@@ -479,45 +504,30 @@ impl Pager {
         if wins.is_empty() {
             return Ok(());
         }
-        let p = PAGE as usize;
-        let mut staged: Vec<Staged> = wins
-            .iter()
+        let mut staged = self.to_stage(wins);
+        read_staged(&self.d.store, &mut staged)?;
+        self.keep_staged(staged);
+        Ok(())
+    }
+
+    /// Empty staged copies of `wins`, under their current page states and slot versions.
+    fn to_stage(&self, wins: &[Window]) -> Vec<Staged> {
+        wins.iter()
             .map(|w| {
                 let pages = self.table.pages(*w).to_vec();
                 let versions = self.d.store.versions(spilled_slots(&pages));
                 Staged { start: w.start, pages, versions, bytes: vec![0; w.len as usize] }
             })
-            .collect();
-        let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
-        for st in staged.iter_mut() {
-            let mut rest: &mut [u8] = &mut st.bytes;
-            let mut base = 0;
-            let mut k = 0;
-            while k < st.pages.len() {
-                let PageState::Spilled { slot, idx } = st.pages[k] else {
-                    k += 1;
-                    continue;
-                };
-                // Consecutive pages of the same slot are one read.
-                let mut e = k + 1;
-                while e < st.pages.len() && st.pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
-                    e += 1;
-                }
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
-                let (dst, tail) = tail.split_at_mut((e - k) * p);
-                reqs.push((slot, idx as usize * p, dst));
-                rest = tail;
-                base = e * p;
-                k = e;
-            }
-        }
-        self.d.store.read(&mut reqs)?;
-        let room = (STAGE_MAX_BYTES / self.granule as usize).max(wins.len());
+            .collect()
+    }
+
+    /// Keep `staged` for the fills to come, dropping the oldest copies beyond the bound.
+    fn keep_staged(&mut self, staged: Vec<Staged>) {
+        let room = (STAGE_MAX_BYTES / self.granule as usize).max(staged.len());
         while self.staged.len() + staged.len() > room {
             self.staged.pop_front();
         }
         self.staged.extend(staged);
-        Ok(())
     }
 
     fn defer(&mut self, f: Fault) {
@@ -558,7 +568,7 @@ impl Pager {
                 }
             },
         };
-        if self.evicting(w.start, w.end()) {
+        if self.evicting(w.start, w.end()) || self.being_read(w.start) {
             return Served::Defer;
         }
         if f.wp {
@@ -682,41 +692,101 @@ impl Pager {
         Served::Done
     }
 
-    /// Fetch the granules `ahead` of `w` that are wholly in the tiers, with one batch of
-    /// tier reads and one UFFDIO_COPY per granule; nobody waits on them, so any trouble
-    /// (a granule being evicted, an address-space change) just ends the prefetch early.
+    /// Fetch the granules `ahead` of `w` that are wholly in the tiers. Those staged already
+    /// are installed now; the rest go to the reader thread as one batch and are installed when
+    /// it is done ([`Self::prefetched`]), while the program goes on with what it has. Nobody
+    /// waits on them, so any trouble (a granule being evicted, an address-space change) just
+    /// drops them.
     fn prefetch(&mut self, w: Window, ahead: Ahead) {
         let g = self.granule as i64;
         // Prefetched pages displace colder ones (they push the resident set over the budget,
         // and evictions follow), but never into the slack that throttles fills.
         let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
-        let room = self.d.budget.limit_pages.load(Relaxed) + slack - self.d.budget.resident.load(Relaxed);
+        let room =
+            self.d.budget.limit_pages.load(Relaxed) + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
         let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
-        let mut wins = Vec::with_capacity(count);
+        self.evict_ahead((ahead.count - count) as u64 * self.granule / PAGE);
+        let mut staged = Vec::new();
+        let mut unread = Vec::new();
         let mut addr = w.start as i64;
         for _ in 0..count {
             addr += ahead.stride * g;
             let Some(next) = u64::try_from(addr).ok().and_then(|a| self.table.window(a, self.granule)) else { break };
             let all_spilled = self.table.pages(next).iter().all(|p| matches!(p, PageState::Spilled { .. }));
-            if next.start as i64 == addr && all_spilled && !self.evicting(next.start, next.end()) {
-                wins.push(next);
+            if next.start as i64 != addr || !all_spilled || self.evicting(next.start, next.end()) {
+                continue;
             }
-        }
-        if wins.is_empty() {
-            return;
-        }
-        let mut unread = Vec::with_capacity(wins.len());
-        for &next in &wins {
-            if self.staged_index(next).is_none() {
+            if self.staged_index(next).is_some() {
+                staged.push(next.start);
+            } else if !self.being_read(next.start) {
                 unread.push(next);
             }
         }
-        if let Err(e) = self.read_windows(&unread) {
-            // The fault that reaches this granule will meet the error and report it.
+        self.install_staged(&staged);
+        if unread.is_empty() || self.reader.in_flight() >= PREFETCH_MAX_BATCHES {
+            return;
+        }
+        let batch = self.to_stage(&unread);
+        // The slots must outlive the read even if their pages let go of them meanwhile (a
+        // DONTNEED): a freed slot could be rewritten under the reader.
+        self.d.store.retain(batch.iter().flat_map(|st| spilled_slots(&st.pages)));
+        self.reading_pages += batch.iter().map(|st| st.pages.len() as i64).sum::<i64>();
+        self.reading.extend(unread);
+        self.reader.submit(batch);
+    }
+
+    /// Prefetch wanted `pages` more than the budget had room for: evict that much of this
+    /// client ahead of need (less what is being evicted or asked for already), so that the
+    /// next stretch of the trend can be read while the program uses this one. Clean victims,
+    /// which a scan leaves behind, cost only their zap.
+    fn evict_ahead(&mut self, pages: u64) {
+        let b = &self.d.budget;
+        let under_way = b.evicting.load(Relaxed) + b.requested.load(Relaxed);
+        let ask = pages as i64 - under_way;
+        if ask > 0 {
+            self.info.evict_request.fetch_add(ask, Relaxed);
+            b.requested.fetch_add(ask, Relaxed);
+        }
+    }
+
+    /// The reader is done with a prefetch batch: stage what it read and install what is
+    /// still valid (the page states and slot versions it was read under still hold).
+    fn prefetched(&mut self, p: Prefetched) {
+        self.unpin(&p.wins);
+        if let Err(e) = p.read {
+            // The fault that reaches such a granule reads it again, and reports any error.
             log::debug!("pid {}: prefetch read failed: {e}", self.info.pid);
             return;
         }
-        for next in wins {
+        let starts: Vec<u64> = p.wins.iter().map(|st| st.start).collect();
+        self.keep_staged(p.wins);
+        self.install_staged(&starts);
+    }
+
+    /// Windows the reader has finished with: they are no longer being read, and the slot
+    /// references that kept them safe go back.
+    fn unpin(&mut self, wins: &[Staged]) {
+        for st in wins {
+            self.reading.retain(|r| r.start != st.start);
+            self.reading_pages -= st.pages.len() as i64;
+        }
+        let slots: Vec<SlotId> = wins.iter().flat_map(|st| spilled_slots(&st.pages)).collect();
+        self.d.store.release(&slots);
+    }
+
+    /// Whether the reader is reading the window around `addr`.
+    fn being_read(&self, addr: u64) -> bool {
+        self.reading.iter().any(|r| r.overlaps(addr, addr + 1))
+    }
+
+    /// Install the staged windows at `starts` in order, one UFFDIO_COPY each, up to the
+    /// first that is stale or cannot be installed.
+    fn install_staged(&mut self, starts: &[u64]) {
+        for &start in starts {
+            let Some(next) = self.table.window(start, self.granule) else { break };
+            if next.start != start || self.evicting(next.start, next.end()) {
+                break;
+            }
             let Some(k) = self.staged_index(next) else { break };
             let st = self.staged.remove(k).unwrap();
             let clean_slot = whole_from_one_slot(&st.pages);
@@ -1369,6 +1439,9 @@ impl Pager {
 
     /// The client is gone: give back its pages, slots and pending children.
     fn release_all(&mut self) {
+        while let Some(p) = self.reader.wait() {
+            self.unpin(&p.wins);
+        }
         // Batches still being written: their fresh slots go back, nothing will refer to them.
         while let Some(w) = self.writer.wait() {
             for slot in w.slots.into_iter().flatten() {
@@ -1397,6 +1470,35 @@ impl Pager {
         }
         self.d.remove_client(self.info.token);
     }
+}
+
+/// Read the spilled pages of the staged windows from the tiers, as one batch.
+pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result<(), holo_tiers::TierError> {
+    let p = PAGE as usize;
+    let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
+    for st in staged.iter_mut() {
+        let mut rest: &mut [u8] = &mut st.bytes;
+        let mut base = 0;
+        let mut k = 0;
+        while k < st.pages.len() {
+            let PageState::Spilled { slot, idx } = st.pages[k] else {
+                k += 1;
+                continue;
+            };
+            // Consecutive pages of the same slot are one read.
+            let mut e = k + 1;
+            while e < st.pages.len() && st.pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
+                e += 1;
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
+            let (dst, tail) = tail.split_at_mut((e - k) * p);
+            reqs.push((slot, idx as usize * p, dst));
+            rest = tail;
+            base = e * p;
+            k = e;
+        }
+    }
+    store.read(&mut reqs)
 }
 
 /// A peer attached an fd where none belongs: close it rather than leak it.
