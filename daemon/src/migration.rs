@@ -210,6 +210,20 @@ impl MigrationQueue {
     }
 }
 
+/// `holoctl tiers`' `migration` object: the caps and how the queue stands.
+pub fn stats_json(config: &crate::config::Config, s: QueueStats) -> serde_json::Value {
+    serde_json::json!({
+        "rate_bytes_per_second": config.migration_rate_bytes,
+        "max_in_flight": config.migration.max_in_flight,
+        "max_queued": config.migration.max_queued,
+        "queued": s.queued,
+        "in_flight": s.in_flight,
+        "peak_in_flight": s.peak_in_flight,
+        "peak_queued": s.peak_queued,
+        "refused": s.refused,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

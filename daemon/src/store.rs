@@ -530,20 +530,26 @@ impl Store {
         // Where each still is, and a slot for it in its new tier (none: it stays).
         let mut copies: Vec<(Move, SlotId, SlotId, Vec<u8>)> = Vec::new();
         {
-            let m = self.map.lock().unwrap();
+            let mut m = self.map.lock().unwrap();
+            let Map { entries, arcs, .. } = &mut *m;
             for mv in moves {
-                let e = m.entries[mv.id as usize];
+                let e = &mut entries[mv.id as usize];
                 if !(e.live && e.version == mv.version && e.level == mv.level) {
                     continue; // freed meanwhile
                 }
-                match self.levels[to_level(mv)].tier.alloc() {
+                let to = &self.levels[to_level(mv)].tier;
+                match to.alloc() {
                     Ok(new_at) => copies.push((*mv, e.at, new_at, vec![0u8; n])),
-                    Err(err) if err.is_full() && mv.dir == Direction::Up => {} // no room: asked again when read
-                    Err(err) => crate::log_limited!(
-                        warn,
-                        "migration into the {} tier failed: {err}",
-                        self.levels[to_level(mv)].tier.name()
-                    ),
+                    Err(err) => {
+                        // A promotion with no room is asked again by the granule's next read.
+                        if !(err.is_full() && mv.dir == Direction::Up) {
+                            crate::log_limited!(warn, "migration into the {} tier failed: {err}", to.name());
+                        }
+                        e.queued = false;
+                        if mv.dir == Direction::Down {
+                            arcs[mv.level as usize].on_cancelled(mv.id as u64);
+                        }
+                    }
                 }
             }
         }
