@@ -493,8 +493,10 @@ impl Store {
                 continue;
             }
             let mut need = used - capacity * DEMOTE_LOW_PCT / 100;
-            // Each resident key is offered at most about once.
-            let mut tries = arc.lens().resident();
+            // Each resident key is offered at most once, and a round looks at a bounded number:
+            // under the map lock, with every victim vetoed, a large tier would otherwise be
+            // walked whole ten times a second.
+            let mut tries = arc.lens().resident().min(need as usize * 4 + 64);
             while need > 0 && tries > 0 {
                 tries -= 1;
                 let Some(key) = arc.victim() else { break };
