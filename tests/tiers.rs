@@ -129,7 +129,7 @@ fn corrupted_fs_granule_is_reported_not_served() {
 }
 
 #[test]
-fn a_full_nvme_tier_demotes_its_oldest_granules_to_fs() {
+fn a_full_nvme_tier_demotes_its_coldest_granules_to_fs() {
     let _heavy = heavy();
     let fs_dir = TempDir::new("fs-tier");
     let fs_arg = fs_dir.path().to_str().unwrap();
@@ -137,7 +137,7 @@ fn a_full_nvme_tier_demotes_its_oldest_granules_to_fs() {
     let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("hold_and_check"), &["96M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
     // 80 MiB spilled into 32 MiB of NVMe: it fills, overflows, and the migrator brings it
-    // back under 90% by moving its oldest granules to FS.
+    // back under 90% by moving its coldest granules to FS.
     daemon.wait_until("the nvme tier to demote down to its low-water mark", RECLAIM_TIMEOUT, || {
         let tiers = daemon.holoctl_json(&["tiers"]);
         let nvme = &tiers["tiers"][1];
@@ -170,5 +170,117 @@ fn with_every_tier_full_the_budget_gives_way_not_the_data() {
         &daemon,
         daemon.log().contains("cannot evict, the budget cannot be held") && daemon.log().contains("nvme tier is full"),
         "the daemon should say why it cannot hold the budget",
+    );
+}
+
+/// A daemon with 8 MiB of DRAM, 16 MiB of NVMe and an FS tier, promoting granules read back
+/// twice within ten minutes, at most 4 migrations in flight. No residence time: the hot
+/// granules were demoted by the fill a moment before the test reads them (the unit tests
+/// in store.rs and migration.rs hold the hysteresis to account).
+fn placement_daemon(fs_dir: &TempDir, config_dir: &TempDir) -> Daemon {
+    let config = config_dir.path().join("holo.toml");
+    fs::write(
+        &config,
+        "promote_reads = 2\npromote_window_ms = 600000\nmin_residence_ms = 0\nmigration_max_in_flight = 4\n",
+    )
+    .unwrap();
+    let fs_arg = fs_dir.path().to_str().unwrap();
+    let config_arg = config.to_str().unwrap();
+    Daemon::start("8M", "64K", &["--nvme-capacity", "16M", "--fs-dir", fs_arg, "--config", config_arg])
+}
+
+/// Waits until no migration is queued or in flight, and returns `tiers --json` then.
+fn migrations_settled(daemon: &Daemon) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    daemon.wait_until("queued migrations to finish", RECLAIM_TIMEOUT, || {
+        last = daemon.holoctl_json(&["tiers"]);
+        let m = &last["migration"];
+        if m["queued"].as_u64() == Some(0) && m["in_flight"].as_u64() == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{m}"))
+        }
+    });
+    last
+}
+
+fn tier_u64(tiers: &serde_json::Value, name: &str, field: &str) -> u64 {
+    let row = tiers["tiers"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap();
+    row[field].as_u64().unwrap_or_else(|| panic!("tier {name} has no unsigned {field}: {row}"))
+}
+
+#[test]
+fn a_hot_subset_read_back_often_moves_up_to_nvme_and_the_cold_part_stays_in_fs() {
+    let _heavy = heavy();
+    let (fs_dir, config_dir) = (TempDir::new("fs-tier"), TempDir::new("config"));
+    let daemon = placement_daemon(&fs_dir, &config_dir);
+    // 64 MiB through 8 MiB of DRAM and 16 MiB of NVMe: the first 12 MiB (the hot subset)
+    // were evicted first, so they end up in FS; they do not fit in DRAM, so every pass over
+    // them reads most of them back from the tiers.
+    let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("hot_reread"), &["64M", "12M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    migrations_settled(&daemon);
+    for _ in 0..4 {
+        held.send_line("hot");
+        held.wait_for_line("hot ok", PROGRAM_TIMEOUT, &daemon);
+        migrations_settled(&daemon);
+    }
+    // One more pass, counted: it should be served from NVMe, not FS.
+    let before = daemon.holoctl_json(&["tiers"]);
+    held.send_line("hot");
+    held.wait_for_line("hot ok", PROGRAM_TIMEOUT, &daemon);
+    let after = migrations_settled(&daemon);
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+
+    let delta = |tier: &str| tier_u64(&after, tier, "refaults") - tier_u64(&before, tier, "refaults");
+    let (from_nvme, from_fs) = (delta("nvme"), delta("fs"));
+    let (promoted, demoted) = (tier_u64(&after, "nvme", "promotions"), tier_u64(&after, "nvme", "demotions"));
+    let summary = format!(
+        "last hot pass: {from_nvme} pages from nvme, {from_fs} from fs; nvme promotions {promoted}, demotions \
+         {demoted}; fs pages {}; migration {}",
+        tier_u64(&after, "fs", "pages"),
+        after["migration"]
+    );
+    println!("{summary}");
+    out.check(&daemon, promoted > 0 && demoted > 0, &format!("hot granules should have moved up: {summary}"));
+    out.check(
+        &daemon,
+        from_nvme > 0 && from_fs * 10 <= from_nvme,
+        &format!("the hot subset should be in nvme: {summary}"),
+    );
+    // The cold part: 52 MiB less what DRAM and NVMe hold.
+    let cold_pages = (52 - 8 - 16) << 8;
+    out.check(
+        &daemon,
+        tier_u64(&after, "fs", "pages") >= cold_pages,
+        &format!("the cold part should be in fs: {summary}"),
+    );
+    // A pass over 12 MiB asks for hundreds of promotions at once: they wait their turn.
+    let m = &after["migration"];
+    out.check(
+        &daemon,
+        m["peak_in_flight"].as_u64() <= Some(4) && m["peak_queued"].as_u64() > Some(4),
+        &format!("migrations in flight should be capped at 4 and the rest queued: {m}"),
+    );
+}
+
+#[test]
+fn without_re_reads_nothing_is_promoted() {
+    let _heavy = heavy();
+    let (fs_dir, config_dir) = (TempDir::new("fs-tier"), TempDir::new("config"));
+    let daemon = placement_daemon(&fs_dir, &config_dir);
+    let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("hot_reread"), &["64M", "12M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+    let tiers = migrations_settled(&daemon);
+    out.check(&daemon, tier_u64(&tiers, "fs", "refaults") > 0, "the check should have read granules back from fs");
+    out.check(
+        &daemon,
+        tier_u64(&tiers, "nvme", "promotions") == 0,
+        &format!("a granule read back once must not be promoted: {}", tiers["tiers"]),
     );
 }

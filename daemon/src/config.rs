@@ -41,6 +41,11 @@ pub struct FileConfig {
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
     pub migration_rate: Option<String>,
+    pub migration_max_in_flight: Option<usize>,
+    pub migration_max_queued: Option<usize>,
+    pub promote_reads: Option<u32>,
+    pub promote_window_ms: Option<u64>,
+    pub min_residence_ms: Option<u64>,
     // The data plane between nodes (remote.rs).
     pub donate: Option<String>,
     pub data_listen: Option<String>,
@@ -106,8 +111,10 @@ pub struct Config {
     /// The FS tier's directory (on a shared mount); `None`: no FS tier.
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity_bytes: Option<u64>,
-    /// Bytes a second that demotion between the lower tiers may move.
+    /// Bytes a second that migrations between the lower tiers may move.
     pub migration_rate_bytes: u64,
+    /// When granules move between the lower tiers, and how many at once.
+    pub migration: crate::migration::MigrationConfig,
     /// Memory donated to peers and the remote tier.
     pub remote: crate::remote::RemoteConfig,
     /// `None`: no cluster, the daemon works alone.
@@ -194,6 +201,44 @@ pub struct Overrides {
     pub cluster_advertise: Option<String>,
 }
 
+/// The migration keys besides `migration_rate`, checked.
+fn migration_config(fc: &FileConfig) -> Result<crate::migration::MigrationConfig, ConfigError> {
+    let d = crate::migration::MigrationConfig::default();
+    let within = |key: &'static str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+        let v = v.unwrap_or(default);
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            let message = format!("{v} is not between {} and {}", range.start(), range.end());
+            Err(ConfigError::Invalid { key, message })
+        }
+    };
+    let max_in_flight = within(
+        "migration_max_in_flight",
+        fc.migration_max_in_flight.map(|v| v as u64),
+        d.max_in_flight as u64,
+        1..=1024,
+    )?;
+    let max_queued = within(
+        "migration_max_queued",
+        fc.migration_max_queued.map(|v| v as u64),
+        (d.max_queued as u64).max(max_in_flight),
+        max_in_flight..=1 << 20,
+    )?;
+    let hour = 3_600_000;
+    let rule = crate::migration::Rule {
+        promote_reads: within("promote_reads", fc.promote_reads.map(u64::from), d.rule.promote_reads.into(), 1..=1000)?
+            as u32,
+        promote_window_ms: within("promote_window_ms", fc.promote_window_ms, d.rule.promote_window_ms, 1..=hour)?,
+        min_residence_ms: within("min_residence_ms", fc.min_residence_ms, d.rule.min_residence_ms, 0..=hour)?,
+    };
+    Ok(crate::migration::MigrationConfig {
+        rule,
+        max_in_flight: max_in_flight as usize,
+        max_queued: max_queued as usize,
+    })
+}
+
 /// `node_id`, `cluster_listen` and `cluster_advertise`, resolved: all or nothing.
 fn cluster_config(
     node_id: Option<u64>,
@@ -258,6 +303,7 @@ impl Config {
         let size = |key: &'static str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
             v.map_or(Ok(default), |s| parse_size(&s).map_err(|message| ConfigError::Invalid { key, message }))
         };
+        let migration = migration_config(&fc)?;
         let granule_bytes = size("granule", flags.granule.or(fc.granule), 64 << 10)?;
         if !granule_bytes.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&granule_bytes) {
             return Err(ConfigError::Invalid {
@@ -380,6 +426,7 @@ impl Config {
             fs_dir,
             fs_capacity_bytes,
             migration_rate_bytes,
+            migration,
             metrics_listen,
             dram_budget_bytes,
             granule_bytes,
@@ -430,6 +477,26 @@ mod tests {
         let c = Config::resolve(Some(&f), Overrides { granule: Some("2M".into()), ..Default::default() }).unwrap();
         assert_eq!((c.granule_bytes, c.dram_budget_bytes), (2 << 20, 1 << 30));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn migration_keys_default_and_validate() {
+        let c = Config::resolve(None, Overrides::default()).unwrap();
+        assert_eq!(c.migration, crate::migration::MigrationConfig::default());
+        let toml = "migration_max_in_flight = 2\npromote_reads = 2\npromote_window_ms = 500\nmin_residence_ms = 0\n";
+        let c = Config::from_toml_str(toml, "t", Overrides::default()).unwrap();
+        let rule = crate::migration::Rule { promote_reads: 2, promote_window_ms: 500, min_residence_ms: 0 };
+        assert_eq!((c.migration.rule, c.migration.max_in_flight, c.migration.max_queued), (rule, 2, 1024));
+        for (bad, key) in [
+            ("migration_max_in_flight = 0", "migration_max_in_flight"),
+            ("migration_max_in_flight = 8\nmigration_max_queued = 4", "migration_max_queued"),
+            ("promote_reads = 0", "promote_reads"),
+            ("promote_window_ms = 0", "promote_window_ms"),
+            ("min_residence_ms = 99999999999", "min_residence_ms"),
+        ] {
+            let e = Config::from_toml_str(bad, "t", Overrides::default()).unwrap_err().to_string();
+            assert!(e.starts_with(key) && e.contains("is not between"), "{bad}: {e}");
+        }
     }
 
     #[test]

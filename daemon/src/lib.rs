@@ -10,6 +10,7 @@
 //! * [`arc`]: the placement policy (ARC over granules, LRU to compare): which granule to evict.
 //! * [`state`]: what the threads share: budget, registry, counters.
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
+//! * [`migration`]: which granules move between the tiers below DRAM, and how many at once.
 //! * [`worker`]: each pager's I/O threads: eviction writes and prefetch reads.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod journal;
 pub mod metrics;
+pub mod migration;
 pub mod pager;
 pub mod pagetable;
 pub mod prefetch;

@@ -158,6 +158,27 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_tier_demoted_pages_total", Counter, &["tier"], "Pages moved (demoted) out of the tier to the next."),
     m("holo_tier_read_errors_total", Counter, &["tier"], "Reads that failed: I/O errors and checksum mismatches."),
+    m("holo_tier_promoted_pages_total", Counter, &["tier"], "Pages moved (promoted) up into the tier from the next."),
+    m(
+        "holo_tier_migrated_bytes_total",
+        Counter,
+        &["tier"],
+        "Bytes written into the tier by migrations between the lower tiers, up or down.",
+    ),
+    m(
+        "holo_tier_arc_target_recent_granules",
+        Gauge,
+        &["tier"],
+        "ARC's target size of T1 (p) over the tier's granules; tiers with a tier below them only.",
+    ),
+    m("holo_migration_queued_granules", Gauge, &[], "Migrations waiting for room under migration_max_in_flight."),
+    m("holo_migration_in_flight_granules", Gauge, &[], "Migrations being copied now."),
+    m(
+        "holo_migration_refused_granules_total",
+        Counter,
+        &[],
+        "Migrations not queued because migration_max_queued were waiting (asked again later).",
+    ),
     m(
         "holo_remote_under_replicated_granules",
         Gauge,
@@ -443,11 +464,13 @@ pub fn render(d: &Daemon) -> String {
         w.sample(&[name], f(l.counters.refaults.load(Relaxed)));
     }
     type Pick = fn(&crate::store::TierCounters) -> &AtomicU64;
-    let per_lower: [(&str, Pick); 4] = [
+    let per_lower: [(&str, Pick); 6] = [
         ("holo_tier_fault_reads_total", |c| &c.faults),
         ("holo_tier_overflowed_granules_total", |c| &c.overflows),
         ("holo_tier_demoted_pages_total", |c| &c.demotions),
         ("holo_tier_read_errors_total", |c| &c.read_errors),
+        ("holo_tier_promoted_pages_total", |c| &c.promotions),
+        ("holo_tier_migrated_bytes_total", |c| &c.migrated_bytes),
     ];
     for (family, pick) in per_lower {
         w.family(family);
@@ -455,6 +478,16 @@ pub fn render(d: &Daemon) -> String {
             w.sample(&[name], f(pick(&l.counters).load(Relaxed)));
         }
     }
+    w.family("holo_tier_arc_target_recent_granules");
+    for (level, &name) in lower.iter().enumerate() {
+        if let Some((_, p, _)) = d.store.arc_view(level) {
+            w.sample(&[name], f(p));
+        }
+    }
+    let q = d.store.migration_stats();
+    w.single("holo_migration_queued_granules", f(q.queued as u64));
+    w.single("holo_migration_in_flight_granules", f(q.in_flight as u64));
+    w.single("holo_migration_refused_granules_total", f(q.refused));
 
     // Replicating tiers (the remote one): summed, 0 when there is none.
     let repl =

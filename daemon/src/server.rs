@@ -438,7 +438,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "refault_ratio": ratio(dram_refaulted, dram_evicted),
         "moved_bytes_per_second": rates[0],
     });
-    let lower = d.store.levels.iter().zip(&rates[1..]).map(|(l, rate)| {
+    let lower = d.store.levels.iter().zip(&rates[1..]).enumerate().map(|(level, (l, rate))| {
         let (u, c) = (l.tier.usage(), &l.counters);
         let mut row = serde_json::json!({
             "name": l.tier.name(),
@@ -451,11 +451,16 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "overflows": c.overflows.load(Relaxed),
             "read_errors": c.read_errors.load(Relaxed),
             "demotions": c.demotions.load(Relaxed),
+            "promotions": c.promotions.load(Relaxed),
+            "migrated_bytes": c.migrated_bytes.load(Relaxed),
             // Of the pages faulted back into DRAM, the share this tier served.
             "hit_ratio": ratio(c.refaults.load(Relaxed), dram_refaulted),
             "moved_bytes_per_second": rate,
         });
         // A tier that keeps copies on several peers (remote): how they stand.
+        if let Some((capacity, p, lens)) = d.store.arc_view(level) {
+            row["arc"] = serde_json::json!({ "capacity": capacity, "target_recent": p, "lens": lens });
+        }
         if let Some(r) = l.tier.replication() {
             row["under_replicated_granules"] = r.under_replicated_granules.into();
             row["rereplicated_granules"] = r.rereplicated_granules.into();
@@ -486,6 +491,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "data_plane": crate::remote::donor_auth_failures(),
             "control_plane": crate::cluster::auth_failures(),
         },
+        "migration": crate::migration::stats_json(&d.config, d.store.migration_stats()),
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
         "placement": placement,
     })

@@ -249,12 +249,15 @@ impl Daemon {
     }
 
     /// Pages moved in or out of each tier so far (DRAM: evicted and refaulted; a lower tier:
-    /// written, read back and demoted), DRAM first.
+    /// written, read back, demoted out of it and promoted into it), DRAM first.
     pub fn moved_pages(&self) -> Vec<u64> {
         let dram = &self.stats.dram;
         let lower = self.store.levels.iter().map(|l| {
             let c = &l.counters;
-            c.evictions.load(Relaxed) + c.refaults.load(Relaxed) + c.demotions.load(Relaxed)
+            c.evictions.load(Relaxed)
+                + c.refaults.load(Relaxed)
+                + c.demotions.load(Relaxed)
+                + c.promotions.load(Relaxed)
         });
         std::iter::once(dram.evictions.load(Relaxed) + dram.refaults.load(Relaxed)).chain(lower).collect()
     }

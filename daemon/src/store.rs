@@ -8,14 +8,21 @@
 //! Slots are reference counted: after a fork, parent and child point at the same slots, and
 //! a slot is freed when the last page that refers to it is refilled, zeroed or unmapped.
 //!
-//! **Demotion.** New granules go to the fastest tier with room, so without help the fast tier
-//! fills with whatever came first and the hot newcomers overflow. [`Store::demote`] moves the
-//! oldest granules of a tier filled past [`DEMOTE_HIGH_PCT`] down to the next tier until it
-//! is back under [`DEMOTE_LOW_PCT`], at a capped rate (`migration_rate`), so that migrations
-//! never starve the faults that share the device. A move copies the bytes, then switches the
-//! map entry under the I/O gate's write side: reads hold its read side from translation to
-//! completion, so no read can be in flight on a slot that a move frees. At every moment the
-//! map names exactly one copy; a move whose entry was freed meanwhile is thrown away.
+//! **Migration.** New granules go to the fastest tier with room, so without help the fast
+//! tier fills with whatever came first and the hot newcomers overflow. [`Store::migrate`]
+//! (the `migrator` thread) demotes the coldest granules of a tier filled past
+//! [`DEMOTE_HIGH_PCT`] (counting the promotions waiting to come in) to the next tier until it
+//! is back under [`DEMOTE_LOW_PCT`], and promotes granules that [`Store::read`] found hot one
+//! tier up. Which granules, and how many at once, is decided in `migration.rs`: coldness is
+//! an ARC per tier over the granules it holds (`arc.rs`, fed by writes and reads), with
+//! hysteresis. Moves are capped in bytes a second (`migration_rate`), so that they never
+//! starve the faults that share the device, and in number in flight
+//! (`migration_max_in_flight`): a burst waits in a bounded queue. A move copies the bytes,
+//! then switches the map entry under the I/O gate's write side: reads hold its read side from
+//! translation to completion, so no read can be in flight on a slot that a move frees. At
+//! every moment the map names exactly one copy; a move whose entry was freed meanwhile is
+//! thrown away. A move never rewrites a granule's content: the version stays, so copies
+//! that pagers staged, and clean DRAM copies that still own the slot, stay valid.
 //!
 //! **Restart.** Every change of the map is also written to `STATE_DIR/store.map` (one
 //! [`MAP_RECORD_BYTES`] record per slot id) right after the bytes it names are in their
@@ -23,14 +30,15 @@
 //! finds every granule again ([`Store::recover`]). Reference counts are not recorded: the
 //! recovered page tables say who refers to what.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use holo_tiers::{FsTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
 
+use crate::arc::{ArcPolicy, Lens, Placement};
 use crate::config::Config;
+use crate::migration::{self, Direction, Heat, MigrationQueue, Move, QueueStats};
 
 /// Why there is no HBM tier on this node. Probes for an NVIDIA driver the way CUDA does
 /// (its device nodes and `libcuda.so.1`), so that the log says which part is missing.
@@ -64,9 +72,13 @@ pub struct TierCounters {
     pub read_errors: AtomicU64,
     /// Pages moved down out of this tier to the next.
     pub demotions: AtomicU64,
+    /// Pages moved up into this tier from the next.
+    pub promotions: AtomicU64,
+    /// Bytes written into this tier by migrations, up or down.
+    pub migrated_bytes: AtomicU64,
 }
 
-/// A tier filled past this share of its capacity has its oldest granules demoted...
+/// A tier filled past this share of its capacity has its coldest granules demoted...
 pub const DEMOTE_HIGH_PCT: u64 = 90;
 /// ...until it is back under this.
 pub const DEMOTE_LOW_PCT: u64 = 80;
@@ -83,16 +95,18 @@ pub struct Store {
     map_file: Option<std::fs::File>,
     /// Reads hold it shared from translation to completion; a move's switch holds it alone.
     io_gate: RwLock<()>,
+    rule: migration::Rule,
+    /// The clock of granules' [`Heat`].
+    opened: Instant,
 }
 
-#[derive(Default)]
 struct Map {
     entries: Vec<Entry>,
     free_ids: Vec<SlotId>,
     next_version: u64,
-    /// Per level, (version, id) in the order granules arrived: the oldest first. Entries
-    /// that have left the level since are skipped when met.
-    arrivals: Vec<VecDeque<(u64, SlotId)>>,
+    /// Per level that has one below it: ARC over the ids of the granules it holds.
+    arcs: Vec<ArcPolicy>,
+    queue: MigrationQueue,
 }
 
 /// One slot id's record in `store.map`: live (u8), level (u8), 2 zero bytes, the slot in
@@ -109,10 +123,13 @@ struct Entry {
     /// Unique over the store's life: a slot's bytes never change, so (slot, version) names
     /// them even after the slot id is reused.
     version: u64,
+    heat: Heat,
+    /// A move of it is queued or in flight.
+    queued: bool,
 }
 
 impl Entry {
-    const FREE: Entry = Entry { refs: 0, level: 0, at: 0, live: false, version: 0 };
+    const FREE: Entry = Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false };
 
     fn encode(&self) -> [u8; MAP_RECORD_BYTES] {
         let mut r = [0u8; MAP_RECORD_BYTES];
@@ -132,6 +149,8 @@ impl Entry {
             at: SlotId::from_le_bytes(r[4..8].try_into().unwrap()),
             live: true,
             version: u64::from_le_bytes(r[8..16].try_into().unwrap()),
+            heat: Heat::ZERO,
+            queued: false,
         })
     }
 }
@@ -161,7 +180,7 @@ impl Store {
             tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, true)?));
         }
         log::info!("hbm tier: {}", hbm_absent_reason());
-        let mut store = Store::new(tiers);
+        let mut store = Store::new(tiers, &config.migration);
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
         let file = std::fs::OpenOptions::new()
@@ -199,7 +218,8 @@ impl Store {
         let mut m = self.map.lock().unwrap();
         let mut named: Vec<std::collections::HashSet<SlotId>> = vec![Default::default(); self.levels.len()];
         let (mut kept, mut freed) = (0, 0);
-        let Map { entries, free_ids, arrivals, .. } = &mut *m;
+        let Map { entries, free_ids, arcs, .. } = &mut *m;
+        let mut arrived: Vec<(u64, SlotId, usize)> = Vec::new();
         for (id, e) in entries.iter_mut().enumerate() {
             let id = id as SlotId;
             if !e.live {
@@ -217,9 +237,7 @@ impl Store {
             e.refs = n;
             named[e.level as usize].insert(e.at);
             self.levels[e.level as usize].counters.pages.fetch_add(n as u64, Relaxed);
-            if e.level as usize + 1 < arrivals.len() {
-                arrivals[e.level as usize].push_back((e.version, id));
-            }
+            arrived.push((e.version, id, e.level as usize));
             kept += 1;
         }
         for (level, l) in self.levels.iter().enumerate() {
@@ -229,9 +247,13 @@ impl Store {
                 }
             }
         }
-        // Entries first named later must still be kept in arrival order.
-        for q in arrivals.iter_mut() {
-            q.make_contiguous().sort_unstable();
+        // Their use before the restart is unknown: each tier's ARC sees them arrive in the
+        // order they were written.
+        arrived.sort_unstable();
+        for (_, id, level) in arrived {
+            if let Some(arc) = arcs.get_mut(level) {
+                arc.on_fault(id as u64);
+            }
         }
         (kept, freed)
     }
@@ -248,12 +270,37 @@ impl Store {
     }
 
     /// `tiers` from fastest to slowest; a granule goes to the first with room.
-    pub fn new(tiers: Vec<Box<dyn Tier>>) -> Store {
+    pub fn new(tiers: Vec<Box<dyn Tier>>, config: &migration::MigrationConfig) -> Store {
         assert!(!tiers.is_empty() && tiers.len() < u8::MAX as usize);
-        let n = tiers.len();
-        let levels = tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
-        let map = Map { arrivals: vec![VecDeque::new(); n], ..Map::default() };
-        Store { levels, map: Mutex::new(map), map_file: None, io_gate: RwLock::new(()) }
+        let levels: Vec<Level> =
+            tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
+        // Every access to a lower tier's granule is a read the store sees, so the paper's
+        // ARC applies as written (DRAM needs holo's variant: its hits are invisible).
+        let arcs = levels[..levels.len() - 1].iter().map(|l| ArcPolicy::paper(Self::capacity_slots(l))).collect();
+        let map = Map {
+            entries: Vec::new(),
+            free_ids: Vec::new(),
+            next_version: 0,
+            arcs,
+            queue: MigrationQueue::new(config.max_in_flight, config.max_queued),
+        };
+        Store {
+            levels,
+            map: Mutex::new(map),
+            map_file: None,
+            io_gate: RwLock::new(()),
+            rule: config.rule,
+            opened: Instant::now(),
+        }
+    }
+
+    /// Granules `l` can hold (at least 1: an ARC needs room for one).
+    fn capacity_slots(l: &Level) -> u64 {
+        (l.tier.usage().capacity_bytes / l.tier.slot_bytes() as u64).max(1)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
     }
 
     /// Write one granule's bytes into the fastest tier with room. The new slot has no
@@ -316,7 +363,7 @@ impl Store {
         let mut m = self.map.lock().unwrap();
         m.next_version += 1;
         let version = m.next_version;
-        let entry = Entry { refs: 0, level, at, live: true, version };
+        let entry = Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false };
         let id = match m.free_ids.pop() {
             Some(id) => {
                 m.entries[id as usize] = entry;
@@ -328,7 +375,9 @@ impl Store {
             }
         };
         self.persist(id, &entry);
-        Self::arrived(&mut m, level as usize, version, id);
+        if let Some(arc) = m.arcs.get_mut(level as usize) {
+            arc.on_fault(id as u64);
+        }
         id
     }
 
@@ -349,14 +398,20 @@ impl Store {
     pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
         let _reading = self.io_gate.read().unwrap();
         let places: Vec<(u8, SlotId)> = {
-            let m = self.map.lock().unwrap();
-            reqs.iter()
+            let mut m = self.map.lock().unwrap();
+            let places = reqs
+                .iter()
                 .map(|(id, _, _)| {
                     let e = m.entries[*id as usize];
                     assert!(e.live && e.refs > 0, "read of slot {id}, which no page refers to");
                     (e.level, e.at)
                 })
-                .collect()
+                .collect();
+            let mut ids: Vec<SlotId> = reqs.iter().map(|r| r.0).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            self.note_reads(&mut m, &ids);
+            places
         };
         for (level, l) in self.levels.iter().enumerate() {
             let mut batch: Vec<ReadReq<'_>> = reqs
@@ -379,115 +434,237 @@ impl Store {
         Ok(())
     }
 
-    /// Demote the oldest granules of every tier above its high-water mark to the tier below,
-    /// moving at most `max_bytes`. Returns the bytes moved.
-    pub fn demote(&self, max_bytes: u64) -> u64 {
+    /// Reads of `ids` at this moment: their heat, their tier's ARC, and a promotion queued
+    /// for those that became hot.
+    fn note_reads(&self, m: &mut Map, ids: &[SlotId]) {
+        let now = self.now_ms();
+        let Map { entries, arcs, queue, .. } = m;
+        for &id in ids {
+            let e = &mut entries[id as usize];
+            e.heat.read(now, &self.rule);
+            if let Some(arc) = arcs.get_mut(e.level as usize) {
+                arc.on_fault(id as u64);
+            }
+            if !e.queued && migration::should_promote(e.level as usize, &e.heat, now, &self.rule) {
+                let up = Move { dir: Direction::Up, id, version: e.version, level: e.level };
+                // A full queue refuses it (counted); the next read asks again.
+                e.queued = queue.push(up);
+            }
+        }
+    }
+
+    /// One round of the migrator: queue the demotions that tiers over their high-water mark
+    /// (counting the promotions waiting to come in) need, then run queued moves, at most
+    /// `migration_max_in_flight` at a time, until about `max_bytes` have moved. Returns the
+    /// bytes moved.
+    pub fn migrate(&self, max_bytes: u64) -> u64 {
+        self.plan_demotions();
+        let granule = self.levels[0].tier.slot_bytes() as u64;
         let mut moved = 0;
-        for level in 0..self.levels.len().saturating_sub(1) {
-            let u = self.levels[level].tier.usage();
-            if u.capacity_bytes == 0 || u.used_bytes * 100 <= u.capacity_bytes * DEMOTE_HIGH_PCT {
-                continue;
+        while moved < max_bytes {
+            let batch = self.map.lock().unwrap().queue.start((max_bytes - moved).div_ceil(granule) as usize);
+            if batch.is_empty() {
+                break;
             }
-            let target = u.capacity_bytes * DEMOTE_LOW_PCT / 100;
-            let mut used = u.used_bytes;
-            while used > target && moved < max_bytes {
-                let Some((id, version, at)) = self.oldest(level) else { break };
-                match self.move_down(level, id, version, at) {
-                    Ok(bytes) => {
-                        moved += bytes;
-                        used = used.saturating_sub(self.levels[level].tier.slot_bytes() as u64);
-                    }
-                    Err(e) => {
-                        // The migrator retries every tick: the line must not repeat 10 times a second.
-                        crate::log_limited!(
-                            warn,
-                            "demotion out of the {} tier failed: {e}",
-                            self.levels[level].tier.name()
-                        );
-                        return moved;
-                    }
-                }
-            }
+            let n = batch.len();
+            // Demotions first: they make the room that promotions into the same tier need.
+            let (down, up): (Vec<Move>, Vec<Move>) = batch.into_iter().partition(|m| m.dir == Direction::Down);
+            moved += self.run_moves(&down) + self.run_moves(&up);
+            self.map.lock().unwrap().queue.finish(n);
         }
         moved
     }
 
-    /// Note that granule `id` arrived in `level`, if that level can demote at all. Entries
-    /// that left are dropped from the front as they age, and all at once when they pile up,
-    /// so the queue stays within a small multiple of the live slots.
-    fn arrived(m: &mut Map, level: usize, version: u64, id: SlotId) {
-        if level + 1 >= m.arrivals.len() {
-            return;
+    /// Queue ARC's victims of every tier over [`DEMOTE_HIGH_PCT`] until it would be under
+    /// [`DEMOTE_LOW_PCT`]; victims that [`migration::may_demote`] vetoes stay.
+    fn plan_demotions(&self) {
+        let now = self.now_ms();
+        let mut m = self.map.lock().unwrap();
+        let Map { entries, arcs, queue, .. } = &mut *m;
+        for (level, arc) in arcs.iter_mut().enumerate() {
+            let l = &self.levels[level];
+            let capacity = Self::capacity_slots(l);
+            if arc.capacity() != capacity {
+                arc.resize(capacity); // a tier sized by its filesystem's free space
+            }
+            let used =
+                (l.tier.usage().used_slots + queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
+            if used * 100 <= capacity * DEMOTE_HIGH_PCT {
+                continue;
+            }
+            let mut need = used - capacity * DEMOTE_LOW_PCT / 100;
+            // Each resident key is offered at most once, and a round looks at a bounded number:
+            // under the map lock, with every victim vetoed, a large tier would otherwise be
+            // walked whole ten times a second.
+            let mut tries = arc.lens().resident().min(need as usize * 4 + 64);
+            while need > 0 && tries > 0 {
+                tries -= 1;
+                let Some(key) = arc.victim() else { break };
+                let e = &mut entries[key as usize];
+                let movable = e.live && e.level as usize == level && e.refs > 0 && !e.queued;
+                if movable && migration::may_demote(&e.heat, now, &self.rule) {
+                    let down = Move { dir: Direction::Down, id: key as SlotId, version: e.version, level: e.level };
+                    if queue.push(down) {
+                        e.queued = true;
+                        need -= 1;
+                        continue;
+                    }
+                    arc.on_cancelled(key);
+                    break;
+                }
+                // In its eviction still (no reference yet), hot, or moved too recently.
+                arc.on_cancelled(key);
+            }
         }
-        let Map { entries, arrivals, .. } = m;
-        let q = &mut arrivals[level];
-        q.push_back((version, id));
-        let valid = |&(v, id): &(u64, SlotId)| {
-            let e = entries[id as usize];
-            e.live && e.version == v && e.level as usize == level
+    }
+
+    /// Copy each of `moves` (all one direction) to its new tier, as one batch per tier, and
+    /// switch the map to the copies. Returns the bytes copied.
+    fn run_moves(&self, moves: &[Move]) -> u64 {
+        if moves.is_empty() {
+            return 0;
+        }
+        let n = self.levels[0].tier.slot_bytes();
+        let to_level = |mv: &Move| match mv.dir {
+            Direction::Up => mv.level as usize - 1,
+            Direction::Down => mv.level as usize + 1,
         };
-        while q.front().is_some_and(|a| !valid(a)) {
-            q.pop_front();
-        }
-        if q.len() > 2 * entries.len() + 64 {
-            q.retain(valid);
-        }
-    }
-
-    /// The oldest granule still in `level` that pages refer to.
-    fn oldest(&self, level: usize) -> Option<(SlotId, u64, SlotId)> {
-        let mut m = self.map.lock().unwrap();
-        while let Some((version, id)) = m.arrivals[level].pop_front() {
-            let e = m.entries[id as usize];
-            if e.live && e.version == version && e.level as usize == level && e.refs > 0 {
-                return Some((id, version, e.at));
-            }
-            if e.live && e.version == version && e.level as usize == level {
-                // Not referenced yet (its eviction is under way): look again later.
-                m.arrivals[level].push_back((version, id));
-                return None;
-            }
-        }
-        None
-    }
-
-    /// Copy granule `id` (at `at` in `level`) to the next level and switch the map to the
-    /// copy; a granule freed meanwhile is not switched. Returns the bytes copied.
-    fn move_down(&self, level: usize, id: SlotId, version: u64, at: SlotId) -> Result<u64, TierError> {
-        let (from, to) = (&self.levels[level], &self.levels[level + 1]);
-        let n = from.tier.slot_bytes();
-        let mut buf = vec![0u8; n];
+        // Where each still is, and a slot for it in its new tier (none: it stays).
+        let mut copies: Vec<(Move, SlotId, SlotId, Vec<u8>)> = Vec::new();
         {
-            // Shared: a release may free `at` meanwhile, but only readers are kept out of a
-            // switch, and the version check below throws such a copy away.
+            let mut m = self.map.lock().unwrap();
+            let Map { entries, arcs, .. } = &mut *m;
+            for mv in moves {
+                let e = &mut entries[mv.id as usize];
+                if !(e.live && e.version == mv.version && e.level == mv.level) {
+                    continue; // freed meanwhile
+                }
+                let to = &self.levels[to_level(mv)].tier;
+                match to.alloc() {
+                    Ok(new_at) => copies.push((*mv, e.at, new_at, vec![0u8; n])),
+                    Err(err) => {
+                        // A promotion with no room is asked again by the granule's next read.
+                        if !(err.is_full() && mv.dir == Direction::Up) {
+                            crate::log_limited!(warn, "migration into the {} tier failed: {err}", to.name());
+                        }
+                        e.queued = false;
+                        if mv.dir == Direction::Down {
+                            arcs[mv.level as usize].on_cancelled(mv.id as u64);
+                        }
+                    }
+                }
+            }
+        }
+        let mut ok = vec![true; copies.len()];
+        {
+            // Shared: a release may free the old slot meanwhile, but only readers are kept
+            // out of a switch, and the version check below throws such a copy away.
             let _reading = self.io_gate.read().unwrap();
-            from.tier.read(at, 0, &mut buf)?;
+            for (level, l) in self.levels.iter().enumerate() {
+                let mut reqs: Vec<ReadReq<'_>> = copies
+                    .iter_mut()
+                    .filter(|c| c.0.level as usize == level)
+                    .map(|c| ReadReq { slot: c.1, offset: 0, buf: &mut c.3 })
+                    .collect();
+                if reqs.is_empty() {
+                    continue;
+                }
+                if let Err(err) = l.tier.read_batch(&mut reqs) {
+                    crate::log_limited!(warn, "migration out of the {} tier failed: {err}", l.tier.name());
+                    copies
+                        .iter()
+                        .zip(ok.iter_mut())
+                        .filter(|(c, _)| c.0.level as usize == level)
+                        .for_each(|(_, o)| *o = false);
+                }
+            }
         }
-        let new_at = to.tier.alloc()?;
-        if let Err(e) = to.tier.write(new_at, &buf) {
-            to.tier.free(new_at);
-            return Err(e);
+        for (level, l) in self.levels.iter().enumerate() {
+            let (idx, writes): (Vec<usize>, Vec<(SlotId, &[u8])>) = copies
+                .iter()
+                .enumerate()
+                .filter(|(k, c)| ok[*k] && to_level(&c.0) == level)
+                .map(|(k, c)| (k, (c.2, &c.3[..])))
+                .unzip();
+            for (k, r) in idx.into_iter().zip(l.tier.write_batch(&writes)) {
+                if let Err(err) = r {
+                    crate::log_limited!(warn, "migration into the {} tier failed: {err}", l.tier.name());
+                    ok[k] = false;
+                }
+            }
         }
-        let _switching = self.io_gate.write().unwrap();
-        let mut m = self.map.lock().unwrap();
-        let e = &mut m.entries[id as usize];
-        if !(e.live && e.version == version && e.level as usize == level) {
-            drop(m);
-            to.tier.free(new_at);
-            return Ok(0);
+        let now = self.now_ms();
+        let mut moved = 0;
+        let mut free: Vec<(usize, SlotId)> = Vec::new();
+        {
+            let _switching = self.io_gate.write().unwrap();
+            let mut m = self.map.lock().unwrap();
+            let Map { entries, arcs, .. } = &mut *m;
+            for (k, (mv, old_at, new_at, _)) in copies.iter().enumerate() {
+                let (from, to) = (mv.level as usize, to_level(mv));
+                let e = &mut entries[mv.id as usize];
+                let current = e.live && e.version == mv.version && e.level == mv.level;
+                if current {
+                    e.queued = false;
+                }
+                if !(ok[k] && current) {
+                    free.push((to, *new_at));
+                    if current && mv.dir == Direction::Down {
+                        arcs[from].on_cancelled(mv.id as u64);
+                    }
+                    continue;
+                }
+                e.level = to as u8;
+                e.at = *new_at;
+                e.heat.moved(now);
+                let pages = e.refs as u64;
+                let record = *e;
+                self.persist(mv.id, &record);
+                let key = mv.id as u64;
+                match mv.dir {
+                    Direction::Down => {
+                        arcs[from].on_evicted(key);
+                        self.levels[from].counters.demotions.fetch_add(pages, Relaxed);
+                    }
+                    Direction::Up => {
+                        if let Some(arc) = arcs.get_mut(from) {
+                            arc.on_removed(key);
+                        }
+                        // Read often enough to be hot: re-used, so ARC's frequent side.
+                        if !arcs[to].on_fault(key).is_ghost_hit() {
+                            arcs[to].on_fault(key);
+                        }
+                        self.levels[to].counters.promotions.fetch_add(pages, Relaxed);
+                    }
+                }
+                if mv.dir == Direction::Down {
+                    if let Some(arc) = arcs.get_mut(to) {
+                        arc.on_fault(key);
+                    }
+                }
+                self.levels[from].counters.pages.fetch_sub(pages, Relaxed);
+                self.levels[to].counters.pages.fetch_add(pages, Relaxed);
+                self.levels[to].counters.migrated_bytes.fetch_add(n as u64, Relaxed);
+                free.push((from, *old_at));
+                moved += n as u64;
+            }
         }
-        e.level = (level + 1) as u8;
-        e.at = new_at;
-        let pages = e.refs as u64;
-        let moved = *e;
-        self.persist(id, &moved);
-        Self::arrived(&mut m, level + 1, version, id);
-        drop(m);
-        from.tier.free(at);
-        from.counters.pages.fetch_sub(pages, Relaxed);
-        from.counters.demotions.fetch_add(pages, Relaxed);
-        to.counters.pages.fetch_add(pages, Relaxed);
-        Ok(n as u64)
+        for (level, at) in free {
+            self.levels[level].tier.free(at);
+        }
+        moved
+    }
+
+    /// How the migration queue stands.
+    pub fn migration_stats(&self) -> QueueStats {
+        self.map.lock().unwrap().queue.stats()
+    }
+
+    /// Level `level`'s ARC: capacity and target of T1 (`p`) in granules, and its lists;
+    /// `None` for the last level, which demotes nothing.
+    pub fn arc_view(&self, level: usize) -> Option<(u64, u64, Lens)> {
+        let m = self.map.lock().unwrap();
+        m.arcs.get(level).map(|a| (a.capacity(), a.p(), a.lens()))
     }
 
     /// `pages` more pages now refer to `slot` (an eviction's zap removed them).
@@ -524,7 +701,7 @@ impl Store {
         let mut freed = Vec::new();
         {
             let mut m = self.map.lock().unwrap();
-            let Map { entries, free_ids, .. } = &mut *m;
+            let Map { entries, free_ids, arcs, .. } = &mut *m;
             for &id in slots {
                 let e = &mut entries[id as usize];
                 assert!(e.live && e.refs > 0, "release of free slot {id}");
@@ -535,6 +712,7 @@ impl Store {
                     freed.push((e.level, e.at));
                     free_ids.push(id);
                     self.persist(id, e);
+                    arcs.iter_mut().for_each(|a| a.on_removed(id as u64));
                 }
             }
         }
@@ -578,19 +756,20 @@ impl Store {
             let freed = *e;
             self.persist(slot, &freed);
             m.free_ids.push(slot);
+            m.arcs.iter_mut().for_each(|a| a.on_removed(slot as u64));
             place
         };
         self.levels[level as usize].tier.free(at);
     }
 }
 
-/// Start the thread that demotes granules down the tiers, at most `rate` bytes a second.
+/// Start the thread that moves granules between the tiers, at most `rate` bytes a second.
 pub fn spawn_migrator(d: std::sync::Arc<crate::state::Daemon>) -> std::io::Result<()> {
     const TICK: Duration = Duration::from_millis(100);
     let per_tick = (d.config.migration_rate_bytes / 10).max(1);
     std::thread::Builder::new().name("migrator".into()).spawn(move || loop {
         let started = Instant::now();
-        let moved = d.store.demote(per_tick);
+        let moved = d.store.migrate(per_tick);
         // Moving a tick's worth may take longer than a tick; never more than the rate.
         let spent = started.elapsed();
         let owed = Duration::from_secs_f64(moved as f64 / d.config.migration_rate_bytes as f64);
@@ -604,19 +783,22 @@ mod tests {
     use super::*;
     use holo_tiers::{FsTier, NvmeTier};
 
-    fn two_tiers(dir: &std::path::Path, nvme_slots: u64) -> Store {
+    fn two_tiers(dir: &std::path::Path, nvme_slots: u64, config: &migration::MigrationConfig) -> Store {
         let g = 8192;
         std::fs::create_dir_all(dir).unwrap();
-        Store::new(vec![
-            Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(nvme_slots * g as u64), false).unwrap()),
-            Box::new(FsTier::open(&dir.join("fs"), g, None, false).unwrap()),
-        ])
+        Store::new(
+            vec![
+                Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(nvme_slots * g as u64), false).unwrap()),
+                Box::new(FsTier::open(&dir.join("fs"), g, None, false).unwrap()),
+            ],
+            config,
+        )
     }
 
     #[test]
     fn overflows_to_the_next_tier_and_reads_back_from_either() {
         let dir = std::env::temp_dir().join(format!("holo-store-test-{}", std::process::id()));
-        let store = two_tiers(&dir, 2);
+        let store = two_tiers(&dir, 2, &Default::default());
         let ids: Vec<SlotId> = (0..5u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
         ids.iter().for_each(|&id| store.add_refs(id, 2));
         let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
@@ -642,17 +824,36 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("holo-store-full-{}", std::process::id()));
         let g = 8192;
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::new(vec![Box::new(NvmeTier::open(&dir.join("nvme"), g, Some(g as u64), false).unwrap())]);
+        let nvme = NvmeTier::open(&dir.join("nvme"), g, Some(g as u64), false).unwrap();
+        let store = Store::new(vec![Box::new(nvme)], &Default::default());
         store.put(&[1; 8192]).unwrap();
         let err = store.put(&[2; 8192]).unwrap_err();
         assert!(err.is_full() && err.to_string().contains("full"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Nothing ever counts as hot: the readers of a test do not veto demotions.
+    fn never_hot() -> migration::MigrationConfig {
+        let rule = migration::Rule { promote_reads: 1_000_000, ..Default::default() };
+        migration::MigrationConfig { rule, ..Default::default() }
+    }
+
+    fn level_of(store: &Store, id: SlotId) -> usize {
+        store.slowest_level(std::iter::once(id)).unwrap()
+    }
+
+    fn read_all(store: &Store, ids: &[SlotId], g: usize) {
+        for (k, &id) in ids.iter().enumerate() {
+            let mut buf = vec![0u8; g];
+            store.read(&mut [(id, 0, &mut buf[..])]).unwrap();
+            assert!(buf.iter().all(|&b| b == k as u8), "slot {k} read another slot's bytes");
+        }
+    }
+
     #[test]
-    fn demotion_moves_the_oldest_and_reads_stay_correct_while_it_runs() {
+    fn demotion_moves_two_and_reads_stay_correct_while_it_runs() {
         let dir = std::env::temp_dir().join(format!("holo-store-demote-{}", std::process::id()));
-        let store = two_tiers(&dir, 10);
+        let store = two_tiers(&dir, 10, &never_hot());
         let ids: Vec<SlotId> = (0..10u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
         ids.iter().for_each(|&id| store.add_refs(id, 1));
         std::thread::scope(|s| {
@@ -668,20 +869,115 @@ mod tests {
                     }
                 });
             }
-            let moved = store.demote(u64::MAX);
+            let moved = store.migrate(u64::MAX);
             assert_eq!(moved, 2 * 8192, "10 of 10 slots used: two must go to get under 80%");
         });
         let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
         assert_eq!((nvme.pages.load(Relaxed), fs.pages.load(Relaxed)), (8, 2));
         assert_eq!(nvme.demotions.load(Relaxed), 2);
-        // The two oldest moved, and read back from their new tier.
-        let mut buf = [0u8; 8192];
-        store.read(&mut [(ids[0], 0, &mut buf[..])]).unwrap();
-        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(fs.migrated_bytes.load(Relaxed), 2 * 8192);
+        // The moved ones read back from their new tier.
+        read_all(&store, &ids, 8192);
+        let demoted: Vec<SlotId> = ids.iter().copied().filter(|&id| level_of(&store, id) == 1).collect();
         assert_eq!(store.levels[1].tier.usage().used_slots, 2);
         // Releasing a demoted slot frees it in its new tier.
-        store.release(&[ids[0], ids[1]]);
+        store.release(&demoted);
         assert_eq!(store.levels[1].tier.usage().used_slots, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn demotion_takes_granules_never_read_back_before_re_read_ones() {
+        let dir = std::env::temp_dir().join(format!("holo-store-cold-{}", std::process::id()));
+        let store = two_tiers(&dir, 10, &never_hot());
+        let ids: Vec<SlotId> = (0..10u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().for_each(|&id| store.add_refs(id, 1));
+        // The five oldest were read back once: oldest-first (FIFO) would demote two of them.
+        read_all(&store, &ids[..5], 8192);
+        assert_eq!(store.migrate(u64::MAX), 2 * 8192);
+        let levels: Vec<usize> = ids.iter().map(|&id| level_of(&store, id)).collect();
+        assert_eq!(levels, [0, 0, 0, 0, 0, 1, 1, 0, 0, 0], "the oldest never read back go first");
+        read_all(&store, &ids, 8192);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn promoting(residence_ms: u64, max_in_flight: usize) -> migration::MigrationConfig {
+        let rule = migration::Rule { promote_reads: 2, promote_window_ms: 60_000, min_residence_ms: residence_ms };
+        migration::MigrationConfig { rule, max_in_flight, max_queued: 1024 }
+    }
+
+    #[test]
+    fn a_granule_read_back_often_is_promoted_and_a_cold_one_makes_room() {
+        let dir = std::env::temp_dir().join(format!("holo-store-promote-{}", std::process::id()));
+        // An hour's residence: nothing may move twice in this test.
+        let store = two_tiers(&dir, 4, &promoting(3_600_000, 16));
+        let ids: Vec<SlotId> = (0..6u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().for_each(|&id| store.add_refs(id, 3));
+        assert_eq!(ids.iter().map(|&id| level_of(&store, id)).collect::<Vec<_>>(), [0, 0, 0, 0, 1, 1]);
+        // Granule 4 is read once (not hot), granule 5 twice (hot).
+        for id in [ids[4], ids[5], ids[5]] {
+            let mut buf = vec![0u8; 8192];
+            store.read(&mut [(id, 0, &mut buf[..])]).unwrap();
+        }
+        assert_eq!(store.migration_stats().queued, 1, "one promotion asked for");
+        // Full (4 of 4) with one coming in: two of the four cold ones go down, 5 comes up.
+        assert_eq!(store.migrate(u64::MAX), 3 * 8192);
+        let levels: Vec<usize> = ids.iter().map(|&id| level_of(&store, id)).collect();
+        assert_eq!(levels, [1, 1, 0, 0, 1, 0]);
+        let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
+        assert_eq!((nvme.promotions.load(Relaxed), nvme.demotions.load(Relaxed)), (3, 6));
+        assert_eq!((nvme.pages.load(Relaxed), fs.pages.load(Relaxed)), (9, 9));
+        // The promoted granule entered ARC's frequent side; the demoted ones are ghosts (one
+        // of them dropped as it entered: the paper's |T1| + |B1| <= c).
+        let (_, _, lens) = store.arc_view(0).unwrap();
+        assert_eq!((lens.t1, lens.t2, lens.b1), (2, 1, 1));
+        // Reads of the demoted ones now make them hot, but they just moved: they stay down,
+        // and the promoted one is not demoted again however full the tier gets.
+        for _ in 0..3 {
+            read_all(&store, &ids, 8192);
+        }
+        let more: Vec<SlotId> = (6..8u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        more.iter().for_each(|&id| store.add_refs(id, 1));
+        store.migrate(u64::MAX);
+        let levels: Vec<usize> = ids.iter().map(|&id| level_of(&store, id)).collect();
+        assert_eq!(&levels[..2], [1, 1], "moved within the residence time");
+        assert_eq!(levels[5], 0, "demoted within the residence time");
+        assert_eq!(nvme.promotions.load(Relaxed), 3);
+        read_all(&store, &ids, 8192);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn granules_read_back_once_are_not_promoted() {
+        let dir = std::env::temp_dir().join(format!("holo-store-once-{}", std::process::id()));
+        let store = two_tiers(&dir, 2, &promoting(0, 16));
+        let ids: Vec<SlotId> = (0..8u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().for_each(|&id| store.add_refs(id, 1));
+        read_all(&store, &ids, 8192);
+        store.migrate(u64::MAX);
+        assert_eq!(store.migration_stats().peak_queued, 1, "only nvme's one demotion (2 of 2 used)");
+        assert_eq!(store.levels[0].counters.promotions.load(Relaxed), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_burst_of_promotions_runs_at_most_max_in_flight_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("holo-store-burst-{}", std::process::id()));
+        let store = two_tiers(&dir, 200, &promoting(0, 3));
+        // 200 granules forced into fs: nvme is kept full meanwhile.
+        let filler: Vec<SlotId> = (0..200).map(|_| store.put(&[255; 8192]).unwrap()).collect();
+        let ids: Vec<SlotId> = (0..100u8).map(|i| store.put(&[i; 8192]).unwrap()).collect();
+        ids.iter().chain(&filler).for_each(|&id| store.add_refs(id, 1));
+        store.release(&filler);
+        read_all(&store, &ids, 8192);
+        read_all(&store, &ids, 8192);
+        let s = store.migration_stats();
+        assert_eq!((s.queued, s.in_flight), (100, 0), "the burst waits in the queue");
+        assert_eq!(store.migrate(u64::MAX), 100 * 8192);
+        let s = store.migration_stats();
+        assert_eq!((s.queued, s.in_flight, s.peak_in_flight, s.peak_queued), (0, 0, 3, 100));
+        assert!(ids.iter().all(|&id| level_of(&store, id) == 0));
+        read_all(&store, &ids, 8192);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -173,7 +173,7 @@ fn print_tiers(v: &serde_json::Value) {
         n(v, "failed_evictions")
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>8}",
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>8}",
         "TIER",
         "CAPACITY",
         "USED",
@@ -185,6 +185,7 @@ fn print_tiers(v: &serde_json::Value) {
         "MOVED/S",
         "OVERFLOWS",
         "DEMOTIONS",
+        "PROMOTIONS",
         "ERRORS"
     );
     for t in v["tiers"].as_array().into_iter().flatten() {
@@ -194,7 +195,7 @@ fn print_tiers(v: &serde_json::Value) {
         let hit = t["hit_ratio"].as_f64().map_or("-".to_string(), |r| format!("{:.0}", r * 100.0));
         let moved = t["moved_bytes_per_second"].as_f64().unwrap_or(0.0) as u64;
         println!(
-            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>8}",
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>8}",
             t["name"].as_str().unwrap_or("?"),
             mib(n(t, "capacity_bytes")),
             mib(n(t, "used_bytes")),
@@ -206,7 +207,39 @@ fn print_tiers(v: &serde_json::Value) {
             mib(moved),
             opt("overflows"),
             opt("demotions"),
+            opt("promotions"),
             opt("read_errors")
+        );
+    }
+    for t in v["tiers"].as_array().into_iter().flatten() {
+        let arc = &t["arc"];
+        if arc.is_object() {
+            let l = &arc["lens"];
+            println!(
+                "{}: ARC over {} granules, T1 target {}, T1 {} T2 {} ghosts B1 {} B2 {}; {} migrated in",
+                t["name"].as_str().unwrap_or("?"),
+                n(arc, "capacity"),
+                n(arc, "target_recent"),
+                l["t1"],
+                l["t2"],
+                l["b1"],
+                l["b2"],
+                mib(n(t, "migrated_bytes"))
+            );
+        }
+    }
+    let mig = &v["migration"];
+    if mig.is_object() {
+        println!(
+            "migrations: {} in flight (at most {}, peak {}), {} queued (at most {}, peak {}), {} refused; cap {}/s",
+            n(mig, "in_flight"),
+            n(mig, "max_in_flight"),
+            n(mig, "peak_in_flight"),
+            n(mig, "queued"),
+            n(mig, "max_queued"),
+            n(mig, "peak_queued"),
+            n(mig, "refused"),
+            mib(n(mig, "rate_bytes_per_second"))
         );
     }
     for t in v["tiers"].as_array().into_iter().flatten() {
