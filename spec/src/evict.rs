@@ -11,7 +11,8 @@
 //!   `userfaultfd_event_wait_completion`), `UFFDIO_COPY` (EAGAIN while `mmap_changing`, EEXIST
 //!   on a present page, wakes the range), `UFFDIO_WRITEPROTECT` (EAGAIN while
 //!   `mmap_changing`; unprotect wakes), one REMOVE per VMA when `W` is split in two.
-//! * **the shim's agent** (`Agent`, `conn.rs`: `agent_main`, `zap_one`).
+//! * **the shim's agent** (`Agent`, `conn.rs`: `agent_main`, `zap_batch`, `follow_sentinel`)
+//!   and its sentinel (`reconnect`, `resume`).
 //! * **the daemon's pager thread** (`Pager`, `daemon/src/pager.rs`), single-threaded:
 //!   `step` = read a batch from the uffd, handle it, read the agent connection, then the end
 //!   of the turn (`expire_evictions`, `retry_deferred`, `evict_requested`).
