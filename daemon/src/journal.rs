@@ -294,12 +294,18 @@ pub fn replay(path: &Path) -> io::Result<Recovered> {
     Ok(Recovered { table, intents, next_eviction })
 }
 
+/// Whether a `/proc/PID/pagemap` entry holds a page: present, or in kernel swap (reading it
+/// through `/proc/PID/mem` brings it back).
+fn holds_page(entry: u64) -> bool {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    entry & (PRESENT | SWAPPED) != 0
+}
+
 /// Make the replayed `table` of process `pid` agree with its memory: a page that is present
 /// (or in kernel swap) is resident, whatever the journal said; the others keep their state
 /// (spilled, or untouched: zeros).
 pub fn reconcile(pid: i32, table: &mut PageTable) -> io::Result<()> {
-    const PRESENT: u64 = 1 << 63;
-    const SWAPPED: u64 = 1 << 62;
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
     let regions: Vec<(u64, u64)> = table.regions().map(|r| (r.start, r.end())).collect();
     let mut buf = vec![0u8; 8 * 4096];
@@ -309,8 +315,7 @@ pub fn reconcile(pid: i32, table: &mut PageTable) -> io::Result<()> {
             let n = (((end - addr) / PAGE) as usize).min(buf.len() / 8);
             pagemap.read_exact_at(&mut buf[..n * 8], addr / PAGE * 8)?;
             for (k, e) in buf[..n * 8].chunks_exact(8).enumerate() {
-                let e = u64::from_le_bytes(e.try_into().unwrap());
-                if e & (PRESENT | SWAPPED) != 0 {
+                if holds_page(u64::from_le_bytes(e.try_into().unwrap())) {
                     table.set(addr + k as u64 * PAGE, PageState::Resident);
                 }
             }
@@ -318,6 +323,20 @@ pub fn reconcile(pid: i32, table: &mut PageTable) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which of `pages` (ascending, within one window) process `pid` no longer holds, read as
+/// [`reconcile`] reads them. After a restart a zap that the crashed daemon let go may land
+/// after the reconcile: the resumed pager probes again before it trusts what it found.
+pub fn missing(pid: i32, pages: &[u64]) -> io::Result<Vec<u64>> {
+    let (Some(&first), Some(&last)) = (pages.first(), pages.last()) else { return Ok(Vec::new()) };
+    let mut buf = vec![0u8; ((last - first) / PAGE + 1) as usize * 8];
+    File::open(format!("/proc/{pid}/pagemap"))?.read_exact_at(&mut buf, first / PAGE * 8)?;
+    let entry = |a: u64| {
+        let k = ((a - first) / PAGE) as usize * 8;
+        u64::from_le_bytes(buf[k..k + 8].try_into().unwrap())
+    };
+    Ok(pages.iter().copied().filter(|&a| !holds_page(entry(a))).collect())
 }
 
 /// At start-up: replay the journal of every client of the previous run that still runs,
@@ -438,6 +457,39 @@ mod tests {
         let mut settled: Vec<SlotId> = settled.iter().map(|i| i.slot).collect();
         settled.sort_unstable();
         assert_eq!(settled, [8, 9], "slot 7 is in use by eviction 2");
+    }
+
+    #[test]
+    fn missing_names_the_pages_not_in_memory() {
+        let len = 8 * PAGE as usize;
+        // SAFETY: a fresh private anonymous mapping of our own; only it is touched, zapped
+        // and unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let pages: Vec<u64> = (0..8).map(|k| base as u64 + k * PAGE).collect();
+        for &a in pages.iter().step_by(2) {
+            // SAFETY: inside the mapping above.
+            unsafe { (a as *mut u8).write_volatile(1) };
+        }
+        let me = std::process::id() as i32;
+        let odd: Vec<u64> = pages.iter().copied().skip(1).step_by(2).collect();
+        assert_eq!(missing(me, &pages).unwrap(), odd);
+        // A zap after the first look: the page is missing at the next.
+        // SAFETY: DONTNEED of the first page of the mapping above.
+        assert_eq!(unsafe { libc::madvise(base, PAGE as usize, libc::MADV_DONTNEED) }, 0);
+        assert_eq!(missing(me, &pages[..2]).unwrap(), pages[..2]);
+        assert!(missing(me, &[]).unwrap().is_empty());
+        // SAFETY: unmapping the mapping above, no longer used.
+        unsafe { libc::munmap(base, len) };
     }
 
     #[test]

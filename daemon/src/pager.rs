@@ -105,6 +105,11 @@ struct Eviction {
     reused: bool,
     state: EvictState,
     sent_at: Instant,
+    /// After a restart, which of its pages the process holds is probed before it is trusted:
+    /// a zap the crashed daemon let go may have removed some since they were found present.
+    /// Set for the evictions rebuilt at the resume (probed at `Zapped`) and for those
+    /// captured while [`Pager::late_zaps`] (probed at `Zapping`).
+    probe: bool,
 }
 
 impl Eviction {
@@ -190,6 +195,12 @@ pub struct Pager {
     /// Served by a daemon that crashed: protection and parked faults it left are lifted
     /// once the thread starts.
     resumed: bool,
+    /// Resumed, and no frame from the agent yet: a zap whose EVENT_REMOVE the crashed daemon
+    /// read (its poster then zaps with no further word) may still land, after the reconcile
+    /// found the page present. The agent sends every frame under the gate, and a program
+    /// thread holds the gate through its madvise, so once a frame came every such zap has
+    /// landed.
+    late_zaps: bool,
     /// When the batch of uffd messages being handled was read.
     batch_read_at: Instant,
 }
@@ -233,7 +244,8 @@ impl Pager {
             // Not `reused`, even if it was a clean eviction: recovery counted references
             // from the tables alone (resident pages hold none), so each page its zap removes
             // adds one, as for a fresh slot.
-            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at: Instant::now() };
+            let (sent_at, probe) = (Instant::now(), true);
+            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at, probe };
             evictions.insert(id, e);
         }
         let writer = spawn_writer(d.clone(), info.pid)?;
@@ -268,6 +280,7 @@ impl Pager {
             stalled_hold_until: None,
             journal,
             resumed,
+            late_zaps: resumed,
             batch_read_at: Instant::now(),
         })
     }
@@ -893,21 +906,9 @@ impl Pager {
             })
             .map(|(id, _)| *id);
         if let Some(id) = agent_zap {
-            // The captured pages of this piece now live in the slot.
-            let e = self.evictions.get_mut(&id).unwrap();
-            e.state = EvictState::Removed;
-            let (slot, base, reused) = (e.slot, e.w.start, e.reused);
-            let piece: Vec<u64> = e.pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
-            e.spilled += piece.len() as u32;
-            for &addr in &piece {
-                let idx = ((addr - base) / PAGE) as u16;
-                let old = self.table.set(addr, PageState::Spilled { slot, idx });
-                debug_assert_eq!(old, PageState::Resident);
-            }
-            // A reused slot has held their references since the window was filled.
-            if !reused {
-                self.d.store.add_refs(slot, piece.len() as u32);
-            }
+            let piece: Vec<u64> =
+                self.evictions[&id].pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
+            self.zapped_by_agent(id, &piece);
             return;
         }
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
@@ -919,6 +920,50 @@ impl Pager {
         let (released, resident) = self.table.zero_range(start, end);
         self.d.store.release(&released);
         self.d.add_resident(&self.info, -(resident as i64));
+    }
+
+    /// The agent's zap removed `pages` (captured, resident in the table) of eviction `id`:
+    /// they live in its slot now.
+    fn zapped_by_agent(&mut self, id: u64, pages: &[u64]) {
+        let e = self.evictions.get_mut(&id).unwrap();
+        e.state = EvictState::Removed;
+        e.spilled += pages.len() as u32;
+        let (slot, base, reused) = (e.slot, e.w.start, e.reused);
+        for &addr in pages {
+            let idx = ((addr - base) / PAGE) as u16;
+            let old = self.table.set(addr, PageState::Spilled { slot, idx });
+            debug_assert_eq!(old, PageState::Resident);
+        }
+        // A reused slot has held their references since the window was filled.
+        if !reused {
+            self.d.store.add_refs(slot, pages.len() as u32);
+        }
+    }
+
+    /// The pages of `pages` the process no longer holds (`/proc/PID/pagemap`).
+    fn missing(&self, pages: &[u64]) -> Result<Vec<u64>, Gone> {
+        crate::journal::missing(self.info.pid, pages).map_err(|_| Gone("its pagemap cannot be read"))
+    }
+
+    /// `Zapped` for an eviction rebuilt at the resume, whose zap the agent did (it held the
+    /// gate from before the crash until now, so no other zap touched the window): captured
+    /// pages the table calls resident that the process no longer holds were removed by that
+    /// zap after the reconcile, its EVENT_REMOVE read by the crashed daemon. They live in
+    /// the slot.
+    fn spill_zapped_late(&mut self, id: u64) -> Result<(), Gone> {
+        let Some(e) = self.evictions.get(&id).filter(|e| e.probe) else { return Ok(()) };
+        let resident: Vec<u64> =
+            e.pages.iter().copied().filter(|&a| self.table.get(a) == Some(PageState::Resident)).collect();
+        let gone = self.missing(&resident)?;
+        if !gone.is_empty() {
+            log::info!(
+                "pid {}: {} page(s) zapped after the restart's reconcile are spilled",
+                self.info.pid,
+                gone.len()
+            );
+            self.zapped_by_agent(id, &gone);
+        }
+        Ok(())
     }
 
     /// The program changed `[start, end)` (unmap, remap, its own DONTNEED): settle the
@@ -1200,7 +1245,8 @@ impl Pager {
         let id = self.next_eviction;
         self.next_eviction += 1;
         self.d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
-        let e = Eviction { w, slot, pages, spilled: 0, reused, state: EvictState::Sent, sent_at: Instant::now() };
+        let (state, sent_at, probe) = (EvictState::Sent, Instant::now(), self.late_zaps);
+        let e = Eviction { w, slot, pages, spilled: 0, reused, state, sent_at, probe };
         self.evictions.insert(id, e);
         id
     }
@@ -1319,18 +1365,39 @@ impl Pager {
 
     fn on_agent_frame(&mut self, f: Frame, fd: RawFd) -> Result<(), Gone> {
         self.agent_answered();
+        // Sent under the gate: every zap the crashed daemon let go has landed.
+        self.late_zaps = false;
         match f.kind {
             Kind::Zapping => {
-                let ok = self
-                    .evictions
-                    .get_mut(&f.a)
-                    .filter(|e| e.state == EvictState::Sent)
-                    .map(|e| e.state = EvictState::Go);
-                let reply = if ok.is_some() { Kind::Go } else { Kind::NoGo };
+                // `Some(stale)` for an eviction waiting for its go.
+                let stale = match self.evictions.get(&f.a).filter(|e| e.state == EvictState::Sent) {
+                    Some(e) if e.probe => Some(!self.missing(&e.pages)?.is_empty()),
+                    Some(_) => Some(false),
+                    None => None,
+                };
+                let go = match stale {
+                    Some(false) => {
+                        let e = self.evictions.get_mut(&f.a).unwrap();
+                        e.state = EvictState::Go;
+                        e.probe = false;
+                        true
+                    }
+                    // The program's DONTNEED, whose EVENT_REMOVE the crashed daemon read,
+                    // zapped pages after their capture: they must read as zeros now.
+                    Some(true) => {
+                        self.cancel(f.a);
+                        false
+                    }
+                    None => false,
+                };
+                let reply = if go { Kind::Go } else { Kind::NoGo };
                 proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
                     .map_err(|_| Gone("its agent connection closed"))?;
             }
             Kind::Zapped => {
+                if f.c != proto::ZAP_SKIPPED {
+                    self.spill_zapped_late(f.a)?;
+                }
                 match self.evictions.get(&f.a).map(|e| e.state) {
                     Some(EvictState::Removed) => self.complete(f.a),
                     // madvise failed or never reached the kernel: the pages are still here.

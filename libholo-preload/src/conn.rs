@@ -8,8 +8,12 @@
 //! registered). The agent may be in the middle of a zap then, holding the gate, even blocked
 //! inside madvise until someone reads its EVENT_REMOVE: so it publishes the zaps of each
 //! batch in [`INFLIGHT`] before asking for them, the sentinel reports those to the new
-//! daemon, and the agent, on the new connection, says `Zapped` for each before it lets go
-//! of the gate. The new daemon thus knows which REMOVEs are the agent's.
+//! daemon, and the agent, on the new connection, says `Zapped` for each (and whether it
+//! called madvise for it) before it lets go of the gate. The new daemon thus knows which
+//! REMOVEs are the agent's. The agent may read the dead daemon's last reply after the
+//! sentinel copied `INFLIGHT`: so it clears `INFLIGHT` and then looks at [`GENERATION`],
+//! which the sentinel bumps before it copies; if it moved, the agent follows before it
+//! lets go ([`settle_batch`]).
 
 use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use holo_pagers::proto::{self, role, Frame, Kind, Recv, PROTOCOL_VERSION};
@@ -31,7 +35,8 @@ static AGENT_FD: AtomicI32 = AtomicI32::new(-1);
 /// our ranges (which would turn pages into zeros); faults stall instead.
 static UFFD: AtomicI32 = AtomicI32::new(-1);
 static TOKEN: AtomicU64 = AtomicU64::new(0);
-/// Bumped by the sentinel each time it has reconnected; the agent follows it.
+/// Bumped by the sentinel when it sees the daemon gone, before it copies [`INFLIGHT`] (odd:
+/// reconnecting), and again once it has resumed with a new one (even); the agent follows it.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// A zap as the agent publishes it: (id, start, len), all 0 for an empty entry.
@@ -306,6 +311,8 @@ fn now_ms() -> u64 {
 /// The daemon is gone: wait for a new one (up to the timeout) and resume with it, or die
 /// loudly rather than run on with memory nobody serves.
 fn reconnect() {
+    // Before any copy of INFLIGHT (SeqCst, as the agent's clear and look in settle_batch).
+    GENERATION.fetch_add(1, SeqCst);
     let timeout = TIMEOUT_S.load(Relaxed);
     say!("holo: lost the connection to holo-pager; waiting up to {timeout} s for it to come back");
     let t0 = now_ms();
@@ -339,7 +346,7 @@ fn resume() -> Result<(), (bool, Why)> {
         unsafe { libc::close(fd) };
     };
     // The agent's batch as of now; it settles exactly these on the new connection.
-    let n = INFLIGHT_LEN.load(Acquire);
+    let n = INFLIGHT_LEN.load(SeqCst);
     for (r, i) in REPORTED.iter().zip(INFLIGHT.iter()).take(n) {
         for k in 0..3 {
             r.0[k].store(i.0[k].load(Relaxed), Relaxed);
@@ -397,7 +404,7 @@ fn resume() -> Result<(), (bool, Why)> {
     close(old);
     // The agent closes its old connection when it moves to this one.
     AGENT_FD.store(afd, Release);
-    GENERATION.fetch_add(1, AcqRel);
+    GENERATION.fetch_add(1, SeqCst);
     Ok(())
 }
 
@@ -554,6 +561,7 @@ extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
     let mut fd = AGENT_FD.load(Acquire);
     let mut generation = GENERATION.load(Acquire);
     let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
+    let mut batch = Batch { zaps: [Frame::new(Kind::Zap, 0, 0, 0); ZAP_BATCH], called: [false; ZAP_BATCH], len: 0 };
     loop {
         if queue.len == 0 {
             match agent_recv(fd) {
@@ -562,50 +570,82 @@ extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
                 }
                 _ => {
                     GATE.lock();
-                    fd = follow_sentinel(fd, &mut generation, &mut queue);
+                    fd = follow_sentinel(fd, &mut generation, &mut queue, &batch);
                     GATE.unlock();
                     continue;
                 }
             };
         }
         GATE.lock();
-        if !zap_batch(fd, &mut queue) {
-            fd = follow_sentinel(fd, &mut generation, &mut queue);
+        if !zap_batch(fd, &mut queue, &mut batch, generation) {
+            fd = follow_sentinel(fd, &mut generation, &mut queue, &batch);
         }
+        batch.len = 0;
         GATE.unlock();
     }
 }
 
-/// Under the gate, after the connection `old` failed: wait for the sentinel to resume with
-/// a new daemon, settle there the zaps it reported (their madvise, if we did one, has
-/// returned: the new daemon read its REMOVE), and return the new connection. The old
+/// The zaps of the agent's batch (those it published in [`INFLIGHT`]), and which of them it
+/// called madvise for: after a restart, the new daemon is told which it never did.
+struct Batch {
+    zaps: [Frame; ZAP_BATCH],
+    called: [bool; ZAP_BATCH],
+    len: usize,
+}
+
+impl Batch {
+    fn called(&self, id: u64) -> bool {
+        self.zaps[..self.len].iter().zip(&self.called).any(|(z, &called)| called && z.a == id)
+    }
+}
+
+/// Under the gate, after the connection `old` failed (or the sentinel began to reconnect):
+/// wait for the sentinel to resume with a new daemon, settle there the zaps it reported
+/// (their madvise, if we did one, has returned: the new daemon read its REMOVE; `batch`
+/// says which we never called madvise for), and return the new connection. The old
 /// daemon's queued zaps are void.
-fn follow_sentinel(old: c_int, generation: &mut u64, queue: &mut ZapQueue) -> c_int {
+fn follow_sentinel(mut old: c_int, generation: &mut u64, queue: &mut ZapQueue, batch: &Batch) -> c_int {
     queue.len = 0;
     let deadline = now_ms() + TIMEOUT_S.load(Relaxed) * 1000 + 5000;
     loop {
-        while GENERATION.load(Acquire) == *generation {
+        // Even and new: the sentinel has resumed with a daemon we have not followed yet.
+        loop {
+            let g = GENERATION.load(SeqCst);
+            if g != *generation && g.is_multiple_of(2) {
+                *generation = g;
+                break;
+            }
             if now_ms() > deadline {
                 kill_self("the holo agent lost its connection to holo-pager");
             }
             // SAFETY: sleeping 5 ms.
             unsafe { libc::usleep(5_000) };
         }
-        *generation = GENERATION.load(Acquire);
+        // SAFETY: closing the connection to a daemon that died.
+        unsafe { libc::close(old) };
         let fd = AGENT_FD.load(Acquire);
+        old = fd;
         let reported = REPORTED_LEN.load(Acquire);
         let ids: [u64; ZAP_BATCH] = core::array::from_fn(|k| REPORTED[k].0[0].load(Relaxed));
-        let settled =
-            ids[..reported].iter().all(|&id| proto::send(fd, Frame::new(Kind::Zapped, id, 0, 0), None, b"").is_ok())
-                && ids[..reported].iter().all(|&id| await_reply(fd, id, queue) == Some(Kind::Done));
-        if settled {
-            INFLIGHT_LEN.store(0, Release);
-            // SAFETY: closing the connection to the daemon that died.
-            unsafe { libc::close(old) };
+        let zapped = |id| Frame::new(Kind::Zapped, id, 0, if batch.called(id) { 0 } else { proto::ZAP_SKIPPED });
+        let settled = ids[..reported].iter().all(|&id| proto::send(fd, zapped(id), None, b"").is_ok())
+            && ids[..reported].iter().all(|&id| await_reply(fd, id, queue) == Some(Kind::Done));
+        if settled && settle_batch(*generation) {
             return fd;
         }
-        // This daemon died too: wait for the next one.
+        // This daemon died too: follow the next one.
     }
+}
+
+/// The agent's batch is settled with the daemon: clear [`INFLIGHT`], then say whether the
+/// agent may let go of the gate. Not if the sentinel has begun to reconnect since the agent
+/// last followed it: it may have copied the batch before the clear and reported it to a new
+/// daemon, which takes every REMOVE in those windows for ours until we settle them there
+/// too. SeqCst, as the sentinel's bump before its copy: either the copy sees the clear, or
+/// we see the bump.
+fn settle_batch(generation: u64) -> bool {
+    INFLIGHT_LEN.store(0, SeqCst);
+    GENERATION.load(SeqCst) == generation
 }
 
 /// Zaps done under one hold of the gate.
@@ -615,7 +655,8 @@ const ZAP_BATCH: usize = 16;
 /// zap those given it, report, and keep the gate until the daemon has settled every one
 /// (`Done`): a program DONTNEED whose REMOVE it read before our `Zapped` would otherwise be
 /// taken for part of our zap. One batch costs the daemon two wake-ups, not two per zap.
-fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
+/// `false`: the connection failed, or the sentinel is reconnecting: follow it.
+fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64) -> bool {
     while queue.len < queue.ring.len() {
         match proto::recv(fd, true) {
             Ok(Recv::Frame(f, None)) if f.kind == Kind::Zap => {
@@ -626,51 +667,49 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue) -> bool {
             _ => return false,
         }
     }
-    let mut batch = [Frame::new(Kind::Zap, 0, 0, 0); ZAP_BATCH];
-    let mut n = 0;
-    while n < ZAP_BATCH {
+    batch.len = 0;
+    while batch.len < ZAP_BATCH {
         let Some(z) = queue.pop() else { break };
-        batch[n] = z;
-        n += 1;
+        batch.zaps[batch.len] = z;
+        batch.called[batch.len] = false;
+        batch.len += 1;
     }
-    let batch = &batch[..n];
+    let n = batch.len;
+    let zaps = batch.zaps;
+    let zaps = &zaps[..n];
     // Published before any go is asked for: if the daemon dies from here on, the sentinel
     // tells its successor which zaps may happen.
-    for (slot, z) in INFLIGHT.iter().zip(batch) {
+    for (slot, z) in INFLIGHT.iter().zip(zaps) {
         for (k, v) in [z.a, z.b, z.c].into_iter().enumerate() {
             slot.0[k].store(v, Relaxed);
         }
     }
     INFLIGHT_LEN.store(n, Release);
     let say = |kind: Kind, z: &Frame, b: u64| proto::send(fd, Frame::new(kind, z.a, b, 0), None, b"").is_ok();
-    if !batch.iter().all(|z| say(Kind::Zapping, z, 0)) {
+    if !zaps.iter().all(|z| say(Kind::Zapping, z, 0)) {
         return false;
     }
     let mut go = [false; ZAP_BATCH];
-    for (z, go) in batch.iter().zip(go.iter_mut()) {
+    for (z, go) in zaps.iter().zip(go.iter_mut()) {
         match await_reply(fd, z.a, queue) {
             Some(kind) => *go = kind == Kind::Go,
             None => return false,
         }
     }
-    let zapped: &mut [bool] = &mut [false; ZAP_BATCH][..n];
-    for ((z, go), done) in batch.iter().zip(go).zip(zapped.iter_mut()) {
+    for ((z, go), called) in zaps.iter().zip(go).zip(batch.called.iter_mut()) {
         if go {
+            *called = true;
             if !say(Kind::Zapped, z, zap(z.b, z.c)) {
                 return false;
             }
-            *done = true;
         }
     }
-    let settled = batch
+    let settled = zaps
         .iter()
-        .zip(zapped.iter())
-        .filter(|(_, d)| **d)
+        .zip(batch.called.iter())
+        .filter(|(_, called)| **called)
         .all(|(z, _)| await_reply(fd, z.a, queue) == Some(Kind::Done));
-    if settled {
-        INFLIGHT_LEN.store(0, Release);
-    }
-    settled
+    settled && settle_batch(generation)
 }
 
 /// `madvise(DONTNEED)` one granule; returns 0 or the errno.
@@ -760,6 +799,8 @@ fn child_reattach(parent: libc::pid_t) {
     GATE.reset();
     crate::table::reset_after_fork();
     close_all();
+    // The parent's sentinel may have been reconnecting (odd); ours starts afresh.
+    GENERATION.store(0, SeqCst);
     let attached = (|| -> Result<(), Why> {
         let fd = connect_socket()?;
         REQ_FD.store(fd, Release);

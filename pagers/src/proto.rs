@@ -28,8 +28,9 @@
 //!   Hello{role=Resume, c=n}   then n x Zapping{id, start, len} (zaps the agent may be
 //!                             doing), then Uffd + fd
 //!                             ->  Welcome{token, granule} | Refused + text
-//!   (then a new agent conn; the agent reports each of those zaps with Zapped; the Uffd frame's
-//!   `a` is the priority asked for, as at the first registration)
+//!   (then a new agent conn; the agent reports each of those zaps with Zapped, `c` =
+//!   [`ZAP_SKIPPED`] for one it never called madvise for; the Uffd frame's `a` is the
+//!   priority asked for, as at the first registration)
 //! control conn (holoctl):
 //!   Hello{role=Control}       ->  Welcome
 //!   Query{what}               ->  Json + text
@@ -104,6 +105,10 @@ pub mod role {
 
 /// Most zaps a resuming shim may report in flight (its agent zaps at most 16 per batch).
 pub const MAX_RESUMED_ZAPS: u64 = 64;
+
+/// `Zapped{id, 0, c=ZAP_SKIPPED}`: after a restart, one of the zaps the sentinel reported
+/// that the agent never called madvise for (it got no go before the daemon died).
+pub const ZAP_SKIPPED: u64 = 1;
 
 /// `Query` subjects (`a` field).
 pub mod query {

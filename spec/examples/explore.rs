@@ -11,6 +11,8 @@ fn main() {
         "nowp" => Design::NO_WRITE_PROTECT,
         "first" => Design::FIRST_PIECE_COMPLETES,
         "settle_old" => Design::SETTLE_FREES_IN_USE,
+        "lets_go" => Design::LETS_GO_AFTER_REPORT,
+        "trusts" => Design::TRUSTS_THE_RECONCILE,
         "noclean" => Design { clean: false, ..Design::FIXED },
         "ackonly" => Design { ack_zapped: true, ..Design::CURRENT },
         "ack_events" => Design { ack_zapped: true, events_first: true, ..Design::CURRENT },

@@ -11,7 +11,8 @@
 //!   `userfaultfd_event_wait_completion`), `UFFDIO_COPY` (EAGAIN while `mmap_changing`, EEXIST
 //!   on a present page, wakes the range), `UFFDIO_WRITEPROTECT` (EAGAIN while
 //!   `mmap_changing`; unprotect wakes), one REMOVE per VMA when `W` is split in two.
-//! * **the shim's agent** (`Agent`, `conn.rs`: `agent_main`, `zap_one`).
+//! * **the shim's agent** (`Agent`, `conn.rs`: `agent_main`, `zap_batch`, `follow_sentinel`)
+//!   and its sentinel (`reconnect`, `resume`).
 //! * **the daemon's pager thread** (`Pager`, `daemon/src/pager.rs`), single-threaded:
 //!   `step` = read a batch from the uffd, handle it, read the agent connection, then the end
 //!   of the turn (`expire_evictions`, `retry_deferred`, `evict_requested`).
@@ -72,6 +73,20 @@ pub struct Design {
     /// `false`: the settled intents are discarded as the code did before: the slot of a
     /// finished eviction is given back although a clean eviction under way reuses it.
     pub settle_keeps_in_use: bool,
+    /// Finding 2's fix (`conn.rs`: `zap_batch`, `follow_sentinel`): once its batch is settled
+    /// the agent clears `INFLIGHT`, then looks at `GENERATION`: if the sentinel has begun to
+    /// reconnect since the agent last followed it, it may have reported the batch to a new
+    /// daemon, so the agent keeps the gate and follows it first. `false`: it lets go at once.
+    pub follow_before_release: bool,
+    /// Finding 1's fix: what the resumed daemon believes present is probed before it is
+    /// trusted, since a zap its predecessor let go may land after the reconcile. The agent
+    /// reports, for each zap the sentinel reported, whether it called madvise for it
+    /// (`ZAP_SKIPPED`); at that `Zapped` a rebuilt eviction takes the captured pages now
+    /// missing as spilled (the agent's late zap), unless skipped. An eviction captured
+    /// before the agent's first frame on the new connection (`Pager::late_zaps`) is probed
+    /// at its `Zapping`: a page missing then was zapped by the program's late DONTNEED, and
+    /// the eviction is cancelled. `false`: the reconcile is trusted.
+    pub probe_late_zaps: bool,
 }
 
 impl Design {
@@ -85,11 +100,20 @@ impl Design {
         refill_zapped: false,
         clean: false,
         settle_keeps_in_use: true,
+        follow_before_release: false,
+        probe_late_zaps: false,
     };
-    /// The current design with the three fixes this model motivates.
-    /// The code as it is now: the three fixes and the clean-granule path.
-    pub const FIXED: Design =
-        Design { ack_zapped: true, events_first: true, refill_zapped: true, clean: true, ..Design::CURRENT };
+    /// The code as it is now: the three fixes, the clean-granule path and the fixes of the
+    /// two restart findings.
+    pub const FIXED: Design = Design {
+        ack_zapped: true,
+        events_first: true,
+        refill_zapped: true,
+        clean: true,
+        follow_before_release: true,
+        probe_late_zaps: true,
+        ..Design::CURRENT
+    };
     /// Broken 1: no address-space gate.
     pub const NO_GATE: Design = Design { gate: false, ..Design::FIXED };
     /// Broken 2: eviction without write-protecting first.
@@ -98,6 +122,11 @@ impl Design {
     pub const FIRST_PIECE_COMPLETES: Design = Design { remove_pieces: false, ..Design::FIXED };
     /// Broken 4: the resume's settle before e90d793 (d7dcbf5's restart bug).
     pub const SETTLE_FREES_IN_USE: Design = Design { settle_keeps_in_use: false, ..Design::FIXED };
+    /// Broken 5: finding 2 unfixed: the agent lets go of the gate as soon as it has read the
+    /// dead daemon's reply, although the sentinel may have reported its zap.
+    pub const LETS_GO_AFTER_REPORT: Design = Design { follow_before_release: false, ..Design::FIXED };
+    /// Broken 6: finding 1 unfixed: the resumed daemon trusts its reconcile.
+    pub const TRUSTS_THE_RECONCILE: Design = Design { probe_late_zaps: false, ..Design::FIXED };
 }
 
 /// Bounds on the behaviours explored.
@@ -133,11 +162,11 @@ pub struct Bounds {
     /// a crash; with 0 the one crash is final: faults stall). Needs `crash`, no fork.
     pub restarts: u8,
     /// A zap whose REMOVE the dead daemon read (the program's or the agent's) may land
-    /// after the new daemon read `/proc/PID/pagemap` (README, findings). Off: the restart
+    /// after the new daemon read `/proc/PID/pagemap` (README, finding 1). Off: the recovery
     /// waits for it.
     pub late_zap: bool,
     /// The agent may read the dead daemon's last `Done`/`NoGo` for its zap after the
-    /// sentinel reported that zap to the new daemon (README, findings). Off: the restart
+    /// sentinel reported that zap to the new daemon (README, finding 2). Off: the resume
     /// waits until the agent has read it.
     pub late_reply: bool,
 }
@@ -358,8 +387,13 @@ pub enum Frame {
     Go(u8),
     NoGo(u8),
     Zapping(u8),
-    /// `ok`: madvise succeeded.
-    Zapped(u8, bool),
+    /// `ok`: madvise succeeded; `skipped`: a zap the sentinel reported, for which the agent
+    /// never called madvise (`proto::ZAP_SKIPPED`).
+    Zapped {
+        id: u8,
+        ok: bool,
+        skipped: bool,
+    },
     /// Fix A: the daemon has settled eviction `id`.
     Done(u8),
     /// Not a frame: the end of the connection, the daemon died.
@@ -386,6 +420,9 @@ pub struct Eviction {
     /// A clean window's eviction: the slot it was filled from, still holding a reference
     /// for each of its pages.
     pub reused: bool,
+    /// `Eviction::probe`: which of its pages are present is probed before it is trusted
+    /// (rebuilt at a resume, or captured before `Pager::late_zaps` was cleared).
+    pub probe: bool,
 }
 
 /// Where the pager thread is in `Pager::step`.
@@ -413,6 +450,10 @@ pub struct Pager {
     pub clean: Option<u8>,
     /// `next_eviction`: the id of the next eviction.
     pub next_id: u8,
+    /// `late_zaps`: resumed, and no frame from the agent yet: a zap the dead daemon let go
+    /// may still land (the agent sends every frame under the gate, so once one came, every
+    /// such zap has landed).
+    pub late_zaps: bool,
 }
 
 /// An eviction's intent as the journal records it (`journal::Intent`, window `W`).
@@ -495,6 +536,14 @@ pub struct State {
     pub reported: Option<u8>,
     /// The agent's connection is the dead daemon's (until it follows the sentinel).
     pub agent_old: bool,
+    /// `GENERATION` differs from the agent's: the sentinel has begun to reconnect since the
+    /// agent last followed it.
+    pub lost: bool,
+    /// The agent called madvise for its current zap (`zap_batch`'s `Batch::called`).
+    pub agent_called: bool,
+    /// A new daemon has started and recovered the journal (`recover_all`: the table as
+    /// replayed and reconciled); the client has not resumed with it yet.
+    pub recovered: Option<Table>,
     pub crashes: u8,
     pub pager: Pager,
     pub journal: Journal,
@@ -547,10 +596,14 @@ pub enum Action {
     ChildRetry,
     /// The daemon dies.
     Crash,
+    /// The sentinel sees the connections hang up and bumps `GENERATION` (`reconnect`).
+    SentinelNotice,
     /// A new daemon starts (`recover_all`: replay the journal, reconcile it with the pages
-    /// present, recount the slots) and the sentinel resumes with it (`resume_client`:
-    /// report the agent's zap, `settle_intents`, `Pager::new`, `lift_after_restart`).
-    Restart,
+    /// present, recount the slots).
+    Recover,
+    /// The sentinel resumes with it (`resume`: report `INFLIGHT`; `resume_client`:
+    /// `settle_intents`, `Pager::new`, `lift_after_restart`).
+    ClientResume,
     /// The agent, holding the gate, settles the reported zap on the new connection.
     AgentFollow,
     /// The agent takes the gate to follow the sentinel.
@@ -1081,7 +1134,8 @@ impl Evict {
         let id = s.pager.next_id;
         s.pager.next_id += 1;
         s.pager.started += 1;
-        s.pager.ev = Some(Eviction { id, slot, state: EvictState::Sent, captured, spilled: 0, reused });
+        let probe = s.pager.late_zaps;
+        s.pager.ev = Some(Eviction { id, slot, state: EvictState::Sent, captured, spilled: 0, reused, probe });
         let version = s.slots[slot as usize - 1].version(slot);
         let intent = JIntent { id, slot, version, captured };
         s.journal.intents.push(intent);
@@ -1100,18 +1154,32 @@ impl Evict {
 
     /// `Pager::on_agent_frame`.
     fn on_agent_frame(&self, s: &mut State, f: Frame) {
+        // The agent sent it under the gate: every zap the dead daemon let go has landed.
+        s.pager.late_zaps = false;
         match f {
             Frame::Zapping(id) => {
-                let go = match s.pager.ev.as_mut() {
+                let go = match s.pager.ev {
                     Some(e) if e.id == id && e.state == EvictState::Sent => {
-                        e.state = EvictState::Go;
-                        true
+                        if e.probe && (0..N).any(|q| e.captured[q] && !s.mem.present[q]) {
+                            // The program's late DONTNEED zapped a page after its capture:
+                            // the captured bytes are not what it must read.
+                            self.cancel(s);
+                            false
+                        } else {
+                            let e = s.pager.ev.as_mut().unwrap();
+                            e.state = EvictState::Go;
+                            e.probe = false;
+                            true
+                        }
                     }
                     _ => false,
                 };
                 s.to_agent.push_back(if go { Frame::Go(id) } else { Frame::NoGo(id) });
             }
-            Frame::Zapped(id, _) => {
+            Frame::Zapped { id, skipped, .. } => {
+                if !skipped {
+                    self.spill_zapped_late(s, id);
+                }
                 match s.pager.ev {
                     Some(e) if e.id == id && e.state == EvictState::Removed => self.complete(s),
                     // madvise failed or never reached the kernel.
@@ -1127,7 +1195,29 @@ impl Evict {
         }
     }
 
-    // ---- the agent: conn.rs, agent_main / zap_one ------------------------------------
+    /// `Pager::spill_zapped_late`: the captured pages of a rebuilt eviction that the table
+    /// calls resident and the kernel no longer has were removed by the agent's zap after
+    /// the reconcile (the dead daemon read its REMOVE): they live in the slot.
+    fn spill_zapped_late(&self, s: &mut State, id: u8) {
+        let Some(e) = s.pager.ev.filter(|e| e.id == id && e.probe) else { return };
+        let mut n = 0;
+        for q in 0..N {
+            if e.captured[q] && s.pager.table.get(q) == PageState::Resident && !s.mem.present[q] {
+                s.pager.table.set(q, PageState::Spilled { slot: e.slot as u32, idx: q as u16 });
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let ev = s.pager.ev.as_mut().unwrap();
+            ev.state = EvictState::Removed;
+            ev.spilled += n;
+            if !e.reused {
+                s.add_refs(e.slot as u32, n);
+            }
+        }
+    }
+
+    // ---- the agent: conn.rs, agent_main / zap_batch ----------------------------------
 
     fn agent_recv(&self, s: &mut State) {
         let f = s.to_agent.pop_front().unwrap();
@@ -1143,13 +1233,13 @@ impl Evict {
                     hi: pieces(s.split, 0, N as u8)[0].1,
                     by: Poster::Agent,
                 });
+                s.agent_called = true;
                 s.agent = Agent::Zap { id, piece: 0, stage: Stage::Posted };
             }
             (Agent::WaitGo(id), Frame::NoGo(g)) | (Agent::WaitDone(id), Frame::Done(g)) if g == id => {
                 // The batch is settled: `INFLIGHT` is cleared.
                 s.inflight = None;
-                s.release_gate(Holder::Agent);
-                s.agent = Agent::Idle;
+                self.agent_settled(s);
             }
             (a, f) => unreachable!("agent in {a:?} got {f:?}"),
         }
@@ -1169,45 +1259,59 @@ impl Evict {
         }
     }
 
+    /// Its batch settled and `INFLIGHT` cleared, the agent lets go of the gate, unless the
+    /// sentinel has begun to reconnect since it last followed (`GENERATION` moved, read after
+    /// the clear): then the sentinel may have reported the batch, and the agent follows it
+    /// first, still holding the gate (finding 2's fix).
+    fn agent_settled(&self, s: &mut State) {
+        if self.design.follow_before_release && s.lost {
+            s.agent = Agent::Follow;
+        } else {
+            s.release_gate(Holder::Agent);
+            s.agent_called = false;
+            s.agent = Agent::Idle;
+        }
+    }
+
     /// `follow_sentinel`: the old connection's frames are void; settle the reported zap on
-    /// the new one (`Zapped`, then wait for `Done`), or let go at once if none was reported.
+    /// the new one (`Zapped`, saying whether the agent called madvise for it, then wait for
+    /// `Done`), or let go at once if none was reported.
     fn agent_follow(&self, s: &mut State) {
         if let Some(eof) = s.to_agent.iter().rposition(|f| *f == Frame::Eof) {
             s.to_agent.drain(..=eof);
         }
         s.agent_queue.clear();
         s.agent_old = false;
+        s.lost = false;
         match s.reported {
             Some(id) => {
-                s.from_agent.push_back(Frame::Zapped(id, true));
+                let skipped = self.design.probe_late_zaps && !s.agent_called;
+                s.from_agent.push_back(Frame::Zapped { id, ok: true, skipped });
                 s.agent = Agent::WaitDone(id);
             }
             None => {
                 s.inflight = None;
-                s.release_gate(Holder::Agent);
-                s.agent = Agent::Idle;
+                self.agent_settled(s);
             }
         }
     }
 
     /// `Agent::Zap`'s madvise is over: send `Zapped`, then wait for `Done` (fix A) or let go.
     fn agent_zapped(&self, s: &mut State, id: u8, ok: bool) {
-        if !s.agent_send(Frame::Zapped(id, ok)) {
+        if !s.agent_send(Frame::Zapped { id, ok, skipped: false }) {
             self.agent_lost(s);
         } else if self.design.ack_zapped {
             s.agent = Agent::WaitDone(id);
         } else {
             s.inflight = None;
-            s.release_gate(Holder::Agent);
-            s.agent = Agent::Idle;
+            self.agent_settled(s);
         }
     }
 
-    /// A new daemon starts and the client resumes with it: `journal::recover_all` (replay,
-    /// `reconcile`, `Store::recover`), `server::resume_client` (the sentinel reports the
-    /// agent's published zap; the real `settle_intents`; `discard_if_unreferenced`),
-    /// `Pager::new` (the evictions under way rebuilt) and `lift_after_restart`.
-    fn resume(&self, s: &mut State) {
+    /// A new daemon starts: `journal::recover_all` (replay, `reconcile`, `Store::recover`).
+    /// The client resumes later ([`Evict::resume`]): zaps may land, and the agent may take
+    /// the gate and publish a zap, in between.
+    fn recover(&self, s: &mut State) {
         // recover_all: the journal's table; a present page is resident whatever it says.
         let mut table = s.journal.table.clone();
         for q in 0..N {
@@ -1215,8 +1319,18 @@ impl Evict {
                 table.set(q, PageState::Resident);
             }
         }
-        // Store::recover: references from the table; unreferenced slots are freed, except
-        // those of intents (evictions an agent may still be zapping).
+        s.recovered = Some(table);
+    }
+
+    /// The client resumes with the new daemon: `server::resume_client` (the sentinel reports
+    /// the agent's published zap; the real `settle_intents`; `discard_if_unreferenced`),
+    /// `Pager::new` (the evictions under way rebuilt) and `lift_after_restart`.
+    fn resume(&self, s: &mut State) {
+        let table = s.recovered.take().unwrap();
+        // Store::recover, which `recover_all` runs with the recovered table: done here, as
+        // nothing touches the store in between, so that the properties count the dead
+        // daemon's table until the resume. References from the table; unreferenced slots
+        // are freed, except those of intents (evictions an agent may still be zapping).
         for (i, sl) in s.slots.iter_mut().enumerate() {
             let id = i as u32 + 1;
             if sl.freed {
@@ -1229,7 +1343,7 @@ impl Evict {
                 sl.refs = n;
             }
         }
-        // resume_client: the sentinel reports `INFLIGHT`.
+        // resume: the sentinel reports `INFLIGHT`.
         s.reported = s.inflight;
         let w = Window { start: BASE, len: GRANULE };
         let intent = |j: &JIntent| Intent {
@@ -1267,7 +1381,8 @@ impl Evict {
             }
             let state = if spilled > 0 { EvictState::Removed } else { EvictState::Go };
             // Not `reused`: recovery counted references from the table alone.
-            Eviction { id: j.id, slot: j.slot, state, captured, spilled, reused: false }
+            let probe = self.design.probe_late_zaps;
+            Eviction { id: j.id, slot: j.slot, state, captured, spilled, reused: false, probe }
         });
         let next_id = s.journal.intents.iter().map(|j| j.id + 1).max().unwrap_or(1);
         // Journal::create: a snapshot of the table (resident pages are not in it) and the
@@ -1294,6 +1409,7 @@ impl Evict {
             crashed: false,
             clean: None,
             next_id,
+            late_zaps: self.design.probe_late_zaps,
         };
         // The frames the agent sent the dead daemon are lost.
         s.from_agent.clear();
@@ -1363,11 +1479,16 @@ impl Evict {
 
     fn pager_actions(&self, s: &State, out: &mut Vec<Action>) {
         if s.pager.crashed {
-            if s.crashes <= self.bounds.restarts
-                && (self.bounds.late_zap || !s.zap_pending())
-                && (self.bounds.late_reply || !s.reply_unread())
-            {
-                out.push(Action::Restart);
+            if s.crashes > self.bounds.restarts {
+                return;
+            }
+            if !s.lost {
+                out.push(Action::SentinelNotice);
+            }
+            match s.recovered {
+                None if self.bounds.late_zap || !s.zap_pending() => out.push(Action::Recover),
+                Some(_) if s.lost && (self.bounds.late_reply || !s.reply_unread()) => out.push(Action::ClientResume),
+                _ => {}
             }
             return;
         }
@@ -1466,6 +1587,9 @@ impl Model for Evict {
                     inflight: None,
                     reported: None,
                     agent_old: false,
+                    lost: false,
+                    agent_called: false,
+                    recovered: None,
                     crashes: 0,
                     pager: Pager {
                         table,
@@ -1477,6 +1601,7 @@ impl Model for Evict {
                         crashed: false,
                         clean: None,
                         next_id: 1,
+                        late_zaps: false,
                     },
                     // Created when the client connected: its regions, nothing spilled.
                     journal: Journal { table: Table::new(), intents: Vec::new() },
@@ -1602,6 +1727,7 @@ impl Model for Evict {
             Action::AgentFail => {
                 let Agent::WaitGo(id) = s.agent else { unreachable!() };
                 s.to_agent.pop_front();
+                s.agent_called = true;
                 self.agent_zapped(&mut s, id, false);
             }
             Action::AgentPost => {
@@ -1693,7 +1819,9 @@ impl Model for Evict {
                 s.agent_old = true;
                 s.to_agent.push_back(Frame::Eof);
             }
-            Action::Restart => self.resume(&mut s),
+            Action::SentinelNotice => s.lost = true,
+            Action::Recover => self.recover(&mut s),
+            Action::ClientResume => self.resume(&mut s),
         }
         Some(s)
     }
@@ -1738,6 +1866,35 @@ impl Model for Evict {
                         .is_some_and(|id| matches!(s.pager.ev, Some(e) if e.id == id && e.state == EvictState::Removed))
             }));
         }
+        if self.bounds.restarts > 0 && self.bounds.late_zap && self.design.probe_late_zaps {
+            p.push(Property::sometimes("the agent's zap lands after the reconcile", |_, s: &State| {
+                s.pager.ev.is_some_and(|e| {
+                    e.probe
+                        && e.state != EvictState::Sent
+                        && (0..N)
+                            .any(|q| e.captured[q] && s.pager.table.get(q) == PageState::Resident && !s.mem.present[q])
+                })
+            }));
+            // Zapped with no REMOVE of it in the batch: the dead daemon read that REMOVE.
+            p.push(Property::sometimes("a capture precedes the program's late zap", |_, s: &State| {
+                s.pager.ev.is_some_and(|e| {
+                    e.probe
+                        && e.state == EvictState::Sent
+                        && (0..N).any(|q| {
+                            e.captured[q]
+                                && !s.mem.present[q]
+                                && !s.pager.batch.iter().any(|m| {
+                                    matches!(m, Msg::Event(Event::Remove { lo, hi, .. }) if (*lo as usize..*hi as usize).contains(&q))
+                                })
+                        })
+                })
+            }));
+        }
+        if self.bounds.restarts > 0 && self.bounds.late_reply && self.design.follow_before_release {
+            p.push(Property::sometimes("the agent reads the dead daemon's reply after the report", |_, s: &State| {
+                s.agent == Agent::Follow && s.inflight.is_none() && s.reported.is_some() && !s.pager.crashed
+            }));
+        }
         if self.bounds.forks > 0 && self.bounds.child_reads > 0 {
             p.push(Property::sometimes("the child waits for a spilled page", |_, s: &State| {
                 s.child.as_ref().is_some_and(|c| {
@@ -1758,38 +1915,49 @@ impl Model for Evict {
 /// refill to zeros. The one exception is a missing page whose REMOVE the daemon has read but not handled yet
 /// (its poster may zap as soon as the event is read): the table catches up when it is handled.
 pub fn table_agrees(d: &Design, s: &State) -> bool {
-    let one =
-        |m: &Mem, t: &Table, slots: &[Slot], unhandled: &dyn Fn(usize) -> bool, zeroing: &dyn Fn(usize) -> bool| {
-            (0..N).all(|p| {
-                let ok = |v: u8| v == m.truth[p] || Some(v) == m.alt[p] || (v == 0 && zeroing(p));
-                if m.present[p] {
-                    return ok(m.val[p]);
+    let one = |m: &Mem,
+               t: &Table,
+               slots: &[Slot],
+               unhandled: &dyn Fn(usize) -> bool,
+               zeroing: &dyn Fn(usize) -> bool,
+               late: &dyn Fn(usize) -> Option<u8>| {
+        (0..N).all(|p| {
+            let ok = |v: u8| v == m.truth[p] || Some(v) == m.alt[p] || (v == 0 && zeroing(p));
+            if m.present[p] {
+                return ok(m.val[p]);
+            }
+            if unhandled(p) {
+                return true;
+            }
+            let in_slot = |slot: u32, idx: u16| {
+                let sl = &slots[slot as usize - 1];
+                !sl.freed && ok(sl.vals[idx as usize])
+            };
+            match t.get(p) {
+                // `fill` fails it (SIGBUS), or with fix C refills zeros; a rebuilt
+                // eviction's `spill_zapped_late` may still move it to its slot.
+                PageState::Resident => {
+                    (d.refill_zapped && ok(0)) || late(p).is_some_and(|slot| in_slot(slot as u32, p as u16))
                 }
-                if unhandled(p) {
-                    return true;
-                }
-                match t.get(p) {
-                    // `fill` fails it (SIGBUS), or with fix C refills zeros.
-                    PageState::Resident => d.refill_zapped && ok(0),
-                    PageState::Untouched => ok(0),
-                    PageState::Spilled { slot, idx } => {
-                        let sl = &slots[slot as usize - 1];
-                        !sl.freed && ok(sl.vals[idx as usize])
-                    }
-                }
-            })
-        };
+                PageState::Untouched => ok(0),
+                PageState::Spilled { slot, idx } => in_slot(slot, idx),
+            }
+        })
+    };
     let unhandled = |p: usize| {
         s.pager
             .batch
             .iter()
             .any(|m| matches!(m, Msg::Event(Event::Remove { lo, hi, .. }) if (*lo as usize..*hi as usize).contains(&p)))
     };
+    // A captured page of a rebuilt eviction under way, which its `Zapped` will probe.
+    let late =
+        |p: usize| s.pager.ev.filter(|e| e.probe && e.state != EvictState::Sent && e.captured[p]).map(|e| e.slot);
     let child_ok = match &s.child {
-        Some(c) => one(&c.mem, &c.table, &s.slots, &|_| false, &|_| false),
+        Some(c) => one(&c.mem, &c.table, &s.slots, &|_| false, &|_| false, &|_| None),
         None => true,
     };
-    one(&s.mem, &s.pager.table, &s.slots, &unhandled, &|p| s.zeroing(p)) && child_ok
+    one(&s.mem, &s.pager.table, &s.slots, &unhandled, &|p| s.zeroing(p), &late) && child_ok
 }
 
 /// Every live slot is referenced exactly as many times as the page tables (parent and
