@@ -400,6 +400,35 @@ fn a_cgroup_crossing_its_margin_wakes_the_controller_at_once() {
     );
 }
 
+/// What the priority tests share: a cgroup for the low-priority client (its limit is not the
+/// point), a small one for the thrashers, and a daemon with budget `budget`, a 1% PSI target
+/// that the thrashers' stalls pass for as long as they run, the first cgroup at priority -10,
+/// and the config lines `extra`.
+struct PriorityRig {
+    batch: MemCgroup,
+    thrash_cg: MemCgroup,
+    daemon: Daemon,
+    _conf: TempDir,
+}
+
+/// `None` (after saying why) where this machine has no cgroup v1 memory controller.
+fn priority_rig(test: &str, label: &str, budget: &str, extra: &str) -> Option<PriorityRig> {
+    let batch = cgroup_or_skip(label, test)?;
+    let thrash_cg = match MemCgroup::create(&format!("{label}-thrash"), "32M") {
+        Ok(cg) => cg,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+    };
+    let conf = TempDir::new("pressure-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    let priorities = format!("priorities = {{ \"{}\" = -10 }}\n", batch.name());
+    fs::write(&conf_file, format!("pressure_target_pct = 1.0\n{extra}{priorities}")).unwrap();
+    let daemon = Daemon::start(budget, "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    Some(PriorityRig { batch, thrash_cg, daemon, _conf: conf })
+}
+
 /// Two thrashers in `cg`, each reading a file twice the cgroup's 32M limit (refaults: memory
 /// stalls, system PSI). One alone stalls only 1.5-2% of the time on this machine, too close to
 /// the tests' thresholds (twice a 1% target); two stall 4.5-10%.
@@ -436,28 +465,12 @@ fn stop_thrashers(mut thrashers: Vec<Spawned>, daemon: &Daemon) -> String {
 fn sustained_system_pressure_throttles_the_lower_priority_client() {
     let _heavy = heavy();
     let test = "sustained_system_pressure_throttles_the_lower_priority_client";
-    // The low-priority client's cgroup (its limit is not the point) and a small one for the
-    // thrasher, whose reads of a file twice its size are refaults: memory stalls, system PSI.
-    let Some(batch) = cgroup_or_skip("batch", test) else {
+    // No last resort within the test (it would fail the low client; its own test shows it).
+    let Some(PriorityRig { batch, thrash_cg, daemon, _conf }) =
+        priority_rig(test, "batch", "64M", "last_resort_after_ms = 3600000\n")
+    else {
         return;
     };
-    let thrash_cg = match MemCgroup::create("thrash", "32M") {
-        Ok(cg) => cg,
-        Err(why) => return eprintln!("SKIPPED {test}: {why}"),
-    };
-    let conf = TempDir::new("pressure-conf");
-    let conf_file = conf.path().join("holo-pager.toml");
-    // A 1% target: the thrashers' stalls pass it for as long as they run. No last resort
-    // within the test (it would fail the low client; its own test shows it).
-    fs::write(
-        &conf_file,
-        format!(
-            "pressure_target_pct = 1.0\nlast_resort_after_ms = 3600000\npriorities = {{ \"{}\" = -10 }}\n",
-            batch.name()
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start("64M", "64K", &["--config", conf_file.to_str().unwrap()]);
 
     // The top-priority client (priority 0) holds its data; the low one (-10) keeps faulting:
     // a fill_verify larger than the budget, started again each time it ends, until throttled.
@@ -522,29 +535,14 @@ fn sustained_system_pressure_throttles_the_lower_priority_client() {
 fn the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_pressure_lasts() {
     let _heavy = heavy();
     let test = "the_last_resort_fails_the_lowest_priority_client_and_refuses_new_ones_while_pressure_lasts";
-    let Some(batch) = cgroup_or_skip("last-batch", test) else {
-        return;
-    };
-    let thrash_cg = match MemCgroup::create("last-thrash", "32M") {
-        Ok(cg) => cg,
-        Err(why) => return eprintln!("SKIPPED {test}: {why}"),
-    };
     // The budget is at its floor from the start (min_budget = dram_budget): nothing is left to
     // demote, so stalls at twice the 1% target for 2 s are the last resort. Two thrashers
     // stall the machine's memory 4-10% of the time here, for as long as they run.
-    let conf = TempDir::new("pressure-conf");
-    let conf_file = conf.path().join("holo-pager.toml");
-    let budget = "32M";
-    fs::write(
-        &conf_file,
-        format!(
-            "pressure_target_pct = 1.0\nmin_budget = \"{budget}\"\nlast_resort_after_ms = 2000\n\
-             priorities = {{ \"{}\" = -10 }}\n",
-            batch.name()
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start(budget, "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    let Some(PriorityRig { batch, thrash_cg, daemon, _conf }) =
+        priority_rig(test, "last-batch", "32M", "min_budget = \"32M\"\nlast_resort_after_ms = 2000\n")
+    else {
+        return;
+    };
 
     // The top-priority client (0) holds more than the budget: part of it lives in the tiers
     // below while the pressure lasts. The low-priority one (-10) is the victim.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use holo_tiers::SlotId;
 
-use crate::pagetable::{PageState, PageTable, Window, PAGE};
+use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
 
 const REGION: u32 = 1;
 const ADOPT: u32 = 2;
@@ -80,18 +80,9 @@ fn snapshot(table: &PageTable, evictions: &[(u64, Intent)]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in table.regions() {
         out.extend(record(REGION, &[r.start, r.end() - r.start]));
-        let mut k = 0;
-        while k < r.pages.len() {
-            let PageState::Spilled { slot, idx } = r.pages[k] else {
-                k += 1;
-                continue;
-            };
-            let mut e = k + 1;
-            while e < r.pages.len() && r.pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
-                e += 1;
-            }
-            out.extend(record(SPILLED, &[r.start + k as u64 * PAGE, slot as u64, idx as u64, (e - k) as u64]));
-            k = e;
+        for run in spilled_runs(&r.pages) {
+            let at = r.start + run.start as u64 * PAGE;
+            out.extend(record(SPILLED, &[at, run.slot as u64, run.idx as u64, (run.end - run.start) as u64]));
         }
     }
     for (id, i) in evictions {

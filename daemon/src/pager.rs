@@ -36,7 +36,7 @@ use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement};
 use crate::journal::{Intent, Journal};
-use crate::pagetable::{PageState, PageTable, Window, PAGE};
+use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
 use crate::worker::{spawn_reader, spawn_writer, Batch, Prefetched, Reader, Writer, Written};
@@ -1546,23 +1546,12 @@ pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result
     for st in staged.iter_mut() {
         let mut rest: &mut [u8] = &mut st.bytes;
         let mut base = 0;
-        let mut k = 0;
-        while k < st.pages.len() {
-            let PageState::Spilled { slot, idx } = st.pages[k] else {
-                k += 1;
-                continue;
-            };
-            // Consecutive pages of the same slot are one read.
-            let mut e = k + 1;
-            while e < st.pages.len() && st.pages[e] == (PageState::Spilled { slot, idx: idx + (e - k) as u16 }) {
-                e += 1;
-            }
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(k * p - base);
-            let (dst, tail) = tail.split_at_mut((e - k) * p);
-            reqs.push((slot, idx as usize * p, dst));
+        for run in spilled_runs(&st.pages) {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(run.start * p - base);
+            let (dst, tail) = tail.split_at_mut((run.end - run.start) * p);
+            reqs.push((run.slot, run.idx as usize * p, dst));
             rest = tail;
-            base = e * p;
-            k = e;
+            base = run.end * p;
         }
     }
     store.read(&mut reqs)

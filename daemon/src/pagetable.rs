@@ -24,6 +24,36 @@ pub enum PageState {
     Spilled { slot: SlotId, idx: u16 },
 }
 
+/// A run of consecutive pages, `pages[start..end]`, that are consecutive pages of one slot
+/// from page `idx` on: what one tier read (or one journal record) covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpilledRun {
+    pub start: usize,
+    pub end: usize,
+    pub slot: SlotId,
+    pub idx: u16,
+}
+
+/// The spilled runs of `pages`, in order.
+pub fn spilled_runs(pages: &[PageState]) -> impl Iterator<Item = SpilledRun> + '_ {
+    let mut k = 0;
+    std::iter::from_fn(move || {
+        while k < pages.len() {
+            let PageState::Spilled { slot, idx } = pages[k] else {
+                k += 1;
+                continue;
+            };
+            let start = k;
+            k += 1;
+            while k < pages.len() && pages[k] == (PageState::Spilled { slot, idx: idx + (k - start) as u16 }) {
+                k += 1;
+            }
+            return Some(SpilledRun { start, end: k, slot, idx });
+        }
+        None
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct Region {
     pub start: u64,
@@ -267,6 +297,16 @@ mod tests {
     use PageState::*;
 
     const G: u64 = 16 * PAGE;
+
+    #[test]
+    fn spilled_runs_split_where_the_slot_or_its_page_order_changes() {
+        let s = |slot, idx| Spilled { slot, idx };
+        let pages = [Resident, s(7, 0), s(7, 1), s(7, 3), s(2, 4), Untouched, s(2, 5)];
+        let runs: Vec<(usize, usize, SlotId, u16)> =
+            spilled_runs(&pages).map(|r| (r.start, r.end, r.slot, r.idx)).collect();
+        assert_eq!(runs, [(1, 3, 7, 0), (3, 4, 7, 3), (4, 5, 2, 4), (6, 7, 2, 5)]);
+        assert_eq!(spilled_runs(&[Resident, Untouched]).count(), 0);
+    }
 
     fn table_with(start: u64, pages: u64) -> PageTable {
         let mut t = PageTable::default();
