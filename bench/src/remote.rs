@@ -7,6 +7,8 @@
 //! * `holo`: `RemoteTier::read` of a whole granule from a `DonorServer` (one replica; the
 //!   healthy path reads one copy whatever the replica count): the wire frame, BLAKE3 of the
 //!   donor's slot before sending, BLAKE3 of the frame on both sides, the copies.
+//! * `holo-secret`: the same with a cluster secret: after the handshake every frame is
+//!   encrypted (ChaCha20) and MACed (keyed BLAKE3) both ways, as `cluster_secret_file` makes it.
 //!
 //! Three links, each fetch timed alone (one in flight):
 //! * `loopback`: both ends in this network namespace, 127.0.0.1;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use holo_tiers::remote::auth::{ClusterKey, Plane};
 use holo_tiers::remote::{DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
 use holo_tiers::{RemoteTier, Tier};
 use serde_json::{json, Value};
@@ -43,6 +46,12 @@ const GRANULE: usize = 64 << 10;
 const SLOTS: u32 = 256;
 const WARMUP: usize = 50;
 const LINKS: [&str; 3] = ["loopback", "veth", "veth-1gbit"];
+const CONTENDERS: [&str; 3] = ["raw", "holo", "holo-secret"];
+
+/// The `holo-secret` contender's cluster key (a fixed test secret).
+fn bench_key() -> ClusterKey {
+    ClusterKey::from_secret(b"holo-bench remote: the secret of a benchmark cluster", Plane::Data).unwrap()
+}
 
 struct Opts {
     rounds: usize,
@@ -197,28 +206,35 @@ fn raw_server(listen: &str) -> Result<SocketAddr> {
 }
 
 struct Servers {
-    _donor: DonorServer,
+    _donors: [DonorServer; 2],
     donor_port: u16,
+    keyed_donor_port: u16,
     raw_port: u16,
 }
 
 fn servers(listen_ip: &str) -> Result<Servers> {
-    let opts = DonorOptions {
-        donate_bytes: (2 * SLOTS as u64 + 16) * GRANULE as u64,
-        slot_bytes: GRANULE,
-        max_conns: 64,
-        key: None,
+    let donor = |key| {
+        let opts = DonorOptions {
+            donate_bytes: (2 * SLOTS as u64 + 16) * GRANULE as u64,
+            slot_bytes: GRANULE,
+            max_conns: 64,
+            key,
+        };
+        DonorServer::start(format!("{listen_ip}:0").parse().unwrap(), opts).map_err(|e| format!("donor: {e}"))
     };
-    let donor =
-        DonorServer::start(format!("{listen_ip}:0").parse().unwrap(), opts).map_err(|e| format!("donor: {e}"))?;
+    let (plain, keyed) = (donor(None)?, donor(Some(bench_key()))?);
     let raw = raw_server(&format!("{listen_ip}:0"))?;
-    Ok(Servers { donor_port: donor.local_addr().port(), _donor: donor, raw_port: raw.port() })
+    Ok(Servers {
+        donor_port: plain.local_addr().port(),
+        keyed_donor_port: keyed.local_addr().port(),
+        _donors: [plain, keyed],
+        raw_port: raw.port(),
+    })
 }
 
 /// A remote tier on the donor at `addr`, holding `SLOTS` granules.
-fn holo_client(addr: SocketAddr, owner: u64) -> Result<RemoteTier> {
-    let t =
-        TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8, key: None });
+fn holo_client(addr: SocketAddr, owner: u64, key: Option<ClusterKey>) -> Result<RemoteTier> {
+    let t = TcpTransport::new(&[addr], TransportOptions { timeout: Duration::from_secs(2), max_inflight: 8, key });
     let opts = RemoteOptions::new(GRANULE, 1, owner);
     let tier = RemoteTier::open(Box::new(t), opts).map_err(|e| e.to_string())?;
     let data: Vec<Vec<u8>> = (0..SLOTS).map(|s| (0..GRANULE).map(|i| (i as u32 ^ s) as u8).collect()).collect();
@@ -228,6 +244,15 @@ fn holo_client(addr: SocketAddr, owner: u64) -> Result<RemoteTier> {
         tier.write(slot, d).map_err(|e| e.to_string())?;
     }
     Ok(tier)
+}
+
+/// The two holo contenders' tiers on one link: without and with the secret.
+fn holo_clients(ip: &str, s: &Servers, owner: u64) -> Result<[RemoteTier; 2]> {
+    let addr = |port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    Ok([
+        holo_client(addr(s.donor_port), owner, None)?,
+        holo_client(addr(s.keyed_donor_port), owner, Some(bench_key()))?,
+    ])
 }
 
 struct Rng(u64);
@@ -283,11 +308,10 @@ fn remote(o: &Opts) -> Result<()> {
     let (a, b) = (ns.a.clone(), ns.b.clone());
     let lo = servers("127.0.0.1")?;
     let far = in_netns(Some(&b), || servers("0.0.0.0"))?;
-    let lo_tier = holo_client(SocketAddr::from(([127, 0, 0, 1], lo.donor_port)), 1)?;
+    let lo_tiers = holo_clients("127.0.0.1", &lo, 1)?;
     let addr = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
-    let (veth_tier, shaped_tier) = in_netns(Some(&a), || {
-        Ok((holo_client(addr(VETH_SERVER, far.donor_port), 2)?, holo_client(addr(SHAPED_SERVER, far.donor_port), 3)?))
-    })?;
+    let (veth_tiers, shaped_tiers) =
+        in_netns(Some(&a), || Ok((holo_clients(VETH_SERVER, &far, 2)?, holo_clients(SHAPED_SERVER, &far, 3)?)))?;
     eprintln!(
         "remote: 64 KiB fetches, {} per contender, link and round, {} rounds; links {}",
         o.fetches,
@@ -298,20 +322,23 @@ fn remote(o: &Opts) -> Result<()> {
     for round in 0..o.rounds {
         for link in LINKS {
             check_interrupt()?;
-            let (netns, raw_addr, tier) = match link {
-                "loopback" => (None, addr("127.0.0.1", lo.raw_port), &lo_tier),
-                "veth" => (Some(a.as_str()), addr(VETH_SERVER, far.raw_port), &veth_tier),
-                _ => (Some(a.as_str()), addr(SHAPED_SERVER, far.raw_port), &shaped_tier),
+            let (netns, raw_addr, tiers) = match link {
+                "loopback" => (None, addr("127.0.0.1", lo.raw_port), &lo_tiers),
+                "veth" => (Some(a.as_str()), addr(VETH_SERVER, far.raw_port), &veth_tiers),
+                _ => (Some(a.as_str()), addr(SHAPED_SERVER, far.raw_port), &shaped_tiers),
             };
-            let (raw, holo) = in_netns(netns, || {
-                let raw = time_raw(raw_addr, o.fetches)?;
-                let holo = time_holo(tier, o.fetches, 0x5eed + round as u64)?;
-                Ok((raw, holo))
+            let timed = in_netns(netns, || {
+                let seed = 0x5eed + round as u64;
+                Ok([
+                    time_raw(raw_addr, o.fetches)?,
+                    time_holo(&tiers[0], o.fetches, seed)?,
+                    time_holo(&tiers[1], o.fetches, seed)?,
+                ])
             })?;
-            for (contender, ns) in [("raw", raw), ("holo", holo)] {
+            for (contender, ns) in CONTENDERS.into_iter().zip(timed) {
                 let p = percentiles(ns);
                 eprintln!(
-                    "  round {}/{} {link:10} {contender:4}: p50 {:.1} us, p99 {:.1} us",
+                    "  round {}/{} {link:10} {contender:11}: p50 {:.1} us, p99 {:.1} us",
                     round + 1,
                     o.rounds,
                     p["p50_us"].as_f64().unwrap_or(f64::NAN),
@@ -323,7 +350,7 @@ fn remote(o: &Opts) -> Result<()> {
             }
         }
     }
-    drop((lo_tier, veth_tier, shaped_tier));
+    drop((lo_tiers, veth_tiers, shaped_tiers));
     drop(ns);
     let summary = print_summary(&rows, o.rounds);
     let out = o.out.clone().unwrap_or_else(|| workspace_root().join("target/bench/remote.json"));
@@ -344,18 +371,22 @@ fn print_summary(rows: &[Value], rounds: usize) -> Value {
         )
     };
     println!("\nremote fetch of one 64 KiB granule, median over {rounds} rounds of each round's percentile\n");
-    println!("| link | raw TCP p50 us | holo p50 us | raw TCP p99 us | holo p99 us | p50 holo/raw | p99 holo/raw |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| link | raw TCP p50 us | holo p50 us | holo-secret p50 us | raw TCP p99 us | holo p99 us | holo-secret p99 us \
+         | p50 holo/raw | p50 secret/holo |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut out = Vec::new();
     for link in LINKS {
-        let (r50, h50, r99, h99) = (
-            med(link, "raw", "p50_us"),
-            med(link, "holo", "p50_us"),
-            med(link, "raw", "p99_us"),
-            med(link, "holo", "p99_us"),
+        let [r50, h50, s50] = CONTENDERS.map(|c| med(link, c, "p50_us"));
+        let [r99, h99, s99] = CONTENDERS.map(|c| med(link, c, "p99_us"));
+        println!(
+            "| {link} | {r50:.1} | {h50:.1} | {s50:.1} | {r99:.1} | {h99:.1} | {s99:.1} | {:.2}x | {:.2}x |",
+            h50 / r50,
+            s50 / h50
         );
-        println!("| {link} | {r50:.1} | {h50:.1} | {r99:.1} | {h99:.1} | {:.2}x | {:.2}x |", h50 / r50, h99 / r99);
-        out.push(json!({"link": link, "raw_p50_us": r50, "holo_p50_us": h50, "raw_p99_us": r99, "holo_p99_us": h99}));
+        out.push(json!({"link": link, "raw_p50_us": r50, "holo_p50_us": h50, "holo_secret_p50_us": s50,
+                        "raw_p99_us": r99, "holo_p99_us": h99, "holo_secret_p99_us": s99}));
     }
     Value::Array(out)
 }

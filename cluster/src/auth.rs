@@ -1,15 +1,18 @@
-//! Authentication of the control plane: every request and reply of the `holo.cluster.Raft`
-//! service travels in an envelope whose MAC is keyed with the control-plane key, derived from
-//! the cluster secret (`cluster_secret_file`) in its own domain ([`Plane::Control`]), so the
-//! data plane's key never verifies a control message nor the other way round.
+//! Authentication and encryption of the control plane: every request and reply of the
+//! `holo.cluster.Raft` service travels in an envelope whose body is encrypted and whose MAC is
+//! keyed with the control-plane key, derived from the cluster secret (`cluster_secret_file`) in
+//! its own domain ([`Plane::Control`]), so the data plane's key never verifies a control message
+//! nor the other way round.
 //!
 //! ```text
 //!  request: { to, ts_ms, nonce, mac, body }   mac = mac(K, "request" ‖ method ‖ to ‖ ts_ms ‖ nonce ‖ body)
-//!  reply:   { mac, body }                     mac = mac(K, "reply"   ‖ method ‖ request nonce ‖ body)
+//!  reply:   { nonce, mac, body }              mac = mac(K, "reply"   ‖ method ‖ request nonce ‖ nonce ‖ body)
 //! ```
 //!
-//! `body` is the message's JSON, kept byte for byte (a raw JSON value) so that the MAC covers
-//! exactly what was sent. The method is the gRPC route the request arrived on, so a request
+//! With a secret, `body` is the message's JSON encrypted with XChaCha20 under the message's own
+//! random nonce ([`ClusterKey::apply_keystream`]), as a hex string: encrypt-then-MAC, so nothing
+//! is decrypted before its MAC checks. Without one it is the JSON itself. Either way it is kept
+//! byte for byte (a raw JSON value) so that the MAC covers exactly what was sent. The method is the gRPC route the request arrived on, so a request
 //! replayed to another method fails its MAC. `to` is the node the request is for, checked by
 //! the receiver, so it cannot be replayed to another member (only the first hop of a join
 //! names no node: the joiner does not know the member's id yet, and a join is idempotent). A
@@ -24,9 +27,9 @@
 //! without a process-wide one, and tests run several members in one process.
 //!
 //! What it gives: only holders of the secret can join, vote, append entries, install
-//! snapshots or propose commands; a changed, replayed or redirected message is refused. What
-//! it does not: confidentiality (the JSON crosses the wire in the clear), or telling apart two
-//! nodes that both hold the secret.
+//! snapshots or propose commands, or read what they say; a changed, replayed or redirected
+//! message is refused. What it does not: hide the method, the target, the timestamp and the
+//! messages' sizes, or tell apart two nodes that both hold the secret.
 //!
 //! Without a secret nothing is checked (as before); a node with one refuses requests without
 //! a MAC and replies without one.
@@ -67,6 +70,8 @@ pub struct SealedRequest {
 /// A reply on the wire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SealedReply {
+    /// Its own, for its encryption: the request's nonce is the request's.
+    pub nonce: [u8; NONCE_BYTES],
     pub mac: Option<[u8; 32]>,
     pub body: Box<RawValue>,
 }
@@ -145,9 +150,29 @@ impl Auth {
         ])
     }
 
-    fn reply_mac(k: &ClusterKey, method: &str, request_nonce: &[u8; NONCE_BYTES], body: &RawValue) -> [u8; 32] {
+    fn reply_mac(k: &ClusterKey, method: &str, request_nonce: &[u8; NONCE_BYTES], r: &SealedReply) -> [u8; 32] {
         let m = method.as_bytes();
-        k.mac(&[b"reply", &(m.len() as u32).to_le_bytes(), m, request_nonce, body.get().as_bytes()])
+        k.mac(&[b"reply", &(m.len() as u32).to_le_bytes(), m, request_nonce, &r.nonce, r.body.get().as_bytes()])
+    }
+
+    /// The body of a message sealed with `nonce`: its JSON, encrypted when keyed.
+    fn body<T: Serialize>(&self, nonce: &[u8; NONCE_BYTES], msg: &T) -> Result<Box<RawValue>, tonic::Status> {
+        let encoding = |e: serde_json::Error| tonic::Status::internal(format!("cannot encode: {e}"));
+        let Some(k) = &self.key else { return serde_json::value::to_raw_value(msg).map_err(encoding) };
+        let mut text = serde_json::to_vec(msg).map_err(encoding)?;
+        k.apply_keystream(nonce, &mut text);
+        serde_json::value::to_raw_value(&to_hex(&text)).map_err(encoding)
+    }
+
+    /// Decodes the body of a message sealed with `nonce` whose MAC has been checked (a
+    /// decoding error is the sender's bug, not an attack).
+    pub fn decode<T: DeserializeOwned>(&self, nonce: &[u8; NONCE_BYTES], body: &RawValue) -> Result<T, tonic::Status> {
+        let bad = |e: String| tonic::Status::invalid_argument(format!("cannot decode: {e}"));
+        let Some(k) = &self.key else { return serde_json::from_str(body.get()).map_err(|e| bad(e.to_string())) };
+        let hex: String = serde_json::from_str(body.get()).map_err(|e| bad(format!("not an encrypted body: {e}")))?;
+        let mut text = from_hex(&hex).ok_or_else(|| bad("not an encrypted body: bad hex".into()))?;
+        k.apply_keystream(nonce, &mut text);
+        serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))
     }
 
     /// Seals `msg` as a request to `method` of node `to`, stamped `now_ms`.
@@ -158,9 +183,8 @@ impl Auth {
         msg: &T,
         now_ms: u64,
     ) -> Result<SealedRequest, tonic::Status> {
-        let body =
-            serde_json::value::to_raw_value(msg).map_err(|e| tonic::Status::internal(format!("cannot encode: {e}")))?;
         let nonce = nonce().map_err(|e| tonic::Status::internal(format!("no random nonce: {e}")))?;
+        let body = self.body(&nonce, msg)?;
         let mut r = SealedRequest { to, ts_ms: now_ms, nonce, mac: None, body };
         r.mac = self.key.as_ref().map(|k| Auth::request_mac(k, method, &r));
         Ok(r)
@@ -202,10 +226,10 @@ impl Auth {
         request_nonce: &[u8; NONCE_BYTES],
         msg: &T,
     ) -> Result<SealedReply, tonic::Status> {
-        let body =
-            serde_json::value::to_raw_value(msg).map_err(|e| tonic::Status::internal(format!("cannot encode: {e}")))?;
-        let mac = self.key.as_ref().map(|k| Auth::reply_mac(k, method, request_nonce, &body));
-        Ok(SealedReply { mac, body })
+        let nonce = nonce().map_err(|e| tonic::Status::internal(format!("no random nonce: {e}")))?;
+        let mut r = SealedReply { nonce, mac: None, body: self.body(&nonce, msg)? };
+        r.mac = self.key.as_ref().map(|k| Auth::reply_mac(k, method, request_nonce, &r));
+        Ok(r)
     }
 
     /// Checks the reply to the request with `request_nonce` on `method`.
@@ -217,16 +241,25 @@ impl Auth {
     ) -> Result<(), AuthError> {
         let Some(k) = &self.key else { return Ok(()) };
         let mac = r.mac.ok_or(AuthError::NoMac("reply"))?;
-        if !ct_eq(&Auth::reply_mac(k, method, request_nonce, &r.body), &mac) {
+        if !ct_eq(&Auth::reply_mac(k, method, request_nonce, r), &mac) {
             return Err(AuthError::BadMac("reply"));
         }
         Ok(())
     }
 }
 
-/// Decodes an authenticated body (a decoding error is the sender's bug, not an attack).
-pub fn decode<T: DeserializeOwned>(body: &RawValue) -> Result<T, tonic::Status> {
-    serde_json::from_str(body.get()).map_err(|e| tonic::Status::invalid_argument(format!("cannot decode: {e}")))
+fn to_hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    b.iter().flat_map(|&x| [DIGITS[(x >> 4) as usize] as char, DIGITS[(x & 15) as usize] as char]).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
 
 #[cfg(test)]
@@ -257,13 +290,35 @@ mod tests {
         let (client, server) = (auth(1), auth(1));
         let r = through_the_wire(&sealed(&client, "Write", Some(2), "{\"a\": [1, 2]}", NOW));
         server.open_request("Write", 2, &r, NOW + 5).unwrap();
-        assert_eq!(decode::<String>(&r.body).unwrap(), "{\"a\": [1, 2]}");
+        assert_eq!(server.decode::<String>(&r.nonce, &r.body).unwrap(), "{\"a\": [1, 2]}");
         let reply = through_the_wire(&server.seal_reply("Write", &r.nonce, &42u64).unwrap());
         client.open_reply("Write", &r.nonce, &reply).unwrap();
-        assert_eq!(decode::<u64>(&reply.body).unwrap(), 42);
+        assert_eq!(client.decode::<u64>(&reply.nonce, &reply.body).unwrap(), 42);
         // The first hop of a join names no node: any member takes it.
         let join = sealed(&client, "Join", None, "j", NOW);
         server.open_request("Join", 7, &join, NOW).unwrap();
+    }
+
+    #[test]
+    fn with_a_secret_bodies_cross_encrypted() {
+        let (client, server) = (auth(1), auth(1));
+        let secret = "the region directory of node 7";
+        let a = sealed(&client, "Write", Some(2), secret, NOW);
+        let b = sealed(&client, "Write", Some(2), secret, NOW);
+        assert!(!a.body.get().contains("region"), "{}", a.body.get());
+        assert_ne!(a.body.get(), b.body.get(), "the same message seals differently each time");
+        assert_eq!(server.decode::<String>(&a.nonce, &a.body).unwrap(), secret);
+        let reply = server.seal_reply("Write", &a.nonce, &secret).unwrap();
+        assert!(!reply.body.get().contains("region"));
+        assert_eq!(client.decode::<String>(&reply.nonce, &reply.body).unwrap(), secret);
+        // Another secret cannot read it; without one it is plain JSON.
+        assert!(auth(2).decode::<String>(&a.nonce, &a.body).is_err());
+        let plain = sealed(&unkeyed(), "Write", Some(2), secret, NOW);
+        assert!(plain.body.get().contains("region"));
+        assert_eq!(unkeyed().decode::<String>(&plain.nonce, &plain.body).unwrap(), secret);
+        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
     }
 
     #[test]
@@ -325,6 +380,9 @@ mod tests {
         let mut t = reply.clone();
         t.body = RawValue::from_string("\"ko\"".into()).unwrap();
         assert_eq!(client.open_reply("Write", &a.nonce, &t), Err(AuthError::BadMac("reply")));
+        let mut n = reply.clone();
+        n.nonce[0] ^= 1;
+        assert_eq!(client.open_reply("Write", &a.nonce, &n), Err(AuthError::BadMac("reply")), "another nonce");
         let plain = unkeyed().seal_reply("Write", &a.nonce, &"ok").unwrap();
         assert_eq!(client.open_reply("Write", &a.nonce, &plain), Err(AuthError::NoMac("reply")));
         // A node without a secret checks nothing, as before.

@@ -18,7 +18,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use crate::auth::{self, Auth, SealedReply, SealedRequest};
+use crate::auth::{Auth, SealedReply, SealedRequest};
 use crate::rpc::{method, JsonCodec, MAX_MESSAGE_BYTES};
 use crate::state::NodeId;
 use crate::{BasicNode, TypeConfig};
@@ -60,7 +60,7 @@ impl Client {
         if let Err(e) = self.auth.open_reply(method, &nonce, &reply) {
             return Err(self.auth.refused(&format!("refused the {method} reply of {}: {e}", self.addr)));
         }
-        auth::decode(&reply.body)
+        self.auth.decode(&reply.nonce, &reply.body)
     }
 
     /// Sends a sealed request as it is (a test replays one with it).

@@ -486,7 +486,7 @@ impl Service {
             Err(e @ auth::AuthError::Overloaded) => return Err(Status::resource_exhausted(e.to_string())),
             Err(e) => return Err(self.auth.refused(&format!("refused {method} from {peer}: {e}"))),
         }
-        let reply = serve(auth::decode(&req.body)?).await;
+        let reply = serve(self.auth.decode(&req.nonce, &req.body)?).await;
         Ok(Response::new(self.auth.seal_reply(method, &req.nonce, &reply)?))
     }
 

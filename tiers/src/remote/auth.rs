@@ -1,12 +1,13 @@
-//! Node-to-node authentication of the data plane: a shared cluster secret, a challenge-response
-//! handshake per connection, and a MAC on every frame after it.
+//! Node-to-node authentication and encryption of the data plane: a shared cluster secret, a
+//! challenge-response handshake per connection, then every frame encrypted and MACed.
 //!
 //! What it gives: only a node that holds the secret can connect to a donor and store, read or
 //! free slots, and a client knows it talks to a donor that holds the secret; a frame changed,
-//! reordered, dropped or replayed on the wire is detected and the connection closed. What it
-//! does not: confidentiality (page bytes cross the wire in the clear; TLS would add that), and
-//! it does not tell one node holding the secret from another (the owner check keeps honest
-//! nodes' slots apart, it is not access control among them).
+//! reordered, dropped or replayed on the wire is detected and the connection closed; page bytes,
+//! their checksums and the requests' ids and counts cross the wire encrypted. What it does not:
+//! hide the frame headers' op, request id and lengths (traffic shape), or tell one node holding
+//! the secret from another (the owner check keeps honest nodes' slots apart, it is not access
+//! control among them).
 //!
 //! Handshake (plain [`super::wire`] frames, before any request; `K` is the cluster key,
 //! `mac(k, ...)` is keyed BLAKE3):
@@ -20,16 +21,23 @@
 //!                                                ◀──  AUTH|RESPONSE   (empty)   or an error frame, then close
 //! ```
 //!
-//! Both sides then derive the session key `mac(K, "session" ‖ nd ‖ nc)`, and every frame in
-//! either direction is followed by a 32-byte trailer `mac(session, direction ‖ seq ‖ frame)`
-//! over the whole frame (header, control part and data), where `seq` counts that direction's
-//! frames from 0: a replayed, reordered or dropped frame fails its MAC, and so does any frame
-//! of another connection (another session key). Every comparison of secret-derived bytes goes
+//! Both sides then derive two session keys, `mac(K, "session" ‖ nd ‖ nc)` for MACs and
+//! `mac(K, "session encryption" ‖ nd ‖ nc)` for ChaCha20, and seal every frame in either
+//! direction encrypt-then-MAC: the header's control checksum and the whole body (control part
+//! and data) are encrypted with ChaCha20 under the nonce `direction ‖ seq`, then a 32-byte
+//! trailer `mac(session, direction ‖ seq ‖ frame)` covers the whole encrypted frame, where `seq`
+//! counts that direction's frames from 0. A receiver checks the MAC before it decrypts or decodes
+//! anything: a replayed, reordered or dropped frame fails it, and so does any frame of another
+//! connection (other session keys). The nonce never repeats under one key: each connection has
+//! fresh keys and each direction its own counter. Every comparison of secret-derived bytes goes
 //! through [`ct_eq`].
 
 use std::fmt;
 
-use super::wire::{self, WireError, HEADER_BYTES};
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::{ChaCha20, XChaCha20};
+
+use super::wire::{self, WireError, HEADER_BYTES, SUM_AT};
 
 pub const NONCE_BYTES: usize = 32;
 pub const MAC_BYTES: usize = 32;
@@ -82,6 +90,15 @@ impl ClusterKey {
         }
         *h.finalize().as_bytes()
     }
+
+    /// XORs `data` with the XChaCha20 keystream of this key's encryption subkey under the first
+    /// 24 bytes of `nonce`: for messages that each carry a fresh random nonce (the control
+    /// plane's), where 192 random bits never repeat.
+    pub fn apply_keystream(&self, nonce: &[u8; NONCE_BYTES], data: &mut [u8]) {
+        let subkey = self.mac(&[b"message encryption"]);
+        let n: [u8; 24] = nonce[..24].try_into().unwrap();
+        XChaCha20::new(&subkey.into(), &n.into()).apply_keystream(data);
+    }
 }
 
 /// Constant-time equality of two byte strings: the time depends on their lengths only, never
@@ -123,13 +140,19 @@ pub enum Side {
     Donor,
 }
 
-/// One authenticated connection's state: its session key and the frame counters.
-#[derive(Debug)]
+/// One authenticated connection's state: its session keys and the frame counters.
 pub struct Session {
-    key: ClusterKey,
+    mac_key: ClusterKey,
+    cipher_key: [u8; 32],
     me: Side,
     sent: u64,
     received: u64,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Session({:?}, sent {}, received {}, keys <redacted>)", self.me, self.sent, self.received)
+    }
 }
 
 fn direction(from: Side) -> u8 {
@@ -141,38 +164,64 @@ fn direction(from: Side) -> u8 {
 
 impl Session {
     pub fn new(k: &ClusterKey, me: Side, nd: &[u8; NONCE_BYTES], nc: &[u8; NONCE_BYTES]) -> Session {
-        Session { key: ClusterKey(k.mac(&[b"session", nd, nc])), me, sent: 0, received: 0 }
+        Session {
+            mac_key: ClusterKey(k.mac(&[b"session", nd, nc])),
+            cipher_key: k.mac(&[b"session encryption", nd, nc]),
+            me,
+            sent: 0,
+            received: 0,
+        }
     }
 
-    /// The MAC trailer of `frame` (header and body), sent next; counts it.
-    pub fn seal(&mut self, frame: &[u8]) -> [u8; MAC_BYTES] {
-        self.seal_parts(frame, &[])
-    }
-
-    /// [`Session::seal`] of the frame `header ‖ body`.
-    pub fn seal_parts(&mut self, header: &[u8], body: &[u8]) -> [u8; MAC_BYTES] {
-        let m = self.key.mac(&[&[direction(self.me)], &self.sent.to_le_bytes(), header, body]);
+    /// Encrypts the frame `header ‖ body` in place (the header's control checksum and the body)
+    /// and returns its MAC trailer, sent next; counts it.
+    pub fn seal_parts(&mut self, header: &mut [u8], body: &mut [u8]) -> [u8; MAC_BYTES] {
+        let from = direction(self.me);
+        self.apply_keystream(from, self.sent, header, body);
+        let m = self.mac_key.mac(&[&[from], &self.sent.to_le_bytes(), header, body]);
         self.sent += 1;
         m
     }
 
-    /// Checks the trailer `mac` of the received `frame`; counts it only if it is good.
-    pub fn open(&mut self, frame: &[u8], mac: &[u8]) -> Result<(), WireError> {
-        self.open_parts(frame, &[], mac)
+    /// [`Session::seal_parts`] of a frame in one buffer.
+    pub fn seal(&mut self, frame: &mut [u8]) -> [u8; MAC_BYTES] {
+        let (header, body) = frame.split_at_mut(HEADER_BYTES);
+        self.seal_parts(header, body)
     }
 
-    /// [`Session::open`] of the frame `header ‖ body`.
-    pub fn open_parts(&mut self, header: &[u8], body: &[u8], mac: &[u8]) -> Result<(), WireError> {
-        let from = match self.me {
+    /// Checks the trailer `mac` of the received frame `header ‖ body`, then decrypts it in
+    /// place; counts it only if it is good. A frame that fails is left as it came.
+    pub fn open_parts(&mut self, header: &mut [u8], body: &mut [u8], mac: &[u8]) -> Result<(), WireError> {
+        let from = direction(match self.me {
             Side::Client => Side::Donor,
             Side::Donor => Side::Client,
-        };
-        let want = self.key.mac(&[&[direction(from)], &self.received.to_le_bytes(), header, body]);
+        });
+        let want = self.mac_key.mac(&[&[from], &self.received.to_le_bytes(), header, body]);
         if !ct_eq(&want, mac) {
             return Err(WireError::BadMac);
         }
+        self.apply_keystream(from, self.received, header, body);
         self.received += 1;
         Ok(())
+    }
+
+    /// [`Session::open_parts`] of a frame in one buffer.
+    pub fn open(&mut self, frame: &mut [u8], mac: &[u8]) -> Result<(), WireError> {
+        let (header, body) = frame.split_at_mut(HEADER_BYTES);
+        self.open_parts(header, body, mac)
+    }
+
+    /// XORs frame `seq` of direction `from` with its keystream: first the header's control
+    /// checksum (an unkeyed hash of the control part, which names the granules' checksums),
+    /// then the body. The op, request id and lengths stay readable: the receiver needs them to
+    /// find the frame's end before it can check the MAC.
+    fn apply_keystream(&self, from: u8, seq: u64, header: &mut [u8], body: &mut [u8]) {
+        let mut nonce = [0u8; 12];
+        nonce[0] = from;
+        nonce[4..].copy_from_slice(&seq.to_le_bytes());
+        let mut c = ChaCha20::new(&self.cipher_key.into(), &nonce.into());
+        c.apply_keystream(&mut header[SUM_AT]);
+        c.apply_keystream(body);
     }
 }
 
@@ -254,34 +303,63 @@ mod tests {
         assert!(!ct_eq(&p, &donor_proof(&key(1), &nd, &nc)), "the donor's proof is not the client's");
     }
 
+    /// A frame of `fill` bytes: a header-sized head, then a body.
+    fn frame(fill: u8) -> Vec<u8> {
+        vec![fill; HEADER_BYTES + 100]
+    }
+
     #[test]
     fn frames_are_sealed_per_direction_and_in_order() {
         let (nc, nd) = ([1u8; 32], [2u8; 32]);
         let mut c = Session::new(&key(1), Side::Client, &nd, &nc);
         let mut d = Session::new(&key(1), Side::Donor, &nd, &nc);
-        let f1 = b"frame one".to_vec();
-        let f2 = b"frame two".to_vec();
-        let m1 = c.seal(&f1);
-        let m2 = c.seal(&f2);
+        let (mut f1, mut f2) = (frame(1), frame(2));
+        let m1 = c.seal(&mut f1);
+        let m2 = c.seal(&mut f2);
         // Out of order, or a reflected frame (the donor's own direction): refused.
-        assert_eq!(d.open(&f2, &m2), Err(WireError::BadMac));
+        assert_eq!(d.open(&mut f2.clone(), &m2), Err(WireError::BadMac));
         let mut other = Session::new(&key(1), Side::Client, &nd, &nc);
-        let reflected = d.seal(&f1);
-        assert_eq!(other.open(&f1, &m1), Err(WireError::BadMac), "a client frame sent back to a client");
-        assert_eq!(c.open(&f1, &reflected), Ok(()), "the donor's frame 0 opens at the client");
-        d.open(&f1, &m1).unwrap();
+        assert_eq!(other.open(&mut f1.clone(), &m1), Err(WireError::BadMac), "a client frame sent back to a client");
+        let mut r = frame(9);
+        let reflected = d.seal(&mut r);
+        c.open(&mut r, &reflected).unwrap();
+        assert_eq!(r, frame(9), "the donor's frame 0 opens at the client");
+        let mut o1 = f1.clone();
+        d.open(&mut o1, &m1).unwrap();
+        assert_eq!(o1, frame(1));
         // Tampered: one bit of the frame.
         let mut t = f2.clone();
-        t[0] ^= 1;
-        assert_eq!(d.open(&t, &m2), Err(WireError::BadMac));
-        d.open(&f2, &m2).unwrap();
+        t[HEADER_BYTES] ^= 1;
+        assert_eq!(d.open(&mut t, &m2), Err(WireError::BadMac));
+        d.open(&mut f2.clone(), &m2).unwrap();
         // Replayed: frame 1 again at position 2.
-        assert_eq!(d.open(&f2, &m2), Err(WireError::BadMac));
+        assert_eq!(d.open(&mut f2.clone(), &m2), Err(WireError::BadMac));
         // Another session (other nonces) cannot open it.
         let mut e = Session::new(&key(1), Side::Donor, &[3; 32], &nc);
-        assert_eq!(e.open(&f1, &m1), Err(WireError::BadMac));
+        assert_eq!(e.open(&mut f1.clone(), &m1), Err(WireError::BadMac));
         // Another secret neither.
         let mut x = Session::new(&key(2), Side::Donor, &nd, &nc);
-        assert_eq!(x.open(&f1, &m1), Err(WireError::BadMac));
+        assert_eq!(x.open(&mut f1.clone(), &m1), Err(WireError::BadMac));
+    }
+
+    #[test]
+    fn the_body_and_the_control_checksum_cross_encrypted() {
+        let (nc, nd) = ([1u8; 32], [2u8; 32]);
+        let mut c = Session::new(&key(1), Side::Client, &nd, &nc);
+        let mut d = Session::new(&key(1), Side::Donor, &nd, &nc);
+        let plain = frame(0);
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        let ma = c.seal(&mut a);
+        let mb = c.seal(&mut b);
+        // The op, request id and lengths stay readable; the checksum and the body do not.
+        assert_eq!(a[..SUM_AT.start], plain[..SUM_AT.start]);
+        assert!(a[SUM_AT].iter().any(|&x| x != 0));
+        let zeros = a[HEADER_BYTES..].iter().filter(|&&x| x == 0).count();
+        assert!(zeros < 10, "{zeros} of 100 body bytes still zero: not encrypted");
+        // The same bytes sealed twice encrypt differently (the nonce counts frames).
+        assert_ne!(a, b);
+        d.open(&mut a, &ma).unwrap();
+        d.open(&mut b, &mb).unwrap();
+        assert_eq!((a, b), (plain.clone(), plain));
     }
 }

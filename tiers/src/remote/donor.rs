@@ -316,7 +316,7 @@ fn send_error(conn: &mut TcpStream, req_id: u64, why: &str, session: Option<&mut
     let end = out.len();
     wire::finish_frame(&mut out, wire::OP_ERROR, req_id, end);
     if let Some(s) = session {
-        let mac = s.seal(&out);
+        let mac = s.seal(&mut out);
         out.extend_from_slice(&mac);
     }
     write_all(conn, &out, Instant::now() + FRAME_TIMEOUT)
@@ -408,22 +408,24 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
         },
     };
     while !stop.load(Relaxed) {
-        let h = match read_frame(&mut conn, &mut header, &mut inbuf, session.as_ref().map(|_| &mut mac), IDLE_TIMEOUT) {
-            Ok(h) => h,
-            Err(Ended::Quietly) => return,
-            Err(Ended::Bad(e, req_id)) => {
-                c.bad_frames.fetch_add(1, Relaxed);
-                let _ = send_error(&mut conn, req_id, &e.to_string(), session.as_mut());
-                return;
-            }
-        };
+        let mut h =
+            match read_frame(&mut conn, &mut header, &mut inbuf, session.as_ref().map(|_| &mut mac), IDLE_TIMEOUT) {
+                Ok(h) => h,
+                Err(Ended::Quietly) => return,
+                Err(Ended::Bad(e, req_id)) => {
+                    c.bad_frames.fetch_add(1, Relaxed);
+                    let _ = send_error(&mut conn, req_id, &e.to_string(), session.as_mut());
+                    return;
+                }
+            };
         // The MAC first: nothing of an unauthenticated frame is decoded or acted on.
         if let Some(s) = session.as_mut() {
-            if let Err(e) = s.open_parts(&header, &inbuf, &mac) {
+            if let Err(e) = s.open_parts(&mut header, &mut inbuf, &mac) {
                 c.auth_failed(&peer, &e.to_string());
                 let _ = send_error(&mut conn, h.req_id, &e.to_string(), Some(s));
                 return;
             }
+            h.reread_sum(&header);
         }
         let req = wire::verify_body(&h, &inbuf).and_then(|()| wire::decode_request(h.op, &inbuf, h.ctrl_len));
         let req = match req {
@@ -438,7 +440,7 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
         let ctrl_end = answer(arena, c, req, &mut out);
         wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
         if let Some(s) = session.as_mut() {
-            let m = s.seal(&out);
+            let m = s.seal(&mut out);
             out.extend_from_slice(&m);
         }
         if write_all(&mut conn, &out, Instant::now() + FRAME_TIMEOUT).is_err() {

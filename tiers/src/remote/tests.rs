@@ -238,9 +238,22 @@ fn a_silent_peer_costs_one_deadline_and_in_flight_calls_are_bounded() {
     let e = t.stat(0).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
     assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
-    // Two calls at once with room for one in flight: the second waits, then gives up.
+    // Two calls at once with room for one in flight: the second waits, then gives up. A long
+    // deadline, so that the two overlap however late a loaded machine runs the second thread.
+    let t = TcpTransport::new(
+        &[addr],
+        TransportOptions { timeout: Duration::from_millis(3000), max_inflight: 1, key: None },
+    );
+    let together = std::sync::Barrier::new(2);
     let errs: Vec<TransportError> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2).map(|_| s.spawn(|| t.stat(0).unwrap_err())).collect();
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    together.wait();
+                    t.stat(0).unwrap_err()
+                })
+            })
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(errs.iter().any(|e| matches!(e, TransportError::Busy { .. })), "{errs:?}");
@@ -500,6 +513,58 @@ fn peers_with_the_same_secret_store_and_read() {
     assert_eq!(auth_failures(&d), 0);
 }
 
+/// A TCP relay to `to` that records every byte it forwards, both ways: what someone on the
+/// wire sees. Serves one connection at a time until the test ends.
+fn recording_relay(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind(LOOPBACK).unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { return };
+            let b = TcpStream::connect(to).unwrap();
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn with_the_secret_page_bytes_and_checksums_cross_the_wire_encrypted() {
+    let page: Vec<u8> = b"holo page bytes on the wire ".iter().copied().cycle().take(SLOT).collect();
+    let sum = blake3::hash(&page);
+    for k in [None, key(1)] {
+        let d = keyed_donor(k);
+        let (relay, seen) = recording_relay(d.local_addr());
+        let opts = TransportOptions { timeout: Duration::from_millis(2000), max_inflight: 2, key: k };
+        let t = TcpTransport::new(&[relay], opts);
+        let slot = t.put(0, 7, &[&page[..]]).unwrap()[0].unwrap();
+        let mut buf = vec![0u8; SLOT];
+        let st = t.get(0, 7, &mut [GetReq { slot, offset: 0, buf: &mut buf, expect: None }]).unwrap();
+        assert_eq!(st, vec![wire::Status::Ok]);
+        assert!(buf == page, "the page read back through the relay");
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() > 2 * SLOT, "the relay saw the page go and come back");
+        let has = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+        // Both ways, with no secret the page and its checksum are there for anyone to read.
+        assert_eq!(has(&page[..24]), k.is_none(), "page bytes in the clear: {}", k.is_none());
+        assert_eq!(has(sum.as_bytes()), k.is_none(), "the page's checksum in the clear: {}", k.is_none());
+    }
+}
+
 #[test]
 fn a_peer_without_the_secret_cannot_touch_a_slot() {
     let d = keyed_donor(key(1));
@@ -557,13 +622,19 @@ fn put_frame(owner: u64, data: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Reads what the donor sends until it closes; the error frame's text.
-fn error_until_closed(s: &mut TcpStream) -> String {
+/// Reads what the donor sends until it closes; the error frame's text. An error frame on an
+/// authenticated connection comes sealed: `session` opens it.
+fn error_until_closed(s: &mut TcpStream, session: Option<&mut auth::Session>) -> String {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     let h = wire::decode_header(&rest).unwrap();
     assert_eq!(h.op, wire::OP_ERROR);
-    String::from_utf8_lossy(&rest[HEADER_BYTES..HEADER_BYTES + h.body_len]).into_owned()
+    let end = HEADER_BYTES + h.body_len;
+    if let Some(sess) = session {
+        let (frame, mac) = rest.split_at_mut(end);
+        sess.open(frame, &mac[..auth::MAC_BYTES]).unwrap();
+    }
+    String::from_utf8_lossy(&rest[HEADER_BYTES..end]).into_owned()
 }
 
 #[test]
@@ -572,7 +643,7 @@ fn tampered_replayed_and_unproven_frames_are_refused() {
     let d = keyed_donor(Some(k));
     // A client that answers the challenge with another key's proof.
     let (mut s, _) = raw_session(&d, &k, &key(2).unwrap());
-    assert!(error_until_closed(&mut s).contains("authentication failed"));
+    assert!(error_until_closed(&mut s, None).contains("authentication failed"));
     assert_eq!(auth_failures(&d), 1);
 
     // A good frame, then the same frame again (replayed: its sequence number is past).
@@ -580,31 +651,35 @@ fn tampered_replayed_and_unproven_frames_are_refused() {
     let mut ack = vec![0u8; HEADER_BYTES];
     s.read_exact(&mut ack).unwrap(); // AUTH|RESPONSE
     assert_eq!(wire::decode_header(&ack).unwrap().op, wire::OP_AUTH | wire::RESPONSE);
-    let f = put_frame(7, b"abc");
-    let mac = sess.seal(&f);
+    let mut f = put_frame(7, b"abc");
+    let mac = sess.seal(&mut f);
     s.write_all(&f).unwrap();
     s.write_all(&mac).unwrap();
     let mut answer = vec![0u8; HEADER_BYTES];
     s.read_exact(&mut answer).unwrap();
     let h = wire::decode_header(&answer).unwrap();
     assert_eq!(h.op, wire::OP_PUT | wire::RESPONSE);
-    let mut rest = vec![0u8; h.body_len + auth::MAC_BYTES];
-    s.read_exact(&mut rest).unwrap();
+    answer.resize(HEADER_BYTES + h.body_len, 0);
+    s.read_exact(&mut answer[HEADER_BYTES..]).unwrap();
+    let mut answer_mac = [0u8; auth::MAC_BYTES];
+    s.read_exact(&mut answer_mac).unwrap();
+    sess.open(&mut answer, &answer_mac).unwrap();
     s.write_all(&f).unwrap();
     s.write_all(&mac).unwrap();
-    assert!(error_until_closed(&mut s).contains("MAC mismatch"));
+    assert!(error_until_closed(&mut s, Some(&mut sess)).contains("MAC mismatch"));
     assert_eq!(auth_failures(&d), 2);
     assert_eq!(d.used_slots(), 1, "the replayed PUT stored nothing");
 
-    // A tampered frame (one byte of its data changed, checksums recomputed): its MAC fails.
+    // A tampered frame (one byte of its encrypted data flipped): its MAC fails.
     let (mut s, mut sess) = raw_session(&d, &k, &k);
     s.read_exact(&mut ack).unwrap();
-    let f = put_frame(7, b"abc");
-    let mac = sess.seal(&f);
-    let forged = put_frame(7, b"abd");
+    let mut f = put_frame(7, b"abc");
+    let mac = sess.seal(&mut f);
+    let mut forged = f.clone();
+    *forged.last_mut().unwrap() ^= 1;
     s.write_all(&forged).unwrap();
     s.write_all(&mac).unwrap();
-    assert!(error_until_closed(&mut s).contains("MAC mismatch"));
+    assert!(error_until_closed(&mut s, Some(&mut sess)).contains("MAC mismatch"));
     assert_eq!(auth_failures(&d), 3);
     assert_eq!(d.used_slots(), 1, "the forged PUT stored nothing");
 }

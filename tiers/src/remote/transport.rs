@@ -294,7 +294,7 @@ impl TcpTransport {
         let ctrl_end = encode(&mut conn.buf);
         wire::finish_frame(&mut conn.buf, op, req_id, ctrl_end);
         if let Some(s) = conn.session.as_mut() {
-            let mac = s.seal(&conn.buf);
+            let mac = s.seal(&mut conn.buf);
             conn.buf.extend_from_slice(&mac);
         }
         if let Err(e) = write_all(&mut conn.stream, &conn.buf, deadline) {
@@ -310,14 +310,15 @@ impl TcpTransport {
             Err(e) => return Err(Exchange::Failed(io(e))),
         }
         let wire_err = |source| Exchange::Failed(TransportError::Wire { peer: peer(), source });
-        let h = wire::decode_header(&conn.buf).map_err(wire_err)?;
+        let mut h = wire::decode_header(&conn.buf).map_err(wire_err)?;
         conn.buf.resize(HEADER_BYTES + h.body_len, 0);
         read_full(&mut conn.stream, &mut conn.buf[HEADER_BYTES..], deadline).map_err(|e| Exchange::Failed(io(e)))?;
         if let Some(s) = conn.session.as_mut() {
             // The MAC first: nothing of an unauthenticated answer is used.
             let mut mac = [0u8; MAC_BYTES];
             read_full(&mut conn.stream, &mut mac, deadline).map_err(|e| Exchange::Failed(io(e)))?;
-            s.open(&conn.buf, &mac).map_err(wire_err)?;
+            s.open(&mut conn.buf, &mac).map_err(wire_err)?;
+            h.reread_sum(&conn.buf);
         }
         wire::verify_body(&h, &conn.buf[HEADER_BYTES..]).map_err(wire_err)?;
         if h.op == wire::OP_ERROR {

@@ -38,8 +38,11 @@
 use std::fmt;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"HOLR");
-pub const VERSION: u16 = 1;
+/// 2: frames after the handshake are encrypted ([`super::auth`]).
+pub const VERSION: u16 = 2;
 pub const HEADER_BYTES: usize = 56;
+/// Where the header keeps the control part's checksum (encrypted on an authenticated connection).
+pub const SUM_AT: std::ops::Range<usize> = 24..HEADER_BYTES;
 /// Largest body either side accepts: 8 granules of the largest size (2 MiB) and their framing.
 pub const MAX_BODY_BYTES: usize = (16 << 20) + 4096;
 /// Most items in one PUT/GET/FREE.
@@ -122,6 +125,14 @@ pub struct Header {
     pub sum: [u8; 32],
 }
 
+impl Header {
+    /// Takes the control checksum from `header` again: on an authenticated connection it
+    /// arrives encrypted, so it is read once the frame has been opened.
+    pub fn reread_sum(&mut self, header: &[u8]) {
+        self.sum = header[SUM_AT].try_into().unwrap();
+    }
+}
+
 fn known_op(op: u16) -> bool {
     matches!(op & !RESPONSE, OP_STAT | OP_PUT | OP_GET | OP_FREE | OP_RESET | OP_HELLO | OP_AUTH) || op == OP_ERROR
 }
@@ -152,7 +163,7 @@ pub fn decode_header(b: &[u8]) -> Result<Header, WireError> {
     if ctrl_len > body_len {
         return Err(WireError::Malformed(format!("a {ctrl_len}-byte control part in a {body_len}-byte body")));
     }
-    Ok(Header { op, req_id, body_len, ctrl_len, sum: b[24..56].try_into().unwrap() })
+    Ok(Header { op, req_id, body_len, ctrl_len, sum: b[SUM_AT].try_into().unwrap() })
 }
 
 /// Check a received body's length and its control part's checksum (data items are checked
@@ -187,7 +198,7 @@ pub fn finish_frame(out: &mut [u8], op: u16, req_id: u64, ctrl_end: usize) {
     h[8..16].copy_from_slice(&req_id.to_le_bytes());
     h[16..20].copy_from_slice(&(body_len as u32).to_le_bytes());
     h[20..24].copy_from_slice(&((ctrl_end - HEADER_BYTES) as u32).to_le_bytes());
-    h[24..56].copy_from_slice(&sum);
+    h[SUM_AT].copy_from_slice(&sum);
 }
 
 pub fn put_u8(out: &mut Vec<u8>, v: u8) {
