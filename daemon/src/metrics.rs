@@ -431,10 +431,10 @@ pub fn render(d: &Daemon) -> String {
     w.single("holo_pager_faults_total", f(s.dram.faults.load(Relaxed)));
     w.single("holo_pager_prefetched_pages_total", f(s.dram.prefetched.load(Relaxed)));
     w.single("holo_pager_clean_evictions_total", f(s.dram.clean_evictions.load(Relaxed)));
-    w.single("holo_pager_failed_faults_total", f(s.failed_faults.load(Relaxed)));
+    w.single("holo_pager_failed_faults_total", f(s.failed_faults.count.load(Relaxed)));
     w.single("holo_pager_cancelled_evictions_total", f(s.cancelled_evictions.load(Relaxed)));
     w.single("holo_pager_stalled_agents_total", f(s.stalled_agents.load(Relaxed)));
-    w.single("holo_pager_failed_evictions_total", f(s.failed_evictions.load(Relaxed)));
+    w.single("holo_pager_failed_evictions_total", f(s.failed_evictions.count.load(Relaxed)));
     w.single("holo_daemon_refused_connections_total", f(s.refused_connections.load(Relaxed)));
     w.single("holo_pager_refused_requests_total", f(s.refused_requests.load(Relaxed)));
 
@@ -468,7 +468,7 @@ pub fn render(d: &Daemon) -> String {
         ("holo_tier_fault_reads_total", |c| &c.faults),
         ("holo_tier_overflowed_granules_total", |c| &c.overflows),
         ("holo_tier_demoted_pages_total", |c| &c.demotions),
-        ("holo_tier_read_errors_total", |c| &c.read_errors),
+        ("holo_tier_read_errors_total", |c| &c.read_errors.count),
         ("holo_tier_promoted_pages_total", |c| &c.promotions),
         ("holo_tier_migrated_bytes_total", |c| &c.migrated_bytes),
     ];

@@ -865,7 +865,7 @@ impl Pager {
     /// A fault holo cannot serve: never hand out zeros; fail the thread with SIGBUS, as the
     /// kernel does for an unreadable file page.
     fn fail_fault(&self, f: Fault, why: &str) {
-        self.d.stats.failed_faults.fetch_add(1, Relaxed);
+        self.d.stats.failed_faults.note();
         crate::log_limited!(
             error,
             "pid {} tid {}: fault at {:#x} cannot be served: {why}; sending SIGBUS",
@@ -1286,7 +1286,7 @@ impl Pager {
                 }
                 Err(err) => {
                     self.evict_backoff_until = Some(Instant::now() + EVICT_RETRY_AFTER);
-                    self.d.stats.failed_evictions.fetch_add(1, Relaxed);
+                    self.d.stats.failed_evictions.note();
                     crate::log_limited!(error, "pid {}: cannot evict, the budget cannot be held: {err}", self.info.pid);
                     self.cancel(id);
                 }

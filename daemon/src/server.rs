@@ -449,7 +449,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "evictions": c.evictions.load(Relaxed),
             "refaults": c.refaults.load(Relaxed),
             "overflows": c.overflows.load(Relaxed),
-            "read_errors": c.read_errors.load(Relaxed),
+            "read_errors": c.read_errors.count.load(Relaxed),
             "demotions": c.demotions.load(Relaxed),
             "promotions": c.promotions.load(Relaxed),
             "migrated_bytes": c.migrated_bytes.load(Relaxed),
@@ -481,10 +481,10 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
     serde_json::json!({
         "granule_bytes": d.config.granule_bytes,
         "dram_budget_bytes": d.config.dram_budget_bytes,
-        "failed_faults": s.failed_faults.load(Relaxed),
+        "failed_faults": s.failed_faults.count.load(Relaxed),
         "cancelled_evictions": s.cancelled_evictions.load(Relaxed),
         "stalled_agents": s.stalled_agents.load(Relaxed),
-        "failed_evictions": s.failed_evictions.load(Relaxed),
+        "failed_evictions": s.failed_evictions.count.load(Relaxed),
         // Node-to-node messages refused for failed authentication: connections to this
         // node's donor, and requests and replies of the cluster's gRPC service.
         "auth_failures": {
@@ -548,32 +548,59 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
     })
 }
 
-/// What `holoctl status` judges health from: counters since start and each lower tier's
-/// usage now.
+/// How long an error keeps `holoctl status` degraded after it happened: long enough for an
+/// operator's check every few minutes to see it, short enough that one checksum mismatch in a
+/// month-long run does not mark the daemon degraded for the rest of it. The totals since start
+/// stay in the status either way.
+pub const HEALTH_WINDOW_MS: u64 = 15 * 60 * 1000;
+
+/// An error counter as health sees it: how many since start, and when the last one was (ms
+/// since the Unix epoch, 0: never).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Errors {
+    pub total: u64,
+    pub last_ms: u64,
+}
+
+impl Errors {
+    fn of(c: &crate::state::ErrorCount) -> Errors {
+        Errors { total: c.count.load(Relaxed), last_ms: c.last_ms.load(Relaxed) }
+    }
+
+    /// "N since start, the last S s ago" if the last one is within the window.
+    fn recent(&self, now_ms: u64) -> Option<String> {
+        let ago_ms = now_ms.saturating_sub(self.last_ms);
+        (self.total > 0 && ago_ms < HEALTH_WINDOW_MS)
+            .then(|| format!("{} since start, the last {} s ago", self.total, ago_ms / 1000))
+    }
+}
+
+/// What `holoctl status` judges health from: error counters and each lower tier's usage now.
 #[derive(Clone, Debug, Default)]
 pub struct HealthInput {
-    pub failed_faults: u64,
-    pub failed_evictions: u64,
+    pub now_ms: u64,
+    pub failed_faults: Errors,
+    pub failed_evictions: Errors,
     pub cancelled_evictions: u64,
     /// Per lower tier: name, read errors, used and capacity bytes.
-    pub tiers: Vec<(&'static str, u64, u64, u64)>,
+    pub tiers: Vec<(&'static str, Errors, u64, u64)>,
     pub granule_bytes: u64,
 }
 
 /// Why the daemon is degraded; empty when it is healthy. Pure, so that it is unit-tested.
-/// Error counters count since the daemon started: one checksum mismatch is worth an
-/// operator's look until then. Cancelled evictions are normal (a program changed the range).
+/// An error degrades health for [`HEALTH_WINDOW_MS`] after it happened. Cancelled evictions
+/// are normal (a program changed the range).
 pub fn health_reasons(h: &HealthInput) -> Vec<String> {
     let mut why = Vec::new();
-    if h.failed_faults > 0 {
-        why.push(format!("{} faults could not be served (SIGBUS) since start", h.failed_faults));
+    if let Some(when) = h.failed_faults.recent(h.now_ms) {
+        why.push(format!("faults could not be served (SIGBUS): {when}"));
     }
-    if h.failed_evictions > 0 {
-        why.push(format!("{} granules found no tier with room since start", h.failed_evictions));
+    if let Some(when) = h.failed_evictions.recent(h.now_ms) {
+        why.push(format!("granules found no tier with room: {when}"));
     }
     for &(name, read_errors, used, capacity) in &h.tiers {
-        if read_errors > 0 {
-            why.push(format!("{name} tier: {read_errors} failed reads (I/O or checksum) since start"));
+        if let Some(when) = read_errors.recent(h.now_ms) {
+            why.push(format!("{name} tier: failed reads (I/O or checksum): {when}"));
         }
         if capacity > 0 && used + h.granule_bytes > capacity {
             why.push(format!("{name} tier is full ({} of {} MiB)", used >> 20, capacity >> 20));
@@ -587,8 +614,9 @@ pub fn status_json(d: &Daemon) -> serde_json::Value {
     let s = &d.stats;
     let page = crate::pagetable::PAGE;
     let input = HealthInput {
-        failed_faults: s.failed_faults.load(Relaxed),
-        failed_evictions: s.failed_evictions.load(Relaxed),
+        now_ms: crate::state::unix_ms(),
+        failed_faults: Errors::of(&s.failed_faults),
+        failed_evictions: Errors::of(&s.failed_evictions),
         cancelled_evictions: s.cancelled_evictions.load(Relaxed),
         tiers: d
             .store
@@ -596,7 +624,7 @@ pub fn status_json(d: &Daemon) -> serde_json::Value {
             .iter()
             .map(|l| {
                 let u = l.tier.usage();
-                (l.tier.name(), l.counters.read_errors.load(Relaxed), u.used_bytes, u.capacity_bytes)
+                (l.tier.name(), Errors::of(&l.counters.read_errors), u.used_bytes, u.capacity_bytes)
             })
             .collect(),
         granule_bytes: d.config.granule_bytes,
@@ -620,8 +648,8 @@ pub fn status_json(d: &Daemon) -> serde_json::Value {
         "configured_budget_bytes": d.config.dram_budget_bytes,
         "resident_bytes": d.budget.resident.load(Relaxed).max(0) as u64 * page,
         "tiers": std::iter::once("dram").chain(d.store.levels.iter().map(|l| l.tier.name())).collect::<Vec<_>>(),
-        "failed_faults": input.failed_faults,
-        "failed_evictions": input.failed_evictions,
+        "failed_faults": input.failed_faults.total,
+        "failed_evictions": input.failed_evictions.total,
         "cancelled_evictions": input.cancelled_evictions,
         "refused_connections": s.refused_connections.load(Relaxed),
         "refused_requests": s.refused_requests.load(Relaxed),
@@ -634,26 +662,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_names_each_reason() {
+    fn health_names_each_recent_reason() {
         let g = 64 << 10;
+        let now = 1_800_000_000_000;
         let ok = HealthInput {
-            tiers: vec![("nvme", 0, 0, 1 << 30), ("fs", 0, 0, 0)],
+            now_ms: now,
+            tiers: vec![("nvme", Errors::default(), 0, 1 << 30), ("fs", Errors::default(), 0, 0)],
             granule_bytes: g,
             ..Default::default()
         };
         assert!(health_reasons(&ok).is_empty(), "{:?}", health_reasons(&ok));
         // Cancelled evictions are routine.
         assert!(health_reasons(&HealthInput { cancelled_evictions: 9, ..ok.clone() }).is_empty());
+        let at = |total, ago_ms| Errors { total, last_ms: now - ago_ms };
         let bad = HealthInput {
-            failed_faults: 1,
-            failed_evictions: 2,
-            tiers: vec![("nvme", 3, (1 << 30) - g + 1, 1 << 30), ("fs", 0, 0, 1 << 30)],
-            ..ok
+            failed_faults: at(1, 0),
+            failed_evictions: at(2, 5000),
+            tiers: vec![
+                ("nvme", at(3, HEALTH_WINDOW_MS - 1), (1 << 30) - g + 1, 1 << 30),
+                ("fs", at(4, HEALTH_WINDOW_MS), 0, 1 << 30),
+            ],
+            ..ok.clone()
         };
         let why = health_reasons(&bad);
         assert_eq!(why.len(), 4, "{why:?}");
-        assert!(why[0].contains("1 faults") && why[1].contains("2 granules"), "{why:?}");
-        assert!(why[2].contains("nvme tier: 3 failed reads") && why[3].contains("nvme tier is full"), "{why:?}");
+        assert!(why[0].contains("SIGBUS): 1 since start, the last 0 s ago"), "{why:?}");
+        assert!(why[1].contains("no tier with room: 2 since start, the last 5 s ago"), "{why:?}");
+        assert!(why[2].starts_with("nvme tier: failed reads") && why[3].contains("nvme tier is full"), "{why:?}");
+        // Errors older than the window no longer degrade health: the fs tier's, and all of
+        // them a window later (the tier is still full).
+        assert!(!why.iter().any(|w| w.starts_with("fs")), "{why:?}");
+        let later = health_reasons(&HealthInput { now_ms: now + HEALTH_WINDOW_MS, ..bad });
+        assert_eq!(later, vec!["nvme tier is full (1023 of 1024 MiB)".to_string()]);
     }
 
     #[test]

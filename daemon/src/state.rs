@@ -29,16 +29,37 @@ pub struct DramCounters {
     pub clean_evictions: AtomicU64,
 }
 
+/// An error counter that remembers when it last counted, so that health can judge by recent
+/// errors while the totals stay visible.
+#[derive(Default)]
+pub struct ErrorCount {
+    pub count: AtomicU64,
+    /// Wall clock of the last error, ms since the Unix epoch (0: never).
+    pub last_ms: AtomicU64,
+}
+
+impl ErrorCount {
+    pub fn note(&self) {
+        self.count.fetch_add(1, Relaxed);
+        self.last_ms.store(unix_ms(), Relaxed);
+    }
+}
+
+/// Now, ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[derive(Default)]
 pub struct Stats {
     pub dram: DramCounters,
     /// Faults that could not be served (the client was sent SIGBUS).
-    pub failed_faults: AtomicU64,
+    pub failed_faults: ErrorCount,
     pub cancelled_evictions: AtomicU64,
     /// Times a client's agent let a zap time out (its evictions paused, its fills held a while).
     pub stalled_agents: AtomicU64,
     /// Evictions that could not write the granule anywhere (every tier full or failing).
-    pub failed_evictions: AtomicU64,
+    pub failed_evictions: ErrorCount,
     /// Connections refused at the handshake (bad hello, not allowed, too many clients, ...).
     pub refused_connections: AtomicU64,
     /// Requests of connected clients refused (bad region, limits).

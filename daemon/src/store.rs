@@ -69,7 +69,7 @@ pub struct TierCounters {
     /// Granules that went to a lower tier because this one was full.
     pub overflows: AtomicU64,
     /// Reads that failed: I/O errors and checksum mismatches.
-    pub read_errors: AtomicU64,
+    pub read_errors: crate::state::ErrorCount,
     /// Pages moved down out of this tier to the next.
     pub demotions: AtomicU64,
     /// Pages moved up into this tier from the next.
@@ -425,7 +425,7 @@ impl Store {
             }
             let pages: usize = batch.iter().map(|r| r.buf.len() / crate::pagetable::PAGE as usize).sum();
             if let Err(e) = l.tier.read_batch(&mut batch) {
-                l.counters.read_errors.fetch_add(1, Relaxed);
+                l.counters.read_errors.note();
                 return Err(e);
             }
             l.counters.faults.fetch_add(1, Relaxed);
