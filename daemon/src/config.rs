@@ -653,6 +653,8 @@ mod tests {
             ("node_id = 1\ncluster_listen = \"0.0.0.0:7400\"", "cluster_listen"),
             ("node_id = 1\ncluster_listen = \"127.0.0.1:7400\"\ncluster_advertise = \"x\"", "cluster_advertise"),
             ("node_id = -1", "node_id"),
+            ("shared_dir = \"/tmp/s\"", "shared_dir"),
+            ("node_id = 1\ncluster_listen = \"127.0.0.1:7400\"\nshared_lease_ms = 10", "shared_lease_ms"),
         ] {
             let e = parse(bad, Overrides::default()).unwrap_err();
             assert!(e.contains(key), "{bad}: {e}");

@@ -56,6 +56,9 @@ pub const MAX_REGION_BYTES: u64 = 1 << 30;
 /// A read refused because another node writes is asked again at the latest after this,
 /// sooner when the view shows the write lease gone.
 const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+/// Drops asked of the agent and not answered yet; more wait for the next tick (the agent
+/// queues 128 zaps, the pager's evictions take up to 64 of them).
+const MAX_DROPS_IN_FLIGHT: usize = 32;
 /// Zap ids of shared granules have this bit set (the pager's evictions count from 1); the
 /// rest is the granule's address.
 pub const ZAP_BIT: u64 = 1 << 63;
@@ -314,6 +317,7 @@ pub enum Done {
     Attached(Result<(), String>),
     Read {
         at: u64,
+        ext: Extent,
         got: Result<(Vec<u8>, u64), Refusal>,
     },
     Acquired {
@@ -412,7 +416,7 @@ impl Coordinator {
                         Err(Refusal::Failed(e))
                     }
                 });
-                Done::Read { at, got }
+                Done::Read { at, ext, got }
             }
             Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
@@ -532,6 +536,9 @@ pub struct Shared {
     waiting: Option<Waiting>,
     ticking: bool,
     tick_at: Instant,
+    /// The view the last tick brought: which renewals are due.
+    view: View,
+    drops_in_flight: usize,
 }
 
 impl Shared {
@@ -551,6 +558,8 @@ impl Shared {
             waiting: None,
             ticking: false,
             tick_at: Instant::now(),
+            view: View::default(),
+            drops_in_flight: 0,
         })
     }
 
@@ -695,11 +704,17 @@ impl Shared {
 
     /// Sends the zap that drops granule `k` of region `r` (the agent's madvise).
     fn drop_copy(&mut self, r: usize, k: usize, io: &Io) {
+        if self.drops_in_flight >= MAX_DROPS_IN_FLIGHT {
+            return; // asked again at the next tick
+        }
         let (at, len, _) = self.window(r, k);
         let sent =
             io.agent.map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b""));
         match sent {
-            Some(Ok(())) => self.regions[r].gs[k] = G::Dropping,
+            Some(Ok(())) => {
+                self.regions[r].gs[k] = G::Dropping;
+                self.drops_in_flight += 1;
+            }
             // Tried again at the next tick; until then its faults wait.
             _ => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {sent:?}", io.pid),
         }
@@ -713,6 +728,7 @@ impl Shared {
             (Kind::Zapping, Some(_)) => Kind::Go,
             (Kind::Zapping, None) => Kind::NoGo,
             (_, Some((r, k))) => {
+                self.drops_in_flight -= 1;
                 let (_, _, ext) = self.window(r, k);
                 self.regions[r].gs[k] = G::Absent;
                 self.worker.submit(Job::Unregister { ext });
@@ -729,13 +745,12 @@ impl Shared {
         }
         self.tick_at = Instant::now();
         let now = now_ms();
-        let view = View::default();
         let (mut renew_read, mut renew_write) = (Vec::new(), Vec::new());
         for r in 0..self.regions.len() {
             for k in 0..self.regions[r].gs.len() {
                 let (at, _, ext) = self.window(r, k);
-                // Renewals only: the verdicts that need the view come with the answer.
-                match decide(&self.regions[r].gs[k], &ext, self.me, &view, now, self.lease_ms) {
+                // Renewals only: the other verdicts wait for the fresh view this tick brings.
+                match decide(&self.regions[r].gs[k], &ext, self.me, &self.view, now, self.lease_ms) {
                     Action::RenewRead => renew_read.push((at, ext)),
                     Action::RenewWrite => renew_write.push((at, ext)),
                     _ => {}
@@ -782,7 +797,7 @@ impl Shared {
                 }
                 Some(result)
             }
-            Done::Read { at, got } => {
+            Done::Read { at, got, .. } => {
                 let (r, k) = self.locate(at)?;
                 self.regions[r].gs[k] = match got {
                     Ok((bytes, expires_at_ms)) => match self.install(at, &bytes, true, io) {
@@ -906,6 +921,7 @@ impl Shared {
                 }
             }
         }
+        self.view = view;
     }
 
     /// The program unmapped or moved `[start, end)`: the regions there are detached.
@@ -921,6 +937,7 @@ impl Shared {
 
     /// Gives back the leases of region `r` (unpublished writes are lost, by design).
     fn detach(&mut self, r: Region) {
+        self.drops_in_flight -= r.gs.iter().filter(|g| **g == G::Dropping).count();
         for (k, g) in r.gs.iter().enumerate() {
             let at = r.start + k as u64 * self.granule;
             let len = self.granule.min(r.start + r.len - at);
@@ -943,6 +960,116 @@ impl Shared {
         for r in std::mem::take(&mut self.regions) {
             self.detach(r);
         }
-        while self.worker.wait().is_some() {}
+        // A lease granted by a job that was under way goes back too.
+        while let Some(done) = self.worker.wait() {
+            match done {
+                Done::Acquired { got: Ok(g), .. } => {
+                    self.worker.submit(Job::Release { ext: g.lease.extent.clone(), epoch: g.lease.epoch })
+                }
+                Done::Read { ext, got: Ok(_), .. } => self.worker.submit(Job::Unregister { ext }),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(label: &str) -> Home {
+        let dir = std::env::temp_dir().join(format!("holo-shared-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Home { dir }
+    }
+
+    #[test]
+    fn the_home_publishes_by_epoch_and_refuses_damage_and_stale_writers() {
+        let h = home("home");
+        let mut out = vec![7u8; 8192];
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 0, "never published");
+        assert!(out.iter().all(|&b| b == 0), "a fresh granule reads as zeros");
+        h.publish("r", 3, 5, &[1u8; 8192]).unwrap();
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 5);
+        assert!(out.iter().all(|&b| b == 1));
+        // An older epoch never overwrites a newer one; the same or a newer one does.
+        assert!(matches!(h.publish("r", 3, 4, &[2u8; 8192]), Err(HomeError::Stale { mine: 4, found: 5, .. })));
+        h.publish("r", 3, 6, &[3u8; 8192]).unwrap();
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 6);
+        assert!(out.iter().all(|&b| b == 3));
+        // One flipped byte is an error, never the bytes (nor zeros).
+        let path = h.file("r", 3);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[HEADER_BYTES + 100] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "checksum mismatch", .. })));
+        std::fs::write(&path, &raw[..100]).unwrap();
+        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "wrong length", .. })));
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("demo-1_x.y").is_ok());
+        for bad in ["", ".hidden", "../x", "a/b", "sp ace", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn ext() -> Extent {
+        Extent { region: "r".into(), start_page: 0, pages: 16 }
+    }
+
+    fn lease(holder: NodeId, expires_at_ms: u64) -> Lease {
+        Lease { extent: ext(), holder, epoch: 1, expires_at_ms }
+    }
+
+    fn reader(holder: NodeId, expires_at_ms: u64, invalidated: bool) -> ReadLease {
+        ReadLease { extent: ext(), holder, expires_at_ms, invalidated }
+    }
+
+    #[test]
+    fn a_reader_drops_its_copy_when_invalidated_or_near_expiry_and_renews_in_time() {
+        let (me, lease_ms) = (1, 10_000);
+        let read = G::Read { expires_at_ms: 20_000 };
+        let none = View::default();
+        assert_eq!(decide(&read, &ext(), me, &none, 11_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&read, &ext(), me, &none, 16_000, lease_ms), Action::RenewRead);
+        assert_eq!(decide(&read, &ext(), me, &none, 20_000 - SKEW_MS, lease_ms), Action::Drop, "skew margin");
+        let invalidated = View { readers: vec![reader(me, 20_000, true)], ..Default::default() };
+        assert_eq!(decide(&read, &ext(), me, &invalidated, 11_000, lease_ms), Action::Drop);
+        // An older registration's mark (the view lags behind this node's newer lease) is not ours.
+        let stale = View { readers: vec![reader(me, 15_000, true)], ..Default::default() };
+        assert_eq!(decide(&read, &ext(), me, &stale, 11_000, lease_ms), Action::Keep);
+    }
+
+    #[test]
+    fn a_writer_writes_once_the_named_readers_are_gone_or_expired() {
+        let (me, lease_ms) = (1, 10_000);
+        let grant =
+            Grant { lease: lease(me, 30_000), invalidate: vec![2], readers_expire_at_ms: 25_000, renewed: false };
+        let g = G::Granted { grant, installed: true };
+        let present = View { readers: vec![reader(2, 25_000, true)], ..Default::default() };
+        assert_eq!(decide(&g, &ext(), me, &present, 21_000, lease_ms), Action::Keep, "reader 2 still has it");
+        assert_eq!(decide(&g, &ext(), me, &View::default(), 21_000, lease_ms), Action::WriteNow, "unregistered");
+        assert_eq!(decide(&g, &ext(), me, &present, 25_000, lease_ms), Action::WriteNow, "its lease expired");
+        // Another reader that the grant did not name (it registered later) does not count.
+        let other = View { readers: vec![reader(3, 25_000, false)], ..Default::default() };
+        assert_eq!(decide(&g, &ext(), me, &other, 21_000, lease_ms), Action::WriteNow);
+        let w = G::Write { lease: lease(me, 30_000) };
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 21_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 26_000, lease_ms), Action::RenewWrite);
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 30_000 - SKEW_MS, lease_ms), Action::Drop);
+    }
+
+    #[test]
+    fn a_blocked_fault_asks_again_once_the_other_writer_is_gone() {
+        let (me, lease_ms) = (1, 10_000);
+        let b = G::Blocked { retry_at_ms: 5_000 };
+        let held = View { leases: vec![lease(2, 9_000)], ..Default::default() };
+        assert_eq!(decide(&b, &ext(), me, &held, 1_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&b, &ext(), me, &held, 5_000, lease_ms), Action::Retry, "backstop");
+        assert_eq!(decide(&b, &ext(), me, &View::default(), 1_000, lease_ms), Action::Retry, "released");
+        assert_eq!(decide(&b, &ext(), me, &held, 9_000 - 1, lease_ms), Action::Retry);
     }
 }
