@@ -630,11 +630,18 @@ impl Pager {
         let w = match self.table.window(f.addr, self.granule) {
             Some(w) => w,
             None => match self.adopt(f.addr) {
-                Some(w) => w,
-                None => {
+                Adopted::Grown(w) => w,
+                Adopted::Unmapped => {
                     // Unmapped since it faulted: let the thread retry and meet the kernel's
                     // verdict (SIGSEGV), as it would without holo.
                     let _ = self.uffd.wake(f.addr, PAGE);
+                    return Served::Done;
+                }
+                Adopted::Unknown => {
+                    self.fail_fault(
+                        f,
+                        "a registered range this daemon knows nothing of (a shared region after a daemon restart?)",
+                    );
                     return Served::Done;
                 }
             },
@@ -936,20 +943,29 @@ impl Pager {
     }
 
     /// A fault in a registered range the table does not cover: the tail of a region that
-    /// `mremap` grew in place. Adopt the mapping from /proc/PID/maps.
-    fn adopt(&mut self, addr: u64) -> Option<Window> {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.info.pid)).ok()?;
-        let (lo, hi) = maps.lines().find_map(|l| {
+    /// `mremap` grew in place, whose mapping (from /proc/PID/maps) still holds part of a
+    /// region the table knows. Any other registered range (a shared region once the daemon
+    /// that knew it has restarted) is not this table's to fill with zeros.
+    fn adopt(&mut self, addr: u64) -> Adopted {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", self.info.pid)) else {
+            return Adopted::Unmapped;
+        };
+        let Some((lo, hi)) = maps.lines().find_map(|l| {
             let range = l.split_whitespace().next()?;
             let (a, b) = range.split_once('-')?;
             let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
             (a <= addr && addr < b).then_some((a, b))
-        })?;
+        }) else {
+            return Adopted::Unmapped;
+        };
+        if !self.table.regions().any(|r| r.start < hi && lo < r.end()) {
+            return Adopted::Unknown;
+        }
         self.table.adopt(lo, hi);
         if let Some(j) = &mut self.journal {
             j.adopt(lo, hi);
         }
-        self.table.window(addr, self.granule)
+        self.table.window(addr, self.granule).map_or(Adopted::Unmapped, Adopted::Grown)
     }
 
     fn on_remove(&mut self, start: u64, end: u64) {
@@ -1655,6 +1671,15 @@ impl Pager {
 }
 
 /// Read the spilled pages of the staged windows from the tiers, as one batch.
+/// What a fault outside the table's regions is ([`Pager::adopt`]).
+enum Adopted {
+    /// The grown tail of a known region, now in the table.
+    Grown(Window),
+    Unmapped,
+    /// Registered, but no region this table knows.
+    Unknown,
+}
+
 pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result<(), holo_tiers::TierError> {
     let p = PAGE as usize;
     let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();

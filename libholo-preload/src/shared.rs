@@ -85,6 +85,16 @@ fn attach_locked(name: &[u8], size: usize) -> Result<usize, c_int> {
     if addr == libc::MAP_FAILED {
         return Err(sys::errno());
     }
+    // Not inherited by fork: the child's pager knows no lease and no home for it, and would
+    // serve its missing pages as a private region's, zeros. Without the mapping, a child that
+    // touches it gets SIGSEGV; it must attach the region itself.
+    // SAFETY: advice on the mapping made above.
+    if unsafe { sys::madvise(addr, len, libc::MADV_DONTFORK) } != 0 {
+        let e = sys::errno();
+        // SAFETY: unmapping the mapping made above, which nothing else knows of.
+        unsafe { sys::munmap(addr, len) };
+        return Err(e);
+    }
     let frame = Frame::new(Kind::Attach, addr as u64, size as u64, name.len() as u64);
     if !conn::request(frame, name, "holo_attach") {
         // SAFETY: unmapping the mapping made above, which nothing else knows of.
