@@ -431,3 +431,82 @@ fn a_taken_cluster_port_fails_the_start() {
         "holo-pager should refuse to start when its cluster port is taken, naming it",
     );
 }
+
+/// A shared region across the three nodes: a writer on node 1 publishes, readers on 2 and 3
+/// read it; the write lease moves to node 2 (the copies on 1 and 3 are dropped first) and 1
+/// and 3 read its data; a writer on node 3 killed in the middle of a write leaves the last
+/// published version, whole, and node 1 can write next. Bad attaches get clear errors.
+#[test]
+fn a_shared_region_hands_its_write_lease_between_nodes() {
+    let lan = Lan::new(3);
+    let home = TempDir::new("shared-home");
+    let dir = home.path().display().to_string();
+    let (nodes, _, _) = form(&lan, &["--shared-dir", &dir]);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let prog = c_program("shared_rw");
+    let t = CLUSTER_TIMEOUT;
+    let start = |n: &Node, env: &[(&str, &str)]| {
+        let mut p = Spawned::spawn(shimmed_command(&n.daemon, &prog, &["demo", "256K"], env), true);
+        p.wait_for_line("attached", t, &n.daemon);
+        p
+    };
+    // One command, and the line it answers with.
+    let ask = |p: &mut Spawned, n: &Node, cmd: &str| -> String {
+        p.send_line(cmd);
+        p.wait_for_line("", t, &n.daemon)
+    };
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
+        let got = ask(p, n, cmd);
+        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&all));
+    };
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Node 1 attaches through HOLO_SHARE (holo_attach then returns that mapping), writes, syncs.
+    let mut a =
+        Spawned::spawn(shimmed_command(&n1.daemon, &prog, &["demo", "256K"], &[("HOLO_SHARE", "demo:256K")]), true);
+    a.wait_for_line("same mapping", t, &n1.daemon);
+    a.wait_for_line("attached", t, &n1.daemon);
+    expect(&mut a, n1, "w 11", "wrote");
+    expect(&mut a, n1, "s", "synced");
+    let mut b = start(n2, &[]);
+    let mut c = start(n3, &[]);
+    expect(&mut b, n2, "r", "read 11");
+    expect(&mut c, n3, "r", "read 11");
+
+    // The write lease moves to node 2: its write waits until 1 and 3 dropped their copies.
+    expect(&mut b, n2, "w 22", "wrote");
+    expect(&mut b, n2, "s", "synced");
+    expect(&mut a, n1, "r", "read 22");
+    expect(&mut c, n3, "r", "read 22");
+
+    // A writer on node 3 dies half-way through a write it never synced: its daemon gives the
+    // leases back, and everyone reads the last published version, not a mix.
+    expect(&mut c, n3, "h 33", "wrote half");
+    c.kill();
+    expect(&mut a, n1, "r", "read 22");
+    expect(&mut b, n2, "r", "read 22");
+    // And the next writer takes the lease.
+    expect(&mut a, n1, "w 44", "wrote");
+    expect(&mut a, n1, "s", "synced");
+    expect(&mut b, n2, "r", "read 44");
+
+    // Bad input: clear errors, and the daemons serve on.
+    for (name, size, why) in [
+        ("demo", "128K", "exists with 262144 bytes"),
+        ("", "64K", "needs a name of 1 to 64 bytes"),
+        ("../x", "64K", "may hold only"),
+    ] {
+        let out = run_shimmed(&n3.daemon, &prog, &[name, size], &[]);
+        out.ensure(
+            out.status.code() == Some(3) && out.stdout.contains("attach failed") && out.stderr.contains(why),
+            &format!("attaching {name:?} of {size} should fail saying {why:?}"),
+        );
+    }
+    let mut c = start(n3, &[]);
+    expect(&mut c, n3, "r", "read 44");
+    for (mut p, n) in [(a, n1), (b, n2), (c, n3)] {
+        p.send_line("q");
+        let out = p.finish(t);
+        out.check(&n.daemon, out.success(), "the program quits cleanly");
+    }
+}

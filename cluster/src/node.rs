@@ -303,6 +303,11 @@ impl Cluster {
         &self.restored
     }
 
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
     /// A copy of the replicated state as this node has applied it.
     pub fn state(&self) -> crate::state::ClusterState {
         self.sm.inner.lock().unwrap().state.clone()

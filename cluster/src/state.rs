@@ -204,7 +204,10 @@ impl ClusterState {
                 }
                 match self.regions.get(name) {
                     Some(r) if r.size_bytes == *size_bytes && r.granule_bytes == *granule_bytes => Outcome::Done,
-                    Some(r) => Outcome::Invalid(format!("region {name:?} exists with {} bytes", r.size_bytes)),
+                    Some(r) => Outcome::Invalid(format!(
+                        "region {name:?} exists with {} bytes in granules of {} bytes",
+                        r.size_bytes, r.granule_bytes
+                    )),
                     None if self.regions.len() >= MAX_REGIONS => {
                         Outcome::Invalid(format!("the cluster already has {MAX_REGIONS} regions"))
                     }

@@ -44,6 +44,11 @@ pub fn start(config: &Config, store: &Store) -> Result<bool, ClusterError> {
     Ok(true)
 }
 
+/// This daemon's member, if it is in a cluster (shared regions need one).
+pub fn joined() -> Option<&'static Cluster> {
+    MEMBER.get()
+}
+
 fn member() -> Result<&'static Cluster, String> {
     MEMBER.get().ok_or_else(|| "this holo-pager is not in a cluster: set node_id and cluster_listen".to_string())
 }

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
+    pub shared_dir: Option<PathBuf>,
+    pub shared_lease_ms: Option<u64>,
     pub migration_rate: Option<String>,
     pub migration_max_in_flight: Option<usize>,
     pub migration_max_queued: Option<usize>,
@@ -111,6 +113,11 @@ pub struct Config {
     /// The FS tier's directory (on a shared mount); `None`: no FS tier.
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity_bytes: Option<u64>,
+    /// Where shared regions' published pages live (a directory all nodes see); `None`: no
+    /// shared regions.
+    pub shared_dir: Option<PathBuf>,
+    /// How long a read or write lease of a shared granule lasts (renewed while it is used).
+    pub shared_lease_ms: u64,
     /// Bytes a second that migrations between the lower tiers may move.
     pub migration_rate_bytes: u64,
     /// When granules move between the lower tiers, and how many at once.
@@ -195,6 +202,7 @@ pub struct Overrides {
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
+    pub shared_dir: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
@@ -379,6 +387,23 @@ impl Config {
             let message = "is set but fs_dir is not (no FS tier)".to_string();
             return Err(ConfigError::Invalid { key: "fs-capacity", message });
         }
+        let cluster = cluster_config(
+            flags.node_id.or(fc.node_id),
+            flags.cluster_listen.or(fc.cluster_listen),
+            flags.cluster_advertise.or(fc.cluster_advertise),
+        )?;
+        let shared_dir = flags.shared_dir.or(fc.shared_dir);
+        let shared_lease_ms = fc.shared_lease_ms.unwrap_or(10_000);
+        if !(1000..=holo_cluster::ownership::MAX_LEASE_MS).contains(&shared_lease_ms) {
+            return Err(ConfigError::Invalid {
+                key: "shared_lease_ms",
+                message: format!("{shared_lease_ms} is not between 1000 and {}", holo_cluster::ownership::MAX_LEASE_MS),
+            });
+        }
+        if shared_dir.is_some() && cluster.is_none() {
+            let message = "is set but this daemon is in no cluster (set node_id and cluster_listen)".to_string();
+            return Err(ConfigError::Invalid { key: "shared_dir", message });
+        }
         let migration_rate_bytes = size("migration_rate", fc.migration_rate, 256 << 20)?;
         if migration_rate_bytes < granule_bytes {
             let message = format!("{migration_rate_bytes} bytes a second is less than one granule");
@@ -387,11 +412,6 @@ impl Config {
         let listen = flags.metrics_listen.or(fc.metrics_listen);
         let metrics_listen = parse_metrics_listen(listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN))
             .map_err(|message| ConfigError::Invalid { key: "metrics_listen", message })?;
-        let cluster = cluster_config(
-            flags.node_id.or(fc.node_id),
-            flags.cluster_listen.or(fc.cluster_listen),
-            flags.cluster_advertise.or(fc.cluster_advertise),
-        )?;
         let remote = crate::remote::RemoteConfig::build(
             crate::remote::RemoteKeys {
                 donate: fc.donate,
@@ -425,6 +445,8 @@ impl Config {
             nvme_capacity_bytes,
             fs_dir,
             fs_capacity_bytes,
+            shared_dir,
+            shared_lease_ms,
             migration_rate_bytes,
             migration,
             metrics_listen,
@@ -631,6 +653,8 @@ mod tests {
             ("node_id = 1\ncluster_listen = \"0.0.0.0:7400\"", "cluster_listen"),
             ("node_id = 1\ncluster_listen = \"127.0.0.1:7400\"\ncluster_advertise = \"x\"", "cluster_advertise"),
             ("node_id = -1", "node_id"),
+            ("shared_dir = \"/tmp/s\"", "shared_dir"),
+            ("node_id = 1\ncluster_listen = \"127.0.0.1:7400\"\nshared_lease_ms = 10", "shared_lease_ms"),
         ] {
             let e = parse(bad, Overrides::default()).unwrap_err();
             assert!(e.contains(key), "{bad}: {e}");

@@ -32,6 +32,7 @@ pub mod ratelimit;
 pub mod remote;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod state;
 pub mod store;
 pub mod worker;

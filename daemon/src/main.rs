@@ -50,6 +50,10 @@ struct Args {
     /// Cap of the FS tier [default: the free space of its filesystem]
     #[arg(long)]
     fs_capacity: Option<String>,
+    /// Home of shared regions' pages: a directory every node of the cluster sees (a shared
+    /// mount) [default: no shared regions]
+    #[arg(long)]
+    shared_dir: Option<PathBuf>,
     /// Where the Prometheus endpoint listens, IP:PORT, or "off" [default: 127.0.0.1:9477]
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             nvme_path: args.nvme_path,
             nvme_capacity: args.nvme_capacity,
             fs_dir: args.fs_dir,
+            shared_dir: args.shared_dir,
             fs_capacity: args.fs_capacity,
             metrics_listen: args.metrics_listen,
             node_id: args.node_id,

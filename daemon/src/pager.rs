@@ -38,6 +38,7 @@ use crate::arc::{ArcPolicy, Placement};
 use crate::journal::{Intent, Journal};
 use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
+use crate::shared::{self, Shared};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
 use crate::worker::{spawn_reader, spawn_writer, Batch, Prefetched, Reader, Writer, Written};
 
@@ -203,6 +204,15 @@ pub struct Pager {
     late_zaps: bool,
     /// When the batch of uffd messages being handled was read.
     batch_read_at: Instant,
+    /// The shared regions it attached (`holo_attach`), once it attached one.
+    shared: Option<Shared>,
+}
+
+/// What the shared regions need of a pager: its uffd, memory and agent.
+macro_rules! shared_io {
+    ($p:expr) => {
+        shared::Io { uffd: &$p.uffd, mem: &$p.mem, agent: $p.agent.as_ref(), pid: $p.info.pid }
+    };
 }
 
 impl Pager {
@@ -282,6 +292,7 @@ impl Pager {
             resumed,
             late_zaps: resumed,
             batch_read_at: Instant::now(),
+            shared: None,
         })
     }
 
@@ -333,7 +344,12 @@ impl Pager {
     }
 
     fn step(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
-        let retrying = self.deferred.iter().any(|f| !self.evicting(f.addr, f.addr + PAGE) && !self.being_read(f.addr));
+        // Faults in shared regions wait for the coordinator's eventfd or the next tick.
+        let retrying = self
+            .deferred
+            .iter()
+            .any(|f| !self.evicting(f.addr, f.addr + PAGE) && !self.being_read(f.addr) && !self.in_shared(f.addr));
+        let tick_ms = if self.shared.is_some() { shared::TICK.as_millis() as i32 } else { i32::MAX };
         let timeout_ms = if retrying {
             1
         } else if self.info.evict_request.load(Relaxed) > 0
@@ -345,7 +361,8 @@ impl Pager {
             50
         } else {
             500
-        };
+        }
+        .min(tick_ms);
         let pfd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let agent_fd = self.agent.as_ref().map_or(-1, |a| a.as_raw_fd());
         // A negative fd is ignored by poll: the agent slot is empty until it connects.
@@ -356,7 +373,12 @@ impl Pager {
             pfd(agent_fd),
             pfd(self.writer.fd()),
             pfd(self.reader.fd()),
+            pfd(self.shared.as_ref().map_or(-1, Shared::fd)),
         ];
+        // While the shim waits for an attach or a sync, its next request waits too.
+        if self.shared.as_ref().is_some_and(Shared::waiting) {
+            fds[1].fd = -1;
+        }
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
         if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
@@ -383,6 +405,15 @@ impl Pager {
             while let Some(p) = self.reader.take() {
                 self.prefetched(p);
             }
+        }
+        if fds[6].revents != 0 {
+            let io = shared_io!(self);
+            if let Some(answer) = self.shared.as_mut().unwrap().on_done(&io) {
+                self.reply(answer)?;
+            }
+        }
+        if let Some(sh) = &mut self.shared {
+            sh.tick();
         }
         if fds[2].revents != 0 {
             self.info.drain_wake();
@@ -452,8 +483,14 @@ impl Pager {
                 self.d.store.retain(table.spilled_refs());
                 self.pending_forks.push_back((child_uffd, table));
             }
+            // A shared page dropped (the agent's zap or the program's DONTNEED) is fetched
+            // again at its next fault: nothing to record.
+            Event::Remove { start, end } if self.shared.as_ref().is_some_and(|s| s.overlaps(start, end)) => {}
             Event::Remove { start, end } => self.on_remove(start, end),
             Event::Unmap { start, end } => {
+                if let Some(sh) = &mut self.shared {
+                    sh.on_unmap(start, end, self.info.pid);
+                }
                 self.settle_overlapping(start, end);
                 if let Some(j) = &mut self.journal {
                     j.unmap(start, end);
@@ -463,6 +500,9 @@ impl Pager {
                 self.d.add_resident(&self.info, -(resident as i64));
             }
             Event::Remap { from, to, len } => {
+                if let Some(sh) = &mut self.shared {
+                    sh.on_unmap(from, from + len, self.info.pid);
+                }
                 self.settle_overlapping(from, from + len);
                 self.settle_overlapping(to, to + len);
                 if let Some(j) = &mut self.journal {
@@ -567,16 +607,41 @@ impl Pager {
         Ok(())
     }
 
+    /// Whether `addr` is in a shared region.
+    fn in_shared(&self, addr: u64) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.overlaps(addr, addr + 1))
+    }
+
     /// Serve one fault, or say why not now.
     fn serve(&mut self, f: Fault) -> Served {
+        if self.in_shared(f.addr) {
+            let io = shared_io!(self);
+            return match self.shared.as_mut().unwrap().serve(f.addr, f.write || f.wp, &io) {
+                shared::Served::Done => Served::Done,
+                shared::Served::Defer => Served::Defer,
+                shared::Served::Retry => Served::Retry,
+                shared::Served::Gone(why) => Served::Gone(why),
+                shared::Served::Fail(why) => {
+                    self.fail_fault(f, &why);
+                    Served::Done
+                }
+            };
+        }
         let w = match self.table.window(f.addr, self.granule) {
             Some(w) => w,
             None => match self.adopt(f.addr) {
-                Some(w) => w,
-                None => {
+                Adopted::Grown(w) => w,
+                Adopted::Unmapped => {
                     // Unmapped since it faulted: let the thread retry and meet the kernel's
                     // verdict (SIGSEGV), as it would without holo.
                     let _ = self.uffd.wake(f.addr, PAGE);
+                    return Served::Done;
+                }
+                Adopted::Unknown => {
+                    self.fail_fault(
+                        f,
+                        "a registered range this daemon knows nothing of (a shared region after a daemon restart?)",
+                    );
                     return Served::Done;
                 }
             },
@@ -878,20 +943,29 @@ impl Pager {
     }
 
     /// A fault in a registered range the table does not cover: the tail of a region that
-    /// `mremap` grew in place. Adopt the mapping from /proc/PID/maps.
-    fn adopt(&mut self, addr: u64) -> Option<Window> {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.info.pid)).ok()?;
-        let (lo, hi) = maps.lines().find_map(|l| {
+    /// `mremap` grew in place, whose mapping (from /proc/PID/maps) still holds part of a
+    /// region the table knows. Any other registered range (a shared region once the daemon
+    /// that knew it has restarted) is not this table's to fill with zeros.
+    fn adopt(&mut self, addr: u64) -> Adopted {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", self.info.pid)) else {
+            return Adopted::Unmapped;
+        };
+        let Some((lo, hi)) = maps.lines().find_map(|l| {
             let range = l.split_whitespace().next()?;
             let (a, b) = range.split_once('-')?;
             let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
             (a <= addr && addr < b).then_some((a, b))
-        })?;
+        }) else {
+            return Adopted::Unmapped;
+        };
+        if !self.table.regions().any(|r| r.start < hi && lo < r.end()) {
+            return Adopted::Unknown;
+        }
         self.table.adopt(lo, hi);
         if let Some(j) = &mut self.journal {
             j.adopt(lo, hi);
         }
-        self.table.window(addr, self.granule)
+        self.table.window(addr, self.granule).map_or(Adopted::Unmapped, Adopted::Grown)
     }
 
     fn on_remove(&mut self, start: u64, end: u64) {
@@ -1367,6 +1441,12 @@ impl Pager {
         self.agent_answered();
         // Sent under the gate: every zap the crashed daemon let go has landed.
         self.late_zaps = false;
+        if f.a & shared::ZAP_BIT != 0 && matches!(f.kind, Kind::Zapping | Kind::Zapped) {
+            let reply = self.shared.as_mut().map_or(Kind::NoGo, |s| s.on_agent_frame(f));
+            let reply = if f.kind == Kind::Zapped { Kind::Done } else { reply };
+            return proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
+                .map_err(|_| Gone("its agent connection closed"));
+        }
         match f.kind {
             Kind::Zapping => {
                 // `Some(stale)` for an eviction waiting for its go.
@@ -1432,19 +1512,67 @@ impl Pager {
             };
             close_stray(fd_in);
             let reply = match f.kind {
-                Kind::Register => self.register(f.a, f.b),
-                Kind::Forked => self.forked(f.a as i32),
-                other => Err(format!("{other:?} is not a request")),
+                Kind::Register => Some(self.register(f.a, f.b)),
+                Kind::Forked => Some(self.forked(f.a as i32)),
+                Kind::Attach => self.attach(f)?,
+                Kind::Sync => self.sync(f.a),
+                other => Some(Err(format!("{other:?} is not a request"))),
             };
-            let sent = match reply {
-                Ok(()) => proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b""),
-                Err(msg) => {
-                    self.d.stats.refused_requests.fetch_add(1, Relaxed);
-                    crate::log_limited!(warn, "pid {}: request refused: {msg}", self.info.pid);
-                    proto::send(fd, Frame::new(Kind::Error, msg.len() as u64, 0, 0), None, msg.as_bytes())
-                }
-            };
-            sent.map_err(|_| Gone("it closed its connection"))?;
+            match reply {
+                Some(r) => self.reply(r)?,
+                // Answered when the coordinator is done; the next request waits till then.
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Answers the request the shim is waiting on.
+    fn reply(&self, reply: Result<(), String>) -> Result<(), Gone> {
+        let fd = self.req.as_raw_fd();
+        let sent = match reply {
+            Ok(()) => proto::send(fd, Frame::new(Kind::Ok, 0, 0, 0), None, b""),
+            Err(msg) => {
+                self.d.stats.refused_requests.fetch_add(1, Relaxed);
+                crate::log_limited!(warn, "pid {}: request refused: {msg}", self.info.pid);
+                proto::send(fd, Frame::new(Kind::Error, msg.len() as u64, 0, 0), None, msg.as_bytes())
+            }
+        };
+        sent.map_err(|_| Gone("it closed its connection"))
+    }
+
+    /// `Attach{addr, size, name length}` and the name: a shared region. `None`: answered later.
+    fn attach(&mut self, f: Frame) -> Result<Option<Result<(), String>>, Gone> {
+        if f.c > proto::MAX_SHARED_NAME_BYTES {
+            self.d.stats.refused_requests.fetch_add(1, Relaxed);
+            return Err(Gone("bad request: a shared region name too long"));
+        }
+        let mut name = vec![0u8; f.c as usize];
+        if !matches!(proto::read_exact(self.req.as_raw_fd(), &mut name), Ok(true)) {
+            return Err(Gone("it closed its connection"));
+        }
+        let Ok(name) = String::from_utf8(name) else {
+            return Ok(Some(Err("a shared region's name must be UTF-8".into())));
+        };
+        if self.shared.is_none() {
+            match Shared::new(&self.d, self.info.pid) {
+                Ok(s) => self.shared = Some(s),
+                Err(e) => return Ok(Some(Err(e))),
+            }
+        }
+        let (start, size) = (f.a, f.b);
+        let private = self.table.regions().any(|r| r.start < start.saturating_add(size) && start < r.end());
+        match self.shared.as_mut().unwrap().attach(name, start, size, private) {
+            Ok(()) => Ok(None),
+            Err(e) => Ok(Some(Err(e))),
+        }
+    }
+
+    /// `Sync{addr}`: publish this process's writes to the shared region around `addr`.
+    fn sync(&mut self, addr: u64) -> Option<Result<(), String>> {
+        let io = shared_io!(self);
+        match self.shared.as_mut() {
+            Some(sh) => sh.sync(addr, &io),
+            None => Some(Err(format!("{addr:#x} is in no shared region of this process"))),
         }
     }
 
@@ -1506,6 +1634,9 @@ impl Pager {
 
     /// The client is gone: give back its pages, slots and pending children.
     fn release_all(&mut self) {
+        if let Some(sh) = &mut self.shared {
+            sh.release_all();
+        }
         while let Some(p) = self.reader.wait() {
             self.unpin(&p.wins);
         }
@@ -1540,6 +1671,15 @@ impl Pager {
 }
 
 /// Read the spilled pages of the staged windows from the tiers, as one batch.
+/// What a fault outside the table's regions is ([`Pager::adopt`]).
+enum Adopted {
+    /// The grown tail of a known region, now in the table.
+    Grown(Window),
+    Unmapped,
+    /// Registered, but no region this table knows.
+    Unknown,
+}
+
 pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result<(), holo_tiers::TierError> {
     let p = PAGE as usize;
     let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();

@@ -68,7 +68,7 @@ pub struct Worker<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
-    fn spawn(name: String, mut run: impl FnMut(I) -> O + Send + 'static) -> io::Result<Worker<I, O>> {
+    pub fn spawn(name: String, mut run: impl FnMut(I) -> O + Send + 'static) -> io::Result<Worker<I, O>> {
         // SAFETY: eventfd returns a new fd or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {

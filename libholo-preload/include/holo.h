@@ -23,6 +23,25 @@ extern "C" {
  * process. Ignoring requests harms nothing. */
 int holo_on_pressure(void (*cb)(size_t bytes_wanted, void *arg), void *arg);
 
+/* Shared regions (holo-pager in a cluster, with shared_dir set). holo_attach maps the region
+ * named `name` (1 to 64 of A-Z a-z 0-9 . _ -) of `size` bytes, creating it in the cluster if
+ * it does not exist; every node that attaches it sees the bytes published by the last
+ * holo_sync of any node. Pages read are copies under a read lease; the first write to a
+ * granule takes its write lease (one writer per granule in the cluster; the other nodes'
+ * copies are dropped first, so a write may wait for them). Returns the address, or NULL with
+ * errno (EINVAL: bad name or size, or the cluster has the region with another size; ENOTSUP:
+ * holo is not active) after a line on stderr saying why. Attaching a name again in the same
+ * process returns the same mapping; HOLO_SHARE=name:size attaches one at start. One process
+ * per node may attach a given name.
+ *
+ * holo_sync publishes this process's writes to the region around `addr` and gives the write
+ * leases back: when it returns 0, a reader on any node that accesses those pages next reads
+ * these bytes. Writes not synced are lost if the process dies; the last published version
+ * stands. In a process that wrote nothing it returns 0 at once. -1 with errno on failure
+ * (said on stderr). */
+void *holo_attach(const char *name, size_t size);
+int holo_sync(void *addr);
+
 #ifdef __cplusplus
 }
 #endif

@@ -72,7 +72,7 @@ pub fn usable() -> bool {
     STATE.load(Acquire) != DISABLED
 }
 
-fn parse_size(s: &[u8]) -> Option<usize> {
+pub fn parse_size(s: &[u8]) -> Option<usize> {
     let (digits, unit) = match s.iter().position(|c| !c.is_ascii_digit()) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, &b""[..]),
@@ -141,6 +141,11 @@ pub unsafe fn init() {
         },
     };
     MIN_REGION.store(min, Release);
+    // The one exception to not talking to the daemon before main: the program asked for a
+    // shared region, which it finds again with holo_attach.
+    if let Some(v) = env(b"HOLO_SHARE\0") {
+        crate::shared::attach_from_env(v);
+    }
 }
 
 /// Why holo cannot be used; printed once. Large for an error type, but these paths run
@@ -488,6 +493,39 @@ pub fn register(addr: usize, len: usize) -> bool {
                 let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or("?");
                 say!("holo: {}: {detail}; that memory is not managed", why.what);
             }
+            false
+        }
+    }
+}
+
+/// A request whose `Error` reply names why (`Attach` with its name as text, `Sync`): `Ok`,
+/// or the daemon's reason printed after `what`. `false` also when holo is off here.
+pub fn request(frame: Frame, text: &[u8], what: &'static str) -> bool {
+    if !ensure() {
+        say!("holo: {what}: holo is not active in this process");
+        return false;
+    }
+    REQ.lock();
+    let fd = REQ_FD.load(Acquire);
+    let r = if proto::send(fd, frame, None, text).is_err() {
+        Err(Why::os(what))
+    } else {
+        match proto::recv(fd, false) {
+            Ok(Recv::Frame(f, _)) if f.kind == Kind::Ok => Ok(()),
+            Ok(Recv::Frame(f, _)) if f.kind == Kind::Error => {
+                let mut why = Why::new(what);
+                read_text(fd, &f, &mut why);
+                Err(why)
+            }
+            _ => Err(Why::os(what)),
+        }
+    };
+    REQ.unlock();
+    match r {
+        Ok(()) => true,
+        Err(why) => {
+            let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or("?");
+            say!("holo: {what}: {detail}");
             false
         }
     }

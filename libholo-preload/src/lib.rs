@@ -10,7 +10,8 @@
 //!                  callback); Fail + text: print it and kill the process
 //! ```
 //!
-//! The one function a program may call, `holo_on_pressure`, is declared in `include/holo.h`.
+//! The functions a program may call, `holo_on_pressure`, `holo_attach` and `holo_sync`
+//! (shared regions, `shared.rs`), are declared in `include/holo.h`.
 //!
 //! Rules for hooks: no allocation, no logging and no lock that a hook can re-enter. The real
 //! allocator is reached through glibc's `__libc_*` entry points, the kernel through raw
@@ -24,5 +25,6 @@
 mod conn;
 mod hooks;
 mod release;
+mod shared;
 mod sys;
 mod table;

@@ -13,6 +13,10 @@
 //!                                 the priority the program asks for, see [`encode_priority`])
 //!   Register{start,len}       ->  Ok | Error + text
 //!   Forked{child pid}         ->  Ok
+//!   Attach{addr, size, c=len} + name  ->  Ok | Error + text   (a shared region: the daemon
+//!                             registers it in the cluster, then takes its faults)
+//!   Sync{addr}                ->  Ok | Error + text   (publishes this node's writes to the
+//!                             shared region around addr; the reply waits for that)
 //! child request conn (after fork, in the child):
 //!   Hello{role=Child, c=parent pid} -> Welcome{token, granule} + the child's uffd
 //! agent conn (the shim's agent thread):
@@ -65,6 +69,8 @@ pub enum Kind {
     Done = 16,
     Release = 17,
     Fail = 18,
+    Attach = 19,
+    Sync = 20,
 }
 
 impl Kind {
@@ -89,6 +95,8 @@ impl Kind {
             16 => Done,
             17 => Release,
             18 => Fail,
+            19 => Attach,
+            20 => Sync,
             _ => return None,
         })
     }
@@ -177,6 +185,9 @@ pub fn parse_priority(s: &[u8]) -> Option<i32> {
     let p = if negative { -n } else { n };
     PRIORITY_RANGE.contains(&p).then_some(p)
 }
+
+/// Longest name of a shared region (`Attach`).
+pub const MAX_SHARED_NAME_BYTES: u64 = 64;
 
 /// Most bytes of JSON a `CLUSTER_COMMAND` query may announce.
 pub const MAX_COMMAND_BYTES: u64 = 64 << 10;
@@ -444,11 +455,11 @@ mod tests {
 
     #[test]
     fn every_kind_decodes() {
-        for v in 1..=18 {
+        for v in 1..=20 {
             let k = Kind::from_u32(v).unwrap();
             assert_eq!(k as u32, v);
         }
-        assert_eq!(Kind::from_u32(19), None);
+        assert_eq!(Kind::from_u32(21), None);
     }
 
     #[test]

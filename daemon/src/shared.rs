@@ -1,0 +1,1075 @@
+//! Shared regions: programs on several nodes attach one named region (`holo_attach`) and
+//! see each other's writes after `holo_sync`, one writer at a time per granule.
+//!
+//! ```text
+//!  pager thread (per client)                 coordinator thread (per client, a Worker)
+//!   fault in a shared granule ──Read/Acquire──▶ RegisterReader / AcquireWrite (Raft)
+//!   install (UFFDIO_COPY, WP for a reader) ◀──  + read the home file
+//!   every TICK: renewals, and the applied ───▶ RegisterReader / AcquireWrite renewals,
+//!   state's verdicts (pure: [`decide`])  ◀───  then this node's view of the leases
+//!   holo_sync: WP + capture ──Publish──────────▶ home file (epoch checked), RegisterReader,
+//!                                               ReleaseWrite
+//!   invalidated copy: Zap via the agent, then ──Unregister──▶ UnregisterReader
+//!  home: SHARED_DIR/<region>/<granule index>: header (magic, epoch, length, BLAKE3) + bytes,
+//!        written to a temporary name, fsync'd and renamed (close-to-open)
+//! ```
+//!
+//! The lease rules are `holo_cluster::ownership`'s (model-checked in spec/): a reader keeps a
+//! write-protected copy under a read lease; a write fault takes the write lease, waits until
+//! every reader its grant named has unregistered (after dropping its copy) or its read lease
+//! has expired, and only then lifts the protection. Readers learn of a grant from their own
+//! node's applied state (the read lease marked invalidated), polled every [`TICK`]. Raft and
+//! the home's I/O run on the coordinator thread, never on the pager thread; faults waiting
+//! for a lease are deferred like faults waiting for a read.
+//!
+//! One process per node may attach a given region (leases are held by nodes, so two
+//! processes of one node would not invalidate each other). Shared pages are not evicted to
+//! the private tiers and do not count against the DRAM budget.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use holo_cluster::node::now_ms;
+use holo_cluster::ownership::{Denied, Grant, Lease, ReadLease};
+use holo_cluster::state::{Command, Extent, NodeId, Outcome};
+use holo_cluster::Cluster;
+use holo_pagers::proto::{self, Frame, Kind};
+use holo_pagers::uffd::{Fill, Uffd};
+
+use crate::pagetable::PAGE;
+use crate::worker::Worker;
+
+/// How often the pager renews leases and reads its node's view of them.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Node clocks agree within this: a holder stops using a lease this long before its expiry
+/// (the margin of ownership.rs's skew rules).
+pub const SKEW_MS: u64 = 500;
+/// Largest shared region.
+pub const MAX_REGION_BYTES: u64 = 1 << 30;
+/// A read refused because another node writes is asked again at the latest after this,
+/// sooner when the view shows the write lease gone.
+const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+/// Drops asked of the agent and not answered yet; more wait for the next tick (the agent
+/// queues 128 zaps, the pager's evictions take up to 64 of them).
+const MAX_DROPS_IN_FLIGHT: usize = 32;
+/// Zap ids of shared granules have this bit set (the pager's evictions count from 1); the
+/// rest is the granule's address.
+pub const ZAP_BIT: u64 = 1 << 63;
+
+const MAGIC: &[u8; 8] = b"HOLOSHR1";
+/// Magic, epoch, length, BLAKE3 of (epoch, length, bytes).
+const HEADER_BYTES: usize = 8 + 8 + 8 + 32;
+
+/// The names attached on this node (one process each).
+static ATTACHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("shared home {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("shared home {path} is corrupt: {why}")]
+    Corrupt { path: String, why: &'static str },
+    #[error(
+        "shared home {path} holds epoch {found}, newer than this writer's {mine}: a stale writer does not publish"
+    )]
+    Stale { path: String, mine: u64, found: u64 },
+}
+
+/// Where the published bytes of shared granules live: one file per granule.
+#[derive(Clone, Debug)]
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    fn file(&self, region: &str, granule: u64) -> PathBuf {
+        self.dir.join(region).join(format!("{granule:016x}"))
+    }
+
+    /// Reads granule `granule` of `region` into `out`; returns the epoch that published it,
+    /// 0 (and zeros) for one never published. A damaged file is an error, never zeros.
+    pub fn read(&self, region: &str, granule: u64, out: &mut [u8]) -> Result<u64, HomeError> {
+        let path = self.file(region, granule);
+        let shown = || path.display().to_string();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                out.fill(0);
+                return Ok(0);
+            }
+            Err(source) => return Err(HomeError::Io { path: shown(), source }),
+        };
+        let corrupt = |why| HomeError::Corrupt { path: shown(), why };
+        if bytes.len() != HEADER_BYTES + out.len() {
+            return Err(corrupt("wrong length"));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        let epoch = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        if len != out.len() as u64 {
+            return Err(corrupt("wrong length"));
+        }
+        let body = &bytes[HEADER_BYTES..];
+        if checksum(epoch, body).as_bytes() != &bytes[24..56] {
+            return Err(corrupt("checksum mismatch"));
+        }
+        out.copy_from_slice(body);
+        Ok(epoch)
+    }
+
+    /// The epoch of the version published now, if any (a file whose header cannot be read
+    /// counts as none: rename is atomic, so only damage makes one).
+    fn published_epoch(&self, path: &Path) -> Option<u64> {
+        let f = File::open(path).ok()?;
+        let mut head = [0u8; 16];
+        f.read_exact_at(&mut head, 0).ok()?;
+        (&head[..8] == MAGIC).then(|| u64::from_le_bytes(head[8..16].try_into().unwrap()))
+    }
+
+    /// Publishes `bytes` as granule `granule` of `region`, written by the holder of epoch
+    /// `epoch`: to a temporary file, fsync'd, renamed over the old version, the directory
+    /// fsync'd. Refused if a newer epoch has published already.
+    pub fn publish(&self, region: &str, granule: u64, epoch: u64, bytes: &[u8]) -> Result<(), HomeError> {
+        let path = self.file(region, granule);
+        let dir = path.parent().unwrap().to_path_buf();
+        let io_err = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| HomeError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let stale = |found| HomeError::Stale { path: path.display().to_string(), mine: epoch, found };
+        if let Some(found) = self.published_epoch(&path).filter(|&e| e > epoch) {
+            return Err(stale(found));
+        }
+        let tmp = dir.join(format!(".{granule:016x}.{epoch}.{}.tmp", std::process::id()));
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut head = Vec::with_capacity(HEADER_BYTES);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&epoch.to_le_bytes());
+        head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        head.extend_from_slice(checksum(epoch, bytes).as_bytes());
+        let written = f.write_all(&head).and_then(|()| f.write_all(bytes)).and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
+        }
+        // Checked again just before the rename: a writer that lost its lease meanwhile and a
+        // newer one published must not overwrite it.
+        if let Some(found) = self.published_epoch(&path).filter(|&e| e > epoch) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(stale(found));
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+    }
+}
+
+fn checksum(epoch: u64, bytes: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(&epoch.to_le_bytes());
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+    h.finalize()
+}
+
+/// A region name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot (it names a
+/// directory of the home).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() as u64 > proto::MAX_SHARED_NAME_BYTES {
+        return Err(format!("a shared region's name must be 1 to {} bytes", proto::MAX_SHARED_NAME_BYTES));
+    }
+    if name.starts_with('.') || !name.chars().all(ok_char) {
+        return Err(format!("shared region name {name:?} may hold only A-Z a-z 0-9 . _ - and not start with '.'"));
+    }
+    Ok(())
+}
+
+/// Where one granule of an attached region stands on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum G {
+    /// No copy here, no lease.
+    Absent,
+    /// Refused while another node writes: asked again at `retry_at_ms`, or once this node's
+    /// view shows that lease gone.
+    Blocked { retry_at_ms: u64 },
+    /// A job of the coordinator is under way for it: its faults wait.
+    Busy,
+    /// Installed write-protected under a read lease.
+    Read { expires_at_ms: u64 },
+    /// Write lease granted; waiting for the readers it named. `installed`: a read copy is
+    /// here (write-protected).
+    Granted { grant: Grant, installed: bool },
+    /// Writable under `lease`.
+    Write { lease: Lease },
+    /// Writable under `lease` once the published bytes of its missing pages are in.
+    Refill { lease: Lease },
+    /// Its zap was sent to the agent.
+    Dropping,
+    /// Its bytes could not be read: faults get SIGBUS.
+    Failed,
+}
+
+/// The leases of this node's attached regions, as this node has applied them.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub leases: Vec<Lease>,
+    pub readers: Vec<ReadLease>,
+}
+
+/// What a tick decides for one granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Keep,
+    /// Stop using the copy: zap it (and unregister).
+    Drop,
+    RenewRead,
+    RenewWrite,
+    /// Every reader the grant named is gone: lift the protection.
+    WriteNow,
+    /// Ask for the read (or write) again.
+    Retry,
+}
+
+/// The rules of ownership.rs for a node, as a pure function of a granule's state, this
+/// node's view of the leases and its clock (`lease_ms`: the duration asked for).
+pub fn decide(g: &G, ext: &Extent, me: NodeId, view: &View, now_ms: u64, lease_ms: u64) -> Action {
+    let renew_due = |expires: u64| expires.saturating_sub(now_ms) < lease_ms / 2;
+    match g {
+        G::Read { expires_at_ms } => {
+            // Invalidated: a grant named it. An older invalidated lease (the view lags
+            // behind this node's newer registration) has an earlier expiry.
+            let invalidated = view
+                .readers
+                .iter()
+                .any(|r| r.holder == me && r.extent == *ext && r.invalidated && r.expires_at_ms >= *expires_at_ms);
+            if now_ms + SKEW_MS >= *expires_at_ms || invalidated {
+                Action::Drop
+            } else if renew_due(*expires_at_ms) {
+                Action::RenewRead
+            } else {
+                Action::Keep
+            }
+        }
+        G::Granted { grant, .. } => {
+            if now_ms + SKEW_MS >= grant.lease.expires_at_ms {
+                return Action::Drop;
+            }
+            let waiting = now_ms < grant.readers_expire_at_ms
+                && view.readers.iter().any(|r| grant.invalidate.contains(&r.holder) && r.extent.overlaps(ext));
+            match waiting {
+                false => Action::WriteNow,
+                true if renew_due(grant.lease.expires_at_ms) => Action::RenewWrite,
+                true => Action::Keep,
+            }
+        }
+        G::Write { lease } => {
+            if now_ms + SKEW_MS >= lease.expires_at_ms {
+                Action::Drop
+            } else if renew_due(lease.expires_at_ms) {
+                Action::RenewWrite
+            } else {
+                Action::Keep
+            }
+        }
+        G::Blocked { retry_at_ms } => {
+            let held = view.leases.iter().any(|l| l.holder != me && l.valid_at(now_ms) && l.extent.overlaps(ext));
+            if !held || now_ms >= *retry_at_ms {
+                Action::Retry
+            } else {
+                Action::Keep
+            }
+        }
+        G::Absent | G::Busy | G::Refill { .. } | G::Dropping | G::Failed => Action::Keep,
+    }
+}
+
+/// Why the coordinator could not get a lease.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Another node holds the write lease.
+    Held,
+    Failed(String),
+}
+
+/// Work for the coordinator thread. `at`: the granule's address in the client.
+pub enum Job {
+    Attach { name: String, size: u64 },
+    Read { at: u64, ext: Extent, len: usize },
+    Acquire { at: u64, ext: Extent, installed: bool },
+    Fetch { at: u64, ext: Extent, len: usize },
+    Publish { at: u64, ext: Extent, lease: Lease, bytes: Vec<u8>, present: Vec<bool> },
+    Unregister { ext: Extent },
+    Release { ext: Extent, epoch: u64 },
+    Tick { regions: Vec<String>, renew_read: Vec<(u64, Extent)>, renew_write: Vec<(u64, Extent)> },
+}
+
+pub enum Done {
+    Attached(Result<(), String>),
+    Read {
+        at: u64,
+        ext: Extent,
+        got: Result<(Vec<u8>, u64), Refusal>,
+    },
+    Acquired {
+        at: u64,
+        installed: bool,
+        got: Result<Grant, Refusal>,
+    },
+    Fetched {
+        at: u64,
+        got: Result<Vec<u8>, String>,
+    },
+    /// The new read lease's expiry, or why the bytes were not published.
+    Published {
+        at: u64,
+        got: Result<u64, String>,
+    },
+    Nothing,
+    /// New expiries of the renewed leases (`None`: lost), and the view after them.
+    Ticked {
+        read: Vec<(u64, Option<u64>)>,
+        write: Vec<(u64, Option<u64>)>,
+        view: View,
+    },
+}
+
+/// The coordinator: every Raft proposal and home file access of one client's shared regions.
+struct Coordinator {
+    member: &'static Cluster,
+    me: NodeId,
+    home: Home,
+    granule: u64,
+    lease_ms: u64,
+}
+
+impl Coordinator {
+    fn propose(&self, cmd: Command) -> Result<Outcome, String> {
+        self.member.write(cmd).map_err(|e| format!("cluster: {e}"))
+    }
+
+    fn granule_index(&self, ext: &Extent) -> u64 {
+        ext.start_page * PAGE / self.granule
+    }
+
+    fn register(&self, ext: &Extent) -> Result<holo_cluster::ownership::Registered, Refusal> {
+        let cmd = Command::RegisterReader {
+            node: self.me,
+            extent: ext.clone(),
+            now_ms: now_ms(),
+            duration_ms: self.lease_ms,
+        };
+        match self.propose(cmd).map_err(Refusal::Failed)? {
+            Outcome::Registered(r) => Ok(r),
+            Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
+            other => Err(Refusal::Failed(format!("read lease refused: {other:?}"))),
+        }
+    }
+
+    fn acquire(&self, ext: &Extent) -> Result<Grant, Refusal> {
+        let cmd =
+            Command::AcquireWrite { node: self.me, extent: ext.clone(), now_ms: now_ms(), duration_ms: self.lease_ms };
+        match self.propose(cmd).map_err(Refusal::Failed)? {
+            Outcome::Granted(g) => Ok(g),
+            Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
+            other => Err(Refusal::Failed(format!("write lease refused: {other:?}"))),
+        }
+    }
+
+    fn release(&self, ext: &Extent, epoch: u64) {
+        if let Err(e) = self.propose(Command::ReleaseWrite { node: self.me, extent: ext.clone(), epoch }) {
+            log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
+        }
+    }
+
+    fn read_home(&self, ext: &Extent, len: usize) -> Result<Vec<u8>, String> {
+        let mut bytes = vec![0; len];
+        self.home.read(&ext.region, self.granule_index(ext), &mut bytes).map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
+    fn run(&self, job: Job) -> Done {
+        match job {
+            Job::Attach { name, size } => {
+                let cmd = Command::CreateRegion { name, size_bytes: size, granule_bytes: self.granule };
+                Done::Attached(match self.propose(cmd) {
+                    Ok(Outcome::Done) => Ok(()),
+                    Ok(Outcome::Invalid(why)) => Err(why),
+                    Ok(other) => Err(format!("{other:?}")),
+                    Err(e) => Err(e),
+                })
+            }
+            Job::Read { at, ext, len } => {
+                let got = self.register(&ext).and_then(|r| match self.read_home(&ext, len) {
+                    Ok(bytes) => Ok((bytes, r.lease.expires_at_ms)),
+                    Err(e) => {
+                        let _ = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() });
+                        Err(Refusal::Failed(e))
+                    }
+                });
+                Done::Read { at, ext, got }
+            }
+            Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
+            Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
+            Job::Publish { at, ext, lease, mut bytes, present } => {
+                Done::Published { at, got: self.publish(&ext, &lease, &mut bytes, &present) }
+            }
+            Job::Unregister { ext } => {
+                if let Err(e) = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() }) {
+                    log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
+                }
+                Done::Nothing
+            }
+            Job::Release { ext, epoch } => {
+                self.release(&ext, epoch);
+                Done::Nothing
+            }
+            Job::Tick { regions, renew_read, renew_write } => {
+                let read = renew_read
+                    .into_iter()
+                    .map(|(at, ext)| {
+                        (at, self.register(&ext).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
+                    })
+                    .collect();
+                let write = renew_write
+                    .into_iter()
+                    .map(|(at, ext)| {
+                        let got = match self.acquire(&ext) {
+                            Ok(g) if g.renewed => Some(g.lease.expires_at_ms),
+                            // Ours had lapsed and this is a new lease, under a new epoch: the
+                            // writes made under the old one are lost; give it back.
+                            Ok(g) => {
+                                self.release(&ext, g.lease.epoch);
+                                None
+                            }
+                            Err(_) => None,
+                        };
+                        (at, got)
+                    })
+                    .collect();
+                let state = self.member.state();
+                let mine = |e: &Extent| regions.contains(&e.region);
+                let view = View {
+                    leases: state.leases.into_iter().filter(|l| mine(&l.extent)).collect(),
+                    readers: state.readers.into_iter().filter(|r| mine(&r.extent)).collect(),
+                };
+                Done::Ticked { read, write, view }
+            }
+        }
+    }
+
+    /// `holo_sync` of one granule: publish (pages the program no longer holds keep their
+    /// published bytes), keep a read lease of the copy, give the write lease back.
+    fn publish(&self, ext: &Extent, lease: &Lease, bytes: &mut [u8], present: &[bool]) -> Result<u64, String> {
+        let result = (|| {
+            if present.iter().any(|p| !p) {
+                let old = self.read_home(ext, bytes.len())?;
+                for (k, _) in present.iter().enumerate().filter(|(_, p)| !**p) {
+                    let r = k * PAGE as usize..(k + 1) * PAGE as usize;
+                    bytes[r.clone()].copy_from_slice(&old[r]);
+                }
+            }
+            if now_ms() + SKEW_MS >= lease.expires_at_ms {
+                return Err("the write lease expired before holo_sync; those writes are lost".to_string());
+            }
+            self.home.publish(&ext.region, self.granule_index(ext), lease.epoch, bytes).map_err(|e| e.to_string())?;
+            // Registered before the release, so no later writer can miss this copy.
+            match self.register(ext) {
+                Ok(r) => Ok(r.lease.expires_at_ms),
+                Err(Refusal::Held) => Err("another node took the write lease".to_string()),
+                Err(Refusal::Failed(e)) => Err(e),
+            }
+        })();
+        self.release(ext, lease.epoch);
+        result
+    }
+}
+
+/// One attached region of a client.
+struct Region {
+    name: String,
+    start: u64,
+    /// Mapped bytes (the size rounded up to pages).
+    len: u64,
+    gs: Vec<G>,
+}
+
+/// The request the shim is waiting on.
+enum Waiting {
+    Attach { name: String, start: u64, size: u64 },
+    Sync { left: usize, error: Option<String> },
+}
+
+/// What the pager does with a fault in a shared region.
+pub enum Served {
+    Done,
+    Defer,
+    Retry,
+    Fail(String),
+    Gone(&'static str),
+}
+
+/// What the shared regions need of the pager.
+pub struct Io<'a> {
+    pub uffd: &'a Uffd,
+    pub mem: &'a File,
+    pub agent: Option<&'a UnixStream>,
+    pub pid: i32,
+}
+
+/// A client's attached regions.
+pub struct Shared {
+    me: NodeId,
+    granule: u64,
+    lease_ms: u64,
+    regions: Vec<Region>,
+    worker: Worker<Job, Done>,
+    waiting: Option<Waiting>,
+    ticking: bool,
+    tick_at: Instant,
+    /// The view the last tick brought: which renewals are due.
+    view: View,
+    drops_in_flight: usize,
+}
+
+impl Shared {
+    /// For a client of `d`; an error saying why this daemon has no shared regions.
+    pub fn new(d: &crate::state::Daemon, pid: i32) -> Result<Shared, String> {
+        let dir = d.config.shared_dir.clone().ok_or("this holo-pager has no shared_dir: no shared regions")?;
+        let member = crate::cluster::joined().ok_or("this holo-pager is in no cluster: no shared regions")?;
+        let (granule, lease_ms) = (d.config.granule_bytes, d.config.shared_lease_ms);
+        let c = Coordinator { member, me: member.node_id(), home: Home { dir }, granule, lease_ms };
+        let worker = Worker::spawn(format!("shared-{pid}"), move |job| c.run(job)).map_err(|e| e.to_string())?;
+        Ok(Shared {
+            me: member.node_id(),
+            granule,
+            lease_ms,
+            regions: Vec::new(),
+            worker,
+            waiting: None,
+            ticking: false,
+            tick_at: Instant::now(),
+            view: View::default(),
+            drops_in_flight: 0,
+        })
+    }
+
+    /// Readable when the coordinator finished a job.
+    pub fn fd(&self) -> RawFd {
+        self.worker.fd()
+    }
+
+    /// Whether the shim waits for an answer (no other request is read meanwhile).
+    pub fn waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.regions.iter().any(|r| r.start < end && start < r.start + r.len)
+    }
+
+    /// (region index, granule index) of `addr`.
+    fn locate(&self, addr: u64) -> Option<(usize, usize)> {
+        let r = self.regions.iter().position(|r| (r.start..r.start + r.len).contains(&addr))?;
+        Some((r, ((addr - self.regions[r].start) / self.granule) as usize))
+    }
+
+    /// The granule `k` of region `r`: its address, length and extent.
+    fn window(&self, r: usize, k: usize) -> (u64, u64, Extent) {
+        let reg = &self.regions[r];
+        let at = reg.start + k as u64 * self.granule;
+        let len = self.granule.min(reg.start + reg.len - at);
+        (at, len, Extent { region: reg.name.clone(), start_page: k as u64 * self.granule / PAGE, pages: len / PAGE })
+    }
+
+    /// `holo_attach`: register `name` in the cluster (the answer comes from [`Self::on_done`]).
+    pub fn attach(&mut self, name: String, start: u64, size: u64, overlaps_private: bool) -> Result<(), String> {
+        check_name(&name)?;
+        if size == 0 || size > MAX_REGION_BYTES {
+            return Err(format!("shared region size {size} is not between 1 byte and {MAX_REGION_BYTES} bytes"));
+        }
+        if !start.is_multiple_of(PAGE) || overlaps_private || self.overlaps(start, start + size) {
+            return Err(format!("cannot attach {name:?} at {start:#x}: not a fresh page-aligned mapping"));
+        }
+        if !ATTACHED.lock().unwrap().insert(name.clone()) {
+            return Err(format!(
+                "shared region {name:?} is attached by another process on this node (one per node in this version)"
+            ));
+        }
+        self.worker.submit(Job::Attach { name: name.clone(), size });
+        self.waiting = Some(Waiting::Attach { name, start, size });
+        Ok(())
+    }
+
+    /// `holo_sync` of the region around `addr`: publish every granule written here. `None`:
+    /// the answer comes from [`Self::on_done`].
+    pub fn sync(&mut self, addr: u64, io: &Io) -> Option<Result<(), String>> {
+        let Some((r, _)) = self.locate(addr) else {
+            return Some(Err(format!("{addr:#x} is in no shared region of this process")));
+        };
+        let mut left = 0;
+        for k in 0..self.regions[r].gs.len() {
+            let G::Write { lease } = self.regions[r].gs[k].clone() else { continue };
+            let (at, len, ext) = self.window(r, k);
+            // Writes from now on fault and wait for the publication.
+            if let Err(e) = io.uffd.write_protect(at, len, true) {
+                return Some(Err(format!("cannot write-protect {at:#x}: {e}")));
+            }
+            let mut bytes = vec![0; len as usize];
+            let mut present = vec![true; (len / PAGE) as usize];
+            if io.mem.read_exact_at(&mut bytes, at).is_err() {
+                // Some page is missing (the program dropped it): read page by page.
+                for (p, ok) in present.iter_mut().enumerate() {
+                    let off = p * PAGE as usize;
+                    *ok = io.mem.read_exact_at(&mut bytes[off..off + PAGE as usize], at + off as u64).is_ok();
+                }
+            }
+            self.regions[r].gs[k] = G::Busy;
+            self.worker.submit(Job::Publish { at, ext, lease, bytes, present });
+            left += 1;
+        }
+        if left == 0 {
+            return Some(Ok(()));
+        }
+        self.waiting = Some(Waiting::Sync { left, error: None });
+        None
+    }
+
+    /// A fault at `addr` (a write if `write`), in a shared region.
+    pub fn serve(&mut self, addr: u64, write: bool, io: &Io) -> Served {
+        let Some((r, k)) = self.locate(addr) else { return Served::Done };
+        let (at, len, ext) = self.window(r, k);
+        let present = || {
+            let mut probe = [0u8; 1];
+            io.mem.read_exact_at(&mut probe, addr & !(PAGE - 1)).is_ok()
+        };
+        let g = self.regions[r].gs[k].clone();
+        let (next, job) = match g {
+            G::Busy | G::Refill { .. } | G::Dropping | G::Granted { .. } | G::Blocked { .. } => return Served::Defer,
+            G::Failed => return Served::Fail(format!("shared granule {at:#x} of {:?} could not be read", ext.region)),
+            G::Absent if write => (G::Busy, Job::Acquire { at, ext, installed: false }),
+            G::Absent => (G::Busy, Job::Read { at, ext, len: len as usize }),
+            G::Read { .. } if write => (G::Busy, Job::Acquire { at, ext, installed: true }),
+            G::Read { .. } | G::Write { .. } if present() => {
+                if write {
+                    // A write-protect fault left over (the granule became writable meanwhile).
+                    return match io.uffd.write_protect(at, len, false) {
+                        Ok(()) => Served::Done,
+                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Served::Retry,
+                        Err(_) => Served::Gone("write-unprotect failed"),
+                    };
+                }
+                let _ = io.uffd.wake(addr & !(PAGE - 1), PAGE);
+                return Served::Done;
+            }
+            // A page the program dropped: fill it again.
+            G::Read { .. } => (G::Busy, Job::Read { at, ext, len: len as usize }),
+            G::Write { lease } => (G::Refill { lease }, Job::Fetch { at, ext, len: len as usize }),
+        };
+        self.regions[r].gs[k] = next;
+        self.worker.submit(job);
+        Served::Defer
+    }
+
+    /// Installs `bytes` at granule `at` (only the pages missing), write-protected if `wp`.
+    fn install(&self, at: u64, bytes: &[u8], wp: bool, io: &Io) -> Result<(), Served> {
+        let step = |fill: Fill| match fill {
+            Fill::Done | Fill::Exists => Ok(false),
+            Fill::Partial(_) => Ok(true),
+            Fill::Retry => Err(Served::Retry),
+            Fill::Unmapped => Err(Served::Retry),
+            Fill::TargetGone => Err(Served::Gone("its address space is gone")),
+        };
+        let partial = match io.uffd.copy_with(at, bytes, wp) {
+            Fill::Exists => true,
+            f => step(f)?,
+        };
+        if partial {
+            for (p, page) in bytes.chunks(PAGE as usize).enumerate() {
+                step(io.uffd.copy_with(at + (p as u64) * PAGE, page, wp))?;
+            }
+        }
+        let _ = io.uffd.wake(at, bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Sends the zap that drops granule `k` of region `r` (the agent's madvise).
+    fn drop_copy(&mut self, r: usize, k: usize, io: &Io) {
+        if self.drops_in_flight >= MAX_DROPS_IN_FLIGHT {
+            return; // asked again at the next tick
+        }
+        let (at, len, _) = self.window(r, k);
+        let sent =
+            io.agent.map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b""));
+        match sent {
+            Some(Ok(())) => {
+                self.regions[r].gs[k] = G::Dropping;
+                self.drops_in_flight += 1;
+            }
+            // Tried again at the next tick; until then its faults wait.
+            _ => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {sent:?}", io.pid),
+        }
+    }
+
+    /// The agent's `Zapping` or `Zapped` for a shared granule: the reply to send.
+    pub fn on_agent_frame(&mut self, f: Frame) -> Kind {
+        let at = f.a & !ZAP_BIT;
+        let located = self.locate(at).filter(|&(r, k)| self.regions[r].gs[k] == G::Dropping);
+        match (f.kind, located) {
+            (Kind::Zapping, Some(_)) => Kind::Go,
+            (Kind::Zapping, None) => Kind::NoGo,
+            (_, Some((r, k))) => {
+                self.drops_in_flight -= 1;
+                let (_, _, ext) = self.window(r, k);
+                self.regions[r].gs[k] = G::Absent;
+                self.worker.submit(Job::Unregister { ext });
+                Kind::Done
+            }
+            (_, None) => Kind::Done,
+        }
+    }
+
+    /// Every loop turn: start a tick when one is due.
+    pub fn tick(&mut self) {
+        if self.ticking || self.regions.is_empty() || self.tick_at.elapsed() < TICK {
+            return;
+        }
+        self.tick_at = Instant::now();
+        let now = now_ms();
+        let (mut renew_read, mut renew_write) = (Vec::new(), Vec::new());
+        for r in 0..self.regions.len() {
+            for k in 0..self.regions[r].gs.len() {
+                let (at, _, ext) = self.window(r, k);
+                // Renewals only: the other verdicts wait for the fresh view this tick brings.
+                match decide(&self.regions[r].gs[k], &ext, self.me, &self.view, now, self.lease_ms) {
+                    Action::RenewRead => renew_read.push((at, ext)),
+                    Action::RenewWrite => renew_write.push((at, ext)),
+                    _ => {}
+                }
+            }
+        }
+        let regions = self.regions.iter().map(|r| r.name.clone()).collect();
+        self.worker.submit(Job::Tick { regions, renew_read, renew_write });
+        self.ticking = true;
+    }
+
+    /// Handles what the coordinator finished. Returns the answer to the request the shim is
+    /// waiting on, once there is one.
+    pub fn on_done(&mut self, io: &Io) -> Option<Result<(), String>> {
+        let mut answer = None;
+        while let Some(done) = self.worker.take() {
+            if let Some(a) = self.handle(done, io) {
+                answer = Some(a);
+            }
+        }
+        answer
+    }
+
+    fn handle(&mut self, done: Done, io: &Io) -> Option<Result<(), String>> {
+        match done {
+            Done::Attached(result) => {
+                let Some(Waiting::Attach { name, start, size }) = self.waiting.take() else { return None };
+                let len = size.div_ceil(PAGE) * PAGE;
+                let result = result.and_then(|()| {
+                    use holo_pagers::uffd::{UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP};
+                    io.uffd
+                        .register(start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
+                        .map_err(|e| format!("cannot register {start:#x}+{len:#x} with userfaultfd: {e}"))
+                });
+                match &result {
+                    Ok(()) => {
+                        let granules = len.div_ceil(self.granule) as usize;
+                        log::info!("pid {}: attached shared region {name:?} ({size} bytes) at {start:#x}", io.pid);
+                        self.regions.push(Region { name, start, len, gs: vec![G::Absent; granules] });
+                    }
+                    Err(_) => {
+                        ATTACHED.lock().unwrap().remove(&name);
+                    }
+                }
+                Some(result)
+            }
+            Done::Read { at, got, .. } => {
+                let (r, k) = self.locate(at)?;
+                self.regions[r].gs[k] = match got {
+                    Ok((bytes, expires_at_ms)) => match self.install(at, &bytes, true, io) {
+                        Ok(()) => G::Read { expires_at_ms },
+                        // The address space is changing: the fault asks again.
+                        Err(_) => G::Absent,
+                    },
+                    Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
+                    Err(Refusal::Failed(e)) => {
+                        crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
+                        G::Failed
+                    }
+                };
+                None
+            }
+            Done::Acquired { at, installed, got } => {
+                let (r, k) = self.locate(at)?;
+                self.regions[r].gs[k] = match got {
+                    Ok(grant) => G::Granted { grant, installed },
+                    // Its read copy (if any) stays until the view says otherwise.
+                    Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
+                    Err(Refusal::Failed(e)) => {
+                        crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
+                        G::Failed
+                    }
+                };
+                if installed && matches!(self.regions[r].gs[k], G::Blocked { .. }) {
+                    // A stale read copy must not outlive the lease that another writer now
+                    // holds: drop it and read again later.
+                    self.drop_copy(r, k, io);
+                }
+                // The readers may be gone already: no need to wait for the next tick.
+                self.tick_at = Instant::now() - TICK;
+                None
+            }
+            Done::Fetched { at, got } => {
+                let (r, k) = self.locate(at)?;
+                let G::Refill { lease } = self.regions[r].gs[k].clone() else { return None };
+                self.regions[r].gs[k] = match got.map(|bytes| self.install(at, &bytes, false, io)) {
+                    // Pages the kernel would not take now fault again, and are fetched again.
+                    Ok(_) => G::Write { lease },
+                    Err(e) => {
+                        crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
+                        G::Failed
+                    }
+                };
+                None
+            }
+            Done::Published { at, got } => {
+                let (r, k) = self.locate(at)?;
+                let error = match got {
+                    Ok(expires_at_ms) => {
+                        self.regions[r].gs[k] = G::Read { expires_at_ms };
+                        None
+                    }
+                    Err(e) => {
+                        self.drop_copy(r, k, io);
+                        Some(e)
+                    }
+                };
+                let Some(Waiting::Sync { left, error: first }) = &mut self.waiting else { return None };
+                *left -= 1;
+                if first.is_none() {
+                    *first = error;
+                }
+                if *left > 0 {
+                    return None;
+                }
+                let Some(Waiting::Sync { error, .. }) = self.waiting.take() else { unreachable!() };
+                Some(error.map_or(Ok(()), Err))
+            }
+            Done::Nothing => None,
+            Done::Ticked { read, write, view } => {
+                self.ticking = false;
+                self.ticked(read, write, view, io);
+                None
+            }
+        }
+    }
+
+    fn ticked(&mut self, read: Vec<(u64, Option<u64>)>, write: Vec<(u64, Option<u64>)>, view: View, io: &Io) {
+        for (at, expiry) in read.into_iter().chain(write) {
+            let Some((r, k)) = self.locate(at) else { continue };
+            let g = &mut self.regions[r].gs[k];
+            match (g, expiry) {
+                (G::Read { expires_at_ms }, Some(e)) => *expires_at_ms = e,
+                (G::Write { lease }, Some(e)) | (G::Granted { grant: Grant { lease, .. }, .. }, Some(e)) => {
+                    lease.expires_at_ms = e
+                }
+                // Lost: the verdict below drops the copy once its expiry nears.
+                _ => {}
+            }
+        }
+        let now = now_ms();
+        for r in 0..self.regions.len() {
+            for k in 0..self.regions[r].gs.len() {
+                let (at, len, ext) = self.window(r, k);
+                let g = self.regions[r].gs[k].clone();
+                match decide(&g, &ext, self.me, &view, now, self.lease_ms) {
+                    Action::Drop => match g {
+                        G::Granted { installed: false, grant } => {
+                            self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch });
+                            self.regions[r].gs[k] = G::Absent;
+                        }
+                        _ => self.drop_copy(r, k, io),
+                    },
+                    Action::WriteNow => {
+                        let G::Granted { grant, installed } = g else { continue };
+                        if installed {
+                            match io.uffd.write_protect(at, len, false) {
+                                Ok(()) => self.regions[r].gs[k] = G::Write { lease: grant.lease },
+                                Err(e) => log::debug!("pid {}: cannot lift protection of {at:#x}: {e}", io.pid),
+                            }
+                        } else {
+                            self.worker.submit(Job::Fetch { at, ext, len: len as usize });
+                            self.regions[r].gs[k] = G::Refill { lease: grant.lease };
+                        }
+                    }
+                    Action::Retry => self.regions[r].gs[k] = G::Absent,
+                    Action::Keep | Action::RenewRead | Action::RenewWrite => {}
+                }
+            }
+        }
+        self.view = view;
+    }
+
+    /// The program unmapped or moved `[start, end)`: the regions there are detached.
+    pub fn on_unmap(&mut self, start: u64, end: u64, pid: i32) {
+        let (gone, kept): (Vec<Region>, Vec<Region>) =
+            std::mem::take(&mut self.regions).into_iter().partition(|r| r.start < end && start < r.start + r.len);
+        self.regions = kept;
+        for r in gone {
+            log::info!("pid {pid}: shared region {:?} unmapped: detached", r.name);
+            self.detach(r);
+        }
+    }
+
+    /// Gives back the leases of region `r` (unpublished writes are lost, by design).
+    fn detach(&mut self, r: Region) {
+        self.drops_in_flight -= r.gs.iter().filter(|g| **g == G::Dropping).count();
+        for (k, g) in r.gs.iter().enumerate() {
+            let at = r.start + k as u64 * self.granule;
+            let len = self.granule.min(r.start + r.len - at);
+            let ext = Extent { region: r.name.clone(), start_page: k as u64 * self.granule / PAGE, pages: len / PAGE };
+            match g {
+                G::Write { lease } | G::Refill { lease } => {
+                    self.worker.submit(Job::Release { ext, epoch: lease.epoch })
+                }
+                G::Granted { grant, .. } => self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch }),
+                G::Read { .. } | G::Dropping => self.worker.submit(Job::Unregister { ext }),
+                // A job under way may have taken a lease: it lapses at its expiry.
+                G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
+            }
+        }
+        ATTACHED.lock().unwrap().remove(&r.name);
+    }
+
+    /// The client is gone: give every lease back and wait until that is done.
+    pub fn release_all(&mut self) {
+        for r in std::mem::take(&mut self.regions) {
+            self.detach(r);
+        }
+        // A lease granted by a job that was under way goes back too.
+        while let Some(done) = self.worker.wait() {
+            match done {
+                Done::Acquired { got: Ok(g), .. } => {
+                    self.worker.submit(Job::Release { ext: g.lease.extent.clone(), epoch: g.lease.epoch })
+                }
+                Done::Read { ext, got: Ok(_), .. } => self.worker.submit(Job::Unregister { ext }),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(label: &str) -> Home {
+        let dir = std::env::temp_dir().join(format!("holo-shared-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Home { dir }
+    }
+
+    #[test]
+    fn the_home_publishes_by_epoch_and_refuses_damage_and_stale_writers() {
+        let h = home("home");
+        let mut out = vec![7u8; 8192];
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 0, "never published");
+        assert!(out.iter().all(|&b| b == 0), "a fresh granule reads as zeros");
+        h.publish("r", 3, 5, &[1u8; 8192]).unwrap();
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 5);
+        assert!(out.iter().all(|&b| b == 1));
+        // An older epoch never overwrites a newer one; the same or a newer one does.
+        assert!(matches!(h.publish("r", 3, 4, &[2u8; 8192]), Err(HomeError::Stale { mine: 4, found: 5, .. })));
+        h.publish("r", 3, 6, &[3u8; 8192]).unwrap();
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 6);
+        assert!(out.iter().all(|&b| b == 3));
+        // One flipped byte is an error, never the bytes (nor zeros).
+        let path = h.file("r", 3);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[HEADER_BYTES + 100] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "checksum mismatch", .. })));
+        std::fs::write(&path, &raw[..100]).unwrap();
+        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "wrong length", .. })));
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("demo-1_x.y").is_ok());
+        for bad in ["", ".hidden", "../x", "a/b", "sp ace", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn ext() -> Extent {
+        Extent { region: "r".into(), start_page: 0, pages: 16 }
+    }
+
+    fn lease(holder: NodeId, expires_at_ms: u64) -> Lease {
+        Lease { extent: ext(), holder, epoch: 1, expires_at_ms }
+    }
+
+    fn reader(holder: NodeId, expires_at_ms: u64, invalidated: bool) -> ReadLease {
+        ReadLease { extent: ext(), holder, expires_at_ms, invalidated }
+    }
+
+    #[test]
+    fn a_reader_drops_its_copy_when_invalidated_or_near_expiry_and_renews_in_time() {
+        let (me, lease_ms) = (1, 10_000);
+        let read = G::Read { expires_at_ms: 20_000 };
+        let none = View::default();
+        assert_eq!(decide(&read, &ext(), me, &none, 11_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&read, &ext(), me, &none, 16_000, lease_ms), Action::RenewRead);
+        assert_eq!(decide(&read, &ext(), me, &none, 20_000 - SKEW_MS, lease_ms), Action::Drop, "skew margin");
+        let invalidated = View { readers: vec![reader(me, 20_000, true)], ..Default::default() };
+        assert_eq!(decide(&read, &ext(), me, &invalidated, 11_000, lease_ms), Action::Drop);
+        // An older registration's mark (the view lags behind this node's newer lease) is not ours.
+        let stale = View { readers: vec![reader(me, 15_000, true)], ..Default::default() };
+        assert_eq!(decide(&read, &ext(), me, &stale, 11_000, lease_ms), Action::Keep);
+    }
+
+    #[test]
+    fn a_writer_writes_once_the_named_readers_are_gone_or_expired() {
+        let (me, lease_ms) = (1, 10_000);
+        let grant =
+            Grant { lease: lease(me, 30_000), invalidate: vec![2], readers_expire_at_ms: 25_000, renewed: false };
+        let g = G::Granted { grant, installed: true };
+        let present = View { readers: vec![reader(2, 25_000, true)], ..Default::default() };
+        assert_eq!(decide(&g, &ext(), me, &present, 21_000, lease_ms), Action::Keep, "reader 2 still has it");
+        assert_eq!(decide(&g, &ext(), me, &View::default(), 21_000, lease_ms), Action::WriteNow, "unregistered");
+        assert_eq!(decide(&g, &ext(), me, &present, 25_000, lease_ms), Action::WriteNow, "its lease expired");
+        // Another reader that the grant did not name (it registered later) does not count.
+        let other = View { readers: vec![reader(3, 25_000, false)], ..Default::default() };
+        assert_eq!(decide(&g, &ext(), me, &other, 21_000, lease_ms), Action::WriteNow);
+        let w = G::Write { lease: lease(me, 30_000) };
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 21_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 26_000, lease_ms), Action::RenewWrite);
+        assert_eq!(decide(&w, &ext(), me, &View::default(), 30_000 - SKEW_MS, lease_ms), Action::Drop);
+    }
+
+    #[test]
+    fn a_blocked_fault_asks_again_once_the_other_writer_is_gone() {
+        let (me, lease_ms) = (1, 10_000);
+        let b = G::Blocked { retry_at_ms: 5_000 };
+        let held = View { leases: vec![lease(2, 9_000)], ..Default::default() };
+        assert_eq!(decide(&b, &ext(), me, &held, 1_000, lease_ms), Action::Keep);
+        assert_eq!(decide(&b, &ext(), me, &held, 5_000, lease_ms), Action::Retry, "backstop");
+        assert_eq!(decide(&b, &ext(), me, &View::default(), 1_000, lease_ms), Action::Retry, "released");
+        assert_eq!(decide(&b, &ext(), me, &held, 9_000 - 1, lease_ms), Action::Retry);
+    }
+}
