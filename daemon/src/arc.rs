@@ -63,7 +63,10 @@
 //! first key faulted too recently. The eviction is the probe: a key that refaults within
 //! `cold_after` of its offload proved hot. [`backoff`] then doubles its own threshold (up to
 //! 2^[`MAX_COLD_LEVEL`] times `cold_after`), and lowers it again when a later offload stays
-//! out for its whole threshold, so a hot key costs one refault per (growing) period. A ghost
+//! out for its whole threshold, so a hot key costs one refault per (growing) period. A granule
+//! that prefetch brings back counts as refaulted too: prefetch follows a trend of refaults, so
+//! it mostly brings back the same loop's granules (counted otherwise, they would cycle out
+//! and back in every `cold_after`), and a cold one taken for hot is only offloaded later. A ghost
 //! keeps the time of its offload in `stamp`, and such a refault leaves `p` alone (REPLACE did
 //! not choose that eviction). The state fits in the node's padding: a node stays 24 bytes.
 //!
