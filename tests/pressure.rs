@@ -815,3 +815,48 @@ fn with_cold_after_ms_0_nothing_is_offloaded() {
         &format!("expected nothing offloaded and the whole region resident ({} MiB)\n{tail}", resident >> 20),
     );
 }
+
+/// Not a test: the cost of the cold offloader on the hot set (BENCHMARKS.md). Rounds
+/// alternate `cold_after_ms` 2000 and 0; each runs the cold_hot program for 20 s after its
+/// fill and reports the hot loop's passes a second over that time, and what was offloaded.
+/// `cargo test --release -p holo-e2e --test pressure cold_offload_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn cold_offload_cost() {
+    let _heavy = heavy();
+    let rounds: usize = std::env::var("HOLO_COLD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        for (k, cold_after_ms) in [COLD_AFTER_MS, 0].into_iter().enumerate() {
+            let (_conf, daemon) = cold_daemon(cold_after_ms);
+            let cmd = shimmed_command(&daemon, &c_program("cold_hot"), &[COLD_REGION, COLD_HOT], &[]);
+            let mut prog = Spawned::spawn(cmd, true);
+            prog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+            std::thread::sleep(Duration::from_secs(20));
+            prog.send_line("stats");
+            let line = prog.wait_for_line("passes", PROGRAM_TIMEOUT, &daemon);
+            let o = pressure(&daemon)["offload"].clone();
+            prog.send_line("check");
+            let out = prog.finish(PROGRAM_TIMEOUT);
+            out.assert_success(&daemon);
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let rate = words[1].parse::<f64>().unwrap() / words[3].parse::<f64>().unwrap();
+            rates[k].push(rate);
+            let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            eprintln!(
+                "round {round} cold_after_ms {cold_after_ms}: {rate:.0} hot passes/s; offloaded {} MiB ({} granules), \
+                 {} refaults; loadavg {}",
+                bytes(&o["bytes"]) >> 20,
+                o["granules"],
+                o["refaults"],
+                load.trim()
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut rates[0]), median(&mut rates[1]));
+    eprintln!("median hot passes/s: offloader on {on:.0}, off {off:.0} ({:+.1}%)", 100.0 * (on / off - 1.0));
+}
