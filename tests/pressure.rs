@@ -4,7 +4,8 @@
 //! workload is OOM-killed. Started at once, the two push the cgroup into its margin and its
 //! usage threshold wakes the controller. A cooperative program (`holo_on_pressure`) is asked
 //! to release memory first, and does. A program thrashing in a small cgroup of its own raises
-//! system PSI over a tiny target until the low-priority client's faults are throttled.
+//! system PSI over a tiny target until the low-priority client's faults are throttled. With no
+//! pressure, memory that has not faulted for `cold_after_ms` is offloaded, the hot set stays.
 
 use std::ffi::CString;
 use std::fs;
@@ -690,4 +691,172 @@ fn holo_priority_lowers_a_programs_priority_but_never_raises_it() {
         let warned = out.stderr.contains("HOLO_PRIORITY is not a priority from -100 to 100; ignored");
         out.check(&daemon, warned == (*value == "high"), "expected a warning for HOLO_PRIORITY=high only");
     }
+}
+
+/// The cold offload rig: the program's region and hot set, and how long a granule must not
+/// fault to be cold.
+const COLD_REGION: &str = "64M";
+const COLD_HOT: &str = "4M";
+const COLD_AFTER_MS: u64 = 2000;
+
+/// A daemon whose budget (1G) dwarfs the program's region, so that no eviction is the
+/// budget's; `cold_after_ms` as given. The PSI target is high because this test is about what
+/// is offloaded, not about pausing (unit-tested in pressure.rs): other tests on the machine
+/// may stall memory meanwhile.
+fn cold_daemon(cold_after_ms: u64) -> (TempDir, Daemon) {
+    let conf = TempDir::new("cold-conf");
+    let conf_file = conf.path().join("holo-pager.toml");
+    let text = format!("cold_after_ms = {cold_after_ms}\ncold_offload_rate = \"64M\"\npressure_target_pct = 90.0\n");
+    fs::write(&conf_file, text).unwrap();
+    let daemon = Daemon::start(BUDGET, "64K", &["--config", conf_file.to_str().unwrap(), "--metrics-listen", "off"]);
+    (conf, daemon)
+}
+
+/// The one client's resident pages (`holoctl regions`).
+fn client_resident_pages(daemon: &Daemon) -> u64 {
+    daemon.clients().first().and_then(|c| c["resident_pages"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn cold_memory_is_offloaded_with_no_pressure_and_the_hot_set_stays_resident() {
+    let _heavy = heavy();
+    let (_conf, daemon) = cold_daemon(COLD_AFTER_MS);
+    let (region, hot) = (parse_size(COLD_REGION), parse_size(COLD_HOT));
+    let cmd = shimmed_command(&daemon, &c_program("cold_hot"), &[COLD_REGION, COLD_HOT], &[]);
+    let mut prog = Spawned::spawn(cmd, true);
+    prog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let filled = client_resident_pages(&daemon) * 4096;
+
+    // The cold part (60M) is offloaded, at most 64M/s, once it has not faulted for 2 s.
+    let cold = region - hot;
+    daemon.wait_until("most of the cold part offloaded", Duration::from_secs(90), || {
+        let o = pressure(&daemon)["offload"].clone();
+        let resident = client_resident_pages(&daemon) * 4096;
+        if bytes(&o["bytes"]) >= cold * 3 / 4 && resident <= region - cold * 3 / 4 {
+            Ok(())
+        } else {
+            Err(format!("resident {} MiB, offload {o}", resident >> 20))
+        }
+    });
+    // The hot set keeps being read meanwhile: each hot granule refaults once per (doubling)
+    // threshold at most, 2 s then 4 s then 8 s: a few times in the next 8 s. Prefetch follows
+    // the loop's refaults past the hot set's end into the cold part (up to 32 granules), and
+    // those count as refaulted too.
+    std::thread::sleep(Duration::from_secs(8));
+    prog.send_line("stats");
+    let stats = prog.wait_for_line("passes", PROGRAM_TIMEOUT, &daemon);
+    let p = pressure(&daemon);
+    let o = &p["offload"];
+    let resident = client_resident_pages(&daemon) * 4096;
+    let refaults = o["refaults"].as_u64().unwrap_or(0);
+    let hot_granules = hot / parse_size("64K");
+    let dram_before = daemon.tier("dram");
+    prog.send_line("check");
+    let out = prog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("pressure: {p:#}\nresident at the end of the hot loop: {} MiB", resident >> 20);
+    out.check(&daemon, out.success() && out.stdout.contains("ok passes"), &format!("the program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    out.check(
+        &daemon,
+        bytes(&o["granules"]) > 0 && o["running"] == true,
+        &format!("expected granules offloaded (resident at `ready`: {} MiB)\n{tail}", filled >> 20),
+    );
+    out.check(
+        &daemon,
+        refaults >= 1 && refaults <= 3 * hot_granules,
+        &format!(
+            "expected the hot set's {hot_granules} granules refaulted at least once, at most 3 times each\n{tail}"
+        ),
+    );
+    // Reading the cold part back came from the tiers below DRAM.
+    let dram = daemon.tier("dram");
+    out.check(
+        &daemon,
+        dram.refaults >= dram_before.refaults + (cold * 3 / 4) / 4096,
+        &format!("expected `check` to read the cold part back: dram refaults {dram:?}, before {dram_before:?}\n{tail}"),
+    );
+    out.check(
+        &daemon,
+        daemon.log().contains("cold granule(s)") && daemon.log().contains("offloading granules not faulted"),
+        &format!("expected the offload passes logged\n{tail}"),
+    );
+    eprintln!(
+        "cold offload: {} granules, {} MiB offloaded; {refaults} hot refaults ({hot_granules} hot granules); resident \
+         {} MiB of {} MiB; {}",
+        o["granules"],
+        bytes(&o["bytes"]) >> 20,
+        resident >> 20,
+        region >> 20,
+        stats
+    );
+}
+
+#[test]
+fn with_cold_after_ms_0_nothing_is_offloaded() {
+    let _heavy = heavy();
+    let (_conf, daemon) = cold_daemon(0);
+    let region = parse_size(COLD_REGION);
+    let cmd = shimmed_command(&daemon, &c_program("cold_hot"), &[COLD_REGION, COLD_HOT], &[]);
+    let mut prog = Spawned::spawn(cmd, true);
+    prog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    // Well past the 2 s (and its scan) after which the other test sees granules offloaded.
+    std::thread::sleep(Duration::from_secs(6));
+    let p = pressure(&daemon);
+    let resident = client_resident_pages(&daemon) * 4096;
+    let dram = daemon.tier("dram");
+    prog.send_line("check");
+    let out = prog.finish(PROGRAM_TIMEOUT);
+    let tail = format!("pressure: {p:#}\ndram: {dram:?}");
+    out.check(&daemon, out.success() && out.stdout.contains("ok passes"), &format!("the program failed\n{tail}"));
+    out.assert_managed(&daemon);
+    out.check(
+        &daemon,
+        p["offload"]["granules"] == 0 && p["offload"]["running"] == false && dram.evictions == 0 && resident >= region,
+        &format!("expected nothing offloaded and the whole region resident ({} MiB)\n{tail}", resident >> 20),
+    );
+}
+
+/// Not a test: the cost of the cold offloader on the hot set (BENCHMARKS.md). Rounds
+/// alternate `cold_after_ms` 2000 and 0; each runs the cold_hot program for 20 s after its
+/// fill and reports the hot loop's passes a second over that time, and what was offloaded.
+/// `cargo test --release -p holo-e2e --test pressure cold_offload_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn cold_offload_cost() {
+    let _heavy = heavy();
+    let rounds: usize = std::env::var("HOLO_COLD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        for (k, cold_after_ms) in [COLD_AFTER_MS, 0].into_iter().enumerate() {
+            let (_conf, daemon) = cold_daemon(cold_after_ms);
+            let cmd = shimmed_command(&daemon, &c_program("cold_hot"), &[COLD_REGION, COLD_HOT], &[]);
+            let mut prog = Spawned::spawn(cmd, true);
+            prog.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+            std::thread::sleep(Duration::from_secs(20));
+            prog.send_line("stats");
+            let line = prog.wait_for_line("passes", PROGRAM_TIMEOUT, &daemon);
+            let o = pressure(&daemon)["offload"].clone();
+            prog.send_line("check");
+            let out = prog.finish(PROGRAM_TIMEOUT);
+            out.assert_success(&daemon);
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let rate = words[1].parse::<f64>().unwrap() / words[3].parse::<f64>().unwrap();
+            rates[k].push(rate);
+            let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            eprintln!(
+                "round {round} cold_after_ms {cold_after_ms}: {rate:.0} hot passes/s; offloaded {} MiB ({} granules), \
+                 {} refaults; loadavg {}",
+                bytes(&o["bytes"]) >> 20,
+                o["granules"],
+                o["refaults"],
+                load.trim()
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut rates[0]), median(&mut rates[1]));
+    eprintln!("median hot passes/s: offloader on {on:.0}, off {off:.0} ({:+.1}%)", 100.0 * (on / off - 1.0));
 }

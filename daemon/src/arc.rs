@@ -54,6 +54,22 @@
 //! re-use (it goes to B2 when it leaves, or to T2 when cancelled). A caller that refills a key
 //! whose eviction completed calls `on_evicted` before that refault's `on_fault`.
 //!
+//! **Cold keys (proactive offload).** With no memory pressure, holo also evicts granules that
+//! have been cold for `cold_after_ms`. There is no access bit to tell (no `page_idle`, no
+//! DAMON virtual-address operations on holo's kernels, no accessed bit in pagemap), so
+//! "cold" here means *not faulted* for that long: each resident key carries the time of its
+//! last fault (`stamp`), and since every fault moves its key to the MRU end, T1 and T2 are
+//! each sorted by it: [`ArcPolicy::cold_victims`] walks them from the LRU end and stops at the
+//! first key faulted too recently. The eviction is the probe: a key that refaults within
+//! `cold_after` of its offload proved hot. [`backoff`] then doubles its own threshold (up to
+//! 2^[`MAX_COLD_LEVEL`] times `cold_after`), and lowers it again when a later offload stays
+//! out for its whole threshold, so a hot key costs one refault per (growing) period. A granule
+//! that prefetch brings back counts as refaulted too: prefetch follows a trend of refaults, so
+//! it mostly brings back the same loop's granules (counted otherwise, they would cycle out
+//! and back in every `cold_after`), and a cold one taken for hot is only offloaded later. A ghost
+//! keeps the time of its offload in `stamp`, and such a refault leaves `p` alone (REPLACE did
+//! not choose that eviction). The state fits in the node's padding: a node stays 24 bytes.
+//!
 //! Keys are opaque `u64`s (holo uses a granule window's start address). Capacity is in keys
 //! (granules). A fault may take the policy over capacity: holo fills first and evicts when
 //! the budget asks, so the caller calls `victim` until it is back under. Every operation is
@@ -154,7 +170,15 @@ struct Node {
     from_t2: bool,
     /// For a leaving key: it faulted while leaving.
     hit: bool,
+    /// A resident or leaving key: when it last faulted. A ghost: when it was offloaded
+    /// cold, or [`NOT_OFFLOADED`].
+    stamp: Tick,
+    /// Its cold threshold is `cold_after << level` ([`backoff`]).
+    level: u8,
 }
+
+// The cold state lives in what was padding: the directory costs no more per key for it.
+const _: () = assert!(std::mem::size_of::<Node>() == 24);
 
 #[derive(Clone, Copy, Debug)]
 struct Ends {
@@ -244,9 +268,9 @@ impl Dir {
         self.push_mru(i, l);
     }
 
-    /// Insert a key the directory does not hold.
-    fn insert(&mut self, key: u64, l: L) -> u32 {
-        let node = Node { key, prev: NIL, next: NIL, at: l, from_t2: false, hit: false };
+    /// Insert a key the directory does not hold, stamped `stamp`.
+    fn insert(&mut self, key: u64, l: L, stamp: Tick) -> u32 {
+        let node = Node { key, prev: NIL, next: NIL, at: l, from_t2: false, hit: false, stamp, level: 0 };
         let i = if self.free != NIL {
             let i = self.free;
             self.free = self.nodes[i as usize].next;
@@ -343,6 +367,38 @@ enum Bounds {
 /// just faulted in survives at least this many later faults (module doc).
 pub const MIN_RECENT_PCT: u64 = 25;
 
+/// Time as the cold state keeps it: tenths of a second since the policy's owner started
+/// (32 bits last 13 years).
+pub type Tick = u32;
+pub const TICK_MS: u64 = 100;
+/// A ghost's `stamp` when the budget evicted it (not the cold offloader).
+const NOT_OFFLOADED: Tick = Tick::MAX;
+/// A key's cold threshold doubles at most this many times: 32x `cold_after`.
+pub const MAX_COLD_LEVEL: u8 = 5;
+/// Keys [`ArcPolicy::cold_victims`] looks at per call: keys backed off past their base
+/// threshold are skipped, and a bound keeps a call cheap however many there are.
+pub const COLD_EXAMINE: usize = 4096;
+
+/// The threshold of a key at backoff `level`: it must not have faulted for this long.
+pub fn cold_threshold(cold_after: Tick, level: u8) -> Tick {
+    cold_after.saturating_mul(1 << level.min(MAX_COLD_LEVEL))
+}
+
+/// A key offloaded cold at `offloaded` refaults at `now`: whether it proved hot (it was out
+/// for less than `cold_after`), and its backoff level from now on. Hot: the level goes up
+/// (its threshold doubles), up to [`MAX_COLD_LEVEL`]. Out for its whole threshold: down one.
+/// In between: unchanged.
+pub fn backoff(level: u8, offloaded: Tick, now: Tick, cold_after: Tick) -> (bool, u8) {
+    let out = now.saturating_sub(offloaded);
+    if out < cold_after {
+        (true, (level + 1).min(MAX_COLD_LEVEL))
+    } else if out >= cold_threshold(cold_after, level) {
+        (false, level.saturating_sub(1))
+    } else {
+        (false, level)
+    }
+}
+
 /// Drop every trace of `key` (resident or ghost): the program freed its range.
 fn forget(dir: &mut Dir, fresh: &mut Option<u64>, key: u64) {
     if let Some(i) = dir.find(key) {
@@ -366,6 +422,12 @@ pub struct ArcPolicy {
     fresh: Option<u64>,
     /// The last fault was a B2 hit (the tie-break in REPLACE).
     last_b2: bool,
+    /// The owner's clock ([`ArcPolicy::set_clock`]): faults are stamped with it.
+    now: Tick,
+    /// How long a key must not fault to be cold (0: no cold offload).
+    cold_after: Tick,
+    /// Refaults of keys offloaded cold that proved hot, since [`ArcPolicy::take_cold_refaults`].
+    cold_refaults: u64,
 }
 
 impl ArcPolicy {
@@ -380,7 +442,17 @@ impl ArcPolicy {
     }
 
     fn with(capacity: u64, bounds: Bounds) -> ArcPolicy {
-        let mut a = ArcPolicy { dir: Dir::new(), c: capacity, p: 0, bounds, fresh: None, last_b2: false };
+        let mut a = ArcPolicy {
+            dir: Dir::new(),
+            c: capacity,
+            p: 0,
+            bounds,
+            fresh: None,
+            last_b2: false,
+            now: 0,
+            cold_after: 0,
+            cold_refaults: 0,
+        };
         a.p = a.min_p();
         a
     }
@@ -396,6 +468,78 @@ impl ArcPolicy {
     /// ARC's `p`.
     pub fn p(&self) -> u64 {
         self.p
+    }
+
+    /// Keys that have not faulted for `cold_after` ticks are cold (0: none ever is).
+    pub fn set_cold_after(&mut self, cold_after: Tick) {
+        self.cold_after = cold_after;
+    }
+
+    /// Advance the clock that faults are stamped with. Never moves back.
+    pub fn set_clock(&mut self, now: Tick) {
+        self.now = self.now.max(now);
+    }
+
+    /// How many keys offloaded cold refaulted within `cold_after` since the last call.
+    pub fn take_cold_refaults(&mut self) -> u64 {
+        std::mem::take(&mut self.cold_refaults)
+    }
+
+    /// Up to `max` resident keys that have not faulted for their cold threshold, oldest
+    /// first; like [`Placement::victim`], each is leaving until `on_offloaded` or
+    /// `on_cancelled`. Looks at most at [`COLD_EXAMINE`] keys.
+    pub fn cold_victims(&mut self, max: usize) -> Vec<u64> {
+        let mut found = Vec::new();
+        if self.cold_after == 0 {
+            return found;
+        }
+        let mut examined = 0;
+        for l in [L::T1, L::T2] {
+            let mut at = self.dir.lru(l);
+            while let Some(i) = at {
+                if found.len() == max || examined == COLD_EXAMINE {
+                    return found;
+                }
+                examined += 1;
+                let n = self.dir.nodes[i as usize];
+                let idle = self.now.saturating_sub(n.stamp);
+                if idle < self.cold_after {
+                    break; // sorted by stamp: the rest of the list faulted later
+                }
+                at = self.dir.newer(i);
+                if idle >= cold_threshold(self.cold_after, n.level) {
+                    found.push(self.dir.leave(i));
+                }
+            }
+        }
+        if self.fresh.is_some_and(|k| found.contains(&k)) {
+            self.fresh = None;
+        }
+        found
+    }
+
+    /// The cold offload of `key` finished: like `on_evicted`, and its ghost remembers when,
+    /// so that a refault soon after tells the key is hot.
+    pub fn on_offloaded(&mut self, key: u64) {
+        self.on_evicted(key);
+        if let Some(i) = self.dir.find(key).filter(|&i| matches!(self.dir.at(i), L::B1 | L::B2)) {
+            self.dir.nodes[i as usize].stamp = self.now;
+        }
+    }
+
+    /// A fault on ghost `i`: stamp it, and if it was offloaded cold, apply [`backoff`].
+    /// Returns whether it was offloaded cold (then REPLACE did not choose its eviction, and
+    /// `p` is left alone).
+    fn ghost_refault(&mut self, i: u32) -> bool {
+        let n = &mut self.dir.nodes[i as usize];
+        let offloaded = n.stamp != NOT_OFFLOADED;
+        if offloaded {
+            let (hot, level) = backoff(n.level, n.stamp, self.now, self.cold_after);
+            n.level = level;
+            self.cold_refaults += hot as u64;
+        }
+        n.stamp = self.now;
+        offloaded
     }
 
     /// Drop ghosts until the directory is within its bounds.
@@ -429,7 +573,7 @@ impl Placement for ArcPolicy {
     fn on_fault(&mut self, key: u64) -> FaultKind {
         let Some(i) = self.dir.find(key) else {
             // Case IV: a new key enters T1; the ghosts make room (REPLACE is `victim`).
-            self.dir.insert(key, L::T1);
+            self.dir.insert(key, L::T1, self.now);
             self.fresh = Some(key);
             self.last_b2 = false;
             self.trim();
@@ -439,6 +583,7 @@ impl Placement for ArcPolicy {
             L::T1 | L::T2 => {
                 // Case I.
                 self.dir.move_mru(i, L::T2);
+                self.dir.nodes[i as usize].stamp = self.now;
                 self.fresh = Some(key);
                 FaultKind::Hit
             }
@@ -449,7 +594,9 @@ impl Placement for ArcPolicy {
             L::B1 => {
                 // Case II: evicted too early from the recency side: grow T1's target.
                 let (b1, b2) = (self.dir.len(L::B1) as u64, self.dir.len(L::B2) as u64);
-                self.p = (self.p + (b2 / b1).max(1)).min(self.c);
+                if !self.ghost_refault(i) {
+                    self.p = (self.p + (b2 / b1).max(1)).min(self.c);
+                }
                 self.dir.move_mru(i, L::T2);
                 self.fresh = Some(key);
                 self.last_b2 = false;
@@ -458,7 +605,9 @@ impl Placement for ArcPolicy {
             L::B2 => {
                 // Case III: shrink T1's target.
                 let (b1, b2) = (self.dir.len(L::B1) as u64, self.dir.len(L::B2) as u64);
-                self.p = self.p.saturating_sub((b1 / b2).max(1)).max(self.min_p());
+                if !self.ghost_refault(i) {
+                    self.p = self.p.saturating_sub((b1 / b2).max(1)).max(self.min_p());
+                }
                 self.dir.move_mru(i, L::T2);
                 self.fresh = Some(key);
                 self.last_b2 = true;
@@ -498,6 +647,7 @@ impl Placement for ArcPolicy {
             L::B1 | L::B2 => return,
         };
         self.dir.move_mru(i, to);
+        self.dir.nodes[i as usize].stamp = NOT_OFFLOADED;
         if self.fresh == Some(key) {
             self.fresh = None;
         }
@@ -509,6 +659,9 @@ impl Placement for ArcPolicy {
         let n = self.dir.nodes[i as usize];
         if n.at == L::Leaving {
             self.dir.move_mru(i, if n.from_t2 || n.hit { L::T2 } else { L::T1 });
+            // At the MRU end, so stamped now: the lists stay sorted by stamp. (A cancel is
+            // mostly the program changing the granule: a use.)
+            self.dir.nodes[i as usize].stamp = self.now;
         }
     }
 
@@ -561,7 +714,7 @@ impl Placement for LruPolicy {
     fn on_fault(&mut self, key: u64) -> FaultKind {
         match self.dir.find(key) {
             None => {
-                self.dir.insert(key, L::T1);
+                self.dir.insert(key, L::T1, 0);
                 self.fresh = Some(key);
                 FaultKind::Miss
             }
@@ -1016,5 +1169,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn backoff_doubles_on_a_quick_refault_and_decays_when_the_key_stays_out() {
+        let base = 20; // 2 s
+                       // Refaulted within the base threshold of its offload: hot, threshold doubles.
+        assert_eq!(backoff(0, 100, 105, base), (true, 1));
+        assert_eq!(backoff(1, 100, 119, base), (true, 2));
+        // Capped.
+        assert_eq!(backoff(MAX_COLD_LEVEL, 100, 101, base), (true, MAX_COLD_LEVEL));
+        assert_eq!(cold_threshold(base, MAX_COLD_LEVEL + 3), base << MAX_COLD_LEVEL);
+        // Out for at least the base but less than its own threshold: not hot, level kept.
+        assert_eq!(backoff(2, 100, 120, base), (false, 2));
+        assert_eq!(backoff(2, 100, 179, base), (false, 2));
+        // Out for its whole threshold: one level back down; at level 0 it stays there.
+        assert_eq!(backoff(2, 100, 180, base), (false, 1));
+        assert_eq!(backoff(0, 100, 120, base), (false, 0));
+        // A clock that went backwards (never happens) counts as an instant refault.
+        assert_eq!(backoff(0, 100, 90, base), (true, 1));
+    }
+
+    #[test]
+    fn cold_victims_are_keys_not_faulted_for_their_threshold_and_hot_ones_back_off() {
+        let mut a = ArcPolicy::new(64);
+        a.set_cold_after(20);
+        for k in 0..8 {
+            a.set_clock(k);
+            a.on_fault(k as u64);
+        }
+        // Nothing is cold before 20 ticks have passed since a key's fault.
+        a.set_clock(20);
+        assert_eq!(a.cold_victims(16), vec![0]);
+        a.on_offloaded(0);
+        a.set_clock(27);
+        assert_eq!(a.cold_victims(3), vec![1, 2, 3], "oldest first, at most `max`");
+        for k in 1..=3 {
+            a.on_offloaded(k);
+        }
+        // Key 0 refaults 7 ticks after its offload: hot. It re-enters with a fresh stamp and
+        // a doubled threshold, and `p` did not move for it.
+        let p = a.p();
+        assert!(a.on_fault(0).is_ghost_hit());
+        assert_eq!((a.take_cold_refaults(), a.take_cold_refaults(), a.p()), (1, 0, p));
+        // Key 1 refaults after 20 ticks out: not hot.
+        a.set_clock(47);
+        a.on_fault(1);
+        assert_eq!(a.take_cold_refaults(), 0);
+        // At 47, keys 4..7 (faulted at 4..7) and key 0 (faulted at 27, level 1: 40 ticks)
+        // are examined; only 4..7 are cold.
+        let cold = a.cold_victims(16);
+        assert_eq!(cold, vec![4, 5, 6, 7]);
+        a.set_clock(66);
+        assert!(a.cold_victims(16).is_empty(), "key 0 is not cold before its doubled threshold, 40 ticks");
+        a.set_clock(67);
+        assert_eq!(a.cold_victims(16), vec![0, 1], "key 0 after 40 ticks, key 1 (level 0) after 20");
+        a.on_cancelled(0);
+        a.on_cancelled(1);
+        assert!(a.cold_victims(16).is_empty(), "a cancelled key is stamped anew");
+        a.check();
+        // With cold_after 0 nothing is ever cold.
+        a.set_cold_after(0);
+        a.set_clock(10_000);
+        assert!(a.cold_victims(16).is_empty());
+    }
+
+    #[test]
+    fn a_hot_key_costs_one_refault_per_doubling_period() {
+        // A key touched all the time: it refaults as soon as it is offloaded. Over 100
+        // base periods it refaults once per threshold, which doubles to the cap.
+        let base = 10;
+        let mut a = ArcPolicy::new(16);
+        a.set_cold_after(base);
+        a.on_fault(1);
+        let mut refaults = 0;
+        for now in 0..100 * base {
+            a.set_clock(now);
+            for k in a.cold_victims(4) {
+                a.on_offloaded(k);
+                a.on_fault(k); // the program's next access
+                refaults += a.take_cold_refaults();
+            }
+        }
+        // Thresholds 1, 2, 4, 8, 16, 32 (times base) sum to 63; then one per 32 periods.
+        assert_eq!(refaults, 6 + (100 - 63) / 32);
     }
 }

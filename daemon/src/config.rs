@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub cgroup_margin: Option<String>,
     pub pressure_interval_ms: Option<u64>,
     pub last_resort_after_ms: Option<u64>,
+    pub cold_after_ms: Option<u64>,
+    pub cold_offload_rate: Option<String>,
     pub priorities: Option<std::collections::BTreeMap<String, i32>>,
     pub nvme_path: Option<PathBuf>,
     pub nvme_capacity: Option<String>,
@@ -101,6 +103,11 @@ pub struct Config {
     /// How long stalls must stay at twice the target, with the budget at `min_budget`, before
     /// the last resort (new clients refused, the lowest-priority client failed).
     pub last_resort_after_ms: u64,
+    /// With no memory pressure, granules that have not faulted for this long are offloaded
+    /// (0: never)...
+    pub cold_after_ms: u64,
+    /// ...at most this many bytes a second, all clients together.
+    pub cold_offload_rate_bytes: u64,
     /// Client priorities by cgroup path (a client's v2 cgroup or v1 memory cgroup, or an
     /// ancestor), longest path first; unlisted clients have priority 0. Under pressure the
     /// faults of clients below the highest priority are throttled, and at the last resort the
@@ -369,6 +376,18 @@ impl Config {
                 message: format!("{last_resort_after_ms} is not between 1000 and 3600000 (one hour)"),
             });
         }
+        let cold_after_ms = fc.cold_after_ms.unwrap_or(120_000);
+        if cold_after_ms != 0 && !(1000..=86_400_000).contains(&cold_after_ms) {
+            return Err(ConfigError::Invalid {
+                key: "cold_after_ms",
+                message: format!("{cold_after_ms} is neither 0 (off) nor between 1000 and 86400000 (a day)"),
+            });
+        }
+        let cold_offload_rate_bytes = size("cold_offload_rate", fc.cold_offload_rate, 16 << 20)?;
+        if cold_offload_rate_bytes < granule_bytes {
+            let message = format!("{cold_offload_rate_bytes} bytes a second is less than one granule");
+            return Err(ConfigError::Invalid { key: "cold_offload_rate", message });
+        }
         let priorities = priorities(fc.priorities.unwrap_or_default())
             .map_err(|message| ConfigError::Invalid { key: "priorities", message })?;
         let capacity = |key: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
@@ -462,6 +481,8 @@ impl Config {
             cgroup_margin_bytes,
             pressure_interval_ms,
             last_resort_after_ms,
+            cold_after_ms,
+            cold_offload_rate_bytes,
             priorities,
             cluster,
             remote,
@@ -530,9 +551,13 @@ mod tests {
         assert_eq!(c.pressure_target_pct, 10.0);
         assert_eq!((c.min_budget_bytes, c.cgroup_margin_bytes, c.pressure_interval_ms), (256 << 10, 64 << 20, 250));
         assert_eq!(c.last_resort_after_ms, 10_000);
+        assert_eq!((c.cold_after_ms, c.cold_offload_rate_bytes), (120_000, 16 << 20));
         std::fs::write(&f, "pressure_target_pct = 5.5\nmin_budget = \"1M\"\ncgroup_margin = \"32M\"\n").unwrap();
         let c = Config::resolve(Some(&f), Overrides::default()).unwrap();
         assert_eq!((c.pressure_target_pct, c.min_budget_bytes, c.cgroup_margin_bytes), (5.5, 1 << 20, 32 << 20));
+        std::fs::write(&f, "cold_after_ms = 0\ncold_offload_rate = \"64M\"\n").unwrap();
+        let c = Config::resolve(Some(&f), Overrides::default()).unwrap();
+        assert_eq!((c.cold_after_ms, c.cold_offload_rate_bytes), (0, 64 << 20));
         for (bad, key) in [
             ("pressure_target_pct = 0.0", "pressure_target_pct"),
             ("pressure_target_pct = 101.0", "pressure_target_pct"),
@@ -542,6 +567,9 @@ mod tests {
             ("pressure_interval_ms = 0", "pressure_interval_ms"),
             ("last_resort_after_ms = 999", "last_resort_after_ms"),
             ("last_resort_after_ms = 3600001", "last_resort_after_ms"),
+            ("cold_after_ms = 999", "cold_after_ms"),
+            ("cold_after_ms = 86400001", "cold_after_ms"),
+            ("cold_offload_rate = \"4K\"", "cold_offload_rate"),
         ] {
             std::fs::write(&f, bad).unwrap();
             let e = Config::resolve(Some(&f), Overrides::default()).unwrap_err().to_string();

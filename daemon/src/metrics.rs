@@ -242,6 +242,19 @@ pub const METRICS: &[Desc] = &[
         &["response"],
         "Pressure responses: escalation, release_request, throttled_fault, refused_client, failed_client.",
     ),
+    m(
+        "holo_pressure_offloaded_granules_total",
+        Counter,
+        &[],
+        "Granules offloaded with no pressure because they had not faulted for cold_after_ms.",
+    ),
+    m("holo_pressure_offloaded_bytes_total", Counter, &[], "Bytes of the granules offloaded cold."),
+    m(
+        "holo_pressure_offload_refaulted_granules_total",
+        Counter,
+        &[],
+        "Granules offloaded cold that refaulted within cold_after_ms (they were hot; their threshold doubled).",
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -527,6 +540,9 @@ pub fn render(d: &Daemon) -> String {
     w.sample(&["throttled_fault"], f(c.throttled_faults.load(Relaxed)));
     w.sample(&["refused_client"], f(c.refused_clients.load(Relaxed)));
     w.sample(&["failed_client"], f(c.failed_clients.load(Relaxed)));
+    w.single("holo_pressure_offloaded_granules_total", f(c.offloaded_granules.load(Relaxed)));
+    w.single("holo_pressure_offloaded_bytes_total", f(c.offloaded_pages.load(Relaxed) * PAGE));
+    w.single("holo_pressure_offload_refaulted_granules_total", f(c.offload_refaults.load(Relaxed)));
     w.out
 }
 

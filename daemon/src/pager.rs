@@ -34,7 +34,7 @@ use holo_pagers::proto::{self, Frame, Kind, Recv};
 use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
-use crate::arc::{ArcPolicy, Placement};
+use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
 use crate::journal::{Intent, Journal};
 use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
 use crate::prefetch::{Ahead, Streams};
@@ -76,6 +76,32 @@ const STALLED_AGENT_PAUSE_MS: u64 = 30_000;
 /// faults (say, in `madvise(MADV_POPULATE_WRITE)`): after this, fills go on and free it.
 const STALLED_AGENT_HOLD: Duration = Duration::from_secs(10);
 
+/// How often the pager looks for cold granules when no offload pass is under way: a
+/// quarter of `cold_after_ms`, within 1 to 30 s (a granule is offloaded at most that late).
+fn cold_scan_every(cold_after_ms: u64) -> Duration {
+    Duration::from_millis(cold_after_ms / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// A cold offload pass of one client: from the scan that found cold granules to the one
+/// that finds none left (or memory pressure), logged once when it ends.
+#[derive(Clone, Copy, Debug)]
+struct ColdPass {
+    active: bool,
+    started: Instant,
+    /// When idle: no scan before this.
+    next_scan: Instant,
+    granules: u64,
+    pages: u64,
+    /// Offloaded granules that refaulted within `cold_after_ms`, since the last pass ended.
+    refaults: u64,
+}
+
+impl ColdPass {
+    fn idle_until(next_scan: Instant) -> ColdPass {
+        ColdPass { active: false, started: next_scan, next_scan, granules: 0, pages: 0, refaults: 0 }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Fault {
     addr: u64,
@@ -111,6 +137,8 @@ struct Eviction {
     /// Set for the evictions rebuilt at the resume (probed at `Zapped`) and for those
     /// captured while [`Pager::late_zaps`] (probed at `Zapping`).
     probe: bool,
+    /// Chosen by the cold offloader, not asked by the budget.
+    proactive: bool,
 }
 
 impl Eviction {
@@ -206,6 +234,8 @@ pub struct Pager {
     batch_read_at: Instant,
     /// The shared regions it attached (`holo_attach`), once it attached one.
     shared: Option<Shared>,
+    /// The cold offload pass under way, or when the next scan for cold granules is due.
+    cold: ColdPass,
 }
 
 /// What the shared regions need of a pager: its uffd, memory and agent.
@@ -255,11 +285,15 @@ impl Pager {
             // from the tables alone (resident pages hold none), so each page its zap removes
             // adds one, as for a fresh slot.
             let (sent_at, probe) = (Instant::now(), true);
-            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at, probe };
+            let proactive = false;
+            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at, probe, proactive };
             evictions.insert(id, e);
         }
         let writer = spawn_writer(d.clone(), info.pid)?;
         let reader = spawn_reader(d.clone(), info.pid)?;
+        let mut policy = ArcPolicy::new(d_budget_granules);
+        policy.set_cold_after(d.config.cold_after_ms.div_ceil(TICK_MS) as Tick);
+        let cold = ColdPass::idle_until(Instant::now() + cold_scan_every(d.config.cold_after_ms));
         Ok(Pager {
             d,
             info,
@@ -273,7 +307,7 @@ impl Pager {
             evictions,
             next_eviction,
             pending_forks: VecDeque::new(),
-            policy: ArcPolicy::new(d_budget_granules),
+            policy,
             hand: 0,
             buf: vec![0; granule as usize],
             staged: VecDeque::new(),
@@ -293,6 +327,7 @@ impl Pager {
             late_zaps: resumed,
             batch_read_at: Instant::now(),
             shared: None,
+            cold,
         })
     }
 
@@ -357,6 +392,9 @@ impl Pager {
             && !self.evict_bufs.is_empty()
         {
             0
+        } else if self.cold.active {
+            // An offload pass goes on as its allowance refills.
+            10
         } else if !self.evictions.is_empty() {
             50
         } else {
@@ -385,6 +423,8 @@ impl Pager {
             log::error!("poll failed for pid {}: {}", self.info.pid, io::Error::last_os_error());
             return Err(Gone("poll failed"));
         }
+        // What faults now are stamped with, for the cold offloader.
+        self.policy.set_clock((self.d.now_ms() / TICK_MS) as Tick);
         // Faults and events first, in kernel order; then the connections, so that a
         // message sent after an event was read is handled after that event.
         if fds[0].revents != 0 {
@@ -425,6 +465,7 @@ impl Pager {
         self.retry_deferred()?;
         self.d.rebalance();
         self.evict_requested()?;
+        self.offload_cold()?;
         self.publish_summary();
         if self.journal.as_ref().is_some_and(|j| j.wants_compaction()) {
             let intents = self.intents();
@@ -1075,9 +1116,16 @@ impl Pager {
     fn complete(&mut self, id: u64) {
         let e = self.evictions.remove(&id).unwrap();
         debug_assert_eq!(e.state, EvictState::Removed);
-        self.policy.on_evicted(e.w.start);
         // Pages whose REMOVE never came (madvise stopped early) stay resident.
         let n = e.spilled as i64;
+        if e.proactive {
+            self.policy.on_offloaded(e.w.start);
+            let c = &self.d.pressure.counters;
+            c.offloaded_granules.fetch_add(1, Relaxed);
+            c.offloaded_pages.fetch_add(n as u64, Relaxed);
+        } else {
+            self.policy.on_evicted(e.w.start);
+        }
         self.drop_unspilled(&e);
         self.d.budget.evicting.fetch_sub(e.pages.len() as i64, Relaxed);
         self.d.add_resident(&self.info, -n);
@@ -1134,6 +1182,14 @@ impl Pager {
         }
     }
 
+    /// Whether this client can start evictions now: its agent is connected and not paused
+    /// (it let a zap time out), and the tiers are not refusing granules.
+    fn can_evict(&self) -> bool {
+        let paused = self.info.evict_paused_until_ms.load(Relaxed) > self.d.now_ms();
+        let backing_off = self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
+        self.agent.is_some() && !paused && !backing_off
+    }
+
     /// Start the evictions the budget asked of this client, as many as the in-flight bound
     /// allows; the rest stays asked for and is started as earlier evictions finish.
     fn evict_requested(&mut self) -> Result<(), Gone> {
@@ -1141,26 +1197,43 @@ impl Pager {
         if want <= 0 {
             return Ok(());
         }
-        let mut started = 0i64;
         // With no agent, while the tiers refuse granules, or paused (agent stalled): give the
         // request back, the budget picks another victim.
-        let paused = self.info.evict_paused_until_ms.load(Relaxed) > self.d.now_ms();
-        let backing_off = self.evict_backoff_until.is_some_and(|t| Instant::now() < t);
-        let mut exhausted = self.agent.is_none() || paused || backing_off;
+        let (started, exhausted) =
+            if self.can_evict() { self.start_evictions(want, false, Self::next_victim)? } else { (0, true) };
+        let left = (want - started).max(0);
+        if exhausted {
+            // Nothing (more) to evict here: let the budget pick another victim.
+            self.d.budget.requested.fetch_sub(want, Relaxed);
+        } else {
+            self.d.budget.requested.fetch_sub(want - left, Relaxed);
+            self.info.evict_request.fetch_add(left, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Capture up to `want` pages of the windows `pick` chooses, as many as the in-flight
+    /// bound and one set of capture buffers allow; write the captured ones to the tiers as
+    /// one batch and ask the agent to zap the clean ones. Returns the pages started, and
+    /// whether `pick` ran out (or zaps could not be sent).
+    fn start_evictions(
+        &mut self,
+        want: i64,
+        proactive: bool,
+        mut pick: impl FnMut(&mut Self) -> Option<Window>,
+    ) -> Result<(i64, bool), Gone> {
+        let mut started = 0i64;
+        let mut exhausted = false;
         // Captured evictions, to write as one batch (the kth in eviction buffer k), and clean
         // ones, whose slot holds their bytes already.
         let mut batch: Vec<u64> = Vec::with_capacity(self.evict_bufs.len());
         let mut clean: Vec<u64> = Vec::new();
-        while started < want
-            && !exhausted
-            && self.evictions.len() < MAX_INFLIGHT_EVICTIONS
-            && batch.len() < self.evict_bufs.len()
-        {
-            let Some(w) = self.next_victim() else {
+        while started < want && self.evictions.len() < MAX_INFLIGHT_EVICTIONS && batch.len() < self.evict_bufs.len() {
+            let Some(w) = pick(self) else {
                 exhausted = true;
                 break;
             };
-            match self.capture(w, batch.len()) {
+            match self.capture(w, batch.len(), proactive) {
                 Ok((id, n, captured)) => {
                     if captured {
                         batch.push(id)
@@ -1186,15 +1259,93 @@ impl Pager {
             started -= failed as i64;
             exhausted = true;
         }
-        let left = (want - started).max(0);
-        if exhausted {
-            // Nothing (more) to evict here: let the budget pick another victim.
-            self.d.budget.requested.fetch_sub(want, Relaxed);
-        } else {
-            self.d.budget.requested.fetch_sub(want - left, Relaxed);
-            self.info.evict_request.fetch_add(left, Relaxed);
+        Ok((started, exhausted))
+    }
+
+    /// With no memory pressure, offload granules that have not faulted for `cold_after_ms`
+    /// (ARC finds them: `arc.rs`), out of the allowance the pressure thread refills while
+    /// calm. A pass starts at most every [`cold_scan_every`] and goes on while it finds cold
+    /// granules and the calm lasts; it is logged once, when it ends. Budget evictions go
+    /// first.
+    fn offload_cold(&mut self) -> Result<(), Gone> {
+        let refaults = self.policy.take_cold_refaults();
+        let counters = &self.d.pressure.counters;
+        counters.offload_refaults.fetch_add(refaults, Relaxed);
+        self.cold.refaults += refaults;
+        if self.d.config.cold_after_ms == 0 || (!self.cold.active && Instant::now() < self.cold.next_scan) {
+            return Ok(());
         }
+        if !self.d.pressure.offloading() {
+            self.end_cold_pass("paused by memory pressure");
+            return Ok(());
+        }
+        let busy = self.info.evict_request.load(Relaxed) > 0
+            || self.evictions.len() >= MAX_INFLIGHT_EVICTIONS
+            || self.evict_bufs.is_empty();
+        if busy || !self.can_evict() {
+            return Ok(());
+        }
+        let granule_pages = (self.granule / PAGE) as i64;
+        let granted = self.d.pressure.take_offload(self.evict_bufs.len() as i64 * granule_pages);
+        let mut keys = self.policy.cold_victims((granted / granule_pages) as usize);
+        if keys.is_empty() {
+            self.d.pressure.untake_offload(granted);
+            if granted >= granule_pages {
+                // Nothing cold (any more): the pass is over.
+                self.end_cold_pass("no cold granules left");
+            }
+            return Ok(());
+        }
+        if !self.cold.active {
+            self.cold = ColdPass { active: true, started: Instant::now(), ..ColdPass::idle_until(Instant::now()) };
+        }
+        keys.reverse(); // popped oldest first
+        let mut picked = 0u64;
+        let result = self.start_evictions(granted, true, |p| {
+            while let Some(key) = keys.pop() {
+                match p.table.window(key, p.granule) {
+                    Some(w)
+                        if w.start == key
+                            && !p.evicting(w.start, w.end())
+                            && p.table.pages(w).contains(&PageState::Resident) =>
+                    {
+                        picked += 1;
+                        return Some(w);
+                    }
+                    // Freed, moved or already leaving: ARC's key is stale.
+                    _ => p.policy.on_removed(key),
+                }
+            }
+            None
+        });
+        // Keys chosen but not started stay resident.
+        for key in keys {
+            self.policy.on_cancelled(key);
+        }
+        let (started, _) = result?;
+        self.d.pressure.untake_offload(granted - started);
+        self.cold.granules += picked;
+        self.cold.pages += started.max(0) as u64;
         Ok(())
+    }
+
+    /// The cold pass ends (`why`): one log line if it offloaded anything; the next scan is
+    /// [`cold_scan_every`] away.
+    fn end_cold_pass(&mut self, why: &str) {
+        if self.cold.active && self.cold.granules > 0 {
+            self.d.pressure.counters.offload_passes.fetch_add(1, Relaxed);
+            log::info!(
+                "pid {}: offloaded {} cold granule(s), {} MiB, in {:.1} s ({why}); {} refaulted within {} ms \
+                 since the last pass",
+                self.info.pid,
+                self.cold.granules,
+                (self.cold.pages * PAGE) >> 20,
+                self.cold.started.elapsed().as_secs_f64(),
+                self.cold.refaults,
+                self.d.config.cold_after_ms
+            );
+        }
+        self.cold = ColdPass::idle_until(Instant::now() + cold_scan_every(self.d.config.cold_after_ms));
     }
 
     /// The next window to evict: ARC's choice, or where ARC knows no resident window (one
@@ -1254,14 +1405,14 @@ impl Pager {
     /// eviction is registered (so no one picks `w` again) but has no slot until
     /// [`Self::commit_evictions`]. Returns the eviction's id, the pages captured, and whether
     /// buffer `k` was used: a clean window needs no capture, it reuses its slot.
-    fn capture(&mut self, w: Window, k: usize) -> Result<(u64, usize, bool), Served> {
+    fn capture(&mut self, w: Window, k: usize, proactive: bool) -> Result<(u64, usize, bool), Served> {
         if let Some(&(slot, pages)) = self.clean.get(&w.start) {
             let whole = pages as u64 * PAGE == w.len && self.table.pages(w).iter().all(|p| *p == PageState::Resident);
             if whole {
                 // Write-protected since it was filled: its bytes are the slot's.
                 self.clean.remove(&w.start);
                 let pages = (0..pages as u64).map(|k| w.start + k * PAGE).collect();
-                let id = self.register_eviction(w, slot, pages, true);
+                let id = self.register_eviction(w, slot, pages, true, proactive);
                 self.d.stats.dram.clean_evictions.fetch_add(1, Relaxed);
                 return Ok((id, w.len as usize / PAGE as usize, false));
             }
@@ -1312,15 +1463,15 @@ impl Pager {
             run_start = run_end;
         }
         let n = captured.len();
-        Ok((self.register_eviction(w, NO_SLOT, captured, false), n, true))
+        Ok((self.register_eviction(w, NO_SLOT, captured, false, proactive), n, true))
     }
 
-    fn register_eviction(&mut self, w: Window, slot: SlotId, pages: Vec<u64>, reused: bool) -> u64 {
+    fn register_eviction(&mut self, w: Window, slot: SlotId, pages: Vec<u64>, reused: bool, proactive: bool) -> u64 {
         let id = self.next_eviction;
         self.next_eviction += 1;
         self.d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
         let (state, sent_at, probe) = (EvictState::Sent, Instant::now(), self.late_zaps);
-        let e = Eviction { w, slot, pages, spilled: 0, reused, state, sent_at, probe };
+        let e = Eviction { w, slot, pages, spilled: 0, reused, state, sent_at, probe, proactive };
         self.evictions.insert(id, e);
         id
     }

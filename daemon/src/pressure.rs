@@ -18,6 +18,10 @@
 //! clients whose priority is below the highest; (4) last resort: refuse new clients and fail
 //! the lowest-priority client. Priorities come from the config's `priorities`, by cgroup.
 //!
+//! With no pressure, the pagers offload cold granules (see `arc.rs`) out of an allowance
+//! this thread refills at `cold_offload_rate` while calm and empties the moment it is not
+//! ([`offload_allowance`]): a spike shrinks the budget, and the offloader pauses.
+//!
 //! Decisions are pure: the [`Escalation`] turns a [`Pressing`] into [`Orders`] (which step,
 //! whether to ask for a release or fail a client), the [`Controller`] turns a [`Sample`] into
 //! an [`Action`] on `Budget.limit_pages`; [`run`] does the I/O, applies, logs and counts.
@@ -27,7 +31,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -434,6 +438,23 @@ pub fn hold_fault(d: &Daemon, client: &ClientInfo) -> bool {
     false
 }
 
+/// The cold offloader's allowance after a tick, in pages, from `left`: while offloading is
+/// allowed, refilled at `rate_pages` a second for `elapsed`, banking at most one second's
+/// worth; otherwise nothing, so that the pagers stop at once.
+pub fn offload_allowance(left: i64, allowed: bool, rate_pages: i64, elapsed: Duration) -> i64 {
+    if !allowed {
+        return 0;
+    }
+    let refill = (rate_pages as f64 * elapsed.as_secs_f64()) as i64;
+    left.max(0).saturating_add(refill).min(rate_pages)
+}
+
+/// Whether the cold offloader may run: the response is calm, stalls of the last second and
+/// of avg10 are under the target, and no client cgroup is short of room.
+pub fn offload_allowed(step: Step, s: &Sample, target_pct: f64, cgroup_short: bool) -> bool {
+    step == Step::Calm && s.some_recent < target_pct && s.some_avg10 < target_pct && !cgroup_short
+}
+
 /// Step (4), the listener's check before it registers a new client.
 pub fn admit_client(d: &Daemon) -> Result<(), String> {
     if d.pressure.step() < Step::LastResort {
@@ -470,6 +491,13 @@ pub struct Counters {
     pub refused_clients: AtomicU64,
     /// Clients failed at the last resort.
     pub failed_clients: AtomicU64,
+    /// Granules, and pages, offloaded cold (no pressure: not faulted for `cold_after_ms`).
+    pub offloaded_granules: AtomicU64,
+    pub offloaded_pages: AtomicU64,
+    /// Granules offloaded cold that refaulted within `cold_after_ms`: they were hot.
+    pub offload_refaults: AtomicU64,
+    /// Offload passes that offloaded something (one log line each).
+    pub offload_passes: AtomicU64,
 }
 
 /// A client's cgroup as `holoctl pressure` shows it.
@@ -514,6 +542,11 @@ pub struct Shared {
     /// Wakes the controller for a new client, so that its cgroup's notification is
     /// registered before it has filled much.
     wake: Poke,
+    /// Pages the pagers may still offload cold ([`offload_allowance`]); 0 while pressure is
+    /// at or above the target.
+    offload_pages: AtomicI64,
+    /// The last tick allowed offloading.
+    offload_allowed: AtomicBool,
 }
 
 /// An eventfd that wakes the controller thread.
@@ -554,6 +587,28 @@ impl Shared {
 
     pub fn step(&self) -> Step {
         Step::ALL[self.step.load(Relaxed) as usize]
+    }
+
+    /// Take up to `pages` of the cold offload allowance; returns the pages granted.
+    pub fn take_offload(&self, pages: i64) -> i64 {
+        let mut got = 0;
+        let _ = self.offload_pages.fetch_update(Relaxed, Relaxed, |left| {
+            got = left.clamp(0, pages.max(0));
+            Some(left - got)
+        });
+        got
+    }
+
+    /// Give back what was taken and not used.
+    pub fn untake_offload(&self, pages: i64) {
+        if pages > 0 {
+            self.offload_pages.fetch_add(pages, Relaxed);
+        }
+    }
+
+    /// Whether the last tick allowed the cold offloader to run.
+    pub fn offloading(&self) -> bool {
+        self.offload_allowed.load(Relaxed)
     }
 }
 
@@ -671,6 +726,7 @@ fn run(d: Arc<Daemon>) {
     let counters = &d.pressure.counters;
     let t0 = Instant::now();
     let mut last_tick = t0;
+    let mut last_offload_tick = t0;
     loop {
         let woken = wait(&mut trigger, &mut notifiers, &d.pressure.wake, interval);
         if woken.psi {
@@ -712,6 +768,25 @@ fn run(d: Arc<Daemon>) {
             counters.notified_shrinks.fetch_add(1, Relaxed);
         }
         apply(&d, action, &sample, &paths);
+        let allowed = c.cold_after_ms > 0
+            && offload_allowed(orders.step, &sample, c.pressure_target_pct, ctl.cgroup_short(&sample));
+        let rate_pages = (c.cold_offload_rate_bytes / PAGE) as i64;
+        let elapsed = now - last_offload_tick;
+        last_offload_tick = now;
+        let _ = d
+            .pressure
+            .offload_pages
+            .fetch_update(Relaxed, Relaxed, |left| Some(offload_allowance(left, allowed, rate_pages, elapsed)));
+        if d.pressure.offload_allowed.swap(allowed, Relaxed) != allowed && c.cold_after_ms > 0 {
+            match allowed {
+                true => log::info!(
+                    "pressure: calm; offloading granules not faulted for {} ms, at most {} MiB/s",
+                    c.cold_after_ms,
+                    c.cold_offload_rate_bytes >> 20
+                ),
+                false => log::info!("pressure: cold offload paused (memory stalls or a cgroup short of room)"),
+            }
+        }
         // After acting: registering costs a few syscalls per new or changed cgroup.
         arm(&d, &mounts, &mut notifiers, &sample, &paths, &mut clients);
         let mode = if trigger.is_some() { "trigger" } else { "polling" };
@@ -980,6 +1055,27 @@ mod tests {
             cgroups: vec![],
             demote: true,
         }
+    }
+
+    #[test]
+    fn offload_refills_while_calm_banks_one_second_and_stops_at_once_under_pressure() {
+        let rate = 16 * MIB;
+        let tick = Duration::from_millis(250);
+        assert_eq!(offload_allowance(0, true, rate, tick), 4 * MIB);
+        assert_eq!(offload_allowance(4 * MIB, true, rate, tick), 8 * MIB);
+        // Idle pagers do not bank more than a second's worth.
+        assert_eq!(offload_allowance(15 * MIB, true, rate, Duration::from_secs(3)), rate);
+        // Pressure: nothing left, however much was banked.
+        assert_eq!(offload_allowance(rate, false, rate, tick), 0);
+        let mut s = at(1.0, 1.0, 2.0, 100 * MIB);
+        assert!(offload_allowed(Step::Calm, &s, 10.0, false));
+        assert!(!offload_allowed(Step::Release, &s, 10.0, false), "any step above calm pauses it");
+        assert!(!offload_allowed(Step::Calm, &s, 10.0, true), "a cgroup short of room pauses it");
+        s.some_recent = 10.0;
+        assert!(!offload_allowed(Step::Calm, &s, 10.0, false), "a spike at the target pauses it");
+        s.some_recent = 0.0;
+        s.some_avg10 = 12.0;
+        assert!(!offload_allowed(Step::Calm, &s, 10.0, false));
     }
 
     #[test]

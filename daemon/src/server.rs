@@ -433,6 +433,9 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "refaults": dram_refaulted,
         "prefetched_pages": s.dram.prefetched.load(Relaxed),
         "clean_evictions": s.dram.clean_evictions.load(Relaxed),
+        // Of the evictions, those of cold granules with no pressure (holoctl pressure).
+        "offloaded_granules": d.pressure.counters.offloaded_granules.load(Relaxed),
+        "offload_refaults": d.pressure.counters.offload_refaults.load(Relaxed),
         // DRAM hits are invisible (no access bits): the share of evicted pages that came
         // back says how well placement chose (lower is better).
         "refault_ratio": ratio(dram_refaulted, dram_evicted),
@@ -544,6 +547,15 @@ pub fn pressure_json(d: &Daemon) -> serde_json::Value {
             "failed_clients": c.failed_clients.load(Relaxed),
         },
         "step": d.pressure.step(),
+        "offload": {
+            "cold_after_ms": d.config.cold_after_ms,
+            "rate_bytes_per_second": d.config.cold_offload_rate_bytes,
+            "running": d.config.cold_after_ms > 0 && d.pressure.offloading(),
+            "granules": c.offloaded_granules.load(Relaxed),
+            "bytes": c.offloaded_pages.load(Relaxed) * page,
+            "refaults": c.offload_refaults.load(Relaxed),
+            "passes": c.offload_passes.load(Relaxed),
+        },
         "clients": view.clients,
     })
 }

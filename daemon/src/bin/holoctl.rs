@@ -261,9 +261,12 @@ fn print_tiers(v: &serde_json::Value) {
     let dram = &v["tiers"][0];
     if let Some(r) = dram["refault_ratio"].as_f64() {
         println!(
-            "dram: {:.0}% of evicted pages came back; {} granules evicted clean (no write)",
+            "dram: {:.0}% of evicted pages came back; {} granules evicted clean (no write); {} offloaded cold, \
+             {} of them refaulted soon",
             r * 100.0,
-            n(dram, "clean_evictions")
+            n(dram, "clean_evictions"),
+            n(dram, "offloaded_granules"),
+            n(dram, "offload_refaults")
         );
     }
     for c in v["placement"].as_array().into_iter().flatten() {
@@ -343,6 +346,23 @@ fn print_pressure(v: &serde_json::Value) {
         n(&a["throttled_faults"]),
         n(&a["refused_clients"]),
         n(&a["failed_clients"])
+    );
+    let o = &v["offload"];
+    let state = match (n(&o["cold_after_ms"]), o["running"].as_bool()) {
+        (0, _) => "off (cold_after_ms = 0)".to_string(),
+        (ms, Some(true)) => format!(
+            "running: granules not faulted for {} s, at most {}/s",
+            ms / 1000,
+            mib(n(&o["rate_bytes_per_second"]))
+        ),
+        (_, _) => "paused (memory pressure)".to_string(),
+    };
+    println!(
+        "cold offload {state}; {} granules ({}) offloaded in {} passes, {} refaulted within cold_after_ms",
+        n(&o["granules"]),
+        mib(n(&o["bytes"])),
+        n(&o["passes"]),
+        n(&o["refaults"])
     );
     println!(
         "{:>8} {:<16} {:<32} {:>12} {:>12} {:>10} {:>8}  WAKES AT",
