@@ -55,7 +55,7 @@ impl Default for MigrationConfig {
 
 /// What the store knows of one granule's use since it was written (times in ms since the
 /// store opened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Heat {
     window_start_ms: u64,
     /// Reads within the window that started at `window_start_ms`.
@@ -103,14 +103,14 @@ pub fn may_demote(heat: &Heat, now_ms: u64, rule: &Rule) -> bool {
     heat.settled(now_ms, rule) && !heat.is_hot(now_ms, rule)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     Up,
     Down,
 }
 
 /// One move asked for: granule `id` holding `version`, from `level` one level up or down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Move {
     pub dir: Direction,
     pub id: u32,
@@ -118,8 +118,18 @@ pub struct Move {
     pub level: u8,
 }
 
+impl Move {
+    /// The level it moves into.
+    pub fn to_level(&self) -> usize {
+        match self.dir {
+            Direction::Up => self.level as usize - 1,
+            Direction::Down => self.level as usize + 1,
+        }
+    }
+}
+
 /// How the queue has been used, for `holoctl tiers` and the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct QueueStats {
     pub queued: usize,
     pub in_flight: usize,
@@ -132,7 +142,8 @@ pub struct QueueStats {
 }
 
 /// The migrations asked for and not finished: bounded, at most `max_in_flight` started.
-#[derive(Debug)]
+/// (`Clone` and `Hash` for spec/'s model 3, which keeps one in every state it explores.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MigrationQueue {
     up: VecDeque<Move>,
     down: VecDeque<Move>,

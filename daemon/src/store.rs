@@ -113,25 +113,99 @@ struct Map {
 /// its tier (u32 LE), version (u64 LE). All zeros: free.
 pub const MAP_RECORD_BYTES: usize = 16;
 
-#[derive(Clone, Copy)]
-struct Entry {
+/// The map entry of one slot id. Its methods are the store's pure transitions, which
+/// spec/'s model 3 calls as the store does (the store adds the locks, records and tier I/O).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
     /// Pages referring to the slot; 0 between `put` and the first `add_refs`.
-    refs: u32,
-    level: u8,
-    at: SlotId,
-    live: bool,
+    pub refs: u32,
+    pub level: u8,
+    pub at: SlotId,
+    pub live: bool,
     /// Unique over the store's life: a slot's bytes never change, so (slot, version) names
     /// them even after the slot id is reused.
-    version: u64,
-    heat: Heat,
+    pub version: u64,
+    pub heat: Heat,
     /// A move of it is queued or in flight.
-    queued: bool,
+    pub queued: bool,
+}
+
+/// What [`Entry::ask`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    Queued,
+    /// The queue is full (counted): asked again later.
+    Refused,
+    /// Not a granule pages refer to, or a move of it is queued or in flight already.
+    No,
+}
+
+/// What [`Entry::switch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switched {
+    /// The entry names the copy: record it, then free the old slot.
+    Moved,
+    /// Still the granule, but its copy failed: it stays where it is; free the copy.
+    Failed,
+    /// Freed (and perhaps its id reused) since the move was asked: free the copy.
+    Gone,
 }
 
 impl Entry {
-    const FREE: Entry = Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false };
+    pub const FREE: Entry =
+        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false };
 
-    fn encode(&self) -> [u8; MAP_RECORD_BYTES] {
+    /// A granule just written into slot `at` of `level`, no page referring to it yet.
+    pub fn new(level: u8, at: SlotId, version: u64) -> Entry {
+        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false }
+    }
+
+    /// Still the granule `mv` was asked for, where it was asked from.
+    pub fn holds(&self, mv: &Move) -> bool {
+        self.live && self.version == mv.version && self.level == mv.level
+    }
+
+    /// Queue a move of this entry (slot id `id`) one level `dir`: only a live granule that
+    /// pages refer to, with no move of it queued or in flight. Whether its heat calls for the
+    /// move is the caller's ([`migration::should_promote`], [`migration::may_demote`]).
+    pub fn ask(&mut self, id: SlotId, dir: Direction, queue: &mut MigrationQueue) -> Asked {
+        if !(self.live && self.refs > 0) || self.queued {
+            return Asked::No;
+        }
+        if !queue.push(Move { dir, id, version: self.version, level: self.level }) {
+            return Asked::Refused;
+        }
+        self.queued = true;
+        Asked::Queued
+    }
+
+    /// The switch of `mv` (under the I/O gate's write side), whose copy went to `new_at` of
+    /// its new level if `copied`. The version check makes a move of a granule freed
+    /// meanwhile harmless: a release may even have freed and reused its old slot.
+    pub fn switch(&mut self, mv: &Move, copied: bool, new_at: SlotId, now_ms: u64) -> Switched {
+        if !self.holds(mv) {
+            return Switched::Gone;
+        }
+        self.queued = false;
+        if !copied {
+            return Switched::Failed;
+        }
+        self.level = mv.to_level() as u8;
+        self.at = new_at;
+        self.heat.moved(now_ms);
+        Switched::Moved
+    }
+
+    /// One page less refers to it; `true` if that was the last: the entry is free (the
+    /// caller records it, then frees its tier slot).
+    pub fn release(&mut self, id: SlotId) -> bool {
+        assert!(self.live && self.refs > 0, "release of free slot {id}");
+        self.refs -= 1;
+        self.live = self.refs > 0;
+        !self.live
+    }
+
+    pub fn encode(&self) -> [u8; MAP_RECORD_BYTES] {
         let mut r = [0u8; MAP_RECORD_BYTES];
         if self.live {
             r[0] = 1;
@@ -142,17 +216,78 @@ impl Entry {
         r
     }
 
-    fn decode(r: &[u8]) -> Option<Entry> {
-        (r[0] == 1).then(|| Entry {
-            refs: 0,
-            level: r[1],
-            at: SlotId::from_le_bytes(r[4..8].try_into().unwrap()),
-            live: true,
-            version: u64::from_le_bytes(r[8..16].try_into().unwrap()),
-            heat: Heat::ZERO,
-            queued: false,
+    pub fn decode(r: &[u8]) -> Option<Entry> {
+        (r[0] == 1).then(|| {
+            let at = SlotId::from_le_bytes(r[4..8].try_into().unwrap());
+            Entry::new(r[1], at, u64::from_le_bytes(r[8..16].try_into().unwrap()))
         })
     }
+}
+
+/// The map `store.map` holds (`records`, as `persist` wrote them) for a store of `levels`
+/// tiers, and the highest version in it.
+pub fn load_map(records: &[u8], levels: usize) -> (Vec<Entry>, u64) {
+    let mut entries = Vec::new();
+    let mut next_version = 0;
+    for (id, r) in records.chunks_exact(MAP_RECORD_BYTES).enumerate() {
+        let Some(e) = Entry::decode(r).filter(|e| (e.level as usize) < levels) else { continue };
+        entries.resize(id + 1, Entry::FREE);
+        entries[id] = e;
+        next_version = u64::max(next_version, e.version);
+    }
+    (entries, next_version)
+}
+
+/// What [`recover_map`] decided.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Per level, the tier slots that kept entries name: the tier frees the others.
+    pub named: Vec<std::collections::HashSet<SlotId>>,
+    /// Ids free after the recovery, in order.
+    pub free_ids: Vec<SlotId>,
+    /// Ids that were live and are freed now (to record).
+    pub freed: Vec<SlotId>,
+    /// Ids kept, with their references counted.
+    pub kept: Vec<SlotId>,
+}
+
+/// `recover`'s decision over the recorded map of a store of `levels` tiers: keep each
+/// recorded granule that pages refer to (`refs`) or that is `held`, with its references
+/// counted, and free the rest.
+pub fn recover_map(
+    entries: &mut [Entry],
+    refs: &std::collections::HashMap<SlotId, u32>,
+    held: &std::collections::HashSet<SlotId>,
+    levels: usize,
+) -> Recovered {
+    let mut r = Recovered { named: vec![Default::default(); levels], ..Default::default() };
+    for (id, e) in entries.iter_mut().enumerate() {
+        let id = id as SlotId;
+        if !e.live {
+            r.free_ids.push(id);
+            continue;
+        }
+        let n = refs.get(&id).copied().unwrap_or(0);
+        if n == 0 && !held.contains(&id) {
+            e.live = false;
+            r.free_ids.push(id);
+            r.freed.push(id);
+            continue;
+        }
+        e.refs = n;
+        r.named[e.level as usize].insert(e.at);
+        r.kept.push(id);
+    }
+    r
+}
+
+/// How many granules a tier of `capacity` slots, `used` of them taken or promised (the
+/// promotions waiting to come in, less the demotions waiting to go), should demote.
+pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
+    if used * 100 <= capacity * DEMOTE_HIGH_PCT {
+        return 0;
+    }
+    used - capacity * DEMOTE_LOW_PCT / 100
 }
 
 impl Store {
@@ -194,12 +329,7 @@ impl Store {
         std::io::Read::read_to_end(&mut &file, &mut records).map_err(open_err)?;
         {
             let m = store.map.get_mut().unwrap();
-            for (id, r) in records.chunks_exact(MAP_RECORD_BYTES).enumerate() {
-                let Some(e) = Entry::decode(r).filter(|e| (e.level as usize) < store.levels.len()) else { continue };
-                m.entries.resize(id + 1, Entry::FREE);
-                m.entries[id] = e;
-                m.next_version = m.next_version.max(e.version);
-            }
+            (m.entries, m.next_version) = load_map(&records, store.levels.len());
         }
         store.map_file = Some(file);
         Ok(store)
@@ -216,33 +346,21 @@ impl Store {
         held: &std::collections::HashSet<SlotId>,
     ) -> (u64, u64) {
         let mut m = self.map.lock().unwrap();
-        let mut named: Vec<std::collections::HashSet<SlotId>> = vec![Default::default(); self.levels.len()];
-        let (mut kept, mut freed) = (0, 0);
         let Map { entries, free_ids, arcs, .. } = &mut *m;
+        let r = recover_map(entries, refs, held, self.levels.len());
+        free_ids.extend(&r.free_ids);
+        for &id in &r.freed {
+            self.persist(id, &entries[id as usize]);
+        }
         let mut arrived: Vec<(u64, SlotId, usize)> = Vec::new();
-        for (id, e) in entries.iter_mut().enumerate() {
-            let id = id as SlotId;
-            if !e.live {
-                free_ids.push(id);
-                continue;
-            }
-            let n = refs.get(&id).copied().unwrap_or(0);
-            if n == 0 && !held.contains(&id) {
-                e.live = false;
-                free_ids.push(id);
-                freed += 1;
-                self.persist(id, e);
-                continue;
-            }
-            e.refs = n;
-            named[e.level as usize].insert(e.at);
-            self.levels[e.level as usize].counters.pages.fetch_add(n as u64, Relaxed);
+        for &id in &r.kept {
+            let e = &entries[id as usize];
+            self.levels[e.level as usize].counters.pages.fetch_add(e.refs as u64, Relaxed);
             arrived.push((e.version, id, e.level as usize));
-            kept += 1;
         }
         for (level, l) in self.levels.iter().enumerate() {
             for at in l.tier.kept_slots() {
-                if !named[level].contains(&at) {
+                if !r.named[level].contains(&at) {
                     l.tier.free(at);
                 }
             }
@@ -255,7 +373,7 @@ impl Store {
                 arc.on_fault(id as u64);
             }
         }
-        (kept, freed)
+        (r.kept.len() as u64, r.freed.len() as u64)
     }
 
     /// Record entry `id` in the map file. Under the map lock, so records of one id are
@@ -362,8 +480,7 @@ impl Store {
     fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
         let mut m = self.map.lock().unwrap();
         m.next_version += 1;
-        let version = m.next_version;
-        let entry = Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false };
+        let entry = Entry::new(level, at, m.next_version);
         let id = match m.free_ids.pop() {
             Some(id) => {
                 m.entries[id as usize] = entry;
@@ -445,10 +562,9 @@ impl Store {
             if let Some(arc) = arcs.get_mut(e.level as usize) {
                 arc.on_fault(id as u64);
             }
-            if !e.queued && migration::should_promote(e.level as usize, &e.heat, now, &self.rule) {
-                let up = Move { dir: Direction::Up, id, version: e.version, level: e.level };
+            if migration::should_promote(e.level as usize, &e.heat, now, &self.rule) {
                 // A full queue refuses it (counted); the next read asks again.
-                e.queued = queue.push(up);
+                e.ask(id, Direction::Up, queue);
             }
         }
     }
@@ -489,10 +605,10 @@ impl Store {
             }
             let used =
                 (l.tier.usage().used_slots + queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
-            if used * 100 <= capacity * DEMOTE_HIGH_PCT {
+            let mut need = demotions_needed(used, capacity);
+            if need == 0 {
                 continue;
             }
-            let mut need = used - capacity * DEMOTE_LOW_PCT / 100;
             // Each resident key is offered at most once, and a round looks at a bounded number:
             // under the map lock, with every victim vetoed, a large tier would otherwise be
             // walked whole ten times a second.
@@ -501,16 +617,18 @@ impl Store {
                 tries -= 1;
                 let Some(key) = arc.victim() else { break };
                 let e = &mut entries[key as usize];
-                let movable = e.live && e.level as usize == level && e.refs > 0 && !e.queued;
-                if movable && migration::may_demote(&e.heat, now, &self.rule) {
-                    let down = Move { dir: Direction::Down, id: key as SlotId, version: e.version, level: e.level };
-                    if queue.push(down) {
-                        e.queued = true;
-                        need -= 1;
-                        continue;
+                if e.level as usize == level && migration::may_demote(&e.heat, now, &self.rule) {
+                    match e.ask(key as SlotId, Direction::Down, queue) {
+                        Asked::Queued => {
+                            need -= 1;
+                            continue;
+                        }
+                        Asked::Refused => {
+                            arc.on_cancelled(key);
+                            break;
+                        }
+                        Asked::No => {}
                     }
-                    arc.on_cancelled(key);
-                    break;
                 }
                 // In its eviction still (no reference yet), hot, or moved too recently.
                 arc.on_cancelled(key);
@@ -525,10 +643,6 @@ impl Store {
             return 0;
         }
         let n = self.levels[0].tier.slot_bytes();
-        let to_level = |mv: &Move| match mv.dir {
-            Direction::Up => mv.level as usize - 1,
-            Direction::Down => mv.level as usize + 1,
-        };
         // Where each still is, and a slot for it in its new tier (none: it stays).
         let mut copies: Vec<(Move, SlotId, SlotId, Vec<u8>)> = Vec::new();
         {
@@ -536,10 +650,10 @@ impl Store {
             let Map { entries, arcs, .. } = &mut *m;
             for mv in moves {
                 let e = &mut entries[mv.id as usize];
-                if !(e.live && e.version == mv.version && e.level == mv.level) {
+                if !e.holds(mv) {
                     continue; // freed meanwhile
                 }
-                let to = &self.levels[to_level(mv)].tier;
+                let to = &self.levels[mv.to_level()].tier;
                 match to.alloc() {
                     Ok(new_at) => copies.push((*mv, e.at, new_at, vec![0u8; n])),
                     Err(err) => {
@@ -583,7 +697,7 @@ impl Store {
             let (idx, writes): (Vec<usize>, Vec<(SlotId, &[u8])>) = copies
                 .iter()
                 .enumerate()
-                .filter(|(k, c)| ok[*k] && to_level(&c.0) == level)
+                .filter(|(k, c)| ok[*k] && c.0.to_level() == level)
                 .map(|(k, c)| (k, (c.2, &c.3[..])))
                 .unzip();
             for (k, r) in idx.into_iter().zip(l.tier.write_batch(&writes)) {
@@ -601,22 +715,22 @@ impl Store {
             let mut m = self.map.lock().unwrap();
             let Map { entries, arcs, .. } = &mut *m;
             for (k, (mv, old_at, new_at, _)) in copies.iter().enumerate() {
-                let (from, to) = (mv.level as usize, to_level(mv));
+                let (from, to) = (mv.level as usize, mv.to_level());
                 let e = &mut entries[mv.id as usize];
-                let current = e.live && e.version == mv.version && e.level == mv.level;
-                if current {
-                    e.queued = false;
-                }
-                if !(ok[k] && current) {
-                    free.push((to, *new_at));
-                    if current && mv.dir == Direction::Down {
-                        arcs[from].on_cancelled(mv.id as u64);
+                match e.switch(mv, ok[k], *new_at, now) {
+                    Switched::Moved => {}
+                    Switched::Failed => {
+                        free.push((to, *new_at));
+                        if mv.dir == Direction::Down {
+                            arcs[from].on_cancelled(mv.id as u64);
+                        }
+                        continue;
                     }
-                    continue;
+                    Switched::Gone => {
+                        free.push((to, *new_at));
+                        continue;
+                    }
                 }
-                e.level = to as u8;
-                e.at = *new_at;
-                e.heat.moved(now);
                 let pages = e.refs as u64;
                 let record = *e;
                 self.persist(mv.id, &record);
@@ -704,11 +818,9 @@ impl Store {
             let Map { entries, free_ids, arcs, .. } = &mut *m;
             for &id in slots {
                 let e = &mut entries[id as usize];
-                assert!(e.live && e.refs > 0, "release of free slot {id}");
-                e.refs -= 1;
+                let last = e.release(id);
                 self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
-                if e.refs == 0 {
-                    e.live = false;
+                if last {
                     freed.push((e.level, e.at));
                     free_ids.push(id);
                     self.persist(id, e);
@@ -793,6 +905,76 @@ mod tests {
             ],
             config,
         )
+    }
+
+    #[test]
+    fn a_move_is_asked_once_and_switched_only_while_its_version_is_there() {
+        let mut q = MigrationQueue::new(2, 2);
+        let mut e = Entry::new(0, 5, 7);
+        assert_eq!(e.ask(3, Direction::Down, &mut q), Asked::No, "no page refers to it yet");
+        e.refs = 1;
+        assert_eq!(e.ask(3, Direction::Down, &mut q), Asked::Queued);
+        assert_eq!(e.ask(3, Direction::Down, &mut q), Asked::No, "queued already");
+        let mv = q.start(1)[0];
+        assert_eq!((mv.id, mv.version, mv.level, mv.to_level()), (3, 7, 0, 1));
+        // The copy failed: it stays, and may be asked again.
+        let mut failed = e;
+        assert_eq!(failed.switch(&mv, false, 9, 100), Switched::Failed);
+        assert_eq!((failed.level, failed.at, failed.queued), (0, 5, false));
+        // Freed meanwhile, or freed and the id reused by a newer version: the copy is thrown away.
+        let mut freed = e;
+        assert!(freed.release(3));
+        assert_eq!(freed.switch(&mv, true, 9, 100), Switched::Gone);
+        let mut reused = Entry::new(0, 5, 8);
+        assert_eq!(reused.switch(&mv, true, 9, 100), Switched::Gone);
+        assert_eq!(reused, Entry::new(0, 5, 8));
+        assert_eq!(e.switch(&mv, true, 9, 100), Switched::Moved);
+        assert_eq!((e.level, e.at, e.version, e.queued, e.live), (1, 9, 7, false, true));
+        assert!(!e.heat.settled(100, &migration::Rule::default()), "just moved");
+        // Moved, it is no longer where the move was asked from.
+        assert_eq!({ e }.switch(&mv, true, 11, 200), Switched::Gone);
+        // A full queue refuses, and the entry is not marked queued.
+        let mut q = MigrationQueue::new(1, 1);
+        let mut a = Entry { refs: 1, ..Entry::new(1, 0, 1) };
+        let mut b = Entry { refs: 1, ..Entry::new(1, 1, 2) };
+        assert_eq!(a.ask(0, Direction::Up, &mut q), Asked::Queued);
+        assert_eq!(b.ask(1, Direction::Up, &mut q), Asked::Refused);
+        assert!(!b.queued);
+    }
+
+    #[test]
+    fn recovery_keeps_what_pages_refer_to_or_evictions_hold() {
+        let mut records = Vec::new();
+        let live = |level, at, version, refs| Entry { refs, ..Entry::new(level, at, version) };
+        for e in
+            [live(0, 4, 10, 2), Entry::FREE, live(1, 4, 11, 1), live(1, 0, 12, 0), live(0, 1, 13, 0), live(7, 0, 14, 1)]
+        {
+            records.extend_from_slice(&e.encode());
+        }
+        let (mut entries, next_version) = load_map(&records, 2);
+        assert_eq!(entries.len(), 5, "the record of a level this store has not is dropped");
+        assert_eq!(next_version, 13);
+        assert!(entries.iter().all(|e| e.refs == 0 && !e.queued), "references are not recorded");
+        let refs = [(0, 3), (2, 1)].into_iter().collect();
+        let held = [4].into_iter().collect();
+        let r = recover_map(&mut entries, &refs, &held, 2);
+        assert_eq!((r.kept, r.freed, r.free_ids), (vec![0, 2, 4], vec![3], vec![1, 3]));
+        let named = |level: usize| {
+            let mut v: Vec<SlotId> = r.named[level].iter().copied().collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!((named(0), named(1)), (vec![1, 4], vec![4]));
+        assert_eq!((entries[0].refs, entries[2].refs, entries[4].refs, entries[3].live), (3, 1, 0, false));
+    }
+
+    #[test]
+    fn demotions_needed_from_the_high_water_mark_to_the_low() {
+        assert_eq!(demotions_needed(9, 10), 0, "90% is not over it");
+        assert_eq!(demotions_needed(10, 10), 2);
+        assert_eq!(demotions_needed(13, 10), 5, "promotions on their way count");
+        assert_eq!(demotions_needed(2, 2), 1);
+        assert_eq!(demotions_needed(1, 1), 1);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   the daemon's pager thread and the kernel's userfaultfd, for one granule window.
 //! * [`ownership`]: model 2, write leases, epochs, `holo_sync` and readers across 2 or 3
 //!   nodes with crashes, partitions and clock skew, applied by holo-cluster's own state machine.
-//! * [`migrate`]: model 3, moves of granules down the tiers with faults, evictions, a crash at
-//!   any step and a burst of migrations.
+//! * [`migrate`]: model 3, moves of granules down and up the tiers under the in-flight cap,
+//!   with faults, clean and dirty evictions, a burst, and a crash at any step, calling the
+//!   store's own map-entry transitions and migration queue.
 
 pub mod evict;
 pub mod migrate;

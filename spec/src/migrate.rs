@@ -1,67 +1,94 @@
-//! Model 3: tier migration (`daemon/src/store.rs`: `demote`, `move_down`, `read`, `put_batch`,
-//! `release`, `persist`, `recover`, `spawn_migrator`).
+//! Model 3: tier migration (`daemon/src/store.rs`: `migrate`, `plan_demotions`, `run_moves`,
+//! `read`, `put_batch`, `release`, `persist`, `recover`; `daemon/src/migration.rs`:
+//! `MigrationQueue`).
 //!
-//! Two tiers (level 0, level 1), granules named by slot ids, the store's map (id → live,
-//! level, slot in the tier, version), the map's records in `store.map`, the tiers' slots
-//! (free, or the version of the bytes they hold) and the I/O gate (a readers-writer lock).
+//! Two lower tiers (level 0, level 1), the store's map of slot ids, `store.map`'s records,
+//! the tiers' slots, the migration queue and the I/O gate (a readers-writer lock). The map
+//! entries, the queue and every decision about them are the daemon's own: [`Entry::ask`]
+//! (which moves may be queued), [`MigrationQueue`] (the cap on moves in flight, the bounded
+//! queue, promotions and demotions in turn), [`store::demotions_needed`], [`Entry::holds`]
+//! and [`Entry::switch`] (the version check and the entry's update), [`Entry::release`],
+//! [`Entry::encode`] (the records), [`store::load_map`] and [`store::recover_map`] (what a
+//! restarted daemon keeps). The model sequences them with the tier I/O and the gate as
+//! `store.rs` does.
 //!
-//! * **Migrations** (`move_down`, one step each): start (the oldest granule of level 0),
-//!   copy (read the old slot under the gate's read side, allocate and write the new slot),
-//!   wait for the gate's write side, switch (version check, map entry, record) and free the
-//!   old slot, release the gate. A burst queues `Bounds::burst` granules; at most `cap`
-//!   migrations are in flight (the code: one migrator thread, so 1).
-//! * **The program's page** (granule 0): a fault translates its slot id under the gate's read
-//!   side, reads the tier, then the refill releases the id (the slot is freed); an eviction
-//!   then puts a new version into a new id (often the same tier slot: reuse).
-//! * **A crash at any step** needs no action: every state is checked for what `recover` would
-//!   find from the records and the tiers' slots if the daemon died right there.
+//! * **The migrator** (`migrate`): asks demotions of level 0 while it is over its high-water
+//!   mark, starts a batch of queued moves (as many as the cap lets), and runs it as the code
+//!   does: demotions, then promotions, each as `run_moves`: allocate the copies' slots, read
+//!   the old slots under the gate's read side, write the copies, switch every entry under the
+//!   gate's write side (recording each moved one), then free the old slots.
+//! * **The program's granule** (slot id 0 at the start): a fault takes the gate's read side,
+//!   translates (a read of a level-1 granule may ask its promotion), reads the tier; the fill
+//!   either keeps the slot (a clean granule: a later clean eviction points the page at the
+//!   slot again, a write releases it) or releases it; an eviction (`put_batch`) writes a new
+//!   version to the fastest tier with room, under a new id (often a reused one).
+//! * **The burst**: other granules, asked to move at the start (the program's too): half
+//!   down, half up, more than the cap, so some wait in the queue.
+//! * **A crash at any step** needs no action: every state is checked for what `recover`
+//!   would keep from the records and the tiers' slots if the daemon died right there.
 //!
-//! The gate is modelled as `std`'s futex `RwLock` behaves: readers wait while a writer holds
-//! or waits; a writer that releases hands the lock to a waiting writer first, else to the
-//! waiting readers. Paraphrase: `store.rs` mixes this bookkeeping with I/O and has no pure
-//! transition function to call; each step names the code it mirrors.
+//! Heat and hysteresis are abstracted: a read of a level-1 granule may or may not make it
+//! hot, any eligible granule of level 0 may be ARC's victim, so every move the code could
+//! ask is explored (hysteresis only removes some).
 
+use std::collections::{HashMap, HashSet};
+
+use holo_pager::migration::{Direction, MigrationQueue, Move};
+use holo_pager::store::{self, Asked, Entry, Switched, MAP_RECORD_BYTES};
 use stateright::{Model, Property};
 
 /// What the store does; `CODE` is `store.rs` as it is, the others break one thing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Design {
-    /// Migrations in flight at most; `None`: every queued migration starts at once.
-    pub cap: Option<u8>,
-    /// The switch takes the gate's write side (`move_down`: `io_gate.write()`).
+    /// Moves in flight at most (`migration_max_in_flight`); `None`: every queued move
+    /// starts at once.
+    pub cap: Option<usize>,
+    /// Reads hold the gate's read side, the switch its write side.
     pub gate: bool,
-    /// The map record is written in the switch, before the old slot is freed. `false`: the
-    /// old slot is freed first and the record written in a later step.
-    pub persist_before_free: bool,
+    /// Per direction (down, up): the switch records a moved entry before its old slot is
+    /// freed. `false`: the old slot is freed at the switch, the record written a step later.
+    pub persist_before_free: [bool; 2],
 }
 
-/// The budget the properties hold every design to: `spawn_migrator` runs one thread, so one
-/// migration is in flight (its rate cap in bytes/s only spaces them out in time).
-pub const BUDGET: u8 = 1;
+/// The model's `migration_max_in_flight` (the code's default is 16): what the properties
+/// hold every design to.
+pub const BUDGET: usize = 2;
 
 impl Design {
-    pub const CODE: Design = Design { cap: Some(BUDGET), gate: true, persist_before_free: true };
-    /// Broken 1: free the old slot before the map record is written.
-    pub const FREE_BEFORE_PERSIST: Design = Design { persist_before_free: false, ..Design::CODE };
-    /// Broken 2: switch and free without the I/O gate.
+    pub const CODE: Design = Design { cap: Some(BUDGET), gate: true, persist_before_free: [true, true] };
+    /// Broken: a demotion frees the old slot before the map record is written.
+    pub const FREE_BEFORE_PERSIST: Design = Design { persist_before_free: [false, true], ..Design::CODE };
+    /// Broken: a promotion frees the lower copy before the upper one is recorded.
+    pub const PROMOTION_FREES_BEFORE_PERSIST: Design = Design { persist_before_free: [true, false], ..Design::CODE };
+    /// Broken: switch and free without the I/O gate.
     pub const NO_GATE: Design = Design { gate: false, ..Design::CODE };
-    /// Broken 3: no cap on migrations in flight (a thread or task per migration).
+    /// Broken: no cap on moves in flight (a thread or task per move).
     pub const NO_CAP: Design = Design { cap: None, ..Design::CODE };
 }
 
 #[derive(Clone, Debug)]
 pub struct Bounds {
-    /// Granules queued for demotion at the start (the program's page is the first).
+    /// Granules besides the program's, asked to move at the start (odd ids up from level 1,
+    /// even ids down from level 0).
     pub burst: u8,
-    /// Faults on the program's page.
+    /// `migration_max_queued`.
+    pub max_queued: usize,
+    /// Each tier's capacity in granules.
+    pub slots: [usize; 2],
+    /// Programs' granules (each its own client and pager thread), slot ids 0.. at the start.
+    pub pages: u8,
+    /// Faults on them, in all.
     pub reads: u8,
-    /// Evictions of the program's page (a new version into a new id).
+    /// Evictions of them (clean or not), in all.
     pub evictions: u8,
+    /// Where the programs' granules start (one initial state each); each is asked to move
+    /// from there.
+    pub page_levels: Vec<u8>,
 }
 
 impl Default for Bounds {
     fn default() -> Bounds {
-        Bounds { burst: 1, reads: 2, evictions: 1 }
+        Bounds { burst: 2, max_queued: 4, slots: [3, 4], pages: 1, reads: 2, evictions: 1, page_levels: vec![0, 1] }
     }
 }
 
@@ -71,150 +98,333 @@ pub struct Migrate {
     pub bounds: Bounds,
 }
 
-/// The store's map entry of one slot id (refs abstracted: live means referenced).
+/// One tier slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Entry {
-    pub live: bool,
-    pub level: u8,
-    pub at: u8,
-    pub version: u8,
+pub enum Slot {
+    Free,
+    /// Allocated for a copy not written yet.
+    Taken,
+    /// Holds the bytes of this version.
+    Holds(u64),
 }
 
-const FREE: Entry = Entry { live: false, level: 0, at: 0, version: 0 };
-
+/// The program's granule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Page {
-    Spilled { id: u8, version: u8 },
-    Resident { version: u8 },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// Taken from the queue (`oldest`).
-    Started,
-    /// The old slot read (under the gate's read side); writing the new slot, gate released.
-    Read { bytes: u8 },
-    /// The copy is in the new slot; waiting for the gate's write side.
-    Copied { new_at: u8 },
-    /// Switched under the gate; the old slot still to free (and, broken, the record to write).
-    Switched { new_at: u8 },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Mig {
-    pub id: u8,
-    pub version: u8,
-    pub from_at: u8,
-    pub stage: Stage,
+    Spilled {
+        id: u32,
+        version: u64,
+    },
+    /// Read back and filled; the slot's reference not dropped yet.
+    Filled {
+        id: u32,
+        version: u64,
+    },
+    /// Resident and unmodified: the pager keeps the slot's reference (`Pager::clean`).
+    Clean {
+        id: u32,
+        version: u64,
+    },
+    /// Resident and written since.
+    Dirty,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reader {
     Idle,
-    /// Waiting for the gate's read side; `waited` switches completed meanwhile.
+    /// Waiting for the gate's read side; `waited`: moves switched meanwhile.
     Waiting {
-        waited: u8,
+        waited: usize,
+    },
+    /// Given the read side by a writer's release; translates next.
+    Granted {
+        waited: usize,
     },
     /// Holds the read side, translated.
     Holding {
         level: u8,
-        at: u8,
-        waited: u8,
+        at: u32,
+        waited: usize,
     },
+}
+
+/// A step of one direction's `run_moves`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    Alloc,
+    Read,
+    Write,
+    /// Waiting for the gate's write side, then switching.
+    Switch,
+    /// The gate released: free the old slots (and, broken, write the records).
+    Free,
+}
+
+/// One move being copied: `bytes` read from `old_at` (`None`: the read failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Copy {
+    pub mv: Move,
+    pub old_at: u32,
+    pub new_at: u32,
+    pub bytes: Option<u64>,
+}
+
+/// A started batch (`MigrationQueue::start`), run as the code runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Batch {
+    /// Moves started (to `finish`).
+    pub n: usize,
+    pub dir: Direction,
+    pub step: Step,
+    /// The moves of `dir`, then (allocated) its copies.
+    pub moves: Vec<Move>,
+    pub copies: Vec<Copy>,
+    /// The promotions, run after the demotions.
+    pub up: Vec<Move>,
+    /// Slots to free once the gate is released: (level, slot).
+    pub frees: Vec<(u8, u32)>,
+    /// Broken designs: ids moved whose record is still to write.
+    pub unrecorded: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct State {
+    /// The store's map: the daemon's own entries.
     pub map: Vec<Entry>,
-    /// `store.map`, as written by `persist`.
-    pub records: Vec<Entry>,
-    /// Per level, per tier slot: the version its bytes are, or free.
-    pub tiers: [Vec<Option<u8>>; 2],
-    pub page: Page,
-    pub next_version: u8,
-    pub evictions_left: u8,
+    pub free_ids: Vec<u32>,
+    pub next_version: u64,
+    /// `store.map`, as `persist` wrote it.
+    pub records: Vec<[u8; MAP_RECORD_BYTES]>,
+    pub tiers: [Vec<Slot>; 2],
+    /// The daemon's own queue.
+    pub queue: MigrationQueue,
+    pub batch: Option<Batch>,
+    /// Each program's granule, and its pager's read.
+    pub pages: Vec<Page>,
+    pub readers: Vec<Reader>,
     pub reads_left: u8,
-    /// Ids waiting for demotion, oldest first (`arrivals`).
-    pub queue: Vec<u8>,
-    pub migs: Vec<Mig>,
-    /// The migration holding the gate's write side.
-    pub writer: Option<u8>,
-    pub reader: Reader,
+    pub evictions_left: u8,
+    /// Ghost: a read returned bytes other than its version's.
     pub bad_read: bool,
-    pub most_waited: u8,
-    pub most_in_flight: u8,
+    /// Ghost: a move of a granule freed meanwhile was thrown away.
     pub stale_move: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// `demote` → `oldest`: a migration starts.
+    /// `plan_demotions` asks the demotion of this id (ARC's victim).
+    Demote(u32),
+    /// `MigrationQueue::start`: a batch.
     Start,
-    /// `move_down`: read the old slot (gate read side).
-    Copy(u8),
-    /// `move_down`: alloc and write the new slot, then wait for the gate's write side.
-    Write(u8),
-    /// `move_down`: gate write side, version check, switch the entry, `persist`, free.
-    Switch(u8),
-    /// Broken design: the record written after the free. Else: free, release the gate.
-    Finish(u8),
-    /// A fault: wait for the gate's read side.
-    Fault,
-    /// The read side taken: translate (`read`: the map lookup).
-    Translate,
-    /// The tier read, then the refill releases the id (`release`: freed, recorded).
-    ReadTier,
-    /// An eviction: `put_batch` (alloc, write, `new_entry`, `persist`), the page refers to it.
-    Evict,
+    /// The batch's next step.
+    Run(Direction, Step),
+    Fault(usize),
+    /// Take the read side and translate; `promote`: the read makes it hot.
+    Translate {
+        page: usize,
+        promote: bool,
+    },
+    ReadTier(usize),
+    /// The fill keeps the slot (a clean granule) or releases it.
+    Fill {
+        page: usize,
+        clean: bool,
+    },
+    /// A write to the clean granule: the pager forgets it and releases the slot.
+    Write(usize),
+    Evict(usize),
 }
 
-fn alloc(slots: &mut [Option<u8>], version: u8) -> u8 {
-    let at = slots.iter().position(Option::is_none).expect("a free slot");
-    slots[at] = Some(version);
-    at as u8
-}
+const NOW_MS: u64 = 0;
 
 impl Migrate {
     pub fn new(design: Design, bounds: Bounds) -> Migrate {
         Migrate { design, bounds }
     }
 
-    fn cap(&self) -> u8 {
-        self.design.cap.unwrap_or(u8::MAX)
+    fn cap(&self) -> usize {
+        self.design.cap.unwrap_or(self.bounds.max_queued)
     }
 
-    /// A writer waits for the gate: readers must wait too (writer preference).
-    fn writer_waiting(&self, s: &State) -> bool {
-        self.design.gate && s.migs.iter().any(|m| matches!(m.stage, Stage::Copied { .. }))
+    /// The burst's granules: ids after the pages', never released, each its own version.
+    fn burst(&self) -> impl Iterator<Item = (u32, u64)> {
+        let first = self.bounds.pages as u32;
+        (first..first + self.bounds.burst as u32).map(|id| (id, id as u64 + 1))
     }
 
-    /// The migration releases the gate's write side: a waiting writer goes first (it takes
-    /// it as its own step), else the waiting reader gets it and translates.
-    fn release_gate(&self, s: &mut State) {
-        s.writer = None;
-        if let Reader::Waiting { waited } = s.reader {
-            let waited = waited + 1;
-            s.most_waited = s.most_waited.max(waited);
-            s.reader = Reader::Waiting { waited };
-            if !self.writer_waiting(s) {
-                Self::translate(s, waited);
+    fn persist(s: &mut State, id: u32) {
+        s.records[id as usize] = s.map[id as usize].encode();
+    }
+
+    /// `new_entry`: a fresh version in a free id (the last freed first), recorded.
+    fn new_entry(s: &mut State, level: u8, at: u32) -> u32 {
+        s.next_version += 1;
+        let e = Entry::new(level, at, s.next_version);
+        let id = s.free_ids.pop().unwrap_or(s.map.len() as u32);
+        if id as usize == s.map.len() {
+            s.map.push(e);
+        } else {
+            s.map[id as usize] = e;
+        }
+        Self::persist(s, id);
+        id
+    }
+
+    /// The gate's write side is wanted or held: readers wait.
+    fn writer(&self, s: &State) -> bool {
+        self.design.gate && s.batch.as_ref().is_some_and(|b| b.step == Step::Switch)
+    }
+
+    /// A reader holds the gate's read side.
+    fn reading(s: &State) -> bool {
+        s.readers.iter().any(|r| matches!(r, Reader::Granted { .. } | Reader::Holding { .. }))
+    }
+
+    fn dir_index(dir: Direction) -> usize {
+        match dir {
+            Direction::Down => 0,
+            Direction::Up => 1,
+        }
+    }
+
+    /// Level 0's demotions wanted, as `plan_demotions` counts them.
+    fn need(&self, s: &State) -> u64 {
+        let used = s.tiers[0].iter().filter(|t| **t != Slot::Free).count() as u64 + s.queue.incoming(0) as u64;
+        store::demotions_needed(used.saturating_sub(s.queue.outgoing(0) as u64), self.bounds.slots[0] as u64)
+    }
+
+    /// `run_moves` of one direction, one step.
+    fn run(&self, s: &mut State, b: &mut Batch) {
+        match b.step {
+            Step::Alloc => {
+                for mv in std::mem::take(&mut b.moves) {
+                    let e = &mut s.map[mv.id as usize];
+                    if !e.holds(&mv) {
+                        continue; // freed meanwhile
+                    }
+                    let old_at = e.at;
+                    match alloc(&mut s.tiers[mv.to_level()]) {
+                        Some(new_at) => b.copies.push(Copy { mv, old_at, new_at, bytes: None }),
+                        // Full: it stays; asked again later.
+                        None => e.queued = false,
+                    }
+                }
+                b.step = if b.copies.is_empty() { Step::Free } else { Step::Read };
+            }
+            Step::Read => {
+                // Under the read side. A release may have freed (and a put reused) an old
+                // slot: its bytes are whatever it holds now, or the read fails.
+                for c in &mut b.copies {
+                    c.bytes = match s.tiers[c.mv.level as usize][c.old_at as usize] {
+                        Slot::Holds(v) => Some(v),
+                        _ => None,
+                    };
+                }
+                b.step = Step::Write;
+            }
+            Step::Write => {
+                for c in &b.copies {
+                    if let Some(v) = c.bytes {
+                        s.tiers[c.mv.to_level()][c.new_at as usize] = Slot::Holds(v);
+                    }
+                }
+                b.step = Step::Switch;
+            }
+            Step::Switch => {
+                let switched = b.copies.len();
+                for c in std::mem::take(&mut b.copies) {
+                    let e = &mut s.map[c.mv.id as usize];
+                    match e.switch(&c.mv, c.bytes.is_some(), c.new_at, NOW_MS) {
+                        Switched::Moved if self.design.persist_before_free[Self::dir_index(c.mv.dir)] => {
+                            Self::persist(s, c.mv.id);
+                            b.frees.push((c.mv.level, c.old_at));
+                        }
+                        Switched::Moved => {
+                            s.tiers[c.mv.level as usize][c.old_at as usize] = Slot::Free;
+                            b.unrecorded.push(c.mv.id);
+                        }
+                        Switched::Failed => b.frees.push((c.mv.to_level() as u8, c.new_at)),
+                        Switched::Gone => {
+                            s.stale_move = true;
+                            b.frees.push((c.mv.to_level() as u8, c.new_at));
+                        }
+                    }
+                }
+                // The write side released: the waiting readers have the read side.
+                for r in s.readers.iter_mut() {
+                    if let (Reader::Waiting { waited }, true) = (*r, self.design.gate) {
+                        *r = Reader::Granted { waited: waited + switched };
+                    }
+                }
+                b.step = Step::Free;
+            }
+            Step::Free => {
+                for id in std::mem::take(&mut b.unrecorded) {
+                    Self::persist(s, id);
+                }
+                for (level, at) in std::mem::take(&mut b.frees) {
+                    s.tiers[level as usize][at as usize] = Slot::Free;
+                }
+                if b.dir == Direction::Down && !b.up.is_empty() {
+                    b.dir = Direction::Up;
+                    b.moves = std::mem::take(&mut b.up);
+                    b.step = Step::Alloc;
+                } else {
+                    s.queue.finish(b.n);
+                    b.n = 0;
+                }
             }
         }
     }
 
-    fn translate(s: &mut State, waited: u8) {
-        let Page::Spilled { id, .. } = s.page else { unreachable!() };
-        let e = s.map[id as usize];
-        s.reader = Reader::Holding { level: e.level, at: e.at, waited };
-    }
-
-    fn finish(&self, s: &mut State, i: usize) {
-        let m = s.migs.remove(i);
-        s.tiers[0][m.from_at as usize] = None;
-        if self.design.gate {
-            self.release_gate(s);
+    /// What program `p`'s granule and its pager may do next.
+    fn page_actions(&self, s: &State, p: usize, page: Page, reader: Reader, out: &mut Vec<Action>) {
+        match (reader, page) {
+            (Reader::Idle, Page::Spilled { .. }) if s.reads_left > 0 => out.push(Action::Fault(p)),
+            (Reader::Waiting { .. }, Page::Spilled { .. }) if self.writer(s) => {}
+            (Reader::Waiting { .. } | Reader::Granted { .. }, Page::Spilled { id, .. }) => {
+                out.push(Action::Translate { page: p, promote: false });
+                if s.map[id as usize].level > 0 {
+                    out.push(Action::Translate { page: p, promote: true });
+                }
+            }
+            (Reader::Holding { .. }, _) => out.push(Action::ReadTier(p)),
+            (Reader::Idle, Page::Filled { .. }) => {
+                out.push(Action::Fill { page: p, clean: true });
+                out.push(Action::Fill { page: p, clean: false });
+            }
+            (Reader::Idle, Page::Clean { .. }) => {
+                out.push(Action::Write(p));
+                if s.evictions_left > 0 {
+                    out.push(Action::Evict(p));
+                }
+            }
+            (Reader::Idle, Page::Dirty)
+                if s.evictions_left > 0 && s.tiers.iter().flatten().any(|t| *t == Slot::Free) =>
+            {
+                out.push(Action::Evict(p))
+            }
+            _ => {}
         }
     }
+
+    /// Each granule that must survive: (id, version).
+    fn must_keep(&self, s: &State) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = self.burst().collect();
+        for p in &s.pages {
+            if let Page::Spilled { id, version } = *p {
+                v.push((id, version));
+            }
+        }
+        v
+    }
+}
+
+/// The lowest free slot of a tier (`alloc`), taken.
+fn alloc(tier: &mut [Slot]) -> Option<u32> {
+    let at = tier.iter().position(|t| *t == Slot::Free)?;
+    tier[at] = Slot::Taken;
+    Some(at as u32)
 }
 
 impl Model for Migrate {
@@ -222,221 +432,279 @@ impl Model for Migrate {
     type Action = Action;
 
     fn init_states(&self) -> Vec<State> {
-        let n = self.bounds.burst as usize;
-        // Room for every granule and version in each tier.
-        let slots = n + self.bounds.evictions as usize + 1;
-        let mut tiers = [vec![None; slots], vec![None; slots]];
-        let mut map = vec![FREE; slots];
-        for (id, e) in map.iter_mut().take(n).enumerate() {
-            let version = id as u8 + 1;
-            let at = alloc(&mut tiers[0], version);
-            *e = Entry { live: true, level: 0, at, version };
-        }
-        vec![State {
-            records: map.clone(),
-            map,
-            tiers,
-            page: Page::Spilled { id: 0, version: 1 },
-            next_version: n as u8 + 1,
-            evictions_left: self.bounds.evictions,
-            reads_left: self.bounds.reads,
-            queue: (0..n as u8).collect(),
-            migs: Vec::new(),
-            writer: None,
-            reader: Reader::Idle,
-            bad_read: false,
-            most_waited: 0,
-            most_in_flight: 0,
-            stale_move: false,
-        }]
+        let pages = self.bounds.pages as usize;
+        let ids = pages + self.bounds.burst as usize;
+        // Room in the records for every id the evictions may add.
+        let records = ids + self.bounds.evictions as usize;
+        self.bounds
+            .page_levels
+            .iter()
+            .map(|&page_level| {
+                let mut s = State {
+                    map: Vec::new(),
+                    free_ids: Vec::new(),
+                    next_version: 0,
+                    records: vec![[0; MAP_RECORD_BYTES]; records],
+                    tiers: [vec![Slot::Free; self.bounds.slots[0]], vec![Slot::Free; self.bounds.slots[1]]],
+                    queue: MigrationQueue::new(self.cap(), self.bounds.max_queued),
+                    batch: None,
+                    pages: Vec::new(),
+                    readers: vec![Reader::Idle; pages],
+                    reads_left: self.bounds.reads,
+                    evictions_left: self.bounds.evictions,
+                    bad_read: false,
+                    stale_move: false,
+                };
+                for id in 0..ids {
+                    let level = if id < pages { page_level } else { ((id - pages + 1) % 2) as u8 };
+                    let at = alloc(&mut s.tiers[level as usize]).expect("room for the burst");
+                    let got = Self::new_entry(&mut s, level, at);
+                    s.tiers[level as usize][at as usize] = Slot::Holds(s.next_version);
+                    debug_assert_eq!(got as usize, id);
+                    s.map[id].refs = 1;
+                    let dir = if level == 0 { Direction::Down } else { Direction::Up };
+                    s.map[id].ask(id as u32, dir, &mut s.queue);
+                }
+                s.pages = (0..pages).map(|id| Page::Spilled { id: id as u32, version: s.map[id].version }).collect();
+                s
+            })
+            .collect()
     }
 
     fn actions(&self, s: &State, out: &mut Vec<Action>) {
-        if s.bad_read || !crash_keeps_everything(s) {
+        if s.bad_read || !crash_keeps_everything(self, s) || !map_names_one_copy(self, s) {
             // A property is broken already: stop here, the trace ends at the failure.
             return;
         }
-        if !s.queue.is_empty() && (s.migs.len() as u8) < self.cap() {
-            out.push(Action::Start);
-        }
-        for (i, m) in s.migs.iter().enumerate() {
-            let i = i as u8;
-            match m.stage {
-                // The copy reads under the gate's read side: not while a writer holds it.
-                Stage::Started if s.writer.is_none() && !self.writer_waiting(s) => out.push(Action::Copy(i)),
-                Stage::Copied { .. }
-                    if !self.design.gate || (s.writer.is_none() && !matches!(s.reader, Reader::Holding { .. })) =>
-                {
-                    out.push(Action::Switch(i))
+        match &s.batch {
+            None => {
+                // A demotion the full queue refuses changes nothing but `refused`, which
+                // would grow without end: not asked then.
+                if self.need(s) > 0 && s.queue.stats().queued < self.bounds.max_queued {
+                    for (id, e) in s.map.iter().enumerate() {
+                        if e.live && e.level == 0 && e.refs > 0 && !e.queued {
+                            out.push(Action::Demote(id as u32));
+                        }
+                    }
                 }
-                Stage::Read { .. } => out.push(Action::Write(i)),
-                Stage::Switched { .. } => out.push(Action::Finish(i)),
-                _ => {}
+                if s.queue.stats().queued > 0 {
+                    out.push(Action::Start);
+                }
             }
+            Some(b) if b.step == Step::Switch && self.design.gate && Self::reading(s) => {}
+            Some(b) => out.push(Action::Run(b.dir, b.step)),
         }
-        match (s.reader, s.page) {
-            (Reader::Idle, Page::Spilled { .. }) if s.reads_left > 0 => out.push(Action::Fault),
-            (Reader::Waiting { .. }, _) if s.writer.is_none() && !self.writer_waiting(s) => out.push(Action::Translate),
-            (Reader::Holding { .. }, _) => out.push(Action::ReadTier),
-            _ => {}
-        }
-        if matches!(s.page, Page::Resident { .. }) && s.evictions_left > 0 {
-            out.push(Action::Evict);
+        for (p, (&page, &reader)) in s.pages.iter().zip(&s.readers).enumerate() {
+            self.page_actions(s, p, page, reader, out);
         }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
         let mut s = last.clone();
         match action {
+            Action::Demote(id) => {
+                let State { map, queue, .. } = &mut s;
+                let asked = map[id as usize].ask(id, Direction::Down, queue);
+                assert_ne!(asked, Asked::No, "{id} was eligible");
+            }
             Action::Start => {
-                let id = s.queue.remove(0);
-                let e = s.map[id as usize];
-                if !(e.live && e.level == 0) {
-                    // `oldest` skips entries that left the level.
-                    return Some(s);
-                }
-                s.migs.push(Mig { id, version: e.version, from_at: e.at, stage: Stage::Started });
-                s.most_in_flight = s.most_in_flight.max(s.migs.len() as u8);
+                let batch = s.queue.start(usize::MAX);
+                let n = batch.len();
+                // Demotions first: they make the room promotions into the same tier need.
+                let (down, up): (Vec<Move>, Vec<Move>) = batch.into_iter().partition(|m| m.dir == Direction::Down);
+                let (dir, moves, up) =
+                    if down.is_empty() { (Direction::Up, up, Vec::new()) } else { (Direction::Down, down, up) };
+                s.batch = Some(Batch {
+                    n,
+                    dir,
+                    step: Step::Alloc,
+                    moves,
+                    copies: Vec::new(),
+                    up,
+                    frees: Vec::new(),
+                    unrecorded: Vec::new(),
+                });
             }
-            Action::Copy(i) => {
-                let m = &mut s.migs[i as usize];
-                // A release may have freed (and a put reused) the old slot: its bytes are
-                // whatever it holds now; the version check of the switch throws them away.
-                m.stage = Stage::Read { bytes: s.tiers[0][m.from_at as usize].unwrap_or(0) };
-            }
-            Action::Write(i) => {
-                let m = &mut s.migs[i as usize];
-                let Stage::Read { bytes } = m.stage else { unreachable!() };
-                m.stage = Stage::Copied { new_at: alloc(&mut s.tiers[1], bytes) };
-            }
-            Action::Switch(i) => {
-                let m = s.migs[i as usize];
-                let Stage::Copied { new_at } = m.stage else { unreachable!() };
-                if self.design.gate {
-                    s.writer = Some(i);
-                }
-                let e = &mut s.map[m.id as usize];
-                if !(e.live && e.version == m.version && e.level == 0) {
-                    // Freed meanwhile: throw the copy away.
-                    s.tiers[1][new_at as usize] = None;
-                    s.stale_move = true;
-                    s.migs.remove(i as usize);
-                    if self.design.gate {
-                        self.release_gate(&mut s);
-                    }
-                    return Some(s);
-                }
-                e.level = 1;
-                e.at = new_at;
-                let moved = *e;
-                s.migs[i as usize].stage = Stage::Switched { new_at };
-                if self.design.persist_before_free {
-                    s.records[m.id as usize] = moved;
-                } else {
-                    s.tiers[0][m.from_at as usize] = None;
+            Action::Run(..) => {
+                let mut b = s.batch.take().unwrap();
+                self.run(&mut s, &mut b);
+                if b.n > 0 {
+                    s.batch = Some(b);
                 }
             }
-            Action::Finish(i) => {
-                let m = s.migs[i as usize];
-                if !self.design.persist_before_free {
-                    s.records[m.id as usize] = s.map[m.id as usize];
+            Action::Fault(p) => s.readers[p] = Reader::Waiting { waited: 0 },
+            Action::Translate { page: p, promote } => {
+                let (Reader::Waiting { waited } | Reader::Granted { waited }) = s.readers[p] else { unreachable!() };
+                let Page::Spilled { id, .. } = s.pages[p] else { unreachable!() };
+                let State { map, queue, .. } = &mut s;
+                let e = &mut map[id as usize];
+                assert!(e.live && e.refs > 0, "read of slot {id}, which no page refers to");
+                if promote {
+                    e.ask(id, Direction::Up, queue);
                 }
-                self.finish(&mut s, i as usize);
+                s.readers[p] = Reader::Holding { level: e.level, at: e.at, waited };
             }
-            Action::Fault => s.reader = Reader::Waiting { waited: 0 },
-            Action::Translate => {
-                let Reader::Waiting { waited } = s.reader else { unreachable!() };
-                Self::translate(&mut s, waited);
-            }
-            Action::ReadTier => {
-                let (Reader::Holding { level, at, .. }, Page::Spilled { id, version }) = (s.reader, s.page) else {
+            Action::ReadTier(p) => {
+                let (Reader::Holding { level, at, .. }, Page::Spilled { id, version }) = (s.readers[p], s.pages[p])
+                else {
                     unreachable!()
                 };
-                s.bad_read |= s.tiers[level as usize][at as usize] != Some(version);
-                s.reader = Reader::Idle;
+                s.bad_read |= s.tiers[level as usize][at as usize] != Slot::Holds(version);
+                s.readers[p] = Reader::Idle;
                 s.reads_left -= 1;
-                s.page = Page::Resident { version };
-                // `release`: the last reference: the entry is freed and recorded, the slot freed.
-                let e = s.map[id as usize];
-                s.map[id as usize] = FREE;
-                s.records[id as usize] = FREE;
-                s.tiers[e.level as usize][e.at as usize] = None;
+                s.pages[p] = Page::Filled { id, version };
             }
-            Action::Evict => {
-                let Page::Resident { .. } = s.page else { unreachable!() };
-                let version = s.next_version;
-                s.next_version += 1;
+            Action::Fill { page: p, clean: true } => {
+                let Page::Filled { id, version } = s.pages[p] else { unreachable!() };
+                s.pages[p] = Page::Clean { id, version };
+            }
+            Action::Fill { page: p, clean: false } | Action::Write(p) => {
+                let (Page::Filled { id, .. } | Page::Clean { id, .. }) = s.pages[p] else { unreachable!() };
+                release(&mut s, id);
+                s.pages[p] = Page::Dirty;
+            }
+            Action::Evict(p) => {
                 s.evictions_left -= 1;
-                let at = alloc(&mut s.tiers[0], version);
-                let id = s.map.iter().position(|e| !e.live).unwrap() as u8;
-                let e = Entry { live: true, level: 0, at, version };
-                s.map[id as usize] = e;
-                s.records[id as usize] = e;
-                s.page = Page::Spilled { id, version };
-                s.queue.push(id);
+                s.pages[p] = match s.pages[p] {
+                    // The slot still holds it: the pages point at it again, nothing written.
+                    Page::Clean { id, version } => Page::Spilled { id, version },
+                    Page::Dirty => {
+                        // `put_batch`: the fastest tier with room; recorded once written.
+                        let level = (0..2).find(|&l| s.tiers[l].contains(&Slot::Free)).unwrap();
+                        let at = alloc(&mut s.tiers[level]).unwrap();
+                        s.tiers[level][at as usize] = Slot::Holds(s.next_version + 1);
+                        let id = Self::new_entry(&mut s, level as u8, at);
+                        s.map[id as usize].refs = 1; // `add_refs` once zapped
+                        Page::Spilled { id, version: s.next_version }
+                    }
+                    _ => unreachable!(),
+                };
             }
         }
         Some(s)
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        let mut p = vec![
-            Property::always("the map names one copy holding each granule", |_, s: &State| map_names_current(s)),
+        vec![
+            Property::always("the map names one copy holding each granule", |m: &Migrate, s: &State| {
+                map_names_one_copy(m, s)
+            }),
             Property::always("no read of a freed or reused slot", |_, s: &State| !s.bad_read),
-            Property::always("a crash at this step loses nothing", |_, s: &State| crash_keeps_everything(s)),
-            Property::always("migrations in flight stay within the budget", |_, s: &State| s.most_in_flight <= BUDGET),
-            Property::always("a read waits behind at most budget migrations", |_, s: &State| s.most_waited <= BUDGET),
-            Property::sometimes("a migration completes", |_, s: &State| s.map.iter().any(|e| e.live && e.level == 1)),
-        ];
-        if self.bounds.evictions > 0 {
-            p.push(Property::sometimes("a move of a granule freed meanwhile is thrown away", |_, s: &State| {
-                s.stale_move
-            }));
-        }
-        if self.bounds.reads > 0 {
-            p.push(Property::sometimes("a read waits for a switch", |_, s: &State| s.most_waited > 0));
-        }
-        p
+            Property::always("a crash at this step loses nothing", |m: &Migrate, s: &State| {
+                crash_keeps_everything(m, s)
+            }),
+            Property::always("migrations in flight stay within the budget", |_, s: &State| {
+                s.queue.stats().in_flight <= BUDGET
+            }),
+            Property::always("a read waits behind at most budget moves", |_, s: &State| {
+                s.readers.iter().all(|r| match *r {
+                    Reader::Waiting { waited } | Reader::Granted { waited } | Reader::Holding { waited, .. } => {
+                        waited <= BUDGET
+                    }
+                    Reader::Idle => true,
+                })
+            }),
+            Property::sometimes("a demotion completes", |_, s: &State| moved_to(s, 1)),
+            Property::sometimes("a promotion completes", |_, s: &State| moved_to(s, 0)),
+            Property::sometimes("a move waits in the queue while the cap is in flight", |_, s: &State| {
+                let q = s.queue.stats();
+                q.queued > 0 && q.in_flight == BUDGET
+            }),
+            Property::sometimes("a move of a granule freed meanwhile is thrown away", |_, s: &State| s.stale_move),
+            Property::sometimes("a read waits for a switch", |_, s: &State| {
+                s.readers.iter().any(|r| matches!(r, Reader::Granted { waited } if *waited > 0))
+            }),
+        ]
     }
 }
 
-/// The versions that must survive: each live granule's (the program's page and the burst).
-fn must_keep(s: &State) -> impl Iterator<Item = (usize, u8)> + '_ {
-    s.map.iter().enumerate().filter(|(_, e)| e.live).map(|(id, e)| (id, e.version))
+/// `release` of one reference: the last frees the entry, records it, then frees the slot.
+fn release(s: &mut State, id: u32) {
+    let e = &mut s.map[id as usize];
+    if e.release(id) {
+        let (level, at) = (e.level, e.at);
+        s.free_ids.push(id);
+        Migrate::persist(s, id);
+        s.tiers[level as usize][at as usize] = Slot::Free;
+    }
 }
 
-/// Every live granule's map entry names a tier slot that holds its version, and the
-/// program's page refers to a live entry of its version.
-pub fn map_names_current(s: &State) -> bool {
-    let page_ok = match s.page {
-        Page::Spilled { id, version } => s.map[id as usize].live && s.map[id as usize].version == version,
-        Page::Resident { .. } => true,
-    };
-    page_ok && must_keep(s).all(|(id, v)| s.tiers[s.map[id].level as usize][s.map[id].at as usize] == Some(v))
+/// A live granule that a move put into `level` (its heat says it moved).
+fn moved_to(s: &State, level: u8) -> bool {
+    s.map.iter().any(|e| e.live && e.level == level && e.heat != holo_pager::migration::Heat::ZERO)
 }
 
-/// What `recover` would find if the daemon died in this state: every live granule's record
-/// names a tier slot that still holds its version (`recover` keeps named slots, frees the rest).
-pub fn crash_keeps_everything(s: &State) -> bool {
-    must_keep(s).all(|(id, v)| {
-        let r = s.records[id];
-        r.live && r.version == v && s.tiers[r.level as usize][r.at as usize] == Some(v)
-    })
+/// Every live entry names its own tier slot, which holds its version; every granule that
+/// must survive (the burst, the program's unless resident) is live at its version.
+pub fn map_names_one_copy(m: &Migrate, s: &State) -> bool {
+    let mut named = HashSet::new();
+    let live_ok =
+        s.map.iter().filter(|e| e.live).all(|e| {
+            named.insert((e.level, e.at)) && s.tiers[e.level as usize][e.at as usize] == Slot::Holds(e.version)
+        });
+    let page_ok = s.pages.iter().all(|p| match *p {
+        Page::Spilled { id, version } | Page::Filled { id, version } | Page::Clean { id, version } => {
+            s.map[id as usize].live && s.map[id as usize].version == version
+        }
+        Page::Dirty => true,
+    });
+    live_ok
+        && page_ok
+        && m.must_keep(s).iter().all(|&(id, v)| s.map[id as usize].live && s.map[id as usize].version == v)
+}
+
+/// What a daemon restarted in this state would find: `load_map` of the records, then
+/// `recover_map` with the references of the recovered page tables (the program's granule
+/// only if spilled: a resident one is resident again). Every granule that must survive is
+/// kept at its version, in a tier slot that holds it, named by no other kept entry.
+pub fn crash_keeps_everything(m: &Migrate, s: &State) -> bool {
+    let keep = m.must_keep(s);
+    let refs: HashMap<u32, u32> = keep.iter().map(|&(id, _)| (id, 1)).collect();
+    let (mut entries, _) = store::load_map(s.records.as_flattened(), 2);
+    let r = store::recover_map(&mut entries, &refs, &HashSet::new(), 2);
+    let named: usize = r.named.iter().map(HashSet::len).sum();
+    named == r.kept.len()
+        && keep.iter().all(|&(id, v)| {
+            entries.get(id as usize).is_some_and(|e| {
+                e.live
+                    && e.version == v
+                    && r.named[e.level as usize].contains(&e.at)
+                    && s.tiers[e.level as usize][e.at as usize] == Slot::Holds(v)
+            })
+        })
 }
 
 /// One line of a trace.
 pub fn show(s: &State) -> String {
-    let slots = |t: &[Option<u8>]| t.iter().map(|v| v.map_or("-".into(), |v| format!("v{v}"))).collect::<Vec<_>>();
-    let entry = |e: &Entry| if e.live { format!("L{}@{}v{}", e.level, e.at, e.version) } else { "free".into() };
+    let slot = |t: &Slot| match t {
+        Slot::Free => "-".to_string(),
+        Slot::Taken => "t".to_string(),
+        Slot::Holds(v) => format!("v{v}"),
+    };
+    let entry = |e: &Entry| {
+        if e.live {
+            format!("L{}@{}v{}{}", e.level, e.at, e.version, if e.queued { "q" } else { "" })
+        } else {
+            "free".into()
+        }
+    };
+    let records: Vec<String> =
+        s.records.iter().map(|r| Entry::decode(r).map_or("free".into(), |e| entry(&e))).collect();
+    let q = s.queue.stats();
     format!(
-        "page {:?} | map {:?} | records {:?} | L0 {:?} L1 {:?} | migs {:?} | gate writer {:?} | reader {:?}",
-        s.page,
+        "pages {:?} | map {:?} | records {:?} | L0 {:?} L1 {:?} | queue {}/{} | batch {:?} | readers {:?}",
+        s.pages,
         s.map.iter().map(entry).collect::<Vec<_>>(),
-        s.records.iter().map(entry).collect::<Vec<_>>(),
-        slots(&s.tiers[0]),
-        slots(&s.tiers[1]),
-        s.migs.iter().map(|m| (m.id, m.stage)).collect::<Vec<_>>(),
-        s.writer,
-        s.reader,
+        records,
+        s.tiers[0].iter().map(slot).collect::<Vec<_>>(),
+        s.tiers[1].iter().map(slot).collect::<Vec<_>>(),
+        q.queued,
+        q.in_flight,
+        s.batch.as_ref().map(|b| (
+            b.dir,
+            b.step,
+            b.copies.iter().map(|c| (c.mv.id, c.old_at, c.new_at)).collect::<Vec<_>>()
+        )),
+        s.readers,
     )
 }
