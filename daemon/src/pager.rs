@@ -1303,17 +1303,9 @@ impl Pager {
         let mut picked = 0u64;
         let result = self.start_evictions(granted, true, |p| {
             while let Some(key) = keys.pop() {
-                match p.table.window(key, p.granule) {
-                    Some(w)
-                        if w.start == key
-                            && !p.evicting(w.start, w.end())
-                            && p.table.pages(w).contains(&PageState::Resident) =>
-                    {
-                        picked += 1;
-                        return Some(w);
-                    }
-                    // Freed, moved or already leaving: ARC's key is stale.
-                    _ => p.policy.on_removed(key),
+                if let Some(w) = p.evictable(key) {
+                    picked += 1;
+                    return Some(w);
                 }
             }
             None
@@ -1358,19 +1350,29 @@ impl Pager {
         }
         for _ in 0..64 {
             let Some(key) = self.policy.victim() else { break };
-            match self.table.window(key, self.granule) {
-                Some(w)
-                    if w.start == key
-                        && !self.evicting(w.start, w.end())
-                        && self.table.pages(w).contains(&PageState::Resident) =>
-                {
-                    return Some(w)
-                }
-                // Freed, moved or already leaving: ARC's key is stale.
-                _ => self.policy.on_removed(key),
+            if let Some(w) = self.evictable(key) {
+                return Some(w);
             }
         }
         self.clock_victim()
+    }
+
+    /// The window ARC's `key` names, if it still has resident pages and no eviction; else
+    /// the key is stale (freed, moved or already leaving) and ARC forgets it.
+    fn evictable(&mut self, key: u64) -> Option<Window> {
+        match self.table.window(key, self.granule) {
+            Some(w)
+                if w.start == key
+                    && !self.evicting(w.start, w.end())
+                    && self.table.pages(w).contains(&PageState::Resident) =>
+            {
+                Some(w)
+            }
+            _ => {
+                self.policy.on_removed(key);
+                None
+            }
+        }
     }
 
     /// The next window from the clock hand with resident pages and no eviction.

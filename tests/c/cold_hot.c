@@ -60,10 +60,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: SIZE must be a non-zero multiple of 8, HOT one no larger\n", prog);
         return 2;
     }
-    buf = malloc(size);
-    if (!buf)
-        fail_sys(prog, "malloc");
-    fill_words(buf, size, seed, 0);
+    buf = alloc_filled(prog, size, seed);
     double t0 = now_s();
     pthread_t t;
     if ((errno = pthread_create(&t, NULL, hot_loop, NULL)) != 0)

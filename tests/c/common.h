@@ -138,4 +138,25 @@ static inline void fail_sys(const char *prog, const char *call)
     exit(3);
 }
 
+/* The SIZE argument: a non-zero multiple of 8 bytes, else a usage error (exit 2). */
+static inline size_t size_arg(const char *prog, const char *arg)
+{
+    size_t size = parse_size(arg);
+    if (size == 0 || size % 8) {
+        fprintf(stderr, "%s: SIZE must be a non-zero multiple of 8\n", prog);
+        exit(2);
+    }
+    return size;
+}
+
+/* SIZE bytes from malloc (under the shim: a managed region), filled with seed's pattern. */
+static inline unsigned char *alloc_filled(const char *prog, size_t size, uint64_t seed)
+{
+    unsigned char *buf = malloc(size);
+    if (!buf)
+        fail_sys(prog, "malloc");
+    fill_words(buf, size, seed, 0);
+    return buf;
+}
+
 #endif

@@ -16,15 +16,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s SIZE[K|M|G]\n", prog);
         return 2;
     }
-    size_t size = parse_size(argv[1]);
-    if (size == 0 || size % 8) {
-        fprintf(stderr, "%s: SIZE must be a non-zero multiple of 8\n", prog);
-        return 2;
-    }
-    unsigned char *buf = malloc(size);
-    if (!buf)
-        fail_sys(prog, "malloc");
-    fill_words(buf, size, 0xf0c, 0);
+    size_t size = size_arg(prog, argv[1]);
+    unsigned char *buf = alloc_filled(prog, size, 0xf0c);
     int go[2];
     if (pipe(go) != 0)
         fail_sys(prog, "pipe");

@@ -21,10 +21,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: SIZE must be a non-zero multiple of 8, HOT one no larger\n", prog);
         return 2;
     }
-    unsigned char *buf = malloc(size);
-    if (!buf)
-        fail_sys(prog, "malloc");
-    fill_words(buf, size, 0x407, 0);
+    unsigned char *buf = alloc_filled(prog, size, 0x407);
     printf("ready\n");
     fflush(stdout);
 
