@@ -107,6 +107,29 @@ fn remote_row(d: &Daemon) -> serde_json::Value {
     })
 }
 
+/// `remote_order = "measured"` (the default): NVMe and the remote tier were probed at start,
+/// the remote tier is first only if it read a granule 1.5x sooner, FS is last, and the log
+/// says so.
+fn assert_order_follows_the_probes(node: &Daemon) {
+    let tiers = node.holoctl_json(&["tiers"]);
+    let rows = tiers["tiers"].as_array().unwrap();
+    let names: Vec<_> = rows.iter().filter_map(|t| t["name"].as_str()).collect();
+    let read_us = |name: &str| {
+        let row = rows.iter().find(|t| t["name"] == name).unwrap();
+        row["probe"]["granule_read_us"].as_f64().unwrap_or_else(|| panic!("{name} was not probed: {tiers}"))
+    };
+    let expect = if read_us("remote") * 1.5 < read_us("nvme") {
+        ["dram", "remote", "nvme", "fs"]
+    } else {
+        ["dram", "nvme", "remote", "fs"]
+    };
+    assert_eq!(names, expect, "tier order against the probes: {tiers}");
+    assert!(node.log().contains("tier order below dram:"), "{}", node.report_log());
+    let (_, out) = node.holoctl(&["tiers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tier order measured at the first start: "), "{text}");
+}
+
 #[test]
 fn a_program_spills_to_two_donors_and_survives_losing_one() {
     let _heavy = heavy();
@@ -127,9 +150,7 @@ fn a_program_spills_to_two_donors_and_survives_losing_one() {
     let node = Daemon::start("16M", "64K", &["--config", conf.to_str().unwrap(), "--nvme-capacity", "1M"]);
     let log = node.log();
     assert!(log.contains("no RDMA device found, using TCP") || log.contains("RDMA device(s)"), "{}", node.report_log());
-    let tiers = node.holoctl_json(&["tiers"]);
-    let names: Vec<_> = tiers["tiers"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["dram", "nvme", "remote", "fs"], "tier order");
+    assert_order_follows_the_probes(&node);
 
     let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);

@@ -35,4 +35,5 @@ pub mod service;
 pub mod shared;
 pub mod state;
 pub mod store;
+pub mod tier_order;
 pub mod worker;

@@ -2,10 +2,8 @@
 //! [`DonorServer`] on `data_listen`) and the remote tier that spills into theirs
 //! (`remote_peers`). The peer list is static config for now; cluster membership will supply it.
 //!
-//! Where the remote tier sits among the tiers is `remote_order`: `after-nvme` (the default)
-//! or `before-nvme`. Remote DRAM behind a 1 Gbit/s link takes ~0.6 ms for a 64 KiB granule on
-//! the wire alone, slower than a local NVMe read (~0.1 ms); behind 25-100 Gbit/s (or RDMA) it is
-//! faster than NVMe. The config says which network this node has.
+//! Where the remote tier sits among the tiers is `remote_order`: `measured` (the default: the
+//! faster of the two at the first start, `tier_order.rs`), `after-nvme` or `before-nvme`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +23,8 @@ const DONOR_MAX_CONNS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoteOrder {
+    /// Probed at the first start ([`crate::tier_order`]).
+    Measured,
     AfterNvme,
     BeforeNvme,
 }
@@ -133,10 +133,13 @@ impl RemoteConfig {
         if !(1..=1024).contains(&max_inflight) {
             return Err(invalid("remote_max_inflight", format!("{max_inflight} is not between 1 and 1024")));
         }
-        let order = match k.remote_order.as_deref().unwrap_or("after-nvme") {
+        let order = match k.remote_order.as_deref().unwrap_or("measured") {
+            "measured" => RemoteOrder::Measured,
             "after-nvme" => RemoteOrder::AfterNvme,
             "before-nvme" => RemoteOrder::BeforeNvme,
-            other => return Err(invalid("remote_order", format!("{other:?} is not after-nvme or before-nvme"))),
+            other => {
+                return Err(invalid("remote_order", format!("{other:?} is not measured, after-nvme or before-nvme")))
+            }
         };
         // Default: 5 s, or twice the deadline of one call if that is longer.
         let lost_after_ms = k
@@ -336,7 +339,7 @@ mod tests {
         let e = RemoteConfig::build(keys(&["10.0.0.2:7470"], None), 65536).unwrap_err().to_string();
         assert!(e.contains("remote_replicas") && e.contains("need 2 peers"), "{e}");
         let c = RemoteConfig::build(keys(&["10.0.0.2:7470"], Some(1)), 65536).unwrap();
-        assert_eq!((c.replicas, c.order, c.donate_bytes), (1, RemoteOrder::AfterNvme, 0));
+        assert_eq!((c.replicas, c.order, c.donate_bytes), (1, RemoteOrder::Measured, 0));
         // No peers: no remote tier, whatever remote_replicas says.
         assert!(RemoteConfig::build(keys(&[], None), 65536).is_ok());
         let e = RemoteConfig::build(keys(&["nohost"], Some(1)), 65536).unwrap_err().to_string();

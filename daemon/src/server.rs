@@ -460,10 +460,14 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "hit_ratio": ratio(c.refaults.load(Relaxed), dram_refaulted),
             "moved_bytes_per_second": rate,
         });
-        // A tier that keeps copies on several peers (remote): how they stand.
+        // What it measured when the tier order was decided (tier_order.rs).
+        if let Some(p) = l.probe {
+            row["probe"] = serde_json::json!({ "granule_read_us": p.read_us, "batch_read_mb_per_s": p.batch_mb_s });
+        }
         if let Some((capacity, p, lens)) = d.store.arc_view(level) {
             row["arc"] = serde_json::json!({ "capacity": capacity, "target_recent": p, "lens": lens });
         }
+        // A tier that keeps copies on several peers (remote): how they stand.
         if let Some(r) = l.tier.replication() {
             row["under_replicated_granules"] = r.under_replicated_granules.into();
             row["rereplicated_granules"] = r.rereplicated_granules.into();

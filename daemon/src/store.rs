@@ -39,6 +39,73 @@ use holo_tiers::{FsTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
 use crate::arc::{ArcPolicy, Lens, Placement};
 use crate::config::Config;
 use crate::migration::{self, Direction, Heat, MigrationQueue, Move, QueueStats};
+use crate::remote::RemoteOrder;
+use crate::tier_order::{self, Probe};
+
+/// A tier and what its probe measured, if it was probed.
+type Probed = (Box<dyn Tier>, Option<Probe>);
+
+/// Puts `tiers` (as opened: nvme, then remote and fs where configured) in the order of
+/// `tier_order.rs`: the one recorded with the store map, else decided now (probing only a
+/// fresh state), and records it. Carries `records`' levels to the tiers' new positions.
+fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -> Result<Vec<Probed>, TierError> {
+    let path = config.state_dir.join("tier-order");
+    let order_err = |detail: String| TierError::Open {
+        tier: "tier order",
+        path: path.display().to_string(),
+        source: std::io::Error::other(detail),
+    };
+    let names: Vec<&'static str> = tiers.iter().map(|t| t.name()).collect();
+    let fresh = records.iter().all(|&b| b == 0);
+    let recorded = tier_order::read_recorded(&path).map_err(order_err)?;
+    let mut probes: Vec<Option<Probe>> = vec![None; tiers.len()];
+    let order: Vec<usize> = match &recorded {
+        Some(rec) if !fresh => {
+            let (order, kept) = tier_order::keep(&names, rec);
+            probes = kept;
+            order
+        }
+        _ => {
+            // A map without a recorded order was written by a daemon that placed the remote
+            // tier by config alone (after NVMe unless told otherwise): keep that.
+            let rule = match config.remote.order {
+                RemoteOrder::Measured if !fresh => RemoteOrder::AfterNvme,
+                rule => rule,
+            };
+            if rule == RemoteOrder::Measured && names.contains(&"remote") {
+                for (k, t) in tiers.iter().enumerate().filter(|(_, t)| matches!(t.name(), "nvme" | "remote")) {
+                    match tier_order::probe(t.as_ref()) {
+                        Ok(p) => probes[k] = Some(p),
+                        Err(e) => log::warn!("{} tier: cannot probe it ({e}): ordered as if slow", t.name()),
+                    }
+                }
+            }
+            tier_order::decide(&names, &probes, rule)
+        }
+    };
+    let ordered: Vec<&str> = order.iter().map(|&i| names[i]).collect();
+    if let Some(rec) = recorded.filter(|_| !fresh) {
+        let from: Vec<String> = rec.into_iter().map(|(n, _)| n).collect();
+        for (name, granules) in tier_order::translate_map(records, &from, &ordered) {
+            log::error!(
+                "{name} tier held {granules} granules before this restart but is not configured now: \
+                 pages in them fail (SIGBUS) when touched"
+            );
+        }
+    }
+    let summary: Vec<String> = order
+        .iter()
+        .map(|&i| match probes[i] {
+            Some(p) => format!("{} (granule read {:.0} us, batch {:.0} MB/s)", names[i], p.read_us, p.batch_mb_s),
+            None => names[i].to_string(),
+        })
+        .collect();
+    log::info!("tier order below dram: {}", summary.join(" > "));
+    let record: Vec<(&str, Option<Probe>)> = order.iter().map(|&i| (names[i], probes[i])).collect();
+    tier_order::record(&path, &record).map_err(|e| order_err(e.to_string()))?;
+    let mut slots: Vec<Option<Box<dyn Tier>>> = tiers.into_iter().map(Some).collect();
+    Ok(order.iter().map(|&i| (slots[i].take().unwrap(), probes[i])).collect())
+}
 
 /// Why there is no HBM tier on this node. Probes for an NVIDIA driver the way CUDA does
 /// (its device nodes and `libcuda.so.1`), so that the log says which part is missing.
@@ -86,6 +153,8 @@ pub const DEMOTE_LOW_PCT: u64 = 80;
 pub struct Level {
     pub tier: Box<dyn Tier>,
     pub counters: TierCounters,
+    /// What the tier measured when the order was decided (`tier_order.rs`), if it was probed.
+    pub probe: Option<Probe>,
 }
 
 pub struct Store {
@@ -291,8 +360,8 @@ pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
 }
 
 impl Store {
-    /// The tiers the configuration asks for, fastest first: NVMe, then remote DRAM if
-    /// `remote_peers` lists any (before NVMe with `remote_order = "before-nvme"`), then FS.
+    /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any,
+    /// FS if `fs_dir` is set), fastest first as `tier_order.rs` decides.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -304,8 +373,7 @@ impl Store {
         }
         let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
         if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket)? {
-            let at = if config.remote.order == crate::remote::RemoteOrder::BeforeNvme { 0 } else { 1 };
-            tiers.insert(at, Box::new(remote));
+            tiers.push(Box::new(remote));
         }
         if let Some(dir) = &config.fs_dir {
             // One directory per node, so that nodes sharing the mount never touch each
@@ -315,7 +383,6 @@ impl Store {
             tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, true)?));
         }
         log::info!("hbm tier: {}", hbm_absent_reason());
-        let mut store = Store::new(tiers, &config.migration);
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
         let file = std::fs::OpenOptions::new()
@@ -327,6 +394,11 @@ impl Store {
             .map_err(open_err)?;
         let mut records = Vec::new();
         std::io::Read::read_to_end(&mut &file, &mut records).map_err(open_err)?;
+        let (tiers, probes): (Vec<_>, Vec<_>) = order_tiers(tiers, config, &mut records)?.into_iter().unzip();
+        let mut store = Store::new(tiers, &config.migration);
+        for (level, probe) in store.levels.iter_mut().zip(probes) {
+            level.probe = probe;
+        }
         {
             let m = store.map.get_mut().unwrap();
             (m.entries, m.next_version) = load_map(&records, store.levels.len());
@@ -391,7 +463,7 @@ impl Store {
     pub fn new(tiers: Vec<Box<dyn Tier>>, config: &migration::MigrationConfig) -> Store {
         assert!(!tiers.is_empty() && tiers.len() < u8::MAX as usize);
         let levels: Vec<Level> =
-            tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default() }).collect();
+            tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default(), probe: None }).collect();
         // Every access to a lower tier's granule is a read the store sees, so the paper's
         // ARC applies as written (DRAM needs holo's variant: its hits are invisible).
         let arcs = levels[..levels.len() - 1].iter().map(|l| ArcPolicy::paper(Self::capacity_slots(l))).collect();

@@ -228,6 +228,24 @@ fn print_tiers(v: &serde_json::Value) {
             );
         }
     }
+    let probed: Vec<String> = v["tiers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["probe"].is_object())
+        .map(|t| {
+            let p = &t["probe"];
+            format!(
+                "{} {:.0} us per granule, {:.0} MB/s batched",
+                t["name"].as_str().unwrap_or("?"),
+                p["granule_read_us"].as_f64().unwrap_or(0.0),
+                p["batch_read_mb_per_s"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    if !probed.is_empty() {
+        println!("tier order measured at the first start: {}", probed.join("; "));
+    }
     let mig = &v["migration"];
     if mig.is_object() {
         println!(
