@@ -292,7 +292,8 @@ pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
 
 impl Store {
     /// The tiers the configuration asks for, fastest first: NVMe, then remote DRAM if
-    /// `remote_peers` lists any (before NVMe with `remote_order = "before-nvme"`), then FS.
+    /// `remote_peers` lists any or the node is in a cluster (before NVMe with
+    /// `remote_order = "before-nvme"`), then FS.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -303,7 +304,9 @@ impl Store {
             );
         }
         let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
-        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket)? {
+        let clustered = config.cluster.is_some();
+        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket, clustered)?
+        {
             let at = if config.remote.order == crate::remote::RemoteOrder::BeforeNvme { 0 } else { 1 };
             tiers.insert(at, Box::new(remote));
         }
