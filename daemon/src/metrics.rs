@@ -66,8 +66,19 @@ pub struct Desc {
 /// What a metric name may end in: its unit, `_total` for a counter, `_info` for the build
 /// info. Counts of things (`_pages`, `_granules`, `_clients`, `_regions`) are units of their own, as
 /// `_bytes` is; `_step` is a step of the pressure response, 0 (calm) to 4 (last resort).
-pub const UNIT_SUFFIXES: &[&str] =
-    &["_bytes", "_seconds", "_total", "_pages", "_granules", "_ratio", "_clients", "_regions", "_info", "_step"];
+pub const UNIT_SUFFIXES: &[&str] = &[
+    "_bytes",
+    "_seconds",
+    "_total",
+    "_pages",
+    "_granules",
+    "_ratio",
+    "_clients",
+    "_regions",
+    "_peers",
+    "_info",
+    "_step",
+];
 
 const fn m(name: &'static str, kind: Type, labels: &'static [&'static str], help: &'static str) -> Desc {
     Desc { name, kind, labels, help }

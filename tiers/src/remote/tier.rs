@@ -501,13 +501,12 @@ impl Core {
         };
         if met {
             self.declare_lost(peer, "it left the peer set");
-        } else {
-            log::info!("remote tier: peer {} left the peer set", self.name(peer));
         }
         let _alone = self.peers[peer].gate.write().unwrap();
         match self.transport.reset(peer, self.opts.owner) {
+            Ok(0) => {}
             Ok(k) => log::info!("remote tier: freed the {k} slots this node held on {}", self.name(peer)),
-            Err(e) => log::info!("remote tier: {e} (RESET of a peer that left; its memory is its own again)"),
+            Err(e) => log::info!("remote tier: {e} (RESET of a peer that left: what this node held there stays)"),
         }
     }
 
@@ -658,7 +657,10 @@ impl Core {
         self.recompute_capacity();
         self.counters.peers_lost.fetch_add(1, Relaxed);
         let (under, _) = self.count_under();
-        log::error!(
+        // A loss that leaves nothing to copy (a peer that held none) is no error.
+        let level = if under > 0 { log::Level::Error } else { log::Level::Warn };
+        log::log!(
+            level,
             "remote tier: peer {} declared lost ({why}); its copies no longer count: {under} granules are \
              under-replicated, re-replicating them onto the other peers",
             self.name(peer)
