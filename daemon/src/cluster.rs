@@ -93,6 +93,8 @@ pub fn follow_membership(peers: &'static PeerSet) -> std::io::Result<()> {
         let me = member.node_id();
         let mut last: Option<Vec<(NodeId, String)>> = None;
         let mut registered_at: Option<Instant> = None;
+        // Each data address is resolved once: a failing resolver must not retire a peer.
+        let mut resolved: BTreeMap<String, SocketAddr> = BTreeMap::new();
         loop {
             if member.has_left() {
                 log::warn!(
@@ -113,8 +115,8 @@ pub fn follow_membership(peers: &'static PeerSet) -> std::io::Result<()> {
                 }
             }
             let donors = donating_peers(&nodes, me);
-            if last.as_ref() != Some(&donors) {
-                apply_peers(peers, &donors);
+            // An address that did not resolve is tried again at the next tick.
+            if last.as_ref() != Some(&donors) && apply_peers(peers, &donors, &mut resolved) {
                 last = Some(donors);
             }
             std::thread::sleep(FOLLOW_EVERY);
@@ -123,19 +125,30 @@ pub fn follow_membership(peers: &'static PeerSet) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes the members `donors` the remote tier's peer set, and says what changed.
-fn apply_peers(peers: &PeerSet, donors: &[(NodeId, String)]) {
+/// Makes the members `donors` the remote tier's peer set, and says what changed. Returns
+/// whether every address resolved (those that did not are left out for now). `resolved`
+/// caches each address's resolution.
+fn apply_peers(peers: &PeerSet, donors: &[(NodeId, String)], resolved: &mut BTreeMap<String, SocketAddr>) -> bool {
+    resolved.retain(|a, _| donors.iter().any(|(_, d)| d == a));
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(donors.len());
     for (id, a) in donors {
+        if let Some(&sa) = resolved.get(a) {
+            addrs.push(sa);
+            continue;
+        }
         match a.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(sa)) => addrs.push(sa),
-            Ok(None) => log::warn!("remote tier: node {id}'s data address {a} resolves to nothing; not using it"),
-            Err(e) => log::warn!("remote tier: cannot resolve node {id}'s data address {a}: {e}; not using it"),
+            Ok(Some(sa)) => {
+                resolved.insert(a.clone(), sa);
+                addrs.push(sa);
+            }
+            Ok(None) => crate::log_limited!(warn, "remote tier: node {id}'s data address {a} resolves to nothing"),
+            Err(e) => crate::log_limited!(warn, "remote tier: cannot resolve node {id}'s data address {a}: {e}"),
         }
     }
+    let all_resolved = addrs.len() == donors.len();
     let change = peers.set(&addrs);
     if change.is_empty() {
-        return;
+        return all_resolved;
     }
     let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let named: Vec<String> = donors.iter().map(|(id, a)| format!("node {id} at {a}")).collect();
@@ -160,6 +173,7 @@ fn apply_peers(peers: &PeerSet, donors: &[(NodeId, String)]) {
              granules go to the next tier until more members donate (or lower remote_replicas)"
         );
     }
+    all_resolved
 }
 
 /// This daemon's member, if it is in a cluster (shared regions need one).
