@@ -378,7 +378,7 @@ enum Meet {
 #[derive(Clone)]
 pub struct PeerSet(Arc<Core>);
 
-/// What the peer set is after [`PeerSet::set`].
+/// What [`PeerSet::set`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerSetChange {
     pub added: Vec<SocketAddr>,
