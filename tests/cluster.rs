@@ -81,12 +81,15 @@ struct Node {
 }
 
 /// Node `id` of `lan`: its daemon runs in namespace N and listens on 10.77.0.N:7400, with
-/// `extra` flags.
+/// `extra` flags (and a 64M NVMe tier unless they set one).
 fn start_node(lan: &Lan, id: u32, extra: &[&str]) -> Node {
     let addr = format!("10.77.0.{id}:7400");
     let ns = lan.ns(&id.to_string());
     let id_s = id.to_string();
-    let mut flags = vec!["--nvme-capacity", "64M", "--node-id", &id_s, "--cluster-listen", &addr];
+    let mut flags = vec!["--node-id", &id_s, "--cluster-listen", &addr];
+    if !extra.contains(&"--nvme-capacity") {
+        flags.extend(["--nvme-capacity", "64M"]);
+    }
     flags.extend_from_slice(extra);
     let daemon = Daemon::start_wrapped(&["ip", "netns", "exec", &ns], "16M", "64K", &flags);
     Node { id: id.into(), addr, daemon }
@@ -177,7 +180,12 @@ type Addrs = Vec<(u64, String)>;
 /// nodes, their (id, address) pairs, and the (leader, term) they all agree on. Each daemon
 /// gets `extra` flags.
 fn form(lan: &Lan, extra: &[&str]) -> ([Node; 3], Addrs, (u64, u64)) {
-    let nodes = [start_node(lan, 1, extra), start_node(lan, 2, extra), start_node(lan, 3, extra)];
+    form_with(lan, [extra; 3])
+}
+
+/// [`form`], node N with the flags `extras[N - 1]`.
+fn form_with(lan: &Lan, extras: [&[&str]; 3]) -> ([Node; 3], Addrs, (u64, u64)) {
+    let nodes = [start_node(lan, 1, extras[0]), start_node(lan, 2, extras[1]), start_node(lan, 3, extras[2])];
     let all: Vec<&Node> = nodes.iter().collect();
     let addrs: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
     let init = holoctl_cluster(&nodes[0], &["init"], &all);
@@ -509,4 +517,118 @@ fn a_shared_region_hands_its_write_lease_between_nodes() {
         let out = p.finish(t);
         out.check(&n.daemon, out.success(), "the program quits cleanly");
     }
+}
+
+/// The remote tier's peers come from the membership: nodes 2 and 3 donate DRAM (no
+/// `remote_peers` anywhere), and node 1, whose program's working set is larger than its DRAM
+/// budget and NVMe tier together, spills into them, two copies per granule. Node 4 joins and
+/// donates; node 3 leaves (`holoctl cluster leave`: the code removes it from the inventory at
+/// once, where a killed node would be noticed only after `remote_lost_after_ms`), so node 1
+/// re-replicates what node 3 held onto node 4 and node 3's donor is emptied. Then node 4 leaves
+/// too: one donor is left for two copies, so every granule keeps its one copy on node 2 (counted
+/// as under-replicated), new granules go to the FS tier, `holoctl tiers` and the log say why,
+/// and every byte verifies.
+#[test]
+fn a_program_spills_to_the_members_that_donate_and_members_leaving_lose_nothing() {
+    let _heavy = heavy();
+    let lan = Lan::new(4);
+    let confs = TempDir::new("cluster-remote");
+    let fs_dir = TempDir::new("cluster-remote-fs");
+    let donor_conf = confs.path().join("donor.toml");
+    std::fs::write(&donor_conf, "donate = \"160M\"\ndata_listen = \"0.0.0.0:7470\"\n").unwrap();
+    let node_conf = confs.path().join("node.toml");
+    std::fs::write(&node_conf, format!("remote_timeout_ms = 1000\nfs_dir = \"{}\"\n", fs_dir.path().display()))
+        .unwrap();
+    let donor: &[&str] = &["--config", donor_conf.to_str().unwrap()];
+    // 96 MiB through 16 MiB of DRAM and 1 MiB of NVMe: most of it must live in the donors.
+    let spiller: &[&str] = &["--config", node_conf.to_str().unwrap(), "--nvme-capacity", "1M"];
+    let (nodes, _, _) = form_with(&lan, [spiller, donor, donor]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all: Vec<&Node> = nodes.iter().collect();
+
+    // The inventory: each donor registered where its peers reach it (the host of its cluster
+    // address, the port of data_listen) and what it lends; node 1 lends nothing.
+    let m = holoctl_cluster(a, &["members"], &all);
+    for (id, data_addr, donated) in
+        [(1, Value::Null, 0), (2, "10.77.0.2:7470".into(), 160u64 << 20), (3, "10.77.0.3:7470".into(), 160 << 20)]
+    {
+        let member = m["members"].as_array().unwrap().iter().find(|x| x["id"] == id).cloned().unwrap_or_default();
+        assert!(member["data_addr"] == data_addr && member["donated_bytes"] == donated, "node {id}: {m}");
+    }
+    let remote_is = |want: &dyn Fn(&Value) -> bool| {
+        let r = a.daemon.remote_row();
+        if want(&r) {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    };
+    let n = |r: &Value, k: &str| r[k].as_u64().unwrap_or(0);
+    wait_for("node 1's remote tier to take nodes 2 and 3 as peers", &all, || {
+        remote_is(&|r| r["peers_from"] == "cluster" && n(r, "peers") == 2 && n(r, "usable_peers") == 2)
+    });
+
+    let mut held = Spawned::spawn(shimmed_command(&a.daemon, &c_program("hold_and_check"), &["96M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &a.daemon);
+    let remote = a.daemon.remote_row();
+    let spilled = n(&remote, "pages") * 4096;
+    assert!(spilled >= 48 << 20, "most of the working set should be in the donors: {remote}{}", report(&all));
+    assert_eq!(n(&remote, "under_replicated_granules"), 0, "{remote}");
+    // Two copies of each granule: each donor lends about what node 1 spilled.
+    let lent = |d: &Node| n(&d.daemon.holoctl_json(&["tiers"])["donor"], "lent_bytes");
+    for d in [b, c] {
+        assert!(lent(d) >= spilled, "node {} lends {} bytes, node 1 spilled {spilled}{}", d.id, lent(d), report(&all));
+    }
+
+    // A fourth member joins and donates: node 1 takes it as a peer.
+    let d = start_node(&lan, 4, donor);
+    let all: Vec<&Node> = nodes.iter().chain([&d]).collect();
+    holoctl_cluster(&d, &["join", &a.addr], &all);
+    wait_for("node 1's remote tier to take node 4 as a peer", &all, || {
+        remote_is(&|r| n(r, "peers") == 3 && n(r, "usable_peers") == 3)
+    });
+
+    // Node 3 leaves: a lost peer at once; what it held is copied to node 4, and what node 1
+    // left in node 3's donor is freed.
+    holoctl_cluster(c, &["leave"], &all);
+    wait_for("node 1 to re-replicate what node 3 held", &all, || {
+        remote_is(&|r| {
+            n(r, "peers") == 2
+                && n(r, "lost_peers") >= 1
+                && r["under_replicated_granules"] == 0
+                && n(r, "rereplicated_granules") > 0
+        })
+    });
+    // (A slow donor could also be declared lost under load; the log says this loss was the leave.)
+    assert!(a.daemon.log().contains("peer 10.77.0.3:7470 declared lost (it left the peer set)"), "{}", report(&all));
+    wait_for("node 3's donor to be emptied", &all, || match lent(c) {
+        0 => Ok(()),
+        k => Err(format!("node 3 still lends {k} bytes")),
+    });
+    assert!(lent(&d) > 0, "node 4 holds the copies node 3 had{}", report(&all));
+
+    // Node 4 leaves too: one donor for two copies. Nothing is lost: every granule keeps its
+    // copy on node 2; new granules go to the next tier, and node 1 says why.
+    holoctl_cluster(&d, &["leave"], &all);
+    wait_for("node 1 to count its granules as under-replicated", &all, || {
+        remote_is(&|r| n(r, "peers") == 1 && n(r, "lost_peers") >= 2 && n(r, "under_replicated_granules") > 0)
+    });
+    let remote = a.daemon.remote_row();
+    let why = remote["unavailable"].as_str().unwrap_or_default();
+    assert!(why.contains("1 of 1 peers take writes") && why.contains("next tier"), "{remote}");
+    let log = a.daemon.log();
+    assert!(log.contains("1 other member(s) donate memory and each granule needs 2 copies"), "{}", report(&all));
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&a.daemon).assert_stdout_has(&a.daemon, "ok");
+    let tiers = a.daemon.holoctl_json(&["tiers"]);
+    out.check(&a.daemon, tiers["failed_faults"] == 0, "no fault may fail: each granule has a copy on node 2");
+    let remote = a.daemon.remote_row();
+    out.check(&a.daemon, remote["read_errors"] == 0, &format!("no read may fail: {remote}"));
+    let out = run_shimmed(&a.daemon, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&a.daemon)
+        .assert_managed(&a.daemon)
+        .assert_stdout_has(&a.daemon, "fill_verify: verified 67108864 bytes");
+    let fs = a.daemon.tier("fs");
+    out.check(&a.daemon, fs.evictions > 0, &format!("new granules should go to fs: {fs:?}"));
 }

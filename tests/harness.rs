@@ -356,6 +356,14 @@ impl Daemon {
         TierStats::find(&tiers, name).unwrap_or_else(|e| panic!("{e}\n{}", self.report_log()))
     }
 
+    /// The remote tier's row of `holoctl tiers --json` (its counters, peers and replication).
+    pub fn remote_row(&self) -> Value {
+        let tiers = self.holoctl_json(&["tiers"]);
+        tiers["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "remote").cloned().unwrap_or_else(|| {
+            panic!("no remote tier in `holoctl tiers`: {tiers}\n{}", self.report_log());
+        })
+    }
+
     /// The `clients` array of `holoctl regions --json`.
     pub fn clients(&self) -> Vec<Value> {
         let regions = self.holoctl_json(&["regions"]);

@@ -30,7 +30,8 @@ fn donor(config_dir: &TempDir, name: &str, donate: &str) -> (Daemon, String) {
 fn donor_at(config_dir: &TempDir, name: &str, donate: &str, ip: &str, prefix: &[&str]) -> (Daemon, String) {
     let conf = config_dir.path().join(format!("{name}.toml"));
     fs::write(&conf, format!("donate = \"{donate}\"\ndata_listen = \"{ip}:0\"\n")).unwrap();
-    let d = Daemon::start_wrapped(prefix, "16M", "64K", &["--config", conf.to_str().unwrap()]);
+    let flags = ["--config", conf.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"];
+    let d = Daemon::start_wrapped(prefix, "16M", "64K", &flags);
     let log = d.log();
     let addr = log
         .lines()
@@ -100,13 +101,6 @@ fn scrape(d: &Daemon) -> String {
     out
 }
 
-fn remote_row(d: &Daemon) -> serde_json::Value {
-    let tiers = d.holoctl_json(&["tiers"]);
-    tiers["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "remote").cloned().unwrap_or_else(|| {
-        panic!("no remote tier in `holoctl tiers`: {tiers}\n{}", d.report_log());
-    })
-}
-
 /// `remote_order = "measured"` (the default): NVMe and the remote tier were probed at start,
 /// the remote tier is first only if it read a granule 1.5x sooner, FS is last, and the log
 /// says so.
@@ -154,18 +148,28 @@ fn a_program_spills_to_two_donors_and_survives_losing_one() {
 
     let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
-    let remote = remote_row(&node);
+    let remote = node.remote_row();
     let spilled = remote["pages"].as_u64().unwrap_or(0);
     assert!(spilled * 4096 >= 48 << 20, "most of the working set should be in the donors: {remote}\n{}", node.report());
-    // Both donors hold every granule: the tier's slots, counted in their STAT, are on each.
     assert!(remote["read_errors"].as_u64() == Some(0), "{remote}");
+    // Both donors hold every granule: each lends at least what the node spilled, and says so.
+    for d in [&donor_a, &donor_b] {
+        let metrics = scrape(d);
+        let lent: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("holo_donor_lent_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no holo_donor_lent_bytes in {metrics}")) as u64;
+        assert!(lent >= spilled * 4096, "a donor lends {lent} bytes, the node spilled {}", spilled * 4096);
+        assert!(metrics.contains(&format!("holo_donor_donated_bytes {}\n", 160u64 << 20)), "{metrics}");
+    }
 
     // Mid-way: one donor dies without warning.
     donor_a.kill();
     held.send_line("check");
     let out = held.finish(PROGRAM_TIMEOUT);
     out.assert_success(&node).assert_stdout_has(&node, "ok");
-    let remote = remote_row(&node);
+    let remote = node.remote_row();
     out.check(
         &node,
         remote["refaults"].as_u64() > Some(0),
@@ -212,7 +216,7 @@ fn a_lost_donor_is_re_replicated_so_that_a_second_loss_loses_nothing() {
     );
     let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
-    let remote = remote_row(&node);
+    let remote = node.remote_row();
     assert!(remote["pages"].as_u64().unwrap_or(0) * 4096 >= 48 << 20, "{remote}\n{}", node.report());
     assert_eq!(remote["under_replicated_granules"].as_u64(), Some(0), "{remote}");
     assert_eq!(remote["lost_peers"].as_u64(), Some(0), "{remote}");
@@ -221,7 +225,7 @@ fn a_lost_donor_is_re_replicated_so_that_a_second_loss_loses_nothing() {
     // declares it lost and copies every granule it held to the third donor.
     donor_a.kill();
     node.wait_until("the lost donor's granules to have two copies again", Duration::from_secs(120), || {
-        let r = remote_row(&node);
+        let r = node.remote_row();
         let (lost, under, copied) = (
             r["lost_peers"].as_u64().unwrap_or(0),
             r["under_replicated_granules"].as_u64(),
@@ -247,7 +251,7 @@ fn a_lost_donor_is_re_replicated_so_that_a_second_loss_loses_nothing() {
     out.assert_success(&node).assert_stdout_has(&node, "ok");
     let tiers = node.holoctl_json(&["tiers"]);
     out.check(&node, tiers["failed_faults"].as_u64() == Some(0), "no fault may fail: each granule has a live copy");
-    let remote = remote_row(&node);
+    let remote = node.remote_row();
     out.check(&node, remote["read_errors"].as_u64() == Some(0), &format!("no read may fail: {remote}"));
     drop(donor_c);
 }
@@ -267,7 +271,7 @@ fn a_donor_cut_off_by_its_link_is_waited_out_then_used_again() {
 
     let mut held = Spawned::spawn(shimmed_command(&node, &c_program("hold_and_check"), &["96M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &node);
-    let remote = remote_row(&node);
+    let remote = node.remote_row();
     assert!(remote["pages"].as_u64().unwrap_or(0) * 4096 >= 48 << 20, "{remote}\n{}", node.report());
 
     ns.link(1, false);
@@ -286,10 +290,10 @@ fn a_donor_cut_off_by_its_link_is_waited_out_then_used_again() {
     // Link back up: after the back-off the donor takes copies again.
     ns.link(1, true);
     std::thread::sleep(Duration::from_millis(1500));
-    let before = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    let before = node.remote_row()["evictions"].as_u64().unwrap_or(0);
     let out = run_shimmed(&node, &c_program("fill_verify"), &["64M", "1"], &[]);
     out.assert_success(&node).assert_managed(&node).assert_stdout_has(&node, "fill_verify: verified 67108864 bytes");
-    let after = remote_row(&node)["evictions"].as_u64().unwrap_or(0);
+    let after = node.remote_row()["evictions"].as_u64().unwrap_or(0);
     out.check(&node, after > before, &format!("the remote tier should take granules again ({before} -> {after})"));
     out.check(
         &node,
@@ -363,13 +367,13 @@ fn a_node_without_the_cluster_secret_cannot_spill_to_the_donors() {
     let trusted = node("trusted", &good);
     let out = run_shimmed(&trusted, &c_program("fill_verify"), &["64M", "1"], &[]);
     out.assert_success(&trusted).assert_stdout_has(&trusted, "fill_verify: verified 67108864 bytes");
-    let remote = remote_row(&trusted);
+    let remote = trusted.remote_row();
     out.check(&trusted, remote["evictions"].as_u64() > Some(0), &format!("the trusted node spills: {remote}"));
 
     let stranger = node("stranger", &wrong);
     let out = run_shimmed(&stranger, &c_program("fill_verify"), &["64M", "1"], &[]);
     out.assert_success(&stranger).assert_stdout_has(&stranger, "fill_verify: verified 67108864 bytes");
-    let remote = remote_row(&stranger);
+    let remote = stranger.remote_row();
     out.check(&stranger, remote["evictions"].as_u64() == Some(0), &format!("no granule reaches a donor: {remote}"));
     out.check(&stranger, remote["pages"].as_u64() == Some(0), &format!("no page is on a donor: {remote}"));
     let fs = stranger.tier("fs");

@@ -313,6 +313,21 @@ impl Cluster {
         self.sm.inner.lock().unwrap().state.clone()
     }
 
+    /// The node inventory as this node has applied it (cheaper than [`Cluster::state`]).
+    pub fn nodes(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.sm.inner.lock().unwrap().state.nodes.clone()
+    }
+
+    /// The inventory entry this node registers.
+    pub fn info(&self) -> &NodeInfo {
+        &self.config.info
+    }
+
+    /// This node left its cluster (`leave`): its Raft is stopped, its view frozen.
+    pub fn has_left(&self) -> bool {
+        *self.left.lock().unwrap()
+    }
+
     /// `holoctl cluster members --json`: this node's view of the group and the inventory.
     pub fn members(&self) -> serde_json::Value {
         if *self.left.lock().unwrap() {

@@ -97,11 +97,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
     let store = Store::open(&config)?;
-    // Before the socket exists: a daemon whose cluster port is taken fails to start, visibly.
-    holo_pager::cluster::start(&config, &store)?;
-    // Lent to peers for as long as the daemon runs.
+    // Lent to peers for as long as the daemon runs; before the cluster member, which registers
+    // the donor's address.
     holo_pager::remote::start_donor(&config.remote, config.granule_bytes)
         .with_context(|| format!("cannot serve donated memory on {}", config.remote.data_listen))?;
+    // Before the socket exists: a daemon whose cluster port is taken fails to start, visibly.
+    holo_pager::cluster::start(&config, &store)?;
+    if let Some(peers) = holo_pager::remote::cluster_peers() {
+        holo_pager::cluster::follow_membership(peers).context("cannot start the remote-peers thread")?;
+    }
 
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

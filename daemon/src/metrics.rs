@@ -66,8 +66,19 @@ pub struct Desc {
 /// What a metric name may end in: its unit, `_total` for a counter, `_info` for the build
 /// info. Counts of things (`_pages`, `_granules`, `_clients`, `_regions`) are units of their own, as
 /// `_bytes` is; `_step` is a step of the pressure response, 0 (calm) to 4 (last resort).
-pub const UNIT_SUFFIXES: &[&str] =
-    &["_bytes", "_seconds", "_total", "_pages", "_granules", "_ratio", "_clients", "_regions", "_info", "_step"];
+pub const UNIT_SUFFIXES: &[&str] = &[
+    "_bytes",
+    "_seconds",
+    "_total",
+    "_pages",
+    "_granules",
+    "_ratio",
+    "_clients",
+    "_regions",
+    "_peers",
+    "_info",
+    "_step",
+];
 
 const fn m(name: &'static str, kind: Type, labels: &'static [&'static str], help: &'static str) -> Desc {
     Desc { name, kind, labels, help }
@@ -198,6 +209,20 @@ pub const METRICS: &[Desc] = &[
         &[],
         "Remote peers declared lost (failing for remote_lost_after_ms, or restarted).",
     ),
+    m(
+        "holo_remote_peers",
+        Gauge,
+        &[],
+        "Peers in the remote tier's peer set (remote_peers, or the cluster members that donate).",
+    ),
+    m(
+        "holo_remote_usable_peers",
+        Gauge,
+        &[],
+        "Of those, peers that take writes now; fewer than remote_replicas sends new granules to the next tier.",
+    ),
+    m("holo_donor_donated_bytes", Gauge, &[], "DRAM this node lends to its peers (donate; 0: none)."),
+    m("holo_donor_lent_bytes", Gauge, &[], "Of that, bytes that hold peers' granules now."),
     m(
         "holo_node_auth_failures_total",
         Counter,
@@ -509,11 +534,19 @@ pub fn render(d: &Daemon) -> String {
                 under_replicated_granules: a.under_replicated_granules + r.under_replicated_granules,
                 rereplicated_granules: a.rereplicated_granules + r.rereplicated_granules,
                 lost_peers: a.lost_peers + r.lost_peers,
+                peers: a.peers + r.peers,
+                usable_peers: a.usable_peers + r.usable_peers,
+                replicas: a.replicas + r.replicas,
             }
         });
     w.single("holo_remote_under_replicated_granules", f(repl.under_replicated_granules));
     w.single("holo_remote_rereplicated_granules_total", f(repl.rereplicated_granules));
     w.single("holo_remote_lost_peers_total", f(repl.lost_peers));
+    w.single("holo_remote_peers", f(repl.peers));
+    w.single("holo_remote_usable_peers", f(repl.usable_peers));
+    let (donated, lent) = crate::remote::donor_bytes();
+    w.single("holo_donor_donated_bytes", f(donated));
+    w.single("holo_donor_lent_bytes", f(lent));
     w.family("holo_node_auth_failures_total");
     w.sample(&["data"], f(crate::remote::donor_auth_failures()));
     w.sample(&["control"], f(crate::cluster::auth_failures()));

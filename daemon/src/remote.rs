@@ -1,6 +1,7 @@
 //! This node's part in the data plane between nodes: the DRAM it donates to its peers (a
-//! [`DonorServer`] on `data_listen`) and the remote tier that spills into theirs
-//! (`remote_peers`). The peer list is static config for now; cluster membership will supply it.
+//! [`DonorServer`] on `data_listen`) and the remote tier that spills into theirs. Its peers are
+//! `remote_peers` when that is set (a static list); else, in a cluster, the other members that
+//! donate, followed as they join and leave (`crate::cluster::follow_membership`).
 //!
 //! Where the remote tier sits among the tiers is `remote_order`: `measured` (the default: the
 //! faster of the two at the first start, `tier_order.rs`), `after-nvme` or `before-nvme`.
@@ -13,7 +14,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use holo_tiers::remote::auth::Plane;
-use holo_tiers::remote::{self, ClusterKey, DonorOptions, DonorServer, RemoteOptions, TcpTransport, TransportOptions};
+use holo_tiers::remote::{
+    self, ClusterKey, DonorOptions, DonorServer, PeerSet, RemoteOptions, TcpTransport, TransportOptions,
+};
 use holo_tiers::{RemoteTier, TierError};
 
 use crate::config::{parse_size, ConfigError};
@@ -35,7 +38,8 @@ pub struct RemoteConfig {
     /// DRAM lent to peers; 0: none (no donor server).
     pub donate_bytes: u64,
     pub data_listen: String,
-    /// `host:port` of each peer's `data_listen`; empty: no remote tier.
+    /// `host:port` of each peer's `data_listen`; empty: the cluster's donating members, or
+    /// no remote tier outside a cluster.
     pub peers: Vec<String>,
     pub replicas: usize,
     pub capacity_bytes: Option<u64>,
@@ -248,13 +252,34 @@ pub fn keys_of(c: &RemoteConfig) -> std::io::Result<Option<NodeKeys>> {
     }
 }
 
-/// The remote tier, if `remote_peers` lists any.
+/// The remote tier's peer set when it follows cluster membership (set once, at start).
+static CLUSTER_PEERS: OnceLock<PeerSet> = OnceLock::new();
+
+/// The peer set to keep equal to the cluster's donating members, if the remote tier follows
+/// membership (`remote_peers` unset in a cluster).
+pub fn cluster_peers() -> Option<&'static PeerSet> {
+    CLUSTER_PEERS.get()
+}
+
+/// Where the remote tier's peers come from, as `holoctl tiers` says it.
+pub fn peers_from() -> &'static str {
+    if CLUSTER_PEERS.get().is_some() {
+        "cluster"
+    } else {
+        "remote_peers"
+    }
+}
+
+/// The remote tier: on the peers `remote_peers` lists, or, with none listed and `clustered`,
+/// on none yet (the cluster's donating members become its peers once they are known). None
+/// outside a cluster without `remote_peers`.
 pub fn open_tier(
     c: &RemoteConfig,
     granule_bytes: u64,
     socket: &std::path::Path,
+    clustered: bool,
 ) -> Result<Option<RemoteTier>, TierError> {
-    if c.peers.is_empty() {
+    if c.peers.is_empty() && !clustered {
         return Ok(None);
     }
     log::info!("remote tier: {}", remote::rdma_probe());
@@ -274,6 +299,20 @@ pub fn open_tier(
         ..RemoteOptions::new(granule_bytes as usize, c.replicas, owner_id(socket))
     };
     let tier = RemoteTier::open(Box::new(TcpTransport::new(&addrs, topts)), opts)?;
+    if c.peers.is_empty() {
+        if CLUSTER_PEERS.set(tier.peer_set()).is_err() {
+            panic!("the remote tier was opened twice");
+        }
+        log::info!(
+            "remote tier: peers are the cluster's members that donate (remote_peers is unset), {} copies per \
+             granule; a peer failing for {} ms or leaving the cluster is lost, its granules re-replicated at up \
+             to {} MiB/s",
+            c.replicas,
+            c.lost_after_ms,
+            c.rereplicate_rate_bytes >> 20
+        );
+        return Ok(Some(tier));
+    }
     log::info!(
         "remote tier: {} peer(s) ({}), {} copies per granule, {} MiB; a peer failing for {} ms is lost, its \
          granules re-replicated at up to {} MiB/s",
@@ -291,6 +330,19 @@ pub fn open_tier(
 /// exits. A process-wide cell, as the cluster member is, so that `holoctl` and the metrics
 /// reach its counters without `Daemon` knowing about it.
 static DONOR: OnceLock<DonorServer> = OnceLock::new();
+
+/// Where this node's donor listens, once it serves.
+pub fn donor_addr() -> Option<SocketAddr> {
+    DONOR.get().map(DonorServer::local_addr)
+}
+
+/// (bytes donated, bytes holding peers' granules now); (0, 0) without a donor.
+pub fn donor_bytes() -> (u64, u64) {
+    DONOR.get().map_or((0, 0), |d| {
+        let slot = d.slot_bytes() as u64;
+        (d.capacity_slots() * slot, d.used_slots() * slot)
+    })
+}
 
 /// Data-plane connections the donor refused for failed authentication (0 without a donor).
 pub fn donor_auth_failures() -> u64 {

@@ -472,6 +472,16 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             row["under_replicated_granules"] = r.under_replicated_granules.into();
             row["rereplicated_granules"] = r.rereplicated_granules.into();
             row["lost_peers"] = r.lost_peers.into();
+            row["peers"] = r.peers.into();
+            row["usable_peers"] = r.usable_peers.into();
+            row["peers_from"] = crate::remote::peers_from().into();
+            if r.usable_peers < r.replicas {
+                row["unavailable"] = format!(
+                    "{} of {} peers take writes and each granule needs {} copies: new granules go to the next tier",
+                    r.usable_peers, r.peers, r.replicas
+                )
+                .into();
+            }
         }
         row
     });
@@ -499,6 +509,11 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "control_plane": crate::cluster::auth_failures(),
         },
         "migration": crate::migration::stats_json(&d.config, d.store.migration_stats()),
+        // The DRAM this node lends to its peers, and how much of it holds their granules.
+        "donor": {
+            "donated_bytes": crate::remote::donor_bytes().0,
+            "lent_bytes": crate::remote::donor_bytes().1,
+        },
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
         "placement": placement,
     })

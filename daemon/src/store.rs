@@ -76,7 +76,11 @@ fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -
                 for (k, t) in tiers.iter().enumerate().filter(|(_, t)| matches!(t.name(), "nvme" | "remote")) {
                     match tier_order::probe(t.as_ref()) {
                         Ok(p) => probes[k] = Some(p),
-                        Err(e) => log::warn!("{} tier: cannot probe it ({e}): ordered as if slow", t.name()),
+                        // A cluster member's remote tier often has no peer yet at its first start.
+                        Err(e) if e.is_full() => {
+                            log::info!("{} tier: not probed ({e}): placed as if slow", t.name())
+                        }
+                        Err(e) => log::warn!("{} tier: cannot probe it ({e}): placed as if slow", t.name()),
                     }
                 }
             }
@@ -360,8 +364,8 @@ pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
 }
 
 impl Store {
-    /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any,
-    /// FS if `fs_dir` is set), fastest first as `tier_order.rs` decides.
+    /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any or
+    /// the node is in a cluster, FS if `fs_dir` is set), fastest first as `tier_order.rs` decides.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -372,7 +376,9 @@ impl Store {
             );
         }
         let mut tiers: Vec<Box<dyn Tier>> = vec![Box::new(nvme)];
-        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket)? {
+        let clustered = config.cluster.is_some();
+        if let Some(remote) = crate::remote::open_tier(&config.remote, config.granule_bytes, &config.socket, clustered)?
+        {
             tiers.push(Box::new(remote));
         }
         if let Some(dir) = &config.fs_dir {

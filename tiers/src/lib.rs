@@ -140,6 +140,11 @@ pub struct ReplicationStats {
     pub rereplicated_granules: u64,
     /// Peers declared lost since start.
     pub lost_peers: u64,
+    /// Peers in the peer set now, and those of them that take writes.
+    pub peers: u64,
+    pub usable_peers: u64,
+    /// Copies each granule needs: with fewer usable peers, new granules go to the next tier.
+    pub replicas: u64,
 }
 
 /// The checksum of a slot's bytes, as stored beside them.

@@ -263,12 +263,23 @@ fn print_tiers(v: &serde_json::Value) {
     for t in v["tiers"].as_array().into_iter().flatten() {
         if let Some(under) = t["under_replicated_granules"].as_u64() {
             println!(
-                "{}: {under} granules under-replicated, {} re-replicated, {} peers lost",
+                "{}: {under} granules under-replicated, {} re-replicated, {} peers lost; {} of {} peers usable \
+                 (from {})",
                 t["name"].as_str().unwrap_or("?"),
                 n(t, "rereplicated_granules"),
-                n(t, "lost_peers")
+                n(t, "lost_peers"),
+                n(t, "usable_peers"),
+                n(t, "peers"),
+                t["peers_from"].as_str().unwrap_or("?")
             );
+            if let Some(why) = t["unavailable"].as_str() {
+                println!("{}: {why}", t["name"].as_str().unwrap_or("?"));
+            }
         }
+    }
+    let donor = &v["donor"];
+    if n(donor, "donated_bytes") > 0 {
+        println!("donor: lending {} of {} to peers", mib(n(donor, "lent_bytes")), mib(n(donor, "donated_bytes")));
     }
     let auth = &v["auth_failures"];
     println!(

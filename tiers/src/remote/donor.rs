@@ -243,6 +243,10 @@ impl DonorServer {
         self.arena.used()
     }
 
+    pub fn slot_bytes(&self) -> usize {
+        self.arena.slot_bytes
+    }
+
     /// Flip one stored byte of `slot`, behind the checksum's back (tests of corruption).
     #[doc(hidden)]
     pub fn damage_slot(&self, slot: SlotId) {

@@ -20,7 +20,9 @@ pub mod wire;
 
 pub use auth::ClusterKey;
 pub use donor::{DonorCounters, DonorOptions, DonorServer};
-pub use tier::{RemoteCounters, RemoteOptions, RemoteTier, DOWN_BACKOFF, MAX_REPLICAS};
+pub use tier::{
+    PeerSet, PeerSetChange, RemoteCounters, RemoteOptions, RemoteTier, DOWN_BACKOFF, MAX_PEERS, MAX_REPLICAS,
+};
 pub use transport::{DonorStat, GetReq, RemoteSlot, TcpTransport, Transport, TransportError, TransportOptions};
 
 /// The line the daemon logs about RDMA: which devices the node has, and that page transfer

@@ -120,7 +120,7 @@ fn a_damaged_or_lost_replica_is_served_from_the_other() {
     }
     // New granules cannot get two copies: refused, and the store may overflow them.
     let err = t.alloc().unwrap_err();
-    assert!(err.is_full() && err.to_string().contains("1 of the peers answer"), "{err}");
+    assert!(err.is_full() && err.to_string().contains("1 of the 2 peers answer"), "{err}");
     let err = t.write(spare, &pattern(1)).unwrap_err();
     assert!(err.is_full() && err.to_string().contains("1 of 2 copies"), "{err}");
     // Both copies damaged: an error naming the slot, never bytes.
@@ -682,4 +682,96 @@ fn tampered_replayed_and_unproven_frames_are_refused() {
     assert!(error_until_closed(&mut s, Some(&mut sess)).contains("MAC mismatch"));
     assert_eq!(auth_failures(&d), 3);
     assert_eq!(d.used_slots(), 1, "the forged PUT stored nothing");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer set changed at run time (cluster membership)
+
+#[test]
+fn a_peer_set_update_retires_takes_back_and_adds() {
+    use super::tier::{plan_peers, PeerPlan};
+    let a: SocketAddr = "10.0.0.1:7470".parse().unwrap();
+    let b: SocketAddr = "10.0.0.2:7470".parse().unwrap();
+    let c: SocketAddr = "10.0.0.3:7470".parse().unwrap();
+    // Nothing yet: every wanted address is new, once.
+    assert_eq!(plan_peers(&[], &[a, b, a]), PeerPlan { add: vec![a, b], ..Default::default() });
+    // a stays, b leaves, c is new.
+    assert_eq!(
+        plan_peers(&[(a, false), (b, false)], &[a, c]),
+        PeerPlan { retire: vec![1], reinstate: vec![], add: vec![c] }
+    );
+    // A retired address that comes back takes its old index; a retired one still away stays so.
+    assert_eq!(
+        plan_peers(&[(a, false), (b, true), (c, true)], &[b]),
+        PeerPlan { retire: vec![0], reinstate: vec![1], add: vec![] }
+    );
+    // Unchanged: nothing to do.
+    assert_eq!(plan_peers(&[(a, false), (b, true)], &[a]), PeerPlan::default());
+}
+
+#[test]
+fn peers_that_join_take_granules_and_one_that_leaves_is_re_replicated_and_freed() {
+    let (a, b, c) = (donor(64), donor(64), donor(64));
+    // No peers at open: the set comes later, as from cluster membership.
+    let t = lossy_tier(&[], 2, 0);
+    let err = t.alloc().unwrap_err();
+    assert!(err.is_full() && err.to_string().contains("0 of the 0 peers answer"), "{err}");
+    let set = t.peer_set();
+    let change = set.set(&[a.local_addr()]);
+    assert_eq!(change.added, [a.local_addr()]);
+    let err = t.alloc().unwrap_err();
+    assert!(err.is_full() && err.to_string().contains("1 of the 1 peers answer, 2 copies"), "{err}");
+    assert_eq!(set.counts(), (1, 1), "met at that alloc");
+
+    set.set(&[a.local_addr(), b.local_addr()]);
+    let slots = fill(&t, 10);
+    assert_eq!((a.used_slots(), b.used_slots()), (10, 10));
+    assert_eq!(t.usage().capacity_bytes, 64 * SLOT as u64);
+
+    // b leaves, c joins: b's copies stop counting at once, b is reset, and a pass copies every
+    // granule to c.
+    let change = set.set(&[a.local_addr(), c.local_addr()]);
+    assert_eq!((change.added, change.removed), (vec![c.local_addr()], vec![b.local_addr()]));
+    let k = t.counters();
+    assert_eq!((load(&k.peers_lost), load(&k.under_replicated)), (1, 10));
+    assert_eq!(b.used_slots(), 0, "what this node held on the peer that left is freed");
+    wait_for("the granules to have two copies again", || {
+        t.maintain(&mut || {});
+        load(&k.under_replicated) == 0
+    });
+    assert_eq!((a.used_slots(), c.used_slots()), (10, 10));
+    for &s in &slots {
+        assert!(t.copies_of(s).iter().all(|&(p, _)| p != 1), "slot {s} still counts b");
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
+    assert_eq!(set.counts(), (2, 2));
+
+    // b comes back under its old address: the same index, met afresh, and it takes writes.
+    let change = set.set(&[a.local_addr(), b.local_addr(), c.local_addr()]);
+    assert_eq!(change.added, [b.local_addr()]);
+    t.maintain(&mut || {});
+    assert_eq!(set.counts(), (3, 3));
+    let more = fill(&t, 6);
+    assert!(b.used_slots() > 0, "the peer that came back takes new granules");
+    for &s in slots.iter().chain(&more) {
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
+
+    // c leaves: its granules are copied to a or b. Then b leaves too, which leaves one peer:
+    // granules keep the copy they have there (never dropped), counted as under-replicated; new
+    // ones are refused, so the store sends them to the next tier.
+    set.set(&[a.local_addr(), b.local_addr()]);
+    wait_for("the granules c held to be copied to a and b", || {
+        t.maintain(&mut || {});
+        load(&k.under_replicated) == 0
+    });
+    assert_eq!((a.used_slots(), b.used_slots(), c.used_slots()), (16, 16, 0));
+    set.set(&[a.local_addr()]);
+    t.maintain(&mut || {});
+    assert_eq!(load(&k.under_replicated), 16);
+    assert_eq!(load(&k.without_copy), 0, "every granule keeps its copy on a");
+    for &s in slots.iter().chain(&more) {
+        assert!(read(&t, s).unwrap() == pattern(s as u8));
+    }
+    assert!(t.alloc().unwrap_err().to_string().contains("1 of the 1 peers answer"));
 }

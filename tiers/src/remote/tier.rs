@@ -31,11 +31,20 @@
 //!   a granule freed meanwhile gets its new copy freed too. A granule no peer has room for
 //!   stays under-replicated: counted ([`RemoteCounters::under_replicated`]), logged, retried.
 //!
+//! * **Peer set**: fixed (`remote_peers`), or changed at run time by [`PeerSet::set`] (the
+//!   daemon follows cluster membership). A peer that leaves the set is *retired*: declared lost
+//!   at once (so its copies are re-replicated as above), never met again, and asked (RESET) to
+//!   free what this node left there. A new address gets a new peer index, met at the next
+//!   alloc; an address that comes back takes its old index and is met afresh. Indices are
+//!   never reused for another address, so a copy never names the wrong peer; at most
+//!   [`MAX_PEERS`] addresses per run.
+//!
 //! Slot numbers are local (a [`SlotAllocator`]); a map gives each its copies (peer, peer
 //! generation, slot on that peer), length and checksum. Like the NVMe tier this is scratch
 //! space: at start the tier frees whatever an earlier run of the same node left on the donors
 //! (RESET).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -52,6 +61,8 @@ pub const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 const FREE_BATCH: usize = 64;
 /// Most copies of one granule.
 pub const MAX_REPLICAS: usize = 4;
+/// Distinct peer addresses one run of the tier may know (a cluster has at most 256 nodes).
+pub const MAX_PEERS: usize = 256;
 /// How long the maintenance thread sleeps when it has nothing to copy.
 const TICK: Duration = Duration::from_millis(200);
 /// Granules copied per re-replication batch at most.
@@ -145,6 +156,8 @@ struct Health {
     ever_met: bool,
     /// Serves another slot size: never used.
     refused: bool,
+    /// Left the peer set: never met again unless its address comes back.
+    retired: bool,
     down_until: Option<Instant>,
     /// When the current run of failed calls began.
     failing_since: Option<Instant>,
@@ -212,7 +225,10 @@ struct Core {
     /// divided by the replicas.
     capacity_slots: AtomicU64,
     donated_slots: AtomicU64,
+    /// [`MAX_PEERS`] of them, made at open; the first `transport.peer_count()` are in use.
     peers: Vec<Peer>,
+    /// Held while the peer set changes.
+    membership: Mutex<()>,
     places: Mutex<Vec<Option<Place>>>,
     next_place_id: AtomicU64,
     /// Per peer, (generation, slot) of the copies to free there.
@@ -249,15 +265,19 @@ enum CallErr {
 }
 
 impl RemoteTier {
-    /// Use the peers of `transport`. Fewer peers than replicas is an error; peers that do not
-    /// answer now are logged and retried later; a peer with another slot size is an error.
+    /// Use the peers of `transport`. Fewer peers than replicas is an error, unless there are
+    /// none (they come later, through [`PeerSet::set`]); peers that do not answer now are
+    /// logged and retried later; a peer with another slot size is an error.
     pub fn open(transport: Box<dyn Transport>, opts: RemoteOptions) -> Result<RemoteTier, TierError> {
         let n = transport.peer_count();
         let names = (0..n).map(|p| transport.peer_name(p)).collect::<Vec<_>>().join(", ");
         if !(1..=MAX_REPLICAS).contains(&opts.replicas) {
             return Err(open_err(names, format!("{} replicas: use 1 to {MAX_REPLICAS}", opts.replicas)));
         }
-        if n < opts.replicas {
+        if n > MAX_PEERS {
+            return Err(open_err(names, format!("{n} peers: at most {MAX_PEERS}")));
+        }
+        if n > 0 && n < opts.replicas {
             let msg = format!(
                 "{n} peer(s) for {} replicas per granule: list at least {} peers in remote_peers or lower remote_replicas",
                 opts.replicas, opts.replicas
@@ -268,6 +288,7 @@ impl RemoteTier {
             met: false,
             ever_met: false,
             refused: false,
+            retired: false,
             down_until: None,
             failing_since: None,
             last_ok: None,
@@ -280,12 +301,13 @@ impl RemoteTier {
             slots: Mutex::new(SlotAllocator::new(SlotId::MAX as u64)),
             capacity_slots: AtomicU64::new(opts.capacity_bytes.map_or(0, |c| c / opts.slot_bytes as u64)),
             donated_slots: AtomicU64::new(0),
-            peers: (0..n)
+            peers: (0..MAX_PEERS)
                 .map(|_| Peer { health: Mutex::new(health()), held: Mutex::default(), gate: RwLock::new(()) })
                 .collect(),
+            membership: Mutex::new(()),
             places: Mutex::new(Vec::new()),
             next_place_id: AtomicU64::new(1),
-            pending_frees: Mutex::new(vec![Vec::new(); n]),
+            pending_frees: Mutex::new(vec![Vec::new(); MAX_PEERS]),
             counters: RemoteCounters::default(),
             maint: Mutex::new(Maint::default()),
             stop: Mutex::new(false),
@@ -315,13 +337,19 @@ impl RemoteTier {
         &self.core.counters
     }
 
+    /// A handle that changes the peer set while the tier runs.
+    pub fn peer_set(&self) -> PeerSet {
+        PeerSet(self.core.clone())
+    }
+
     /// Where each valid copy of `slot` is: (peer, slot on the peer) (tests, diagnostics).
     pub fn copies_of(&self, slot: SlotId) -> Vec<(usize, RemoteSlot)> {
         let gens = self.core.gens();
         let places = self.core.places.lock().unwrap();
-        places.get(slot as usize).and_then(|p| p.as_ref()).map_or(Vec::new(), |p| {
-            p.copies.iter().filter(|c| gens[c.peer] == c.gen).map(|c| (c.peer, c.slot)).collect()
-        })
+        places
+            .get(slot as usize)
+            .and_then(|p| p.as_ref())
+            .map_or(Vec::new(), |p| p.copies.iter().filter(|c| counts(&gens, c)).map(|c| (c.peer, c.slot)).collect())
     }
 
     /// One step of the maintenance the tier's thread runs: probe peers that failed, declare
@@ -345,9 +373,141 @@ enum Meet {
     WrongGranule(String),
 }
 
+/// Changes the peer set of a running [`RemoteTier`] (it may outlive the tier: then it does
+/// nothing that matters).
+#[derive(Clone)]
+pub struct PeerSet(Arc<Core>);
+
+/// What [`PeerSet::set`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSetChange {
+    pub added: Vec<SocketAddr>,
+    pub removed: Vec<SocketAddr>,
+    /// Addresses refused: more than [`MAX_PEERS`] distinct ones in this run.
+    pub refused: Vec<SocketAddr>,
+}
+
+impl PeerSetChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.refused.is_empty()
+    }
+}
+
+/// How a peer set becomes `wanted`, given each peer index's address and whether it is retired:
+/// the indices to retire, those to take back (their address is wanted again) and the
+/// addresses that need a new index. Pure, so that it is tested without donors.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerPlan {
+    pub retire: Vec<usize>,
+    pub reinstate: Vec<usize>,
+    pub add: Vec<SocketAddr>,
+}
+
+pub(crate) fn plan_peers(now: &[(SocketAddr, bool)], wanted: &[SocketAddr]) -> PeerPlan {
+    let mut plan = PeerPlan::default();
+    for (p, &(addr, retired)) in now.iter().enumerate() {
+        match (wanted.contains(&addr), retired) {
+            (true, true) => plan.reinstate.push(p),
+            (false, false) => plan.retire.push(p),
+            _ => {}
+        }
+    }
+    for &a in wanted {
+        if !now.iter().any(|&(addr, _)| addr == a) && !plan.add.contains(&a) {
+            plan.add.push(a);
+        }
+    }
+    plan
+}
+
+impl PeerSet {
+    /// Makes `wanted` the peer set: peers not in it are retired (declared lost at once, their
+    /// granules re-replicated onto the others; then asked to free what this node left there),
+    /// new ones are met at the next alloc or maintenance tick. Blocks for at most one call's
+    /// deadline per retired peer.
+    pub fn set(&self, wanted: &[SocketAddr]) -> PeerSetChange {
+        let c = &*self.0;
+        let _one = c.membership.lock().unwrap();
+        let now: Vec<(SocketAddr, bool)> =
+            (0..c.peer_count()).map(|p| (c.transport.peer_addr(p), c.health(p).retired)).collect();
+        let plan = plan_peers(&now, wanted);
+        let mut change = PeerSetChange::default();
+        for &p in &plan.reinstate {
+            let mut h = c.health(p);
+            h.retired = false;
+            h.down_until = None;
+            change.added.push(now[p].0);
+        }
+        for addr in plan.add {
+            if c.peer_count() >= MAX_PEERS {
+                change.refused.push(addr);
+                continue;
+            }
+            c.transport.add_peer(addr);
+            change.added.push(addr);
+        }
+        for &p in &plan.retire {
+            c.retire(p);
+            change.removed.push(now[p].0);
+        }
+        c.wake.notify_all();
+        change
+    }
+
+    /// Copies each granule needs.
+    pub fn replicas(&self) -> usize {
+        self.0.opts.replicas
+    }
+
+    /// (peers in the set, peers that take writes now).
+    pub fn counts(&self) -> (usize, usize) {
+        let c = &*self.0;
+        let live = (0..c.peer_count()).filter(|&p| !c.health(p).retired);
+        let (mut set, mut usable) = (0, 0);
+        for p in live {
+            set += 1;
+            usable += c.usable(p) as usize;
+        }
+        (set, usable)
+    }
+}
+
+/// A copy counts while its peer's generation (in `gens`, taken a moment ago) is the one it was
+/// made under; a peer added since then is still at its first generation, 0.
+fn counts(gens: &[u32], c: &Replica) -> bool {
+    gen_of(gens, c.peer) == c.gen
+}
+
+fn gen_of(gens: &[u32], peer: usize) -> u32 {
+    gens.get(peer).copied().unwrap_or(0)
+}
+
 impl Core {
     fn name(&self, peer: usize) -> String {
         self.transport.peer_name(peer)
+    }
+
+    fn peer_count(&self) -> usize {
+        self.transport.peer_count()
+    }
+
+    /// `peer` left the peer set: its copies stop counting now (re-replication starts), it takes
+    /// nothing more, and what this node left there is freed if it answers.
+    fn retire(&self, peer: usize) {
+        let met = {
+            let mut h = self.health(peer);
+            h.retired = true;
+            h.met
+        };
+        if met {
+            self.declare_lost(peer, "it left the peer set");
+        }
+        let _alone = self.peers[peer].gate.write().unwrap();
+        match self.transport.reset(peer, self.opts.owner) {
+            Ok(0) => {}
+            Ok(k) => log::info!("remote tier: freed the {k} slots this node held on {}", self.name(peer)),
+            Err(e) => log::info!("remote tier: {e} (RESET of a peer that left: what this node held there stays)"),
+        }
     }
 
     fn health(&self, peer: usize) -> std::sync::MutexGuard<'_, Health> {
@@ -356,7 +516,7 @@ impl Core {
 
     /// Each peer's generation now: a copy counts only if it was made under it.
     fn gens(&self) -> Vec<u32> {
-        (0..self.peers.len()).map(|p| self.health(p).gen).collect()
+        (0..self.peer_count()).map(|p| self.health(p).gen).collect()
     }
 
     /// True once per [`LOG_EVERY`] for the kind of line `kind`.
@@ -408,6 +568,9 @@ impl Core {
         }
         {
             let mut h = self.health(peer);
+            if h.retired {
+                return Err(Meet::NoAnswer); // left the set meanwhile
+            }
             if h.ever_met {
                 log::info!("remote tier: peer {name} answers again; met afresh, it takes new copies");
             }
@@ -427,10 +590,10 @@ impl Core {
     /// (declared lost since), else only those never met (at start they did not answer).
     fn meet_due(&self, all: bool) {
         let now = Instant::now();
-        for p in 0..self.peers.len() {
+        for p in 0..self.peer_count() {
             let due = {
                 let h = self.health(p);
-                !h.met && !h.refused && (all || !h.ever_met) && h.down_until.is_none_or(|t| now >= t)
+                !h.met && !h.refused && !h.retired && (all || !h.ever_met) && h.down_until.is_none_or(|t| now >= t)
             };
             if !due {
                 continue;
@@ -494,7 +657,10 @@ impl Core {
         self.recompute_capacity();
         self.counters.peers_lost.fetch_add(1, Relaxed);
         let (under, _) = self.count_under();
-        log::error!(
+        // A loss that leaves nothing to copy (a peer that held none) is no error.
+        let level = if under > 0 { log::Level::Error } else { log::Level::Warn };
+        log::log!(
+            level,
             "remote tier: peer {} declared lost ({why}); its copies no longer count: {under} granules are \
              under-replicated, re-replicating them onto the other peers",
             self.name(peer)
@@ -516,7 +682,7 @@ impl Core {
         let want = self.opts.replicas;
         let (mut under, mut none) = (0, 0);
         for p in self.places.lock().unwrap().iter().flatten() {
-            let valid = p.copies.iter().filter(|c| gens[c.peer] == c.gen).count();
+            let valid = p.copies.iter().filter(|c| counts(&gens, c)).count();
             under += (valid < want) as u64;
             none += (valid == 0) as u64;
         }
@@ -546,8 +712,11 @@ impl Core {
     /// dropped (that peer's RESET frees them; one by one they could hit slots it reused);
     /// frees for a peer that does not answer wait for it.
     fn flush_frees(&self) {
-        let queued = std::mem::replace(&mut *self.pending_frees.lock().unwrap(), vec![Vec::new(); self.peers.len()]);
-        for (peer, items) in queued.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        let queued: Vec<(usize, Vec<(u32, RemoteSlot)>)> = {
+            let mut q = self.pending_frees.lock().unwrap();
+            q.iter_mut().enumerate().filter(|(_, s)| !s.is_empty()).map(|(p, s)| (p, std::mem::take(s))).collect()
+        };
+        for (peer, items) in queued {
             let _shared = self.peers[peer].gate.read().unwrap();
             let (gen, usable) = {
                 let h = self.health(peer);
@@ -689,7 +858,7 @@ impl Core {
     fn check_peers(&self) {
         let heartbeat = (self.opts.lost_after / 4).clamp(Duration::from_millis(10), DOWN_BACKOFF);
         let now = Instant::now();
-        for p in 0..self.peers.len() {
+        for p in 0..self.peer_count() {
             let (met, due, failing_for, quiet) = {
                 let h = self.health(p);
                 (
@@ -733,8 +902,8 @@ impl Core {
             copy: Option<Replica>,
         }
         let want = self.opts.replicas;
-        let n = self.peers.len();
         let gens = self.gens();
+        let n = gens.len();
         let (mut jobs, pass_done) = {
             let places = self.places.lock().unwrap();
             let mut m = self.maint.lock().unwrap();
@@ -743,7 +912,7 @@ impl Core {
             let mut i = m.cursor;
             while i < end && jobs.len() < REREPLICATE_BATCH {
                 if let Some(p) = &places[i] {
-                    let valid: Vec<Replica> = p.copies.iter().filter(|c| gens[c.peer] == c.gen).copied().collect();
+                    let valid: Vec<Replica> = p.copies.iter().filter(|c| counts(&gens, c)).copied().collect();
                     if valid.len() < want && !valid.is_empty() {
                         jobs.push(Job {
                             slot: i as SlotId,
@@ -789,7 +958,7 @@ impl Core {
                         expect: Some(jobs_ref[j].sum),
                     })
                     .collect();
-                let r = self.get_on(p, gens[p], &mut gets);
+                let r = self.get_on(p, gen_of(&gens, p), &mut gets);
                 drop(gets);
                 (idx, bufs, r)
             });
@@ -840,7 +1009,7 @@ impl Core {
             let jobs_ref = &jobs;
             let results = self.per_peer(work, |p, idx: Vec<usize>| {
                 let data: Vec<&[u8]> = idx.iter().map(|&j| jobs_ref[j].data.as_deref().unwrap()).collect();
-                (idx, self.put_on(p, Some(gens[p]), &data))
+                (idx, self.put_on(p, Some(gen_of(&gens, p)), &data))
             });
             let mut retry = false;
             for (p, (idx, (gen, r))) in results {
@@ -888,7 +1057,7 @@ impl Core {
                 };
                 match places.get_mut(job.slot as usize).and_then(|p| p.as_mut()) {
                     Some(p) if p.id == job.id => {
-                        p.copies.retain(|c| gens[c.peer] == c.gen);
+                        p.copies.retain(|c| counts(&gens, c));
                         p.copies.push(copy);
                         copied += 1;
                     }
@@ -940,7 +1109,7 @@ impl Core {
             );
         }
         if under > none && self.may_log(LOG_STUCK) {
-            let up = (0..self.peers.len()).filter(|&p| self.usable(p)).count();
+            let up = (0..self.peer_count()).filter(|&p| self.usable(p)).count();
             log::warn!(
                 "remote tier: {} granules have fewer than {} copies; {stuck} could not be copied in the last pass \
                  ({up} peers usable: no other peer has room or answers); retrying",
@@ -988,9 +1157,10 @@ impl Tier for RemoteTier {
         let c = &*self.core;
         c.meet_due(false);
         // Without enough healthy peers no write can succeed: say so before any transfer.
-        let up = (0..c.peers.len()).filter(|&p| c.usable(p)).count();
+        let up = (0..c.peer_count()).filter(|&p| c.usable(p)).count();
         if up < c.opts.replicas {
-            let detail = format!("{up} of the peers answer, {} copies are needed", c.opts.replicas);
+            let set = (0..c.peer_count()).filter(|&p| !c.health(p).retired).count();
+            let detail = format!("{up} of the {set} peers answer, {} copies are needed", c.opts.replicas);
             return Err(TierError::Unavailable { tier: NAME, detail });
         }
         let mut s = c.slots.lock().unwrap();
@@ -1011,7 +1181,7 @@ impl Tier for RemoteTier {
             assert!(d.len() <= c.opts.slot_bytes, "write beyond a slot");
         }
         c.flush_frees();
-        let n = c.peers.len();
+        let n = c.peer_count();
         let want = c.opts.replicas;
         let mut got: Vec<Vec<Replica>> = vec![Vec::new(); writes.len()];
         let mut tried: Vec<Vec<bool>> = vec![vec![false; n]; writes.len()];
@@ -1133,7 +1303,7 @@ impl Tier for RemoteTier {
                         place.len
                     )));
                 }
-                let mut order: Vec<Replica> = place.copies.iter().filter(|c| gens[c.peer] == c.gen).copied().collect();
+                let mut order: Vec<Replica> = place.copies.iter().filter(|c| counts(&gens, c)).copied().collect();
                 order.sort_by_key(|r| !c.is_up(r.peer));
                 orders.push(order);
                 ids.push(place.id);
@@ -1168,7 +1338,7 @@ impl Tier for RemoteTier {
             }
             let results = c.per_peer(work, |p, items: Vec<(usize, GetReq<'_>)>| {
                 let (idx, mut gets): (Vec<usize>, Vec<GetReq<'_>>) = items.into_iter().unzip();
-                (idx, c.get_on(p, gens[p], &mut gets))
+                (idx, c.get_on(p, gen_of(&gens, p), &mut gets))
             });
             for (p, (idx, r)) in results {
                 match r {
@@ -1238,10 +1408,14 @@ impl Tier for RemoteTier {
 
     fn replication(&self) -> Option<ReplicationStats> {
         let k = &self.core.counters;
+        let (peers, usable) = self.peer_set().counts();
         Some(ReplicationStats {
             under_replicated_granules: k.under_replicated.load(Relaxed),
             rereplicated_granules: k.rereplicated.load(Relaxed),
             lost_peers: k.peers_lost.load(Relaxed),
+            peers: peers as u64,
+            usable_peers: usable as u64,
+            replicas: self.core.opts.replicas as u64,
         })
     }
 }

@@ -15,7 +15,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES};
@@ -71,11 +71,16 @@ pub struct GetReq<'a> {
     pub expect: Option<[u8; 32]>,
 }
 
-/// Page transfer to and from the peers `0..peer_count()`.
+/// Page transfer to and from the peers `0..peer_count()`. Peers are only ever added (a peer
+/// that leaves keeps its index, so that copies made there are never mistaken for another's).
 pub trait Transport: Send + Sync {
     fn peer_count(&self) -> usize;
     /// How logs and errors name `peer`.
     fn peer_name(&self, peer: usize) -> String;
+    /// Where `peer` is reached.
+    fn peer_addr(&self, peer: usize) -> SocketAddr;
+    /// Adds a peer at `addr`; returns its index (the previous `peer_count()`).
+    fn add_peer(&self, addr: SocketAddr) -> usize;
     fn stat(&self, peer: usize) -> Result<DonorStat, TransportError>;
     /// Store each granule in a slot of `peer`: per granule, the slot or why not.
     fn put(&self, peer: usize, owner: u64, data: &[&[u8]]) -> Result<Vec<Result<RemoteSlot, Status>>, TransportError>;
@@ -118,11 +123,18 @@ struct Peer {
 }
 
 pub struct TcpTransport {
-    peers: Vec<Peer>,
+    /// Read for the moment a call picks its peer; written when a peer is added.
+    peers: RwLock<Vec<Arc<Peer>>>,
     opts: TransportOptions,
     next_req: AtomicU64,
     /// Calls that waited for an in-flight slot (the bound was hit).
     pub inflight_waits: AtomicU64,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Peer {
+        Peer { addr, pool: Mutex::new(Vec::new()), inflight: Mutex::new(0), done: Condvar::new() }
+    }
 }
 
 /// Releases a peer's in-flight slot when dropped.
@@ -137,11 +149,12 @@ impl Drop for Slot<'_> {
 impl TcpTransport {
     pub fn new(peers: &[SocketAddr], opts: TransportOptions) -> TcpTransport {
         assert!(opts.max_inflight > 0 && !opts.timeout.is_zero());
-        let peers = peers
-            .iter()
-            .map(|&addr| Peer { addr, pool: Mutex::new(Vec::new()), inflight: Mutex::new(0), done: Condvar::new() })
-            .collect();
+        let peers = RwLock::new(peers.iter().map(|&addr| Arc::new(Peer::new(addr))).collect());
         TcpTransport { peers, opts, next_req: AtomicU64::new(1), inflight_waits: AtomicU64::new(0) }
+    }
+
+    fn peer(&self, peer: usize) -> Arc<Peer> {
+        self.peers.read().unwrap()[peer].clone()
     }
 
     fn acquire<'a>(&self, p: &'a Peer, deadline: Instant) -> Result<Slot<'a>, TransportError> {
@@ -170,7 +183,7 @@ impl TcpTransport {
         encode: impl Fn(&mut Vec<u8>) -> usize,
         decode: impl FnOnce(&[u8], &[u8]) -> Result<R, WireError>,
     ) -> Result<R, TransportError> {
-        let p = &self.peers[peer];
+        let p = &*self.peer(peer);
         let deadline = Instant::now() + self.opts.timeout;
         let _slot = self.acquire(p, deadline)?;
         let req_id = self.next_req.fetch_add(1, Relaxed);
@@ -406,11 +419,21 @@ fn chunks(n: usize, fixed: usize, cost: impl Fn(usize) -> usize) -> Vec<std::ops
 
 impl Transport for TcpTransport {
     fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.peers.read().unwrap().len()
     }
 
     fn peer_name(&self, peer: usize) -> String {
-        self.peers[peer].addr.to_string()
+        self.peer_addr(peer).to_string()
+    }
+
+    fn peer_addr(&self, peer: usize) -> SocketAddr {
+        self.peers.read().unwrap()[peer].addr
+    }
+
+    fn add_peer(&self, addr: SocketAddr) -> usize {
+        let mut peers = self.peers.write().unwrap();
+        peers.push(Arc::new(Peer::new(addr)));
+        peers.len() - 1
     }
 
     fn stat(&self, peer: usize) -> Result<DonorStat, TransportError> {
