@@ -21,6 +21,7 @@
 //! [`TierError::Corrupt`], never data.
 
 mod aligned;
+pub mod atomic;
 pub mod conformance;
 mod fsdir;
 mod nvme;
