@@ -293,6 +293,55 @@ impl Home {
     }
 }
 
+/// The harness of the fuzz target `shared_home`, shared with its regression corpus
+/// (daemon/tests/corpus.rs), so that both run exactly the same thing.
+pub mod fuzz {
+    use super::*;
+
+    /// Puts `data`'s file (what follows its first line) in a fresh home under `root`, named
+    /// by its first line, and reads it back as a granule of the length the file leaves for
+    /// bytes after a header; panics if a decoder panics or breaks its promise: a version is
+    /// read as its own bytes and epoch or is an error, never zeros nor other bytes. Returns
+    /// the decoded file and the read's outcome.
+    #[allow(clippy::type_complexity)]
+    pub fn run(root: &Path, data: &[u8]) -> (Result<u64, &'static str>, Result<u64, String>) {
+        let (name, file) = match data.iter().position(|&b| b == b'\n') {
+            Some(at) => (&data[..at], &data[at + 1..]),
+            None => (data, &[][..]),
+        };
+        let len = file.len().saturating_sub(HEADER_BYTES);
+        let decoded = decode_version(file, len);
+        if let Ok((_, body)) = decoded {
+            assert_eq!(body, &file[HEADER_BYTES..]);
+        }
+        let name = std::str::from_utf8(name).ok().filter(|n| (1..=255).contains(&n.len()) && !n.contains(['/', '\0']));
+        let parsed = name.and_then(parse_version_name);
+        if let (Some(n), Some((g, e))) = (name, parsed) {
+            assert_eq!(version_name(g, e), n, "one name per version");
+        }
+        let home = Home { dir: root.to_path_buf() };
+        let dir = root.join("r");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a fuzz home");
+        if let Some(n) = name.filter(|n| *n != "." && *n != "..") {
+            std::fs::write(dir.join(n), file).expect("a file of the fuzz home");
+        }
+        let granule = parsed.map_or(0, |(g, _)| g);
+        let mut out = vec![0xa5; len];
+        let read = home.read("r", granule, &mut out).map_err(|e| e.to_string());
+        match (parsed, &read) {
+            (Some((_, e)), Ok(got)) => {
+                assert_eq!(*got, e, "the version's own epoch");
+                assert_eq!(decoded.map(|(h, _)| h), Ok(e));
+                assert_eq!(out, file[HEADER_BYTES..], "the version's own bytes");
+            }
+            (Some(_), Err(_)) => {}
+            (None, got) => assert_eq!(*got, Ok(0), "no version: never published"),
+        }
+        (decoded.map(|(e, _)| e), read)
+    }
+}
+
 fn checksum(epoch: u64, bytes: &[u8]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(&epoch.to_le_bytes());
