@@ -70,6 +70,41 @@ pub mod method {
     pub const WRITE: &str = "Write";
 }
 
+/// Largest snapshot a member takes in: far above the largest state there can be
+/// ([`crate::state::MAX_LEASES`] write and as many read leases, `MAX_REGIONS` regions and
+/// `MAX_NODES` nodes: some tens of MiB as JSON).
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+/// A request as a member's server takes it in: decoded, then checked against the limits that
+/// decoding alone does not enforce, before anything acts on it.
+pub trait Inbound: serde::de::DeserializeOwned {
+    fn check(&self) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+impl Inbound for AppendReq {}
+impl Inbound for VoteReq {}
+impl Inbound for JoinReq {}
+impl Inbound for LeaveReq {}
+impl Inbound for WriteReq {}
+
+impl Inbound for SnapshotReq {
+    /// openraft writes each chunk at its offset into an in-memory buffer, so a peer's offset
+    /// alone would make it allocate that much (and abort): a chunk that ends past
+    /// [`MAX_SNAPSHOT_BYTES`] is refused.
+    fn check(&self) -> Result<(), Status> {
+        match self.offset.checked_add(self.data.len() as u64) {
+            Some(end) if end <= MAX_SNAPSHOT_BYTES => Ok(()),
+            _ => Err(Status::invalid_argument(format!(
+                "a snapshot chunk of {} bytes at offset {} ends past the {MAX_SNAPSHOT_BYTES}-byte limit",
+                self.data.len(),
+                self.offset
+            ))),
+        }
+    }
+}
+
 /// Largest message either side accepts (a snapshot chunk is at most 256 KiB of data, which
 /// JSON spells as up to four bytes a byte).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -109,7 +144,7 @@ pub fn decode_json<U: serde::de::DeserializeOwned>(r: impl Read) -> Result<U, St
 /// Every decoder that a peer's bytes reach on the control plane, in the order a member runs
 /// them: `bytes` arrive as a request on `method` (or, with `reply_to`, as the reply to the
 /// request of `method` sealed with that nonce); the codec decodes the envelope, [`Auth`]
-/// checks it and decodes its body into the method's message; a whole snapshot's data becomes
+/// checks it and decodes its body into the method's message ([`Inbound`]); a whole snapshot's data becomes
 /// a [`ClusterState`], and the commands that a write or appended entries carry are applied
 /// to one (as every replica applies them). Malformed input is an error saying which step
 /// refused it, never a panic. The fuzz target `control_envelope` (cluster/fuzz) and its
@@ -133,6 +168,7 @@ pub fn receive(
         match method {
             method::APPEND_ENTRIES => {
                 let req: AppendReq = auth.decode(nonce, body)?;
+                req.check()?;
                 req.entries
                     .iter()
                     .filter_map(|e| match &e.payload {
@@ -142,22 +178,27 @@ pub fn receive(
                     .for_each(apply);
             }
             method::VOTE => {
-                let _: VoteReq = auth.decode(nonce, body)?;
+                auth.decode::<VoteReq>(nonce, body)?.check()?;
             }
             method::INSTALL_SNAPSHOT => {
                 let req: SnapshotReq = auth.decode(nonce, body)?;
+                req.check()?;
                 if req.offset == 0 && req.done {
                     serde_json::from_slice::<ClusterState>(&req.data)
                         .map_err(|e| Status::invalid_argument(format!("cannot decode the snapshot: {e}")))?;
                 }
             }
             method::JOIN => {
-                let _: JoinReq = auth.decode(nonce, body)?;
+                auth.decode::<JoinReq>(nonce, body)?.check()?;
             }
             method::LEAVE => {
-                let _: LeaveReq = auth.decode(nonce, body)?;
+                auth.decode::<LeaveReq>(nonce, body)?.check()?;
             }
-            method::WRITE => apply(&auth.decode::<WriteReq>(nonce, body)?.command),
+            method::WRITE => {
+                let req: WriteReq = auth.decode(nonce, body)?;
+                req.check()?;
+                apply(&req.command);
+            }
             other => return Err(Status::unimplemented(format!("no method {other:?}"))),
         }
         return Ok(());

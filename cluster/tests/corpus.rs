@@ -56,6 +56,9 @@ fn control_envelope_corpus() {
     refused("hand-bad-command", Code::InvalidArgument, "unknown variant `Teleport`");
     // 100000 nested arrays as a command: refused at the first, the stack never deepens.
     refused("hand-deep-nesting", Code::InvalidArgument, "cannot decode: expected value");
+    // A chunk that would make openraft grow its in-memory snapshot to 1 TiB, or past u64.
+    refused("hand-snapshot-far-offset", Code::InvalidArgument, "ends past the 268435456-byte limit");
+    refused("hand-snapshot-offset-overflow", Code::InvalidArgument, "ends past the 268435456-byte limit");
     refused("hand-bitflip", Code::Unauthenticated, "bad MAC on the request");
     refused("hand-no-mac", Code::Unauthenticated, "carries no MAC");
 }
