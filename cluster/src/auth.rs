@@ -38,7 +38,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use holo_tiers::remote::auth::{ct_eq, nonce, NONCE_BYTES};
+pub use holo_tiers::remote::auth::NONCE_BYTES;
+use holo_tiers::remote::auth::{ct_eq, nonce};
 pub use holo_tiers::remote::auth::{ClusterKey, Plane};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -483,8 +483,8 @@ impl Service {
             .map_err(|s| format!("forwarding to the leader at {addr}: {}", s.message()))?
     }
 
-    /// Checks a request that arrived on `method` from `peer`, runs `serve` on its body and
-    /// seals the reply. A request that fails authentication is refused (`Unauthenticated`),
+    /// Checks a request that arrived on `method` from `peer`, runs `serve` on its body (once
+    /// decoded and within its limits, [`rpc::Inbound`]) and seals the reply. A request that fails authentication is refused (`Unauthenticated`),
     /// counted and logged; nothing of it is decoded or run.
     async fn serve<Q, A, F, Fut>(
         &self,
@@ -493,7 +493,7 @@ impl Service {
         serve: F,
     ) -> Result<Response<SealedReply>, Status>
     where
-        Q: serde::de::DeserializeOwned,
+        Q: rpc::Inbound,
         A: serde::Serialize,
         F: FnOnce(Q) -> Fut,
         Fut: std::future::Future<Output = A>,
@@ -506,7 +506,9 @@ impl Service {
             Err(e @ auth::AuthError::Overloaded) => return Err(Status::resource_exhausted(e.to_string())),
             Err(e) => return Err(self.auth.refused(&format!("refused {method} from {peer}: {e}"))),
         }
-        let reply = serve(self.auth.decode(&req.nonce, &req.body)?).await;
+        let msg: Q = self.auth.decode(&req.nonce, &req.body)?;
+        msg.check()?;
+        let reply = serve(msg).await;
         Ok(Response::new(self.auth.seal_reply(method, &req.nonce, &reply)?))
     }
 

@@ -20,11 +20,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs;
-use std::io::{self, Cursor, Write};
+use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use holo_tiers::atomic::{fsync_dir, write_atomic, Durability};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -36,23 +37,6 @@ use crate::state::{ClusterState, NodeId, Outcome};
 use crate::{BasicNode, TypeConfig};
 
 type SErr = StorageError<NodeId>;
-
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8], sync_dir: bool) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if sync_dir {
-        fsync_dir(path.parent().expect("a file in a directory"))?;
-    }
-    Ok(())
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
@@ -174,7 +158,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let mut inner = self.inner.lock().unwrap();
-        write_atomic(&inner.dir.join("vote.json"), &to_json(vote), true).map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomic(&inner.dir.join("vote.json"), &[&to_json(vote)], Durability::Full)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -186,10 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         let mut inner = self.inner.lock().unwrap();
         // No fsync: losing it in a crash only makes openraft re-learn it from the leader.
-        let path = inner.dir.join("committed.json");
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, to_json(&committed))
-            .and_then(|()| fs::rename(&tmp, &path))
+        write_atomic(&inner.dir.join("committed.json"), &[&to_json(&committed)], Durability::Process)
             .map_err(|e| StorageIOError::write(&e))?;
         inner.committed = committed;
         Ok(())
@@ -208,7 +190,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log_dir = inner.dir.join("log");
         let mut result = Ok(());
         for entry in entries {
-            if let Err(e) = write_atomic(&entry_path(&log_dir, entry.log_id.index), &to_json(&entry), false) {
+            if let Err(e) =
+                write_atomic(&entry_path(&log_dir, entry.log_id.index), &[&to_json(&entry)], Durability::File)
+            {
                 result = Err(e);
                 break;
             }
@@ -236,7 +220,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let mut inner = self.inner.lock().unwrap();
         // The purge point first: entries at or below it are ignored at start if still there.
-        write_atomic(&inner.dir.join("purged.json"), &to_json(&log_id), true)
+        write_atomic(&inner.dir.join("purged.json"), &[&to_json(&log_id)], Durability::Full)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         inner.purged = Some(log_id);
         let log_dir = inner.dir.join("log");
@@ -309,7 +293,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let meta =
             SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone(), snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        write_atomic(&inner.dir.join("snapshot.json"), &to_json(&stored), true)
+        write_atomic(&inner.dir.join("snapshot.json"), &[&to_json(&stored)], Durability::Full)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         inner.snapshot = Some(stored);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -363,7 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let mut inner = self.inner.lock().unwrap();
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        write_atomic(&inner.dir.join("snapshot.json"), &to_json(&stored), true)
+        write_atomic(&inner.dir.join("snapshot.json"), &[&to_json(&stored)], Durability::Full)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         inner.state = state;
         inner.last_applied = meta.last_log_id;

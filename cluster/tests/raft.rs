@@ -14,7 +14,7 @@ use holo_cluster::network::Client;
 use holo_cluster::node::now_ms;
 use holo_cluster::ownership::Denied;
 use holo_cluster::ownership::MAX_LEASE_MS;
-use holo_cluster::rpc::{method, AdminReply, JoinReq, WriteReply, WriteReq};
+use holo_cluster::rpc::{method, AdminReply, JoinReq, SnapshotReply, SnapshotReq, WriteReply, WriteReq};
 use holo_cluster::state::{Command, Extent, NodeInfo, Outcome};
 use holo_cluster::{Cluster, NodeConfig};
 
@@ -183,13 +183,28 @@ fn only_holders_of_the_secret_reach_the_control_plane() {
         let mut c2 = Client::new(&format!("127.0.0.1:{p2}"), Some(2), auth.clone()).unwrap();
         let s = c2.send(method::WRITE, sealed).await.unwrap_err();
         assert!(s.code() == tonic::Code::Unauthenticated && s.message().contains("for node 1"), "{s:?}");
+        // A snapshot chunk far past any state's size, from a holder of the secret: refused
+        // before openraft would grow its in-memory snapshot to the offset (1 TiB).
+        let far = SnapshotReq {
+            vote: openraft::Vote::new_committed(1, 1),
+            meta: openraft::SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: "far".into(),
+            },
+            offset: 1 << 40,
+            data: vec![0; 16],
+            done: false,
+        };
+        let s = c2.call::<_, SnapshotReply>(method::INSTALL_SNAPSHOT, &far).await.unwrap_err();
+        assert!(s.code() == tonic::Code::InvalidArgument && s.message().contains("ends past"), "{s:?}");
     });
     assert_eq!(n1.state().regions.len(), 1, "only the authenticated write was applied once");
     let refused: u64 = [&n1, &n2, &n3].iter().map(|n| n.auth_failures()).sum();
     // Two joins and four raw calls refused by node 1, a replay, a wrong method and a wrong node.
     assert!(refused - refused_before >= 9, "{refused_before} -> {refused}");
     assert_eq!(n1.members()["auth_failures"].as_u64(), Some(n1.auth_failures()));
-    // The members still serve each other.
+    // The members still serve each other (node 2 too, after the far chunk).
     assert_eq!(n3.write(create).unwrap(), Outcome::Done);
     drop((n1, n2, n3));
     std::fs::remove_dir_all(&d).unwrap();

@@ -24,6 +24,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use holo_tiers::atomic::{write_atomic, Durability};
 use holo_tiers::SlotId;
 
 use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
@@ -140,9 +141,9 @@ impl Journal {
     /// any journal there).
     pub fn create(path: &Path, table: &PageTable, evictions: &[(u64, Intent)]) -> io::Result<Journal> {
         let snap = snapshot(table, evictions);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &snap)?;
-        std::fs::rename(&tmp, path)?;
+        // No fsync: the journal outlives the daemon, not the machine (see above), and this
+        // runs on the pager thread.
+        write_atomic(path, &[&snap], Durability::Process)?;
         let file = OpenOptions::new().append(true).open(path)?;
         let bytes = snap.len() as u64;
         Ok(Journal { path: path.to_path_buf(), file, bytes, compact_at: Self::next_compaction(bytes) })

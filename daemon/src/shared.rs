@@ -10,8 +10,9 @@
 //!   holo_sync: WP + capture ──Publish──────────▶ home file (epoch checked), RegisterReader,
 //!                                               ReleaseWrite
 //!   invalidated copy: Zap via the agent, then ──Unregister──▶ UnregisterReader
-//!  home: SHARED_DIR/<region>/<granule index>: header (magic, epoch, length, BLAKE3) + bytes,
-//!        written to a temporary name, fsync'd and renamed (close-to-open)
+//!  home: SHARED_DIR/<region>/<granule>.<epoch>: one file per published version, header
+//!        (magic, epoch, length, BLAKE3) + bytes, created with link(2) so that nothing is
+//!        ever replaced; readers take the highest epoch (see [`Home`])
 //! ```
 //!
 //! The lease rules are `holo_cluster::ownership`'s (model-checked in spec/): a reader keeps a
@@ -27,8 +28,8 @@
 //! the private tiers and do not count against the DRAM budget.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -42,6 +43,7 @@ use holo_cluster::state::{Command, Extent, NodeId, Outcome};
 use holo_cluster::Cluster;
 use holo_pagers::proto::{self, Frame, Kind};
 use holo_pagers::uffd::{Fill, Uffd};
+use holo_tiers::atomic::{create_atomic, fsync_dir, Durability};
 
 use crate::pagetable::PAGE;
 use crate::worker::Worker;
@@ -65,7 +67,12 @@ pub const ZAP_BIT: u64 = 1 << 63;
 
 const MAGIC: &[u8; 8] = b"HOLOSHR1";
 /// Magic, epoch, length, BLAKE3 of (epoch, length, bytes).
-const HEADER_BYTES: usize = 8 + 8 + 8 + 32;
+pub const HEADER_BYTES: usize = 8 + 8 + 8 + 32;
+/// A read lists the home again at most this many times when the version it chose was removed
+/// meanwhile (a newer one was published), or when it found none of a published granule.
+const READ_TRIES: usize = 8;
+/// Pause before listing again after finding no version of a published granule.
+const READ_RETRY: Duration = Duration::from_millis(5);
 
 /// The names attached on this node (one process each).
 static ATTACHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -80,96 +87,258 @@ pub enum HomeError {
         "shared home {path} holds epoch {found}, newer than this writer's {mine}: a stale writer does not publish"
     )]
     Stale { path: String, mine: u64, found: u64 },
+    #[error("shared home {path} exists already: epoch {epoch} cannot publish twice (each write lease publishes once)")]
+    Duplicate { path: String, epoch: u64 },
 }
 
-/// Where the published bytes of shared granules live: one file per granule.
+/// Where the published bytes of shared granules live: in `dir/<region>/`, one file per
+/// published version of a granule, named by the granule and the epoch of the write lease
+/// that published it (`<granule>.<epoch>`, 16 hex digits each), and a marker
+/// `<granule>.published` once any version of it was published. Readers take the highest
+/// epoch.
+///
+/// Why a stale writer can never replace a newer version, whatever the timing: a version is
+/// created under its own name with `link(2)`, which never replaces a file, so publishing adds
+/// a file and overwrites none; the lease epoch is unique per grant and strictly increases
+/// (`holo_cluster::ownership`), so a later writer's name is always higher and an earlier,
+/// stale writer's never is. Files are removed only when they cannot be what a reader should
+/// take: a publisher removes versions (and temporary files) older than its own once its own
+/// is durable (file and directory fsync'd), and its own when it finds a newer one, so the
+/// highest version is never removed and, once one was published, some version exists at
+/// every instant. A reader that opens a version removed since it listed the directory lists
+/// it again (bounded). A directory listing racing a removal may miss both the removed file
+/// and one added meanwhile (readdir promises nothing about entries changed during it): the
+/// marker, created before any removal and never removed, tells such a miss ("published, list
+/// again") from a granule never published (zeros). A crash leaves at worst temporary files
+/// (hidden, never read) and older versions (never the highest): the next publication of the
+/// granule removes them. Readers on other nodes need close-to-open consistency for the
+/// directory too: a listing after a publication's fsync sees it.
 #[derive(Clone, Debug)]
 pub struct Home {
     pub dir: PathBuf,
 }
 
+/// The files of one granule in its region's directory.
+struct Listing {
+    /// The epochs of its versions.
+    versions: Vec<u64>,
+    /// Its publications' temporary files, with their epochs.
+    temps: Vec<(u64, PathBuf)>,
+}
+
+fn version_name(granule: u64, epoch: u64) -> String {
+    format!("{granule:016x}.{epoch:016x}")
+}
+
+/// The granule and epoch a version file's name says, or `None` for any other name
+/// (temporary files start with a dot, markers end in `.published`).
+pub fn parse_version_name(name: &str) -> Option<(u64, u64)> {
+    let hex16 = |s: &str| {
+        (s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    let (g, e) = name.split_once('.')?;
+    let (granule, epoch) = (hex16(g)?, hex16(e)?);
+    (epoch > 0).then_some((granule, epoch))
+}
+
+/// Decodes a version file of a granule of `len` bytes: the epoch its header names and the
+/// granule's bytes, or why the file is damaged.
+pub fn decode_version(file: &[u8], len: usize) -> Result<(u64, &[u8]), &'static str> {
+    if HEADER_BYTES.checked_add(len) != Some(file.len()) {
+        return Err("wrong length");
+    }
+    if &file[..8] != MAGIC {
+        return Err("bad magic");
+    }
+    let word = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().expect("8 bytes"));
+    let (epoch, stated_len) = (word(8), word(16));
+    if stated_len != len as u64 {
+        return Err("wrong length");
+    }
+    let body = &file[HEADER_BYTES..];
+    if checksum(epoch, body).as_bytes() != &file[24..HEADER_BYTES] {
+        return Err("checksum mismatch");
+    }
+    Ok((epoch, body))
+}
+
 impl Home {
-    fn file(&self, region: &str, granule: u64) -> PathBuf {
-        self.dir.join(region).join(format!("{granule:016x}"))
+    fn region_dir(&self, region: &str) -> PathBuf {
+        self.dir.join(region)
     }
 
-    /// Reads granule `granule` of `region` into `out`; returns the epoch that published it,
-    /// 0 (and zeros) for one never published. A damaged file is an error, never zeros.
-    pub fn read(&self, region: &str, granule: u64, out: &mut [u8]) -> Result<u64, HomeError> {
-        let path = self.file(region, granule);
-        let shown = || path.display().to_string();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                out.fill(0);
-                return Ok(0);
-            }
-            Err(source) => return Err(HomeError::Io { path: shown(), source }),
+    fn marker(dir: &Path, granule: u64) -> PathBuf {
+        dir.join(format!("{granule:016x}.published"))
+    }
+
+    fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HomeError {
+        let path = path.display().to_string();
+        move |source| HomeError::Io { path, source }
+    }
+
+    /// The files of `granule` in `dir` (none if `dir` does not exist).
+    fn list(dir: &Path, granule: u64) -> Result<Listing, HomeError> {
+        let (mut versions, mut temps) = (Vec::new(), Vec::new());
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing { versions, temps }),
+            Err(e) => return Err(Home::io_err(dir)(e)),
         };
-        let corrupt = |why| HomeError::Corrupt { path: shown(), why };
-        if bytes.len() != HEADER_BYTES + out.len() {
-            return Err(corrupt("wrong length"));
+        for entry in entries {
+            let entry = entry.map_err(Home::io_err(dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let temp = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"));
+            match (temp, parse_version_name(temp.unwrap_or(name))) {
+                (None, Some((g, e))) if g == granule => versions.push(e),
+                (Some(_), Some((g, e))) if g == granule => temps.push((e, entry.path())),
+                _ => {}
+            }
         }
-        if &bytes[..8] != MAGIC {
-            return Err(corrupt("bad magic"));
-        }
-        let epoch = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
-        let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-        if len != out.len() as u64 {
-            return Err(corrupt("wrong length"));
-        }
-        let body = &bytes[HEADER_BYTES..];
-        if checksum(epoch, body).as_bytes() != &bytes[24..56] {
-            return Err(corrupt("checksum mismatch"));
-        }
-        out.copy_from_slice(body);
-        Ok(epoch)
+        Ok(Listing { versions, temps })
     }
 
-    /// The epoch of the version published now, if any (a file whose header cannot be read
-    /// counts as none: rename is atomic, so only damage makes one).
-    fn published_epoch(&self, path: &Path) -> Option<u64> {
-        let f = File::open(path).ok()?;
-        let mut head = [0u8; 16];
-        f.read_exact_at(&mut head, 0).ok()?;
-        (&head[..8] == MAGIC).then(|| u64::from_le_bytes(head[8..16].try_into().unwrap()))
+    /// Reads granule `granule` of `region` into `out`: the version of the highest epoch.
+    /// Returns that epoch, or 0 (and zeros) for a granule never published. A damaged version
+    /// is an error, never zeros nor an older version.
+    pub fn read(&self, region: &str, granule: u64, out: &mut [u8]) -> Result<u64, HomeError> {
+        let dir = self.region_dir(region);
+        for _ in 0..READ_TRIES {
+            let Some(epoch) = Home::list(&dir, granule)?.versions.into_iter().max() else {
+                let marker = Home::marker(&dir, granule);
+                match std::fs::symlink_metadata(&marker) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        out.fill(0);
+                        return Ok(0);
+                    }
+                    Err(e) => return Err(Home::io_err(&marker)(e)),
+                    // Published: the listing raced a removal.
+                    Ok(_) => {
+                        std::thread::sleep(READ_RETRY);
+                        continue;
+                    }
+                }
+            };
+            let path = dir.join(version_name(granule, epoch));
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // A newer version was published and this one removed since the listing.
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::StaleNetworkFileHandle) => {
+                    continue
+                }
+                Err(e) => return Err(Home::io_err(&path)(e)),
+            };
+            let corrupt = |why| HomeError::Corrupt { path: path.display().to_string(), why };
+            let (stated, body) = decode_version(&bytes, out.len()).map_err(corrupt)?;
+            if stated != epoch {
+                return Err(corrupt("its header names another epoch than its name"));
+            }
+            out.copy_from_slice(body);
+            return Ok(epoch);
+        }
+        let dir = dir.join(format!("{granule:016x}.*")).display().to_string();
+        Err(HomeError::Corrupt { path: dir, why: "its versions kept vanishing while it was read" })
     }
 
     /// Publishes `bytes` as granule `granule` of `region`, written by the holder of epoch
-    /// `epoch`: to a temporary file, fsync'd, renamed over the old version, the directory
-    /// fsync'd. Refused if a newer epoch has published already.
+    /// `epoch`. Refused (before anything is written) if a newer epoch has published already.
     pub fn publish(&self, region: &str, granule: u64, epoch: u64, bytes: &[u8]) -> Result<(), HomeError> {
-        let path = self.file(region, granule);
-        let dir = path.parent().unwrap().to_path_buf();
-        let io_err = |p: &Path| {
-            let p = p.display().to_string();
-            move |source| HomeError::Io { path: p, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let stale = |found| HomeError::Stale { path: path.display().to_string(), mine: epoch, found };
-        if let Some(found) = self.published_epoch(&path).filter(|&e| e > epoch) {
-            return Err(stale(found));
+        let dir = self.region_dir(region);
+        std::fs::create_dir_all(&dir).map_err(Home::io_err(&dir))?;
+        if let Some(found) = Home::list(&dir, granule)?.versions.into_iter().max().filter(|&e| e > epoch) {
+            let path = dir.join(version_name(granule, found)).display().to_string();
+            return Err(HomeError::Stale { path, mine: epoch, found });
         }
-        let tmp = dir.join(format!(".{granule:016x}.{epoch}.{}.tmp", std::process::id()));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        self.add_version(&dir, granule, epoch, bytes)
+    }
+
+    /// The steps of a publication after its early check (a writer may pause anywhere here,
+    /// or before, and a newer one publish meanwhile): create the version, make it durable
+    /// with the marker, then remove what it supersedes, or itself if it is superseded.
+    fn add_version(&self, dir: &Path, granule: u64, epoch: u64, bytes: &[u8]) -> Result<(), HomeError> {
+        let path = dir.join(version_name(granule, epoch));
         let mut head = Vec::with_capacity(HEADER_BYTES);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&epoch.to_le_bytes());
         head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         head.extend_from_slice(checksum(epoch, bytes).as_bytes());
-        let written = f.write_all(&head).and_then(|()| f.write_all(bytes)).and_then(|()| f.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_err(&tmp)(e));
+        create_atomic(&path, &[&head, bytes], Durability::File).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => HomeError::Duplicate { path: path.display().to_string(), epoch },
+            _ => Home::io_err(&path)(e),
+        })?;
+        // Before anything is removed, and durable with the version: see `Home`.
+        let marker = Home::marker(dir, granule);
+        OpenOptions::new().create(true).append(true).open(&marker).map_err(Home::io_err(&marker))?;
+        fsync_dir(dir).map_err(Home::io_err(dir))?;
+        let Listing { versions, temps } = Home::list(dir, granule)?;
+        if let Some(found) = versions.iter().copied().max().filter(|&e| e > epoch) {
+            // This writer's lease had expired: the newer version stays the one read.
+            let _ = std::fs::remove_file(&path);
+            return Err(HomeError::Stale { path: path.display().to_string(), mine: epoch, found });
         }
-        // Checked again just before the rename: a writer that lost its lease meanwhile and a
-        // newer one published must not overwrite it.
-        if let Some(found) = self.published_epoch(&path).filter(|&e| e > epoch) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(stale(found));
+        // Superseded versions and temporary files of older epochs (crash leftovers, or a
+        // stale writer's, whose publication then fails). Left there, they cost only room:
+        // a later publication tries again.
+        let older = versions.into_iter().filter(|&e| e < epoch).map(|e| dir.join(version_name(granule, e)));
+        for p in older.chain(temps.into_iter().filter(|(e, _)| *e < epoch).map(|(_, p)| p)) {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", p.display());
+                }
+            }
         }
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+        Ok(())
+    }
+}
+
+/// The harness of the fuzz target `shared_home`, shared with its regression corpus
+/// (daemon/tests/corpus.rs), so that both run exactly the same thing.
+pub mod fuzz {
+    use super::*;
+
+    /// Puts `data`'s file (what follows its first line) in a fresh home under `root`, named
+    /// by its first line, and reads it back as a granule of the length the file leaves for
+    /// bytes after a header; panics if a decoder panics or breaks its promise: a version is
+    /// read as its own bytes and epoch or is an error, never zeros nor other bytes. Returns
+    /// the decoded file and the read's outcome.
+    #[allow(clippy::type_complexity)]
+    pub fn run(root: &Path, data: &[u8]) -> (Result<u64, &'static str>, Result<u64, String>) {
+        let (name, file) = match data.iter().position(|&b| b == b'\n') {
+            Some(at) => (&data[..at], &data[at + 1..]),
+            None => (data, &[][..]),
+        };
+        let len = file.len().saturating_sub(HEADER_BYTES);
+        let decoded = decode_version(file, len);
+        if let Ok((_, body)) = decoded {
+            assert_eq!(body, &file[HEADER_BYTES..]);
+        }
+        let name = std::str::from_utf8(name).ok().filter(|n| (1..=255).contains(&n.len()) && !n.contains(['/', '\0']));
+        let parsed = name.and_then(parse_version_name);
+        if let (Some(n), Some((g, e))) = (name, parsed) {
+            assert_eq!(version_name(g, e), n, "one name per version");
+        }
+        let home = Home { dir: root.to_path_buf() };
+        let dir = root.join("r");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a fuzz home");
+        if let Some(n) = name.filter(|n| *n != "." && *n != "..") {
+            std::fs::write(dir.join(n), file).expect("a file of the fuzz home");
+        }
+        let granule = parsed.map_or(0, |(g, _)| g);
+        let mut out = vec![0xa5; len];
+        let read = home.read("r", granule, &mut out).map_err(|e| e.to_string());
+        match (parsed, &read) {
+            (Some((_, e)), Ok(got)) => {
+                assert_eq!(*got, e, "the version's own epoch");
+                assert_eq!(decoded.map(|(h, _)| h), Ok(e));
+                assert_eq!(out, file[HEADER_BYTES..], "the version's own bytes");
+            }
+            (Some(_), Err(_)) => {}
+            (None, got) => assert_eq!(*got, Ok(0), "no version: never published"),
+        }
+        (decoded.map(|(e, _)| e), read)
     }
 }
 
@@ -983,29 +1152,134 @@ mod tests {
         Home { dir }
     }
 
+    fn names(h: &Home) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(h.dir.join("r"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn read(h: &Home, out: &mut [u8]) -> Result<u64, HomeError> {
+        h.read("r", 3, out)
+    }
+
     #[test]
-    fn the_home_publishes_by_epoch_and_refuses_damage_and_stale_writers() {
+    fn the_home_reads_the_highest_epoch_and_never_zeros_for_damage() {
         let h = home("home");
         let mut out = vec![7u8; 8192];
-        assert_eq!(h.read("r", 3, &mut out).unwrap(), 0, "never published");
+        assert_eq!(read(&h, &mut out).unwrap(), 0, "never published");
         assert!(out.iter().all(|&b| b == 0), "a fresh granule reads as zeros");
         h.publish("r", 3, 5, &[1u8; 8192]).unwrap();
-        assert_eq!(h.read("r", 3, &mut out).unwrap(), 5);
+        assert_eq!(read(&h, &mut out).unwrap(), 5);
         assert!(out.iter().all(|&b| b == 1));
-        // An older epoch never overwrites a newer one; the same or a newer one does.
-        assert!(matches!(h.publish("r", 3, 4, &[2u8; 8192]), Err(HomeError::Stale { mine: 4, found: 5, .. })));
         h.publish("r", 3, 6, &[3u8; 8192]).unwrap();
-        assert_eq!(h.read("r", 3, &mut out).unwrap(), 6);
+        assert_eq!(read(&h, &mut out).unwrap(), 6);
         assert!(out.iter().all(|&b| b == 3));
-        // One flipped byte is an error, never the bytes (nor zeros).
-        let path = h.file("r", 3);
-        let mut raw = std::fs::read(&path).unwrap();
+        assert_eq!(names(&h), ["0000000000000003.0000000000000006", "0000000000000003.published"], "5 removed");
+        assert!(matches!(h.publish("r", 3, 6, &[4u8; 8192]), Err(HomeError::Duplicate { epoch: 6, .. })));
+        // One flipped byte is an error, never the bytes, an older version, nor zeros.
+        let path = h.dir.join("r").join(version_name(3, 6));
+        let good = std::fs::read(&path).unwrap();
+        let mut raw = good.clone();
         raw[HEADER_BYTES + 100] ^= 1;
         std::fs::write(&path, &raw).unwrap();
-        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "checksum mismatch", .. })));
+        assert!(matches!(read(&h, &mut out), Err(HomeError::Corrupt { why: "checksum mismatch", .. })));
         std::fs::write(&path, &raw[..100]).unwrap();
-        assert!(matches!(h.read("r", 3, &mut out), Err(HomeError::Corrupt { why: "wrong length", .. })));
+        assert!(matches!(read(&h, &mut out), Err(HomeError::Corrupt { why: "wrong length", .. })));
+        // A version under another epoch's name (renamed by hand, or forged) is damage too.
+        std::fs::write(&path, &good).unwrap();
+        std::fs::rename(&path, h.dir.join("r").join(version_name(3, 9))).unwrap();
+        assert!(matches!(read(&h, &mut out), Err(HomeError::Corrupt { why, .. }) if why.contains("another epoch")));
+        // Published once (the marker says so), yet no version left: an error, not zeros.
+        std::fs::remove_file(h.dir.join("r").join(version_name(3, 9))).unwrap();
+        assert!(matches!(read(&h, &mut out), Err(HomeError::Corrupt { why, .. }) if why.contains("vanishing")));
         let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn an_older_epoch_published_after_a_newer_one_is_never_read() {
+        let h = home("stale");
+        let mut out = vec![0u8; 8192];
+        h.publish("r", 3, 6, &[6u8; 8192]).unwrap();
+        // Refused early when the newer version is already there...
+        assert!(matches!(h.publish("r", 3, 5, &[5u8; 8192]), Err(HomeError::Stale { mine: 5, found: 6, .. })));
+        // ... and when the stale writer checked before it appeared and paused: its version is
+        // added beside the newer one, which stays the one read, and then taken back.
+        let dir = h.dir.join("r");
+        assert!(matches!(h.add_version(&dir, 3, 5, &[5u8; 8192]), Err(HomeError::Stale { mine: 5, found: 6, .. })));
+        assert_eq!(read(&h, &mut out).unwrap(), 6);
+        assert!(out.iter().all(|&b| b == 6));
+        assert_eq!(names(&h), ["0000000000000003.0000000000000006", "0000000000000003.published"]);
+        // A reader that lists while the stale version is there still takes the newer one.
+        create_atomic(&dir.join(version_name(3, 5)), &[b"whatever"], Durability::File).unwrap();
+        assert_eq!(read(&h, &mut out).unwrap(), 6);
+        // Other granules are apart.
+        h.publish("r", 4, 5, &[5u8; 8192]).unwrap();
+        assert_eq!(h.read("r", 4, &mut out).unwrap(), 5);
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn crash_leftovers_are_ignored_and_cleaned() {
+        let h = home("crash");
+        let mut out = vec![0u8; 8192];
+        let dir = h.dir.join("r");
+        h.publish("r", 3, 3, &[3u8; 8192]).unwrap();
+        // A crash before the link (a temporary file), and after the link but before the
+        // older versions went (one older version stays): neither is read.
+        std::fs::write(dir.join(".0000000000000003.0000000000000004.tmp"), b"torn").unwrap();
+        std::fs::write(dir.join(".0000000000000003.0000000000000009.tmp"), b"a newer writer's").unwrap();
+        create_atomic(&dir.join(version_name(3, 1)), &[b"old"], Durability::File).unwrap();
+        assert_eq!(read(&h, &mut out).unwrap(), 3);
+        assert!(out.iter().all(|&b| b == 3));
+        // The next publication removes what it supersedes, but not a newer writer's file.
+        h.publish("r", 3, 7, &[7u8; 8192]).unwrap();
+        assert_eq!(read(&h, &mut out).unwrap(), 7);
+        assert_eq!(
+            names(&h),
+            [
+                ".0000000000000003.0000000000000009.tmp",
+                "0000000000000003.0000000000000007",
+                "0000000000000003.published"
+            ]
+        );
+        // A version without its marker (a crash between the two) still reads.
+        std::fs::remove_file(dir.join("0000000000000003.published")).unwrap();
+        assert_eq!(read(&h, &mut out).unwrap(), 7);
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn version_names_and_headers_decode_strictly() {
+        assert_eq!(parse_version_name("0000000000000003.00000000000000ff"), Some((3, 255)));
+        for bad in [
+            "0000000000000003.published",
+            "3.5",
+            "0000000000000003.0000000000000000",
+            "000000000000000G.0000000000000001",
+            "0000000000000003.00000000000000FF",
+            "0000000000000003",
+            "",
+        ] {
+            assert_eq!(parse_version_name(bad), None, "{bad:?}");
+        }
+        let body = [9u8; 100];
+        let mut file = Vec::from(&MAGIC[..]);
+        file.extend_from_slice(&4u64.to_le_bytes());
+        file.extend_from_slice(&100u64.to_le_bytes());
+        file.extend_from_slice(checksum(4, &body).as_bytes());
+        file.extend_from_slice(&body);
+        assert_eq!(decode_version(&file, 100), Ok((4, &body[..])));
+        assert_eq!(decode_version(&file, 99), Err("wrong length"));
+        assert_eq!(decode_version(&file[..50], usize::MAX), Err("wrong length"));
+        let mut e = file.clone();
+        e[8] = 5; // another epoch: the checksum covers it
+        assert_eq!(decode_version(&e, 100), Err("checksum mismatch"));
+        e = file.clone();
+        e[0] = b'X';
+        assert_eq!(decode_version(&e, 100), Err("bad magic"));
     }
 
     #[test]

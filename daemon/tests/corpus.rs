@@ -1,5 +1,5 @@
-//! Regression corpus of the daemon's parser fuzz targets (daemon/fuzz), replayed on stable
-//! with plain `cargo test`: every file under tests/corpus/<target>/ goes through the same
+//! Regression corpus of the daemon's fuzz targets (daemon/fuzz: its parsers, the data plane's
+//! frame decoder, the shared home), replayed on stable with plain `cargo test`: every file under tests/corpus/<target>/ goes through the same
 //! function as the fuzz target and must not panic; the hand-written ones (`hand-*`) must give
 //! the specific outcome listed here. Inputs the fuzzer finds are added as they are.
 
@@ -10,6 +10,8 @@ use std::path::Path;
 use holo_pager::config::{parse_size, Config, Overrides};
 use holo_pager::metrics::{route, Route};
 use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max, Psi};
+use holo_pager::shared;
+use holo_tiers::remote::wire::{decode_frame, Request, WireError};
 
 fn corpus(target: &str) -> HashMap<String, Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
@@ -139,5 +141,63 @@ fn metrics_request_corpus() {
     assert_eq!(status("hand-post.txt"), "405 Method Not Allowed");
     for bad in ["hand-http09.txt", "hand-binary.txt", "hand-empty.txt", "hand-double-space.txt"] {
         assert_eq!(status(bad), "400 Bad Request", "{bad}");
+    }
+}
+
+#[test]
+fn remote_frame_corpus() {
+    let files = corpus("remote_frame");
+    for data in files.values() {
+        let _ = decode_frame(data);
+    }
+    assert!(files.len() >= 10, "the remote_frame corpus has {} files", files.len());
+    match decode_frame(&files["hand-good-put"]) {
+        Ok((_, Request::Put { owner: 7, items })) => {
+            assert_eq!(items.len(), 2);
+            assert_eq!((items[0].0.len(), items[1].0), (300, &b"xyz"[..]));
+        }
+        other => panic!("good PUT: {other:?}"),
+    }
+    assert!(
+        matches!(decode_frame(&files["hand-good-get"]), Ok((_, Request::Get { owner: 7, items })) if items.len() == 2)
+    );
+    assert!(
+        matches!(decode_frame(&files["hand-good-free"]), Ok((_, Request::Free { owner: 7, slots })) if slots == [3])
+    );
+    assert!(matches!(decode_frame(&files["hand-good-stat"]), Ok((_, Request::Stat))));
+    let err = |name: &str| decode_frame(&files[name]).map(|_| ()).unwrap_err();
+    assert!(matches!(err("hand-truncated"), WireError::Truncated { what: "body", .. }));
+    assert!(matches!(err("hand-oversized"), WireError::TooLarge { .. }));
+    assert!(err("hand-bad-magic").to_string().contains("bad magic"));
+    assert_eq!(err("hand-bad-checksum"), WireError::BadChecksum);
+    assert_eq!(err("hand-bad-item-checksum"), WireError::BadItemChecksum(1));
+    assert!(matches!(err("hand-too-many-items"), WireError::TooManyItems { n: 100000 }));
+}
+
+#[test]
+fn shared_home_corpus() {
+    let root = std::env::temp_dir().join(format!("holo-corpus-home-{}", std::process::id()));
+    let files = corpus("shared_home");
+    // Every file through the fuzz target's harness (which asserts what a read promises).
+    let outcome: HashMap<&str, _> =
+        files.iter().map(|(name, data)| (name.as_str(), shared::fuzz::run(&root, data))).collect();
+    let _ = fs::remove_dir_all(&root);
+    let read = |name: &str| outcome[name].1.clone();
+    let corrupt = |name: &str, why: &str| match read(name) {
+        Err(e) => assert!(e.contains("is corrupt") && e.contains(why), "{name}: {e:?} does not say {why:?}"),
+        Ok(epoch) => panic!("{name}: read as epoch {epoch}, expected damage ({why})"),
+    };
+    assert_eq!(read("hand-good"), Ok(5));
+    assert_eq!(outcome["hand-good"].0, Ok(5));
+    corrupt("hand-truncated", "wrong length");
+    corrupt("hand-header-only", "wrong length");
+    corrupt("hand-bitflip", "checksum mismatch");
+    corrupt("hand-bad-magic", "bad magic");
+    corrupt("hand-huge-length", "wrong length");
+    corrupt("hand-oversized", "wrong length");
+    corrupt("hand-other-epoch-name", "another epoch");
+    // Names that are no version are not read: the granule was never published.
+    for name in ["hand-not-a-version", "hand-temporary", "hand-uppercase-name", "hand-epoch-zero", "hand-empty"] {
+        assert_eq!(read(name), Ok(0), "{name}");
     }
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# run.sh — run every holo fuzz target (wire protocol in pagers/fuzz, daemon parsers in
-# daemon/fuzz) for a bounded time each; fail on the first crash, panic, leak or timeout.
+# run.sh — run every holo fuzz target (wire protocol in pagers/fuzz, daemon parsers and the
+# shared home in daemon/fuzz, the control plane in cluster/fuzz) for a bounded time each; fail
+# on the first crash, panic, leak or timeout.
 #
 #   pagers/fuzz/run.sh                 # every target, FUZZ_SECONDS (default 60) each
 #   FUZZ_SECONDS=300 pagers/fuzz/run.sh frame_stream config_toml
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz if
 # missing. Kept next to the protocol fuzz crate rather than in a scripts/ folder: it is the
-# fuzz crates' entry point. Both crates share one target dir (target/fuzz) so libFuzzer is
+# fuzz crates' entry point. The crates share one target dir (target/fuzz) so libFuzzer is
 # built once. Each target starts from its seed corpus (the regression corpus that the
 # stable tests replay, <crate>/tests/corpus/<target>) plus what earlier runs found
 # (<crate>/fuzz/corpus/<target>, not checked in); a crash input lands in
@@ -31,8 +32,10 @@ fi
 declare -A CRATE=(
     [frame_decode]=pagers [frame_stream]=pagers
     [config_toml]=daemon [parse_size]=daemon [proc_parsers]=daemon [metrics_request]=daemon [remote_frame]=daemon
+    [shared_home]=daemon [control_envelope]=cluster
 )
-ORDER=(frame_decode frame_stream config_toml parse_size proc_parsers metrics_request remote_frame)
+ORDER=(frame_decode frame_stream config_toml parse_size proc_parsers metrics_request remote_frame shared_home
+    control_envelope)
 targets=("$@")
 ((${#targets[@]})) || targets=("${ORDER[@]}")
 

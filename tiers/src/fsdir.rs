@@ -114,6 +114,8 @@ impl FsTier {
         let len = HEADER + align_up(data.len());
         buf[HEADER..HEADER + data.len()].copy_from_slice(data);
         buf[HEADER + data.len()..len].fill(0);
+        // Not `atomic::write_atomic`: the slot goes out with O_DIRECT from an aligned buffer
+        // (see above), which that plain buffered write cannot do.
         let tmp = self.path(slot, "tmp");
         let f = self.open_file(&tmp, true)?;
         f.write_all_at(&buf[..len], 0)?;

@@ -17,10 +17,14 @@
 //! [`remote`] adds a tier in the DRAM that peers donate, reached through a [`remote::Transport`]
 //! (TCP), each granule on several peers; the daemon places it where its config says.
 //!
+//! [`atomic`] holds the one whole-file write (temporary file, fsync, rename or link) that the
+//! daemon and the control plane share: this is the lowest crate both depend on.
+//!
 //! A read whose bytes do not match the checksum written with them is
 //! [`TierError::Corrupt`], never data.
 
 mod aligned;
+pub mod atomic;
 pub mod conformance;
 mod fsdir;
 mod nvme;
