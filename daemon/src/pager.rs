@@ -2034,3 +2034,61 @@ fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
 fn spilled_slots(pages: &[PageState]) -> impl Iterator<Item = SlotId> + '_ {
     pages.iter().filter_map(|s| if let PageState::Spilled { slot, .. } = s { Some(*slot) } else { None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PageState::{Resident, Spilled, Untouched};
+
+    const fn s(slot: SlotId, idx: u16) -> PageState {
+        Spilled { slot, idx }
+    }
+
+    #[test]
+    fn a_fill_is_clean_only_from_one_slot_at_each_page_own_index() {
+        let pages = [s(7, 0), s(7, 1), s(7, 2), s(7, 3)];
+        assert_eq!(clean_fill_slot(&pages, 0..4, None), Some(7), "a whole window from one slot");
+        assert_eq!(clean_fill_slot(&pages, 2..3, None), Some(7), "one page of it");
+        // A page at another index (mremap moved it) or from another slot is not clean.
+        assert_eq!(clean_fill_slot(&[s(7, 0), s(7, 0)], 1..2, None), None);
+        assert_eq!(clean_fill_slot(&[s(7, 0), s(8, 1)], 0..2, None), None);
+        // Zeros are no slot's bytes.
+        assert_eq!(clean_fill_slot(&[s(7, 0), Untouched], 0..2, None), None);
+        assert_eq!(clean_fill_slot(&[Untouched, s(7, 1)], 1..2, None), Some(7), "a page alone ignores its neighbours");
+    }
+
+    #[test]
+    fn a_partly_resident_window_stays_clean_only_if_every_resident_page_is() {
+        let pages = [Resident, s(7, 1), Resident, s(7, 3)];
+        // Both resident pages were filled clean from slot 7.
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((7, 2))), Some(7));
+        assert_eq!(clean_fill_slot(&pages, 0..4, Some((7, 2))), Some(7), "resident pages are skipped, not refilled");
+        // One resident page is dirty (the count says one), or they came from another slot.
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((7, 1))), None);
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((9, 2))), None);
+        // Resident pages and no clean record: written, so the window is dirty already.
+        assert_eq!(clean_fill_slot(&pages, 1..2, None), None);
+    }
+
+    #[test]
+    fn merge_reads_cover_each_run_of_the_window_spilled_pages() {
+        let w = Window { start: 0x10000, len: 8 * PAGE };
+        let merge = vec![(w.start, s(3, 0)), (w.start + PAGE, s(3, 1)), (w.start + 5 * PAGE, s(4, 5))];
+        let e = Eviction {
+            w,
+            slot: NO_SLOT,
+            pages: vec![w.start + 2 * PAGE],
+            spilled: 0,
+            reused: false,
+            state: EvictState::Sent,
+            sent_at: Instant::now(),
+            probe: false,
+            proactive: false,
+            merge,
+        };
+        let p = PAGE as usize;
+        let reads: Vec<(SlotId, usize, usize, usize)> =
+            merge_reads(&e).iter().map(|m| (m.slot, m.src, m.dst, m.len)).collect();
+        assert_eq!(reads, [(3, 0, 0, 2 * p), (4, 5 * p, 5 * p, p)]);
+    }
+}
