@@ -601,7 +601,7 @@ impl Pager {
         }
         if wins.len() >= 2 {
             // On error nothing is staged: each fill reads (and reports) for itself.
-            let _ = self.read_windows(&wins);
+            let _ = self.read_windows(&wins, true);
         }
     }
 
@@ -624,13 +624,13 @@ impl Pager {
     }
 
     /// Read the spilled pages of `wins` (those of each window's range) from the tiers in one
-    /// batch and stage them.
-    fn read_windows(&mut self, wins: &[(Window, Range<usize>)]) -> Result<(), holo_tiers::TierError> {
+    /// batch and stage them; `access`: the reads are new accesses of their granules.
+    fn read_windows(&mut self, wins: &[(Window, Range<usize>)], access: bool) -> Result<(), holo_tiers::TierError> {
         if wins.is_empty() {
             return Ok(());
         }
         let mut staged: Vec<Staged> = wins.iter().map(|(w, r)| self.to_stage(*w, r.clone())).collect();
-        read_staged(&self.d.store, &mut staged)?;
+        read_staged(&self.d.store, &mut staged, access)?;
         self.keep_staged(staged);
         Ok(())
     }
@@ -760,6 +760,7 @@ impl Pager {
         // Decided before the fill: a refault with no trend reads and fills its page alone.
         let refault = pages.iter().any(|p| matches!(p, PageState::Spilled { .. }));
         let fetch = refault.then(|| self.trend.on_refault(f.addr));
+        let access = !fetch.is_some_and(|f| f.continues);
         let fill = match fetch {
             Some(Fetch { whole: false, .. }) if single_page(&pages[k]) => k..k + 1,
             _ => 0..pages.len(),
@@ -793,7 +794,7 @@ impl Pager {
             while j < n && pages[j] != PageState::Resident && !page_at_a_time {
                 j += 1;
             }
-            if let Err(e) = self.load(w, &pages, i, j) {
+            if let Err(e) = self.load(w, &pages, i, j, access) {
                 crate::log_limited!(
                     error,
                     "pid {}: cannot read back {:#x}: {e}",
@@ -1001,8 +1002,16 @@ impl Pager {
     }
 
     /// Put the bytes of pages `i..j` of window `w` (states `pages`) into `self.buf`: zeros
-    /// for pages never written, the staged copy or else a tier read for spilled ones.
-    fn load(&mut self, w: Window, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
+    /// for pages never written, the staged copy or else a tier read for spilled ones
+    /// (`access`: a new access of the granule, for placement).
+    fn load(
+        &mut self,
+        w: Window,
+        pages: &[PageState],
+        i: usize,
+        j: usize,
+        access: bool,
+    ) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
         if !pages[i..j].iter().any(|s| matches!(s, PageState::Spilled { .. })) {
             self.buf[i * p..j * p].fill(0);
@@ -1012,7 +1021,7 @@ impl Pager {
         let k = match self.staged_index(w).filter(|&k| covered(&self.staged[k])) {
             Some(k) => k,
             None => {
-                self.read_windows(&[(w, i..j)])?;
+                self.read_windows(&[(w, i..j)], access)?;
                 self.staged.len() - 1
             }
         };
@@ -1933,7 +1942,6 @@ impl Pager {
     }
 }
 
-/// Read the spilled pages of the staged windows from the tiers, as one batch.
 /// What a fault outside the table's regions is ([`Pager::adopt`]).
 enum Adopted {
     /// The grown tail of a known region, now in the table.
@@ -1943,7 +1951,14 @@ enum Adopted {
     Unknown,
 }
 
-pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result<(), holo_tiers::TierError> {
+/// Read the spilled pages of the staged windows (those each covers) from the tiers, as one
+/// batch; `access`: as new accesses of their granules (else the rest of a granule whose
+/// faulting page was just read).
+pub fn read_staged(
+    store: &crate::store::Store,
+    staged: &mut [Staged],
+    access: bool,
+) -> Result<(), holo_tiers::TierError> {
     let p = PAGE as usize;
     let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
     for st in staged.iter_mut() {
@@ -1963,7 +1978,11 @@ pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result
             base = run.end * p;
         }
     }
-    store.read(&mut reqs)
+    if access {
+        store.read(&mut reqs)
+    } else {
+        store.read_rest(&mut reqs)
+    }
 }
 
 /// A peer attached an fd where none belongs: close it rather than leak it.

@@ -57,10 +57,10 @@ impl Streams {
         };
         // Another page of the granule just refaulted: no step of the trend, but density.
         let fetch = if t.last == Some(at) {
-            Fetch { whole: true, ahead: None }
+            Fetch { whole: true, continues: true, ahead: None }
         } else {
             let ahead = t.on_refault(at);
-            Fetch { whole: ahead.is_some(), ahead }
+            Fetch { whole: ahead.is_some(), continues: false, ahead }
         };
         self.trends.insert(0, t);
         fetch
@@ -96,6 +96,9 @@ impl Streams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fetch {
     pub whole: bool,
+    /// The granule is the one its stream refaulted last: reading the rest of it is the same
+    /// access as that refault, not a new one (for placement's heat).
+    pub continues: bool,
     pub ahead: Option<Ahead>,
 }
 
@@ -283,6 +286,8 @@ mod tests {
         // on the trend (three steps of +1) fills whole granules and fetches ahead.
         assert_eq!(whole, [false, true, false, true, false, true, true, true, true, true, true, true]);
         assert!(s.on_refault(6 * G).ahead.is_some(), "the trend fetches ahead");
+        let again = s.on_refault(6 * G + 4096);
+        assert!(again.whole && again.continues, "the rest of the granule is the same access: {again:?}");
     }
 
     #[test]

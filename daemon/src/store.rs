@@ -519,16 +519,22 @@ impl Store {
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
     /// Counted as fault reads (and as accesses, for placement).
     pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
-        self.read_as(reqs, true)
+        self.read_as(reqs, true, true)
+    }
+
+    /// [`Self::read`] of the rest of granules whose faulting page was just read alone: fault
+    /// reads, but the same access as that page's.
+    pub fn read_rest(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        self.read_as(reqs, true, false)
     }
 
     /// [`Self::read`] for an eviction that merges a window's older pages into its new slot:
     /// not a fault, and not an access (the pages are about to leave these slots).
     pub fn read_for_merge(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
-        self.read_as(reqs, false)
+        self.read_as(reqs, false, false)
     }
 
-    fn read_as(&self, reqs: &mut [(SlotId, usize, &mut [u8])], fault: bool) -> Result<(), TierError> {
+    fn read_as(&self, reqs: &mut [(SlotId, usize, &mut [u8])], fault: bool, access: bool) -> Result<(), TierError> {
         let _reading = self.io_gate.read().unwrap();
         let places: Vec<(u8, SlotId)> = {
             let mut m = self.map.lock().unwrap();
@@ -540,7 +546,7 @@ impl Store {
                     (e.level, e.at)
                 })
                 .collect();
-            if fault {
+            if access {
                 let mut ids: Vec<SlotId> = reqs.iter().map(|r| r.0).collect();
                 ids.sort_unstable();
                 ids.dedup();

@@ -83,7 +83,7 @@ pub fn spawn_writer(d: Arc<Daemon>, pid: i32) -> io::Result<Writer> {
 
 pub fn spawn_reader(d: Arc<Daemon>, pid: i32) -> io::Result<Reader> {
     Worker::spawn(format!("reader-{pid}"), move |mut wins: Vec<Staged>| {
-        let read = read_staged(&d.store, &mut wins);
+        let read = read_staged(&d.store, &mut wins, true);
         Prefetched { wins, read }
     })
 }
