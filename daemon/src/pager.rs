@@ -884,8 +884,12 @@ impl Pager {
         for _ in 0..count {
             addr += ahead.stride * g;
             let Some(next) = u64::try_from(addr).ok().and_then(|a| self.table.window(a, self.granule)) else { break };
-            let all_spilled = self.table.pages(next).iter().all(|p| matches!(p, PageState::Spilled { .. }));
-            if next.start as i64 != addr || !all_spilled || self.evicting(next.start, next.end()) {
+            // A window partly resident (random access left pages behind) is fetched too: its
+            // spilled pages are. One with pages never written is left to its faults.
+            let pages = self.table.pages(next);
+            let fetchable =
+                pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) && !pages.contains(&PageState::Untouched);
+            if next.start as i64 != addr || !fetchable || self.evicting(next.start, next.end()) {
                 continue;
             }
             if self.staged_whole(next).is_some() {
@@ -960,23 +964,40 @@ impl Pager {
                 break;
             }
             let Some(k) = self.staged_whole(next) else { break };
-            let st = self.staged.remove(k).unwrap();
-            let clean_slot = whole_from_one_slot(&st.pages);
-            let filled = match self.uffd.copy_with(next.start, &st.bytes, clean_slot.is_some()) {
-                Fill::Done => st.pages.len(),
-                Fill::Partial(bytes) => (bytes / PAGE) as usize,
-                _ => 0,
-            };
-            let from_tier = self.installed(next.start, &st.pages[..filled], clean_slot.is_some());
-            if let Some(slot) = clean_slot {
-                self.note_clean(next.start, slot, filled);
+            if self.table.pages(next).contains(&PageState::Untouched) {
+                break;
             }
-            self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
-            if filled > 0 {
+            let st = self.staged.remove(k).unwrap();
+            let clean_slot = clean_fill_slot(&st.pages, 0..st.pages.len(), self.clean.get(&next.start).copied());
+            if clean_slot.is_none() {
+                self.forget_clean(next.start, next.end());
+            }
+            // Its spilled runs (the resident pages stay as they are).
+            let (mut filled_any, mut short) = (false, false);
+            for run in spilled_runs(&st.pages) {
+                let (dst, p) = (next.start + run.start as u64 * PAGE, PAGE as usize);
+                let filled = match self.uffd.copy_with(dst, &st.bytes[run.start * p..run.end * p], clean_slot.is_some())
+                {
+                    Fill::Done => run.end - run.start,
+                    Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                    _ => 0,
+                };
+                let from_tier = self.installed(dst, &st.pages[run.start..run.start + filled], clean_slot.is_some());
+                if let Some(slot) = clean_slot {
+                    self.note_clean(next.start, slot, filled);
+                }
+                self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
+                filled_any |= filled > 0;
+                if filled < run.end - run.start {
+                    short = true;
+                    break;
+                }
+            }
+            if filled_any {
                 self.policy.on_fault(next.start);
             }
-            if filled < st.pages.len() {
-                if filled == 0 {
+            if short {
+                if !filled_any {
                     // Not installed (the address space is changing): a fault may use it.
                     self.staged.push_back(st);
                 }
@@ -1994,11 +2015,10 @@ fn close_stray(fd: Option<RawFd>) {
 }
 
 /// The slot that holds the whole window whose pages are `pages`, page `k` at index `k`, if
-/// one does: a read fault fills such a window clean (spec model 1 calls this).
+/// one does: a read fault that fills such a window whole fills it clean. Spec model 1, which
+/// models whole-window fills, calls this; the pager asks [`clean_fill_slot`].
 pub fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
-    let PageState::Spilled { slot, .. } = *pages.first()? else { return None };
-    let all = pages.iter().enumerate().all(|(k, p)| *p == PageState::Spilled { slot, idx: k as u16 });
-    all.then_some(slot)
+    clean_fill_slot(pages, 0..pages.len(), None).filter(|_| !pages.contains(&PageState::Resident))
 }
 
 /// The reads that bring eviction `e`'s spilled pages into its buffer: one per run of
