@@ -84,6 +84,46 @@ fn fill_verify_granule_2m() {
 }
 
 #[test]
+fn random_pages_refault_alone_and_every_byte_verifies() {
+    let _heavy = heavy();
+    let daemon = Daemon::start("32M", "64K", &[]);
+    let mut program = Spawned::spawn(shimmed_command(&daemon, &c_program("rand_rw"), &["128M", "20000"], &[]), false);
+    let mut max_spilled = 0;
+    while !program.try_wait() {
+        max_spilled = max_spilled.max(daemon.tier("nvme").used_bytes);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = program.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "rand_rw: verified 134217728 bytes");
+    daemon.assert_paged("rand_rw");
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    let row = |name: &str| {
+        tiers["tiers"].as_array().and_then(|t| t.iter().find(|r| r["name"] == name)).cloned().unwrap_or_default()
+    };
+    let (dram, nvme) = (row("dram"), row("nvme"));
+    let count = |r: &serde_json::Value, field: &str| r[field].as_u64().unwrap_or(0);
+    // Three quarters of the working set is out of DRAM: most random reads refault, and with
+    // no trend each reads its page alone.
+    out.check(
+        &daemon,
+        count(&nvme, "partial_reads") >= 10_000,
+        &format!("random refaults should read single pages: {nvme}"),
+    );
+    // Pages read back and not written are dropped at eviction, not rewritten.
+    out.check(&daemon, count(&dram, "clean_evictions") > 0, &format!("no clean eviction: {dram}"));
+    // A window evicted with pages in an older slot takes them into its new slot...
+    out.check(&daemon, count(&nvme, "merged_pages") > 0, &format!("no eviction merged its window: {nvme}"));
+    // ...so the tier holds about one slot per window of the working set, not one per page
+    // written (in flight: two batches of 8 evictions and what the writer has not settled).
+    let bound = parse_size("128M") + parse_size("4M");
+    out.check(
+        &daemon,
+        max_spilled <= bound,
+        &format!("the nvme tier held {max_spilled} bytes, more than the working set ({bound} bytes)"),
+    );
+}
+
+#[test]
 fn threads_rw_8_threads_fault_concurrently() {
     let _heavy = heavy();
     let daemon = Daemon::start("64M", "64K", &[]);

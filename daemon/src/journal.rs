@@ -4,9 +4,9 @@
 //! One file per client, `STATE_DIR/clients/PID-STARTTIME.journal` (the start time tells a
 //! recycled pid apart). It starts with a snapshot of the table (its regions and spilled
 //! runs) and grows with one record per change that decides what a missing page holds:
-//! regions added or adopted, the program's zeroing (DONTNEED), unmaps and remaps, and each
+//! regions added or adopted, the program's zeroing (DONTNEED), unmaps and remaps, each
 //! eviction's intent (window, slot, captured pages), written before the agent is asked to
-//! zap. Fills are not journaled: after a restart, `/proc/PID/pagemap` says which pages are
+//! zap, and the spilled pages an eviction merged into its new slot. Fills are not journaled: after a restart, `/proc/PID/pagemap` says which pages are
 //! present, and a present page is resident whatever the journal said ([`reconcile`]).
 //! Replaying calls the same [`PageTable`] functions the pager called, so the replayed table
 //! is the table the pager had.
@@ -36,7 +36,8 @@ const UNMAP: u32 = 4;
 const REMAP: u32 = 5;
 /// `[id, start, len, slot, version, bitmap words...]`: bit k set = page k was captured.
 const EVICT: u32 = 6;
-/// `[addr, slot, idx, count]`: pages from `addr` are `Spilled { slot, idx.. }` (snapshots).
+/// `[addr, slot, idx, count]`: pages from `addr` are `Spilled { slot, idx.. }` (snapshots,
+/// and pages an eviction merged into its slot).
 const SPILLED: u32 = 7;
 /// Bound on one record's payload: an eviction of a 2 MiB granule is 5 + 8 words.
 const MAX_WORDS: u32 = 64;
@@ -179,6 +180,11 @@ impl Journal {
     }
     pub fn evict(&mut self, id: u64, intent: &Intent) {
         self.append(&evict_record(id, intent));
+    }
+    /// `count` pages from `addr` now live in `slot` from page `idx` on (an eviction merged
+    /// them into its new slot).
+    pub fn spilled(&mut self, addr: u64, slot: SlotId, idx: u16, count: u64) {
+        self.append(&record(SPILLED, &[addr, slot as u64, idx as u64, count]));
     }
 
     pub fn wants_compaction(&self) -> bool {

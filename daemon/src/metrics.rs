@@ -162,6 +162,18 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_tier_fault_reads_total", Counter, &["tier"], "Batches of fault reads from the tier."),
     m(
+        "holo_tier_partial_reads_total",
+        Counter,
+        &["tier"],
+        "Fault reads of less than a whole slot: a refault with no trend reads its page alone.",
+    ),
+    m(
+        "holo_tier_merged_pages_total",
+        Counter,
+        &["tier"],
+        "Pages read out of the tier by evictions that rewrote them with the rest of their window into one new slot.",
+    ),
+    m(
         "holo_tier_overflowed_granules_total",
         Counter,
         &["tier"],
@@ -502,8 +514,10 @@ pub fn render(d: &Daemon) -> String {
         w.sample(&[name], f(l.counters.refaults.load(Relaxed)));
     }
     type Pick = fn(&crate::store::TierCounters) -> &AtomicU64;
-    let per_lower: [(&str, Pick); 6] = [
+    let per_lower: [(&str, Pick); 8] = [
         ("holo_tier_fault_reads_total", |c| &c.faults),
+        ("holo_tier_partial_reads_total", |c| &c.partial_reads),
+        ("holo_tier_merged_pages_total", |c| &c.merged_pages),
         ("holo_tier_overflowed_granules_total", |c| &c.overflows),
         ("holo_tier_demoted_pages_total", |c| &c.demotions),
         ("holo_tier_read_errors_total", |c| &c.read_errors.count),

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -36,11 +37,11 @@ use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
 use crate::journal::{Intent, Journal};
-use crate::pagetable::{spilled_runs, PageState, PageTable, Window, PAGE};
-use crate::prefetch::{Ahead, Streams};
+use crate::pagetable::{spilled_runs, PageState, PageTable, SpilledRun, Window, PAGE};
+use crate::prefetch::{Ahead, Fetch, Streams};
 use crate::shared::{self, Shared};
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
-use crate::worker::{spawn_reader, spawn_writer, Batch, Prefetched, Reader, Writer, Written};
+use crate::worker::{spawn_reader, spawn_writer, Batch, MergeRead, Prefetched, Reader, Writer, Written};
 
 /// Messages read from the uffd in one go.
 const MSG_BATCH: usize = 64;
@@ -139,6 +140,10 @@ struct Eviction {
     probe: bool,
     /// Chosen by the cold offloader, not asked by the budget.
     proactive: bool,
+    /// The window's spilled pages when it was captured (address, state): the writer reads
+    /// them into the new slot too, and once it is written they live there, so that a window
+    /// never keeps several slots alive.
+    merge: Vec<(u64, PageState)>,
 }
 
 impl Eviction {
@@ -149,14 +154,13 @@ impl Eviction {
     }
 }
 
-/// A window's tier bytes, read but not installed yet (pages not spilled read as zeros), with
-/// the page states and slot versions they were read under: valid while both are unchanged.
-/// A window's spilled bytes read from the tiers, with the page states and slot versions they
-/// were read under: valid while those still hold.
+/// A window's spilled bytes read from the tiers (those of its pages `covers`), with the
+/// page states and slot versions they were read under: valid while those still hold.
 pub struct Staged {
     start: u64,
     pages: Vec<PageState>,
     versions: Vec<u64>,
+    covers: Range<usize>,
     bytes: Vec<u8>,
 }
 
@@ -188,10 +192,12 @@ pub struct Pager {
     policy: ArcPolicy,
     /// Clock hand: where the search for a victim ARC does not know starts.
     hand: u64,
-    /// Clean windows: filled whole from one slot, write-protected since, so that slot still
-    /// holds their bytes and keeps one reference per page for them. Evicting one costs no
-    /// capture and no write; their first write (a WP fault), or any change of the address
-    /// space over them, forgets them and drops the references.
+    /// Clean windows, by start: every resident page of the window was filled
+    /// write-protected from page k of one slot (k its index in the window) and not written
+    /// since, so that slot still holds their bytes and keeps one reference for each (the
+    /// count). Evicting one costs no capture and no write; their first write (a WP fault), a
+    /// fill that is not clean, or any change of the address space over them, forgets them
+    /// and drops the references.
     clean: BTreeMap<u64, (SlotId, u32)>,
     /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
@@ -286,7 +292,19 @@ impl Pager {
             // adds one, as for a fresh slot.
             let (sent_at, probe) = (Instant::now(), true);
             let proactive = false;
-            let e = Eviction { w: i.w, slot: i.slot, pages, spilled, reused: false, state, sent_at, probe, proactive };
+            let merge = Vec::new();
+            let e = Eviction {
+                w: i.w,
+                slot: i.slot,
+                pages,
+                spilled,
+                reused: false,
+                state,
+                sent_at,
+                probe,
+                proactive,
+                merge,
+            };
             evictions.insert(id, e);
         }
         let writer = spawn_writer(d.clone(), info.pid)?;
@@ -562,22 +580,28 @@ impl Pager {
     /// batch: several threads' faults then wait for the device together, not one after the
     /// other.
     fn stage(&mut self, addrs: impl Iterator<Item = u64>) {
-        let mut wins: Vec<Window> = Vec::new();
+        let mut wins: Vec<(Window, Range<usize>)> = Vec::new();
         for addr in addrs {
             let Some(w) = self.table.window(addr, self.granule) else { continue };
-            let spilled = self.table.pages(w).iter().any(|p| matches!(p, PageState::Spilled { .. }));
-            if spilled
-                && !self.evicting(w.start, w.end())
-                && !self.being_read(w.start)
-                && !wins.contains(&w)
-                && self.staged_index(w).is_none()
+            let k = ((addr - w.start) / PAGE) as usize;
+            let pages = self.table.pages(w);
+            let alone = single_page(&pages[k]);
+            if !pages.iter().any(|p| matches!(p, PageState::Spilled { .. }))
+                || self.evicting(w.start, w.end())
+                || self.being_read(w.start)
+                || self.staged_index(w).is_some()
             {
-                wins.push(w);
+                continue;
+            }
+            let part = if alone && !self.trend.wants_whole(addr) { k..k + 1 } else { 0..(w.len / PAGE) as usize };
+            match wins.iter_mut().find(|(x, _)| *x == w) {
+                Some((_, r)) => *r = r.start.min(part.start)..r.end.max(part.end),
+                None => wins.push((w, part)),
             }
         }
         if wins.len() >= 2 {
             // On error nothing is staged: each fill reads (and reports) for itself.
-            let _ = self.read_windows(&wins);
+            let _ = self.read_windows(&wins, true);
         }
     }
 
@@ -593,30 +617,36 @@ impl Pager {
         None
     }
 
-    /// Read the spilled pages of `wins` from the tiers in one batch and stage them.
-    fn read_windows(&mut self, wins: &[Window]) -> Result<(), holo_tiers::TierError> {
+    /// The valid staged copy of all of window `w`, if any.
+    fn staged_whole(&mut self, w: Window) -> Option<usize> {
+        let n = (w.len / PAGE) as usize;
+        self.staged_index(w).filter(|&k| self.staged[k].covers == (0..n))
+    }
+
+    /// Read the spilled pages of `wins` (those of each window's range) from the tiers in one
+    /// batch and stage them; `access`: the reads are new accesses of their granules.
+    fn read_windows(&mut self, wins: &[(Window, Range<usize>)], access: bool) -> Result<(), holo_tiers::TierError> {
         if wins.is_empty() {
             return Ok(());
         }
-        let mut staged = self.to_stage(wins);
-        read_staged(&self.d.store, &mut staged)?;
+        let mut staged: Vec<Staged> = wins.iter().map(|(w, r)| self.to_stage(*w, r.clone())).collect();
+        read_staged(&self.d.store, &mut staged, access)?;
         self.keep_staged(staged);
         Ok(())
     }
 
-    /// Empty staged copies of `wins`, under their current page states and slot versions.
-    fn to_stage(&self, wins: &[Window]) -> Vec<Staged> {
-        wins.iter()
-            .map(|w| {
-                let pages = self.table.pages(*w).to_vec();
-                let versions = self.d.store.versions(spilled_slots(&pages));
-                Staged { start: w.start, pages, versions, bytes: vec![0; w.len as usize] }
-            })
-            .collect()
+    /// An empty staged copy of pages `covers` of `w`, under its current page states and
+    /// slot versions.
+    fn to_stage(&self, w: Window, covers: Range<usize>) -> Staged {
+        let pages = self.table.pages(w).to_vec();
+        let versions = self.d.store.versions(spilled_slots(&pages));
+        Staged { start: w.start, pages, versions, covers, bytes: vec![0; w.len as usize] }
     }
 
-    /// Keep `staged` for the fills to come, dropping the oldest copies beyond the bound.
+    /// Keep `staged` for the fills to come (in place of older copies of their windows),
+    /// dropping the oldest copies beyond the bound.
     fn keep_staged(&mut self, staged: Vec<Staged>) {
+        self.staged.retain(|old| !staged.iter().any(|st| st.start == old.start));
         let room = (STAGE_MAX_BYTES / self.granule as usize).max(staged.len());
         while self.staged.len() + staged.len() > room {
             self.staged.pop_front();
@@ -708,8 +738,9 @@ impl Pager {
         self.fill(w, f)
     }
 
-    /// Fill every non-resident page of `w`: zeros for untouched pages, slot bytes for
-    /// spilled ones, one UFFDIO_COPY per contiguous run.
+    /// Fill the faulting page, or every non-resident page of `w`: zeros for untouched pages,
+    /// slot bytes for spilled ones, one UFFDIO_COPY per contiguous run. A refault fills its
+    /// page alone unless the trend says the window will be used ([`Streams::on_refault`]).
     fn fill(&mut self, w: Window, f: Fault) -> Served {
         if self.table.get(f.addr) == Some(PageState::Resident) {
             // Usually a second thread's fault on a page an earlier fill of this batch
@@ -725,20 +756,35 @@ impl Pager {
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
-        // A read of a window wholly in one slot fills it write-protected and keeps the slot:
-        // until the program writes to it, evicting it again costs no write.
-        let clean_slot = if f.write { None } else { whole_from_one_slot(&pages) };
+        let k = ((f.addr - w.start) / PAGE) as usize;
+        // Decided before the fill: a refault with no trend reads and fills its page alone.
+        let refault = pages.iter().any(|p| matches!(p, PageState::Spilled { .. }));
+        let fetch = refault.then(|| self.trend.on_refault(f.addr));
+        let access = !fetch.is_some_and(|f| f.continues);
+        let fill = match fetch {
+            Some(Fetch { whole: false, .. }) if single_page(&pages[k]) => k..k + 1,
+            _ => 0..pages.len(),
+        };
+        // A read that fills pages from one slot at their own index, into a window whose
+        // resident pages are all clean from that slot, fills them write-protected and keeps
+        // the slot: until the program writes to it, evicting the window costs no write.
+        let clean = self.clean.get(&w.start).copied();
+        let clean_slot = if f.write { None } else { clean_fill_slot(&pages, fill.clone(), clean) };
+        if clean_slot.is_none() && pages[fill.clone()].iter().any(|p| *p != PageState::Resident) {
+            // The window will hold a page no slot holds.
+            self.forget_clean(w.start, w.end());
+        }
         // Which tier's latency this fill counts in: the slowest it reads from, else DRAM.
-        let tier = if pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) {
-            self.d.store.slowest_level(spilled_slots(&pages)).map_or(0, |level| level + 1)
+        let tier = if pages[fill.clone()].iter().any(|p| matches!(p, PageState::Spilled { .. })) {
+            self.d.store.slowest_level(spilled_slots(&pages[fill.clone()])).map_or(0, |level| level + 1)
         } else {
             0
         };
-        let n = pages.len();
+        let n = fill.end;
         let mut faulting_page_filled = false;
         let mut from_tier = false;
         let mut page_at_a_time = false;
-        let mut i = 0;
+        let mut i = fill.start;
         while i < n {
             if pages[i] == PageState::Resident {
                 i += 1;
@@ -748,7 +794,7 @@ impl Pager {
             while j < n && pages[j] != PageState::Resident && !page_at_a_time {
                 j += 1;
             }
-            if let Err(e) = self.load(w, &pages, i, j) {
+            if let Err(e) = self.load(w, &pages, i, j, access) {
                 crate::log_limited!(
                     error,
                     "pid {}: cannot read back {:#x}: {e}",
@@ -780,10 +826,9 @@ impl Pager {
                     Fill::Retry | Fill::Unmapped => return Served::Retry,
                     Fill::TargetGone => return Served::Gone("its address space is gone"),
                 };
-            let whole = i == 0 && filled == n;
-            from_tier |= self.installed(dst, &pages[i..i + filled], whole && clean_slot.is_some()) > 0;
-            if let (true, Some(slot)) = (whole, clean_slot) {
-                self.clean.insert(w.start, (slot, n as u32));
+            from_tier |= self.installed(dst, &pages[i..i + filled], clean_slot.is_some()) > 0;
+            if let Some(slot) = clean_slot {
+                self.note_clean(w.start, slot, filled);
             }
             faulting_page_filled |= (dst..dst + filled as u64 * PAGE).contains(&f.addr);
             if filled > 0 {
@@ -803,12 +848,20 @@ impl Pager {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);
         }
-        if from_tier {
-            if let Some(ahead) = self.trend.on_refault(w.start) {
-                self.prefetch(w, ahead);
-            }
+        if let (true, Some(Fetch { ahead: Some(ahead), .. })) = (from_tier, fetch) {
+            self.prefetch(w, ahead);
         }
         Served::Done
+    }
+
+    /// `filled` more pages of the window at `start` were filled clean from `slot`.
+    fn note_clean(&mut self, start: u64, slot: SlotId, filled: usize) {
+        if filled == 0 {
+            return;
+        }
+        let e = self.clean.entry(start).or_insert((slot, 0));
+        debug_assert_eq!(e.0, slot, "a clean window's pages come from one slot");
+        e.1 += filled as u32;
     }
 
     /// Fetch the granules `ahead` of `w` that are wholly in the tiers. Those staged already
@@ -831,11 +884,15 @@ impl Pager {
         for _ in 0..count {
             addr += ahead.stride * g;
             let Some(next) = u64::try_from(addr).ok().and_then(|a| self.table.window(a, self.granule)) else { break };
-            let all_spilled = self.table.pages(next).iter().all(|p| matches!(p, PageState::Spilled { .. }));
-            if next.start as i64 != addr || !all_spilled || self.evicting(next.start, next.end()) {
+            // A window partly resident (random access left pages behind) is fetched too: its
+            // spilled pages are. One with pages never written is left to its faults.
+            let pages = self.table.pages(next);
+            let fetchable =
+                pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) && !pages.contains(&PageState::Untouched);
+            if next.start as i64 != addr || !fetchable || self.evicting(next.start, next.end()) {
                 continue;
             }
-            if self.staged_index(next).is_some() {
+            if self.staged_whole(next).is_some() {
                 staged.push(next.start);
             } else if !self.being_read(next.start) {
                 unread.push(next);
@@ -845,7 +902,7 @@ impl Pager {
         if unread.is_empty() || self.reader.in_flight() >= PREFETCH_MAX_BATCHES {
             return;
         }
-        let batch = self.to_stage(&unread);
+        let batch: Vec<Staged> = unread.iter().map(|w| self.to_stage(*w, 0..(w.len / PAGE) as usize)).collect();
         // The slots must outlive the read even if their pages let go of them meanwhile (a
         // DONTNEED): a freed slot could be rewritten under the reader.
         self.d.store.retain(batch.iter().flat_map(|st| spilled_slots(&st.pages)));
@@ -906,25 +963,41 @@ impl Pager {
             if next.start != start || self.evicting(next.start, next.end()) {
                 break;
             }
-            let Some(k) = self.staged_index(next) else { break };
-            let st = self.staged.remove(k).unwrap();
-            let clean_slot = whole_from_one_slot(&st.pages);
-            let filled = match self.uffd.copy_with(next.start, &st.bytes, clean_slot.is_some()) {
-                Fill::Done => st.pages.len(),
-                Fill::Partial(bytes) => (bytes / PAGE) as usize,
-                _ => 0,
-            };
-            let whole = filled == st.pages.len();
-            let from_tier = self.installed(next.start, &st.pages[..filled], whole && clean_slot.is_some());
-            if let (true, Some(slot)) = (whole, clean_slot) {
-                self.clean.insert(next.start, (slot, filled as u32));
+            let Some(k) = self.staged_whole(next) else { break };
+            if self.table.pages(next).contains(&PageState::Untouched) {
+                break;
             }
-            self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
-            if filled > 0 {
+            let st = self.staged.remove(k).unwrap();
+            let clean_slot = clean_fill_slot(&st.pages, 0..st.pages.len(), self.clean.get(&next.start).copied());
+            if clean_slot.is_none() {
+                self.forget_clean(next.start, next.end());
+            }
+            // Its spilled runs (the resident pages stay as they are).
+            let (mut filled_any, mut short) = (false, false);
+            for run in spilled_runs(&st.pages) {
+                let (dst, p) = (next.start + run.start as u64 * PAGE, PAGE as usize);
+                let filled = match self.uffd.copy_with(dst, &st.bytes[run.start * p..run.end * p], clean_slot.is_some())
+                {
+                    Fill::Done => run.end - run.start,
+                    Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                    _ => 0,
+                };
+                let from_tier = self.installed(dst, &st.pages[run.start..run.start + filled], clean_slot.is_some());
+                if let Some(slot) = clean_slot {
+                    self.note_clean(next.start, slot, filled);
+                }
+                self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
+                filled_any |= filled > 0;
+                if filled < run.end - run.start {
+                    short = true;
+                    break;
+                }
+            }
+            if filled_any {
                 self.policy.on_fault(next.start);
             }
-            if filled < st.pages.len() {
-                if filled == 0 {
+            if short {
+                if !filled_any {
                     // Not installed (the address space is changing): a fault may use it.
                     self.staged.push_back(st);
                 }
@@ -950,17 +1023,26 @@ impl Pager {
     }
 
     /// Put the bytes of pages `i..j` of window `w` (states `pages`) into `self.buf`: zeros
-    /// for pages never written, the staged copy or else a tier read for spilled ones.
-    fn load(&mut self, w: Window, pages: &[PageState], i: usize, j: usize) -> Result<(), holo_tiers::TierError> {
+    /// for pages never written, the staged copy or else a tier read for spilled ones
+    /// (`access`: a new access of the granule, for placement).
+    fn load(
+        &mut self,
+        w: Window,
+        pages: &[PageState],
+        i: usize,
+        j: usize,
+        access: bool,
+    ) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
         if !pages[i..j].iter().any(|s| matches!(s, PageState::Spilled { .. })) {
             self.buf[i * p..j * p].fill(0);
             return Ok(());
         }
-        let k = match self.staged_index(w) {
+        let covered = |st: &Staged| st.covers.start <= i && j <= st.covers.end;
+        let k = match self.staged_index(w).filter(|&k| covered(&self.staged[k])) {
             Some(k) => k,
             None => {
-                self.read_windows(&[w])?;
+                self.read_windows(&[(w, i..j)], access)?;
                 self.staged.len() - 1
             }
         };
@@ -1105,7 +1187,7 @@ impl Pager {
         let hit: Vec<u64> = self.clean.range(from..end).map(|(&s, _)| s).collect();
         for s in hit {
             let (slot, pages) = self.clean[&s];
-            if s + pages as u64 * PAGE > start {
+            if s + self.granule > start {
                 self.clean.remove(&s);
                 self.d.store.release(&vec![slot; pages as usize]);
             }
@@ -1408,18 +1490,6 @@ impl Pager {
     /// [`Self::commit_evictions`]. Returns the eviction's id, the pages captured, and whether
     /// buffer `k` was used: a clean window needs no capture, it reuses its slot.
     fn capture(&mut self, w: Window, k: usize, proactive: bool) -> Result<(u64, usize, bool), Served> {
-        if let Some(&(slot, pages)) = self.clean.get(&w.start) {
-            let whole = pages as u64 * PAGE == w.len && self.table.pages(w).iter().all(|p| *p == PageState::Resident);
-            if whole {
-                // Write-protected since it was filled: its bytes are the slot's.
-                self.clean.remove(&w.start);
-                let pages = (0..pages as u64).map(|k| w.start + k * PAGE).collect();
-                let id = self.register_eviction(w, slot, pages, true, proactive);
-                self.d.stats.dram.clean_evictions.fetch_add(1, Relaxed);
-                return Ok((id, w.len as usize / PAGE as usize, false));
-            }
-            self.forget_clean(w.start, w.end());
-        }
         let resident: Vec<u64> = self
             .table
             .pages(w)
@@ -1428,6 +1498,18 @@ impl Pager {
             .filter(|(_, s)| **s == PageState::Resident)
             .map(|(k, _)| w.start + k as u64 * PAGE)
             .collect();
+        if let Some(&(slot, held)) = self.clean.get(&w.start) {
+            if held as usize == resident.len() {
+                // Each resident page is write-protected since it was filled from its index in
+                // `slot`: the slot holds its bytes. Its other pages are untouched or spilled.
+                self.clean.remove(&w.start);
+                let n = resident.len();
+                let id = self.register_eviction(w, slot, resident, true, proactive, Vec::new());
+                self.d.stats.dram.clean_evictions.fetch_add(1, Relaxed);
+                return Ok((id, n, false));
+            }
+            self.forget_clean(w.start, w.end());
+        }
         match self.uffd.write_protect(w.start, w.len, true) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Err(Served::Retry),
@@ -1465,15 +1547,28 @@ impl Pager {
             run_start = run_end;
         }
         let n = captured.len();
-        Ok((self.register_eviction(w, NO_SLOT, captured, false, proactive), n, true))
+        // Its spilled pages go into the new slot too: the window's old slots are let go.
+        let merge: Vec<(u64, PageState)> = (self.table.pages(w).iter().enumerate())
+            .filter(|(_, p)| matches!(p, PageState::Spilled { .. }))
+            .map(|(k, p)| (w.start + k as u64 * PAGE, *p))
+            .collect();
+        Ok((self.register_eviction(w, NO_SLOT, captured, false, proactive, merge), n, true))
     }
 
-    fn register_eviction(&mut self, w: Window, slot: SlotId, pages: Vec<u64>, reused: bool, proactive: bool) -> u64 {
+    fn register_eviction(
+        &mut self,
+        w: Window,
+        slot: SlotId,
+        pages: Vec<u64>,
+        reused: bool,
+        proactive: bool,
+        merge: Vec<(u64, PageState)>,
+    ) -> u64 {
         let id = self.next_eviction;
         self.next_eviction += 1;
         self.d.budget.evicting.fetch_add(pages.len() as i64, Relaxed);
         let (state, sent_at, probe) = (EvictState::Sent, Instant::now(), self.late_zaps);
-        let e = Eviction { w, slot, pages, spilled: 0, reused, state, sent_at, probe, proactive };
+        let e = Eviction { w, slot, pages, spilled: 0, reused, state, sent_at, probe, proactive, merge };
         self.evictions.insert(id, e);
         id
     }
@@ -1485,8 +1580,12 @@ impl Pager {
             return;
         }
         let lens = ids.iter().map(|id| self.evictions[id].w.len as usize).collect();
+        let merges: Vec<Vec<MergeRead>> = ids.iter().map(|id| merge_reads(&self.evictions[id])).collect();
+        // The slots must outlive the reads even if their pages let go of them meanwhile (the
+        // program's DONTNEED cancels the eviction, not the write).
+        self.d.store.retain(merges.iter().flatten().map(|m| m.slot));
         let bufs = std::mem::replace(&mut self.evict_bufs, self.spare_bufs.take().unwrap_or_default());
-        self.writer.submit(Batch { ids, lens, bufs });
+        self.writer.submit(Batch { ids, lens, bufs, merges });
     }
 
     /// A batch is in the tiers: ask the agent to zap each eviction that found a slot; cancel
@@ -1509,6 +1608,9 @@ impl Pager {
             match slot {
                 Ok(slot) => {
                     e.slot = slot;
+                    if w.merged {
+                        self.merged(id);
+                    }
                     zap.push(id);
                 }
                 Err(err) => {
@@ -1519,7 +1621,44 @@ impl Pager {
                 }
             }
         }
+        self.d.store.release(&w.merges.iter().flatten().map(|m| m.slot).collect::<Vec<_>>());
         self.ask_zaps(&zap).map(|_| ())
+    }
+
+    /// Eviction `id`'s slot is written, its window's spilled pages read into it: those still
+    /// in the state they were captured in live in the new slot from now on (journaled), and
+    /// their old slots lose a reference each.
+    fn merged(&mut self, id: u64) {
+        let e = &self.evictions[&id];
+        let (slot, base) = (e.slot, e.w.start);
+        let moved: Vec<(u64, PageState)> =
+            e.merge.iter().copied().filter(|&(addr, old)| self.table.get(addr) == Some(old)).collect();
+        if moved.is_empty() {
+            return;
+        }
+        self.d.store.add_refs(slot, moved.len() as u32);
+        let mut old = Vec::with_capacity(moved.len());
+        for &(addr, was) in &moved {
+            let idx = ((addr - base) / PAGE) as u16;
+            if let PageState::Spilled { slot: s, .. } = self.table.set(addr, PageState::Spilled { slot, idx }) {
+                old.push(s);
+            }
+            debug_assert!(matches!(was, PageState::Spilled { .. }));
+        }
+        if let Some(j) = &mut self.journal {
+            // One record per run of consecutive pages.
+            let mut k = 0;
+            while k < moved.len() {
+                let mut m = k + 1;
+                while m < moved.len() && moved[m].0 == moved[m - 1].0 + PAGE {
+                    m += 1;
+                }
+                let at = moved[k].0;
+                j.spilled(at, slot, ((at - base) / PAGE) as u16, (m - k) as u64);
+                k = m;
+            }
+        }
+        self.d.store.release(&old);
     }
 
     /// Ask the agent to zap evictions `ids`, whose slots hold their bytes, each journaled
@@ -1798,6 +1937,7 @@ impl Pager {
             for slot in w.slots.into_iter().flatten() {
                 self.d.store.discard(slot);
             }
+            self.d.store.release(&w.merges.iter().flatten().map(|m| m.slot).collect::<Vec<_>>());
         }
         let evictions: Vec<Eviction> = self.evictions.drain().map(|(_, e)| e).collect();
         for e in evictions {
@@ -1823,7 +1963,6 @@ impl Pager {
     }
 }
 
-/// Read the spilled pages of the staged windows from the tiers, as one batch.
 /// What a fault outside the table's regions is ([`Pager::adopt`]).
 enum Adopted {
     /// The grown tail of a known region, now in the table.
@@ -1833,13 +1972,26 @@ enum Adopted {
     Unknown,
 }
 
-pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result<(), holo_tiers::TierError> {
+/// Read the spilled pages of the staged windows (those each covers) from the tiers, as one
+/// batch; `access`: as new accesses of their granules (else the rest of a granule whose
+/// faulting page was just read).
+pub fn read_staged(
+    store: &crate::store::Store,
+    staged: &mut [Staged],
+    access: bool,
+) -> Result<(), holo_tiers::TierError> {
     let p = PAGE as usize;
     let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
     for st in staged.iter_mut() {
         let mut rest: &mut [u8] = &mut st.bytes;
         let mut base = 0;
         for run in spilled_runs(&st.pages) {
+            // Only the pages it covers, of the runs it overlaps.
+            let (lo, hi) = (run.start.max(st.covers.start), run.end.min(st.covers.end));
+            if lo >= hi {
+                continue;
+            }
+            let run = SpilledRun { start: lo, end: hi, slot: run.slot, idx: run.idx + (lo - run.start) as u16 };
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(run.start * p - base);
             let (dst, tail) = tail.split_at_mut((run.end - run.start) * p);
             reqs.push((run.slot, run.idx as usize * p, dst));
@@ -1847,7 +1999,11 @@ pub fn read_staged(store: &crate::store::Store, staged: &mut [Staged]) -> Result
             base = run.end * p;
         }
     }
-    store.read(&mut reqs)
+    if access {
+        store.read(&mut reqs)
+    } else {
+        store.read_rest(&mut reqs)
+    }
 }
 
 /// A peer attached an fd where none belongs: close it rather than leak it.
@@ -1859,11 +2015,51 @@ fn close_stray(fd: Option<RawFd>) {
 }
 
 /// The slot that holds the whole window whose pages are `pages`, page `k` at index `k`, if
-/// one does: a read fault fills such a window clean (spec model 1 calls this).
+/// one does: a read fault that fills such a window whole fills it clean. Spec model 1, which
+/// models whole-window fills, calls this; the pager asks [`clean_fill_slot`].
 pub fn whole_from_one_slot(pages: &[PageState]) -> Option<SlotId> {
-    let PageState::Spilled { slot, .. } = *pages.first()? else { return None };
-    let all = pages.iter().enumerate().all(|(k, p)| *p == PageState::Spilled { slot, idx: k as u16 });
-    all.then_some(slot)
+    clean_fill_slot(pages, 0..pages.len(), None).filter(|_| !pages.contains(&PageState::Resident))
+}
+
+/// The reads that bring eviction `e`'s spilled pages into its buffer: one per run of
+/// consecutive pages of one slot.
+fn merge_reads(e: &Eviction) -> Vec<MergeRead> {
+    let mut pages = vec![PageState::Untouched; (e.w.len / PAGE) as usize];
+    for &(addr, p) in &e.merge {
+        pages[((addr - e.w.start) / PAGE) as usize] = p;
+    }
+    let p = PAGE as usize;
+    spilled_runs(&pages)
+        .map(|r| MergeRead { slot: r.slot, src: r.idx as usize * p, dst: r.start * p, len: (r.end - r.start) * p })
+        .collect()
+}
+
+/// Whether a refault of a page in state `p` may fill that page alone: it is spilled (a page
+/// never written fills with its window's zeros, which cost no read).
+fn single_page(p: &PageState) -> bool {
+    matches!(p, PageState::Spilled { .. })
+}
+
+/// The slot that a read fill of pages `fill` of a window (states `pages`) can install
+/// write-protected and keep, if any: every page it fills is page k of that slot at index
+/// k, and every page already resident is clean from it (`clean`: the window's clean slot
+/// and count, if it has one).
+pub fn clean_fill_slot(pages: &[PageState], fill: Range<usize>, clean: Option<(SlotId, u32)>) -> Option<SlotId> {
+    let resident = pages.iter().filter(|p| **p == PageState::Resident).count();
+    let slot = match clean {
+        Some((slot, held)) if held as usize == resident => slot,
+        _ if resident > 0 => return None,
+        _ => match pages[fill.clone()].iter().find(|p| **p != PageState::Resident)? {
+            PageState::Spilled { slot, .. } => *slot,
+            _ => return None,
+        },
+    };
+    let from_slot = |(k, p): (usize, &PageState)| match p {
+        PageState::Resident => true,
+        PageState::Spilled { slot: s, idx } => *s == slot && *idx as usize == k,
+        PageState::Untouched => false,
+    };
+    pages.iter().enumerate().skip(fill.start).take(fill.len()).all(from_slot).then_some(slot)
 }
 
 /// One set of capture buffers: one granule for each eviction of a batch.
@@ -1876,4 +2072,62 @@ fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
 /// The slots that the spilled pages among `pages` refer to, in order.
 fn spilled_slots(pages: &[PageState]) -> impl Iterator<Item = SlotId> + '_ {
     pages.iter().filter_map(|s| if let PageState::Spilled { slot, .. } = s { Some(*slot) } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PageState::{Resident, Spilled, Untouched};
+
+    const fn s(slot: SlotId, idx: u16) -> PageState {
+        Spilled { slot, idx }
+    }
+
+    #[test]
+    fn a_fill_is_clean_only_from_one_slot_at_each_page_own_index() {
+        let pages = [s(7, 0), s(7, 1), s(7, 2), s(7, 3)];
+        assert_eq!(clean_fill_slot(&pages, 0..4, None), Some(7), "a whole window from one slot");
+        assert_eq!(clean_fill_slot(&pages, 2..3, None), Some(7), "one page of it");
+        // A page at another index (mremap moved it) or from another slot is not clean.
+        assert_eq!(clean_fill_slot(&[s(7, 0), s(7, 0)], 1..2, None), None);
+        assert_eq!(clean_fill_slot(&[s(7, 0), s(8, 1)], 0..2, None), None);
+        // Zeros are no slot's bytes.
+        assert_eq!(clean_fill_slot(&[s(7, 0), Untouched], 0..2, None), None);
+        assert_eq!(clean_fill_slot(&[Untouched, s(7, 1)], 1..2, None), Some(7), "a page alone ignores its neighbours");
+    }
+
+    #[test]
+    fn a_partly_resident_window_stays_clean_only_if_every_resident_page_is() {
+        let pages = [Resident, s(7, 1), Resident, s(7, 3)];
+        // Both resident pages were filled clean from slot 7.
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((7, 2))), Some(7));
+        assert_eq!(clean_fill_slot(&pages, 0..4, Some((7, 2))), Some(7), "resident pages are skipped, not refilled");
+        // One resident page is dirty (the count says one), or they came from another slot.
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((7, 1))), None);
+        assert_eq!(clean_fill_slot(&pages, 1..2, Some((9, 2))), None);
+        // Resident pages and no clean record: written, so the window is dirty already.
+        assert_eq!(clean_fill_slot(&pages, 1..2, None), None);
+    }
+
+    #[test]
+    fn merge_reads_cover_each_run_of_the_window_spilled_pages() {
+        let w = Window { start: 0x10000, len: 8 * PAGE };
+        let merge = vec![(w.start, s(3, 0)), (w.start + PAGE, s(3, 1)), (w.start + 5 * PAGE, s(4, 5))];
+        let e = Eviction {
+            w,
+            slot: NO_SLOT,
+            pages: vec![w.start + 2 * PAGE],
+            spilled: 0,
+            reused: false,
+            state: EvictState::Sent,
+            sent_at: Instant::now(),
+            probe: false,
+            proactive: false,
+            merge,
+        };
+        let p = PAGE as usize;
+        let reads: Vec<(SlotId, usize, usize, usize)> =
+            merge_reads(&e).iter().map(|m| (m.slot, m.src, m.dst, m.len)).collect();
+        assert_eq!(reads, [(3, 0, 0, 2 * p), (4, 5 * p, 5 * p, p)]);
+    }
 }

@@ -15,6 +15,11 @@
 //! nearest, within reach of its window, else it starts a new stream in place of the least
 //! recently used one, as the kernel's readahead keeps state per open file.
 //!
+//! It also decides how much of the granule a refault fills: with no trend (random access) the
+//! faulting page alone, a 4 KiB read instead of the granule's 64 KiB; with a trend, or a
+//! second refault in the granule its stream faulted last (the granule is being used densely),
+//! the whole granule.
+//!
 //! Pure: the pager feeds it refault addresses and does the I/O.
 
 const HISTORY: usize = 8;
@@ -25,6 +30,7 @@ const STREAMS: usize = 4;
 const STREAM_REACH: u64 = 8;
 
 /// The trends of up to [`STREAMS`] interleaved streams.
+#[derive(Clone)]
 pub struct Streams {
     granule: u64,
     max_window: usize,
@@ -37,37 +43,69 @@ impl Streams {
         Streams { granule, max_window, trends: Vec::with_capacity(STREAMS) }
     }
 
-    /// A refault of the granule at `addr`: what to fetch ahead, if anything.
-    pub fn on_refault(&mut self, addr: u64) -> Option<Ahead> {
-        let g = self.granule;
-        let nearest = self
-            .trends
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| {
-                let d = t.last?.abs_diff(addr) / g;
-                (d <= STREAM_REACH + t.window as u64 * (t.stride().unsigned_abs() + 1)).then_some((d, i))
-            })
-            .min()
-            .map(|(_, i)| i);
-        let mut t = match nearest {
+    /// A refault of the page at `addr`: how much to fill, and what to fetch ahead.
+    pub fn on_refault(&mut self, addr: u64) -> Fetch {
+        let at = addr & !(self.granule - 1);
+        let mut t = match self.nearest(at) {
             Some(i) => self.trends.remove(i),
             None => {
                 if self.trends.len() == STREAMS {
                     self.trends.pop();
                 }
-                Trend::new(g, self.max_window)
+                Trend::new(self.granule, self.max_window)
             }
         };
-        let ahead = t.on_refault(addr);
+        // Another page of the granule just refaulted: no step of the trend, but density.
+        let fetch = if t.last == Some(at) {
+            Fetch { whole: true, continues: true, ahead: None }
+        } else {
+            let ahead = t.on_refault(at);
+            Fetch { whole: ahead.is_some(), continues: false, ahead }
+        };
         self.trends.insert(0, t);
-        ahead
+        fetch
     }
+
+    /// Whether a refault at `addr` would fill its whole granule ([`Self::on_refault`]'s
+    /// `whole`), without counting it: for the pager to read ahead of several faults at once.
+    pub fn wants_whole(&self, addr: u64) -> bool {
+        let at = addr & !(self.granule - 1);
+        self.nearest(at).is_some_and(|i| {
+            let t = &self.trends[i];
+            t.last == Some(at) || t.clone().on_refault(at).is_some()
+        })
+    }
+
+    /// The stream a refault of the granule at `at` continues, if any.
+    fn nearest(&self, at: u64) -> Option<usize> {
+        let g = self.granule;
+        self.trends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let d = t.last?.abs_diff(at) / g;
+                (d <= STREAM_REACH + t.window as u64 * (t.stride().unsigned_abs() + 1)).then_some((d, i))
+            })
+            .min()
+            .map(|(_, i)| i)
+    }
+}
+
+/// What one refault fills: its page's whole granule or the page alone, and what to fetch
+/// ahead of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub whole: bool,
+    /// The granule is the one its stream refaulted last: reading the rest of it is the same
+    /// access as that refault, not a new one (for placement's heat).
+    pub continues: bool,
+    pub ahead: Option<Ahead>,
 }
 
 /// The first window once a trend appears.
 const START_WINDOW: usize = 2;
 
+#[derive(Clone)]
 pub struct Trend {
     granule: u64,
     max_window: usize,
@@ -160,6 +198,13 @@ mod tests {
 
     const G: u64 = 65536;
 
+    impl Streams {
+        /// The decision a refault at `at` would get, from a copy.
+        fn clone_fetch(&self, at: u64) -> Fetch {
+            self.clone().on_refault(at)
+        }
+    }
+
     #[test]
     fn sequential_scan_grows_the_window_and_follows_prefetched_ground() {
         let mut t = Trend::new(G, 32);
@@ -202,7 +247,7 @@ mod tests {
         let mut fetched = 0;
         for i in 0..20u64 {
             for base in [0, 3200] {
-                fetched += s.on_refault((base + i) * G).map_or(0, |a| a.count);
+                fetched += s.on_refault((base + i) * G).ahead.map_or(0, |a| a.count);
             }
         }
         assert!(fetched >= 20, "two interleaved sequential streams should both prefetch, got {fetched}");
@@ -212,14 +257,37 @@ mod tests {
     fn random_access_prefetches_nothing() {
         let mut t = Streams::new(G, 32);
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut fetched = 0;
+        let (mut fetched, mut wholes) = (0, 0);
         for _ in 0..10_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            fetched += t.on_refault((x % 1_000_000) * G).map_or(0, |a| a.count);
+            let f = t.on_refault((x % 1_000_000) * G + (x % 16) * 4096);
+            fetched += f.ahead.map_or(0, |a| a.count);
+            wholes += usize::from(f.whole);
         }
         assert_eq!(fetched, 0, "random refaults should not trigger prefetch");
+        assert!(wholes < 10, "random refaults should fill their page alone, {wholes} filled whole granules");
+    }
+
+    #[test]
+    fn a_page_by_page_scan_fills_whole_granules_once_its_trend_shows() {
+        // Single-page fills: a scan refaults each page of a granule until it fills whole.
+        let mut s = Streams::new(G, 32);
+        let mut whole = Vec::new();
+        for g in 0..6u64 {
+            for page in 0..2u64 {
+                let at = g * G + page * 4096;
+                assert_eq!(s.wants_whole(at), s.clone_fetch(at).whole, "the peek agrees with the decision");
+                whole.push(s.on_refault(at).whole);
+            }
+        }
+        // Page 0 of granules 0-2 alone; their page 1 fills the rest (density); from granule 3
+        // on the trend (three steps of +1) fills whole granules and fetches ahead.
+        assert_eq!(whole, [false, true, false, true, false, true, true, true, true, true, true, true]);
+        assert!(s.on_refault(6 * G).ahead.is_some(), "the trend fetches ahead");
+        let again = s.on_refault(6 * G + 4096);
+        assert!(again.whole && again.continues, "the rest of the granule is the same access: {again:?}");
     }
 
     #[test]

@@ -451,6 +451,8 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "faults": c.faults.load(Relaxed),
             "evictions": c.evictions.load(Relaxed),
             "refaults": c.refaults.load(Relaxed),
+            "partial_reads": c.partial_reads.load(Relaxed),
+            "merged_pages": c.merged_pages.load(Relaxed),
             "overflows": c.overflows.load(Relaxed),
             "read_errors": c.read_errors.count.load(Relaxed),
             "demotions": c.demotions.load(Relaxed),

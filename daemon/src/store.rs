@@ -139,6 +139,11 @@ pub struct TierCounters {
     pub refaults: AtomicU64,
     /// Granules that went to a lower tier because this one was full.
     pub overflows: AtomicU64,
+    /// Fault reads of less than a whole slot (a fault with no trend reads its page alone).
+    pub partial_reads: AtomicU64,
+    /// Pages read out of the tier by evictions that merged them into a new slot with the
+    /// rest of their window.
+    pub merged_pages: AtomicU64,
     /// Reads that failed: I/O errors and checksum mismatches.
     pub read_errors: crate::state::ErrorCount,
     /// Pages moved down out of this tier to the next.
@@ -590,7 +595,24 @@ impl Store {
     }
 
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
+    /// Counted as fault reads (and as accesses, for placement).
     pub fn read(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        self.read_as(reqs, true, true)
+    }
+
+    /// [`Self::read`] of the rest of granules whose faulting page was just read alone: fault
+    /// reads, but the same access as that page's.
+    pub fn read_rest(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        self.read_as(reqs, true, false)
+    }
+
+    /// [`Self::read`] for an eviction that merges a window's older pages into its new slot:
+    /// not a fault, and not an access (the pages are about to leave these slots).
+    pub fn read_for_merge(&self, reqs: &mut [(SlotId, usize, &mut [u8])]) -> Result<(), TierError> {
+        self.read_as(reqs, false, false)
+    }
+
+    fn read_as(&self, reqs: &mut [(SlotId, usize, &mut [u8])], fault: bool, access: bool) -> Result<(), TierError> {
         let _reading = self.io_gate.read().unwrap();
         let places: Vec<(u8, SlotId)> = {
             let mut m = self.map.lock().unwrap();
@@ -602,10 +624,12 @@ impl Store {
                     (e.level, e.at)
                 })
                 .collect();
-            let mut ids: Vec<SlotId> = reqs.iter().map(|r| r.0).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            self.note_reads(&mut m, &ids);
+            if access {
+                let mut ids: Vec<SlotId> = reqs.iter().map(|r| r.0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                self.note_reads(&mut m, &ids);
+            }
             places
         };
         for (level, l) in self.levels.iter().enumerate() {
@@ -619,12 +643,19 @@ impl Store {
                 continue;
             }
             let pages: usize = batch.iter().map(|r| r.buf.len() / crate::pagetable::PAGE as usize).sum();
+            let slot_bytes = l.tier.slot_bytes();
+            let partial = batch.iter().filter(|r| r.buf.len() < slot_bytes).count();
             if let Err(e) = l.tier.read_batch(&mut batch) {
                 l.counters.read_errors.note();
                 return Err(e);
             }
-            l.counters.faults.fetch_add(1, Relaxed);
-            l.counters.refaults.fetch_add(pages as u64, Relaxed);
+            if fault {
+                l.counters.faults.fetch_add(1, Relaxed);
+                l.counters.refaults.fetch_add(pages as u64, Relaxed);
+                l.counters.partial_reads.fetch_add(partial as u64, Relaxed);
+            } else {
+                l.counters.merged_pages.fetch_add(pages as u64, Relaxed);
+            }
         }
         Ok(())
     }

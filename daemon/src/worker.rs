@@ -1,7 +1,8 @@
 //! Each pager's two I/O threads, so that the faults it serves do not wait behind the disk:
 //!
 //! * the **writer** writes captured batches of evicted granules to the tiers (a fault's read
-//!   and an eviction's write overlap on the disk);
+//!   and an eviction's write overlap on the disk), after reading into each the pages of its
+//!   window that live in older slots, so that the new slot holds the whole window;
 //! * the **reader** reads the granules that prefetch fetches ahead, while the program goes on
 //!   with those already installed (the next batch is on its way while this one is used).
 //!
@@ -19,18 +20,33 @@ use holo_tiers::{SlotId, TierError};
 use crate::pager::{read_staged, Staged};
 use crate::state::Daemon;
 
-/// Evictions `ids`, the `k`th captured into the first `lens[k]` bytes of `bufs[k]`.
+/// Evictions `ids`, the `k`th captured into the first `lens[k]` bytes of `bufs[k]`, the
+/// rest of its window to be read from older slots first (`merges[k]`).
 pub struct Batch {
     pub ids: Vec<u64>,
     pub lens: Vec<usize>,
     pub bufs: Vec<Vec<u8>>,
+    pub merges: Vec<Vec<MergeRead>>,
 }
 
-/// A batch after its write: the slot of each eviction, or why it found none.
+/// `len` bytes of `slot` from `src`, into an eviction's buffer at `dst`. The pager holds a
+/// reference on the slot for the read, given back when the batch returns.
+#[derive(Clone, Copy, Debug)]
+pub struct MergeRead {
+    pub slot: SlotId,
+    pub src: usize,
+    pub dst: usize,
+    pub len: usize,
+}
+
+/// A batch after its write: the slot of each eviction, or why it found none, and whether
+/// its merge reads succeeded (else the slot holds only the captured pages).
 pub struct Written {
     pub ids: Vec<u64>,
     pub slots: Vec<Result<SlotId, TierError>>,
     pub bufs: Vec<Vec<u8>>,
+    pub merges: Vec<Vec<MergeRead>>,
+    pub merged: bool,
 }
 
 /// Windows read ahead: their bytes, or why they could not be read.
@@ -43,16 +59,31 @@ pub type Writer = Worker<Batch, Written>;
 pub type Reader = Worker<Vec<Staged>, Prefetched>;
 
 pub fn spawn_writer(d: Arc<Daemon>, pid: i32) -> io::Result<Writer> {
-    Worker::spawn(format!("writer-{pid}"), move |b: Batch| {
+    Worker::spawn(format!("writer-{pid}"), move |mut b: Batch| {
+        // All the batch's merge reads as one tier batch; if it fails, the slots hold only the
+        // captured pages and the others stay where they are.
+        let mut reqs: Vec<(SlotId, usize, &mut [u8])> = Vec::new();
+        for (buf, merges) in b.bufs.iter_mut().zip(&b.merges) {
+            let mut rest: &mut [u8] = buf;
+            let mut base = 0;
+            for m in merges {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(m.dst - base);
+                let (dst, tail) = tail.split_at_mut(m.len);
+                reqs.push((m.slot, m.src, dst));
+                rest = tail;
+                base = m.dst + m.len;
+            }
+        }
+        let merged = reqs.is_empty() || d.store.read_for_merge(&mut reqs).is_ok();
         let data: Vec<&[u8]> = b.bufs.iter().zip(&b.lens).map(|(buf, &len)| &buf[..len]).collect();
         let slots = d.store.put_batch(&data);
-        Written { ids: b.ids, slots, bufs: b.bufs }
+        Written { ids: b.ids, slots, bufs: b.bufs, merges: b.merges, merged }
     })
 }
 
 pub fn spawn_reader(d: Arc<Daemon>, pid: i32) -> io::Result<Reader> {
     Worker::spawn(format!("reader-{pid}"), move |mut wins: Vec<Staged>| {
-        let read = read_staged(&d.store, &mut wins);
+        let read = read_staged(&d.store, &mut wins, true);
         Prefetched { wins, read }
     })
 }

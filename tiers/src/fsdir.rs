@@ -237,6 +237,7 @@ mod tests {
                 f.sync_all().unwrap();
             },
             reopen: Some(&|| Box::new(FsTier::open(&dir, slot_bytes, None, true).unwrap())),
+            checks_pages: false,
         });
         std::fs::remove_dir_all(&dir).unwrap();
     }

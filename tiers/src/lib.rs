@@ -8,7 +8,7 @@
 //!   DRAM (the clients' resident pages, accounted by the daemon)
 //!     │ evict                ▲ refault
 //!     ▼                      │
-//!   NvmeTier  one file or block device, O_DIRECT through io_uring, BLAKE3 per slot
+//!   NvmeTier  one file or block device, O_DIRECT through io_uring, a checksum per page
 //!     │ full: overflow        (checksums in memory: the tier is scratch space)
 //!     ▼
 //!   FsTier    one file per slot in a directory of a (shared) mount, checksum in the file

@@ -79,6 +79,7 @@ fn remote_tier_conforms_against_real_donors() {
             }
         },
         reopen: None,
+        checks_pages: false,
     });
 }
 
