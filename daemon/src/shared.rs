@@ -1222,6 +1222,48 @@ mod tests {
     }
 
     #[test]
+    fn readers_racing_publications_and_stale_writers_see_only_whole_newer_versions() {
+        let h = home("race");
+        let body = |epoch: u64| vec![epoch as u8; 4096];
+        h.publish("r", 3, 1000, &body(1000)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // The writer's epochs increase; a stale writer keeps publishing older ones.
+            let writer = s.spawn(|| {
+                for epoch in 1001..1300 {
+                    h.publish("r", 3, epoch, &body(epoch)).unwrap();
+                }
+            });
+            s.spawn(|| {
+                for epoch in 1..1000 {
+                    // Refused as stale, or its temporary file removed under it by the writer.
+                    match h.publish("r", 3, epoch, &body(epoch)) {
+                        Err(HomeError::Stale { .. }) => {}
+                        Err(HomeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                        other => panic!("a stale publication of epoch {epoch}: {other:?}"),
+                    }
+                }
+            });
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let (mut last, mut out) = (0, vec![0u8; 4096]);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let epoch = h.read("r", 3, &mut out).unwrap();
+                        assert!(epoch >= last.max(1000), "read epoch {epoch} after {last}");
+                        assert!(out.iter().all(|&b| b == epoch as u8), "epoch {epoch}: other bytes");
+                        last = epoch;
+                    }
+                });
+            }
+            writer.join().unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut out = vec![0u8; 4096];
+        assert_eq!(h.read("r", 3, &mut out).unwrap(), 1299);
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
     fn crash_leftovers_are_ignored_and_cleaned() {
         let h = home("crash");
         let mut out = vec![0u8; 8192];

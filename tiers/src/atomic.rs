@@ -63,7 +63,11 @@ pub fn create_atomic(path: &Path, parts: &[&[u8]], durability: Durability) -> io
     };
     let removed = fs::remove_file(&tmp);
     linked?;
-    removed?;
+    // Gone already is fine: the file has its name (a cleaner may remove temporary files).
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     if durability == Durability::Full {
         fsync_dir(parent(path))?;
     }
