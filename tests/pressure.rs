@@ -19,6 +19,9 @@ use serde_json::Value;
 
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 const LIMIT: &str = "384M";
+/// Granules prefetch may fetch past the end of a scanned stretch (the daemon's window cap,
+/// `PREFETCH_MAX_GRANULES`): in the cold-offload test they count as refaulted too.
+const PREFETCH_OVERSHOOT_GRANULES: u64 = 32;
 /// The managed program's working set: more than the cgroup's limit, less than the budget.
 const MANAGED: &str = "512M";
 const BUDGET: &str = "1G";
@@ -763,9 +766,10 @@ fn cold_memory_is_offloaded_with_no_pressure_and_the_hot_set_stays_resident() {
     );
     out.check(
         &daemon,
-        refaults >= 1 && refaults <= 3 * hot_granules,
+        refaults >= 1 && refaults <= 3 * hot_granules + PREFETCH_OVERSHOOT_GRANULES,
         &format!(
-            "expected the hot set's {hot_granules} granules refaulted at least once, at most 3 times each\n{tail}"
+            "expected the hot set's {hot_granules} granules refaulted at least once, at most 3 times each \
+             (plus {PREFETCH_OVERSHOOT_GRANULES} prefetched past its end)\n{tail}"
         ),
     );
     // Reading the cold part back came from the tiers below DRAM.
