@@ -586,7 +586,7 @@ impl Pager {
             let k = ((addr - w.start) / PAGE) as usize;
             let pages = self.table.pages(w);
             let alone = single_page(&pages[k]);
-            if !pages.iter().any(|p| matches!(p, PageState::Spilled { .. }))
+            if !any_spilled(pages)
                 || self.evicting(w.start, w.end())
                 || self.being_read(w.start)
                 || self.staged_index(w).is_some()
@@ -758,7 +758,7 @@ impl Pager {
         let pages = self.table.pages(w).to_vec();
         let k = ((f.addr - w.start) / PAGE) as usize;
         // Decided before the fill: a refault with no trend reads and fills its page alone.
-        let refault = pages.iter().any(|p| matches!(p, PageState::Spilled { .. }));
+        let refault = any_spilled(&pages);
         let fetch = refault.then(|| self.trend.on_refault(f.addr));
         let access = !fetch.is_some_and(|f| f.continues);
         let fill = match fetch {
@@ -775,7 +775,7 @@ impl Pager {
             self.forget_clean(w.start, w.end());
         }
         // Which tier's latency this fill counts in: the slowest it reads from, else DRAM.
-        let tier = if pages[fill.clone()].iter().any(|p| matches!(p, PageState::Spilled { .. })) {
+        let tier = if any_spilled(&pages[fill.clone()]) {
             self.d.store.slowest_level(spilled_slots(&pages[fill.clone()])).map_or(0, |level| level + 1)
         } else {
             0
@@ -887,8 +887,7 @@ impl Pager {
             // A window partly resident (random access left pages behind) is fetched too: its
             // spilled pages are. One with pages never written is left to its faults.
             let pages = self.table.pages(next);
-            let fetchable =
-                pages.iter().any(|p| matches!(p, PageState::Spilled { .. })) && !pages.contains(&PageState::Untouched);
+            let fetchable = any_spilled(pages) && !pages.contains(&PageState::Untouched);
             if next.start as i64 != addr || !fetchable || self.evicting(next.start, next.end()) {
                 continue;
             }
@@ -1034,7 +1033,7 @@ impl Pager {
         access: bool,
     ) -> Result<(), holo_tiers::TierError> {
         let p = PAGE as usize;
-        if !pages[i..j].iter().any(|s| matches!(s, PageState::Spilled { .. })) {
+        if !any_spilled(&pages[i..j]) {
             self.buf[i * p..j * p].fill(0);
             return Ok(());
         }
@@ -2067,6 +2066,11 @@ fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
     (0..(EVICTION_BATCH_BYTES / granule).clamp(1, EVICTIONS_PER_TURN as u64))
         .map(|_| vec![0; granule as usize])
         .collect()
+}
+
+/// Whether any of `pages` lives in a tier.
+fn any_spilled(pages: &[PageState]) -> bool {
+    spilled_slots(pages).next().is_some()
 }
 
 /// The slots that the spilled pages among `pages` refer to, in order.

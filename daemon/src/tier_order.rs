@@ -20,6 +20,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use holo_tiers::atomic::{self, Durability};
 use holo_tiers::{ReadReq, SlotId, Tier, TierError};
 
 use crate::remote::RemoteOrder;
@@ -156,7 +157,8 @@ pub fn read_recorded(path: &Path) -> Result<Option<Recorded>, String> {
     Ok(Some(out))
 }
 
-/// Records the order `tiers` (name, probe) in `path`: temporary file, fsync, rename.
+/// Records the order `tiers` (name, probe) in `path`, durably: the store map's records
+/// written from now on name levels in this order.
 pub fn record(path: &Path, tiers: &[(&str, Option<Probe>)]) -> std::io::Result<()> {
     let text: String = tiers
         .iter()
@@ -165,11 +167,7 @@ pub fn record(path: &Path, tiers: &[(&str, Option<Probe>)]) -> std::io::Result<(
             None => format!("{name}\n"),
         })
         .collect();
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut f, text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    atomic::write_atomic(path, &[text.as_bytes()], Durability::Full)
 }
 
 /// Carries the level byte of each live store-map record (`store::MAP_RECORD_BYTES` each:
