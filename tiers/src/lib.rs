@@ -28,6 +28,7 @@ pub mod atomic;
 pub mod conformance;
 mod fsdir;
 mod nvme;
+mod pagesums;
 pub mod remote;
 mod slots;
 
