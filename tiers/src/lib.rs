@@ -27,6 +27,7 @@ mod aligned;
 pub mod atomic;
 pub mod conformance;
 mod fsdir;
+pub mod hbm;
 mod nvme;
 mod pagesums;
 pub mod remote;
@@ -34,6 +35,7 @@ mod slots;
 
 pub use aligned::AlignedBuf;
 pub use fsdir::FsTier;
+pub use hbm::HbmTier;
 pub use nvme::NvmeTier;
 pub use remote::RemoteTier;
 
