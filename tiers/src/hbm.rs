@@ -187,11 +187,18 @@ struct Slots {
     alloc: SlotAllocator,
     sums: SumTable,
     in_use: Vec<bool>,
+    /// Lost slots ([`Tier::hold_lost`]) past this run's capacity, held until freed.
+    lost_beyond: std::collections::HashSet<SlotId>,
 }
 
 impl Slots {
     fn new(max_slots: u64, slot_bytes: usize) -> Slots {
-        Slots { alloc: SlotAllocator::new(max_slots), sums: SumTable::new(slot_bytes), in_use: Vec::new() }
+        Slots {
+            alloc: SlotAllocator::new(max_slots),
+            sums: SumTable::new(slot_bytes),
+            in_use: Vec::new(),
+            lost_beyond: Default::default(),
+        }
     }
 }
 
@@ -510,12 +517,29 @@ impl Tier for HbmTier {
 
     fn free(&self, slot: SlotId) {
         let mut s = self.slots.lock().unwrap();
+        if s.lost_beyond.remove(&slot) {
+            return;
+        }
         assert!(s.in_use[slot as usize], "double free of slot {slot}");
         s.in_use[slot as usize] = false;
         s.sums.set(slot, None);
         if s.alloc.free(slot) {
             *s = Slots::new(s.alloc.max_slots(), self.slot_bytes);
         }
+    }
+
+    /// The device memory died with the earlier daemon: every slot its map names is lost.
+    fn hold_lost(&self, slots: &[SlotId]) {
+        let mut s = self.slots.lock().unwrap();
+        assert_eq!(s.alloc.used(), 0, "lost slots are held before the tier is used");
+        let max = s.alloc.max_slots();
+        let (within, beyond): (Vec<SlotId>, Vec<SlotId>) = slots.iter().partition(|&&x| (x as u64) < max);
+        s.alloc = SlotAllocator::with_used(max, &within);
+        let below = s.alloc.high_water() as usize;
+        s.sums.grow(below);
+        s.in_use.resize(below, false);
+        within.iter().for_each(|&x| s.in_use[x as usize] = true);
+        s.lost_beyond = beyond.into_iter().collect();
     }
 
     fn usage(&self) -> TierUsage {
@@ -612,6 +636,22 @@ mod tests {
         assert!(matches!(err, TierError::Corrupt { slot, .. } if slot == slots[0]), "{err}");
         t.read(slots[LANE_SLOTS], 0, &mut bufs[0]).unwrap();
         assert!(bufs[0] == data[LANE_SLOTS], "a slot past the timed ones changed");
+    }
+
+    #[test]
+    fn lost_slots_are_held_unreadable_until_freed() {
+        let Some(t) = open_or_skip(8 * G as u64) else { return };
+        t.hold_lost(&[1, 3, 50]);
+        assert_eq!(t.usage().used_slots, 2, "the lost slots within capacity count as taken");
+        for lost in [1, 3, 50] {
+            let err = t.read(lost, 0, &mut [0; 4096]).unwrap_err();
+            assert!(matches!(err, TierError::Corrupt { slot, .. } if slot == lost), "{err}");
+        }
+        let fresh: Vec<SlotId> = (0..6).map(|_| t.alloc().unwrap()).collect();
+        assert_eq!(fresh, [0, 2, 4, 5, 6, 7], "a lost slot was handed out again");
+        t.free(3);
+        t.free(50);
+        assert_eq!(t.alloc().unwrap(), 3);
     }
 
     #[test]
