@@ -5,6 +5,7 @@
 //! `holo-bench threads [...]`: fault throughput with 1-8 faulting threads, see `threads.rs`.
 //! `holo-bench remote [...]`: remote fetch latency of a 64 KiB granule against raw TCP, on
 //! loopback, an unshaped veth and a veth held to 1 Gbit/s, see `remote.rs`.
+//! `holo-bench hbm [...]`: copy bandwidth of the HBM tier's granule batches, see `hbm.rs`.
 //!
 //! Refault latency of holo against a minimal raw userfaultfd handler measured in the same run.
 //! Both contenders run the same C access loop (`bench/c/access.h`): one read of one random
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+mod hbm;
 mod plot;
 mod pressure;
 mod remote;
@@ -48,7 +50,7 @@ const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]\n       \
                      holo-bench swap --help\n       holo-bench threads --help\n       \
-                     holo-bench remote --help\n       holo-bench pressure --help";
+                     holo-bench remote --help\n       holo-bench pressure --help\n       holo-bench hbm --help";
 
 pub(crate) type Result<T> = std::result::Result<T, String>;
 
@@ -104,6 +106,7 @@ fn main() {
         Some("threads") => std::process::exit(threads::main(&args[1..])),
         Some("pressure") => std::process::exit(pressure::main(&args[1..])),
         Some("remote") => std::process::exit(remote::main(&args[1..])),
+        Some("hbm") => std::process::exit(hbm::main(&args[1..])),
         _ => {}
     }
     let opts = match parse_args(&args) {
@@ -122,7 +125,7 @@ fn main() {
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     if it.next().map(String::as_str) != Some("refault") {
-        return Err("the benchmarks are `refault`, `swap`, `threads` and `remote`".into());
+        return Err("the benchmarks are `refault`, `swap`, `threads`, `pressure`, `remote` and `hbm`".into());
     }
     let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None };
     while let Some(a) = it.next() {

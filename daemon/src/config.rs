@@ -42,6 +42,9 @@ pub struct FileConfig {
     pub nvme_capacity: Option<String>,
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity: Option<String>,
+    pub hbm: Option<String>,
+    pub hbm_size: Option<String>,
+    pub hbm_device: Option<usize>,
     pub shared_dir: Option<PathBuf>,
     pub shared_lease_ms: Option<u64>,
     pub migration_rate: Option<String>,
@@ -66,6 +69,15 @@ pub struct FileConfig {
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
     pub cluster_advertise: Option<String>,
+}
+
+/// The HBM tier's keys (`hbm = "auto"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HbmConfig {
+    /// The GPU, in CUDA's numbering.
+    pub device: usize,
+    /// `hbm_size`; `None`: half of what the GPU has spare (`holo_tiers::hbm::capacity_bytes`).
+    pub size_bytes: Option<u64>,
 }
 
 /// Membership of a holo cluster (the Raft group of daemons); absent: a standalone daemon.
@@ -120,6 +132,8 @@ pub struct Config {
     /// The FS tier's directory (on a shared mount); `None`: no FS tier.
     pub fs_dir: Option<PathBuf>,
     pub fs_capacity_bytes: Option<u64>,
+    /// The HBM tier, if a GPU is found at start; `None`: `hbm = "off"`.
+    pub hbm: Option<HbmConfig>,
     /// Where shared regions' published pages live (a directory all nodes see); `None`: no
     /// shared regions.
     pub shared_dir: Option<PathBuf>,
@@ -406,6 +420,19 @@ impl Config {
             let message = "is set but fs_dir is not (no FS tier)".to_string();
             return Err(ConfigError::Invalid { key: "fs-capacity", message });
         }
+        let hbm_size_bytes = capacity("hbm_size", fc.hbm_size)?;
+        let hbm = match fc.hbm.as_deref().unwrap_or("auto") {
+            "auto" => Some(HbmConfig { device: fc.hbm_device.unwrap_or(0), size_bytes: hbm_size_bytes }),
+            "off" if hbm_size_bytes.is_some() || fc.hbm_device.is_some() => {
+                let key = if fc.hbm_device.is_some() { "hbm_device" } else { "hbm_size" };
+                return Err(ConfigError::Invalid { key, message: "is set but hbm is \"off\"".into() });
+            }
+            "off" => None,
+            other => {
+                let message = format!("{other:?} is neither \"auto\" (use a GPU if one is found) nor \"off\"");
+                return Err(ConfigError::Invalid { key: "hbm", message });
+            }
+        };
         let cluster = cluster_config(
             flags.node_id.or(fc.node_id),
             flags.cluster_listen.or(fc.cluster_listen),
@@ -464,6 +491,7 @@ impl Config {
             nvme_capacity_bytes,
             fs_dir,
             fs_capacity_bytes,
+            hbm,
             shared_dir,
             shared_lease_ms,
             migration_rate_bytes,
@@ -658,6 +686,18 @@ mod tests {
         // And the example, uncommented, is a valid config.
         let text = example.lines().filter_map(setting).map(|(_, l)| l).collect::<Vec<_>>().join("\n");
         Config::from_toml_str(&text, path, Default::default()).unwrap();
+    }
+
+    #[test]
+    fn hbm_keys_default_and_validate() {
+        let parse = |text: &str| Config::from_toml_str(text, "t.toml", Overrides::default()).map_err(|e| e.to_string());
+        assert_eq!(parse("").unwrap().hbm, Some(HbmConfig { device: 0, size_bytes: None }));
+        let c = parse("hbm_size = \"16G\"\nhbm_device = 1\n").unwrap();
+        assert_eq!(c.hbm, Some(HbmConfig { device: 1, size_bytes: Some(16 << 30) }));
+        assert_eq!(parse("hbm = \"off\"").unwrap().hbm, None);
+        assert!(parse("hbm = \"on\"").unwrap_err().contains("neither \"auto\""));
+        assert!(parse("hbm = \"off\"\nhbm_size = \"1G\"").unwrap_err().starts_with("hbm_size: is set but hbm is"));
+        assert!(parse("hbm_size = \"4K\"").unwrap_err().contains("less than one granule"));
     }
 
     #[test]

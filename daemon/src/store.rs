@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use holo_tiers::{FsTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
+use holo_tiers::{FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
 
 use crate::arc::{ArcPolicy, Lens, Placement};
 use crate::config::Config;
@@ -45,7 +45,7 @@ use crate::tier_order::{self, Probe};
 /// A tier and what its probe measured, if it was probed.
 type Probed = (Box<dyn Tier>, Option<Probe>);
 
-/// Puts `tiers` (as opened: nvme, then remote and fs where configured) in the order of
+/// Puts `tiers` (as opened: nvme, then remote, fs and hbm where configured) in the order of
 /// `tier_order.rs`: the one recorded with the store map, else decided now (probing only a
 /// fresh state), and records it. Carries `records`' levels to the tiers' new positions.
 fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -> Result<Vec<Probed>, TierError> {
@@ -111,19 +111,39 @@ fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -
     Ok(order.iter().map(|&i| (slots[i].take().unwrap(), probes[i])).collect())
 }
 
-/// Why there is no HBM tier on this node. Probes for an NVIDIA driver the way CUDA does
-/// (its device nodes and `libcuda.so.1`), so that the log says which part is missing.
-fn hbm_absent_reason() -> String {
-    if !std::path::Path::new("/dev/nvidiactl").exists() {
-        return "absent: no NVIDIA GPU on this node (/dev/nvidiactl does not exist)".into();
+/// The HBM tier on the GPU `config.hbm` names, if it opens; otherwise one log line saying
+/// why there is none.
+fn open_hbm(config: &Config) -> Option<HbmTier> {
+    let Some(h) = &config.hbm else {
+        log::info!("hbm tier: off (hbm = \"off\")");
+        return None;
+    };
+    match HbmTier::open(h.device, config.granule_bytes as usize, h.size_bytes) {
+        Ok(t) => {
+            let i = t.info();
+            let capped = match h.size_bytes {
+                Some(want) if want > i.capacity_bytes => {
+                    format!(" (hbm_size {} MiB is more than is spare)", want >> 20)
+                }
+                _ => String::new(),
+            };
+            log::info!(
+                "hbm tier: GPU {} ({}): {} MiB{capped}, of {} MiB free of {} MiB ({} MiB stay free for GPU programs); {}",
+                i.ordinal,
+                i.name,
+                i.capacity_bytes >> 20,
+                i.free_bytes >> 20,
+                i.total_bytes >> 20,
+                holo_tiers::hbm::reserve_bytes(i.total_bytes) >> 20,
+                i.health
+            );
+            Some(t)
+        }
+        Err(e) => {
+            log::info!("hbm tier: absent: {e}");
+            None
+        }
     }
-    // SAFETY: dlopen/dlclose of a library name; nothing from it is called.
-    let lib = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-    if lib.is_null() {
-        return "absent: an NVIDIA device exists but libcuda.so.1 cannot be loaded".into();
-    }
-    unsafe { libc::dlclose(lib) };
-    "absent: a GPU and its driver are present, but this build has no HBM tier yet".into()
 }
 
 /// Counters of one tier, as `holoctl tiers` shows them.
@@ -370,7 +390,8 @@ pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
 
 impl Store {
     /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any or
-    /// the node is in a cluster, FS if `fs_dir` is set), fastest first as `tier_order.rs` decides.
+    /// the node is in a cluster, FS if `fs_dir` is set, HBM if `hbm` is "auto" and a GPU is
+    /// found), fastest first as `tier_order.rs` decides.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -393,7 +414,9 @@ impl Store {
             let dir = dir.join(format!("holo-{}", node.trim()));
             tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, true)?));
         }
-        log::info!("hbm tier: {}", hbm_absent_reason());
+        if let Some(hbm) = open_hbm(config) {
+            tiers.push(Box::new(hbm));
+        }
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
         let file = std::fs::OpenOptions::new()
@@ -442,10 +465,22 @@ impl Store {
             arrived.push((e.version, id, e.level as usize));
         }
         for (level, l) in self.levels.iter().enumerate() {
-            for at in l.tier.kept_slots() {
+            let kept = l.tier.kept_slots();
+            for &at in &kept {
                 if !r.named[level].contains(&at) {
                     l.tier.free(at);
                 }
+            }
+            let kept: std::collections::HashSet<SlotId> = kept.into_iter().collect();
+            let lost: Vec<SlotId> = r.named[level].iter().copied().filter(|at| !kept.contains(at)).collect();
+            if !lost.is_empty() {
+                log::error!(
+                    "{} tier: {} granules of the previous run are gone with it (the tier keeps nothing across a \
+                     restart): their pages fail (SIGBUS) when touched",
+                    l.tier.name(),
+                    lost.len()
+                );
+                l.tier.hold_lost(&lost);
             }
         }
         // Their use before the restart is unknown: each tier's ARC sees them arrive in the

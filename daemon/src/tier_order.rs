@@ -7,8 +7,11 @@
 //! read one at a time (latency: the median) and all in one batch (bandwidth), then freed. The
 //! remote tier goes first only if it reads a granule clearly sooner ([`REMOTE_FIRST_MARGIN`]).
 //! The FS tier is not probed and stays last, whatever it would measure: it is the durable
-//! home of a region's pages, and its reads may come from the page cache. HBM would be ordered here too (below DRAM and above NVMe for a
-//! CPU program behind PCIe); there is none in this build.
+//! home of a region's pages, and its reads may come from the page cache. The HBM tier is not
+//! probed either and goes first: for a CPU program it sits below DRAM and above NVMe (issue
+//! 3), and nothing else below DRAM comes near it (a 64 KiB granule crosses PCIe 4/5 in a few
+//! microseconds, against ~100 us from NVMe and ~0.6 ms over 1 Gbit/s); a probe could only
+//! confirm that, or, taken while GPU programs load the bus, get it wrong once and for all.
 //!
 //! The store map names each granule's tier by its position, so the order is recorded next to
 //! it (`STATE_DIR/tier-order`, one line per tier: name, then the probe's figures) and a
@@ -85,13 +88,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The positions of `names` (the tiers as opened: `nvme`, then `remote` and `fs` where
-/// configured), fastest first: the remote tier before or after NVMe as `rule` says (for
-/// `Measured`, by the probes' single-granule reads, [`REMOTE_FIRST_MARGIN`]; unmeasured,
-/// after), FS last.
+/// The positions of `names` (the tiers as opened: `nvme`, then `remote`, `fs` and `hbm`
+/// where configured), fastest first: HBM first, the remote tier before or after NVMe as
+/// `rule` says (for `Measured`, by the probes' single-granule reads, [`REMOTE_FIRST_MARGIN`];
+/// unmeasured, after), FS last.
 pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Vec<usize> {
     let at = |name| names.iter().position(|n| *n == name);
-    let mut order: Vec<usize> = (0..names.len()).filter(|&i| names[i] != "fs").collect();
+    let mut order: Vec<usize> = at("hbm").into_iter().collect();
+    order.extend((0..names.len()).filter(|&i| !matches!(names[i], "fs" | "hbm")));
     if let (Some(nvme), Some(remote)) = (at("nvme"), at("remote")) {
         let remote_first = match rule {
             RemoteOrder::BeforeNvme => true,
@@ -111,7 +115,8 @@ pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Ve
 }
 
 /// The order of `names` that a restart keeps: the recorded tiers in their recorded order (with
-/// their probes), and a tier configured since below them, above FS (which stays last).
+/// their probes), and a tier configured since below them, above FS (which stays last), or,
+/// for HBM (a GPU found since), above them all.
 pub fn keep(names: &[&str], rec: &Recorded) -> (Vec<usize>, Vec<Option<Probe>>) {
     let mut probes = vec![None; names.len()];
     let mut order = Vec::new();
@@ -124,7 +129,12 @@ pub fn keep(names: &[&str], rec: &Recorded) -> (Vec<usize>, Vec<Option<Probe>>) 
     for k in 0..names.len() {
         if !order.contains(&k) {
             let fs_at = order.iter().position(|&i| names[i] == "fs");
-            order.insert(if names[k] == "fs" { order.len() } else { fs_at.unwrap_or(order.len()) }, k);
+            let place = match names[k] {
+                "fs" => order.len(),
+                "hbm" => 0,
+                _ => fs_at.unwrap_or(order.len()),
+            };
+            order.insert(place, k);
         }
     }
     (order, probes)
@@ -218,6 +228,10 @@ mod tests {
         assert_eq!(decide(&["nvme", "fs"], &[Some(FAST), None], m), [0, 1]);
         assert_eq!(decide(&["nvme", "remote"], &[Some(SLOW), Some(FAST)], m), [1, 0]);
         assert_eq!(decide(&["nvme"], &[None], m), [0]);
+        // HBM, unprobed, goes first whatever the others measured.
+        let names = ["nvme", "remote", "fs", "hbm"];
+        assert_eq!(decide(&names, &[Some(SLOW), Some(FAST), None, None], m), [3, 1, 0, 2]);
+        assert_eq!(decide(&["nvme", "hbm"], &[Some(FAST), None], m), [1, 0]);
     }
 
     #[test]
@@ -231,6 +245,9 @@ mod tests {
         assert_eq!(keep(&["nvme", "remote", "fs"], &rec(&["nvme", "fs"])).0, [0, 1, 2]);
         assert_eq!(keep(&["nvme", "remote", "fs"], &rec(&["nvme"])).0, [0, 1, 2]);
         assert_eq!(keep(&["nvme", "fs"], &rec(&["remote", "nvme"])).0, [0, 1]);
+        // A GPU found since the last start: HBM above the recorded tiers.
+        assert_eq!(keep(&["nvme", "fs", "hbm"], &rec(&["nvme", "fs"])).0, [2, 0, 1]);
+        assert_eq!(keep(&["nvme", "hbm"], &rec(&["hbm", "nvme"])).0, [1, 0]);
     }
 
     #[test]

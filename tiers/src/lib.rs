@@ -27,12 +27,15 @@ mod aligned;
 pub mod atomic;
 pub mod conformance;
 mod fsdir;
+pub mod hbm;
 mod nvme;
+mod pagesums;
 pub mod remote;
 mod slots;
 
 pub use aligned::AlignedBuf;
 pub use fsdir::FsTier;
+pub use hbm::HbmTier;
 pub use nvme::NvmeTier;
 pub use remote::RemoteTier;
 
@@ -128,6 +131,13 @@ pub trait Tier: Send + Sync {
     fn kept_slots(&self) -> Vec<SlotId> {
         Vec::new()
     }
+    /// After a restart, on the fresh tier: slots that the store's recovered map names but that
+    /// this tier did not keep ([`Tier::kept_slots`]), their bytes gone with the earlier run.
+    /// Until each is freed, the tier must not hand it out again and must refuse reads of it
+    /// (as never written): the pages that refer to it then fail, instead of reading the
+    /// granule that reused its number. By default nothing is held (a durable tier keeps its
+    /// slots, so it has none to hold).
+    fn hold_lost(&self, _slots: &[SlotId]) {}
     fn usage(&self) -> TierUsage;
     /// For a tier that keeps several copies of each slot (remote): how replication stands.
     fn replication(&self) -> Option<ReplicationStats> {

@@ -32,8 +32,9 @@ use std::sync::Mutex;
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::pagesums::{PagePlan, Sum, SumTable, PAGE};
 use crate::slots::SlotAllocator;
-use crate::{align_up, checksum, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
+use crate::{align_up, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
 
 const NAME: &str = "nvme";
 /// Operations one ring keeps in flight; bigger batches go in several rounds.
@@ -62,98 +63,36 @@ struct Slots {
     alloc: SlotAllocator,
     /// Free slots whose blocks have not been punched out yet (some may be in use again).
     unpunched: Vec<SlotId>,
-    /// Bytes written to each slot below the high-water mark; 0 while free or unwritten.
-    lens: Vec<u32>,
-    /// Their page checksums, `pages_per_slot` per slot (flat: 8 bytes a page, no per-slot
-    /// allocation).
-    sums: Vec<u64>,
-    pages_per_slot: usize,
+    /// The page checksums of the slots below the high-water mark.
+    sums: SumTable,
     in_use: Vec<bool>,
 }
 
 impl Slots {
-    fn new(max_slots: u64, pages_per_slot: usize) -> Slots {
+    fn new(max_slots: u64, slot_bytes: usize) -> Slots {
         Slots {
             alloc: SlotAllocator::new(max_slots),
             unpunched: Vec::new(),
-            lens: Vec::new(),
-            sums: Vec::new(),
-            pages_per_slot,
+            sums: SumTable::new(slot_bytes),
             in_use: Vec::new(),
         }
     }
 
     /// Room for the slots below `below`.
     fn grow(&mut self, below: usize) {
-        self.lens.resize(below, 0);
-        self.sums.resize(below * self.pages_per_slot, 0);
+        self.sums.grow(below);
         self.in_use.resize(below, false);
-    }
-
-    fn sum(&self, slot: SlotId) -> Option<Sum> {
-        let len = *self.lens.get(slot as usize).filter(|&&l| l > 0)?;
-        let at = slot as usize * self.pages_per_slot;
-        Some(Sum { len, pages: self.sums[at..at + (len as usize).div_ceil(PAGE)].into() })
-    }
-
-    fn set_sum(&mut self, slot: SlotId, sum: Option<&Sum>) {
-        let at = slot as usize * self.pages_per_slot;
-        self.lens[slot as usize] = sum.map_or(0, |s| s.len);
-        let pages = sum.map_or(&[][..], |s| &s.pages);
-        self.sums[at..at + self.pages_per_slot].fill(0);
-        self.sums[at..at + pages.len()].copy_from_slice(pages);
     }
 }
 
 /// Free slots that wait for a batch punch: at least this many, and a quarter of the tier.
 const PUNCH_BATCH: usize = 64;
 
-/// Bytes one page checksum covers: the unit a partial read reads and verifies.
-const PAGE: usize = IO_ALIGN;
-
-/// What was written to a slot: its length and one checksum per page. 64 bits of BLAKE3 per
-/// page: the checksum is there to catch damage on the medium or a misdirected write, not an
-/// adversary (who could rewrite the sidecar too), and a damaged page then passes unnoticed
-/// with probability 2^-64, far below the disk's own undetected error rate; 32 bits would
-/// let one in 4 billion through, 256 would cost 4x the memory for nothing (2 MiB per
-/// spilled GiB at 64 bits).
-#[derive(Clone)]
-struct Sum {
-    len: u32,
-    pages: Box<[u64]>,
-}
-
 /// Bytes of one slot's record in the sidecar: length (u32 LE), 4 zero bytes, then one u64
 /// LE checksum per page of the slot. All zeros: the slot is free. (Until this build it was
 /// one 32-byte BLAKE3 per slot, 40 bytes: a sidecar of that format is not read back.)
 pub fn sum_record_bytes(slot_bytes: usize) -> usize {
     8 + 8 * slot_bytes.div_ceil(PAGE)
-}
-
-impl Sum {
-    fn of(data: &[u8]) -> Sum {
-        Sum { len: data.len() as u32, pages: data.chunks(PAGE).map(page_sum).collect() }
-    }
-
-    fn encode(&self, record_bytes: usize) -> Vec<u8> {
-        let mut r = vec![0u8; record_bytes];
-        r[0..4].copy_from_slice(&self.len.to_le_bytes());
-        for (k, h) in self.pages.iter().enumerate() {
-            r[8 + 8 * k..16 + 8 * k].copy_from_slice(&h.to_le_bytes());
-        }
-        r
-    }
-
-    fn decode(r: &[u8]) -> Option<Sum> {
-        let len = u32::from_le_bytes(r[0..4].try_into().unwrap());
-        let words = r[8..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()));
-        (len > 0).then(|| Sum { len, pages: words.take((len as usize).div_ceil(PAGE)).collect() })
-    }
-}
-
-/// The checksum of one page's bytes (the last page of a short slot may be shorter).
-fn page_sum(page: &[u8]) -> u64 {
-    u64::from_le_bytes(checksum(page)[..8].try_into().unwrap())
 }
 
 /// A ring and one scratch buffer per operation it may have in flight.
@@ -194,9 +133,8 @@ impl NvmeTier {
             SlotId::MAX as u64
         };
         let max_slots = capacity_bytes.map_or(device_slots, |c| (c / slot_bytes as u64).min(device_slots));
-        let pages_per_slot = slot_bytes / PAGE;
         let record_bytes = sum_record_bytes(slot_bytes);
-        let mut slots = Slots::new(max_slots, pages_per_slot);
+        let mut slots = Slots::new(max_slots, slot_bytes);
         let mut kept = Vec::new();
         let sums_file = if is_device {
             None
@@ -225,7 +163,7 @@ impl NvmeTier {
                 slots.alloc = SlotAllocator::with_used(max_slots, &kept);
                 slots.grow(slots.alloc.high_water() as usize);
                 for (slot, sum) in found {
-                    slots.set_sum(slot, Some(&sum));
+                    slots.sums.set(slot, Some(&sum));
                     slots.in_use[slot as usize] = true;
                 }
             } else {
@@ -404,7 +342,7 @@ impl Tier for NvmeTier {
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
                 results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| {
-                    s.set_sum(slot, Some(&sum));
+                    s.sums.set(slot, Some(&sum));
                     written.push((slot, sum));
                 }));
             }
@@ -420,22 +358,10 @@ impl Tier for NvmeTier {
 
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
         // Each request reads and verifies only the pages it covers: `first..end` of its slot.
-        let plans: Vec<(Sum, usize, usize)> = {
+        let plans: Vec<PagePlan> = {
             let s = self.slots.lock().unwrap();
             reqs.iter()
-                .map(|r| match s.sum(r.slot) {
-                    Some(sum) if r.offset + r.buf.len() <= sum.len as usize => {
-                        let first = r.offset / PAGE;
-                        let end = (r.offset + r.buf.len()).div_ceil(PAGE).max(first + 1);
-                        Ok((sum, first, end))
-                    }
-                    Some(sum) => Err(TierError::Corrupt {
-                        tier: NAME,
-                        slot: r.slot,
-                        detail: format!("read of {}+{} beyond the {} bytes written", r.offset, r.buf.len(), sum.len),
-                    }),
-                    None => Err(TierError::Corrupt { tier: NAME, slot: r.slot, detail: "never written".into() }),
-                })
+                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.sums.get(r.slot)))
                 .collect::<Result<_, _>>()?
         };
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
@@ -444,23 +370,18 @@ impl Tier for NvmeTier {
             let ops: Vec<_> = chunk
                 .iter()
                 .zip(chunk_plans)
-                .map(|(r, (sum, first, end))| {
-                    let bytes = (end * PAGE).min(sum.len as usize) - first * PAGE;
-                    (r.slot, first * PAGE, align_up(bytes), false)
-                })
+                .map(|(r, plan)| (r.slot, plan.base(), align_up(plan.bytes()), false))
                 .collect();
             for (i, outcome) in self.run(&mut ring, &ops).into_iter().enumerate() {
-                let (req, (sum, first, end)) = (&mut chunk[i], &chunk_plans[i]);
+                let (req, plan) = (&mut chunk[i], &chunk_plans[i]);
                 if let Err(e) = outcome {
                     result = Err(Self::io_err(req.slot, e));
                     break 'chunks;
                 }
-                let base = first * PAGE;
-                let data = &ring.bufs[i][..(end * PAGE).min(sum.len as usize) - base];
-                let bad = (*first..*end).zip(data.chunks(PAGE)).find(|&(k, page)| page_sum(page) != sum.pages[k]);
-                if let Some((k, _)) = bad {
-                    let detail = format!("checksum mismatch in page {k}: the bytes on the medium changed");
-                    result = Err(TierError::Corrupt { tier: NAME, slot: req.slot, detail });
+                let base = plan.base();
+                let data = &ring.bufs[i][..plan.bytes()];
+                if let Err(e) = plan.verify(NAME, req.slot, data) {
+                    result = Err(e);
                     break 'chunks;
                 }
                 req.buf.copy_from_slice(&data[req.offset - base..req.offset - base + req.buf.len()]);
@@ -474,10 +395,10 @@ impl Tier for NvmeTier {
         let mut s = self.slots.lock().unwrap();
         assert!(s.in_use[slot as usize], "double free of slot {slot}");
         s.in_use[slot as usize] = false;
-        let had_sum = s.lens[slot as usize] > 0;
-        s.set_sum(slot, None);
+        let had_sum = s.sums.is_set(slot);
+        s.sums.set(slot, None);
         if s.alloc.free(slot) {
-            *s = Slots::new(s.alloc.max_slots(), s.pages_per_slot);
+            *s = Slots::new(s.alloc.max_slots(), self.slot_bytes);
             if !self.is_device {
                 let _ = self.file.set_len(0);
             }
