@@ -176,6 +176,23 @@ fn a_restarted_node_frees_what_its_earlier_run_left() {
     assert_eq!(a.used_slots(), 0);
 }
 
+#[test]
+fn slots_an_earlier_run_left_are_held_unreadable_until_freed() {
+    let a = donor(8);
+    let t = tier(&[&a], 1, None, 500);
+    // The restarted daemon's map still names slots 0 and 2 of the run that died.
+    t.hold_lost(&[0, 2]);
+    let fresh = t.alloc().unwrap();
+    assert_eq!(fresh, 1, "a held slot was handed out again");
+    t.write(fresh, &pattern(1)).unwrap();
+    assert!(matches!(read(&t, 0), Err(TierError::Corrupt { slot: 0, .. })), "{:?}", read(&t, 0).map(|_| ()));
+    assert_eq!(t.alloc().unwrap(), 3);
+    // Once the map lets go of one, its number is reused like any free slot.
+    t.free(2);
+    assert_eq!(t.alloc().unwrap(), 2);
+    assert_eq!(read(&t, fresh).unwrap(), pattern(1));
+}
+
 /// Sends raw bytes to a donor and returns the reason in its error frame.
 fn donor_refusal(d: &DonorServer, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(d.local_addr()).unwrap();

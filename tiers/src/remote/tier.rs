@@ -1397,6 +1397,15 @@ impl Tier for RemoteTier {
         }
     }
 
+    /// The copies of an earlier run are gone (freed on the donors by RESET), but the store map
+    /// still names their slots: keep those numbers out of use until freed, with no place, so
+    /// that a page still pointing at one fails to read instead of reading a new granule.
+    fn hold_lost(&self, slots: &[SlotId]) {
+        let mut s = self.core.slots.lock().unwrap();
+        assert_eq!(s.used(), 0, "lost slots are held before the tier is used");
+        *s = SlotAllocator::with_used(s.max_slots(), slots);
+    }
+
     fn usage(&self) -> TierUsage {
         let c = &*self.core;
         let s = c.slots.lock().unwrap();
