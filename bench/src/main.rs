@@ -1,4 +1,5 @@
-//! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]`
+//! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] [--plot FILE.png]`
+//! `holo-bench refault --replot RUN.json [--plot FILE.png]`
 //! `holo-bench swap [...]`: holo against kernel swap (swapfile, zram) and the disk, see `swap.rs`.
 //! `holo-bench pressure [...]`: a program and a hog in one memory-limited cgroup, with holo,
 //! without it and with kernel swap: PSI and completion time, see `pressure.rs`.
@@ -19,7 +20,9 @@
 //!
 //! Contenders alternate round by round (raw 4K, holo 4K, raw 64K, holo 64K, raw 4K, ...) so
 //! that a noisy machine hurts all of them alike. The summary is, per contender, the median over
-//! rounds of each round's percentile. Per-round numbers go to `target/bench/refault-*.json`.
+//! rounds of each round's percentile. Per-round numbers go to `target/bench/refault-*.json`
+//! (with each run's refault latency histogram), and their distributions, all rounds together,
+//! to a PNG beside it (`plot.rs`).
 //!
 //! Placement matters on this 2-vCPU VM (KERNEL-NOTES: waking a thread on the other, halted vCPU
 //! costs ~40 us): by default nothing is pinned; `--pin` puts the timing thread and the handler
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+mod dist;
 mod plot;
 mod pressure;
 mod remote;
@@ -46,7 +50,8 @@ const REGION_BYTES: u64 = 256 << 20;
 const DRAM_BUDGET_MIB: u64 = 64;
 const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
-const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]\n       \
+const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] \
+                     [--plot FILE.png]\n       holo-bench refault --replot RUN.json [--plot FILE.png]\n       \
                      holo-bench swap --help\n       holo-bench threads --help\n       \
                      holo-bench remote --help\n       holo-bench pressure --help";
 
@@ -95,6 +100,10 @@ struct Opts {
     /// CPUs of the timing thread and of the fault handler (raw thread or whole daemon).
     pin: Option<(usize, usize)>,
     out: Option<PathBuf>,
+    /// The PNG (default: the JSON's path with `.png`).
+    plot: Option<PathBuf>,
+    /// Only redraw the plot of an earlier run's JSON.
+    replot: Option<PathBuf>,
 }
 
 fn main() {
@@ -113,7 +122,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = refault(&opts) {
+    let done = match &opts.replot {
+        Some(json) => plot::replot(json, opts.plot.as_deref(), "refault"),
+        None => refault(&opts),
+    };
+    if let Err(e) = done {
         eprintln!("holo-bench: {e}");
         std::process::exit(1);
     }
@@ -124,7 +137,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     if it.next().map(String::as_str) != Some("refault") {
         return Err("the benchmarks are `refault`, `swap`, `threads` and `remote`".into());
     }
-    let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None };
+    let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None, plot: None, replot: None };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value")).cloned();
         let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
@@ -132,6 +145,8 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = number(value(a)?)? as usize,
             "--samples" => o.samples = number(value(a)?)?,
             "--out" => o.out = Some(value(a)?.into()),
+            "--plot" => o.plot = Some(value(a)?.into()),
+            "--replot" => o.replot = Some(value(a)?.into()),
             "--pin" => o.pin = Some((0, 0)),
             "--split" => o.pin = Some((0, 1)),
             _ => return Err(format!("unknown argument {a}")),
@@ -384,7 +399,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// One run as a JSON row: counts, percentiles of refaults and of all accesses, and the rest.
+/// One run as a JSON row: counts, percentiles of refaults and of all accesses, the refaults'
+/// latency histogram, and the rest.
 fn run_row(round: usize, kind: Kind, granule: u64, s: &Samples, daemon: Value, t: Instant) -> Value {
     let pick = |refault: bool| -> Vec<u64> {
         s.ns.iter().zip(&s.refault).filter(|(_, &r)| r == refault).map(|(&n, _)| n).collect()
@@ -396,6 +412,7 @@ fn run_row(round: usize, kind: Kind, granule: u64, s: &Samples, daemon: Value, t
         "round": round, "contender": kind.name(), "granule_bytes": granule,
         "accesses": s.ns.len(), "refaults": refaults.len(),
         "refaults_over_1us": over_1us(&refaults), "resident_over_1us": over_1us(&resident),
+        "refault_hist": dist::Hist::from_ns(refaults.iter().copied()).to_json(),
         "refault": percentiles(refaults), "all": percentiles(s.ns.clone()),
         "header": s.header.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "holo_pager": daemon, "wall_s": t.elapsed().as_secs_f64(),
@@ -505,7 +522,35 @@ fn refault(o: &Opts) -> Result<()> {
     });
     write_report(&out, &report)?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    plot::after_run(&report, &out, o.plot.as_deref());
     Ok(())
+}
+
+/// The plot of a refault report: per granule, the refault latency of each contender, every
+/// round's refaults together.
+fn panels(report: &Value) -> Result<(String, Vec<plot::Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let mut panels = vec![];
+    for &(bytes, label) in &GRANULES {
+        let mut curves = vec![];
+        for (colour, kind) in [Kind::Holo, Kind::Raw].into_iter().enumerate() {
+            let mine = runs.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes);
+            let name = match kind {
+                Kind::Raw => "raw userfaultfd (UFFDIO_COPY from memory)",
+                Kind::Holo => "holo (refaults from its tiers)",
+            };
+            curves.push(plot::Curve { label: name.into(), colour, hist: plot::merged(mine, "/refault_hist")? });
+        }
+        panels.push(plot::Panel { title: format!("refault latency, {label} granules"), curves });
+    }
+    let title = format!(
+        "holo-bench refault: {} MiB region, holo DRAM budget {} MiB, {} round(s), {}",
+        report["region_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["holo_dram_budget_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["rounds"],
+        report["placement"].as_str().unwrap_or("?")
+    );
+    Ok((title, panels))
 }
 
 fn print_tables(o: &Opts, placement: &str, summary: &[(Value, Value)]) {

@@ -35,15 +35,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::plot::{svg, Panel};
+use crate::plot::{merged, Curve, Panel};
 use crate::{compile, holo_bin, median, workspace_root};
 
 use crate::Result;
 
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
-       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.svg]
-       holo-bench swap --replot RUN.json [--plot FILE.svg]   (redraws an earlier run's plot)
+       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.png]
+       holo-bench swap --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, scratch files under /var/tmp, contenders holo,swapfile,zram,disk";
@@ -133,7 +133,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     if let Some(json) = &o.replot {
-        return match replot(&o, json) {
+        return match crate::plot::replot(json, o.plot.as_deref(), "swap") {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("holo-bench swap: {e}");
@@ -569,7 +569,7 @@ fn derive(v: &Value) -> Value {
     json!({
         "mb_per_s": n("bytes") / n("ns") * 1e3, "ops_per_s": n("ops") / n("ns") * 1e9,
         "p50_us": us("p50_ns"), "p90_us": us("p90_ns"), "p99_us": us("p99_ns"), "max_us": us("max_ns"),
-        "seconds": n("ns") / 1e9, "major_faults": v["majflt"],
+        "seconds": n("ns") / 1e9, "major_faults": v["majflt"], "hist": v["hist"],
     })
 }
 
@@ -835,10 +835,8 @@ fn swap(o: &Opts) -> Result<bool> {
     });
     drop(setup);
     crate::write_report(&out, &report)?;
-    let plot_path = o.plot.clone().unwrap_or_else(|| out.with_extension("svg"));
-    fs::write(&plot_path, plot(o, &summary)).map_err(|e| format!("{}: {e}", plot_path.display()))?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
-    println!("plot: {}", plot_path.display());
+    crate::plot::after_run(&report, &out, o.plot.as_deref());
     if !all_ok {
         println!("NOT ALL RUNS PASSED: see the outcomes above");
     }
@@ -1044,76 +1042,44 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     }
 }
 
-/// Throughput and latency per phase and contender, with the disk's floor as reference lines.
-fn plot(o: &Opts, summary: &[Value]) -> String {
-    const COLOURS: [(&str, &str); 3] = [("holo", "#1f5fa8"), ("swapfile", "#c0392b"), ("zram", "#2e8b57")];
-    let disk = summary.iter().find(|s| s["contender"] == "disk");
-    let floor = |t: &str, k: &str| disk.and_then(|d| d["tests"][t][k].as_f64());
-    let panel = |title: &str, phases: &[&str], k: &str, lines: Vec<(String, Option<f64>)>| Panel {
-        title: title.into(),
-        groups: phases.iter().map(|p| p.to_string()).collect(),
-        series: COLOURS
-            .iter()
-            .filter_map(|&(c, colour)| {
-                let s = summary.iter().find(|s| s["contender"] == c)?;
-                Some((c.to_string(), colour, phases.iter().map(|p| s["phases"][p][k].as_f64()).collect()))
-            })
-            .collect(),
-        lines: lines.into_iter().filter_map(|(l, v)| Some((l, v?))).collect(),
-    };
-    let lat = ["seq_read", "rand_read", "rand_write"];
-    svg(
-        &format!(
-            "holo-bench swap: {} MiB working set ({} data), cgroup {} + {} MiB; medians of {} round(s); log scales",
-            o.working_set >> 20,
-            o.data,
-            o.limit >> 20,
-            o.margin >> 20,
-            o.rounds
-        ),
-        &[
-            panel(
-                "throughput, MB/s",
-                &PHASES,
-                "mb_per_s",
-                vec![
-                    ("disk seq 1M QD1".into(), floor("seq_1m_qd1", "mb_per_s")),
-                    ("disk rand 4K QD1".into(), floor("rand_4k_qd1", "mb_per_s")),
-                ],
-            ),
-            panel(
-                "p50 per 4 KiB page or op, us",
-                &lat,
-                "p50_us",
-                vec![("disk rand 4K p50".into(), floor("rand_4k_qd1", "p50_us"))],
-            ),
-            panel(
-                "p99 per 4 KiB page or op, us",
-                &lat,
-                "p99_us",
-                vec![("disk rand 4K p99".into(), floor("rand_4k_qd1", "p99_us"))],
-            ),
-        ],
-    )
-}
-
-fn replot(given: &Opts, json: &Path) -> Result<()> {
-    let text = fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
-    let r: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    let (opt, n) = (&r["options"], |v: &Value| v.as_u64().unwrap_or(0));
-    let o = Opts {
-        rounds: n(&opt["rounds"]) as usize,
-        limit: n(&opt["limit_bytes"]),
-        margin: n(&opt["margin_bytes"]),
-        working_set: n(&opt["working_set_bytes"]),
-        data: opt["data"].as_str().unwrap_or("?").into(),
-        ..parse_args(&[])?
-    };
-    let summary = r["summary"].as_array().ok_or("no summary in the JSON")?;
-    let path = given.plot.clone().unwrap_or_else(|| json.with_extension("svg"));
-    fs::write(&path, plot(&o, summary)).map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("plot: {}", path.display());
-    Ok(())
+/// The plot of a swap report: per phase with per-operation latencies, each contender's
+/// distribution over the rounds that passed, and the disk's O_DIRECT random reads (QD1) as the
+/// floor of a page brought back from disk.
+pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let ok = |c: &'static str| runs.iter().filter(move |r| r["contender"] == c && r["outcome"] == "ok");
+    let mut panels = vec![];
+    for (ph, what) in [
+        ("seq_read", "sequential reads, per 4 KiB page"),
+        ("rand_read", "random 4 KiB page reads"),
+        ("rand_write", "random 4 KiB page rewrites"),
+    ] {
+        let mut curves = vec![];
+        for (colour, c) in ["holo", "swapfile", "zram"].into_iter().enumerate() {
+            let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
+            curves.push(Curve { label: c.into(), colour, hist });
+        }
+        if ph != "seq_read" {
+            for (colour, test, label) in
+                [(4, "rand_4k_qd1", "disk: O_DIRECT 4 KiB read"), (5, "rand_64k_qd1", "disk: O_DIRECT 64 KiB read")]
+            {
+                let hist = merged(ok("disk"), &format!("/tests/{test}/hist"))?;
+                curves.push(Curve { label: label.into(), colour, hist });
+            }
+        }
+        panels.push(Panel { title: format!("{ph}: {what}"), curves });
+    }
+    let (opt, mib) = (&report["options"], |v: &Value| v.as_u64().unwrap_or(0) >> 20);
+    let title = format!(
+        "holo-bench swap: {} MiB working set ({} data), cgroup {} + {} MiB, holo granule {}; {} round(s), passed rounds only",
+        mib(&opt["working_set_bytes"]),
+        opt["data"].as_str().unwrap_or("?"),
+        mib(&opt["limit_bytes"]),
+        mib(&opt["margin_bytes"]),
+        opt["holo_granule"].as_str().unwrap_or("?"),
+        opt["rounds"]
+    );
+    Ok((title, panels))
 }
 
 #[cfg(test)]
