@@ -76,15 +76,21 @@ impl Hist {
         Ok(h)
     }
 
-    /// The complementary CDF at each occupied bucket: (its lower bound in us, the fraction of
-    /// samples at or above it). The first point is at fraction 1, the last at its bucket's share.
+    /// The complementary CDF as a line through exact points, (latency in us, fraction of samples
+    /// at or above it): at each occupied bucket's lower bound, and at its upper bound where the
+    /// next bucket is not adjacent (the line is flat across empty buckets, and only within a
+    /// bucket is the shape unknown). It starts at fraction 1 and ends at the last bucket's share.
     pub fn ccdf(&self) -> Vec<(f64, f64)> {
         let total = self.total() as f64;
         let mut above = total;
-        let mut points = vec![];
-        for (&b, &c) in self.0.iter().filter(|(_, &c)| c > 0) {
+        let mut points: Vec<(f64, f64)> = vec![];
+        let buckets: Vec<(u64, u64)> = self.0.iter().filter(|(_, &c)| c > 0).map(|(&b, &c)| (b, c)).collect();
+        for (i, &(b, c)) in buckets.iter().enumerate() {
             points.push((b as f64 / 1e3, above / total));
             above -= c as f64;
+            if buckets.get(i + 1).is_some_and(|&(next, _)| next > b + width(b)) {
+                points.push(((b + width(b)) as f64 / 1e3, above / total));
+            }
         }
         points
     }
@@ -124,7 +130,12 @@ mod tests {
         assert_eq!(p[0], (0.96, 1.0));
         assert!(p.contains(&(49.152, 0.51)), "{p:?}");
         assert_eq!(*p.last().unwrap(), (98.304, 0.02)); // 99 and 100 us
-        assert!(p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1));
+        assert!(p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 >= w[1].1));
+        // Across empty buckets the line stays flat: 2 of 3 samples lie at or above any latency
+        // from the end of 1 us's bucket to the start of 10 us's (9.216 us), 1 of 3 from there
+        // on to 100 us's bucket.
+        let gap = Hist::from_ns([1000, 10_000, 100_000]).ccdf();
+        assert_eq!(gap, [(0.96, 1.0), (1.024, 2.0 / 3.0), (9.216, 2.0 / 3.0), (10.24, 1.0 / 3.0), (98.304, 1.0 / 3.0)]);
         assert_eq!(h.range_us(), Some((0.96, 106.496)));
         assert_eq!(Hist::default().range_us(), None);
     }

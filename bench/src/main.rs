@@ -610,6 +610,51 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
+    /// A report as `refault` writes it, read back from its JSON and drawn; refused when it is of
+    /// another benchmark or has no distributions (a JSON of before).
+    #[test]
+    fn report_round_trip_to_png() {
+        let dir = TempDir::new("plot-test").unwrap();
+        let mut runs = vec![];
+        for (kind, scale) in [(Kind::Raw, 1), (Kind::Holo, 10)] {
+            for &(bytes, _) in &GRANULES {
+                let ns: Vec<u64> = (1..=1000).map(|i| i * 20 * scale).collect();
+                let s = Samples { header: vec![], refault: ns.iter().map(|&n| n > 5000).collect(), ns };
+                runs.push(run_row(0, kind, bytes, &s, Value::Null, Instant::now()));
+            }
+        }
+        let report = json!({
+            "benchmark": "refault", "region_bytes": REGION_BYTES, "holo_dram_budget_bytes": 64 << 20,
+            "rounds": 1, "placement": "unit test", "runs": runs,
+        });
+        let json = dir.0.join("run.json");
+        write_report(&json, &report).unwrap();
+
+        let back: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+        let (_, panels) = panels(&back).unwrap();
+        let totals: Vec<Vec<u64>> = panels.iter().map(|p| p.curves.iter().map(|c| c.hist.total()).collect()).collect();
+        // Refaults only: holo's over 5 us are i > 25, raw's i > 250.
+        assert_eq!(totals, [[975, 750], [975, 750]]);
+
+        plot::replot(&json, None, "refault").unwrap();
+        let png = fs::read(json.with_extension("png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        // IHDR: two panels side by side under the title.
+        let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        assert_eq!((dim(16), dim(20)), (1520, 520));
+
+        assert!(plot::replot(&json, None, "swap").unwrap_err().contains("not a `swap` one"));
+        let mut old = back.clone();
+        for r in old["runs"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("refault_hist");
+        }
+        let old_json = dir.0.join("old.json");
+        write_report(&old_json, &old).unwrap();
+        let e = plot::replot(&old_json, None, "refault").unwrap_err();
+        assert!(e.contains("no latency distributions"), "{e}");
+        assert!(!old_json.with_extension("png").exists());
+    }
+
     #[test]
     fn arguments() {
         let args = |s: &str| parse_args(&s.split(' ').map(String::from).collect::<Vec<_>>());
@@ -617,5 +662,7 @@ mod tests {
         assert_eq!((o.rounds, o.samples, o.pin), (3, 20000, Some((0, 1))));
         assert!(args("refault --rounds 0").is_err());
         assert!(args("other").is_err());
+        let o = args("refault --replot a.json --plot b.png").unwrap();
+        assert_eq!((o.replot.unwrap(), o.plot.unwrap()), ("a.json".into(), "b.png".into()));
     }
 }

@@ -1086,6 +1086,28 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
 mod tests {
     use super::*;
 
+    /// The C workload's histograms, as a run keeps them, reach the plot whole: C and Rust
+    /// bucket alike (reading refuses any other bound), and no sample is lost.
+    #[test]
+    fn workload_histograms_reach_the_plot() {
+        let program = compile("swap_workload").unwrap();
+        let out = Command::new(&program).args(["8388608", "7", "random", "1", "500"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = json_lines(&String::from_utf8_lossy(&out.stdout), "phase");
+        let phases: Map<String, Value> =
+            PHASES.iter().filter_map(|&ph| Some((ph.to_string(), derive(lines.get(ph)?)))).collect();
+        let runs: Vec<Value> =
+            ["holo", "zram"].map(|c| json!({"contender": c, "outcome": "ok", "phases": phases})).into();
+        let report = json!({"benchmark": "swap", "options": {"rounds": 1, "data": "random"}, "runs": runs});
+        let (_, panels) = panels(&report).unwrap();
+        let total = |p: usize, c: usize| panels[p].curves[c].hist.total();
+        // 2048 pages read in one pass, 500 random reads and as many writes, for each contender.
+        assert_eq!([total(0, 0), total(0, 2), total(1, 0), total(2, 2)], [2048, 2048, 500, 500]);
+        assert_eq!(total(0, 1), 0); // no swapfile run
+        let dir = crate::TempDir::new("plot-test").unwrap();
+        crate::plot::ccdf_png(&dir.0.join("swap.png"), "test", &panels).unwrap();
+    }
+
     #[test]
     fn arguments() {
         let args = |s: &str| parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>());
