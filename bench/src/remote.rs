@@ -380,7 +380,7 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
     for link in LINKS {
         let mut curves = vec![];
         for (contender, colour, label) in
-            [("holo", 0, "holo"), ("holo-secret", 3, "holo, encrypted"), ("raw", 1, "raw TCP round trip")]
+            [("raw", 1, "raw TCP round trip"), ("holo-secret", 3, "holo, encrypted"), ("holo", 0, "holo")]
         {
             let mine = runs.iter().filter(|r| r["link"] == link && r["contender"] == contender);
             curves.push(Curve { label: label.into(), colour, hist: merged(mine, "/hist")? });

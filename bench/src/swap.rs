@@ -1055,10 +1055,6 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
         ("rand_write", "random 4 KiB page rewrites"),
     ] {
         let mut curves = vec![];
-        for (colour, c) in ["holo", "swapfile", "zram"].into_iter().enumerate() {
-            let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
-            curves.push(Curve { label: c.into(), colour, hist });
-        }
         if ph != "seq_read" {
             for (colour, test, label) in
                 [(4, "rand_4k_qd1", "disk: O_DIRECT 4 KiB read"), (5, "rand_64k_qd1", "disk: O_DIRECT 64 KiB read")]
@@ -1066,6 +1062,11 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
                 let hist = merged(ok("disk"), &format!("/tests/{test}/hist"))?;
                 curves.push(Curve { label: label.into(), colour, hist });
             }
+        }
+        // holo last: drawn on top.
+        for (colour, c) in [(1, "swapfile"), (2, "zram"), (0, "holo")] {
+            let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
+            curves.push(Curve { label: c.into(), colour, hist });
         }
         panels.push(Panel { title: format!("{ph}: {what}"), curves });
     }
@@ -1100,10 +1101,14 @@ mod tests {
             ["holo", "zram"].map(|c| json!({"contender": c, "outcome": "ok", "phases": phases})).into();
         let report = json!({"benchmark": "swap", "options": {"rounds": 1, "data": "random"}, "runs": runs});
         let (_, panels) = panels(&report).unwrap();
-        let total = |p: usize, c: usize| panels[p].curves[c].hist.total();
+        let total = |p: usize, who: &str| {
+            let c = panels[p].curves.iter().find(|c| c.label == who).unwrap();
+            c.hist.total()
+        };
         // 2048 pages read in one pass, 500 random reads and as many writes, for each contender.
-        assert_eq!([total(0, 0), total(0, 2), total(1, 0), total(2, 2)], [2048, 2048, 500, 500]);
-        assert_eq!(total(0, 1), 0); // no swapfile run
+        assert_eq!([total(0, "holo"), total(0, "zram"), total(1, "holo"), total(2, "zram")], [2048, 2048, 500, 500]);
+        assert_eq!(total(0, "swapfile"), 0);
+        assert_eq!(total(1, "disk: O_DIRECT 4 KiB read"), 0);
         let dir = crate::TempDir::new("plot-test").unwrap();
         crate::plot::ccdf_png(&dir.0.join("swap.png"), "test", &panels).unwrap();
     }

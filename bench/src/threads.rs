@@ -208,7 +208,7 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
     let mut panels = vec![];
     for t in counts {
         let mut curves = vec![];
-        for (colour, kind, label) in [(0, "holo", "holo"), (1, "raw", "raw userfaultfd")] {
+        for (colour, kind, label) in [(1, "raw", "raw userfaultfd"), (0, "holo", "holo")] {
             let mine = runs.iter().filter(|r| r["contender"] == kind && r["threads"] == t);
             curves.push(Curve { label: label.into(), colour, hist: merged(mine, "/hist")? });
         }
