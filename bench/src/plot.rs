@@ -39,7 +39,7 @@ pub const PALETTE: [RGBColor; 6] = [
     RGBColor(20, 20, 20),    // black
 ];
 
-/// Where the fonts of the usual distributions live; `HOLO_BENCH_FONT` goes first.
+/// Where the usual distributions put a font, tried when `HOLO_BENCH_FONT` names none.
 const FONT_PATHS: [&str; 5] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", // Debian, Ubuntu: fonts-dejavu-core
     "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf", // Fedora
@@ -56,16 +56,15 @@ fn load_font() -> Result<()> {
     static LOADED: OnceLock<Result<()>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let candidates: Vec<PathBuf> = std::env::var_os("HOLO_BENCH_FONT")
-                .map(PathBuf::from)
-                .into_iter()
-                .chain(FONT_PATHS.map(PathBuf::from))
-                .collect();
-            let path = candidates.iter().find(|p| p.is_file()).ok_or(
-                "no font for the plot's text: install fonts-dejavu-core (Debian/Ubuntu; dejavu-sans-fonts on Fedora) \
-                 or point HOLO_BENCH_FONT at a .ttf file",
-            )?;
-            let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let path = match std::env::var_os("HOLO_BENCH_FONT").map(PathBuf::from) {
+                Some(p) if !p.is_file() => return Err(format!("HOLO_BENCH_FONT={}: no such file", p.display())),
+                Some(p) => p,
+                None => FONT_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()).ok_or(
+                    "no font for the plot's text: install fonts-dejavu-core (Debian/Ubuntu; dejavu-sans-fonts on \
+                     Fedora) or point HOLO_BENCH_FONT at a .ttf file",
+                )?,
+            };
+            let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             // plotters keeps fonts for the whole process: so does this one, once.
             register_font(FONT, FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
                 .map_err(|_| format!("{} is not a font plotters can read", path.display()))
