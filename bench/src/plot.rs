@@ -30,7 +30,7 @@ pub struct Panel {
     pub curves: Vec<Curve>,
 }
 
-pub const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 95, 168),   // blue
     RGBColor(192, 57, 43),   // red
     RGBColor(46, 139, 87),   // green

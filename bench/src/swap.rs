@@ -19,6 +19,9 @@
 //! Swap is off while holo and the disk floor run. The benchmark creates and removes its own
 //! swapfile, zram device, cgroups and scratch files (also on error and Ctrl-C; a panic aborts,
 //! so none is allowed), and refuses to run where it cannot set all of them up.
+//!
+//! The JSON keeps each run's per-operation latency histograms; the PNG beside it draws them,
+//! per phase, one curve per contender (`panels`, `plot.rs`).
 
 use std::ffi::{CString, OsStr};
 use std::fs;
