@@ -18,8 +18,9 @@ trap 'rm -rf "$TMP"' EXIT
 # --- Debian packages ------------------------------------------------------------------
 # build-essential: cc for the C test programs; pkg-config: build scripts; memtester: run
 # under the shim by an e2e test; util-linux, procps: everyday tools the e2e tests call;
-# iproute2: `ip netns` and veth links for the cluster test's three-node LAN.
-PACKAGES=(build-essential pkg-config memtester util-linux procps iproute2)
+# iproute2: `ip netns` and veth links for the cluster test's three-node LAN;
+# fonts-dejavu-core: the text of holo-bench's PNG plots (its unit tests draw some).
+PACKAGES=(build-essential pkg-config memtester util-linux procps iproute2 fonts-dejavu-core)
 
 pkg_installed() {
     # Not `dpkg -s | grep -q`: with pipefail, grep quitting early can SIGPIPE dpkg.

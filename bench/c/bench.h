@@ -46,4 +46,31 @@ static inline uint32_t pct(const uint32_t *v, size_t n, double q)
     return v[(k < 1 ? 1 : k > n ? n : k) - 1];
 }
 
+/* The bucket of a latency of `v` ns, as its lower bound: `v` cut to its 4 leading bits, so 8
+ * buckets per power of two, each at most 1/8 of its lower bound wide (exact below 16 ns).
+ * holo-bench's dist.rs buckets the same way and checks every bound it reads. */
+static inline uint32_t hist_bucket(uint32_t v)
+{
+    if (v < 16)
+        return v;
+    int shift = 31 - __builtin_clz(v) - 3;
+    return v >> shift << shift;
+}
+
+/* Prints `,"hist":[[BUCKET,COUNT],...]` for the sorted `v[0..n)`: the whole distribution, in
+ * a few hundred bytes, that rounds can add up. */
+static void print_hist(const uint32_t *v, size_t n)
+{
+    printf(",\"hist\":[");
+    for (size_t i = 0; i < n;) {
+        uint32_t b = hist_bucket(v[i]);
+        size_t j = i;
+        while (j < n && hist_bucket(v[j]) == b)
+            j++;
+        printf("%s[%u,%zu]", i ? "," : "", b, j - i);
+        i = j;
+    }
+    printf("]");
+}
+
 #endif

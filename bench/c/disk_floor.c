@@ -43,6 +43,7 @@ static void report(const char *test, size_t bytes, size_t ops, uint64_t ns, uint
         qsort(lat, ops, sizeof *lat, cmp_u32);
         printf(",\"p50_ns\":%u,\"p90_ns\":%u,\"p99_ns\":%u,\"max_ns\":%u", pct(lat, ops, 0.5),
                pct(lat, ops, 0.9), pct(lat, ops, 0.99), lat[ops - 1]);
+        print_hist(lat, ops);
     }
     printf("}\n");
     fflush(stdout);

@@ -11,7 +11,8 @@
  * slices, one per thread; each thread reads one byte of one random page of each of its
  * granules (timed, checked), all threads released together. Prints one JSON line: accesses,
  * faults (raw: all; holo: the accessed pages not present right before the pass), the pass's
- * wall time, and per-access latency percentiles over all threads. Exit 1 on wrong data. */
+ * wall time, and per-access latency percentiles and histogram over all threads. Exit 1 on wrong
+ * data. */
 #define _GNU_SOURCE
 #include "bench.h"
 
@@ -201,8 +202,10 @@ int main(int argc, char **argv)
     }
     qsort(lat, ngran, sizeof *lat, cmp_u32);
     printf("{\"threads\":%zu,\"accesses\":%zu,\"faults\":%zu,\"ns\":%llu,\"p50_ns\":%u,\"p90_ns\":%u,"
-           "\"p99_ns\":%u,\"max_ns\":%u}\n",
+           "\"p99_ns\":%u,\"max_ns\":%u",
            nthreads, ngran, faults, (unsigned long long)ns, pct(lat, ngran, 0.5), pct(lat, ngran, 0.9),
            pct(lat, ngran, 0.99), lat[ngran - 1]);
+    print_hist(lat, ngran);
+    printf("}\n");
     return 0;
 }

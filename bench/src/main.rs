@@ -1,4 +1,5 @@
-//! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]`
+//! `holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] [--plot FILE.png]`
+//! `holo-bench refault --replot RUN.json [--plot FILE.png]`
 //! `holo-bench swap [...]`: holo against kernel swap (swapfile, zram) and the disk, see `swap.rs`.
 //! `holo-bench pressure [...]`: a program and a hog in one memory-limited cgroup, with holo,
 //! without it and with kernel swap: PSI and completion time, see `pressure.rs`.
@@ -20,7 +21,9 @@
 //!
 //! Contenders alternate round by round (raw 4K, holo 4K, raw 64K, holo 64K, raw 4K, ...) so
 //! that a noisy machine hurts all of them alike. The summary is, per contender, the median over
-//! rounds of each round's percentile. Per-round numbers go to `target/bench/refault-*.json`.
+//! rounds of each round's percentile. Per-round numbers go to `target/bench/refault-*.json`
+//! (with each run's refault latency histogram), and their distributions, all rounds together,
+//! to a PNG beside it (`plot.rs`).
 //!
 //! Placement matters on this 2-vCPU VM (KERNEL-NOTES: waking a thread on the other, halted vCPU
 //! costs ~40 us): by default nothing is pinned; `--pin` puts the timing thread and the handler
@@ -36,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+mod dist;
 mod hbm;
 mod plot;
 mod pressure;
@@ -48,7 +52,8 @@ const REGION_BYTES: u64 = 256 << 20;
 const DRAM_BUDGET_MIB: u64 = 64;
 const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
-const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE]\n       \
+const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] \
+                     [--plot FILE.png]\n       holo-bench refault --replot RUN.json [--plot FILE.png]\n       \
                      holo-bench swap --help\n       holo-bench threads --help\n       \
                      holo-bench remote --help\n       holo-bench pressure --help\n       holo-bench hbm --help";
 
@@ -97,6 +102,10 @@ struct Opts {
     /// CPUs of the timing thread and of the fault handler (raw thread or whole daemon).
     pin: Option<(usize, usize)>,
     out: Option<PathBuf>,
+    /// The PNG (default: the JSON's path with `.png`).
+    plot: Option<PathBuf>,
+    /// Only redraw the plot of an earlier run's JSON.
+    replot: Option<PathBuf>,
 }
 
 fn main() {
@@ -116,7 +125,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = refault(&opts) {
+    let done = match &opts.replot {
+        Some(json) => plot::replot(json, opts.plot.as_deref(), "refault"),
+        None => refault(&opts),
+    };
+    if let Err(e) = done {
         eprintln!("holo-bench: {e}");
         std::process::exit(1);
     }
@@ -127,7 +140,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     if it.next().map(String::as_str) != Some("refault") {
         return Err("the benchmarks are `refault`, `swap`, `threads`, `pressure`, `remote` and `hbm`".into());
     }
-    let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None };
+    let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None, plot: None, replot: None };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value")).cloned();
         let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
@@ -135,6 +148,8 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = number(value(a)?)? as usize,
             "--samples" => o.samples = number(value(a)?)?,
             "--out" => o.out = Some(value(a)?.into()),
+            "--plot" => o.plot = Some(value(a)?.into()),
+            "--replot" => o.replot = Some(value(a)?.into()),
             "--pin" => o.pin = Some((0, 0)),
             "--split" => o.pin = Some((0, 1)),
             _ => return Err(format!("unknown argument {a}")),
@@ -387,7 +402,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// One run as a JSON row: counts, percentiles of refaults and of all accesses, and the rest.
+/// One run as a JSON row: counts, percentiles of refaults and of all accesses, the refaults'
+/// latency histogram, and the rest.
 fn run_row(round: usize, kind: Kind, granule: u64, s: &Samples, daemon: Value, t: Instant) -> Value {
     let pick = |refault: bool| -> Vec<u64> {
         s.ns.iter().zip(&s.refault).filter(|(_, &r)| r == refault).map(|(&n, _)| n).collect()
@@ -399,6 +415,7 @@ fn run_row(round: usize, kind: Kind, granule: u64, s: &Samples, daemon: Value, t
         "round": round, "contender": kind.name(), "granule_bytes": granule,
         "accesses": s.ns.len(), "refaults": refaults.len(),
         "refaults_over_1us": over_1us(&refaults), "resident_over_1us": over_1us(&resident),
+        "refault_hist": dist::Hist::from_ns(refaults.iter().copied()).to_json(),
         "refault": percentiles(refaults), "all": percentiles(s.ns.clone()),
         "header": s.header.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "holo_pager": daemon, "wall_s": t.elapsed().as_secs_f64(),
@@ -508,7 +525,35 @@ fn refault(o: &Opts) -> Result<()> {
     });
     write_report(&out, &report)?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    plot::after_run(&report, &out, o.plot.as_deref());
     Ok(())
+}
+
+/// The plot of a refault report: per granule, the refault latency of each contender, every
+/// round's refaults together.
+fn panels(report: &Value) -> Result<(String, Vec<plot::Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let mut panels = vec![];
+    for &(bytes, label) in &GRANULES {
+        let mut curves = vec![];
+        for (colour, kind) in [(1, Kind::Raw), (0, Kind::Holo)] {
+            let mine = runs.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes);
+            let name = match kind {
+                Kind::Raw => "raw userfaultfd (UFFDIO_COPY from memory)",
+                Kind::Holo => "holo (refaults from its tiers)",
+            };
+            curves.push(plot::Curve { label: name.into(), colour, hist: plot::merged(mine, "/refault_hist")? });
+        }
+        panels.push(plot::Panel { title: format!("refault latency, {label} granules"), curves });
+    }
+    let title = format!(
+        "holo-bench refault: {} MiB region, holo DRAM budget {} MiB, {} round(s), {}",
+        report["region_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["holo_dram_budget_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["rounds"],
+        report["placement"].as_str().unwrap_or("?")
+    );
+    Ok((title, panels))
 }
 
 fn print_tables(o: &Opts, placement: &str, summary: &[(Value, Value)]) {
@@ -568,6 +613,51 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
+    /// A report as `refault` writes it, read back from its JSON and drawn; refused when it is of
+    /// another benchmark or has no distributions (a JSON of before).
+    #[test]
+    fn report_round_trip_to_png() {
+        let dir = TempDir::new("plot-test").unwrap();
+        let mut runs = vec![];
+        for (kind, scale) in [(Kind::Raw, 1), (Kind::Holo, 10)] {
+            for &(bytes, _) in &GRANULES {
+                let ns: Vec<u64> = (1..=1000).map(|i| i * 20 * scale).collect();
+                let s = Samples { header: vec![], refault: ns.iter().map(|&n| n > 5000).collect(), ns };
+                runs.push(run_row(0, kind, bytes, &s, Value::Null, Instant::now()));
+            }
+        }
+        let report = json!({
+            "benchmark": "refault", "region_bytes": REGION_BYTES, "holo_dram_budget_bytes": 64 << 20,
+            "rounds": 1, "placement": "unit test", "runs": runs,
+        });
+        let json = dir.0.join("run.json");
+        write_report(&json, &report).unwrap();
+
+        let back: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+        let (_, panels) = panels(&back).unwrap();
+        let totals: Vec<Vec<u64>> = panels.iter().map(|p| p.curves.iter().map(|c| c.hist.total()).collect()).collect();
+        // Refaults only: raw's over 5 us are i > 250, holo's i > 25.
+        assert_eq!(totals, [[750, 975], [750, 975]]);
+
+        plot::replot(&json, None, "refault").unwrap();
+        let png = fs::read(json.with_extension("png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        // IHDR: two panels side by side under the title.
+        let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        assert_eq!((dim(16), dim(20)), (1520, 520));
+
+        assert!(plot::replot(&json, None, "swap").unwrap_err().contains("not a `swap` one"));
+        let mut old = back.clone();
+        for r in old["runs"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("refault_hist");
+        }
+        let old_json = dir.0.join("old.json");
+        write_report(&old_json, &old).unwrap();
+        let e = plot::replot(&old_json, None, "refault").unwrap_err();
+        assert!(e.contains("no latency distributions"), "{e}");
+        assert!(!old_json.with_extension("png").exists());
+    }
+
     #[test]
     fn arguments() {
         let args = |s: &str| parse_args(&s.split(' ').map(String::from).collect::<Vec<_>>());
@@ -575,5 +665,7 @@ mod tests {
         assert_eq!((o.rounds, o.samples, o.pin), (3, 20000, Some((0, 1))));
         assert!(args("refault --rounds 0").is_err());
         assert!(args("other").is_err());
+        let o = args("refault --replot a.json --plot b.png").unwrap();
+        assert_eq!((o.replot.unwrap(), o.plot.unwrap()), ("a.json".into(), "b.png".into()));
     }
 }

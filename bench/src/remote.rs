@@ -1,6 +1,6 @@
-//! `holo-bench remote [--rounds N] [--fetches N] [--out FILE]`: remote fetch latency of one
-//! 64 KiB granule through holo's data plane, against raw TCP round trips of the same size
-//! measured in the same run.
+//! `holo-bench remote [--rounds N] [--fetches N] [--out FILE] [--plot FILE.png]`: remote fetch
+//! latency of one 64 KiB granule through holo's data plane, against raw TCP round trips of the
+//! same size measured in the same run. `--replot RUN.json` redraws an earlier run's plot.
 //!
 //! * `raw`: one TCP connection (TCP_NODELAY); the client writes a 16-byte request, the server
 //!   answers with 64 KiB from a prefilled buffer. The floor: the network and the kernel.
@@ -20,7 +20,7 @@
 //! The namespaces are set up at start and torn down at the end (or on error); without root or
 //! iproute2 or the tbf qdisc the benchmark refuses, saying which step failed. Within a round,
 //! contenders alternate per link (raw, holo); the summary is the median over rounds of each
-//! round's percentile.
+//! round's percentile; the plot, per link, each contender's distribution over all rounds.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -34,12 +34,15 @@ use holo_tiers::remote::{DonorOptions, DonorServer, RemoteOptions, TcpTransport,
 use holo_tiers::{RemoteTier, Tier};
 use serde_json::{json, Value};
 
+use crate::dist::Hist;
+use crate::plot::{merged, Curve, Panel};
 use crate::swap::check_interrupt;
 use crate::{median, percentiles, workspace_root};
 
 use crate::Result;
 
-const USAGE: &str = "usage: holo-bench remote [--rounds N] [--fetches N] [--out FILE]
+const USAGE: &str = "usage: holo-bench remote [--rounds N] [--fetches N] [--out FILE] [--plot FILE.png]
+       holo-bench remote --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, 2000 fetches per contender, link and round; needs root (network namespaces, tc)";
 const GRANULE: usize = 64 << 10;
 /// Granules stored on the donor; fetches pick among them at random.
@@ -57,6 +60,8 @@ struct Opts {
     rounds: usize,
     fetches: usize,
     out: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    replot: Option<PathBuf>,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -64,7 +69,7 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { rounds: 3, fetches: 2000, out: None };
+    let mut o = Opts { rounds: 3, fetches: 2000, out: None, plot: None, replot: None };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value")).cloned();
@@ -72,6 +77,8 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = value()?.parse().map_err(|_| "--rounds needs a number")?,
             "--fetches" => o.fetches = value()?.parse().map_err(|_| "--fetches needs a number")?,
             "--out" => o.out = Some(value()?.into()),
+            "--plot" => o.plot = Some(value()?.into()),
+            "--replot" => o.replot = Some(value()?.into()),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -304,6 +311,9 @@ fn time_holo(tier: &RemoteTier, fetches: usize, seed: u64) -> Result<Vec<u64>> {
 // ---------------------------------------------------------------------------------------------
 
 fn remote(o: &Opts) -> Result<()> {
+    if let Some(json) = &o.replot {
+        return crate::plot::replot(json, o.plot.as_deref(), "remote");
+    }
     let ns = Netns::setup()?;
     let (a, b) = (ns.a.clone(), ns.b.clone());
     let lo = servers("127.0.0.1")?;
@@ -336,6 +346,7 @@ fn remote(o: &Opts) -> Result<()> {
                 ])
             })?;
             for (contender, ns) in CONTENDERS.into_iter().zip(timed) {
+                let hist = Hist::from_ns(ns.iter().copied()).to_json();
                 let p = percentiles(ns);
                 eprintln!(
                     "  round {}/{} {link:10} {contender:11}: p50 {:.1} us, p99 {:.1} us",
@@ -345,7 +356,7 @@ fn remote(o: &Opts) -> Result<()> {
                     p["p99_us"].as_f64().unwrap_or(f64::NAN)
                 );
                 rows.push(json!({"round": round, "link": link, "contender": contender, "fetches": o.fetches,
-                                 "percentiles": p,
+                                 "percentiles": p, "hist": hist,
                                  "loadavg": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()}));
             }
         }
@@ -358,7 +369,26 @@ fn remote(o: &Opts) -> Result<()> {
         json!({"benchmark": "remote", "granule_bytes": GRANULE, "rounds": o.rounds, "summary": summary, "runs": rows});
     crate::write_report(&out, &doc)?;
     eprintln!("per-round numbers: {}", out.display());
+    crate::plot::after_run(&doc, &out, o.plot.as_deref());
     Ok(())
+}
+
+/// The plot of a remote report: per link, each contender's fetch latency over all rounds.
+pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let mut panels = vec![];
+    for link in LINKS {
+        let mut curves = vec![];
+        for (contender, colour, label) in
+            [("raw", 1, "raw TCP round trip"), ("holo-secret", 3, "holo, encrypted"), ("holo", 0, "holo")]
+        {
+            let mine = runs.iter().filter(|r| r["link"] == link && r["contender"] == contender);
+            curves.push(Curve { label: label.into(), colour, hist: merged(mine, "/hist")? });
+        }
+        panels.push(Panel { title: format!("{link}: fetch of one 64 KiB granule"), curves });
+    }
+    let title = format!("holo-bench remote: one fetch in flight, {} round(s)", report["rounds"]);
+    Ok((title, panels))
 }
 
 fn print_summary(rows: &[Value], rounds: usize) -> Value {

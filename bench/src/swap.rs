@@ -19,6 +19,9 @@
 //! Swap is off while holo and the disk floor run. The benchmark creates and removes its own
 //! swapfile, zram device, cgroups and scratch files (also on error and Ctrl-C; a panic aborts,
 //! so none is allowed), and refuses to run where it cannot set all of them up.
+//!
+//! The JSON keeps each run's per-operation latency histograms; the PNG beside it draws them,
+//! per phase, one curve per contender (`panels`, `plot.rs`).
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -35,15 +38,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::plot::{svg, Panel};
+use crate::plot::{merged, Curve, Panel};
 use crate::{compile, holo_bin, median, workspace_root};
 
 use crate::Result;
 
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
-       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.svg]
-       holo-bench swap --replot RUN.json [--plot FILE.svg]   (redraws an earlier run's plot)
+       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.png]
+       holo-bench swap --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, scratch files under /var/tmp, contenders holo,swapfile,zram,disk";
@@ -133,7 +136,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     if let Some(json) = &o.replot {
-        return match replot(&o, json) {
+        return match crate::plot::replot(json, o.plot.as_deref(), "swap") {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("holo-bench swap: {e}");
@@ -569,7 +572,7 @@ fn derive(v: &Value) -> Value {
     json!({
         "mb_per_s": n("bytes") / n("ns") * 1e3, "ops_per_s": n("ops") / n("ns") * 1e9,
         "p50_us": us("p50_ns"), "p90_us": us("p90_ns"), "p99_us": us("p99_ns"), "max_us": us("max_ns"),
-        "seconds": n("ns") / 1e9, "major_faults": v["majflt"],
+        "seconds": n("ns") / 1e9, "major_faults": v["majflt"], "hist": v["hist"],
     })
 }
 
@@ -835,10 +838,8 @@ fn swap(o: &Opts) -> Result<bool> {
     });
     drop(setup);
     crate::write_report(&out, &report)?;
-    let plot_path = o.plot.clone().unwrap_or_else(|| out.with_extension("svg"));
-    fs::write(&plot_path, plot(o, &summary)).map_err(|e| format!("{}: {e}", plot_path.display()))?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
-    println!("plot: {}", plot_path.display());
+    crate::plot::after_run(&report, &out, o.plot.as_deref());
     if !all_ok {
         println!("NOT ALL RUNS PASSED: see the outcomes above");
     }
@@ -1044,81 +1045,76 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     }
 }
 
-/// Throughput and latency per phase and contender, with the disk's floor as reference lines.
-fn plot(o: &Opts, summary: &[Value]) -> String {
-    const COLOURS: [(&str, &str); 3] = [("holo", "#1f5fa8"), ("swapfile", "#c0392b"), ("zram", "#2e8b57")];
-    let disk = summary.iter().find(|s| s["contender"] == "disk");
-    let floor = |t: &str, k: &str| disk.and_then(|d| d["tests"][t][k].as_f64());
-    let panel = |title: &str, phases: &[&str], k: &str, lines: Vec<(String, Option<f64>)>| Panel {
-        title: title.into(),
-        groups: phases.iter().map(|p| p.to_string()).collect(),
-        series: COLOURS
-            .iter()
-            .filter_map(|&(c, colour)| {
-                let s = summary.iter().find(|s| s["contender"] == c)?;
-                Some((c.to_string(), colour, phases.iter().map(|p| s["phases"][p][k].as_f64()).collect()))
-            })
-            .collect(),
-        lines: lines.into_iter().filter_map(|(l, v)| Some((l, v?))).collect(),
-    };
-    let lat = ["seq_read", "rand_read", "rand_write"];
-    svg(
-        &format!(
-            "holo-bench swap: {} MiB working set ({} data), cgroup {} + {} MiB; medians of {} round(s); log scales",
-            o.working_set >> 20,
-            o.data,
-            o.limit >> 20,
-            o.margin >> 20,
-            o.rounds
-        ),
-        &[
-            panel(
-                "throughput, MB/s",
-                &PHASES,
-                "mb_per_s",
-                vec![
-                    ("disk seq 1M QD1".into(), floor("seq_1m_qd1", "mb_per_s")),
-                    ("disk rand 4K QD1".into(), floor("rand_4k_qd1", "mb_per_s")),
-                ],
-            ),
-            panel(
-                "p50 per 4 KiB page or op, us",
-                &lat,
-                "p50_us",
-                vec![("disk rand 4K p50".into(), floor("rand_4k_qd1", "p50_us"))],
-            ),
-            panel(
-                "p99 per 4 KiB page or op, us",
-                &lat,
-                "p99_us",
-                vec![("disk rand 4K p99".into(), floor("rand_4k_qd1", "p99_us"))],
-            ),
-        ],
-    )
-}
-
-fn replot(given: &Opts, json: &Path) -> Result<()> {
-    let text = fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
-    let r: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    let (opt, n) = (&r["options"], |v: &Value| v.as_u64().unwrap_or(0));
-    let o = Opts {
-        rounds: n(&opt["rounds"]) as usize,
-        limit: n(&opt["limit_bytes"]),
-        margin: n(&opt["margin_bytes"]),
-        working_set: n(&opt["working_set_bytes"]),
-        data: opt["data"].as_str().unwrap_or("?").into(),
-        ..parse_args(&[])?
-    };
-    let summary = r["summary"].as_array().ok_or("no summary in the JSON")?;
-    let path = given.plot.clone().unwrap_or_else(|| json.with_extension("svg"));
-    fs::write(&path, plot(&o, summary)).map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("plot: {}", path.display());
-    Ok(())
+/// The plot of a swap report: per phase with per-operation latencies, each contender's
+/// distribution over the rounds that passed, and the disk's O_DIRECT random reads (QD1) as the
+/// floor of a page brought back from disk.
+pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let ok = |c: &'static str| runs.iter().filter(move |r| r["contender"] == c && r["outcome"] == "ok");
+    let mut panels = vec![];
+    for (ph, what) in [
+        ("seq_read", "sequential reads, per 4 KiB page"),
+        ("rand_read", "random 4 KiB page reads"),
+        ("rand_write", "random 4 KiB page rewrites"),
+    ] {
+        let mut curves = vec![];
+        if ph != "seq_read" {
+            for (colour, test, label) in
+                [(4, "rand_4k_qd1", "disk: O_DIRECT 4 KiB read"), (5, "rand_64k_qd1", "disk: O_DIRECT 64 KiB read")]
+            {
+                let hist = merged(ok("disk"), &format!("/tests/{test}/hist"))?;
+                curves.push(Curve { label: label.into(), colour, hist });
+            }
+        }
+        // holo last: drawn on top.
+        for (colour, c) in [(1, "swapfile"), (2, "zram"), (0, "holo")] {
+            let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
+            curves.push(Curve { label: c.into(), colour, hist });
+        }
+        panels.push(Panel { title: format!("{ph}: {what}"), curves });
+    }
+    let (opt, mib) = (&report["options"], |v: &Value| v.as_u64().unwrap_or(0) >> 20);
+    let title = format!(
+        "holo-bench swap: {} MiB working set ({} data), cgroup {} + {} MiB, holo granule {}; {} round(s), passed rounds only",
+        mib(&opt["working_set_bytes"]),
+        opt["data"].as_str().unwrap_or("?"),
+        mib(&opt["limit_bytes"]),
+        mib(&opt["margin_bytes"]),
+        opt["holo_granule"].as_str().unwrap_or("?"),
+        opt["rounds"]
+    );
+    Ok((title, panels))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The C workload's histograms, as a run keeps them, reach the plot whole: C and Rust
+    /// bucket alike (reading refuses any other bound), and no sample is lost.
+    #[test]
+    fn workload_histograms_reach_the_plot() {
+        let program = compile("swap_workload").unwrap();
+        let out = Command::new(&program).args(["8388608", "7", "random", "1", "500"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = json_lines(&String::from_utf8_lossy(&out.stdout), "phase");
+        let phases: Map<String, Value> =
+            PHASES.iter().filter_map(|&ph| Some((ph.to_string(), derive(lines.get(ph)?)))).collect();
+        let runs: Vec<Value> =
+            ["holo", "zram"].map(|c| json!({"contender": c, "outcome": "ok", "phases": phases})).into();
+        let report = json!({"benchmark": "swap", "options": {"rounds": 1, "data": "random"}, "runs": runs});
+        let (_, panels) = panels(&report).unwrap();
+        let total = |p: usize, who: &str| {
+            let c = panels[p].curves.iter().find(|c| c.label == who).unwrap();
+            c.hist.total()
+        };
+        // 2048 pages read in one pass, 500 random reads and as many writes, for each contender.
+        assert_eq!([total(0, "holo"), total(0, "zram"), total(1, "holo"), total(2, "zram")], [2048, 2048, 500, 500]);
+        assert_eq!(total(0, "swapfile"), 0);
+        assert_eq!(total(1, "disk: O_DIRECT 4 KiB read"), 0);
+        let dir = crate::TempDir::new("plot-test").unwrap();
+        crate::plot::ccdf_png(&dir.0.join("swap.png"), "test", &panels).unwrap();
+    }
 
     #[test]
     fn arguments() {

@@ -11,7 +11,8 @@
 //!   eviction.
 //!
 //! Throughput is faults per second of the pass's wall time. Contenders and thread counts
-//! alternate within each round (raw 1, holo 1, raw 2, holo 2, ...).
+//! alternate within each round (raw 1, holo 1, raw 2, holo 2, ...). The plot: per thread count,
+//! each contender's per-access latency over all rounds (`--replot RUN.json` redraws it).
 
 use std::fs;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::plot::{merged, Curve, Panel};
 use crate::swap::{check_interrupt, parse_size, run_captured, start_pager};
 use crate::{compile, holo_bin, median, TempDir};
 
@@ -27,6 +29,8 @@ use crate::Result;
 
 const USAGE: &str =
     "usage: holo-bench threads [--rounds N] [--threads 1,2,4,8] [--size SIZE] [--granule 64K] [--out FILE]
+       [--plot FILE.png]
+       holo-bench threads --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, 1,2,4,8 threads, region 256M, holo budget a quarter of the region, granule 64K";
 
 struct Opts {
@@ -35,6 +39,8 @@ struct Opts {
     size: u64,
     granule: String,
     out: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    replot: Option<PathBuf>,
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -42,7 +48,15 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { rounds: 3, threads: vec![1, 2, 4, 8], size: 256 << 20, granule: "64K".into(), out: None };
+    let mut o = Opts {
+        rounds: 3,
+        threads: vec![1, 2, 4, 8],
+        size: 256 << 20,
+        granule: "64K".into(),
+        out: None,
+        plot: None,
+        replot: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value")).cloned();
@@ -57,6 +71,8 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--size" => o.size = parse_size(&value()?)?,
             "--granule" => o.granule = value()?,
             "--out" => o.out = Some(value()?.into()),
+            "--plot" => o.plot = Some(value()?.into()),
+            "--replot" => o.replot = Some(value()?.into()),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -71,6 +87,9 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 }
 
 fn threads(o: &Opts) -> Result<()> {
+    if let Some(json) = &o.replot {
+        return crate::plot::replot(json, o.plot.as_deref(), "threads");
+    }
     let program = compile("threads_fault")?;
     let (pager, shim) = (holo_bin("holo-pager")?, holo_bin("libholo.so")?);
     let granule_bytes = parse_size(&o.granule)?;
@@ -111,7 +130,7 @@ fn threads(o: &Opts) -> Result<()> {
                 let row = json!({
                     "round": round, "contender": kind, "threads": t, "accesses": v["accesses"], "faults": v["faults"],
                     "faults_per_s": n("faults") / n("ns") * 1e9, "p50_us": n("p50_ns") / 1e3,
-                    "p99_us": n("p99_ns") / 1e3, "max_us": n("max_ns") / 1e3,
+                    "p99_us": n("p99_ns") / 1e3, "max_us": n("max_ns") / 1e3, "hist": v["hist"],
                     "loadavg": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
                 });
                 eprintln!(
@@ -175,7 +194,34 @@ fn threads(o: &Opts) -> Result<()> {
     });
     crate::write_report(&out, &report)?;
     println!("\nper-round numbers: {}  (whole run {:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    crate::plot::after_run(&report, &out, o.plot.as_deref());
     Ok(())
+}
+
+/// The plot of a threads report: per thread count, each contender's per-access latency (all
+/// threads, all rounds).
+pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
+    let runs = report["runs"].as_array().ok_or("no runs in the report")?;
+    let mut counts: Vec<u64> = runs.iter().filter_map(|r| r["threads"].as_u64()).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let mut panels = vec![];
+    for t in counts {
+        let mut curves = vec![];
+        for (colour, kind, label) in [(1, "raw", "raw userfaultfd"), (0, "holo", "holo")] {
+            let mine = runs.iter().filter(|r| r["contender"] == kind && r["threads"] == t);
+            curves.push(Curve { label: label.into(), colour, hist: merged(mine, "/hist")? });
+        }
+        panels.push(Panel { title: format!("{t} faulting thread(s): latency per access"), curves });
+    }
+    let title = format!(
+        "holo-bench threads: region {} MiB, granule {}, holo budget {} MiB, {} round(s)",
+        report["region_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["granule"].as_str().unwrap_or("?"),
+        report["holo_budget_bytes"].as_u64().unwrap_or(0) >> 20,
+        report["rounds"]
+    );
+    Ok((title, panels))
 }
 
 #[cfg(test)]
