@@ -23,6 +23,10 @@
 //! the home's I/O run on the coordinator thread, never on the pager thread; faults waiting
 //! for a lease are deferred like faults waiting for a read.
 //!
+//! A restarted daemon takes a resumed client's regions back from its journal, which records
+//! each attach and the write lease each granule is written under, and settles every granule
+//! it finds in memory or leased with the cluster under the same rules ([`Shared::resume`]).
+//!
 //! One process per node may attach a given region (leases are held by nodes, so two
 //! processes of one node would not invalidate each other). Shared pages are not evicted to
 //! the private tiers and do not count against the DRAM budget.
