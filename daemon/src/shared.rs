@@ -1153,15 +1153,15 @@ impl Shared {
             return; // asked again at the next tick
         }
         let (at, len, _) = self.window(r, k);
-        let sent =
-            io.agent.map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b""));
-        match sent {
-            Some(Ok(())) => {
+        // No agent yet (a resumed client's connects soon after): asked again at the next tick.
+        let Some(agent) = io.agent else { return };
+        match proto::send(agent.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b"") {
+            Ok(()) => {
                 self.regions[r].gs[k] = G::Dropping;
                 self.drops_in_flight += 1;
             }
             // Tried again at the next tick; until then its faults wait.
-            _ => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {sent:?}", io.pid),
+            Err(e) => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {e}", io.pid),
         }
     }
 
@@ -1369,6 +1369,13 @@ impl Shared {
             }
             Recovery::Failed(e) => {
                 crate::log_limited!(error, "pid {}: shared granule {at:#x} after a restart: {e}", io.pid);
+                if present && self.regions[r].journaled[k] != 0 {
+                    self.regions[r].lost.push(format!(
+                        "shared granule {at:#x} of {:?} could not be settled with the cluster after a restart ({e}): \
+                         what was written to it is not published",
+                        ext.region
+                    ));
+                }
                 G::Failed
             }
         };
@@ -1377,10 +1384,16 @@ impl Shared {
         }
     }
 
-    /// Granule `k` of region `r` is `Granted` and every reader it named is gone: writable.
+    /// Granule `k` of region `r` is `Granted` and every reader it named is gone: writable,
+    /// once the journal names its lease (until then a restart would take what is written for
+    /// a read copy; the pager journals it when this round of `on_done` ends).
     fn write_now(&mut self, r: usize, k: usize, io: &Io) {
         let (at, len, ext) = self.window(r, k);
         let G::Granted { grant, installed } = self.regions[r].gs[k].clone() else { return };
+        if self.regions[r].journaled[k] != grant.lease.epoch {
+            self.tick_at = Instant::now() - TICK;
+            return;
+        }
         if installed {
             match io.uffd.write_protect(at, len, false) {
                 Ok(()) => self.regions[r].gs[k] = G::Write { lease: grant.lease },
