@@ -632,3 +632,225 @@ fn a_program_spills_to_the_members_that_donate_and_members_leaving_lose_nothing(
     let fs = a.daemon.tier("fs");
     out.check(&a.daemon, fs.evictions > 0, &format!("new granules should go to fs: {fs:?}"));
 }
+
+/// `shared_lease_ms = MS` in a config file under `dir`: the flags that give a daemon it.
+fn lease_config(dir: &TempDir, ms: u64) -> Vec<String> {
+    let path = dir.path().join(format!("lease-{ms}.toml"));
+    std::fs::write(&path, format!("shared_lease_ms = {ms}\n")).unwrap();
+    vec!["--config".into(), path.display().to_string()]
+}
+
+/// Stops node `n`'s daemon (`signal`: SIGKILL, or SIGTERM as a service stop sends), starts it
+/// again on the same state directory, and waits until it has restored a client's shared
+/// region for the `resumes`th time in all.
+fn restart_daemon(n: &mut Node, signal: libc::c_int, resumes: usize) {
+    // SAFETY: a plain signal to the daemon this test started (`ip netns exec` execs it).
+    unsafe { libc::kill(n.daemon.pid() as libc::pid_t, signal) };
+    n.daemon.kill();
+    n.daemon.restart();
+    n.daemon.wait_until("the client's shared region to be restored", CLUSTER_TIMEOUT, || {
+        let seen = n.daemon.log().matches("shared region \"demo\" restored after a restart").count();
+        if seen >= resumes {
+            Ok(())
+        } else {
+            Err(format!("{seen} restorations logged"))
+        }
+    });
+}
+
+/// A program keeps its shared region across its daemon's restarts (`kill -9`, then SIGTERM):
+/// it reads the same bytes, writes and syncs on, and a reader on another node sees its data;
+/// writes made before the restart under a write lease that is still valid are published by
+/// the next `holo_sync`. A writer whose lease lapses while its daemon is down loses its
+/// unpublished writes, and is told so by `holo_sync`; no one ever reads them.
+#[test]
+fn a_shared_region_survives_its_daemons_restart() {
+    let lan = Lan::new(3);
+    let home = TempDir::new("shared-home");
+    let confs = TempDir::new("shared-confs");
+    let dir = home.path().display().to_string();
+    // Nodes 1 and 2: leases long enough to outlive a restart. Node 3: short ones, which lapse.
+    let (long, short) = (lease_config(&confs, 30_000), lease_config(&confs, 1000));
+    let flags = |lease: &[String]| -> Vec<String> {
+        let mut f = vec!["--shared-dir".to_string(), dir.clone()];
+        f.extend_from_slice(lease);
+        f
+    };
+    let (f_long, f_short) = (flags(&long), flags(&short));
+    let (f_long, f_short): (Vec<&str>, Vec<&str>) =
+        (f_long.iter().map(String::as_str).collect(), f_short.iter().map(String::as_str).collect());
+    let (mut nodes, _, _) = form_with(&lan, [&f_long, &f_long, &f_short]);
+    let prog = c_program("shared_rw");
+    let t = CLUSTER_TIMEOUT;
+    let start = |n: &Node| {
+        let env = [("HOLO_DAEMON_TIMEOUT", "60")];
+        let mut p = Spawned::spawn(shimmed_command(&n.daemon, &prog, &["demo", "256K"], &env), true);
+        p.wait_for_line("attached", t, &n.daemon);
+        p
+    };
+    let ask = |p: &mut Spawned, n: &Node, cmd: &str| -> String {
+        p.send_line(cmd);
+        p.wait_for_line("", t, &n.daemon)
+    };
+    let mut a = start(&nodes[0]);
+    let mut b = start(&nodes[1]);
+    macro_rules! expect {
+        ($p:expr, $n:expr, $cmd:expr, $want:expr) => {{
+            let got = ask(&mut $p, &nodes[$n], $cmd);
+            assert_eq!(got, $want, "node {}: `{}`{}", $n + 1, $cmd, report(&nodes.iter().collect::<Vec<_>>()));
+        }};
+    }
+    expect!(a, 0, "w 11", "wrote");
+    expect!(a, 0, "s", "synced");
+
+    // kill -9: the program reads what it had, writes and syncs on, node 2 reads it.
+    restart_daemon(&mut nodes[0], libc::SIGKILL, 1);
+    expect!(a, 0, "r", "read 11");
+    expect!(a, 0, "w 22", "wrote");
+    expect!(a, 0, "s", "synced");
+    expect!(b, 1, "r", "read 22");
+
+    // Written, not synced, and the daemon stops: its write lease is still valid when it is
+    // back, so the next holo_sync publishes those writes.
+    expect!(a, 0, "w 33", "wrote");
+    restart_daemon(&mut nodes[0], libc::SIGTERM, 2);
+    expect!(a, 0, "r", "read 33");
+    expect!(a, 0, "s", "synced");
+    expect!(b, 1, "r", "read 33");
+
+    // Node 3's writer: its daemon dies with the lease, which lapses before it is back. The
+    // writes are lost, holo_sync says so, and no one reads them.
+    let mut c = start(&nodes[2]);
+    expect!(c, 2, "r", "read 33");
+    expect!(c, 2, "w 44", "wrote");
+    nodes[2].daemon.kill();
+    thread::sleep(Duration::from_millis(2500));
+    nodes[2].daemon.restart();
+    expect!(c, 2, "s", "sync failed: 22");
+    expect!(b, 1, "r", "read 33");
+    // Its own copy is dropped as soon as its agent is back: until then it may still read it.
+    let mut last = String::new();
+    wait_for("node 3's program to read the last published version again", &nodes.iter().collect::<Vec<_>>(), || {
+        last = ask(&mut c, &nodes[2], "r");
+        match last.as_str() {
+            "read 33" => Ok(()),
+            "read 44" => Err(last.clone()),
+            other => panic!("node 3 read {other:?}"),
+        }
+    });
+    expect!(a, 0, "r", "read 33");
+    for (mut p, n) in [(a, 0), (b, 1), (c, 2)] {
+        p.send_line("q");
+        let out = p.finish(t);
+        out.check(&nodes[n].daemon, out.success(), "the program quits cleanly");
+        if n == 2 {
+            out.check(&nodes[n].daemon, out.stderr.contains("was lost while holo-pager was down"), "says why");
+        }
+    }
+}
+
+/// A writer's whole node dies (its daemon, then its program, `kill -9`, with the Raft leader
+/// on it): once its lease expires, a reader on another node reads the last published version,
+/// takes the write lease and publishes; the dead writer's unpublished writes never appear.
+#[test]
+fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
+    let lan = Lan::new(3);
+    let home = TempDir::new("shared-home");
+    let confs = TempDir::new("shared-confs");
+    let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
+    flags.extend(lease_config(&confs, 2000));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (mut nodes, _, (leader, _)) = form(&lan, &flags);
+    assert_eq!(leader, 1, "the writer's node leads");
+    let prog = c_program("shared_rw");
+    let t = CLUSTER_TIMEOUT;
+    let (mut a, mut b, mut c) = (start_on(&nodes[0], &prog), start_on(&nodes[1], &prog), start_on(&nodes[2], &prog));
+    let expect = |p: &mut Spawned, nodes: &[Node], i: usize, cmd: &str, want: &str| {
+        p.send_line(cmd);
+        let got = p.wait_for_line("", t, &nodes[i].daemon);
+        assert_eq!(got, want, "node {}: `{cmd}`{}", i + 1, report(&nodes.iter().collect::<Vec<_>>()));
+    };
+    expect(&mut a, &nodes, 0, "w 11", "wrote");
+    expect(&mut a, &nodes, 0, "s", "synced");
+    expect(&mut a, &nodes, 0, "w 22", "wrote");
+    // The node dies: no daemon gives the lease back.
+    nodes[0].daemon.kill();
+    a.kill();
+    expect(&mut b, &nodes, 1, "r", "read 11");
+    expect(&mut b, &nodes, 1, "w 33", "wrote");
+    expect(&mut b, &nodes, 1, "s", "synced");
+    expect(&mut c, &nodes, 2, "r", "read 33");
+    let _ = a.finish(t);
+    for (mut p, i) in [(b, 1), (c, 2)] {
+        p.send_line("q");
+        let out = p.finish(t);
+        out.check(&nodes[i].daemon, out.success(), "the program quits cleanly");
+    }
+    // Node 1 comes back: its dead client's journal is gone with it, and it follows the
+    // cluster again.
+    nodes[0].daemon.restart();
+    let mut d = start_on(&nodes[0], &prog);
+    expect(&mut d, &nodes, 0, "r", "read 33");
+}
+
+/// `shared_rw demo 256K` on node `n`, once it attached.
+fn start_on(n: &Node, prog: &std::path::Path) -> Spawned {
+    let mut p = Spawned::spawn(shimmed_command(&n.daemon, prog, &["demo", "256K"], &[]), true);
+    p.wait_for_line("attached", CLUSTER_TIMEOUT, &n.daemon);
+    p
+}
+
+/// A member that donates is killed (`kill -9`) and comes back with another donation and data
+/// port: it registers its inventory again, and node 1's remote tier takes it as a usable peer
+/// again and spills into it.
+#[test]
+fn a_restarted_member_registers_again_and_is_a_peer_again() {
+    let lan = Lan::new(3);
+    let confs = TempDir::new("cluster-rereg");
+    let conf = |name: &str, body: &str| {
+        let path = confs.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+    let donor = conf("donor.toml", "donate = \"160M\"\ndata_listen = \"0.0.0.0:7470\"\n");
+    let node2 = conf("node2.toml", "donate = \"160M\"\ndata_listen = \"0.0.0.0:7470\"\n");
+    let spiller: &[&str] = &["--nvme-capacity", "1M"];
+    let (mut nodes, _, _) = form_with(&lan, [spiller, &["--config", &node2], &["--config", &donor]]);
+    let n = |r: &Value, k: &str| r[k].as_u64().unwrap_or(0);
+    let peers_usable = |nodes: &[Node], want: u64| {
+        wait_for("node 1's remote tier to use both donors", &nodes.iter().collect::<Vec<_>>(), || {
+            let r = nodes[0].daemon.remote_row();
+            if n(&r, "peers") == want && n(&r, "usable_peers") == want {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        })
+    };
+    peers_usable(&nodes, 2);
+
+    nodes[1].daemon.kill();
+    conf("node2.toml", "donate = \"96M\"\ndata_listen = \"0.0.0.0:7471\"\n");
+    nodes[1].daemon.restart();
+    wait_for("every member to see node 2's new inventory", &nodes.iter().collect::<Vec<_>>(), || {
+        for m in &nodes {
+            let v = members(m)?;
+            let entry = v["members"].as_array().into_iter().flatten().find(|x| x["id"] == 2).cloned();
+            let entry = entry.unwrap_or_default();
+            if entry["data_addr"] != "10.77.0.2:7471" || entry["donated_bytes"] != 96u64 << 20 {
+                return Err(format!("node {} sees {entry}", m.id));
+            }
+        }
+        Ok(())
+    });
+    assert!(nodes[1].daemon.log().contains("registered this node's inventory again"));
+    peers_usable(&nodes, 2);
+    // 48M through 16M of DRAM and 1M of NVMe, two copies of each granule: both donors lend.
+    let a = &nodes[0];
+    let mut held = Spawned::spawn(shimmed_command(&a.daemon, &c_program("hold_and_check"), &["48M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &a.daemon);
+    let lent = n(&nodes[1].daemon.holoctl_json(&["tiers"])["donor"], "lent_bytes");
+    assert!(lent > 0, "node 2 lends nothing after its restart: {}", a.daemon.remote_row());
+    held.send_line("check");
+    held.finish(PROGRAM_TIMEOUT).assert_success(&a.daemon).assert_stdout_has(&a.daemon, "ok");
+}

@@ -6,7 +6,9 @@
 //! runs) and grows with one record per change that decides what a missing page holds:
 //! regions added or adopted, the program's zeroing (DONTNEED), unmaps and remaps, each
 //! eviction's intent (window, slot, captured pages), written before the agent is asked to
-//! zap, and the spilled pages an eviction merged into its new slot. Fills are not journaled: after a restart, `/proc/PID/pagemap` says which pages are
+//! zap, the spilled pages an eviction merged into its new slot, and of its shared regions
+//! (`crate::shared`) each attach and which granules it holds a write lease of (the epoch).
+//! Fills are not journaled: after a restart, `/proc/PID/pagemap` says which pages are
 //! present, and a present page is resident whatever the journal said ([`reconcile`]).
 //! Replaying calls the same [`PageTable`] functions the pager called, so the replayed table
 //! is the table the pager had.
@@ -18,7 +20,7 @@
 //!
 //! Record: kind (u32 LE), payload words (u32 LE), then the payload as u64 LE words.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -39,6 +41,11 @@ const EVICT: u32 = 6;
 /// `[addr, slot, idx, count]`: pages from `addr` are `Spilled { slot, idx.. }` (snapshots,
 /// and pages an eviction merged into its slot).
 const SPILLED: u32 = 7;
+/// `[start, len, name bytes, name as words...]`: a shared region attached there.
+const SHARED: u32 = 8;
+/// `[addr, epoch]`: the shared granule at `addr` is written under the write lease of
+/// `epoch` from now on (0: under none any more).
+const LEASED: u32 = 9;
 /// Bound on one record's payload: an eviction of a 2 MiB granule is 5 + 8 words.
 const MAX_WORDS: u32 = 64;
 
@@ -51,9 +58,20 @@ pub struct Intent {
     pub pages: Vec<u64>,
 }
 
+/// A shared region of a client, as its journal says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedRegion {
+    pub name: String,
+    pub start: u64,
+    pub len: u64,
+    /// The granules (by address) it writes under a write lease, with the lease's epoch.
+    pub leased: BTreeMap<u64, u64>,
+}
+
 /// What a journal says of a client that a crashed daemon served.
 pub struct Recovered {
     pub table: PageTable,
+    pub shared: Vec<SharedRegion>,
     /// Evictions by id, the latest intent of each (the agent may still be zapping some).
     pub intents: HashMap<u64, Intent>,
     /// Above every eviction id the journal has seen.
@@ -77,8 +95,9 @@ fn record(kind: u32, words: &[u64]) -> Vec<u8> {
     r
 }
 
-/// The records that rebuild `table`, plus the intents of `evictions` still under way.
-fn snapshot(table: &PageTable, evictions: &[(u64, Intent)]) -> Vec<u8> {
+/// The records that rebuild `table` and `shared`, plus the intents of `evictions` still
+/// under way.
+fn snapshot(table: &PageTable, evictions: &[(u64, Intent)], shared: &[SharedRegion]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in table.regions() {
         out.extend(record(REGION, &[r.start, r.end() - r.start]));
@@ -90,7 +109,23 @@ fn snapshot(table: &PageTable, evictions: &[(u64, Intent)]) -> Vec<u8> {
     for (id, i) in evictions {
         out.extend(evict_record(*id, i));
     }
+    for r in shared {
+        out.extend(shared_record(&r.name, r.start, r.len));
+        for (&at, &epoch) in &r.leased {
+            out.extend(record(LEASED, &[at, epoch]));
+        }
+    }
     out
+}
+
+fn shared_record(name: &str, start: u64, len: u64) -> Vec<u8> {
+    let mut words = vec![start, len, name.len() as u64];
+    words.extend(name.as_bytes().chunks(8).map(|c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    }));
+    record(SHARED, &words)
 }
 
 fn evict_record(id: u64, i: &Intent) -> Vec<u8> {
@@ -138,10 +173,15 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 impl Journal {
-    /// Start the journal at `path` with a snapshot of `table` and `evictions` (replacing
-    /// any journal there).
-    pub fn create(path: &Path, table: &PageTable, evictions: &[(u64, Intent)]) -> io::Result<Journal> {
-        let snap = snapshot(table, evictions);
+    /// Start the journal at `path` with a snapshot of `table`, `evictions` and `shared`
+    /// (replacing any journal there).
+    pub fn create(
+        path: &Path,
+        table: &PageTable,
+        evictions: &[(u64, Intent)],
+        shared: &[SharedRegion],
+    ) -> io::Result<Journal> {
+        let snap = snapshot(table, evictions, shared);
         // No fsync: the journal outlives the daemon, not the machine (see above), and this
         // runs on the pager thread.
         write_atomic(path, &[&snap], Durability::Process)?;
@@ -187,13 +227,22 @@ impl Journal {
         self.append(&record(SPILLED, &[addr, slot as u64, idx as u64, count]));
     }
 
+    /// The shared region `name` was attached at `start` (`len` bytes).
+    pub fn shared(&mut self, name: &str, start: u64, len: u64) {
+        self.append(&shared_record(name, start, len));
+    }
+    /// The shared granule at `at` is written under the write lease of `epoch` (0: none).
+    pub fn leased(&mut self, at: u64, epoch: u64) {
+        self.append(&record(LEASED, &[at, epoch]));
+    }
+
     pub fn wants_compaction(&self) -> bool {
         self.bytes > self.compact_at
     }
 
-    /// Replace the journal by a snapshot of `table` and the evictions under way.
-    pub fn compact(&mut self, table: &PageTable, evictions: &[(u64, Intent)]) {
-        match Journal::create(&self.path, table, evictions) {
+    /// Replace the journal by a snapshot of `table`, the evictions under way and `shared`.
+    pub fn compact(&mut self, table: &PageTable, evictions: &[(u64, Intent)], shared: &[SharedRegion]) {
+        match Journal::create(&self.path, table, evictions, shared) {
             Ok(j) => *self = j,
             Err(e) => {
                 log::error!("cannot compact {}: {e}", self.path.display());
@@ -214,6 +263,11 @@ pub fn replay(path: &Path) -> io::Result<Recovered> {
     let bytes = std::fs::read(path)?;
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
     let mut table = PageTable::default();
+    let mut shared: Vec<SharedRegion> = Vec::new();
+    // Unmapped or moved: a shared region there is detached (as the pager does).
+    let detach = |shared: &mut Vec<SharedRegion>, start: u64, end: u64| {
+        shared.retain(|r| !(r.start < end && start < r.start + r.len))
+    };
     let mut intents = HashMap::new();
     let mut next_eviction = 1;
     let mut at = 0;
@@ -251,11 +305,31 @@ pub fn replay(path: &Path) -> io::Result<Recovered> {
             }
             UNMAP => {
                 want(2)?;
+                detach(&mut shared, w[0], w[1]);
                 table.unmap(w[0], w[1]);
             }
             REMAP => {
                 want(3)?;
+                detach(&mut shared, w[0], w[0].saturating_add(w[2]));
                 table.remap(w[0], w[1], w[2]);
+            }
+            SHARED => {
+                want(3)?;
+                let n = w[2] as usize;
+                want(3 + n.div_ceil(8))?;
+                let bytes: Vec<u8> = w[3..].iter().flat_map(|x| x.to_le_bytes()).take(n).collect();
+                let name = String::from_utf8(bytes).map_err(|_| bad(format!("record at {at}: a name not UTF-8")))?;
+                detach(&mut shared, w[0], w[0].saturating_add(w[1]));
+                shared.push(SharedRegion { name, start: w[0], len: w[1], leased: BTreeMap::new() });
+            }
+            LEASED => {
+                want(2)?;
+                if let Some(r) = shared.iter_mut().find(|r| (r.start..r.start + r.len).contains(&w[0])) {
+                    match w[1] {
+                        0 => r.leased.remove(&w[0]),
+                        epoch => r.leased.insert(w[0], epoch),
+                    };
+                }
             }
             EVICT => {
                 want(5)?;
@@ -289,7 +363,7 @@ pub fn replay(path: &Path) -> io::Result<Recovered> {
         }
         at = end;
     }
-    Ok(Recovered { table, intents, next_eviction })
+    Ok(Recovered { table, shared, intents, next_eviction })
 }
 
 /// Whether a `/proc/PID/pagemap` entry holds a page: present, or in kernel swap (reading it
@@ -404,7 +478,7 @@ mod tests {
         table.add_region(0x10000, 16 * PAGE).unwrap();
         table.set(0x10000, PageState::Spilled { slot: 7, idx: 0 });
         table.set(0x11000, PageState::Spilled { slot: 7, idx: 1 });
-        let mut j = Journal::create(&path, &table, &[]).unwrap();
+        let mut j = Journal::create(&path, &table, &[], &[]).unwrap();
         // An eviction of the second granule, its zap done.
         let intent =
             Intent { w: Window { start: 0x18000, len: 8 * PAGE }, slot: 9, version: 3, pages: vec![0x18000, 0x1a000] };
@@ -424,7 +498,7 @@ mod tests {
         assert_eq!(r.intents[&42], intent);
         assert_eq!(r.next_eviction, 43);
         // A compaction keeps the same table and the evictions still under way.
-        j.compact(&r.table, &[(42, intent.clone())]);
+        j.compact(&r.table, &[(42, intent.clone())], &[]);
         let again = replay(&path).unwrap();
         let states = |t: &PageTable| t.regions().flat_map(|r| r.pages.clone()).collect::<Vec<_>>();
         assert_eq!(states(&again.table), states(&r.table));
@@ -438,6 +512,33 @@ mod tests {
         bytes.extend_from_slice(&record(99, &[1]));
         std::fs::write(&path, &bytes).unwrap();
         assert!(replay(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn replay_keeps_the_shared_regions_and_their_write_leases() {
+        let dir = std::env::temp_dir().join(format!("holo-journal-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("1-2.journal");
+        let mut j = Journal::create(&path, &PageTable::default(), &[], &[]).unwrap();
+        let name = "a-name.of_17bytes";
+        j.shared(name, 0x100000, 0x40000);
+        j.leased(0x100000, 5);
+        j.leased(0x110000, 6);
+        j.leased(0x110000, 0);
+        // Unmapped, and moved away: detached.
+        j.shared("gone", 0x200000, 0x10000);
+        j.leased(0x200000, 7);
+        j.unmap(0x200000, 0x210000);
+        j.shared("moved", 0x300000, 0x10000);
+        j.remap(0x300000, 0x400000, 0x10000);
+        let r = replay(&path).unwrap();
+        let want =
+            SharedRegion { name: name.into(), start: 0x100000, len: 0x40000, leased: BTreeMap::from([(0x100000, 5)]) };
+        assert_eq!(r.shared, std::slice::from_ref(&want));
+        // A compaction keeps them.
+        j.compact(&r.table, &[], &r.shared);
+        assert_eq!(replay(&path).unwrap().shared, [want]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

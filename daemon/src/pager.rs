@@ -36,7 +36,7 @@ use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
-use crate::journal::{Intent, Journal};
+use crate::journal::{Intent, Journal, SharedRegion};
 use crate::pagetable::{spilled_runs, PageState, PageTable, SpilledRun, Window, PAGE};
 use crate::prefetch::{Ahead, Fetch, Streams};
 use crate::shared::{self, Shared};
@@ -244,6 +244,14 @@ pub struct Pager {
     cold: ColdPass,
 }
 
+/// What a client resumed after a daemon restart brings from its journal besides its table.
+pub struct Resume {
+    /// The evictions its agent may still be zapping.
+    pub intents: Vec<(u64, Intent)>,
+    pub next_eviction: u64,
+    pub shared: Vec<SharedRegion>,
+}
+
 /// What the shared regions need of a pager: its uffd, memory and agent.
 macro_rules! shared_io {
     ($p:expr) => {
@@ -253,15 +261,14 @@ macro_rules! shared_io {
 
 impl Pager {
     /// A pager for a client whose memory is described by `table`. A client resumed after a
-    /// daemon restart also brings the evictions its agent may still be zapping (`resume`:
-    /// their intents and the next eviction id).
+    /// daemon restart also brings what its journal says besides (`resume`).
     pub fn new(
         d: Arc<Daemon>,
         info: Arc<ClientInfo>,
         uffd: Uffd,
         req: UnixStream,
         table: PageTable,
-        resume: Option<(Vec<(u64, Intent)>, u64)>,
+        resume: Option<Resume>,
     ) -> io::Result<Pager> {
         let mem = File::open(format!("/proc/{}/mem", info.pid))?;
         let granule = d.config.granule_bytes;
@@ -269,10 +276,14 @@ impl Pager {
         let resident = table.resident_pages() as i64;
         d.add_resident(&info, resident);
         let resumed = resume.is_some();
-        let (intents, next_eviction) = resume.unwrap_or((Vec::new(), 1));
+        let Resume { intents, next_eviction, shared } =
+            resume.unwrap_or(Resume { intents: Vec::new(), next_eviction: 1, shared: Vec::new() });
         let journal = crate::journal::start_time(info.pid)
             .ok_or_else(|| io::Error::other("process gone"))
-            .and_then(|t| Journal::create(&crate::journal::path_for(&d.journal_dir(), info.pid, t), &table, &intents))
+            .and_then(|t| {
+                let path = crate::journal::path_for(&d.journal_dir(), info.pid, t);
+                Journal::create(&path, &table, &intents, &shared)
+            })
             .map_err(|e| log::error!("pid {}: no journal ({e}); a daemon restart would lose its pages", info.pid))
             .ok();
         let mut evictions = HashMap::new();
@@ -312,7 +323,7 @@ impl Pager {
         let mut policy = ArcPolicy::new(d_budget_granules);
         policy.set_cold_after(d.config.cold_after_ms.div_ceil(TICK_MS) as Tick);
         let cold = ColdPass::idle_until(Instant::now() + cold_scan_every(d.config.cold_after_ms));
-        Ok(Pager {
+        let mut pager = Pager {
             d,
             info,
             uffd,
@@ -346,7 +357,36 @@ impl Pager {
             batch_read_at: Instant::now(),
             shared: None,
             cold,
-        })
+        };
+        if !shared.is_empty() {
+            pager.resume_shared(shared);
+        }
+        Ok(pager)
+    }
+
+    /// The shared regions a resumed client had attached: served again, each granule settled
+    /// with the cluster ([`Shared::resume`]).
+    fn resume_shared(&mut self, regions: Vec<SharedRegion>) {
+        match Shared::new(&self.d, self.info.pid) {
+            Ok(mut sh) => {
+                sh.resume(regions, &shared_io!(self));
+                self.shared = Some(sh);
+            }
+            Err(e) => {
+                log::error!("pid {}: its shared regions are not restored ({e}); their faults get SIGBUS", self.info.pid)
+            }
+        }
+    }
+
+    /// Writes what changed in the shared regions to the journal.
+    fn journal_shared(&mut self) {
+        let (Some(sh), Some(j)) = (&mut self.shared, &mut self.journal) else { return };
+        for c in sh.take_changes() {
+            match c {
+                shared::Change::Attached { name, start, len } => j.shared(&name, start, len),
+                shared::Change::Leased { at, epoch } => j.leased(at, epoch),
+            }
+        }
     }
 
     /// The evictions under way that have a slot, as journal intents.
@@ -466,7 +506,9 @@ impl Pager {
         }
         if fds[6].revents != 0 {
             let io = shared_io!(self);
-            if let Some(answer) = self.shared.as_mut().unwrap().on_done(&io) {
+            let answer = self.shared.as_mut().unwrap().on_done(&io);
+            self.journal_shared();
+            if let Some(answer) = answer {
                 self.reply(answer)?;
             }
         }
@@ -487,7 +529,8 @@ impl Pager {
         self.publish_summary();
         if self.journal.as_ref().is_some_and(|j| j.wants_compaction()) {
             let intents = self.intents();
-            self.journal.as_mut().unwrap().compact(&self.table, &intents);
+            let shared = self.shared.as_ref().map(Shared::journaled).unwrap_or_default();
+            self.journal.as_mut().unwrap().compact(&self.table, &intents, &shared);
         }
         Ok(())
     }
@@ -711,7 +754,7 @@ impl Pager {
                 Adopted::Unknown => {
                     self.fail_fault(
                         f,
-                        "a registered range this daemon knows nothing of (a shared region after a daemon restart?)",
+                        "a registered range this daemon knows nothing of (a shared region it could not restore after a restart?)",
                     );
                     return Served::Done;
                 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use holo_pagers::proto::{self, query, role, Frame, Kind, Recv, PROTOCOL_VERSION};
 use holo_pagers::uffd::{Uffd, HOLO_FEATURES};
 
-use crate::journal::Intent;
 use crate::pager::Pager;
+use crate::pager::Resume;
 use crate::pagetable::PageTable;
 use crate::state::{ClientInfo, Daemon};
 
@@ -167,7 +167,7 @@ fn spawn_pager(
     uffd: Uffd,
     conn: UnixStream,
     table: PageTable,
-    resume: Option<(Vec<(u64, Intent)>, u64)>,
+    resume: Option<Resume>,
 ) -> Result<(), String> {
     // The pager reads without blocking; the timeout bounds only the rest of a partial frame.
     let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
@@ -270,7 +270,8 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
         r.table.regions().map(|r| r.spilled).sum::<u64>(),
         under_way.len()
     );
-    spawn_pager(d, info, uffd, conn, r.table, Some((under_way, r.next_eviction)))
+    let resume = Resume { intents: under_way, next_eviction: r.next_eviction, shared: r.shared };
+    spawn_pager(d, info, uffd, conn, r.table, Some(resume))
 }
 
 /// Records the priority a client asks for in its `Uffd` frame's `a` (`HOLO_PRIORITY`): a

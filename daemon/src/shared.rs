@@ -23,6 +23,10 @@
 //! the home's I/O run on the coordinator thread, never on the pager thread; faults waiting
 //! for a lease are deferred like faults waiting for a read.
 //!
+//! A restarted daemon takes a resumed client's regions back from its journal, which records
+//! each attach and the write lease each granule is written under, and settles every granule
+//! it finds in memory or leased with the cluster under the same rules ([`Shared::resume`]).
+//!
 //! One process per node may attach a given region (leases are held by nodes, so two
 //! processes of one node would not invalidate each other). Shared pages are not evicted to
 //! the private tiers and do not count against the DRAM budget.
@@ -45,6 +49,7 @@ use holo_pagers::proto::{self, Frame, Kind};
 use holo_pagers::uffd::{Fill, Uffd};
 use holo_tiers::atomic::{create_atomic, fsync_dir, Durability};
 
+use crate::journal::SharedRegion;
 use crate::pagetable::PAGE;
 use crate::worker::Worker;
 
@@ -386,6 +391,9 @@ pub enum G {
     Dropping,
     /// Its bytes could not be read: faults get SIGBUS.
     Failed,
+    /// Its copy may not be used (a write lease lost with its writes, or a copy a restarted
+    /// daemon could not vouch for): zapped as soon as the agent takes it; faults wait.
+    Stale,
 }
 
 /// The leases of this node's attached regions, as this node has applied them.
@@ -458,6 +466,7 @@ pub fn decide(g: &G, ext: &Extent, me: NodeId, view: &View, now_ms: u64, lease_m
                 Action::Keep
             }
         }
+        G::Stale => Action::Drop,
         G::Absent | G::Busy | G::Refill { .. } | G::Dropping | G::Failed => Action::Keep,
     }
 }
@@ -470,16 +479,64 @@ pub enum Refusal {
     Failed(String),
 }
 
+impl Refusal {
+    fn into_message(self) -> String {
+        match self {
+            Refusal::Held => "another node took the write lease".to_string(),
+            Refusal::Failed(e) => e,
+        }
+    }
+}
+
 /// Work for the coordinator thread. `at`: the granule's address in the client.
 pub enum Job {
-    Attach { name: String, size: u64 },
-    Read { at: u64, ext: Extent, len: usize },
-    Acquire { at: u64, ext: Extent, installed: bool },
-    Fetch { at: u64, ext: Extent, len: usize },
-    Publish { at: u64, ext: Extent, lease: Lease, bytes: Vec<u8>, present: Vec<bool> },
-    Unregister { ext: Extent },
-    Release { ext: Extent, epoch: u64 },
-    Tick { regions: Vec<String>, renew_read: Vec<(u64, Extent)>, renew_write: Vec<(u64, Extent)> },
+    Attach {
+        name: String,
+        size: u64,
+    },
+    Read {
+        at: u64,
+        ext: Extent,
+        len: usize,
+    },
+    Acquire {
+        at: u64,
+        ext: Extent,
+        installed: bool,
+    },
+    Fetch {
+        at: u64,
+        ext: Extent,
+        len: usize,
+    },
+    Publish {
+        at: u64,
+        ext: Extent,
+        lease: Lease,
+        bytes: Vec<u8>,
+        present: Vec<bool>,
+    },
+    Unregister {
+        ext: Extent,
+    },
+    Release {
+        ext: Extent,
+        epoch: u64,
+    },
+    /// After a daemon restart: settle a granule that has pages in memory, or that the journal
+    /// says is written under the write lease of `epoch` ([`Coordinator::recover`]).
+    Recover {
+        at: u64,
+        ext: Extent,
+        len: usize,
+        epoch: Option<u64>,
+        present: bool,
+    },
+    Tick {
+        regions: Vec<String>,
+        renew_read: Vec<(u64, Extent)>,
+        renew_write: Vec<(u64, Extent)>,
+    },
 }
 
 pub enum Done {
@@ -504,12 +561,33 @@ pub enum Done {
         got: Result<u64, String>,
     },
     Nothing,
+    Recovered {
+        at: u64,
+        present: bool,
+        got: Recovery,
+    },
     /// New expiries of the renewed leases (`None`: lost), and the view after them.
     Ticked {
         read: Vec<(u64, Option<u64>)>,
         write: Vec<(u64, Option<u64>)>,
         view: View,
     },
+}
+
+/// What a restarted daemon may do with a granule it found in memory or leased.
+#[derive(Debug)]
+pub enum Recovery {
+    /// The copy is current under a read lease that expires then.
+    Read(u64),
+    /// The write lease is still this node's: go on writing under it (once the readers the
+    /// renewal names are gone).
+    Write(Grant),
+    /// The copy may be stale: drop it.
+    Drop,
+    /// The write lease lapsed or was taken while the daemon was down: the writes made under
+    /// it since the last publication are lost (why, for the log and the next `holo_sync`).
+    Lost(String),
+    Failed(String),
 }
 
 /// The coordinator: every Raft proposal and home file access of one client's shared regions.
@@ -602,6 +680,9 @@ impl Coordinator {
                 self.release(&ext, epoch);
                 Done::Nothing
             }
+            Job::Recover { at, ext, len, epoch, present } => {
+                Done::Recovered { at, present, got: self.recover(&ext, len, epoch, present) }
+            }
             Job::Tick { regions, renew_read, renew_write } => {
                 let read = renew_read
                     .into_iter()
@@ -652,14 +733,67 @@ impl Coordinator {
             }
             self.home.publish(&ext.region, self.granule_index(ext), lease.epoch, bytes).map_err(|e| e.to_string())?;
             // Registered before the release, so no later writer can miss this copy.
-            match self.register(ext) {
-                Ok(r) => Ok(r.lease.expires_at_ms),
-                Err(Refusal::Held) => Err("another node took the write lease".to_string()),
-                Err(Refusal::Failed(e)) => Err(e),
-            }
+            self.register(ext).map(|r| r.lease.expires_at_ms).map_err(Refusal::into_message)
         })();
         self.release(ext, lease.epoch);
         result
+    }
+
+    /// The epoch of the newest published version of `ext` (0: never published).
+    fn published_epoch(&self, ext: &Extent, len: usize) -> Result<u64, String> {
+        let mut bytes = vec![0; len];
+        self.home.read(&ext.region, self.granule_index(ext), &mut bytes).map_err(|e| e.to_string())
+    }
+
+    /// After a daemon restart, the rules of ownership.rs for a granule the dead daemon left
+    /// in memory (`present`) or wrote under the write lease of `epoch` (its journal says).
+    /// A read copy stays only under a read lease that was still valid and not invalidated
+    /// (a renewal). A write lease is kept only if it is still this node's (a renewal, same
+    /// epoch); if it lapsed or was taken meanwhile, what was written under it and not
+    /// published is lost: never published, and dropped here. A version of `epoch` already
+    /// in the home means the dead daemon's `holo_sync` published it: the rest of that sync
+    /// (a read lease of the copy, then the write lease back) is done now.
+    fn recover(&self, ext: &Extent, len: usize, epoch: Option<u64>, present: bool) -> Recovery {
+        // Before the home is read, so that any later writer names this copy.
+        let registered = self.register(ext);
+        let Some(epoch) = epoch else {
+            return match registered {
+                Ok(r) if r.renewed => Recovery::Read(r.lease.expires_at_ms),
+                Ok(_) | Err(Refusal::Held) => Recovery::Drop,
+                Err(Refusal::Failed(e)) => Recovery::Failed(e),
+            };
+        };
+        let published = match self.published_epoch(ext, len) {
+            Ok(e) => e,
+            Err(e) => return Recovery::Failed(e),
+        };
+        if published == epoch {
+            self.release(ext, epoch);
+            return match registered {
+                Ok(r) if present => Recovery::Read(r.lease.expires_at_ms),
+                Ok(_) | Err(Refusal::Held) => Recovery::Drop,
+                Err(Refusal::Failed(e)) => Recovery::Failed(e),
+            };
+        }
+        let why = match self.acquire(ext) {
+            Ok(g) if g.renewed && g.lease.epoch == epoch => return Recovery::Write(g),
+            Ok(g) => {
+                self.release(ext, g.lease.epoch);
+                "it lapsed".to_string()
+            }
+            Err(Refusal::Held) => "another node holds it now".to_string(),
+            Err(Refusal::Failed(e)) => return Recovery::Failed(e),
+        };
+        // Not a read copy either: a registration after a restart must not renew it.
+        if let Err(e) = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() }) {
+            log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
+        }
+        Recovery::Lost(format!(
+            "shared granule {} of {:?}: the write lease (epoch {epoch}) was lost while holo-pager was down ({why}): \
+             what was written under it since the last holo_sync is lost",
+            self.granule_index(ext),
+            ext.region
+        ))
     }
 }
 
@@ -670,12 +804,43 @@ struct Region {
     /// Mapped bytes (the size rounded up to pages).
     len: u64,
     gs: Vec<G>,
+    /// The epoch of the write lease each granule is written under, as journaled (0: none).
+    journaled: Vec<u64>,
+    /// Why writes to it were lost (a write lease lost before they were published), for the
+    /// next `holo_sync`.
+    lost: Vec<String>,
+}
+
+/// What the client's journal must record of its shared regions (the pager writes it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Attached {
+        name: String,
+        start: u64,
+        len: u64,
+    },
+    /// The granule at `at` is written under the write lease of `epoch` (0: none).
+    Leased {
+        at: u64,
+        epoch: u64,
+    },
 }
 
 /// The request the shim is waiting on.
 enum Waiting {
-    Attach { name: String, start: u64, size: u64 },
-    Sync { left: usize, error: Option<String> },
+    Attach {
+        name: String,
+        start: u64,
+        size: u64,
+    },
+    Sync {
+        left: usize,
+        error: Option<String>,
+    },
+    /// A `holo_sync` that waits until the granules a restart left are settled.
+    SyncAfterRecovery {
+        addr: u64,
+    },
 }
 
 /// What the pager does with a fault in a shared region.
@@ -708,6 +873,10 @@ pub struct Shared {
     /// The view the last tick brought: which renewals are due.
     view: View,
     drops_in_flight: usize,
+    /// Granules a restarted daemon is still settling with the cluster.
+    recovering: usize,
+    /// For the journal, oldest first.
+    changes: Vec<Change>,
 }
 
 impl Shared {
@@ -729,7 +898,103 @@ impl Shared {
             tick_at: Instant::now(),
             view: View::default(),
             drops_in_flight: 0,
+            recovering: 0,
+            changes: Vec::new(),
         })
+    }
+
+    /// After a daemon restart: take back the regions the client's journal names (its
+    /// userfaultfd still has them registered), and settle with the cluster each granule
+    /// that has pages in memory or was written under a write lease ([`Coordinator::recover`]).
+    /// Those pages are write-protected first and their faults wait until it is settled.
+    pub fn resume(&mut self, regions: Vec<SharedRegion>, io: &Io) {
+        for sr in regions {
+            if !ATTACHED.lock().unwrap().insert(sr.name.clone()) {
+                log::error!(
+                    "pid {}: shared region {:?} was attached by another process of this node since the restart: \
+                     not restored (its faults get SIGBUS)",
+                    io.pid,
+                    sr.name
+                );
+                continue;
+            }
+            let granules = sr.len.div_ceil(self.granule) as usize;
+            let pages: Vec<u64> = (0..sr.len / PAGE).map(|k| sr.start + k * PAGE).collect();
+            // Unreadable (the process is going): every granule is taken to have pages.
+            let missing: BTreeSet<u64> =
+                crate::journal::missing(io.pid, &pages).map(|m| m.into_iter().collect()).unwrap_or_default();
+            self.regions.push(Region {
+                name: sr.name.clone(),
+                start: sr.start,
+                len: sr.len,
+                gs: vec![G::Absent; granules],
+                journaled: vec![0; granules],
+                lost: Vec::new(),
+            });
+            let r = self.regions.len() - 1;
+            let mut settling = 0;
+            for k in 0..granules {
+                let (at, len, ext) = self.window(r, k);
+                let epoch = sr.leased.get(&at).copied();
+                let present = (0..len / PAGE).any(|p| !missing.contains(&(at + p * PAGE)));
+                self.regions[r].journaled[k] = epoch.unwrap_or(0);
+                if !present && epoch.is_none() {
+                    continue;
+                }
+                if present {
+                    // No write until the lease it was written under is known to be ours.
+                    if let Err(e) = io.uffd.write_protect(at, len, true) {
+                        log::warn!("pid {}: cannot write-protect shared granule {at:#x}: {e}", io.pid);
+                    }
+                }
+                self.regions[r].gs[k] = G::Busy;
+                self.worker.submit(Job::Recover { at, ext, len: len as usize, epoch, present });
+                settling += 1;
+            }
+            self.recovering += settling;
+            // Threads the dead daemon left waiting fault again, to us.
+            let _ = io.uffd.wake(sr.start, sr.len);
+            log::info!(
+                "pid {}: shared region {:?} restored after a restart: {settling} granule(s) to settle with the cluster",
+                io.pid,
+                sr.name
+            );
+        }
+    }
+
+    /// The journal's view of the regions, for a snapshot.
+    pub fn journaled(&self) -> Vec<SharedRegion> {
+        let leased = |r: &Region| {
+            let at = |k: usize| r.start + k as u64 * self.granule;
+            r.journaled.iter().enumerate().filter(|(_, &e)| e > 0).map(|(k, &e)| (at(k), e)).collect()
+        };
+        let region = |r: &Region| SharedRegion { name: r.name.clone(), start: r.start, len: r.len, leased: leased(r) };
+        self.regions.iter().map(region).collect()
+    }
+
+    /// What the journal must record since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Notes, for the journal, the granules whose write lease changed. A granule keeps its
+    /// journaled lease while a job is under way for it (a publication, or a restart's
+    /// settling) and until its copy is dropped (writes dropped with it are lost).
+    fn note_leases(&mut self) {
+        for r in &mut self.regions {
+            for (k, g) in r.gs.iter().enumerate() {
+                let epoch = match g {
+                    G::Granted { grant, .. } => grant.lease.epoch,
+                    G::Write { lease } | G::Refill { lease } => lease.epoch,
+                    G::Busy | G::Stale | G::Dropping => r.journaled[k],
+                    G::Absent | G::Blocked { .. } | G::Read { .. } | G::Failed => 0,
+                };
+                if epoch != r.journaled[k] {
+                    r.journaled[k] = epoch;
+                    self.changes.push(Change::Leased { at: r.start + k as u64 * self.granule, epoch });
+                }
+            }
+        }
     }
 
     /// Readable when the coordinator finished a job.
@@ -785,6 +1050,15 @@ impl Shared {
         let Some((r, _)) = self.locate(addr) else {
             return Some(Err(format!("{addr:#x} is in no shared region of this process")));
         };
+        if self.recovering > 0 {
+            self.waiting = Some(Waiting::SyncAfterRecovery { addr });
+            return None;
+        }
+        let lost = match std::mem::take(&mut self.regions[r].lost).as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            [first, more @ ..] => Some(format!("{first} (and so for {} more granules)", more.len())),
+        };
         let mut left = 0;
         for k in 0..self.regions[r].gs.len() {
             let G::Write { lease } = self.regions[r].gs[k].clone() else { continue };
@@ -807,9 +1081,9 @@ impl Shared {
             left += 1;
         }
         if left == 0 {
-            return Some(Ok(()));
+            return Some(lost.map_or(Ok(()), Err));
         }
-        self.waiting = Some(Waiting::Sync { left, error: None });
+        self.waiting = Some(Waiting::Sync { left, error: lost });
         None
     }
 
@@ -823,7 +1097,9 @@ impl Shared {
         };
         let g = self.regions[r].gs[k].clone();
         let (next, job) = match g {
-            G::Busy | G::Refill { .. } | G::Dropping | G::Granted { .. } | G::Blocked { .. } => return Served::Defer,
+            G::Busy | G::Refill { .. } | G::Dropping | G::Granted { .. } | G::Blocked { .. } | G::Stale => {
+                return Served::Defer
+            }
             G::Failed => return Served::Fail(format!("shared granule {at:#x} of {:?} could not be read", ext.region)),
             G::Absent if write => (G::Busy, Job::Acquire { at, ext, installed: false }),
             G::Absent => (G::Busy, Job::Read { at, ext, len: len as usize }),
@@ -877,15 +1153,15 @@ impl Shared {
             return; // asked again at the next tick
         }
         let (at, len, _) = self.window(r, k);
-        let sent =
-            io.agent.map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b""));
-        match sent {
-            Some(Ok(())) => {
+        // No agent yet (a resumed client's connects soon after): asked again at the next tick.
+        let Some(agent) = io.agent else { return };
+        match proto::send(agent.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b"") {
+            Ok(()) => {
                 self.regions[r].gs[k] = G::Dropping;
                 self.drops_in_flight += 1;
             }
             // Tried again at the next tick; until then its faults wait.
-            _ => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {sent:?}", io.pid),
+            Err(e) => log::warn!("pid {}: cannot ask its agent to drop shared granule {at:#x}: {e}", io.pid),
         }
     }
 
@@ -940,6 +1216,7 @@ impl Shared {
                 answer = Some(a);
             }
         }
+        self.note_leases();
         answer
     }
 
@@ -958,7 +1235,9 @@ impl Shared {
                     Ok(()) => {
                         let granules = len.div_ceil(self.granule) as usize;
                         log::info!("pid {}: attached shared region {name:?} ({size} bytes) at {start:#x}", io.pid);
-                        self.regions.push(Region { name, start, len, gs: vec![G::Absent; granules] });
+                        self.changes.push(Change::Attached { name: name.clone(), start, len });
+                        let (gs, journaled, lost) = (vec![G::Absent; granules], vec![0; granules], Vec::new());
+                        self.regions.push(Region { name, start, len, gs, journaled, lost });
                     }
                     Err(_) => {
                         ATTACHED.lock().unwrap().remove(&name);
@@ -1023,6 +1302,7 @@ impl Shared {
                         None
                     }
                     Err(e) => {
+                        self.regions[r].gs[k] = G::Stale;
                         self.drop_copy(r, k, io);
                         Some(e)
                     }
@@ -1039,11 +1319,89 @@ impl Shared {
                 Some(error.map_or(Ok(()), Err))
             }
             Done::Nothing => None,
+            Done::Recovered { at, present, got } => {
+                self.recovering -= 1;
+                if let Some((r, k)) = self.locate(at) {
+                    self.recovered(r, k, present, got, io);
+                }
+                match self.waiting {
+                    Some(Waiting::SyncAfterRecovery { addr }) if self.recovering == 0 => {
+                        self.waiting = None;
+                        self.sync(addr, io)
+                    }
+                    _ => None,
+                }
+            }
             Done::Ticked { read, write, view } => {
                 self.ticking = false;
                 self.ticked(read, write, view, io);
                 None
             }
+        }
+    }
+
+    fn recovered(&mut self, r: usize, k: usize, present: bool, got: Recovery, io: &Io) {
+        let (at, _, ext) = self.window(r, k);
+        self.regions[r].gs[k] = match got {
+            Recovery::Read(expires_at_ms) => G::Read { expires_at_ms },
+            Recovery::Write(grant) => {
+                // The renewal names no reader (it was writing, not waiting): writable at once,
+                // so that a holo_sync from now on publishes what it wrote.
+                let writing = grant.invalidate.is_empty();
+                let g = G::Granted { grant, installed: present };
+                if writing {
+                    self.regions[r].gs[k] = g;
+                    self.write_now(r, k, io);
+                    return;
+                }
+                self.tick_at = Instant::now() - TICK;
+                g
+            }
+            Recovery::Drop | Recovery::Lost(_) if !present => {
+                self.worker.submit(Job::Unregister { ext });
+                G::Absent
+            }
+            Recovery::Drop => G::Stale,
+            Recovery::Lost(why) => {
+                crate::log_limited!(error, "pid {}: {why}", io.pid);
+                self.regions[r].lost.push(why);
+                G::Stale
+            }
+            Recovery::Failed(e) => {
+                crate::log_limited!(error, "pid {}: shared granule {at:#x} after a restart: {e}", io.pid);
+                if present && self.regions[r].journaled[k] != 0 {
+                    self.regions[r].lost.push(format!(
+                        "shared granule {at:#x} of {:?} could not be settled with the cluster after a restart ({e}): \
+                         what was written to it is not published",
+                        ext.region
+                    ));
+                }
+                G::Failed
+            }
+        };
+        if self.regions[r].gs[k] == G::Stale {
+            self.drop_copy(r, k, io);
+        }
+    }
+
+    /// Granule `k` of region `r` is `Granted` and every reader it named is gone: writable,
+    /// once the journal names its lease (until then a restart would take what is written for
+    /// a read copy; the pager journals it when this round of `on_done` ends).
+    fn write_now(&mut self, r: usize, k: usize, io: &Io) {
+        let (at, len, ext) = self.window(r, k);
+        let G::Granted { grant, installed } = self.regions[r].gs[k].clone() else { return };
+        if self.regions[r].journaled[k] != grant.lease.epoch {
+            self.tick_at = Instant::now() - TICK;
+            return;
+        }
+        if installed {
+            match io.uffd.write_protect(at, len, false) {
+                Ok(()) => self.regions[r].gs[k] = G::Write { lease: grant.lease },
+                Err(e) => log::debug!("pid {}: cannot lift protection of {at:#x}: {e}", io.pid),
+            }
+        } else {
+            self.worker.submit(Job::Fetch { at, ext, len: len as usize });
+            self.regions[r].gs[k] = G::Refill { lease: grant.lease };
         }
     }
 
@@ -1063,7 +1421,7 @@ impl Shared {
         let now = now_ms();
         for r in 0..self.regions.len() {
             for k in 0..self.regions[r].gs.len() {
-                let (at, len, ext) = self.window(r, k);
+                let (at, _, ext) = self.window(r, k);
                 let g = self.regions[r].gs[k].clone();
                 match decide(&g, &ext, self.me, &view, now, self.lease_ms) {
                     Action::Drop => match g {
@@ -1071,20 +1429,20 @@ impl Shared {
                             self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch });
                             self.regions[r].gs[k] = G::Absent;
                         }
+                        G::Write { lease } => {
+                            let why = format!(
+                                "shared granule {at:#x} of {:?}: the write lease (epoch {}) expired before holo_sync \
+                                 (it could not be renewed): what was written under it is lost",
+                                ext.region, lease.epoch
+                            );
+                            crate::log_limited!(error, "pid {}: {why}", io.pid);
+                            self.regions[r].lost.push(why);
+                            self.regions[r].gs[k] = G::Stale;
+                            self.drop_copy(r, k, io);
+                        }
                         _ => self.drop_copy(r, k, io),
                     },
-                    Action::WriteNow => {
-                        let G::Granted { grant, installed } = g else { continue };
-                        if installed {
-                            match io.uffd.write_protect(at, len, false) {
-                                Ok(()) => self.regions[r].gs[k] = G::Write { lease: grant.lease },
-                                Err(e) => log::debug!("pid {}: cannot lift protection of {at:#x}: {e}", io.pid),
-                            }
-                        } else {
-                            self.worker.submit(Job::Fetch { at, ext, len: len as usize });
-                            self.regions[r].gs[k] = G::Refill { lease: grant.lease };
-                        }
-                    }
+                    Action::WriteNow => self.write_now(r, k, io),
                     Action::Retry => self.regions[r].gs[k] = G::Absent,
                     Action::Keep | Action::RenewRead | Action::RenewWrite => {}
                 }
@@ -1116,7 +1474,7 @@ impl Shared {
                     self.worker.submit(Job::Release { ext, epoch: lease.epoch })
                 }
                 G::Granted { grant, .. } => self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch }),
-                G::Read { .. } | G::Dropping => self.worker.submit(Job::Unregister { ext }),
+                G::Read { .. } | G::Dropping | G::Stale => self.worker.submit(Job::Unregister { ext }),
                 // A job under way may have taken a lease: it lapses at its expiry.
                 G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
             }

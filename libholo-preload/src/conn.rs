@@ -499,29 +499,23 @@ pub fn register(addr: usize, len: usize) -> bool {
 }
 
 /// A request whose `Error` reply names why (`Attach` with its name as text, `Sync`): `Ok`,
-/// or the daemon's reason printed after `what`. `false` also when holo is off here.
+/// or the daemon's reason printed after `what`. `false` also when holo is off here. A
+/// `Sync` that loses the daemon is asked again of its successor once the sentinel resumed
+/// with it (asking twice publishes nothing twice; an `Attach` may have been done).
 pub fn request(frame: Frame, text: &[u8], what: &'static str) -> bool {
     if !ensure() {
         say!("holo: {what}: holo is not active in this process");
         return false;
     }
-    REQ.lock();
-    let fd = REQ_FD.load(Acquire);
-    let r = if proto::send(fd, frame, None, text).is_err() {
-        Err(Why::os(what))
-    } else {
-        match proto::recv(fd, false) {
-            Ok(Recv::Frame(f, _)) if f.kind == Kind::Ok => Ok(()),
-            Ok(Recv::Frame(f, _)) if f.kind == Kind::Error => {
-                let mut why = Why::new(what);
-                read_text(fd, &f, &mut why);
-                Err(why)
+    let mut r = ask(frame, text, what);
+    if frame.kind == Kind::Sync {
+        if let Err((true, generation)) = r.as_ref().map_err(|(lost, _, g)| (*lost, *g)) {
+            if await_resume(generation) {
+                r = ask(frame, text, what);
             }
-            _ => Err(Why::os(what)),
         }
-    };
-    REQ.unlock();
-    match r {
+    }
+    match r.map_err(|(_, why, _)| why) {
         Ok(()) => true,
         Err(why) => {
             let detail = core::str::from_utf8(&why.detail[..why.len]).unwrap_or("?");
@@ -529,6 +523,45 @@ pub fn request(frame: Frame, text: &[u8], what: &'static str) -> bool {
             false
         }
     }
+}
+
+/// One exchange on the request connection. `Err((lost, why, generation))`: `lost` when the
+/// connection failed (not an `Error` reply), in [`GENERATION`] `generation`.
+fn ask(frame: Frame, text: &[u8], what: &'static str) -> Result<(), (bool, Why, u64)> {
+    REQ.lock();
+    let generation = GENERATION.load(SeqCst);
+    let fd = REQ_FD.load(Acquire);
+    let r = if proto::send(fd, frame, None, text).is_err() {
+        Err((true, Why::os(what), generation))
+    } else {
+        match proto::recv(fd, false) {
+            Ok(Recv::Frame(f, _)) if f.kind == Kind::Ok => Ok(()),
+            Ok(Recv::Frame(f, _)) if f.kind == Kind::Error => {
+                let mut why = Why::new(what);
+                read_text(fd, &f, &mut why);
+                Err((false, why, generation))
+            }
+            _ => Err((true, Why::os(what), generation)),
+        }
+    };
+    REQ.unlock();
+    r
+}
+
+/// Waits until the sentinel has resumed with a restarted daemon after `generation` (it
+/// kills the process if none comes back in time); `false` if it never began to (the
+/// connection failed some other way).
+fn await_resume(generation: u64) -> bool {
+    let deadline = now_ms() + (TIMEOUT_S.load(Relaxed) + 5) * 1000;
+    while now_ms() < deadline {
+        let g = GENERATION.load(SeqCst);
+        if g > generation && g.is_multiple_of(2) {
+            return true;
+        }
+        // SAFETY: sleeping 10 ms.
+        unsafe { libc::usleep(10_000) };
+    }
+    false
 }
 
 pub const MADV_DONTNEED_LOCKED: c_int = 24;
