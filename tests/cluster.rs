@@ -843,7 +843,15 @@ fn a_restarted_member_registers_again_and_is_a_peer_again() {
         }
         Ok(())
     });
-    assert!(nodes[1].daemon.log().contains("registered this node's inventory again"));
+    // Its own log line follows the commit, which the others may apply first.
+    wait_for("node 2 to log its registration", &nodes.iter().collect::<Vec<_>>(), || {
+        let registered = nodes[1].daemon.log().contains("registered this node's inventory again");
+        if registered {
+            Ok(())
+        } else {
+            Err("not logged yet".into())
+        }
+    });
     peers_usable(&nodes, 2);
     // 48M through 16M of DRAM and 1M of NVMe, two copies of each granule: both donors lend.
     let a = &nodes[0];
