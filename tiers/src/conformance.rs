@@ -19,6 +19,37 @@ pub struct Subject<'a> {
 /// Room for every check but the capacity one.
 const ROOMY: u64 = 1024;
 
+/// Lets the suite own a tier that the test still reaches (to damage its slots), for a
+/// [`Subject::make`] whose tiers are shared with the test.
+pub struct Shared<T: Tier>(pub std::sync::Arc<T>);
+
+impl<T: Tier> Tier for Shared<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn slot_bytes(&self) -> usize {
+        self.0.slot_bytes()
+    }
+    fn alloc(&self) -> Result<SlotId, TierError> {
+        self.0.alloc()
+    }
+    fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
+        self.0.write(slot, data)
+    }
+    fn write_batch(&self, writes: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
+        self.0.write_batch(writes)
+    }
+    fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
+        self.0.read_batch(reqs)
+    }
+    fn free(&self, slot: SlotId) {
+        self.0.free(slot)
+    }
+    fn usage(&self) -> crate::TierUsage {
+        self.0.usage()
+    }
+}
+
 pub fn check_all(s: Subject<'_>) {
     reads_back_what_was_written(&*(s.make)(ROOMY));
     partial_reads_see_the_right_bytes(&*(s.make)(ROOMY));

@@ -550,7 +550,7 @@ impl Tier for HbmTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::{check_all, Subject};
+    use crate::conformance::{self, check_all, Subject};
 
     const G: usize = 64 << 10;
     const GIB: u64 = 1 << 30;
@@ -580,42 +580,12 @@ mod tests {
             make: &|slots| {
                 let t = Arc::new(HbmTier::open(0, G, Some(slots * G as u64)).unwrap());
                 made.lock().unwrap().push(t.clone());
-                Box::new(Shared(t))
+                Box::new(conformance::Shared(t))
             },
             corrupt: &|slot| made.lock().unwrap().last().unwrap().corrupt(slot),
             reopen: None,
             checks_pages: true,
         });
-    }
-
-    /// A tier the suite owns while this test keeps a handle to corrupt it.
-    struct Shared(Arc<HbmTier>);
-
-    impl Tier for Shared {
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-        fn slot_bytes(&self) -> usize {
-            self.0.slot_bytes()
-        }
-        fn alloc(&self) -> Result<SlotId, TierError> {
-            self.0.alloc()
-        }
-        fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
-            self.0.write(slot, data)
-        }
-        fn write_batch(&self, writes: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
-            self.0.write_batch(writes)
-        }
-        fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
-            self.0.read_batch(reqs)
-        }
-        fn free(&self, slot: SlotId) {
-            self.0.free(slot)
-        }
-        fn usage(&self) -> TierUsage {
-            self.0.usage()
-        }
     }
 
     #[test]

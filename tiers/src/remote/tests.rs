@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::auth;
 use super::wire::{self, HEADER_BYTES};
 use super::*;
-use crate::conformance::{check_all, Subject};
-use crate::{ReadReq, SlotId, Tier, TierError, TierUsage};
+use crate::conformance::{self, check_all, Subject};
+use crate::{ReadReq, SlotId, Tier, TierError};
 
 const SLOT: usize = 65536;
 const LOOPBACK: &str = "127.0.0.1:0";
@@ -30,35 +30,6 @@ fn tier(donors: &[&DonorServer], replicas: usize, capacity_slots: Option<u64>, t
     RemoteTier::open(Box::new(t), ropts).unwrap()
 }
 
-/// Lets the suite own a tier that the test still reaches (to damage its slots).
-struct Shared(Arc<RemoteTier>);
-impl Tier for Shared {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    fn slot_bytes(&self) -> usize {
-        self.0.slot_bytes()
-    }
-    fn alloc(&self) -> Result<SlotId, TierError> {
-        self.0.alloc()
-    }
-    fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
-        self.0.write(slot, data)
-    }
-    fn write_batch(&self, w: &[(SlotId, &[u8])]) -> Vec<Result<(), TierError>> {
-        self.0.write_batch(w)
-    }
-    fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
-        self.0.read_batch(reqs)
-    }
-    fn free(&self, slot: SlotId) {
-        self.0.free(slot)
-    }
-    fn usage(&self) -> TierUsage {
-        self.0.usage()
-    }
-}
-
 #[test]
 fn remote_tier_conforms_against_real_donors() {
     // The last tier made and its two donors; earlier ones are dropped as the next is made.
@@ -68,7 +39,7 @@ fn remote_tier_conforms_against_real_donors() {
             let donors = vec![donor(slots + 8), donor(slots + 8)];
             let t = Arc::new(tier(&donors.iter().collect::<Vec<_>>(), 2, Some(slots), 2000));
             *last.lock().unwrap() = Some((t.clone(), donors));
-            Box::new(Shared(t))
+            Box::new(conformance::Shared(t))
         },
         // Damage every copy: one intact replica would (rightly) still serve the read.
         corrupt: &|slot| {
