@@ -249,6 +249,16 @@ impl Prog {
     fn one(&mut self, cmd: &str) -> Result<u64> {
         Ok(self.timed(cmd)?[0])
     }
+
+    /// `holo_sync`: its time, or None when it failed (its writes lost, which the daemon says why).
+    fn sync(&mut self) -> Result<Option<u64>> {
+        writeln!(self.stdin, "s").map_err(|e| format!("{}: {e}", self.what))?;
+        let line = self.expect_line("s")?;
+        if line.starts_with("sync failed") {
+            return Ok(None);
+        }
+        line[2..].parse().map(Some).map_err(|_| format!("{}: bad answer {line:?}", self.what))
+    }
 }
 
 impl Drop for Prog {
@@ -310,8 +320,8 @@ fn shared(o: &Opts) -> Result<()> {
     if let Some(json) = &o.replot {
         return crate::plot::replot(json, o.plot.as_deref(), "shared");
     }
-    let exe = crate::compile("shared_ops")?;
     let ns = Netns::setup(o.shaped)?;
+    let exe = crate::compile("shared_ops")?;
     let home = TempDir::new("shared-home")?;
     let result = run_rounds(o, &exe, &ns, &home.0);
     drop(ns);
@@ -382,14 +392,21 @@ fn run_rounds(o: &Opts, exe: &Path, ns: &Netns, home: &Path) -> Result<Vec<Value
             rows.push(row(round, "raft-commit", commits, Value::Null));
 
             for n in SYNC_SIZES {
-                let (mut syncs, mut writes) = (vec![], vec![]);
+                let (mut syncs, mut writes, mut failed) = (vec![], vec![], 0);
                 for _ in 0..o.syncs {
                     check_interrupt()?;
                     value = value % 250 + 1;
                     writes.push(sy.one(&format!("w 0 {n} {value:x}"))?);
-                    syncs.push(sy.one("s")?);
+                    // A failed sync is a result (its writes are lost), not the end of the run.
+                    match sy.sync()? {
+                        Some(ns) => syncs.push(ns),
+                        None => failed += 1,
+                    }
                 }
-                rows.push(row(round, &format!("sync-{n}"), syncs, json!({"write_ns": writes})));
+                if failed > 0 {
+                    eprintln!("  round {} sync-{n}: {failed} of {} holo_sync calls FAILED", round + 1, o.syncs);
+                }
+                rows.push(row(round, &format!("sync-{n}"), syncs, json!({"write_ns": writes, "failed": failed})));
             }
         }
         Ok(rows)
@@ -412,9 +429,15 @@ const MEASURES: [(&str, Option<&str>); 5] = [
     ("sync-256", None),
 ];
 
-/// The median over rounds of each round's percentile `q` of `op`.
+/// The median over rounds of each round's percentile `q` of `op` (NaN, null in the JSON, when
+/// no round has one: every sync of that size failed, say).
 fn med(rows: &[Value], op: &str, q: &str) -> f64 {
-    median(rows.iter().filter(|r| r["op"] == op).filter_map(|r| r["percentiles"][q].as_f64()).collect())
+    let v: Vec<f64> = rows.iter().filter(|r| r["op"] == op).filter_map(|r| r["percentiles"][q].as_f64()).collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        median(v)
+    }
 }
 
 /// Per measure: its p50 and p99, its floor's, and the ratios; for a sync, the p50 per granule.
@@ -434,6 +457,8 @@ fn summarize(rows: &[Value]) -> Vec<Value> {
             }
             if let Some(n) = op.strip_prefix("sync-").and_then(|n| n.parse::<f64>().ok()) {
                 s["p50_us_per_granule"] = json!(p50 / n);
+                let failed = rows.iter().filter(|r| r["op"] == op).filter_map(|r| r["extra"]["failed"].as_u64());
+                s["failed"] = json!(failed.sum::<u64>());
             }
             s
         })
@@ -449,7 +474,7 @@ fn print_summary(rows: &[Value], rounds: usize) -> Value {
     let ratio = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}x"));
     for s in &summary {
         let floor = match s["p50_us_per_granule"].as_f64() {
-            Some(g) => format!("({g:.1} us per granule)"),
+            Some(g) => format!("({g:.1} us per granule; {} failed)", s["failed"]),
             None => s["floor"].as_str().unwrap_or("-").to_string(),
         };
         println!(
@@ -517,6 +542,7 @@ mod tests {
             mk("handoff", 1000.0, 2000.0),
             mk("raft-commit", 500.0, 1000.0),
             mk("sync-16", 3200.0, 6400.0),
+            json!({"op": "sync-16", "percentiles": {"p50_us": 3200.0, "p99_us": 6400.0}, "extra": {"failed": 2}}),
         ];
         let s = summarize(&rows);
         assert_eq!(s[0]["p50_us"], 200.0);
@@ -526,7 +552,9 @@ mod tests {
         assert_eq!(s[0]["p99_ratio"], 500.0 / 45.0);
         assert_eq!(s[1]["p50_ratio"], 2.0);
         assert!(s[2].get("floor").is_none());
+        assert!(s[2]["p50_us"].is_null(), "no sync-1 rows: no number");
         assert_eq!(s[3]["p50_us_per_granule"], 200.0);
+        assert_eq!((s[2]["failed"].as_u64(), s[3]["failed"].as_u64()), (Some(0), Some(2)));
     }
 
     #[test]
@@ -553,7 +581,7 @@ mod tests {
         let o = args("--rounds 2 --handoffs 4 --shaped").unwrap();
         assert_eq!((o.rounds, o.handoffs, o.syncs, o.shaped), (2, 4, 5, true));
         assert!(args("--syncs 0").is_err());
-        assert!(args("--rounds x").unwrap_err().contains("needs a number"));
+        assert!(args("--rounds x").err().unwrap().contains("needs a number"));
         assert!(args("--bogus").is_err());
     }
 }
