@@ -385,7 +385,11 @@ fn run_rounds(o: &Opts, exe: &Path, ns: &Netns, home: &Path) -> Result<Vec<Value
                     let r = ho[to].one(&format!("r 0 {value:x}"))?;
                     handoffs.push(w + s + r);
                     parts.push(json!({"from": from + 1, "write_ns": w, "sync_ns": s, "read_ns": r}));
-                    commits.push(ho[from].one(&format!("a fl-{}-{round}-{i}-{from} {GRANULE}", std::process::id()))?);
+                    // A process of its own (a process attaches at most 16 regions), whose own
+                    // attach is untimed: only the second one, of a new name, is.
+                    let name = format!("fl-{}-{round}-{i}-{from}", std::process::id());
+                    let mut fresh = Prog::start(exe, &nodes[from], &format!("{name}-a"), 1)?;
+                    commits.push(fresh.one(&format!("a {name}-b {GRANULE}"))?);
                 }
             }
             rows.push(row(round, "handoff", handoffs, json!(parts)));
