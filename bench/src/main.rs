@@ -7,6 +7,8 @@
 //! `holo-bench remote [...]`: remote fetch latency of a 64 KiB granule against raw TCP, on
 //! loopback, an unshaped veth and a veth held to 1 Gbit/s, see `remote.rs`.
 //! `holo-bench hbm [...]`: copy bandwidth of the HBM tier's granule batches, see `hbm.rs`.
+//! `holo-bench shared [...]`: shared regions' read faults, write-lease handoffs and
+//! `holo_sync` on two daemons in network namespaces, see `shared.rs`.
 //!
 //! Refault latency of holo against a minimal raw userfaultfd handler measured in the same run.
 //! Both contenders run the same C access loop (`bench/c/access.h`): one read of one random
@@ -44,6 +46,7 @@ mod hbm;
 mod plot;
 mod pressure;
 mod remote;
+mod shared;
 mod swap;
 mod threads;
 
@@ -55,7 +58,7 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] \
                      [--plot FILE.png]\n       holo-bench refault --replot RUN.json [--plot FILE.png]\n       \
                      holo-bench swap --help\n       holo-bench threads --help\n       \
-                     holo-bench remote --help\n       holo-bench pressure --help\n       holo-bench hbm --help";
+                     holo-bench remote --help\n       holo-bench pressure --help\n       holo-bench hbm --help\n       holo-bench shared --help";
 
 pub(crate) type Result<T> = std::result::Result<T, String>;
 
@@ -116,6 +119,7 @@ fn main() {
         Some("pressure") => std::process::exit(pressure::main(&args[1..])),
         Some("remote") => std::process::exit(remote::main(&args[1..])),
         Some("hbm") => std::process::exit(hbm::main(&args[1..])),
+        Some("shared") => std::process::exit(shared::main(&args[1..])),
         _ => {}
     }
     let opts = match parse_args(&args) {
@@ -138,7 +142,7 @@ fn main() {
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     if it.next().map(String::as_str) != Some("refault") {
-        return Err("the benchmarks are `refault`, `swap`, `threads`, `pressure`, `remote` and `hbm`".into());
+        return Err("the benchmarks are `refault`, `swap`, `threads`, `pressure`, `remote`, `hbm` and `shared`".into());
     }
     let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None, plot: None, replot: None };
     while let Some(a) = it.next() {

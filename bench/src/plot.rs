@@ -192,6 +192,7 @@ pub fn draw_report(report: &Value, path: &Path) -> Result<()> {
         Some("refault") => crate::panels(report)?,
         Some("remote") => crate::remote::panels(report)?,
         Some("threads") => crate::threads::panels(report)?,
+        Some("shared") => crate::shared::panels(report)?,
         other => return Err(format!("no plot for a benchmark named {other:?}")),
     };
     ccdf_png(path, &title, &panels)

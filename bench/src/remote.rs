@@ -91,17 +91,18 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 // ---------------------------------------------------------------------------------------------
 // Network namespaces
 
-/// Namespaces `a` (client) and `b` (server), veth pair 0 (10.213.0.0/24, unshaped) and pair 1
-/// (10.213.1.0/24, tbf 1 Gbit/s both ways). Removed on drop.
-struct Netns {
-    a: String,
-    b: String,
+/// Namespaces `a` (client) and `b` (server), veth pair 0 (10.213.0.0/24, unshaped) and, when
+/// asked for, pair 1 (10.213.1.0/24, tbf 1 Gbit/s both ways). Removed on drop. Also the rig of
+/// `holo-bench shared`.
+pub(crate) struct Netns {
+    pub a: String,
+    pub b: String,
 }
 
-const VETH_SERVER: &str = "10.213.0.2";
-const SHAPED_SERVER: &str = "10.213.1.2";
+pub(crate) const VETH_SERVER: &str = "10.213.0.2";
+pub(crate) const SHAPED_SERVER: &str = "10.213.1.2";
 
-fn run(what: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn run(what: &str, args: &[&str]) -> Result<()> {
     let out =
         Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{what}: cannot run {}: {e}", args[0]))?;
     if !out.status.success() {
@@ -111,7 +112,7 @@ fn run(what: &str, args: &[&str]) -> Result<()> {
 }
 
 impl Netns {
-    fn setup() -> Result<Netns> {
+    pub(crate) fn setup(shaped: bool) -> Result<Netns> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("the veth links need root (network namespaces, veth, tc); refusing".into());
@@ -126,6 +127,7 @@ impl Netns {
             [(format!("hb{pid}a0"), format!("hb{pid}b0")), (format!("hb{pid}a1"), format!("hb{pid}b1"))]
                 .iter()
                 .enumerate()
+                .take(1 + shaped as usize)
         {
             let veth = "veth pair";
             run(veth, &["ip", "link", "add", va, "type", "veth", "peer", "name", vb])?;
@@ -159,7 +161,7 @@ impl Drop for Netns {
         // Deleting a namespace deletes the veth ends in it, and their qdiscs.
         for n in [&self.a, &self.b] {
             if let Err(e) = run("teardown", &["ip", "netns", "del", n]) {
-                eprintln!("holo-bench remote: {e}");
+                eprintln!("holo-bench: {e}");
             }
         }
     }
@@ -167,7 +169,7 @@ impl Drop for Netns {
 
 /// Run `f` on a thread that has entered network namespace `ns` (None: this one). Sockets
 /// made there stay in that namespace, whichever thread uses them later.
-fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             if let Some(ns) = ns {
@@ -314,7 +316,7 @@ fn remote(o: &Opts) -> Result<()> {
     if let Some(json) = &o.replot {
         return crate::plot::replot(json, o.plot.as_deref(), "remote");
     }
-    let ns = Netns::setup()?;
+    let ns = Netns::setup(true)?;
     let (a, b) = (ns.a.clone(), ns.b.clone());
     let lo = servers("127.0.0.1")?;
     let far = in_netns(Some(&b), || servers("0.0.0.0"))?;
