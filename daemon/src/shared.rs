@@ -720,6 +720,20 @@ impl Coordinator {
     /// `holo_sync` of one granule: publish (pages the program no longer holds keep their
     /// published bytes), keep a read lease of the copy, give the write lease back.
     fn publish(&self, ext: &Extent, lease: &Lease, bytes: &mut [u8], present: &[bool]) -> Result<u64, String> {
+        // A sync of many granules publishes them one after another on this thread, and no tick
+        // renews a granule being published: renew a lease past half its life first, or the
+        // last granules of a long sync would find it lapsed (256 granules took 3-8 s here).
+        let mut lease = lease.clone();
+        if lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2 {
+            match self.acquire(ext) {
+                Ok(g) if g.renewed && g.lease.epoch == lease.epoch => lease = g.lease,
+                // Ours lapsed and this is a new lease, under a new epoch: give it back; the
+                // check below reports the writes made under the old one as lost.
+                Ok(g) => self.release(ext, g.lease.epoch),
+                Err(_) => {}
+            }
+        }
+        let lease = &lease;
         let result = (|| {
             if present.iter().any(|p| !p) {
                 let old = self.read_home(ext, bytes.len())?;
