@@ -36,8 +36,7 @@ use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
-use crate::pagesums::{PagePlan, Sum, SumTable};
-use crate::slots::SlotAllocator;
+use crate::pagesums::{PagePlan, Sum, SummedSlots};
 use crate::{ReadReq, SlotId, Tier, TierError, TierUsage};
 
 const NAME: &str = "hbm";
@@ -184,22 +183,9 @@ struct Lane {
 }
 
 struct Slots {
-    alloc: SlotAllocator,
-    sums: SumTable,
-    in_use: Vec<bool>,
+    page: SummedSlots,
     /// Lost slots ([`Tier::hold_lost`]) past this run's capacity, held until freed.
     lost_beyond: std::collections::HashSet<SlotId>,
-}
-
-impl Slots {
-    fn new(max_slots: u64, slot_bytes: usize) -> Slots {
-        Slots {
-            alloc: SlotAllocator::new(max_slots),
-            sums: SumTable::new(slot_bytes),
-            in_use: Vec::new(),
-            lost_beyond: Default::default(),
-        }
-    }
 }
 
 pub struct HbmTier {
@@ -306,7 +292,10 @@ impl HbmTier {
         }
         let info = HbmInfo { ordinal, name, total_bytes: mem_info.total, free_bytes, capacity_bytes: capacity, health };
         Ok(HbmTier {
-            slots: Mutex::new(Slots::new(capacity / slot_bytes as u64, slot_bytes)),
+            slots: Mutex::new(Slots {
+                page: SummedSlots::new(capacity / slot_bytes as u64, slot_bytes),
+                lost_beyond: Default::default(),
+            }),
             ctx,
             mem,
             slot_bytes,
@@ -396,9 +385,9 @@ impl HbmTier {
         {
             let mut s = self.slots.lock().unwrap();
             for &slot in slots {
-                assert!(s.in_use.get(slot as usize) == Some(&true), "time_copies on slot {slot}, not allocated");
+                assert!(s.page.in_use(slot), "time_copies on slot {slot}, not allocated");
                 // Its bytes change behind the checksums: it reads as never written.
-                s.sums.set(slot, None);
+                s.page.sums.set(slot, None);
             }
         }
         let ops: Vec<_> = slots.iter().map(|&slot| (slot, 0, self.slot_bytes, to_device)).collect();
@@ -436,14 +425,8 @@ impl Tier for HbmTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        let Some(slot) = s.alloc.alloc() else {
-            return Err(TierError::Full { tier: NAME, used_bytes: s.alloc.used() * self.slot_bytes as u64 });
-        };
-        let below = s.alloc.high_water() as usize;
-        s.sums.grow(below);
-        s.in_use.resize(below, false);
-        s.in_use[slot as usize] = true;
-        Ok(slot)
+        let used_bytes = s.page.alloc.used() * self.slot_bytes as u64;
+        s.page.take().ok_or(TierError::Full { tier: NAME, used_bytes })
     }
 
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
@@ -470,13 +453,13 @@ impl Tier for HbmTier {
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
                 results.push(match outcome {
                     Ok(()) => {
-                        s.sums.set(slot, Some(&sum));
+                        s.page.sums.set(slot, Some(&sum));
                         Ok(())
                     }
                     // The slot's old bytes may be half overwritten: it reads as never written.
                     // The GPU failed, not the granule: the caller may take the next tier.
                     Err(e) => {
-                        s.sums.set(slot, None);
+                        s.page.sums.set(slot, None);
                         Err(TierError::Unavailable { tier: NAME, detail: format!("slot {slot}: {e}") })
                     }
                 });
@@ -490,7 +473,7 @@ impl Tier for HbmTier {
         let plans: Vec<PagePlan> = {
             let s = self.slots.lock().unwrap();
             reqs.iter()
-                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.sums.get(r.slot)))
+                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot)))
                 .collect::<Result<_, _>>()?
         };
         let mut lane = self.take_lane();
@@ -520,30 +503,21 @@ impl Tier for HbmTier {
         if s.lost_beyond.remove(&slot) {
             return;
         }
-        assert!(s.in_use[slot as usize], "double free of slot {slot}");
-        s.in_use[slot as usize] = false;
-        s.sums.set(slot, None);
-        if s.alloc.free(slot) {
-            *s = Slots::new(s.alloc.max_slots(), self.slot_bytes);
-        }
+        s.page.give_back(slot);
     }
 
     /// The device memory died with the earlier daemon: every slot its map names is lost.
     fn hold_lost(&self, slots: &[SlotId]) {
         let mut s = self.slots.lock().unwrap();
-        assert_eq!(s.alloc.used(), 0, "lost slots are held before the tier is used");
-        let max = s.alloc.max_slots();
+        assert_eq!(s.page.alloc.used(), 0, "lost slots are held before the tier is used");
+        let max = s.page.alloc.max_slots();
         let (within, beyond): (Vec<SlotId>, Vec<SlotId>) = slots.iter().partition(|&&x| (x as u64) < max);
-        s.alloc = SlotAllocator::with_used(max, &within);
-        let below = s.alloc.high_water() as usize;
-        s.sums.grow(below);
-        s.in_use.resize(below, false);
-        within.iter().for_each(|&x| s.in_use[x as usize] = true);
+        s.page = SummedSlots::with_used(max, self.slot_bytes, &within);
         s.lost_beyond = beyond.into_iter().collect();
     }
 
     fn usage(&self) -> TierUsage {
-        TierUsage::of(&self.slots.lock().unwrap().alloc, self.slot_bytes, true, || 0)
+        TierUsage::of(&self.slots.lock().unwrap().page.alloc, self.slot_bytes, true, || 0)
     }
 }
 
@@ -641,24 +615,6 @@ mod tests {
         let e = capacity_bytes(Some(GIB), 2 * GIB, 16 * GIB, G).unwrap_err();
         assert!(e.contains("2048 MiB free of 16384 MiB"), "{e}");
         assert!(capacity_bytes(Some(G as u64 - 1), 70 * GIB, 80 * GIB, G).is_err());
-    }
-
-    #[test]
-    fn slots_are_carved_lowest_first_and_reset_when_all_are_free() {
-        // The allocator and sums of the tier, without a device.
-        let mut s = Slots::new(3, G);
-        let take = |s: &mut Slots| {
-            let slot = s.alloc.alloc()?;
-            s.sums.grow(s.alloc.high_water() as usize);
-            Some(slot)
-        };
-        assert_eq!([take(&mut s), take(&mut s), take(&mut s), take(&mut s)], [Some(0), Some(1), Some(2), None]);
-        s.sums.set(1, Some(&Sum::of(&[7; 5000])));
-        assert_eq!(s.sums.get(1).unwrap().pages.len(), 2);
-        assert!(!s.alloc.free(1));
-        assert_eq!(take(&mut s), Some(1));
-        assert!(!s.alloc.free(0) && !s.alloc.free(1));
-        assert!(s.alloc.free(2), "the last free resets the allocator");
     }
 
     #[test]

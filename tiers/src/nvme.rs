@@ -32,8 +32,7 @@ use std::sync::Mutex;
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::pagesums::{PagePlan, Sum, SumTable, PAGE};
-use crate::slots::SlotAllocator;
+use crate::pagesums::{PagePlan, Sum, SummedSlots, PAGE};
 use crate::{align_up, AlignedBuf, ReadReq, SlotId, Tier, TierError, TierUsage, IO_ALIGN};
 
 const NAME: &str = "nvme";
@@ -59,29 +58,16 @@ pub struct NvmeTier {
 }
 
 struct Slots {
-    /// Slots the tier may hand out: the configured capacity or the device's size.
-    alloc: SlotAllocator,
+    /// Slots the tier may hand out (the configured capacity or the device's size) and their
+    /// page checksums.
+    page: SummedSlots,
     /// Free slots whose blocks have not been punched out yet (some may be in use again).
     unpunched: Vec<SlotId>,
-    /// The page checksums of the slots below the high-water mark.
-    sums: SumTable,
-    in_use: Vec<bool>,
 }
 
 impl Slots {
-    fn new(max_slots: u64, slot_bytes: usize) -> Slots {
-        Slots {
-            alloc: SlotAllocator::new(max_slots),
-            unpunched: Vec::new(),
-            sums: SumTable::new(slot_bytes),
-            in_use: Vec::new(),
-        }
-    }
-
-    /// Room for the slots below `below`.
-    fn grow(&mut self, below: usize) {
-        self.sums.grow(below);
-        self.in_use.resize(below, false);
+    fn new(page: SummedSlots) -> Slots {
+        Slots { page, unpunched: Vec::new() }
     }
 }
 
@@ -134,7 +120,7 @@ impl NvmeTier {
         };
         let max_slots = capacity_bytes.map_or(device_slots, |c| (c / slot_bytes as u64).min(device_slots));
         let record_bytes = sum_record_bytes(slot_bytes);
-        let mut slots = Slots::new(max_slots, slot_bytes);
+        let mut slots = Slots::new(SummedSlots::new(max_slots, slot_bytes));
         let mut kept = Vec::new();
         let sums_file = if is_device {
             None
@@ -160,11 +146,9 @@ impl NvmeTier {
                         found.push((slot as SlotId, sum));
                     }
                 }
-                slots.alloc = SlotAllocator::with_used(max_slots, &kept);
-                slots.grow(slots.alloc.high_water() as usize);
+                slots.page = SummedSlots::with_used(max_slots, slot_bytes, &kept);
                 for (slot, sum) in found {
-                    slots.sums.set(slot, Some(&sum));
-                    slots.in_use[slot as usize] = true;
+                    slots.page.sums.set(slot, Some(&sum));
                 }
             } else {
                 file.set_len(0).map_err(open_err)?;
@@ -297,13 +281,8 @@ impl Tier for NvmeTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        let Some(slot) = s.alloc.alloc() else {
-            return Err(TierError::Full { tier: NAME, used_bytes: s.alloc.used() * self.slot_bytes as u64 });
-        };
-        let below = s.alloc.high_water() as usize;
-        s.grow(below);
-        s.in_use[slot as usize] = true;
-        Ok(slot)
+        let used_bytes = s.page.alloc.used() * self.slot_bytes as u64;
+        s.page.take().ok_or(TierError::Full { tier: NAME, used_bytes })
     }
 
     fn write(&self, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
@@ -342,7 +321,7 @@ impl Tier for NvmeTier {
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
                 results.push(outcome.map_err(|e| Self::io_err(slot, e)).map(|()| {
-                    s.sums.set(slot, Some(&sum));
+                    s.page.sums.set(slot, Some(&sum));
                     written.push((slot, sum));
                 }));
             }
@@ -361,7 +340,7 @@ impl Tier for NvmeTier {
         let plans: Vec<PagePlan> = {
             let s = self.slots.lock().unwrap();
             reqs.iter()
-                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.sums.get(r.slot)))
+                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot)))
                 .collect::<Result<_, _>>()?
         };
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
@@ -393,12 +372,9 @@ impl Tier for NvmeTier {
 
     fn free(&self, slot: SlotId) {
         let mut s = self.slots.lock().unwrap();
-        assert!(s.in_use[slot as usize], "double free of slot {slot}");
-        s.in_use[slot as usize] = false;
-        let had_sum = s.sums.is_set(slot);
-        s.sums.set(slot, None);
-        if s.alloc.free(slot) {
-            *s = Slots::new(s.alloc.max_slots(), self.slot_bytes);
+        let had_sum = s.page.sums.is_set(slot);
+        if s.page.give_back(slot) {
+            s.unpunched.clear();
             if !self.is_device {
                 let _ = self.file.set_len(0);
             }
@@ -413,11 +389,11 @@ impl Tier for NvmeTier {
             self.record_sum(slot, None);
         }
         s.unpunched.push(slot);
-        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.alloc.high_water() as usize / 4) {
+        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.page.alloc.high_water() as usize / 4) {
             // Under the lock, so that no slot is handed out again while its blocks go.
             // Failure only costs disk space, never data.
             for slot in std::mem::take(&mut s.unpunched) {
-                if !s.in_use[slot as usize] {
+                if !s.page.in_use(slot) {
                     // SAFETY: fallocate on an fd we own, with a range inside the file.
                     unsafe {
                         libc::fallocate(
@@ -439,7 +415,7 @@ impl Tier for NvmeTier {
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
         let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
-        TierUsage::of(&s.alloc, self.slot_bytes, self.capacity_configured, free_space)
+        TierUsage::of(&s.page.alloc, self.slot_bytes, self.capacity_configured, free_space)
     }
 }
 

@@ -2,6 +2,7 @@
 //! (NVMe, HBM): kept in memory, so that a read of part of a slot fetches and verifies only
 //! the pages it covers, and a damaged page names itself.
 
+use crate::slots::SlotAllocator;
 use crate::{checksum, SlotId, TierError, IO_ALIGN};
 
 /// Bytes one page checksum covers: the unit a partial read reads and verifies.
@@ -138,5 +139,88 @@ impl PagePlan {
                 detail: format!("checksum mismatch in page {k}: the bytes on the medium changed"),
             }),
         }
+    }
+}
+
+/// The slots of such a tier: which are taken (the allocator, and a flag per slot, so that a
+/// double free is caught) and their page checksums.
+pub(crate) struct SummedSlots {
+    pub alloc: SlotAllocator,
+    pub sums: SumTable,
+    in_use: Vec<bool>,
+    slot_bytes: usize,
+}
+
+impl SummedSlots {
+    pub fn new(max_slots: u64, slot_bytes: usize) -> SummedSlots {
+        let (alloc, sums) = (SlotAllocator::new(max_slots), SumTable::new(slot_bytes));
+        SummedSlots { alloc, sums, in_use: Vec::new(), slot_bytes }
+    }
+
+    /// A table in which the slots `used` (of a reopened medium, or held as lost) are taken.
+    pub fn with_used(max_slots: u64, slot_bytes: usize, used: &[SlotId]) -> SummedSlots {
+        let mut t = SummedSlots::new(max_slots, slot_bytes);
+        t.alloc = SlotAllocator::with_used(max_slots, used);
+        t.grow();
+        used.iter().for_each(|&x| t.in_use[x as usize] = true);
+        t
+    }
+
+    /// The lowest free slot, taken (no checksum yet), or `None` when all are taken.
+    pub fn take(&mut self) -> Option<SlotId> {
+        let slot = self.alloc.alloc()?;
+        self.grow();
+        self.in_use[slot as usize] = true;
+        Some(slot)
+    }
+
+    pub fn in_use(&self, slot: SlotId) -> bool {
+        self.in_use.get(slot as usize) == Some(&true)
+    }
+
+    /// Give `slot` back, its checksum cleared. True when that left none taken: the table is
+    /// reset to nothing.
+    pub fn give_back(&mut self, slot: SlotId) -> bool {
+        assert!(self.in_use(slot), "double free of slot {slot}");
+        self.in_use[slot as usize] = false;
+        self.sums.set(slot, None);
+        if self.alloc.free(slot) {
+            *self = SummedSlots::new(self.alloc.max_slots(), self.slot_bytes);
+            return true;
+        }
+        false
+    }
+
+    /// Room for every slot below the allocator's high-water mark.
+    fn grow(&mut self) {
+        let below = self.alloc.high_water() as usize;
+        self.sums.grow(below);
+        self.in_use.resize(below, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_carved_lowest_first_and_reset_when_all_are_free() {
+        let mut s = SummedSlots::new(3, 64 << 10);
+        assert_eq!([s.take(), s.take(), s.take(), s.take()], [Some(0), Some(1), Some(2), None]);
+        s.sums.set(1, Some(&Sum::of(&[7; 5000])));
+        assert_eq!(s.sums.get(1).unwrap().pages.len(), 2);
+        assert!(!s.give_back(1));
+        assert!(s.sums.get(1).is_none(), "a slot given back keeps no checksum");
+        assert_eq!(s.take(), Some(1));
+        assert!(!s.give_back(0) && !s.give_back(1));
+        assert!(s.give_back(2), "the last free resets the allocator");
+        assert_eq!(s.take(), Some(0));
+    }
+
+    #[test]
+    fn slots_held_at_reopen_are_taken() {
+        let mut s = SummedSlots::with_used(8, 64 << 10, &[0, 2]);
+        assert!(s.in_use(0) && !s.in_use(1) && s.in_use(2));
+        assert_eq!([s.take(), s.take()], [Some(1), Some(3)]);
     }
 }
