@@ -5,22 +5,13 @@
 //! finds are added as they are.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::Path;
 
 use holo_cluster::rpc::fuzz;
 use tonic::Code;
 
-fn corpus(target: &str) -> BTreeMap<String, Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
-    let files: BTreeMap<_, _> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
-        .collect();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files
-}
+#[path = "../../pagers/tests/support/corpus_files.rs"]
+mod corpus_files;
+use corpus_files::corpus;
 
 #[test]
 fn control_envelope_corpus() {

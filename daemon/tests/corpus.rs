@@ -3,9 +3,8 @@
 //! function as the fuzz target and must not panic; the hand-written ones (`hand-*`) must give
 //! the specific outcome listed here. Inputs the fuzzer finds are added as they are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::path::Path;
 
 use holo_pager::config::{parse_size, Config, Overrides};
 use holo_pager::metrics::{route, Route};
@@ -13,18 +12,11 @@ use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_
 use holo_pager::shared;
 use holo_tiers::remote::wire::{decode_frame, Request, WireError};
 
-fn corpus(target: &str) -> HashMap<String, Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
-    let files: HashMap<_, _> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
-        .collect();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files
-}
+#[path = "../../pagers/tests/support/corpus_files.rs"]
+mod corpus_files;
+use corpus_files::corpus;
 
-fn text(files: &HashMap<String, Vec<u8>>, name: &str) -> String {
+fn text(files: &BTreeMap<String, Vec<u8>>, name: &str) -> String {
     let data = files.get(name).unwrap_or_else(|| panic!("missing corpus file {name}"));
     String::from_utf8(data.clone()).unwrap()
 }

@@ -3,23 +3,16 @@
 //! path as the fuzz target and must not panic; the hand-written ones (`hand-*`) must give
 //! the specific outcome listed here. Inputs the fuzzer finds are added as they are.
 
-use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
 
 use holo_pagers::proto::{
     self, decode_priority, encode_priority, DecodeError, Frame, Kind, PriorityError, Recv, FRAME_BYTES,
 };
 
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
-    let mut files: Vec<PathBuf> =
-        fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap())).collect()
-}
+#[path = "support/corpus_files.rs"]
+mod corpus_files;
+use corpus_files::corpus;
 
 /// What the stream reader made of some bytes: the frames it returned, then how it ended.
 #[derive(Debug, PartialEq)]
