@@ -793,6 +793,44 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
     expect(&mut d, &nodes, 0, "r", "read 33");
 }
 
+/// A writer takes the write leases of more granules than it could renew one by one within a
+/// lease (256 granules of 64 KiB, each first write a Raft round trip, under a 2 s lease): the
+/// renewals of a tick go as one batch, so none lapses, the sync publishes them all and
+/// another node reads them.
+#[test]
+fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_one() {
+    let lan = Lan::new(3);
+    let home = TempDir::new("shared-home");
+    let confs = TempDir::new("shared-confs");
+    let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
+    flags.extend(lease_config(&confs, 2000));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (nodes, _, _) = form(&lan, &flags);
+    let prog = c_program("shared_rw");
+    let t = CLUSTER_TIMEOUT;
+    let start = |n: &Node| {
+        let mut p = Spawned::spawn(shimmed_command(&n.daemon, &prog, &["wide", "16M"], &[]), true);
+        p.wait_for_line("attached", t, &n.daemon);
+        p
+    };
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
+        p.send_line(cmd);
+        let got = p.wait_for_line("", t, &n.daemon);
+        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&nodes.iter().collect::<Vec<_>>()));
+    };
+    let (mut a, mut b) = (start(&nodes[0]), start(&nodes[1]));
+    let begun = std::time::Instant::now();
+    expect(&mut a, &nodes[0], "w 5a", "wrote");
+    eprintln!("256 first writes took {:?} under a 2 s lease", begun.elapsed());
+    expect(&mut a, &nodes[0], "s", "synced");
+    expect(&mut b, &nodes[1], "r", "read 5a");
+    for (mut p, n) in [(a, &nodes[0]), (b, &nodes[1])] {
+        p.send_line("q");
+        let out = p.finish(t);
+        out.check(&n.daemon, out.success(), "the program quits cleanly");
+    }
+}
+
 /// `shared_rw demo 256K` on node `n`, once it attached.
 fn start_on(n: &Node, prog: &std::path::Path) -> Spawned {
     let mut p = Spawned::spawn(shimmed_command(&n.daemon, prog, &["demo", "256K"], &[]), true);

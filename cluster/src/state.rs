@@ -109,6 +109,8 @@ mod pairs {
 pub const MAX_REGIONS: usize = 4096;
 pub const MAX_LEASES: usize = 65_536;
 pub const MAX_NODES: usize = 256;
+/// Commands in one [`Command::Batch`] (each some hundred bytes as JSON).
+pub const MAX_BATCH: usize = 4096;
 
 /// One Raft log entry's application command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +164,11 @@ pub enum Command {
         node: NodeId,
         extent: Extent,
     },
+    /// Commands applied in order as one log entry, one Raft round trip for all (a client's
+    /// lease renewals, or the registrations and releases that end a `holo_sync`); each acts
+    /// as it would alone, and no other command comes between them. Not nested; at most
+    /// [`MAX_BATCH`].
+    Batch(Vec<Command>),
 }
 
 /// What applying a [`Command`] produced; returned to the proposer.
@@ -175,6 +182,8 @@ pub enum Outcome {
     Expired(Vec<Lease>),
     Denied(Denied),
     Invalid(String),
+    /// The outcome of each command of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
 }
 
 impl ClusterState {
@@ -273,6 +282,15 @@ impl ClusterState {
                     }
                 }
                 Outcome::Done
+            }
+            Command::Batch(cmds) => {
+                if cmds.len() > MAX_BATCH {
+                    return Outcome::Invalid(format!("a batch of {} commands (at most {MAX_BATCH})", cmds.len()));
+                }
+                if cmds.iter().any(|c| matches!(c, Command::Batch(_))) {
+                    return Outcome::Invalid("a batch inside a batch".to_string());
+                }
+                Outcome::Batch(cmds.iter().map(|c| self.apply(c)).collect())
             }
         };
         debug_assert_eq!(ownership::check_invariants(self, self.clock_ms), Ok(()));
@@ -399,6 +417,40 @@ mod tests {
         json["readers"] = serde_json::json!([[1, {"region": "r", "start_page": 0, "pages": 1}]]);
         let old: ClusterState = serde_json::from_value(json).unwrap();
         assert_eq!(old, s);
+    }
+
+    /// A batch acts as its commands one after another, and refuses nesting and excess whole.
+    #[test]
+    fn a_batch_applies_its_commands_in_order() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        s.apply(&node(2));
+        s.apply(&Command::CreateRegion { name: "r".into(), size_bytes: 1 << 20, granule_bytes: 4096 });
+        let e = |page| Extent { region: "r".into(), start_page: page, pages: 1 };
+        let acquire = |node, page, now_ms| Command::AcquireWrite { node, extent: e(page), now_ms, duration_ms: 100 };
+        let register = |node, page| Command::RegisterReader { node, extent: e(page), now_ms: 10, duration_ms: 100 };
+        let (mut alone, mut batched) = (s.clone(), s.clone());
+        let cmds = vec![
+            acquire(1, 0, 5),
+            acquire(1, 0, 60), // a renewal, same epoch
+            acquire(2, 0, 70), // held by node 1
+            register(1, 1),
+            Command::ReleaseWrite { node: 1, extent: e(0), epoch: 1 },
+            acquire(2, 0, 80),
+        ];
+        let one_by_one: Vec<Outcome> = cmds.iter().map(|c| alone.apply(c)).collect();
+        assert_eq!(batched.apply(&Command::Batch(cmds)), Outcome::Batch(one_by_one.clone()));
+        assert_eq!(batched, alone);
+        assert!(matches!(&one_by_one[1], Outcome::Granted(g) if g.renewed && g.lease.epoch == 1));
+        assert!(matches!(one_by_one[2], Outcome::Denied(Denied::Held { holder: 1, .. })));
+        assert!(matches!(&one_by_one[5], Outcome::Granted(g) if !g.renewed && g.lease.epoch == 2));
+
+        let before = batched.clone();
+        let nested = Command::Batch(vec![register(2, 2), Command::Batch(vec![register(2, 3)])]);
+        assert!(matches!(batched.apply(&nested), Outcome::Invalid(_)));
+        let huge = Command::Batch(vec![register(2, 2); MAX_BATCH + 1]);
+        assert!(matches!(batched.apply(&huge), Outcome::Invalid(_)));
+        assert_eq!(batched, before, "a refused batch changes nothing");
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //!  pager thread (per client)                 coordinator thread (per client, a Worker)
 //!   fault in a shared granule ──Read/Acquire──▶ RegisterReader / AcquireWrite (Raft)
 //!   install (UFFDIO_COPY, WP for a reader) ◀──  + read the home file
-//!   every TICK: renewals, and the applied ───▶ RegisterReader / AcquireWrite renewals,
-//!   state's verdicts (pure: [`decide`])  ◀───  then this node's view of the leases
-//!   holo_sync: WP + capture ──Publish──────────▶ home file (epoch checked), RegisterReader,
-//!                                               ReleaseWrite
+//!   every TICK: renewals, and the applied ───▶ RegisterReader / AcquireWrite renewals
+//!   state's verdicts (pure: [`decide`])  ◀───  (one batch), then this node's view
+//!   holo_sync: WP + capture ──Publish──────────▶ per PUBLISH_BATCH granules: renewals (one
+//!                                               batch), home files (epoch checked), then
+//!                                               RegisterReader + ReleaseWrite (one batch)
 //!   invalidated copy: Zap via the agent, then ──Unregister──▶ UnregisterReader
 //!  home: SHARED_DIR/<region>/<granule>.<epoch>: one file per published version, header
 //!        (magic, epoch, length, BLAKE3) + bytes, created with link(2) so that nothing is
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use holo_cluster::node::now_ms;
 use holo_cluster::ownership::{Denied, Grant, Lease, ReadLease};
-use holo_cluster::state::{Command, Extent, NodeId, Outcome};
+use holo_cluster::state::{Command, Extent, NodeId, Outcome, MAX_BATCH};
 use holo_cluster::Cluster;
 use holo_pagers::proto::{self, Frame, Kind};
 use holo_pagers::uffd::{Fill, Uffd};
@@ -78,6 +79,11 @@ pub const HEADER_BYTES: usize = 8 + 8 + 8 + 32;
 const READ_TRIES: usize = 8;
 /// Pause before listing again after finding no version of a published granule.
 const READ_RETRY: Duration = Duration::from_millis(5);
+/// Granules of a `holo_sync` published per coordinator job: two Raft round trips for all of
+/// them, and the ticks that renew the other leases run between jobs.
+const PUBLISH_BATCH: usize = 64;
+/// Threads that write a publish job's home files.
+const PUBLISH_THREADS: usize = 8;
 
 /// The names attached on this node (one process each).
 static ATTACHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -509,13 +515,7 @@ pub enum Job {
         ext: Extent,
         len: usize,
     },
-    Publish {
-        at: u64,
-        ext: Extent,
-        lease: Lease,
-        bytes: Vec<u8>,
-        present: Vec<bool>,
-    },
+    Publish(Vec<Publication>),
     Unregister {
         ext: Extent,
     },
@@ -539,6 +539,16 @@ pub enum Job {
     },
 }
 
+/// One granule of a `holo_sync`: its bytes (`present[p]`: page `p` is the program's, else
+/// its published bytes stay), written under `lease`.
+pub struct Publication {
+    at: u64,
+    ext: Extent,
+    lease: Lease,
+    bytes: Vec<u8>,
+    present: Vec<bool>,
+}
+
 pub enum Done {
     Attached(Result<(), String>),
     Read {
@@ -555,11 +565,9 @@ pub enum Done {
         at: u64,
         got: Result<Vec<u8>, String>,
     },
-    /// The new read lease's expiry, or why the bytes were not published.
-    Published {
-        at: u64,
-        got: Result<u64, String>,
-    },
+    /// Per granule of a [`Job::Publish`]: the new read lease's expiry, or why its bytes were
+    /// not published.
+    Published(Vec<(u64, Result<u64, String>)>),
     Nothing,
     Recovered {
         at: u64,
@@ -608,33 +616,54 @@ impl Coordinator {
         ext.start_page * PAGE / self.granule
     }
 
-    fn register(&self, ext: &Extent) -> Result<holo_cluster::ownership::Registered, Refusal> {
-        let cmd = Command::RegisterReader {
-            node: self.me,
-            extent: ext.clone(),
-            now_ms: now_ms(),
-            duration_ms: self.lease_ms,
-        };
-        match self.propose(cmd).map_err(Refusal::Failed)? {
-            Outcome::Registered(r) => Ok(r),
-            Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
-            other => Err(Refusal::Failed(format!("read lease refused: {other:?}"))),
+    /// Proposes `cmds` as batches (a Raft round trip each): each command's outcome, or the
+    /// error that failed its batch.
+    fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, String>> {
+        let mut outs = Vec::with_capacity(cmds.len());
+        let mut cmds = cmds.into_iter().peekable();
+        while cmds.peek().is_some() {
+            let batch: Vec<Command> = cmds.by_ref().take(MAX_BATCH).collect();
+            let n = batch.len();
+            match self.propose(Command::Batch(batch)) {
+                Ok(Outcome::Batch(got)) if got.len() == n => outs.extend(got.into_iter().map(Ok)),
+                Ok(other) => outs.extend(std::iter::repeat_n(Err(format!("batch refused: {other:?}")), n)),
+                Err(e) => outs.extend(std::iter::repeat_n(Err(e), n)),
+            }
         }
+        outs
+    }
+
+    fn register_cmd(&self, ext: &Extent) -> Command {
+        Command::RegisterReader { node: self.me, extent: ext.clone(), now_ms: now_ms(), duration_ms: self.lease_ms }
+    }
+
+    fn acquire_cmd(&self, ext: &Extent) -> Command {
+        Command::AcquireWrite { node: self.me, extent: ext.clone(), now_ms: now_ms(), duration_ms: self.lease_ms }
+    }
+
+    fn release_cmd(&self, ext: &Extent, epoch: u64) -> Command {
+        Command::ReleaseWrite { node: self.me, extent: ext.clone(), epoch }
+    }
+
+    fn register(&self, ext: &Extent) -> Result<holo_cluster::ownership::Registered, Refusal> {
+        registered(self.propose(self.register_cmd(ext)))
     }
 
     fn acquire(&self, ext: &Extent) -> Result<Grant, Refusal> {
-        let cmd =
-            Command::AcquireWrite { node: self.me, extent: ext.clone(), now_ms: now_ms(), duration_ms: self.lease_ms };
-        match self.propose(cmd).map_err(Refusal::Failed)? {
-            Outcome::Granted(g) => Ok(g),
-            Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
-            other => Err(Refusal::Failed(format!("write lease refused: {other:?}"))),
-        }
+        granted(self.propose(self.acquire_cmd(ext)))
     }
 
     fn release(&self, ext: &Extent, epoch: u64) {
-        if let Err(e) = self.propose(Command::ReleaseWrite { node: self.me, extent: ext.clone(), epoch }) {
-            log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
+        self.release_all(vec![(ext.clone(), epoch)]);
+    }
+
+    /// Gives these write leases back (one batch); one that cannot be lapses at its expiry.
+    fn release_all(&self, leases: Vec<(Extent, u64)>) {
+        let cmds = leases.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)).collect();
+        for ((ext, _), out) in leases.iter().zip(self.propose_all(cmds)) {
+            if let Err(e) = out {
+                log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
+            }
         }
     }
 
@@ -667,9 +696,7 @@ impl Coordinator {
             }
             Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
-            Job::Publish { at, ext, lease, mut bytes, present } => {
-                Done::Published { at, got: self.publish(&ext, &lease, &mut bytes, &present) }
-            }
+            Job::Publish(batch) => Done::Published(self.publish(batch)),
             Job::Unregister { ext } => {
                 if let Err(e) = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() }) {
                     log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
@@ -684,21 +711,29 @@ impl Coordinator {
                 Done::Recovered { at, present, got: self.recover(&ext, len, epoch, present) }
             }
             Job::Tick { regions, renew_read, renew_write } => {
+                // Every renewal in one batch: a tick costs one Raft round trip however many
+                // leases this client holds.
+                let mut cmds: Vec<Command> = renew_read.iter().map(|(_, ext)| self.register_cmd(ext)).collect();
+                cmds.extend(renew_write.iter().map(|(_, ext)| self.acquire_cmd(ext)));
+                let mut outs = self.propose_all(cmds).into_iter();
                 let read = renew_read
                     .into_iter()
-                    .map(|(at, ext)| {
-                        (at, self.register(&ext).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
+                    .zip(&mut outs)
+                    .map(|((at, _), out)| {
+                        (at, registered(out).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
                     })
                     .collect();
+                let mut lapsed = Vec::new();
                 let write = renew_write
                     .into_iter()
-                    .map(|(at, ext)| {
-                        let got = match self.acquire(&ext) {
+                    .zip(outs)
+                    .map(|((at, ext), out)| {
+                        let got = match granted(out) {
                             Ok(g) if g.renewed => Some(g.lease.expires_at_ms),
                             // Ours had lapsed and this is a new lease, under a new epoch: the
                             // writes made under the old one are lost; give it back.
                             Ok(g) => {
-                                self.release(&ext, g.lease.epoch);
+                                lapsed.push((ext, g.lease.epoch));
                                 None
                             }
                             Err(_) => None,
@@ -706,6 +741,7 @@ impl Coordinator {
                         (at, got)
                     })
                     .collect();
+                self.release_all(lapsed);
                 let state = self.member.state();
                 let mine = |e: &Extent| regions.contains(&e.region);
                 let view = View {
@@ -717,40 +753,75 @@ impl Coordinator {
         }
     }
 
-    /// `holo_sync` of one granule: publish (pages the program no longer holds keep their
-    /// published bytes), keep a read lease of the copy, give the write lease back.
-    fn publish(&self, ext: &Extent, lease: &Lease, bytes: &mut [u8], present: &[bool]) -> Result<u64, String> {
-        // A sync of many granules publishes them one after another on this thread, and no tick
-        // renews a granule being published: renew a lease past half its life first, or the
-        // last granules of a long sync would find it lapsed (256 granules took 3-8 s here).
-        let mut lease = lease.clone();
-        if lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2 {
-            match self.acquire(ext) {
-                Ok(g) if g.renewed && g.lease.epoch == lease.epoch => lease = g.lease,
+    /// `holo_sync` of a batch of granules: publish each (pages the program no longer holds
+    /// keep their published bytes), keep a read lease of the copy, give the write lease back.
+    /// Two Raft round trips for the batch (three when leases need renewing first).
+    fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Result<u64, String>)> {
+        // The jobs of a long sync run one after another: renew the leases past half their
+        // life before publishing under them, or the last granules would find them lapsed.
+        let due: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2)
+            .collect();
+        let renewals = self.propose_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
+        let mut give_back = Vec::new();
+        for (&i, out) in due.iter().zip(renewals) {
+            match granted(out) {
+                Ok(g) if g.renewed && g.lease.epoch == batch[i].lease.epoch => batch[i].lease = g.lease,
                 // Ours lapsed and this is a new lease, under a new epoch: give it back; the
                 // check below reports the writes made under the old one as lost.
-                Ok(g) => self.release(ext, g.lease.epoch),
+                Ok(g) => give_back.push((batch[i].ext.clone(), g.lease.epoch)),
                 Err(_) => {}
             }
         }
-        let lease = &lease;
-        let result = (|| {
-            if present.iter().any(|p| !p) {
-                let old = self.read_home(ext, bytes.len())?;
-                for (k, _) in present.iter().enumerate().filter(|(_, p)| !**p) {
-                    let r = k * PAGE as usize..(k + 1) * PAGE as usize;
-                    bytes[r.clone()].copy_from_slice(&old[r]);
-                }
+        // Each publication waits on two fsyncs: overlap them, PUBLISH_THREADS at a time.
+        let per_thread = batch.len().div_ceil(PUBLISH_THREADS).max(1);
+        let written: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let parts: Vec<_> = batch
+                .chunks_mut(per_thread)
+                .map(|part| s.spawn(|| part.iter_mut().map(|p| self.publish_home(p)).collect::<Vec<_>>()))
+                .collect();
+            parts.into_iter().flat_map(|t| t.join().expect("a publishing thread panicked")).collect()
+        });
+        // Registered before the releases (one batch, in order), so no later writer can miss
+        // these copies.
+        let mut cmds: Vec<Command> =
+            batch.iter().zip(&written).filter(|(_, w)| w.is_ok()).map(|(p, _)| self.register_cmd(&p.ext)).collect();
+        cmds.extend(batch.iter().map(|p| self.release_cmd(&p.ext, p.lease.epoch)));
+        cmds.extend(give_back.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)));
+        let mut outs = self.propose_all(cmds).into_iter();
+        let results = batch
+            .iter()
+            .zip(written)
+            .map(|(p, w)| {
+                let got = w.and_then(|()| {
+                    let out = outs.next().expect("one outcome per command");
+                    registered(out).map(|r| r.lease.expires_at_ms).map_err(Refusal::into_message)
+                });
+                (p.at, got)
+            })
+            .collect();
+        for (ext, out) in batch.iter().map(|p| &p.ext).chain(give_back.iter().map(|(ext, _)| ext)).zip(outs) {
+            if let Err(e) = out {
+                log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
             }
-            if now_ms() + SKEW_MS >= lease.expires_at_ms {
-                return Err("the write lease expired before holo_sync; those writes are lost".to_string());
+        }
+        results
+    }
+
+    /// Writes one granule of a `holo_sync` to the home, if its lease still allows.
+    fn publish_home(&self, p: &mut Publication) -> Result<(), String> {
+        if p.present.iter().any(|p| !p) {
+            let old = self.read_home(&p.ext, p.bytes.len())?;
+            for (k, _) in p.present.iter().enumerate().filter(|(_, p)| !**p) {
+                let r = k * PAGE as usize..(k + 1) * PAGE as usize;
+                p.bytes[r.clone()].copy_from_slice(&old[r]);
             }
-            self.home.publish(&ext.region, self.granule_index(ext), lease.epoch, bytes).map_err(|e| e.to_string())?;
-            // Registered before the release, so no later writer can miss this copy.
-            self.register(ext).map(|r| r.lease.expires_at_ms).map_err(Refusal::into_message)
-        })();
-        self.release(ext, lease.epoch);
-        result
+        }
+        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
+            return Err("the write lease expired before holo_sync; those writes are lost".to_string());
+        }
+        let granule = self.granule_index(&p.ext);
+        self.home.publish(&p.ext.region, granule, p.lease.epoch, &p.bytes).map_err(|e| e.to_string())
     }
 
     /// The epoch of the newest published version of `ext` (0: never published).
@@ -808,6 +879,22 @@ impl Coordinator {
             self.granule_index(ext),
             ext.region
         ))
+    }
+}
+
+fn registered(out: Result<Outcome, String>) -> Result<holo_cluster::ownership::Registered, Refusal> {
+    match out.map_err(Refusal::Failed)? {
+        Outcome::Registered(r) => Ok(r),
+        Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
+        other => Err(Refusal::Failed(format!("read lease refused: {other:?}"))),
+    }
+}
+
+fn granted(out: Result<Outcome, String>) -> Result<Grant, Refusal> {
+    match out.map_err(Refusal::Failed)? {
+        Outcome::Granted(g) => Ok(g),
+        Outcome::Denied(Denied::Held { .. }) => Err(Refusal::Held),
+        other => Err(Refusal::Failed(format!("write lease refused: {other:?}"))),
     }
 }
 
@@ -1073,6 +1160,7 @@ impl Shared {
             [one] => Some(one.clone()),
             [first, more @ ..] => Some(format!("{first} (and so for {} more granules)", more.len())),
         };
+        let mut batch = Vec::new();
         let mut left = 0;
         for k in 0..self.regions[r].gs.len() {
             let G::Write { lease } = self.regions[r].gs[k].clone() else { continue };
@@ -1091,7 +1179,14 @@ impl Shared {
                 }
             }
             self.regions[r].gs[k] = G::Busy;
-            self.worker.submit(Job::Publish { at, ext, lease, bytes, present });
+            batch.push(Publication { at, ext, lease, bytes, present });
+            if batch.len() == PUBLISH_BATCH {
+                self.worker.submit(Job::Publish(std::mem::take(&mut batch)));
+                left += 1;
+            }
+        }
+        if !batch.is_empty() {
+            self.worker.submit(Job::Publish(batch));
             left += 1;
         }
         if left == 0 {
@@ -1308,19 +1403,19 @@ impl Shared {
                 };
                 None
             }
-            Done::Published { at, got } => {
-                let (r, k) = self.locate(at)?;
-                let error = match got {
-                    Ok(expires_at_ms) => {
-                        self.regions[r].gs[k] = G::Read { expires_at_ms };
-                        None
+            Done::Published(got) => {
+                let mut error = None;
+                for (at, got) in got {
+                    let Some((r, k)) = self.locate(at) else { continue };
+                    match got {
+                        Ok(expires_at_ms) => self.regions[r].gs[k] = G::Read { expires_at_ms },
+                        Err(e) => {
+                            self.regions[r].gs[k] = G::Stale;
+                            self.drop_copy(r, k, io);
+                            error.get_or_insert(e);
+                        }
                     }
-                    Err(e) => {
-                        self.regions[r].gs[k] = G::Stale;
-                        self.drop_copy(r, k, io);
-                        Some(e)
-                    }
-                };
+                }
                 let Some(Waiting::Sync { left, error: first }) = &mut self.waiting else { return None };
                 *left -= 1;
                 if first.is_none() {
