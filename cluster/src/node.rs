@@ -309,6 +309,17 @@ impl Cluster {
     }
 
     /// A copy of the replicated state as this node has applied it.
+    /// How many applied entries so far moved leases ([`crate::state::moves_leases`]): a
+    /// change means the view of the leases is worth reading again.
+    pub fn lease_changes(&self) -> u64 {
+        self.sm.lease_changes.count()
+    }
+
+    /// Called (on a Raft thread: keep it short) after applied entries moved leases; set once.
+    pub fn on_lease_change(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
+        self.sm.lease_changes.set_hook(Box::new(hook))
+    }
+
     pub fn state(&self) -> crate::state::ClusterState {
         self.sm.inner.lock().unwrap().state.clone()
     }

@@ -302,6 +302,20 @@ fn default_read_lease_ms() -> u64 {
     ownership::DEFAULT_READ_LEASE_MS
 }
 
+/// Whether applying `cmd` (with outcome `out`) changed who holds or may use what: a new write
+/// lease, a released or expired one, a reader gone, a region or node removed. Renewals, new
+/// readers and refusals change nothing anyone waits for.
+pub fn moves_leases(cmd: &Command, out: &Outcome) -> bool {
+    match (cmd, out) {
+        (Command::AcquireWrite { .. }, Outcome::Granted(g)) => !g.renewed,
+        (Command::ReleaseWrite { .. }, Outcome::Released(_)) => true,
+        (Command::Expire { .. }, Outcome::Expired(gone)) => !gone.is_empty(),
+        (Command::UnregisterReader { .. } | Command::DeleteRegion { .. } | Command::RemoveNode { .. }, _) => true,
+        (Command::Batch(cmds), Outcome::Batch(outs)) => cmds.iter().zip(outs).any(|(c, o)| moves_leases(c, o)),
+        _ => false,
+    }
+}
+
 /// The time a command acts at, for those that carry one.
 fn command_time(cmd: &Command) -> Option<u64> {
     match cmd {
@@ -451,6 +465,36 @@ mod tests {
         let huge = Command::Batch(vec![register(2, 2); MAX_BATCH + 1]);
         assert!(matches!(batched.apply(&huge), Outcome::Invalid(_)));
         assert_eq!(batched, before, "a refused batch changes nothing");
+    }
+
+    /// What wakes the waiting pagers: grants, releases, readers gone, expiries; never a
+    /// renewal, a refusal or a new reader (which no one waits for).
+    #[test]
+    fn only_entries_that_move_leases_count_as_moves() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        s.apply(&node(2));
+        s.apply(&Command::CreateRegion { name: "r".into(), size_bytes: 1 << 20, granule_bytes: 4096 });
+        let e = Extent { region: "r".into(), start_page: 0, pages: 1 };
+        let mut moved = |cmd: Command| {
+            let out = s.apply(&cmd);
+            moves_leases(&cmd, &out)
+        };
+        let acquire = |node, now_ms| Command::AcquireWrite { node, extent: e.clone(), now_ms, duration_ms: 100 };
+        let register = |node, now_ms| Command::RegisterReader { node, extent: e.clone(), now_ms, duration_ms: 100 };
+        assert!(!moved(register(2, 1)), "a new reader");
+        assert!(moved(acquire(1, 2)), "a grant that invalidates the reader");
+        assert!(!moved(acquire(1, 3)), "a renewal");
+        assert!(!moved(acquire(2, 4)), "a refusal");
+        assert!(moved(Command::UnregisterReader { node: 2, extent: e.clone() }));
+        assert!(moved(Command::Batch(vec![
+            acquire(1, 5),
+            Command::ReleaseWrite { node: 1, extent: e.clone(), epoch: 1 }
+        ])));
+        assert!(!moved(Command::Batch(vec![register(2, 6), register(2, 7)])));
+        assert!(!moved(Command::Expire { now_ms: 8 }), "nothing to expire");
+        assert!(moved(acquire(2, 9)));
+        assert!(moved(Command::Expire { now_ms: 500 }), "node 2's lease expired");
     }
 
     #[test]

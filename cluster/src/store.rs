@@ -23,7 +23,8 @@ use std::fs;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use holo_tiers::atomic::{fsync_dir, write_atomic, Durability};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -33,7 +34,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ClusterState, NodeId, Outcome};
+use crate::state::{moves_leases, ClusterState, NodeId, Outcome};
 use crate::{BasicNode, TypeConfig};
 
 type SErr = StorageError<NodeId>;
@@ -256,6 +257,40 @@ pub struct SmInner {
 #[derive(Clone, Debug)]
 pub struct StateMachineStore {
     pub inner: Arc<Mutex<SmInner>>,
+    pub lease_changes: Arc<LeaseChanges>,
+}
+
+/// Counts the applied entries that moved leases ([`moves_leases`]) and calls a hook after
+/// each batch of them, so that those waiting on a lease look at once rather than at their
+/// next poll.
+#[derive(Default)]
+pub struct LeaseChanges {
+    count: AtomicU64,
+    hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl LeaseChanges {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Sets the hook (once; a second call is ignored and returns false).
+    pub fn set_hook(&self, hook: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.hook.set(hook).is_ok()
+    }
+
+    fn moved(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(hook) = self.hook.get() {
+            hook();
+        }
+    }
+}
+
+impl Debug for LeaseChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeaseChanges({})", self.count())
+    }
 }
 
 impl StateMachineStore {
@@ -277,7 +312,7 @@ impl StateMachineStore {
             restored.snapshot_index = s.meta.last_log_id.map(|l| l.index);
             inner.snapshot = Some(s);
         }
-        Ok(StateMachineStore { inner: Arc::new(Mutex::new(inner)) })
+        Ok(StateMachineStore { inner: Arc::new(Mutex::new(inner)), lease_changes: Arc::default() })
     }
 }
 
@@ -315,16 +350,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut inner = self.inner.lock().unwrap();
         let mut out = Vec::new();
+        let mut moved = false;
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Normal(cmd) => inner.state.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    let o = inner.state.apply(&cmd);
+                    moved |= moves_leases(&cmd, &o);
+                    o
+                }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcome::Done
                 }
             });
+        }
+        drop(inner);
+        if moved {
+            self.lease_changes.moved();
         }
         Ok(out)
     }
@@ -353,6 +397,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(stored);
+        drop(inner);
+        // A whole new state: anything may have moved.
+        self.lease_changes.moved();
         Ok(())
     }
 

@@ -136,6 +136,16 @@ fn main() -> anyhow::Result<()> {
     *daemon.recovered.lock().unwrap() = recovered;
     service::notify("READY=1");
     service::start_watchdog();
+    if let Some(member) = holo_pager::cluster::joined() {
+        // A pager whose shared granule waits on a lease reads the view as soon as it moved,
+        // not at its next tick.
+        let d = Arc::downgrade(&daemon);
+        member.on_lease_change(move || {
+            if let Some(d) = d.upgrade() {
+                d.clients.lock().unwrap().iter().for_each(|c| c.poke());
+            }
+        });
+    }
     pressure::spawn(daemon.clone()).context("cannot start the pressure thread")?;
     if daemon.store.levels.len() > 1 {
         holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;

@@ -20,7 +20,8 @@
 //! write-protected copy under a read lease; a write fault takes the write lease, waits until
 //! every reader its grant named has unregistered (after dropping its copy) or its read lease
 //! has expired, and only then lifts the protection. Readers learn of a grant from their own
-//! node's applied state (the read lease marked invalidated), polled every [`TICK`]. Raft and
+//! node's applied state (the read lease marked invalidated), read every [`TICK`] and as soon
+//! as an applied entry moved leases (`Cluster::lease_changes`; the daemon pokes the pager). Raft and
 //! the home's I/O run on the coordinator thread, never on the pager thread; faults waiting
 //! for a lease are deferred like faults waiting for a read.
 //!
@@ -963,6 +964,10 @@ pub struct Io<'a> {
 
 /// A client's attached regions.
 pub struct Shared {
+    member: &'static Cluster,
+    /// [`Cluster::lease_changes`] when the last tick began: a newer count starts a tick
+    /// before [`TICK`] is up.
+    lease_changes_seen: u64,
     me: NodeId,
     granule: u64,
     lease_ms: u64,
@@ -989,6 +994,8 @@ impl Shared {
         let c = Coordinator { member, me: member.node_id(), home: Home { dir }, granule, lease_ms };
         let worker = Worker::spawn(format!("shared-{pid}"), move |job| c.run(job)).map_err(|e| e.to_string())?;
         Ok(Shared {
+            member,
+            lease_changes_seen: member.lease_changes(),
             me: member.node_id(),
             granule,
             lease_ms,
@@ -1292,11 +1299,18 @@ impl Shared {
         }
     }
 
-    /// Every loop turn: start a tick when one is due.
+    /// Every loop turn: start a tick when one is due: every [`TICK`], and as soon as applied
+    /// entries moved leases (a grant that invalidates a copy here, a reader or writer gone
+    /// that a fault here waits for; the daemon pokes the pager then).
     pub fn tick(&mut self) {
-        if self.ticking || self.regions.is_empty() || self.tick_at.elapsed() < TICK {
+        let moved = self.member.lease_changes();
+        if self.ticking
+            || self.regions.is_empty()
+            || (self.tick_at.elapsed() < TICK && moved == self.lease_changes_seen)
+        {
             return;
         }
+        self.lease_changes_seen = moved;
         self.tick_at = Instant::now();
         let now = now_ms();
         let (mut renew_read, mut renew_write) = (Vec::new(), Vec::new());
