@@ -24,6 +24,15 @@ static inline uint64_t now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* A 64-bit mix (splitmix64's finalizer): the position-dependent patterns of the workloads. */
+static inline uint64_t splitmix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
 static inline uint64_t xorshift(uint64_t *s)
 {
     *s ^= *s << 13;
@@ -59,7 +68,7 @@ static inline uint32_t hist_bucket(uint32_t v)
 
 /* Prints `,"hist":[[BUCKET,COUNT],...]` for the sorted `v[0..n)`: the whole distribution, in
  * a few hundred bytes, that rounds can add up. */
-static void print_hist(const uint32_t *v, size_t n)
+static inline void print_hist(const uint32_t *v, size_t n)
 {
     printf(",\"hist\":[");
     for (size_t i = 0; i < n;) {

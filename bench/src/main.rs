@@ -3,6 +3,8 @@
 //! `holo-bench swap [...]`: holo against kernel swap (swapfile, zram) and the disk, see `swap.rs`.
 //! `holo-bench pressure [...]`: a program and a hog in one memory-limited cgroup, with holo,
 //! without it and with kernel swap: PSI and completion time, see `pressure.rs`.
+//! `holo-bench overhead [...]`: holo-pager's CPU and memory idle, and the CPU holo and kernel
+//! swap spend under `swap`'s workload, see `overhead.rs`.
 //! `holo-bench threads [...]`: fault throughput with 1-8 faulting threads, see `threads.rs`.
 //! `holo-bench remote [...]`: remote fetch latency of a 64 KiB granule against raw TCP, on
 //! loopback, an unshaped veth and a veth held to 1 Gbit/s, see `remote.rs`.
@@ -43,6 +45,7 @@ use serde_json::{json, Value};
 
 mod dist;
 mod hbm;
+mod overhead;
 mod plot;
 mod pressure;
 mod remote;
@@ -57,7 +60,7 @@ const GRANULES: [(u64, &str); 2] = [(4 << 10, "4K"), (64 << 10, "64K")];
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 const USAGE: &str = "usage: holo-bench refault [--rounds N] [--samples N] [--pin | --split] [--out FILE] \
                      [--plot FILE.png]\n       holo-bench refault --replot RUN.json [--plot FILE.png]\n       \
-                     holo-bench swap --help\n       holo-bench threads --help\n       \
+                     holo-bench swap --help\n       holo-bench overhead --help\n       holo-bench threads --help\n       \
                      holo-bench remote --help\n       holo-bench pressure --help\n       holo-bench hbm --help\n       holo-bench shared --help";
 
 pub(crate) type Result<T> = std::result::Result<T, String>;
@@ -115,6 +118,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("swap") => std::process::exit(swap::main(&args[1..])),
+        Some("overhead") => std::process::exit(overhead::main(&args[1..])),
         Some("threads") => std::process::exit(threads::main(&args[1..])),
         Some("pressure") => std::process::exit(pressure::main(&args[1..])),
         Some("remote") => std::process::exit(remote::main(&args[1..])),
@@ -142,7 +146,10 @@ fn main() {
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     if it.next().map(String::as_str) != Some("refault") {
-        return Err("the benchmarks are `refault`, `swap`, `threads`, `pressure`, `remote`, `hbm` and `shared`".into());
+        return Err(
+            "the benchmarks are `refault`, `swap`, `overhead`, `threads`, `pressure`, `remote`, `hbm` and `shared`"
+                .into(),
+        );
     }
     let mut o = Opts { rounds: 5, samples: 20000, pin: None, out: None, plot: None, replot: None };
     while let Some(a) = it.next() {

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::swap::{
-    active_swaps, check_interrupt, make_swapfile, parse_size, read, start_pager, v1_memory_root, vmstat, Kid, MemCg,
-    SwapOn,
+    active_swaps, check_interrupt, holoctl_json, make_swapfile, parse_size, read, start_pager, v1_memory_root, vmstat,
+    Kid, MemCg, SwapOn,
 };
 use crate::{compile, holo_bin, median, workspace_root};
 
@@ -243,7 +243,7 @@ fn rounds(o: &Opts, workload: &Path, pager: &Path, shim: &Path, root: &Path, scr
                     let log = read(&log);
                     row["holo_responses"] = json!(log.lines().filter(|l| l.contains("pressure:")).count());
                     // The controller's counters: how often a cgroup notification woke it.
-                    row["holo_actions"] = holoctl_pressure(&socket)?["actions"].take();
+                    row["holo_actions"] = holoctl_json(&holo_bin("holoctl")?, &socket, "pressure")?["actions"].take();
                     row
                 }
                 "none" => run_pair(workload, o, root, &[])?,
@@ -283,20 +283,6 @@ fn rounds(o: &Opts, workload: &Path, pager: &Path, shim: &Path, root: &Path, scr
         }
     }
     Ok(rows)
-}
-
-/// `holoctl pressure --json` of the daemon at `socket`.
-fn holoctl_pressure(socket: &Path) -> Result<Value> {
-    let out = Command::new(holo_bin("holoctl")?)
-        .arg("--socket")
-        .arg(socket)
-        .args(["pressure", "--json"])
-        .output()
-        .map_err(|e| format!("cannot run holoctl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("holoctl pressure failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("holoctl pressure --json: {e}"))
 }
 
 fn summarize(contender: &str, rows: &[Value]) -> Value {

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use crate::overhead::{kswapd_cpu_s, proc_stat};
 use crate::plot::{merged, Curve, Panel};
 use crate::{compile, holo_bin, median, workspace_root};
 
@@ -83,7 +84,7 @@ pub(crate) fn check_interrupt() -> Result<()> {
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Contender {
+pub(crate) enum Contender {
     Holo,
     Swapfile,
     Zram,
@@ -93,7 +94,7 @@ enum Contender {
 impl Contender {
     const ALL: [Contender; 4] = [Contender::Holo, Contender::Swapfile, Contender::Zram, Contender::Disk];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Contender::Holo => "holo",
             Contender::Swapfile => "swapfile",
@@ -108,19 +109,19 @@ impl Contender {
 }
 
 #[derive(Debug)]
-struct Opts {
-    rounds: usize,
-    limit: u64,
-    working_set: u64,
-    margin: u64,
-    granule: String,
+pub(crate) struct Opts {
+    pub(crate) rounds: usize,
+    pub(crate) limit: u64,
+    pub(crate) working_set: u64,
+    pub(crate) margin: u64,
+    pub(crate) granule: String,
     data: String,
     passes: u64,
     rand_ops: u64,
     zram_comp: String,
     pager_limit: u64,
     dir: PathBuf,
-    contenders: Vec<Contender>,
+    pub(crate) contenders: Vec<Contender>,
     out: Option<PathBuf>,
     plot: Option<PathBuf>,
     /// Only redraw the plot of an earlier run's JSON.
@@ -166,7 +167,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64> {
     num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or(format!("not a size: {s}"))
 }
 
-fn parse_args(args: &[String]) -> Result<Opts> {
+pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         rounds: 3,
         limit: 256 * MIB,
@@ -358,9 +359,9 @@ impl Drop for SwapOn {
 }
 
 /// What the benchmark set up for the whole invocation: removed on drop.
-struct Setup {
-    mem_root: PathBuf,
-    scratch: PathBuf,
+pub(crate) struct Setup {
+    pub(crate) mem_root: PathBuf,
+    pub(crate) scratch: PathBuf,
     swapfile: Option<PathBuf>,
     /// Number of the zram device this benchmark added.
     zram: Option<u32>,
@@ -414,9 +415,32 @@ fn mkswap(path: &Path) -> Result<()> {
     Ok(())
 }
 
+fn statfs(dir: &Path) -> Result<libc::statfs> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: statfs fills the struct we pass, from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!("statfs {}: {}", dir.display(), std::io::Error::last_os_error()));
+    }
+    Ok(st)
+}
+
+fn free_bytes(st: &libc::statfs) -> u64 {
+    st.f_bavail * st.f_bsize as u64
+}
+
+/// Free bytes on the filesystem of `dir`, for the unprivileged user.
+pub(crate) fn free_space(dir: &Path) -> Result<u64> {
+    statfs(dir).map(|st| free_bytes(&st))
+}
+
 /// Checks everything the comparison needs, refusing with the reason where something is missing,
 /// then creates the scratch directory, the swapfile, the zram device and the disk floor's file.
-fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
+pub(crate) fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
+    }
     let wants = |c: Contender| o.contenders.contains(&c);
     let mem_root = v1_memory_root()
         .filter(|r| r.join("memory.limit_in_bytes").is_file())
@@ -445,12 +469,7 @@ fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
 
     // All files on one filesystem, so swapfile, spill file and floor share the disk.
     let dir = fs::canonicalize(&o.dir).map_err(|e| format!("--dir {}: {e}", o.dir.display()))?;
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: statfs fills the struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!("statfs {}: {}", dir.display(), std::io::Error::last_os_error()));
-    }
+    let st = statfs(&dir)?;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     if st.f_type as i64 == TMPFS_MAGIC {
         return Err(format!("refusing to run: {} is tmpfs, not a disk (use --dir)", dir.display()));
@@ -466,7 +485,7 @@ fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
     .map(|(_, n)| n)
     .sum::<u64>()
         + (1 << 30);
-    let free = st.f_bavail * st.f_bsize as u64;
+    let free = free_bytes(&st);
     if free < need {
         return Err(format!(
             "refusing to run: {} has {} MiB free, the swapfile, spill file and floor file need {} MiB (with 1 GiB spare)",
@@ -507,12 +526,24 @@ fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
 // ---------------------------------------------------------------------------------------------
 // Runs
 
-struct Programs {
+pub(crate) struct Programs {
     workload: PathBuf,
-    disk_floor: PathBuf,
-    pager: PathBuf,
-    holoctl: PathBuf,
-    shim: PathBuf,
+    pub(crate) disk_floor: PathBuf,
+    pub(crate) pager: PathBuf,
+    pub(crate) holoctl: PathBuf,
+    pub(crate) shim: PathBuf,
+}
+
+impl Programs {
+    pub(crate) fn build() -> Result<Programs> {
+        Ok(Programs {
+            workload: compile("swap_workload")?,
+            disk_floor: compile("disk_floor")?,
+            pager: holo_bin("holo-pager")?,
+            holoctl: holo_bin("holoctl")?,
+            shim: holo_bin("libholo.so")?,
+        })
+    }
 }
 
 /// A child process killed (by its pid) on drop.
@@ -587,7 +618,10 @@ fn run_workload(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, env: &
     cmd.envs(env.iter().copied());
     cg.join_on_exec(&mut cmd);
     let (in0, out0) = vmstat();
+    // None where kernel threads are hidden (a PID namespace); `overhead` refuses to run then.
+    let kswapd0 = kswapd_cpu_s().ok();
     let (status, stdout, stderr) = run_captured(cmd, dir, "workload")?;
+    let kswapd = kswapd_cpu_s().ok().zip(kswapd0).map(|(k1, k0)| k1 - k0);
     let (in1, out1) = vmstat();
     if stderr.contains("running without holo") {
         return Err(format!("the workload ran without holo (the shim failed open):\n{stderr}"));
@@ -607,9 +641,24 @@ fn run_workload(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, env: &
         PHASES.iter().filter_map(|&ph| Some((ph.to_string(), derive(lines.get(ph)?)))).collect();
     Ok(json!({
         "outcome": outcome, "phases": phases, "cgroup": cgroup,
-        "pswpin": in1 - in0, "pswpout": out1 - out0,
+        "pswpin": in1 - in0, "pswpout": out1 - out0, "cpu": workload_cpu(lines.get("done"), kswapd),
         "stderr": stderr.lines().take(20).collect::<Vec<_>>(),
     }))
+}
+
+/// The CPU the workload spent (from its "done" line: its process and its main thread, whose
+/// difference is what the shim's threads spent) and kswapd's over the run, in seconds.
+pub(crate) fn workload_cpu(done: Option<&Value>, kswapd_s: Option<f64>) -> Value {
+    let s = |k: &str| done.and_then(|d| d[k].as_f64()).map(|us| us / 1e6);
+    let other = match (s("utime_us"), s("stime_us"), s("main_utime_us"), s("main_stime_us")) {
+        // The two totals are adjusted apart by the kernel: a few ms either way when equal.
+        (Some(u), Some(st), Some(mu), Some(ms)) => Some((u + st - mu - ms).max(0.0)),
+        _ => None,
+    };
+    json!({
+        "main_user_s": s("main_utime_us"), "main_sys_s": s("main_stime_us"), "other_threads_s": other,
+        "kswapd_s": kswapd_s,
+    })
 }
 
 fn no_swap_or_refuse(what: &str) -> Result<()> {
@@ -641,6 +690,9 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<
     let state = dir.join("state");
     let log_text = || read(&log_path);
 
+    // The daemon's CPU while the workload runs (its start-up, tier probes included, is not).
+    let pid = daemon.0.id();
+    let cpu0 = proc_stat(pid)?.cpu_s();
     // The daemon may shrink its budget to keep the cgroup under its limit: sample it.
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -648,13 +700,7 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<
         thread::spawn(move || {
             let mut budgets = vec![];
             while !stop.load(Ordering::SeqCst) {
-                let v = Command::new(&holoctl)
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(["pressure", "--json"])
-                    .output()
-                    .ok()
-                    .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
+                let v = holoctl_json(&holoctl, &socket, "pressure").ok();
                 budgets.extend(v.and_then(|v| v["budget_bytes"].as_u64()));
                 thread::sleep(Duration::from_millis(500));
             }
@@ -664,6 +710,8 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<
     let env = [("LD_PRELOAD", p.shim.as_os_str()), ("HOLO_SOCKET", socket.as_os_str())];
     let env = [&env[..], &[("HOLO_MIN_REGION", OsStr::new(HOLO_MIN_REGION))]].concat();
     let run = run_workload(p, o, s, dir, seed, &env);
+    let cpu1 = proc_stat(pid).map(|st| st.cpu_s());
+    let moved = holoctl_json(&p.holoctl, &socket, "tiers").map(|t| moved_pages(&t));
     stop.store(true, Ordering::SeqCst);
     let budgets = poller.join().unwrap_or_default();
     let mut row = run.map_err(|e| format!("{e}\nholo-pager log:\n{}", log_text()))?;
@@ -676,13 +724,39 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<
     drop(daemon);
     let issues: Vec<String> =
         log_text().lines().filter(|l| !l.starts_with("holo-pager info:")).map(String::from).collect();
+    let (cpu1, (pages_in, pages_out)) = (cpu1?, moved?);
     row["holo_pager"] = json!({
+        "cpu_s": cpu1 - cpu0, "pages_in": pages_in, "pages_out": pages_out,
         "cgroup": pager_cg.stats(),
         "budget_bytes_min": budgets.iter().min(), "budget_bytes_last": budgets.last(),
         "spill_files_bytes": spill_len, "log_issues": issues,
     });
     row["dram_outside_cgroup_bytes"] = pager_cg.stats()["max_usage_bytes"].clone();
     Ok(row)
+}
+
+/// `holoctl <what> --json` of the daemon at `socket`.
+pub(crate) fn holoctl_json(holoctl: &Path, socket: &Path, what: &str) -> Result<Value> {
+    let out = Command::new(holoctl)
+        .arg("--socket")
+        .arg(socket)
+        .args([what, "--json"])
+        .output()
+        .map_err(|e| format!("cannot run holoctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("holoctl {what} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("holoctl {what} --json: {e}"))
+}
+
+/// Pages holo moved, from `holoctl tiers --json`: (into DRAM from its tiers, faults and
+/// prefetches; written out to its tiers, each slot once, so that a clean granule dropped
+/// again is not counted, as kernel swap's `pswpout` does not count a page still in swap).
+pub(crate) fn moved_pages(tiers: &Value) -> (u64, u64) {
+    let list = tiers["tiers"].as_array().map_or(&[][..], |t| &t[..]);
+    let pages_in = list.first().and_then(|d| d["refaults"].as_u64()).unwrap_or(0);
+    let pages_out = list.iter().skip(1).filter_map(|t| t["evictions"].as_u64()).sum();
+    (pages_in, pages_out)
 }
 
 /// Starts a private holo-pager with its state, socket and log under `dir` and waits until it
@@ -762,19 +836,32 @@ fn run_disk(p: &Programs, s: &Setup, dir: &Path, seed: u64) -> Result<Value> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// One contender's run of round `round` (all contenders of a round get the same seed), in a
+/// scratch directory of its own, with its progress line printed.
+pub(crate) fn run_round(p: &Programs, o: &Opts, setup: &Setup, round: usize, c: Contender) -> Result<Value> {
+    check_interrupt()?;
+    let seed = 0x5eed_0000 + round as u64;
+    let dir = setup.scratch.join(format!("r{round}-{}", c.name()));
+    fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut row = match c {
+        Contender::Holo => run_holo(p, o, setup, &dir, seed)?,
+        Contender::Swapfile => run_swapfile(p, o, setup, &dir, seed)?,
+        Contender::Zram => run_zram(p, o, setup, &dir, seed)?,
+        Contender::Disk => run_disk(p, setup, &dir, seed)?,
+    };
+    let _ = fs::remove_dir_all(&dir);
+    row["round"] = json!(round);
+    row["contender"] = json!(c.name());
+    row["wall_s"] = json!(t.elapsed().as_secs_f64());
+    row["loadavg_after"] = json!(read(Path::new("/proc/loadavg")).trim());
+    print_progress(round, o.rounds, c, &row);
+    Ok(row)
+}
+
 /// Runs every round; returns whether every run passed (no OOM kill, no verification failure).
 fn swap(o: &Opts) -> Result<bool> {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
-    }
-    let p = Programs {
-        workload: compile("swap_workload")?,
-        disk_floor: compile("disk_floor")?,
-        pager: holo_bin("holo-pager")?,
-        holoctl: holo_bin("holoctl")?,
-        shim: holo_bin("libholo.so")?,
-    };
+    let p = Programs::build()?;
     let setup = set_up(o, &p.disk_floor)?;
     let device = disk_name(&setup.scratch);
     eprintln!(
@@ -790,25 +877,8 @@ fn swap(o: &Opts) -> Result<bool> {
     let started = Instant::now();
     let mut rows = vec![];
     for round in 0..o.rounds {
-        let seed = 0x5eed_0000 + round as u64;
         for &c in &o.contenders {
-            check_interrupt()?;
-            let dir = setup.scratch.join(format!("r{round}-{}", c.name()));
-            fs::create_dir(&dir).map_err(|e| e.to_string())?;
-            let t = Instant::now();
-            let mut row = match c {
-                Contender::Holo => run_holo(&p, o, &setup, &dir, seed)?,
-                Contender::Swapfile => run_swapfile(&p, o, &setup, &dir, seed)?,
-                Contender::Zram => run_zram(&p, o, &setup, &dir, seed)?,
-                Contender::Disk => run_disk(&p, &setup, &dir, seed)?,
-            };
-            let _ = fs::remove_dir_all(&dir);
-            row["round"] = json!(round);
-            row["contender"] = json!(c.name());
-            row["wall_s"] = json!(t.elapsed().as_secs_f64());
-            row["loadavg_after"] = json!(read(Path::new("/proc/loadavg")).trim());
-            print_progress(round, o.rounds, c, &row);
-            rows.push(row);
+            rows.push(run_round(&p, o, &setup, round, c)?);
         }
     }
     check_interrupt()?;
