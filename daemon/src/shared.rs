@@ -80,6 +80,8 @@ pub const HEADER_BYTES: usize = 8 + 8 + 8 + 32;
 const READ_TRIES: usize = 8;
 /// Pause before listing again after finding no version of a published granule.
 const READ_RETRY: Duration = Duration::from_millis(5);
+/// Most granules a sequential reader's fault reads ahead (1 MiB of 64 KiB granules).
+const READ_AHEAD_MAX: usize = 16;
 /// Granules of a `holo_sync` published per coordinator job: two Raft round trips for all of
 /// them, and the ticks that renew the other leases run between jobs.
 const PUBLISH_BATCH: usize = 64;
@@ -501,11 +503,8 @@ pub enum Job {
         name: String,
         size: u64,
     },
-    Read {
-        at: u64,
-        ext: Extent,
-        len: usize,
-    },
+    /// A read fault's granule, then those read ahead of it: one batch of registrations.
+    Read(Vec<ReadOne>),
     Acquire {
         at: u64,
         ext: Extent,
@@ -540,6 +539,13 @@ pub enum Job {
     },
 }
 
+/// A granule to read from the home under a new read lease.
+pub struct ReadOne {
+    at: u64,
+    ext: Extent,
+    len: usize,
+}
+
 /// One granule of a `holo_sync`: its bytes (`present[p]`: page `p` is the program's, else
 /// its published bytes stay), written under `lease`.
 pub struct Publication {
@@ -552,11 +558,8 @@ pub struct Publication {
 
 pub enum Done {
     Attached(Result<(), String>),
-    Read {
-        at: u64,
-        ext: Extent,
-        got: Result<(Vec<u8>, u64), Refusal>,
-    },
+    /// Per granule of a [`Job::Read`], in its order: the bytes and the read lease's expiry.
+    Read(Vec<(u64, Extent, Result<(Vec<u8>, u64), Refusal>)>),
     Acquired {
         at: u64,
         installed: bool,
@@ -685,15 +688,26 @@ impl Coordinator {
                     Err(e) => Err(e),
                 })
             }
-            Job::Read { at, ext, len } => {
-                let got = self.register(&ext).and_then(|r| match self.read_home(&ext, len) {
-                    Ok(bytes) => Ok((bytes, r.lease.expires_at_ms)),
-                    Err(e) => {
-                        let _ = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() });
-                        Err(Refusal::Failed(e))
-                    }
-                });
-                Done::Read { at, ext, got }
+            Job::Read(reads) => {
+                // Registered before the home is read, so that any later writer names this copy.
+                let regs = self.propose_all(reads.iter().map(|g| self.register_cmd(&g.ext)).collect());
+                let mut unread = Vec::new();
+                let got = reads
+                    .into_iter()
+                    .zip(regs)
+                    .map(|(g, reg)| {
+                        let got = registered(reg).and_then(|reg| match self.read_home(&g.ext, g.len) {
+                            Ok(bytes) => Ok((bytes, reg.lease.expires_at_ms)),
+                            Err(e) => {
+                                unread.push(Command::UnregisterReader { node: self.me, extent: g.ext.clone() });
+                                Err(Refusal::Failed(e))
+                            }
+                        });
+                        (g.at, g.ext, got)
+                    })
+                    .collect();
+                let _ = self.propose_all(unread);
+                Done::Read(got)
             }
             Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
@@ -818,6 +832,14 @@ impl Coordinator {
                 p.bytes[r.clone()].copy_from_slice(&old[r]);
             }
         }
+        // The job's other files may have taken long (slow fsyncs, a loaded machine).
+        if p.lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2 {
+            match self.acquire(&p.ext) {
+                Ok(g) if g.renewed && g.lease.epoch == p.lease.epoch => p.lease = g.lease,
+                Ok(g) => self.release(&p.ext, g.lease.epoch),
+                Err(_) => {}
+            }
+        }
         if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
             return Err("the write lease expired before holo_sync; those writes are lost".to_string());
         }
@@ -911,6 +933,10 @@ struct Region {
     /// Why writes to it were lost (a write lease lost before they were published), for the
     /// next `holo_sync`.
     lost: Vec<String>,
+    /// The granule after the last one a read fault read (with those read ahead), and how many
+    /// that fault read ahead ([`Shared::read_ahead`]).
+    next_read: usize,
+    ahead: usize,
 }
 
 /// What the client's journal must record of its shared regions (the pager writes it).
@@ -1038,6 +1064,8 @@ impl Shared {
                 gs: vec![G::Absent; granules],
                 journaled: vec![0; granules],
                 lost: Vec::new(),
+                next_read: 0,
+                ahead: 0,
             });
             let r = self.regions.len() - 1;
             let mut settling = 0;
@@ -1218,7 +1246,19 @@ impl Shared {
             }
             G::Failed => return Served::Fail(format!("shared granule {at:#x} of {:?} could not be read", ext.region)),
             G::Absent if write => (G::Busy, Job::Acquire { at, ext, installed: false }),
-            G::Absent => (G::Busy, Job::Read { at, ext, len: len as usize }),
+            G::Absent => {
+                let mut reads = vec![ReadOne { at, ext, len: len as usize }];
+                for j in k + 1..=k + self.read_ahead(r, k) {
+                    if self.regions[r].gs[j] != G::Absent {
+                        break;
+                    }
+                    self.regions[r].gs[j] = G::Busy;
+                    let (at, len, ext) = self.window(r, j);
+                    reads.push(ReadOne { at, ext, len: len as usize });
+                }
+                self.regions[r].next_read = k + reads.len();
+                (G::Busy, Job::Read(reads))
+            }
             G::Read { .. } if write => (G::Busy, Job::Acquire { at, ext, installed: true }),
             G::Read { .. } | G::Write { .. } if present() => {
                 if write {
@@ -1233,12 +1273,22 @@ impl Shared {
                 return Served::Done;
             }
             // A page the program dropped: fill it again.
-            G::Read { .. } => (G::Busy, Job::Read { at, ext, len: len as usize }),
+            G::Read { .. } => (G::Busy, Job::Read(vec![ReadOne { at, ext, len: len as usize }])),
             G::Write { lease } => (G::Refill { lease }, Job::Fetch { at, ext, len: len as usize }),
         };
         self.regions[r].gs[k] = next;
         self.worker.submit(job);
         Served::Defer
+    }
+
+    /// Granules to read ahead of a read fault at granule `k` of region `r`: doubling up to
+    /// [`READ_AHEAD_MAX`] while the read faults walk the region in order (each at the granule
+    /// after the last one read), none otherwise, so random readers register only what they
+    /// touch (a registered copy is one more reader a writer must wait for).
+    fn read_ahead(&mut self, r: usize, k: usize) -> usize {
+        let reg = &mut self.regions[r];
+        reg.ahead = if k == reg.next_read { (reg.ahead * 2).clamp(1, READ_AHEAD_MAX) } else { 0 };
+        reg.ahead.min(reg.gs.len() - k - 1)
     }
 
     /// Installs `bytes` at granule `at` (only the pages missing), write-protected if `wp`.
@@ -1360,7 +1410,7 @@ impl Shared {
                         log::info!("pid {}: attached shared region {name:?} ({size} bytes) at {start:#x}", io.pid);
                         self.changes.push(Change::Attached { name: name.clone(), start, len });
                         let (gs, journaled, lost) = (vec![G::Absent; granules], vec![0; granules], Vec::new());
-                        self.regions.push(Region { name, start, len, gs, journaled, lost });
+                        self.regions.push(Region { name, start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
                     }
                     Err(_) => {
                         ATTACHED.lock().unwrap().remove(&name);
@@ -1368,20 +1418,28 @@ impl Shared {
                 }
                 Some(result)
             }
-            Done::Read { at, got, .. } => {
-                let (r, k) = self.locate(at)?;
-                self.regions[r].gs[k] = match got {
-                    Ok((bytes, expires_at_ms)) => match self.install(at, &bytes, true, io) {
-                        Ok(()) => G::Read { expires_at_ms },
-                        // The address space is changing: the fault asks again.
+            Done::Read(got) => {
+                for (i, (at, _, got)) in got.into_iter().enumerate() {
+                    let Some((r, k)) = self.locate(at) else { continue };
+                    // Only the first granule has a fault waiting; one read ahead that could not
+                    // be read is left for its own fault to try (and report).
+                    let faulted = i == 0;
+                    self.regions[r].gs[k] = match got {
+                        Ok((bytes, expires_at_ms)) => match self.install(at, &bytes, true, io) {
+                            Ok(()) => G::Read { expires_at_ms },
+                            // The address space is changing: the fault asks again.
+                            Err(_) => G::Absent,
+                        },
+                        Err(Refusal::Held) if faulted => {
+                            G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
+                        }
+                        Err(Refusal::Failed(e)) if faulted => {
+                            crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
+                            G::Failed
+                        }
                         Err(_) => G::Absent,
-                    },
-                    Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
-                    Err(Refusal::Failed(e)) => {
-                        crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
-                        G::Failed
-                    }
-                };
+                    };
+                }
                 None
             }
             Done::Acquired { at, installed, got } => {
@@ -1616,7 +1674,13 @@ impl Shared {
                 Done::Acquired { got: Ok(g), .. } => {
                     self.worker.submit(Job::Release { ext: g.lease.extent.clone(), epoch: g.lease.epoch })
                 }
-                Done::Read { ext, got: Ok(_), .. } => self.worker.submit(Job::Unregister { ext }),
+                Done::Read(got) => {
+                    for (_, ext, got) in got {
+                        if got.is_ok() {
+                            self.worker.submit(Job::Unregister { ext });
+                        }
+                    }
+                }
                 _ => {}
             }
         }
