@@ -539,6 +539,9 @@ pub enum Job {
     },
 }
 
+/// A granule's bytes from the home and its read lease's expiry, or why not.
+pub type ReadGot = Result<(Vec<u8>, u64), Refusal>;
+
 /// A granule to read from the home under a new read lease.
 pub struct ReadOne {
     at: u64,
@@ -558,8 +561,8 @@ pub struct Publication {
 
 pub enum Done {
     Attached(Result<(), String>),
-    /// Per granule of a [`Job::Read`], in its order: the bytes and the read lease's expiry.
-    Read(Vec<(u64, Extent, Result<(Vec<u8>, u64), Refusal>)>),
+    /// Per granule of a [`Job::Read`], in its order.
+    Read(Vec<(u64, Extent, ReadGot)>),
     Acquired {
         at: u64,
         installed: bool,
