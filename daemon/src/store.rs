@@ -226,6 +226,9 @@ pub struct Entry {
     pub heat: Heat,
     /// A move of it is queued or in flight.
     pub queued: bool,
+    /// The level of a compressing tier that refused its bytes (they would not shrink): it is
+    /// never promoted into that tier, which would only refuse it again. Not recorded.
+    pub refused_by: Option<u8>,
 }
 
 /// What [`Entry::ask`] did.
@@ -251,11 +254,11 @@ pub enum Switched {
 
 impl Entry {
     pub const FREE: Entry =
-        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false };
+        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false, refused_by: None };
 
     /// A granule just written into slot `at` of `level`, no page referring to it yet.
     pub fn new(level: u8, at: SlotId, version: u64) -> Entry {
-        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false }
+        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false, refused_by: None }
     }
 
     /// Still the granule `mv` was asked for, where it was asked from.
@@ -569,6 +572,7 @@ impl Store {
     pub fn put_batch(&self, data: &[&[u8]]) -> Vec<Result<SlotId, TierError>> {
         let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..data.len()).collect();
+        let mut refused_by: Vec<Option<u8>> = vec![None; data.len()];
         for (level, l) in self.levels.iter().enumerate() {
             if todo.is_empty() {
                 break;
@@ -592,9 +596,12 @@ impl Store {
             let writes: Vec<(SlotId, &[u8])> = placed.iter().map(|&(k, at)| (at, data[k])).collect();
             for ((k, at), r) in placed.into_iter().zip(l.tier.write_batch(&writes)) {
                 match r {
-                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at))),
+                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at, refused_by[k]))),
                     Err(e) => {
                         l.tier.free(at);
+                        if matches!(e, TierError::WouldNotShrink { .. }) {
+                            refused_by[k] = Some(level as u8);
+                        }
                         if e.is_full() {
                             overflow.push(k);
                         }
@@ -613,10 +620,10 @@ impl Store {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(full()))).collect()
     }
 
-    fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
+    fn new_entry(&self, level: u8, at: SlotId, refused_by: Option<u8>) -> SlotId {
         let mut m = self.map.lock().unwrap();
         m.next_version += 1;
-        let entry = Entry::new(level, at, m.next_version);
+        let entry = Entry { refused_by, ..Entry::new(level, at, m.next_version) };
         let id = match m.free_ids.pop() {
             Some(id) => {
                 m.entries[id as usize] = entry;
@@ -724,7 +731,9 @@ impl Store {
             if let Some(arc) = arcs.get_mut(e.level as usize) {
                 arc.on_fault(id as u64);
             }
-            if migration::should_promote(e.level as usize, &e.heat, now, &self.rule) {
+            if migration::should_promote(e.level as usize, &e.heat, now, &self.rule)
+                && e.refused_by != Some(e.level - 1)
+            {
                 // A full queue refuses it (counted); the next read asks again.
                 e.ask(id, Direction::Up, queue);
             }
@@ -832,6 +841,7 @@ impl Store {
             }
         }
         let mut ok = vec![true; copies.len()];
+        let mut refused = vec![false; copies.len()];
         {
             // Shared: a release may free the old slot meanwhile, but only readers are kept
             // out of a switch, and the version check below throws such a copy away.
@@ -870,6 +880,7 @@ impl Store {
                         crate::log_limited!(warn, "migration into the {} tier failed: {err}", l.tier.name());
                     }
                     ok[k] = false;
+                    refused[k] = matches!(err, TierError::WouldNotShrink { .. });
                 }
             }
         }
@@ -886,6 +897,9 @@ impl Store {
                 match e.switch(mv, ok[k], *new_at, now) {
                     Switched::Moved => {}
                     Switched::Failed => {
+                        if refused[k] {
+                            e.refused_by = Some(to as u8);
+                        }
                         free.push((to, *new_at));
                         if mv.dir == Direction::Down {
                             arcs[from].on_cancelled(mv.id as u64);
@@ -1175,7 +1189,7 @@ mod tests {
         let nvme = NvmeTier::open(&dir.join("nvme"), g, None, false).unwrap();
         // Room for 4 granules before compression.
         let compressed = holo_tiers::CompressedTier::new(g, 4 * g as u64);
-        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &Default::default());
+        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &promoting(0, 16));
         // Bytes of a hash of their position: incompressible.
         let random: Vec<u8> = (0..g / 32).flat_map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
         let mut sparse = vec![0u8; g];
@@ -1190,6 +1204,13 @@ mod tests {
             .collect();
         assert_eq!(levels, [1, 0, 1], "random data goes past the compressed tier");
         assert_eq!(store.levels[0].counters.overflows.load(Relaxed), 2);
+        // Read often enough to be hot, the random ones are still not promoted into the tier
+        // that refused them.
+        for _ in 0..8 {
+            let mut page = [0u8; 4096];
+            store.read(&mut [(ids[0], 0, &mut page[..])]).unwrap();
+        }
+        assert_eq!(store.migration_stats().queued, 0, "a promotion into the tier that refused it was asked");
         // Sparse data takes a fraction of a slot: far more than 4 granules fit.
         let more: Vec<SlotId> = (0..40).map(|_| store.put(&sparse).unwrap()).collect();
         more.iter().for_each(|&id| store.add_refs(id, 1));
