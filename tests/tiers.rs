@@ -1,6 +1,7 @@
 //! The tiers below DRAM end to end: a working set that spans DRAM, NVMe and FS and reads
 //! back intact; granules corrupted on disk behind the daemon's back are reported, never
-//! served; full tiers overflow, and with every tier full the program still keeps its data.
+//! served; full tiers overflow, and with every tier full the program still keeps its data;
+//! compressible pages go through the compressed DRAM tier and the rest past it.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -283,4 +284,53 @@ fn without_re_reads_nothing_is_promoted() {
         tier_u64(&tiers, "nvme", "promotions") == 0,
         &format!("a granule read back once must not be promoted: {}", tiers["tiers"]),
     );
+}
+
+#[test]
+fn compressible_pages_go_through_the_compressed_tier_and_the_rest_past_it() {
+    let _heavy = heavy();
+    let config_dir = TempDir::new("config");
+    let config = config_dir.path().join("holo.toml");
+    fs::write(&config, "compressed_dram_size = \"32M\"\n").unwrap();
+    let daemon = Daemon::start("16M", "64K", &["--config", config.to_str().unwrap()]);
+    // 128 MiB through 16 MiB of DRAM: 64 MiB of sparse words (about 8:1, so all of it fits
+    // in 32 MiB compressed) and 64 MiB of incompressible ones, which must go to NVMe.
+    let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("sparse_and_dense"), &["128M"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    let names: Vec<_> = tiers["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+    let held_now = daemon.tier("compressed");
+    let slots = tier_u64(&tiers, "compressed", "used_slots");
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+
+    out.check(&daemon, names == ["dram", "compressed", "nvme"], &format!("the compressed tier goes first: {names:?}"));
+    let summary = format!("compressed {held_now:?}, {slots} slots; nvme {:?}", daemon.tier("nvme"));
+    println!("{summary}");
+    // Most of the sparse half (64 MiB less what DRAM keeps) sits there, in a fraction of its
+    // size, and within the pool.
+    out.check(
+        &daemon,
+        slots * 65536 >= 32 << 20 && held_now.pages * 4096 >= 32 << 20,
+        &format!("the sparse half should be in the compressed tier: {summary}"),
+    );
+    out.check(
+        &daemon,
+        held_now.used_bytes * 4 <= slots * 65536 && held_now.used_bytes <= held_now.capacity_bytes,
+        &format!("the compressed tier should hold its granules in under a quarter of their size: {summary}"),
+    );
+    let (compressed, nvme) = (daemon.tier("compressed"), daemon.tier("nvme"));
+    out.check(&daemon, compressed.refaults > 0, &format!("the check should have read pages back from it: {summary}"));
+    out.check(
+        &daemon,
+        nvme.evictions * 4096 >= 32 << 20 && nvme.refaults > 0,
+        &format!("the dense half should have gone past it, to nvme: {summary}"),
+    );
+    out.check(
+        &daemon,
+        tier_u64(&daemon.holoctl_json(&["tiers"]), "compressed", "overflows") > 0,
+        "granules that would not shrink should count as the compressed tier's overflows",
+    );
+    out.check(&daemon, daemon.holoctl_json(&["tiers"])["failed_faults"].as_u64() == Some(0), "no fault may fail");
 }

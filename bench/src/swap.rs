@@ -10,6 +10,10 @@
 //!   The daemon runs outside the workload's cgroup (it is a per-node service), in a cgroup of
 //!   its own limited to `--pager-limit` (64 MiB), so that whatever DRAM it uses (its tiers
 //!   use O_DIRECT, so there should be no page cache to speak of) is bounded too.
+//! * `holo-zstd`: the same, with the compressed DRAM tier (`compressed_dram_size`,
+//!   `--compressed-dram`, default 512M) above NVMe. Its pool is the daemon's memory, outside
+//!   the workload's cgroup as zram's is: the daemon's cgroup gets the pool on top of
+//!   `--pager-limit`, and its peak is what the output reports as DRAM outside the cgroup.
 //! * `swapfile`: no shim; a swapfile on the same disk is the only swap.
 //! * `zram`: no shim; a zram device (`--zram-comp`, default lzo) is the only swap. zram's
 //!   memory is not charged to the cgroup: the output reports it.
@@ -46,11 +50,13 @@ use crate::Result;
 
 const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--working-set SIZE] [--margin SIZE]
        [--granule SIZE] [--data random|sparse] [--passes N] [--rand-ops N] [--zram-comp ALG]
-       [--pager-limit SIZE] [--dir DIR] [--contenders LIST] [--out FILE] [--plot FILE.png]
+       [--pager-limit SIZE] [--compressed-dram SIZE] [--dir DIR] [--contenders LIST] [--out FILE]
+       [--plot FILE.png]
        holo-bench swap --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
-cgroup 64M, scratch files under /var/tmp, contenders holo,swapfile,zram,disk";
+cgroup 64M, holo-zstd's compressed tier 512M, scratch files under /var/tmp, contenders
+holo,swapfile,zram,disk (holo-zstd: also holo, with its compressed tier)";
 
 const MIB: u64 = 1 << 20;
 const PHASES: [&str; 5] = ["write", "seq_read", "rand_read", "rand_write", "verify"];
@@ -86,17 +92,22 @@ pub(crate) fn check_interrupt() -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum Contender {
     Holo,
+    HoloZstd,
     Swapfile,
     Zram,
     Disk,
 }
 
 impl Contender {
-    const ALL: [Contender; 4] = [Contender::Holo, Contender::Swapfile, Contender::Zram, Contender::Disk];
+    const ALL: [Contender; 5] =
+        [Contender::Holo, Contender::HoloZstd, Contender::Swapfile, Contender::Zram, Contender::Disk];
+    /// Run unless `--contenders` says otherwise.
+    const DEFAULT: [Contender; 4] = [Contender::Holo, Contender::Swapfile, Contender::Zram, Contender::Disk];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Contender::Holo => "holo",
+            Contender::HoloZstd => "holo-zstd",
             Contender::Swapfile => "swapfile",
             Contender::Zram => "zram",
             Contender::Disk => "disk",
@@ -104,7 +115,7 @@ impl Contender {
     }
 
     fn is_holo(self) -> bool {
-        matches!(self, Contender::Holo)
+        matches!(self, Contender::Holo | Contender::HoloZstd)
     }
 }
 
@@ -120,6 +131,8 @@ pub(crate) struct Opts {
     rand_ops: u64,
     zram_comp: String,
     pager_limit: u64,
+    /// `compressed_dram_size` of the holo-zstd contender.
+    compressed_dram: u64,
     dir: PathBuf,
     pub(crate) contenders: Vec<Contender>,
     out: Option<PathBuf>,
@@ -179,8 +192,9 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
         rand_ops: 40000,
         zram_comp: "lzo".into(),
         pager_limit: 64 * MIB,
+        compressed_dram: 512 * MIB,
         dir: "/var/tmp".into(),
-        contenders: Contender::ALL.to_vec(),
+        contenders: Contender::DEFAULT.to_vec(),
         out: None,
         plot: None,
         replot: None,
@@ -200,6 +214,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
             "--rand-ops" => o.rand_ops = number(value()?)?,
             "--zram-comp" => o.zram_comp = value()?,
             "--pager-limit" => o.pager_limit = parse_size(&value()?)?,
+            "--compressed-dram" => o.compressed_dram = parse_size(&value()?)?,
             "--dir" => o.dir = value()?.into(),
             "--out" => o.out = Some(value()?.into()),
             "--plot" => o.plot = Some(value()?.into()),
@@ -222,6 +237,9 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
     }
     if o.working_set <= o.limit || !o.working_set.is_multiple_of(4096) || o.working_set < 128 * MIB {
         return Err("the working set must be a multiple of 4K, at least 128M and above the limit".into());
+    }
+    if o.compressed_dram == 0 {
+        return Err("--compressed-dram must not be zero (leave holo-zstd out of --contenders instead)".into());
     }
     if o.data != "random" && o.data != "sparse" {
         return Err(format!("--data is random or sparse, not {}", o.data));
@@ -670,18 +688,27 @@ fn no_swap_or_refuse(what: &str) -> Result<()> {
     }
 }
 
-/// A private holo-pager (in a capped cgroup of its own) and the workload under the shim.
-fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<Value> {
+/// A private holo-pager (in a capped cgroup of its own) and the workload under the shim;
+/// with `compressed`, the daemon has a compressed tier of `--compressed-dram`, and its cgroup
+/// that much more room.
+fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed: bool) -> Result<Value> {
     no_swap_or_refuse("holo")?;
-    let pager_cg =
-        MemCg::create(&s.mem_root, &format!("holo-bench-swap-{}-pager", std::process::id()), Some(o.pager_limit))?;
+    let pool = if compressed { o.compressed_dram } else { 0 };
+    let pager_cg = MemCg::create(
+        &s.mem_root,
+        &format!("holo-bench-swap-{}-pager", std::process::id()),
+        Some(o.pager_limit + pool),
+    )?;
     // The daemon keeps each client's cgroup `cgroup_margin` below its limit; give it the
     // benchmark's margin, so that its budget is the same `--limit` the kernel contenders get.
     // Their limit does not move with the machine's memory pressure (other programs', or the
     // workload's own stalls at its limit), so holo's budget must not either: the PSI target
     // is set out of reach, the cgroup cap stays.
     let conf = dir.join("holo-pager.toml");
-    let text = format!("cgroup_margin = \"{}\"\npressure_target_pct = 100\nmetrics_listen = \"off\"\n", o.margin);
+    let mut text = format!("cgroup_margin = \"{}\"\npressure_target_pct = 100\nmetrics_listen = \"off\"\n", o.margin);
+    if compressed {
+        text += &format!("compressed_dram_size = \"{pool}\"\n");
+    }
     fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let (mut daemon, socket, log_path) = start_pager(&p.pager, dir, &o.limit.to_string(), &o.granule, |cmd| {
         pager_cg.join_on_exec(cmd);
@@ -845,7 +872,8 @@ pub(crate) fn run_round(p: &Programs, o: &Opts, setup: &Setup, round: usize, c: 
     fs::create_dir(&dir).map_err(|e| e.to_string())?;
     let t = Instant::now();
     let mut row = match c {
-        Contender::Holo => run_holo(p, o, setup, &dir, seed)?,
+        Contender::Holo => run_holo(p, o, setup, &dir, seed, false)?,
+        Contender::HoloZstd => run_holo(p, o, setup, &dir, seed, true)?,
         Contender::Swapfile => run_swapfile(p, o, setup, &dir, seed)?,
         Contender::Zram => run_zram(p, o, setup, &dir, seed)?,
         Contender::Disk => run_disk(p, setup, &dir, seed)?,
@@ -899,6 +927,7 @@ fn swap(o: &Opts) -> Result<bool> {
             "rounds": o.rounds, "limit_bytes": o.limit, "margin_bytes": o.margin, "working_set_bytes": o.working_set,
             "holo_granule": o.granule, "data": o.data, "passes": o.passes, "rand_ops": o.rand_ops,
             "zram_comp": o.zram_comp, "pager_limit_bytes": o.pager_limit, "holo_min_region": HOLO_MIN_REGION,
+            "compressed_dram_bytes": o.compressed_dram,
         },
         "summary_is": "per contender and phase, the median over the rounds that passed of each round's figure",
         "summary": summary,
@@ -1084,7 +1113,10 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
             s["outcomes"]
         );
     }
-    println!("(DRAM outside: holo-pager's cgroup peak, its spill file's page cache included; zram's pool peak)");
+    println!(
+        "(DRAM outside: holo-pager's cgroup peak, its spill file's page cache and holo-zstd's compressed pool \
+         included; zram's pool peak)"
+    );
 
     if let Some(d) = summary.iter().find(|s| s["contender"] == "disk") {
         println!(
@@ -1137,7 +1169,7 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
             }
         }
         // holo last: drawn on top.
-        for (colour, c) in [(1, "swapfile"), (2, "zram"), (0, "holo")] {
+        for (colour, c) in [(1, "swapfile"), (2, "zram"), (3, "holo-zstd"), (0, "holo")] {
             let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
             curves.push(Curve { label: c.into(), colour, hist });
         }
@@ -1193,6 +1225,9 @@ mod tests {
         assert_eq!((o.limit, o.working_set, o.margin, o.rounds), (256 << 20, 1 << 30, 32 << 20, 3));
         let o = args("--limit 64M --contenders holo,zram --data sparse").unwrap();
         assert_eq!((o.working_set, o.contenders.len(), o.data.as_str()), (256 << 20, 2, "sparse"));
+        let o = args("--contenders holo,holo-zstd --compressed-dram 256M").unwrap();
+        assert_eq!((o.contenders, o.compressed_dram), (vec![Contender::Holo, Contender::HoloZstd], 256 << 20));
+        assert!(args("--compressed-dram 0").is_err());
         assert!(args("--limit 1G --working-set 512M").is_err());
         assert!(args("--contenders holo,nfs").is_err());
         assert!(args("--data zeros").is_err());

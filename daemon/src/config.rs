@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub hbm: Option<String>,
     pub hbm_size: Option<String>,
     pub hbm_device: Option<usize>,
+    pub compressed_dram_size: Option<String>,
     pub shared_dir: Option<PathBuf>,
     pub shared_lease_ms: Option<u64>,
     pub migration_rate: Option<String>,
@@ -134,6 +135,8 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// The HBM tier, if a GPU is found at start; `None`: `hbm = "off"`.
     pub hbm: Option<HbmConfig>,
+    /// The compressed DRAM tier's pool (daemon memory); `None`: no such tier.
+    pub compressed_dram_bytes: Option<u64>,
     /// Where shared regions' published pages live (a directory all nodes see); `None`: no
     /// shared regions.
     pub shared_dir: Option<PathBuf>,
@@ -433,6 +436,11 @@ impl Config {
                 return Err(ConfigError::Invalid { key: "hbm", message });
             }
         };
+        // "0" is off, as absent is: no tier rather than one that refuses every granule.
+        let compressed_dram_bytes = match fc.compressed_dram_size {
+            Some(s) if parse_size(&s) == Ok(0) => None,
+            s => capacity("compressed_dram_size", s)?,
+        };
         let cluster = cluster_config(
             flags.node_id.or(fc.node_id),
             flags.cluster_listen.or(fc.cluster_listen),
@@ -492,6 +500,7 @@ impl Config {
             fs_dir,
             fs_capacity_bytes,
             hbm,
+            compressed_dram_bytes,
             shared_dir,
             shared_lease_ms,
             migration_rate_bytes,
@@ -686,6 +695,19 @@ mod tests {
         // And the example, uncommented, is a valid config.
         let text = example.lines().filter_map(setting).map(|(_, l)| l).collect::<Vec<_>>().join("\n");
         Config::from_toml_str(&text, path, Default::default()).unwrap();
+    }
+
+    #[test]
+    fn compressed_dram_is_off_unless_sized() {
+        let parse = |text: &str| Config::from_toml_str(text, "t.toml", Overrides::default()).map_err(|e| e.to_string());
+        assert_eq!(parse("").unwrap().compressed_dram_bytes, None);
+        assert_eq!(parse("compressed_dram_size = \"0\"").unwrap().compressed_dram_bytes, None);
+        assert_eq!(parse("compressed_dram_size = \"512M\"").unwrap().compressed_dram_bytes, Some(512 << 20));
+        let small = parse("compressed_dram_size = \"4K\"").unwrap_err();
+        assert!(small.starts_with("compressed_dram_size:") && small.contains("less than one granule"), "{small}");
+        assert!(parse("compressed_dram_size = \"lots\"")
+            .unwrap_err()
+            .starts_with("compressed_dram_size: unknown size unit"));
     }
 
     #[test]

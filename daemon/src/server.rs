@@ -448,6 +448,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "name": l.tier.name(),
             "capacity_bytes": u.capacity_bytes,
             "used_bytes": u.used_bytes,
+            "used_slots": u.used_slots,
             "pages": c.pages.load(Relaxed),
             "faults": c.faults.load(Relaxed),
             "evictions": c.evictions.load(Relaxed),

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use holo_tiers::{FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
+use holo_tiers::{CompressedTier, FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
 
 use crate::arc::{ArcPolicy, Lens, Placement};
 use crate::config::Config;
@@ -45,7 +45,7 @@ use crate::tier_order::{self, Probe};
 /// A tier and what its probe measured, if it was probed.
 type Probed = (Box<dyn Tier>, Option<Probe>);
 
-/// Puts `tiers` (as opened: nvme, then remote, fs and hbm where configured) in the order of
+/// Puts `tiers` (as opened: nvme, then remote, fs, hbm and compressed where configured) in the order of
 /// `tier_order.rs`: the one recorded with the store map, else decided now (probing only a
 /// fresh state), and records it. Carries `records`' levels to the tiers' new positions.
 fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -> Result<Vec<Probed>, TierError> {
@@ -226,6 +226,9 @@ pub struct Entry {
     pub heat: Heat,
     /// A move of it is queued or in flight.
     pub queued: bool,
+    /// The level of a compressing tier that refused its bytes (they would not shrink): it is
+    /// never promoted into that tier, which would only refuse it again. Not recorded.
+    pub refused_by: Option<u8>,
 }
 
 /// What [`Entry::ask`] did.
@@ -251,11 +254,11 @@ pub enum Switched {
 
 impl Entry {
     pub const FREE: Entry =
-        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false };
+        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false, refused_by: None };
 
     /// A granule just written into slot `at` of `level`, no page referring to it yet.
     pub fn new(level: u8, at: SlotId, version: u64) -> Entry {
-        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false }
+        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false, refused_by: None }
     }
 
     /// Still the granule `mv` was asked for, where it was asked from.
@@ -391,7 +394,8 @@ pub fn demotions_needed(used: u64, capacity: u64) -> u64 {
 impl Store {
     /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any or
     /// the node is in a cluster, FS if `fs_dir` is set, HBM if `hbm` is "auto" and a GPU is
-    /// found), fastest first as `tier_order.rs` decides.
+    /// found, compressed DRAM if `compressed_dram_size` is set), fastest first as
+    /// `tier_order.rs` decides.
     pub fn open(config: &Config) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
@@ -416,6 +420,16 @@ impl Store {
         }
         if let Some(hbm) = open_hbm(config) {
             tiers.push(Box::new(hbm));
+        }
+        if let Some(bytes) = config.compressed_dram_bytes {
+            log::info!(
+                "compressed tier: up to {} MiB of this daemon's memory, zstd level {} page by page; granules that \
+                 do not shrink under {}% go to the next tier",
+                bytes >> 20,
+                holo_tiers::compressed::LEVEL,
+                holo_tiers::compressed::SHRINK_PCT
+            );
+            tiers.push(Box::new(CompressedTier::new(g, bytes)));
         }
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
@@ -530,9 +544,16 @@ impl Store {
         }
     }
 
-    /// Granules `l` can hold (at least 1: an ARC needs room for one).
+    /// Granules `l` can hold (at least 1: an ARC needs room for one). A tier that keeps
+    /// granules in fewer bytes than a slot (compressed) holds as many as fit at what its
+    /// granules take now, so that it fills before it demotes.
     fn capacity_slots(l: &Level) -> u64 {
-        (l.tier.usage().capacity_bytes / l.tier.slot_bytes() as u64).max(1)
+        let u = l.tier.usage();
+        let granule_bytes = match u.used_slots {
+            0 => l.tier.slot_bytes() as u64,
+            n => u.used_bytes.div_ceil(n).max(1),
+        };
+        (u.capacity_bytes / granule_bytes).max(1)
     }
 
     fn now_ms(&self) -> u64 {
@@ -551,6 +572,7 @@ impl Store {
     pub fn put_batch(&self, data: &[&[u8]]) -> Vec<Result<SlotId, TierError>> {
         let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..data.len()).collect();
+        let mut refused_by: Vec<Option<u8>> = vec![None; data.len()];
         for (level, l) in self.levels.iter().enumerate() {
             if todo.is_empty() {
                 break;
@@ -574,9 +596,12 @@ impl Store {
             let writes: Vec<(SlotId, &[u8])> = placed.iter().map(|&(k, at)| (at, data[k])).collect();
             for ((k, at), r) in placed.into_iter().zip(l.tier.write_batch(&writes)) {
                 match r {
-                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at))),
+                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at, refused_by[k]))),
                     Err(e) => {
                         l.tier.free(at);
+                        if matches!(e, TierError::WouldNotShrink { .. }) {
+                            refused_by[k] = Some(level as u8);
+                        }
                         if e.is_full() {
                             overflow.push(k);
                         }
@@ -595,10 +620,10 @@ impl Store {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(full()))).collect()
     }
 
-    fn new_entry(&self, level: u8, at: SlotId) -> SlotId {
+    fn new_entry(&self, level: u8, at: SlotId, refused_by: Option<u8>) -> SlotId {
         let mut m = self.map.lock().unwrap();
         m.next_version += 1;
-        let entry = Entry::new(level, at, m.next_version);
+        let entry = Entry { refused_by, ..Entry::new(level, at, m.next_version) };
         let id = match m.free_ids.pop() {
             Some(id) => {
                 m.entries[id as usize] = entry;
@@ -706,7 +731,9 @@ impl Store {
             if let Some(arc) = arcs.get_mut(e.level as usize) {
                 arc.on_fault(id as u64);
             }
-            if migration::should_promote(e.level as usize, &e.heat, now, &self.rule) {
+            if migration::should_promote(e.level as usize, &e.heat, now, &self.rule)
+                && e.refused_by != Some(e.level - 1)
+            {
                 // A full queue refuses it (counted); the next read asks again.
                 e.ask(id, Direction::Up, queue);
             }
@@ -814,6 +841,7 @@ impl Store {
             }
         }
         let mut ok = vec![true; copies.len()];
+        let mut refused = vec![false; copies.len()];
         {
             // Shared: a release may free the old slot meanwhile, but only readers are kept
             // out of a switch, and the version check below throws such a copy away.
@@ -846,8 +874,13 @@ impl Store {
                 .unzip();
             for (k, r) in idx.into_iter().zip(l.tier.write_batch(&writes)) {
                 if let Err(err) = r {
-                    crate::log_limited!(warn, "migration into the {} tier failed: {err}", l.tier.name());
+                    // As at the alloc: a promotion refused for room (or a granule that would
+                    // not shrink) is asked again by a later read.
+                    if !(err.is_full() && copies[k].0.dir == Direction::Up) {
+                        crate::log_limited!(warn, "migration into the {} tier failed: {err}", l.tier.name());
+                    }
                     ok[k] = false;
+                    refused[k] = matches!(err, TierError::WouldNotShrink { .. });
                 }
             }
         }
@@ -864,6 +897,9 @@ impl Store {
                 match e.switch(mv, ok[k], *new_at, now) {
                     Switched::Moved => {}
                     Switched::Failed => {
+                        if refused[k] {
+                            e.refused_by = Some(to as u8);
+                        }
                         free.push((to, *new_at));
                         if mv.dir == Direction::Down {
                             arcs[from].on_cancelled(mv.id as u64);
@@ -1142,6 +1178,49 @@ mod tests {
         let again = store.put(&[9; 8192]).unwrap();
         store.add_refs(again, 1);
         assert_eq!(nvme.pages.load(Relaxed), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn granules_that_would_not_shrink_skip_the_compressed_tier() {
+        let dir = std::env::temp_dir().join(format!("holo-store-compressed-{}", std::process::id()));
+        let g = 65536;
+        std::fs::create_dir_all(&dir).unwrap();
+        let nvme = NvmeTier::open(&dir.join("nvme"), g, None, false).unwrap();
+        // Room for 4 granules before compression.
+        let compressed = holo_tiers::CompressedTier::new(g, 4 * g as u64);
+        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &promoting(0, 16));
+        // Bytes of a hash of their position: incompressible.
+        let random: Vec<u8> = (0..g / 32).flat_map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
+        let mut sparse = vec![0u8; g];
+        sparse.iter_mut().step_by(64).enumerate().for_each(|(i, b)| *b = i as u8 | 1);
+        let ids: Vec<SlotId> = [&random, &sparse, &random].iter().map(|d| store.put(d).unwrap()).collect();
+        let levels: Vec<usize> = ids
+            .iter()
+            .map(|&id| {
+                store.add_refs(id, 1);
+                level_of(&store, id)
+            })
+            .collect();
+        assert_eq!(levels, [1, 0, 1], "random data goes past the compressed tier");
+        assert_eq!(store.levels[0].counters.overflows.load(Relaxed), 2);
+        // Read often enough to be hot, the random ones are still not promoted into the tier
+        // that refused them.
+        for _ in 0..8 {
+            let mut page = [0u8; 4096];
+            store.read(&mut [(ids[0], 0, &mut page[..])]).unwrap();
+        }
+        assert_eq!(store.migration_stats().queued, 0, "a promotion into the tier that refused it was asked");
+        // Sparse data takes a fraction of a slot: far more than 4 granules fit.
+        let more: Vec<SlotId> = (0..40).map(|_| store.put(&sparse).unwrap()).collect();
+        more.iter().for_each(|&id| store.add_refs(id, 1));
+        assert!(more.iter().all(|&id| level_of(&store, id) == 0));
+        assert!(Store::capacity_slots(&store.levels[0]) > 40, "its ARC counts the granules it holds");
+        let mut back = vec![0u8; g];
+        for (&id, want) in ids.iter().zip([&random, &sparse, &random]) {
+            store.read(&mut [(id, 0, &mut back[..])]).unwrap();
+            assert!(back == **want, "slot {id} read wrong bytes");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

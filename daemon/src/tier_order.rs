@@ -12,6 +12,11 @@
 //! 3), and nothing else below DRAM comes near it (a 64 KiB granule crosses PCIe 4/5 in a few
 //! microseconds, against ~100 us from NVMe and ~0.6 ms over 1 Gbit/s); a probe could only
 //! confirm that, or, taken while GPU programs load the bus, get it wrong once and for all.
+//! Above even HBM, the compressed DRAM tier (`compressed_dram_size`), unprobed too: its pages
+//! are in this node's memory, and a fault decompresses the one page it needs (a few
+//! microseconds, no copy across a bus, no staging buffer to wait for), where HBM copies at
+//! least a whole page over PCIe; and it holds only what compresses, so what it refuses still
+//! finds HBM next.
 //!
 //! The store map names each granule's tier by its position, so the order is recorded next to
 //! it (`STATE_DIR/tier-order`, one line per tier: name, then the probe's figures) and a
@@ -88,14 +93,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The positions of `names` (the tiers as opened: `nvme`, then `remote`, `fs` and `hbm`
-/// where configured), fastest first: HBM first, the remote tier before or after NVMe as
-/// `rule` says (for `Measured`, by the probes' single-granule reads, [`REMOTE_FIRST_MARGIN`];
-/// unmeasured, after), FS last.
+/// The positions of `names` (the tiers as opened: `nvme`, then `remote`, `fs`, `hbm` and
+/// `compressed` where configured), fastest first: compressed DRAM, then HBM, the remote tier
+/// before or after NVMe as `rule` says (for `Measured`, by the probes' single-granule reads,
+/// [`REMOTE_FIRST_MARGIN`]; unmeasured, after), FS last.
 pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Vec<usize> {
     let at = |name| names.iter().position(|n| *n == name);
-    let mut order: Vec<usize> = at("hbm").into_iter().collect();
-    order.extend((0..names.len()).filter(|&i| !matches!(names[i], "fs" | "hbm")));
+    let mut order: Vec<usize> = at("compressed").into_iter().chain(at("hbm")).collect();
+    order.extend((0..names.len()).filter(|&i| !matches!(names[i], "fs" | "hbm" | "compressed")));
     if let (Some(nvme), Some(remote)) = (at("nvme"), at("remote")) {
         let remote_first = match rule {
             RemoteOrder::BeforeNvme => true,
@@ -116,7 +121,7 @@ pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Ve
 
 /// The order of `names` that a restart keeps: the recorded tiers in their recorded order (with
 /// their probes), and a tier configured since below them, above FS (which stays last), or,
-/// for HBM (a GPU found since), above them all.
+/// for HBM (a GPU found since), above them all, and compressed DRAM above that.
 pub fn keep(names: &[&str], rec: &Recorded) -> (Vec<usize>, Vec<Option<Probe>>) {
     let mut probes = vec![None; names.len()];
     let mut order = Vec::new();
@@ -131,7 +136,8 @@ pub fn keep(names: &[&str], rec: &Recorded) -> (Vec<usize>, Vec<Option<Probe>>) 
             let fs_at = order.iter().position(|&i| names[i] == "fs");
             let place = match names[k] {
                 "fs" => order.len(),
-                "hbm" => 0,
+                "compressed" => 0,
+                "hbm" => order.iter().position(|&i| names[i] != "compressed").unwrap_or(order.len()),
                 _ => fs_at.unwrap_or(order.len()),
             };
             order.insert(place, k);
@@ -232,6 +238,10 @@ mod tests {
         let names = ["nvme", "remote", "fs", "hbm"];
         assert_eq!(decide(&names, &[Some(SLOW), Some(FAST), None, None], m), [3, 1, 0, 2]);
         assert_eq!(decide(&["nvme", "hbm"], &[Some(FAST), None], m), [1, 0]);
+        // Compressed DRAM above them all, HBM included.
+        let names = ["nvme", "remote", "fs", "hbm", "compressed"];
+        assert_eq!(decide(&names, &[Some(SLOW), Some(FAST), None, None, None], m), [4, 3, 1, 0, 2]);
+        assert_eq!(decide(&["nvme", "compressed"], &[Some(FAST), None], m), [1, 0]);
     }
 
     #[test]
@@ -248,6 +258,9 @@ mod tests {
         // A GPU found since the last start: HBM above the recorded tiers.
         assert_eq!(keep(&["nvme", "fs", "hbm"], &rec(&["nvme", "fs"])).0, [2, 0, 1]);
         assert_eq!(keep(&["nvme", "hbm"], &rec(&["hbm", "nvme"])).0, [1, 0]);
+        // Compressed DRAM configured since: first; HBM found since: below it.
+        assert_eq!(keep(&["nvme", "fs", "compressed"], &rec(&["nvme", "fs"])).0, [2, 0, 1]);
+        assert_eq!(keep(&["nvme", "hbm", "compressed"], &rec(&["compressed", "nvme"])).0, [2, 1, 0]);
     }
 
     #[test]

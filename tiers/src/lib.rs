@@ -8,6 +8,9 @@
 //!   DRAM (the clients' resident pages, accounted by the daemon)
 //!     │ evict                ▲ refault
 //!     ▼                      │
+//!   CompressedTier  zstd, page by page, in the daemon's memory (optional; refuses granules
+//!     │             that would not shrink: they go on down)
+//!     ▼
 //!   NvmeTier  one file or block device, O_DIRECT through io_uring, a checksum per page
 //!     │ full: overflow        (checksums in memory: the tier is scratch space)
 //!     ▼
@@ -25,6 +28,7 @@
 
 mod aligned;
 pub mod atomic;
+pub mod compressed;
 pub mod conformance;
 mod fsdir;
 pub mod hbm;
@@ -34,6 +38,7 @@ pub mod remote;
 mod slots;
 
 pub use aligned::AlignedBuf;
+pub use compressed::CompressedTier;
 pub use fsdir::FsTier;
 pub use hbm::HbmTier;
 pub use nvme::NvmeTier;
@@ -58,15 +63,20 @@ pub enum TierError {
     /// caller may try the next tier.
     #[error("{tier} tier cannot take the granule: {detail}")]
     Unavailable { tier: &'static str, detail: String },
+    /// A compressing tier refuses a granule that its compression would not shrink enough:
+    /// like `Full`, the caller may try the next tier.
+    #[error("{tier} tier refuses slot {slot}'s granule: it would not shrink ({stored_bytes} of {raw_bytes} bytes compressed)")]
+    WouldNotShrink { tier: &'static str, slot: SlotId, stored_bytes: usize, raw_bytes: usize },
     #[error("cannot open {tier} tier at {path}: {source}")]
     Open { tier: &'static str, path: String, source: std::io::Error },
 }
 
 impl TierError {
-    /// Out of space (or, for the remote tier, out of reach): the caller may try the next tier.
+    /// Out of space (or, for the remote tier, out of reach; for a compressing one, a granule
+    /// that would not shrink): the caller may try the next tier.
     pub fn is_full(&self) -> bool {
         match self {
-            TierError::Full { .. } | TierError::Unavailable { .. } => true,
+            TierError::Full { .. } | TierError::Unavailable { .. } | TierError::WouldNotShrink { .. } => true,
             TierError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
             _ => false,
         }
