@@ -359,8 +359,7 @@ pub fn rdma_device(c: &RemoteConfig) -> Result<Option<Arc<Device>>, String> {
     if let Some(d) = RDMA.get() {
         return Ok(d.clone());
     }
-    let (choice, line) = rdma::choose_transport(c.transport, rdma::BUILT_WITH_RDMA, &rdma::RdmaProbe::run())
-        .map_err(|e| format!("remote_transport: {e}"))?;
+    let (choice, line) = rdma::choose_transport(c.transport, rdma::BUILT_WITH_RDMA, &rdma::RdmaProbe::run())?;
     let dev = match choice {
         TransportChoice::Tcp => None,
         TransportChoice::Rdma(name) => match Device::open(&name) {
