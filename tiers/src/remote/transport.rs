@@ -457,23 +457,17 @@ fn wire_failed(p: &Peer) -> impl Fn(WireError) -> Exchange + '_ {
     |source| Exchange::Failed(TransportError::Wire { peer: p.addr.to_string(), source })
 }
 
-/// An RDMA WRITE's failure as the call's error. Before any frame of the call was sent, on a
-/// pooled connection whose peer has gone, it is `Stale` (tried again on a fresh connection).
-fn link_err(p: &Peer, conn: &Conn, e: LinkError, timeout: Duration) -> Exchange {
+/// An RDMA WRITE's failure as the call's error.
+fn link_err(p: &Peer, e: LinkError, timeout: Duration) -> Exchange {
     let peer = p.addr.to_string();
-    match e {
-        LinkError::Timeout => {
-            Exchange::Failed(TransportError::Timeout { peer, timeout_ms: timeout.as_millis() as u64 })
-        }
-        LinkError::Failed(why) if peer_closed(&conn.stream) => {
-            Exchange::Stale(TransportError::Io { peer, source: io::Error::other(why) })
-        }
-        LinkError::Failed(why) => Exchange::Failed(TransportError::Io { peer, source: io::Error::other(why) }),
-    }
+    Exchange::Failed(match e {
+        LinkError::Timeout => TransportError::Timeout { peer, timeout_ms: timeout.as_millis() as u64 },
+        LinkError::Failed(why) => TransportError::Io { peer, source: io::Error::other(why) },
+    })
 }
 
 /// Whether the peer closed `s` (an idle pooled connection whose donor restarted): its RDMA queue
-/// pair is gone too.
+/// pair is gone too, and a WRITE to it would only fail after its retries.
 fn peer_closed(s: &TcpStream) -> bool {
     if s.set_nonblocking(true).is_err() {
         return true;
@@ -689,13 +683,17 @@ impl Transport for TcpTransport {
             let got = self.with_conn(peer, |p, conn, req_id, deadline| {
                 let lens = match conn.link.as_mut() {
                     None => self.exchange(p, conn, wire::OP_PUT, req_id, &encode, deadline)?,
+                    Some(_) if peer_closed(&conn.stream) => {
+                        let e = io::Error::new(io::ErrorKind::ConnectionReset, "the peer closed the connection");
+                        return Err(Exchange::Stale(TransportError::Io { peer: p.addr.to_string(), source: e }));
+                    }
                     Some(link) => {
                         for (d, s) in items.iter().zip(&staged) {
                             link.put_bytes(s.at as usize, d);
                         }
                         let end = staged.last().map_or(0, |s| (s.at + s.len) as usize);
                         if let Err(e) = link.write(0..end, deadline) {
-                            return Err(link_err(p, conn, e, self.opts.timeout));
+                            return Err(link_err(p, e, self.opts.timeout));
                         }
                         self.exchange(p, conn, wire::OP_RDMA_PUT, req_id, &encode_rdma, deadline)?
                     }

@@ -164,6 +164,10 @@ unsafe impl Send for Link {}
 impl Link {
     /// A fresh link on `dev`: queue pair in INIT, window registered, not yet connected.
     pub fn new(dev: &Arc<Device>) -> Result<Link, String> {
+        // A random first packet sequence number: packets of an earlier queue pair that had the
+        // same number are not taken for this one's.
+        let psn = u32::from_le_bytes(crate::remote::auth::nonce().map_err(|e| e.to_string())?[..4].try_into().unwrap())
+            & 0xFF_FFFF;
         // SAFETY: a fresh anonymous mapping, owned by the Link (unmapped in Drop).
         let window = unsafe {
             libc::mmap(
@@ -178,8 +182,6 @@ impl Link {
         if window == libc::MAP_FAILED {
             return Err(errno("mmap of the RDMA window"));
         }
-        let psn = u32::from_le_bytes(crate::remote::auth::nonce().map_err(|e| e.to_string())?[..4].try_into().unwrap())
-            & 0xFF_FFFF;
         // Every pointer below starts null; Drop frees what was made if a later step fails.
         let mut link = Link {
             dev: dev.clone(),
