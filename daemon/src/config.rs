@@ -66,6 +66,7 @@ pub struct FileConfig {
     pub remote_lost_after_ms: Option<u64>,
     pub remote_rereplicate_rate: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub remote_transport: Option<String>,
     pub metrics_listen: Option<String>,
     pub node_id: Option<u64>,
     pub cluster_listen: Option<String>,
@@ -479,6 +480,7 @@ impl Config {
                 remote_lost_after_ms: fc.remote_lost_after_ms,
                 remote_rereplicate_rate: fc.remote_rereplicate_rate,
                 cluster_secret_file: fc.cluster_secret_file,
+                remote_transport: fc.remote_transport,
             },
             granule_bytes,
         )?;

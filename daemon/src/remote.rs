@@ -5,15 +5,20 @@
 //!
 //! Where the remote tier sits among the tiers is `remote_order`: `measured` (the default: the
 //! faster of the two at the first start, `tier_order.rs`), `after-nvme` or `before-nvme`.
+//!
+//! How page bytes move is `remote_transport` (`auto`, the default; `tcp`; `rdma`), decided once
+//! at start from what the build and the node have ([`remote::rdma::choose_transport`]); the
+//! donor and the remote tier share the device.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use holo_tiers::remote::auth::Plane;
+use holo_tiers::remote::rdma::{self, Device, TransportChoice, TransportSetting};
 use holo_tiers::remote::{
     self, ClusterKey, DonorOptions, DonorServer, PeerSet, RemoteOptions, TcpTransport, TransportOptions,
 };
@@ -54,6 +59,8 @@ pub struct RemoteConfig {
     pub secret_file: Option<PathBuf>,
     /// The keys derived from `secret_file` ([`load_cluster_key`], at start).
     pub keys: Option<NodeKeys>,
+    /// `remote_transport`.
+    pub transport: TransportSetting,
 }
 
 /// The keys of the cluster secret, one per plane, each in its own derivation domain: the
@@ -79,6 +86,7 @@ pub struct RemoteKeys {
     pub remote_lost_after_ms: Option<u64>,
     pub remote_rereplicate_rate: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub remote_transport: Option<String>,
 }
 
 fn invalid(key: &'static str, message: String) -> ConfigError {
@@ -168,7 +176,18 @@ impl RemoteConfig {
                 format!("{rereplicate_rate_bytes} bytes a second is less than one granule"),
             ));
         }
+        let transport: TransportSetting =
+            k.remote_transport.as_deref().unwrap_or("auto").parse().map_err(|e| invalid("remote_transport", e))?;
+        if transport == TransportSetting::Rdma && !rdma::BUILT_WITH_RDMA {
+            return Err(invalid(
+                "remote_transport",
+                "\"rdma\", but this holo-pager was built without RDMA: build it with `--features holo-pager/rdma`, \
+                 or set \"auto\" or \"tcp\""
+                    .into(),
+            ));
+        }
         Ok(RemoteConfig {
+            transport,
             donate_bytes,
             data_listen,
             secret_file: k.cluster_secret_file,
@@ -282,9 +301,9 @@ pub fn open_tier(
     if c.peers.is_empty() && !clustered {
         return Ok(None);
     }
-    log::info!("remote tier: {}", remote::rdma_probe());
     let open_err =
         |msg: String| TierError::Open { tier: "remote", path: c.peers.join(", "), source: std::io::Error::other(msg) };
+    let dev = rdma_device(c).map_err(open_err)?;
     let addrs = c
         .peers
         .iter()
@@ -298,7 +317,11 @@ pub fn open_tier(
         rereplicate_bytes_per_sec: c.rereplicate_rate_bytes,
         ..RemoteOptions::new(granule_bytes as usize, c.replicas, owner_id(socket))
     };
-    let tier = RemoteTier::open(Box::new(TcpTransport::new(&addrs, topts)), opts)?;
+    let transport = match dev {
+        Some(dev) => TcpTransport::with_rdma(&addrs, topts, dev),
+        None => TcpTransport::new(&addrs, topts),
+    };
+    let tier = RemoteTier::open(Box::new(transport), opts)?;
     if c.peers.is_empty() {
         if CLUSTER_PEERS.set(tier.peer_set()).is_err() {
             panic!("the remote tier was opened twice");
@@ -324,6 +347,50 @@ pub fn open_tier(
         c.rereplicate_rate_bytes >> 20
     );
     Ok(Some(tier))
+}
+
+/// The RDMA device page bytes move on, decided once ([`rdma_device`]): `None` for TCP.
+static RDMA: OnceLock<Option<Arc<Device>>> = OnceLock::new();
+
+/// The device the donor and the remote tier use for page bytes, or `None` for TCP, as
+/// `remote_transport` and the node decide; the decision is logged once. `Err`: `rdma` was asked
+/// for and cannot be had, and the daemon must not start.
+pub fn rdma_device(c: &RemoteConfig) -> Result<Option<Arc<Device>>, String> {
+    if let Some(d) = RDMA.get() {
+        return Ok(d.clone());
+    }
+    let (choice, line) = rdma::choose_transport(c.transport, rdma::BUILT_WITH_RDMA, &rdma::RdmaProbe::run())?;
+    let dev = match choice {
+        TransportChoice::Tcp => None,
+        TransportChoice::Rdma(name) => match Device::open(&name) {
+            Ok(d) => Some(d),
+            Err(e) if c.transport == TransportSetting::Rdma => {
+                return Err(format!("remote_transport = \"rdma\": cannot open RDMA device {name}: {e}"))
+            }
+            Err(e) => {
+                log::warn!("data plane: cannot open RDMA device {name} ({e}): using TCP");
+                None
+            }
+        },
+    };
+    if dev.is_some() && keys_of(c).ok().flatten().is_some() {
+        log::warn!(
+            "data plane: page bytes moved by RDMA are not encrypted (TCP frames are); they stay authenticated by \
+             their checksums in the MAC'd frames. Set remote_transport = \"tcp\" to keep them encrypted"
+        );
+    }
+    if RDMA.set(dev.clone()).is_ok() {
+        log::info!("data plane: {line}");
+    }
+    Ok(RDMA.get().cloned().flatten())
+}
+
+/// How this node moves page bytes to and from its peers, as `holoctl tiers` says it.
+pub fn data_path() -> String {
+    match RDMA.get() {
+        Some(Some(d)) => format!("rdma ({})", d.name()),
+        _ => "tcp".into(),
+    }
 }
 
 /// This daemon's donor server, set once at start when it donates; it serves until the process
@@ -361,12 +428,13 @@ pub fn start_donor(c: &RemoteConfig, granule_bytes: u64) -> std::io::Result<()> 
         max_conns: DONOR_MAX_CONNS,
         key: keys_of(c)?.map(|k| k.data),
     };
-    let donor = DonorServer::start(listen, opts)?;
+    let dev = rdma_device(c).map_err(std::io::Error::other)?;
+    let donor = DonorServer::start_with(listen, opts, dev)?;
     log::info!(
-        "donor: lending {} MiB to peers on {} ({})",
+        "donor: lending {} MiB to peers on {} (page bytes: {})",
         c.donate_bytes >> 20,
         donor.local_addr(),
-        remote::rdma_probe()
+        data_path()
     );
     if DONOR.set(donor).is_err() {
         panic!("the donor was started twice");
@@ -436,6 +504,25 @@ mod tests {
         load_cluster_key(&mut c, false).unwrap();
         assert!(c.keys.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_transport_is_checked() {
+        let c = RemoteConfig::build(keys(&[], None), 65536).unwrap();
+        assert_eq!(c.transport, TransportSetting::Auto);
+        let k = RemoteKeys { remote_transport: Some("tcp".into()), ..Default::default() };
+        assert_eq!(RemoteConfig::build(k, 65536).unwrap().transport, TransportSetting::Tcp);
+        let k = RemoteKeys { remote_transport: Some("infiniband".into()), ..Default::default() };
+        let e = RemoteConfig::build(k, 65536).unwrap_err().to_string();
+        assert!(e.contains("remote_transport") && e.contains("tcp, rdma or auto"), "{e}");
+        let k = RemoteKeys { remote_transport: Some("rdma".into()), ..Default::default() };
+        match RemoteConfig::build(k, 65536) {
+            Ok(c) => assert!(rdma::BUILT_WITH_RDMA && c.transport == TransportSetting::Rdma),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!rdma::BUILT_WITH_RDMA && e.contains("built without RDMA") && e.contains("--features"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -479,6 +479,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             row["peers"] = r.peers.into();
             row["usable_peers"] = r.usable_peers.into();
             row["peers_from"] = crate::remote::peers_from().into();
+            row["data_path"] = crate::remote::data_path().into();
             if r.usable_peers < r.replicas {
                 row["unavailable"] = format!(
                     "{} of {} peers take writes and each granule needs {} copies: new granules go to the next tier",

@@ -16,6 +16,13 @@
 //! ([`DonorCounters::auth_failures`]), logged (at most once per 10 s) and closed, without
 //! reading or writing any slot. Without a key, anyone who reaches the port is served. The owner
 //! check keeps nodes from mixing up their slots; it is not access control.
+//!
+//! Started with an RDMA device ([`DonorServer::start_with`]), a connection that asks for an RDMA
+//! link (RDMA_CONNECT) gets one: its own queue pair and staging window, into which the client
+//! writes PUTs' granules and from which GETs' are written to the client ([`super::rdma`]). The
+//! bytes are copied out of the window before their checksum is checked and they are stored, and
+//! a GET reads the arena as over TCP. Without a device the donor refuses the link with a reason,
+//! and the connection goes on with plain frames.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES, NONCE_BYTES};
+use super::rdma::{self, Device, Link};
 use super::transport::{read_full, write_all};
-use super::wire::{self, Request, Status, HEADER_BYTES};
+use super::wire::{self, Reader, Request, Status, HEADER_BYTES};
 use crate::slots::SlotAllocator;
 use crate::SlotId;
 
@@ -58,6 +66,8 @@ pub struct DonorCounters {
     pub refused_conns: AtomicU64,
     /// Connections closed for a failed handshake or a frame with a bad MAC.
     pub auth_failures: AtomicU64,
+    /// RDMA links set up for clients (RDMA_CONNECT accepted).
+    pub rdma_links: AtomicU64,
     last_auth_log: Mutex<Option<Instant>>,
 }
 
@@ -217,6 +227,11 @@ impl DonorServer {
     /// Listen on `listen` (port 0: any free port, see [`DonorServer::local_addr`]) and serve
     /// `opts.donate_bytes` of memory in slots of `opts.slot_bytes`.
     pub fn start(listen: SocketAddr, opts: DonorOptions) -> io::Result<DonorServer> {
+        DonorServer::start_with(listen, opts, None)
+    }
+
+    /// [`DonorServer::start`], giving clients that ask for one an RDMA link on `rdma`.
+    pub fn start_with(listen: SocketAddr, opts: DonorOptions, rdma: Option<Arc<Device>>) -> io::Result<DonorServer> {
         assert!(opts.slot_bytes > 0 && opts.max_conns > 0);
         let arena = Arc::new(Arena::new(opts.donate_bytes, opts.slot_bytes)?);
         let listener = TcpListener::bind(listen)?;
@@ -227,7 +242,7 @@ impl DonorServer {
         let (a, s, c, k) = (arena.clone(), stop.clone(), counters.clone(), conns.clone());
         std::thread::Builder::new()
             .name("donor-accept".into())
-            .spawn(move || accept_loop(listener, a, s, c, k, opts.max_conns, opts.key))?;
+            .spawn(move || accept_loop(listener, a, s, c, k, opts.max_conns, opts.key, rdma))?;
         Ok(DonorServer { addr, arena, stop, conns, counters })
     }
 
@@ -269,6 +284,7 @@ impl Drop for DonorServer {
 #[derive(Clone, Default)]
 struct Conns(Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>);
 
+#[allow(clippy::too_many_arguments)]
 fn accept_loop(
     listener: TcpListener,
     arena: Arc<Arena>,
@@ -277,6 +293,7 @@ fn accept_loop(
     conns: Conns,
     max: usize,
     key: Option<ClusterKey>,
+    rdma: Option<Arc<Device>>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut next_id = 0u64;
@@ -302,8 +319,9 @@ fn accept_loop(
             conns.0.lock().unwrap().insert(id, clone);
         }
         let (arena, stop, c, active, conns) = (arena.clone(), stop.clone(), c.clone(), active.clone(), conns.clone());
+        let rdma = rdma.clone();
         let spawned = std::thread::Builder::new().name("donor-conn".into()).spawn(move || {
-            serve(conn, &arena, &stop, &c, key);
+            serve(conn, &arena, &stop, &c, key, rdma.as_ref());
             conns.0.lock().unwrap().remove(&id);
             active.fetch_sub(1, Relaxed);
         });
@@ -392,13 +410,24 @@ fn handshake(conn: &mut TcpStream, key: &ClusterKey, buf: &mut Vec<u8>) -> Resul
 }
 
 /// Serve one connection until it closes, idles out, or sends a bad frame.
-fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounters, key: Option<ClusterKey>) {
+fn serve(
+    mut conn: TcpStream,
+    arena: &Arena,
+    stop: &AtomicBool,
+    c: &DonorCounters,
+    key: Option<ClusterKey>,
+    rdma: Option<&Arc<Device>>,
+) {
     let _ = conn.set_nodelay(true);
     let peer = conn.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut inbuf = Vec::new();
     let mut out = Vec::new();
     let mut header = [0u8; HEADER_BYTES];
     let mut mac = [0u8; MAC_BYTES];
+    // This connection's RDMA link, once the client asked for one, and where granules copied
+    // out of its window are checked.
+    let mut link: Option<Link> = None;
+    let mut staged = Vec::new();
     let mut session = match key {
         None => None,
         Some(k) => match handshake(&mut conn, &k, &mut inbuf) {
@@ -441,7 +470,24 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
             }
         };
         wire::begin_frame(&mut out);
-        let ctrl_end = answer(arena, c, req, &mut out);
+        let ctrl_end = match req {
+            Request::RdmaConnect(remote) => {
+                let (l, ctrl_end) = rdma_connect(rdma, &remote, c, &mut out);
+                link = l;
+                ctrl_end
+            }
+            Request::RdmaPut { .. } | Request::RdmaGet { .. } => {
+                match answer_rdma(arena, c, req, link.as_mut(), &mut staged, &mut out) {
+                    Ok(ctrl_end) => ctrl_end,
+                    Err(why) => {
+                        c.bad_frames.fetch_add(1, Relaxed);
+                        let _ = send_error(&mut conn, h.req_id, &why, session.as_mut());
+                        return;
+                    }
+                }
+            }
+            req => answer(arena, c, req, &mut out),
+        };
         wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
         if let Some(s) = session.as_mut() {
             let m = s.seal(&mut out);
@@ -451,11 +497,105 @@ fn serve(mut conn: TcpStream, arena: &Arena, stop: &AtomicBool, c: &DonorCounter
             return;
         }
         // A peer's one big batch should not pin up to MAX_BODY_BYTES twice per connection.
-        for buf in [&mut inbuf, &mut out] {
+        for buf in [&mut inbuf, &mut out, &mut staged] {
             if buf.capacity() > KEEP_BUF_BYTES {
                 *buf = Vec::new();
             }
         }
+    }
+}
+
+/// Answers RDMA_CONNECT: a link on `rdma` connected to the client's `remote`, or why not (the
+/// connection then goes on without one; the client logs the reason, so a peer cannot flood this
+/// node's log with it). Returns the link and where the answer's control ends.
+fn rdma_connect(
+    rdma: Option<&Arc<Device>>,
+    remote: &wire::RdmaEndpoint,
+    c: &DonorCounters,
+    out: &mut Vec<u8>,
+) -> (Option<Link>, usize) {
+    let made = match rdma {
+        None if rdma::BUILT_WITH_RDMA => Err("this donor has no RDMA device in use".to_string()),
+        None => Err("this donor was built without RDMA".to_string()),
+        Some(dev) => Link::new(dev).and_then(|mut l| l.connect(remote).map(|()| l)),
+    };
+    match made {
+        Ok(l) => {
+            c.rdma_links.fetch_add(1, Relaxed);
+            wire::encode_connect_answer(out, Ok(&l.local()));
+            (Some(l), out.len())
+        }
+        Err(why) => {
+            wire::encode_connect_answer(out, Err(&why));
+            (None, out.len())
+        }
+    }
+}
+
+/// Answers RDMA_PUT or RDMA_GET as PUT or GET, with the granules' bytes in the link's window;
+/// `Err`: the frame is refused and the connection closed (as a bad frame over TCP is).
+fn answer_rdma(
+    arena: &Arena,
+    c: &DonorCounters,
+    req: Request<'_>,
+    link: Option<&mut Link>,
+    staged: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let link = link.ok_or("an RDMA request on a connection without an RDMA link (send RDMA_CONNECT first)")?;
+    let outside = |at, len| format!("{len} bytes at {at} lie outside the {}-byte RDMA window", rdma::WINDOW_BYTES);
+    match req {
+        Request::RdmaPut { owner, items } => {
+            // Copied out of the window first: what is checked is what is stored.
+            staged.clear();
+            for s in &items {
+                if !rdma::in_window(s.at, s.len, rdma::WINDOW_BYTES) {
+                    return Err(outside(s.at, s.len));
+                }
+                let from = staged.len();
+                staged.resize(from + s.len as usize, 0);
+                link.take_bytes(s.at as usize, &mut staged[from..]);
+            }
+            let mut put = Vec::with_capacity(items.len());
+            let mut from = 0;
+            for (i, s) in items.iter().enumerate() {
+                let bytes = &staged[from..from + s.len as usize];
+                if *blake3::hash(bytes).as_bytes() != s.sum {
+                    return Err(wire::WireError::BadItemChecksum(i).to_string());
+                }
+                put.push((bytes, s.sum));
+                from += s.len as usize;
+            }
+            Ok(answer(arena, c, Request::Put { owner, items: put }, out))
+        }
+        Request::RdmaGet { owner, items } => {
+            if let Some((it, at)) = items.iter().find(|(it, at)| !rdma::in_window(*at, it.len, rdma::WINDOW_BYTES)) {
+                return Err(outside(*at, it.len));
+            }
+            let gets = items.iter().map(|(it, _)| *it).collect();
+            let ctrl_end = answer(arena, c, Request::Get { owner, items: gets }, out);
+            // The answer's data part holds the Ok items' bytes in order: each goes to its place
+            // in the client's window, then one WRITE covers them all.
+            let mut r = Reader::new(&out[HEADER_BYTES + 4..ctrl_end]);
+            let (mut data, mut span) = (ctrl_end, None::<(usize, usize)>);
+            for (_, at) in &items {
+                let st = r.status().expect("our own answer");
+                let len = r.u32("item length").expect("our own answer") as usize;
+                r.sum().expect("our own answer");
+                if st == Status::Ok {
+                    let at = *at as usize;
+                    link.put_bytes(at, &out[data..data + len]);
+                    data += len;
+                    span = Some(span.map_or((at, at + len), |(lo, hi)| (lo.min(at), hi.max(at + len))));
+                }
+            }
+            if let Some((lo, hi)) = span {
+                link.write(lo..hi, Instant::now() + FRAME_TIMEOUT).map_err(|e| e.to_string())?;
+            }
+            out.truncate(ctrl_end);
+            Ok(ctrl_end)
+        }
+        _ => unreachable!("answer_rdma is given RDMA requests only"),
     }
 }
 
@@ -526,6 +666,9 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
                 .collect();
             let freed = mine.iter().filter(|&&s| arena.free(owner, s)).count();
             wire::put_u32(out, freed as u32);
+        }
+        Request::RdmaConnect(_) | Request::RdmaPut { .. } | Request::RdmaGet { .. } => {
+            unreachable!("RDMA requests are answered by answer_rdma")
         }
     }
     out.len()

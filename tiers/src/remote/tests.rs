@@ -251,12 +251,162 @@ fn a_silent_peer_costs_one_deadline_and_in_flight_calls_are_bounded() {
 
 #[test]
 fn the_rdma_probe_says_what_it_found() {
+    use rdma::{choose_transport, RdmaProbe, TransportSetting::Auto};
     let dir = std::env::temp_dir().join(format!("holo-ib-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(rdma_probe_in(&dir), "no RDMA device found, using TCP");
+    let (_, line) = choose_transport(Auto, false, &RdmaProbe::in_sysfs(&dir)).unwrap();
+    assert_eq!(line, "no RDMA device found, using TCP");
     std::fs::create_dir_all(dir.join("mlx5_0")).unwrap();
-    assert!(rdma_probe_in(&dir).contains("mlx5_0"));
+    let (_, line) = choose_transport(Auto, false, &RdmaProbe::in_sysfs(&dir)).unwrap();
+    assert!(line.contains("mlx5_0") && line.contains("using TCP"), "{line}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One request frame on `s` and the answer's op and body.
+fn roundtrip(s: &mut TcpStream, op: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut f = Vec::new();
+    wire::begin_frame(&mut f);
+    f.extend_from_slice(body);
+    let end = f.len();
+    wire::finish_frame(&mut f, op, 1, end);
+    s.write_all(&f).unwrap();
+    let mut header = [0u8; HEADER_BYTES];
+    s.read_exact(&mut header).unwrap();
+    let h = wire::decode_header(&header).unwrap();
+    let mut body = vec![0; h.body_len];
+    s.read_exact(&mut body).unwrap();
+    (h.op, body)
+}
+
+#[test]
+fn a_donor_without_rdma_refuses_the_link_and_goes_on_over_tcp() {
+    let d = donor(4);
+    let mut s = TcpStream::connect(d.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ep =
+        wire::RdmaEndpoint { qpn: 1, psn: 2, lid: 3, gid: [0; 16], mtu: 3, addr: 4096, rkey: 5, window_bytes: 1 << 21 };
+    let mut b = Vec::new();
+    ep.encode(&mut b);
+    let (op, body) = roundtrip(&mut s, wire::OP_RDMA_CONNECT, &b);
+    assert_eq!(op, wire::OP_RDMA_CONNECT | wire::RESPONSE);
+    let why = wire::decode_connect_answer(&body).unwrap().unwrap_err();
+    let expect = if rdma::BUILT_WITH_RDMA { "no RDMA device in use" } else { "built without RDMA" };
+    assert!(why.contains(expect), "{why}");
+    // The same connection still serves frames.
+    let (op, _) = roundtrip(&mut s, wire::OP_STAT, &[]);
+    assert_eq!(op, wire::OP_STAT | wire::RESPONSE);
+    // An RDMA request without a link is refused by name, and the connection closed.
+    let mut b = Vec::new();
+    wire::encode_rdma_put(&mut b, 1, &[wire::Staged { at: 0, len: 3, sum: *blake3::hash(b"abc").as_bytes() }]);
+    let mut f = Vec::new();
+    wire::begin_frame(&mut f);
+    f.extend_from_slice(&b);
+    let end = f.len();
+    wire::finish_frame(&mut f, wire::OP_RDMA_PUT, 2, end);
+    assert!(donor_refusal(&d, &f).contains("without an RDMA link"));
+    assert_eq!(d.used_slots(), 0);
+    assert_eq!(d.counters.rdma_links.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// The device RDMA tests run on, or `None` (with one line saying why) where this machine has
+/// none. `HOLO_REQUIRE_RDMA=1` fails the test instead (a run meant to prove RDMA).
+fn rdma_device_or_skip() -> Option<Arc<rdma::Device>> {
+    let probe = rdma::RdmaProbe::run();
+    let why = match (rdma::BUILT_WITH_RDMA, &probe.usable) {
+        (true, Some(name)) => {
+            return Some(rdma::Device::open(name).unwrap_or_else(|e| panic!("RDMA device {name}: {e}")));
+        }
+        (false, _) => "this build has no `rdma` feature".to_string(),
+        (true, None) if probe.devices.is_empty() => probe.error.unwrap_or_else(|| "libibverbs lists none".into()),
+        (true, None) => format!("{} found, none with an active port", probe.devices.join(", ")),
+    };
+    if std::env::var_os("HOLO_REQUIRE_RDMA").is_some() {
+        panic!("HOLO_REQUIRE_RDMA is set, but there is no RDMA device to test on: {why}");
+    }
+    eprintln!("skipped: no RDMA device ({why})");
+    None
+}
+
+fn rdma_donor(dev: &Arc<rdma::Device>, slots: u64) -> DonorServer {
+    let opts = DonorOptions { donate_bytes: slots * SLOT as u64, slot_bytes: SLOT, max_conns: 64, key: None };
+    DonorServer::start_with(LOOPBACK.parse().unwrap(), opts, Some(dev.clone())).unwrap()
+}
+
+fn rdma_tier(
+    dev: &Arc<rdma::Device>,
+    donors: &[&DonorServer],
+    replicas: usize,
+    capacity_slots: Option<u64>,
+) -> RemoteTier {
+    let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
+    let opts = TransportOptions { timeout: Duration::from_millis(2000), max_inflight: 8, key: None };
+    let t = TcpTransport::with_rdma(&addrs, opts, dev.clone());
+    let ropts = RemoteOptions {
+        capacity_bytes: capacity_slots.map(|s| s * SLOT as u64),
+        ..RemoteOptions::new(SLOT, replicas, 0x5107)
+    };
+    RemoteTier::open(Box::new(t), ropts).unwrap()
+}
+
+#[test]
+fn remote_tier_conforms_over_rdma() {
+    let Some(dev) = rdma_device_or_skip() else { return };
+    let last: Mutex<Option<(Arc<RemoteTier>, Vec<DonorServer>)>> = Mutex::new(None);
+    check_all(Subject {
+        make: &|slots| {
+            let donors = vec![rdma_donor(&dev, slots + 8), rdma_donor(&dev, slots + 8)];
+            let t = Arc::new(rdma_tier(&dev, &donors.iter().collect::<Vec<_>>(), 2, Some(slots)));
+            *last.lock().unwrap() = Some((t.clone(), donors));
+            Box::new(conformance::Shared(t))
+        },
+        corrupt: &|slot| {
+            let guard = last.lock().unwrap();
+            let (t, donors) = guard.as_ref().unwrap();
+            for (peer, rs) in t.copies_of(slot) {
+                donors[peer].damage_slot(rs);
+            }
+        },
+        reopen: None,
+        checks_pages: false,
+    });
+    // Every donor connection of the last tier took the RDMA path.
+    let guard = last.lock().unwrap();
+    let (_, donors) = guard.as_ref().unwrap();
+    assert!(donors.iter().all(|d| d.counters.rdma_links.load(std::sync::atomic::Ordering::Relaxed) > 0));
+}
+
+#[test]
+fn rdma_batches_wider_than_a_window_and_mixed_peers_round_trip() {
+    let Some(dev) = rdma_device_or_skip() else { return };
+    // One donor with RDMA, one without: the transport uses RDMA for one and frames for the other.
+    let with = rdma_donor(&dev, 64);
+    let without = donor(64);
+    let addrs = [with.local_addr(), without.local_addr()];
+    let t = TcpTransport::with_rdma(&addrs, TransportOptions::default(), dev.clone());
+    let data: Vec<Vec<u8>> = (0..40).map(|i| pattern(i as u8)).collect();
+    let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+    for peer in 0..2 {
+        // 40 granules of 64 KiB: two windows' worth.
+        let slots: Vec<RemoteSlot> = t.put(peer, 9, &refs).unwrap().into_iter().map(|r| r.unwrap()).collect();
+        let mut bufs = vec![vec![0u8; SLOT]; 40];
+        let mut reqs: Vec<GetReq> = bufs
+            .iter_mut()
+            .zip(&slots)
+            .map(|(b, &slot)| GetReq { slot, offset: 0, buf: &mut b[..], expect: None })
+            .collect();
+        assert!(t.get(peer, 9, &mut reqs).unwrap().iter().all(|s| *s == wire::Status::Ok));
+        assert!(bufs == data, "peer {peer}: the bytes read are the bytes written");
+        // A damaged slot is Corrupt, that item only.
+        [&with, &without][peer].damage_slot(slots[1]);
+        let mut a = vec![0u8; SLOT];
+        let mut b = vec![0u8; SLOT];
+        let mut reqs = [
+            GetReq { slot: slots[0], offset: 0, buf: &mut a, expect: None },
+            GetReq { slot: slots[1], offset: 0, buf: &mut b, expect: None },
+        ];
+        assert_eq!(t.get(peer, 9, &mut reqs).unwrap(), [wire::Status::Ok, wire::Status::Corrupt]);
+    }
+    assert_eq!((t.peer_data_path(0), t.peer_data_path(1)), ("rdma", "tcp"));
 }
 
 #[test]

@@ -11,16 +11,21 @@
 //! that the peer closed while idle is replaced once, transparently. With a cluster key
 //! ([`TransportOptions::key`]) each new connection runs the [`super::auth`] handshake, which
 //! also checks that the donor holds the secret, and every frame carries a MAC trailer.
+//!
+//! Built with an RDMA device ([`TcpTransport::with_rdma`]), each new connection also sets up an
+//! RDMA link ([`super::rdma`]) and PUT/GET move their granules by RDMA WRITE instead of in the
+//! frames; a donor that refuses the link is served with plain frames.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES};
+use super::rdma::{self, Device, Link, LinkError};
 use super::wire::{
-    self, GetItem, Reader, Status, WireError, GET_ANSWER_ITEM_CTRL, HEADER_BYTES, MAX_BODY_BYTES, MAX_ITEMS,
+    self, GetItem, Reader, Staged, Status, WireError, GET_ANSWER_ITEM_CTRL, HEADER_BYTES, MAX_BODY_BYTES, MAX_ITEMS,
     PUT_ITEM_CTRL,
 };
 
@@ -113,6 +118,8 @@ struct Conn {
     buf: Vec<u8>,
     /// The authenticated session, with a cluster key.
     session: Option<Session>,
+    /// The connection's RDMA link, when both sides have one: page bytes go by RDMA WRITE.
+    link: Option<Link>,
 }
 
 struct Peer {
@@ -120,6 +127,11 @@ struct Peer {
     pool: Mutex<Vec<Conn>>,
     inflight: Mutex<usize>,
     done: Condvar,
+    /// The peer refused an RDMA link (no device, or built without RDMA), or setting one up
+    /// failed here: connections to it carry page bytes in their frames, without trying again.
+    no_rdma: AtomicBool,
+    /// A connection to the peer has had an RDMA link.
+    linked: AtomicBool,
 }
 
 pub struct TcpTransport {
@@ -129,11 +141,20 @@ pub struct TcpTransport {
     next_req: AtomicU64,
     /// Calls that waited for an in-flight slot (the bound was hit).
     pub inflight_waits: AtomicU64,
+    /// The device page bytes move by RDMA on, if any ([`TcpTransport::with_rdma`]).
+    rdma: Option<Arc<Device>>,
 }
 
 impl Peer {
     fn new(addr: SocketAddr) -> Peer {
-        Peer { addr, pool: Mutex::new(Vec::new()), inflight: Mutex::new(0), done: Condvar::new() }
+        Peer {
+            addr,
+            pool: Mutex::new(Vec::new()),
+            inflight: Mutex::new(0),
+            done: Condvar::new(),
+            no_rdma: AtomicBool::new(false),
+            linked: AtomicBool::new(false),
+        }
     }
 }
 
@@ -150,7 +171,24 @@ impl TcpTransport {
     pub fn new(peers: &[SocketAddr], opts: TransportOptions) -> TcpTransport {
         assert!(opts.max_inflight > 0 && !opts.timeout.is_zero());
         let peers = RwLock::new(peers.iter().map(|&addr| Arc::new(Peer::new(addr))).collect());
-        TcpTransport { peers, opts, next_req: AtomicU64::new(1), inflight_waits: AtomicU64::new(0) }
+        TcpTransport { peers, opts, next_req: AtomicU64::new(1), inflight_waits: AtomicU64::new(0), rdma: None }
+    }
+
+    /// Like [`TcpTransport::new`], with page bytes moved by RDMA on `dev` to every peer that
+    /// accepts an RDMA link (the others get them in frames).
+    pub fn with_rdma(peers: &[SocketAddr], opts: TransportOptions, dev: Arc<Device>) -> TcpTransport {
+        TcpTransport { rdma: Some(dev), ..TcpTransport::new(peers, opts) }
+    }
+
+    /// How page bytes reach `peer`: "rdma" once a connection to it has had an RDMA link, "tcp"
+    /// when it refused one or this transport has none, "rdma?" before the first connection.
+    pub fn peer_data_path(&self, peer: usize) -> &'static str {
+        let p = self.peer(peer);
+        match (&self.rdma, p.linked.load(Relaxed), p.no_rdma.load(Relaxed)) {
+            (Some(_), true, false) => "rdma",
+            (None, ..) | (_, _, true) => "tcp",
+            (Some(_), false, false) => "rdma?",
+        }
     }
 
     fn peer(&self, peer: usize) -> Arc<Peer> {
@@ -181,7 +219,21 @@ impl TcpTransport {
         peer: usize,
         op: u16,
         encode: impl Fn(&mut Vec<u8>) -> usize,
-        decode: impl FnOnce(&[u8], &[u8]) -> Result<R, WireError>,
+        mut decode: impl FnMut(&[u8], &[u8]) -> Result<R, WireError>,
+    ) -> Result<R, TransportError> {
+        self.with_conn(peer, |p, conn, req_id, deadline| {
+            let lens = self.exchange(p, conn, op, req_id, &encode, deadline)?;
+            let (ctrl, data) = answer_parts(&conn.buf, lens);
+            decode(ctrl, data).map_err(wire_failed(p))
+        })
+    }
+
+    /// Runs `f` on a connection to `peer` (pooled, or new) within one deadline and in-flight
+    /// slot; the connection goes back to the pool if `f` succeeded.
+    fn with_conn<R>(
+        &self,
+        peer: usize,
+        mut f: impl FnMut(&Peer, &mut Conn, u64, Instant) -> Result<R, Exchange>,
     ) -> Result<R, TransportError> {
         let p = &*self.peer(peer);
         let deadline = Instant::now() + self.opts.timeout;
@@ -192,26 +244,22 @@ impl TcpTransport {
             Some(c) => (c, true),
             None => (self.connect(p, deadline)?, false),
         };
-        let mut result = self.exchange(p, &mut conn, op, req_id, &encode, deadline);
+        let mut result = f(p, &mut conn, req_id, deadline);
         if from_pool && matches!(&result, Err(Exchange::Stale(_))) {
             // The peer closed the idle connection (it restarted, or its idle timeout): once more
             // on a fresh one.
             conn = self.connect(p, deadline)?;
-            result = self.exchange(p, &mut conn, op, req_id, &encode, deadline);
+            result = f(p, &mut conn, req_id, deadline);
         }
-        let (body_len, ctrl_len) = match result {
-            Ok(n) => n,
+        let out = match result {
+            Ok(out) => out,
             Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(e),
         };
-        let (ctrl, data) = conn.buf[HEADER_BYTES..HEADER_BYTES + body_len].split_at(ctrl_len);
-        let out = decode(ctrl, data).map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source });
-        if out.is_ok() {
-            let mut pool = p.pool.lock().unwrap();
-            if pool.len() < self.opts.max_inflight {
-                pool.push(conn);
-            }
+        let mut pool = p.pool.lock().unwrap();
+        if pool.len() < self.opts.max_inflight {
+            pool.push(conn);
         }
-        out
+        Ok(out)
     }
 
     fn connect(&self, p: &Peer, deadline: Instant) -> Result<Conn, TransportError> {
@@ -219,11 +267,65 @@ impl TcpTransport {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let stream = TcpStream::connect_timeout(&p.addr, left).map_err(err)?;
         stream.set_nodelay(true).map_err(err)?;
-        let mut conn = Conn { stream, buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024 + 64), session: None };
+        let mut conn =
+            Conn { stream, buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024 + 64), session: None, link: None };
         if let Some(key) = &self.opts.key {
             conn.session = Some(self.handshake(p, &mut conn, key, deadline)?);
         }
+        if let Some(dev) = &self.rdma {
+            if !p.no_rdma.load(Relaxed) {
+                conn.link = self.rdma_connect(p, &mut conn, dev, deadline)?;
+            }
+        }
         Ok(conn)
+    }
+
+    /// Sets up the RDMA link of a new connection (RDMA_CONNECT): the link, or `None` when the
+    /// peer refuses one or it cannot be set up (the peer is then served with frames, and not
+    /// asked again). `Err`: the connection itself failed.
+    fn rdma_connect(
+        &self,
+        p: &Peer,
+        conn: &mut Conn,
+        dev: &Arc<Device>,
+        deadline: Instant,
+    ) -> Result<Option<Link>, TransportError> {
+        let without = |why: String| {
+            if !p.no_rdma.swap(true, Relaxed) {
+                log::warn!("peer {}: no RDMA link ({why}): its page bytes go over TCP", p.addr);
+            }
+            Ok(None)
+        };
+        let mut link = match Link::new(dev) {
+            Ok(l) => l,
+            Err(e) => return without(format!("cannot set one up on {}: {e}", dev.name())),
+        };
+        let local = link.local();
+        let encode = |b: &mut Vec<u8>| {
+            local.encode(b);
+            b.len()
+        };
+        let req_id = self.next_req.fetch_add(1, Relaxed);
+        let answer = match self.exchange(p, conn, wire::OP_RDMA_CONNECT, req_id, &encode, deadline) {
+            Ok(lens) => {
+                let (ctrl, data) = answer_parts(&conn.buf, lens);
+                no_data(data).and_then(|()| wire::decode_connect_answer(ctrl))
+            }
+            Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(e),
+        };
+        match answer.map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source })? {
+            // The donor's side may be connected already: unused, it goes with the connection.
+            Ok(remote) => match link.connect(&remote) {
+                Ok(()) => {
+                    if !p.linked.swap(true, Relaxed) {
+                        log::info!("peer {}: page bytes move by RDMA on {}", p.addr, dev.name());
+                    }
+                    Ok(Some(link))
+                }
+                Err(e) => without(format!("connecting the queue pairs: {e}")),
+            },
+            Err(why) => without(format!("the peer refused: {why}")),
+        }
     }
 
     /// The client's side of the handshake ([`super::auth`]) on a new connection.
@@ -284,7 +386,7 @@ impl TcpTransport {
     }
 
     /// Send one frame and receive its answer into `conn.buf`; returns the body's length and
-    /// its control part's.
+    /// its control part's ([`answer_parts`]).
     fn exchange(
         &self,
         p: &Peer,
@@ -346,6 +448,34 @@ impl TcpTransport {
     }
 }
 
+/// The control and data parts of the answer [`TcpTransport::exchange`] left in `buf`.
+fn answer_parts(buf: &[u8], (body_len, ctrl_len): (usize, usize)) -> (&[u8], &[u8]) {
+    buf[HEADER_BYTES..HEADER_BYTES + body_len].split_at(ctrl_len)
+}
+
+fn wire_failed(p: &Peer) -> impl Fn(WireError) -> Exchange + '_ {
+    |source| Exchange::Failed(TransportError::Wire { peer: p.addr.to_string(), source })
+}
+
+/// An RDMA WRITE's failure as the call's error.
+fn link_err(p: &Peer, e: LinkError, timeout: Duration) -> Exchange {
+    let peer = p.addr.to_string();
+    Exchange::Failed(match e {
+        LinkError::Timeout => TransportError::Timeout { peer, timeout_ms: timeout.as_millis() as u64 },
+        LinkError::Failed(why) => TransportError::Io { peer, source: io::Error::other(why) },
+    })
+}
+
+/// Whether the peer closed `s` (an idle pooled connection whose donor restarted): its RDMA queue
+/// pair is gone too, and a WRITE to it would only fail after its retries.
+fn peer_closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = matches!(s.peek(&mut [0u8; 1]), Ok(0));
+    s.set_nonblocking(false).is_err() || closed
+}
+
 enum Exchange {
     /// Failed before any byte of an answer: safe to retry on a fresh connection.
     Stale(TransportError),
@@ -398,15 +528,15 @@ fn no_data(data: &[u8]) -> Result<(), WireError> {
     }
 }
 
-/// Split `n` items into runs that fit one frame: at most [`MAX_ITEMS`], and a body of at most
-/// [`MAX_BODY_BYTES`] given each item's bytes on the wire (`cost`) and `fixed` bytes besides.
-fn chunks(n: usize, fixed: usize, cost: impl Fn(usize) -> usize) -> Vec<std::ops::Range<usize>> {
+/// Split `n` items into runs that fit one frame: at most [`MAX_ITEMS`], and at most `cap` bytes
+/// given each item's bytes (`cost`) and `fixed` bytes besides.
+pub(super) fn chunks(n: usize, fixed: usize, cap: usize, cost: impl Fn(usize) -> usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
         let mut end = start;
         let mut bytes = fixed;
-        while end < n && end - start < MAX_ITEMS && bytes + cost(end) <= MAX_BODY_BYTES {
+        while end < n && end - start < MAX_ITEMS && bytes + cost(end) <= cap {
             bytes += cost(end);
             end += 1;
         }
@@ -415,6 +545,77 @@ fn chunks(n: usize, fixed: usize, cost: impl Fn(usize) -> usize) -> Vec<std::ops
         start = end;
     }
     out
+}
+
+impl TcpTransport {
+    /// Cuts a batch of `n` items into runs, each one call: runs that fit a frame (`fixed` bytes
+    /// and `frame_cost(i)` per item), or with RDMA runs that fit a staging window
+    /// (`bytes(i)` per item), with each item's offset in it.
+    fn runs(
+        &self,
+        n: usize,
+        fixed: usize,
+        frame_cost: impl Fn(usize) -> usize,
+        bytes: impl Fn(usize) -> usize,
+    ) -> Vec<(std::ops::Range<usize>, Vec<u32>)> {
+        if self.rdma.is_some() {
+            rdma::stage(n, rdma::WINDOW_BYTES, bytes)
+        } else {
+            chunks(n, fixed, MAX_BODY_BYTES, frame_cost).into_iter().map(|r| (r, Vec::new())).collect()
+        }
+    }
+}
+
+/// Decodes a PUT (or RDMA_PUT) answer for `n` granules: per granule, its slot or why not.
+fn take_put_answer(ctrl: &[u8], data: &[u8], n: usize) -> Result<Vec<Result<RemoteSlot, Status>>, WireError> {
+    no_data(data)?;
+    let mut r = Reader::new(ctrl);
+    if r.count()? != n {
+        return Err(WireError::Malformed("a PUT answer with another number of items".into()));
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (st, slot) = (r.status()?, r.u32("slot")?);
+        v.push(if st == Status::Ok { Ok(slot) } else { Err(st) });
+    }
+    r.end()?;
+    Ok(v)
+}
+
+/// Decodes a GET (or RDMA_GET) answer's control part into `reqs`: `fill(i, buf)` brings each
+/// `Ok` item's bytes into its buffer, where they are checked against the checksum the granule
+/// was stored with (for part of one, a checksum the donor made after checking the whole):
+/// damage in the donor's memory or on the way shows here, and refuses this item only.
+fn take_get_answer(
+    ctrl: &[u8],
+    reqs: &mut [GetReq<'_>],
+    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), WireError>,
+) -> Result<Vec<Status>, WireError> {
+    let mut r = Reader::new(ctrl);
+    if r.count()? != reqs.len() {
+        return Err(WireError::Malformed("a GET answer with another number of items".into()));
+    }
+    let mut v = Vec::with_capacity(reqs.len());
+    for (i, req) in reqs.iter_mut().enumerate() {
+        let mut st = r.status()?;
+        let len = r.u32("item length")? as usize;
+        let sum = r.sum()?;
+        if st == Status::Ok {
+            if len != req.buf.len() {
+                return Err(WireError::Malformed(format!("{len} bytes for a {}-byte read", req.buf.len())));
+            }
+            fill(i, req.buf)?;
+            if req.expect.is_some_and(|e| e != sum) {
+                // Intact bytes, but not the granule that was stored there.
+                st = Status::NotFound;
+            } else if *blake3::hash(req.buf).as_bytes() != sum {
+                st = Status::Corrupt;
+            }
+        }
+        v.push(st);
+    }
+    r.end()?;
+    Ok(v)
 }
 
 impl Transport for TcpTransport {
@@ -457,7 +658,7 @@ impl Transport for TcpTransport {
 
     fn put(&self, peer: usize, owner: u64, data: &[&[u8]]) -> Result<Vec<Result<RemoteSlot, Status>>, TransportError> {
         let mut out = Vec::with_capacity(data.len());
-        for run in chunks(data.len(), 12, |i| PUT_ITEM_CTRL + data[i].len()) {
+        for (run, at) in self.runs(data.len(), 12, |i| PUT_ITEM_CTRL + data[i].len(), |i| data[i].len()) {
             let items = &data[run];
             // The checksum each granule is stored with on the donor: computed once, here.
             let sums: Vec<blake3::Hash> = items.iter().map(|d| blake3::hash(d)).collect();
@@ -472,19 +673,33 @@ impl Transport for TcpTransport {
                 items.iter().for_each(|d| b.extend_from_slice(d));
                 ctrl_end
             };
-            let got = self.call(peer, wire::OP_PUT, encode, |ctrl, data| {
-                no_data(data)?;
-                let mut r = Reader::new(ctrl);
-                if r.count()? != items.len() {
-                    return Err(WireError::Malformed("a PUT answer with another number of items".into()));
-                }
-                let mut v = Vec::with_capacity(items.len());
-                for _ in 0..items.len() {
-                    let (st, slot) = (r.status()?, r.u32("slot")?);
-                    v.push(if st == Status::Ok { Ok(slot) } else { Err(st) });
-                }
-                r.end()?;
-                Ok(v)
+            let staged: Vec<Staged> = (items.iter().zip(&sums).zip(&at))
+                .map(|((d, sum), &at)| Staged { at, len: d.len() as u32, sum: *sum.as_bytes() })
+                .collect();
+            let encode_rdma = |b: &mut Vec<u8>| {
+                wire::encode_rdma_put(b, owner, &staged);
+                b.len()
+            };
+            let got = self.with_conn(peer, |p, conn, req_id, deadline| {
+                let lens = match conn.link.as_mut() {
+                    None => self.exchange(p, conn, wire::OP_PUT, req_id, &encode, deadline)?,
+                    Some(_) if peer_closed(&conn.stream) => {
+                        let e = io::Error::new(io::ErrorKind::ConnectionReset, "the peer closed the connection");
+                        return Err(Exchange::Stale(TransportError::Io { peer: p.addr.to_string(), source: e }));
+                    }
+                    Some(link) => {
+                        for (d, s) in items.iter().zip(&staged) {
+                            link.put_bytes(s.at as usize, d);
+                        }
+                        let end = staged.last().map_or(0, |s| (s.at + s.len) as usize);
+                        if let Err(e) = link.write(0..end, deadline) {
+                            return Err(link_err(p, e, self.opts.timeout));
+                        }
+                        self.exchange(p, conn, wire::OP_RDMA_PUT, req_id, &encode_rdma, deadline)?
+                    }
+                };
+                let (ctrl, data) = answer_parts(&conn.buf, lens);
+                take_put_answer(ctrl, data, items.len()).map_err(wire_failed(p))
             })?;
             out.extend(got);
         }
@@ -493,8 +708,8 @@ impl Transport for TcpTransport {
 
     fn get(&self, peer: usize, owner: u64, reqs: &mut [GetReq<'_>]) -> Result<Vec<Status>, TransportError> {
         let mut out = Vec::with_capacity(reqs.len());
-        let costs: Vec<usize> = reqs.iter().map(|r| GET_ANSWER_ITEM_CTRL + r.buf.len()).collect();
-        for run in chunks(reqs.len(), 4, |i| costs[i]) {
+        let lens: Vec<usize> = reqs.iter().map(|r| r.buf.len()).collect();
+        for (run, at) in self.runs(reqs.len(), 4, |i| GET_ANSWER_ITEM_CTRL + lens[i], |i| lens[i]) {
             let items: Vec<GetItem> = reqs[run.clone()]
                 .iter()
                 .map(|r| GetItem { slot: r.slot, offset: r.offset as u32, len: r.buf.len() as u32 })
@@ -509,40 +724,36 @@ impl Transport for TcpTransport {
                 }
                 b.len()
             };
+            let staged: Vec<(GetItem, u32)> = items.iter().copied().zip(at.iter().copied()).collect();
+            let encode_rdma = |b: &mut Vec<u8>| {
+                wire::encode_rdma_get(b, owner, &staged);
+                b.len()
+            };
             let reqs = &mut reqs[run];
-            let got = self.call(peer, wire::OP_GET, encode, |ctrl, data| {
-                let mut r = Reader::new(ctrl);
-                let mut d = Reader::new(data);
-                if r.count()? != reqs.len() {
-                    return Err(WireError::Malformed("a GET answer with another number of items".into()));
-                }
-                let mut v = Vec::with_capacity(reqs.len());
-                for req in reqs.iter_mut() {
-                    let mut st = r.status()?;
-                    let len = r.u32("item length")? as usize;
-                    let sum = r.sum()?;
-                    if st == Status::Ok {
-                        if len != req.buf.len() {
-                            return Err(WireError::Malformed(format!("{len} bytes for a {}-byte read", req.buf.len())));
-                        }
-                        let bytes = d.bytes(len, "item data")?;
-                        // The checksum the granule was stored with (for part of one, a checksum
-                        // the donor made after checking the whole): damage in the donor's memory
-                        // or on the wire shows here, and refuses this item only.
-                        if req.expect.is_some_and(|e| e != sum) {
-                            // Intact bytes, but not the granule that was stored there.
-                            st = Status::NotFound;
-                        } else if *blake3::hash(bytes).as_bytes() == sum {
-                            req.buf.copy_from_slice(bytes);
-                        } else {
-                            st = Status::Corrupt;
-                        }
+            let got = self.with_conn(peer, |p, conn, req_id, deadline| {
+                let op = if conn.link.is_some() { wire::OP_RDMA_GET } else { wire::OP_GET };
+                let encode: &dyn Fn(&mut Vec<u8>) -> usize = if conn.link.is_some() { &encode_rdma } else { &encode };
+                let lens = self.exchange(p, conn, op, req_id, encode, deadline)?;
+                let (ctrl, data) = answer_parts(&conn.buf, lens);
+                let got = match &conn.link {
+                    // The bytes are in the frame, each after the last.
+                    None => {
+                        let mut d = Reader::new(data);
+                        let got = take_get_answer(ctrl, reqs, |_, buf| {
+                            buf.copy_from_slice(d.bytes(buf.len(), "item data")?);
+                            Ok(())
+                        });
+                        got.and_then(|v| d.end().map(|()| v))
                     }
-                    v.push(st);
-                }
-                r.end()?;
-                d.end()?;
-                Ok(v)
+                    // The donor wrote them into this side's window before it answered.
+                    Some(link) => no_data(data).and_then(|()| {
+                        take_get_answer(ctrl, reqs, |i, buf| {
+                            link.take_bytes(at[i] as usize, buf);
+                            Ok(())
+                        })
+                    }),
+                };
+                got.map_err(wire_failed(p))
             })?;
             out.extend(got);
         }
@@ -550,7 +761,7 @@ impl Transport for TcpTransport {
     }
 
     fn free(&self, peer: usize, owner: u64, slots: &[RemoteSlot]) -> Result<(), TransportError> {
-        for run in chunks(slots.len(), 12, |_| 4) {
+        for run in chunks(slots.len(), 12, MAX_BODY_BYTES, |_| 4) {
             let slots = &slots[run];
             let encode = |b: &mut Vec<u8>| {
                 wire::put_u64(b, owner);

@@ -26,6 +26,12 @@
 //! | GET | owner u64, n u32, n × (slot u32, offset u32, len u32) | | n u32, n × (status u8, len u32, sum 32) | the `Ok` items' bytes |
 //! | FREE | owner u64, n u32, n × slot u32 | | freed u32 | |
 //! | RESET | owner u64 | | freed u32 | |
+//! | RDMA_CONNECT | the client's [`RdmaEndpoint`] | | accepted u8, then the donor's endpoint or a UTF-8 reason | |
+//! | RDMA_PUT | owner u64, n u32, n × (at u32, len u32, sum 32) | | as PUT | |
+//! | RDMA_GET | owner u64, n u32, n × (slot u32, offset u32, len u32, at u32) | | as GET | |
+//!
+//! The RDMA frames ride the same connection (and the same MAC) as the others; only the granules'
+//! bytes move by RDMA WRITE, into the other side's staging window at `at` ([`super::rdma`]).
 //!
 //! On a connection authenticated with the cluster secret ([`super::auth`]), HELLO and AUTH
 //! frames come first, and every frame after them is followed by a 32-byte MAC trailer.
@@ -57,6 +63,10 @@ pub const OP_RESET: u16 = 5;
 /// cluster secret answers them with an error.
 pub const OP_HELLO: u16 = 6;
 pub const OP_AUTH: u16 = 7;
+/// The RDMA data path of one connection ([`super::rdma`]).
+pub const OP_RDMA_CONNECT: u16 = 8;
+pub const OP_RDMA_PUT: u16 = 9;
+pub const OP_RDMA_GET: u16 = 10;
 pub const RESPONSE: u16 = 0x8000;
 pub const OP_ERROR: u16 = 0xFFFF;
 
@@ -134,7 +144,19 @@ impl Header {
 }
 
 fn known_op(op: u16) -> bool {
-    matches!(op & !RESPONSE, OP_STAT | OP_PUT | OP_GET | OP_FREE | OP_RESET | OP_HELLO | OP_AUTH) || op == OP_ERROR
+    matches!(
+        op & !RESPONSE,
+        OP_STAT
+            | OP_PUT
+            | OP_GET
+            | OP_FREE
+            | OP_RESET
+            | OP_HELLO
+            | OP_AUTH
+            | OP_RDMA_CONNECT
+            | OP_RDMA_PUT
+            | OP_RDMA_GET
+    ) || op == OP_ERROR
 }
 
 /// Decode and validate a header: magic, version, op, size cap. The body is not read yet.
@@ -271,6 +293,111 @@ pub struct GetItem {
     pub len: u32,
 }
 
+/// One side of an RDMA link: its reliable-connection queue pair (number, first packet sequence
+/// number, port LID, GID, path MTU as `ibv_mtu`) and its staging window (address, remote key,
+/// size), which the other side RDMA-WRITEs into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdmaEndpoint {
+    pub qpn: u32,
+    pub psn: u32,
+    pub lid: u16,
+    pub gid: [u8; 16],
+    pub mtu: u8,
+    pub addr: u64,
+    pub rkey: u32,
+    pub window_bytes: u32,
+}
+
+impl RdmaEndpoint {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.qpn);
+        put_u32(out, self.psn);
+        put_u32(out, self.lid as u32);
+        out.extend_from_slice(&self.gid);
+        put_u8(out, self.mtu);
+        put_u64(out, self.addr);
+        put_u32(out, self.rkey);
+        put_u32(out, self.window_bytes);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<RdmaEndpoint, WireError> {
+        let (qpn, psn, lid) = (r.u32("queue pair number")?, r.u32("packet sequence number")?, r.u32("LID")?);
+        let lid = u16::try_from(lid).map_err(|_| WireError::Malformed(format!("LID {lid} is not 16-bit")))?;
+        let gid = r.bytes(16, "GID")?.try_into().unwrap();
+        let mtu = r.u8("path MTU")?;
+        Ok(RdmaEndpoint {
+            qpn,
+            psn,
+            lid,
+            gid,
+            mtu,
+            addr: r.u64("window address")?,
+            rkey: r.u32("rkey")?,
+            window_bytes: r.u32("window size")?,
+        })
+    }
+}
+
+/// The control part of an RDMA_CONNECT answer: the donor's endpoint, or why it refuses (the
+/// connection then carries page bytes in its frames, as without RDMA).
+pub fn encode_connect_answer(out: &mut Vec<u8>, answer: Result<&RdmaEndpoint, &str>) {
+    match answer {
+        Ok(ep) => {
+            put_u8(out, 1);
+            ep.encode(out);
+        }
+        Err(why) => {
+            put_u8(out, 0);
+            out.extend_from_slice(why.as_bytes());
+        }
+    }
+}
+
+pub fn decode_connect_answer(ctrl: &[u8]) -> Result<Result<RdmaEndpoint, String>, WireError> {
+    let mut r = Reader::new(ctrl);
+    match r.u8("accepted")? {
+        1 => {
+            let ep = RdmaEndpoint::decode(&mut r)?;
+            r.end()?;
+            Ok(Ok(ep))
+        }
+        0 => Ok(Err(String::from_utf8_lossy(&ctrl[1..]).into_owned())),
+        v => Err(WireError::Malformed(format!("RDMA_CONNECT answer with accepted = {v}"))),
+    }
+}
+
+/// One granule of an RDMA_PUT: `len` bytes at `at` in the donor's staging window, with the
+/// checksum it is stored with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub at: u32,
+    pub len: u32,
+    pub sum: [u8; 32],
+}
+
+/// The control part of an RDMA_PUT.
+pub fn encode_rdma_put(out: &mut Vec<u8>, owner: u64, items: &[Staged]) {
+    put_u64(out, owner);
+    put_u32(out, items.len() as u32);
+    for it in items {
+        put_u32(out, it.at);
+        put_u32(out, it.len);
+        out.extend_from_slice(&it.sum);
+    }
+}
+
+/// The control part of an RDMA_GET: each read, and where its bytes go in the asker's window.
+pub fn encode_rdma_get(out: &mut Vec<u8>, owner: u64, items: &[(GetItem, u32)]) {
+    put_u64(out, owner);
+    put_u32(out, items.len() as u32);
+    for (it, at) in items {
+        put_u32(out, it.slot);
+        put_u32(out, it.offset);
+        put_u32(out, it.len);
+        put_u32(out, *at);
+    }
+}
+
 /// A decoded request, borrowing the body it came from.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -290,6 +417,17 @@ pub enum Request<'a> {
     },
     Reset {
         owner: u64,
+    },
+    RdmaConnect(RdmaEndpoint),
+    /// The granules are in the donor's staging window (not checked yet: they arrive by RDMA).
+    RdmaPut {
+        owner: u64,
+        items: Vec<Staged>,
+    },
+    /// Each read, and where in the asker's window its bytes go.
+    RdmaGet {
+        owner: u64,
+        items: Vec<(GetItem, u32)>,
     },
 }
 
@@ -337,6 +475,26 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
             Request::Free { owner, slots }
         }
         OP_RESET => Request::Reset { owner: r.u64("owner")? },
+        OP_RDMA_CONNECT => Request::RdmaConnect(RdmaEndpoint::decode(&mut r)?),
+        OP_RDMA_PUT => {
+            let owner = r.u64("owner")?;
+            let n = r.count()?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(Staged { at: r.u32("window offset")?, len: r.u32("item length")?, sum: r.sum()? });
+            }
+            Request::RdmaPut { owner, items }
+        }
+        OP_RDMA_GET => {
+            let owner = r.u64("owner")?;
+            let n = r.count()?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let it = GetItem { slot: r.u32("slot")?, offset: r.u32("offset")?, len: r.u32("length")? };
+                items.push((it, r.u32("window offset")?));
+            }
+            Request::RdmaGet { owner, items }
+        }
         other => return Err(WireError::UnknownOp(other)),
     };
     r.end()?;
@@ -483,6 +641,50 @@ mod tests {
     }
 
     #[test]
+    fn rdma_frames_round_trip() {
+        let ep = RdmaEndpoint {
+            qpn: 0x12_3456,
+            psn: 0xAB_CDEF,
+            lid: 7,
+            gid: [3; 16],
+            mtu: 3,
+            addr: 0x7f00_dead_b000,
+            rkey: 0x55AA,
+            window_bytes: 2 << 20,
+        };
+        let mut b = Vec::new();
+        ep.encode(&mut b);
+        assert_eq!(receive(&frame(OP_RDMA_CONNECT, &b)), Ok(Request::RdmaConnect(ep)));
+        let mut a = Vec::new();
+        encode_connect_answer(&mut a, Ok(&ep));
+        assert_eq!(decode_connect_answer(&a), Ok(Ok(ep)));
+        a.clear();
+        encode_connect_answer(&mut a, Err("no device"));
+        assert_eq!(decode_connect_answer(&a), Ok(Err("no device".into())));
+        assert!(matches!(decode_connect_answer(&[2]), Err(WireError::Malformed(_))));
+        assert!(matches!(decode_connect_answer(&[]), Err(WireError::Truncated { .. })));
+        // A LID past 16 bits is refused, not truncated.
+        let mut wide = b.clone();
+        wide[8..12].copy_from_slice(&0x1_0000u32.to_le_bytes());
+        assert!(matches!(receive(&frame(OP_RDMA_CONNECT, &wide)), Err(WireError::Malformed(_))));
+
+        let items = [Staged { at: 0, len: 4096, sum: [1; 32] }, Staged { at: 4096, len: 10, sum: [2; 32] }];
+        let mut b = Vec::new();
+        encode_rdma_put(&mut b, 42, &items);
+        assert_eq!(receive(&frame(OP_RDMA_PUT, &b)), Ok(Request::RdmaPut { owner: 42, items: items.to_vec() }));
+        let gets = [(GetItem { slot: 3, offset: 0, len: 65536 }, 0), (GetItem { slot: 9, offset: 8, len: 8 }, 65536)];
+        let mut b = Vec::new();
+        encode_rdma_get(&mut b, 42, &gets);
+        assert_eq!(receive(&frame(OP_RDMA_GET, &b)), Ok(Request::RdmaGet { owner: 42, items: gets.to_vec() }));
+        // No page bytes ride an RDMA frame: a data part is refused.
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(matches!(receive(&frame_split(OP_RDMA_GET, &extra, b.len())), Err(WireError::Malformed(_))));
+        b.truncate(b.len() - 1);
+        assert!(matches!(receive(&frame(OP_RDMA_GET, &b)), Err(WireError::Truncated { .. })));
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_the_decoder() {
         // A cheap stand-in for a fuzzer: every prefix and many single-byte mutations.
         let good = frame(OP_GET, &{
@@ -494,7 +696,12 @@ mod tests {
             }
             b
         });
-        for good in [good, put_frame(&[b"abcdef", b"", &[7; 64]])] {
+        let rdma_put = frame(OP_RDMA_PUT, &{
+            let mut b = Vec::new();
+            encode_rdma_put(&mut b, 3, &[Staged { at: 0, len: 64, sum: [9; 32] }]);
+            b
+        });
+        for good in [good, put_frame(&[b"abcdef", b"", &[7; 64]]), rdma_put] {
             for n in 0..good.len() {
                 let _ = receive(&good[..n]);
             }
