@@ -477,6 +477,54 @@ mod tests {
         assert_eq!(decide(&one, Some(1), None), None, "one node: nothing to do");
     }
 
+    /// The calling thread's policy: (mode, first node of its mask).
+    fn my_policy() -> (i32, Option<u32>) {
+        let (mut mode, mut mask) = (0i32, [0u64; 16]);
+        // SAFETY: `mode` and `mask` (16 x 64 bits, maxnode 1024 + 1) are live and writable.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode,
+                mask.as_mut_ptr(),
+                (mask.len() * 64 + 1) as libc::c_ulong,
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "get_mempolicy: {}", io::Error::last_os_error());
+        let first = mask.iter().enumerate().find(|(_, w)| **w != 0).map(|(k, w)| k as u32 * 64 + w.trailing_zeros());
+        (mode, first)
+    }
+
+    /// A pager's placer on this thread's own faults, with two-node topologies made up around
+    /// this machine's CPUs: the node its CPU is on is set for real (the kernel reports the
+    /// policy), and a node the kernel does not have turns placement off instead of failing.
+    #[test]
+    fn a_placer_sets_the_thread_policy_and_turns_off_when_the_kernel_refuses() {
+        let cpus = Topology::discover().nodes()[0].cpus.clone();
+        assert!(!cpus.is_empty());
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let (pid, tid) = (std::process::id() as i32, unsafe { libc::gettid() } as u32);
+            // Node 0 holds this machine's CPUs; node 1 one that does not exist.
+            let ours = Topology::new(vec![node(0, &cpus), node(1, &[100_000])]).unwrap();
+            let mut placer = Placer::new(pid);
+            assert_eq!(placer.node(&ours), None, "nothing chosen yet");
+            placer.place(&ours, tid);
+            assert_eq!(placer.node(&ours), Some(0));
+            assert_eq!(my_policy(), (MPOL_PREFERRED, Some(0)), "the kernel has our preference");
+            // Node 1 (absent from this machine) for the same CPUs: set_mempolicy refuses it.
+            let absent = Topology::new(vec![node(0, &[100_000]), node(1, &cpus)]).unwrap();
+            let mut placer = Placer::new(pid);
+            placer.place(&absent, tid);
+            assert!(placer.off);
+            assert_eq!(placer.node(&absent), None, "fills are counted unplaced");
+            assert_eq!(my_policy(), (MPOL_PREFERRED, Some(0)), "the policy set before stands");
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn a_topology_is_refused_when_nodes_or_cpus_repeat() {
         assert_eq!(Topology::new(vec![]).unwrap_err(), TopologyError::NoNode);
