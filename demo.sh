@@ -43,7 +43,8 @@ ensure_packages() {
     for p in "${missing[@]}"; do pkg_installed "$p" || die "package $p still not installed"; done
 }
 
-ensure_packages build-essential pkg-config memtester util-linux procps
+# libhwloc-dev, libudev-dev: the NUMA topology library the daemon links and its dependency.
+ensure_packages build-essential pkg-config libhwloc-dev libudev-dev memtester util-linux procps
 
 # --- build ------------------------------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1; then

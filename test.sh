@@ -16,11 +16,14 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/holo-test.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
 # --- Debian packages ------------------------------------------------------------------
-# build-essential: cc for the C test programs; pkg-config: build scripts; memtester: run
-# under the shim by an e2e test; util-linux, procps: everyday tools the e2e tests call;
-# iproute2: `ip netns` and veth links for the cluster test's three-node LAN;
-# fonts-dejavu-core: the text of holo-bench's PNG plots (its unit tests draw some).
-PACKAGES=(build-essential pkg-config memtester util-linux procps iproute2 fonts-dejavu-core)
+# build-essential: cc for the C test programs; pkg-config: build scripts; libhwloc-dev: the
+# system libhwloc the daemon's NUMA topology comes from (hwlocality finds it with pkg-config
+# and also links its private dependency libudev, hence libudev-dev); memtester: run under the
+# shim by an e2e test; util-linux, procps: everyday tools the e2e tests call; iproute2:
+# `ip netns` and veth links for the cluster test's three-node LAN; fonts-dejavu-core: the text
+# of holo-bench's PNG plots (its unit tests draw some).
+PACKAGES=(build-essential pkg-config libhwloc-dev libudev-dev memtester util-linux procps iproute2
+    fonts-dejavu-core)
 
 pkg_installed() {
     # Not `dpkg -s | grep -q`: with pipefail, grep quitting early can SIGPIPE dpkg.

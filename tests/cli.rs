@@ -47,6 +47,51 @@ fn holoctl_tiers_json_has_documented_fields() {
     }
 }
 
+/// DRAM per NUMA node: the daemon's nodes are the machine's (sysfs), it says so at start, and
+/// a client's fills are counted on them (here one node: all of them on node 0, or, with
+/// several, each on a node or unplaced).
+#[test]
+fn numa_nodes_match_sysfs_and_count_a_client_fills() {
+    let mut sysfs: Vec<u64> = fs::read_dir("/sys/devices/system/node")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("node")?.parse().ok())
+        .collect();
+    sysfs.sort_unstable();
+    let daemon = Daemon::start("256M", "64K", &[]);
+    let said = format!("DRAM: {} NUMA node", sysfs.len());
+    if !daemon.log().contains(&said) {
+        panic!("the daemon should log `{said}...` at start\n{}", daemon.report_log());
+    }
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["8M", "1"], &[]);
+    out.assert_success(&daemon).assert_managed(&daemon);
+    let tiers = daemon.holoctl_json(&["tiers"]);
+    let numa = &tiers["numa"];
+    let fail = |what: &str| -> ! { panic!("{what}\n`holoctl tiers --json`: {numa}\n{}", daemon.report_log()) };
+    let nodes = numa["nodes"].as_array().cloned().unwrap_or_default();
+    let ours: Vec<u64> = nodes.iter().filter_map(|n| n["node"].as_u64()).collect();
+    if ours != sysfs {
+        fail(&format!("numa.nodes should be sysfs's {sysfs:?}"));
+    }
+    let placement = if sysfs.len() > 1 { "faulting thread's node" } else { "one resident set" };
+    if numa["placement"].as_str() != Some(placement) {
+        fail(&format!("numa.placement should be `{placement}`"));
+    }
+    let filled: Vec<u64> = nodes.iter().map(|n| n["filled_pages"].as_u64().unwrap_or(0)).collect();
+    let unplaced = numa["unplaced_pages"].as_u64().unwrap_or(u64::MAX);
+    // 8 MiB written: at least that many pages filled.
+    let pages = parse_size("8M") / 4096;
+    let counted = filled.iter().sum::<u64>() + unplaced;
+    if counted < pages || (sysfs.len() == 1 && (filled[0] < pages || unplaced != 0)) {
+        fail(&format!("at least {pages} pages should be counted as filled (on node 0 with one node)"));
+    }
+    let (cmd, out) = daemon.holoctl(&["tiers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = if sysfs.len() > 1 { "DRAM per NUMA node" } else { "numa: 1 node (node 0: " };
+    if !out.status.success() || !text.contains(row) {
+        panic!("`holoctl tiers` should show `{row}`\n{cmd}\n{out:?}");
+    }
+}
+
 #[test]
 fn holoctl_regions_lists_running_client() {
     let daemon = Daemon::start("64M", "64K", &[]);

@@ -14,6 +14,7 @@
 //! * [`worker`]: each pager's I/O threads: eviction writes and prefetch reads.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
+//! * [`numa`]: the NUMA nodes, where each pager places its fills, and what was filled where.
 //! * [`remote`]: memory donated to peers, and the remote tier in theirs.
 //! * [`service`]: logging and systemd notification.
 //! * [`ratelimit`]: [`log_limited!`], for log lines a client can trigger.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod journal;
 pub mod metrics;
 pub mod migration;
+pub mod numa;
 pub mod pager;
 pub mod pagetable;
 pub mod prefetch;

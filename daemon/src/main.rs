@@ -129,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         store.levels.iter().map(|l| l.tier.name()).collect::<Vec<_>>().join(" > ")
     );
     let daemon = Arc::new(Daemon::new(config, store));
+    log::info!("{}", daemon.numa.topology.describe());
     // Before listening: the clients of a crashed predecessor reconnect as soon as the socket
     // is back, and find their state ready.
     let recovered = holo_pager::journal::recover_all(&daemon.journal_dir(), &daemon.store)

@@ -23,9 +23,9 @@
 //! a check that names and label sets are well-formed and used, is the unit test below.
 //!
 //! Names are `holo_<component>_<what>_<unit>`, the unit last (see [`UNIT_SUFFIXES`]); label
-//! sets are closed: `tier` is `dram` or a configured tier's name, `action` one of the
-//! pressure controller's three, `response` one of the pressure response's five, `version`
-//! this build's.
+//! sets are closed: `tier` is `dram` or a configured tier's name, `node` a NUMA node's number
+//! (fixed at start), `action` one of the pressure controller's three, `response` one of the
+//! pressure response's five, `version` this build's.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -102,6 +102,13 @@ pub const METRICS: &[Desc] = &[
          read from; dram: zero or resident fills only.",
     ),
     m("holo_pager_faults_total", Counter, &[], "Faults served (granule windows filled), zero fills included."),
+    m("holo_numa_node_memory_bytes", Gauge, &["node"], "Local memory of each NUMA node (hwloc); 0 if unknown."),
+    m(
+        "holo_numa_filled_pages_total",
+        Counter,
+        &["node"],
+        "Pages filled while the pager preferred this NUMA node (with one node: every fill).",
+    ),
     m("holo_pager_prefetched_pages_total", Counter, &[], "Pages fetched from a tier ahead of a refault trend."),
     m(
         "holo_pager_clean_evictions_total",
@@ -479,6 +486,16 @@ pub fn render(d: &Daemon) -> String {
         w.histogram(&[tier], h);
     }
     w.single("holo_pager_faults_total", f(s.dram.faults.load(Relaxed)));
+    let numa = &d.numa;
+    let node_labels: Vec<String> = numa.topology.nodes().iter().map(|n| n.os_index.to_string()).collect();
+    w.family("holo_numa_node_memory_bytes");
+    for (label, n) in node_labels.iter().zip(numa.topology.nodes()) {
+        w.sample(&[label.as_str()], f(n.memory_bytes));
+    }
+    w.family("holo_numa_filled_pages_total");
+    for (label, filled) in node_labels.iter().zip(numa.filled_pages()) {
+        w.sample(&[label.as_str()], f(filled));
+    }
     w.single("holo_pager_prefetched_pages_total", f(s.dram.prefetched.load(Relaxed)));
     w.single("holo_pager_clean_evictions_total", f(s.dram.clean_evictions.load(Relaxed)));
     w.single("holo_pager_failed_faults_total", f(s.failed_faults.count.load(Relaxed)));
@@ -819,6 +836,10 @@ mod tests {
         assert!(text.contains("holo_pager_fault_service_seconds_bucket{tier=\"nvme\",le=\"0.001024\"} 0\n"), "{text}");
         assert!(text.contains("holo_pager_fault_service_seconds_count{tier=\"fs\"} 0\n"), "{text}");
         assert!(text.contains(&format!("holo_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+        // A sample per NUMA node, labelled with its number.
+        for n in d.numa.topology.nodes() {
+            assert!(text.contains(&format!("holo_numa_filled_pages_total{{node=\"{}\"}} 0\n", n.os_index)), "{text}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -37,6 +37,7 @@ use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
 use crate::journal::{Intent, Journal, SharedRegion};
+use crate::numa::Placer;
 use crate::pagetable::{spilled_runs, PageState, PageTable, SpilledRun, Window, PAGE};
 use crate::prefetch::{Ahead, Fetch, Streams};
 use crate::shared::{self, Shared};
@@ -242,6 +243,8 @@ pub struct Pager {
     shared: Option<Shared>,
     /// The cold offload pass under way, or when the next scan for cold granules is due.
     cold: ColdPass,
+    /// Which NUMA node this thread's fills land on (several nodes only).
+    placer: Placer,
 }
 
 /// What a client resumed after a daemon restart brings from its journal besides its table.
@@ -323,6 +326,7 @@ impl Pager {
         let mut policy = ArcPolicy::new(d_budget_granules);
         policy.set_cold_after(d.config.cold_after_ms.div_ceil(TICK_MS) as Tick);
         let cold = ColdPass::idle_until(Instant::now() + cold_scan_every(d.config.cold_after_ms));
+        let placer = Placer::new(info.pid);
         let mut pager = Pager {
             d,
             info,
@@ -357,6 +361,7 @@ impl Pager {
             batch_read_at: Instant::now(),
             shared: None,
             cold,
+            placer,
         };
         if !shared.is_empty() {
             pager.resume_shared(shared);
@@ -823,6 +828,8 @@ impl Pager {
         } else {
             0
         };
+        // The pages go to the faulting thread's node (several nodes only).
+        self.placer.place(&self.d.numa.topology, f.tid);
         let n = fill.end;
         let mut faulting_page_filled = false;
         let mut from_tier = false;
@@ -1060,6 +1067,7 @@ impl Pager {
             self.d.store.release(&slots);
         }
         self.d.stats.dram.refaults.fetch_add(slots.len() as u64, Relaxed);
+        self.d.numa.filled(self.placer.node(&self.d.numa.topology), states.len() as u64);
         self.d.add_resident(&self.info, states.len() as i64);
         slots.len()
     }

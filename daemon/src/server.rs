@@ -520,6 +520,8 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "lent_bytes": crate::remote::donor_bytes().1,
         },
         "tiers": std::iter::once(dram).chain(lower).collect::<Vec<_>>(),
+        // DRAM per NUMA node: each node's memory and CPUs, and the pages filled there.
+        "numa": d.numa.json(),
         "placement": placement,
     })
 }

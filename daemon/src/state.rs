@@ -236,6 +236,8 @@ pub struct Daemon {
     /// counters above.
     pub metrics: crate::metrics::Metrics,
     pub rates: TierRates,
+    /// The NUMA nodes and the pages filled on each.
+    pub numa: crate::numa::Numa,
 }
 
 impl Daemon {
@@ -266,6 +268,7 @@ impl Daemon {
             recovered: Mutex::new(HashMap::new()),
             metrics,
             rates: TierRates::default(),
+            numa: crate::numa::Numa::new(crate::numa::Topology::discover()),
         }
     }
 

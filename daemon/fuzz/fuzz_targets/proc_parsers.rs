@@ -1,8 +1,10 @@
 //! The parsers of /proc and cgroup text the pressure controller reads. Clients choose their
 //! cgroup names (delegated cgroups), which land in /proc/PID/cgroup and mountinfo: any text
-//! must parse to something or nothing, never panic (cgroup v2 `memory.max` too).
+//! must parse to something or nothing, never panic (cgroup v2 `memory.max` too). Their thread
+//! names land in /proc/PID/task/TID/stat, whose CPU field NUMA placement reads.
 #![no_main]
 
+use holo_pager::numa::parse_stat_cpu;
 use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,4 +20,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_mountinfo(&text);
     let _ = parse_v2_max(&text);
+    if let Some(cpu) = parse_stat_cpu(&text) {
+        assert!(text.contains(&cpu.to_string()));
+    }
 });

@@ -211,6 +211,7 @@ fn print_tiers(v: &serde_json::Value) {
             opt("read_errors")
         );
     }
+    print_numa(&v["numa"]);
     for t in v["tiers"].as_array().into_iter().flatten() {
         let arc = &t["arc"];
         if arc.is_object() {
@@ -311,6 +312,41 @@ fn print_tiers(v: &serde_json::Value) {
             l["t2"],
             l["b1"],
             l["b2"]
+        );
+    }
+}
+
+/// DRAM per NUMA node: a row per node where there are several, else one line.
+fn print_numa(numa: &serde_json::Value) {
+    let nodes = numa["nodes"].as_array().cloned().unwrap_or_default();
+    let n = |x: &serde_json::Value, k: &str| x[k].as_u64().unwrap_or(0);
+    let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+    if let Some(why) = numa["topology_unknown"].as_str() {
+        println!("numa: topology unknown ({why}): one resident set");
+        return;
+    }
+    if let [one] = nodes.as_slice() {
+        println!(
+            "numa: 1 node (node {}: {}, CPUs {}), one resident set; {} pages filled",
+            n(one, "node"),
+            gib(n(one, "memory_bytes")),
+            one["cpus"].as_str().unwrap_or("?"),
+            n(one, "filled_pages")
+        );
+        return;
+    }
+    println!(
+        "DRAM per NUMA node (fills placed on the faulting thread's node; {} pages filled unplaced):",
+        n(numa, "unplaced_pages")
+    );
+    println!("{:<6} {:>14} {:>14} {:>12}", "NODE", "MEMORY", "FILLED PAGES", "CPUS");
+    for node in &nodes {
+        println!(
+            "{:<6} {:>14} {:>14} {:>12}",
+            format!("dram{}", n(node, "node")),
+            gib(n(node, "memory_bytes")),
+            n(node, "filled_pages"),
+            node["cpus"].as_str().unwrap_or("?")
         );
     }
 }
