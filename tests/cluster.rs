@@ -633,6 +633,13 @@ fn a_program_spills_to_the_members_that_donate_and_members_leaving_lose_nothing(
     out.check(&a.daemon, fs.evictions > 0, &format!("new granules should go to fs: {fs:?}"));
 }
 
+/// The flags of a daemon whose shared regions live in `home`, with leases of `lease_ms`.
+fn shared_flags(home: &TempDir, confs: &TempDir, lease_ms: u64) -> Vec<String> {
+    let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
+    flags.extend(lease_config(confs, lease_ms));
+    flags
+}
+
 /// `shared_lease_ms = MS` in a config file under `dir`: the flags that give a daemon it.
 fn lease_config(dir: &TempDir, ms: u64) -> Vec<String> {
     let path = dir.path().join(format!("lease-{ms}.toml"));
@@ -755,10 +762,8 @@ fn a_shared_region_survives_its_daemons_restart() {
 #[test]
 fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
     let lan = Lan::new(3);
-    let home = TempDir::new("shared-home");
-    let confs = TempDir::new("shared-confs");
-    let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
-    flags.extend(lease_config(&confs, 2000));
+    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
+    let flags = shared_flags(&home, &confs, 2000);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (mut nodes, _, (leader, _)) = form(&lan, &flags);
     assert_eq!(leader, 1, "the writer's node leads");
@@ -800,10 +805,8 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
 #[test]
 fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_one() {
     let lan = Lan::new(3);
-    let home = TempDir::new("shared-home");
-    let confs = TempDir::new("shared-confs");
-    let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
-    flags.extend(lease_config(&confs, 2000));
+    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
+    let flags = shared_flags(&home, &confs, 2000);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (nodes, _, _) = form(&lan, &flags);
     let prog = c_program("shared_rw");

@@ -22,7 +22,10 @@ fn donor(slots: u64) -> DonorServer {
 fn tier(donors: &[&DonorServer], replicas: usize, capacity_slots: Option<u64>, timeout_ms: u64) -> RemoteTier {
     let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
     let opts = TransportOptions { timeout: Duration::from_millis(timeout_ms), max_inflight: 8, key: None };
-    let t = TcpTransport::new(&addrs, opts);
+    open_tier(TcpTransport::new(&addrs, opts), replicas, capacity_slots)
+}
+
+fn open_tier(t: TcpTransport, replicas: usize, capacity_slots: Option<u64>) -> RemoteTier {
     let ropts = RemoteOptions {
         capacity_bytes: capacity_slots.map(|s| s * SLOT as u64),
         ..RemoteOptions::new(SLOT, replicas, 0x5107)
@@ -30,10 +33,23 @@ fn tier(donors: &[&DonorServer], replicas: usize, capacity_slots: Option<u64>, t
     RemoteTier::open(Box::new(t), ropts).unwrap()
 }
 
+/// The last tier a conformance run made and its donors; earlier ones are dropped as the next
+/// is made.
+type Last = Mutex<Option<(Arc<RemoteTier>, Vec<DonorServer>)>>;
+
+/// Damages every copy of `slot` on the last tier's donors: one intact replica would (rightly)
+/// still serve the read.
+fn damage_every_copy(last: &Last, slot: SlotId) {
+    let guard = last.lock().unwrap();
+    let (t, donors) = guard.as_ref().unwrap();
+    for (peer, rs) in t.copies_of(slot) {
+        donors[peer].damage_slot(rs);
+    }
+}
+
 #[test]
 fn remote_tier_conforms_against_real_donors() {
-    // The last tier made and its two donors; earlier ones are dropped as the next is made.
-    let last: Mutex<Option<(Arc<RemoteTier>, Vec<DonorServer>)>> = Mutex::new(None);
+    let last: Last = Mutex::new(None);
     check_all(Subject {
         make: &|slots| {
             let donors = vec![donor(slots + 8), donor(slots + 8)];
@@ -41,14 +57,7 @@ fn remote_tier_conforms_against_real_donors() {
             *last.lock().unwrap() = Some((t.clone(), donors));
             Box::new(conformance::Shared(t))
         },
-        // Damage every copy: one intact replica would (rightly) still serve the read.
-        corrupt: &|slot| {
-            let guard = last.lock().unwrap();
-            let (t, donors) = guard.as_ref().unwrap();
-            for (peer, rs) in t.copies_of(slot) {
-                donors[peer].damage_slot(rs);
-            }
-        },
+        corrupt: &|slot| damage_every_copy(&last, slot),
         reopen: None,
         checks_pages: false,
     });
@@ -340,18 +349,13 @@ fn rdma_tier(
 ) -> RemoteTier {
     let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
     let opts = TransportOptions { timeout: Duration::from_millis(2000), max_inflight: 8, key: None };
-    let t = TcpTransport::with_rdma(&addrs, opts, dev.clone());
-    let ropts = RemoteOptions {
-        capacity_bytes: capacity_slots.map(|s| s * SLOT as u64),
-        ..RemoteOptions::new(SLOT, replicas, 0x5107)
-    };
-    RemoteTier::open(Box::new(t), ropts).unwrap()
+    open_tier(TcpTransport::with_rdma(&addrs, opts, dev.clone()), replicas, capacity_slots)
 }
 
 #[test]
 fn remote_tier_conforms_over_rdma() {
     let Some(dev) = rdma_device_or_skip() else { return };
-    let last: Mutex<Option<(Arc<RemoteTier>, Vec<DonorServer>)>> = Mutex::new(None);
+    let last: Last = Mutex::new(None);
     check_all(Subject {
         make: &|slots| {
             let donors = vec![rdma_donor(&dev, slots + 8), rdma_donor(&dev, slots + 8)];
@@ -359,13 +363,7 @@ fn remote_tier_conforms_over_rdma() {
             *last.lock().unwrap() = Some((t.clone(), donors));
             Box::new(conformance::Shared(t))
         },
-        corrupt: &|slot| {
-            let guard = last.lock().unwrap();
-            let (t, donors) = guard.as_ref().unwrap();
-            for (peer, rs) in t.copies_of(slot) {
-                donors[peer].damage_slot(rs);
-            }
-        },
+        corrupt: &|slot| damage_every_copy(&last, slot),
         reopen: None,
         checks_pages: false,
     });
