@@ -217,16 +217,25 @@ fn compile(name: &str) -> Result<PathBuf> {
 enum Kind {
     Raw,
     Holo,
+    /// holo with its compressed DRAM tier: the refaults come from memory, not the disk.
+    HoloZstd,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Raw, Kind::Holo, Kind::HoloZstd];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Raw => "raw",
             Kind::Holo => "holo",
+            Kind::HoloZstd => "holo-zstd",
         }
     }
 }
+
+/// `compressed_dram_size` of the holo-zstd contender: the spilled 192 MiB of the region, one
+/// byte repeated per page, take a few MiB compressed.
+const COMPRESSED_DRAM: &str = "256M";
 
 struct Programs {
     raw: PathBuf,
@@ -338,13 +347,18 @@ fn access_args(cmd: &mut Command, granule: u64, o: &Opts, seed: u64) {
 
 /// Starts a private holo-pager, runs the client under the shim, and returns the samples
 /// plus what the daemon says of itself: its tier counters and any log line beyond `info`.
-fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64) -> Result<(Samples, Value)> {
+fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64, compressed: bool) -> Result<(Samples, Value)> {
     let dir = TempDir::new("holo")?;
     let socket = dir.0.join("pager.sock");
     let log_path = dir.0.join("holo-pager.log");
     let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&p.pager);
     cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(dir.0.join("state"));
+    if compressed {
+        let config = dir.0.join("holo-pager.toml");
+        fs::write(&config, format!("compressed_dram_size = \"{COMPRESSED_DRAM}\"\n")).map_err(|e| e.to_string())?;
+        cmd.arg("--config").arg(config);
+    }
     let budget = format!("{DRAM_BUDGET_MIB}M");
     cmd.args(["--dram-budget", &budget, "--granule", granule.1]);
     cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
@@ -455,11 +469,12 @@ fn refault(o: &Opts) -> Result<()> {
         // Same seed for both contenders of a round: they read the very same addresses.
         let seed = 0x5eed_0000 + round as u64;
         for &(bytes, label) in &GRANULES {
-            for kind in [Kind::Raw, Kind::Holo] {
+            for kind in Kind::ALL {
                 let t = Instant::now();
                 let (s, daemon) = match kind {
                     Kind::Raw => run_raw(&p, bytes, o, seed)?,
-                    Kind::Holo => run_holo(&p, (bytes, label), o, seed)?,
+                    Kind::Holo => run_holo(&p, (bytes, label), o, seed, false)?,
+                    Kind::HoloZstd => run_holo(&p, (bytes, label), o, seed, true)?,
                 };
                 let row = run_row(round, kind, bytes, &s, daemon, t);
                 eprintln!(
@@ -469,7 +484,7 @@ fn refault(o: &Opts) -> Result<()> {
                     row["refault"]["p99_us"].as_f64().unwrap_or(f64::NAN),
                     t.elapsed().as_secs_f64()
                 );
-                if kind == Kind::Holo {
+                if kind != Kind::Raw {
                     // Resident pages (per pagemap) around the pass, against the budget.
                     let h = &row["header"];
                     eprintln!(
@@ -490,7 +505,7 @@ fn refault(o: &Opts) -> Result<()> {
     let mut summary = vec![];
     for &(bytes, label) in &GRANULES {
         let mut raw = None;
-        for kind in [Kind::Raw, Kind::Holo] {
+        for kind in Kind::ALL {
             let mine: Vec<&Value> =
                 rows.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes).collect();
             let med = |ptr: &str| median(mine.iter().filter_map(|r| r.pointer(ptr)?.as_f64()).collect());
@@ -501,6 +516,9 @@ fn refault(o: &Opts) -> Result<()> {
                     "p99_us": med(&format!("/{set}/p99_us")),
                 })
             };
+            if mine.is_empty() {
+                continue; // a report of before holo-zstd
+            }
             let s = json!({
                 "contender": kind.name(), "granule": label,
                 "accesses_per_round": med("/accesses"), "refaults_per_round": med("/refaults"),
@@ -547,11 +565,16 @@ fn panels(report: &Value) -> Result<(String, Vec<plot::Panel>)> {
     let mut panels = vec![];
     for &(bytes, label) in &GRANULES {
         let mut curves = vec![];
-        for (colour, kind) in [(1, Kind::Raw), (0, Kind::Holo)] {
-            let mine = runs.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes);
+        for (colour, kind) in [(1, Kind::Raw), (0, Kind::Holo), (2, Kind::HoloZstd)] {
+            let mut mine =
+                runs.iter().filter(|r| r["contender"] == kind.name() && r["granule_bytes"] == bytes).peekable();
+            if mine.peek().is_none() {
+                continue; // a report of before holo-zstd
+            }
             let name = match kind {
                 Kind::Raw => "raw userfaultfd (UFFDIO_COPY from memory)",
-                Kind::Holo => "holo (refaults from its tiers)",
+                Kind::Holo => "holo (refaults from the NVMe tier)",
+                Kind::HoloZstd => "holo (refaults from the compressed DRAM tier)",
             };
             curves.push(plot::Curve { label: name.into(), colour, hist: plot::merged(mine, "/refault_hist")? });
         }
