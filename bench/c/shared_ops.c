@@ -54,7 +54,7 @@ int main(int argc, char **argv)
                 unsigned char b = p[g * gb];
                 t = now_ns() - t;
                 if (b != v) {
-                    printf("\nbad %zu %02x\n", g, b);
+                    printf(" bad %zu %02x\n", g, b); /* on the answer line: the reader refuses it whole */
                     goto next;
                 }
                 printf(" %llu", (unsigned long long)t);

@@ -284,7 +284,7 @@ fn pin_to(cmd: &mut Command, cpu: usize) {
     }
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
+pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
@@ -516,9 +516,6 @@ fn refault(o: &Opts) -> Result<()> {
                     "p99_us": med(&format!("/{set}/p99_us")),
                 })
             };
-            if mine.is_empty() {
-                continue; // a report of before holo-zstd
-            }
             let s = json!({
                 "contender": kind.name(), "granule": label,
                 "accesses_per_round": med("/accesses"), "refaults_per_round": med("/refaults"),

@@ -263,17 +263,7 @@ fn idle_round(o: &Opts, pager: &Path, shim: &Path, holoctl: &Path, hold: &Path, 
 
     // Closing stdin ends the client, after it read back a sample of its pages.
     drop(client.0.stdin.take());
-    let until = Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(st) = client.0.try_wait().map_err(|e| e.to_string())? {
-            break st;
-        }
-        if Instant::now() > until {
-            return Err(format!("idle_hold did not exit after {CLIENT_TIMEOUT:?}"));
-        }
-        check_interrupt()?;
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = crate::wait_timeout(&mut client.0, CLIENT_TIMEOUT).map_err(|e| format!("idle_hold: {e}"))?;
     if !status.success() {
         return Err(format!("idle_hold failed ({status}): {}", read(&err_path)));
     }

@@ -308,7 +308,6 @@ impl Cluster {
         self.config.node_id
     }
 
-    /// A copy of the replicated state as this node has applied it.
     /// How many applied entries so far moved leases ([`crate::state::moves_leases`]): a
     /// change means the view of the leases is worth reading again.
     pub fn lease_changes(&self) -> u64 {
@@ -320,6 +319,7 @@ impl Cluster {
         self.sm.lease_changes.set_hook(Box::new(hook))
     }
 
+    /// A copy of the replicated state as this node has applied it.
     pub fn state(&self) -> crate::state::ClusterState {
         self.sm.inner.lock().unwrap().state.clone()
     }

@@ -426,10 +426,30 @@ pub enum Action {
     Retry,
 }
 
+/// A lease (of `lease_ms`) expiring at `expires_at_ms` is renewed once less than half of it is
+/// left.
+fn renew_due(expires_at_ms: u64, now_ms: u64, lease_ms: u64) -> bool {
+    expires_at_ms.saturating_sub(now_ms) < lease_ms / 2
+}
+
+/// A write lease renewal's outcome for `lease`: the renewed lease (same epoch) replaces it; a
+/// new lease (ours had lapsed, the writes under it are lost) comes back as its epoch, for the
+/// caller to give back.
+fn take_renewal(lease: &mut Lease, got: Result<Grant, Refusal>) -> Option<u64> {
+    match got {
+        Ok(g) if g.renewed && g.lease.epoch == lease.epoch => {
+            *lease = g.lease;
+            None
+        }
+        Ok(g) => Some(g.lease.epoch),
+        Err(_) => None,
+    }
+}
+
 /// The rules of ownership.rs for a node, as a pure function of a granule's state, this
 /// node's view of the leases and its clock (`lease_ms`: the duration asked for).
 pub fn decide(g: &G, ext: &Extent, me: NodeId, view: &View, now_ms: u64, lease_ms: u64) -> Action {
-    let renew_due = |expires: u64| expires.saturating_sub(now_ms) < lease_ms / 2;
+    let renew_due = |expires: u64| renew_due(expires, now_ms, lease_ms);
     match g {
         G::Read { expires_at_ms } => {
             // Invalidated: a grant named it. An older invalidated lease (the view lags
@@ -664,6 +684,16 @@ impl Coordinator {
         self.release_all(vec![(ext.clone(), epoch)]);
     }
 
+    /// Gives these read leases back (one batch); one that cannot be lapses at its expiry.
+    fn unregister_all(&self, exts: Vec<Extent>) {
+        let cmds = exts.iter().map(|ext| Command::UnregisterReader { node: self.me, extent: ext.clone() }).collect();
+        for (ext, out) in exts.iter().zip(self.propose_all(cmds)) {
+            if let Err(e) = out {
+                log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
+            }
+        }
+    }
+
     /// Gives these write leases back (one batch); one that cannot be lapses at its expiry.
     fn release_all(&self, leases: Vec<(Extent, u64)>) {
         let cmds = leases.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)).collect();
@@ -702,23 +732,21 @@ impl Coordinator {
                         let got = registered(reg).and_then(|reg| match self.read_home(&g.ext, g.len) {
                             Ok(bytes) => Ok((bytes, reg.lease.expires_at_ms)),
                             Err(e) => {
-                                unread.push(Command::UnregisterReader { node: self.me, extent: g.ext.clone() });
+                                unread.push(g.ext.clone());
                                 Err(Refusal::Failed(e))
                             }
                         });
                         (g.at, g.ext, got)
                     })
                     .collect();
-                let _ = self.propose_all(unread);
+                self.unregister_all(unread);
                 Done::Read(got)
             }
             Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
             Job::Publish(batch) => Done::Published(self.publish(batch)),
             Job::Unregister { ext } => {
-                if let Err(e) = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() }) {
-                    log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
-                }
+                self.unregister_all(vec![ext]);
                 Done::Nothing
             }
             Job::Release { ext, epoch } => {
@@ -777,18 +805,14 @@ impl Coordinator {
     fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Result<u64, String>)> {
         // The jobs of a long sync run one after another: renew the leases past half their
         // life before publishing under them, or the last granules would find them lapsed.
-        let due: Vec<usize> = (0..batch.len())
-            .filter(|&i| batch[i].lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2)
-            .collect();
+        let due: Vec<usize> =
+            (0..batch.len()).filter(|&i| renew_due(batch[i].lease.expires_at_ms, now_ms(), self.lease_ms)).collect();
         let renewals = self.propose_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
         let mut give_back = Vec::new();
         for (&i, out) in due.iter().zip(renewals) {
-            match granted(out) {
-                Ok(g) if g.renewed && g.lease.epoch == batch[i].lease.epoch => batch[i].lease = g.lease,
-                // Ours lapsed and this is a new lease, under a new epoch: give it back; the
-                // check below reports the writes made under the old one as lost.
-                Ok(g) => give_back.push((batch[i].ext.clone(), g.lease.epoch)),
-                Err(_) => {}
+            // A lapsed lease: `publish_home` reports the writes made under it as lost.
+            if let Some(epoch) = take_renewal(&mut batch[i].lease, granted(out)) {
+                give_back.push((batch[i].ext.clone(), epoch));
             }
         }
         // Each publication waits on two fsyncs: overlap them, PUBLISH_THREADS at a time.
@@ -836,11 +860,9 @@ impl Coordinator {
             }
         }
         // The job's other files may have taken long (slow fsyncs, a loaded machine).
-        if p.lease.expires_at_ms.saturating_sub(now_ms()) < self.lease_ms / 2 {
-            match self.acquire(&p.ext) {
-                Ok(g) if g.renewed && g.lease.epoch == p.lease.epoch => p.lease = g.lease,
-                Ok(g) => self.release(&p.ext, g.lease.epoch),
-                Err(_) => {}
+        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
+            if let Some(epoch) = take_renewal(&mut p.lease, self.acquire(&p.ext)) {
+                self.release(&p.ext, epoch);
             }
         }
         if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
@@ -896,9 +918,7 @@ impl Coordinator {
             Err(Refusal::Failed(e)) => return Recovery::Failed(e),
         };
         // Not a read copy either: a registration after a restart must not renew it.
-        if let Err(e) = self.propose(Command::UnregisterReader { node: self.me, extent: ext.clone() }) {
-            log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
-        }
+        self.unregister_all(vec![ext.clone()]);
         Recovery::Lost(format!(
             "shared granule {} of {:?}: the write lease (epoch {epoch}) was lost while holo-pager was down ({why}): \
              what was written under it since the last holo_sync is lost",

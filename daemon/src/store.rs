@@ -489,8 +489,8 @@ impl Store {
             let lost: Vec<SlotId> = r.named[level].iter().copied().filter(|at| !kept.contains(at)).collect();
             if !lost.is_empty() {
                 log::error!(
-                    "{} tier: {} granules of the previous run are gone with it (the tier keeps nothing across a \
-                     restart): their pages fail (SIGBUS) when touched",
+                    "{} tier: {} granules of the previous run are gone with it (the tier did not keep them \
+                     across the restart): their pages fail (SIGBUS) when touched",
                     l.tier.name(),
                     lost.len()
                 );

@@ -512,7 +512,7 @@ impl Tier for HbmTier {
         assert_eq!(s.page.alloc.used(), 0, "lost slots are held before the tier is used");
         let max = s.page.alloc.max_slots();
         let (within, beyond): (Vec<SlotId>, Vec<SlotId>) = slots.iter().partition(|&&x| (x as u64) < max);
-        s.page = SummedSlots::with_used(max, self.slot_bytes, &within);
+        s.page.hold(&within);
         s.lost_beyond = beyond.into_iter().collect();
     }
 

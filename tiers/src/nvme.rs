@@ -412,6 +412,12 @@ impl Tier for NvmeTier {
         self.kept.clone()
     }
 
+    /// A block device keeps nothing across a restart, nor does a slot whose checksum record
+    /// could not be written: such slots must not be handed out while the map names them.
+    fn hold_lost(&self, slots: &[SlotId]) {
+        self.slots.lock().unwrap().page.hold(slots);
+    }
+
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
         let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
@@ -440,6 +446,30 @@ mod tests {
             reopen: Some(&|| Box::new(NvmeTier::open(&path, slot_bytes, None, true).unwrap())),
             checks_pages: true,
         });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Slots the store's map names but this run did not keep are held: never handed out
+    /// again, unreadable, reusable once freed; the kept slots stay readable.
+    #[test]
+    fn lost_slots_are_held_unreadable_until_freed() {
+        let dir = std::env::temp_dir().join(format!("holo-nvme-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = NvmeTier::open(&dir.join("nvme.slab"), 65536, None, false).unwrap();
+        let kept = t.alloc().unwrap();
+        t.write(kept, &[7; 65536]).unwrap();
+        t.hold_lost(&[2, 4]);
+        assert_eq!(t.usage().used_slots, 3);
+        for lost in [2, 4] {
+            assert!(t.read(lost, 0, &mut [0; 4096]).is_err(), "a lost slot read as data");
+        }
+        let fresh: Vec<SlotId> = (0..3).map(|_| t.alloc().unwrap()).collect();
+        assert_eq!(fresh, [1, 3, 5], "a lost slot was handed out again");
+        let mut buf = [0; 4096];
+        t.read(kept, 0, &mut buf).unwrap();
+        assert_eq!(buf, [7; 4096]);
+        t.free(4);
+        assert_eq!(t.alloc().unwrap(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -166,6 +166,18 @@ impl SummedSlots {
         t
     }
 
+    /// After a restart: take `slots` too (those within capacity), which the owner's map names
+    /// but whose bytes went with the earlier run. They have no checksum, so reads of them fail
+    /// until each is given back, and none is handed out meanwhile ([`crate::Tier::hold_lost`]).
+    pub fn hold(&mut self, slots: &[SlotId]) {
+        let max = self.alloc.max_slots();
+        let mut used: Vec<SlotId> = (0..self.alloc.high_water()).filter(|&x| self.in_use(x)).collect();
+        used.extend(slots.iter().copied().filter(|&x| (x as u64) < max && !self.in_use(x)));
+        self.alloc = SlotAllocator::with_used(max, &used);
+        self.grow();
+        used.iter().for_each(|&x| self.in_use[x as usize] = true);
+    }
+
     /// The lowest free slot, taken (no checksum yet), or `None` when all are taken.
     pub fn take(&mut self) -> Option<SlotId> {
         let slot = self.alloc.alloc()?;

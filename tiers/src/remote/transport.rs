@@ -311,6 +311,12 @@ impl TcpTransport {
                 let (ctrl, data) = answer_parts(&conn.buf, lens);
                 no_data(data).and_then(|()| wire::decode_connect_answer(ctrl))
             }
+            // A donor from before RDMA answers the unknown op with an error and closes the
+            // connection: not asked again, this call fails and the next connects over TCP.
+            Err(Exchange::Failed(e @ TransportError::Remote { .. })) => {
+                let _ = without(format!("it does not know RDMA_CONNECT: {e}"));
+                return Err(e);
+            }
             Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(e),
         };
         match answer.map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source })? {

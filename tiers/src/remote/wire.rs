@@ -431,6 +431,16 @@ pub enum Request<'a> {
     },
 }
 
+/// An RDMA batch's items together fit one staging window (the sender cuts batches so), so
+/// that a frame cannot make the donor stage or answer more than a window's bytes.
+fn fits_window(lens: impl Iterator<Item = u32>) -> Result<(), WireError> {
+    let total: u64 = lens.map(u64::from).sum();
+    if total > super::rdma::WINDOW_BYTES as u64 {
+        return Err(WireError::TooLarge { len: total as usize, max: super::rdma::WINDOW_BYTES });
+    }
+    Ok(())
+}
+
 /// Decode a request body whose control part passed [`verify_body`]; a PUT's granules are
 /// checked against their checksums here.
 pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Request<'a>, WireError> {
@@ -483,6 +493,7 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
             for _ in 0..n {
                 items.push(Staged { at: r.u32("window offset")?, len: r.u32("item length")?, sum: r.sum()? });
             }
+            fits_window(items.iter().map(|s| s.len))?;
             Request::RdmaPut { owner, items }
         }
         OP_RDMA_GET => {
@@ -493,6 +504,7 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
                 let it = GetItem { slot: r.u32("slot")?, offset: r.u32("offset")?, len: r.u32("length")? };
                 items.push((it, r.u32("window offset")?));
             }
+            fits_window(items.iter().map(|(it, _)| it.len))?;
             Request::RdmaGet { owner, items }
         }
         other => return Err(WireError::UnknownOp(other)),
@@ -682,6 +694,16 @@ mod tests {
         assert!(matches!(receive(&frame_split(OP_RDMA_GET, &extra, b.len())), Err(WireError::Malformed(_))));
         b.truncate(b.len() - 1);
         assert!(matches!(receive(&frame(OP_RDMA_GET, &b)), Err(WireError::Truncated { .. })));
+        // A batch that would stage or answer more than one window is refused before any of it.
+        let w = crate::remote::rdma::WINDOW_BYTES as u32;
+        let over = [Staged { at: 0, len: w, sum: [1; 32] }, Staged { at: 0, len: w, sum: [1; 32] }];
+        let mut b = Vec::new();
+        encode_rdma_put(&mut b, 42, &over);
+        assert!(matches!(receive(&frame(OP_RDMA_PUT, &b)), Err(WireError::TooLarge { .. })));
+        let over = [(GetItem { slot: 1, offset: 0, len: w }, 0), (GetItem { slot: 2, offset: 0, len: 1 }, 0)];
+        let mut b = Vec::new();
+        encode_rdma_get(&mut b, 42, &over);
+        assert!(matches!(receive(&frame(OP_RDMA_GET, &b)), Err(WireError::TooLarge { .. })));
     }
 
     #[test]
