@@ -99,8 +99,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// [`REMOTE_FIRST_MARGIN`]; unmeasured, after), FS last.
 pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Vec<usize> {
     let at = |name| names.iter().position(|n| *n == name);
-    let mut order: Vec<usize> = at("compressed").into_iter().chain(at("hbm")).collect();
-    order.extend((0..names.len()).filter(|&i| !matches!(names[i], "fs" | "hbm" | "compressed")));
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&i| rank(names[i]));
     if let (Some(nvme), Some(remote)) = (at("nvme"), at("remote")) {
         let remote_first = match rule {
             RemoteOrder::BeforeNvme => true,
@@ -115,8 +115,19 @@ pub fn decide(names: &[&str], probes: &[Option<Probe>], rule: RemoteOrder) -> Ve
             order.swap(r, n);
         }
     }
-    order.extend(at("fs"));
     order
+}
+
+/// Where a tier stands by the rule, fastest first: compressed DRAM, HBM, then NVMe and the
+/// remote tier (ordered between them by [`decide`]), FS last. The one encoding of the rank
+/// that [`decide`] and [`keep`] both use.
+fn rank(name: &str) -> u8 {
+    match name {
+        "compressed" => 0,
+        "hbm" => 1,
+        "fs" => 3,
+        _ => 2,
+    }
 }
 
 /// The order of `names` that a restart keeps: the recorded tiers in their recorded order (with
@@ -133,13 +144,8 @@ pub fn keep(names: &[&str], rec: &Recorded) -> (Vec<usize>, Vec<Option<Probe>>) 
     }
     for k in 0..names.len() {
         if !order.contains(&k) {
-            let fs_at = order.iter().position(|&i| names[i] == "fs");
-            let place = match names[k] {
-                "fs" => order.len(),
-                "compressed" => 0,
-                "hbm" => order.iter().position(|&i| names[i] != "compressed").unwrap_or(order.len()),
-                _ => fs_at.unwrap_or(order.len()),
-            };
+            // Above the first recorded tier that ranks below it.
+            let place = order.iter().position(|&i| rank(names[i]) > rank(names[k])).unwrap_or(order.len());
             order.insert(place, k);
         }
     }
