@@ -28,13 +28,14 @@
 //! * **Not durable**: the pool dies with the daemon; after a restart the slots the store's map
 //!   names are held unreadable until freed ([`Tier::hold_lost`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use zstd::bulk::{Compressor, Decompressor};
 
 use crate::pagesums::{PagePlan, Sum, PAGE};
-use crate::slots::SlotAllocator;
+use crate::slots::TakenSlots;
 use crate::{ReadReq, SlotId, Tier, TierError, TierUsage};
 
 const NAME: &str = "compressed";
@@ -158,31 +159,21 @@ fn unpack(p: &Packed, plan: &PagePlan, slot: SlotId, out: &mut [u8]) -> Result<(
 
 /// Slot numbers and what each counts against the capacity.
 struct Books {
-    alloc: SlotAllocator,
-    /// Per slot below the high-water mark: taken (a flag, so that a double free is caught)...
-    in_use: Vec<bool>,
-    /// ...and its charge: the reservation until written, then what it holds; 0 when free
-    /// or lost.
+    taken: TakenSlots,
+    /// Per slot below the high-water mark, its charge: the reservation until written, then
+    /// what it holds; 0 when free or lost.
     charged: Vec<u64>,
     used_bytes: u64,
 }
 
 impl Books {
-    fn new(used: &[SlotId]) -> Books {
-        let mut b = Books {
-            alloc: SlotAllocator::with_used(SlotId::MAX as u64, used),
-            in_use: Vec::new(),
-            charged: Vec::new(),
-            used_bytes: 0,
-        };
-        b.grow();
-        used.iter().for_each(|&s| b.in_use[s as usize] = true);
-        b
+    fn new() -> Books {
+        Books { taken: TakenSlots::new(SlotId::MAX as u64), charged: Vec::new(), used_bytes: 0 }
     }
 
+    /// Room for a charge per slot below the high-water mark.
     fn grow(&mut self) {
-        let below = self.alloc.high_water() as usize;
-        self.in_use.resize(below, false);
+        let below = self.taken.high_water() as usize;
         self.charged.resize(below, 0);
     }
 }
@@ -208,7 +199,7 @@ impl CompressedTier {
             slot_bytes,
             capacity_bytes,
             reserve_bytes: charge_bytes(most, slot_bytes / PAGE),
-            books: Mutex::new(Books::new(&[])),
+            books: Mutex::new(Books::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
@@ -253,9 +244,8 @@ impl Tier for CompressedTier {
         if b.used_bytes + self.reserve_bytes > self.capacity_bytes {
             return Err(full(&b));
         }
-        let slot = b.alloc.alloc().ok_or_else(|| full(&b))?;
+        let slot = b.taken.take().ok_or_else(|| full(&b))?;
         b.grow();
-        b.in_use[slot as usize] = true;
         b.charged[slot as usize] = self.reserve_bytes;
         b.used_bytes += self.reserve_bytes;
         Ok(slot)
@@ -281,7 +271,7 @@ impl Tier for CompressedTier {
         let charge = packed.charge();
         {
             let mut b = self.books.lock().unwrap();
-            assert!(b.in_use.get(slot as usize) == Some(&true), "write to slot {slot}, not allocated");
+            assert!(b.taken.is_taken(slot), "write to slot {slot}, not allocated");
             let held = b.charged[slot as usize];
             // Within the reservation always; a rewrite that grows needs the room.
             if b.used_bytes - held + charge > self.capacity_bytes {
@@ -301,15 +291,17 @@ impl Tier for CompressedTier {
         let mut scratch = Vec::new();
         for r in reqs.iter_mut() {
             let packed = self.get(r.slot);
-            let plan = PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), packed.as_ref().map(|p| p.sum.clone()))?;
-            let packed = packed.expect("a plan needs a written slot");
+            // The sums are borrowed from the frames' Arc, which this read holds: no copy.
+            let plan =
+                PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), packed.as_deref().map(|p| Cow::Borrowed(&p.sum)))?;
+            let packed = packed.as_deref().expect("a plan needs a written slot");
             // Whole pages (what faults read) straight into the caller's buffer; else through
             // a buffer of the pages covered.
             let outcome = if r.offset == plan.base() && r.buf.len() == plan.bytes() {
-                unpack(&packed, &plan, r.slot, r.buf)
+                unpack(packed, &plan, r.slot, r.buf)
             } else {
                 scratch.resize(plan.bytes(), 0);
-                unpack(&packed, &plan, r.slot, &mut scratch).map(|()| {
+                unpack(packed, &plan, r.slot, &mut scratch).map(|()| {
                     let from = r.offset - plan.base();
                     r.buf.copy_from_slice(&scratch[from..from + r.buf.len()]);
                 })
@@ -328,25 +320,29 @@ impl Tier for CompressedTier {
         // lose its new frames to this free.
         drop(self.put(slot, None));
         let mut b = self.books.lock().unwrap();
-        assert!(b.in_use.get(slot as usize) == Some(&true), "double free of slot {slot}");
-        b.in_use[slot as usize] = false;
+        let none_left = b.taken.give_back(slot);
         b.used_bytes -= std::mem::take(&mut b.charged[slot as usize]);
-        if b.alloc.free(slot) {
+        if none_left {
             debug_assert_eq!(b.used_bytes, 0);
-            *b = Books::new(&[]);
+            *b = Books::new();
         }
     }
 
     /// The pool died with the earlier daemon: every slot its map names is lost.
     fn hold_lost(&self, slots: &[SlotId]) {
         let mut b = self.books.lock().unwrap();
-        assert_eq!(b.alloc.used(), 0, "lost slots are held before the tier is used");
-        *b = Books::new(slots);
+        assert_eq!(b.taken.allocator().used(), 0, "lost slots are held before the tier is used");
+        b.taken.hold(slots);
+        b.grow();
     }
 
     fn usage(&self) -> TierUsage {
         let b = self.books.lock().unwrap();
-        TierUsage { capacity_bytes: self.capacity_bytes, used_bytes: b.used_bytes, used_slots: b.alloc.used() }
+        TierUsage {
+            capacity_bytes: self.capacity_bytes,
+            used_bytes: b.used_bytes,
+            used_slots: b.taken.allocator().used(),
+        }
     }
 }
 

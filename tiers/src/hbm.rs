@@ -27,6 +27,7 @@
 //! * **Not durable**: the device memory dies with the daemon, so the tier keeps no slot
 //!   across a restart.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -425,7 +426,7 @@ impl Tier for HbmTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        let used_bytes = s.page.alloc.used() * self.slot_bytes as u64;
+        let used_bytes = s.page.alloc().used() * self.slot_bytes as u64;
         s.page.take().ok_or(TierError::Full { tier: NAME, used_bytes })
     }
 
@@ -470,10 +471,10 @@ impl Tier for HbmTier {
     }
 
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
-        let plans: Vec<PagePlan> = {
+        let plans: Vec<PagePlan<'static>> = {
             let s = self.slots.lock().unwrap();
             reqs.iter()
-                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot)))
+                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot).map(Cow::Owned)))
                 .collect::<Result<_, _>>()?
         };
         let mut lane = self.take_lane();
@@ -509,15 +510,15 @@ impl Tier for HbmTier {
     /// The device memory died with the earlier daemon: every slot its map names is lost.
     fn hold_lost(&self, slots: &[SlotId]) {
         let mut s = self.slots.lock().unwrap();
-        assert_eq!(s.page.alloc.used(), 0, "lost slots are held before the tier is used");
-        let max = s.page.alloc.max_slots();
+        assert_eq!(s.page.alloc().used(), 0, "lost slots are held before the tier is used");
+        let max = s.page.alloc().max_slots();
         let (within, beyond): (Vec<SlotId>, Vec<SlotId>) = slots.iter().partition(|&&x| (x as u64) < max);
         s.page.hold(&within);
         s.lost_beyond = beyond.into_iter().collect();
     }
 
     fn usage(&self) -> TierUsage {
-        TierUsage::of(&self.slots.lock().unwrap().page.alloc, self.slot_bytes, true, || 0)
+        TierUsage::of(self.slots.lock().unwrap().page.alloc(), self.slot_bytes, true, || 0)
     }
 }
 

@@ -23,6 +23,7 @@
 //!   daemon's death (the kernel holds them), and after a machine crash no process whose
 //!   pages these were is left anyway. A block device has no sidecar and is never kept.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -281,7 +282,7 @@ impl Tier for NvmeTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut s = self.slots.lock().unwrap();
-        let used_bytes = s.page.alloc.used() * self.slot_bytes as u64;
+        let used_bytes = s.page.alloc().used() * self.slot_bytes as u64;
         s.page.take().ok_or(TierError::Full { tier: NAME, used_bytes })
     }
 
@@ -337,10 +338,10 @@ impl Tier for NvmeTier {
 
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError> {
         // Each request reads and verifies only the pages it covers: `first..end` of its slot.
-        let plans: Vec<PagePlan> = {
+        let plans: Vec<PagePlan<'static>> = {
             let s = self.slots.lock().unwrap();
             reqs.iter()
-                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot)))
+                .map(|r| PagePlan::new(NAME, r.slot, r.offset, r.buf.len(), s.page.sums.get(r.slot).map(Cow::Owned)))
                 .collect::<Result<_, _>>()?
         };
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
@@ -389,7 +390,7 @@ impl Tier for NvmeTier {
             self.record_sum(slot, None);
         }
         s.unpunched.push(slot);
-        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.page.alloc.high_water() as usize / 4) {
+        if !self.is_device && s.unpunched.len() >= PUNCH_BATCH.max(s.page.alloc().high_water() as usize / 4) {
             // Under the lock, so that no slot is handed out again while its blocks go.
             // Failure only costs disk space, never data.
             for slot in std::mem::take(&mut s.unpunched) {
@@ -421,7 +422,7 @@ impl Tier for NvmeTier {
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
         let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
-        TierUsage::of(&s.page.alloc, self.slot_bytes, self.capacity_configured, free_space)
+        TierUsage::of(s.page.alloc(), self.slot_bytes, self.capacity_configured, free_space)
     }
 }
 

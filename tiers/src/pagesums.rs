@@ -2,7 +2,9 @@
 //! (NVMe, HBM): kept in memory, so that a read of part of a slot fetches and verifies only
 //! the pages it covers, and a damaged page names itself.
 
-use crate::slots::SlotAllocator;
+use std::borrow::Cow;
+
+use crate::slots::{SlotAllocator, TakenSlots};
 use crate::{checksum, SlotId, TierError, IO_ALIGN};
 
 /// Bytes one page checksum covers: the unit a partial read reads and verifies.
@@ -73,6 +75,11 @@ impl SumTable {
         Some(Sum { len, pages: self.sums[at..at + (len as usize).div_ceil(PAGE)].into() })
     }
 
+    /// Forget every slot's sums, and the memory they took.
+    pub fn clear(&mut self) {
+        (self.lens, self.sums) = (Vec::new(), Vec::new());
+    }
+
     pub fn is_set(&self, slot: SlotId) -> bool {
         self.lens.get(slot as usize).is_some_and(|&l| l > 0)
     }
@@ -86,14 +93,16 @@ impl SumTable {
     }
 }
 
-/// What a read of part of a slot fetches and verifies: its pages `first..end`.
-pub(crate) struct PagePlan {
-    pub sum: Sum,
+/// What a read of part of a slot fetches and verifies: its pages `first..end`. The sums are
+/// borrowed where the tier keeps them alive for the read (compressed), else a copy taken
+/// under the tier's lock (NVMe, HBM: the read's I/O runs after it is let go).
+pub(crate) struct PagePlan<'a> {
+    pub sum: Cow<'a, Sum>,
     pub first: usize,
     pub end: usize,
 }
 
-impl PagePlan {
+impl<'a> PagePlan<'a> {
     /// The pages that `len` bytes at `offset` of `slot` (which holds `sum`) cover; a read
     /// beyond the bytes written, or of a slot never written, is corrupt.
     pub fn new(
@@ -101,8 +110,8 @@ impl PagePlan {
         slot: SlotId,
         offset: usize,
         len: usize,
-        sum: Option<Sum>,
-    ) -> Result<PagePlan, TierError> {
+        sum: Option<Cow<'a, Sum>>,
+    ) -> Result<PagePlan<'a>, TierError> {
         match sum {
             Some(sum) if offset + len <= sum.len as usize => {
                 let first = offset / PAGE;
@@ -142,72 +151,56 @@ impl PagePlan {
     }
 }
 
-/// The slots of such a tier: which are taken (the allocator, and a flag per slot, so that a
-/// double free is caught) and their page checksums.
+/// The slots of such a tier: which are taken ([`TakenSlots`]) and their page checksums.
 pub(crate) struct SummedSlots {
-    pub alloc: SlotAllocator,
+    taken: TakenSlots,
     pub sums: SumTable,
-    in_use: Vec<bool>,
-    slot_bytes: usize,
 }
 
 impl SummedSlots {
     pub fn new(max_slots: u64, slot_bytes: usize) -> SummedSlots {
-        let (alloc, sums) = (SlotAllocator::new(max_slots), SumTable::new(slot_bytes));
-        SummedSlots { alloc, sums, in_use: Vec::new(), slot_bytes }
+        SummedSlots { taken: TakenSlots::new(max_slots), sums: SumTable::new(slot_bytes) }
     }
 
-    /// A table in which the slots `used` (of a reopened medium, or held as lost) are taken.
+    /// A table in which the slots `used` (of a reopened medium) are taken.
     pub fn with_used(max_slots: u64, slot_bytes: usize, used: &[SlotId]) -> SummedSlots {
-        let mut t = SummedSlots::new(max_slots, slot_bytes);
-        t.alloc = SlotAllocator::with_used(max_slots, used);
-        t.grow();
-        used.iter().for_each(|&x| t.in_use[x as usize] = true);
+        let mut t = SummedSlots { taken: TakenSlots::with_used(max_slots, used), sums: SumTable::new(slot_bytes) };
+        t.sums.grow(t.taken.high_water() as usize);
         t
     }
 
-    /// After a restart: take `slots` too (those within capacity), which the owner's map names
-    /// but whose bytes went with the earlier run. They have no checksum, so reads of them fail
-    /// until each is given back, and none is handed out meanwhile ([`crate::Tier::hold_lost`]).
+    /// After a restart: take `slots` too ([`TakenSlots::hold`]). They have no checksum, so
+    /// reads of them fail until each is given back.
     pub fn hold(&mut self, slots: &[SlotId]) {
-        let max = self.alloc.max_slots();
-        let mut used: Vec<SlotId> = (0..self.alloc.high_water()).filter(|&x| self.in_use(x)).collect();
-        used.extend(slots.iter().copied().filter(|&x| (x as u64) < max && !self.in_use(x)));
-        self.alloc = SlotAllocator::with_used(max, &used);
-        self.grow();
-        used.iter().for_each(|&x| self.in_use[x as usize] = true);
+        self.taken.hold(slots);
+        self.sums.grow(self.taken.high_water() as usize);
     }
 
     /// The lowest free slot, taken (no checksum yet), or `None` when all are taken.
     pub fn take(&mut self) -> Option<SlotId> {
-        let slot = self.alloc.alloc()?;
-        self.grow();
-        self.in_use[slot as usize] = true;
+        let slot = self.taken.take()?;
+        self.sums.grow(self.taken.high_water() as usize);
         Some(slot)
     }
 
     pub fn in_use(&self, slot: SlotId) -> bool {
-        self.in_use.get(slot as usize) == Some(&true)
+        self.taken.is_taken(slot)
     }
 
     /// Give `slot` back, its checksum cleared. True when that left none taken: the table is
     /// reset to nothing.
     pub fn give_back(&mut self, slot: SlotId) -> bool {
-        assert!(self.in_use(slot), "double free of slot {slot}");
-        self.in_use[slot as usize] = false;
-        self.sums.set(slot, None);
-        if self.alloc.free(slot) {
-            *self = SummedSlots::new(self.alloc.max_slots(), self.slot_bytes);
-            return true;
+        let none_left = self.taken.give_back(slot);
+        if none_left {
+            self.sums.clear();
+        } else {
+            self.sums.set(slot, None);
         }
-        false
+        none_left
     }
 
-    /// Room for every slot below the allocator's high-water mark.
-    fn grow(&mut self) {
-        let below = self.alloc.high_water() as usize;
-        self.sums.grow(below);
-        self.in_use.resize(below, false);
+    pub fn alloc(&self) -> &SlotAllocator {
+        self.taken.allocator()
     }
 }
 

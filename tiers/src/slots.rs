@@ -66,3 +66,69 @@ impl SlotAllocator {
         self.max_slots
     }
 }
+
+/// The slot numbers a tier has taken: the allocator, and a flag per slot below its high-water
+/// mark, so that a double free is caught and a slot held as lost is never handed out. The one
+/// place for taking, holding and giving back slots of the tiers that keep per-slot state in
+/// memory (NVMe, HBM, compressed DRAM).
+pub(crate) struct TakenSlots {
+    alloc: SlotAllocator,
+    taken: Vec<bool>,
+}
+
+impl TakenSlots {
+    pub fn new(max_slots: u64) -> TakenSlots {
+        TakenSlots::with_used(max_slots, &[])
+    }
+
+    /// Up to `max_slots`, of which `used` (of a reopened medium, or held as lost) are taken.
+    pub fn with_used(max_slots: u64, used: &[SlotId]) -> TakenSlots {
+        let mut t = TakenSlots { alloc: SlotAllocator::with_used(max_slots, used), taken: Vec::new() };
+        t.taken.resize(t.alloc.high_water() as usize, false);
+        used.iter().for_each(|&x| t.taken[x as usize] = true);
+        t
+    }
+
+    /// After a restart: take `slots` too (those within capacity), which the owner's map names
+    /// but whose bytes went with the earlier run; none is handed out until it is given back
+    /// ([`crate::Tier::hold_lost`]).
+    pub fn hold(&mut self, slots: &[SlotId]) {
+        let max = self.alloc.max_slots();
+        let mut used: Vec<SlotId> = (0..self.alloc.high_water()).filter(|&x| self.is_taken(x)).collect();
+        used.extend(slots.iter().copied().filter(|&x| (x as u64) < max && !self.is_taken(x)));
+        *self = TakenSlots::with_used(max, &used);
+    }
+
+    /// The lowest free slot, taken, or `None` when all are taken.
+    pub fn take(&mut self) -> Option<SlotId> {
+        let slot = self.alloc.alloc()?;
+        self.taken.resize(self.alloc.high_water() as usize, false);
+        self.taken[slot as usize] = true;
+        Some(slot)
+    }
+
+    pub fn is_taken(&self, slot: SlotId) -> bool {
+        self.taken.get(slot as usize) == Some(&true)
+    }
+
+    /// Give `slot` back (a double free panics). True when that left none taken: all is reset
+    /// to nothing.
+    pub fn give_back(&mut self, slot: SlotId) -> bool {
+        assert!(self.is_taken(slot), "double free of slot {slot}");
+        self.taken[slot as usize] = false;
+        if self.alloc.free(slot) {
+            self.taken = Vec::new();
+            return true;
+        }
+        false
+    }
+
+    /// Slots below this have been handed out: per-slot state must cover them.
+    pub fn high_water(&self) -> SlotId {
+        self.alloc.high_water()
+    }
+
+    pub fn allocator(&self) -> &SlotAllocator {
+        &self.alloc
+    }
+}
