@@ -167,9 +167,7 @@ pub fn path_for(dir: &Path, pid: i32, starttime: u64) -> PathBuf {
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procstat::field(&stat, 22)?.parse().ok()
 }
 
 impl Journal {

@@ -30,6 +30,7 @@ pub mod pager;
 pub mod pagetable;
 pub mod prefetch;
 pub mod pressure;
+pub mod procstat;
 pub mod ratelimit;
 pub mod remote;
 pub mod server;

@@ -177,13 +177,9 @@ pub fn decide(topo: &Topology, cpu: Option<u32>, current: Option<usize>) -> Opti
     (Some(node) != current).then_some(node)
 }
 
-/// The CPU a thread last ran on: field 39 (`processor`) of `/proc/PID/task/TID/stat`. The
-/// command name (field 2) may hold spaces and parentheses, so fields are counted from the
-/// last `)`.
+/// The CPU a thread last ran on: field 39 (`processor`) of `/proc/PID/task/TID/stat`.
 pub fn parse_stat_cpu(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Field 3 is the first after the name.
-    rest.split_ascii_whitespace().nth(39 - 3)?.parse().ok()
+    crate::procstat::field(stat, 39)?.parse().ok()
 }
 
 /// Read the CPU thread `tid` of process `pid` last ran on.

@@ -10,6 +10,7 @@ use holo_pager::config::{parse_size, Config, Overrides};
 use holo_pager::metrics::{route, Route};
 use holo_pager::numa::parse_stat_cpu;
 use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max, Psi};
+use holo_pager::procstat;
 use holo_pager::shared;
 use holo_tiers::remote::wire::{decode_frame, Request, WireError};
 
@@ -101,10 +102,14 @@ fn proc_parsers_corpus() {
     for data in files.values() {
         let t = String::from_utf8_lossy(data);
         let _ = (parse_psi(&t), parse_proc_cgroup(&t), parse_mountinfo(&t), parse_v2_max(&t), parse_stat_cpu(&t));
+        let _ = procstat::field(&t, 22);
     }
     // A thread may name itself `x) R 1 2 (y` (prctl): fields count from the last `)`.
     assert_eq!(parse_stat_cpu(&text(&files, "hand-stat-paren-name.txt")), Some(1));
     assert_eq!(parse_stat_cpu(&text(&files, "hand-stat-short.txt")), None);
+    // The journal's start time (field 22), through the same parser.
+    assert_eq!(procstat::field(&text(&files, "hand-stat-paren-name.txt"), 22), Some("6860429"));
+    assert_eq!(procstat::field(&text(&files, "hand-stat-short.txt"), 22), None);
     let psi = parse_psi(&text(&files, "hand-psi.txt"));
     assert_eq!(psi, Some(Psi { some_avg10: 1.5, full_avg10: 0.25, some_total_us: 12345 }));
     assert_eq!(parse_psi(&text(&files, "hand-psi-no-total.txt")), None);
