@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use holo_tiers::{CompressedTier, FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError};
+use holo_tiers::{CompressedTier, FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError, TierUsage};
 
 use crate::arc::{ArcPolicy, Lens, Placement};
 use crate::config::Config;
@@ -526,7 +526,10 @@ impl Store {
             tiers.into_iter().map(|tier| Level { tier, counters: TierCounters::default(), probe: None }).collect();
         // Every access to a lower tier's granule is a read the store sees, so the paper's
         // ARC applies as written (DRAM needs holo's variant: its hits are invisible).
-        let arcs = levels[..levels.len() - 1].iter().map(|l| ArcPolicy::paper(Self::capacity_slots(l))).collect();
+        let arcs = levels[..levels.len() - 1]
+            .iter()
+            .map(|l| ArcPolicy::paper(Self::capacity_slots(l, &l.tier.usage())))
+            .collect();
         let map = Map {
             entries: Vec::new(),
             free_ids: Vec::new(),
@@ -546,9 +549,9 @@ impl Store {
 
     /// Granules `l` can hold (at least 1: an ARC needs room for one). A tier that keeps
     /// granules in fewer bytes than a slot (compressed) holds as many as fit at what its
-    /// granules take now, so that it fills before it demotes.
-    fn capacity_slots(l: &Level) -> u64 {
-        let u = l.tier.usage();
+    /// granules take now, so that it fills before it demotes. `u`: its usage, asked once by
+    /// the caller (for the FS tier an `fstatfs`).
+    fn capacity_slots(l: &Level, u: &TierUsage) -> u64 {
         let granule_bytes = match u.used_slots {
             0 => l.tier.slot_bytes() as u64,
             n => u.used_bytes.div_ceil(n).max(1),
@@ -770,12 +773,12 @@ impl Store {
         let Map { entries, arcs, queue, .. } = &mut *m;
         for (level, arc) in arcs.iter_mut().enumerate() {
             let l = &self.levels[level];
-            let capacity = Self::capacity_slots(l);
+            let usage = l.tier.usage();
+            let capacity = Self::capacity_slots(l, &usage);
             if arc.capacity() != capacity {
                 arc.resize(capacity); // a tier sized by its filesystem's free space
             }
-            let used =
-                (l.tier.usage().used_slots + queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
+            let used = (usage.used_slots + queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
             let mut need = demotions_needed(used, capacity);
             if need == 0 {
                 continue;
@@ -1215,7 +1218,10 @@ mod tests {
         let more: Vec<SlotId> = (0..40).map(|_| store.put(&sparse).unwrap()).collect();
         more.iter().for_each(|&id| store.add_refs(id, 1));
         assert!(more.iter().all(|&id| level_of(&store, id) == 0));
-        assert!(Store::capacity_slots(&store.levels[0]) > 40, "its ARC counts the granules it holds");
+        assert!(
+            Store::capacity_slots(&store.levels[0], &store.levels[0].tier.usage()) > 40,
+            "its ARC counts the granules it holds"
+        );
         let mut back = vec![0u8; g];
         for (&id, want) in ids.iter().zip([&random, &sparse, &random]) {
             store.read(&mut [(id, 0, &mut back[..])]).unwrap();
