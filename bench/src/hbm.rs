@@ -125,6 +125,7 @@ fn hbm(o: &Opts) -> Result<()> {
     }
     let out = o.out.clone().unwrap_or_else(|| workspace_root().join("target/bench/hbm.json"));
     let report = json!({
+        "benchmark": "hbm",
         "gpu": { "ordinal": i.ordinal, "name": i.name, "total_bytes": i.total_bytes, "free_bytes": i.free_bytes },
         "granule_bytes": GRANULE, "batch_granules": LANE_SLOTS, "batches": o.batches,
         "median_mb_s": summary, "rounds": rounds,

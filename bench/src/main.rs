@@ -34,7 +34,6 @@
 //! (the raw handler thread, or the whole holo-pager) on CPU 0, `--split` the handler on CPU 1.
 
 use std::fs;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -349,55 +348,33 @@ fn access_args(cmd: &mut Command, granule: u64, o: &Opts, seed: u64) {
 /// plus what the daemon says of itself: its tier counters and any log line beyond `info`.
 fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64, compressed: bool) -> Result<(Samples, Value)> {
     let dir = TempDir::new("holo")?;
-    let socket = dir.0.join("pager.sock");
-    let log_path = dir.0.join("holo-pager.log");
-    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&p.pager);
-    cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(dir.0.join("state"));
+    let config = dir.0.join("holo-pager.toml");
     if compressed {
-        let config = dir.0.join("holo-pager.toml");
         fs::write(&config, format!("compressed_dram_size = \"{COMPRESSED_DRAM}\"\n")).map_err(|e| e.to_string())?;
-        cmd.arg("--config").arg(config);
     }
     let budget = format!("{DRAM_BUDGET_MIB}M");
-    cmd.args(["--dram-budget", &budget, "--granule", granule.1]);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    if let Some((_, cpu)) = o.pin {
-        pin_to(&mut cmd, cpu);
-    }
-    let mut daemon = cmd.spawn().map_err(|e| format!("cannot run holo-pager: {e}"))?;
-    let log_text = || fs::read_to_string(&log_path).unwrap_or_default();
+    let (mut daemon, socket, log_path) = swap::start_pager(&p.pager, &dir.0, &budget, granule.1, |cmd| {
+        if compressed {
+            cmd.arg("--config").arg(&config);
+        }
+        if let Some((_, cpu)) = o.pin {
+            pin_to(cmd, cpu);
+        }
+    })?;
+    let log_text = || swap::read(&log_path);
 
     let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            if let Ok(Some(s)) = daemon.try_wait() {
-                return Err(format!("holo-pager exited at start ({s}):\n{}", log_text()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("holo-pager not ready after 10 s:\n{}", log_text()));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
         let mut client = Command::new(&p.holo);
         client.env("LD_PRELOAD", &p.shim).env("HOLO_SOCKET", &socket);
         access_args(&mut client, granule.0, o, seed);
         let samples = run_access(client, &dir.0).map_err(|e| format!("{e}\ndaemon log:\n{}", log_text()))?;
-        if let Ok(Some(s)) = daemon.try_wait() {
+        if let Ok(Some(s)) = daemon.0.try_wait() {
             return Err(format!("holo-pager died during the run ({s}):\n{}", log_text()));
         }
-        let tiers = Command::new(&p.holoctl)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["tiers", "--json"])
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .unwrap_or(Value::Null);
+        let tiers = swap::holoctl_json(&p.holoctl, &socket, &["tiers"]).unwrap_or(Value::Null);
         Ok((samples, tiers))
     })();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon); // killed and reaped
     let (samples, tiers) = result?;
     let issues: Vec<String> =
         log_text().lines().filter(|l| !l.starts_with("holo-pager info:")).map(String::from).collect();

@@ -259,7 +259,7 @@ fn idle_round(o: &Opts, pager: &Path, shim: &Path, holoctl: &Path, hold: &Path, 
     }
     sleep_checked(SETTLE)?;
     let held = window(pid, Some(client_pid), o.window)?;
-    let tiers = holoctl_json(holoctl, &socket, "tiers")?;
+    let tiers = holoctl_json(holoctl, &socket, &["tiers"])?;
 
     // Closing stdin ends the client, after it read back a sample of its pages.
     drop(client.0.stdin.take());
@@ -458,20 +458,13 @@ fn print_tables(o: &Opts, summary: &Value, idle: &[Value]) {
 }
 
 fn overhead(o: &Opts) -> Result<()> {
+    // Refused before anything is built or made (`set_up` checks the rest first, too).
+    kswapd_cpu_s().map_err(|e| format!("refusing to run: {e}: kernel swap's reclaim CPU could not be counted"))?;
     let p = swap::Programs::build()?;
     let hold = compile("idle_hold")?;
-    let setup = swap::set_up(&o.swap, &p.disk_floor)?;
-    kswapd_cpu_s().map_err(|e| format!("refusing to run: {e}: kernel swap's reclaim CPU could not be counted"))?;
-    // The idle client's spill comes on top of what `swap`'s set-up checked for.
-    let free = swap::free_space(&setup.scratch)?;
-    if free < o.managed + (256 << 20) {
-        return Err(format!(
-            "refusing to run: {} has {} MiB free, the idle client's spill needs {} MiB (and 256 MiB spare)",
-            setup.scratch.display(),
-            free >> 20,
-            o.managed >> 20
-        ));
-    }
+    // The idle client's spill comes on top of what `swap`'s set-up needs.
+    let spill = Some((o.managed + (256 << 20), "the idle client's spill (with 256 MiB spare)"));
+    let setup = swap::set_up(&o.swap, &p.disk_floor, spill)?;
     eprintln!(
         "overhead: {} rounds of idle ({} s windows, client holding {} MiB) then {}; files in {}",
         o.swap.rounds,

@@ -243,7 +243,8 @@ fn rounds(o: &Opts, workload: &Path, pager: &Path, shim: &Path, root: &Path, scr
                     let log = read(&log);
                     row["holo_responses"] = json!(log.lines().filter(|l| l.contains("pressure:")).count());
                     // The controller's counters: how often a cgroup notification woke it.
-                    row["holo_actions"] = holoctl_json(&holo_bin("holoctl")?, &socket, "pressure")?["actions"].take();
+                    row["holo_actions"] =
+                        holoctl_json(&holo_bin("holoctl")?, &socket, &["pressure"])?["actions"].take();
                     row
                 }
                 "none" => run_pair(workload, o, root, &[])?,

@@ -28,7 +28,6 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -106,7 +105,8 @@ struct Node {
 impl Node {
     fn start(id: u32, ns: &str, addr: &str, home: &Path) -> Result<Node> {
         let dir = TempDir::new(&format!("shared-node{id}"))?;
-        let log = fs::File::create(dir.0.join("holo-pager.log")).map_err(|e| e.to_string())?;
+        let log_path = dir.0.join("holo-pager.log");
+        let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let socket = dir.0.join("pager.sock");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(crate::holo_bin("holo-pager")?);
@@ -117,13 +117,7 @@ impl Node {
         // `ip netns exec` execs the daemon: the child is the daemon.
         let child = cmd.spawn().map_err(|e| format!("cannot run ip netns exec holo-pager: {e}"))?;
         let mut node = Node { id, addr: addr.to_string(), child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            if node.child.try_wait().map_err(|e| e.to_string())?.is_some() || Instant::now() > deadline {
-                return Err(format!("node {id}'s holo-pager did not start:\n{}", node.log()));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        crate::swap::wait_ready(&socket, &mut node.child, &log_path).map_err(|e| format!("node {id}: {e}"))?;
         Ok(node)
     }
 
@@ -136,22 +130,8 @@ impl Node {
     }
 
     fn holoctl(&self, args: &[&str]) -> Result<Value> {
-        let out = Command::new(crate::holo_bin("holoctl")?)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .arg("--json")
-            .output()
-            .map_err(|e| format!("cannot run holoctl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "node {}: holoctl {}: {}",
-                self.id,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("holoctl {} --json: {e}", args.join(" ")))
+        crate::swap::holoctl_json(&crate::holo_bin("holoctl")?, &self.socket(), args)
+            .map_err(|e| format!("node {}: {e}", self.id))
     }
 }
 

@@ -447,14 +447,11 @@ fn free_bytes(st: &libc::statfs) -> u64 {
     st.f_bavail * st.f_bsize as u64
 }
 
-/// Free bytes on the filesystem of `dir`, for the unprivileged user.
-pub(crate) fn free_space(dir: &Path) -> Result<u64> {
-    statfs(dir).map(|st| free_bytes(&st))
-}
-
 /// Checks everything the comparison needs, refusing with the reason where something is missing,
 /// then creates the scratch directory, the swapfile, the zram device and the disk floor's file.
-pub(crate) fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
+/// `extra`: what a caller needs free on `--dir` besides, once those files are made (bytes, and
+/// what for), checked with the rest before anything is made.
+pub(crate) fn set_up(o: &Opts, disk_floor: &Path, extra: Option<(u64, &str)>) -> Result<Setup> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
@@ -493,16 +490,11 @@ pub(crate) fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
         return Err(format!("refusing to run: {} is tmpfs, not a disk (use --dir)", dir.display()));
     }
     let ws = o.working_set;
-    let need = [
-        (wants(Contender::Swapfile), ws + 64 * MIB),
-        (wants(Contender::Disk), ws + 256 * MIB),
-        (o.contenders.iter().any(|c| c.is_holo()), ws),
-    ]
-    .iter()
-    .filter(|(w, _)| *w)
-    .map(|(_, n)| n)
-    .sum::<u64>()
-        + (1 << 30);
+    let sum = |files: &[(bool, u64)]| files.iter().filter(|(w, _)| *w).map(|(_, n)| n).sum::<u64>();
+    // The files made here, and holo's spill file, written during its rounds.
+    let made = sum(&[(wants(Contender::Swapfile), ws + 64 * MIB), (wants(Contender::Disk), ws + 256 * MIB)]);
+    let spill = sum(&[(o.contenders.iter().any(|c| c.is_holo()), ws)]);
+    let need = made + spill + (1 << 30);
     let free = free_bytes(&st);
     if free < need {
         return Err(format!(
@@ -510,6 +502,16 @@ pub(crate) fn set_up(o: &Opts, disk_floor: &Path) -> Result<Setup> {
             dir.display(),
             free >> 20,
             need >> 20
+        ));
+    }
+    if let Some((bytes, what)) = extra.filter(|&(bytes, _)| free - made < bytes) {
+        return Err(format!(
+            "refusing to run: {} has {} MiB free, {} MiB once the swapfile and floor file are made, and {what} needs \
+             {} MiB",
+            dir.display(),
+            free >> 20,
+            (free - made) >> 20,
+            bytes >> 20
         ));
     }
 
@@ -727,7 +729,7 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed
         thread::spawn(move || {
             let mut budgets = vec![];
             while !stop.load(Ordering::SeqCst) {
-                let v = holoctl_json(&holoctl, &socket, "pressure").ok();
+                let v = holoctl_json(&holoctl, &socket, &["pressure"]).ok();
                 budgets.extend(v.and_then(|v| v["budget_bytes"].as_u64()));
                 thread::sleep(Duration::from_millis(500));
             }
@@ -738,7 +740,7 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed
     let env = [&env[..], &[("HOLO_MIN_REGION", OsStr::new(HOLO_MIN_REGION))]].concat();
     let run = run_workload(p, o, s, dir, seed, &env);
     let cpu1 = proc_stat(pid).map(|st| st.cpu_s());
-    let moved = holoctl_json(&p.holoctl, &socket, "tiers").map(|t| moved_pages(&t));
+    let moved = holoctl_json(&p.holoctl, &socket, &["tiers"]).map(|t| moved_pages(&t));
     stop.store(true, Ordering::SeqCst);
     let budgets = poller.join().unwrap_or_default();
     let mut row = run.map_err(|e| format!("{e}\nholo-pager log:\n{}", log_text()))?;
@@ -762,14 +764,16 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed
     Ok(row)
 }
 
-/// `holoctl <what> --json` of the daemon at `socket`.
-pub(crate) fn holoctl_json(holoctl: &Path, socket: &Path, what: &str) -> Result<Value> {
+/// `holoctl <args> --json` of the daemon at `socket`.
+pub(crate) fn holoctl_json(holoctl: &Path, socket: &Path, args: &[&str]) -> Result<Value> {
     let out = Command::new(holoctl)
         .arg("--socket")
         .arg(socket)
-        .args([what, "--json"])
+        .args(args)
+        .arg("--json")
         .output()
         .map_err(|e| format!("cannot run holoctl: {e}"))?;
+    let what = args.join(" ");
     if !out.status.success() {
         return Err(format!("holoctl {what} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
@@ -804,18 +808,25 @@ pub(crate) fn start_pager(
     cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
     prepare(&mut cmd);
     let mut daemon = Kid(cmd.spawn().map_err(|e| format!("cannot run holo-pager: {e}"))?);
+    wait_ready(&socket, &mut daemon.0, &log_path)?;
+    Ok((daemon, socket, log_path))
+}
+
+/// Waits until the holo-pager `daemon` accepts connections on `socket`; Err with its log (at
+/// `log_path`) if it exits first or is not ready after 10 s.
+pub(crate) fn wait_ready(socket: &Path, daemon: &mut Child, log_path: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        if let Ok(Some(st)) = daemon.0.try_wait() {
-            return Err(format!("holo-pager exited at start ({st}):\n{}", read(&log_path)));
+    while UnixStream::connect(socket).is_err() {
+        if let Ok(Some(st)) = daemon.try_wait() {
+            return Err(format!("holo-pager exited at start ({st}):\n{}", read(log_path)));
         }
         if Instant::now() > deadline {
-            return Err(format!("holo-pager not ready after 10 s:\n{}", read(&log_path)));
+            return Err(format!("holo-pager not ready after 10 s:\n{}", read(log_path)));
         }
         check_interrupt()?;
         thread::sleep(Duration::from_millis(20));
     }
-    Ok((daemon, socket, log_path))
+    Ok(())
 }
 
 fn run_swapfile(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64) -> Result<Value> {
@@ -890,7 +901,7 @@ pub(crate) fn run_round(p: &Programs, o: &Opts, setup: &Setup, round: usize, c: 
 /// Runs every round; returns whether every run passed (no OOM kill, no verification failure).
 fn swap(o: &Opts) -> Result<bool> {
     let p = Programs::build()?;
-    let setup = set_up(o, &p.disk_floor)?;
+    let setup = set_up(o, &p.disk_floor, None)?;
     let device = disk_name(&setup.scratch);
     eprintln!(
         "swap: working set {} MiB, cgroup limit {} MiB + {} MiB margin, {} data, {} rounds of {}; files in {} ({device})",
