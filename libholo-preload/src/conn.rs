@@ -510,7 +510,7 @@ pub fn request(frame: Frame, text: &[u8], what: &'static str) -> bool {
     let mut r = ask(frame, text, what);
     if frame.kind == Kind::Sync {
         if let Err((true, generation)) = r.as_ref().map_err(|(lost, _, g)| (*lost, *g)) {
-            if await_resume(generation) {
+            if await_resume(generation, resume_deadline_ms()).is_some() {
                 r = ask(frame, text, what);
             }
         }
@@ -548,20 +548,27 @@ fn ask(frame: Frame, text: &[u8], what: &'static str) -> Result<(), (bool, Why, 
     r
 }
 
-/// Waits until the sentinel has resumed with a restarted daemon after `generation` (it
-/// kills the process if none comes back in time); `false` if it never began to (the
-/// connection failed some other way).
-fn await_resume(generation: u64) -> bool {
-    let deadline = now_ms() + (TIMEOUT_S.load(Relaxed) + 5) * 1000;
-    while now_ms() < deadline {
+/// Waits until the sentinel has resumed with a restarted daemon after `generation` (an even
+/// [`GENERATION`] past it: one we have not followed yet) and returns that generation. The
+/// sentinel kills the process if no daemon comes back in time; `None` at `deadline_ms` means it
+/// never began to (the connection failed some other way).
+fn await_resume(generation: u64, deadline_ms: u64) -> Option<u64> {
+    loop {
         let g = GENERATION.load(SeqCst);
         if g > generation && g.is_multiple_of(2) {
-            return true;
+            return Some(g);
         }
-        // SAFETY: sleeping 10 ms.
-        unsafe { libc::usleep(10_000) };
+        if now_ms() > deadline_ms {
+            return None;
+        }
+        // SAFETY: sleeping 5 ms.
+        unsafe { libc::usleep(5_000) };
     }
-    false
+}
+
+/// How long a wait for the sentinel may last: its own reconnect deadline, and 5 s more.
+fn resume_deadline_ms() -> u64 {
+    now_ms() + (TIMEOUT_S.load(Relaxed) + 5) * 1000
 }
 
 pub const MADV_DONTNEED_LOCKED: c_int = 24;
@@ -677,21 +684,10 @@ impl Batch {
 /// daemon's queued zaps are void.
 fn follow_sentinel(mut old: c_int, generation: &mut u64, queue: &mut ZapQueue, batch: &Batch) -> c_int {
     queue.len = 0;
-    let deadline = now_ms() + TIMEOUT_S.load(Relaxed) * 1000 + 5000;
+    let deadline = resume_deadline_ms();
     loop {
-        // Even and new: the sentinel has resumed with a daemon we have not followed yet.
-        loop {
-            let g = GENERATION.load(SeqCst);
-            if g != *generation && g.is_multiple_of(2) {
-                *generation = g;
-                break;
-            }
-            if now_ms() > deadline {
-                kill_self("the holo agent lost its connection to holo-pager");
-            }
-            // SAFETY: sleeping 5 ms.
-            unsafe { libc::usleep(5_000) };
-        }
+        *generation = await_resume(*generation, deadline)
+            .unwrap_or_else(|| kill_self("the holo agent lost its connection to holo-pager"));
         // SAFETY: closing the connection to a daemon that died.
         unsafe { libc::close(old) };
         let fd = AGENT_FD.load(Acquire);
