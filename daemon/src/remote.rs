@@ -359,19 +359,12 @@ pub fn rdma_device(c: &RemoteConfig) -> Result<Option<Arc<Device>>, String> {
     if let Some(d) = RDMA.get() {
         return Ok(d.clone());
     }
-    let (choice, line) = rdma::choose_transport(c.transport, rdma::BUILT_WITH_RDMA, &rdma::RdmaProbe::run())?;
+    // The probe opens the usable device once; it is used as it is, or dropped for TCP.
+    let (probe, usable) = rdma::RdmaProbe::run();
+    let (choice, line) = rdma::choose_transport(c.transport, rdma::BUILT_WITH_RDMA, &probe)?;
     let dev = match choice {
         TransportChoice::Tcp => None,
-        TransportChoice::Rdma(name) => match Device::open(&name) {
-            Ok(d) => Some(d),
-            Err(e) if c.transport == TransportSetting::Rdma => {
-                return Err(format!("remote_transport = \"rdma\": cannot open RDMA device {name}: {e}"))
-            }
-            Err(e) => {
-                log::warn!("data plane: cannot open RDMA device {name} ({e}): using TCP");
-                None
-            }
-        },
+        TransportChoice::Rdma(_) => Some(usable.expect("the probe names a device usable only once it is open")),
     };
     if dev.is_some() && keys_of(c).ok().flatten().is_some() {
         log::warn!(

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES, NONCE_BYTES};
 use super::rdma::{self, Device, Link};
 use super::transport::{read_full, write_all};
-use super::wire::{self, Reader, Request, Status, HEADER_BYTES};
+use super::wire::{self, Request, Status, HEADER_BYTES};
 use crate::slots::SlotAllocator;
 use crate::SlotId;
 
@@ -153,11 +153,12 @@ impl Arena {
         Ok(slot)
     }
 
-    /// Append the requested bytes to `out`; returns the checksum the reader checks them with.
-    /// A whole granule goes with the checksum it was stored with, unchecked here: the reader's
-    /// check covers this memory and the wire at once. Part of one is only sent after the whole
-    /// slot checked out, with a checksum of that part.
-    fn get(&self, owner: u64, it: &wire::GetItem, out: &mut Vec<u8>) -> Result<[u8; 32], Status> {
+    /// Hands the requested bytes to `send` (under the slot's lock: they are copied once, to
+    /// where they go); returns the checksum the reader checks them with. A whole granule goes
+    /// with the checksum it was stored with, unchecked here: the reader's check covers this
+    /// memory and the wire at once. Part of one is only sent after the whole slot checked out,
+    /// with a checksum of that part.
+    fn get(&self, owner: u64, it: &wire::GetItem, send: impl FnOnce(&[u8])) -> Result<[u8; 32], Status> {
         let Some(meta) = self.metas.get(it.slot as usize) else { return Err(Status::NotFound) };
         let mut m = meta.lock().unwrap();
         if !m.live || m.owner != owner {
@@ -170,13 +171,13 @@ impl Arena {
         }
         let bytes = self.bytes_of(it.slot as usize, &mut m);
         if off == 0 && n == len {
-            out.extend_from_slice(&bytes[..len]);
+            send(&bytes[..len]);
             return Ok(sum);
         }
         if crate::checksum(&bytes[..len]) != sum {
             return Err(Status::Corrupt);
         }
-        out.extend_from_slice(&bytes[off..off + n]);
+        send(&bytes[off..off + n]);
         Ok(crate::checksum(&bytes[off..off + n]))
     }
 
@@ -572,31 +573,62 @@ fn answer_rdma(
             if let Some((it, at)) = items.iter().find(|(it, at)| !rdma::in_window(*at, it.len, rdma::WINDOW_BYTES)) {
                 return Err(outside(*at, it.len));
             }
-            let gets = items.iter().map(|(it, _)| *it).collect();
-            let ctrl_end = answer(arena, c, Request::Get { owner, items: gets }, out);
-            // The answer's data part holds the Ok items' bytes in order: each goes to its place
-            // in the client's window, then one WRITE covers them all.
-            let mut r = Reader::new(&out[HEADER_BYTES + 4..ctrl_end]);
-            let (mut data, mut span) = (ctrl_end, None::<(usize, usize)>);
-            for (_, at) in &items {
-                let st = r.status().expect("our own answer");
-                let len = r.u32("item length").expect("our own answer") as usize;
-                r.sum().expect("our own answer");
-                if st == Status::Ok {
-                    let at = *at as usize;
-                    link.put_bytes(at, &out[data..data + len]);
-                    data += len;
-                    span = Some(span.map_or((at, at + len), |(lo, hi)| (lo.min(at), hi.max(at + len))));
-                }
-            }
+            // Each Ok item's bytes go from the arena straight to their place in the client's
+            // window, then one WRITE covers them all; the answer carries no data.
+            let mut span = None::<(usize, usize)>;
+            let ctrl_end = answer_get(arena, c, owner, items.iter().map(|(it, _)| it), out, |i, bytes, _| {
+                let at = items[i].1 as usize;
+                link.put_bytes(at, bytes);
+                let end = at + bytes.len();
+                span = Some(span.map_or((at, end), |(lo, hi)| (lo.min(at), hi.max(end))));
+            });
             if let Some((lo, hi)) = span {
                 link.write(lo..hi, Instant::now() + FRAME_TIMEOUT).map_err(|e| e.to_string())?;
             }
-            out.truncate(ctrl_end);
             Ok(ctrl_end)
         }
         _ => unreachable!("answer_rdma is given RDMA requests only"),
     }
+}
+
+/// Appends a GET answer's control part to `out` (its size is fixed: reserved first, each item's
+/// entry filled as it is read) and hands each `Ok` item's bytes to `send(i, bytes, out)`,
+/// which places them: after the control part (TCP) or in the client's window (RDMA). Returns
+/// where the control part ends.
+fn answer_get<'a>(
+    arena: &Arena,
+    c: &DonorCounters,
+    owner: u64,
+    items: impl ExactSizeIterator<Item = &'a wire::GetItem>,
+    out: &mut Vec<u8>,
+    mut send: impl FnMut(usize, &[u8], &mut Vec<u8>),
+) -> usize {
+    wire::put_u32(out, items.len() as u32);
+    let mut entry = out.len();
+    let ctrl_end = entry + items.len() * wire::GET_ANSWER_ITEM_CTRL;
+    out.resize(ctrl_end, 0);
+    for (i, it) in items.enumerate() {
+        c.gets.fetch_add(1, Relaxed);
+        let mut n = 0u32;
+        let (st, sum) = match arena.get(owner, it, |bytes| {
+            n = bytes.len() as u32;
+            send(i, bytes, out);
+        }) {
+            Ok(sum) => (Status::Ok, sum),
+            Err(st) => {
+                if st == Status::Corrupt {
+                    c.corrupt.fetch_add(1, Relaxed);
+                }
+                (st, [0; 32])
+            }
+        };
+        let e = &mut out[entry..entry + wire::GET_ANSWER_ITEM_CTRL];
+        e[0] = st as u8;
+        e[1..5].copy_from_slice(&n.to_le_bytes());
+        e[5..].copy_from_slice(&sum);
+        entry += wire::GET_ANSWER_ITEM_CTRL;
+    }
+    ctrl_end
 }
 
 /// Append the answer's body to `out`; returns where its control part ends.
@@ -625,32 +657,8 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
             }
         }
         Request::Get { owner, items } => {
-            // The control part has a fixed size: reserve it, append the data after it, and
-            // fill each item's entry as its bytes go in (no second copy of the data).
-            wire::put_u32(out, items.len() as u32);
-            let mut entry = out.len();
-            let ctrl_end = entry + items.len() * wire::GET_ANSWER_ITEM_CTRL;
-            out.resize(ctrl_end, 0);
-            for it in &items {
-                c.gets.fetch_add(1, Relaxed);
-                let before = out.len();
-                let (st, sum) = match arena.get(owner, it, out) {
-                    Ok(sum) => (Status::Ok, sum),
-                    Err(st) => {
-                        if st == Status::Corrupt {
-                            c.corrupt.fetch_add(1, Relaxed);
-                        }
-                        (st, [0; 32])
-                    }
-                };
-                let n = (out.len() - before) as u32;
-                let e = &mut out[entry..entry + wire::GET_ANSWER_ITEM_CTRL];
-                e[0] = st as u8;
-                e[1..5].copy_from_slice(&n.to_le_bytes());
-                e[5..].copy_from_slice(&sum);
-                entry += wire::GET_ANSWER_ITEM_CTRL;
-            }
-            return ctrl_end;
+            // The bytes follow the control part, in order.
+            return answer_get(arena, c, owner, items.iter(), out, |_, bytes, out| out.extend_from_slice(bytes));
         }
         Request::Free { owner, slots } => {
             let freed = slots.iter().filter(|&&s| arena.free(owner, s)).count();

@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 #[cfg(feature = "rdma")]
 mod verbs;
@@ -76,38 +77,33 @@ pub struct RdmaProbe {
     pub usable: Option<String>,
     /// Why the device list could not be read, if it could not.
     pub error: Option<String>,
+    /// Why each device tried and found unusable is (`name: reason`).
+    pub refused: Vec<String>,
 }
 
 impl RdmaProbe {
-    /// Through libibverbs: each device is opened, and usable if its port 1 is active.
+    /// Through libibverbs, with the data path's own bindings: each device is opened in turn
+    /// until one is usable (port 1 active), which is returned open, to be used as it is.
     #[cfg(feature = "rdma")]
-    pub fn run() -> RdmaProbe {
-        match ibverbs::devices() {
-            Ok(list) => {
-                let mut p = RdmaProbe::default();
-                for d in list.iter() {
-                    let name = d.name().map_or("?".into(), |n| n.to_string_lossy().into_owned());
-                    // `open` fails unless the port is active (or armed, which Device::open refuses).
-                    if p.usable.is_none() && d.open().is_ok() {
-                        p.usable = Some(name.clone());
-                    }
-                    p.devices.push(name);
-                }
-                p
+    pub fn run() -> (RdmaProbe, Option<Arc<Device>>) {
+        match verbs::probe() {
+            Ok(p) => {
+                let usable = p.usable.as_ref().map(|d| d.name().to_string());
+                (RdmaProbe { devices: p.names, usable, error: None, refused: p.refused }, p.usable)
             }
             // libibverbs says ENOSYS when the kernel has no verbs devices at all.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => RdmaProbe {
-                error: Some("the kernel offers no verbs devices: ib_uverbs not loaded, or no RDMA hardware".into()),
-                ..Default::default()
-            },
-            Err(e) => RdmaProbe { error: Some(format!("ibverbs: {e}")), ..Default::default() },
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                let why = "the kernel offers no verbs devices: ib_uverbs not loaded, or no RDMA hardware";
+                (RdmaProbe { error: Some(why.into()), ..Default::default() }, None)
+            }
+            Err(e) => (RdmaProbe { error: Some(format!("ibv_get_device_list: {e}")), ..Default::default() }, None),
         }
     }
 
     /// Without the feature: the devices `/sys/class/infiniband` lists; none is usable.
     #[cfg(not(feature = "rdma"))]
-    pub fn run() -> RdmaProbe {
-        RdmaProbe::in_sysfs(std::path::Path::new("/sys/class/infiniband"))
+    pub fn run() -> (RdmaProbe, Option<Arc<Device>>) {
+        (RdmaProbe::in_sysfs(std::path::Path::new("/sys/class/infiniband")), None)
     }
 
     #[cfg_attr(feature = "rdma", allow(dead_code))]
@@ -116,7 +112,7 @@ impl RdmaProbe {
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         devices.sort();
-        RdmaProbe { devices, usable: None, error: None }
+        RdmaProbe { devices, ..Default::default() }
     }
 }
 
@@ -142,6 +138,8 @@ pub fn choose_transport(
         (None, true) => "no RDMA device found".to_string(),
         (None, false) => format!("RDMA device(s) {} found", probe.devices.join(", ")),
     };
+    // Why none is usable, where the probe could tell.
+    let refused = || if probe.refused.is_empty() { String::new() } else { format!(" ({})", probe.refused.join("; ")) };
     match (setting, built, &probe.usable) {
         (TransportSetting::Tcp, ..) => {
             Ok((TransportChoice::Tcp, format!("{}, but remote_transport = \"tcp\": using TCP", found())))
@@ -159,14 +157,14 @@ pub fn choose_transport(
             "remote_transport = \"rdma\", but {}{}: check `ibv_devinfo` (port state PORT_ACTIVE), or set \
              remote_transport to \"auto\" or \"tcp\"",
             found(),
-            if probe.devices.is_empty() { "" } else { ", none with an active port" }
+            if probe.devices.is_empty() { String::new() } else { format!(", none with an active port{}", refused()) }
         )),
         (TransportSetting::Auto, false, _) if !probe.devices.is_empty() => Ok((
             TransportChoice::Tcp,
             format!("{}, but this build has no RDMA transport (ibverbs): using TCP", found()),
         )),
         (TransportSetting::Auto, true, None) if !probe.devices.is_empty() => {
-            Ok((TransportChoice::Tcp, format!("{}, none with an active port: using TCP", found())))
+            Ok((TransportChoice::Tcp, format!("{}, none with an active port{}: using TCP", found(), refused())))
         }
         (TransportSetting::Auto, ..) => Ok((TransportChoice::Tcp, format!("{}, using TCP", found()))),
     }
@@ -244,9 +242,6 @@ mod none {
     pub enum Link {}
 
     impl Device {
-        pub fn open(_name: &str) -> Result<Arc<Device>, String> {
-            Err("this build has no RDMA transport (built without the `rdma` feature)".into())
-        }
         pub fn name(&self) -> &str {
             match *self {}
         }
@@ -284,7 +279,7 @@ mod tests {
         RdmaProbe {
             devices: devices.iter().map(|d| d.to_string()).collect(),
             usable: usable.map(Into::into),
-            error: None,
+            ..Default::default()
         }
     }
 

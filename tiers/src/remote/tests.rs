@@ -320,14 +320,12 @@ fn a_donor_without_rdma_refuses_the_link_and_goes_on_over_tcp() {
 /// The device RDMA tests run on, or `None` (with one line saying why) where this machine has
 /// none. `HOLO_REQUIRE_RDMA=1` fails the test instead (a run meant to prove RDMA).
 fn rdma_device_or_skip() -> Option<Arc<rdma::Device>> {
-    let probe = rdma::RdmaProbe::run();
-    let why = match (rdma::BUILT_WITH_RDMA, &probe.usable) {
-        (true, Some(name)) => {
-            return Some(rdma::Device::open(name).unwrap_or_else(|e| panic!("RDMA device {name}: {e}")));
-        }
+    let (probe, usable) = rdma::RdmaProbe::run();
+    let why = match (rdma::BUILT_WITH_RDMA, usable) {
+        (true, Some(dev)) => return Some(dev),
         (false, _) => "this build has no `rdma` feature".to_string(),
         (true, None) if probe.devices.is_empty() => probe.error.unwrap_or_else(|| "libibverbs lists none".into()),
-        (true, None) => format!("{} found, none with an active port", probe.devices.join(", ")),
+        (true, None) => format!("{} found, none usable: {}", probe.devices.join(", "), probe.refused.join("; ")),
     };
     if std::env::var_os("HOLO_REQUIRE_RDMA").is_some() {
         panic!("HOLO_REQUIRE_RDMA is set, but there is no RDMA device to test on: {why}");

@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -472,14 +473,19 @@ fn link_err(p: &Peer, e: LinkError, timeout: Duration) -> Exchange {
     })
 }
 
-/// Whether the peer closed `s` (an idle pooled connection whose donor restarted): its RDMA queue
-/// pair is gone too, and a WRITE to it would only fail after its retries.
+/// Whether the peer closed or reset `s` (an idle pooled connection whose donor restarted): its
+/// RDMA queue pair is gone too, and a WRITE to it would only fail after its retries. One
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`: end of stream or an error other than "nothing to read yet".
 fn peer_closed(s: &TcpStream) -> bool {
-    if s.set_nonblocking(true).is_err() {
-        return true;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte receive into a byte we own, on a socket `s` keeps open; MSG_PEEK
+    // leaves any byte there in the stream, MSG_DONTWAIT never blocks.
+    let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
     }
-    let closed = matches!(s.peek(&mut [0u8; 1]), Ok(0));
-    s.set_nonblocking(false).is_err() || closed
 }
 
 enum Exchange {
@@ -554,20 +560,24 @@ pub(super) fn chunks(n: usize, fixed: usize, cap: usize, cost: impl Fn(usize) ->
 }
 
 impl TcpTransport {
-    /// Cuts a batch of `n` items into runs, each one call: runs that fit a frame (`fixed` bytes
-    /// and `frame_cost(i)` per item), or with RDMA runs that fit a staging window
-    /// (`bytes(i)` per item), with each item's offset in it.
+    /// Cuts a batch of `n` items for `peer` into runs, each one call: with an RDMA link to the
+    /// peer possible (it has not refused one), runs that fit a staging window (`bytes(i)` per
+    /// item), with each item's offset in it; else runs that fit a frame (`fixed` bytes and
+    /// `frame_cost(i)` per item), without offsets. A staged run fits a frame too, so it can go
+    /// in frames on a connection that turns out to have no link; a run cut for frames always
+    /// goes in frames.
     fn runs(
         &self,
+        peer: usize,
         n: usize,
         fixed: usize,
         frame_cost: impl Fn(usize) -> usize,
         bytes: impl Fn(usize) -> usize,
-    ) -> Vec<(std::ops::Range<usize>, Vec<u32>)> {
-        if self.rdma.is_some() {
-            rdma::stage(n, rdma::WINDOW_BYTES, bytes)
+    ) -> Vec<(std::ops::Range<usize>, Option<Vec<u32>>)> {
+        if self.rdma.is_some() && !self.peer(peer).no_rdma.load(Relaxed) {
+            rdma::stage(n, rdma::WINDOW_BYTES, bytes).into_iter().map(|(r, at)| (r, Some(at))).collect()
         } else {
-            chunks(n, fixed, MAX_BODY_BYTES, frame_cost).into_iter().map(|r| (r, Vec::new())).collect()
+            chunks(n, fixed, MAX_BODY_BYTES, frame_cost).into_iter().map(|r| (r, None)).collect()
         }
     }
 }
@@ -664,7 +674,7 @@ impl Transport for TcpTransport {
 
     fn put(&self, peer: usize, owner: u64, data: &[&[u8]]) -> Result<Vec<Result<RemoteSlot, Status>>, TransportError> {
         let mut out = Vec::with_capacity(data.len());
-        for (run, at) in self.runs(data.len(), 12, |i| PUT_ITEM_CTRL + data[i].len(), |i| data[i].len()) {
+        for (run, at) in self.runs(peer, data.len(), 12, |i| PUT_ITEM_CTRL + data[i].len(), |i| data[i].len()) {
             let items = &data[run];
             // The checksum each granule is stored with on the donor: computed once, here.
             let sums: Vec<blake3::Hash> = items.iter().map(|d| blake3::hash(d)).collect();
@@ -679,7 +689,7 @@ impl Transport for TcpTransport {
                 items.iter().for_each(|d| b.extend_from_slice(d));
                 ctrl_end
             };
-            let staged: Vec<Staged> = (items.iter().zip(&sums).zip(&at))
+            let staged: Vec<Staged> = (items.iter().zip(&sums).zip(at.iter().flatten()))
                 .map(|((d, sum), &at)| Staged { at, len: d.len() as u32, sum: *sum.as_bytes() })
                 .collect();
             let encode_rdma = |b: &mut Vec<u8>| {
@@ -687,7 +697,7 @@ impl Transport for TcpTransport {
                 b.len()
             };
             let got = self.with_conn(peer, |p, conn, req_id, deadline| {
-                let lens = match conn.link.as_mut() {
+                let lens = match conn.link.as_mut().filter(|_| at.is_some()) {
                     None => self.exchange(p, conn, wire::OP_PUT, req_id, &encode, deadline)?,
                     Some(_) if peer_closed(&conn.stream) => {
                         let e = io::Error::new(io::ErrorKind::ConnectionReset, "the peer closed the connection");
@@ -715,7 +725,7 @@ impl Transport for TcpTransport {
     fn get(&self, peer: usize, owner: u64, reqs: &mut [GetReq<'_>]) -> Result<Vec<Status>, TransportError> {
         let mut out = Vec::with_capacity(reqs.len());
         let lens: Vec<usize> = reqs.iter().map(|r| r.buf.len()).collect();
-        for (run, at) in self.runs(reqs.len(), 4, |i| GET_ANSWER_ITEM_CTRL + lens[i], |i| lens[i]) {
+        for (run, at) in self.runs(peer, reqs.len(), 4, |i| GET_ANSWER_ITEM_CTRL + lens[i], |i| lens[i]) {
             let items: Vec<GetItem> = reqs[run.clone()]
                 .iter()
                 .map(|r| GetItem { slot: r.slot, offset: r.offset as u32, len: r.buf.len() as u32 })
@@ -730,18 +740,19 @@ impl Transport for TcpTransport {
                 }
                 b.len()
             };
-            let staged: Vec<(GetItem, u32)> = items.iter().copied().zip(at.iter().copied()).collect();
+            let staged: Vec<(GetItem, u32)> = items.iter().copied().zip(at.iter().flatten().copied()).collect();
             let encode_rdma = |b: &mut Vec<u8>| {
                 wire::encode_rdma_get(b, owner, &staged);
                 b.len()
             };
             let reqs = &mut reqs[run];
             let got = self.with_conn(peer, |p, conn, req_id, deadline| {
-                let op = if conn.link.is_some() { wire::OP_RDMA_GET } else { wire::OP_GET };
-                let encode: &dyn Fn(&mut Vec<u8>) -> usize = if conn.link.is_some() { &encode_rdma } else { &encode };
+                let by_rdma = conn.link.is_some() && at.is_some();
+                let op = if by_rdma { wire::OP_RDMA_GET } else { wire::OP_GET };
+                let encode: &dyn Fn(&mut Vec<u8>) -> usize = if by_rdma { &encode_rdma } else { &encode };
                 let lens = self.exchange(p, conn, op, req_id, encode, deadline)?;
                 let (ctrl, data) = answer_parts(&conn.buf, lens);
-                let got = match &conn.link {
+                let got = match conn.link.as_ref().zip(at.as_ref()) {
                     // The bytes are in the frame, each after the last.
                     None => {
                         let mut d = Reader::new(data);
@@ -752,7 +763,7 @@ impl Transport for TcpTransport {
                         got.and_then(|v| d.end().map(|()| v))
                     }
                     // The donor wrote them into this side's window before it answered.
-                    Some(link) => no_data(data).and_then(|()| {
+                    Some((link, at)) => no_data(data).and_then(|()| {
                         take_get_answer(ctrl, reqs, |i, buf| {
                             link.take_bytes(at[i] as usize, buf);
                             Ok(())

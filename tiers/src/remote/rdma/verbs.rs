@@ -47,38 +47,50 @@ pub struct Device {
 unsafe impl Send for Device {}
 unsafe impl Sync for Device {}
 
-impl Device {
-    /// Opens device `name`, whose port 1 must be active.
-    pub fn open(name: &str) -> Result<Arc<Device>, String> {
-        let mut n: c_int = 0;
-        // SAFETY: plain call; the list is freed below, after the device was opened from it
-        // (an opened context stays valid after the list is freed).
-        let list = unsafe { ffi::ibv_get_device_list(&mut n) };
-        if list.is_null() {
-            return Err(errno("ibv_get_device_list"));
-        }
-        let mut ctx = ptr::null_mut();
-        for i in 0..n.max(0) as usize {
-            // SAFETY: `list` holds `n` device pointers.
-            let dev = unsafe { *list.add(i) };
-            // SAFETY: a device of the list; the name is a NUL-terminated string it owns.
-            let dev_name = unsafe { std::ffi::CStr::from_ptr(ffi::ibv_get_device_name(dev)) };
-            if dev_name.to_string_lossy() == name {
-                // SAFETY: a device of the live list.
-                ctx = unsafe { ffi::ibv_open_device(dev) };
-                if ctx.is_null() {
-                    let e = errno("ibv_open_device");
-                    // SAFETY: the list from ibv_get_device_list, freed once.
-                    unsafe { ffi::ibv_free_device_list(list) };
-                    return Err(format!("{name}: {e}"));
-                }
-                break;
+/// What [`probe`] found: every device libibverbs lists, the first that is usable (opened), and
+/// why each one tried before it, or every one, is not.
+pub struct Probed {
+    pub names: Vec<String>,
+    pub usable: Option<Arc<Device>>,
+    pub refused: Vec<String>,
+}
+
+/// Lists the devices and opens them in turn until one is usable ([`Device::open`]); the list
+/// itself could not be read: `Err`.
+pub fn probe() -> io::Result<Probed> {
+    let mut n: c_int = 0;
+    // SAFETY: plain call; the list is freed below, after the devices were opened from it (an
+    // opened context stays valid after the list is freed).
+    let list = unsafe { ffi::ibv_get_device_list(&mut n) };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut p = Probed { names: Vec::new(), usable: None, refused: Vec::new() };
+    for i in 0..n.max(0) as usize {
+        // SAFETY: `list` holds `n` device pointers.
+        let dev = unsafe { *list.add(i) };
+        // SAFETY: a device of the list; the name is a NUL-terminated string it owns.
+        let name = unsafe { std::ffi::CStr::from_ptr(ffi::ibv_get_device_name(dev)) }.to_string_lossy().into_owned();
+        if p.usable.is_none() {
+            match Device::open(dev, &name) {
+                Ok(d) => p.usable = Some(d),
+                Err(why) => p.refused.push(why),
             }
         }
-        // SAFETY: the list from ibv_get_device_list, freed once.
-        unsafe { ffi::ibv_free_device_list(list) };
+        p.names.push(name);
+    }
+    // SAFETY: the list from ibv_get_device_list, freed once.
+    unsafe { ffi::ibv_free_device_list(list) };
+    Ok(p)
+}
+
+impl Device {
+    /// Opens `listed` (named `name`, from a live device list), whose port 1 must be active.
+    fn open(listed: *mut ffi::ibv_device, name: &str) -> Result<Arc<Device>, String> {
+        // SAFETY: a device of a live list.
+        let ctx = unsafe { ffi::ibv_open_device(listed) };
         if ctx.is_null() {
-            return Err(format!("no RDMA device named {name}"));
+            return Err(format!("{name}: {}", errno("ibv_open_device")));
         }
         // From here the Device owns `ctx` (and `pd` once set): Drop frees what is set.
         let mut dev =
