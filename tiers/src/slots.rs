@@ -132,3 +132,34 @@ impl TakenSlots {
         &self.alloc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_slots_stay_taken_beside_the_ones_in_use_until_given_back() {
+        let mut t = TakenSlots::new(8);
+        assert_eq!([t.take(), t.take()], [Some(0), Some(1)]);
+        // Held: 3 and 5 (and 1, already taken, and 9, beyond capacity, ignored).
+        t.hold(&[3, 5, 1, 9]);
+        assert!(t.is_taken(0) && t.is_taken(1) && !t.is_taken(2) && t.is_taken(3) && t.is_taken(5));
+        assert_eq!(t.allocator().used(), 4);
+        assert_eq!([t.take(), t.take(), t.take()], [Some(2), Some(4), Some(6)]);
+        for s in [0, 1, 2, 3, 4, 5] {
+            assert!(!t.give_back(s));
+        }
+        assert!(t.give_back(6), "the last one given back resets all");
+        assert_eq!((t.high_water(), t.take()), (0, Some(0)));
+    }
+
+    #[test]
+    #[should_panic(expected = "double free of slot 0")]
+    fn a_double_free_is_caught() {
+        let mut t = TakenSlots::new(2);
+        t.take();
+        t.take();
+        t.give_back(0);
+        t.give_back(0);
+    }
+}
