@@ -17,6 +17,8 @@
 //! * **Refused when it would not shrink**: a granule whose frames take [`SHRINK_PCT`]% of
 //!   its bytes or more is [`TierError::WouldNotShrink`], which the store treats as a full tier
 //!   (the granule goes to the next one): incompressible data would spend the pool on nothing.
+//!   So is one whose first page does not shrink so on its own: that sample refuses
+//!   incompressible data for the price of one page's compression, not a granule's.
 //! * **Capacity in bytes**: what the slots hold (frames, plus [`PAGE_INDEX_BYTES`] a page and
 //!   [`SLOT_OVERHEAD_BYTES`] a slot of bookkeeping) never exceeds the configured capacity.
 //!   [`Tier::alloc`] reserves the most a written slot may hold (the refusal threshold), so a
@@ -53,8 +55,11 @@ const SHARDS: usize = 16;
 /// Why a granule was not packed.
 #[derive(Debug)]
 enum PackError {
-    /// Its frames would take this many bytes: not less than [`SHRINK_PCT`]% of its own.
-    WouldNotShrink(usize),
+    /// Its first `raw` bytes took `stored` bytes of frames, which refuses it (see [`pack`]).
+    WouldNotShrink {
+        stored: usize,
+        raw: usize,
+    },
     Zstd(std::io::Error),
 }
 
@@ -117,7 +122,13 @@ fn with_zstd<T>(f: impl FnOnce(&mut Zstd) -> Result<T, std::io::Error>) -> Resul
     })
 }
 
-/// `data` compressed page by page.
+/// `data` compressed page by page, or refused as soon as that is known:
+/// * the first page is a sample: if it does not shrink under [`SHRINK_PCT`]% on its own, the
+///   granule is refused at the cost of one page instead of all of them. The price: a
+///   granule whose first page does not compress but whose others do (random bytes, then
+///   zeros) is refused too, and goes to the next tier whole;
+/// * once the frames so far reach the granule's threshold, the pages left cannot bring it
+///   under.
 fn pack(data: &[u8]) -> Result<Packed, PackError> {
     let bound = zstd::zstd_safe::compress_bound(PAGE);
     let pages = data.len().div_ceil(PAGE);
@@ -125,16 +136,16 @@ fn pack(data: &[u8]) -> Result<Packed, PackError> {
         z.scratch.resize(pages * bound, 0);
         let mut ends = Vec::with_capacity(pages);
         let mut at = 0;
-        for page in data.chunks(PAGE) {
+        for (k, page) in data.chunks(PAGE).enumerate() {
             at += z.compressor.compress_to_buffer(page, &mut z.scratch[at..at + bound])?;
             ends.push(at as u32);
+            if (k == 0 && !shrinks(at, page.len())) || !shrinks(at, data.len()) {
+                return Ok(Err(PackError::WouldNotShrink { stored: at, raw: k * PAGE + page.len() }));
+            }
         }
-        Ok((ends, z.scratch[..at].to_vec()))
+        Ok(Ok((ends, z.scratch[..at].to_vec())))
     });
-    let (ends, frames) = packed.map_err(PackError::Zstd)?;
-    if !shrinks(frames.len(), data.len()) {
-        return Err(PackError::WouldNotShrink(frames.len()));
-    }
+    let (ends, frames) = packed.map_err(PackError::Zstd)??;
     Ok(Packed { sum: Sum::of(data), ends: ends.into(), frames: frames.into() })
 }
 
@@ -269,8 +280,8 @@ impl Tier for CompressedTier {
                 // A failed write leaves the slot reading as never written (as a full one does).
                 drop(self.put(slot, None));
                 return Err(match e {
-                    PackError::WouldNotShrink(stored_bytes) => {
-                        TierError::WouldNotShrink { tier: NAME, slot, stored_bytes, raw_bytes: data.len() }
+                    PackError::WouldNotShrink { stored, raw } => {
+                        TierError::WouldNotShrink { tier: NAME, slot, stored_bytes: stored, raw_bytes: raw }
                     }
                     PackError::Zstd(e) => {
                         TierError::Unavailable { tier: NAME, detail: format!("slot {slot}: zstd: {e}") }
@@ -400,8 +411,8 @@ mod tests {
         let s = t.alloc().unwrap();
         match t.write(s, &random(1, G)) {
             Err(e @ TierError::WouldNotShrink { slot, stored_bytes, raw_bytes, .. }) => {
-                assert_eq!((slot, raw_bytes), (s, G));
-                assert!(stored_bytes >= G * SHRINK_PCT / 100, "{e}");
+                assert_eq!((slot, raw_bytes), (s, PAGE), "refused by its first page: {e}");
+                assert!(stored_bytes >= PAGE * SHRINK_PCT / 100, "{e}");
                 assert!(e.is_full(), "the store must send it to the next tier: {e}");
                 assert!(e.to_string().contains("would not shrink"), "{e}");
             }
@@ -420,6 +431,50 @@ mod tests {
         // A granule of half a page of zeros compresses to almost nothing.
         t.write(s, &[0; 2048]).unwrap();
         assert!(t.usage().used_bytes < 200, "{:?}", t.usage());
+    }
+
+    /// `pages` pages, each of `random` data where `is_random(page)`, else of zeros.
+    fn pages_of(pages: usize, is_random: impl Fn(usize) -> bool) -> Vec<u8> {
+        (0..pages).flat_map(|k| if is_random(k) { random(k as u64, PAGE) } else { vec![0; PAGE] }).collect()
+    }
+
+    fn refused_after(t: &CompressedTier, data: &[u8]) -> usize {
+        let s = t.alloc().unwrap();
+        let raw = match t.write(s, data) {
+            Err(TierError::WouldNotShrink { raw_bytes, .. }) => raw_bytes,
+            other => panic!("expected a refusal, not {other:?}"),
+        };
+        assert!(t.read(s, 0, &mut [0; PAGE]).is_err(), "a refused slot reads as unwritten");
+        t.free(s);
+        raw
+    }
+
+    #[test]
+    fn the_first_page_decides_early_and_the_threshold_stops_the_rest() {
+        let t = CompressedTier::new(G, 16 * G as u64);
+        // A random first page refuses the granule at once, though its 15 pages of zeros would
+        // have brought the whole to about 7% (the price of sampling: it goes to the next tier).
+        let mixed = pages_of(16, |k| k == 0);
+        assert_eq!(refused_after(&t, &mixed), PAGE);
+        let whole: usize = mixed.chunks(PAGE).map(|p| zstd::bulk::compress(p, LEVEL).unwrap().len()).sum();
+        assert!(whole < G / 10, "it would have shrunk to {whole} bytes");
+        // A compressible first page, the rest random: compressed until the frames pass the
+        // threshold, here at the last page.
+        assert_eq!(refused_after(&t, &pages_of(16, |k| k > 0)), G);
+        // In a larger granule, the pages after the threshold are not compressed at all.
+        let big = CompressedTier::new(2 * G, 16 * G as u64);
+        let raw = refused_after(&big, &pages_of(32, |k| k > 0));
+        assert!((2 * G * SHRINK_PCT / 100..2 * G).contains(&raw), "refused after {raw} bytes");
+        // All zeros, or random pages after the first half, are stored and read back.
+        for data in [vec![0; G], pages_of(16, |k| k >= 8)] {
+            let s = t.alloc().unwrap();
+            t.write(s, &data).unwrap();
+            let mut back = vec![1; G];
+            t.read(s, 0, &mut back).unwrap();
+            assert!(back == data);
+            t.free(s);
+        }
+        assert_eq!(t.usage().used_bytes, 0);
     }
 
     #[test]
