@@ -423,10 +423,11 @@ impl Store {
         }
         if let Some(bytes) = config.compressed_dram_bytes {
             log::info!(
-                "compressed tier: up to {} MiB of this daemon's memory, zstd level {} page by page; granules that \
-                 do not shrink under {}% go to the next tier",
+                "compressed tier: up to {} MiB of this daemon's memory, zstd page by page (level {} where level {} \
+                 does not halve a granule's first page); granules that do not shrink under {}% go to the next tier",
                 bytes >> 20,
                 holo_tiers::compressed::LEVEL,
+                holo_tiers::compressed::FAST_LEVEL,
                 holo_tiers::compressed::SHRINK_PCT
             );
             tiers.push(Box::new(CompressedTier::new(g, bytes)));
