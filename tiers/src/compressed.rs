@@ -21,7 +21,7 @@
 //! * **Refused when it would not shrink**: a granule whose frames take [`SHRINK_PCT`]% of
 //!   its bytes or more is [`TierError::WouldNotShrink`], which the store treats as a full tier
 //!   (the granule goes to the next one): incompressible data would spend the pool on nothing.
-//!   So is one whose first page does not shrink so on its own: that sample refuses
+//!   So is one whose first page alone does not shrink under that share: this sample refuses
 //!   incompressible data for the price of one page's compression, not a granule's.
 //! * **Capacity in bytes**: what the slots hold (frames, plus [`PAGE_INDEX_BYTES`] a page and
 //!   [`SLOT_OVERHEAD_BYTES`] a slot of bookkeeping) never exceeds the configured capacity.
