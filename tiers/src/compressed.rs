@@ -12,11 +12,17 @@
 //!   alone, and damage to one frame spoils one page. Each page keeps 64 bits of BLAKE3 of its
 //!   *uncompressed* bytes (`pagesums.rs`), checked on every read, so a frame that changed in
 //!   memory is [`TierError::Corrupt`] naming the slot, whether zstd still decodes it or not.
-//! * **Level [`LEVEL`]** (zstd's fastest regular level): BENCHMARKS.md, "Compressed DRAM",
-//!   has the figures behind the choice.
+//! * **Two levels, the first page choosing**: zstd's fast mode ([`FAST_LEVEL`]) leaves
+//!   literals raw (no Huffman table per page, as LZ4, zswap's usual compressor, does); it
+//!   shrinks sparse pages as much as level 1 in 40% of the time. A granule whose first page
+//!   it does not shrink under [`FAST_ENOUGH_PCT`]% is compressed at [`LEVEL`] instead
+//!   (text, skewed bytes: what entropy coding shrinks). BENCHMARKS.md, "Compressed DRAM",
+//!   has the figures behind both.
 //! * **Refused when it would not shrink**: a granule whose frames take [`SHRINK_PCT`]% of
 //!   its bytes or more is [`TierError::WouldNotShrink`], which the store treats as a full tier
 //!   (the granule goes to the next one): incompressible data would spend the pool on nothing.
+//!   So is one whose first page alone does not shrink under that share: this sample refuses
+//!   incompressible data for the price of one page's compression, not a granule's.
 //! * **Capacity in bytes**: what the slots hold (frames, plus [`PAGE_INDEX_BYTES`] a page and
 //!   [`SLOT_OVERHEAD_BYTES`] a slot of bookkeeping) never exceeds the configured capacity.
 //!   [`Tier::alloc`] reserves the most a written slot may hold (the refusal threshold), so a
@@ -39,8 +45,12 @@ use crate::slots::TakenSlots;
 use crate::{ReadReq, SlotId, Tier, TierError, TierUsage};
 
 const NAME: &str = "compressed";
-/// zstd's compression level.
+/// zstd's fast mode, acceleration 1: raw literals.
+pub const FAST_LEVEL: i32 = -1;
+/// zstd's level where the fast mode does not shrink a granule's first page enough.
 pub const LEVEL: i32 = 1;
+/// The fast mode is kept for a granule whose first page it shrinks under this share.
+pub const FAST_ENOUGH_PCT: usize = 50;
 /// A granule is stored only if its frames take less than this share of its bytes.
 pub const SHRINK_PCT: usize = 90;
 /// Bookkeeping of one stored page: the end of its frame (4 bytes) and its checksum (8).
@@ -54,8 +64,11 @@ const SHARDS: usize = 16;
 /// Why a granule was not packed.
 #[derive(Debug)]
 enum PackError {
-    /// Its frames would take this many bytes: not less than [`SHRINK_PCT`]% of its own.
-    WouldNotShrink(usize),
+    /// Its first `raw` bytes took `stored` bytes of frames, which refuses it (see [`pack`]).
+    WouldNotShrink {
+        stored: usize,
+        raw: usize,
+    },
     Zstd(std::io::Error),
 }
 
@@ -89,11 +102,13 @@ pub fn shrinks(stored: usize, raw: usize) -> bool {
     stored * 100 < raw * SHRINK_PCT
 }
 
-/// Compression and decompression contexts, one pair per thread that uses the tier (the
-/// pager, writer and reader threads of each client, the migrator): zstd's contexts are
-/// not shared between threads, and making one per call would cost more than the call.
+/// Compression (one per level) and decompression contexts, one set per thread that uses
+/// the tier (the pager, writer and reader threads of each client, the migrator): zstd's
+/// contexts are not shared between threads, and making one per call would cost more than
+/// the call.
 struct Zstd {
-    compressor: Compressor<'static>,
+    fast: Compressor<'static>,
+    strong: Compressor<'static>,
     decompressor: Decompressor<'static>,
     /// Room for a granule's frames at worst.
     scratch: Vec<u8>,
@@ -109,7 +124,8 @@ fn with_zstd<T>(f: impl FnOnce(&mut Zstd) -> Result<T, std::io::Error>) -> Resul
         let mut z = z.borrow_mut();
         if z.is_none() {
             *z = Some(Zstd {
-                compressor: Compressor::new(LEVEL)?,
+                fast: Compressor::new(FAST_LEVEL)?,
+                strong: Compressor::new(LEVEL)?,
                 decompressor: Decompressor::new()?,
                 scratch: Vec::new(),
             });
@@ -118,7 +134,17 @@ fn with_zstd<T>(f: impl FnOnce(&mut Zstd) -> Result<T, std::io::Error>) -> Resul
     })
 }
 
-/// `data` compressed page by page.
+/// `data` compressed page by page, or refused as soon as that is known. The first page is
+/// a sample:
+/// * it picks the level for the granule: the fast mode if that shrinks it under
+///   [`FAST_ENOUGH_PCT`]%, else [`LEVEL`];
+/// * if it does not shrink under [`SHRINK_PCT`]% at [`LEVEL`], the granule is refused at the
+///   cost of one page (twice) instead of all of them. The price: a granule whose first page
+///   does not compress but whose others do (random bytes, then zeros) is refused too, and
+///   goes to the next tier whole.
+///
+/// Once the frames so far reach the granule's threshold, the pages left cannot bring it
+/// under: refused there too.
 fn pack(data: &[u8]) -> Result<Packed, PackError> {
     let bound = zstd::zstd_safe::compress_bound(PAGE);
     let pages = data.len().div_ceil(PAGE);
@@ -126,16 +152,24 @@ fn pack(data: &[u8]) -> Result<Packed, PackError> {
         z.scratch.resize(pages * bound, 0);
         let mut ends = Vec::with_capacity(pages);
         let mut at = 0;
-        for page in data.chunks(PAGE) {
-            at += z.compressor.compress_to_buffer(page, &mut z.scratch[at..at + bound])?;
+        let mut fast = true;
+        for (k, page) in data.chunks(PAGE).enumerate() {
+            let out = &mut z.scratch[at..at + bound];
+            let mut n =
+                if fast { z.fast.compress_to_buffer(page, out)? } else { z.strong.compress_to_buffer(page, out)? };
+            if k == 0 && n * 100 >= page.len() * FAST_ENOUGH_PCT {
+                fast = false;
+                n = z.strong.compress_to_buffer(page, out)?;
+            }
+            at += n;
             ends.push(at as u32);
+            if (k == 0 && !shrinks(at, page.len())) || !shrinks(at, data.len()) {
+                return Ok(Err(PackError::WouldNotShrink { stored: at, raw: k * PAGE + page.len() }));
+            }
         }
-        Ok((ends, z.scratch[..at].to_vec()))
+        Ok(Ok((ends, z.scratch[..at].to_vec())))
     });
-    let (ends, frames) = packed.map_err(PackError::Zstd)?;
-    if !shrinks(frames.len(), data.len()) {
-        return Err(PackError::WouldNotShrink(frames.len()));
-    }
+    let (ends, frames) = packed.map_err(PackError::Zstd)??;
     Ok(Packed { sum: Sum::of(data), ends: ends.into(), frames: frames.into() })
 }
 
@@ -259,8 +293,8 @@ impl Tier for CompressedTier {
                 // A failed write leaves the slot reading as never written (as a full one does).
                 drop(self.put(slot, None));
                 return Err(match e {
-                    PackError::WouldNotShrink(stored_bytes) => {
-                        TierError::WouldNotShrink { tier: NAME, slot, stored_bytes, raw_bytes: data.len() }
+                    PackError::WouldNotShrink { stored, raw } => {
+                        TierError::WouldNotShrink { tier: NAME, slot, stored_bytes: stored, raw_bytes: raw }
                     }
                     PackError::Zstd(e) => {
                         TierError::Unavailable { tier: NAME, detail: format!("slot {slot}: zstd: {e}") }
@@ -396,8 +430,8 @@ mod tests {
         let s = t.alloc().unwrap();
         match t.write(s, &random(1, G)) {
             Err(e @ TierError::WouldNotShrink { slot, stored_bytes, raw_bytes, .. }) => {
-                assert_eq!((slot, raw_bytes), (s, G));
-                assert!(stored_bytes >= G * SHRINK_PCT / 100, "{e}");
+                assert_eq!((slot, raw_bytes), (s, PAGE), "refused by its first page: {e}");
+                assert!(stored_bytes >= PAGE * SHRINK_PCT / 100, "{e}");
                 assert!(e.is_full(), "the store must send it to the next tier: {e}");
                 assert!(e.to_string().contains("would not shrink"), "{e}");
             }
@@ -416,6 +450,76 @@ mod tests {
         // A granule of half a page of zeros compresses to almost nothing.
         t.write(s, &[0; 2048]).unwrap();
         assert!(t.usage().used_bytes < 200, "{:?}", t.usage());
+    }
+
+    /// `pages` pages, each of `random` data where `is_random(page)`, else of zeros.
+    fn pages_of(pages: usize, is_random: impl Fn(usize) -> bool) -> Vec<u8> {
+        (0..pages).flat_map(|k| if is_random(k) { random(k as u64, PAGE) } else { vec![0; PAGE] }).collect()
+    }
+
+    fn refused_after(t: &CompressedTier, data: &[u8]) -> usize {
+        let s = t.alloc().unwrap();
+        let raw = match t.write(s, data) {
+            Err(TierError::WouldNotShrink { raw_bytes, .. }) => raw_bytes,
+            other => panic!("expected a refusal, not {other:?}"),
+        };
+        assert!(t.read(s, 0, &mut [0; PAGE]).is_err(), "a refused slot reads as unwritten");
+        t.free(s);
+        raw
+    }
+
+    #[test]
+    fn the_first_page_decides_early_and_the_threshold_stops_the_rest() {
+        let t = CompressedTier::new(G, 16 * G as u64);
+        // A random first page refuses the granule at once, though its 15 pages of zeros would
+        // have brought the whole to about 7% (the price of sampling: it goes to the next tier).
+        let mixed = pages_of(16, |k| k == 0);
+        assert_eq!(refused_after(&t, &mixed), PAGE);
+        let whole = frames_at(LEVEL, &mixed);
+        assert!(whole < G / 10, "it would have shrunk to {whole} bytes");
+        // A compressible first page, the rest random: compressed until the frames pass the
+        // threshold, here at the last page.
+        assert_eq!(refused_after(&t, &pages_of(16, |k| k > 0)), G);
+        // In a larger granule, the pages after the threshold are not compressed at all.
+        let big = CompressedTier::new(2 * G, 16 * G as u64);
+        let raw = refused_after(&big, &pages_of(32, |k| k > 0));
+        assert!((2 * G * SHRINK_PCT / 100..2 * G).contains(&raw), "refused after {raw} bytes");
+        // All zeros, or random pages after the first half, are stored and read back.
+        for data in [vec![0; G], pages_of(16, |k| k >= 8)] {
+            let s = t.alloc().unwrap();
+            t.write(s, &data).unwrap();
+            let mut back = vec![1; G];
+            t.read(s, 0, &mut back).unwrap();
+            assert!(back == data);
+            t.free(s);
+        }
+        assert_eq!(t.usage().used_bytes, 0);
+    }
+
+    /// What `data` takes compressed page by page at `level`.
+    fn frames_at(level: i32, data: &[u8]) -> usize {
+        data.chunks(PAGE).map(|p| zstd::bulk::compress(p, level).unwrap().len()).sum()
+    }
+
+    #[test]
+    fn the_first_page_picks_the_level() {
+        let t = CompressedTier::new(G, 16 * G as u64);
+        // Sparse pages: the fast mode, whose frames are what the slot holds.
+        let s = t.alloc().unwrap();
+        let data = sparse(7, G);
+        t.write(s, &data).unwrap();
+        assert_eq!(t.usage().used_bytes, charge_bytes(frames_at(FAST_LEVEL, &data), G / PAGE));
+        t.free(s);
+        // Random nibbles: only entropy coding shrinks them (the fast mode would refuse them),
+        // so level 1 takes over from the first page.
+        let nibbles: Vec<u8> = random(8, G).iter().map(|b| b & 0x0f).collect();
+        assert!(!shrinks(frames_at(FAST_LEVEL, &nibbles), G));
+        let s = t.alloc().unwrap();
+        t.write(s, &nibbles).unwrap();
+        assert_eq!(t.usage().used_bytes, charge_bytes(frames_at(LEVEL, &nibbles), G / PAGE));
+        let mut back = vec![0; G];
+        t.read(s, 0, &mut back).unwrap();
+        assert!(back == nibbles);
     }
 
     #[test]

@@ -64,8 +64,9 @@ pub enum TierError {
     #[error("{tier} tier cannot take the granule: {detail}")]
     Unavailable { tier: &'static str, detail: String },
     /// A compressing tier refuses a granule that its compression would not shrink enough:
-    /// like `Full`, the caller may try the next tier.
-    #[error("{tier} tier refuses slot {slot}'s granule: it would not shrink ({stored_bytes} of {raw_bytes} bytes compressed)")]
+    /// like `Full`, the caller may try the next tier. Its first `raw_bytes` (where the tier
+    /// decided) took `stored_bytes` compressed.
+    #[error("{tier} tier refuses slot {slot}'s granule: it would not shrink (its first {raw_bytes} bytes took {stored_bytes} compressed)")]
     WouldNotShrink { tier: &'static str, slot: SlotId, stored_bytes: usize, raw_bytes: usize },
     #[error("cannot open {tier} tier at {path}: {source}")]
     Open { tier: &'static str, path: String, source: std::io::Error },
