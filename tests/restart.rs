@@ -2,7 +2,7 @@
 //! and verifies a working set several times the DRAM budget. The program must finish with
 //! every byte intact, each time after a pause.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use holo_e2e::*;
 
@@ -113,4 +113,90 @@ fn threads_survive_daemon_restarts() {
     }
     let out = program.finish(Duration::from_secs(600));
     out.check(&daemon, out.success(), "threads_rw did not verify its pages across three daemon restarts");
+}
+
+/// ARC's placement heat survives a restart: a hot set that ARC learned to keep (re-read
+/// after each scan, so it refaulted from the ghosts into T2) stays resident through the
+/// first scan after a `kill -9` and restart. A restarted daemon that forgot it would evict
+/// blind (its clock hand starts at the lowest address, the hot set) while the policy knows
+/// only the scan's own granules. Every byte verifies afterwards.
+#[test]
+fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
+    let _heavy = heavy();
+    // 16 MiB of 64 KiB granules (ARC's c = 256); the hot set is 6 MiB (96 granules, under
+    // the 3/4 of c that ARC's floor under p protects); each scan reads 16 MiB not read before.
+    let daemon_timeout = [("HOLO_DAEMON_TIMEOUT", "60")];
+    let mut daemon = Daemon::start("16M", "64K", &[]);
+    let (hot, scan) = (6u64 << 20, 16u64 << 20);
+    let size = hot + 4 * scan;
+    let args = [format!("{}", size), format!("{hot}")];
+    let cmd = shimmed_command(&daemon, &c_program("hot_reread"), &[&args[0], &args[1]], &daemon_timeout);
+    let mut held = Spawned::spawn(cmd, true);
+    held.wait_for_line("ready", Duration::from_secs(120), &daemon);
+    let wait = Duration::from_secs(120);
+    let hot_pages = hot / 4096;
+    let resident = |held: &mut Spawned, daemon: &Daemon| -> u64 {
+        held.send_line("resident");
+        let line = held.wait_for_line("resident ", wait, daemon);
+        line["resident ".len()..].trim().parse().unwrap()
+    };
+    // Learn: the hot set, pushed out by a scan into ARC's B1, refaults from there into T2;
+    // then two more scans it should outlive.
+    for part in 0..3 {
+        held.send_line("hot");
+        held.wait_for_line("hot ok", wait, &daemon);
+        held.send_line(&format!("scan {} {scan}", hot + part * scan));
+        held.wait_for_line("scan ok", wait, &daemon);
+    }
+    let learned = resident(&mut held, &daemon);
+    let scanned_at = SystemTime::now();
+    assert!(
+        learned * 10 >= hot_pages * 9,
+        "precondition: ARC should keep the hot set through a scan ({learned} of {hot_pages} pages resident)\n{}",
+        daemon.report_log()
+    );
+    // The pager saves its heat a moment after the policy last moved (the scan's evictions).
+    let clients = daemon.state_dir().join("clients");
+    daemon.wait_until("the heat to be saved after the scans", Duration::from_secs(60), || {
+        let saved = std::fs::read_dir(&clients)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "heat"))
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .any(|t| t > scanned_at);
+        if saved {
+            Ok(())
+        } else {
+            Err(format!("no heat file in {} newer than the last scan", clients.display()))
+        }
+    });
+    daemon.kill();
+    daemon.restart();
+    daemon.wait_until("the client to resume", Duration::from_secs(60), || {
+        if daemon.log().contains("resumed after a restart") {
+            Ok(())
+        } else {
+            Err("not resumed yet".into())
+        }
+    });
+    held.send_line(&format!("scan {} {scan}", hot + 3 * scan));
+    held.wait_for_line("scan ok", wait, &daemon);
+    let kept = resident(&mut held, &daemon);
+    held.send_line("check");
+    let out = held.finish(wait);
+    let seeded = daemon.log().lines().find(|l| l.contains("placement heat from before the restart")).map(str::to_owned);
+    eprintln!(
+        "hot set: {learned} of {hot_pages} pages resident before the restart, {kept} after the first scan after it"
+    );
+    eprintln!("daemon said: {seeded:?}");
+    out.check(
+        &daemon,
+        out.success() && out.stdout.lines().any(|l| l == "ok"),
+        "the data did not verify after the restart",
+    );
+    out.check(
+        &daemon,
+        kept * 10 >= hot_pages * 9,
+        &format!("the hot set should outlive the first scan after a restart: {kept} of {hot_pages} pages resident"),
+    );
 }
