@@ -116,18 +116,21 @@ fn threads_survive_daemon_restarts() {
 }
 
 /// ARC's placement heat survives a restart: a hot set that ARC learned to keep (re-read
-/// after each scan, so it refaulted from the ghosts into T2) stays resident through the
-/// first scan after a `kill -9` and restart. A restarted daemon that forgot it would evict
-/// blind (its clock hand starts at the lowest address, the hot set) while the policy knows
-/// only the scan's own granules. Every byte verifies afterwards.
+/// after each scan, so it refaulted from the ghosts into T2) stays resident when the daemon
+/// is `kill -9`ed and restarted with a smaller budget (an upgrade with a new configuration),
+/// then a scan runs. The restarted daemon must evict at once; without the heat ARC knows no
+/// resident granule, so the clock hand picks them by address, the hot set first. Every byte
+/// verifies afterwards.
 #[test]
 fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
     let _heavy = heavy();
-    // 16 MiB of 64 KiB granules (ARC's c = 256); the hot set is 6 MiB (96 granules, under
-    // the 3/4 of c that ARC's floor under p protects); each scan reads 16 MiB not read before.
+    // 16 MiB of 64 KiB granules (ARC's c = 256), 14 MiB after the restart; each scan reads
+    // 16 MiB not read before. The hot set is 3 MiB (48 granules): ARC keeps T1 at p at
+    // least, and its first 48 refaults from B1 raise p to 64 + 48, which leaves T2 room for
+    // it after the restart too.
     let daemon_timeout = [("HOLO_DAEMON_TIMEOUT", "60")];
     let mut daemon = Daemon::start("16M", "64K", &[]);
-    let (hot, scan) = (6u64 << 20, 16u64 << 20);
+    let (hot, scan) = (3u64 << 20, 16u64 << 20);
     let size = hot + 4 * scan;
     let args = [format!("{}", size), format!("{hot}")];
     let cmd = shimmed_command(&daemon, &c_program("hot_reread"), &[&args[0], &args[1]], &daemon_timeout);
@@ -151,7 +154,7 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
     let learned = resident(&mut held, &daemon);
     let scanned_at = SystemTime::now();
     assert!(
-        learned * 10 >= hot_pages * 9,
+        learned * 10 >= hot_pages * 8,
         "precondition: ARC should keep the hot set through a scan ({learned} of {hot_pages} pages resident)\n{}",
         daemon.report_log()
     );
@@ -171,7 +174,7 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
         }
     });
     daemon.kill();
-    daemon.restart();
+    daemon.restart_with_budget("14M");
     daemon.wait_until("the client to resume", Duration::from_secs(60), || {
         if daemon.log().contains("resumed after a restart") {
             Ok(())
@@ -196,7 +199,9 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
     );
     out.check(
         &daemon,
-        kept * 10 >= hot_pages * 9,
-        &format!("the hot set should outlive the first scan after a restart: {kept} of {hot_pages} pages resident"),
+        kept * 10 >= learned * 9,
+        &format!(
+            "the hot set should outlive the first evictions after a restart: {kept} of {hot_pages} pages resident, {learned} before"
+        ),
     );
 }

@@ -606,25 +606,26 @@ impl ArcPolicy {
 
     /// A policy of `capacity` that starts from `heat`: resident keys stamped now, ghosts as
     /// if the budget had evicted them. `heat` is advice from a file: a key listed twice keeps
-    /// its first place (resident lists first), each list keeps at most its `capacity` most
-    /// recent keys, resident keys beyond `capacity` are dropped from T1's LRU end (then T2's),
-    /// ghosts beyond the bounds as `trim` drops them, and `p` is brought within its range.
+    /// its first place (resident lists first), each list keeps at most its 2·`capacity` most
+    /// recent keys, ghosts beyond the bounds are dropped as `trim` drops them, and `p` is
+    /// brought within its range. Resident keys beyond `capacity` (a smaller budget than the
+    /// heat's) are kept: a key the policy forgot would be evicted last, not first; the
+    /// caller evicts them through `victim`, as after a `resize`.
     pub fn with_heat(capacity: u64, heat: &Heat) -> ArcPolicy {
         let mut a = ArcPolicy::new(capacity);
-        let c = capacity as usize;
+        let most = 2 * capacity as usize;
         for (l, keys, stamp) in [
             (L::T2, &heat.t2, a.now),
             (L::T1, &heat.t1, a.now),
             (L::B2, &heat.b2, NOT_OFFLOADED),
             (L::B1, &heat.b1, NOT_OFFLOADED),
         ] {
-            for &key in &keys[keys.len().saturating_sub(c)..] {
+            for &key in &keys[keys.len().saturating_sub(most)..] {
                 if a.dir.find(key).is_none() {
                     a.dir.insert(key, l, stamp);
                 }
             }
         }
-        while a.dir.len(L::T1) + a.dir.len(L::T2) > c && (a.dir.drop_lru(L::T1) || a.dir.drop_lru(L::T2)) {}
         a.trim();
         a.p = heat.p.clamp(a.min_p(), a.c);
         a
@@ -1199,28 +1200,33 @@ mod tests {
         let c = 10u64;
         let heat = Heat {
             p: 1000,
-            // Duplicates within and across lists; the resident lists hold more than c.
+            // Duplicates within and across lists, and far too many ghosts.
             t2: vec![1, 2, 2, 3],
-            t1: (3..20).collect(),
+            t1: (3..10).collect(),
             b2: (1..5).chain(100..130).collect(),
             b1: (200..260).collect(),
         };
         let a = ArcPolicy::with_heat(c, &heat);
         a.check();
         let got = a.heat();
-        assert_eq!(got.t2, vec![1, 2, 3]);
-        // T1 keeps its c most recent keys (10..20) less 3 (in T2), then drops its LRU end
-        // until T1 + T2 fits c.
-        assert_eq!(got.t1, (13..20).collect::<Vec<_>>());
-        assert_eq!(got.p, c);
+        assert_eq!((got.t2, got.t1, got.p), (vec![1, 2, 3], (4..10).collect(), c));
         let l = a.lens();
         assert!(l.b1 <= 10 && l.b2 <= 10 && l.total() <= 20, "{l:?}");
-        // `trim` drops the oldest ghosts.
+        // `trim` keeps the most recent ghosts.
         assert!(!got.b2.is_empty() && (100..130).collect::<Vec<_>>().ends_with(&got.b2), "{:?}", got.b2);
         assert!(!got.b1.is_empty() && (200..260).collect::<Vec<_>>().ends_with(&got.b1), "{:?}", got.b1);
-        let all: Vec<u64> = [got.t1, got.t2, got.b1, got.b2].concat();
-        assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len());
-        // A heat for no capacity at all gives an empty policy, and p below its floor rises.
+        let all: Vec<u64> = [got.b1, got.b2].concat();
+        assert!(all.iter().all(|k| !(1..10).contains(k)), "a resident key is a ghost too");
+
+        // A heat from a larger budget: T1 keeps its 2c most recent keys, over capacity; the
+        // caller evicts them, oldest first, T1 before T2. No room is left for ghosts.
+        let big = Heat { p: 0, t1: (100..150).collect(), t2: vec![1, 2], b1: vec![7], b2: vec![] };
+        let mut a = ArcPolicy::with_heat(c, &big);
+        a.check();
+        assert_eq!((a.heat().t1, a.lens().b1), ((130..150).collect(), 0));
+        let first: Vec<u64> = (0..3).map(|_| a.victim().unwrap()).collect();
+        assert_eq!(first, vec![130, 131, 132]);
+        // No capacity at all gives an empty policy, and p below its floor rises.
         assert_eq!(ArcPolicy::with_heat(0, &heat).lens(), Lens::default());
         let low = ArcPolicy::with_heat(100, &Heat { p: 0, ..Heat::default() });
         assert_eq!(low.p(), 100 * MIN_RECENT_PCT / 100);

@@ -1,6 +1,6 @@
 //! Each client's DRAM placement heat on disk, so that a restarted daemon does not evict
 //! blind: ARC's lists and `p` ([`Heat`]), saved next to the client's journal
-//! (`PID-STARTTIME.heat`) by its pager every [`SAVE_EVERY`] at most while they change, and
+//! (`PID-STARTTIME.heat`) by its pager every [`save_interval`] at most while they change, and
 //! seeded into the resumed pager's policy.
 //!
 //! Advice only: nothing about which bytes a page holds depends on it. A file that is missing,
@@ -23,8 +23,17 @@ const MAGIC: u64 = u64::from_le_bytes(*b"HOLOHEAT");
 const VERSION: u64 = 1;
 const HEADER_WORDS: usize = 8;
 
-/// How often at most a pager writes its heat: a restart forgets at most this much of it.
+/// How often at most a pager writes a heat of up to [`KEYS_PER_SAVE`] keys: a restart
+/// forgets at most this much of it.
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// A larger heat is written proportionally less often, so that saving it takes about the
+/// same share of the pager thread's time whatever the budget (512 KiB per 2 s).
+pub const KEYS_PER_SAVE: usize = 1 << 16;
+
+/// How long after writing a heat of `keys` keys the pager waits before writing it again.
+pub fn save_interval(keys: usize) -> Duration {
+    SAVE_EVERY * (keys / KEYS_PER_SAVE).max(1) as u32
+}
 
 /// The heat file beside the journal at `journal`.
 pub fn path_for(journal: &Path) -> PathBuf {
@@ -104,6 +113,8 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 8], 65536).unwrap_err().contains("do not add up"));
         assert!(decode(&bytes[..bytes.len() - 3], 65536).is_err());
         assert!(decode(&[], 65536).is_err());
+        assert_eq!(save_interval(0), SAVE_EVERY);
+        assert_eq!(save_interval(5 * KEYS_PER_SAVE + 1), 5 * SAVE_EVERY);
         let mut foreign = bytes.clone();
         foreign[0] ^= 1;
         assert!(decode(&foreign, 65536).unwrap_err().contains("not a heat file"));

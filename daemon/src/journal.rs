@@ -417,8 +417,9 @@ pub fn missing(pid: i32, pages: &[u64]) -> io::Result<Vec<u64>> {
 /// At start-up: replay the journal of every client of the previous run that still runs,
 /// reconcile it with the process's memory, and settle the store (every slot that no
 /// recovered table refers to is freed, except those of eviction intents, which the clients'
-/// agents may still be zapping). Journals (and heat files) of processes that are gone are deleted. Returns
-/// the recovered clients by pid; each waits for its shim to reconnect.
+/// agents may still be zapping). Journals and heat files ([`crate::heat`]) of processes that
+/// are gone are deleted. Returns the recovered clients by pid; each waits for its shim to
+/// reconnect.
 pub fn recover_all(dir: &Path, store: &crate::store::Store) -> io::Result<HashMap<i32, Recovered>> {
     std::fs::create_dir_all(dir)?;
     let mut found = HashMap::new();

@@ -1514,12 +1514,14 @@ impl Pager {
         }
     }
 
-    /// Every [`heat::SAVE_EVERY`] at most, if ARC's lists moved since: write them beside
+    /// Every [`heat::save_interval`] at most, if ARC's lists moved since: write them beside
     /// the journal for a restarted daemon. Off the fault path but on this thread: it costs
     /// 8 bytes per key ARC knows (at most 2 per granule of the budget).
     fn save_heat(&mut self) {
         let Some(j) = &self.journal else { return };
-        if self.policy.changes() == self.heat_saved || self.heat_saved_at.elapsed() < heat::SAVE_EVERY {
+        if self.policy.changes() == self.heat_saved
+            || self.heat_saved_at.elapsed() < heat::save_interval(self.policy.lens().total())
+        {
             return;
         }
         self.heat_saved = self.policy.changes();
@@ -2051,8 +2053,11 @@ fn resident_window(table: &PageTable, key: u64, granule: u64) -> Option<Window> 
 /// only keys of windows that are not. Advice only: a heat that cannot be read leaves the
 /// policy empty, saying why in one line.
 fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pid: i32) -> ArcPolicy {
-    // Each of the four lists holds at most a budget's worth of keys.
-    let mut heat = match heat::load(path, granule, capacity.saturating_mul(4)) {
+    // A directory holds at most 2 keys per granule of its budget, plus resident keys over it
+    // (a predecessor with a larger budget): a file beyond that bound is refused unread (a
+    // heat from a much larger budget too).
+    let most = capacity.saturating_add(table.resident_pages() * PAGE / granule).saturating_mul(4);
+    let mut heat = match heat::load(path, granule, most) {
         Ok(h) => h,
         Err(why) => {
             log::info!("pid {pid}: no placement heat from before the restart ({}: {why})", path.display());
