@@ -70,6 +70,10 @@
 //! keeps the time of its offload in `stamp`, and such a refault leaves `p` alone (REPLACE did
 //! not choose that eviction). The state fits in the node's padding: a node stays 24 bytes.
 //!
+//! **Across a daemon restart.** [`ArcPolicy::heat`] exports the lists (in order) and `p`,
+//! [`ArcPolicy::with_heat`] seeds a new policy with them ([`crate::heat`] keeps them on disk):
+//! a restarted daemon then evicts as its predecessor would have, not blind.
+//!
 //! Keys are opaque `u64`s (holo uses a granule window's start address). Capacity is in keys
 //! (granules). A fault may take the policy over capacity: holo fills first and evicts when
 //! the budget asks, so the caller calls `victim` until it is back under. Every operation is
