@@ -244,6 +244,15 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// [`Daemon::restart`] with another DRAM budget, as an upgrade with a new configuration
+    /// would.
+    pub fn restart_with_budget(&mut self, budget: &str) {
+        let at = self.args.iter().position(|a| a == "--dram-budget").expect("started with --dram-budget");
+        self.args[at + 1] = budget.into();
+        self.budget = budget.to_string();
+        self.restart();
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + DAEMON_START_TIMEOUT;
         loop {

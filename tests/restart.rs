@@ -2,7 +2,7 @@
 //! and verifies a working set several times the DRAM budget. The program must finish with
 //! every byte intact, each time after a pause.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use holo_e2e::*;
 
@@ -113,4 +113,100 @@ fn threads_survive_daemon_restarts() {
     }
     let out = program.finish(Duration::from_secs(600));
     out.check(&daemon, out.success(), "threads_rw did not verify its pages across three daemon restarts");
+}
+
+/// ARC's placement heat survives a restart: a hot set that ARC learned to keep (re-read
+/// after each scan, so it refaulted from the ghosts into T2) stays resident when the daemon
+/// is `kill -9`ed and restarted with a smaller budget (an upgrade with a new configuration),
+/// then a scan runs. The restarted daemon must evict at once; without the heat ARC knows no
+/// resident granule, so the clock hand picks them by address, the hot set first. Every byte
+/// verifies afterwards.
+#[test]
+fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
+    let _heavy = heavy();
+    // 16 MiB of 64 KiB granules (ARC's c = 256), 15 MiB after the restart; each scan reads
+    // 16 MiB not read before. The hot set is 3 MiB (48 granules): its first refaults from B1
+    // raise p (T1's target) to about 64 + 48, which leaves T2 room for it after the restart
+    // too, with T1 above p by more than the evictions in flight (they do not count in T1).
+    let daemon_timeout = [("HOLO_DAEMON_TIMEOUT", "60")];
+    let mut daemon = Daemon::start("16M", "64K", &[]);
+    let (hot, scan) = (3u64 << 20, 16u64 << 20);
+    let size = hot + 4 * scan;
+    let args = [format!("{}", size), format!("{hot}")];
+    let cmd = shimmed_command(&daemon, &c_program("hot_reread"), &[&args[0], &args[1]], &daemon_timeout);
+    let mut held = Spawned::spawn(cmd, true);
+    held.wait_for_line("ready", Duration::from_secs(120), &daemon);
+    let wait = Duration::from_secs(120);
+    let hot_pages = hot / 4096;
+    let resident = |held: &mut Spawned, daemon: &Daemon| -> u64 {
+        held.send_line("resident");
+        let line = held.wait_for_line("resident ", wait, daemon);
+        line["resident ".len()..].trim().parse().unwrap()
+    };
+    // Learn: the hot set, pushed out by a scan into ARC's B1, refaults from there into T2;
+    // then two more scans it should outlive.
+    for part in 0..3 {
+        held.send_line("hot");
+        held.wait_for_line("hot ok", wait, &daemon);
+        held.send_line(&format!("scan {} {scan}", hot + part * scan));
+        held.wait_for_line("scan ok", wait, &daemon);
+    }
+    let learned = resident(&mut held, &daemon);
+    let scanned_at = SystemTime::now();
+    assert!(
+        learned * 10 >= hot_pages * 8,
+        "precondition: ARC should keep the hot set through a scan ({learned} of {hot_pages} pages resident)\n{}",
+        daemon.report_log()
+    );
+    // The pager saves its heat at most 2 s after the policy last moved (the scan's last
+    // evictions): wait for a save after the scan, or for 6 s if the save came just before.
+    let clients = daemon.state_dir().join("clients");
+    daemon.wait_until("the heat to be saved after the scans", Duration::from_secs(60), || {
+        let saved: Vec<SystemTime> = std::fs::read_dir(&clients)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "heat"))
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .collect();
+        let settled = scanned_at.elapsed().is_ok_and(|t| t > Duration::from_secs(6));
+        if saved.iter().any(|&t| t > scanned_at) || (settled && !saved.is_empty()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "heat files in {} saved at {saved:?}, the last scan ended at {scanned_at:?}",
+                clients.display()
+            ))
+        }
+    });
+    daemon.kill();
+    daemon.restart_with_budget("15M");
+    daemon.wait_until("the client to resume", Duration::from_secs(60), || {
+        if daemon.log().contains("resumed after a restart") {
+            Ok(())
+        } else {
+            Err("not resumed yet".into())
+        }
+    });
+    held.send_line(&format!("scan {} {scan}", hot + 3 * scan));
+    held.wait_for_line("scan ok", wait, &daemon);
+    let kept = resident(&mut held, &daemon);
+    held.send_line("check");
+    let out = held.finish(wait);
+    let seeded = daemon.log().lines().find(|l| l.contains("placement heat from before the restart")).map(str::to_owned);
+    eprintln!(
+        "hot set: {learned} of {hot_pages} pages resident before the restart, {kept} after the first scan after it"
+    );
+    eprintln!("daemon said: {seeded:?}");
+    out.check(
+        &daemon,
+        out.success() && out.stdout.lines().any(|l| l == "ok"),
+        "the data did not verify after the restart",
+    );
+    out.check(
+        &daemon,
+        kept * 10 >= learned * 9,
+        &format!(
+            "the hot set should outlive the first evictions after a restart: {kept} of {hot_pages} pages resident, {learned} before"
+        ),
+    );
 }

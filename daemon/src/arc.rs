@@ -70,6 +70,10 @@
 //! keeps the time of its offload in `stamp`, and such a refault leaves `p` alone (REPLACE did
 //! not choose that eviction). The state fits in the node's padding: a node stays 24 bytes.
 //!
+//! **Across a daemon restart.** [`ArcPolicy::heat`] exports the lists (in order) and `p`,
+//! [`ArcPolicy::with_heat`] seeds a new policy with them ([`crate::heat`] keeps them on disk):
+//! a restarted daemon then evicts as its predecessor would have, not blind.
+//!
 //! Keys are opaque `u64`s (holo uses a granule window's start address). Capacity is in keys
 //! (granules). A fault may take the policy over capacity: holo fills first and evicts when
 //! the budget asks, so the caller calls `victim` until it is back under. Every operation is
@@ -197,11 +201,13 @@ struct Dir {
     free: u32,
     index: HashMap<u64, u32>,
     lists: [Ends; 5],
+    /// Bumped by every move and removal: whether the order changed since a given moment.
+    changes: u64,
 }
 
 impl Dir {
     fn new() -> Dir {
-        Dir { nodes: Vec::new(), free: NIL, index: HashMap::new(), lists: [EMPTY; 5] }
+        Dir { nodes: Vec::new(), free: NIL, index: HashMap::new(), lists: [EMPTY; 5], changes: 0 }
     }
 
     fn len(&self, l: L) -> usize {
@@ -248,6 +254,7 @@ impl Dir {
     }
 
     fn push_mru(&mut self, i: u32, l: L) {
+        self.changes += 1;
         let ends = &mut self.lists[l as usize];
         let old = ends.mru;
         ends.mru = i;
@@ -287,6 +294,7 @@ impl Dir {
     }
 
     fn remove(&mut self, i: u32) {
+        self.changes += 1;
         self.unlink(i);
         let key = self.nodes[i as usize].key;
         self.index.remove(&key);
@@ -313,6 +321,17 @@ impl Dir {
             b2: self.len(L::B2),
             leaving: self.len(L::Leaving),
         }
+    }
+
+    /// The keys of `l`, LRU first.
+    fn keys(&self, l: L) -> Vec<u64> {
+        let mut keys = Vec::with_capacity(self.len(l));
+        let mut at = self.lru(l);
+        while let Some(i) = at {
+            keys.push(self.key(i));
+            at = self.newer(i);
+        }
+        keys
     }
 
     /// Choose `i` for eviction: it moves to the leaving list.
@@ -407,6 +426,17 @@ fn forget(dir: &mut Dir, fresh: &mut Option<u64>, key: u64) {
     if *fresh == Some(key) {
         *fresh = None;
     }
+}
+
+/// ARC's directory without its data: the keys of each list, LRU first, and `p`. What a
+/// restarted daemon seeds a client's policy with ([`ArcPolicy::heat`], [`ArcPolicy::with_heat`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heat {
+    pub p: u64,
+    pub t1: Vec<u64>,
+    pub t2: Vec<u64>,
+    pub b1: Vec<u64>,
+    pub b2: Vec<u64>,
 }
 
 /// ARC over granule keys. See the module doc.
@@ -560,6 +590,54 @@ impl ArcPolicy {
                 break; // only resident keys left: the caller evicts them
             }
         }
+    }
+
+    /// The directory as it stands. A key being evicted counts as resident, at the LRU end
+    /// of the list it was chosen from (or T2 if it faulted meanwhile). Stamps and cold
+    /// levels are not kept: they are times of this process's clock.
+    pub fn heat(&self) -> Heat {
+        let (mut t1, mut t2) = (Vec::new(), Vec::new());
+        let mut at = self.dir.lru(L::Leaving);
+        while let Some(i) = at {
+            let n = &self.dir.nodes[i as usize];
+            if n.from_t2 || n.hit { &mut t2 } else { &mut t1 }.push(n.key);
+            at = self.dir.newer(i);
+        }
+        t1.extend(self.dir.keys(L::T1));
+        t2.extend(self.dir.keys(L::T2));
+        Heat { p: self.p, t1, t2, b1: self.dir.keys(L::B1), b2: self.dir.keys(L::B2) }
+    }
+
+    /// A policy of `capacity` that starts from `heat`: resident keys stamped now, ghosts as
+    /// if the budget had evicted them. `heat` is advice from a file: a key listed twice keeps
+    /// its first place (resident lists first), each list keeps at most its 2·`capacity` most
+    /// recent keys, ghosts beyond the bounds are dropped as `trim` drops them, and `p` is
+    /// brought within its range. Resident keys beyond `capacity` (a smaller budget than the
+    /// heat's) are kept: a key the policy forgot would be evicted last, not first; the
+    /// caller evicts them through `victim`, as after a `resize`.
+    pub fn with_heat(capacity: u64, heat: &Heat) -> ArcPolicy {
+        let mut a = ArcPolicy::new(capacity);
+        let most = 2 * capacity as usize;
+        for (l, keys, stamp) in [
+            (L::T2, &heat.t2, a.now),
+            (L::T1, &heat.t1, a.now),
+            (L::B2, &heat.b2, NOT_OFFLOADED),
+            (L::B1, &heat.b1, NOT_OFFLOADED),
+        ] {
+            for &key in &keys[keys.len().saturating_sub(most)..] {
+                if a.dir.find(key).is_none() {
+                    a.dir.insert(key, l, stamp);
+                }
+            }
+        }
+        a.trim();
+        a.p = heat.p.clamp(a.min_p(), a.c);
+        a
+    }
+
+    /// A count that moves whenever the directory's lists do (not when only `p` does).
+    pub fn changes(&self) -> u64 {
+        self.dir.changes
     }
 
     #[cfg(test)]
@@ -1053,6 +1131,109 @@ mod tests {
         }
         assert!(a.lens().total() <= 2);
         a.check();
+    }
+
+    /// Faults on the keys of `trace` not in `resident`, evicting down to `c` after each;
+    /// returns the victims in order.
+    fn drive(a: &mut ArcPolicy, resident: &mut HashSet<u64>, c: usize, trace: &[u64]) -> Vec<u64> {
+        let mut victims = Vec::new();
+        for &key in trace {
+            if resident.insert(key) {
+                a.on_fault(key);
+            }
+            while resident.len() > c {
+                let v = a.victim().unwrap();
+                assert!(resident.remove(&v));
+                a.on_evicted(v);
+                victims.push(v);
+            }
+        }
+        victims
+    }
+
+    #[test]
+    fn heat_round_trip_picks_the_same_victims() {
+        for seed in 0..20 {
+            let mut rng = Rng(seed);
+            let c = 50 + rng.below(200) as usize;
+            // A hot loop, scans and random keys: every list is populated and p has moved.
+            let mut trace = scan_polluted_loop(c as u64, 5, 2, c as u64);
+            trace.extend((0..4 * c).map(|_| rng.below(3 * c as u64)));
+            let mut a = ArcPolicy::new(c as u64);
+            let mut resident = HashSet::new();
+            drive(&mut a, &mut resident, c, &trace);
+            let heat = a.heat();
+            assert!(!heat.t2.is_empty() && !heat.b1.is_empty() && !heat.b2.is_empty(), "{:?}", a.lens());
+            let mut b = ArcPolicy::with_heat(c as u64, &heat);
+            b.check();
+            assert_eq!((b.heat(), b.lens()), (heat, a.lens()));
+            // The same following trace (starting with a miss, which sets what `heat` leaves out)
+            // evicts the same keys in the same order.
+            let mut next = vec![1 << 50];
+            next.extend((0..10 * c).map(|_| {
+                if rng.chance(0.5) {
+                    rng.below(c as u64 / 2)
+                } else {
+                    rng.below(4 * c as u64)
+                }
+            }));
+            let mut resident_b = resident.clone();
+            let va = drive(&mut a, &mut resident, c, &next);
+            let vb = drive(&mut b, &mut resident_b, c, &next);
+            assert!(va.len() > c, "seed {seed}: too few evictions to compare");
+            assert_eq!(va, vb, "seed {seed}");
+            assert_eq!(a.heat(), b.heat());
+        }
+    }
+
+    #[test]
+    fn heat_with_leaving_keys_counts_them_resident_where_they_came_from() {
+        let mut a = ArcPolicy::new(4);
+        for k in 1..=4 {
+            a.on_fault(k);
+        }
+        a.on_fault(1); // T2
+        let v = [a.victim().unwrap(), a.victim().unwrap()];
+        assert_eq!(v, [2, 3]);
+        let heat = a.heat();
+        assert_eq!((heat.t1, heat.t2), (vec![2, 3, 4], vec![1]));
+    }
+
+    #[test]
+    fn heat_import_keeps_within_bounds_and_drops_duplicates() {
+        let c = 10u64;
+        let heat = Heat {
+            p: 1000,
+            // Duplicates within and across lists, and far too many ghosts.
+            t2: vec![1, 2, 2, 3],
+            t1: (3..10).collect(),
+            b2: (1..5).chain(100..130).collect(),
+            b1: (200..260).collect(),
+        };
+        let a = ArcPolicy::with_heat(c, &heat);
+        a.check();
+        let got = a.heat();
+        assert_eq!((got.t2, got.t1, got.p), (vec![1, 2, 3], (4..10).collect(), c));
+        let l = a.lens();
+        assert!(l.b1 <= 10 && l.b2 <= 10 && l.total() <= 20, "{l:?}");
+        // `trim` keeps the most recent ghosts.
+        assert!(!got.b2.is_empty() && (100..130).collect::<Vec<_>>().ends_with(&got.b2), "{:?}", got.b2);
+        assert!(!got.b1.is_empty() && (200..260).collect::<Vec<_>>().ends_with(&got.b1), "{:?}", got.b1);
+        let all: Vec<u64> = [got.b1, got.b2].concat();
+        assert!(all.iter().all(|k| !(1..10).contains(k)), "a resident key is a ghost too");
+
+        // A heat from a larger budget: T1 keeps its 2c most recent keys, over capacity; the
+        // caller evicts them, oldest first, T1 before T2. No room is left for ghosts.
+        let big = Heat { p: 0, t1: (100..150).collect(), t2: vec![1, 2], b1: vec![7], b2: vec![] };
+        let mut a = ArcPolicy::with_heat(c, &big);
+        a.check();
+        assert_eq!((a.heat().t1, a.lens().b1), ((130..150).collect(), 0));
+        let first: Vec<u64> = (0..3).map(|_| a.victim().unwrap()).collect();
+        assert_eq!(first, vec![130, 131, 132]);
+        // No capacity at all gives an empty policy, and p below its floor rises.
+        assert_eq!(ArcPolicy::with_heat(0, &heat).lens(), Lens::default());
+        let low = ArcPolicy::with_heat(100, &Heat { p: 0, ..Heat::default() });
+        assert_eq!(low.p(), 100 * MIN_RECENT_PCT / 100);
     }
 
     #[test]

@@ -249,9 +249,14 @@ impl Journal {
         }
     }
 
-    /// The client is gone: its journal goes too.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The client is gone: its journal goes too, and its heat ([`crate::heat`]).
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
+        crate::heat::remove(&crate::heat::path_for(&self.path));
     }
 }
 
@@ -412,16 +417,21 @@ pub fn missing(pid: i32, pages: &[u64]) -> io::Result<Vec<u64>> {
 /// At start-up: replay the journal of every client of the previous run that still runs,
 /// reconcile it with the process's memory, and settle the store (every slot that no
 /// recovered table refers to is freed, except those of eviction intents, which the clients'
-/// agents may still be zapping). Journals of processes that are gone are deleted. Returns
-/// the recovered clients by pid; each waits for its shim to reconnect.
+/// agents may still be zapping). Journals and heat files ([`crate::heat`]) of processes that
+/// are gone are deleted. Returns the recovered clients by pid; each waits for its shim to
+/// reconnect.
 pub fn recover_all(dir: &Path, store: &crate::store::Store) -> io::Result<HashMap<i32, Recovered>> {
     std::fs::create_dir_all(dir)?;
     let mut found = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        let Some((pid, started)) = name
-            .strip_suffix(".journal")
+        // A heat file stays for its client's pager to read, if the client still runs.
+        let (stem, heat) = match name.strip_suffix(".heat") {
+            Some(stem) => (Some(stem), true),
+            None => (name.strip_suffix(".journal"), false),
+        };
+        let Some((pid, started)) = stem
             .and_then(|s| s.split_once('-'))
             .and_then(|(p, t)| Some((p.parse::<i32>().ok()?, t.parse::<u64>().ok()?)))
         else {
@@ -430,6 +440,9 @@ pub fn recover_all(dir: &Path, store: &crate::store::Store) -> io::Result<HashMa
         };
         if start_time(pid) != Some(started) {
             let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if heat {
             continue;
         }
         let recovered = replay(&path).and_then(|mut r| reconcile(pid, &mut r.table).map(|()| r));

@@ -13,6 +13,7 @@
 //! * [`migration`]: which granules move between the tiers below DRAM, and how many at once.
 //! * [`worker`]: each pager's I/O threads: eviction writes and prefetch reads.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
+//! * [`heat`]: each client's ARC directory on disk, so that a restart does not evict blind.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
 //! * [`numa`]: the NUMA nodes, where each pager places its fills, and what was filled where.
 //! * [`remote`]: memory donated to peers, and the remote tier in theirs.
@@ -22,6 +23,7 @@
 pub mod arc;
 pub mod cluster;
 pub mod config;
+pub mod heat;
 pub mod journal;
 pub mod metrics;
 pub mod migration;

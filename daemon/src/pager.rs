@@ -27,6 +27,7 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
 use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
+use crate::heat;
 use crate::journal::{Intent, Journal, SharedRegion};
 use crate::numa::Placer;
 use crate::pagetable::{spilled_runs, PageState, PageTable, SpilledRun, Window, PAGE};
@@ -245,6 +247,9 @@ pub struct Pager {
     cold: ColdPass,
     /// Which NUMA node this thread's fills land on (several nodes only).
     placer: Placer,
+    /// `policy.changes()` when its heat was last saved (or seeded), and when.
+    heat_saved: u64,
+    heat_saved_at: Instant,
 }
 
 /// What a client resumed after a daemon restart brings from its journal besides its table.
@@ -323,7 +328,11 @@ impl Pager {
         }
         let writer = spawn_writer(d.clone(), info.pid)?;
         let reader = spawn_reader(d.clone(), info.pid)?;
-        let mut policy = ArcPolicy::new(d_budget_granules);
+        let mut policy = match (&journal, resumed) {
+            (Some(j), true) => seeded_policy(&heat::path_for(j.path()), &table, granule, d_budget_granules, info.pid),
+            _ => ArcPolicy::new(d_budget_granules),
+        };
+        let heat_saved = policy.changes();
         policy.set_cold_after(d.config.cold_after_ms.div_ceil(TICK_MS) as Tick);
         let cold = ColdPass::idle_until(Instant::now() + cold_scan_every(d.config.cold_after_ms));
         let placer = Placer::new(info.pid);
@@ -362,6 +371,8 @@ impl Pager {
             shared: None,
             cold,
             placer,
+            heat_saved,
+            heat_saved_at: Instant::now(),
         };
         if !shared.is_empty() {
             pager.resume_shared(shared);
@@ -532,6 +543,7 @@ impl Pager {
         self.evict_requested()?;
         self.offload_cold()?;
         self.publish_summary();
+        self.save_heat();
         if self.journal.as_ref().is_some_and(|j| j.wants_compaction()) {
             let intents = self.intents();
             let shared = self.shared.as_ref().map(Shared::journaled).unwrap_or_default();
@@ -1490,20 +1502,38 @@ impl Pager {
     }
 
     /// The window ARC's `key` names, if it still has resident pages and no eviction; else
-    /// the key is stale (freed, moved or already leaving) and ARC forgets it.
+    /// the key is stale (freed, moved, already leaving, or from the heat of a predecessor)
+    /// and ARC forgets it.
     fn evictable(&mut self, key: u64) -> Option<Window> {
-        match self.table.window(key, self.granule) {
-            Some(w)
-                if w.start == key
-                    && !self.evicting(w.start, w.end())
-                    && self.table.pages(w).contains(&PageState::Resident) =>
-            {
-                Some(w)
-            }
+        match resident_window(&self.table, key, self.granule) {
+            Some(w) if !self.evicting(w.start, w.end()) => Some(w),
             _ => {
                 self.policy.on_removed(key);
                 None
             }
+        }
+    }
+
+    /// Every [`heat::save_interval`] at most, if ARC's lists moved since: write them beside
+    /// the journal for a restarted daemon. Off the fault path but on this thread: it costs
+    /// 8 bytes per key ARC knows (at most 2 per granule of the budget).
+    fn save_heat(&mut self) {
+        let Some(j) = &self.journal else { return };
+        if self.policy.changes() == self.heat_saved
+            || self.heat_saved_at.elapsed() < heat::save_interval(self.policy.lens().total())
+        {
+            return;
+        }
+        self.heat_saved = self.policy.changes();
+        self.heat_saved_at = Instant::now();
+        let path = heat::path_for(j.path());
+        if let Err(e) = heat::save(&path, self.granule, &self.policy.heat()) {
+            crate::log_limited!(
+                warn,
+                "pid {}: cannot write {} ({e}); a restart would evict blind",
+                self.info.pid,
+                path.display()
+            );
         }
     }
 
@@ -2011,6 +2041,45 @@ impl Pager {
         }
         self.d.remove_client(self.info.token);
     }
+}
+
+/// The window of `table` that starts at `key`, if it has resident pages.
+fn resident_window(table: &PageTable, key: u64, granule: u64) -> Option<Window> {
+    table.window(key, granule).filter(|w| w.start == key && table.pages(*w).contains(&PageState::Resident))
+}
+
+/// The policy of a client resumed after a restart: seeded from the heat its predecessor
+/// saved at `path`, keeping as resident only keys of windows resident now and as ghosts
+/// only keys of windows that are not. Advice only: a heat that cannot be read leaves the
+/// policy empty, saying why in one line.
+fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pid: i32) -> ArcPolicy {
+    // A directory holds at most 2 keys per granule of its budget, plus resident keys over it
+    // (a predecessor with a larger budget): a file beyond that bound is refused unread (a
+    // heat from a much larger budget too).
+    let most = capacity.saturating_add(table.resident_pages() * PAGE / granule).saturating_mul(4);
+    let mut heat = match heat::load(path, granule, most) {
+        Ok(h) => h,
+        Err(why) => {
+            log::info!("pid {pid}: no placement heat from before the restart ({}: {why})", path.display());
+            return ArcPolicy::new(capacity);
+        }
+    };
+    let resident = |k: &u64| resident_window(table, *k, granule).is_some();
+    heat.t1.retain(resident);
+    heat.t2.retain(resident);
+    heat.b1.retain(|k| !resident(k));
+    heat.b2.retain(|k| !resident(k));
+    let policy = ArcPolicy::with_heat(capacity, &heat);
+    let l = policy.lens();
+    log::info!(
+        "pid {pid}: placement heat from before the restart: {} recent and {} frequent granules resident, {} + {} ghosts, p {}",
+        l.t1,
+        l.t2,
+        l.b1,
+        l.b2,
+        policy.p()
+    );
+    policy
 }
 
 /// What a fault outside the table's regions is ([`Pager::adopt`]).

@@ -1,14 +1,37 @@
 /* hot_reread SIZE HOT
  *
  * Fills SIZE bytes, prints `ready`, then follows commands on stdin, one a line:
- *   hot    verify the first HOT bytes (the hot subset) and print `hot ok`;
- *   check  verify all SIZE bytes, print `ok` and exit.
+ *   hot           verify the first HOT bytes (the hot subset) and print `hot ok`;
+ *   scan OFF LEN  verify LEN bytes from offset OFF and print `scan ok`;
+ *   resident      print `resident N`: how many pages of the hot subset are in memory
+ *                 (present in /proc/self/pagemap), without touching them;
+ *   check         verify all SIZE bytes, print `ok` and exit.
  * With SIZE and HOT above holo's DRAM budget, each `hot` reads the hot subset back from the
  * tiers below DRAM: the placement tests drive promotions with it.
  * Exit: 0 ok, 1 data mismatch, 2 usage, 3 system error. */
 #include "common.h"
 
 static const char *prog = "hot_reread";
+
+/* Pages of [p, p + len) present in memory. */
+static size_t present_pages(const unsigned char *p, size_t len)
+{
+    if (len == 0)
+        return 0;
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    if (!f)
+        fail_sys(prog, "open /proc/self/pagemap");
+    uintptr_t first = (uintptr_t)p / PAGE, last = ((uintptr_t)p + len - 1) / PAGE;
+    size_t n = 0;
+    for (uintptr_t pg = first; pg <= last; pg++) {
+        uint64_t entry;
+        if (pread(fileno(f), &entry, 8, (off_t)(pg * 8)) != 8)
+            fail_sys(prog, "pread /proc/self/pagemap");
+        n += entry >> 63;
+    }
+    fclose(f);
+    return n;
+}
 
 int main(int argc, char **argv)
 {
@@ -25,11 +48,23 @@ int main(int argc, char **argv)
     printf("ready\n");
     fflush(stdout);
 
-    char line[64];
+    char line[64], off_arg[24], len_arg[24];
     while (fgets(line, sizeof line, stdin)) {
         if (strcmp(line, "hot\n") == 0) {
             verify_or_die(prog, "hot subset", buf, 0, hot, 0x407);
             printf("hot ok\n");
+            fflush(stdout);
+        } else if (sscanf(line, "scan %23s %23s", off_arg, len_arg) == 2) {
+            size_t off = parse_size(off_arg), len = parse_size(len_arg);
+            if (off % 8 || len % 8 || off > size || len > size - off) {
+                fprintf(stderr, "%s: scan %s %s is not a range of 8-byte words inside SIZE\n", prog, off_arg, len_arg);
+                return 2;
+            }
+            verify_or_die(prog, "scan", buf, off, len, 0x407);
+            printf("scan ok\n");
+            fflush(stdout);
+        } else if (strcmp(line, "resident\n") == 0) {
+            printf("resident %zu\n", present_pages(buf, hot));
             fflush(stdout);
         } else if (strcmp(line, "check\n") == 0) {
             verify_or_die(prog, "everything", buf, 0, size, 0x407);
