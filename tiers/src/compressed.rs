@@ -355,10 +355,10 @@ impl Tier for CompressedTier {
         drop(self.put(slot, None));
         let mut b = self.books.lock().unwrap();
         let none_left = b.taken.give_back(slot);
-        b.used_bytes -= std::mem::take(&mut b.charged[slot as usize]);
+        b.used_bytes -= b.charged.get_mut(slot as usize).map_or(0, std::mem::take);
         if none_left {
             debug_assert_eq!(b.used_bytes, 0);
-            *b = Books::new();
+            b.charged = Vec::new();
         }
     }
 

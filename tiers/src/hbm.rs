@@ -185,8 +185,6 @@ struct Lane {
 
 struct Slots {
     page: SummedSlots,
-    /// Lost slots ([`Tier::hold_lost`]) past this run's capacity, held until freed.
-    lost_beyond: std::collections::HashSet<SlotId>,
 }
 
 pub struct HbmTier {
@@ -293,10 +291,7 @@ impl HbmTier {
         }
         let info = HbmInfo { ordinal, name, total_bytes: mem_info.total, free_bytes, capacity_bytes: capacity, health };
         Ok(HbmTier {
-            slots: Mutex::new(Slots {
-                page: SummedSlots::new(capacity / slot_bytes as u64, slot_bytes),
-                lost_beyond: Default::default(),
-            }),
+            slots: Mutex::new(Slots { page: SummedSlots::new(capacity / slot_bytes as u64, slot_bytes) }),
             ctx,
             mem,
             slot_bytes,
@@ -500,21 +495,14 @@ impl Tier for HbmTier {
     }
 
     fn free(&self, slot: SlotId) {
-        let mut s = self.slots.lock().unwrap();
-        if s.lost_beyond.remove(&slot) {
-            return;
-        }
-        s.page.give_back(slot);
+        self.slots.lock().unwrap().page.give_back(slot);
     }
 
     /// The device memory died with the earlier daemon: every slot its map names is lost.
     fn hold_lost(&self, slots: &[SlotId]) {
         let mut s = self.slots.lock().unwrap();
         assert_eq!(s.page.alloc().used(), 0, "lost slots are held before the tier is used");
-        let max = s.page.alloc().max_slots();
-        let (within, beyond): (Vec<SlotId>, Vec<SlotId>) = slots.iter().partition(|&&x| (x as u64) < max);
-        s.page.hold(&within);
-        s.lost_beyond = beyond.into_iter().collect();
+        s.page.hold(slots);
     }
 
     fn usage(&self) -> TierUsage {

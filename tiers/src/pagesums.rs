@@ -193,7 +193,7 @@ impl SummedSlots {
         let none_left = self.taken.give_back(slot);
         if none_left {
             self.sums.clear();
-        } else {
+        } else if slot < self.taken.high_water() {
             self.sums.set(slot, None);
         }
         none_left

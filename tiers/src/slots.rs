@@ -2,7 +2,7 @@
 //! shrinks to nothing when the last slot is freed.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use crate::SlotId;
 
@@ -74,6 +74,8 @@ impl SlotAllocator {
 pub(crate) struct TakenSlots {
     alloc: SlotAllocator,
     taken: Vec<bool>,
+    /// Lost slots past this run's capacity ([`TakenSlots::hold`]), held until given back.
+    beyond: HashSet<SlotId>,
 }
 
 impl TakenSlots {
@@ -83,20 +85,26 @@ impl TakenSlots {
 
     /// Up to `max_slots`, of which `used` (of a reopened medium, or held as lost) are taken.
     pub fn with_used(max_slots: u64, used: &[SlotId]) -> TakenSlots {
-        let mut t = TakenSlots { alloc: SlotAllocator::with_used(max_slots, used), taken: Vec::new() };
+        let mut t =
+            TakenSlots { alloc: SlotAllocator::with_used(max_slots, used), taken: Vec::new(), beyond: HashSet::new() };
         t.taken.resize(t.alloc.high_water() as usize, false);
         used.iter().for_each(|&x| t.taken[x as usize] = true);
         t
     }
 
-    /// After a restart: take `slots` too (those within capacity), which the owner's map names
-    /// but whose bytes went with the earlier run; none is handed out until it is given back
-    /// ([`crate::Tier::hold_lost`]).
+    /// After a restart: take `slots` too, which the owner's map names but whose bytes went
+    /// with the earlier run; none is handed out until it is given back
+    /// ([`crate::Tier::hold_lost`]). Those past this run's capacity (it shrank) are only
+    /// remembered, so that giving them back is no double free.
     pub fn hold(&mut self, slots: &[SlotId]) {
         let max = self.alloc.max_slots();
         let mut used: Vec<SlotId> = (0..self.alloc.high_water()).filter(|&x| self.is_taken(x)).collect();
         used.extend(slots.iter().copied().filter(|&x| (x as u64) < max && !self.is_taken(x)));
+        let beyond =
+            std::mem::take(&mut self.beyond).into_iter().chain(slots.iter().copied().filter(|&x| (x as u64) >= max));
+        let beyond = beyond.collect();
         *self = TakenSlots::with_used(max, &used);
+        self.beyond = beyond;
     }
 
     /// The lowest free slot, taken, or `None` when all are taken.
@@ -111,9 +119,12 @@ impl TakenSlots {
         self.taken.get(slot as usize) == Some(&true)
     }
 
-    /// Give `slot` back (a double free panics). True when that left none taken: all is reset
-    /// to nothing.
+    /// Give `slot` back (a double free panics). True when that left none taken within the
+    /// capacity: all of it is reset to nothing.
     pub fn give_back(&mut self, slot: SlotId) -> bool {
+        if self.beyond.remove(&slot) {
+            return false;
+        }
         assert!(self.is_taken(slot), "double free of slot {slot}");
         self.taken[slot as usize] = false;
         if self.alloc.free(slot) {
@@ -141,7 +152,7 @@ mod tests {
     fn held_slots_stay_taken_beside_the_ones_in_use_until_given_back() {
         let mut t = TakenSlots::new(8);
         assert_eq!([t.take(), t.take()], [Some(0), Some(1)]);
-        // Held: 3 and 5 (and 1, already taken, and 9, beyond capacity, ignored).
+        // Held: 3 and 5 (and 1, already taken; 9, beyond capacity, only remembered).
         t.hold(&[3, 5, 1, 9]);
         assert!(t.is_taken(0) && t.is_taken(1) && !t.is_taken(2) && t.is_taken(3) && t.is_taken(5));
         assert_eq!(t.allocator().used(), 4);
@@ -151,6 +162,18 @@ mod tests {
         }
         assert!(t.give_back(6), "the last one given back resets all");
         assert_eq!((t.high_water(), t.take()), (0, Some(0)));
+    }
+
+    /// A tier whose capacity shrank across a restart frees the lost slots past it too.
+    #[test]
+    fn a_held_slot_past_capacity_is_given_back_once() {
+        let mut t = TakenSlots::new(2);
+        t.hold(&[9]);
+        assert_eq!(t.allocator().used(), 0);
+        assert!(!t.give_back(9), "nothing within the capacity changes");
+        assert_eq!(t.take(), Some(0));
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.give_back(9)));
+        assert!(again.is_err(), "a second give-back is a double free");
     }
 
     #[test]
