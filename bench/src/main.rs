@@ -47,6 +47,7 @@ mod hbm;
 mod overhead;
 mod plot;
 mod pressure;
+mod procfs;
 mod remote;
 mod shared;
 mod swap;
@@ -390,8 +391,13 @@ fn percentiles(mut ns: Vec<u64>) -> Value {
         return Value::Null;
     }
     ns.sort_unstable();
-    let at = |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] as f64 / 1e3;
+    let at = |q: f64| nearest_rank(&ns, q) as f64 / 1e3;
     json!({"p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99), "max_us": at(1.0)})
+}
+
+/// The nearest-rank `q` quantile of `sorted` (not empty).
+fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

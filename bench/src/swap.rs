@@ -42,8 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::overhead::{kswapd_cpu_s, proc_stat};
 use crate::plot::{merged, Curve, Panel};
+use crate::procfs::{kswapd_cpu_s, proc_stat};
 use crate::{compile, holo_bin, median, workspace_root};
 
 use crate::Result;
