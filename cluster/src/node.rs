@@ -21,7 +21,7 @@ use crate::auth::{self, Auth, ClusterKey, SealedReply, SealedRequest};
 use crate::network::{Client, Network};
 use crate::rpc::raft_server::RaftServer;
 use crate::rpc::{self, method, AdminReply, JoinReq, LeaveReq, WriteReply, WriteReq};
-use crate::state::{Command, NodeId, NodeInfo, Outcome};
+use crate::state::{Command, NodeId, NodeInfo, Outcome, MAX_BATCH, MAX_COMMAND_JSON_BYTES};
 use crate::store::{LogStore, Restored, StateMachineStore};
 use crate::{BasicNode, TypeConfig};
 
@@ -141,6 +141,9 @@ impl Cluster {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: config.snapshot_every / 2,
             snapshot_max_chunk_size: 256 << 10,
+            // One AppendEntries of full batches must fit a message, or a lagging follower's
+            // range would be refused and retried until a snapshot replaced it.
+            max_payload_entries: (rpc::MAX_MESSAGE_BYTES / (MAX_BATCH * MAX_COMMAND_JSON_BYTES)) as u64,
             ..Default::default()
         }
         .validate()

@@ -109,8 +109,11 @@ mod pairs {
 pub const MAX_REGIONS: usize = 4096;
 pub const MAX_LEASES: usize = 65_536;
 pub const MAX_NODES: usize = 256;
-/// Commands in one [`Command::Batch`] (each some hundred bytes as JSON).
-pub const MAX_BATCH: usize = 4096;
+/// Commands in one [`Command::Batch`] (each some hundred bytes as JSON): a sync's job (64
+/// granules, three commands each) fits, and longer lists are proposed in several batches.
+pub const MAX_BATCH: usize = 256;
+/// The most one command may take as JSON, for sizing replication messages.
+pub const MAX_COMMAND_JSON_BYTES: usize = 512;
 
 /// One Raft log entry's application command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

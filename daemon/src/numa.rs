@@ -206,32 +206,6 @@ pub fn prefer_node(os_index: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The node holding each page at `addrs` in process `pid` (0 for the caller), or the
-/// negative errno the kernel reports for it (`-ENOENT`: not present): `move_pages(2)` with
-/// no target nodes, which moves nothing and only reports.
-pub fn page_nodes(pid: i32, addrs: &[u64]) -> io::Result<Vec<i32>> {
-    let pages: Vec<*mut libc::c_void> = addrs.iter().map(|&a| a as *mut libc::c_void).collect();
-    // Not 0 (node 0): an entry the kernel did not write must not read as a placement.
-    let mut status = vec![i32::MIN; addrs.len()];
-    // SAFETY: `pages` and `status` hold `addrs.len()` entries each; with `nodes` NULL the
-    // kernel only writes `status` and never touches the pages themselves.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_pages,
-            pid,
-            pages.len() as libc::c_ulong,
-            pages.as_ptr(),
-            std::ptr::null::<libc::c_int>(),
-            status.as_mut_ptr(),
-            0 as libc::c_int,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(status)
-}
-
 /// The topology and what was filled where, shared by the daemon's threads.
 pub struct Numa {
     pub topology: Topology,
@@ -356,6 +330,32 @@ impl Placer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The node holding each page at `addrs` in process `pid` (0 for the caller), or the
+    /// negative errno the kernel reports for it (`-ENOENT`: not present): `move_pages(2)` with
+    /// no target nodes, which moves nothing and only reports.
+    fn page_nodes(pid: i32, addrs: &[u64]) -> io::Result<Vec<i32>> {
+        let pages: Vec<*mut libc::c_void> = addrs.iter().map(|&a| a as *mut libc::c_void).collect();
+        // Not 0 (node 0): an entry the kernel did not write must not read as a placement.
+        let mut status = vec![i32::MIN; addrs.len()];
+        // SAFETY: `pages` and `status` hold `addrs.len()` entries each; with `nodes` NULL the
+        // kernel only writes `status` and never touches the pages themselves.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_pages,
+                pid,
+                pages.len() as libc::c_ulong,
+                pages.as_ptr(),
+                std::ptr::null::<libc::c_int>(),
+                status.as_mut_ptr(),
+                0 as libc::c_int,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(status)
+    }
 
     fn node(os_index: u32, cpus: &[u32]) -> Node {
         Node { os_index, memory_bytes: 1 << 30, cpus: cpus.to_vec() }

@@ -1218,6 +1218,7 @@ impl Shared {
             [one] => Some(one.clone()),
             [first, more @ ..] => Some(format!("{first} (and so for {} more granules)", more.len())),
         };
+        let mut error = lost;
         let mut batch = Vec::new();
         let mut left = 0;
         for k in 0..self.regions[r].gs.len() {
@@ -1225,7 +1226,10 @@ impl Shared {
             let (at, len, ext) = self.window(r, k);
             // Writes from now on fault and wait for the publication.
             if let Err(e) = io.uffd.write_protect(at, len, true) {
-                return Some(Err(format!("cannot write-protect {at:#x}: {e}")));
+                // The granules already taken Busy still go out below: left Busy, their
+                // faults would wait forever.
+                error = Some(format!("cannot write-protect {at:#x}: {e}"));
+                break;
             }
             let mut bytes = vec![0; len as usize];
             let mut present = vec![true; (len / PAGE) as usize];
@@ -1248,9 +1252,9 @@ impl Shared {
             left += 1;
         }
         if left == 0 {
-            return Some(lost.map_or(Ok(()), Err));
+            return Some(error.map_or(Ok(()), Err));
         }
-        self.waiting = Some(Waiting::Sync { left, error: lost });
+        self.waiting = Some(Waiting::Sync { left, error });
         None
     }
 

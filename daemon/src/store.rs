@@ -878,8 +878,8 @@ impl Store {
                 .unzip();
             for (k, r) in idx.into_iter().zip(l.tier.write_batch(&writes)) {
                 if let Err(err) = r {
-                    // As at the alloc: a promotion refused for room (or a granule that would
-                    // not shrink) is asked again by a later read.
+                    // As at the alloc: a promotion refused for room is asked again by a later
+                    // read (one the tier would not shrink never is: `refused_by`).
                     if !(err.is_full() && copies[k].0.dir == Direction::Up) {
                         crate::log_limited!(warn, "migration into the {} tier failed: {err}", l.tier.name());
                     }
