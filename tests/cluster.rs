@@ -675,15 +675,8 @@ fn a_shared_region_survives_its_daemons_restart() {
     let lan = Lan::new(3);
     let home = TempDir::new("shared-home");
     let confs = TempDir::new("shared-confs");
-    let dir = home.path().display().to_string();
     // Nodes 1 and 2: leases long enough to outlive a restart. Node 3: short ones, which lapse.
-    let (long, short) = (lease_config(&confs, 30_000), lease_config(&confs, 1000));
-    let flags = |lease: &[String]| -> Vec<String> {
-        let mut f = vec!["--shared-dir".to_string(), dir.clone()];
-        f.extend_from_slice(lease);
-        f
-    };
-    let (f_long, f_short) = (flags(&long), flags(&short));
+    let (f_long, f_short) = (shared_flags(&home, &confs, 30_000), shared_flags(&home, &confs, 1000));
     let (f_long, f_short): (Vec<&str>, Vec<&str>) =
         (f_long.iter().map(String::as_str).collect(), f_short.iter().map(String::as_str).collect());
     let (mut nodes, _, _) = form_with(&lan, [&f_long, &f_long, &f_short]);
