@@ -127,7 +127,7 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
     // 16 MiB of 64 KiB granules (ARC's c = 256), 15 MiB after the restart; each scan reads
     // 16 MiB not read before. The hot set is 3 MiB (48 granules): its first refaults from B1
     // raise p (T1's target) to about 64 + 48, which leaves T2 room for it after the restart
-    // too, with T1 above p by more than the evictions in flight (they do not count in T1).
+    // too.
     let daemon_timeout = [("HOLO_DAEMON_TIMEOUT", "60")];
     let mut daemon = Daemon::start("16M", "64K", &[]);
     let (hot, scan) = (3u64 << 20, 16u64 << 20);

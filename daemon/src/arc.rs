@@ -52,7 +52,9 @@
 //! call chooses another; [`Placement::on_evicted`] turns it into a ghost,
 //! [`Placement::on_cancelled`] makes it resident again. A fault on a leaving key counts as a
 //! re-use (it goes to B2 when it leaves, or to T2 when cancelled). A caller that refills a key
-//! whose eviction completed calls `on_evicted` before that refault's `on_fault`.
+//! whose eviction completed calls `on_evicted` before that refault's `on_fault`. REPLACE counts
+//! the keys leaving T1 as T1's: they hold DRAM until they are gone, and the paper's |T1| > p
+//! test would otherwise charge every eviction in flight to T2.
 //!
 //! **Cold keys (proactive offload).** With no memory pressure, holo also evicts granules that
 //! have been cold for `cold_after_ms`. There is no access bit to tell (no `page_idle`, no
@@ -203,11 +205,14 @@ struct Dir {
     lists: [Ends; 5],
     /// Bumped by every move and removal: whether the order changed since a given moment.
     changes: u64,
+    /// Leaving keys chosen from T1 that have not faulted since: they still hold DRAM as T1
+    /// keys ([`Dir::counts_as_recent`]), and REPLACE counts them as T1's.
+    leaving_recent: usize,
 }
 
 impl Dir {
     fn new() -> Dir {
-        Dir { nodes: Vec::new(), free: NIL, index: HashMap::new(), lists: [EMPTY; 5], changes: 0 }
+        Dir { nodes: Vec::new(), free: NIL, index: HashMap::new(), lists: [EMPTY; 5], changes: 0, leaving_recent: 0 }
     }
 
     fn len(&self, l: L) -> usize {
@@ -237,7 +242,15 @@ impl Dir {
         (p != NIL).then_some(p)
     }
 
+    /// A leaving key that would go back to T1 if cancelled.
+    fn counts_as_recent(n: &Node) -> bool {
+        n.at == L::Leaving && !n.from_t2 && !n.hit
+    }
+
     fn unlink(&mut self, i: u32) {
+        if Dir::counts_as_recent(&self.nodes[i as usize]) {
+            self.leaving_recent -= 1;
+        }
         let Node { prev, next, at, .. } = self.nodes[i as usize];
         let ends = &mut self.lists[at as usize];
         if prev == NIL {
@@ -341,7 +354,16 @@ impl Dir {
         let n = &mut self.nodes[i as usize];
         n.from_t2 = from_t2;
         n.hit = false;
+        self.leaving_recent += !from_t2 as usize;
         n.key
+    }
+
+    /// Leaving key `i` faulted: it goes to B2 when it leaves (T2 if cancelled).
+    fn hit_leaving(&mut self, i: u32) {
+        if Dir::counts_as_recent(&self.nodes[i as usize]) {
+            self.leaving_recent -= 1;
+        }
+        self.nodes[i as usize].hit = true;
     }
 
     /// Walk every list and check links, lengths and the index (tests only: O(n)).
@@ -366,6 +388,8 @@ impl Dir {
             seen += n;
         }
         assert_eq!(seen, self.index.len());
+        let recent = self.index.values().filter(|&&i| Dir::counts_as_recent(&self.nodes[i as usize])).count();
+        assert_eq!(self.leaving_recent, recent);
     }
 }
 
@@ -666,7 +690,7 @@ impl Placement for ArcPolicy {
                 FaultKind::Hit
             }
             L::Leaving => {
-                self.dir.nodes[i as usize].hit = true;
+                self.dir.hit_leaving(i);
                 FaultKind::Hit
             }
             L::B1 => {
@@ -696,10 +720,14 @@ impl Placement for ArcPolicy {
 
     fn victim(&mut self) -> Option<u64> {
         // REPLACE: from T1 while it is above its target (or at it, after a B2 hit).
-        // The paper runs REPLACE before a new key enters T1: do not count it.
+        // The paper runs REPLACE before a new key enters T1: do not count it. Its REPLACE
+        // is synchronous; here T1 keys still being evicted hold DRAM as T1's, so they count
+        // as T1's too: otherwise every eviction in flight would be charged to T2 (a scan
+        // with many in flight would evict the frequent keys).
         let fresh_in_t1 = self.fresh.and_then(|k| self.dir.find(k)).is_some_and(|i| self.dir.at(i) == L::T1);
-        let t1 = self.dir.len(L::T1) as u64 - fresh_in_t1 as u64;
-        let from_t1 = t1 >= 1 && (t1 > self.p || (self.last_b2 && t1 == self.p));
+        let in_t1 = self.dir.len(L::T1) as u64 - fresh_in_t1 as u64;
+        let t1 = in_t1 + self.dir.leaving_recent as u64;
+        let from_t1 = in_t1 >= 1 && (t1 > self.p || (self.last_b2 && t1 == self.p));
         let (first, other) = if from_t1 { (L::T1, L::T2) } else { (L::T2, L::T1) };
         let mut i = self.dir.lru(first).or_else(|| self.dir.lru(other))?;
         if Some(self.dir.key(i)) == self.fresh {
@@ -797,7 +825,7 @@ impl Placement for LruPolicy {
                 FaultKind::Miss
             }
             Some(i) if self.dir.at(i) == L::Leaving => {
-                self.dir.nodes[i as usize].hit = true;
+                self.dir.hit_leaving(i);
                 FaultKind::Hit
             }
             Some(i) => {
@@ -1184,6 +1212,31 @@ mod tests {
             assert_eq!(va, vb, "seed {seed}");
             assert_eq!(a.heat(), b.heat());
         }
+    }
+
+    /// A restart with a smaller budget, then a scan, with up to 16 evictions in flight (the
+    /// pager's writer batches them): T1 keys being evicted still count as T1's, so REPLACE
+    /// keeps taking the scan's keys and the frequent ones in T2 all stay.
+    #[test]
+    fn evictions_in_flight_count_where_they_came_from() {
+        let c = 240u64;
+        let heat = Heat { p: 139, t1: (1000..1166).collect(), t2: (0..87).collect(), b1: vec![], b2: vec![] };
+        let mut a = ArcPolicy::with_heat(c, &heat);
+        let mut in_flight = std::collections::VecDeque::new();
+        for key in 5000..5000 + 2 * c {
+            a.on_fault(key);
+            while a.lens().resident() > c as usize {
+                if in_flight.len() == 16 {
+                    a.on_evicted(in_flight.pop_front().unwrap());
+                    continue;
+                }
+                let v = a.victim().unwrap();
+                assert!(v >= 1000, "frequent key {v} evicted during a scan: {:?}, p {}", a.lens(), a.p());
+                in_flight.push_back(v);
+            }
+            a.check();
+        }
+        assert_eq!(a.lens().t2, 87);
     }
 
     #[test]
