@@ -289,48 +289,57 @@ fn without_re_reads_nothing_is_promoted() {
 #[test]
 fn compressible_pages_go_through_the_compressed_tier_and_the_rest_past_it() {
     let _heavy = heavy();
+    // The pool "auto" sizes: a quarter of the budget (8 MiB), paid out of it.
     let config_dir = TempDir::new("config");
     let config = config_dir.path().join("holo.toml");
-    fs::write(&config, "compressed_dram_size = \"32M\"\n").unwrap();
-    let daemon = Daemon::start("16M", "64K", &["--config", config.to_str().unwrap()]);
-    // 128 MiB through 16 MiB of DRAM: 64 MiB of sparse words (about 8:1, so all of it fits
-    // in 32 MiB compressed) and 64 MiB of incompressible ones, which must go to NVMe.
+    fs::write(&config, "compressed_dram_size = \"auto\"\n").unwrap();
+    let daemon = Daemon::start("32M", "64K", &["--config", config.to_str().unwrap()]);
+    // 128 MiB through 32 MiB of DRAM: 64 MiB of sparse words (about 8:1) and 64 MiB of
+    // incompressible ones, which must go to NVMe.
     let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("sparse_and_dense"), &["128M"], &[]), true);
     held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
-    let tiers = daemon.holoctl_json(&["tiers"]);
-    let names: Vec<_> = tiers["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
-    let held_now = daemon.tier("compressed");
-    let slots = tier_u64(&tiers, "compressed", "used_slots");
+    let before = daemon.holoctl_json(&["tiers"]);
     held.send_line("check");
     let out = held.finish(PROGRAM_TIMEOUT);
     out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+    let after = daemon.holoctl_json(&["tiers"]);
 
+    let names: Vec<_> = before["tiers"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
     out.check(&daemon, names == ["dram", "compressed", "nvme"], &format!("the compressed tier goes first: {names:?}"));
-    let summary = format!("compressed {held_now:?}, {slots} slots; nvme {:?}", daemon.tier("nvme"));
+    let find = |tiers: &serde_json::Value, name: &str| TierStats::find(tiers, name).unwrap_or_else(|e| panic!("{e}"));
+    let (dram, pool) = (find(&before, "dram"), find(&before, "compressed"));
+    let slots = tier_u64(&before, "compressed", "used_slots");
+    let summary = format!("dram {dram:?}; compressed {pool:?}, {slots} slots; nvme {:?}", find(&before, "nvme"));
     println!("{summary}");
-    // Most of the sparse half (64 MiB less what DRAM keeps) sits there, in a fraction of its
-    // size, and within the pool.
+    // A pool of 8 MiB holds more than 32 MiB of the sparse half, in under a quarter of its size.
     out.check(
         &daemon,
-        slots * 65536 >= 32 << 20 && held_now.pages * 4096 >= 32 << 20,
+        pool.capacity_bytes == 8 << 20 && slots * 65536 >= 32 << 20 && pool.pages * 4096 >= 32 << 20,
         &format!("the sparse half should be in the compressed tier: {summary}"),
     );
     out.check(
         &daemon,
-        held_now.used_bytes * 4 <= slots * 65536 && held_now.used_bytes <= held_now.capacity_bytes,
+        pool.used_bytes * 4 <= slots * 65536 && pool.used_bytes <= pool.capacity_bytes,
         &format!("the compressed tier should hold its granules in under a quarter of their size: {summary}"),
     );
-    let (compressed, nvme) = (daemon.tier("compressed"), daemon.tier("nvme"));
-    out.check(&daemon, compressed.refaults > 0, &format!("the check should have read pages back from it: {summary}"));
+    // The budget pays for the pool: resident pages and pool together stay within it (plus the
+    // 2 MiB of slack before fills wait, and evictions in flight).
+    out.check(
+        &daemon,
+        dram.pages * 4096 + pool.used_bytes <= (32 + 4) << 20,
+        &format!("resident pages and the pool should fit the budget together: {summary}"),
+    );
+    let (compressed, nvme) = (find(&after, "compressed"), find(&after, "nvme"));
+    out.check(&daemon, compressed.refaults > 0, &format!("the check should have read pages back from it: {after}"));
     out.check(
         &daemon,
         nvme.evictions * 4096 >= 32 << 20 && nvme.refaults > 0,
-        &format!("the dense half should have gone past it, to nvme: {summary}"),
+        &format!("the dense half should have gone past it, to nvme: {after}"),
     );
     out.check(
         &daemon,
-        tier_u64(&daemon.holoctl_json(&["tiers"]), "compressed", "overflows") > 0,
+        tier_u64(&after, "compressed", "overflows") > 0,
         "granules that would not shrink should count as the compressed tier's overflows",
     );
-    out.check(&daemon, daemon.holoctl_json(&["tiers"])["failed_faults"].as_u64() == Some(0), "no fault may fail");
+    out.check(&daemon, after["failed_faults"].as_u64() == Some(0), "no fault may fail");
 }

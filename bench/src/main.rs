@@ -233,10 +233,6 @@ impl Kind {
     }
 }
 
-/// `compressed_dram_size` of the holo-zstd contender: the spilled 192 MiB of the region, one
-/// byte repeated per page, take a few MiB compressed.
-const COMPRESSED_DRAM: &str = "256M";
-
 struct Programs {
     raw: PathBuf,
     holo: PathBuf,
@@ -350,14 +346,13 @@ fn access_args(cmd: &mut Command, granule: u64, o: &Opts, seed: u64) {
 fn run_holo(p: &Programs, granule: (u64, &str), o: &Opts, seed: u64, compressed: bool) -> Result<(Samples, Value)> {
     let dir = TempDir::new("holo")?;
     let config = dir.0.join("holo-pager.toml");
-    if compressed {
-        fs::write(&config, format!("compressed_dram_size = \"{COMPRESSED_DRAM}\"\n")).map_err(|e| e.to_string())?;
-    }
+    // holo-zstd: the default pool (a quarter of the budget, 16 MiB): the spilled 192 MiB of the
+    // region, one byte repeated per page, take a few MiB compressed. holo: none.
+    let pool = if compressed { "auto" } else { "0" };
+    fs::write(&config, format!("compressed_dram_size = \"{pool}\"\n")).map_err(|e| e.to_string())?;
     let budget = format!("{DRAM_BUDGET_MIB}M");
     let (mut daemon, socket, log_path) = swap::start_pager(&p.pager, &dir.0, &budget, granule.1, |cmd| {
-        if compressed {
-            cmd.arg("--config").arg(&config);
-        }
+        cmd.arg("--config").arg(&config);
         if let Some((_, cpu)) = o.pin {
             pin_to(cmd, cpu);
         }

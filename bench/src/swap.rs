@@ -11,9 +11,10 @@
 //!   its own limited to `--pager-limit` (64 MiB), so that whatever DRAM it uses (its tiers
 //!   use O_DIRECT, so there should be no page cache to speak of) is bounded too.
 //! * `holo-zstd`: the same, with the compressed DRAM tier (`compressed_dram_size`,
-//!   `--compressed-dram`, default 512M) above NVMe. Its pool is the daemon's memory, outside
-//!   the workload's cgroup as zram's is: the daemon's cgroup gets the pool on top of
-//!   `--pager-limit`, and its peak is what the output reports as DRAM outside the cgroup.
+//!   `--compressed-dram`, default the daemon's own: a quarter of the budget) above NVMe
+//!   (`holo` has it off). The pool is paid out of holo's budget, so holo-zstd keeps that much
+//!   less of the workload resident: both use the same DRAM. The pool is the daemon's memory:
+//!   the daemon's cgroup gets it on top of `--pager-limit`.
 //! * `swapfile`: no shim; a swapfile on the same disk is the only swap.
 //! * `zram`: no shim; a zram device (`--zram-comp`, default lzo) is the only swap. zram's
 //!   memory is not charged to the cgroup: the output reports it.
@@ -55,8 +56,9 @@ const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--worki
        holo-bench swap --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
 defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
-cgroup 64M, holo-zstd's compressed tier 512M, scratch files under /var/tmp, contenders
-holo,swapfile,zram,disk (holo-zstd: also holo, with its compressed tier)";
+cgroup 64M, holo-zstd's compressed tier a quarter of the limit (paid out of it; at most half),
+scratch files under /var/tmp, contenders holo,swapfile,zram,disk (holo-zstd: also holo, with its
+compressed tier; plain holo has it off)";
 
 const MIB: u64 = 1 << 20;
 const PHASES: [&str; 5] = ["write", "seq_read", "rand_read", "rand_write", "verify"];
@@ -131,8 +133,8 @@ pub(crate) struct Opts {
     rand_ops: u64,
     zram_comp: String,
     pager_limit: u64,
-    /// `compressed_dram_size` of the holo-zstd contender.
-    compressed_dram: u64,
+    /// `compressed_dram_size` of the holo-zstd contender; `None`: the daemon's default.
+    compressed_dram: Option<u64>,
     dir: PathBuf,
     pub(crate) contenders: Vec<Contender>,
     out: Option<PathBuf>,
@@ -192,7 +194,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
         rand_ops: 40000,
         zram_comp: "lzo".into(),
         pager_limit: 64 * MIB,
-        compressed_dram: 512 * MIB,
+        compressed_dram: None,
         dir: "/var/tmp".into(),
         contenders: Contender::DEFAULT.to_vec(),
         out: None,
@@ -214,7 +216,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
             "--rand-ops" => o.rand_ops = number(value()?)?,
             "--zram-comp" => o.zram_comp = value()?,
             "--pager-limit" => o.pager_limit = parse_size(&value()?)?,
-            "--compressed-dram" => o.compressed_dram = parse_size(&value()?)?,
+            "--compressed-dram" => o.compressed_dram = Some(parse_size(&value()?)?),
             "--dir" => o.dir = value()?.into(),
             "--out" => o.out = Some(value()?.into()),
             "--plot" => o.plot = Some(value()?.into()),
@@ -238,8 +240,12 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
     if o.working_set <= o.limit || !o.working_set.is_multiple_of(4096) || o.working_set < 128 * MIB {
         return Err("the working set must be a multiple of 4K, at least 128M and above the limit".into());
     }
-    if o.compressed_dram == 0 {
-        return Err("--compressed-dram must not be zero (leave holo-zstd out of --contenders instead)".into());
+    if o.compressed_dram.is_some_and(|b| b == 0 || b > o.limit / 2) {
+        return Err(
+            "--compressed-dram must be above zero and at most half the limit, which pays for it (leave holo-zstd \
+                    out of --contenders to go without)"
+                .into(),
+        );
     }
     if o.data != "random" && o.data != "sparse" {
         return Err(format!("--data is random or sparse, not {}", o.data));
@@ -695,7 +701,7 @@ fn no_swap_or_refuse(what: &str) -> Result<()> {
 /// that much more room.
 fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed: bool) -> Result<Value> {
     no_swap_or_refuse("holo")?;
-    let pool = if compressed { o.compressed_dram } else { 0 };
+    let pool = if compressed { o.compressed_dram.unwrap_or(o.limit / 4) } else { 0 };
     let pager_cg = MemCg::create(
         &s.mem_root,
         &format!("holo-bench-swap-{}-pager", std::process::id()),
@@ -708,9 +714,7 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed
     // is set out of reach, the cgroup cap stays.
     let conf = dir.join("holo-pager.toml");
     let mut text = format!("cgroup_margin = \"{}\"\npressure_target_pct = 100\nmetrics_listen = \"off\"\n", o.margin);
-    if compressed {
-        text += &format!("compressed_dram_size = \"{pool}\"\n");
-    }
+    text += &format!("compressed_dram_size = \"{pool}\"\n");
     fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let (mut daemon, socket, log_path) = start_pager(&p.pager, dir, &o.limit.to_string(), &o.granule, |cmd| {
         pager_cg.join_on_exec(cmd);
@@ -938,7 +942,7 @@ fn swap(o: &Opts) -> Result<bool> {
             "rounds": o.rounds, "limit_bytes": o.limit, "margin_bytes": o.margin, "working_set_bytes": o.working_set,
             "holo_granule": o.granule, "data": o.data, "passes": o.passes, "rand_ops": o.rand_ops,
             "zram_comp": o.zram_comp, "pager_limit_bytes": o.pager_limit, "holo_min_region": HOLO_MIN_REGION,
-            "compressed_dram_bytes": o.compressed_dram,
+            "compressed_dram_bytes": o.compressed_dram.unwrap_or(o.limit / 4),
         },
         "summary_is": "per contender and phase, the median over the rounds that passed of each round's figure",
         "summary": summary,
@@ -1236,9 +1240,10 @@ mod tests {
         assert_eq!((o.limit, o.working_set, o.margin, o.rounds), (256 << 20, 1 << 30, 32 << 20, 3));
         let o = args("--limit 64M --contenders holo,zram --data sparse").unwrap();
         assert_eq!((o.working_set, o.contenders.len(), o.data.as_str()), (256 << 20, 2, "sparse"));
-        let o = args("--contenders holo,holo-zstd --compressed-dram 256M").unwrap();
-        assert_eq!((o.contenders, o.compressed_dram), (vec![Contender::Holo, Contender::HoloZstd], 256 << 20));
+        let o = args("--contenders holo,holo-zstd --compressed-dram 128M").unwrap();
+        assert_eq!((o.contenders, o.compressed_dram), (vec![Contender::Holo, Contender::HoloZstd], Some(128 << 20)));
         assert!(args("--compressed-dram 0").is_err());
+        assert!(args("--compressed-dram 129M").is_err(), "more than half the limit");
         assert!(args("--limit 1G --working-set 512M").is_err());
         assert!(args("--contenders holo,nfs").is_err());
         assert!(args("--data zeros").is_err());

@@ -136,7 +136,8 @@ pub struct Config {
     pub fs_capacity_bytes: Option<u64>,
     /// The HBM tier, if a GPU is found at start; `None`: `hbm = "off"`.
     pub hbm: Option<HbmConfig>,
-    /// The compressed DRAM tier's pool (daemon memory); `None`: no such tier.
+    /// The most the compressed DRAM tier's pool may hold (paid for out of `dram_budget`);
+    /// `None`: no such tier.
     pub compressed_dram_bytes: Option<u64>,
     /// Where shared regions' published pages live (a directory all nodes see); `None`: no
     /// shared regions.
@@ -168,6 +169,10 @@ pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     s.parse().map(Some).map_err(|_| format!("{s:?} is not an IP:PORT address such as 127.0.0.1:9477 (or \"off\")"))
 }
 
+/// `compressed_dram_size = "auto"` is `dram_budget` divided by this. zswap's default pool is a
+/// fifth of RAM; a quarter here, since holo's refuses incompressible data at the door (it
+/// costs such data nothing) and the pool is paid out of the budget.
+pub const COMPRESSED_DRAM_AUTO_SHARE: u64 = 4;
 pub const MIN_GRANULE: u64 = 4 << 10;
 pub const MAX_GRANULE: u64 = 2 << 20;
 
@@ -437,11 +442,20 @@ impl Config {
                 return Err(ConfigError::Invalid { key: "hbm", message });
             }
         };
-        // "0" is off, as absent is: no tier rather than one that refuses every granule.
-        let compressed_dram_bytes = match fc.compressed_dram_size {
-            Some(s) if parse_size(&s) == Ok(0) => None,
-            s => capacity("compressed_dram_size", s)?,
+        // "0" (the default) is off: no tier rather than one that refuses every granule. Off by
+        // default because the pool dies with the daemon: a crashed daemon's successor would
+        // answer the faults of the pages it held with SIGBUS, where NVMe loses nothing.
+        let compressed_dram_bytes = match fc.compressed_dram_size.as_deref().unwrap_or("0") {
+            "auto" => Some(dram_budget_bytes / COMPRESSED_DRAM_AUTO_SHARE),
+            s if parse_size(s) == Ok(0) => None,
+            s => capacity("compressed_dram_size", Some(s.to_owned()))?,
         };
+        if let Some(bytes) = compressed_dram_bytes.filter(|&b| b > dram_budget_bytes / 2) {
+            let message = format!(
+                "{bytes} bytes is more than half of dram_budget ({dram_budget_bytes} bytes), which pays for it"
+            );
+            return Err(ConfigError::Invalid { key: "compressed_dram_size", message });
+        }
         let cluster = cluster_config(
             flags.node_id.or(fc.node_id),
             flags.cluster_listen.or(fc.cluster_listen),
@@ -700,11 +714,14 @@ mod tests {
     }
 
     #[test]
-    fn compressed_dram_is_off_unless_sized() {
+    fn compressed_dram_is_off_unless_sized_and_at_most_half_the_budget() {
         let parse = |text: &str| Config::from_toml_str(text, "t.toml", Overrides::default()).map_err(|e| e.to_string());
         assert_eq!(parse("").unwrap().compressed_dram_bytes, None);
+        assert_eq!(parse("compressed_dram_size = \"auto\"").unwrap().compressed_dram_bytes, Some(256 << 20));
         assert_eq!(parse("compressed_dram_size = \"0\"").unwrap().compressed_dram_bytes, None);
         assert_eq!(parse("compressed_dram_size = \"512M\"").unwrap().compressed_dram_bytes, Some(512 << 20));
+        let big = parse("compressed_dram_size = \"513M\"").unwrap_err();
+        assert!(big.starts_with("compressed_dram_size:") && big.contains("more than half of dram_budget"), "{big}");
         let small = parse("compressed_dram_size = \"4K\"").unwrap_err();
         assert!(small.starts_with("compressed_dram_size:") && small.contains("less than one granule"), "{small}");
         assert!(parse("compressed_dram_size = \"lots\"")

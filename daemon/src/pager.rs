@@ -936,8 +936,7 @@ impl Pager {
         // Prefetched pages displace colder ones (they push the resident set over the budget,
         // and evictions follow), but never into the slack that throttles fills.
         let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
-        let room =
-            self.d.budget.limit_pages.load(Relaxed) + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
+        let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
         let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
         self.evict_ahead((ahead.count - count) as u64 * self.granule / PAGE);
         let mut staged = Vec::new();
@@ -1488,7 +1487,7 @@ impl Pager {
     /// that mremap moved, say), the clock hand's.
     fn next_victim(&mut self) -> Option<Window> {
         // The budget moves under pressure; ARC's capacity follows it.
-        let capacity = self.d.budget.limit_pages.load(Relaxed).max(1) as u64 * PAGE / self.granule;
+        let capacity = self.d.resident_limit_pages().max(1) as u64 * PAGE / self.granule;
         if capacity != self.policy.capacity() {
             self.policy.resize(capacity);
         }

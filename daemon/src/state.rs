@@ -323,15 +323,25 @@ impl Daemon {
         }
     }
 
+    /// Pages of client memory the budget lets stay resident: `limit_pages` less the
+    /// compressed DRAM tier's pool, since that is DRAM the budget pays for too. The pool
+    /// takes at most half (the budget can shrink under pressure below what the pool holds;
+    /// then the pool drains as the migrator demotes it).
+    pub fn resident_limit_pages(&self) -> i64 {
+        let limit = self.budget.limit_pages.load(Relaxed);
+        let pool = self.store.dram_pool.as_ref().map_or(0, |g| g.load(Relaxed).div_ceil(PAGE) as i64);
+        limit - pool.min(limit / 2)
+    }
+
     /// If resident pages, less those already being evicted or asked for, exceed the
     /// budget, ask the client with the most pages not yet asked for to evict the excess.
-    /// Cheap when under budget: four atomic loads.
+    /// Cheap when under budget: five atomic loads.
     pub fn rebalance(&self) {
         let b = &self.budget;
         let excess = b.resident.load(Relaxed)
             - b.evicting.load(Relaxed)
             - b.requested.load(Relaxed)
-            - b.limit_pages.load(Relaxed);
+            - self.resident_limit_pages();
         if excess <= 0 {
             return;
         }
@@ -368,7 +378,7 @@ impl Daemon {
     pub fn over_budget(&self) -> bool {
         let b = &self.budget;
         let slack = (THROTTLE_SLACK_GRANULES * self.config.granule_bytes / PAGE) as i64;
-        b.resident.load(Relaxed) > b.limit_pages.load(Relaxed) + slack
+        b.resident.load(Relaxed) > self.resident_limit_pages() + slack
     }
 
     pub fn offer_child(&self, child_pid: i32, child: PendingChild) {
@@ -423,4 +433,32 @@ pub fn test_daemon(dir: &std::path::Path) -> Daemon {
     .unwrap();
     let store = crate::store::Store::open(&config).unwrap();
     Daemon::new(config, store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compressed_pool_is_paid_out_of_the_budget() {
+        let dir = std::env::temp_dir().join(format!("holo-state-pool-{}", std::process::id()));
+        let mut d = test_daemon(&dir);
+        assert!(d.store.dram_pool.is_none(), "no compressed tier unless configured");
+        let pool = Arc::new(AtomicU64::new(0));
+        d.store.dram_pool = Some(pool.clone());
+        let limit = (16 << 20) / PAGE as i64;
+        assert_eq!(d.resident_limit_pages(), limit);
+        // Pages the pool holds leave that much less room for resident pages (partial pages
+        // count whole), and fills are throttled sooner.
+        let slack = (THROTTLE_SLACK_GRANULES * d.config.granule_bytes / PAGE) as i64;
+        d.budget.resident.store(limit + slack - 100, Relaxed);
+        assert!(!d.over_budget());
+        pool.store((1 << 20) + 1, Relaxed);
+        assert_eq!(d.resident_limit_pages(), limit - 257);
+        assert!(d.over_budget());
+        // The budget shrank under pressure below the pool: the pool is charged half at most.
+        pool.store(12 << 20, Relaxed);
+        assert_eq!(d.resident_limit_pages(), limit / 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -31,7 +31,7 @@
 //! recovered page tables say who refers to what.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use holo_tiers::{CompressedTier, FsTier, HbmTier, NvmeTier, ReadReq, SlotId, Tier, TierError, TierUsage};
@@ -196,6 +196,8 @@ pub struct Store {
     rule: migration::Rule,
     /// The clock of granules' [`Heat`].
     opened: Instant,
+    /// The compressed DRAM tier's pool, in bytes, where there is one: DRAM the budget pays for.
+    pub dram_pool: Option<Arc<AtomicU64>>,
 }
 
 struct Map {
@@ -421,16 +423,19 @@ impl Store {
         if let Some(hbm) = open_hbm(config) {
             tiers.push(Box::new(hbm));
         }
+        let mut dram_pool = None;
         if let Some(bytes) = config.compressed_dram_bytes {
             log::info!(
-                "compressed tier: up to {} MiB of this daemon's memory, zstd page by page (level {} where level {} \
+                "compressed tier: up to {} MiB of the DRAM budget, zstd page by page (level {} where level {} \
                  does not halve a granule's first page); granules that do not shrink under {}% go to the next tier",
                 bytes >> 20,
                 holo_tiers::compressed::LEVEL,
                 holo_tiers::compressed::FAST_LEVEL,
                 holo_tiers::compressed::SHRINK_PCT
             );
-            tiers.push(Box::new(CompressedTier::new(g, bytes)));
+            let compressed = CompressedTier::new(g, bytes);
+            dram_pool = Some(compressed.pool_gauge());
+            tiers.push(Box::new(compressed));
         }
         let path = config.state_dir.join("store.map");
         let open_err = |source| TierError::Open { tier: "store map", path: path.display().to_string(), source };
@@ -453,6 +458,7 @@ impl Store {
             (m.entries, m.next_version) = load_map(&records, store.levels.len());
         }
         store.map_file = Some(file);
+        store.dram_pool = dram_pool;
         Ok(store)
     }
 
@@ -545,6 +551,7 @@ impl Store {
             io_gate: RwLock::new(()),
             rule: config.rule,
             opened: Instant::now(),
+            dram_pool: None,
         }
     }
 

@@ -36,6 +36,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use zstd::bulk::{Compressor, Decompressor};
@@ -218,6 +219,8 @@ pub struct CompressedTier {
     /// What [`Tier::alloc`] reserves: the most a written slot may be charged.
     reserve_bytes: u64,
     books: Mutex<Books>,
+    /// `used_bytes` of the books, for readers that must not take their lock ([`Self::pool_gauge`]).
+    gauge: Arc<AtomicU64>,
     /// Slot `s` is entry `s / SHARDS` of shard `s % SHARDS`; `None` while unwritten.
     shards: Vec<Mutex<Vec<Option<Arc<Packed>>>>>,
 }
@@ -234,8 +237,20 @@ impl CompressedTier {
             capacity_bytes,
             reserve_bytes: charge_bytes(most, slot_bytes / PAGE),
             books: Mutex::new(Books::new()),
+            gauge: Arc::new(AtomicU64::new(0)),
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
+    }
+
+    /// The bytes the pool holds now ([`Tier::usage`]'s `used_bytes`), readable without a lock:
+    /// the daemon charges them to its DRAM budget on every fault.
+    pub fn pool_gauge(&self) -> Arc<AtomicU64> {
+        self.gauge.clone()
+    }
+
+    fn set_used(&self, b: &mut Books, used_bytes: u64) {
+        b.used_bytes = used_bytes;
+        self.gauge.store(used_bytes, Relaxed);
     }
 
     /// Swaps `slot`'s frames for `packed`; returns the old ones, to be dropped after the lock.
@@ -281,7 +296,8 @@ impl Tier for CompressedTier {
         let slot = b.taken.take().ok_or_else(|| full(&b))?;
         b.grow();
         b.charged[slot as usize] = self.reserve_bytes;
-        b.used_bytes += self.reserve_bytes;
+        let used = b.used_bytes + self.reserve_bytes;
+        self.set_used(&mut b, used);
         Ok(slot)
     }
 
@@ -314,7 +330,8 @@ impl Tier for CompressedTier {
                 drop(self.put(slot, None));
                 return Err(TierError::Full { tier: NAME, used_bytes });
             }
-            b.used_bytes = b.used_bytes - held + charge;
+            let used = b.used_bytes - held + charge;
+            self.set_used(&mut b, used);
             b.charged[slot as usize] = charge;
         }
         drop(self.put(slot, Some(Arc::new(packed))));
@@ -355,7 +372,9 @@ impl Tier for CompressedTier {
         drop(self.put(slot, None));
         let mut b = self.books.lock().unwrap();
         let none_left = b.taken.give_back(slot);
-        b.used_bytes -= b.charged.get_mut(slot as usize).map_or(0, std::mem::take);
+        let freed = b.charged.get_mut(slot as usize).map_or(0, std::mem::take);
+        let used = b.used_bytes - freed;
+        self.set_used(&mut b, used);
         if none_left {
             debug_assert_eq!(b.used_bytes, 0);
             b.charged = Vec::new();
@@ -530,14 +549,17 @@ mod tests {
         assert!(reserve < G as u64 && reserve > G as u64 * 89 / 100, "{reserve}");
         // Two reservations fit, a third does not: before anything is written, room is counted
         // as if each slot held the most it may.
+        let gauge = t.pool_gauge();
         let (a, b) = (t.alloc().unwrap(), t.alloc().unwrap());
         assert_eq!(t.usage().used_bytes, 2 * reserve);
+        assert_eq!(gauge.load(Relaxed), 2 * reserve, "the gauge follows the books");
         assert!(t.alloc().unwrap_err().is_full());
         // Written, they settle to what they hold, and the room comes back.
         t.write(a, &sparse(3, G)).unwrap();
         t.write(b, &sparse(4, G)).unwrap();
         let held = t.usage().used_bytes;
         assert!(held < cap / 4, "{held}");
+        assert_eq!(gauge.load(Relaxed), held);
         let more: Vec<SlotId> = std::iter::from_fn(|| t.alloc().ok()).collect();
         assert_eq!(more.len() as u64, (cap - held) / reserve, "as many as the room left holds");
         assert!(t.usage().used_bytes <= cap);
@@ -545,6 +567,7 @@ mod tests {
             t.free(s);
         }
         assert_eq!(t.usage(), TierUsage { capacity_bytes: cap, used_bytes: 0, used_slots: 0 });
+        assert_eq!(gauge.load(Relaxed), 0);
 
         // A rewrite that grows needs the room too: here another slot's reservation holds it.
         let tight = CompressedTier::new(G, reserve + 1000);
