@@ -827,6 +827,52 @@ fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_
     }
 }
 
+/// A client that exits holding the write leases of 256 granules: its daemon gives them all
+/// back in one Raft proposal (MAX_BATCH commands), not one per lease, and another node reads
+/// the region at once (a read is refused while a write lease is held).
+#[test]
+fn a_gone_clients_leases_go_back_in_one_proposal() {
+    let lan = Lan::new(3);
+    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
+    // Leases that need no renewal while the test runs: nothing else is proposed meanwhile.
+    let flags = shared_flags(&home, &confs, 60_000);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (nodes, _, _) = form(&lan, &flags);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let prog = c_program("shared_rw");
+    let t = CLUSTER_TIMEOUT;
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
+        p.send_line(cmd);
+        let got = p.wait_for_line("", t, &n.daemon);
+        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&all));
+    };
+    let applied =
+        |n: &Node| members(n).unwrap_or_else(|e| panic!("{e}{}", report(&all)))["last_applied_index"].as_u64();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut a = Spawned::spawn(shimmed_command(&n1.daemon, &prog, &["wide", "16M"], &[]), true);
+    a.wait_for_line("attached", t, &n1.daemon);
+    expect(&mut a, n1, "w 5a", "wrote");
+    let before = applied(n1).expect("node 1 leads and has applied entries");
+    a.send_line("q");
+    let out = a.finish(t);
+    out.check(&n1.daemon, out.success(), "the program quits cleanly");
+    n1.daemon.wait_until("the client's leases to go back", t, || {
+        match n1.daemon.log().contains("its pages and spill slots are released") {
+            true => Ok(()),
+            false => Err("the pager has not let the client go".into()),
+        }
+    });
+    let given_back_in = applied(n1).unwrap() - before;
+    eprintln!("256 write leases went back in {given_back_in} proposal(s)");
+    assert!(given_back_in <= 2, "256 leases went back in {given_back_in} proposals{}", report(&all));
+    let mut b = Spawned::spawn(shimmed_command(&n2.daemon, &prog, &["wide", "16M"], &[]), true);
+    b.wait_for_line("attached", t, &n2.daemon);
+    expect(&mut b, n2, "r", "read 00");
+    b.send_line("q");
+    let out = b.finish(t);
+    out.check(&n2.daemon, out.success(), "the program quits cleanly");
+}
+
 /// `shared_rw demo 256K` on node `n`, once it attached.
 fn start_on(n: &Node, prog: &std::path::Path) -> Spawned {
     let mut p = Spawned::spawn(shimmed_command(&n.daemon, prog, &["demo", "256K"], &[]), true);

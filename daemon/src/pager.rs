@@ -458,7 +458,8 @@ impl Pager {
             .deferred
             .iter()
             .any(|f| !self.evicting(f.addr, f.addr + PAGE) && !self.being_read(f.addr) && !self.in_shared(f.addr));
-        let tick_ms = if self.shared.is_some() { shared::TICK.as_millis() as i32 } else { i32::MAX };
+        // Rounded up: a poll that wakes before the tick is due would only go round again.
+        let tick_ms = self.shared.as_ref().map_or(i32::MAX, |s| s.next_tick_in().as_micros().div_ceil(1000) as i32);
         let timeout_ms = if retrying {
             1
         } else if self.info.evict_request.load(Relaxed) > 0

@@ -4,13 +4,18 @@
 //! ```text
 //!  pager thread (per client)                 coordinator thread (per client, a Worker)
 //!   fault in a shared granule ──Read/Acquire──▶ RegisterReader / AcquireWrite (Raft)
-//!   install (UFFDIO_COPY, WP for a reader) ◀──  + read the home file
-//!   every TICK: renewals, and the applied ───▶ RegisterReader / AcquireWrite renewals
-//!   state's verdicts (pure: [`decide`])  ◀───  (one batch), then this node's view
+//!   install (UFFDIO_COPY, WP for a reader) ◀──  + read the home file (the fault's own;
+//!   then granules read ahead ──ReadAhead──────▶ those ahead, registered with it, after)
+//!   every TICK (and EARLY_TICK_GAP after ───▶ RegisterReader / AcquireWrite renewals
+//!   lease moves): renewals, and the applied     (one batch), then this node's view
+//!   state's verdicts (pure: [`decide`])  ◀───
 //!   holo_sync: WP + capture ──Publish──────────▶ per PUBLISH_BATCH granules: renewals (one
 //!                                               batch), home files (epoch checked), then
-//!                                               RegisterReader + ReleaseWrite (one batch)
-//!   invalidated copy: Zap via the agent, then ──Unregister──▶ UnregisterReader
+//!                                               RegisterReader + ReleaseWrite (one batch);
+//!                                               a sync's jobs run back to back, so a tick
+//!                                               waits for the whole sync
+//!   invalidated copy: Zap via the agent, then ──GiveBack──▶ UnregisterReader
+//!   client gone: every lease ──GiveBack──▶ ReleaseWrite / UnregisterReader (one batch)
 //!  home: SHARED_DIR/<region>/<granule>.<epoch>: one file per published version, header
 //!        (magic, epoch, length, BLAKE3) + bytes, created with link(2) so that nothing is
 //!        ever replaced; readers take the highest epoch (see [`Home`])
@@ -20,8 +25,9 @@
 //! write-protected copy under a read lease; a write fault takes the write lease, waits until
 //! every reader its grant named has unregistered (after dropping its copy) or its read lease
 //! has expired, and only then lifts the protection. Readers learn of a grant from their own
-//! node's applied state (the read lease marked invalidated), read every [`TICK`] and as soon
-//! as an applied entry moved leases (`Cluster::lease_changes`; the daemon pokes the pager). Raft and
+//! node's applied state (the read lease marked invalidated), read every [`TICK`] and soon
+//! after an applied entry moved leases (`Cluster::lease_changes`; the daemon pokes the
+//! pager; at most one such early tick per [`EARLY_TICK_GAP`]). Raft and
 //! the home's I/O run on the coordinator thread, never on the pager thread; faults waiting
 //! for a lease are deferred like faults waiting for a read.
 //!
@@ -57,6 +63,14 @@ use crate::worker::Worker;
 
 /// How often the pager renews leases and reads its node's view of them.
 pub const TICK: Duration = Duration::from_millis(100);
+/// Least time between a tick and the next one started early because applied entries moved
+/// leases. Every lease move anywhere in the cluster pokes every pager of every node, so a
+/// storm of moves would otherwise cost each pager a tick (a copy of the applied state, and
+/// maybe a Raft round trip) per move; with the gap it costs at most one per gap. A fault
+/// waiting for a lease (a grant's readers to be gone, a refused read's writer to be gone)
+/// learns of it at most this long after its node applied it: about one Raft round trip
+/// (5-20 ms here), a fifth of a [`TICK`].
+const EARLY_TICK_GAP: Duration = Duration::from_millis(20);
 /// Node clocks agree within this: a holder stops using a lease this long before its expiry
 /// (the margin of ownership.rs's skew rules).
 pub const SKEW_MS: u64 = 500;
@@ -83,7 +97,10 @@ const READ_RETRY: Duration = Duration::from_millis(5);
 /// Most granules a sequential reader's fault reads ahead (1 MiB of 64 KiB granules).
 const READ_AHEAD_MAX: usize = 16;
 /// Granules of a `holo_sync` published per coordinator job: two Raft round trips for all of
-/// them, and the ticks that renew the other leases run between jobs.
+/// them (three when leases need renewing first). A sync hands all its jobs over at once and
+/// the coordinator runs them back to back, so a tick (the renewals of the client's other
+/// leases, and the view that waiting faults need) waits for the whole sync; each job renews
+/// its own granules' leases when they are past half their life.
 const PUBLISH_BATCH: usize = 64;
 /// Threads that write a publish job's home files.
 const PUBLISH_THREADS: usize = 8;
@@ -432,18 +449,35 @@ fn renew_due(expires_at_ms: u64, now_ms: u64, lease_ms: u64) -> bool {
     expires_at_ms.saturating_sub(now_ms) < lease_ms / 2
 }
 
-/// A write lease renewal's outcome for `lease`: the renewed lease (same epoch) replaces it; a
-/// new lease (ours had lapsed, the writes under it are lost) comes back as its epoch, for the
-/// caller to give back.
-fn take_renewal(lease: &mut Lease, got: Result<Grant, Refusal>) -> Option<u64> {
+/// What renewing a write lease (an `AcquireWrite` of its extent) found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, same epoch: it now expires then.
+    Renewed(u64),
+    /// Gone: it lapsed (the cluster granted a new lease instead, of epoch `stray`, which the
+    /// caller gives back) or another node holds the extent now (`stray`: none). The writes
+    /// made under it are lost, and it is never asked for again: once lapsed, another node may
+    /// have written the granule meanwhile.
+    Lapsed { stray: Option<u64> },
+    /// No answer (the proposal failed): the lease stands until its expiry, and may be renewed
+    /// again.
+    Unknown,
+}
+
+/// What renewing the write lease of `epoch` found, from its `AcquireWrite`'s outcome.
+fn renewal(epoch: u64, got: Result<Grant, Refusal>) -> Renewal {
     match got {
-        Ok(g) if g.renewed && g.lease.epoch == lease.epoch => {
-            *lease = g.lease;
-            None
-        }
-        Ok(g) => Some(g.lease.epoch),
-        Err(_) => None,
+        Ok(g) if g.renewed && g.lease.epoch == epoch => Renewal::Renewed(g.lease.expires_at_ms),
+        Ok(g) => Renewal::Lapsed { stray: Some(g.lease.epoch) },
+        Err(Refusal::Held) => Renewal::Lapsed { stray: None },
+        Err(Refusal::Failed(_)) => Renewal::Unknown,
     }
+}
+
+/// Why the writes to the shared granule at `at` of `region` are lost: the write lease of
+/// `epoch` `how` (for the log and the next `holo_sync`).
+fn lost_writes(at: u64, region: &str, epoch: u64, how: &str) -> String {
+    format!("shared granule {at:#x} of {region:?}: the write lease (epoch {epoch}) {how}: what was written under it is lost")
 }
 
 /// The rules of ownership.rs for a node, as a pure function of a granule's state, this
@@ -523,8 +557,13 @@ pub enum Job {
         name: String,
         size: u64,
     },
-    /// A read fault's granule, then those read ahead of it: one batch of registrations.
+    /// A read fault's granule, then those to read ahead of it: all registered in one batch,
+    /// but only the first read from the home, so that its fault waits for no other (those
+    /// ahead come back registered, for a [`Job::ReadAhead`]).
     Read(Vec<ReadOne>),
+    /// Granules a [`Job::Read`] registered ahead of its fault, each with its read lease's
+    /// expiry: read from the home.
+    ReadAhead(Vec<(ReadOne, u64)>),
     Acquire {
         at: u64,
         ext: Extent,
@@ -536,13 +575,7 @@ pub enum Job {
         len: usize,
     },
     Publish(Vec<Publication>),
-    Unregister {
-        ext: Extent,
-    },
-    Release {
-        ext: Extent,
-        epoch: u64,
-    },
+    GiveBack(GiveBack),
     /// After a daemon restart: settle a granule that has pages in memory, or that the journal
     /// says is written under the write lease of `epoch` ([`Coordinator::recover`]).
     Recover {
@@ -555,8 +588,31 @@ pub enum Job {
     Tick {
         regions: Vec<String>,
         renew_read: Vec<(u64, Extent)>,
-        renew_write: Vec<(u64, Extent)>,
+        /// With the epoch of each write lease.
+        renew_write: Vec<(u64, Extent, u64)>,
     },
+}
+
+/// Leases to give back together: write leases (extent, epoch) and read leases. `n` of them
+/// cost ceil(n / MAX_BATCH) Raft proposals.
+#[derive(Debug, Default)]
+pub struct GiveBack {
+    writes: Vec<(Extent, u64)>,
+    reads: Vec<Extent>,
+}
+
+impl GiveBack {
+    fn write(ext: Extent, epoch: u64) -> GiveBack {
+        GiveBack { writes: vec![(ext, epoch)], reads: Vec::new() }
+    }
+
+    fn read(ext: Extent) -> GiveBack {
+        GiveBack { writes: Vec::new(), reads: vec![ext] }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.reads.is_empty()
+    }
 }
 
 /// A granule's bytes from the home and its read lease's expiry, or why not.
@@ -577,12 +633,38 @@ pub struct Publication {
     lease: Lease,
     bytes: Vec<u8>,
     present: Vec<bool>,
+    /// Why it fails, once a renewal found its lease lapsed.
+    lost: Option<String>,
+    /// The new lease such a renewal got instead, given back with the job's releases.
+    stray: Option<u64>,
+}
+
+impl Publication {
+    /// Takes what renewing its lease found: a lapsed lease fails the publication, once and
+    /// for all (see [`Renewal::Lapsed`]).
+    fn renewed(&mut self, found: Renewal) {
+        match found {
+            Renewal::Renewed(expires_at_ms) => self.lease.expires_at_ms = expires_at_ms,
+            Renewal::Lapsed { stray } => {
+                self.stray = stray;
+                let how = "lapsed during holo_sync (a renewal found it gone)";
+                self.lost = Some(lost_writes(self.at, &self.ext.region, self.lease.epoch, how));
+            }
+            Renewal::Unknown => {}
+        }
+    }
 }
 
 pub enum Done {
     Attached(Result<(), String>),
-    /// Per granule of a [`Job::Read`], in its order.
-    Read(Vec<(u64, Extent, ReadGot)>),
+    /// A [`Job::Read`]: its fault's granule, and the registrations of those ahead of it (each
+    /// its read lease's expiry).
+    Read {
+        faulted: (ReadOne, ReadGot),
+        ahead: Vec<(ReadOne, Result<u64, Refusal>)>,
+    },
+    /// Per granule of a [`Job::ReadAhead`].
+    ReadAhead(Vec<(ReadOne, ReadGot)>),
     Acquired {
         at: u64,
         installed: bool,
@@ -601,10 +683,11 @@ pub enum Done {
         present: bool,
         got: Recovery,
     },
-    /// New expiries of the renewed leases (`None`: lost), and the view after them.
+    /// New expiries of the renewed read leases (`None`: not renewed), what the write leases'
+    /// renewals found, and the view after them.
     Ticked {
         read: Vec<(u64, Option<u64>)>,
-        write: Vec<(u64, Option<u64>)>,
+        write: Vec<(u64, Renewal)>,
         view: View,
     },
 }
@@ -680,28 +763,40 @@ impl Coordinator {
         granted(self.propose(self.acquire_cmd(ext)))
     }
 
-    fn release(&self, ext: &Extent, epoch: u64) {
-        self.release_all(vec![(ext.clone(), epoch)]);
-    }
-
-    /// Gives these read leases back (one batch); one that cannot be lapses at its expiry.
-    fn unregister_all(&self, exts: Vec<Extent>) {
-        let cmds = exts.iter().map(|ext| Command::UnregisterReader { node: self.me, extent: ext.clone() }).collect();
-        for (ext, out) in exts.iter().zip(self.propose_all(cmds)) {
+    /// Gives these leases back, [`MAX_BATCH`] per proposal; one that cannot be lapses at its
+    /// expiry.
+    fn give_back(&self, back: GiveBack) {
+        let GiveBack { writes, reads } = back;
+        let mut cmds: Vec<Command> = writes.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)).collect();
+        cmds.extend(reads.iter().map(|ext| Command::UnregisterReader { node: self.me, extent: ext.clone() }));
+        let leases = writes.iter().map(|(ext, _)| ("write", ext)).chain(reads.iter().map(|ext| ("read", ext)));
+        for ((kind, ext), out) in leases.zip(self.propose_all(cmds)) {
             if let Err(e) = out {
-                log::warn!("cannot unregister the read lease of {ext:?}: {e}; it lapses at its expiry");
+                crate::log_limited!(warn, "cannot give back the {kind} lease of {ext:?}: {e}; it lapses at its expiry");
             }
         }
     }
 
-    /// Gives these write leases back (one batch); one that cannot be lapses at its expiry.
-    fn release_all(&self, leases: Vec<(Extent, u64)>) {
-        let cmds = leases.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)).collect();
-        for ((ext, _), out) in leases.iter().zip(self.propose_all(cmds)) {
-            if let Err(e) = out {
-                log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
-            }
-        }
+    /// Reads each granule of `reads` from the home under the read lease just registered for
+    /// it (its expiry, or why it was refused). Those that cannot be read are unregistered
+    /// (one batch).
+    fn read_registered(&self, reads: Vec<(ReadOne, Result<u64, Refusal>)>) -> Vec<(ReadOne, ReadGot)> {
+        let mut unread = GiveBack::default();
+        let got = reads
+            .into_iter()
+            .map(|(g, reg)| {
+                let got = reg.and_then(|expires_at_ms| match self.read_home(&g.ext, g.len) {
+                    Ok(bytes) => Ok((bytes, expires_at_ms)),
+                    Err(e) => {
+                        unread.reads.push(g.ext.clone());
+                        Err(Refusal::Failed(e))
+                    }
+                });
+                (g, got)
+            })
+            .collect();
+        self.give_back(unread);
+        got
     }
 
     fn read_home(&self, ext: &Extent, len: usize) -> Result<Vec<u8>, String> {
@@ -722,35 +817,24 @@ impl Coordinator {
                 })
             }
             Job::Read(reads) => {
-                // Registered before the home is read, so that any later writer names this copy.
+                // Registered before the home is read, so that any later writer names these
+                // copies.
                 let regs = self.propose_all(reads.iter().map(|g| self.register_cmd(&g.ext)).collect());
-                let mut unread = Vec::new();
-                let got = reads
-                    .into_iter()
-                    .zip(regs)
-                    .map(|(g, reg)| {
-                        let got = registered(reg).and_then(|reg| match self.read_home(&g.ext, g.len) {
-                            Ok(bytes) => Ok((bytes, reg.lease.expires_at_ms)),
-                            Err(e) => {
-                                unread.push(g.ext.clone());
-                                Err(Refusal::Failed(e))
-                            }
-                        });
-                        (g.at, g.ext, got)
-                    })
-                    .collect();
-                self.unregister_all(unread);
-                Done::Read(got)
+                let mut regs =
+                    reads.into_iter().zip(regs).map(|(g, reg)| (g, registered(reg).map(|r| r.lease.expires_at_ms)));
+                let first = regs.next().expect("a read names its fault's granule");
+                let ahead = regs.collect();
+                let faulted = self.read_registered(vec![first]).pop().expect("one read in, one out");
+                Done::Read { faulted, ahead }
+            }
+            Job::ReadAhead(reads) => {
+                Done::ReadAhead(self.read_registered(reads.into_iter().map(|(g, e)| (g, Ok(e))).collect()))
             }
             Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
             Job::Publish(batch) => Done::Published(self.publish(batch)),
-            Job::Unregister { ext } => {
-                self.unregister_all(vec![ext]);
-                Done::Nothing
-            }
-            Job::Release { ext, epoch } => {
-                self.release(&ext, epoch);
+            Job::GiveBack(back) => {
+                self.give_back(back);
                 Done::Nothing
             }
             Job::Recover { at, ext, len, epoch, present } => {
@@ -760,7 +844,7 @@ impl Coordinator {
                 // Every renewal in one batch: a tick costs one Raft round trip however many
                 // leases this client holds.
                 let mut cmds: Vec<Command> = renew_read.iter().map(|(_, ext)| self.register_cmd(ext)).collect();
-                cmds.extend(renew_write.iter().map(|(_, ext)| self.acquire_cmd(ext)));
+                cmds.extend(renew_write.iter().map(|(_, ext, _)| self.acquire_cmd(ext)));
                 let mut outs = self.propose_all(cmds).into_iter();
                 let read = renew_read
                     .into_iter()
@@ -769,25 +853,19 @@ impl Coordinator {
                         (at, registered(out).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
                     })
                     .collect();
-                let mut lapsed = Vec::new();
+                let mut strays = GiveBack::default();
                 let write = renew_write
                     .into_iter()
                     .zip(outs)
-                    .map(|((at, ext), out)| {
-                        let got = match granted(out) {
-                            Ok(g) if g.renewed => Some(g.lease.expires_at_ms),
-                            // Ours had lapsed and this is a new lease, under a new epoch: the
-                            // writes made under the old one are lost; give it back.
-                            Ok(g) => {
-                                lapsed.push((ext, g.lease.epoch));
-                                None
-                            }
-                            Err(_) => None,
-                        };
-                        (at, got)
+                    .map(|((at, ext, epoch), out)| {
+                        let found = renewal(epoch, granted(out));
+                        if let Renewal::Lapsed { stray: Some(stray) } = found {
+                            strays.writes.push((ext, stray));
+                        }
+                        (at, found)
                     })
                     .collect();
-                self.release_all(lapsed);
+                self.give_back(strays);
                 let state = self.member.state();
                 let mine = |e: &Extent| regions.contains(&e.region);
                 let view = View {
@@ -808,12 +886,9 @@ impl Coordinator {
         let due: Vec<usize> =
             (0..batch.len()).filter(|&i| renew_due(batch[i].lease.expires_at_ms, now_ms(), self.lease_ms)).collect();
         let renewals = self.propose_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
-        let mut give_back = Vec::new();
         for (&i, out) in due.iter().zip(renewals) {
-            // A lapsed lease: `publish_home` reports the writes made under it as lost.
-            if let Some(epoch) = take_renewal(&mut batch[i].lease, granted(out)) {
-                give_back.push((batch[i].ext.clone(), epoch));
-            }
+            let epoch = batch[i].lease.epoch;
+            batch[i].renewed(renewal(epoch, granted(out)));
         }
         // Each publication waits on two fsyncs: overlap them, PUBLISH_THREADS at a time.
         let per_thread = batch.len().div_ceil(PUBLISH_THREADS).max(1);
@@ -825,11 +900,13 @@ impl Coordinator {
             parts.into_iter().flat_map(|t| t.join().expect("a publishing thread panicked")).collect()
         });
         // Registered before the releases (one batch, in order), so no later writer can miss
-        // these copies.
+        // these copies. Each lease goes back, and so does the new one that a renewal got
+        // instead of a lapsed one.
         let mut cmds: Vec<Command> =
             batch.iter().zip(&written).filter(|(_, w)| w.is_ok()).map(|(p, _)| self.register_cmd(&p.ext)).collect();
-        cmds.extend(batch.iter().map(|p| self.release_cmd(&p.ext, p.lease.epoch)));
-        cmds.extend(give_back.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)));
+        let releases: Vec<(&Extent, u64)> =
+            batch.iter().flat_map(|p| std::iter::once(p.lease.epoch).chain(p.stray).map(|e| (&p.ext, e))).collect();
+        cmds.extend(releases.iter().map(|(ext, epoch)| self.release_cmd(ext, *epoch)));
         let mut outs = self.propose_all(cmds).into_iter();
         let results = batch
             .iter()
@@ -842,31 +919,35 @@ impl Coordinator {
                 (p.at, got)
             })
             .collect();
-        for (ext, out) in batch.iter().map(|p| &p.ext).chain(give_back.iter().map(|(ext, _)| ext)).zip(outs) {
+        for ((ext, _), out) in releases.iter().zip(outs) {
             if let Err(e) = out {
-                log::warn!("cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
+                crate::log_limited!(warn, "cannot release the write lease of {ext:?}: {e}; it lapses at its expiry");
             }
         }
         results
     }
 
-    /// Writes one granule of a `holo_sync` to the home, if its lease still allows.
+    /// Writes one granule of a `holo_sync` to the home, if its lease still allows: not once a
+    /// renewal found it lapsed (it is not asked for again), nor within the skew margin of its
+    /// expiry.
     fn publish_home(&self, p: &mut Publication) -> Result<(), String> {
+        // The job's other files may have taken long (slow fsyncs, a loaded machine).
+        if p.lost.is_none() && renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
+            let epoch = p.lease.epoch;
+            p.renewed(renewal(epoch, self.acquire(&p.ext)));
+        }
+        if let Some(why) = &p.lost {
+            return Err(why.clone());
+        }
+        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
+            return Err(lost_writes(p.at, &p.ext.region, p.lease.epoch, "expired before holo_sync could publish"));
+        }
         if p.present.iter().any(|p| !p) {
             let old = self.read_home(&p.ext, p.bytes.len())?;
             for (k, _) in p.present.iter().enumerate().filter(|(_, p)| !**p) {
                 let r = k * PAGE as usize..(k + 1) * PAGE as usize;
                 p.bytes[r.clone()].copy_from_slice(&old[r]);
             }
-        }
-        // The job's other files may have taken long (slow fsyncs, a loaded machine).
-        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
-            if let Some(epoch) = take_renewal(&mut p.lease, self.acquire(&p.ext)) {
-                self.release(&p.ext, epoch);
-            }
-        }
-        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
-            return Err("the write lease expired before holo_sync; those writes are lost".to_string());
         }
         let granule = self.granule_index(&p.ext);
         self.home.publish(&p.ext.region, granule, p.lease.epoch, &p.bytes).map_err(|e| e.to_string())
@@ -901,7 +982,7 @@ impl Coordinator {
             Err(e) => return Recovery::Failed(e),
         };
         if published == epoch {
-            self.release(ext, epoch);
+            self.give_back(GiveBack::write(ext.clone(), epoch));
             return match registered {
                 Ok(r) if present => Recovery::Read(r.lease.expires_at_ms),
                 Ok(_) | Err(Refusal::Held) => Recovery::Drop,
@@ -911,14 +992,14 @@ impl Coordinator {
         let why = match self.acquire(ext) {
             Ok(g) if g.renewed && g.lease.epoch == epoch => return Recovery::Write(g),
             Ok(g) => {
-                self.release(ext, g.lease.epoch);
+                self.give_back(GiveBack::write(ext.clone(), g.lease.epoch));
                 "it lapsed".to_string()
             }
             Err(Refusal::Held) => "another node holds it now".to_string(),
             Err(Refusal::Failed(e)) => return Recovery::Failed(e),
         };
         // Not a read copy either: a registration after a restart must not renew it.
-        self.unregister_all(vec![ext.clone()]);
+        self.give_back(GiveBack::read(ext.clone()));
         Recovery::Lost(format!(
             "shared granule {} of {:?}: the write lease (epoch {epoch}) was lost while holo-pager was down ({why}): \
              what was written under it since the last holo_sync is lost",
@@ -1011,12 +1092,45 @@ pub struct Io<'a> {
     pub pid: i32,
 }
 
+/// When a client's next tick is due: [`TICK`] after the last one; [`EARLY_TICK_GAP`] after
+/// it once applied entries moved leases ([`Cluster::lease_changes`] grew: the daemon pokes
+/// the pager then); at once when hurried (a job of this client's own may have made a fault
+/// ready, e.g. a grant whose readers are gone already).
+#[derive(Clone, Debug)]
+struct Ticks {
+    last: Instant,
+    /// [`Cluster::lease_changes`] when the last tick began.
+    changes_seen: u64,
+    hurried: bool,
+}
+
+impl Ticks {
+    fn new(now: Instant, changes: u64) -> Ticks {
+        Ticks { last: now, changes_seen: changes, hurried: false }
+    }
+
+    /// How long until the next tick is due at `now`, with `changes` lease moves applied so far.
+    fn wait(&self, now: Instant, changes: u64) -> Duration {
+        let gap = match (self.hurried, changes != self.changes_seen) {
+            (true, _) => Duration::ZERO,
+            (false, true) => EARLY_TICK_GAP,
+            (false, false) => TICK,
+        };
+        gap.saturating_sub(now.saturating_duration_since(self.last))
+    }
+
+    fn start(&mut self, now: Instant, changes: u64) {
+        *self = Ticks::new(now, changes);
+    }
+
+    fn hurry(&mut self) {
+        self.hurried = true;
+    }
+}
+
 /// A client's attached regions.
 pub struct Shared {
     member: &'static Cluster,
-    /// [`Cluster::lease_changes`] when the last tick began: a newer count starts a tick
-    /// before [`TICK`] is up.
-    lease_changes_seen: u64,
     me: NodeId,
     granule: u64,
     lease_ms: u64,
@@ -1024,7 +1138,7 @@ pub struct Shared {
     worker: Worker<Job, Done>,
     waiting: Option<Waiting>,
     ticking: bool,
-    tick_at: Instant,
+    ticks: Ticks,
     /// The view the last tick brought: which renewals are due.
     view: View,
     drops_in_flight: usize,
@@ -1044,7 +1158,6 @@ impl Shared {
         let worker = Worker::spawn(format!("shared-{pid}"), move |job| c.run(job)).map_err(|e| e.to_string())?;
         Ok(Shared {
             member,
-            lease_changes_seen: member.lease_changes(),
             me: member.node_id(),
             granule,
             lease_ms,
@@ -1052,7 +1165,7 @@ impl Shared {
             worker,
             waiting: None,
             ticking: false,
-            tick_at: Instant::now(),
+            ticks: Ticks::new(Instant::now(), member.lease_changes()),
             view: View::default(),
             drops_in_flight: 0,
             recovering: 0,
@@ -1241,7 +1354,7 @@ impl Shared {
                 }
             }
             self.regions[r].gs[k] = G::Busy;
-            batch.push(Publication { at, ext, lease, bytes, present });
+            batch.push(Publication { at, ext, lease, bytes, present, lost: None, stray: None });
             if batch.len() == PUBLISH_BATCH {
                 self.worker.submit(Job::Publish(std::mem::take(&mut batch)));
                 left += 1;
@@ -1318,6 +1431,16 @@ impl Shared {
         reg.ahead.min(reg.gs.len() - k - 1)
     }
 
+    /// Installs the read copy `bytes` at granule `at`, under a read lease that expires then:
+    /// its new state.
+    fn install_read(&self, at: u64, bytes: &[u8], expires_at_ms: u64, io: &Io) -> G {
+        match self.install(at, bytes, true, io) {
+            Ok(()) => G::Read { expires_at_ms },
+            // The address space is changing: the fault asks again.
+            Err(_) => G::Absent,
+        }
+    }
+
     /// Installs `bytes` at granule `at` (only the pages missing), write-protected if `wp`.
     fn install(&self, at: u64, bytes: &[u8], wp: bool, io: &Io) -> Result<(), Served> {
         let step = |fill: Fill| match fill {
@@ -1369,35 +1492,43 @@ impl Shared {
                 self.drops_in_flight -= 1;
                 let (_, _, ext) = self.window(r, k);
                 self.regions[r].gs[k] = G::Absent;
-                self.worker.submit(Job::Unregister { ext });
+                self.worker.submit(Job::GiveBack(GiveBack::read(ext)));
                 Kind::Done
             }
             (_, None) => Kind::Done,
         }
     }
 
-    /// Every loop turn: start a tick when one is due: every [`TICK`], and as soon as applied
-    /// entries moved leases (a grant that invalidates a copy here, a reader or writer gone
-    /// that a fault here waits for; the daemon pokes the pager then).
+    /// How long the pager may wait before [`Self::tick`] has one to start (the poll's timeout).
+    pub fn next_tick_in(&self) -> Duration {
+        if self.ticking || self.regions.is_empty() {
+            // The coordinator's eventfd wakes the pager when the tick under way is done.
+            return TICK;
+        }
+        self.ticks.wait(Instant::now(), self.member.lease_changes())
+    }
+
+    /// Every loop turn: start a tick when one is due ([`Ticks`]): every [`TICK`], and soon
+    /// after applied entries moved leases (a grant that invalidates a copy here, a reader or
+    /// writer gone that a fault here waits for).
     pub fn tick(&mut self) {
-        let moved = self.member.lease_changes();
-        if self.ticking
-            || self.regions.is_empty()
-            || (self.tick_at.elapsed() < TICK && moved == self.lease_changes_seen)
-        {
+        let (now, changes) = (Instant::now(), self.member.lease_changes());
+        if self.ticking || self.regions.is_empty() || !self.ticks.wait(now, changes).is_zero() {
             return;
         }
-        self.lease_changes_seen = moved;
-        self.tick_at = Instant::now();
+        self.ticks.start(now, changes);
         let now = now_ms();
         let (mut renew_read, mut renew_write) = (Vec::new(), Vec::new());
         for r in 0..self.regions.len() {
             for k in 0..self.regions[r].gs.len() {
                 let (at, _, ext) = self.window(r, k);
+                let g = &self.regions[r].gs[k];
                 // Renewals only: the other verdicts wait for the fresh view this tick brings.
-                match decide(&self.regions[r].gs[k], &ext, self.me, &self.view, now, self.lease_ms) {
-                    Action::RenewRead => renew_read.push((at, ext)),
-                    Action::RenewWrite => renew_write.push((at, ext)),
+                match (decide(g, &ext, self.me, &self.view, now, self.lease_ms), g) {
+                    (Action::RenewRead, _) => renew_read.push((at, ext)),
+                    (Action::RenewWrite, G::Write { lease } | G::Granted { grant: Grant { lease, .. }, .. }) => {
+                        renew_write.push((at, ext, lease.epoch))
+                    }
                     _ => {}
                 }
             }
@@ -1445,25 +1576,38 @@ impl Shared {
                 }
                 Some(result)
             }
-            Done::Read(got) => {
-                for (i, (at, _, got)) in got.into_iter().enumerate() {
-                    let Some((r, k)) = self.locate(at) else { continue };
-                    // Only the first granule has a fault waiting; one read ahead that could not
-                    // be read is left for its own fault to try (and report).
-                    let faulted = i == 0;
+            Done::Read { faulted: (g, got), ahead } => {
+                if let Some((r, k)) = self.locate(g.at) {
                     self.regions[r].gs[k] = match got {
-                        Ok((bytes, expires_at_ms)) => match self.install(at, &bytes, true, io) {
-                            Ok(()) => G::Read { expires_at_ms },
-                            // The address space is changing: the fault asks again.
-                            Err(_) => G::Absent,
-                        },
-                        Err(Refusal::Held) if faulted => {
-                            G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
-                        }
-                        Err(Refusal::Failed(e)) if faulted => {
-                            crate::log_limited!(error, "pid {}: shared granule {at:#x}: {e}", io.pid);
+                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                        Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
+                        Err(Refusal::Failed(e)) => {
+                            crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
                             G::Failed
                         }
+                    };
+                }
+                // Its fault is served: now read those ahead. One whose registration was refused
+                // is left for its own fault to try (and report).
+                let mut read = Vec::new();
+                for (g, reg) in ahead {
+                    let Some((r, k)) = self.locate(g.at) else { continue };
+                    match reg {
+                        Ok(expires_at_ms) => read.push((g, expires_at_ms)),
+                        Err(_) => self.regions[r].gs[k] = G::Absent,
+                    }
+                }
+                if !read.is_empty() {
+                    self.worker.submit(Job::ReadAhead(read));
+                }
+                None
+            }
+            Done::ReadAhead(got) => {
+                for (g, got) in got {
+                    let Some((r, k)) = self.locate(g.at) else { continue };
+                    self.regions[r].gs[k] = match got {
+                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                        // No fault waits for it: its own fault tries again (and reports).
                         Err(_) => G::Absent,
                     };
                 }
@@ -1486,7 +1630,7 @@ impl Shared {
                     self.drop_copy(r, k, io);
                 }
                 // The readers may be gone already: no need to wait for the next tick.
-                self.tick_at = Instant::now() - TICK;
+                self.ticks.hurry();
                 None
             }
             Done::Fetched { at, got } => {
@@ -1562,11 +1706,11 @@ impl Shared {
                     self.write_now(r, k, io);
                     return;
                 }
-                self.tick_at = Instant::now() - TICK;
+                self.ticks.hurry();
                 g
             }
             Recovery::Drop | Recovery::Lost(_) if !present => {
-                self.worker.submit(Job::Unregister { ext });
+                self.worker.submit(Job::GiveBack(GiveBack::read(ext)));
                 G::Absent
             }
             Recovery::Drop => G::Stale,
@@ -1599,7 +1743,7 @@ impl Shared {
         let (at, len, ext) = self.window(r, k);
         let G::Granted { grant, installed } = self.regions[r].gs[k].clone() else { return };
         if self.regions[r].journaled[k] != grant.lease.epoch {
-            self.tick_at = Instant::now() - TICK;
+            self.ticks.hurry();
             return;
         }
         if installed {
@@ -1613,40 +1757,51 @@ impl Shared {
         }
     }
 
-    fn ticked(&mut self, read: Vec<(u64, Option<u64>)>, write: Vec<(u64, Option<u64>)>, view: View, io: &Io) {
-        for (at, expiry) in read.into_iter().chain(write) {
+    fn ticked(&mut self, read: Vec<(u64, Option<u64>)>, write: Vec<(u64, Renewal)>, view: View, io: &Io) {
+        for (at, expiry) in read {
             let Some((r, k)) = self.locate(at) else { continue };
-            let g = &mut self.regions[r].gs[k];
-            match (g, expiry) {
-                (G::Read { expires_at_ms }, Some(e)) => *expires_at_ms = e,
-                (G::Write { lease }, Some(e)) | (G::Granted { grant: Grant { lease, .. }, .. }, Some(e)) => {
+            // Not renewed: the verdict below drops the copy once its expiry nears.
+            if let (G::Read { expires_at_ms }, Some(e)) = (&mut self.regions[r].gs[k], expiry) {
+                *expires_at_ms = e;
+            }
+        }
+        for (at, found) in write {
+            let Some((r, k)) = self.locate(at) else { continue };
+            match (&mut self.regions[r].gs[k], found) {
+                (G::Write { lease } | G::Granted { grant: Grant { lease, .. }, .. }, Renewal::Renewed(e)) => {
                     lease.expires_at_ms = e
                 }
-                // Lost: the verdict below drops the copy once its expiry nears.
+                (G::Write { lease }, Renewal::Lapsed { .. }) => {
+                    let epoch = lease.epoch;
+                    self.lose_writes(r, k, epoch, "lapsed before holo_sync (a renewal found it gone)", io);
+                }
+                // Nothing was written under it: only its read copy, if any, may be stale now.
+                (G::Granted { installed, .. }, Renewal::Lapsed { .. }) => {
+                    if *installed {
+                        self.regions[r].gs[k] = G::Stale;
+                        self.drop_copy(r, k, io);
+                    } else {
+                        self.regions[r].gs[k] = G::Absent;
+                    }
+                }
+                // No answer: the verdict below drops the copy once its expiry nears.
                 _ => {}
             }
         }
         let now = now_ms();
         for r in 0..self.regions.len() {
             for k in 0..self.regions[r].gs.len() {
-                let (at, _, ext) = self.window(r, k);
+                let (_, _, ext) = self.window(r, k);
                 let g = self.regions[r].gs[k].clone();
                 match decide(&g, &ext, self.me, &view, now, self.lease_ms) {
                     Action::Drop => match g {
                         G::Granted { installed: false, grant } => {
-                            self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch });
+                            self.worker.submit(Job::GiveBack(GiveBack::write(ext, grant.lease.epoch)));
                             self.regions[r].gs[k] = G::Absent;
                         }
                         G::Write { lease } => {
-                            let why = format!(
-                                "shared granule {at:#x} of {:?}: the write lease (epoch {}) expired before holo_sync \
-                                 (it could not be renewed): what was written under it is lost",
-                                ext.region, lease.epoch
-                            );
-                            crate::log_limited!(error, "pid {}: {why}", io.pid);
-                            self.regions[r].lost.push(why);
-                            self.regions[r].gs[k] = G::Stale;
-                            self.drop_copy(r, k, io);
+                            let how = "expired before holo_sync (it could not be renewed)";
+                            self.lose_writes(r, k, lease.epoch, how, io);
                         }
                         _ => self.drop_copy(r, k, io),
                     },
@@ -1659,57 +1814,79 @@ impl Shared {
         self.view = view;
     }
 
+    /// The write lease of granule `k` of region `r` is gone before `holo_sync` published what
+    /// was written under it (it `how`): those writes are lost (the log and the next
+    /// `holo_sync` say so), and the copy is dropped.
+    fn lose_writes(&mut self, r: usize, k: usize, epoch: u64, how: &str, io: &Io) {
+        let (at, _, ext) = self.window(r, k);
+        let why = lost_writes(at, &ext.region, epoch, how);
+        crate::log_limited!(error, "pid {}: {why}", io.pid);
+        self.regions[r].lost.push(why);
+        self.regions[r].gs[k] = G::Stale;
+        self.drop_copy(r, k, io);
+    }
+
     /// The program unmapped or moved `[start, end)`: the regions there are detached.
     pub fn on_unmap(&mut self, start: u64, end: u64, pid: i32) {
         let (gone, kept): (Vec<Region>, Vec<Region>) =
             std::mem::take(&mut self.regions).into_iter().partition(|r| r.start < end && start < r.start + r.len);
         self.regions = kept;
+        let mut back = GiveBack::default();
         for r in gone {
             log::info!("pid {pid}: shared region {:?} unmapped: detached", r.name);
-            self.detach(r);
+            self.detach(r, &mut back);
+        }
+        if !back.is_empty() {
+            self.worker.submit(Job::GiveBack(back));
         }
     }
 
-    /// Gives back the leases of region `r` (unpublished writes are lost, by design).
-    fn detach(&mut self, r: Region) {
+    /// Adds the leases of region `r` to `back` (unpublished writes are lost, by design).
+    fn detach(&mut self, r: Region, back: &mut GiveBack) {
         self.drops_in_flight -= r.gs.iter().filter(|g| **g == G::Dropping).count();
         for (k, g) in r.gs.iter().enumerate() {
             let at = r.start + k as u64 * self.granule;
             let len = self.granule.min(r.start + r.len - at);
             let ext = Extent { region: r.name.clone(), start_page: k as u64 * self.granule / PAGE, pages: len / PAGE };
             match g {
-                G::Write { lease } | G::Refill { lease } => {
-                    self.worker.submit(Job::Release { ext, epoch: lease.epoch })
-                }
-                G::Granted { grant, .. } => self.worker.submit(Job::Release { ext, epoch: grant.lease.epoch }),
-                G::Read { .. } | G::Dropping | G::Stale => self.worker.submit(Job::Unregister { ext }),
-                // A job under way may have taken a lease: it lapses at its expiry.
+                G::Write { lease } | G::Refill { lease } => back.writes.push((ext, lease.epoch)),
+                G::Granted { grant, .. } => back.writes.push((ext, grant.lease.epoch)),
+                G::Read { .. } | G::Dropping | G::Stale => back.reads.push(ext),
+                // A job under way may have taken a lease: `release_all` takes it back, an
+                // unmap lets it lapse at its expiry.
                 G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
             }
         }
         ATTACHED.lock().unwrap().remove(&r.name);
     }
 
-    /// The client is gone: give every lease back and wait until that is done.
+    /// The client is gone: give every lease back and wait until that is done. All of them go
+    /// in one job: a client holding `n` leases costs ceil(n / MAX_BATCH) Raft proposals.
     pub fn release_all(&mut self) {
+        let mut back = GiveBack::default();
         for r in std::mem::take(&mut self.regions) {
-            self.detach(r);
+            self.detach(r, &mut back);
         }
         // A lease granted by a job that was under way goes back too.
         while let Some(done) = self.worker.wait() {
             match done {
-                Done::Acquired { got: Ok(g), .. } => {
-                    self.worker.submit(Job::Release { ext: g.lease.extent.clone(), epoch: g.lease.epoch })
+                Done::Acquired { got: Ok(g), .. } | Done::Recovered { got: Recovery::Write(g), .. } => {
+                    back.writes.push((g.lease.extent, g.lease.epoch))
                 }
-                Done::Read(got) => {
-                    for (_, ext, got) in got {
-                        if got.is_ok() {
-                            self.worker.submit(Job::Unregister { ext });
-                        }
-                    }
+                Done::Read { faulted, ahead } => {
+                    let ahead = ahead.into_iter().map(|(g, reg)| (g, reg.is_ok()));
+                    let faulted = std::iter::once((faulted.0, faulted.1.is_ok()));
+                    back.reads.extend(faulted.chain(ahead).filter(|(_, held)| *held).map(|(g, _)| g.ext));
+                }
+                Done::ReadAhead(got) => {
+                    back.reads.extend(got.into_iter().filter(|(_, got)| got.is_ok()).map(|(g, _)| g.ext))
                 }
                 _ => {}
             }
+        }
+        if !back.is_empty() {
+            self.worker.submit(Job::GiveBack(back));
+            self.worker.wait();
         }
     }
 }
@@ -1959,5 +2136,152 @@ mod tests {
         assert_eq!(decide(&b, &ext(), me, &held, 5_000, lease_ms), Action::Retry, "backstop");
         assert_eq!(decide(&b, &ext(), me, &View::default(), 1_000, lease_ms), Action::Retry, "released");
         assert_eq!(decide(&b, &ext(), me, &held, 9_000 - 1, lease_ms), Action::Retry);
+    }
+
+    #[test]
+    fn lease_moves_start_at_most_one_early_tick_per_gap() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut ticks = Ticks::new(t0, 7);
+        assert_eq!(ticks.wait(at(1), 7), TICK - Duration::from_millis(1), "nothing moved: the regular tick");
+        assert_eq!(ticks.wait(at(5), 8), EARLY_TICK_GAP - Duration::from_millis(5), "moved: sooner, not at once");
+        assert_eq!(ticks.wait(at(EARLY_TICK_GAP.as_millis() as u64), 8), Duration::ZERO);
+        // A storm: a lease moves every millisecond for a second; one tick starts per gap.
+        let mut started = 0;
+        for ms in 0..1000 {
+            let (now, changes) = (at(ms), 7 + ms);
+            if ticks.wait(now, changes).is_zero() {
+                ticks.start(now, changes);
+                started += 1;
+            }
+        }
+        assert_eq!(started, 999 / EARLY_TICK_GAP.as_millis() as u64);
+        // Hurried by a job of its own: at once, gap or not; a tick started clears it.
+        ticks.start(at(2000), 2000);
+        ticks.hurry();
+        assert_eq!(ticks.wait(at(2000), 2001), Duration::ZERO);
+        ticks.start(at(2000), 2001);
+        assert_eq!(ticks.wait(at(2000), 2001), TICK);
+    }
+
+    fn grant(epoch: u64, expires_at_ms: u64, renewed: bool) -> Result<Grant, Refusal> {
+        let lease = Lease { epoch, ..lease(1, expires_at_ms) };
+        Ok(Grant { lease, invalidate: Vec::new(), readers_expire_at_ms: 0, renewed })
+    }
+
+    #[test]
+    fn a_write_lease_renewal_is_renewed_lapsed_or_unknown() {
+        assert_eq!(renewal(1, grant(1, 9_000, true)), Renewal::Renewed(9_000));
+        assert_eq!(renewal(1, grant(4, 9_000, false)), Renewal::Lapsed { stray: Some(4) }, "a new lease instead");
+        assert_eq!(renewal(1, grant(4, 9_000, true)), Renewal::Lapsed { stray: Some(4) }, "another lease of ours");
+        assert_eq!(renewal(1, Err(Refusal::Held)), Renewal::Lapsed { stray: None }, "another node's now");
+        assert_eq!(renewal(1, Err(Refusal::Failed("no leader".into()))), Renewal::Unknown);
+        let mut p = Publication {
+            at: 0x10000,
+            ext: ext(),
+            lease: lease(1, 5_000),
+            bytes: Vec::new(),
+            present: Vec::new(),
+            lost: None,
+            stray: None,
+        };
+        p.renewed(Renewal::Unknown);
+        assert_eq!((p.lease.expires_at_ms, &p.lost), (5_000, &None), "no answer: the lease stands until its expiry");
+        p.renewed(Renewal::Renewed(9_000));
+        assert_eq!(p.lease.expires_at_ms, 9_000);
+        p.renewed(Renewal::Lapsed { stray: Some(4) });
+        assert_eq!(p.stray, Some(4));
+        assert!(p.lost.as_deref().is_some_and(|why| why.contains("lapsed during holo_sync")), "{:?}", p.lost);
+    }
+
+    /// A one-node cluster on loopback, leaked as a daemon's member is (it lives as long as
+    /// the process).
+    fn one_node_cluster(label: &str) -> &'static Cluster {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("holo-shared-raft-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let member = Cluster::start(holo_cluster::NodeConfig {
+            node_id: 1,
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            advertise: format!("127.0.0.1:{port}"),
+            dir,
+            info: Default::default(),
+            snapshot_every: holo_cluster::node::SNAPSHOT_EVERY,
+            key: None,
+            log_refused: |m| eprintln!("{m}"),
+        })
+        .unwrap();
+        let member: &'static Cluster = Box::leak(Box::new(member));
+        member.init().unwrap();
+        member
+    }
+
+    /// Entries the member has applied: one per proposal.
+    fn applied(member: &Cluster) -> u64 {
+        member.members()["last_applied_index"].as_u64().unwrap()
+    }
+
+    const GRANULE: u64 = 64 << 10;
+
+    /// A coordinator of node 1 for a region "r" of `granules` granules.
+    fn coordinator(label: &str, granules: u64) -> Coordinator {
+        let member = one_node_cluster(label);
+        let create = Command::CreateRegion { name: "r".into(), size_bytes: granules * GRANULE, granule_bytes: GRANULE };
+        assert_eq!(member.write(create).unwrap(), Outcome::Done);
+        Coordinator { member, me: 1, home: home(label), granule: GRANULE, lease_ms: 10_000 }
+    }
+
+    fn granule_ext(k: u64) -> Extent {
+        Extent { region: "r".into(), start_page: k * GRANULE / PAGE, pages: GRANULE / PAGE }
+    }
+
+    /// A write lease that lapsed (here: released behind its holder's back) while the holder's
+    /// clock still gives it time: the sync's renewal finds it gone, the publication fails
+    /// saying so and publishes nothing, the new lease that renewal got is given back, and
+    /// nothing is asked again: two proposals (the renewal, then the releases).
+    #[test]
+    fn a_publication_whose_lease_lapsed_fails_once_and_gives_the_new_lease_back() {
+        let c = coordinator("lapse", 16);
+        let ext = granule_ext(0);
+        let lease = c.acquire(&ext).unwrap().lease;
+        c.give_back(GiveBack::write(ext.clone(), lease.epoch));
+        // Past half its life on this node's clock, clear of the skew margin.
+        let lease = Lease { expires_at_ms: now_ms() + 2_000, ..lease };
+        let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
+        let p = Publication { at: 0x10000, ext, lease, bytes, present, lost: None, stray: None };
+        let before = applied(c.member);
+        let got = c.publish(vec![p]);
+        assert_eq!(applied(c.member) - before, 2, "the lapsed lease is asked for once");
+        match &got[..] {
+            [(0x10000, Err(why))] => assert!(why.contains("lapsed during holo_sync"), "{why}"),
+            other => panic!("the publication should fail: {other:?}"),
+        }
+        let mut out = vec![0; GRANULE as usize];
+        assert_eq!(c.home.read("r", 0, &mut out).unwrap(), 0, "nothing published");
+        let state = c.member.state();
+        assert!(state.leases.is_empty(), "the new lease went back: {:?}", state.leases);
+        assert!(state.readers.is_empty(), "no read lease of a copy that was not published: {:?}", state.readers);
+        let _ = std::fs::remove_dir_all(&c.home.dir);
+    }
+
+    /// Write and read leases go back together, MAX_BATCH per proposal.
+    #[test]
+    fn leases_go_back_max_batch_per_proposal() {
+        let n = MAX_BATCH as u64 + 44;
+        let c = coordinator("giveback", n);
+        let (writes, reads): (Vec<Extent>, Vec<Extent>) = (0..n).map(granule_ext).partition(|e| e.start_page % 2 == 0);
+        let mut cmds: Vec<Command> = writes.iter().map(|e| c.acquire_cmd(e)).collect();
+        cmds.extend(reads.iter().map(|e| c.register_cmd(e)));
+        let outs = c.propose_all(cmds);
+        let writes: Vec<(Extent, u64)> =
+            writes.into_iter().zip(outs).map(|(e, out)| (e, granted(out).unwrap().lease.epoch)).collect();
+        let state = c.member.state();
+        assert_eq!((state.leases.len(), state.readers.len()), (writes.len(), reads.len()));
+        let before = applied(c.member);
+        c.give_back(GiveBack { writes, reads });
+        assert_eq!(applied(c.member) - before, n.div_ceil(MAX_BATCH as u64), "{n} leases");
+        let state = c.member.state();
+        assert!(state.leases.is_empty() && state.readers.is_empty(), "{:?} {:?}", state.leases, state.readers);
+        let _ = std::fs::remove_dir_all(&c.home.dir);
     }
 }
