@@ -651,9 +651,10 @@ fn lease_config(dir: &TempDir, ms: u64) -> Vec<String> {
 /// again on the same state directory, and waits until it has restored a client's shared
 /// region for the `resumes`th time in all.
 fn restart_daemon(n: &mut Node, signal: libc::c_int, resumes: usize) {
-    // SAFETY: a plain signal to the daemon this test started (`ip netns exec` execs it).
-    unsafe { libc::kill(n.daemon.pid() as libc::pid_t, signal) };
-    n.daemon.kill();
+    match signal {
+        libc::SIGTERM => n.daemon.stop(),
+        _ => n.daemon.kill(),
+    }
     n.daemon.restart();
     n.daemon.wait_until("the client's shared region to be restored", CLUSTER_TIMEOUT, || {
         let seen = n.daemon.log().matches("shared region \"demo\" restored after a restart").count();

@@ -230,10 +230,10 @@ impl Daemon {
         daemon
     }
 
-    /// Starts the daemon again after [`Daemon::kill`], with the same flags, socket and state
+    /// Starts the daemon again after [`Daemon::kill`] or [`Daemon::stop`], with the same flags, socket and state
     /// directory (as a restart after a crash would); its output is appended to the same log.
     pub fn restart(&mut self) {
-        assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() stopped");
+        assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() or stop() ended");
         let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
@@ -309,6 +309,29 @@ impl Daemon {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the daemon as a service stop does (SIGTERM) and waits for it to exit, which it
+    /// does once what lives only in its memory has moved to a durable tier.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        // SAFETY: a plain signal to the daemon this harness started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "holo-pager stopped with {status}\n{}", self.report_log());
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("holo-pager did not exit within 90 s of SIGTERM\n{}", self.report_log());
+                }
+            }
         }
     }
 

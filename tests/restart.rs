@@ -210,3 +210,42 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
         ),
     );
 }
+
+/// A service stop (SIGTERM) first moves what lives only in the daemon's memory, here the
+/// compressed DRAM pool, to NVMe, so the program reads every page back after the restart.
+/// (A `kill -9` cannot: its successor answers those pages with SIGBUS; the README says so.)
+#[test]
+fn a_stop_moves_the_compressed_pool_to_nvme_and_the_program_loses_nothing() {
+    let _heavy = heavy();
+    let config_dir = TempDir::new("config");
+    let config = config_dir.path().join("holo.toml");
+    std::fs::write(&config, "compressed_dram_size = \"auto\"\n").unwrap();
+    let mut daemon = Daemon::start("32M", "64K", &["--config", config.to_str().unwrap()]);
+    let env = [("HOLO_DAEMON_TIMEOUT", "60")];
+    let cmd = shimmed_command(&daemon, &c_program("sparse_and_dense"), &["128M"], &env);
+    let mut held = Spawned::spawn(cmd, true);
+    let wait = Duration::from_secs(120);
+    held.wait_for_line("ready", wait, &daemon);
+    let pooled = daemon.tier("compressed").pages;
+    assert!(pooled * 4096 >= 16 << 20, "precondition: the sparse half should be in the pool ({pooled} pages)");
+    daemon.stop();
+    let stopped = daemon.log();
+    let said = stopped.lines().find(|l| l.contains("SIGTERM: stopping")).map(str::to_owned);
+    eprintln!("{pooled} pages in the pool at the stop; the daemon said: {said:?}");
+    assert!(
+        said.as_deref().is_some_and(|l| l.contains("moved to durable tiers first")),
+        "the stop should say what it moved\n{}",
+        daemon.report_log()
+    );
+    daemon.restart();
+    held.send_line("check");
+    let out = held.finish(wait);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+    let (pool, nvme) = (daemon.tier("compressed"), daemon.tier("nvme"));
+    out.check(&daemon, pool.pages == 0, &format!("the restarted daemon's pool holds nothing yet: {pool:?}"));
+    out.check(
+        &daemon,
+        nvme.refaults * 4096 >= 16 << 20,
+        &format!("the pool's pages should have been read back from nvme: {nvme:?}"),
+    );
+}

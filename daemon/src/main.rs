@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -68,7 +69,12 @@ struct Args {
     cluster_advertise: Option<String>,
 }
 
+/// How long a stop may take to move the granules of tiers that die with the daemon into
+/// durable ones (systemd's default `TimeoutStopSec` is 90 s).
+const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn main() -> anyhow::Result<()> {
+    service::block_stop_signals();
     let args = Args::parse();
     let mut config = Config::resolve(
         args.config.as_deref(),
@@ -151,8 +157,27 @@ fn main() -> anyhow::Result<()> {
     if daemon.store.levels.len() > 1 {
         holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
     }
+    let d = daemon.clone();
+    service::on_stop(move |signal| stop(&d, signal)).context("cannot start the stop thread")?;
     metrics::spawn(daemon.clone());
     daemon.spawn_rate_sampler().context("cannot start the tier rate sampler")?;
     server::serve(daemon, listener);
     Ok(())
+}
+
+/// A clean stop: what lives only in this process (the compressed pool, GPU memory, donors'
+/// memory) goes to a durable tier first, so the restarted daemon serves every page. A crash
+/// cannot do this; its successor answers those pages with SIGBUS.
+fn stop(d: &Daemon, signal: &str) {
+    let started = Instant::now();
+    let (moved, left) = d.store.drain_volatile(started + STOP_DRAIN_TIMEOUT);
+    let took = started.elapsed().as_millis();
+    if left > 0 {
+        log::error!(
+            "{signal}: stopping with {left} granule(s) in tiers that do not survive a restart ({moved} moved to \
+             durable ones in {took} ms): programs will get SIGBUS for their pages"
+        );
+    } else {
+        log::info!("{signal}: stopping; {moved} granule(s) moved to durable tiers first, in {took} ms");
+    }
 }

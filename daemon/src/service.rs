@@ -78,3 +78,40 @@ pub fn start_watchdog() {
         })
         .expect("cannot start the watchdog thread");
 }
+
+/// SIGTERM (a service stop) and SIGINT (a terminal's ^C).
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Block the stop signals in this thread and every thread started after it (threads
+/// inherit the mask), so that only [`on_stop`]'s thread takes them. Call first thing in
+/// `main`.
+pub fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: a valid set, no old mask asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "pthread_sigmask cannot fail with valid arguments");
+}
+
+/// On a thread of its own: wait for a stop signal, tell systemd, run `stop`, exit 0.
+pub fn on_stop(stop: impl FnOnce(&str) + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new().name("stop".into()).spawn(move || {
+        let set = stop_signals();
+        let mut signal = 0;
+        // SAFETY: a valid set, blocked in every thread (block_stop_signals), and an out int.
+        while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
+        let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        notify("STOPPING=1");
+        stop(name);
+        std::process::exit(0);
+    })?;
+    Ok(())
+}

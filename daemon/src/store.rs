@@ -30,7 +30,7 @@
 //! finds every granule again ([`Store::recover`]). Reference counts are not recorded: the
 //! recovered page tables say who refers to what.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,9 @@ pub struct Store {
     opened: Instant,
     /// The compressed DRAM tier's pool, in bytes, where there is one: DRAM the budget pays for.
     pub dram_pool: Option<Arc<AtomicU64>>,
+    /// The daemon is stopping ([`Store::drain_volatile`]): nothing new goes into a tier that
+    /// is not durable, and nothing is promoted.
+    draining: AtomicBool,
 }
 
 struct Map {
@@ -208,6 +211,10 @@ struct Map {
     arcs: Vec<ArcPolicy>,
     queue: MigrationQueue,
 }
+
+/// [`Store::drain_volatile`] gives up after this long without moving a granule (the durable
+/// tier is full, or failing): a stop must not hang on it.
+const DRAIN_STALL: Duration = Duration::from_secs(2);
 
 /// One slot id's record in `store.map`: live (u8), level (u8), 2 zero bytes, the slot in
 /// its tier (u32 LE), version (u64 LE). All zeros: free.
@@ -552,6 +559,7 @@ impl Store {
             rule: config.rule,
             opened: Instant::now(),
             dram_pool: None,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -584,9 +592,13 @@ impl Store {
         let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..data.len()).collect();
         let mut refused_by: Vec<Option<u8>> = vec![None; data.len()];
+        let draining = self.draining.load(Relaxed);
         for (level, l) in self.levels.iter().enumerate() {
             if todo.is_empty() {
                 break;
+            }
+            if draining && !l.tier.durable() && level + 1 < self.levels.len() {
+                continue;
             }
             let mut placed: Vec<(usize, SlotId)> = Vec::new();
             let mut overflow = Vec::new();
@@ -744,6 +756,7 @@ impl Store {
             }
             if migration::should_promote(e.level as usize, &e.heat, now, &self.rule)
                 && e.refused_by != Some(e.level - 1)
+                && !self.draining.load(Relaxed)
             {
                 // A full queue refuses it (counted); the next read asks again.
                 e.ask(id, Direction::Up, queue);
@@ -771,6 +784,53 @@ impl Store {
             self.map.lock().unwrap().queue.finish(n);
         }
         moved
+    }
+
+    /// Before a clean stop: put nothing new into tiers that die with the daemon (compressed
+    /// DRAM, HBM, remote memory), and move what they hold down, tier by tier, into the first
+    /// durable one below, so that the restarted daemon reads every granule back. Gives up at
+    /// `deadline`, or after [`DRAIN_STALL`] without a move. Returns (granules moved, granules
+    /// left in tiers that are not durable: no durable tier below them, no room in it, or the
+    /// time ran out).
+    pub fn drain_volatile(&self, deadline: Instant) -> (u64, u64) {
+        self.draining.store(true, Relaxed);
+        let n = self.levels.len();
+        // A level drains if a durable one lies below it (moves go one level at a time).
+        let drains: Vec<bool> = (0..n)
+            .map(|l| !self.levels[l].tier.durable() && self.levels[l + 1..].iter().any(|b| b.tier.durable()))
+            .collect();
+        let granule = self.levels[0].tier.slot_bytes() as u64;
+        let mut moved = 0;
+        let mut last_move = Instant::now();
+        loop {
+            let (mut left, mut movable) = (0, 0);
+            {
+                let mut m = self.map.lock().unwrap();
+                let Map { entries, queue, .. } = &mut *m;
+                for (id, e) in entries.iter_mut().enumerate() {
+                    if e.live && !self.levels[e.level as usize].tier.durable() {
+                        left += 1;
+                        if drains[e.level as usize] {
+                            movable += 1;
+                            // Not yet referenced (its eviction is finishing), already queued or
+                            // a full queue: asked again next round.
+                            e.ask(id as SlotId, Direction::Down, queue);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if movable == 0 || now >= deadline || now - last_move >= DRAIN_STALL {
+                return (moved, left);
+            }
+            let bytes = self.migrate(u64::MAX);
+            moved += bytes / granule;
+            if bytes > 0 {
+                last_move = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     /// Queue ARC's victims of every tier over [`DEMOTE_HIGH_PCT`] until it would be under
@@ -1238,6 +1298,46 @@ mod tests {
         for (&id, want) in ids.iter().zip(data) {
             store.read(&mut [(id, 0, &mut back[..])]).unwrap();
             assert!(back == **want, "slot {id} read wrong bytes");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A clean stop moves what the compressed pool holds to NVMe, and nothing new goes in.
+    #[test]
+    fn a_stop_drains_the_tiers_that_die_with_the_daemon() {
+        let dir = std::env::temp_dir().join(format!("holo-store-drain-{}", std::process::id()));
+        let g = 65536;
+        std::fs::create_dir_all(&dir).unwrap();
+        let nvme = NvmeTier::open(&dir.join("nvme"), g, None, false).unwrap();
+        let compressed = holo_tiers::CompressedTier::new(g, 64 * g as u64);
+        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &promoting(0, 4));
+        let granule =
+            |k: usize| -> Vec<u8> { (0..g).map(|i| if i % 64 == 0 { (k + i / 64) as u8 | 1 } else { 0 }).collect() };
+        let ids: Vec<SlotId> = (0..40).map(|k| store.put(&granule(k)).unwrap()).collect();
+        // The last is still being evicted (no page refers to it yet): it moves once one does.
+        ids[..39].iter().for_each(|&id| store.add_refs(id, 1));
+        assert!(ids.iter().all(|&id| level_of(&store, id) == 0));
+        let drained = std::thread::scope(|s| {
+            let drain = s.spawn(|| store.drain_volatile(Instant::now() + Duration::from_secs(30)));
+            std::thread::sleep(Duration::from_millis(50));
+            store.add_refs(ids[39], 1);
+            drain.join().unwrap()
+        });
+        assert_eq!(drained, (40, 0));
+        assert!(ids.iter().all(|&id| level_of(&store, id) == 1));
+        assert_eq!(store.levels[0].tier.usage().used_slots, 0);
+        // Stopping: a new granule goes past the pool, and reads do not promote.
+        let late = store.put(&granule(99)).unwrap();
+        store.add_refs(late, 1);
+        assert_eq!(level_of(&store, late), 1);
+        let mut back = vec![0u8; g];
+        for _ in 0..4 {
+            store.read(&mut [(ids[0], 0, &mut back[..])]).unwrap();
+        }
+        assert_eq!(store.migration_stats().queued, 0, "no promotion while stopping");
+        for (k, &id) in ids.iter().enumerate() {
+            store.read(&mut [(id, 0, &mut back[..])]).unwrap();
+            assert!(back == granule(k), "slot {id} read wrong bytes after the drain");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

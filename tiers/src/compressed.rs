@@ -283,6 +283,11 @@ impl Tier for CompressedTier {
         NAME
     }
 
+    /// The pool is this process's memory.
+    fn durable(&self) -> bool {
+        false
+    }
+
     fn slot_bytes(&self) -> usize {
         self.slot_bytes
     }

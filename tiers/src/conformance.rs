@@ -30,6 +30,9 @@ impl<T: Tier> Tier for Shared<T> {
     fn slot_bytes(&self) -> usize {
         self.0.slot_bytes()
     }
+    fn durable(&self) -> bool {
+        self.0.durable()
+    }
     fn alloc(&self) -> Result<SlotId, TierError> {
         self.0.alloc()
     }

@@ -209,6 +209,10 @@ impl Tier for FsTier {
         self.slots.lock().unwrap().free(slot);
     }
 
+    fn durable(&self) -> bool {
+        true
+    }
+
     fn kept_slots(&self) -> Vec<SlotId> {
         self.kept.clone()
     }

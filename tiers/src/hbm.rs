@@ -415,6 +415,11 @@ impl Tier for HbmTier {
         NAME
     }
 
+    /// GPU memory is freed with the daemon's CUDA context.
+    fn durable(&self) -> bool {
+        false
+    }
+
     fn slot_bytes(&self) -> usize {
         self.slot_bytes
     }

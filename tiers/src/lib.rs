@@ -137,6 +137,10 @@ pub trait Tier: Send + Sync {
     fn read_batch(&self, reqs: &mut [ReadReq<'_>]) -> Result<(), TierError>;
     /// Give a slot back; its space may be reused and its bytes are gone.
     fn free(&self, slot: SlotId);
+    /// Whether what this tier holds outlives the process that wrote it: a restarted daemon
+    /// reads it back ([`Tier::kept_slots`]). The daemon moves what the others hold into one
+    /// that is before it stops.
+    fn durable(&self) -> bool;
     /// The slots in use that an earlier run left when this tier was reopened (durable
     /// tiers), for the owner to free the ones nothing refers to any more.
     fn kept_slots(&self) -> Vec<SlotId> {

@@ -409,6 +409,12 @@ impl Tier for NvmeTier {
         }
     }
 
+    /// A file keeps its checksums beside it; a block device keeps none, so nothing on it is
+    /// read back after a restart.
+    fn durable(&self) -> bool {
+        !self.is_device
+    }
+
     fn kept_slots(&self) -> Vec<SlotId> {
         self.kept.clone()
     }

@@ -1149,6 +1149,11 @@ impl Tier for RemoteTier {
         NAME
     }
 
+    /// A restarted daemon frees what its predecessor left on the donors.
+    fn durable(&self) -> bool {
+        false
+    }
+
     fn slot_bytes(&self) -> usize {
         self.core.opts.slot_bytes
     }
