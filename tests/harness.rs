@@ -171,8 +171,6 @@ pub struct Daemon {
     socket: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
-    budget: String,
-    granule: String,
     // Last, so it is removed after the daemon is dead.
     dir: TempDir,
 }
@@ -214,18 +212,8 @@ impl Daemon {
         let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
 
-        let mut daemon = Daemon {
-            child: Mutex::new(Some(child)),
-            command,
-            program,
-            args,
-            socket,
-            state_dir,
-            log_path,
-            budget: budget.to_string(),
-            granule: granule.to_string(),
-            dir,
-        };
+        let mut daemon =
+            Daemon { child: Mutex::new(Some(child)), command, program, args, socket, state_dir, log_path, dir };
         daemon.wait_ready();
         daemon
     }
@@ -245,11 +233,10 @@ impl Daemon {
     }
 
     /// [`Daemon::restart`] with another DRAM budget, as an upgrade with a new configuration
-    /// would.
+    /// would. The budget lives only in the arguments the daemon is started with.
     pub fn restart_with_budget(&mut self, budget: &str) {
         let at = self.args.iter().position(|a| a == "--dram-budget").expect("started with --dram-budget");
         self.args[at + 1] = budget.into();
-        self.budget = budget.to_string();
         self.restart();
     }
 
@@ -285,14 +272,6 @@ impl Daemon {
     /// The daemon's own temp dir (holds the socket, the state dir and the log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn budget(&self) -> &str {
-        &self.budget
-    }
-
-    pub fn granule(&self) -> &str {
-        &self.granule
     }
 
     pub fn pid(&self) -> u32 {

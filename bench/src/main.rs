@@ -191,6 +191,16 @@ fn holo_bin(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// Refuses, as the first thing a benchmark does (before it compiles or starts anything), when
+/// it needs root (for `needs`) and this process is not root.
+fn require_root(needs: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(format!("refusing to run: needs root ({needs})"));
+    }
+    Ok(())
+}
+
 /// Compiles `bench/c/<name>.c` with `cc -O2` into `target/bench/bin/`.
 fn compile(name: &str) -> Result<PathBuf> {
     let src = workspace_root().join("bench/c").join(format!("{name}.c"));

@@ -392,6 +392,7 @@ fn print_tables(o: &Opts, summary: &Value, idle: &[Value]) {
 
 fn overhead(o: &Opts) -> Result<()> {
     // Refused before anything is built or made (`set_up` checks the rest first, too).
+    crate::require_root(swap::NEEDS_ROOT_FOR)?;
     kswapd_cpu_s().map_err(|e| format!("refusing to run: {e}: kernel swap's reclaim CPU could not be counted"))?;
     let p = swap::Programs::build()?;
     let hold = compile("idle_hold")?;

@@ -172,10 +172,7 @@ fn run_pair(workload: &Path, o: &Opts, root: &Path, env: &[(&str, &Path)]) -> Re
 }
 
 fn pressure(o: &Opts) -> Result<()> {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("refusing to run: needs root (cgroups, swapon)".into());
-    }
+    crate::require_root("cgroups, swapon")?;
     let root = v1_memory_root()
         .filter(|r| r.join("memory.limit_in_bytes").is_file())
         .ok_or("refusing to run: no cgroup v1 memory controller")?;

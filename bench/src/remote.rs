@@ -113,10 +113,7 @@ pub(crate) fn run(what: &str, args: &[&str]) -> Result<()> {
 
 impl Netns {
     pub(crate) fn setup(shaped: bool) -> Result<Netns> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("the veth links need root (network namespaces, veth, tc); refusing".into());
-        }
+        crate::require_root("network namespaces, veth, tc")?;
         let pid = std::process::id();
         let ns = Netns { a: format!("holo-bench-{pid}-a"), b: format!("holo-bench-{pid}-b") };
         let (a, b) = (ns.a.as_str(), ns.b.as_str());

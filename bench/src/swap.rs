@@ -453,15 +453,14 @@ fn free_bytes(st: &libc::statfs) -> u64 {
     st.f_bavail * st.f_bsize as u64
 }
 
-/// Checks everything the comparison needs, refusing with the reason where something is missing,
-/// then creates the scratch directory, the swapfile, the zram device and the disk floor's file.
+/// What `swap` and `overhead` need root for; each checks it before it builds anything.
+pub(crate) const NEEDS_ROOT_FOR: &str = "cgroups, swapon, zram";
+
+/// Checks everything else the comparison needs (root was checked before the programs were
+/// built), refusing with the reason where something is missing, then creates the scratch directory, the swapfile, the zram device and the disk floor's file.
 /// `extra`: what a caller needs free on `--dir` besides, once those files are made (bytes, and
 /// what for), checked with the rest before anything is made.
 pub(crate) fn set_up(o: &Opts, disk_floor: &Path, extra: Option<(u64, &str)>) -> Result<Setup> {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("refusing to run: needs root (cgroups, swapon, zram)".into());
-    }
     let wants = |c: Contender| o.contenders.contains(&c);
     let mem_root = v1_memory_root()
         .filter(|r| r.join("memory.limit_in_bytes").is_file())
@@ -904,6 +903,7 @@ pub(crate) fn run_round(p: &Programs, o: &Opts, setup: &Setup, round: usize, c: 
 
 /// Runs every round; returns whether every run passed (no OOM kill, no verification failure).
 fn swap(o: &Opts) -> Result<bool> {
+    crate::require_root(NEEDS_ROOT_FOR)?;
     let p = Programs::build()?;
     let setup = set_up(o, &p.disk_floor, None)?;
     let device = disk_name(&setup.scratch);

@@ -1514,9 +1514,10 @@ impl Pager {
         }
     }
 
-    /// Every [`heat::save_interval`] at most, if ARC's lists moved since: write them beside
-    /// the journal for a restarted daemon. Off the fault path but on this thread: it costs
-    /// 8 bytes per key ARC knows (at most 2 per granule of the budget).
+    /// Every [`heat::save_interval`] at most, if ARC's lists moved since: hand a snapshot of
+    /// them to the heat writer, which writes it beside the journal for a restarted daemon. The
+    /// snapshot is this thread's only cost (8 bytes per key ARC knows, at most 2 per granule of
+    /// the budget; about 0.14 ms for 64Ki keys).
     fn save_heat(&mut self) {
         let Some(j) = &self.journal else { return };
         if self.policy.changes() == self.heat_saved
@@ -1526,15 +1527,7 @@ impl Pager {
         }
         self.heat_saved = self.policy.changes();
         self.heat_saved_at = Instant::now();
-        let path = heat::path_for(j.path());
-        if let Err(e) = heat::save(&path, self.granule, &self.policy.heat()) {
-            crate::log_limited!(
-                warn,
-                "pid {}: cannot write {} ({e}); a restart would evict blind",
-                self.info.pid,
-                path.display()
-            );
-        }
+        heat::save_later(heat::path_for(j.path()), self.granule, self.policy.heat());
     }
 
     /// The next window from the clock hand with resident pages and no eviction.

@@ -12,7 +12,7 @@ use holo_pager::numa::parse_stat_cpu;
 use holo_pager::pressure::{parse_mountinfo, parse_proc_cgroup, parse_psi, parse_v2_max, Psi};
 use holo_pager::procstat;
 use holo_pager::shared;
-use holo_tiers::remote::wire::{decode_frame, Request, WireError};
+use holo_tiers::remote::wire::{decode_frame, PlainRequest, Request, WireError};
 
 #[path = "../../pagers/tests/support/corpus_files.rs"]
 mod corpus_files;
@@ -153,19 +153,19 @@ fn remote_frame_corpus() {
     }
     assert!(files.len() >= 10, "the remote_frame corpus has {} files", files.len());
     match decode_frame(&files["hand-good-put"]) {
-        Ok((_, Request::Put { owner: 7, items })) => {
+        Ok((_, Request::Plain(PlainRequest::Put { owner: 7, items }))) => {
             assert_eq!(items.len(), 2);
             assert_eq!((items[0].0.len(), items[1].0), (300, &b"xyz"[..]));
         }
         other => panic!("good PUT: {other:?}"),
     }
-    assert!(
-        matches!(decode_frame(&files["hand-good-get"]), Ok((_, Request::Get { owner: 7, items })) if items.len() == 2)
-    );
-    assert!(
-        matches!(decode_frame(&files["hand-good-free"]), Ok((_, Request::Free { owner: 7, slots })) if slots == [3])
-    );
-    assert!(matches!(decode_frame(&files["hand-good-stat"]), Ok((_, Request::Stat))));
+    let plain = |name: &str| match decode_frame(&files[name]) {
+        Ok((_, Request::Plain(req))) => req,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert!(matches!(plain("hand-good-get"), PlainRequest::Get { owner: 7, items } if items.len() == 2));
+    assert!(matches!(plain("hand-good-free"), PlainRequest::Free { owner: 7, slots } if slots == [3]));
+    assert!(matches!(plain("hand-good-stat"), PlainRequest::Stat));
     let err = |name: &str| decode_frame(&files[name]).map(|_| ()).unwrap_err();
     assert!(matches!(err("hand-truncated"), WireError::Truncated { what: "body", .. }));
     assert!(matches!(err("hand-oversized"), WireError::TooLarge { .. }));

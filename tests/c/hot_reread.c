@@ -10,26 +10,36 @@
  * tiers below DRAM: the placement tests drive promotions with it.
  * Exit: 0 ok, 1 data mismatch, 2 usage, 3 system error. */
 #include "common.h"
+#include <fcntl.h>
 
 static const char *prog = "hot_reread";
 
-/* Pages of [p, p + len) present in memory. */
+/* Pages of [p, p + len) present in memory: the range's pagemap entries in one pread. */
 static size_t present_pages(const unsigned char *p, size_t len)
 {
     if (len == 0)
         return 0;
-    FILE *f = fopen("/proc/self/pagemap", "rb");
-    if (!f)
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    if (fd < 0)
         fail_sys(prog, "open /proc/self/pagemap");
     uintptr_t first = (uintptr_t)p / PAGE, last = ((uintptr_t)p + len - 1) / PAGE;
-    size_t n = 0;
-    for (uintptr_t pg = first; pg <= last; pg++) {
-        uint64_t entry;
-        if (pread(fileno(f), &entry, 8, (off_t)(pg * 8)) != 8)
+    size_t pages = last - first + 1;
+    uint64_t *entries = malloc(pages * 8);
+    if (!entries)
+        fail_sys(prog, "malloc pagemap entries");
+    /* One pread covers the range; a short read (allowed by read(2)) goes on for the rest. */
+    size_t got = 0;
+    while (got < pages * 8) {
+        ssize_t r = pread(fd, (char *)entries + got, pages * 8 - got, (off_t)(first * 8 + got));
+        if (r <= 0)
             fail_sys(prog, "pread /proc/self/pagemap");
-        n += entry >> 63;
+        got += (size_t)r;
     }
-    fclose(f);
+    size_t n = 0;
+    for (size_t i = 0; i < pages; i++)
+        n += entries[i] >> 63;
+    free(entries);
+    close(fd);
     return n;
 }
 

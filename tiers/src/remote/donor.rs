@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use super::auth::{self, ClusterKey, Session, Side, MAC_BYTES, NONCE_BYTES};
 use super::rdma::{self, Device, Link};
 use super::transport::{read_full, write_all};
-use super::wire::{self, Request, Status, HEADER_BYTES};
+use super::wire::{self, PlainRequest, RdmaRequest, Request, Status, HEADER_BYTES};
 use crate::slots::SlotAllocator;
 use crate::SlotId;
 
@@ -472,22 +472,15 @@ fn serve(
         };
         wire::begin_frame(&mut out);
         let ctrl_end = match req {
-            Request::RdmaConnect(remote) => {
-                let (l, ctrl_end) = rdma_connect(rdma, &remote, c, &mut out);
-                link = l;
-                ctrl_end
-            }
-            Request::RdmaPut { .. } | Request::RdmaGet { .. } => {
-                match answer_rdma(arena, c, req, link.as_mut(), &mut staged, &mut out) {
-                    Ok(ctrl_end) => ctrl_end,
-                    Err(why) => {
-                        c.bad_frames.fetch_add(1, Relaxed);
-                        let _ = send_error(&mut conn, h.req_id, &why, session.as_mut());
-                        return;
-                    }
+            Request::Plain(req) => answer(arena, c, req, &mut out),
+            Request::Rdma(req) => match answer_rdma(arena, c, req, rdma, &mut link, &mut staged, &mut out) {
+                Ok(ctrl_end) => ctrl_end,
+                Err(why) => {
+                    c.bad_frames.fetch_add(1, Relaxed);
+                    let _ = send_error(&mut conn, h.req_id, &why, session.as_mut());
+                    return;
                 }
-            }
-            req => answer(arena, c, req, &mut out),
+            },
         };
         wire::finish_frame(&mut out, h.op | wire::RESPONSE, h.req_id, ctrl_end);
         if let Some(s) = session.as_mut() {
@@ -533,62 +526,87 @@ fn rdma_connect(
     }
 }
 
-/// Answers RDMA_PUT or RDMA_GET as PUT or GET, with the granules' bytes in the link's window;
+/// Answers an RDMA request: RDMA_CONNECT sets up the connection's `link` on `rdma`; RDMA_PUT
+/// and RDMA_GET are answered as PUT and GET, with the granules' bytes in the link's window.
 /// `Err`: the frame is refused and the connection closed (as a bad frame over TCP is).
 fn answer_rdma(
     arena: &Arena,
     c: &DonorCounters,
-    req: Request<'_>,
-    link: Option<&mut Link>,
+    req: RdmaRequest,
+    rdma: Option<&Arc<Device>>,
+    link: &mut Option<Link>,
     staged: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<usize, String> {
-    let link = link.ok_or("an RDMA request on a connection without an RDMA link (send RDMA_CONNECT first)")?;
-    let outside = |at, len| format!("{len} bytes at {at} lie outside the {}-byte RDMA window", rdma::WINDOW_BYTES);
+    let unlinked = || "an RDMA request on a connection without an RDMA link (send RDMA_CONNECT first)".to_string();
     match req {
-        Request::RdmaPut { owner, items } => {
-            // Copied out of the window first: what is checked is what is stored.
-            staged.clear();
-            for s in &items {
-                if !rdma::in_window(s.at, s.len, rdma::WINDOW_BYTES) {
-                    return Err(outside(s.at, s.len));
-                }
-                let from = staged.len();
-                staged.resize(from + s.len as usize, 0);
-                link.take_bytes(s.at as usize, &mut staged[from..]);
-            }
-            let mut put = Vec::with_capacity(items.len());
-            let mut from = 0;
-            for (i, s) in items.iter().enumerate() {
-                let bytes = &staged[from..from + s.len as usize];
-                if *blake3::hash(bytes).as_bytes() != s.sum {
-                    return Err(wire::WireError::BadItemChecksum(i).to_string());
-                }
-                put.push((bytes, s.sum));
-                from += s.len as usize;
-            }
-            Ok(answer(arena, c, Request::Put { owner, items: put }, out))
-        }
-        Request::RdmaGet { owner, items } => {
-            if let Some((it, at)) = items.iter().find(|(it, at)| !rdma::in_window(*at, it.len, rdma::WINDOW_BYTES)) {
-                return Err(outside(*at, it.len));
-            }
-            // Each Ok item's bytes go from the arena straight to their place in the client's
-            // window, then one WRITE covers them all; the answer carries no data.
-            let mut span = None::<(usize, usize)>;
-            let ctrl_end = answer_get(arena, c, owner, items.iter().map(|(it, _)| it), out, |i, bytes, _| {
-                let at = items[i].1 as usize;
-                link.put_bytes(at, bytes);
-                let end = at + bytes.len();
-                span = Some(span.map_or((at, end), |(lo, hi)| (lo.min(at), hi.max(end))));
-            });
-            if let Some((lo, hi)) = span {
-                link.write(lo..hi, Instant::now() + FRAME_TIMEOUT).map_err(|e| e.to_string())?;
-            }
+        RdmaRequest::Connect(remote) => {
+            let (l, ctrl_end) = rdma_connect(rdma, &remote, c, out);
+            *link = l;
             Ok(ctrl_end)
         }
-        _ => unreachable!("answer_rdma is given RDMA requests only"),
+        RdmaRequest::Put { owner, items } => {
+            rdma_put(arena, c, owner, &items, link.as_mut().ok_or_else(unlinked)?, staged, out)
+        }
+        RdmaRequest::Get { owner, items } => {
+            rdma_get(arena, c, owner, &items, link.as_mut().ok_or_else(unlinked)?, out)
+        }
     }
+}
+
+fn outside_window(at: u32, len: u32) -> String {
+    format!("{len} bytes at {at} lie outside the {}-byte RDMA window", rdma::WINDOW_BYTES)
+}
+
+/// RDMA_PUT: the granules are copied out of the window first (what is checked is what is
+/// stored), then checked and stored as a PUT's.
+fn rdma_put(
+    arena: &Arena,
+    c: &DonorCounters,
+    owner: u64,
+    items: &[wire::Staged],
+    link: &mut Link,
+    staged: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    staged.clear();
+    for s in items {
+        if !rdma::in_window(s.at, s.len, rdma::WINDOW_BYTES) {
+            return Err(outside_window(s.at, s.len));
+        }
+        let from = staged.len();
+        staged.resize(from + s.len as usize, 0);
+        link.take_bytes(s.at as usize, &mut staged[from..]);
+    }
+    let lens = items.iter().map(|s| (s.len as usize, s.sum));
+    let put = wire::take_granules(&mut wire::Reader::new(staged), lens).map_err(|e| e.to_string())?;
+    Ok(answer(arena, c, PlainRequest::Put { owner, items: put }, out))
+}
+
+/// RDMA_GET: each `Ok` item's bytes go from the arena straight to their place in the client's
+/// window, then one WRITE covers them all; the answer carries no data.
+fn rdma_get(
+    arena: &Arena,
+    c: &DonorCounters,
+    owner: u64,
+    items: &[(wire::GetItem, u32)],
+    link: &mut Link,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    if let Some((it, at)) = items.iter().find(|(it, at)| !rdma::in_window(*at, it.len, rdma::WINDOW_BYTES)) {
+        return Err(outside_window(*at, it.len));
+    }
+    let mut span = None::<(usize, usize)>;
+    let ctrl_end = answer_get(arena, c, owner, items.iter().map(|(it, _)| it), out, |i, bytes, _| {
+        let at = items[i].1 as usize;
+        link.put_bytes(at, bytes);
+        let end = at + bytes.len();
+        span = Some(span.map_or((at, end), |(lo, hi)| (lo.min(at), hi.max(end))));
+    });
+    if let Some((lo, hi)) = span {
+        link.write(lo..hi, Instant::now() + FRAME_TIMEOUT).map_err(|e| e.to_string())?;
+    }
+    Ok(ctrl_end)
 }
 
 /// Appends a GET answer's control part to `out` (its size is fixed: reserved first, each item's
@@ -632,14 +650,14 @@ fn answer_get<'a>(
 }
 
 /// Append the answer's body to `out`; returns where its control part ends.
-fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>) -> usize {
+fn answer(arena: &Arena, c: &DonorCounters, req: PlainRequest<'_>, out: &mut Vec<u8>) -> usize {
     match req {
-        Request::Stat => {
+        PlainRequest::Stat => {
             wire::put_u32(out, arena.slot_bytes as u32);
             wire::put_u64(out, arena.metas.len() as u64);
             wire::put_u64(out, arena.used());
         }
-        Request::Put { owner, items } => {
+        PlainRequest::Put { owner, items } => {
             wire::put_u32(out, items.len() as u32);
             for (data, sum) in items {
                 c.puts.fetch_add(1, Relaxed);
@@ -656,16 +674,16 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
                 wire::put_u32(out, slot);
             }
         }
-        Request::Get { owner, items } => {
+        PlainRequest::Get { owner, items } => {
             // The bytes follow the control part, in order.
             return answer_get(arena, c, owner, items.iter(), out, |_, bytes, out| out.extend_from_slice(bytes));
         }
-        Request::Free { owner, slots } => {
+        PlainRequest::Free { owner, slots } => {
             let freed = slots.iter().filter(|&&s| arena.free(owner, s)).count();
             c.frees.fetch_add(freed as u64, Relaxed);
             wire::put_u32(out, freed as u32);
         }
-        Request::Reset { owner } => {
+        PlainRequest::Reset { owner } => {
             let mine: Vec<SlotId> = (0..arena.metas.len() as SlotId)
                 .filter(|&s| {
                     let m = arena.metas[s as usize].lock().unwrap();
@@ -674,9 +692,6 @@ fn answer(arena: &Arena, c: &DonorCounters, req: Request<'_>, out: &mut Vec<u8>)
                 .collect();
             let freed = mine.iter().filter(|&&s| arena.free(owner, s)).count();
             wire::put_u32(out, freed as u32);
-        }
-        Request::RdmaConnect(_) | Request::RdmaPut { .. } | Request::RdmaGet { .. } => {
-            unreachable!("RDMA requests are answered by answer_rdma")
         }
     }
     out.len()

@@ -263,7 +263,35 @@ impl TcpTransport {
         Ok(out)
     }
 
+    /// A new connection to `p`, with an RDMA link where this transport has a device and the
+    /// peer has not refused one.
     fn connect(&self, p: &Peer, deadline: Instant) -> Result<Conn, TransportError> {
+        let Some(dev) = self.rdma.as_ref().filter(|_| !p.no_rdma.load(Relaxed)) else {
+            return self.open(p, deadline);
+        };
+        let mut link = match Link::new(dev) {
+            Ok(l) => l,
+            Err(e) => {
+                without_rdma(p, &format!("cannot set one up on {}: {e}", dev.name()));
+                return self.open(p, deadline);
+            }
+        };
+        let (mut conn, answer) = self.open_offering(p, &link.local(), deadline)?;
+        match answer.map(|remote| link.connect(&remote).map_err(|e| format!("connecting the queue pairs: {e}"))) {
+            // The donor's side may be connected already: unused, it goes with the connection.
+            Ok(Ok(())) => {
+                if !p.linked.swap(true, Relaxed) {
+                    log::info!("peer {}: page bytes move by RDMA on {}", p.addr, dev.name());
+                }
+                conn.link = Some(link);
+            }
+            Ok(Err(why)) | Err(why) => without_rdma(p, &why),
+        }
+        Ok(conn)
+    }
+
+    /// A new connection to `p`, authenticated with a cluster key: no RDMA link.
+    fn open(&self, p: &Peer, deadline: Instant) -> Result<Conn, TransportError> {
         let err = |source| TransportError::Connect { peer: p.addr.to_string(), source };
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let stream = TcpStream::connect_timeout(&p.addr, left).map_err(err)?;
@@ -273,65 +301,38 @@ impl TcpTransport {
         if let Some(key) = &self.opts.key {
             conn.session = Some(self.handshake(p, &mut conn, key, deadline)?);
         }
-        if let Some(dev) = &self.rdma {
-            if !p.no_rdma.load(Relaxed) {
-                conn.link = self.rdma_connect(p, &mut conn, dev, deadline)?;
-            }
-        }
         Ok(conn)
     }
 
-    /// Sets up the RDMA link of a new connection (RDMA_CONNECT): the link, or `None` when the
-    /// peer refuses one or it cannot be set up (the peer is then served with frames, and not
-    /// asked again). `Err`: the connection itself failed.
-    fn rdma_connect(
+    /// A new connection to `p` on which an RDMA link to `local` was offered (RDMA_CONNECT), and
+    /// the donor's answer: its endpoint, or why there is no link. A donor from before RDMA
+    /// answers the unknown op with an error and closes the connection; the connection returned
+    /// is then a fresh one, so the call goes on with frames instead of failing. `Err`: no
+    /// connection at all.
+    fn open_offering(
         &self,
         p: &Peer,
-        conn: &mut Conn,
-        dev: &Arc<Device>,
+        local: &wire::RdmaEndpoint,
         deadline: Instant,
-    ) -> Result<Option<Link>, TransportError> {
-        let without = |why: String| {
-            if !p.no_rdma.swap(true, Relaxed) {
-                log::warn!("peer {}: no RDMA link ({why}): its page bytes go over TCP", p.addr);
-            }
-            Ok(None)
-        };
-        let mut link = match Link::new(dev) {
-            Ok(l) => l,
-            Err(e) => return without(format!("cannot set one up on {}: {e}", dev.name())),
-        };
-        let local = link.local();
+    ) -> Result<(Conn, Result<wire::RdmaEndpoint, String>), TransportError> {
+        let mut conn = self.open(p, deadline)?;
         let encode = |b: &mut Vec<u8>| {
             local.encode(b);
             b.len()
         };
         let req_id = self.next_req.fetch_add(1, Relaxed);
-        let answer = match self.exchange(p, conn, wire::OP_RDMA_CONNECT, req_id, &encode, deadline) {
+        match self.exchange(p, &mut conn, wire::OP_RDMA_CONNECT, req_id, &encode, deadline) {
             Ok(lens) => {
                 let (ctrl, data) = answer_parts(&conn.buf, lens);
-                no_data(data).and_then(|()| wire::decode_connect_answer(ctrl))
+                let answer = no_data(data).and_then(|()| wire::decode_connect_answer(ctrl));
+                let answer = answer.map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source })?;
+                Ok((conn, answer.map_err(|why| format!("the peer refused: {why}"))))
             }
-            // A donor from before RDMA answers the unknown op with an error and closes the
-            // connection: not asked again, this call fails and the next connects over TCP.
-            Err(Exchange::Failed(e @ TransportError::Remote { .. })) => {
-                let _ = without(format!("it does not know RDMA_CONNECT: {e}"));
-                return Err(e);
+            Err(Exchange::Failed(TransportError::Remote { message, .. })) => {
+                let why = format!("it does not know RDMA_CONNECT ({message})");
+                Ok((self.open(p, deadline)?, Err(why)))
             }
-            Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(e),
-        };
-        match answer.map_err(|source| TransportError::Wire { peer: p.addr.to_string(), source })? {
-            // The donor's side may be connected already: unused, it goes with the connection.
-            Ok(remote) => match link.connect(&remote) {
-                Ok(()) => {
-                    if !p.linked.swap(true, Relaxed) {
-                        log::info!("peer {}: page bytes move by RDMA on {}", p.addr, dev.name());
-                    }
-                    Ok(Some(link))
-                }
-                Err(e) => without(format!("connecting the queue pairs: {e}")),
-            },
-            Err(why) => without(format!("the peer refused: {why}")),
+            Err(Exchange::Stale(e) | Exchange::Failed(e)) => Err(e),
         }
     }
 
@@ -452,6 +453,13 @@ impl TcpTransport {
             return Err(wire_err(WireError::Malformed(m)));
         }
         Ok((h.body_len, h.ctrl_len))
+    }
+}
+
+/// `p` gets no RDMA link (`why`), and is not offered one again: its page bytes go in frames.
+fn without_rdma(p: &Peer, why: &str) {
+    if !p.no_rdma.swap(true, Relaxed) {
+        log::warn!("peer {}: no RDMA link ({why}): its page bytes go over TCP", p.addr);
     }
 }
 
@@ -598,15 +606,21 @@ fn take_put_answer(ctrl: &[u8], data: &[u8], n: usize) -> Result<Vec<Result<Remo
     Ok(v)
 }
 
-/// Decodes a GET (or RDMA_GET) answer's control part into `reqs`: `fill(i, buf)` brings each
-/// `Ok` item's bytes into its buffer, where they are checked against the checksum the granule
-/// was stored with (for part of one, a checksum the donor made after checking the whole):
-/// damage in the donor's memory or on the way shows here, and refuses this item only.
-fn take_get_answer(
-    ctrl: &[u8],
-    reqs: &mut [GetReq<'_>],
-    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), WireError>,
-) -> Result<Vec<Status>, WireError> {
+/// Where a GET answer's `Ok` items' bytes are.
+enum Landed<'a, 'r> {
+    /// In the answer frame, each after the last: checked where they are, in this connection's
+    /// own buffer, and copied into the caller's only if they pass.
+    Frame(&'r mut Reader<'a>),
+    /// In this side's RDMA window, at these offsets: copied out first, since a stray WRITE
+    /// could change the window between a check and a copy; what is checked is what is kept.
+    Window(&'r Link, &'r [u32]),
+}
+
+/// Decodes a GET (or RDMA_GET) answer's control part into `reqs`, bringing each `Ok` item's
+/// bytes from where they `landed` into its buffer, checked against the checksum the granule was
+/// stored with (for part of one, a checksum the donor made after checking the whole): damage in
+/// the donor's memory or on the way shows here, and refuses this item only.
+fn take_get_answer(ctrl: &[u8], reqs: &mut [GetReq<'_>], mut landed: Landed<'_, '_>) -> Result<Vec<Status>, WireError> {
     let mut r = Reader::new(ctrl);
     if r.count()? != reqs.len() {
         return Err(WireError::Malformed("a GET answer with another number of items".into()));
@@ -620,13 +634,31 @@ fn take_get_answer(
             if len != req.buf.len() {
                 return Err(WireError::Malformed(format!("{len} bytes for a {}-byte read", req.buf.len())));
             }
-            fill(i, req.buf)?;
-            if req.expect.is_some_and(|e| e != sum) {
-                // Intact bytes, but not the granule that was stored there.
-                st = Status::NotFound;
-            } else if *blake3::hash(req.buf).as_bytes() != sum {
-                st = Status::Corrupt;
-            }
+            let expect = req.expect;
+            let verdict = |bytes: &[u8]| {
+                if expect.is_some_and(|e| e != sum) {
+                    // Intact bytes, but not the granule that was stored there.
+                    Status::NotFound
+                } else if *blake3::hash(bytes).as_bytes() != sum {
+                    Status::Corrupt
+                } else {
+                    Status::Ok
+                }
+            };
+            st = match &mut landed {
+                Landed::Frame(d) => {
+                    let bytes = d.bytes(len, "item data")?;
+                    let st = verdict(bytes);
+                    if st == Status::Ok {
+                        req.buf.copy_from_slice(bytes);
+                    }
+                    st
+                }
+                Landed::Window(link, at) => {
+                    link.take_bytes(at[i] as usize, req.buf);
+                    verdict(req.buf)
+                }
+            };
         }
         v.push(st);
     }
@@ -753,22 +785,15 @@ impl Transport for TcpTransport {
                 let lens = self.exchange(p, conn, op, req_id, encode, deadline)?;
                 let (ctrl, data) = answer_parts(&conn.buf, lens);
                 let got = match conn.link.as_ref().zip(at.as_ref()) {
-                    // The bytes are in the frame, each after the last.
                     None => {
                         let mut d = Reader::new(data);
-                        let got = take_get_answer(ctrl, reqs, |_, buf| {
-                            buf.copy_from_slice(d.bytes(buf.len(), "item data")?);
-                            Ok(())
-                        });
+                        let got = take_get_answer(ctrl, reqs, Landed::Frame(&mut d));
                         got.and_then(|v| d.end().map(|()| v))
                     }
                     // The donor wrote them into this side's window before it answered.
-                    Some((link, at)) => no_data(data).and_then(|()| {
-                        take_get_answer(ctrl, reqs, |i, buf| {
-                            link.take_bytes(at[i] as usize, buf);
-                            Ok(())
-                        })
-                    }),
+                    Some((link, at)) => {
+                        no_data(data).and_then(|()| take_get_answer(ctrl, reqs, Landed::Window(link, at)))
+                    }
                 };
                 got.map_err(wire_failed(p))
             })?;
@@ -808,5 +833,99 @@ impl Transport for TcpTransport {
             r.end()?;
             Ok(n)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{DonorOptions, DonorServer};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// One whole frame off `s` (no MAC: these connections are unauthenticated).
+    fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut f = vec![0u8; HEADER_BYTES];
+        s.read_exact(&mut f).ok()?;
+        let body_len = u32::from_le_bytes(f[16..20].try_into().unwrap()) as usize;
+        f.resize(HEADER_BYTES + body_len, 0);
+        s.read_exact(&mut f[HEADER_BYTES..]).ok()?;
+        Some(f)
+    }
+
+    /// A donor from before RDMA, in front of the real donor at `real`: it passes on every frame
+    /// of the ops such a donor knew, and answers any other (RDMA_CONNECT) as it did: an error
+    /// frame, then the connection closed. Returns its address and how many connections it took.
+    fn old_donor(real: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let n = taken.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                n.fetch_add(1, SeqCst);
+                std::thread::spawn(move || {
+                    let mut up = TcpStream::connect(real).unwrap();
+                    while let Some(req) = read_frame(&mut client) {
+                        let op = u16::from_le_bytes(req[6..8].try_into().unwrap());
+                        if op > wire::OP_AUTH {
+                            let mut out = Vec::new();
+                            wire::begin_frame(&mut out);
+                            out.extend_from_slice(WireError::UnknownOp(op).to_string().as_bytes());
+                            let end = out.len();
+                            wire::finish_frame(&mut out, wire::OP_ERROR, 0, end);
+                            let _ = client.write_all(&out);
+                            return;
+                        }
+                        up.write_all(&req).unwrap();
+                        let Some(answer) = read_frame(&mut up) else { return };
+                        if client.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, taken)
+    }
+
+    #[test]
+    fn a_donor_without_rdma_connect_serves_the_call_with_frames() {
+        let opts = DonorOptions { donate_bytes: 4 << 16, slot_bytes: 1 << 16, max_conns: 8, key: None };
+        let donor = DonorServer::start("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+        let (old, taken) = old_donor(donor.local_addr());
+        let t = TcpTransport::new(&[old, donor.local_addr()], TransportOptions::default());
+        let ep = wire::RdmaEndpoint {
+            qpn: 1,
+            psn: 2,
+            lid: 3,
+            gid: [0; 16],
+            mtu: 3,
+            addr: 4096,
+            rkey: 5,
+            window_bytes: 1 << 21,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        // The old donor closed the connection the offer went on: a fresh one comes back.
+        let p = t.peer(0);
+        let (conn, answer) = t.open_offering(&p, &ep, deadline).unwrap();
+        let why = answer.unwrap_err();
+        assert!(why.contains("does not know RDMA_CONNECT") && why.contains("unknown op 0x0008"), "{why}");
+        // It carries the call: a PUT and a GET on it, and no third connection (each connection
+        // is counted before any frame on it is answered).
+        p.pool.lock().unwrap().push(conn);
+        let data = [7u8; 300];
+        let slot = t.put(0, 9, &[&data]).unwrap()[0].unwrap();
+        let mut buf = [0u8; 300];
+        let st = t.get(0, 9, &mut [GetReq { slot, offset: 0, buf: &mut buf, expect: None }]).unwrap();
+        assert_eq!((st, buf), (vec![Status::Ok], data));
+        assert_eq!(taken.load(SeqCst), 2, "the call went on the connection the offer returned");
+
+        // A donor of this build without a device refuses with its reason, on the same connection.
+        let (_, answer) = t.open_offering(&t.peer(1), &ep, deadline).unwrap();
+        let why = answer.unwrap_err();
+        assert!(why.starts_with("the peer refused: this donor") && why.contains("RDMA"), "{why}");
     }
 }

@@ -398,14 +398,25 @@ pub fn encode_rdma_get(out: &mut Vec<u8>, owner: u64, items: &[(GetItem, u32)]) 
     }
 }
 
-/// A decoded request, borrowing the body it came from.
+/// A decoded request, borrowing the body it came from: answered from the frame and the
+/// donor's arena alone, or one that also needs the connection's RDMA link.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
+    Plain(PlainRequest<'a>),
+    Rdma(RdmaRequest),
+}
+
+/// A PUT's granules, each with its checksum.
+pub type Granules<'a> = Vec<(&'a [u8], [u8; 32])>;
+
+/// A request whose answer needs nothing of the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlainRequest<'a> {
     Stat,
     /// Each granule with its checksum (already checked).
     Put {
         owner: u64,
-        items: Vec<(&'a [u8], [u8; 32])>,
+        items: Granules<'a>,
     },
     Get {
         owner: u64,
@@ -418,17 +429,41 @@ pub enum Request<'a> {
     Reset {
         owner: u64,
     },
-    RdmaConnect(RdmaEndpoint),
+}
+
+/// A request of the RDMA data path: it sets up the connection's link, or moves bytes through it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RdmaRequest {
+    Connect(RdmaEndpoint),
     /// The granules are in the donor's staging window (not checked yet: they arrive by RDMA).
-    RdmaPut {
+    Put {
         owner: u64,
         items: Vec<Staged>,
     },
     /// Each read, and where in the asker's window its bytes go.
-    RdmaGet {
+    Get {
         owner: u64,
         items: Vec<(GetItem, u32)>,
     },
+}
+
+/// Takes a PUT's granules off `data`, back to back, one per `(length, checksum)` of `items`,
+/// each checked against its checksum (by the donor, whether they came in the frame or through
+/// its RDMA window): what is stored is what the sender hashed.
+pub fn take_granules<'a>(
+    data: &mut Reader<'a>,
+    items: impl Iterator<Item = (usize, [u8; 32])>,
+) -> Result<Granules<'a>, WireError> {
+    items
+        .enumerate()
+        .map(|(i, (len, sum))| {
+            let bytes = data.bytes(len, "item data")?;
+            if *blake3::hash(bytes).as_bytes() != sum {
+                return Err(WireError::BadItemChecksum(i));
+            }
+            Ok((bytes, sum))
+        })
+        .collect()
 }
 
 /// An RDMA batch's items together fit one staging window (the sender cuts batches so), so
@@ -447,22 +482,17 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
     let (ctrl, data) = body.split_at(ctrl_len);
     let mut r = Reader::new(ctrl);
     let mut d = Reader::new(data);
+    let plain = Request::Plain;
     let req = match op {
-        OP_STAT => Request::Stat,
+        OP_STAT => plain(PlainRequest::Stat),
         OP_PUT => {
             let owner = r.u64("owner")?;
             let n = r.count()?;
-            let mut items = Vec::with_capacity(n);
-            for i in 0..n {
-                let len = r.u32("item length")? as usize;
-                let sum = r.sum()?;
-                let bytes = d.bytes(len, "item data")?;
-                if *blake3::hash(bytes).as_bytes() != sum {
-                    return Err(WireError::BadItemChecksum(i));
-                }
-                items.push((bytes, sum));
+            let mut lens = Vec::with_capacity(n);
+            for _ in 0..n {
+                lens.push((r.u32("item length")? as usize, r.sum()?));
             }
-            Request::Put { owner, items }
+            plain(PlainRequest::Put { owner, items: take_granules(&mut d, lens.into_iter())? })
         }
         OP_GET => {
             let owner = r.u64("owner")?;
@@ -476,16 +506,16 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
             if answer_bytes > MAX_BODY_BYTES as u64 {
                 return Err(WireError::TooLarge { len: answer_bytes as usize, max: MAX_BODY_BYTES });
             }
-            Request::Get { owner, items }
+            plain(PlainRequest::Get { owner, items })
         }
         OP_FREE => {
             let owner = r.u64("owner")?;
             let n = r.count()?;
             let slots = (0..n).map(|_| r.u32("slot")).collect::<Result<_, _>>()?;
-            Request::Free { owner, slots }
+            plain(PlainRequest::Free { owner, slots })
         }
-        OP_RESET => Request::Reset { owner: r.u64("owner")? },
-        OP_RDMA_CONNECT => Request::RdmaConnect(RdmaEndpoint::decode(&mut r)?),
+        OP_RESET => plain(PlainRequest::Reset { owner: r.u64("owner")? }),
+        OP_RDMA_CONNECT => Request::Rdma(RdmaRequest::Connect(RdmaEndpoint::decode(&mut r)?)),
         OP_RDMA_PUT => {
             let owner = r.u64("owner")?;
             let n = r.count()?;
@@ -494,7 +524,7 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
                 items.push(Staged { at: r.u32("window offset")?, len: r.u32("item length")?, sum: r.sum()? });
             }
             fits_window(items.iter().map(|s| s.len))?;
-            Request::RdmaPut { owner, items }
+            Request::Rdma(RdmaRequest::Put { owner, items })
         }
         OP_RDMA_GET => {
             let owner = r.u64("owner")?;
@@ -505,7 +535,7 @@ pub fn decode_request<'a>(op: u16, body: &'a [u8], ctrl_len: usize) -> Result<Re
                 items.push((it, r.u32("window offset")?));
             }
             fits_window(items.iter().map(|(it, _)| it.len))?;
-            Request::RdmaGet { owner, items }
+            Request::Rdma(RdmaRequest::Get { owner, items })
         }
         other => return Err(WireError::UnknownOp(other)),
     };
@@ -595,7 +625,7 @@ mod tests {
         let f = put_frame(&[b"abc", b"", b"defg"]);
         let sum = |b: &[u8]| *blake3::hash(b).as_bytes();
         let items = vec![(&b"abc"[..], sum(b"abc")), (&b""[..], sum(b"")), (&b"defg"[..], sum(b"defg"))];
-        assert_eq!(receive(&f), Ok(Request::Put { owner: 42, items }));
+        assert_eq!(receive(&f), Ok(Request::Plain(PlainRequest::Put { owner: 42, items })));
     }
 
     #[test]
@@ -666,7 +696,7 @@ mod tests {
         };
         let mut b = Vec::new();
         ep.encode(&mut b);
-        assert_eq!(receive(&frame(OP_RDMA_CONNECT, &b)), Ok(Request::RdmaConnect(ep)));
+        assert_eq!(receive(&frame(OP_RDMA_CONNECT, &b)), Ok(Request::Rdma(RdmaRequest::Connect(ep))));
         let mut a = Vec::new();
         encode_connect_answer(&mut a, Ok(&ep));
         assert_eq!(decode_connect_answer(&a), Ok(Ok(ep)));
@@ -683,11 +713,13 @@ mod tests {
         let items = [Staged { at: 0, len: 4096, sum: [1; 32] }, Staged { at: 4096, len: 10, sum: [2; 32] }];
         let mut b = Vec::new();
         encode_rdma_put(&mut b, 42, &items);
-        assert_eq!(receive(&frame(OP_RDMA_PUT, &b)), Ok(Request::RdmaPut { owner: 42, items: items.to_vec() }));
+        let put = RdmaRequest::Put { owner: 42, items: items.to_vec() };
+        assert_eq!(receive(&frame(OP_RDMA_PUT, &b)), Ok(Request::Rdma(put)));
         let gets = [(GetItem { slot: 3, offset: 0, len: 65536 }, 0), (GetItem { slot: 9, offset: 8, len: 8 }, 65536)];
         let mut b = Vec::new();
         encode_rdma_get(&mut b, 42, &gets);
-        assert_eq!(receive(&frame(OP_RDMA_GET, &b)), Ok(Request::RdmaGet { owner: 42, items: gets.to_vec() }));
+        let get = RdmaRequest::Get { owner: 42, items: gets.to_vec() };
+        assert_eq!(receive(&frame(OP_RDMA_GET, &b)), Ok(Request::Rdma(get)));
         // No page bytes ride an RDMA frame: a data part is refused.
         let mut extra = b.clone();
         extra.push(0);
