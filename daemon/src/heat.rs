@@ -170,6 +170,14 @@ impl Writer {
         }
     }
 
+    /// Waits until every heat handed over is written.
+    fn flush(&self) {
+        let mut q = self.queue.lock().unwrap();
+        while !q.pending.is_empty() || q.writing.is_some() {
+            q = self.written.wait(q).unwrap();
+        }
+    }
+
     /// Drops the heat waiting for `path`, waits out a write of it under way, and removes the
     /// file, with the queue held: no write can bring it back.
     fn remove(&self, path: &Path) {
@@ -191,6 +199,13 @@ pub fn load(path: &Path, granule_bytes: u64, max_keys: u64) -> Result<Heat, Stri
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     decode(&bytes, granule_bytes)
+}
+
+/// Before a clean stop: write every heat the pagers handed over (the newest of each).
+pub fn flush() {
+    if let Some(w) = writer() {
+        w.flush();
+    }
 }
 
 /// The client is gone: its heat goes with its journal, and so does a save of it not yet made.
@@ -266,13 +281,11 @@ mod tests {
         w.submit(b.clone(), 65536, Heat::default());
         w.remove(&b);
         assert!(!b.exists() && w.queue.lock().unwrap().pending.is_empty());
-        // Through the daemon's writer thread: the file appears, then goes.
+        // Through the daemon's writer thread: written by the time a flush (a clean stop)
+        // returns, then gone with its client.
         save_later(a.clone(), 65536, Heat { p: 9, ..new });
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while load(&a, 65536, 100).map(|h| h.p) != Ok(9) {
-            assert!(std::time::Instant::now() < deadline, "the heat writer did not write {}", a.display());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        flush();
+        assert_eq!(load(&a, 65536, 100).map(|h| h.p), Ok(9));
         remove(&a);
         assert!(!a.exists());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -166,11 +166,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A clean stop: what lives only in this process (the compressed pool, GPU memory, donors'
-/// memory) goes to a durable tier first, so the restarted daemon serves every page. A crash
-/// cannot do this; its successor answers those pages with SIGBUS.
+/// memory) goes to a durable tier first, so the restarted daemon serves every page, and the
+/// heat saves handed over are written. A crash cannot do either; its successor answers those
+/// pages with SIGBUS.
 fn stop(d: &Daemon, signal: &str) {
     let started = Instant::now();
     let (moved, left) = d.store.drain_volatile(started + STOP_DRAIN_TIMEOUT);
+    holo_pager::heat::flush();
     let took = started.elapsed().as_millis();
     if left > 0 {
         log::error!(
