@@ -406,6 +406,7 @@ impl Cluster {
             "members": members,
             "regions": state.regions.len(),
             "leases": state.leases.len(),
+            "readers": state.readers.len(),
             "last_epoch": state.last_epoch,
             "restored": self.restored,
             "authenticated": self.auth.is_keyed(),

@@ -15,7 +15,10 @@
 //!                                               a sync's jobs run back to back, so a tick
 //!                                               waits for the whole sync
 //!   invalidated copy: Zap via the agent, then ──GiveBack──▶ UnregisterReader
-//!   client gone: every lease ──GiveBack──▶ ReleaseWrite / UnregisterReader (one batch)
+//!   client gone, region unmapped: ──GiveBack──▶ ReleaseWrite + UnregisterReader per written
+//!   every lease in one job                      granule (a read copy's lease stays registered
+//!                                               under a write lease), UnregisterReader per
+//!                                               read one; MAX_BATCH commands a proposal
 //!  home: SHARED_DIR/<region>/<granule>.<epoch>: one file per published version, header
 //!        (magic, epoch, length, BLAKE3) + bytes, created with link(2) so that nothing is
 //!        ever replaced; readers take the highest epoch (see [`Home`])
@@ -594,7 +597,8 @@ pub enum Job {
 }
 
 /// Leases to give back together: write leases (extent, epoch) and read leases. `n` of them
-/// cost ceil(n / MAX_BATCH) Raft proposals.
+/// cost ceil(n / MAX_BATCH) Raft proposals (a granule held for writing counts two, see
+/// [`GiveBack::held_for_writing`]).
 #[derive(Debug, Default)]
 pub struct GiveBack {
     writes: Vec<(Extent, u64)>,
@@ -608,6 +612,15 @@ impl GiveBack {
 
     fn read(ext: Extent) -> GiveBack {
         GiveBack { writes: Vec::new(), reads: vec![ext] }
+    }
+
+    /// A granule held for writing goes back: its write lease, and this node's read lease of
+    /// it, which a copy read before the write leaves registered (the write lease does not
+    /// replace it); none registered, its unregistration is a no-op. Left, the next writer on
+    /// another node would wait for it to expire.
+    fn held_for_writing(&mut self, ext: Extent, epoch: u64) {
+        self.reads.push(ext.clone());
+        self.writes.push((ext, epoch));
     }
 
     fn is_empty(&self) -> bool {
@@ -1155,10 +1168,16 @@ impl Shared {
         let member = crate::cluster::joined().ok_or("this holo-pager is in no cluster: no shared regions")?;
         let (granule, lease_ms) = (d.config.granule_bytes, d.config.shared_lease_ms);
         let c = Coordinator { member, me: member.node_id(), home: Home { dir }, granule, lease_ms };
+        Shared::with(c, pid)
+    }
+
+    /// For a client whose coordinator is `c`.
+    fn with(c: Coordinator, pid: i32) -> Result<Shared, String> {
+        let (member, me, granule, lease_ms) = (c.member, c.me, c.granule, c.lease_ms);
         let worker = Worker::spawn(format!("shared-{pid}"), move |job| c.run(job)).map_err(|e| e.to_string())?;
         Ok(Shared {
             member,
-            me: member.node_id(),
+            me,
             granule,
             lease_ms,
             regions: Vec::new(),
@@ -1849,8 +1868,8 @@ impl Shared {
             let len = self.granule.min(r.start + r.len - at);
             let ext = Extent { region: r.name.clone(), start_page: k as u64 * self.granule / PAGE, pages: len / PAGE };
             match g {
-                G::Write { lease } | G::Refill { lease } => back.writes.push((ext, lease.epoch)),
-                G::Granted { grant, .. } => back.writes.push((ext, grant.lease.epoch)),
+                G::Write { lease } | G::Refill { lease } => back.held_for_writing(ext, lease.epoch),
+                G::Granted { grant, .. } => back.held_for_writing(ext, grant.lease.epoch),
                 G::Read { .. } | G::Dropping | G::Stale => back.reads.push(ext),
                 // A job under way may have taken a lease: `release_all` takes it back, an
                 // unmap lets it lapse at its expiry.
@@ -1861,7 +1880,7 @@ impl Shared {
     }
 
     /// The client is gone: give every lease back and wait until that is done. All of them go
-    /// in one job: a client holding `n` leases costs ceil(n / MAX_BATCH) Raft proposals.
+    /// in one job: `n` leases cost ceil(n / MAX_BATCH) Raft proposals (see [`GiveBack`]).
     pub fn release_all(&mut self) {
         let mut back = GiveBack::default();
         for r in std::mem::take(&mut self.regions) {
@@ -1871,7 +1890,7 @@ impl Shared {
         while let Some(done) = self.worker.wait() {
             match done {
                 Done::Acquired { got: Ok(g), .. } | Done::Recovered { got: Recovery::Write(g), .. } => {
-                    back.writes.push((g.lease.extent, g.lease.epoch))
+                    back.held_for_writing(g.lease.extent, g.lease.epoch)
                 }
                 Done::Read { faulted, ahead } => {
                     let ahead = ahead.into_iter().map(|(g, reg)| (g, reg.is_ok()));
@@ -2283,5 +2302,66 @@ mod tests {
         let state = c.member.state();
         assert!(state.leases.is_empty() && state.readers.is_empty(), "{:?} {:?}", state.leases, state.readers);
         let _ = std::fs::remove_dir_all(&c.home.dir);
+    }
+
+    /// A client's pager holding `n` granules of region "r" that node 1 read, then wrote, and
+    /// never synced: each has this node's read lease and its write lease (the granules are in
+    /// turn `Write`, `Refill` and `Granted` over their read copy).
+    fn read_then_written(label: &str, n: u64) -> (Shared, PathBuf) {
+        let c = coordinator(label, n);
+        let exts: Vec<Extent> = (0..n).map(granule_ext).collect();
+        for out in c.propose_all(exts.iter().map(|e| c.register_cmd(e)).collect()) {
+            registered(out).unwrap();
+        }
+        let grants = c.propose_all(exts.iter().map(|e| c.acquire_cmd(e)).collect());
+        let gs = (grants.into_iter().map(|out| granted(out).unwrap()).enumerate())
+            .map(|(k, grant)| match k % 3 {
+                0 => G::Write { lease: grant.lease },
+                1 => G::Refill { lease: grant.lease },
+                _ => G::Granted { grant, installed: true },
+            })
+            .collect();
+        let dir = c.home.dir.clone();
+        let mut shared = Shared::with(c, 0).unwrap();
+        let (journaled, lost) = (vec![0; n as usize], Vec::new());
+        let len = n * GRANULE;
+        shared.regions.push(Region {
+            name: "r".into(),
+            start: REGION_AT,
+            len,
+            gs,
+            journaled,
+            lost,
+            next_read: 0,
+            ahead: 0,
+        });
+        (shared, dir)
+    }
+
+    const REGION_AT: u64 = 1 << 30;
+
+    /// A client that read granules, then wrote them, and exits or unmaps the region without
+    /// `holo_sync`: this node's read leases of them go back with the write leases, or the
+    /// next writer on another node would wait until they expire. Two commands a granule, in
+    /// the same proposals: ceil(2n / MAX_BATCH).
+    #[test]
+    fn read_leases_of_written_granules_go_back_with_their_write_leases() {
+        let n = MAX_BATCH as u64 / 2 + 10;
+        for (label, unmapped) in [("exit", false), ("unmap", true)] {
+            let (mut shared, dir) = read_then_written(&format!("readwrite-{label}"), n);
+            let state = shared.member.state();
+            assert_eq!((state.leases.len(), state.readers.len()), (n as usize, n as usize), "{label}");
+            let before = applied(shared.member);
+            if unmapped {
+                shared.on_unmap(REGION_AT, REGION_AT + n * GRANULE, 0);
+            }
+            // Waits for the unmap's job too.
+            shared.release_all();
+            let state = shared.member.state();
+            assert!(state.readers.is_empty(), "{label}: read leases left: {:?}", state.readers);
+            assert!(state.leases.is_empty(), "{label}: write leases left: {:?}", state.leases);
+            assert_eq!(applied(shared.member) - before, (2 * n).div_ceil(MAX_BATCH as u64), "{label}: {n} granules");
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
