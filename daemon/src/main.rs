@@ -97,6 +97,13 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     service::init_logging(config.log_level);
+    if config.compressed_dram_bytes.is_some() {
+        // The pool's frames are allocated on writer threads and freed on pager threads; with
+        // glibc's per-thread arenas, the freed frames stayed resident: a 64 MiB pool held the
+        // daemon at 139 MiB RSS, against 96 MiB with one arena (BENCHMARKS.md, "Compressed
+        // DRAM"), and the budget pays for the pool. SAFETY: before any thread starts.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
     // Before anything listens or connects: a bad secret file stops the daemon, clearly.
     holo_pager::remote::load_cluster_key(&mut config.remote, config.cluster.is_some()).map_err(anyhow::Error::msg)?;
 
