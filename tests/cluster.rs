@@ -633,6 +633,13 @@ fn a_program_spills_to_the_members_that_donate_and_members_leaving_lose_nothing(
     out.check(&a.daemon, fs.evictions > 0, &format!("new granules should go to fs: {fs:?}"));
 }
 
+/// Sends `cmd` to a `shared_rw` program on node `n` and checks the line it answers with.
+fn expect_line(p: &mut Spawned, n: &Node, nodes: &[Node], cmd: &str, want: &str) {
+    p.send_line(cmd);
+    let got = p.wait_for_line("", CLUSTER_TIMEOUT, &n.daemon);
+    assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&nodes.iter().collect::<Vec<_>>()));
+}
+
 /// The flags of a daemon whose shared regions live in `home`, with leases of `lease_ms`.
 fn shared_flags(home: &TempDir, confs: &TempDir, lease_ms: u64) -> Vec<String> {
     let mut flags = vec!["--shared-dir".to_string(), home.path().display().to_string()];
@@ -810,11 +817,7 @@ fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_
         p.wait_for_line("attached", t, &n.daemon);
         p
     };
-    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
-        p.send_line(cmd);
-        let got = p.wait_for_line("", t, &n.daemon);
-        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&nodes.iter().collect::<Vec<_>>()));
-    };
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     let (mut a, mut b) = (start(&nodes[0]), start(&nodes[1]));
     let begun = std::time::Instant::now();
     expect(&mut a, &nodes[0], "w 5a", "wrote");
@@ -843,11 +846,7 @@ fn a_gone_clients_leases_go_back_in_one_proposal() {
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
-    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
-        p.send_line(cmd);
-        let got = p.wait_for_line("", t, &n.daemon);
-        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&all));
-    };
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     let applied =
         |n: &Node| members(n).unwrap_or_else(|e| panic!("{e}{}", report(&all)))["last_applied_index"].as_u64();
     let (n1, n2) = (&nodes[0], &nodes[1]);
@@ -889,11 +888,7 @@ fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
-    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| {
-        p.send_line(cmd);
-        let got = p.wait_for_line("", t, &n.daemon);
-        assert_eq!(got, want, "node {}: `{cmd}`{}", n.id, report(&all));
-    };
+    let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     // (write leases, read leases) in node 1's applied state: it leads, and applies each of
     // its daemon's proposals before the proposal returns.
     let held = |n: &Node| {
