@@ -143,6 +143,14 @@ pub(crate) struct Opts {
     replot: Option<PathBuf>,
 }
 
+impl Opts {
+    /// holo-zstd's pool: `--compressed-dram`, else what the daemon's "auto" takes (a
+    /// quarter of the budget, `COMPRESSED_DRAM_AUTO_SHARE` in daemon/src/config.rs).
+    fn pool(&self) -> u64 {
+        self.compressed_dram.unwrap_or(self.limit / 4)
+    }
+}
+
 pub fn main(args: &[String]) -> i32 {
     let o = match parse_args(args) {
         Ok(o) => o,
@@ -700,7 +708,7 @@ fn no_swap_or_refuse(what: &str) -> Result<()> {
 /// that much more room.
 fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed: bool) -> Result<Value> {
     no_swap_or_refuse("holo")?;
-    let pool = if compressed { o.compressed_dram.unwrap_or(o.limit / 4) } else { 0 };
+    let pool = if compressed { o.pool() } else { 0 };
     let pager_cg = MemCg::create(
         &s.mem_root,
         &format!("holo-bench-swap-{}-pager", std::process::id()),
@@ -942,7 +950,7 @@ fn swap(o: &Opts) -> Result<bool> {
             "rounds": o.rounds, "limit_bytes": o.limit, "margin_bytes": o.margin, "working_set_bytes": o.working_set,
             "holo_granule": o.granule, "data": o.data, "passes": o.passes, "rand_ops": o.rand_ops,
             "zram_comp": o.zram_comp, "pager_limit_bytes": o.pager_limit, "holo_min_region": HOLO_MIN_REGION,
-            "compressed_dram_bytes": o.compressed_dram.unwrap_or(o.limit / 4),
+            "compressed_dram_bytes": o.pool(),
         },
         "summary_is": "per contender and phase, the median over the rounds that passed of each round's figure",
         "summary": summary,

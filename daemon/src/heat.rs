@@ -170,11 +170,13 @@ impl Writer {
         }
     }
 
-    /// Waits until every heat handed over is written.
-    fn flush(&self) {
+    /// Waits until every heat handed over is written, or `deadline` (pagers go on handing
+    /// over new ones while the daemon stops).
+    fn flush(&self, deadline: std::time::Instant) {
         let mut q = self.queue.lock().unwrap();
         while !q.pending.is_empty() || q.writing.is_some() {
-            q = self.written.wait(q).unwrap();
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { return };
+            q = self.written.wait_timeout(q, left).unwrap().0;
         }
     }
 
@@ -201,12 +203,16 @@ pub fn load(path: &Path, granule_bytes: u64, max_keys: u64) -> Result<Heat, Stri
     decode(&bytes, granule_bytes)
 }
 
-/// Before a clean stop: write every heat the pagers handed over (the newest of each).
+/// Before a clean stop: write every heat the pagers handed over (the newest of each), for
+/// [`FLUSH_TIMEOUT`] at most.
 pub fn flush() {
     if let Some(w) = writer() {
-        w.flush();
+        w.flush(std::time::Instant::now() + FLUSH_TIMEOUT);
     }
 }
+
+/// How long a stop waits for the heat writer.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The client is gone: its heat goes with its journal, and so does a save of it not yet made.
 pub fn remove(path: &Path) {

@@ -748,7 +748,8 @@ fn run(d: Arc<Daemon>) {
             now: now - t0,
             some_avg10: system.some_avg10,
             some_recent: rates.update(Path::new(SYSTEM_PSI), now, system.some_total_us),
-            resident_pages: d.budget.resident.load(Relaxed),
+            // The pool is DRAM the budget pays for: a cut is a share of both.
+            resident_pages: d.budget.resident.load(Relaxed) + d.pool_pages(),
             cgroups: Vec::new(),
             demote: false,
         };

@@ -111,7 +111,9 @@ pub fn on_stop(stop: impl FnOnce(&str) + Send + 'static) -> std::io::Result<()> 
         let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
         notify("STOPPING=1");
         stop(name);
-        std::process::exit(0);
+        // No atexit handlers (a GPU runtime's among them) while pager threads still run.
+        // SAFETY: ends the process; the log is written unbuffered.
+        unsafe { libc::_exit(0) };
     })?;
     Ok(())
 }

@@ -324,13 +324,17 @@ impl Daemon {
     }
 
     /// Pages of client memory the budget lets stay resident: `limit_pages` less the
-    /// compressed DRAM tier's pool, since that is DRAM the budget pays for too. The pool
-    /// takes at most half (the budget can shrink under pressure below what the pool holds;
-    /// then the pool drains as the migrator demotes it).
+    /// compressed DRAM tier's pool, since that is DRAM the budget pays for too. The pool is
+    /// charged half the budget at most: it keeps what it holds when pressure shrinks the
+    /// budget (it is demoted only past its own capacity), and resident pages must keep room.
     pub fn resident_limit_pages(&self) -> i64 {
         let limit = self.budget.limit_pages.load(Relaxed);
-        let pool = self.store.dram_pool.as_ref().map_or(0, |g| g.load(Relaxed).div_ceil(PAGE) as i64);
-        limit - pool.min(limit / 2)
+        limit - self.pool_pages().min(limit / 2)
+    }
+
+    /// Pages' worth of DRAM the compressed tier's pool holds (0 without one).
+    pub fn pool_pages(&self) -> i64 {
+        self.store.dram_pool.as_ref().map_or(0, |g| g.load(Relaxed).div_ceil(PAGE) as i64)
     }
 
     /// If resident pages, less those already being evicted or asked for, exceed the

@@ -201,6 +201,8 @@ pub struct Store {
     /// The daemon is stopping ([`Store::drain_volatile`]): nothing new goes into a tier that
     /// is not durable, and nothing is promoted.
     draining: AtomicBool,
+    /// Held shared by each `put_batch`: the drain waits out the puts that began before it.
+    puts: RwLock<()>,
 }
 
 struct Map {
@@ -560,6 +562,7 @@ impl Store {
             opened: Instant::now(),
             dram_pool: None,
             draining: AtomicBool::new(false),
+            puts: RwLock::new(()),
         }
     }
 
@@ -592,6 +595,7 @@ impl Store {
         let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..data.len()).collect();
         let mut refused_by: Vec<Option<u8>> = vec![None; data.len()];
+        let _putting = self.puts.read().unwrap();
         let draining = self.draining.load(Relaxed);
         for (level, l) in self.levels.iter().enumerate() {
             if todo.is_empty() {
@@ -794,14 +798,16 @@ impl Store {
     /// time ran out).
     pub fn drain_volatile(&self, deadline: Instant) -> (u64, u64) {
         self.draining.store(true, Relaxed);
+        // Puts that read the flag before it was set finish first: the scans below see them.
+        // (Promotions already queued are refused at their switch.)
+        drop(self.puts.write().unwrap());
         let n = self.levels.len();
         // A level drains if a durable one lies below it (moves go one level at a time).
         let drains: Vec<bool> = (0..n)
             .map(|l| !self.levels[l].tier.durable() && self.levels[l + 1..].iter().any(|b| b.tier.durable()))
             .collect();
-        let granule = self.levels[0].tier.slot_bytes() as u64;
-        let mut moved = 0;
-        let mut last_move = Instant::now();
+        let mut first_left = None;
+        let mut last_move = (Instant::now(), u64::MAX);
         loop {
             let (mut left, mut movable) = (0, 0);
             {
@@ -819,15 +825,16 @@ impl Store {
                     }
                 }
             }
+            // Progress is what left those tiers, whichever thread moved it.
+            let first = *first_left.get_or_insert(left);
             let now = Instant::now();
-            if movable == 0 || now >= deadline || now - last_move >= DRAIN_STALL {
-                return (moved, left);
+            if left < last_move.1 {
+                last_move = (now, left);
             }
-            let bytes = self.migrate(u64::MAX);
-            moved += bytes / granule;
-            if bytes > 0 {
-                last_move = Instant::now();
-            } else {
+            if movable == 0 || now >= deadline || now - last_move.0 >= DRAIN_STALL {
+                return (first - left, left);
+            }
+            if self.migrate(u64::MAX) == 0 {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -962,10 +969,14 @@ impl Store {
             let _switching = self.io_gate.write().unwrap();
             let mut m = self.map.lock().unwrap();
             let Map { entries, arcs, .. } = &mut *m;
+            let draining = self.draining.load(Relaxed);
             for (k, (mv, old_at, new_at, _)) in copies.iter().enumerate() {
                 let (from, to) = (mv.level as usize, mv.to_level());
                 let e = &mut entries[mv.id as usize];
-                match e.switch(mv, ok[k], *new_at, now) {
+                // A promotion queued before a stop began must not move a granule back into a
+                // tier the stop is draining.
+                let into_drained = draining && mv.dir == Direction::Up && !self.levels[to].tier.durable();
+                match e.switch(mv, ok[k] && !into_drained, *new_at, now) {
                     Switched::Moved => {}
                     Switched::Failed => {
                         if refused[k] {
