@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -104,6 +104,14 @@ fn main() -> anyhow::Result<()> {
         // DRAM"), and the budget pays for the pool. SAFETY: before any thread starts.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     }
+    // A stop signal is taken from here on; until the daemon runs there is nothing to drain.
+    let running: Arc<OnceLock<Arc<Daemon>>> = Arc::default();
+    let r = running.clone();
+    service::on_stop(move |signal| match r.get() {
+        Some(d) => stop(d, signal),
+        None => log::info!("{signal}: stopping during start-up"),
+    })
+    .context("cannot start the stop thread")?;
     // Before anything listens or connects: a bad secret file stops the daemon, clearly.
     holo_pager::remote::load_cluster_key(&mut config.remote, config.cluster.is_some()).map_err(anyhow::Error::msg)?;
 
@@ -164,8 +172,7 @@ fn main() -> anyhow::Result<()> {
     if daemon.store.levels.len() > 1 {
         holo_pager::store::spawn_migrator(daemon.clone()).context("cannot start the migrator thread")?;
     }
-    let d = daemon.clone();
-    service::on_stop(move |signal| stop(&d, signal)).context("cannot start the stop thread")?;
+    let _ = running.set(daemon.clone());
     metrics::spawn(daemon.clone());
     daemon.spawn_rate_sampler().context("cannot start the tier rate sampler")?;
     server::serve(daemon, listener);

@@ -601,7 +601,7 @@ impl Store {
             if todo.is_empty() {
                 break;
             }
-            if draining && !l.tier.durable() && level + 1 < self.levels.len() {
+            if draining && self.drains(level) {
                 continue;
             }
             let mut placed: Vec<(usize, SlotId)> = Vec::new();
@@ -801,11 +801,7 @@ impl Store {
         // Puts that read the flag before it was set finish first: the scans below see them.
         // (Promotions already queued are refused at their switch.)
         drop(self.puts.write().unwrap());
-        let n = self.levels.len();
-        // A level drains if a durable one lies below it (moves go one level at a time).
-        let drains: Vec<bool> = (0..n)
-            .map(|l| !self.levels[l].tier.durable() && self.levels[l + 1..].iter().any(|b| b.tier.durable()))
-            .collect();
+        let drains: Vec<bool> = (0..self.levels.len()).map(|l| self.drains(l)).collect();
         let mut first_left = None;
         let mut last_move = (Instant::now(), u64::MAX);
         loop {
@@ -838,6 +834,12 @@ impl Store {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// Whether a stop empties `level`: it dies with the daemon and a durable level lies below
+    /// it (moves go one level at a time, through any between).
+    fn drains(&self, level: usize) -> bool {
+        !self.levels[level].tier.durable() && self.levels[level + 1..].iter().any(|b| b.tier.durable())
     }
 
     /// Queue ARC's victims of every tier over [`DEMOTE_HIGH_PCT`] until it would be under
