@@ -687,12 +687,13 @@ pub enum Done {
         at: u64,
         got: Result<Vec<u8>, String>,
     },
-    /// Per granule of a [`Job::Publish`]: the new read lease's expiry, or why its bytes were
-    /// not published.
-    Published(Vec<(u64, Result<u64, String>)>),
+    /// Per granule of a [`Job::Publish`] (its address and extent): the new read lease's
+    /// expiry, or why its bytes were not published.
+    Published(Vec<(u64, Extent, Result<u64, String>)>),
     Nothing,
     Recovered {
         at: u64,
+        ext: Extent,
         present: bool,
         got: Recovery,
     },
@@ -851,7 +852,8 @@ impl Coordinator {
                 Done::Nothing
             }
             Job::Recover { at, ext, len, epoch, present } => {
-                Done::Recovered { at, present, got: self.recover(&ext, len, epoch, present) }
+                let got = self.recover(&ext, len, epoch, present);
+                Done::Recovered { at, ext, present, got }
             }
             Job::Tick { regions, renew_read, renew_write } => {
                 // Every renewal in one batch: a tick costs one Raft round trip however many
@@ -893,7 +895,7 @@ impl Coordinator {
     /// `holo_sync` of a batch of granules: publish each (pages the program no longer holds
     /// keep their published bytes), keep a read lease of the copy, give the write lease back.
     /// Two Raft round trips for the batch (three when leases need renewing first).
-    fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Result<u64, String>)> {
+    fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Extent, Result<u64, String>)> {
         // The jobs of a long sync run one after another: renew the leases past half their
         // life before publishing under them, or the last granules would find them lapsed.
         let due: Vec<usize> =
@@ -929,7 +931,7 @@ impl Coordinator {
                     let out = outs.next().expect("one outcome per command");
                     registered(out).map(|r| r.lease.expires_at_ms).map_err(Refusal::into_message)
                 });
-                (p.at, got)
+                (p.at, p.ext.clone(), got)
             })
             .collect();
         for ((ext, _), out) in releases.iter().zip(outs) {
@@ -1667,7 +1669,7 @@ impl Shared {
             }
             Done::Published(got) => {
                 let mut error = None;
-                for (at, got) in got {
+                for (at, _, got) in got {
                     let Some((r, k)) = self.locate(at) else { continue };
                     match got {
                         Ok(expires_at_ms) => self.regions[r].gs[k] = G::Read { expires_at_ms },
@@ -1690,7 +1692,7 @@ impl Shared {
                 Some(error.map_or(Ok(()), Err))
             }
             Done::Nothing => None,
-            Done::Recovered { at, present, got } => {
+            Done::Recovered { at, present, got, .. } => {
                 self.recovering -= 1;
                 if let Some((r, k)) = self.locate(at) {
                     self.recovered(r, k, present, got, io);
@@ -1900,6 +1902,12 @@ impl Shared {
                 Done::ReadAhead(got) => {
                     back.reads.extend(got.into_iter().filter(|(_, got)| got.is_ok()).map(|(g, _)| g.ext))
                 }
+                Done::Published(got) => {
+                    back.reads.extend(got.into_iter().filter(|(_, _, got)| got.is_ok()).map(|(_, ext, _)| ext))
+                }
+                // Both registered a read lease (a refused registration's unregistration is a
+                // no-op).
+                Done::Recovered { ext, got: Recovery::Read(_) | Recovery::Drop, .. } => back.reads.push(ext),
                 _ => {}
             }
         }
@@ -2272,7 +2280,7 @@ mod tests {
         let got = c.publish(vec![p]);
         assert_eq!(applied(c.member) - before, 2, "the lapsed lease is asked for once");
         match &got[..] {
-            [(0x10000, Err(why))] => assert!(why.contains("lapsed during holo_sync"), "{why}"),
+            [(0x10000, _, Err(why))] => assert!(why.contains("lapsed during holo_sync"), "{why}"),
             other => panic!("the publication should fail: {other:?}"),
         }
         let mut out = vec![0; GRANULE as usize];
@@ -2363,5 +2371,46 @@ mod tests {
             assert_eq!(applied(shared.member) - before, (2 * n).div_ceil(MAX_BATCH as u64), "{label}: {n} granules");
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    /// A client of one region "r" of `n` granules at [`REGION_AT`], each `Busy` (a job is
+    /// under way for it).
+    fn busy_client(label: &str, n: u64) -> (Shared, PathBuf) {
+        let c = coordinator(label, n);
+        let dir = c.home.dir.clone();
+        let mut shared = Shared::with(c, 0).unwrap();
+        let (gs, journaled, lost) = (vec![G::Busy; n as usize], vec![0; n as usize], Vec::new());
+        let (start, len) = (REGION_AT, n * GRANULE);
+        shared.regions.push(Region { name: "r".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        (shared, dir)
+    }
+
+    /// The client exits while a `holo_sync` and a restart's settling are under way: the read
+    /// leases they registered go back too.
+    #[test]
+    fn read_leases_of_syncs_and_settlings_under_way_go_back_at_exit() {
+        let (mut shared, dir) = busy_client("exit-busy", 2);
+        let (ext, settled) = (granule_ext(0), granule_ext(1));
+        let lease = granted(
+            shared
+                .member
+                .write(Command::AcquireWrite { node: 1, extent: ext.clone(), now_ms: now_ms(), duration_ms: 10_000 })
+                .map_err(|e| e.to_string()),
+        )
+        .unwrap()
+        .lease;
+        let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
+        let epoch = lease.epoch;
+        let p = Publication { at: REGION_AT, ext, lease, bytes, present, lost: None, stray: None };
+        shared.worker.submit(Job::Publish(vec![p]));
+        let (at, len) = (REGION_AT + GRANULE, GRANULE as usize);
+        shared.worker.submit(Job::Recover { at, ext: settled, len, epoch: None, present: true });
+        shared.release_all();
+        let state = shared.member.state();
+        assert!(state.readers.is_empty(), "read leases left: {:?}", state.readers);
+        assert!(state.leases.is_empty(), "write leases left: {:?}", state.leases);
+        let mut out = vec![0; GRANULE as usize];
+        assert_eq!(Home { dir: dir.clone() }.read("r", 0, &mut out).unwrap(), epoch, "the sync published");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
