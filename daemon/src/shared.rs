@@ -1598,40 +1598,54 @@ impl Shared {
                 Some(result)
             }
             Done::Read { faulted: (g, got), ahead } => {
-                if let Some((r, k)) = self.locate(g.at) {
-                    self.regions[r].gs[k] = match got {
-                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
-                        Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
-                        Err(Refusal::Failed(e)) => {
-                            crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
-                            G::Failed
+                let mut back = GiveBack::default();
+                match self.awaited(&g) {
+                    Some((r, k)) => {
+                        self.regions[r].gs[k] = match got {
+                            Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                            Err(Refusal::Held) => {
+                                G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
+                            }
+                            Err(Refusal::Failed(e)) => {
+                                crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
+                                G::Failed
+                            }
                         }
-                    };
+                    }
+                    None if got.is_ok() => back.reads.push(g.ext),
+                    None => {}
                 }
                 // Its fault is served: now read those ahead. One whose registration was refused
                 // is left for its own fault to try (and report).
                 let mut read = Vec::new();
                 for (g, reg) in ahead {
-                    let Some((r, k)) = self.locate(g.at) else { continue };
-                    match reg {
-                        Ok(expires_at_ms) => read.push((g, expires_at_ms)),
-                        Err(_) => self.regions[r].gs[k] = G::Absent,
+                    match (self.awaited(&g), reg) {
+                        (Some(_), Ok(expires_at_ms)) => read.push((g, expires_at_ms)),
+                        (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
+                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Err(_)) => {}
                     }
                 }
                 if !read.is_empty() {
                     self.worker.submit(Job::ReadAhead(read));
                 }
+                self.give_back(back);
                 None
             }
             Done::ReadAhead(got) => {
+                let mut back = GiveBack::default();
                 for (g, got) in got {
-                    let Some((r, k)) = self.locate(g.at) else { continue };
-                    self.regions[r].gs[k] = match got {
-                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                    match (self.awaited(&g), got) {
+                        (Some((r, k)), Ok((bytes, expires_at_ms))) => {
+                            self.regions[r].gs[k] = self.install_read(g.at, &bytes, expires_at_ms, io)
+                        }
                         // No fault waits for it: its own fault tries again (and reports).
-                        Err(_) => G::Absent,
-                    };
+                        (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
+                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Err(_)) => {}
+                    }
                 }
+                self.give_back(back);
                 None
             }
             Done::Acquired { at, installed, got } => {
@@ -1710,6 +1724,20 @@ impl Shared {
                 self.ticked(read, write, view, io);
                 None
             }
+        }
+    }
+
+    /// Where the read of `g` is still awaited: its region is still attached there and the
+    /// granule still `Busy`. Else the region was unmapped meanwhile (or another attached at
+    /// its address), and what was read is not its to install.
+    fn awaited(&self, g: &ReadOne) -> Option<(usize, usize)> {
+        let (r, k) = self.locate(g.at)?;
+        (self.regions[r].name == g.ext.region && self.regions[r].gs[k] == G::Busy).then_some((r, k))
+    }
+
+    fn give_back(&mut self, back: GiveBack) {
+        if !back.is_empty() {
+            self.worker.submit(Job::GiveBack(back));
         }
     }
 
@@ -1857,9 +1885,7 @@ impl Shared {
             log::info!("pid {pid}: shared region {:?} unmapped: detached", r.name);
             self.detach(r, &mut back);
         }
-        if !back.is_empty() {
-            self.worker.submit(Job::GiveBack(back));
-        }
+        self.give_back(back);
     }
 
     /// Adds the leases of region `r` to `back` (unpublished writes are lost, by design).
@@ -2411,6 +2437,52 @@ mod tests {
         assert!(state.leases.is_empty(), "write leases left: {:?}", state.leases);
         let mut out = vec![0; GRANULE as usize];
         assert_eq!(Home { dir: dir.clone() }.read("r", 0, &mut out).unwrap(), epoch, "the sync published");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Hands `shared` every job's result until none is under way, as the pager does when the
+    /// coordinator's eventfd is readable.
+    fn settle(shared: &mut Shared, io: &Io) {
+        while shared.worker.in_flight() > 0 {
+            let mut pfd = libc::pollfd { fd: shared.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one pollfd that lives across the call.
+            assert!(unsafe { libc::poll(&mut pfd, 1, -1) } >= 0, "poll: {}", io::Error::last_os_error());
+            shared.on_done(io);
+        }
+    }
+
+    /// Reads under way when their region is unmapped and another region is attached at its
+    /// address: their bytes are not installed there, and the read leases they registered go
+    /// back.
+    #[test]
+    fn reads_that_finish_after_an_unmap_give_their_leases_back() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut shared, dir) = busy_client("late-read", 3);
+        // UFFD_USER_MODE_ONLY: allowed without privilege. Nothing is registered with it: an
+        // install the fix refuses would fail here, not write to another region.
+        // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | 1) };
+        assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd that nothing else owns.
+        let uffd = Uffd::from_owned(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let mem = File::open("/dev/null").unwrap();
+        let io = Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 };
+        let one = |k: u64| ReadOne { at: REGION_AT + k * GRANULE, ext: granule_ext(k), len: GRANULE as usize };
+        // A fault's read with one granule ahead, and a read ahead already registered.
+        shared.worker.submit(Job::Read(vec![one(0), one(1)]));
+        let reg = Command::RegisterReader { node: 1, extent: granule_ext(2), now_ms: now_ms(), duration_ms: 10_000 };
+        let expires_at_ms =
+            registered(shared.member.write(reg).map_err(|e| e.to_string())).unwrap().lease.expires_at_ms;
+        shared.worker.submit(Job::ReadAhead(vec![(one(2), expires_at_ms)]));
+        shared.on_unmap(REGION_AT, REGION_AT + 3 * GRANULE, 0);
+        // In a state that only its own jobs change.
+        let (gs, journaled, lost) = (vec![G::Failed; 3], vec![0; 3], Vec::new());
+        let (start, len) = (REGION_AT, 3 * GRANULE);
+        shared.regions.push(Region { name: "s".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        settle(&mut shared, &io);
+        assert_eq!(shared.regions[0].gs, vec![G::Failed; 3], "the old reads left the new region alone");
+        let readers = shared.member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
