@@ -1161,6 +1161,11 @@ pub struct Shared {
     recovering: usize,
     /// For the journal, oldest first.
     changes: Vec<Change>,
+    /// Names of regions detached here that are still in [`ATTACHED`]: a job under way (or a
+    /// give-back of what it got) may yet unregister a read lease of theirs, which would be a
+    /// fresh one of another process of this node attaching the name meanwhile (leases are
+    /// the node's). They leave once no job is under way ([`Self::forget_detached`]).
+    detached: Vec<String>,
 }
 
 impl Shared {
@@ -1191,6 +1196,7 @@ impl Shared {
             drops_in_flight: 0,
             recovering: 0,
             changes: Vec::new(),
+            detached: Vec::new(),
         })
     }
 
@@ -1327,9 +1333,14 @@ impl Shared {
         if !start.is_multiple_of(PAGE) || overlaps_private || self.overlaps(start, start + size) {
             return Err(format!("cannot attach {name:?} at {start:#x}: not a fresh page-aligned mapping"));
         }
-        if !ATTACHED.lock().unwrap().insert(name.clone()) {
+        // Detached here but not yet forgotten: ours again. Its jobs and give-backs run before
+        // this attach's, so none of them reaches the new region.
+        if let Some(i) = self.detached.iter().position(|n| *n == name) {
+            self.detached.swap_remove(i);
+        } else if !ATTACHED.lock().unwrap().insert(name.clone()) {
             return Err(format!(
-                "shared region {name:?} is attached by another process on this node (one per node in this version)"
+                "shared region {name:?} is attached by another process on this node, or its detach there is still \
+                 under way (one per node in this version)"
             ));
         }
         self.worker.submit(Job::Attach { name: name.clone(), size });
@@ -1569,6 +1580,7 @@ impl Shared {
             }
         }
         self.note_leases();
+        self.forget_detached();
         answer
     }
 
@@ -1591,9 +1603,8 @@ impl Shared {
                         let (gs, journaled, lost) = (vec![G::Absent; granules], vec![0; granules], Vec::new());
                         self.regions.push(Region { name, start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
                     }
-                    Err(_) => {
-                        ATTACHED.lock().unwrap().remove(&name);
-                    }
+                    // A give-back of an earlier region of this name may still be queued.
+                    Err(_) => self.detached.push(name),
                 }
                 Some(result)
             }
@@ -1886,6 +1897,18 @@ impl Shared {
             self.detach(r, &mut back);
         }
         self.give_back(back);
+        self.forget_detached();
+    }
+
+    /// Once no job is under way, the detached regions' leases are all given back (or left to
+    /// lapse): their names leave [`ATTACHED`].
+    fn forget_detached(&mut self) {
+        if self.worker.in_flight() == 0 {
+            let mut attached = ATTACHED.lock().unwrap();
+            for name in self.detached.drain(..) {
+                attached.remove(&name);
+            }
+        }
     }
 
     /// Adds the leases of region `r` to `back` (unpublished writes are lost, by design).
@@ -1904,7 +1927,7 @@ impl Shared {
                 G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
             }
         }
-        ATTACHED.lock().unwrap().remove(&r.name);
+        self.detached.push(r.name);
     }
 
     /// The client is gone: give every lease back and wait until that is done. All of them go
@@ -1941,6 +1964,7 @@ impl Shared {
             self.worker.submit(Job::GiveBack(back));
             self.worker.wait();
         }
+        self.forget_detached();
     }
 }
 
@@ -2451,21 +2475,25 @@ mod tests {
         }
     }
 
+    /// A userfaultfd with nothing registered (UFFD_USER_MODE_ONLY: allowed without privilege).
+    fn bare_uffd() -> Uffd {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | 1) };
+        assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd that nothing else owns.
+        Uffd::from_owned(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
     /// Reads under way when their region is unmapped and another region is attached at its
     /// address: their bytes are not installed there, and the read leases they registered go
     /// back.
     #[test]
     fn reads_that_finish_after_an_unmap_give_their_leases_back() {
-        use std::os::fd::{FromRawFd, OwnedFd};
         let (mut shared, dir) = busy_client("late-read", 3);
-        // UFFD_USER_MODE_ONLY: allowed without privilege. Nothing is registered with it: an
-        // install the fix refuses would fail here, not write to another region.
-        // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | 1) };
-        assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
-        // SAFETY: a fresh fd that nothing else owns.
-        let uffd = Uffd::from_owned(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        let mem = File::open("/dev/null").unwrap();
+        // Nothing is registered with it: an install the fix refuses would fail here, not
+        // write to another region.
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
         let io = Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 };
         let one = |k: u64| ReadOne { at: REGION_AT + k * GRANULE, ext: granule_ext(k), len: GRANULE as usize };
         // A fault's read with one granule ahead, and a read ahead already registered.
@@ -2483,6 +2511,40 @@ mod tests {
         assert_eq!(shared.regions[0].gs, vec![G::Failed; 3], "the old reads left the new region alone");
         let readers = shared.member.state().readers;
         assert!(readers.is_empty(), "read leases left: {readers:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An unmapped region's name stays attached on this node until its leases went back:
+    /// another process of the node attaching it meanwhile would register a read lease that
+    /// the queued give-back deletes (leases are the node's). The same process may attach it
+    /// again at once (its jobs run in order).
+    #[test]
+    fn a_detached_name_is_free_for_another_process_once_its_leases_went_back() {
+        let c = coordinator("detach-order", 1);
+        let (member, dir) = (c.member, c.home.dir.clone());
+        let create = Command::CreateRegion { name: "q".into(), size_bytes: GRANULE, granule_bytes: GRANULE };
+        assert_eq!(member.write(create).unwrap(), Outcome::Done);
+        let ext = Extent { region: "q".into(), ..granule_ext(0) };
+        let reg = Command::RegisterReader { node: 1, extent: ext, now_ms: now_ms(), duration_ms: 10_000 };
+        let expires_at_ms = registered(member.write(reg).map_err(|e| e.to_string())).unwrap().lease.expires_at_ms;
+        assert!(ATTACHED.lock().unwrap().insert("q".into()));
+        let mut first = Shared::with(c, 1).unwrap();
+        let (gs, journaled, lost) = (vec![G::Read { expires_at_ms }], vec![0], Vec::new());
+        let (start, len) = (REGION_AT, GRANULE);
+        first.regions.push(Region { name: "q".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        let other = Coordinator { member, me: 1, home: Home { dir: dir.clone() }, granule: GRANULE, lease_ms: 10_000 };
+        let mut second = Shared::with(other, 2).unwrap();
+        first.on_unmap(REGION_AT, REGION_AT + GRANULE, 1);
+        let refused = second.attach("q".into(), REGION_AT, GRANULE, false).unwrap_err();
+        assert!(refused.contains("still under way"), "{refused}");
+        first.attach("q".into(), REGION_AT, GRANULE, false).unwrap();
+        // Its give-back, then its attach: which fails (nothing is mapped there to register).
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
+        settle(&mut first, &Io { uffd: &uffd, mem: &mem, agent: None, pid: 1 });
+        let readers = member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
+        second.attach("q".into(), REGION_AT, GRANULE, false).unwrap();
+        ATTACHED.lock().unwrap().remove("q");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
