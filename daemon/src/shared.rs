@@ -946,16 +946,8 @@ impl Coordinator {
     /// renewal found it lapsed (it is not asked for again), nor within the skew margin of its
     /// expiry.
     fn publish_home(&self, p: &mut Publication) -> Result<(), String> {
-        // The job's other files may have taken long (slow fsyncs, a loaded machine).
-        if p.lost.is_none() && renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
-            let epoch = p.lease.epoch;
-            p.renewed(renewal(epoch, self.acquire(&p.ext)));
-        }
         if let Some(why) = &p.lost {
             return Err(why.clone());
-        }
-        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
-            return Err(lost_writes(p.at, &p.ext.region, p.lease.epoch, "expired before holo_sync could publish"));
         }
         if p.present.iter().any(|p| !p) {
             let old = self.read_home(&p.ext, p.bytes.len())?;
@@ -963,6 +955,18 @@ impl Coordinator {
                 let r = k * PAGE as usize..(k + 1) * PAGE as usize;
                 p.bytes[r.clone()].copy_from_slice(&old[r]);
             }
+        }
+        // Right before linking: the job's other files and this read may have taken long (slow
+        // fsyncs, a loaded machine).
+        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
+            let epoch = p.lease.epoch;
+            p.renewed(renewal(epoch, self.acquire(&p.ext)));
+            if let Some(why) = &p.lost {
+                return Err(why.clone());
+            }
+        }
+        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
+            return Err(lost_writes(p.at, &p.ext.region, p.lease.epoch, "expired before holo_sync could publish"));
         }
         let granule = self.granule_index(&p.ext);
         self.home.publish(&p.ext.region, granule, p.lease.epoch, &p.bytes).map_err(|e| e.to_string())
