@@ -687,12 +687,13 @@ pub enum Done {
         at: u64,
         got: Result<Vec<u8>, String>,
     },
-    /// Per granule of a [`Job::Publish`]: the new read lease's expiry, or why its bytes were
-    /// not published.
-    Published(Vec<(u64, Result<u64, String>)>),
+    /// Per granule of a [`Job::Publish`] (its address and extent): the new read lease's
+    /// expiry, or why its bytes were not published.
+    Published(Vec<(u64, Extent, Result<u64, String>)>),
     Nothing,
     Recovered {
         at: u64,
+        ext: Extent,
         present: bool,
         got: Recovery,
     },
@@ -851,7 +852,8 @@ impl Coordinator {
                 Done::Nothing
             }
             Job::Recover { at, ext, len, epoch, present } => {
-                Done::Recovered { at, present, got: self.recover(&ext, len, epoch, present) }
+                let got = self.recover(&ext, len, epoch, present);
+                Done::Recovered { at, ext, present, got }
             }
             Job::Tick { regions, renew_read, renew_write } => {
                 // Every renewal in one batch: a tick costs one Raft round trip however many
@@ -893,7 +895,7 @@ impl Coordinator {
     /// `holo_sync` of a batch of granules: publish each (pages the program no longer holds
     /// keep their published bytes), keep a read lease of the copy, give the write lease back.
     /// Two Raft round trips for the batch (three when leases need renewing first).
-    fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Result<u64, String>)> {
+    fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Extent, Result<u64, String>)> {
         // The jobs of a long sync run one after another: renew the leases past half their
         // life before publishing under them, or the last granules would find them lapsed.
         let due: Vec<usize> =
@@ -929,7 +931,7 @@ impl Coordinator {
                     let out = outs.next().expect("one outcome per command");
                     registered(out).map(|r| r.lease.expires_at_ms).map_err(Refusal::into_message)
                 });
-                (p.at, got)
+                (p.at, p.ext.clone(), got)
             })
             .collect();
         for ((ext, _), out) in releases.iter().zip(outs) {
@@ -944,16 +946,8 @@ impl Coordinator {
     /// renewal found it lapsed (it is not asked for again), nor within the skew margin of its
     /// expiry.
     fn publish_home(&self, p: &mut Publication) -> Result<(), String> {
-        // The job's other files may have taken long (slow fsyncs, a loaded machine).
-        if p.lost.is_none() && renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
-            let epoch = p.lease.epoch;
-            p.renewed(renewal(epoch, self.acquire(&p.ext)));
-        }
         if let Some(why) = &p.lost {
             return Err(why.clone());
-        }
-        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
-            return Err(lost_writes(p.at, &p.ext.region, p.lease.epoch, "expired before holo_sync could publish"));
         }
         if p.present.iter().any(|p| !p) {
             let old = self.read_home(&p.ext, p.bytes.len())?;
@@ -961,6 +955,18 @@ impl Coordinator {
                 let r = k * PAGE as usize..(k + 1) * PAGE as usize;
                 p.bytes[r.clone()].copy_from_slice(&old[r]);
             }
+        }
+        // Right before linking: the job's other files and this read may have taken long (slow
+        // fsyncs, a loaded machine).
+        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
+            let epoch = p.lease.epoch;
+            p.renewed(renewal(epoch, self.acquire(&p.ext)));
+            if let Some(why) = &p.lost {
+                return Err(why.clone());
+            }
+        }
+        if now_ms() + SKEW_MS >= p.lease.expires_at_ms {
+            return Err(lost_writes(p.at, &p.ext.region, p.lease.epoch, "expired before holo_sync could publish"));
         }
         let granule = self.granule_index(&p.ext);
         self.home.publish(&p.ext.region, granule, p.lease.epoch, &p.bytes).map_err(|e| e.to_string())
@@ -1159,6 +1165,11 @@ pub struct Shared {
     recovering: usize,
     /// For the journal, oldest first.
     changes: Vec<Change>,
+    /// Names of regions detached here that are still in [`ATTACHED`]: a job under way (or a
+    /// give-back of what it got) may yet unregister a read lease of theirs, which would be a
+    /// fresh one of another process of this node attaching the name meanwhile (leases are
+    /// the node's). They leave once no job is under way ([`Self::forget_detached`]).
+    detached: Vec<String>,
 }
 
 impl Shared {
@@ -1189,6 +1200,7 @@ impl Shared {
             drops_in_flight: 0,
             recovering: 0,
             changes: Vec::new(),
+            detached: Vec::new(),
         })
     }
 
@@ -1325,9 +1337,14 @@ impl Shared {
         if !start.is_multiple_of(PAGE) || overlaps_private || self.overlaps(start, start + size) {
             return Err(format!("cannot attach {name:?} at {start:#x}: not a fresh page-aligned mapping"));
         }
-        if !ATTACHED.lock().unwrap().insert(name.clone()) {
+        // Detached here but not yet forgotten: ours again. Its jobs and give-backs run before
+        // this attach's, so none of them reaches the new region.
+        if let Some(i) = self.detached.iter().position(|n| *n == name) {
+            self.detached.swap_remove(i);
+        } else if !ATTACHED.lock().unwrap().insert(name.clone()) {
             return Err(format!(
-                "shared region {name:?} is attached by another process on this node (one per node in this version)"
+                "shared region {name:?} is attached by another process on this node, or its detach there is still \
+                 under way (one per node in this version)"
             ));
         }
         self.worker.submit(Job::Attach { name: name.clone(), size });
@@ -1567,6 +1584,7 @@ impl Shared {
             }
         }
         self.note_leases();
+        self.forget_detached();
         answer
     }
 
@@ -1589,47 +1607,60 @@ impl Shared {
                         let (gs, journaled, lost) = (vec![G::Absent; granules], vec![0; granules], Vec::new());
                         self.regions.push(Region { name, start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
                     }
-                    Err(_) => {
-                        ATTACHED.lock().unwrap().remove(&name);
-                    }
+                    // A give-back of an earlier region of this name may still be queued.
+                    Err(_) => self.detached.push(name),
                 }
                 Some(result)
             }
             Done::Read { faulted: (g, got), ahead } => {
-                if let Some((r, k)) = self.locate(g.at) {
-                    self.regions[r].gs[k] = match got {
-                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
-                        Err(Refusal::Held) => G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 },
-                        Err(Refusal::Failed(e)) => {
-                            crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
-                            G::Failed
+                let mut back = GiveBack::default();
+                match self.awaited(&g) {
+                    Some((r, k)) => {
+                        self.regions[r].gs[k] = match got {
+                            Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                            Err(Refusal::Held) => {
+                                G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
+                            }
+                            Err(Refusal::Failed(e)) => {
+                                crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
+                                G::Failed
+                            }
                         }
-                    };
+                    }
+                    None if got.is_ok() => back.reads.push(g.ext),
+                    None => {}
                 }
                 // Its fault is served: now read those ahead. One whose registration was refused
                 // is left for its own fault to try (and report).
                 let mut read = Vec::new();
                 for (g, reg) in ahead {
-                    let Some((r, k)) = self.locate(g.at) else { continue };
-                    match reg {
-                        Ok(expires_at_ms) => read.push((g, expires_at_ms)),
-                        Err(_) => self.regions[r].gs[k] = G::Absent,
+                    match (self.awaited(&g), reg) {
+                        (Some(_), Ok(expires_at_ms)) => read.push((g, expires_at_ms)),
+                        (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
+                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Err(_)) => {}
                     }
                 }
                 if !read.is_empty() {
                     self.worker.submit(Job::ReadAhead(read));
                 }
+                self.give_back(back);
                 None
             }
             Done::ReadAhead(got) => {
+                let mut back = GiveBack::default();
                 for (g, got) in got {
-                    let Some((r, k)) = self.locate(g.at) else { continue };
-                    self.regions[r].gs[k] = match got {
-                        Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
+                    match (self.awaited(&g), got) {
+                        (Some((r, k)), Ok((bytes, expires_at_ms))) => {
+                            self.regions[r].gs[k] = self.install_read(g.at, &bytes, expires_at_ms, io)
+                        }
                         // No fault waits for it: its own fault tries again (and reports).
-                        Err(_) => G::Absent,
-                    };
+                        (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
+                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Err(_)) => {}
+                    }
                 }
+                self.give_back(back);
                 None
             }
             Done::Acquired { at, installed, got } => {
@@ -1667,7 +1698,7 @@ impl Shared {
             }
             Done::Published(got) => {
                 let mut error = None;
-                for (at, got) in got {
+                for (at, _, got) in got {
                     let Some((r, k)) = self.locate(at) else { continue };
                     match got {
                         Ok(expires_at_ms) => self.regions[r].gs[k] = G::Read { expires_at_ms },
@@ -1690,7 +1721,7 @@ impl Shared {
                 Some(error.map_or(Ok(()), Err))
             }
             Done::Nothing => None,
-            Done::Recovered { at, present, got } => {
+            Done::Recovered { at, present, got, .. } => {
                 self.recovering -= 1;
                 if let Some((r, k)) = self.locate(at) {
                     self.recovered(r, k, present, got, io);
@@ -1708,6 +1739,20 @@ impl Shared {
                 self.ticked(read, write, view, io);
                 None
             }
+        }
+    }
+
+    /// Where the read of `g` is still awaited: its region is still attached there and the
+    /// granule still `Busy`. Else the region was unmapped meanwhile (or another attached at
+    /// its address), and what was read is not its to install.
+    fn awaited(&self, g: &ReadOne) -> Option<(usize, usize)> {
+        let (r, k) = self.locate(g.at)?;
+        (self.regions[r].name == g.ext.region && self.regions[r].gs[k] == G::Busy).then_some((r, k))
+    }
+
+    fn give_back(&mut self, back: GiveBack) {
+        if !back.is_empty() {
+            self.worker.submit(Job::GiveBack(back));
         }
     }
 
@@ -1855,8 +1900,18 @@ impl Shared {
             log::info!("pid {pid}: shared region {:?} unmapped: detached", r.name);
             self.detach(r, &mut back);
         }
-        if !back.is_empty() {
-            self.worker.submit(Job::GiveBack(back));
+        self.give_back(back);
+        self.forget_detached();
+    }
+
+    /// Once no job is under way, the detached regions' leases are all given back (or left to
+    /// lapse): their names leave [`ATTACHED`].
+    fn forget_detached(&mut self) {
+        if self.worker.in_flight() == 0 {
+            let mut attached = ATTACHED.lock().unwrap();
+            for name in self.detached.drain(..) {
+                attached.remove(&name);
+            }
         }
     }
 
@@ -1876,7 +1931,7 @@ impl Shared {
                 G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
             }
         }
-        ATTACHED.lock().unwrap().remove(&r.name);
+        self.detached.push(r.name);
     }
 
     /// The client is gone: give every lease back and wait until that is done. All of them go
@@ -1900,6 +1955,12 @@ impl Shared {
                 Done::ReadAhead(got) => {
                     back.reads.extend(got.into_iter().filter(|(_, got)| got.is_ok()).map(|(g, _)| g.ext))
                 }
+                Done::Published(got) => {
+                    back.reads.extend(got.into_iter().filter(|(_, _, got)| got.is_ok()).map(|(_, ext, _)| ext))
+                }
+                // Both registered a read lease (a refused registration's unregistration is a
+                // no-op).
+                Done::Recovered { ext, got: Recovery::Read(_) | Recovery::Drop, .. } => back.reads.push(ext),
                 _ => {}
             }
         }
@@ -1907,6 +1968,7 @@ impl Shared {
             self.worker.submit(Job::GiveBack(back));
             self.worker.wait();
         }
+        self.forget_detached();
     }
 }
 
@@ -2272,7 +2334,7 @@ mod tests {
         let got = c.publish(vec![p]);
         assert_eq!(applied(c.member) - before, 2, "the lapsed lease is asked for once");
         match &got[..] {
-            [(0x10000, Err(why))] => assert!(why.contains("lapsed during holo_sync"), "{why}"),
+            [(0x10000, _, Err(why))] => assert!(why.contains("lapsed during holo_sync"), "{why}"),
             other => panic!("the publication should fail: {other:?}"),
         }
         let mut out = vec![0; GRANULE as usize];
@@ -2363,5 +2425,130 @@ mod tests {
             assert_eq!(applied(shared.member) - before, (2 * n).div_ceil(MAX_BATCH as u64), "{label}: {n} granules");
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    /// A client of one region "r" of `n` granules at [`REGION_AT`], each `Busy` (a job is
+    /// under way for it).
+    fn busy_client(label: &str, n: u64) -> (Shared, PathBuf) {
+        let c = coordinator(label, n);
+        let dir = c.home.dir.clone();
+        let mut shared = Shared::with(c, 0).unwrap();
+        let (gs, journaled, lost) = (vec![G::Busy; n as usize], vec![0; n as usize], Vec::new());
+        let (start, len) = (REGION_AT, n * GRANULE);
+        shared.regions.push(Region { name: "r".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        (shared, dir)
+    }
+
+    /// The client exits while a `holo_sync` and a restart's settling are under way: the read
+    /// leases they registered go back too.
+    #[test]
+    fn read_leases_of_syncs_and_settlings_under_way_go_back_at_exit() {
+        let (mut shared, dir) = busy_client("exit-busy", 2);
+        let (ext, settled) = (granule_ext(0), granule_ext(1));
+        let lease = granted(
+            shared
+                .member
+                .write(Command::AcquireWrite { node: 1, extent: ext.clone(), now_ms: now_ms(), duration_ms: 10_000 })
+                .map_err(|e| e.to_string()),
+        )
+        .unwrap()
+        .lease;
+        let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
+        let epoch = lease.epoch;
+        let p = Publication { at: REGION_AT, ext, lease, bytes, present, lost: None, stray: None };
+        shared.worker.submit(Job::Publish(vec![p]));
+        let (at, len) = (REGION_AT + GRANULE, GRANULE as usize);
+        shared.worker.submit(Job::Recover { at, ext: settled, len, epoch: None, present: true });
+        shared.release_all();
+        let state = shared.member.state();
+        assert!(state.readers.is_empty(), "read leases left: {:?}", state.readers);
+        assert!(state.leases.is_empty(), "write leases left: {:?}", state.leases);
+        let mut out = vec![0; GRANULE as usize];
+        assert_eq!(Home { dir: dir.clone() }.read("r", 0, &mut out).unwrap(), epoch, "the sync published");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Hands `shared` every job's result until none is under way, as the pager does when the
+    /// coordinator's eventfd is readable.
+    fn settle(shared: &mut Shared, io: &Io) {
+        while shared.worker.in_flight() > 0 {
+            let mut pfd = libc::pollfd { fd: shared.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one pollfd that lives across the call.
+            assert!(unsafe { libc::poll(&mut pfd, 1, -1) } >= 0, "poll: {}", io::Error::last_os_error());
+            shared.on_done(io);
+        }
+    }
+
+    /// A userfaultfd with nothing registered (UFFD_USER_MODE_ONLY: allowed without privilege).
+    fn bare_uffd() -> Uffd {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | 1) };
+        assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd that nothing else owns.
+        Uffd::from_owned(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Reads under way when their region is unmapped and another region is attached at its
+    /// address: their bytes are not installed there, and the read leases they registered go
+    /// back.
+    #[test]
+    fn reads_that_finish_after_an_unmap_give_their_leases_back() {
+        let (mut shared, dir) = busy_client("late-read", 3);
+        // Nothing is registered with it: an install the fix refuses would fail here, not
+        // write to another region.
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
+        let io = Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 };
+        let one = |k: u64| ReadOne { at: REGION_AT + k * GRANULE, ext: granule_ext(k), len: GRANULE as usize };
+        // A fault's read with one granule ahead, and a read ahead already registered.
+        shared.worker.submit(Job::Read(vec![one(0), one(1)]));
+        let reg = Command::RegisterReader { node: 1, extent: granule_ext(2), now_ms: now_ms(), duration_ms: 10_000 };
+        let expires_at_ms =
+            registered(shared.member.write(reg).map_err(|e| e.to_string())).unwrap().lease.expires_at_ms;
+        shared.worker.submit(Job::ReadAhead(vec![(one(2), expires_at_ms)]));
+        shared.on_unmap(REGION_AT, REGION_AT + 3 * GRANULE, 0);
+        // In a state that only its own jobs change.
+        let (gs, journaled, lost) = (vec![G::Failed; 3], vec![0; 3], Vec::new());
+        let (start, len) = (REGION_AT, 3 * GRANULE);
+        shared.regions.push(Region { name: "s".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        settle(&mut shared, &io);
+        assert_eq!(shared.regions[0].gs, vec![G::Failed; 3], "the old reads left the new region alone");
+        let readers = shared.member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An unmapped region's name stays attached on this node until its leases went back:
+    /// another process of the node attaching it meanwhile would register a read lease that
+    /// the queued give-back deletes (leases are the node's). The same process may attach it
+    /// again at once (its jobs run in order).
+    #[test]
+    fn a_detached_name_is_free_for_another_process_once_its_leases_went_back() {
+        let c = coordinator("detach-order", 1);
+        let (member, dir) = (c.member, c.home.dir.clone());
+        let create = Command::CreateRegion { name: "q".into(), size_bytes: GRANULE, granule_bytes: GRANULE };
+        assert_eq!(member.write(create).unwrap(), Outcome::Done);
+        let ext = Extent { region: "q".into(), ..granule_ext(0) };
+        let reg = Command::RegisterReader { node: 1, extent: ext, now_ms: now_ms(), duration_ms: 10_000 };
+        let expires_at_ms = registered(member.write(reg).map_err(|e| e.to_string())).unwrap().lease.expires_at_ms;
+        assert!(ATTACHED.lock().unwrap().insert("q".into()));
+        let mut first = Shared::with(c, 1).unwrap();
+        let (gs, journaled, lost) = (vec![G::Read { expires_at_ms }], vec![0], Vec::new());
+        let (start, len) = (REGION_AT, GRANULE);
+        first.regions.push(Region { name: "q".into(), start, len, gs, journaled, lost, next_read: 0, ahead: 0 });
+        let other = Coordinator { member, me: 1, home: Home { dir: dir.clone() }, granule: GRANULE, lease_ms: 10_000 };
+        let mut second = Shared::with(other, 2).unwrap();
+        first.on_unmap(REGION_AT, REGION_AT + GRANULE, 1);
+        let refused = second.attach("q".into(), REGION_AT, GRANULE, false).unwrap_err();
+        assert!(refused.contains("still under way"), "{refused}");
+        first.attach("q".into(), REGION_AT, GRANULE, false).unwrap();
+        // Its give-back, then its attach: which fails (nothing is mapped there to register).
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
+        settle(&mut first, &Io { uffd: &uffd, mem: &mem, agent: None, pid: 1 });
+        let readers = member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
+        second.attach("q".into(), REGION_AT, GRANULE, false).unwrap();
+        ATTACHED.lock().unwrap().remove("q");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
