@@ -512,10 +512,8 @@ fn a_shared_region_hands_its_write_lease_between_nodes() {
     }
     let mut c = start(n3, &[]);
     expect(&mut c, n3, "r", "read 44");
-    for (mut p, n) in [(a, n1), (b, n2), (c, n3)] {
-        p.send_line("q");
-        let out = p.finish(t);
-        out.check(&n.daemon, out.success(), "the program quits cleanly");
+    for (p, n) in [(a, n1), (b, n2), (c, n3)] {
+        quit(p, n);
     }
 }
 
@@ -633,6 +631,33 @@ fn a_program_spills_to_the_members_that_donate_and_members_leaving_lose_nothing(
     out.check(&a.daemon, fs.evictions > 0, &format!("new granules should go to fs: {fs:?}"));
 }
 
+/// What a [`shared_cluster`]'s nodes need while they run: their network and directories.
+struct SharedCluster {
+    _confs: TempDir,
+    _home: TempDir,
+    _lan: Lan,
+}
+
+/// Three nodes whose shared regions live in one home, with leases of `lease_ms`: the nodes,
+/// and the leader's id. Keep the first value until the nodes are dropped (declared before
+/// them, it is dropped after them).
+fn shared_cluster(lease_ms: u64) -> (SharedCluster, [Node; 3], u64) {
+    let lan = Lan::new(3);
+    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
+    let flags = shared_flags(&home, &confs, lease_ms);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (nodes, _, (leader, _)) = form(&lan, &flags);
+    (SharedCluster { _confs: confs, _home: home, _lan: lan }, nodes, leader)
+}
+
+/// Tells a `shared_rw` program on node `n` to quit, and checks that it did so cleanly.
+fn quit(mut p: Spawned, n: &Node) -> RunOutput {
+    p.send_line("q");
+    let out = p.finish(CLUSTER_TIMEOUT);
+    out.check(&n.daemon, out.success(), "the program quits cleanly");
+    out
+}
+
 /// Sends `cmd` to a `shared_rw` program on node `n` and checks the line it answers with.
 fn expect_line(p: &mut Spawned, n: &Node, nodes: &[Node], cmd: &str, want: &str) {
     p.send_line(cmd);
@@ -747,10 +772,8 @@ fn a_shared_region_survives_its_daemons_restart() {
         }
     });
     expect!(a, 0, "r", "read 33");
-    for (mut p, n) in [(a, 0), (b, 1), (c, 2)] {
-        p.send_line("q");
-        let out = p.finish(t);
-        out.check(&nodes[n].daemon, out.success(), "the program quits cleanly");
+    for (p, n) in [(a, 0), (b, 1), (c, 2)] {
+        let out = quit(p, &nodes[n]);
         if n == 2 {
             out.check(&nodes[n].daemon, out.stderr.contains("was lost while holo-pager was down"), "says why");
         }
@@ -762,11 +785,7 @@ fn a_shared_region_survives_its_daemons_restart() {
 /// takes the write lease and publishes; the dead writer's unpublished writes never appear.
 #[test]
 fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
-    let lan = Lan::new(3);
-    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
-    let flags = shared_flags(&home, &confs, 2000);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (mut nodes, _, (leader, _)) = form(&lan, &flags);
+    let (_cluster, mut nodes, leader) = shared_cluster(2000);
     assert_eq!(leader, 1, "the writer's node leads");
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
@@ -787,10 +806,8 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
     expect(&mut b, &nodes, 1, "s", "synced");
     expect(&mut c, &nodes, 2, "r", "read 33");
     let _ = a.finish(t);
-    for (mut p, i) in [(b, 1), (c, 2)] {
-        p.send_line("q");
-        let out = p.finish(t);
-        out.check(&nodes[i].daemon, out.success(), "the program quits cleanly");
+    for (p, i) in [(b, 1), (c, 2)] {
+        quit(p, &nodes[i]);
     }
     // Node 1 comes back: its dead client's journal is gone with it, and it follows the
     // cluster again.
@@ -805,11 +822,7 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
 /// another node reads them.
 #[test]
 fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_one() {
-    let lan = Lan::new(3);
-    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
-    let flags = shared_flags(&home, &confs, 2000);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (nodes, _, _) = form(&lan, &flags);
+    let (_cluster, nodes, _) = shared_cluster(2000);
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
     let start = |n: &Node| {
@@ -824,10 +837,8 @@ fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_
     eprintln!("256 first writes took {:?} under a 2 s lease", begun.elapsed());
     expect(&mut a, &nodes[0], "s", "synced");
     expect(&mut b, &nodes[1], "r", "read 5a");
-    for (mut p, n) in [(a, &nodes[0]), (b, &nodes[1])] {
-        p.send_line("q");
-        let out = p.finish(t);
-        out.check(&n.daemon, out.success(), "the program quits cleanly");
+    for (p, n) in [(a, &nodes[0]), (b, &nodes[1])] {
+        quit(p, n);
     }
 }
 
@@ -837,12 +848,8 @@ fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_
 /// the region at once (a read is refused while a write lease is held).
 #[test]
 fn a_gone_clients_leases_go_back_in_one_proposal() {
-    let lan = Lan::new(3);
-    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
     // Leases that need no renewal while the test runs: nothing else is proposed meanwhile.
-    let flags = shared_flags(&home, &confs, 60_000);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (nodes, _, _) = form(&lan, &flags);
+    let (_cluster, nodes, _) = shared_cluster(60_000);
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
@@ -854,9 +861,7 @@ fn a_gone_clients_leases_go_back_in_one_proposal() {
     a.wait_for_line("attached", t, &n1.daemon);
     expect(&mut a, n1, "w 5a", "wrote");
     let before = applied(n1).expect("node 1 leads and has applied entries");
-    a.send_line("q");
-    let out = a.finish(t);
-    out.check(&n1.daemon, out.success(), "the program quits cleanly");
+    quit(a, n1);
     n1.daemon.wait_until("the client's leases to go back", t, || {
         match n1.daemon.log().contains("its pages and spill slots are released") {
             true => Ok(()),
@@ -869,9 +874,7 @@ fn a_gone_clients_leases_go_back_in_one_proposal() {
     let mut b = Spawned::spawn(shimmed_command(&n2.daemon, &prog, &["wide", "8M"], &[]), true);
     b.wait_for_line("attached", t, &n2.daemon);
     expect(&mut b, n2, "r", "read 00");
-    b.send_line("q");
-    let out = b.finish(t);
-    out.check(&n2.daemon, out.success(), "the program quits cleanly");
+    quit(b, n2);
 }
 
 /// A program on node 1 reads the region (its node registers read leases), writes it (write
@@ -880,11 +883,7 @@ fn a_gone_clients_leases_go_back_in_one_proposal() {
 /// hold that writer until it expired: 60 s here).
 #[test]
 fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
-    let lan = Lan::new(3);
-    let (home, confs) = (TempDir::new("shared-home"), TempDir::new("shared-confs"));
-    let flags = shared_flags(&home, &confs, 60_000);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (nodes, _, _) = form(&lan, &flags);
+    let (_cluster, nodes, _) = shared_cluster(60_000);
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
@@ -901,9 +900,7 @@ fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
     expect(&mut a, n1, "w 5a", "wrote");
     // 256K in granules of 64K: both leases of each.
     assert_eq!(held(n1), (Some(4), Some(4)), "node 1 reads, then writes 4 granules{}", report(&all));
-    a.send_line("q");
-    let out = a.finish(t);
-    out.check(&n1.daemon, out.success(), "the program quits cleanly");
+    quit(a, n1);
     n1.daemon.wait_until("the client's leases to go back", t, || {
         match n1.daemon.log().contains("its pages and spill slots are released") {
             true => Ok(()),
@@ -917,10 +914,8 @@ fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
     expect(&mut b, n2, "s", "synced");
     let mut c = start_on(n3, &prog);
     expect(&mut c, n3, "r", "read 22");
-    for (mut p, n) in [(b, n2), (c, n3)] {
-        p.send_line("q");
-        let out = p.finish(t);
-        out.check(&n.daemon, out.success(), "the program quits cleanly");
+    for (p, n) in [(b, n2), (c, n3)] {
+        quit(p, n);
     }
 }
 

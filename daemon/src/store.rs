@@ -1265,15 +1265,26 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn granules_that_would_not_shrink_skip_the_compressed_tier() {
-        let dir = std::env::temp_dir().join(format!("holo-store-compressed-{}", std::process::id()));
+    /// A compressed pool of `pool_granules` 64 KiB granules' bytes over an NVMe tier, in a
+    /// fresh directory named after `what` (the caller removes it).
+    fn compressed_over_nvme(
+        what: &str,
+        pool_granules: u64,
+        config: &migration::MigrationConfig,
+    ) -> (std::path::PathBuf, Store) {
         let g = 65536;
+        let dir = std::env::temp_dir().join(format!("holo-store-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let nvme = NvmeTier::open(&dir.join("nvme"), g, None, false).unwrap();
+        let compressed = holo_tiers::CompressedTier::new(g, pool_granules * g as u64);
+        (dir, Store::new(vec![Box::new(compressed), Box::new(nvme)], config))
+    }
+
+    #[test]
+    fn granules_that_would_not_shrink_skip_the_compressed_tier() {
+        let g: usize = 65536;
         // Room for 4 granules before compression.
-        let compressed = holo_tiers::CompressedTier::new(g, 4 * g as u64);
-        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &promoting(0, 16));
+        let (dir, store) = compressed_over_nvme("compressed", 4, &promoting(0, 16));
         // Bytes of a hash of their position: incompressible.
         let random: Vec<u8> = (0..g / 32).flat_map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
         let mut sparse = vec![0u8; g];
@@ -1318,12 +1329,8 @@ mod tests {
     /// A clean stop moves what the compressed pool holds to NVMe, and nothing new goes in.
     #[test]
     fn a_stop_drains_the_tiers_that_die_with_the_daemon() {
-        let dir = std::env::temp_dir().join(format!("holo-store-drain-{}", std::process::id()));
-        let g = 65536;
-        std::fs::create_dir_all(&dir).unwrap();
-        let nvme = NvmeTier::open(&dir.join("nvme"), g, None, false).unwrap();
-        let compressed = holo_tiers::CompressedTier::new(g, 64 * g as u64);
-        let store = Store::new(vec![Box::new(compressed), Box::new(nvme)], &promoting(0, 4));
+        let g: usize = 65536;
+        let (dir, store) = compressed_over_nvme("drain", 64, &promoting(0, 4));
         let granule =
             |k: usize| -> Vec<u8> { (0..g).map(|i| if i % 64 == 0 { (k + i / 64) as u8 | 1 } else { 0 }).collect() };
         let ids: Vec<SlotId> = (0..40).map(|k| store.put(&granule(k)).unwrap()).collect();

@@ -198,12 +198,22 @@ struct Books {
     /// Per slot below the high-water mark, its charge: the reservation until written, then
     /// what it holds; 0 when free or lost.
     charged: Vec<u64>,
-    used_bytes: u64,
+    /// Bytes charged in all: changed only under the books' lock, read without it too
+    /// ([`CompressedTier::pool_gauge`]).
+    used_bytes: Arc<AtomicU64>,
 }
 
 impl Books {
     fn new() -> Books {
-        Books { taken: TakenSlots::new(SlotId::MAX as u64), charged: Vec::new(), used_bytes: 0 }
+        Books { taken: TakenSlots::new(SlotId::MAX as u64), charged: Vec::new(), used_bytes: Arc::default() }
+    }
+
+    fn used(&self) -> u64 {
+        self.used_bytes.load(Relaxed)
+    }
+
+    fn set_used(&self, bytes: u64) {
+        self.used_bytes.store(bytes, Relaxed);
     }
 
     /// Room for a charge per slot below the high-water mark.
@@ -219,8 +229,6 @@ pub struct CompressedTier {
     /// What [`Tier::alloc`] reserves: the most a written slot may be charged.
     reserve_bytes: u64,
     books: Mutex<Books>,
-    /// `used_bytes` of the books, for readers that must not take their lock ([`Self::pool_gauge`]).
-    gauge: Arc<AtomicU64>,
     /// Slot `s` is entry `s / SHARDS` of shard `s % SHARDS`; `None` while unwritten.
     shards: Vec<Mutex<Vec<Option<Arc<Packed>>>>>,
 }
@@ -237,7 +245,6 @@ impl CompressedTier {
             capacity_bytes,
             reserve_bytes: charge_bytes(most, slot_bytes / PAGE),
             books: Mutex::new(Books::new()),
-            gauge: Arc::new(AtomicU64::new(0)),
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
@@ -245,12 +252,7 @@ impl CompressedTier {
     /// The bytes the pool holds now ([`Tier::usage`]'s `used_bytes`), readable without a lock:
     /// the daemon charges them to its DRAM budget on every fault.
     pub fn pool_gauge(&self) -> Arc<AtomicU64> {
-        self.gauge.clone()
-    }
-
-    fn set_used(&self, b: &mut Books, used_bytes: u64) {
-        b.used_bytes = used_bytes;
-        self.gauge.store(used_bytes, Relaxed);
+        self.books.lock().unwrap().used_bytes.clone()
     }
 
     /// Swaps `slot`'s frames for `packed`; returns the old ones, to be dropped after the lock.
@@ -294,15 +296,14 @@ impl Tier for CompressedTier {
 
     fn alloc(&self) -> Result<SlotId, TierError> {
         let mut b = self.books.lock().unwrap();
-        let full = |b: &Books| TierError::Full { tier: NAME, used_bytes: b.used_bytes };
-        if b.used_bytes + self.reserve_bytes > self.capacity_bytes {
+        let full = |b: &Books| TierError::Full { tier: NAME, used_bytes: b.used() };
+        if b.used() + self.reserve_bytes > self.capacity_bytes {
             return Err(full(&b));
         }
         let slot = b.taken.take().ok_or_else(|| full(&b))?;
         b.grow();
         b.charged[slot as usize] = self.reserve_bytes;
-        let used = b.used_bytes + self.reserve_bytes;
-        self.set_used(&mut b, used);
+        b.set_used(b.used() + self.reserve_bytes);
         Ok(slot)
     }
 
@@ -329,14 +330,13 @@ impl Tier for CompressedTier {
             assert!(b.taken.is_taken(slot), "write to slot {slot}, not allocated");
             let held = b.charged[slot as usize];
             // Within the reservation always; a rewrite that grows needs the room.
-            if b.used_bytes - held + charge > self.capacity_bytes {
-                let used_bytes = b.used_bytes;
+            if b.used() - held + charge > self.capacity_bytes {
+                let used_bytes = b.used();
                 drop(b);
                 drop(self.put(slot, None));
                 return Err(TierError::Full { tier: NAME, used_bytes });
             }
-            let used = b.used_bytes - held + charge;
-            self.set_used(&mut b, used);
+            b.set_used(b.used() - held + charge);
             b.charged[slot as usize] = charge;
         }
         drop(self.put(slot, Some(Arc::new(packed))));
@@ -378,10 +378,9 @@ impl Tier for CompressedTier {
         let mut b = self.books.lock().unwrap();
         let none_left = b.taken.give_back(slot);
         let freed = b.charged.get_mut(slot as usize).map_or(0, std::mem::take);
-        let used = b.used_bytes - freed;
-        self.set_used(&mut b, used);
+        b.set_used(b.used() - freed);
         if none_left {
-            debug_assert_eq!(b.used_bytes, 0);
+            debug_assert_eq!(b.used(), 0);
             b.charged = Vec::new();
         }
     }
@@ -396,11 +395,7 @@ impl Tier for CompressedTier {
 
     fn usage(&self) -> TierUsage {
         let b = self.books.lock().unwrap();
-        TierUsage {
-            capacity_bytes: self.capacity_bytes,
-            used_bytes: b.used_bytes,
-            used_slots: b.taken.allocator().used(),
-        }
+        TierUsage { capacity_bytes: self.capacity_bytes, used_bytes: b.used(), used_slots: b.taken.allocator().used() }
     }
 }
 
