@@ -771,10 +771,14 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        // A test that panicked halfway must not leave the program behind.
+        // A test that panicked halfway must not leave the program behind, and its output
+        // (the shim says on stderr why a program gave up) belongs in the failure's report.
         if self.stdout_thread.is_some() {
             self.kill_group();
-            let _ = self.child.wait();
+            let out = self.reap(Duration::from_secs(5));
+            if thread::panicking() {
+                eprintln!("a program of the failed test, killed by the harness:\n{}", out.describe());
+            }
         }
     }
 }
