@@ -236,16 +236,27 @@ fn call(fd: c_int, frame: Frame, send_fd: Option<c_int>, what: &'static str) -> 
     }
 }
 
-/// Open the agent connection for `token` and start the agent thread.
+/// Open the agent connection for `token` and start the agent threads.
 fn start_agent(token: u64) -> Result<(), Why> {
-    let afd = connect_socket()?;
+    let afd = open_agent(token).map_err(|(_, why)| why)?;
+    AGENT_FD.store(afd, Release);
+    spawn_agent_threads()
+}
+
+/// The agent connection for `token`. `Err((true, _))`: the daemon answered and refused;
+/// `Err((false, _))`: the connection failed (the daemon is gone, say).
+fn open_agent(token: u64) -> Result<c_int, (bool, Why)> {
+    let afd = connect_socket().map_err(|w| (false, w))?;
     let hello = Frame::new(Kind::Hello, PROTOCOL_VERSION, role::AGENT, token);
-    if let Err(w) = call(afd, hello, None, "holo-pager refused the agent connection") {
+    if let Err(why) = call(afd, hello, None, "holo-pager refused the agent connection") {
         // SAFETY: closing our own fd.
         unsafe { libc::close(afd) };
-        return Err(w);
+        return Err((why.len > 0, why));
     }
-    AGENT_FD.store(afd, Release);
+    Ok(afd)
+}
+
+fn spawn_agent_threads() -> Result<(), Why> {
     if !spawn(agent_main, c"holo-agent")
         || !spawn(sentinel_main, c"holo-sentinel")
         || !spawn(crate::release::main, c"holo-release")
@@ -304,6 +315,15 @@ extern "C" fn sentinel_main(_: *mut c_void) -> *mut c_void {
             reconnect();
         }
     }
+}
+
+/// Whether the daemon's end of `fd` is closed, or closes within 100 ms (a dying daemon's
+/// connections close one after the other).
+fn hung_up(fd: c_int) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: poll on one fd we own.
+    let n = unsafe { libc::poll(&mut p, 1, 100) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn now_ms() -> u64 {
@@ -878,11 +898,19 @@ fn child_reattach(parent: libc::pid_t) {
             None => return Err(Why::new("holo-pager sent no userfaultfd for this forked child")),
         }
         TOKEN.store(welcome.a, Release);
-        start_agent(welcome.a)
+        match open_agent(welcome.a) {
+            Ok(afd) => AGENT_FD.store(afd, Release),
+            // We hold our uffd and the daemon knows us: its death from here on is followed
+            // like any other (the sentinel finds the request connection dead, waits for the
+            // successor and resumes with it), not the end of this process.
+            Err((false, _)) if hung_up(fd) => say!("holo: holo-pager went away while this forked child attached"),
+            Err((_, why)) => return Err(why),
+        }
+        spawn_agent_threads()
     })();
     if let Err(why) = attached {
-        // Our pages live in the daemon and only it holds our uffd: running on could read
-        // zeros where data was. Stop now, loudly.
+        // Our pages live in the daemon and, until it handed us our uffd, only it held it:
+        // running on could read zeros where data was. Stop now, loudly.
         why.print();
         kill_self("this forked child cannot be attached to holo-pager");
     }
