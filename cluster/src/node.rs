@@ -199,10 +199,13 @@ impl Cluster {
         self.rt.block_on(async {
             let members = BTreeMap::from([(self.config.node_id, me)]);
             self.raft.initialize(members).await.map_err(|e| ClusterError::Failed(format!("cannot initialise: {e}")))?;
-            tokio::time::timeout(ADMIN_TIMEOUT, self.write_via_leader(Command::RegisterNode(self.config.info.clone())))
-                .await
-                .map_err(|_| ClusterError::Failed("timed out registering this node".into()))?
-                .map_err(ClusterError::Failed)?;
+            tokio::time::timeout(
+                ADMIN_TIMEOUT,
+                self.write_via_leader(Command::RegisterNode(self.config.info.clone()), ADMIN_TIMEOUT),
+            )
+            .await
+            .map_err(|_| ClusterError::Failed("timed out registering this node".into()))?
+            .map_err(ClusterError::Failed)?;
             Ok(())
         })?;
         Ok(self.members())
@@ -278,11 +281,17 @@ impl Cluster {
 
     /// Proposes `cmd` through the leader and returns its outcome once committed and applied.
     pub fn write(&self, cmd: Command) -> Result<Outcome, ClusterError> {
+        self.write_within(cmd, ADMIN_TIMEOUT)
+    }
+
+    /// [`Cluster::write`], given up after `limit` (an answer that comes later would be of no
+    /// use to the caller, e.g. a lease renewal past the lease's usable life).
+    pub fn write_within(&self, cmd: Command, limit: Duration) -> Result<Outcome, ClusterError> {
         self.check_not_left()?;
         // The timer is made inside the runtime (an async block), as tokio requires.
         self.rt
-            .block_on(async { tokio::time::timeout(ADMIN_TIMEOUT, self.write_via_leader(cmd)).await })
-            .map_err(|_| ClusterError::Failed("timed out".into()))?
+            .block_on(async { tokio::time::timeout(limit, self.write_via_leader(cmd, limit)).await })
+            .map_err(|_| ClusterError::Failed(format!("no answer within {limit:?}")))?
             .map_err(ClusterError::Failed)
     }
 
@@ -290,9 +299,9 @@ impl Cluster {
         Service { raft: self.raft.clone(), id: self.config.node_id, auth: self.auth.clone() }
     }
 
-    async fn write_via_leader(&self, command: Command) -> Result<Outcome, String> {
+    async fn write_via_leader(&self, command: Command, limit: Duration) -> Result<Outcome, String> {
         let svc = self.service();
-        retry_until(ADMIN_TIMEOUT, || svc.write(WriteReq { command: command.clone(), forwarded: false })).await
+        retry_until(limit, || svc.write(WriteReq { command: command.clone(), forwarded: false })).await
     }
 
     /// Control-plane messages refused so far (requests its server refused, replies its

@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         let d = Arc::downgrade(&daemon);
         member.on_lease_change(move || {
             if let Some(d) = d.upgrade() {
-                d.clients.lock().unwrap().iter().for_each(|c| c.poke());
+                d.leases_moved();
             }
         });
     }

@@ -530,7 +530,9 @@ impl Pager {
             }
         }
         if let Some(sh) = &mut self.shared {
+            sh.give_back_gathered();
             sh.tick();
+            self.info.has_shared.store(sh.attached(), Relaxed);
         }
         if fds[2].revents != 0 {
             self.info.drain_wake();

@@ -49,10 +49,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use holo_cluster::node::now_ms;
+use holo_cluster::node::{now_ms, ADMIN_TIMEOUT};
 use holo_cluster::ownership::{Denied, Grant, Lease, ReadLease};
 use holo_cluster::state::{Command, Extent, NodeId, Outcome, MAX_BATCH};
 use holo_cluster::Cluster;
@@ -67,9 +68,10 @@ use crate::worker::Worker;
 /// How often the pager renews leases and reads its node's view of them.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Least time between a tick and the next one started early because applied entries moved
-/// leases. Every lease move anywhere in the cluster pokes every pager of every node, so a
-/// storm of moves would otherwise cost each pager a tick (a copy of the applied state, and
-/// maybe a Raft round trip) per move; with the gap it costs at most one per gap. A fault
+/// leases. Every lease move anywhere in the cluster pokes every pager with shared regions
+/// attached, on every node, so a storm of moves would otherwise cost each such pager a tick
+/// (a copy of the applied state, and maybe a Raft round trip) per move; with the gap it
+/// costs at most one per gap. A fault
 /// waiting for a lease (a grant's readers to be gone, a refused read's writer to be gone)
 /// learns of it at most this long after its node applied it: about one Raft round trip
 /// (5-20 ms here), a fifth of a [`TICK`].
@@ -623,6 +625,32 @@ impl GiveBack {
         self.writes.push((ext, epoch));
     }
 
+    /// What an `AcquireWrite` of a granule (over a read copy if `installed`) that nobody awaits
+    /// any more leaves held.
+    fn acquired(&mut self, ext: Extent, installed: bool, got: &Result<Grant, Refusal>) {
+        match got {
+            Ok(grant) => self.held_for_writing(ext, grant.lease.epoch),
+            Err(_) if installed => self.reads.push(ext),
+            Err(_) => {}
+        }
+    }
+
+    /// What a restart's settling ([`Coordinator::recover`]) that nobody awaits any more leaves
+    /// held: the read lease it registered first (a refused registration's unregistration is a
+    /// no-op), and the write lease it kept; a lost one gave both back already.
+    fn recovered(&mut self, ext: Extent, got: &Recovery) {
+        match got {
+            Recovery::Write(grant) => self.held_for_writing(ext, grant.lease.epoch),
+            Recovery::Read(_) | Recovery::Drop | Recovery::Failed(_) => self.reads.push(ext),
+            Recovery::Lost(_) => {}
+        }
+    }
+
+    fn append(&mut self, more: GiveBack) {
+        self.writes.extend(more.writes);
+        self.reads.extend(more.reads);
+    }
+
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.reads.is_empty()
     }
@@ -680,6 +708,7 @@ pub enum Done {
     ReadAhead(Vec<(ReadOne, ReadGot)>),
     Acquired {
         at: u64,
+        ext: Extent,
         installed: bool,
         got: Result<Grant, Refusal>,
     },
@@ -698,10 +727,10 @@ pub enum Done {
         got: Recovery,
     },
     /// New expiries of the renewed read leases (`None`: not renewed), what the write leases'
-    /// renewals found, and the view after them.
+    /// renewals (each of its epoch) found, and the view after them.
     Ticked {
-        read: Vec<(u64, Option<u64>)>,
-        write: Vec<(u64, Renewal)>,
+        read: Vec<(u64, Extent, Option<u64>)>,
+        write: Vec<(u64, Extent, u64, Renewal)>,
         view: View,
     },
 }
@@ -733,7 +762,23 @@ struct Coordinator {
 
 impl Coordinator {
     fn propose(&self, cmd: Command) -> Result<Outcome, String> {
-        self.member.write(cmd).map_err(|e| format!("cluster: {e}"))
+        self.propose_within(cmd, ADMIN_TIMEOUT)
+    }
+
+    fn propose_within(&self, cmd: Command, limit: Duration) -> Result<Outcome, String> {
+        self.member.write_within(cmd, limit).map_err(|e| format!("cluster: {e}"))
+    }
+
+    /// How long a renewal is waited for: the lease it asks for (stamped when proposed) is of
+    /// no use past its skew margin, so a later answer would only say it is gone. Without it,
+    /// a cluster that does not answer held a renewal for the cluster's 30 s timeout.
+    fn renewal_limit(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.saturating_sub(SKEW_MS)).min(ADMIN_TIMEOUT)
+    }
+
+    /// Proposes the renewals `cmds` as batches, each waited for at most [`Self::renewal_limit`].
+    fn renew_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, String>> {
+        self.propose_all_within(cmds, self.renewal_limit())
     }
 
     fn granule_index(&self, ext: &Extent) -> u64 {
@@ -743,12 +788,17 @@ impl Coordinator {
     /// Proposes `cmds` as batches (a Raft round trip each): each command's outcome, or the
     /// error that failed its batch.
     fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, String>> {
+        self.propose_all_within(cmds, ADMIN_TIMEOUT)
+    }
+
+    /// [`Self::propose_all`], each batch given up after `limit`.
+    fn propose_all_within(&self, cmds: Vec<Command>, limit: Duration) -> Vec<Result<Outcome, String>> {
         let mut outs = Vec::with_capacity(cmds.len());
         let mut cmds = cmds.into_iter().peekable();
         while cmds.peek().is_some() {
             let batch: Vec<Command> = cmds.by_ref().take(MAX_BATCH).collect();
             let n = batch.len();
-            match self.propose(Command::Batch(batch)) {
+            match self.propose_within(Command::Batch(batch), limit) {
                 Ok(Outcome::Batch(got)) if got.len() == n => outs.extend(got.into_iter().map(Ok)),
                 Ok(other) => outs.extend(std::iter::repeat_n(Err(format!("batch refused: {other:?}")), n)),
                 Err(e) => outs.extend(std::iter::repeat_n(Err(e), n)),
@@ -844,7 +894,10 @@ impl Coordinator {
             Job::ReadAhead(reads) => {
                 Done::ReadAhead(self.read_registered(reads.into_iter().map(|(g, e)| (g, Ok(e))).collect()))
             }
-            Job::Acquire { at, ext, installed } => Done::Acquired { at, installed, got: self.acquire(&ext) },
+            Job::Acquire { at, ext, installed } => {
+                let got = self.acquire(&ext);
+                Done::Acquired { at, ext, installed, got }
+            }
             Job::Fetch { at, ext, len } => Done::Fetched { at, got: self.read_home(&ext, len) },
             Job::Publish(batch) => Done::Published(self.publish(batch)),
             Job::GiveBack(back) => {
@@ -860,12 +913,12 @@ impl Coordinator {
                 // leases this client holds.
                 let mut cmds: Vec<Command> = renew_read.iter().map(|(_, ext)| self.register_cmd(ext)).collect();
                 cmds.extend(renew_write.iter().map(|(_, ext, _)| self.acquire_cmd(ext)));
-                let mut outs = self.propose_all(cmds).into_iter();
+                let mut outs = self.renew_all(cmds).into_iter();
                 let read = renew_read
                     .into_iter()
                     .zip(&mut outs)
-                    .map(|((at, _), out)| {
-                        (at, registered(out).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
+                    .map(|((at, ext), out)| {
+                        (at, ext, registered(out).ok().filter(|r| r.renewed).map(|r| r.lease.expires_at_ms))
                     })
                     .collect();
                 let mut strays = GiveBack::default();
@@ -875,9 +928,9 @@ impl Coordinator {
                     .map(|((at, ext, epoch), out)| {
                         let found = renewal(epoch, granted(out));
                         if let Renewal::Lapsed { stray: Some(stray) } = found {
-                            strays.writes.push((ext, stray));
+                            strays.writes.push((ext.clone(), stray));
                         }
-                        (at, found)
+                        (at, ext, epoch, found)
                     })
                     .collect();
                 self.give_back(strays);
@@ -895,22 +948,36 @@ impl Coordinator {
     /// `holo_sync` of a batch of granules: publish each (pages the program no longer holds
     /// keep their published bytes), keep a read lease of the copy, give the write lease back.
     /// Two Raft round trips for the batch (three when leases need renewing first).
+    ///
+    /// Renewals are bounded: each waits at most [`Self::renewal_limit`], and once one went
+    /// unanswered (the job's batch, or a granule's own right before its link) the job asks
+    /// for no more: they would only wait as long again, one granule after another. Its
+    /// granules publish while their leases are clear of the skew margin, and fail saying so
+    /// after.
     fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Extent, Result<u64, String>)> {
         // The jobs of a long sync run one after another: renew the leases past half their
         // life before publishing under them, or the last granules would find them lapsed.
         let due: Vec<usize> =
             (0..batch.len()).filter(|&i| renew_due(batch[i].lease.expires_at_ms, now_ms(), self.lease_ms)).collect();
-        let renewals = self.propose_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
+        let renewals = self.renew_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
+        let unanswered = AtomicBool::new(false);
         for (&i, out) in due.iter().zip(renewals) {
             let epoch = batch[i].lease.epoch;
-            batch[i].renewed(renewal(epoch, granted(out)));
+            let found = renewal(epoch, granted(out));
+            if found == Renewal::Unknown {
+                unanswered.store(true, Relaxed);
+            }
+            batch[i].renewed(found);
         }
         // Each publication waits on two fsyncs: overlap them, PUBLISH_THREADS at a time.
         let per_thread = batch.len().div_ceil(PUBLISH_THREADS).max(1);
         let written: Vec<Result<(), String>> = std::thread::scope(|s| {
             let parts: Vec<_> = batch
                 .chunks_mut(per_thread)
-                .map(|part| s.spawn(|| part.iter_mut().map(|p| self.publish_home(p)).collect::<Vec<_>>()))
+                .map(|part| {
+                    let unanswered = &unanswered;
+                    s.spawn(move || part.iter_mut().map(|p| self.publish_home(p, unanswered)).collect::<Vec<_>>())
+                })
                 .collect();
             parts.into_iter().flat_map(|t| t.join().expect("a publishing thread panicked")).collect()
         });
@@ -944,8 +1011,8 @@ impl Coordinator {
 
     /// Writes one granule of a `holo_sync` to the home, if its lease still allows: not once a
     /// renewal found it lapsed (it is not asked for again), nor within the skew margin of its
-    /// expiry.
-    fn publish_home(&self, p: &mut Publication) -> Result<(), String> {
+    /// expiry. `unanswered`: a renewal of its job got no answer (none is asked any more).
+    fn publish_home(&self, p: &mut Publication, unanswered: &AtomicBool) -> Result<(), String> {
         if let Some(why) = &p.lost {
             return Err(why.clone());
         }
@@ -958,9 +1025,13 @@ impl Coordinator {
         }
         // Right before linking: the job's other files and this read may have taken long (slow
         // fsyncs, a loaded machine).
-        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) {
-            let epoch = p.lease.epoch;
-            p.renewed(renewal(epoch, self.acquire(&p.ext)));
+        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) && !unanswered.load(Relaxed) {
+            let out = self.renew_all(vec![self.acquire_cmd(&p.ext)]).pop().expect("one outcome per command");
+            let found = renewal(p.lease.epoch, granted(out));
+            if found == Renewal::Unknown {
+                unanswered.store(true, Relaxed);
+            }
+            p.renewed(found);
             if let Some(why) = &p.lost {
                 return Err(why.clone());
             }
@@ -1026,6 +1097,13 @@ impl Coordinator {
             ext.region
         ))
     }
+}
+
+/// Whether the page at `addr` is in memory (a missing page of a region registered with the
+/// userfaultfd reads as an error through `/proc/PID/mem`, it does not fault).
+fn page_present(io: &Io, addr: u64) -> bool {
+    let mut probe = [0u8; 1];
+    io.mem.read_exact_at(&mut probe, addr).is_ok()
 }
 
 fn registered(out: Result<Outcome, String>) -> Result<holo_cluster::ownership::Registered, Refusal> {
@@ -1170,6 +1248,10 @@ pub struct Shared {
     /// fresh one of another process of this node attaching the name meanwhile (leases are
     /// the node's). They leave once no job is under way ([`Self::forget_detached`]).
     detached: Vec<String>,
+    /// Leases to give back, gathered while the pager handles what happened (agent replies,
+    /// results, unmaps): one job, one proposal, at the end of the step or before the next job
+    /// (which must not overtake it: a read registered after would be unregistered).
+    back: GiveBack,
 }
 
 impl Shared {
@@ -1201,6 +1283,7 @@ impl Shared {
             recovering: 0,
             changes: Vec::new(),
             detached: Vec::new(),
+            back: GiveBack::default(),
         })
     }
 
@@ -1251,7 +1334,7 @@ impl Shared {
                     }
                 }
                 self.regions[r].gs[k] = G::Busy;
-                self.worker.submit(Job::Recover { at, ext, len: len as usize, epoch, present });
+                self.submit(Job::Recover { at, ext, len: len as usize, epoch, present });
                 settling += 1;
             }
             self.recovering += settling;
@@ -1310,6 +1393,11 @@ impl Shared {
         self.waiting.is_some()
     }
 
+    /// Whether any region is attached (only then do lease moves concern this client).
+    pub fn attached(&self) -> bool {
+        !self.regions.is_empty()
+    }
+
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         self.regions.iter().any(|r| r.start < end && start < r.start + r.len)
     }
@@ -1347,7 +1435,7 @@ impl Shared {
                  under way (one per node in this version)"
             ));
         }
-        self.worker.submit(Job::Attach { name: name.clone(), size });
+        self.submit(Job::Attach { name: name.clone(), size });
         self.waiting = Some(Waiting::Attach { name, start, size });
         Ok(())
     }
@@ -1392,12 +1480,12 @@ impl Shared {
             self.regions[r].gs[k] = G::Busy;
             batch.push(Publication { at, ext, lease, bytes, present, lost: None, stray: None });
             if batch.len() == PUBLISH_BATCH {
-                self.worker.submit(Job::Publish(std::mem::take(&mut batch)));
+                self.submit(Job::Publish(std::mem::take(&mut batch)));
                 left += 1;
             }
         }
         if !batch.is_empty() {
-            self.worker.submit(Job::Publish(batch));
+            self.submit(Job::Publish(batch));
             left += 1;
         }
         if left == 0 {
@@ -1411,10 +1499,7 @@ impl Shared {
     pub fn serve(&mut self, addr: u64, write: bool, io: &Io) -> Served {
         let Some((r, k)) = self.locate(addr) else { return Served::Done };
         let (at, len, ext) = self.window(r, k);
-        let present = || {
-            let mut probe = [0u8; 1];
-            io.mem.read_exact_at(&mut probe, addr & !(PAGE - 1)).is_ok()
-        };
+        let present = || page_present(io, addr & !(PAGE - 1));
         let g = self.regions[r].gs[k].clone();
         let (next, job) = match g {
             G::Busy | G::Refill { .. } | G::Dropping | G::Granted { .. } | G::Blocked { .. } | G::Stale => {
@@ -1453,7 +1538,7 @@ impl Shared {
             G::Write { lease } => (G::Refill { lease }, Job::Fetch { at, ext, len: len as usize }),
         };
         self.regions[r].gs[k] = next;
-        self.worker.submit(job);
+        self.submit(job);
         Served::Defer
     }
 
@@ -1467,13 +1552,21 @@ impl Shared {
         reg.ahead.min(reg.gs.len() - k - 1)
     }
 
-    /// Installs the read copy `bytes` at granule `at`, under a read lease that expires then:
-    /// its new state.
-    fn install_read(&self, at: u64, bytes: &[u8], expires_at_ms: u64, io: &Io) -> G {
-        match self.install(at, bytes, true, io) {
-            Ok(()) => G::Read { expires_at_ms },
-            // The address space is changing: the fault asks again.
-            Err(_) => G::Absent,
+    /// Installs the read copy `bytes` of granule `k` of region `r`, under the read lease just
+    /// registered for it (expiring then). If the kernel will not take it (the address space
+    /// is changing: the fault asks again), the lease goes back: at once when none of the
+    /// granule's pages is here, else once its agent dropped them (pages installed before the
+    /// failure, or left of an earlier copy, must not stay without a lease).
+    fn install_read(&mut self, r: usize, k: usize, bytes: &[u8], expires_at_ms: u64, io: &Io) {
+        let (at, len, ext) = self.window(r, k);
+        if self.install(at, bytes, true, io).is_ok() {
+            self.regions[r].gs[k] = G::Read { expires_at_ms };
+        } else if (0..len / PAGE).any(|p| page_present(io, at + p * PAGE)) {
+            self.regions[r].gs[k] = G::Stale;
+            self.drop_copy(r, k, io);
+        } else {
+            self.regions[r].gs[k] = G::Absent;
+            self.back.reads.push(ext);
         }
     }
 
@@ -1528,7 +1621,7 @@ impl Shared {
                 self.drops_in_flight -= 1;
                 let (_, _, ext) = self.window(r, k);
                 self.regions[r].gs[k] = G::Absent;
-                self.worker.submit(Job::GiveBack(GiveBack::read(ext)));
+                self.back.reads.push(ext);
                 Kind::Done
             }
             (_, None) => Kind::Done,
@@ -1570,7 +1663,7 @@ impl Shared {
             }
         }
         let regions = self.regions.iter().map(|r| r.name.clone()).collect();
-        self.worker.submit(Job::Tick { regions, renew_read, renew_write });
+        self.submit(Job::Tick { regions, renew_read, renew_write });
         self.ticking = true;
     }
 
@@ -1584,6 +1677,7 @@ impl Shared {
             }
         }
         self.note_leases();
+        self.give_back_gathered();
         self.forget_detached();
         answer
     }
@@ -1613,58 +1707,54 @@ impl Shared {
                 Some(result)
             }
             Done::Read { faulted: (g, got), ahead } => {
-                let mut back = GiveBack::default();
-                match self.awaited(&g) {
-                    Some((r, k)) => {
-                        self.regions[r].gs[k] = match got {
-                            Ok((bytes, expires_at_ms)) => self.install_read(g.at, &bytes, expires_at_ms, io),
-                            Err(Refusal::Held) => {
-                                G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
-                            }
-                            Err(Refusal::Failed(e)) => {
-                                crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
-                                G::Failed
-                            }
-                        }
+                match (self.awaited(g.at, &g.ext), got) {
+                    (Some((r, k)), Ok((bytes, expires_at_ms))) => self.install_read(r, k, &bytes, expires_at_ms, io),
+                    (Some((r, k)), Err(Refusal::Held)) => {
+                        self.regions[r].gs[k] = G::Blocked { retry_at_ms: now_ms() + BLOCKED_RETRY.as_millis() as u64 }
                     }
-                    None if got.is_ok() => back.reads.push(g.ext),
-                    None => {}
+                    (Some((r, k)), Err(Refusal::Failed(e))) => {
+                        crate::log_limited!(error, "pid {}: shared granule {:#x}: {e}", io.pid, g.at);
+                        self.regions[r].gs[k] = G::Failed
+                    }
+                    (None, Ok(_)) => self.back.reads.push(g.ext),
+                    (None, Err(_)) => {}
                 }
                 // Its fault is served: now read those ahead. One whose registration was refused
                 // is left for its own fault to try (and report).
                 let mut read = Vec::new();
                 for (g, reg) in ahead {
-                    match (self.awaited(&g), reg) {
+                    match (self.awaited(g.at, &g.ext), reg) {
                         (Some(_), Ok(expires_at_ms)) => read.push((g, expires_at_ms)),
                         (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
-                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Ok(_)) => self.back.reads.push(g.ext),
                         (None, Err(_)) => {}
                     }
                 }
                 if !read.is_empty() {
-                    self.worker.submit(Job::ReadAhead(read));
+                    self.submit(Job::ReadAhead(read));
                 }
-                self.give_back(back);
                 None
             }
             Done::ReadAhead(got) => {
-                let mut back = GiveBack::default();
                 for (g, got) in got {
-                    match (self.awaited(&g), got) {
+                    match (self.awaited(g.at, &g.ext), got) {
                         (Some((r, k)), Ok((bytes, expires_at_ms))) => {
-                            self.regions[r].gs[k] = self.install_read(g.at, &bytes, expires_at_ms, io)
+                            self.install_read(r, k, &bytes, expires_at_ms, io)
                         }
                         // No fault waits for it: its own fault tries again (and reports).
                         (Some((r, k)), Err(_)) => self.regions[r].gs[k] = G::Absent,
-                        (None, Ok(_)) => back.reads.push(g.ext),
+                        (None, Ok(_)) => self.back.reads.push(g.ext),
                         (None, Err(_)) => {}
                     }
                 }
-                self.give_back(back);
                 None
             }
-            Done::Acquired { at, installed, got } => {
-                let (r, k) = self.locate(at)?;
+            Done::Acquired { at, ext, installed, got } => {
+                let Some((r, k)) = self.awaited(at, &ext) else {
+                    // Its region was unmapped meanwhile: no write comes under this lease.
+                    self.back.acquired(ext, installed, &got);
+                    return None;
+                };
                 self.regions[r].gs[k] = match got {
                     Ok(grant) => G::Granted { grant, installed },
                     // Its read copy (if any) stays until the view says otherwise.
@@ -1698,15 +1788,17 @@ impl Shared {
             }
             Done::Published(got) => {
                 let mut error = None;
-                for (at, _, got) in got {
-                    let Some((r, k)) = self.locate(at) else { continue };
-                    match got {
-                        Ok(expires_at_ms) => self.regions[r].gs[k] = G::Read { expires_at_ms },
-                        Err(e) => {
+                for (at, ext, got) in got {
+                    match (self.awaited(at, &ext), got) {
+                        (Some((r, k)), Ok(expires_at_ms)) => self.regions[r].gs[k] = G::Read { expires_at_ms },
+                        (Some((r, k)), Err(e)) => {
                             self.regions[r].gs[k] = G::Stale;
                             self.drop_copy(r, k, io);
                             error.get_or_insert(e);
                         }
+                        // Unmapped meanwhile: the read lease of a copy that is gone.
+                        (None, Ok(_)) => self.back.reads.push(ext),
+                        (None, Err(_)) => {}
                     }
                 }
                 let Some(Waiting::Sync { left, error: first }) = &mut self.waiting else { return None };
@@ -1721,10 +1813,11 @@ impl Shared {
                 Some(error.map_or(Ok(()), Err))
             }
             Done::Nothing => None,
-            Done::Recovered { at, present, got, .. } => {
+            Done::Recovered { at, ext, present, got } => {
                 self.recovering -= 1;
-                if let Some((r, k)) = self.locate(at) {
-                    self.recovered(r, k, present, got, io);
+                match self.awaited(at, &ext) {
+                    Some((r, k)) => self.recovered(r, k, present, got, io),
+                    None => self.back.recovered(ext, &got),
                 }
                 match self.waiting {
                     Some(Waiting::SyncAfterRecovery { addr }) if self.recovering == 0 => {
@@ -1742,18 +1835,36 @@ impl Shared {
         }
     }
 
-    /// Where the read of `g` is still awaited: its region is still attached there and the
-    /// granule still `Busy`. Else the region was unmapped meanwhile (or another attached at
-    /// its address), and what was read is not its to install.
-    fn awaited(&self, g: &ReadOne) -> Option<(usize, usize)> {
-        let (r, k) = self.locate(g.at)?;
-        (self.regions[r].name == g.ext.region && self.regions[r].gs[k] == G::Busy).then_some((r, k))
+    /// Granule `at` of the region `ext` names, if that region is still attached there. Else
+    /// it was unmapped while a job ran (maybe another is attached at its address now), and
+    /// what the job found is not that granule's.
+    fn located(&self, at: u64, ext: &Extent) -> Option<(usize, usize)> {
+        let (r, k) = self.locate(at)?;
+        (self.regions[r].name == ext.region).then_some((r, k))
     }
 
+    /// Where the result of a job for granule `at` of `ext` is still awaited: its region is
+    /// still attached there and the granule still `Busy`.
+    fn awaited(&self, at: u64, ext: &Extent) -> Option<(usize, usize)> {
+        self.located(at, ext).filter(|&(r, k)| self.regions[r].gs[k] == G::Busy)
+    }
+
+    /// Gathers `back` for [`Self::give_back_gathered`].
     fn give_back(&mut self, back: GiveBack) {
-        if !back.is_empty() {
-            self.worker.submit(Job::GiveBack(back));
+        self.back.append(back);
+    }
+
+    /// Submits the leases gathered to give back, as one job. The pager calls it once a step;
+    /// every other job is submitted after it.
+    pub fn give_back_gathered(&mut self) {
+        if !self.back.is_empty() {
+            self.worker.submit(Job::GiveBack(std::mem::take(&mut self.back)));
         }
+    }
+
+    fn submit(&mut self, job: Job) {
+        self.give_back_gathered();
+        self.worker.submit(job);
     }
 
     fn recovered(&mut self, r: usize, k: usize, present: bool, got: Recovery, io: &Io) {
@@ -1774,7 +1885,7 @@ impl Shared {
                 g
             }
             Recovery::Drop | Recovery::Lost(_) if !present => {
-                self.worker.submit(Job::GiveBack(GiveBack::read(ext)));
+                self.back.reads.push(ext);
                 G::Absent
             }
             Recovery::Drop => G::Stale,
@@ -1816,22 +1927,35 @@ impl Shared {
                 Err(e) => log::debug!("pid {}: cannot lift protection of {at:#x}: {e}", io.pid),
             }
         } else {
-            self.worker.submit(Job::Fetch { at, ext, len: len as usize });
+            self.submit(Job::Fetch { at, ext, len: len as usize });
             self.regions[r].gs[k] = G::Refill { lease: grant.lease };
         }
     }
 
-    fn ticked(&mut self, read: Vec<(u64, Option<u64>)>, write: Vec<(u64, Renewal)>, view: View, io: &Io) {
-        for (at, expiry) in read {
-            let Some((r, k)) = self.locate(at) else { continue };
+    /// A tick's renewals and view. A renewal applies only to the granule that asked for it,
+    /// still in the state it was renewed in (a read copy, or the write lease of that epoch);
+    /// one of a region unmapped since is given back with the region's leases (a give-back
+    /// runs after the tick that was under way), one of a granule that moved on is its new
+    /// state's.
+    fn ticked(
+        &mut self,
+        read: Vec<(u64, Extent, Option<u64>)>,
+        write: Vec<(u64, Extent, u64, Renewal)>,
+        view: View,
+        io: &Io,
+    ) {
+        for (at, ext, expiry) in read {
+            let Some((r, k)) = self.located(at, &ext) else { continue };
             // Not renewed: the verdict below drops the copy once its expiry nears.
             if let (G::Read { expires_at_ms }, Some(e)) = (&mut self.regions[r].gs[k], expiry) {
                 *expires_at_ms = e;
             }
         }
-        for (at, found) in write {
-            let Some((r, k)) = self.locate(at) else { continue };
+        for (at, ext, epoch, found) in write {
+            let Some((r, k)) = self.located(at, &ext) else { continue };
             match (&mut self.regions[r].gs[k], found) {
+                // Under another lease now: not the one renewed.
+                (G::Write { lease } | G::Granted { grant: Grant { lease, .. }, .. }, _) if lease.epoch != epoch => {}
                 (G::Write { lease } | G::Granted { grant: Grant { lease, .. }, .. }, Renewal::Renewed(e)) => {
                     lease.expires_at_ms = e
                 }
@@ -1860,7 +1984,7 @@ impl Shared {
                 match decide(&g, &ext, self.me, &view, now, self.lease_ms) {
                     Action::Drop => match g {
                         G::Granted { installed: false, grant } => {
-                            self.worker.submit(Job::GiveBack(GiveBack::write(ext, grant.lease.epoch)));
+                            self.back.writes.push((ext, grant.lease.epoch));
                             self.regions[r].gs[k] = G::Absent;
                         }
                         G::Write { lease } => {
@@ -1904,10 +2028,10 @@ impl Shared {
         self.forget_detached();
     }
 
-    /// Once no job is under way, the detached regions' leases are all given back (or left to
-    /// lapse): their names leave [`ATTACHED`].
+    /// Once no job is under way nor gathered, the detached regions' leases are all given back
+    /// (or left to lapse): their names leave [`ATTACHED`].
     fn forget_detached(&mut self) {
-        if self.worker.in_flight() == 0 {
+        if self.worker.in_flight() == 0 && self.back.is_empty() {
             let mut attached = ATTACHED.lock().unwrap();
             for name in self.detached.drain(..) {
                 attached.remove(&name);
@@ -1926,8 +2050,8 @@ impl Shared {
                 G::Write { lease } | G::Refill { lease } => back.held_for_writing(ext, lease.epoch),
                 G::Granted { grant, .. } => back.held_for_writing(ext, grant.lease.epoch),
                 G::Read { .. } | G::Dropping | G::Stale => back.reads.push(ext),
-                // A job under way may have taken a lease: `release_all` takes it back, an
-                // unmap lets it lapse at its expiry.
+                // A job under way may take a lease: it goes back with the job's result, which
+                // finds its region gone (`release_all` waits for it).
                 G::Busy | G::Absent | G::Blocked { .. } | G::Failed => {}
             }
         }
@@ -1937,16 +2061,15 @@ impl Shared {
     /// The client is gone: give every lease back and wait until that is done. All of them go
     /// in one job: `n` leases cost ceil(n / MAX_BATCH) Raft proposals (see [`GiveBack`]).
     pub fn release_all(&mut self) {
-        let mut back = GiveBack::default();
+        let mut back = std::mem::take(&mut self.back);
         for r in std::mem::take(&mut self.regions) {
             self.detach(r, &mut back);
         }
         // A lease granted by a job that was under way goes back too.
         while let Some(done) = self.worker.wait() {
             match done {
-                Done::Acquired { got: Ok(g), .. } | Done::Recovered { got: Recovery::Write(g), .. } => {
-                    back.held_for_writing(g.lease.extent, g.lease.epoch)
-                }
+                Done::Acquired { ext, installed, got, .. } => back.acquired(ext, installed, &got),
+                Done::Recovered { ext, got, .. } => back.recovered(ext, &got),
                 Done::Read { faulted, ahead } => {
                     let ahead = ahead.into_iter().map(|(g, reg)| (g, reg.is_ok()));
                     let faulted = std::iter::once((faulted.0, faulted.1.is_ok()));
@@ -1958,9 +2081,6 @@ impl Shared {
                 Done::Published(got) => {
                     back.reads.extend(got.into_iter().filter(|(_, _, got)| got.is_ok()).map(|(_, ext, _)| ext))
                 }
-                // Both registered a read lease (a refused registration's unregistration is a
-                // no-op).
-                Done::Recovered { ext, got: Recovery::Read(_) | Recovery::Drop, .. } => back.reads.push(ext),
                 _ => {}
             }
         }
@@ -2278,6 +2398,13 @@ mod tests {
     /// A one-node cluster on loopback, leaked as a daemon's member is (it lives as long as
     /// the process).
     fn one_node_cluster(label: &str) -> &'static Cluster {
+        let member = uninitialised_node(label);
+        member.init().unwrap();
+        member
+    }
+
+    /// A node that never joined a cluster: nothing it proposes is ever answered.
+    fn uninitialised_node(label: &str) -> &'static Cluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("holo-shared-raft-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -2292,9 +2419,7 @@ mod tests {
             log_refused: |m| eprintln!("{m}"),
         })
         .unwrap();
-        let member: &'static Cluster = Box::leak(Box::new(member));
-        member.init().unwrap();
-        member
+        Box::leak(Box::new(member))
     }
 
     /// Entries the member has applied: one per proposal.
@@ -2550,5 +2675,189 @@ mod tests {
         second.attach("q".into(), REGION_AT, GRANULE, false).unwrap();
         ATTACHED.lock().unwrap().remove("q");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The client's regions, after its jobs: granule states by region.
+    fn states(shared: &Shared) -> Vec<Vec<G>> {
+        shared.regions.iter().map(|r| r.gs.clone()).collect()
+    }
+
+    fn register_now(member: &Cluster, ext: &Extent) -> u64 {
+        let reg = Command::RegisterReader { node: 1, extent: ext.clone(), now_ms: now_ms(), duration_ms: 10_000 };
+        registered(member.write(reg).map_err(|e| e.to_string())).unwrap().lease.expires_at_ms
+    }
+
+    fn acquire_now(member: &Cluster, ext: &Extent) -> Grant {
+        let acq = Command::AcquireWrite { node: 1, extent: ext.clone(), now_ms: now_ms(), duration_ms: 10_000 };
+        granted(member.write(acq).map_err(|e| e.to_string())).unwrap()
+    }
+
+    /// A write fault's lease, a sync's publication, a restart's settling and a tick's renewal
+    /// are under way when their region is unmapped and another is attached at its address:
+    /// none of them lands on the new region's granules, and every lease they took goes back.
+    #[test]
+    fn results_that_come_back_after_an_unmap_leave_the_new_region_alone_and_give_their_leases_back() {
+        let (mut shared, dir) = busy_client("late-results", 4);
+        let member = shared.member;
+        let at = |k: u64| REGION_AT + k * GRANULE;
+        // Granule 0: a write fault over a read copy.
+        register_now(member, &granule_ext(0));
+        shared.worker.submit(Job::Acquire { at: at(0), ext: granule_ext(0), installed: true });
+        // Granule 1: a sync.
+        let lease = acquire_now(member, &granule_ext(1)).lease;
+        let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
+        let p = Publication { at: at(1), ext: granule_ext(1), lease, bytes, present, lost: None, stray: None };
+        shared.worker.submit(Job::Publish(vec![p]));
+        // Granule 2: a restart's settling of a copy in memory.
+        shared.recovering = 1;
+        let ext = granule_ext(2);
+        shared.worker.submit(Job::Recover { at: at(2), ext, len: GRANULE as usize, epoch: None, present: true });
+        // Granule 3: a read copy the tick renews.
+        register_now(member, &granule_ext(3));
+        shared.regions[0].gs[3] = G::Read { expires_at_ms: now_ms() + 4_000 };
+        let renew_read = vec![(at(3), granule_ext(3))];
+        shared.worker.submit(Job::Tick { regions: vec!["r".into()], renew_read, renew_write: Vec::new() });
+        shared.ticking = true;
+        shared.on_unmap(REGION_AT, at(4), 0);
+        // In states that only their own jobs change; the read copy is fresh (kept by a tick).
+        let fresh = G::Read { expires_at_ms: now_ms() + 10_000 };
+        let gs = vec![G::Failed, G::Failed, G::Failed, fresh];
+        let (journaled, lost, start, len) = (vec![0; 4], Vec::new(), REGION_AT, 4 * GRANULE);
+        shared.regions.push(Region {
+            name: "s".into(),
+            start,
+            len,
+            gs: gs.clone(),
+            journaled,
+            lost,
+            next_read: 0,
+            ahead: 0,
+        });
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
+        settle(&mut shared, &Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 });
+        assert_eq!(states(&shared), vec![gs], "the old jobs' results left the new region alone");
+        let state = member.state();
+        assert!(state.leases.is_empty(), "write leases left: {:?}", state.leases);
+        assert!(state.readers.is_empty(), "read leases left: {:?}", state.readers);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A read copy that the kernel would not take (here: nothing is registered with the
+    /// userfaultfd) gives its read lease back: at once when none of its pages is in memory,
+    /// else once its agent dropped them.
+    #[test]
+    fn a_read_copy_the_kernel_will_not_take_gives_its_lease_back() {
+        let (mut shared, dir) = busy_client("install", 1);
+        let read = |shared: &mut Shared| {
+            let one = ReadOne { at: REGION_AT, ext: granule_ext(0), len: GRANULE as usize };
+            shared.regions[0].gs[0] = G::Busy;
+            shared.worker.submit(Job::Read(vec![one]));
+        };
+        let uffd = bare_uffd();
+        // None of its pages reads from /dev/null: none is in memory.
+        let mem = File::open("/dev/null").unwrap();
+        read(&mut shared);
+        settle(&mut shared, &Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 });
+        assert_eq!(states(&shared), vec![vec![G::Absent]]);
+        let readers = shared.member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
+        // Every page reads from a file that long: some are in memory (an earlier copy's).
+        let file = dir.with_extension("mem");
+        let mem = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&file).unwrap();
+        mem.set_len(REGION_AT + GRANULE).unwrap();
+        let (agent, peer) = UnixStream::pair().unwrap();
+        let io = Io { uffd: &uffd, mem: &mem, agent: Some(&agent), pid: 0 };
+        read(&mut shared);
+        settle(&mut shared, &io);
+        assert_eq!(states(&shared), vec![vec![G::Dropping]], "its pages are dropped first");
+        assert_eq!(shared.member.state().readers.len(), 1, "the lease stays while its pages do");
+        let zap = proto::recv(peer.as_raw_fd(), false).unwrap();
+        assert!(matches!(zap, proto::Recv::Frame(f, _) if f.kind == Kind::Zap && f.a == ZAP_BIT | REGION_AT));
+        assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, ZAP_BIT | REGION_AT, 0, 0)), Kind::Done);
+        shared.give_back_gathered();
+        settle(&mut shared, &io);
+        assert_eq!(states(&shared), vec![vec![G::Absent]]);
+        let readers = shared.member.state().readers;
+        assert!(readers.is_empty(), "read leases left: {readers:?}");
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The leases that one step of the pager gives back (copies its agent dropped, grants
+    /// that expired before their readers were gone, copies a restart could not keep) go back
+    /// in one proposal.
+    #[test]
+    fn leases_given_back_in_one_step_go_back_in_one_proposal() {
+        let m = 4;
+        let (mut shared, dir) = busy_client("one-step", 3 * m);
+        let member = shared.member;
+        let at = |k: u64| REGION_AT + k * GRANULE;
+        for k in 0..m {
+            register_now(member, &granule_ext(k));
+            shared.regions[0].gs[k as usize] = G::Dropping;
+            shared.drops_in_flight += 1;
+            // Its lease expired here before the readers it named were gone.
+            let mut grant = acquire_now(member, &granule_ext(m + k));
+            grant.lease.expires_at_ms = now_ms();
+            shared.regions[0].gs[(m + k) as usize] = G::Granted { grant, installed: false };
+            register_now(member, &granule_ext(2 * m + k));
+        }
+        let (uffd, mem) = (bare_uffd(), File::open("/dev/null").unwrap());
+        let io = Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 };
+        let before = applied(member);
+        for k in 0..m {
+            assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, ZAP_BIT | at(k), 0, 0)), Kind::Done);
+        }
+        shared.ticked(Vec::new(), Vec::new(), View::default(), &io);
+        for k in 2 * m..3 * m {
+            shared.recovered(0, k as usize, false, Recovery::Drop, &io);
+        }
+        shared.give_back_gathered();
+        settle(&mut shared, &io);
+        assert_eq!(applied(member) - before, 1, "{} leases", 3 * m);
+        assert_eq!(states(&shared), vec![vec![G::Absent; 3 * m as usize]]);
+        let state = member.state();
+        assert!(state.leases.is_empty() && state.readers.is_empty(), "{:?} {:?}", state.leases, state.readers);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A sync's renewal that gets no answer (here: refused, the region is unknown) is not
+    /// asked again granule by granule: each would wait as long again. The granules publish
+    /// while their leases allow: two proposals (the renewal, then registrations and releases).
+    #[test]
+    fn a_sync_whose_renewal_got_no_answer_asks_for_no_more() {
+        let c = coordinator("unanswered", 1);
+        let n = 16;
+        let batch = (0..n)
+            .map(|k| {
+                let ext = Extent { region: "x".into(), ..granule_ext(k) };
+                // Past half its life, clear of the skew margin.
+                let lease = Lease { extent: ext.clone(), holder: 1, epoch: 1, expires_at_ms: now_ms() + 2_000 };
+                let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
+                Publication { at: REGION_AT + k * GRANULE, ext, lease, bytes, present, lost: None, stray: None }
+            })
+            .collect();
+        let before = applied(c.member);
+        let got = c.publish(batch);
+        assert_eq!(applied(c.member) - before, 2, "{n} granules");
+        assert_eq!(got.len(), n as usize);
+        let mut out = vec![0; GRANULE as usize];
+        for k in 0..n {
+            assert_eq!(c.home.read("x", k, &mut out).unwrap(), 1, "granule {k} published under its lease");
+        }
+        let _ = std::fs::remove_dir_all(&c.home.dir);
+    }
+
+    /// A renewal is waited for only as long as the lease it asks for could be used, not the
+    /// cluster's whole timeout.
+    #[test]
+    fn a_renewal_is_waited_for_only_as_long_as_its_lease_could_be_used() {
+        let member = uninitialised_node("no-answer");
+        let c = Coordinator { member, me: 1, home: home("no-answer"), granule: GRANULE, lease_ms: 1_000 };
+        assert_eq!(c.renewal_limit(), Duration::from_millis(1_000 - SKEW_MS));
+        match &c.renew_all(vec![c.acquire_cmd(&granule_ext(0))])[..] {
+            [Err(e)] => assert!(e.contains("no answer within 500ms"), "{e}"),
+            other => panic!("a cluster that does not answer: {other:?}"),
+        }
     }
 }

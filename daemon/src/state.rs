@@ -113,6 +113,9 @@ pub struct ClientInfo {
     pub regions: Mutex<Vec<RegionSummary>>,
     /// Its placement policy's sizes, refreshed with `regions`.
     pub placement: Mutex<PlacementSummary>,
+    /// It has shared regions attached, refreshed by the pager every loop turn: only such
+    /// clients are poked when the cluster's leases move ([`Daemon::leases_moved`]).
+    pub has_shared: AtomicBool,
 }
 
 /// What `holoctl tiers` shows of a client's ARC, in granules.
@@ -190,6 +193,7 @@ impl ClientInfo {
             fault_held: AtomicBool::new(false),
             regions: Mutex::new(Vec::new()),
             placement: Mutex::default(),
+            has_shared: AtomicBool::new(false),
         })
     }
 
@@ -312,6 +316,13 @@ impl Daemon {
 
     pub fn remove_client(&self, token: u64) {
         self.clients.lock().unwrap().retain(|c| c.token != token);
+    }
+
+    /// Applied cluster entries moved leases: the pagers with shared regions attached read
+    /// the view soon (a fault of theirs may wait on it). The others are left asleep, so that
+    /// a busy cluster does not wake every pager thread.
+    pub fn leases_moved(&self) {
+        self.clients.lock().unwrap().iter().filter(|c| c.has_shared.load(Relaxed)).for_each(|c| c.poke());
     }
 
     /// Account `delta` resident pages of `who`, then rebalance.
@@ -463,6 +474,28 @@ mod tests {
         // The budget shrank under pressure below the pool: the pool is charged half at most.
         pool.store(12 << 20, Relaxed);
         assert_eq!(d.resident_limit_pages(), limit / 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a client's wake eventfd holds (0: not poked), emptying it.
+    fn pokes(c: &ClientInfo) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes from a non-blocking eventfd we own; an empty one fails
+        // (EAGAIN) and leaves `v` at 0.
+        unsafe { libc::read(c.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        v
+    }
+
+    #[test]
+    fn lease_moves_poke_only_clients_with_shared_regions() {
+        let dir = std::env::temp_dir().join(format!("holo-state-pokes-{}", std::process::id()));
+        let d = test_daemon(&dir);
+        let (plain, sharing) =
+            (Arc::new(ClientInfo::new(1, 1, 0).unwrap()), Arc::new(ClientInfo::new(2, 2, 0).unwrap()));
+        sharing.has_shared.store(true, Relaxed);
+        d.clients.lock().unwrap().extend([plain.clone(), sharing.clone()]);
+        d.leases_moved();
+        assert_eq!((pokes(&plain), pokes(&sharing)), (0, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
