@@ -377,6 +377,30 @@ impl Entry {
         !self.live
     }
 
+    /// `pages` of its references are a clean DRAM copy's from now on ([`Store::keep_clean`]).
+    pub fn keep_clean(&mut self, id: SlotId, pages: u32) {
+        assert!(self.stored() && self.clean + pages <= self.refs, "clean copy of slot {id} beyond its references");
+        self.clean += pages;
+    }
+
+    /// A clean copy's `pages` references become its eviction's, if the slot still holds the
+    /// bytes: `false` if it was reclaimed ([`Store::claim_clean`]).
+    pub fn claim_clean(&mut self, id: SlotId, pages: u32) -> bool {
+        assert!(self.live && self.clean >= pages, "claim of clean references slot {id} has not");
+        if self.reclaimed {
+            return false;
+        }
+        self.clean -= pages;
+        true
+    }
+
+    /// A clean copy lets go of one reference; as [`Self::release`].
+    pub fn release_clean(&mut self, id: SlotId) -> bool {
+        assert!(self.clean > 0, "release of a clean reference slot {id} has not");
+        self.clean -= 1;
+        self.release(id)
+    }
+
     /// A full tier may take its slot back: every reference is a clean copy's and no move of
     /// it is under way (a move reads the slot).
     pub fn reclaimable(&self) -> bool {
@@ -1208,9 +1232,7 @@ impl Store {
     /// filled from it write-protected, which keep it so that their eviction costs no write.
     pub fn keep_clean(&self, slot: SlotId, pages: u32) {
         let mut m = self.map.lock().unwrap();
-        let e = &mut m.entries[slot as usize];
-        assert!(e.stored() && e.clean + pages <= e.refs, "clean copy of slot {slot} beyond its references");
-        e.clean += pages;
+        m.entries[slot as usize].keep_clean(slot, pages);
         m.settle(slot);
     }
 
@@ -1219,14 +1241,9 @@ impl Store {
     /// must be written like a dirty one (and let go of `slot` with [`Self::release_clean`]).
     pub fn claim_clean(&self, slot: SlotId, pages: u32) -> bool {
         let mut m = self.map.lock().unwrap();
-        let e = &mut m.entries[slot as usize];
-        assert!(e.live && e.clean >= pages, "claim of clean references slot {slot} has not");
-        if e.reclaimed {
-            return false;
-        }
-        e.clean -= pages;
+        let claimed = m.entries[slot as usize].claim_clean(slot, pages);
         m.settle(slot);
-        true
+        claimed
     }
 
     /// One page less refers to each of `slots`; slots nothing refers to any more are freed.
@@ -1250,11 +1267,7 @@ impl Store {
             for &id in slots {
                 let Map { entries, free_ids, arcs, .. } = &mut *m;
                 let e = &mut entries[id as usize];
-                if clean {
-                    assert!(e.clean > 0, "release of a clean reference slot {id} has not");
-                    e.clean -= 1;
-                }
-                let last = e.release(id);
+                let last = if clean { e.release_clean(id) } else { e.release(id) };
                 // A reclaimed slot's pages were taken off its tier with its bytes.
                 if !e.reclaimed {
                     self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
