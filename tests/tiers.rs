@@ -1,7 +1,7 @@
 //! The tiers below DRAM end to end: a working set that spans DRAM, NVMe and FS and reads
 //! back intact; granules corrupted on disk behind the daemon's back are reported, never
-//! served; full tiers overflow, and with every tier full the program still keeps its data;
-//! compressible pages go through the compressed DRAM tier and the rest past it.
+//! served; full tiers overflow (after taking back copies of resident granules), and with
+//! every tier full the program still keeps its data; compressible pages go through the compressed DRAM tier and the rest past it.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -172,6 +172,53 @@ fn with_every_tier_full_the_budget_gives_way_not_the_data() {
         daemon.log().contains("cannot evict, the budget cannot be held") && daemon.log().contains("nvme tier is full"),
         "the daemon should say why it cannot hold the budget",
     );
+}
+
+/// Pages read back from NVMe keep their slots while resident and clean (their eviction
+/// costs no write), so a full NVMe tier holds copies of resident granules: it takes those
+/// back for new evictions rather than sending them on to FS, and the granules whose copies
+/// went are written again when they leave DRAM.
+#[test]
+fn a_full_nvme_tier_reclaims_copies_of_resident_granules_before_it_overflows() {
+    let _heavy = heavy();
+    let (fs_dir, config_dir) = (TempDir::new("fs-tier"), TempDir::new("config"));
+    // The migrator all but stopped (a granule a second): room in NVMe comes from reclaim alone.
+    let config = config_dir.path().join("holo.toml");
+    fs::write(&config, "migration_rate = \"64K\"\n").unwrap();
+    let fs_arg = fs_dir.path().to_str().unwrap();
+    let daemon = Daemon::start(
+        "16M",
+        "64K",
+        &["--nvme-capacity", "16M", "--fs-dir", fs_arg, "--config", config.to_str().unwrap()],
+    );
+    // 32 MiB through 16 MiB of DRAM: the first half fills NVMe.
+    let mut held = Spawned::spawn(shimmed_command(&daemon, &c_program("hot_reread"), &["32M", "0"], &[]), true);
+    held.wait_for_line("ready", PROGRAM_TIMEOUT, &daemon);
+    let before = daemon.holoctl_json(&["tiers"]);
+    // Read the first half back: it stays resident and clean, its NVMe slots copies of it, and
+    // the second half (written, never read back) is evicted, into a full NVMe tier.
+    held.send_line("scan 0 16M");
+    held.wait_for_line("scan ok", PROGRAM_TIMEOUT, &daemon);
+    let scanned = daemon.holoctl_json(&["tiers"]);
+    let grew = |name: &str, field: &str| tier_u64(&scanned, name, field) - tier_u64(&before, name, field);
+    let summary = format!("before the scan {before}\nafter it {scanned}");
+    println!("{summary}");
+    assert!(grew("nvme", "reclaimed") > 0, "nvme should have reclaimed copies\n{}", daemon.report());
+    // Without reclaim NVMe has no room for any of them: all would overflow to FS.
+    assert!(
+        grew("nvme", "evictions") > 0 && grew("fs", "evictions") < grew("nvme", "evictions"),
+        "most of what the scan evicted should have found room in nvme\n{}",
+        daemon.report()
+    );
+    // New data pushes the first half out of DRAM: the granules whose copies went are written
+    // again, and everything reads back.
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["16M", "1"], &[]);
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "fill_verify: verified");
+    held.send_line("check");
+    let out = held.finish(PROGRAM_TIMEOUT);
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+    let after = daemon.holoctl_json(&["tiers"]);
+    out.check(&daemon, after["failed_faults"].as_u64() == Some(0), &format!("no fault may fail: {after}"));
 }
 
 /// A daemon with 8 MiB of DRAM, 16 MiB of NVMe and an FS tier, promoting granules read back

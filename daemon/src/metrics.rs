@@ -186,6 +186,12 @@ pub const METRICS: &[Desc] = &[
         &["tier"],
         "Granules sent to the next tier because this one was full.",
     ),
+    m(
+        "holo_tier_reclaimed_copies_total",
+        Counter,
+        &["tier"],
+        "Slots the full tier took back from clean copies of granules resident in DRAM, to make room.",
+    ),
     m("holo_tier_demoted_pages_total", Counter, &["tier"], "Pages moved (demoted) out of the tier to the next."),
     m("holo_tier_read_errors_total", Counter, &["tier"], "Reads that failed: I/O errors and checksum mismatches."),
     m("holo_tier_promoted_pages_total", Counter, &["tier"], "Pages moved (promoted) up into the tier from the next."),
@@ -531,11 +537,12 @@ pub fn render(d: &Daemon) -> String {
         w.sample(&[name], f(l.counters.refaults.load(Relaxed)));
     }
     type Pick = fn(&crate::store::TierCounters) -> &AtomicU64;
-    let per_lower: [(&str, Pick); 8] = [
+    let per_lower: [(&str, Pick); 9] = [
         ("holo_tier_fault_reads_total", |c| &c.faults),
         ("holo_tier_partial_reads_total", |c| &c.partial_reads),
         ("holo_tier_merged_pages_total", |c| &c.merged_pages),
         ("holo_tier_overflowed_granules_total", |c| &c.overflows),
+        ("holo_tier_reclaimed_copies_total", |c| &c.reclaimed),
         ("holo_tier_demoted_pages_total", |c| &c.demotions),
         ("holo_tier_read_errors_total", |c| &c.read_errors.count),
         ("holo_tier_promoted_pages_total", |c| &c.promotions),

@@ -198,9 +198,10 @@ pub struct Pager {
     /// Clean windows, by start: every resident page of the window was filled
     /// write-protected from page k of one slot (k its index in the window) and not written
     /// since, so that slot still holds their bytes and keeps one reference for each (the
-    /// count). Evicting one costs no capture and no write; their first write (a WP fault), a
-    /// fill that is not clean, or any change of the address space over them, forgets them
-    /// and drops the references.
+    /// count; the store knows them as clean references). Evicting one costs no capture and
+    /// no write, unless a full tier reclaimed the slot meanwhile (the store says so when the
+    /// eviction claims it); their first write (a WP fault), a fill that is not clean, or any
+    /// change of the address space over them, forgets them and drops the references.
     clean: BTreeMap<u64, (SlotId, u32)>,
     /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
@@ -927,6 +928,7 @@ impl Pager {
         let e = self.clean.entry(start).or_insert((slot, 0));
         debug_assert_eq!(e.0, slot, "a clean window's pages come from one slot");
         e.1 += filled as u32;
+        self.d.store.keep_clean(slot, filled as u32);
     }
 
     /// Fetch the granules `ahead` of `w` that are wholly in the tiers. Those staged already
@@ -1253,7 +1255,7 @@ impl Pager {
             let (slot, pages) = self.clean[&s];
             if s + self.granule > start {
                 self.clean.remove(&s);
-                self.d.store.release(&vec![slot; pages as usize]);
+                self.d.store.release_clean(slot, pages);
             }
         }
     }
@@ -1574,9 +1576,10 @@ impl Pager {
             .map(|(k, _)| w.start + k as u64 * PAGE)
             .collect();
         if let Some(&(slot, held)) = self.clean.get(&w.start) {
-            if held as usize == resident.len() {
-                // Each resident page is write-protected since it was filled from its index in
-                // `slot`: the slot holds its bytes. Its other pages are untouched or spilled.
+            // Each resident page is write-protected since it was filled from its index in
+            // `slot`, which holds its bytes unless a full tier reclaimed them. Its other pages
+            // are untouched or spilled. Reclaimed: written like a dirty window.
+            if held as usize == resident.len() && self.d.store.claim_clean(slot, held) {
                 self.clean.remove(&w.start);
                 let n = resident.len();
                 let id = self.register_eviction(w, slot, resident, true, proactive, Vec::new());

@@ -456,6 +456,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
             "partial_reads": c.partial_reads.load(Relaxed),
             "merged_pages": c.merged_pages.load(Relaxed),
             "overflows": c.overflows.load(Relaxed),
+            "reclaimed": c.reclaimed.load(Relaxed),
             "read_errors": c.read_errors.count.load(Relaxed),
             "demotions": c.demotions.load(Relaxed),
             "promotions": c.promotions.load(Relaxed),

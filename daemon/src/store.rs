@@ -24,6 +24,11 @@
 //! thrown away. A move never rewrites a granule's content: the version stays, so copies
 //! that pagers staged, and clean DRAM copies that still own the slot, stay valid.
 //!
+//! **Clean copies.** A granule read back into DRAM and not written since keeps its slot, so
+//! that its eviction costs no write (`pager.rs`); the store counts those references apart
+//! ([`Entry::clean`]). A slot that only they refer to is a copy of resident bytes, which a
+//! full tier takes back before it overflows ([`Store::reclaim_clean_copies`]).
+//!
 //! **Restart.** Every change of the map is also written to `STATE_DIR/store.map` (one
 //! [`MAP_RECORD_BYTES`] record per slot id) right after the bytes it names are in their
 //! tier, and the tiers keep their slots across a restart, so a daemon restarted after a crash
@@ -159,6 +164,9 @@ pub struct TierCounters {
     pub refaults: AtomicU64,
     /// Granules that went to a lower tier because this one was full.
     pub overflows: AtomicU64,
+    /// Slots given up to make room while the tier was full: copies of granules resident in
+    /// DRAM, kept only so that their eviction costs no write ([`Store::reclaim_clean_copies`]).
+    pub reclaimed: AtomicU64,
     /// Fault reads of less than a whole slot (a fault with no trend reads its page alone).
     pub partial_reads: AtomicU64,
     /// Pages read out of the tier by evictions that merged them into a new slot with the
@@ -212,6 +220,30 @@ struct Map {
     /// Per level that has one below it: ARC over the ids of the granules it holds.
     arcs: Vec<ArcPolicy>,
     queue: MigrationQueue,
+    /// Per level: the ids whose every reference is a clean DRAM copy's
+    /// ([`Entry::only_clean_copies`]), which a full tier may reclaim. Kept by [`Map::settle`].
+    clean_only: Vec<std::collections::BTreeSet<SlotId>>,
+}
+
+/// What one [`Store::put_batch`] carries from tier to tier: the granules, their results so
+/// far, and the compressing tier (if any) that refused each.
+struct Put<'a, 'b> {
+    data: &'a [&'b [u8]],
+    out: &'a mut [Option<Result<SlotId, TierError>>],
+    refused_by: &'a mut [Option<u8>],
+}
+
+impl Map {
+    /// Entry `id` changed: list it as reclaimable, or not, at its level.
+    fn settle(&mut self, id: SlotId) {
+        let e = &self.entries[id as usize];
+        let set = &mut self.clean_only[e.level as usize];
+        if e.only_clean_copies() {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
+    }
 }
 
 /// [`Store::drain_volatile`] gives up after this long without moving a granule (the durable
@@ -240,6 +272,13 @@ pub struct Entry {
     /// The level of a compressing tier that refused its bytes (they would not shrink): it is
     /// never promoted into that tier, which would only refuse it again. Not recorded.
     pub refused_by: Option<u8>,
+    /// Of `refs`, those that clean DRAM copies hold: pages read back from the slot, resident
+    /// and unmodified since, whose eviction reuses the slot instead of writing. Not recorded
+    /// (a restarted daemon starts with no clean copies).
+    pub clean: u32,
+    /// A full tier took its bytes back ([`Store::reclaim_clean_copies`]): the entry lives on,
+    /// with no slot, only until the clean copies that refer to it let go.
+    pub reclaimed: bool,
 }
 
 /// What [`Entry::ask`] did.
@@ -264,24 +303,45 @@ pub enum Switched {
 }
 
 impl Entry {
-    pub const FREE: Entry =
-        Entry { refs: 0, level: 0, at: 0, live: false, version: 0, heat: Heat::ZERO, queued: false, refused_by: None };
+    pub const FREE: Entry = Entry { live: false, ..Entry::new(0, 0, 0) };
 
     /// A granule just written into slot `at` of `level`, no page referring to it yet.
-    pub fn new(level: u8, at: SlotId, version: u64) -> Entry {
-        Entry { refs: 0, level, at, live: true, version, heat: Heat::ZERO, queued: false, refused_by: None }
+    pub const fn new(level: u8, at: SlotId, version: u64) -> Entry {
+        Entry {
+            refs: 0,
+            level,
+            at,
+            live: true,
+            version,
+            heat: Heat::ZERO,
+            queued: false,
+            refused_by: None,
+            clean: 0,
+            reclaimed: false,
+        }
+    }
+
+    /// Its bytes are in its tier: live, and not reclaimed.
+    pub fn stored(&self) -> bool {
+        self.live && !self.reclaimed
+    }
+
+    /// Every page that refers to it is resident and clean: its bytes are only a copy of
+    /// DRAM's, which a full tier may take back (no move of it being under way).
+    pub fn only_clean_copies(&self) -> bool {
+        self.stored() && self.refs > 0 && self.refs == self.clean
     }
 
     /// Still the granule `mv` was asked for, where it was asked from.
     pub fn holds(&self, mv: &Move) -> bool {
-        self.live && self.version == mv.version && self.level == mv.level
+        self.stored() && self.version == mv.version && self.level == mv.level
     }
 
     /// Queue a move of this entry (slot id `id`) one level `dir`: only a live granule that
     /// pages refer to, with no move of it queued or in flight. Whether its heat calls for the
     /// move is the caller's ([`migration::should_promote`], [`migration::may_demote`]).
     pub fn ask(&mut self, id: SlotId, dir: Direction, queue: &mut MigrationQueue) -> Asked {
-        if !(self.live && self.refs > 0) || self.queued {
+        if !(self.stored() && self.refs > 0) || self.queued {
             return Asked::No;
         }
         if !queue.push(Move { dir, id, version: self.version, level: self.level }) {
@@ -309,7 +369,7 @@ impl Entry {
     }
 
     /// One page less refers to it; `true` if that was the last: the entry is free (the
-    /// caller records it, then frees its tier slot).
+    /// caller records it, then frees its tier slot unless it was reclaimed).
     pub fn release(&mut self, id: SlotId) -> bool {
         assert!(self.live && self.refs > 0, "release of free slot {id}");
         self.refs -= 1;
@@ -317,9 +377,46 @@ impl Entry {
         !self.live
     }
 
+    /// `pages` of its references are a clean DRAM copy's from now on ([`Store::keep_clean`]).
+    pub fn keep_clean(&mut self, id: SlotId, pages: u32) {
+        assert!(self.stored() && self.clean + pages <= self.refs, "clean copy of slot {id} beyond its references");
+        self.clean += pages;
+    }
+
+    /// A clean copy's `pages` references become its eviction's, if the slot still holds the
+    /// bytes: `false` if it was reclaimed ([`Store::claim_clean`]).
+    pub fn claim_clean(&mut self, id: SlotId, pages: u32) -> bool {
+        assert!(self.live && self.clean >= pages, "claim of clean references slot {id} has not");
+        if self.reclaimed {
+            return false;
+        }
+        self.clean -= pages;
+        true
+    }
+
+    /// A clean copy lets go of one reference; as [`Self::release`].
+    pub fn release_clean(&mut self, id: SlotId) -> bool {
+        assert!(self.clean > 0, "release of a clean reference slot {id} has not");
+        self.clean -= 1;
+        self.release(id)
+    }
+
+    /// A full tier may take its slot back: every reference is a clean copy's and no move of
+    /// it is under way (a move reads the slot).
+    pub fn reclaimable(&self) -> bool {
+        self.only_clean_copies() && !self.queued
+    }
+
+    /// A full tier takes its slot back: the caller records it as free and frees the slot.
+    pub fn reclaim(&mut self, id: SlotId) {
+        assert!(self.reclaimable(), "reclaim of slot {id}, which holds more than clean copies");
+        self.reclaimed = true;
+    }
+
+    /// The record of it; one reclaimed is free: a restarted daemon has no clean copies.
     pub fn encode(&self) -> [u8; MAP_RECORD_BYTES] {
         let mut r = [0u8; MAP_RECORD_BYTES];
-        if self.live {
+        if self.stored() {
             r[0] = 1;
             r[1] = self.level;
             r[4..8].copy_from_slice(&self.at.to_le_bytes());
@@ -552,6 +649,7 @@ impl Store {
             next_version: 0,
             arcs,
             queue: MigrationQueue::new(config.max_in_flight, config.max_queued),
+            clean_only: vec![Default::default(); levels.len()],
         };
         Store {
             levels,
@@ -590,61 +688,115 @@ impl Store {
     }
 
     /// `put` for several granules at once: each tier gets the ones it has room for as one
-    /// batch. One result per granule, in order.
+    /// batch. A tier out of room first reclaims copies of granules resident in DRAM
+    /// ([`Self::reclaim_clean_copies`]), as many as the granules it refused, and takes them
+    /// again; what it still refuses goes to the next. One result per granule, in order.
     pub fn put_batch(&self, data: &[&[u8]]) -> Vec<Result<SlotId, TierError>> {
         let mut out: Vec<Option<Result<SlotId, TierError>>> = data.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..data.len()).collect();
         let mut refused_by: Vec<Option<u8>> = vec![None; data.len()];
         let _putting = self.puts.read().unwrap();
         let draining = self.draining.load(Relaxed);
-        for (level, l) in self.levels.iter().enumerate() {
+        for level in 0..self.levels.len() {
             if todo.is_empty() {
                 break;
             }
             if draining && self.drains(level) {
                 continue;
             }
-            let mut placed: Vec<(usize, SlotId)> = Vec::new();
-            let mut overflow = Vec::new();
-            // The last tier's own reason (full, or its peers down) is what the caller sees.
-            let last = level + 1 == self.levels.len();
-            for &k in &todo {
-                match l.tier.alloc() {
-                    Ok(at) => placed.push((k, at)),
-                    Err(e) if e.is_full() => {
-                        overflow.push(k);
-                        if last {
-                            out[k] = Some(Err(e));
-                        }
-                    }
-                    Err(e) => out[k] = Some(Err(e)),
-                }
+            let mut put = Put { data, out: &mut out, refused_by: &mut refused_by };
+            let (mut overflow, no_room) = self.put_into(level, &todo, &mut put);
+            if !no_room.is_empty() && self.reclaim_clean_copies(level, no_room.len()) > 0 {
+                let (refused, still_no_room) = self.put_into(level, &no_room, &mut put);
+                overflow.extend(refused.into_iter().chain(still_no_room));
+            } else {
+                overflow.extend(no_room);
             }
-            let writes: Vec<(SlotId, &[u8])> = placed.iter().map(|&(k, at)| (at, data[k])).collect();
-            for ((k, at), r) in placed.into_iter().zip(l.tier.write_batch(&writes)) {
-                match r {
-                    Ok(()) => out[k] = Some(Ok(self.new_entry(level as u8, at, refused_by[k]))),
-                    Err(e) => {
-                        l.tier.free(at);
-                        if matches!(e, TierError::WouldNotShrink { .. }) {
-                            refused_by[k] = Some(level as u8);
-                        }
-                        if e.is_full() {
-                            overflow.push(k);
-                        }
-                        if !e.is_full() || last {
-                            out[k] = Some(Err(e));
-                        }
-                    }
-                }
-            }
-            l.counters.overflows.fetch_add(overflow.len() as u64, Relaxed);
+            self.levels[level].counters.overflows.fetch_add(overflow.len() as u64, Relaxed);
             overflow.sort_unstable();
             todo = overflow;
         }
         let last = &self.levels.last().unwrap().tier;
         let full = || TierError::Full { tier: last.name(), used_bytes: last.usage().used_bytes };
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(full()))).collect()
+    }
+
+    /// Write granules `todo` of `put` into `level` as one batch. Returns those it refused
+    /// that may go to the next tier: for another reason (peers out of reach, a granule that
+    /// would not shrink), and for want of room.
+    fn put_into(&self, level: usize, todo: &[usize], put: &mut Put<'_, '_>) -> (Vec<usize>, Vec<usize>) {
+        let l = &self.levels[level];
+        let mut placed: Vec<(usize, SlotId)> = Vec::new();
+        let (mut refused, mut no_room) = (Vec::new(), Vec::new());
+        // The last tier's own reason (full, or its peers down) is what the caller sees.
+        let last = level + 1 == self.levels.len();
+        let mut overflow = |k: usize, e: TierError, out: &mut [Option<Result<SlotId, TierError>>]| {
+            if e.is_out_of_room() { &mut no_room } else { &mut refused }.push(k);
+            if last {
+                out[k] = Some(Err(e));
+            }
+        };
+        for &k in todo {
+            match l.tier.alloc() {
+                Ok(at) => placed.push((k, at)),
+                Err(e) if e.is_full() => overflow(k, e, put.out),
+                Err(e) => put.out[k] = Some(Err(e)),
+            }
+        }
+        let writes: Vec<(SlotId, &[u8])> = placed.iter().map(|&(k, at)| (at, put.data[k])).collect();
+        for ((k, at), r) in placed.into_iter().zip(l.tier.write_batch(&writes)) {
+            match r {
+                Ok(()) => put.out[k] = Some(Ok(self.new_entry(level as u8, at, put.refused_by[k]))),
+                Err(e) => {
+                    l.tier.free(at);
+                    if matches!(e, TierError::WouldNotShrink { .. }) {
+                        put.refused_by[k] = Some(level as u8);
+                    }
+                    if e.is_full() {
+                        overflow(k, e, put.out);
+                    } else {
+                        put.out[k] = Some(Err(e));
+                    }
+                }
+            }
+        }
+        (refused, no_room)
+    }
+
+    /// `level` is out of room: take back up to `want` of its slots whose every reference is
+    /// a clean DRAM copy's (pages read back and unmodified, which keep the slot only so that
+    /// their eviction costs no write), as the kernel frees swap-cache copies when swap runs
+    /// full. Returns how many. Any such slot will do: each is a copy of a resident granule.
+    ///
+    /// Safe against the granule's pager: the entry's state is the store's, under the map
+    /// lock, and the pager turns its clean copy into an eviction only through
+    /// [`Self::claim_clean`], which fails once the slot is taken; the copy is then written
+    /// like a dirty one. No read can be in flight on such a slot: reads come from spilled
+    /// pages, and pins, which hold references that are not a clean copy's; a move of it
+    /// (which reads it) keeps it `queued`.
+    fn reclaim_clean_copies(&self, level: usize, want: usize) -> usize {
+        let mut freed = Vec::new();
+        {
+            let mut m = self.map.lock().unwrap();
+            let Map { entries, arcs, clean_only, .. } = &mut *m;
+            let picked: Vec<SlotId> =
+                clean_only[level].iter().copied().filter(|&id| entries[id as usize].reclaimable()).take(want).collect();
+            for id in picked {
+                let e = &mut entries[id as usize];
+                e.reclaim(id);
+                clean_only[level].remove(&id);
+                self.persist(id, e);
+                arcs.iter_mut().for_each(|a| a.on_removed(id as u64));
+                self.levels[level].counters.pages.fetch_sub(e.refs as u64, Relaxed);
+                freed.push(e.at);
+            }
+        }
+        let l = &self.levels[level];
+        for &at in &freed {
+            l.tier.free(at);
+        }
+        l.counters.reclaimed.fetch_add(freed.len() as u64, Relaxed);
+        freed.len()
     }
 
     fn new_entry(&self, level: u8, at: SlotId, refused_by: Option<u8>) -> SlotId {
@@ -668,17 +820,17 @@ impl Store {
         id
     }
 
-    /// The version of each of `slots` (0 for a free slot).
+    /// The version of each of `slots` (0 for a free or reclaimed slot).
     pub fn versions(&self, slots: impl Iterator<Item = SlotId>) -> Vec<u64> {
         let m = self.map.lock().unwrap();
-        slots.map(|id| m.entries.get(id as usize).filter(|e| e.live).map_or(0, |e| e.version)).collect()
+        slots.map(|id| m.entries.get(id as usize).filter(|e| e.stored()).map_or(0, |e| e.version)).collect()
     }
 
     /// The slowest level that any of `slots` lives in (`None` for none): what the fault
     /// latency histogram files a fill under.
     pub fn slowest_level(&self, slots: impl Iterator<Item = SlotId>) -> Option<usize> {
         let m = self.map.lock().unwrap();
-        slots.filter_map(|id| m.entries.get(id as usize).filter(|e| e.live)).map(|e| e.level as usize).max()
+        slots.filter_map(|id| m.entries.get(id as usize).filter(|e| e.stored())).map(|e| e.level as usize).max()
     }
 
     /// Fill each `(slot, offset, buf)` from the tiers: all reads of one tier in one batch.
@@ -707,7 +859,7 @@ impl Store {
                 .iter()
                 .map(|(id, _, _)| {
                     let e = m.entries[*id as usize];
-                    assert!(e.live && e.refs > 0, "read of slot {id}, which no page refers to");
+                    assert!(e.stored() && e.refs > 0, "read of slot {id}, which no page refers to or was reclaimed");
                     (e.level, e.at)
                 })
                 .collect();
@@ -810,7 +962,7 @@ impl Store {
                 let mut m = self.map.lock().unwrap();
                 let Map { entries, queue, .. } = &mut *m;
                 for (id, e) in entries.iter_mut().enumerate() {
-                    if e.live && !self.levels[e.level as usize].tier.durable() {
+                    if e.stored() && !self.levels[e.level as usize].tier.durable() {
                         left += 1;
                         if drains[e.level as usize] {
                             movable += 1;
@@ -970,7 +1122,7 @@ impl Store {
         {
             let _switching = self.io_gate.write().unwrap();
             let mut m = self.map.lock().unwrap();
-            let Map { entries, arcs, .. } = &mut *m;
+            let Map { entries, arcs, clean_only, .. } = &mut *m;
             let draining = self.draining.load(Relaxed);
             for (k, (mv, old_at, new_at, _)) in copies.iter().enumerate() {
                 let (from, to) = (mv.level as usize, mv.to_level());
@@ -994,6 +1146,9 @@ impl Store {
                         free.push((to, *new_at));
                         continue;
                     }
+                }
+                if clean_only[from].remove(&mv.id) {
+                    clean_only[to].insert(mv.id);
                 }
                 let pages = e.refs as u64;
                 let record = *e;
@@ -1052,12 +1207,13 @@ impl Store {
         }
         let mut m = self.map.lock().unwrap();
         let e = &mut m.entries[slot as usize];
-        debug_assert!(e.live);
+        debug_assert!(e.stored());
         if e.refs == 0 {
             self.levels[e.level as usize].counters.evictions.fetch_add(pages as u64, Relaxed);
         }
         e.refs += pages;
         self.levels[e.level as usize].counters.pages.fetch_add(pages as u64, Relaxed);
+        m.settle(slot);
     }
 
     /// One more page refers to each of `slots` (a fork copied the pages that do).
@@ -1065,31 +1221,66 @@ impl Store {
         let mut m = self.map.lock().unwrap();
         for id in slots {
             let e = &mut m.entries[id as usize];
-            assert!(e.live && e.refs > 0, "retain of free slot {id}");
+            assert!(e.stored() && e.refs > 0, "retain of free slot {id}");
             e.refs += 1;
             self.levels[e.level as usize].counters.pages.fetch_add(1, Relaxed);
+            m.settle(id);
         }
+    }
+
+    /// `pages` of the references to `slot` are a clean DRAM copy's from now on: pages just
+    /// filled from it write-protected, which keep it so that their eviction costs no write.
+    pub fn keep_clean(&self, slot: SlotId, pages: u32) {
+        let mut m = self.map.lock().unwrap();
+        m.entries[slot as usize].keep_clean(slot, pages);
+        m.settle(slot);
+    }
+
+    /// A clean DRAM copy's `pages` references to `slot` become its eviction's: `true` if the
+    /// slot still holds the copy's bytes. `false` if a full tier reclaimed them: the copy
+    /// must be written like a dirty one (and let go of `slot` with [`Self::release_clean`]).
+    pub fn claim_clean(&self, slot: SlotId, pages: u32) -> bool {
+        let mut m = self.map.lock().unwrap();
+        let claimed = m.entries[slot as usize].claim_clean(slot, pages);
+        m.settle(slot);
+        claimed
     }
 
     /// One page less refers to each of `slots`; slots nothing refers to any more are freed.
     pub fn release(&self, slots: &[SlotId]) {
+        self.release_refs(slots, false);
+    }
+
+    /// A clean DRAM copy let go of its `pages` references to `slot` (written to, unmapped,
+    /// or its process gone); freed if nothing else refers to it.
+    pub fn release_clean(&self, slot: SlotId, pages: u32) {
+        self.release_refs(&vec![slot; pages as usize], true);
+    }
+
+    fn release_refs(&self, slots: &[SlotId], clean: bool) {
         if slots.is_empty() {
             return;
         }
         let mut freed = Vec::new();
         {
             let mut m = self.map.lock().unwrap();
-            let Map { entries, free_ids, arcs, .. } = &mut *m;
             for &id in slots {
+                let Map { entries, free_ids, arcs, .. } = &mut *m;
                 let e = &mut entries[id as usize];
-                let last = e.release(id);
-                self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
+                let last = if clean { e.release_clean(id) } else { e.release(id) };
+                // A reclaimed slot's pages were taken off its tier with its bytes.
+                if !e.reclaimed {
+                    self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
+                }
                 if last {
-                    freed.push((e.level, e.at));
+                    if !e.reclaimed {
+                        freed.push((e.level, e.at));
+                    }
                     free_ids.push(id);
                     self.persist(id, e);
                     arcs.iter_mut().for_each(|a| a.on_removed(id as u64));
                 }
+                m.settle(id);
             }
         }
         for (level, at) in freed {
@@ -1360,6 +1551,76 @@ mod tests {
             assert!(back == granule(k), "slot {id} read wrong bytes after the drain");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A full tier takes back slots that only clean DRAM copies refer to before it
+    /// overflows, as many as the batch needs; a granule whose copy it took is written again
+    /// at its next eviction, and everything reads back.
+    #[test]
+    fn a_full_tier_reclaims_clean_copies_before_it_overflows() {
+        let dir = std::env::temp_dir().join(format!("holo-store-reclaim-{}", std::process::id()));
+        let g = 8192;
+        let store = two_tiers(&dir, 4, &never_hot());
+        let granule = |k: u8| vec![k; g];
+        let put = |k: u8| {
+            let id = store.put(&granule(k)).unwrap();
+            store.add_refs(id, 2);
+            id
+        };
+        let check = |id: SlotId, k: u8| {
+            let mut back = vec![0u8; g];
+            store.read(&mut [(id, 0, &mut back[..])]).unwrap();
+            assert!(back == granule(k), "slot {id} should read back granule {k}");
+        };
+        // Four granules of two pages fill NVMe, and are read back: granule 1 only half, the
+        // others whole, and each page read back stays resident and clean.
+        let ids: Vec<SlotId> = (0..4).map(put).collect();
+        for (k, &id) in ids.iter().enumerate() {
+            check(id, k as u8);
+            store.keep_clean(id, if k == 1 { 1 } else { 2 });
+        }
+        // Granule 0 is being evicted again: its references are its eviction's now.
+        assert!(store.claim_clean(ids[0], 2));
+        let [nvme, fs] = [&store.levels[0].counters, &store.levels[1].counters];
+        // One granule more takes back one copy, not every one.
+        let a = put(10);
+        assert_eq!((level_of(&store, a), nvme.reclaimed.load(Relaxed), nvme.overflows.load(Relaxed)), (0, 1, 0));
+        // Two more: one takes the last copy; granules 0 and 1 hold spilled pages, so the
+        // other overflows.
+        let more: Vec<SlotId> =
+            store.put_batch(&[&granule(11), &granule(12)]).into_iter().map(|r| r.unwrap()).collect();
+        more.iter().for_each(|&id| store.add_refs(id, 2));
+        let levels: Vec<usize> = more.iter().map(|&id| level_of(&store, id)).collect();
+        assert_eq!((levels, nvme.reclaimed.load(Relaxed), nvme.overflows.load(Relaxed)), (vec![0, 1], 2, 1));
+        // The granules whose copies went cannot be evicted clean: they are written again.
+        let mut again = Vec::new();
+        for (k, &id) in ids.iter().enumerate().skip(2) {
+            assert!(!store.claim_clean(id, 2), "granule {k}'s copy was reclaimed, yet it could be dropped as clean");
+            store.release_clean(id, 2);
+            again.push((put(k as u8), k as u8));
+        }
+        for (id, k) in again.into_iter().chain([(ids[0], 0), (ids[1], 1), (a, 10), (more[0], 11), (more[1], 12)]) {
+            check(id, k);
+        }
+        assert_eq!((nvme.pages.load(Relaxed), fs.pages.load(Relaxed)), (8, 6));
+        assert_eq!(store.levels[0].tier.usage().used_slots, 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_slot_held_by_clean_copies_alone_is_reclaimed_and_then_recorded_free() {
+        let mut e = Entry { refs: 2, clean: 1, ..Entry::new(0, 5, 7) };
+        assert!(!e.reclaimable(), "a spilled page refers to it");
+        e.clean = 2;
+        assert!(e.reclaimable());
+        e.queued = true;
+        assert!(!e.reclaimable(), "a move of it reads it");
+        e.queued = false;
+        e.reclaim(3);
+        assert_eq!(e.encode(), Entry::FREE.encode(), "a restarted daemon has no clean copies to keep it for");
+        let mut q = MigrationQueue::new(1, 1);
+        assert_eq!(e.ask(3, Direction::Down, &mut q), Asked::No, "nothing to move");
+        assert!(!e.release(3) && e.release(3), "it lives until its clean copies let go");
     }
 
     #[test]

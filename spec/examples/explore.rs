@@ -94,6 +94,7 @@ fn explore_migrate(args: &[String]) {
             ("promotion_frees_before_persist", Design::PROMOTION_FREES_BEFORE_PERSIST),
             ("nogate", Design::NO_GATE),
             ("nocap", Design::NO_CAP),
+            ("noclaim", Design::NO_CLAIM),
         ],
     );
     let mut b = migrate::Bounds::default();

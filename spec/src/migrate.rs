@@ -1,6 +1,7 @@
 //! Model 3: tier migration (`daemon/src/store.rs`: `migrate`, `plan_demotions`, `run_moves`,
-//! `read`, `put_batch`, `release`, `persist`, `recover`; `daemon/src/migration.rs`:
-//! `MigrationQueue`).
+//! `read`, `put_batch`, `release`, `persist`, `recover`, and the reclaim of clean copies:
+//! `keep_clean`, `claim_clean`, `release_clean`, `reclaim_clean_copies`;
+//! `daemon/src/migration.rs`: `MigrationQueue`).
 //!
 //! Two lower tiers (level 0, level 1), the store's map of slot ids, `store.map`'s records,
 //! the tiers' slots, the migration queue and the I/O gate (a readers-writer lock). The map
@@ -8,7 +9,8 @@
 //! (which moves may be queued), [`MigrationQueue`] (the cap on moves in flight, the bounded
 //! queue, promotions and demotions in turn), [`store::demotions_needed`], [`Entry::holds`]
 //! and [`Entry::switch`] (the version check and the entry's update), [`Entry::release`],
-//! [`Entry::encode`] (the records), [`store::load_map`] and [`store::recover_map`] (what a
+//! the clean copies' [`Entry::keep_clean`], [`Entry::claim_clean`], [`Entry::release_clean`],
+//! [`Entry::reclaimable`] and [`Entry::reclaim`], [`Entry::encode`] (the records), [`store::load_map`] and [`store::recover_map`] (what a
 //! restarted daemon keeps). The model sequences them with the tier I/O and the gate as
 //! `store.rs` does.
 //!
@@ -22,6 +24,10 @@
 //!   either keeps the slot (a clean granule: a later clean eviction points the page at the
 //!   slot again, a write releases it) or releases it; an eviction (`put_batch`) writes a new
 //!   version to the fastest tier with room, under a new id (often a reused one).
+//! * **Reclaim**: whenever a slot only clean copies refer to is reclaimable, a put that found
+//!   its tier full may take it back (when exactly is abstracted: at any step). A clean
+//!   eviction claims the slot first; a claim that finds it reclaimed forgets the copy, and
+//!   the granule is evicted like a dirty one.
 //! * **The burst**: other granules, asked to move at the start (the program's too): half
 //!   down, half up, more than the cap, so some wait in the queue.
 //! * **A crash at any step** needs no action: every state is checked for what `recover`
@@ -48,6 +54,9 @@ pub struct Design {
     /// Per direction (down, up): the switch records a moved entry before its old slot is
     /// freed. `false`: the old slot is freed at the switch, the record written a step later.
     pub persist_before_free: [bool; 2],
+    /// A clean eviction claims its slot ([`Entry::claim_clean`]) before it reuses it.
+    /// `false`: it reuses the slot unchecked.
+    pub claim: bool,
 }
 
 /// The model's `migration_max_in_flight` (the code's default is 16): what the properties
@@ -55,7 +64,7 @@ pub struct Design {
 pub const BUDGET: usize = 2;
 
 impl Design {
-    pub const CODE: Design = Design { cap: Some(BUDGET), gate: true, persist_before_free: [true, true] };
+    pub const CODE: Design = Design { cap: Some(BUDGET), gate: true, persist_before_free: [true, true], claim: true };
     /// Broken: a demotion frees the old slot before the map record is written.
     pub const FREE_BEFORE_PERSIST: Design = Design { persist_before_free: [false, true], ..Design::CODE };
     /// Broken: a promotion frees the lower copy before the upper one is recorded.
@@ -64,6 +73,8 @@ impl Design {
     pub const NO_GATE: Design = Design { gate: false, ..Design::CODE };
     /// Broken: no cap on moves in flight (a thread or task per move).
     pub const NO_CAP: Design = Design { cap: None, ..Design::CODE };
+    /// Broken: a clean eviction reuses its slot without asking whether a full tier took it.
+    pub const NO_CLAIM: Design = Design { claim: false, ..Design::CODE };
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +219,8 @@ pub struct State {
     pub bad_read: bool,
     /// Ghost: a move of a granule freed meanwhile was thrown away.
     pub stale_move: bool,
+    /// Ghost: a clean eviction found its slot reclaimed.
+    pub claim_failed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +246,8 @@ pub enum Action {
     /// A write to the clean granule: the pager forgets it and releases the slot.
     Write(usize),
     Evict(usize),
+    /// A put that found the tier full takes back this slot, which only clean copies refer to.
+    Reclaim(u32),
 }
 
 const NOW_MS: u64 = 0;
@@ -454,6 +469,7 @@ impl Model for Migrate {
                     evictions_left: self.bounds.evictions,
                     bad_read: false,
                     stale_move: false,
+                    claim_failed: false,
                 };
                 for id in 0..ids {
                     let level = if id < pages { page_level } else { ((id - pages + 1) % 2) as u8 };
@@ -482,7 +498,7 @@ impl Model for Migrate {
                 // would grow without end: not asked then.
                 if self.need(s) > 0 && s.queue.stats().queued < self.bounds.max_queued {
                     for (id, e) in s.map.iter().enumerate() {
-                        if e.live && e.level == 0 && e.refs > 0 && !e.queued {
+                        if e.stored() && e.level == 0 && e.refs > 0 && !e.queued {
                             out.push(Action::Demote(id as u32));
                         }
                     }
@@ -496,6 +512,11 @@ impl Model for Migrate {
         }
         for (p, (&page, &reader)) in s.pages.iter().zip(&s.readers).enumerate() {
             self.page_actions(s, p, page, reader, out);
+        }
+        for (id, e) in s.map.iter().enumerate() {
+            if e.reclaimable() {
+                out.push(Action::Reclaim(id as u32));
+            }
         }
     }
 
@@ -538,7 +559,7 @@ impl Model for Migrate {
                 let Page::Spilled { id, .. } = s.pages[p] else { unreachable!() };
                 let State { map, queue, .. } = &mut s;
                 let e = &mut map[id as usize];
-                assert!(e.live && e.refs > 0, "read of slot {id}, which no page refers to");
+                assert!(e.stored() && e.refs > 0, "read of slot {id}, which no page refers to or was reclaimed");
                 if promote {
                     e.ask(id, Direction::Up, queue);
                 }
@@ -556,14 +577,41 @@ impl Model for Migrate {
             }
             Action::Fill { page: p, clean: true } => {
                 let Page::Filled { id, version } = s.pages[p] else { unreachable!() };
+                s.map[id as usize].keep_clean(id, 1);
                 s.pages[p] = Page::Clean { id, version };
             }
-            Action::Fill { page: p, clean: false } | Action::Write(p) => {
-                let (Page::Filled { id, .. } | Page::Clean { id, .. }) = s.pages[p] else { unreachable!() };
-                release(&mut s, id);
+            Action::Fill { page: p, clean: false } => {
+                let Page::Filled { id, .. } = s.pages[p] else { unreachable!() };
+                release(&mut s, id, false);
                 s.pages[p] = Page::Dirty;
             }
+            Action::Write(p) => {
+                let Page::Clean { id, .. } = s.pages[p] else { unreachable!() };
+                release(&mut s, id, true);
+                s.pages[p] = Page::Dirty;
+            }
+            Action::Reclaim(id) => {
+                // `reclaim_clean_copies`: recorded free, then the tier slot freed.
+                let e = &mut s.map[id as usize];
+                e.reclaim(id);
+                let (level, at) = (e.level, e.at);
+                Self::persist(&mut s, id);
+                s.tiers[level as usize][at as usize] = Slot::Free;
+            }
             Action::Evict(p) => {
+                if let Page::Clean { id, .. } = s.pages[p] {
+                    let e = &mut s.map[id as usize];
+                    if !self.design.claim {
+                        e.clean -= 1; // its reference the eviction's, whatever became of the slot
+                    } else if !e.claim_clean(id, 1) {
+                        // Reclaimed: the pager forgets the copy and writes the granule (a
+                        // dirty eviction, its next step).
+                        s.claim_failed = true;
+                        release(&mut s, id, true);
+                        s.pages[p] = Page::Dirty;
+                        return Some(s);
+                    }
+                }
                 s.evictions_left -= 1;
                 s.pages[p] = match s.pages[p] {
                     // The slot still holds it: the pages point at it again, nothing written.
@@ -611,6 +659,7 @@ impl Model for Migrate {
                 q.queued > 0 && q.in_flight == BUDGET
             }),
             Property::sometimes("a move of a granule freed meanwhile is thrown away", |_, s: &State| s.stale_move),
+            Property::sometimes("a clean eviction finds its slot reclaimed", |_, s: &State| s.claim_failed),
             Property::sometimes("a read waits for a switch", |_, s: &State| {
                 s.readers.iter().any(|r| matches!(r, Reader::Granted { waited } if *waited > 0))
             }),
@@ -618,14 +667,18 @@ impl Model for Migrate {
     }
 }
 
-/// `release` of one reference: the last frees the entry, records it, then frees the slot.
-fn release(s: &mut State, id: u32) {
+/// `release` (or, `clean`, `release_clean`) of one reference: the last frees the entry,
+/// records it, then frees the slot, unless a full tier reclaimed it already.
+fn release(s: &mut State, id: u32, clean: bool) {
     let e = &mut s.map[id as usize];
-    if e.release(id) {
-        let (level, at) = (e.level, e.at);
+    let last = if clean { e.release_clean(id) } else { e.release(id) };
+    if last {
+        let (level, at, reclaimed) = (e.level, e.at, e.reclaimed);
         s.free_ids.push(id);
         Migrate::persist(s, id);
-        s.tiers[level as usize][at as usize] = Slot::Free;
+        if !reclaimed {
+            s.tiers[level as usize][at as usize] = Slot::Free;
+        }
     }
 }
 
@@ -634,23 +687,24 @@ fn moved_to(s: &State, level: u8) -> bool {
     s.map.iter().any(|e| e.live && e.level == level && e.heat != holo_pager::migration::Heat::ZERO)
 }
 
-/// Every live entry names its own tier slot, which holds its version; every granule that
-/// must survive (the burst, the program's unless resident) is live at its version.
+/// Every stored entry names its own tier slot, which holds its version; every granule that
+/// must survive (the burst, the program's unless resident) is stored at its version; a
+/// resident clean copy's entry lives (perhaps reclaimed) at its version.
 pub fn map_names_one_copy(m: &Migrate, s: &State) -> bool {
     let mut named = HashSet::new();
-    let live_ok =
-        s.map.iter().filter(|e| e.live).all(|e| {
+    let stored_ok =
+        s.map.iter().filter(|e| e.stored()).all(|e| {
             named.insert((e.level, e.at)) && s.tiers[e.level as usize][e.at as usize] == Slot::Holds(e.version)
         });
+    let at = |id: u32, version: u64| s.map[id as usize].version == version;
     let page_ok = s.pages.iter().all(|p| match *p {
-        Page::Spilled { id, version } | Page::Filled { id, version } | Page::Clean { id, version } => {
-            s.map[id as usize].live && s.map[id as usize].version == version
-        }
+        Page::Spilled { id, version } | Page::Filled { id, version } => s.map[id as usize].stored() && at(id, version),
+        Page::Clean { id, version } => s.map[id as usize].live && at(id, version),
         Page::Dirty => true,
     });
-    live_ok
+    stored_ok
         && page_ok
-        && m.must_keep(s).iter().all(|&(id, v)| s.map[id as usize].live && s.map[id as usize].version == v)
+        && m.must_keep(s).iter().all(|&(id, v)| s.map[id as usize].stored() && s.map[id as usize].version == v)
 }
 
 /// What a daemon restarted in this state would find: `load_map` of the records, then
@@ -683,7 +737,8 @@ pub fn show(s: &State) -> String {
     };
     let entry = |e: &Entry| {
         if e.live {
-            format!("L{}@{}v{}{}", e.level, e.at, e.version, if e.queued { "q" } else { "" })
+            let marks = format!("{}{}", if e.queued { "q" } else { "" }, if e.reclaimed { "r" } else { "" });
+            format!("L{}@{}v{}{marks}", e.level, e.at, e.version)
         } else {
             "free".into()
         }

@@ -63,6 +63,18 @@ fn deep_code_two_programs() {
 }
 
 #[test]
+fn broken_clean_eviction_without_claim() {
+    let a = fails(
+        "a clean eviction reuses a slot a full tier reclaimed",
+        Design::NO_CLAIM,
+        Bounds::default(),
+        "the map names one copy holding each granule",
+    );
+    assert_eq!(a.last(), Some(&Action::Evict(0)), "{a:?}");
+    assert!(a.iter().any(|x| matches!(x, Action::Reclaim(_))), "{a:?}");
+}
+
+#[test]
 fn broken_free_before_persist() {
     let a = fails(
         "a demotion frees before it records",

@@ -76,8 +76,14 @@ impl TierError {
     /// Out of space (or, for the remote tier, out of reach; for a compressing one, a granule
     /// that would not shrink): the caller may try the next tier.
     pub fn is_full(&self) -> bool {
+        self.is_out_of_room() || matches!(self, TierError::Unavailable { .. } | TierError::WouldNotShrink { .. })
+    }
+
+    /// Out of space itself: freeing slots of the tier makes room (unlike peers out of reach
+    /// or a granule that would not shrink).
+    pub fn is_out_of_room(&self) -> bool {
         match self {
-            TierError::Full { .. } | TierError::Unavailable { .. } | TierError::WouldNotShrink { .. } => true,
+            TierError::Full { .. } => true,
             TierError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
             _ => false,
         }

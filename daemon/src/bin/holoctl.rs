@@ -173,7 +173,7 @@ fn print_tiers(v: &serde_json::Value) {
         n(v, "failed_evictions")
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>8}",
+        "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "TIER",
         "CAPACITY",
         "USED",
@@ -184,6 +184,7 @@ fn print_tiers(v: &serde_json::Value) {
         "HIT%",
         "MOVED/S",
         "OVERFLOWS",
+        "RECLAIMED",
         "DEMOTIONS",
         "PROMOTIONS",
         "ERRORS"
@@ -195,7 +196,7 @@ fn print_tiers(v: &serde_json::Value) {
         let hit = t["hit_ratio"].as_f64().map_or("-".to_string(), |r| format!("{:.0}", r * 100.0));
         let moved = t["moved_bytes_per_second"].as_f64().unwrap_or(0.0) as u64;
         println!(
-            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>8}",
+            "{:<6} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6} {:>11} {:>10} {:>10} {:>10} {:>10} {:>8}",
             t["name"].as_str().unwrap_or("?"),
             mib(n(t, "capacity_bytes")),
             mib(n(t, "used_bytes")),
@@ -206,6 +207,7 @@ fn print_tiers(v: &serde_json::Value) {
             hit,
             mib(moved),
             opt("overflows"),
+            opt("reclaimed"),
             opt("demotions"),
             opt("promotions"),
             opt("read_errors")
