@@ -771,13 +771,27 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        // A test that panicked halfway must not leave the program behind, and its output
-        // (the shim says on stderr why a program gave up) belongs in the failure's report.
+        // A test that panicked halfway must not leave the program behind, and its stderr
+        // (the shim says there why a program gave up) belongs in the failure's report. No
+        // unwrap here (a second panic aborts the test binary), and no unbounded join (a
+        // descendant that left the group would hold the pipes open).
         if self.stdout_thread.is_some() {
             self.kill_group();
-            let out = self.reap(Duration::from_secs(5));
-            if thread::panicking() {
-                eprintln!("a program of the failed test, killed by the harness:\n{}", out.describe());
+            let _ = self.child.wait();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let stderr = self.stderr_thread.take().filter(|t| {
+                while !t.is_finished() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                t.is_finished()
+            });
+            if let (true, Some(t)) = (thread::panicking(), stderr) {
+                let text = t.join().unwrap_or_default();
+                eprintln!(
+                    "stderr of {}, killed by the harness after the failure:\n{}",
+                    self.command,
+                    tail(&text, 32 * 1024)
+                );
             }
         }
     }

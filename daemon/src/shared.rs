@@ -949,9 +949,9 @@ impl Coordinator {
     /// keep their published bytes), keep a read lease of the copy, give the write lease back.
     /// Two Raft round trips for the batch (three when leases need renewing first).
     ///
-    /// Renewals are bounded: each waits at most [`Self::renewal_limit`], and once one went
-    /// unanswered (the job's batch, or a granule's own right before its link) the job asks
-    /// for no more: they would only wait as long again, one granule after another. Its
+    /// Renewals are bounded: each waits at most [`Self::renewal_limit`], and once one failed,
+    /// refused or unanswered (the job's batch, or a granule's own right before its link), the
+    /// job asks for no more: they would only wait as long again, one granule after another. Its
     /// granules publish while their leases are clear of the skew margin, and fail saying so
     /// after.
     fn publish(&self, mut batch: Vec<Publication>) -> Vec<(u64, Extent, Result<u64, String>)> {
@@ -960,12 +960,12 @@ impl Coordinator {
         let due: Vec<usize> =
             (0..batch.len()).filter(|&i| renew_due(batch[i].lease.expires_at_ms, now_ms(), self.lease_ms)).collect();
         let renewals = self.renew_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
-        let unanswered = AtomicBool::new(false);
+        let renewal_failed = AtomicBool::new(false);
         for (&i, out) in due.iter().zip(renewals) {
             let epoch = batch[i].lease.epoch;
             let found = renewal(epoch, granted(out));
             if found == Renewal::Unknown {
-                unanswered.store(true, Relaxed);
+                renewal_failed.store(true, Relaxed);
             }
             batch[i].renewed(found);
         }
@@ -975,8 +975,8 @@ impl Coordinator {
             let parts: Vec<_> = batch
                 .chunks_mut(per_thread)
                 .map(|part| {
-                    let unanswered = &unanswered;
-                    s.spawn(move || part.iter_mut().map(|p| self.publish_home(p, unanswered)).collect::<Vec<_>>())
+                    let renewal_failed = &renewal_failed;
+                    s.spawn(move || part.iter_mut().map(|p| self.publish_home(p, renewal_failed)).collect::<Vec<_>>())
                 })
                 .collect();
             parts.into_iter().flat_map(|t| t.join().expect("a publishing thread panicked")).collect()
@@ -1011,8 +1011,9 @@ impl Coordinator {
 
     /// Writes one granule of a `holo_sync` to the home, if its lease still allows: not once a
     /// renewal found it lapsed (it is not asked for again), nor within the skew margin of its
-    /// expiry. `unanswered`: a renewal of its job got no answer (none is asked any more).
-    fn publish_home(&self, p: &mut Publication, unanswered: &AtomicBool) -> Result<(), String> {
+    /// expiry. `renewal_failed`: a renewal of its job was refused or got no answer (none is asked any
+    /// more).
+    fn publish_home(&self, p: &mut Publication, renewal_failed: &AtomicBool) -> Result<(), String> {
         if let Some(why) = &p.lost {
             return Err(why.clone());
         }
@@ -1025,11 +1026,11 @@ impl Coordinator {
         }
         // Right before linking: the job's other files and this read may have taken long (slow
         // fsyncs, a loaded machine).
-        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) && !unanswered.load(Relaxed) {
+        if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) && !renewal_failed.load(Relaxed) {
             let out = self.renew_all(vec![self.acquire_cmd(&p.ext)]).pop().expect("one outcome per command");
             let found = renewal(p.lease.epoch, granted(out));
             if found == Renewal::Unknown {
-                unanswered.store(true, Relaxed);
+                renewal_failed.store(true, Relaxed);
             }
             p.renewed(found);
             if let Some(why) = &p.lost {
@@ -2821,12 +2822,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A sync's renewal that gets no answer (here: refused, the region is unknown) is not
-    /// asked again granule by granule: each would wait as long again. The granules publish
+    /// A sync's renewal that fails (here refused, the region is unknown; unanswered is the
+    /// same path) is not asked again granule by granule: each would wait as long again. The granules publish
     /// while their leases allow: two proposals (the renewal, then registrations and releases).
     #[test]
-    fn a_sync_whose_renewal_got_no_answer_asks_for_no_more() {
-        let c = coordinator("unanswered", 1);
+    fn a_sync_whose_renewal_failed_asks_for_no_more() {
+        let c = coordinator("renewal-failed", 1);
         let n = 16;
         let batch = (0..n)
             .map(|k| {

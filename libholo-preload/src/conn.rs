@@ -653,11 +653,27 @@ fn on_pressure_frame(fd: c_int, f: Frame) {
     die()
 }
 
+/// The agent connection and the [`GENERATION`] it belongs to, read together: the sentinel
+/// stores a new connection only while the generation is odd (resuming), so an even one that
+/// did not change around the read names the connection read. A resume under way is waited
+/// out (a connection from before it, paired with the generation after, would be followed to
+/// a resume that never comes).
+fn agent_connection() -> (c_int, u64) {
+    loop {
+        let g = GENERATION.load(SeqCst);
+        let fd = AGENT_FD.load(SeqCst);
+        if g.is_multiple_of(2) && GENERATION.load(SeqCst) == g {
+            return (fd, g);
+        }
+        // SAFETY: sleeping 5 ms.
+        unsafe { libc::usleep(5_000) };
+    }
+}
+
 /// The agent: zaps the granules the daemon evicted, under the gate.
 extern "C" fn agent_main(_: *mut c_void) -> *mut c_void {
     become_helper_thread();
-    let mut fd = AGENT_FD.load(Acquire);
-    let mut generation = GENERATION.load(Acquire);
+    let (mut fd, mut generation) = agent_connection();
     let mut queue = ZapQueue { ring: [Frame::new(Kind::Zap, 0, 0, 0); 128], head: 0, len: 0 };
     let mut batch = Batch { zaps: [Frame::new(Kind::Zap, 0, 0, 0); ZAP_BATCH], called: [false; ZAP_BATCH], len: 0 };
     loop {

@@ -290,6 +290,14 @@ impl Tier for CompressedTier {
         false
     }
 
+    /// No: the pool is small next to the flow of evictions through it, so room kept for
+    /// them turned every eviction into a compression, then a decompression and a write to
+    /// the tier below a few seconds later, and cost more than the pool's hits saved
+    /// (BENCHMARKS.md, "No headroom in the pool").
+    fn keeps_headroom(&self) -> bool {
+        false
+    }
+
     fn slot_bytes(&self) -> usize {
         self.slot_bytes
     }

@@ -147,6 +147,12 @@ pub trait Tier: Send + Sync {
     /// reads it back ([`Tier::kept_slots`]). The daemon moves what the others hold into one
     /// that is before it stops.
     fn durable(&self) -> bool;
+    /// Whether the migrator keeps room in this tier for new evictions by demoting its coldest
+    /// granules early (above `DEMOTE_HIGH_PCT` full). A tier that says no is demoted from only
+    /// to make room for promotions; when full, evictions go past it to the next tier.
+    fn keeps_headroom(&self) -> bool {
+        true
+    }
     /// The slots in use that an earlier run left when this tier was reopened (durable
     /// tiers), for the owner to free the ones nothing refers to any more.
     fn kept_slots(&self) -> Vec<SlotId> {
