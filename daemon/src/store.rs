@@ -12,9 +12,9 @@
 //! tier fills with whatever came first and the hot newcomers overflow. [`Store::migrate`]
 //! (the `migrator` thread) demotes the coldest granules of a tier filled past
 //! [`DEMOTE_HIGH_PCT`] (counting the promotions waiting to come in) to the next tier until it
-//! is back under [`DEMOTE_LOW_PCT`] (a tier that keeps no headroom, the compressed pool, only
-//! as far as promotions into it need room), and promotes granules that [`Store::read`] found
-//! hot one tier up. Which granules, and how many at once, is decided in `migration.rs`: coldness is
+//! is back under [`DEMOTE_LOW_PCT`], and promotes granules that [`Store::read`] found hot one
+//! tier up; a tier that does not migrate (the compressed pool, [`Tier::migrates`]) is left
+//! out of both. Which granules, and how many at once, is decided in `migration.rs`: coldness is
 //! an ARC per tier over the granules it holds (`arc.rs`, fed by writes and reads), with
 //! hysteresis. Moves are capped in bytes a second (`migration_rate`), so that they never
 //! starve the faults that share the device, and in number in flight
@@ -913,6 +913,7 @@ impl Store {
             }
             if migration::should_promote(e.level as usize, &e.heat, now, &self.rule)
                 && e.refused_by != Some(e.level - 1)
+                && self.levels[e.level as usize - 1].tier.migrates()
                 && !self.draining.load(Relaxed)
             {
                 // A full queue refuses it (counted); the next read asks again.
@@ -995,9 +996,8 @@ impl Store {
         !self.levels[level].tier.durable() && self.levels[level + 1..].iter().any(|b| b.tier.durable())
     }
 
-    /// Queue ARC's victims of every tier over [`DEMOTE_HIGH_PCT`] until it would be under
-    /// [`DEMOTE_LOW_PCT`] (of a tier that keeps no headroom, until the promotions waiting fit);
-    /// victims that [`migration::may_demote`] vetoes stay.
+    /// Queue ARC's victims of every tier that migrates and is over [`DEMOTE_HIGH_PCT`] until it
+    /// would be under [`DEMOTE_LOW_PCT`]; victims that [`migration::may_demote`] vetoes stay.
     fn plan_demotions(&self) {
         let now = self.now_ms();
         let mut m = self.map.lock().unwrap();
@@ -1010,11 +1010,7 @@ impl Store {
                 arc.resize(capacity); // a tier sized by its filesystem's free space
             }
             let used = (usage.used_slots + queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
-            let mut need = demotions_needed(used, capacity);
-            if !l.tier.keeps_headroom() && need > 0 {
-                // Past the high mark: one granule down for each promotion waiting to come in.
-                need = (queue.incoming(level) as u64).saturating_sub(queue.outgoing(level) as u64);
-            }
+            let mut need = if l.tier.migrates() { demotions_needed(used, capacity) } else { 0 };
             if need == 0 {
                 continue;
             }
@@ -1478,10 +1474,10 @@ mod tests {
     }
 
     #[test]
-    fn the_compressed_pool_keeps_no_headroom_and_makes_room_for_promotions_only() {
+    fn nothing_migrates_into_or_out_of_the_compressed_pool() {
         let g: usize = 65536;
         // 16 granules' worth of pool: some 100 sparse granules fit before it refuses one.
-        let (dir, store) = compressed_over_nvme("headroom", 16, &promoting(0, 16));
+        let (dir, store) = compressed_over_nvme("no-migration", 16, &promoting(0, 16));
         let sparse = |k: usize| -> Vec<u8> {
             let mut d = vec![0u8; g];
             d.iter_mut().step_by(64).enumerate().for_each(|(i, b)| *b = (i * 31 + k * 7) as u8 | 1);
@@ -1493,25 +1489,19 @@ mod tests {
             store.add_refs(id, 1);
             ids.push(id);
         }
-        let in_pool = ids.iter().filter(|&&id| level_of(&store, id) == 0).count();
-        let pool = &store.levels[0];
-        let usage = pool.tier.usage();
+        let usage = store.levels[0].tier.usage();
         assert!(usage.used_bytes * 100 > usage.capacity_bytes * DEMOTE_HIGH_PCT, "the pool is past its high mark");
-        // Full past the high-water mark: a tier with headroom would demote down to 80% here.
-        assert_eq!(store.migrate(u64::MAX), 0, "nothing demoted to make room for evictions");
-        assert_eq!(pool.counters.demotions.load(Relaxed), 0);
-        // A granule read back twice below is promoted, and one granule makes room for it.
+        // A granule read back twice below is hot: one tier up would be the pool.
         let hot = *ids.last().unwrap();
         for _ in 0..2 {
             let mut buf = vec![0u8; g];
             store.read(&mut [(hot, 0, &mut buf[..])]).unwrap();
         }
-        store.migrate(u64::MAX);
-        assert_eq!(level_of(&store, hot), 0, "promoted into the pool");
-        // Counted in pages referring to them: one each here.
-        let demoted = pool.counters.demotions.load(Relaxed);
-        assert!((1..=2).contains(&demoted), "{demoted} granule(s) demoted for one promotion");
-        assert_eq!(ids.iter().filter(|&&id| level_of(&store, id) == 0).count() as u64, in_pool as u64 + 1 - demoted);
+        // Full past the high mark, a hot granule below: a tier that migrates would move both.
+        assert_eq!(store.migrate(u64::MAX), 0, "nothing moved");
+        assert_eq!(level_of(&store, hot), 1);
+        let pool = &store.levels[0].counters;
+        assert_eq!((pool.demotions.load(Relaxed), pool.promotions.load(Relaxed)), (0, 0));
         for (k, &id) in ids.iter().enumerate() {
             let mut buf = vec![0u8; g];
             store.read(&mut [(id, 0, &mut buf[..])]).unwrap();

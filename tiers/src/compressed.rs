@@ -290,11 +290,11 @@ impl Tier for CompressedTier {
         false
     }
 
-    /// No: the pool is small next to the flow of evictions through it, so room kept for
-    /// them turned every eviction into a compression, then a decompression and a write to
-    /// the tier below a few seconds later, and cost more than the pool's hits saved
-    /// (BENCHMARKS.md, "No headroom in the pool").
-    fn keeps_headroom(&self) -> bool {
+    /// No: the pool is small next to the flow of evictions, so moves through it (room kept
+    /// for evictions, promotions of granules read often) turned most granules into a
+    /// compression, then a decompression and a write to the tier below seconds later, and
+    /// cost more than the pool's hits saved (BENCHMARKS.md, "A pool that does not migrate").
+    fn migrates(&self) -> bool {
         false
     }
 

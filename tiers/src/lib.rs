@@ -147,10 +147,11 @@ pub trait Tier: Send + Sync {
     /// reads it back ([`Tier::kept_slots`]). The daemon moves what the others hold into one
     /// that is before it stops.
     fn durable(&self) -> bool;
-    /// Whether the migrator keeps room in this tier for new evictions by demoting its coldest
-    /// granules early (above `DEMOTE_HIGH_PCT` full). A tier that says no is demoted from only
-    /// to make room for promotions; when full, evictions go past it to the next tier.
-    fn keeps_headroom(&self) -> bool {
+    /// Whether the daemon's migrator moves granules into and out of this tier (promotions of
+    /// hot granules, demotions of cold ones to keep room). A tier that says no holds what
+    /// evictions put in it until it is freed; when it is full, evictions go past it to the
+    /// next tier. A clean stop still drains it if it is not durable.
+    fn migrates(&self) -> bool {
         true
     }
     /// The slots in use that an earlier run left when this tier was reopened (durable
