@@ -789,7 +789,8 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
     assert_eq!(leader, 1, "the writer's node leads");
     let prog = c_program("shared_rw");
     let t = CLUSTER_TIMEOUT;
-    let (mut a, mut b, mut c) = (start_on(&nodes[0], &prog), start_on(&nodes[1], &prog), start_on(&nodes[2], &prog));
+    let (mut a, mut b, mut c) =
+        (start_on(&nodes[0], &prog, DEMO), start_on(&nodes[1], &prog, DEMO), start_on(&nodes[2], &prog, DEMO));
     let expect = |p: &mut Spawned, nodes: &[Node], i: usize, cmd: &str, want: &str| {
         p.send_line(cmd);
         let got = p.wait_for_line("", t, &nodes[i].daemon);
@@ -812,7 +813,7 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
     // Node 1 comes back: its dead client's journal is gone with it, and it follows the
     // cluster again.
     nodes[0].daemon.restart();
-    let mut d = start_on(&nodes[0], &prog);
+    let mut d = start_on(&nodes[0], &prog, DEMO);
     expect(&mut d, &nodes, 0, "r", "read 33");
 }
 
@@ -824,12 +825,7 @@ fn a_dead_writer_nodes_lease_expires_and_its_unpublished_writes_never_appear() {
 fn a_writer_keeps_the_leases_of_more_granules_than_one_lease_could_renew_one_by_one() {
     let (_cluster, nodes, _) = shared_cluster(2000);
     let prog = c_program("shared_rw");
-    let t = CLUSTER_TIMEOUT;
-    let start = |n: &Node| {
-        let mut p = Spawned::spawn(shimmed_command(&n.daemon, &prog, &["wide", "16M"], &[]), true);
-        p.wait_for_line("attached", t, &n.daemon);
-        p
-    };
+    let start = |n: &Node| start_on(n, &prog, &["wide", "16M"]);
     let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     let (mut a, mut b) = (start(&nodes[0]), start(&nodes[1]));
     let begun = std::time::Instant::now();
@@ -852,27 +848,19 @@ fn a_gone_clients_leases_go_back_in_one_proposal() {
     let (_cluster, nodes, _) = shared_cluster(60_000);
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
-    let t = CLUSTER_TIMEOUT;
     let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     let applied =
         |n: &Node| members(n).unwrap_or_else(|e| panic!("{e}{}", report(&all)))["last_applied_index"].as_u64();
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let mut a = Spawned::spawn(shimmed_command(&n1.daemon, &prog, &["wide", "8M"], &[]), true);
-    a.wait_for_line("attached", t, &n1.daemon);
+    let mut a = start_on(n1, &prog, &["wide", "8M"]);
     expect(&mut a, n1, "w 5a", "wrote");
     let before = applied(n1).expect("node 1 leads and has applied entries");
     quit(a, n1);
-    n1.daemon.wait_until("the client's leases to go back", t, || {
-        match n1.daemon.log().contains("its pages and spill slots are released") {
-            true => Ok(()),
-            false => Err("the pager has not let the client go".into()),
-        }
-    });
+    wait_released(n1);
     let given_back_in = applied(n1).unwrap() - before;
     eprintln!("128 write leases went back in {given_back_in} proposal(s)");
     assert!(given_back_in <= 2, "128 leases went back in {given_back_in} proposals{}", report(&all));
-    let mut b = Spawned::spawn(shimmed_command(&n2.daemon, &prog, &["wide", "8M"], &[]), true);
-    b.wait_for_line("attached", t, &n2.daemon);
+    let mut b = start_on(n2, &prog, &["wide", "8M"]);
     expect(&mut b, n2, "r", "read 00");
     quit(b, n2);
 }
@@ -886,7 +874,6 @@ fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
     let (_cluster, nodes, _) = shared_cluster(60_000);
     let all: Vec<&Node> = nodes.iter().collect();
     let prog = c_program("shared_rw");
-    let t = CLUSTER_TIMEOUT;
     let expect = |p: &mut Spawned, n: &Node, cmd: &str, want: &str| expect_line(p, n, &nodes, cmd, want);
     // (write leases, read leases) in node 1's applied state: it leads, and applies each of
     // its daemon's proposals before the proposal returns.
@@ -895,35 +882,43 @@ fn a_reader_that_writes_and_exits_unsynced_leaves_no_read_lease_behind() {
         (m["leases"].as_u64(), m["readers"].as_u64())
     };
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
-    let mut a = start_on(n1, &prog);
+    let mut a = start_on(n1, &prog, DEMO);
     expect(&mut a, n1, "r", "read 00");
     expect(&mut a, n1, "w 5a", "wrote");
     // 256K in granules of 64K: both leases of each.
     assert_eq!(held(n1), (Some(4), Some(4)), "node 1 reads, then writes 4 granules{}", report(&all));
     quit(a, n1);
-    n1.daemon.wait_until("the client's leases to go back", t, || {
-        match n1.daemon.log().contains("its pages and spill slots are released") {
-            true => Ok(()),
-            false => Err("the pager has not let the client go".into()),
-        }
-    });
+    wait_released(n1);
     assert_eq!(held(n1), (Some(0), Some(0)), "every lease of the gone client went back{}", report(&all));
     // The next writer goes on, and its data is published.
-    let mut b = start_on(n2, &prog);
+    let mut b = start_on(n2, &prog, DEMO);
     expect(&mut b, n2, "w 22", "wrote");
     expect(&mut b, n2, "s", "synced");
-    let mut c = start_on(n3, &prog);
+    let mut c = start_on(n3, &prog, DEMO);
     expect(&mut c, n3, "r", "read 22");
     for (p, n) in [(b, n2), (c, n3)] {
         quit(p, n);
     }
 }
 
-/// `shared_rw demo 256K` on node `n`, once it attached.
-fn start_on(n: &Node, prog: &std::path::Path) -> Spawned {
-    let mut p = Spawned::spawn(shimmed_command(&n.daemon, prog, &["demo", "256K"], &[]), true);
+/// The small shared region most tests share: `shared_rw demo 256K`.
+const DEMO: &[&str] = &["demo", "256K"];
+
+/// `shared_rw ARGS` on node `n`, once it attached.
+fn start_on(n: &Node, prog: &std::path::Path, args: &[&str]) -> Spawned {
+    let mut p = Spawned::spawn(shimmed_command(&n.daemon, prog, args, &[]), true);
     p.wait_for_line("attached", CLUSTER_TIMEOUT, &n.daemon);
     p
+}
+
+/// Waits until node `n`'s daemon has let its gone client go (and given its leases back).
+fn wait_released(n: &Node) {
+    n.daemon.wait_until("the client's leases to go back", CLUSTER_TIMEOUT, || {
+        match n.daemon.log().contains("its pages and spill slots are released") {
+            true => Ok(()),
+            false => Err("the pager has not let the client go".into()),
+        }
+    });
 }
 
 /// A member that donates is killed (`kill -9`) and comes back with another donation and data

@@ -311,7 +311,7 @@ extern "C" fn sentinel_main(_: *mut c_void) -> *mut c_void {
         });
         // SAFETY: poll on our own fds; POLLRDHUP never consumes data the others read.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
-        if n > 0 && fds.iter().any(|f| f.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0) {
+        if n > 0 && fds.iter().any(|f| f.revents & HUNG_UP != 0) {
             reconnect();
         }
     }
@@ -323,8 +323,11 @@ fn hung_up(fd: c_int) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
     // SAFETY: poll on one fd we own.
     let n = unsafe { libc::poll(&mut p, 1, 100) };
-    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    n > 0 && p.revents & HUNG_UP != 0
 }
+
+/// What `poll` reports on a connection whose daemon end closed.
+const HUNG_UP: libc::c_short = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
 
 fn now_ms() -> u64 {
     // SAFETY: clock_gettime fills a timespec we own.
