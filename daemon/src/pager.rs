@@ -106,6 +106,15 @@ impl ColdPass {
     }
 }
 
+/// A prefetch batch being read, which a fault that waits for it continues
+/// ([`Pager::continue_read_ahead`]): its lowest and highest window start, and its trend.
+#[derive(Clone, Copy)]
+struct ReadAhead {
+    lo: u64,
+    hi: u64,
+    ahead: Ahead,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Fault {
     addr: u64,
@@ -222,6 +231,9 @@ pub struct Pager {
     reader: Reader,
     /// Windows the reader is reading (their faults wait for it), and their pages.
     reading: Vec<Window>,
+    /// Prefetch batches being read that may be continued: the first and last window start
+    /// of each (by address) and the trend it follows.
+    read_ahead: Vec<ReadAhead>,
     reading_pages: i64,
     summary_at: Instant,
     /// After the tiers refused a granule, no eviction is tried before this.
@@ -361,6 +373,7 @@ impl Pager {
             writer,
             reader,
             reading: Vec::new(),
+            read_ahead: Vec::new(),
             reading_pages: 0,
             summary_at: Instant::now(),
             evict_backoff_until: None,
@@ -781,7 +794,11 @@ impl Pager {
                 }
             },
         };
-        if self.evicting(w.start, w.end()) || self.being_read(w.start) {
+        if self.evicting(w.start, w.end()) {
+            return Served::Defer;
+        }
+        if self.being_read(w.start) {
+            self.continue_read_ahead(w.start);
             return Served::Defer;
         }
         if f.wp {
@@ -915,7 +932,7 @@ impl Pager {
             let _ = self.uffd.wake(f.addr, PAGE);
         }
         if let (true, Some(Fetch { ahead: Some(ahead), .. })) = (from_tier, fetch) {
-            self.prefetch(w, ahead);
+            let _ = self.prefetch(w, ahead);
         }
         Served::Done
     }
@@ -936,7 +953,7 @@ impl Pager {
     /// it is done ([`Self::prefetched`]), while the program goes on with what it has. Nobody
     /// waits on them, so any trouble (a granule being evicted, an address-space change) just
     /// drops them.
-    fn prefetch(&mut self, w: Window, ahead: Ahead) {
+    fn prefetch(&mut self, w: Window, ahead: Ahead) -> bool {
         let g = self.granule as i64;
         // Prefetched pages displace colder ones (they push the resident set over the budget,
         // and evictions follow), but never into the slack that throttles fills.
@@ -946,6 +963,7 @@ impl Pager {
         self.evict_ahead((ahead.count - count) as u64 * self.granule / PAGE);
         let mut staged = Vec::new();
         let mut unread = Vec::new();
+        let mut reach = None;
         let mut addr = w.start as i64;
         for _ in 0..count {
             addr += ahead.stride * g;
@@ -962,18 +980,38 @@ impl Pager {
             } else if !self.being_read(next.start) {
                 unread.push(next);
             }
+            reach = Some(next.start);
+        }
+        if let Some(to) = reach {
+            self.trend.fetched_to(to);
         }
         self.install_staged(&staged);
         if unread.is_empty() || self.reader.in_flight() >= PREFETCH_MAX_BATCHES {
-            return;
+            return !staged.is_empty();
         }
         let batch: Vec<Staged> = unread.iter().map(|w| self.to_stage(*w, 0..(w.len / PAGE) as usize)).collect();
         // The slots must outlive the read even if their pages let go of them meanwhile (a
         // DONTNEED): a freed slot could be rewritten under the reader.
         self.d.store.retain(batch.iter().flat_map(|st| spilled_slots(&st.pages)));
         self.reading_pages += batch.iter().map(|st| st.pages.len() as i64).sum::<i64>();
+        let (first, last) = (unread[0].start, unread[unread.len() - 1].start);
+        self.read_ahead.push(ReadAhead { lo: first.min(last), hi: first.max(last), ahead });
         self.reading.extend(unread);
         self.reader.submit(batch);
+        true
+    }
+
+    /// The program waits for a prefetch batch still being read: it caught up with the
+    /// read-ahead, so the next stretch along the same trend is fetched now, while this one
+    /// is read (as the kernel's async readahead starts at its marker page). Until the budget
+    /// has room for some of it, each retry of the waiting fault asks again.
+    fn continue_read_ahead(&mut self, start: u64) {
+        let Some(r) = self.read_ahead.iter().find(|r| (r.lo..=r.hi).contains(&start)).copied() else { return };
+        let from = if r.ahead.stride < 0 { r.lo } else { r.hi };
+        let Some(w) = self.table.window(from, self.granule) else { return };
+        if self.prefetch(w, r.ahead) {
+            self.read_ahead.retain(|x| x.lo != r.lo);
+        }
     }
 
     /// Prefetch wanted `pages` more than the budget had room for: evict that much of this
@@ -1008,6 +1046,7 @@ impl Pager {
     /// references that kept them safe go back.
     fn unpin(&mut self, wins: &[Staged]) {
         for st in wins {
+            self.read_ahead.retain(|r| r.lo != st.start);
             self.reading.retain(|r| r.start != st.start);
             self.reading_pages -= st.pages.len() as i64;
         }
@@ -1161,17 +1200,19 @@ impl Pager {
         // While the agent holds the gate (Go, or Removed after a first piece) every REMOVE
         // inside its window is its zap. madvise reports one REMOVE per VMA, so a window
         // that mprotect split arrives in pieces.
-        let agent_zap = self
+        // The agent zaps adjoining windows with one madvise: a REMOVE may span several.
+        let zapping: Vec<(u64, Window)> = self
             .evictions
             .iter()
-            .find(|(_, e)| {
-                matches!(e.state, EvictState::Go | EvictState::Removed) && e.w.start <= start && end <= e.w.end()
-            })
-            .map(|(id, _)| *id);
-        if let Some(id) = agent_zap {
-            let piece: Vec<u64> =
-                self.evictions[&id].pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
-            self.zapped_by_agent(id, &piece);
+            .filter(|(_, e)| matches!(e.state, EvictState::Go | EvictState::Removed))
+            .map(|(id, e)| (*id, e.w))
+            .collect();
+        if let Some(ids) = agent_zap(&zapping, start, end) {
+            for id in ids {
+                let piece: Vec<u64> =
+                    self.evictions[&id].pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
+                self.zapped_by_agent(id, &piece);
+            }
             return;
         }
         // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
@@ -2042,6 +2083,20 @@ impl Pager {
 }
 
 /// The window of `table` that starts at `key`, if it has resident pages.
+/// Whether `[start, end)`, a range an EVENT_REMOVE reported, is the agent's zap: covered by
+/// the windows of evictions in `zapping` (id, window; each with its go) that adjoin one
+/// another, as the agent's one madvise over adjoining windows makes it. Their ids, or `None`
+/// for a program's own DONTNEED. While the agent holds its go, the gate keeps the program
+/// from zapping these windows itself.
+fn agent_zap(zapping: &[(u64, Window)], start: u64, end: u64) -> Option<Vec<u64>> {
+    let mut hit: Vec<(u64, Window)> = zapping.iter().copied().filter(|(_, w)| w.overlaps(start, end)).collect();
+    hit.sort_unstable_by_key(|(_, w)| w.start);
+    let covered = hit.first().is_some_and(|(_, w)| w.start <= start)
+        && hit.last().is_some_and(|(_, w)| end <= w.end())
+        && hit.windows(2).all(|p| p[0].1.end() == p[1].1.start);
+    covered.then(|| hit.into_iter().map(|(id, _)| id).collect())
+}
+
 fn resident_window(table: &PageTable, key: u64, granule: u64) -> Option<Window> {
     table.window(key, granule).filter(|w| w.start == key && table.pages(*w).contains(&PageState::Resident))
 }
@@ -2203,6 +2258,18 @@ mod tests {
 
     const fn s(slot: SlotId, idx: u16) -> PageState {
         Spilled { slot, idx }
+    }
+
+    #[test]
+    fn a_remove_is_the_agents_only_where_adjoining_zapping_windows_cover_it() {
+        let w = |start: u64| Window { start, len: 0x10000 };
+        let zapping = [(7, w(0x20000)), (5, w(0x10000)), (9, w(0x40000))];
+        assert_eq!(agent_zap(&zapping, 0x10000, 0x30000), Some(vec![5, 7]), "one madvise over two windows");
+        assert_eq!(agent_zap(&zapping, 0x12000, 0x13000), Some(vec![5]), "a piece of one (a split VMA)");
+        assert_eq!(agent_zap(&zapping, 0x10000, 0x50000), None, "a hole at 0x30000: not one zap of ours");
+        assert_eq!(agent_zap(&zapping, 0x8000, 0x20000), None, "reaches below the windows");
+        assert_eq!(agent_zap(&zapping, 0x40000, 0x60000), None, "reaches past them");
+        assert_eq!(agent_zap(&[], 0x10000, 0x20000), None);
     }
 
     #[test]

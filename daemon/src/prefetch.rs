@@ -76,14 +76,25 @@ impl Streams {
         })
     }
 
-    /// The stream a refault of the granule at `at` continues, if any.
+    /// Prefetch fetched the stream around `to` ahead up to the granule at `to`, beyond
+    /// where its last refault said (it went on while the program kept up): the stream's next
+    /// refault is expected just past it.
+    pub fn fetched_to(&mut self, to: u64) {
+        let at = to & !(self.granule - 1);
+        if let Some(i) = self.nearest(at) {
+            self.trends[i].fetched_to(at);
+        }
+    }
+
+    /// The stream a refault of the granule at `at` continues, if any: near its last refault
+    /// or where its next one is expected.
     fn nearest(&self, at: u64) -> Option<usize> {
         let g = self.granule;
         self.trends
             .iter()
             .enumerate()
             .filter_map(|(i, t)| {
-                let d = t.last?.abs_diff(at) / g;
+                let d = t.last.into_iter().chain(t.expect).map(|p| p.abs_diff(at) / g).min()?;
                 (d <= STREAM_REACH + t.window as u64 * (t.stride().unsigned_abs() + 1)).then_some((d, i))
             })
             .min()
@@ -144,7 +155,11 @@ impl Trend {
     pub fn on_refault(&mut self, addr: u64) -> Option<Ahead> {
         let g = self.granule as i64;
         let delta = match (self.last, self.expect) {
-            (_, Some(e)) if e == addr => self.majority().unwrap_or(0),
+            // Past the last refault, no further than the end of what was fetched ahead: the
+            // fetched granules before it were used (or were not fetchable), a trend step.
+            (Some(last), Some(e)) if (last < addr && addr <= e) || (e <= addr && addr < last) => {
+                self.majority().unwrap_or(0)
+            }
             (Some(last), _) => (addr as i64 - last as i64) / g,
             (None, _) => {
                 self.last = Some(addr);
@@ -167,6 +182,13 @@ impl Trend {
                 self.window /= 2;
                 None
             }
+        }
+    }
+
+    /// See [`Streams::fetched_to`].
+    fn fetched_to(&mut self, at: u64) {
+        if let Some(stride) = self.majority().filter(|&s| s != 0) {
+            self.expect = u64::try_from(at as i64 + stride * self.granule as i64).ok();
         }
     }
 
@@ -288,6 +310,32 @@ mod tests {
         assert!(s.on_refault(6 * G).ahead.is_some(), "the trend fetches ahead");
         let again = s.on_refault(6 * G + 4096);
         assert!(again.whole && again.continues, "the rest of the granule is the same access: {again:?}");
+    }
+
+    #[test]
+    fn a_scan_read_ahead_without_refaults_keeps_its_trend() {
+        let mut s = Streams::new(G, 8);
+        for i in 0..4u64 {
+            s.on_refault(i * G);
+        }
+        let a = s.on_refault(4 * G).ahead.unwrap();
+        assert_eq!(a.stride, 1);
+        // The pager went on reading ahead, a window at a time (the program kept waiting for
+        // it), up to granule 100; the next refault lands just past it, far beyond what the
+        // refault at 4 asked for.
+        for to in (4 + a.count as u64..=100).step_by(a.count) {
+            s.fetched_to(to * G);
+        }
+        s.fetched_to(100 * G);
+        let f = s.on_refault(101 * G);
+        assert_eq!(f.ahead.map(|a| a.stride), Some(1), "still the same stream and trend: {f:?}");
+        // The budget granted less than the window: a refault short of the fetched end (but past
+        // the last) is a step of the trend, not a break.
+        let end = 101 + f.ahead.unwrap().count as u64 + 1;
+        assert!(end > 104);
+        assert_eq!(s.on_refault(104 * G).ahead.map(|a| a.stride), Some(1));
+        let before = s.trends[0].window;
+        assert!(before >= 8, "the window kept growing: {before}");
     }
 
     #[test]

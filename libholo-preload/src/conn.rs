@@ -802,13 +802,26 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64
             None => return false,
         }
     }
-    for ((z, go), called) in zaps.iter().zip(go).zip(batch.called.iter_mut()) {
-        if go {
+    // Zaps given their go whose windows adjoin are one madvise: one EVENT_REMOVE for the
+    // daemon to read (the zap waits for it) and one TLB flush, not one per granule.
+    let mut k = 0;
+    while k < n {
+        if !go[k] {
+            k += 1;
+            continue;
+        }
+        let mut end = k + 1;
+        while end < n && go[end] && zaps[end].b == zaps[end - 1].b + zaps[end - 1].c {
+            end += 1;
+        }
+        let rc = zap(zaps[k].b, zaps[end - 1].b + zaps[end - 1].c - zaps[k].b);
+        for (z, called) in zaps[k..end].iter().zip(&mut batch.called[k..end]) {
             *called = true;
-            if !say(Kind::Zapped, z, zap(z.b, z.c)) {
+            if !say(Kind::Zapped, z, rc) {
                 return false;
             }
         }
+        k = end;
     }
     let settled = zaps
         .iter()

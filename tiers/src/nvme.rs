@@ -209,16 +209,22 @@ impl NvmeTier {
         }
     }
 
-    /// Run `ops` (slot, offset in it, length, is_write) on `ring`, op `i` using the start of
-    /// `ring.bufs[i]`; returns each op's outcome. Short transfers (rare: a signal, the end of a device) are finished
-    /// with plain pread/pwrite.
-    fn run(&self, ring: &mut Ring, ops: &[(SlotId, usize, usize, bool)]) -> Vec<io::Result<()>> {
+    /// Run `ops` (slot, offset in it, length, write?) as one batch, op `i` on buffer `i` of
+    /// `ring`: `meanwhile` runs once they are submitted, and `done(i, outcome, buffer)` as
+    /// each completes (a short transfer is finished synchronously first), so that the caller's
+    /// work on one op (checksums) overlaps the I/O of the others.
+    fn run(
+        &self,
+        ring: &mut Ring,
+        ops: &[(SlotId, usize, usize, bool)],
+        meanwhile: impl FnOnce(),
+        mut done: impl FnMut(usize, io::Result<()>, &[u8]),
+    ) {
         debug_assert!(ops.len() <= RING_DEPTH);
         while ring.bufs.len() < ops.len() {
             ring.bufs.push(AlignedBuf::new(self.slot_bytes));
         }
         let fd = types::Fd(self.file.as_raw_fd());
-        let mut done: Vec<Option<io::Result<usize>>> = (0..ops.len()).map(|_| None).collect();
         for (i, &(slot, at, len, write)) in ops.iter().enumerate() {
             let ptr = ring.bufs[i].as_mut_ptr();
             let offset = self.offset(slot) + at as u64;
@@ -233,38 +239,52 @@ impl NvmeTier {
                 unreachable!("ring has room for {RING_DEPTH} entries");
             }
         }
+        if let Err(e) = Self::submit(ring, 0) {
+            // The kernel did not take the batch: nothing is in flight that we know of.
+            for i in 0..ops.len() {
+                done(i, Err(io::Error::new(e.kind(), e.to_string())), &ring.bufs[i]);
+            }
+            return;
+        }
+        meanwhile();
         let mut pending = ops.len();
         while pending > 0 {
-            if let Err(e) = ring.uring.submit_and_wait(pending) {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                // The kernel did not take the batch: nothing is in flight that we know of.
-                return ops.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect();
+            if let Err(e) = Self::submit(ring, 1) {
+                unreachable!("waiting for submitted I/O failed: {e}");
             }
-            for cqe in ring.uring.completion() {
-                let r = cqe.result();
-                done[cqe.user_data() as usize] =
-                    Some(if r < 0 { Err(io::Error::from_raw_os_error(-r)) } else { Ok(r as usize) });
+            let completed: Vec<(usize, i32)> =
+                ring.uring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
+            for (i, r) in completed {
                 pending -= 1;
+                let (slot, at, len, write) = ops[i];
+                let outcome = if r < 0 {
+                    Err(io::Error::from_raw_os_error(-r))
+                } else if r as usize == len {
+                    Ok(())
+                } else {
+                    let (off, rest) = (self.offset(slot) + (at + r as usize) as u64, r as usize..len);
+                    if write {
+                        self.file.write_all_at(&ring.bufs[i][rest], off)
+                    } else {
+                        self.file.read_exact_at(&mut ring.bufs[i][rest], off)
+                    }
+                };
+                done(i, outcome, &ring.bufs[i]);
             }
         }
-        ops.iter()
-            .zip(done)
-            .enumerate()
-            .map(|(i, (&(slot, at, len, write), r))| {
-                let n = r.expect("every op completed")?;
-                if n == len {
-                    return Ok(());
+    }
+
+    /// `io_uring_enter`, submitting what is queued and waiting for `want` completions,
+    /// through interruptions and transient refusals.
+    fn submit(ring: &mut Ring, want: usize) -> io::Result<()> {
+        loop {
+            match ring.uring.submit_and_wait(want) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
+                    std::thread::yield_now()
                 }
-                let (off, rest) = (self.offset(slot) + (at + n) as u64, n..len);
-                if write {
-                    self.file.write_all_at(&ring.bufs[i][rest], off)
-                } else {
-                    self.file.read_exact_at(&mut ring.bufs[i][rest], off)
-                }
-            })
-            .collect()
+                r => return r.map(drop),
+            }
+        }
     }
 }
 
@@ -316,8 +336,15 @@ impl Tier for NvmeTier {
                     (slot, 0, len, true)
                 })
                 .collect();
-            let outcomes = self.run(&mut ring, &ops);
-            let sums: Vec<Sum> = chunk.iter().map(|(_, data)| Sum::of(data)).collect();
+            let mut sums: Vec<Sum> = Vec::with_capacity(chunk.len());
+            let mut outcomes: Vec<io::Result<()>> = (0..chunk.len()).map(|_| Ok(())).collect();
+            // The checksums are computed while the writes are in flight.
+            self.run(
+                &mut ring,
+                &ops,
+                || sums.extend(chunk.iter().map(|(_, data)| Sum::of(data))),
+                |i, outcome, _| outcomes[i] = outcome,
+            );
             let mut written = Vec::with_capacity(chunk.len());
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
@@ -346,25 +373,34 @@ impl Tier for NvmeTier {
         };
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
         let mut result = Ok(());
-        'chunks: for (chunk, chunk_plans) in reqs.chunks_mut(RING_DEPTH).zip(plans.chunks(RING_DEPTH)) {
+        for (chunk, chunk_plans) in reqs.chunks_mut(RING_DEPTH).zip(plans.chunks(RING_DEPTH)) {
             let ops: Vec<_> = chunk
                 .iter()
                 .zip(chunk_plans)
                 .map(|(r, plan)| (r.slot, plan.base(), align_up(plan.bytes()), false))
                 .collect();
-            for (i, outcome) in self.run(&mut ring, &ops).into_iter().enumerate() {
-                let (req, plan) = (&mut chunk[i], &chunk_plans[i]);
-                if let Err(e) = outcome {
-                    result = Err(Self::io_err(req.slot, e));
-                    break 'chunks;
-                }
-                let base = plan.base();
-                let data = &ring.bufs[i][..plan.bytes()];
-                if let Err(e) = plan.verify(NAME, req.slot, data) {
-                    result = Err(e);
-                    break 'chunks;
-                }
-                req.buf.copy_from_slice(&data[req.offset - base..req.offset - base + req.buf.len()]);
+            // Each read is checked and copied out as it completes, while the others are in flight.
+            self.run(
+                &mut ring,
+                &ops,
+                || {},
+                |i, outcome, buf| {
+                    let (req, plan) = (&mut chunk[i], &chunk_plans[i]);
+                    if result.is_err() {
+                        return;
+                    }
+                    let data = &buf[..plan.bytes()];
+                    result = outcome
+                        .map_err(|e| Self::io_err(req.slot, e))
+                        .and_then(|()| plan.verify(NAME, req.slot, data))
+                        .map(|()| {
+                            let at = req.offset - plan.base();
+                            req.buf.copy_from_slice(&data[at..at + req.buf.len()]);
+                        });
+                },
+            );
+            if result.is_err() {
+                break;
             }
         }
         self.put_ring(ring);
