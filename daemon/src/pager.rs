@@ -798,7 +798,13 @@ impl Pager {
             return Served::Defer;
         }
         if self.being_read(w.start) {
-            self.continue_read_ahead(w.start);
+            // Not for a client whose fills are held back: its read-ahead waits with them.
+            if !self.d.throttle_fills()
+                && !self.held_for_stalled_agent()
+                && !crate::pressure::throttled(&self.d, &self.info)
+            {
+                self.continue_read_ahead(w.start);
+            }
             return Served::Defer;
         }
         if f.wp {
@@ -960,7 +966,7 @@ impl Pager {
         let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
         let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
         let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
-        self.evict_ahead((ahead.count - count) as u64 * self.granule / PAGE);
+        self.evict_ahead(ahead_shortfall(room, count, ahead.count, self.granule / PAGE));
         let mut staged = Vec::new();
         let mut unread = Vec::new();
         let mut reach = None;
@@ -1014,10 +1020,10 @@ impl Pager {
         }
     }
 
-    /// Prefetch wanted `pages` more than the budget had room for: evict that much of this
-    /// client ahead of need (less what is being evicted or asked for already), so that the
-    /// next stretch of the trend can be read while the program uses this one. Clean victims,
-    /// which a scan leaves behind, cost only their zap.
+    /// Prefetch needs `pages` more room than the budget has ([`ahead_shortfall`]): evict
+    /// that much of this client ahead of need (less what is being evicted or asked for
+    /// already), so that the next stretch of the trend can be read while the program uses
+    /// this one. Clean victims, which a scan leaves behind, cost only their zap.
     fn evict_ahead(&mut self, pages: u64) {
         let b = &self.d.budget;
         let under_way = b.evicting.load(Relaxed) + b.requested.load(Relaxed);
@@ -1207,16 +1213,26 @@ impl Pager {
             .filter(|(_, e)| matches!(e.state, EvictState::Go | EvictState::Removed))
             .map(|(id, e)| (*id, e.w))
             .collect();
-        if let Some(ids) = agent_zap(&zapping, start, end) {
-            for id in ids {
-                let piece: Vec<u64> =
-                    self.evictions[&id].pages.iter().copied().filter(|a| (start..end).contains(a)).collect();
-                self.zapped_by_agent(id, &piece);
-            }
-            return;
+        let (ids, rest) = split_remove(&zapping, start, end);
+        for id in ids {
+            // Pages still resident only: a REMOVE repeated over the same pages (a VMA split
+            // while the madvise waited, a retried madvise) moves nothing twice.
+            let piece: Vec<u64> = self.evictions[&id]
+                .pages
+                .iter()
+                .copied()
+                .filter(|&a| (start..end).contains(&a) && self.table.get(a) == Some(PageState::Resident))
+                .collect();
+            self.zapped_by_agent(id, &piece);
         }
-        // The program's own DONTNEED/FREE: those pages read as zeros from now on. An
-        // eviction not yet under way there captured stale bytes: cancel it.
+        for r in rest {
+            self.zeroed(r.start, r.end);
+        }
+    }
+
+    /// The program's own DONTNEED/FREE of `[start, end)`: those pages read as zeros from now
+    /// on. An eviction not yet under way there captured stale bytes: cancel it.
+    fn zeroed(&mut self, start: u64, end: u64) {
         self.settle_overlapping(start, end);
         if let Some(j) = &mut self.journal {
             j.zero(start, end);
@@ -2082,21 +2098,40 @@ impl Pager {
     }
 }
 
-/// The window of `table` that starts at `key`, if it has resident pages.
-/// Whether `[start, end)`, a range an EVENT_REMOVE reported, is the agent's zap: covered by
-/// the windows of evictions in `zapping` (id, window; each with its go) that adjoin one
-/// another, as the agent's one madvise over adjoining windows makes it. Their ids, or `None`
-/// for a program's own DONTNEED. While the agent holds its go, the gate keeps the program
-/// from zapping these windows itself.
-fn agent_zap(zapping: &[(u64, Window)], start: u64, end: u64) -> Option<Vec<u64>> {
-    let mut hit: Vec<(u64, Window)> = zapping.iter().copied().filter(|(_, w)| w.overlaps(start, end)).collect();
-    hit.sort_unstable_by_key(|(_, w)| w.start);
-    let covered = hit.first().is_some_and(|(_, w)| w.start <= start)
-        && hit.last().is_some_and(|(_, w)| end <= w.end())
-        && hit.windows(2).all(|p| p[0].1.end() == p[1].1.start);
-    covered.then(|| hit.into_iter().map(|(id, _)| id).collect())
+/// The room (in pages) that a prefetch granted `count` of the `window` granules it wanted
+/// (of `granule_pages` each) lacks, when `room` pages were left: what it was refused, and
+/// enough to read the stream's next window once this one is read, so that reading ahead never
+/// waits for evictions to start. Nothing while the budget has that much room.
+fn ahead_shortfall(room: i64, count: usize, window: usize, granule_pages: u64) -> u64 {
+    let left = room.max(0) as u64 - count as u64 * granule_pages;
+    let refused = (window - count) as u64 * granule_pages;
+    refused + (window as u64 * granule_pages).saturating_sub(left)
 }
 
+/// Split `[start, end)`, a range an EVENT_REMOVE reported, into the agent's zaps and the
+/// rest: the ids of the evictions in `zapping` (id, window; each given its go) whose windows
+/// it overlaps, and the pieces no such window covers, which read as zeros, as a program's
+/// own DONTNEED. While the agent holds a go, the gate keeps the program from zapping that
+/// window itself; the agent zaps adjoining windows with one madvise, so one REMOVE may span
+/// several.
+fn split_remove(zapping: &[(u64, Window)], start: u64, end: u64) -> (Vec<u64>, Vec<Range<u64>>) {
+    let mut hit: Vec<(u64, Window)> = zapping.iter().copied().filter(|(_, w)| w.overlaps(start, end)).collect();
+    hit.sort_unstable_by_key(|(_, w)| w.start);
+    let mut rest = Vec::new();
+    let mut at = start;
+    for (_, w) in &hit {
+        if at < w.start {
+            rest.push(at..w.start);
+        }
+        at = at.max(w.end());
+    }
+    if at < end {
+        rest.push(at..end);
+    }
+    (hit.into_iter().map(|(id, _)| id).collect(), rest)
+}
+
+/// The window of `table` that starts at `key`, if it has resident pages.
 fn resident_window(table: &PageTable, key: u64, granule: u64) -> Option<Window> {
     table.window(key, granule).filter(|w| w.start == key && table.pages(*w).contains(&PageState::Resident))
 }
@@ -2261,15 +2296,28 @@ mod tests {
     }
 
     #[test]
-    fn a_remove_is_the_agents_only_where_adjoining_zapping_windows_cover_it() {
+    fn prefetch_keeps_a_window_of_room_ahead_only_when_the_budget_lacks_it() {
+        let g = 16;
+        // Room for this window and the next: nothing to evict.
+        assert_eq!(ahead_shortfall(64 * g as i64, 32, 32, g), 0);
+        // Room for this window only: evict the next one's worth.
+        assert_eq!(ahead_shortfall(32 * g as i64, 32, 32, g), 32 * g);
+        // No room at all (over budget): the refused window and the next.
+        assert_eq!(ahead_shortfall(-100, 0, 32, g), 64 * g);
+        assert_eq!(ahead_shortfall(10 * g as i64, 10, 32, g), 54 * g);
+    }
+
+    #[test]
+    fn a_remove_is_the_agents_where_zapping_windows_cover_it_and_zeros_elsewhere() {
         let w = |start: u64| Window { start, len: 0x10000 };
         let zapping = [(7, w(0x20000)), (5, w(0x10000)), (9, w(0x40000))];
-        assert_eq!(agent_zap(&zapping, 0x10000, 0x30000), Some(vec![5, 7]), "one madvise over two windows");
-        assert_eq!(agent_zap(&zapping, 0x12000, 0x13000), Some(vec![5]), "a piece of one (a split VMA)");
-        assert_eq!(agent_zap(&zapping, 0x10000, 0x50000), None, "a hole at 0x30000: not one zap of ours");
-        assert_eq!(agent_zap(&zapping, 0x8000, 0x20000), None, "reaches below the windows");
-        assert_eq!(agent_zap(&zapping, 0x40000, 0x60000), None, "reaches past them");
-        assert_eq!(agent_zap(&[], 0x10000, 0x20000), None);
+        let split = |s, e| split_remove(&zapping, s, e);
+        assert_eq!(split(0x10000, 0x30000), (vec![5, 7], vec![]), "one madvise over two windows");
+        assert_eq!(split(0x12000, 0x13000), (vec![5], vec![]), "a piece of one (a split VMA)");
+        assert_eq!(split(0x10000, 0x50000), (vec![5, 7, 9], vec![0x30000..0x40000]), "a window nobody zaps");
+        assert_eq!(split(0x8000, 0x20000), (vec![5], vec![0x8000..0x10000]), "reaches below the windows");
+        assert_eq!(split(0x48000, 0x60000), (vec![9], vec![0x50000..0x60000]), "reaches past them");
+        assert_eq!(split_remove(&[], 0x10000, 0x20000), (vec![], vec![0x10000..0x20000]), "a program DONTNEED");
     }
 
     #[test]

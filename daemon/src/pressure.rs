@@ -423,7 +423,7 @@ const THROTTLE_FAULT_GAP_MS: u64 = 20;
 /// pass at the cost of one atomic load.
 pub fn hold_fault(d: &Daemon, client: &ClientInfo) -> bool {
     let shared = &d.pressure;
-    if !shared.throttling.load(Relaxed) || client.priority.load(Relaxed) >= shared.top_priority.load(Relaxed) {
+    if !throttled(d, client) {
         return false;
     }
     let now = d.now_ms();
@@ -436,6 +436,13 @@ pub fn hold_fault(d: &Daemon, client: &ClientInfo) -> bool {
         shared.counters.throttled_faults.fetch_add(1, Relaxed);
     }
     false
+}
+
+/// Whether `client`'s faults are spaced out now (throttling, and it is below the top
+/// priority): it gets no read-ahead beyond its faults either.
+pub fn throttled(d: &Daemon, client: &ClientInfo) -> bool {
+    let shared = &d.pressure;
+    shared.throttling.load(Relaxed) && client.priority.load(Relaxed) < shared.top_priority.load(Relaxed)
 }
 
 /// The cold offloader's allowance after a tick, in pages, from `left`: while offloading is

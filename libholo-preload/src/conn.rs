@@ -810,16 +810,22 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64
             k += 1;
             continue;
         }
+        // Of one kind (a shared region's zaps carry the top bit of their id, and the daemon
+        // settles them apart).
         let mut end = k + 1;
-        while end < n && go[end] && zaps[end].b == zaps[end - 1].b + zaps[end - 1].c {
+        while end < n
+            && go[end]
+            && zaps[end].b == zaps[end - 1].b + zaps[end - 1].c
+            && (zaps[end].a ^ zaps[k].a) >> 63 == 0
+        {
             end += 1;
         }
+        // Marked before the madvise, as one zap was: if the daemon dies from here on, its
+        // successor is told these may have happened.
+        batch.called[k..end].fill(true);
         let rc = zap(zaps[k].b, zaps[end - 1].b + zaps[end - 1].c - zaps[k].b);
-        for (z, called) in zaps[k..end].iter().zip(&mut batch.called[k..end]) {
-            *called = true;
-            if !say(Kind::Zapped, z, rc) {
-                return false;
-            }
+        if !zaps[k..end].iter().all(|z| say(Kind::Zapped, z, rc)) {
+            return false;
         }
         k = end;
     }

@@ -86,6 +86,8 @@ pub fn sum_record_bytes(slot_bytes: usize) -> usize {
 struct Ring {
     uring: IoUring,
     bufs: Vec<AlignedBuf>,
+    /// A batch was refused and may still be queued: not pooled again.
+    broken: bool,
 }
 
 impl NvmeTier {
@@ -199,20 +201,20 @@ impl NvmeTier {
         if let Some(r) = self.rings.lock().unwrap().pop() {
             return Ok(r);
         }
-        Ok(Ring { uring: IoUring::new(RING_DEPTH as u32)?, bufs: Vec::new() })
+        Ok(Ring { uring: IoUring::new(RING_DEPTH as u32)?, bufs: Vec::new(), broken: false })
     }
 
     fn put_ring(&self, ring: Ring) {
         let mut rings = self.rings.lock().unwrap();
-        if rings.len() < MAX_POOLED_RINGS {
+        if rings.len() < MAX_POOLED_RINGS && !ring.broken {
             rings.push(ring);
         }
     }
 
     /// Run `ops` (slot, offset in it, length, write?) as one batch, op `i` on buffer `i` of
-    /// `ring`: `meanwhile` runs once they are submitted, and `done(i, outcome, buffer)` as
-    /// each completes (a short transfer is finished synchronously first), so that the caller's
-    /// work on one op (checksums) overlaps the I/O of the others.
+    /// `ring`: `meanwhile` runs once they are submitted (or refused), and `done(i, outcome,
+    /// buffer)` as each completes (a short transfer is finished synchronously first), so that
+    /// the caller's work on one op (checksums) overlaps the I/O of the others.
     fn run(
         &self,
         ring: &mut Ring,
@@ -240,7 +242,10 @@ impl NvmeTier {
             }
         }
         if let Err(e) = Self::submit(ring, 0) {
-            // The kernel did not take the batch: nothing is in flight that we know of.
+            // The kernel did not take the batch: nothing is in flight that we know of, but its
+            // entries may still be queued, so the ring is not used again.
+            ring.broken = true;
+            meanwhile();
             for i in 0..ops.len() {
                 done(i, Err(io::Error::new(e.kind(), e.to_string())), &ring.bufs[i]);
             }
@@ -249,8 +254,10 @@ impl NvmeTier {
         meanwhile();
         let mut pending = ops.len();
         while pending > 0 {
-            if let Err(e) = Self::submit(ring, 1) {
-                unreachable!("waiting for submitted I/O failed: {e}");
+            // Nothing may return while the kernel still writes into the buffers.
+            while let Err(e) = Self::submit(ring, 1) {
+                log::error!("nvme: waiting for I/O in flight failed ({e}); waiting again");
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let completed: Vec<(usize, i32)> =
                 ring.uring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
@@ -275,12 +282,15 @@ impl NvmeTier {
     }
 
     /// `io_uring_enter`, submitting what is queued and waiting for `want` completions,
-    /// through interruptions and transient refusals.
+    /// through interruptions and (a while) transient refusals.
     fn submit(ring: &mut Ring, want: usize) -> io::Result<()> {
+        let mut tries = 0;
         loop {
             match ring.uring.submit_and_wait(want) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
-                    std::thread::yield_now()
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(100));
                 }
                 r => return r.map(drop),
             }
@@ -345,6 +355,7 @@ impl Tier for NvmeTier {
                 || sums.extend(chunk.iter().map(|(_, data)| Sum::of(data))),
                 |i, outcome, _| outcomes[i] = outcome,
             );
+            debug_assert_eq!(sums.len(), chunk.len(), "a checksum for every write, refused or not");
             let mut written = Vec::with_capacity(chunk.len());
             let mut s = self.slots.lock().unwrap();
             for ((&(slot, _), outcome), sum) in chunk.iter().zip(outcomes).zip(sums) {
