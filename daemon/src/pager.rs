@@ -966,7 +966,14 @@ impl Pager {
         let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
         let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
         let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
-        self.evict_ahead(ahead_shortfall(room, count, ahead.count, self.granule / PAGE));
+        let reserve = (self.d.resident_limit_pages().max(0) as u64 / RESERVE_SHARE) * PAGE / self.granule;
+        self.evict_ahead(ahead_shortfall(
+            room,
+            count,
+            ahead.count,
+            (ahead.count as u64).min(reserve),
+            self.granule / PAGE,
+        ));
         let mut staged = Vec::new();
         let mut unread = Vec::new();
         let mut reach = None;
@@ -2098,14 +2105,19 @@ impl Pager {
     }
 }
 
+/// At most this share of the budget is kept free ahead of a stream's read-ahead.
+const RESERVE_SHARE: u64 = 32;
+
 /// The room (in pages) that a prefetch granted `count` of the `window` granules it wanted
 /// (of `granule_pages` each) lacks, when `room` pages were left: what it was refused, and
-/// enough to read the stream's next window once this one is read, so that reading ahead never
-/// waits for evictions to start. Nothing while the budget has that much room.
-fn ahead_shortfall(room: i64, count: usize, window: usize, granule_pages: u64) -> u64 {
+/// room for `reserve` granules more, so that the stream's next stretch can be read once this
+/// one is, without waiting for evictions to start. Nothing while the budget has that much
+/// room. (The reserve is at most a window, and a small share of the budget: a small budget
+/// keeps its hot granules.)
+fn ahead_shortfall(room: i64, count: usize, window: usize, reserve: u64, granule_pages: u64) -> u64 {
     let left = room.max(0) as u64 - count as u64 * granule_pages;
     let refused = (window - count) as u64 * granule_pages;
-    refused + (window as u64 * granule_pages).saturating_sub(left)
+    refused + (reserve * granule_pages).saturating_sub(left)
 }
 
 /// Split `[start, end)`, a range an EVENT_REMOVE reported, into the agent's zaps and the
@@ -2299,12 +2311,14 @@ mod tests {
     fn prefetch_keeps_a_window_of_room_ahead_only_when_the_budget_lacks_it() {
         let g = 16;
         // Room for this window and the next: nothing to evict.
-        assert_eq!(ahead_shortfall(64 * g as i64, 32, 32, g), 0);
+        assert_eq!(ahead_shortfall(64 * g as i64, 32, 32, 32, g), 0);
         // Room for this window only: evict the next one's worth.
-        assert_eq!(ahead_shortfall(32 * g as i64, 32, 32, g), 32 * g);
+        assert_eq!(ahead_shortfall(32 * g as i64, 32, 32, 32, g), 32 * g);
+        // A small budget keeps a smaller reserve.
+        assert_eq!(ahead_shortfall(32 * g as i64, 32, 32, 4, g), 4 * g);
         // No room at all (over budget): the refused window and the next.
-        assert_eq!(ahead_shortfall(-100, 0, 32, g), 64 * g);
-        assert_eq!(ahead_shortfall(10 * g as i64, 10, 32, g), 54 * g);
+        assert_eq!(ahead_shortfall(-100, 0, 32, 32, g), 64 * g);
+        assert_eq!(ahead_shortfall(10 * g as i64, 10, 32, 32, g), 54 * g);
     }
 
     #[test]
