@@ -1211,9 +1211,9 @@ impl Pager {
 
     fn on_remove(&mut self, start: u64, end: u64) {
         // While the agent holds the gate (Go, or Removed after a first piece) every REMOVE
-        // inside its window is its zap. madvise reports one REMOVE per VMA, so a window
-        // that mprotect split arrives in pieces.
-        // The agent zaps adjoining windows with one madvise: a REMOVE may span several.
+        // inside its window is its zap. It zaps adjoining windows with one madvise, so a
+        // REMOVE may span several; madvise reports one REMOVE per VMA, so a window that
+        // mprotect split arrives in pieces.
         let zapping: Vec<(u64, Window)> = self
             .evictions
             .iter()
