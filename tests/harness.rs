@@ -778,6 +778,9 @@ impl Drop for Spawned {
         if self.stdout_thread.is_some() {
             self.kill_group();
             let _ = self.child.wait();
+            if !thread::panicking() {
+                return;
+            }
             let deadline = Instant::now() + Duration::from_secs(2);
             let stderr = self.stderr_thread.take().filter(|t| {
                 while !t.is_finished() && Instant::now() < deadline {
@@ -785,7 +788,7 @@ impl Drop for Spawned {
                 }
                 t.is_finished()
             });
-            if let (true, Some(t)) = (thread::panicking(), stderr) {
+            if let Some(t) = stderr {
                 let text = t.join().unwrap_or_default();
                 eprintln!(
                     "stderr of {}, killed by the harness after the failure:\n{}",

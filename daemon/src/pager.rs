@@ -1875,7 +1875,7 @@ impl Pager {
         self.agent_answered();
         // Sent under the gate: every zap the crashed daemon let go has landed.
         self.late_zaps = false;
-        if f.a & shared::ZAP_BIT != 0 && matches!(f.kind, Kind::Zapping | Kind::Zapped) {
+        if f.a & proto::SHARED_ZAP_BIT != 0 && matches!(f.kind, Kind::Zapping | Kind::Zapped) {
             let reply = self.shared.as_mut().map_or(Kind::NoGo, |s| s.on_agent_frame(f));
             let reply = if f.kind == Kind::Zapped { Kind::Done } else { reply };
             return proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")

@@ -76,9 +76,9 @@ impl Streams {
         })
     }
 
-    /// Prefetch fetched the stream around `to` ahead up to the granule at `to`, beyond
-    /// where its last refault said (it went on while the program kept up): the stream's next
-    /// refault is expected just past it.
+    /// Prefetch fetched the stream near `to` up to the granule at `to`, beyond where its
+    /// last refault said (it went on while the program kept up): the stream's next refault
+    /// is expected just past it.
     pub fn fetched_to(&mut self, to: u64) {
         let at = to & !(self.granule - 1);
         if let Some(i) = self.nearest(at) {

@@ -57,7 +57,7 @@ use holo_cluster::node::{now_ms, ADMIN_TIMEOUT};
 use holo_cluster::ownership::{Denied, Grant, Lease, ReadLease};
 use holo_cluster::state::{Command, Extent, NodeId, Outcome, MAX_BATCH};
 use holo_cluster::Cluster;
-use holo_pagers::proto::{self, Frame, Kind};
+use holo_pagers::proto::{self, Frame, Kind, SHARED_ZAP_BIT};
 use holo_pagers::uffd::{Fill, Uffd};
 use holo_tiers::atomic::{create_atomic, fsync_dir, Durability};
 
@@ -87,9 +87,6 @@ const BLOCKED_RETRY: Duration = Duration::from_secs(1);
 /// Drops asked of the agent and not answered yet; more wait for the next tick (the agent
 /// queues 128 zaps, the pager's evictions take up to 64 of them).
 const MAX_DROPS_IN_FLIGHT: usize = 32;
-/// Zap ids of shared granules have this bit set (the pager's evictions count from 1); the
-/// rest is the granule's address.
-pub const ZAP_BIT: u64 = 1 << 63;
 
 const MAGIC: &[u8; 8] = b"HOLOSHR1";
 /// Magic, epoch, length, BLAKE3 of (epoch, length, bytes).
@@ -646,11 +643,6 @@ impl GiveBack {
         }
     }
 
-    fn append(&mut self, more: GiveBack) {
-        self.writes.extend(more.writes);
-        self.reads.extend(more.reads);
-    }
-
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.reads.is_empty()
     }
@@ -681,6 +673,16 @@ pub struct Publication {
 }
 
 impl Publication {
+    /// Takes the outcome of its lease's renewal; one that cannot say (refused, unanswered)
+    /// sets `failed`.
+    fn take_renewal(&mut self, out: Result<Outcome, String>, failed: &AtomicBool) {
+        let found = renewal(self.lease.epoch, granted(out));
+        if found == Renewal::Unknown {
+            failed.store(true, Relaxed);
+        }
+        self.renewed(found);
+    }
+
     /// Takes what renewing its lease found: a lapsed lease fails the publication, once and
     /// for all (see [`Renewal::Lapsed`]).
     fn renewed(&mut self, found: Renewal) {
@@ -962,12 +964,7 @@ impl Coordinator {
         let renewals = self.renew_all(due.iter().map(|&i| self.acquire_cmd(&batch[i].ext)).collect());
         let renewal_failed = AtomicBool::new(false);
         for (&i, out) in due.iter().zip(renewals) {
-            let epoch = batch[i].lease.epoch;
-            let found = renewal(epoch, granted(out));
-            if found == Renewal::Unknown {
-                renewal_failed.store(true, Relaxed);
-            }
-            batch[i].renewed(found);
+            batch[i].take_renewal(out, &renewal_failed);
         }
         // Each publication waits on two fsyncs: overlap them, PUBLISH_THREADS at a time.
         let per_thread = batch.len().div_ceil(PUBLISH_THREADS).max(1);
@@ -1027,12 +1024,7 @@ impl Coordinator {
         // Right before linking: the job's other files and this read may have taken long (slow
         // fsyncs, a loaded machine).
         if renew_due(p.lease.expires_at_ms, now_ms(), self.lease_ms) && !renewal_failed.load(Relaxed) {
-            let out = self.renew_all(vec![self.acquire_cmd(&p.ext)]).pop().expect("one outcome per command");
-            let found = renewal(p.lease.epoch, granted(out));
-            if found == Renewal::Unknown {
-                renewal_failed.store(true, Relaxed);
-            }
-            p.renewed(found);
+            p.take_renewal(self.propose_within(self.acquire_cmd(&p.ext), self.renewal_limit()), renewal_failed);
             if let Some(why) = &p.lost {
                 return Err(why.clone());
             }
@@ -1601,7 +1593,7 @@ impl Shared {
         let (at, len, _) = self.window(r, k);
         // No agent yet (a resumed client's connects soon after): asked again at the next tick.
         let Some(agent) = io.agent else { return };
-        match proto::send(agent.as_raw_fd(), Frame::new(Kind::Zap, ZAP_BIT | at, at, len), None, b"") {
+        match proto::send(agent.as_raw_fd(), Frame::new(Kind::Zap, SHARED_ZAP_BIT | at, at, len), None, b"") {
             Ok(()) => {
                 self.regions[r].gs[k] = G::Dropping;
                 self.drops_in_flight += 1;
@@ -1613,7 +1605,7 @@ impl Shared {
 
     /// The agent's `Zapping` or `Zapped` for a shared granule: the reply to send.
     pub fn on_agent_frame(&mut self, f: Frame) -> Kind {
-        let at = f.a & !ZAP_BIT;
+        let at = f.a & !SHARED_ZAP_BIT;
         let located = self.locate(at).filter(|&(r, k)| self.regions[r].gs[k] == G::Dropping);
         match (f.kind, located) {
             (Kind::Zapping, Some(_)) => Kind::Go,
@@ -1850,11 +1842,6 @@ impl Shared {
         self.located(at, ext).filter(|&(r, k)| self.regions[r].gs[k] == G::Busy)
     }
 
-    /// Gathers `back` for [`Self::give_back_gathered`].
-    fn give_back(&mut self, back: GiveBack) {
-        self.back.append(back);
-    }
-
     /// Submits the leases gathered to give back, as one job. The pager calls it once a step;
     /// every other job is submitted after it.
     pub fn give_back_gathered(&mut self) {
@@ -2020,12 +2007,12 @@ impl Shared {
         let (gone, kept): (Vec<Region>, Vec<Region>) =
             std::mem::take(&mut self.regions).into_iter().partition(|r| r.start < end && start < r.start + r.len);
         self.regions = kept;
-        let mut back = GiveBack::default();
+        let mut back = std::mem::take(&mut self.back);
         for r in gone {
             log::info!("pid {pid}: shared region {:?} unmapped: detached", r.name);
             self.detach(r, &mut back);
         }
-        self.give_back(back);
+        self.back = back;
         self.forget_detached();
     }
 
@@ -2773,8 +2760,8 @@ mod tests {
         assert_eq!(states(&shared), vec![vec![G::Dropping]], "its pages are dropped first");
         assert_eq!(shared.member.state().readers.len(), 1, "the lease stays while its pages do");
         let zap = proto::recv(peer.as_raw_fd(), false).unwrap();
-        assert!(matches!(zap, proto::Recv::Frame(f, _) if f.kind == Kind::Zap && f.a == ZAP_BIT | REGION_AT));
-        assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, ZAP_BIT | REGION_AT, 0, 0)), Kind::Done);
+        assert!(matches!(zap, proto::Recv::Frame(f, _) if f.kind == Kind::Zap && f.a == SHARED_ZAP_BIT | REGION_AT));
+        assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, SHARED_ZAP_BIT | REGION_AT, 0, 0)), Kind::Done);
         shared.give_back_gathered();
         settle(&mut shared, &io);
         assert_eq!(states(&shared), vec![vec![G::Absent]]);
@@ -2807,7 +2794,7 @@ mod tests {
         let io = Io { uffd: &uffd, mem: &mem, agent: None, pid: 0 };
         let before = applied(member);
         for k in 0..m {
-            assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, ZAP_BIT | at(k), 0, 0)), Kind::Done);
+            assert_eq!(shared.on_agent_frame(Frame::new(Kind::Zapped, SHARED_ZAP_BIT | at(k), 0, 0)), Kind::Done);
         }
         shared.ticked(Vec::new(), Vec::new(), View::default(), &io);
         for k in 2 * m..3 * m {

@@ -1250,23 +1250,22 @@ impl Store {
 
     /// One page less refers to each of `slots`; slots nothing refers to any more are freed.
     pub fn release(&self, slots: &[SlotId]) {
-        self.release_refs(slots, false);
+        if !slots.is_empty() {
+            self.release_refs(slots.iter().copied(), false);
+        }
     }
 
     /// A clean DRAM copy let go of its `pages` references to `slot` (written to, unmapped,
     /// or its process gone); freed if nothing else refers to it.
     pub fn release_clean(&self, slot: SlotId, pages: u32) {
-        self.release_refs(&vec![slot; pages as usize], true);
+        self.release_refs(std::iter::repeat_n(slot, pages as usize), true);
     }
 
-    fn release_refs(&self, slots: &[SlotId], clean: bool) {
-        if slots.is_empty() {
-            return;
-        }
+    fn release_refs(&self, slots: impl Iterator<Item = SlotId>, clean: bool) {
         let mut freed = Vec::new();
         {
             let mut m = self.map.lock().unwrap();
-            for &id in slots {
+            for id in slots {
                 let Map { entries, free_ids, arcs, .. } = &mut *m;
                 let e = &mut entries[id as usize];
                 let last = if clean { e.release_clean(id) } else { e.release(id) };
@@ -1275,12 +1274,13 @@ impl Store {
                     self.levels[e.level as usize].counters.pages.fetch_sub(1, Relaxed);
                 }
                 if last {
+                    // A reclaimed one was recorded free and left its ARCs when reclaimed.
                     if !e.reclaimed {
                         freed.push((e.level, e.at));
+                        self.persist(id, e);
+                        arcs.iter_mut().for_each(|a| a.on_removed(id as u64));
                     }
                     free_ids.push(id);
-                    self.persist(id, e);
-                    arcs.iter_mut().for_each(|a| a.on_removed(id as u64));
                 }
                 m.settle(id);
             }

@@ -810,13 +810,13 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64
             k += 1;
             continue;
         }
-        // Of one kind (a shared region's zaps carry the top bit of their id, and the daemon
-        // settles them apart).
+        // Of one kind: the daemon settles a shared region's zaps apart.
+        let shared = |z: &Frame| z.a & proto::SHARED_ZAP_BIT != 0;
         let mut end = k + 1;
         while end < n
             && go[end]
             && zaps[end].b == zaps[end - 1].b + zaps[end - 1].c
-            && (zaps[end].a ^ zaps[k].a) >> 63 == 0
+            && shared(&zaps[end]) == shared(&zaps[k])
         {
             end += 1;
         }

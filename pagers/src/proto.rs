@@ -118,6 +118,10 @@ pub const MAX_RESUMED_ZAPS: u64 = 64;
 /// that the agent never called madvise for (it got no go before the daemon died).
 pub const ZAP_SKIPPED: u64 = 1;
 
+/// `Zap{id, ..}` ids of shared granules have this bit set (the pager's evictions count from
+/// 1; the rest is the granule's address): the daemon settles the two kinds apart.
+pub const SHARED_ZAP_BIT: u64 = 1 << 63;
+
 /// `Query` subjects (`a` field).
 pub mod query {
     pub const TIERS: u64 = 1;
