@@ -12,6 +12,7 @@
 //! * [`store`]: the tiers below DRAM and where each evicted granule lives.
 //! * [`migration`]: which granules move between the tiers below DRAM, and how many at once.
 //! * [`worker`]: each pager's I/O threads: eviction writes and prefetch reads.
+//! * [`staging`]: reusable page-aligned buffers for the windows fills read from the tiers.
 //! * [`journal`]: each client's page-table changes on disk, for a restart without loss.
 //! * [`heat`]: each client's ARC directory on disk, so that a restart does not evict blind.
 //! * [`metrics`]: the Prometheus endpoint: every metric declared, rendered at scrape time.
@@ -38,6 +39,7 @@ pub mod remote;
 pub mod server;
 pub mod service;
 pub mod shared;
+pub mod staging;
 pub mod state;
 pub mod store;
 pub mod tier_order;

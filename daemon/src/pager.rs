@@ -43,6 +43,7 @@ use crate::numa::Placer;
 use crate::pagetable::{spilled_runs, PageState, PageTable, SpilledRun, Window, PAGE};
 use crate::prefetch::{Ahead, Fetch, Streams};
 use crate::shared::{self, Shared};
+use crate::staging::StageBuf;
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
 use crate::worker::{spawn_reader, spawn_writer, Batch, MergeRead, Prefetched, Reader, Writer, Written};
 
@@ -173,7 +174,7 @@ pub struct Staged {
     pages: Vec<PageState>,
     versions: Vec<u64>,
     covers: Range<usize>,
-    bytes: Vec<u8>,
+    bytes: StageBuf,
 }
 
 enum Served {
@@ -712,12 +713,17 @@ impl Pager {
         Ok(())
     }
 
-    /// An empty staged copy of pages `covers` of `w`, under its current page states and
-    /// slot versions.
+    /// A staged copy of pages `covers` of `w` to be read, under its current page states and
+    /// slot versions: zeros where no tier read will write.
     fn to_stage(&self, w: Window, covers: Range<usize>) -> Staged {
         let pages = self.table.pages(w).to_vec();
         let versions = self.d.store.versions(spilled_slots(&pages));
-        Staged { start: w.start, pages, versions, covers, bytes: vec![0; w.len as usize] }
+        let mut bytes = self.d.staging.take(w.len as usize);
+        let p = PAGE as usize;
+        for k in (0..pages.len()).filter(|k| !covers.contains(k) || !matches!(pages[*k], PageState::Spilled { .. })) {
+            bytes[k * p..(k + 1) * p].fill(0);
+        }
+        Staged { start: w.start, pages, versions, covers, bytes }
     }
 
     /// Keep `staged` for the fills to come (in place of older copies of their windows),

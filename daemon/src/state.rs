@@ -223,6 +223,10 @@ pub struct PendingChild {
 /// by this plus the evictions in flight.
 pub const THROTTLE_SLACK_GRANULES: u64 = 32;
 
+/// Staging buffers kept idle for reuse: what a streaming client's prefetch batches in
+/// flight hold (two batches of at most 4 MiB).
+const STAGING_KEEP_BYTES: usize = 8 << 20;
+
 pub struct Daemon {
     pub config: Config,
     pub store: Store,
@@ -242,6 +246,8 @@ pub struct Daemon {
     pub rates: TierRates,
     /// The NUMA nodes and the pages filled on each.
     pub numa: crate::numa::Numa,
+    /// Where fills stage the windows they read from the tiers.
+    pub staging: Arc<crate::staging::StagePool>,
 }
 
 impl Daemon {
@@ -253,6 +259,7 @@ impl Daemon {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         // DRAM, then every tier below it.
         let metrics = crate::metrics::Metrics::new(1 + store.levels.len());
+        let granule = config.granule_bytes as usize;
         Daemon {
             config,
             store,
@@ -273,6 +280,7 @@ impl Daemon {
             metrics,
             rates: TierRates::default(),
             numa: crate::numa::Numa::new(crate::numa::Topology::discover()),
+            staging: crate::staging::StagePool::new(granule, STAGING_KEEP_BYTES),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The suite every [`Tier`] implementation must pass. Call [`check_all`] from the
 //! implementation's tests with a [`Subject`] that makes fresh tiers and can damage them.
 
-use crate::{ReadReq, SlotId, Tier, TierError};
+use crate::{AlignedBuf, ReadReq, SlotId, Tier, TierError};
 
 /// How the suite gets at a tier implementation.
 pub struct Subject<'a> {
@@ -81,10 +81,16 @@ fn pattern(slot_seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The whole of `slot`, read twice: into page-aligned memory (which a direct-I/O tier may
+/// read into in place) and into memory that is not (which it must not); both must agree.
 fn read_all(t: &dyn Tier, slot: SlotId) -> Vec<u8> {
-    let mut buf = vec![0; t.slot_bytes()];
-    t.read(slot, 0, &mut buf).unwrap_or_else(|e| panic!("{}: read of slot {slot}: {e}", t.name()));
-    buf
+    let n = t.slot_bytes();
+    let mut aligned = AlignedBuf::new(n);
+    t.read(slot, 0, &mut aligned[..n]).unwrap_or_else(|e| panic!("{}: read of slot {slot}: {e}", t.name()));
+    let mut unaligned = AlignedBuf::new(n + 8);
+    t.read(slot, 0, &mut unaligned[8..n + 8]).unwrap_or_else(|e| panic!("{}: read of slot {slot}: {e}", t.name()));
+    assert!(aligned[..n] == unaligned[8..n + 8], "{}: slot {slot} reads differently into aligned memory", t.name());
+    aligned[..n].to_vec()
 }
 
 fn reads_back_what_was_written(t: &dyn Tier) {
@@ -216,9 +222,15 @@ fn corruption_is_an_error_naming_the_slot(t: &dyn Tier, corrupt: &dyn Fn(SlotId)
     t.write(good, &pattern(11, n)).unwrap();
     t.write(bad, &pattern(12, n)).unwrap();
     corrupt(bad);
-    match t.read(bad, 0, &mut vec![0; n]) {
-        Err(TierError::Corrupt { slot, .. }) => assert_eq!(slot, bad, "{}: the error names another slot", t.name()),
-        other => panic!("{}: a corrupted slot read as {other:?}, not as an error", t.name()),
+    for aligned in [false, true] {
+        let mut buf = AlignedBuf::new(n + 8);
+        let into = if aligned { &mut buf[..n] } else { &mut buf[8..n + 8] };
+        match t.read(bad, 0, into) {
+            Err(TierError::Corrupt { slot, .. }) => {
+                assert_eq!(slot, bad, "{}: the error names another slot", t.name())
+            }
+            other => panic!("{}: a corrupted slot read as {other:?} (aligned: {aligned}), not as an error", t.name()),
+        }
     }
     // The damaged page read alone is refused too.
     match t.read(bad, 0, &mut [0; 4096]) {

@@ -211,24 +211,28 @@ impl NvmeTier {
         }
     }
 
-    /// Run `ops` (slot, offset in it, length, write?) as one batch, op `i` on buffer `i` of
-    /// `ring`: `meanwhile` runs once they are submitted (or refused), and `done(i, outcome,
-    /// buffer)` as each completes (a short transfer is finished synchronously first), so that
-    /// the caller's work on one op (checksums) overlaps the I/O of the others.
+    /// Run `ops` (slot, offset in it, length, write?) as one batch on `ring`, op `i` on
+    /// `bufs[i]` (aligned for direct I/O, at least its length): `meanwhile` runs once they
+    /// are submitted (or refused), and `done(i, outcome, buffer)` as each completes (a short
+    /// transfer is finished synchronously first), so that the caller's work on one op
+    /// (checksums) overlaps the I/O of the others. A refused batch marks the ring broken.
     fn run(
         &self,
-        ring: &mut Ring,
+        ring: &mut IoUring,
+        broken: &mut bool,
         ops: &[(SlotId, usize, usize, bool)],
+        bufs: &mut [&mut [u8]],
         meanwhile: impl FnOnce(),
         mut done: impl FnMut(usize, io::Result<()>, &[u8]),
     ) {
-        debug_assert!(ops.len() <= RING_DEPTH);
-        while ring.bufs.len() < ops.len() {
-            ring.bufs.push(AlignedBuf::new(self.slot_bytes));
-        }
+        debug_assert!(ops.len() <= RING_DEPTH && ops.len() == bufs.len());
         let fd = types::Fd(self.file.as_raw_fd());
-        for (i, &(slot, at, len, write)) in ops.iter().enumerate() {
-            let ptr = ring.bufs[i].as_mut_ptr();
+        for (i, (&(slot, at, len, write), buf)) in ops.iter().zip(bufs.iter_mut()).enumerate() {
+            assert!(
+                buf.len() >= len && (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN),
+                "unaligned direct I/O buffer"
+            );
+            let ptr = buf.as_mut_ptr();
             let offset = self.offset(slot) + at as u64;
             let entry = if write {
                 opcode::Write::new(fd, ptr, len as u32).offset(offset).build()
@@ -236,18 +240,18 @@ impl NvmeTier {
                 opcode::Read::new(fd, ptr, len as u32).offset(offset).build()
             };
             // SAFETY: the buffer outlives the operation: we wait for every completion below
-            // before the ring or its buffers can be touched again.
-            if unsafe { ring.uring.submission().push(&entry.user_data(i as u64)) }.is_err() {
+            // before returning, and `bufs` stays borrowed until then.
+            if unsafe { ring.submission().push(&entry.user_data(i as u64)) }.is_err() {
                 unreachable!("ring has room for {RING_DEPTH} entries");
             }
         }
         if let Err(e) = Self::submit(ring, 0) {
             // The kernel did not take the batch: nothing is in flight that we know of, but its
             // entries may still be queued, so the ring is not used again.
-            ring.broken = true;
+            *broken = true;
             meanwhile();
-            for i in 0..ops.len() {
-                done(i, Err(io::Error::new(e.kind(), e.to_string())), &ring.bufs[i]);
+            for (i, buf) in bufs.iter().enumerate() {
+                done(i, Err(io::Error::new(e.kind(), e.to_string())), buf);
             }
             return;
         }
@@ -260,7 +264,7 @@ impl NvmeTier {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let completed: Vec<(usize, i32)> =
-                ring.uring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
+                ring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
             for (i, r) in completed {
                 pending -= 1;
                 let (slot, at, len, write) = ops[i];
@@ -271,22 +275,22 @@ impl NvmeTier {
                 } else {
                     let (off, rest) = (self.offset(slot) + (at + r as usize) as u64, r as usize..len);
                     if write {
-                        self.file.write_all_at(&ring.bufs[i][rest], off)
+                        self.file.write_all_at(&bufs[i][rest], off)
                     } else {
-                        self.file.read_exact_at(&mut ring.bufs[i][rest], off)
+                        self.file.read_exact_at(&mut bufs[i][rest], off)
                     }
                 };
-                done(i, outcome, &ring.bufs[i]);
+                done(i, outcome, &bufs[i][..len]);
             }
         }
     }
 
     /// `io_uring_enter`, submitting what is queued and waiting for `want` completions,
     /// through interruptions and (a while) transient refusals.
-    fn submit(ring: &mut Ring, want: usize) -> io::Result<()> {
+    fn submit(ring: &mut IoUring, want: usize) -> io::Result<()> {
         let mut tries = 0;
         loop {
-            match ring.uring.submit_and_wait(want) {
+            match ring.submit_and_wait(want) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) && tries < 100 => {
                     tries += 1;
@@ -296,6 +300,14 @@ impl NvmeTier {
             }
         }
     }
+}
+
+/// Whether `req` can be read straight into its own buffer: whole pages from a page
+/// boundary, into memory aligned for direct I/O (the pager's staged windows are).
+fn reads_in_place(req: &ReadReq<'_>) -> bool {
+    req.offset.is_multiple_of(PAGE)
+        && req.buf.len().is_multiple_of(PAGE)
+        && (req.buf.as_ptr() as usize).is_multiple_of(IO_ALIGN)
 }
 
 /// `_IOR(0x12, 114, size_t)`: a block device's size in bytes.
@@ -335,14 +347,17 @@ impl Tier for NvmeTier {
             while ring.bufs.len() < chunk.len() {
                 ring.bufs.push(AlignedBuf::new(self.slot_bytes));
             }
+            let Ring { uring, bufs: scratch, broken } = &mut ring;
+            let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(chunk.len());
             let ops: Vec<_> = chunk
                 .iter()
-                .enumerate()
-                .map(|(i, &(slot, data))| {
+                .zip(scratch.iter_mut())
+                .map(|(&(slot, data), buf)| {
                     assert!(data.len() <= self.slot_bytes, "write beyond a slot");
                     let len = align_up(data.len());
-                    ring.bufs[i][..data.len()].copy_from_slice(data);
-                    ring.bufs[i][data.len()..len].fill(0);
+                    buf[..data.len()].copy_from_slice(data);
+                    buf[data.len()..len].fill(0);
+                    bufs.push(&mut buf[..len]);
                     (slot, 0, len, true)
                 })
                 .collect();
@@ -350,8 +365,10 @@ impl Tier for NvmeTier {
             let mut outcomes: Vec<io::Result<()>> = (0..chunk.len()).map(|_| Ok(())).collect();
             // The checksums are computed while the writes are in flight.
             self.run(
-                &mut ring,
+                uring,
+                broken,
                 &ops,
+                &mut bufs,
                 || sums.extend(chunk.iter().map(|(_, data)| Sum::of(data))),
                 |i, outcome, _| outcomes[i] = outcome,
             );
@@ -385,28 +402,49 @@ impl Tier for NvmeTier {
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
         let mut result = Ok(());
         for (chunk, chunk_plans) in reqs.chunks_mut(RING_DEPTH).zip(plans.chunks(RING_DEPTH)) {
-            let ops: Vec<_> = chunk
-                .iter()
-                .zip(chunk_plans)
-                .map(|(r, plan)| (r.slot, plan.base(), align_up(plan.bytes()), false))
-                .collect();
-            // Each read is checked and copied out as it completes, while the others are in flight.
+            let Ring { uring, bufs: scratch, broken } = &mut ring;
+            while scratch.len() < chunk.len() {
+                scratch.push(AlignedBuf::new(self.slot_bytes));
+            }
+            let slots: Vec<SlotId> = chunk.iter().map(|r| r.slot).collect();
+            let mut ops = Vec::with_capacity(chunk.len());
+            // Each read lands in the caller's buffer when that is aligned for direct I/O and
+            // asks for whole pages; else in a scratch buffer, copied out once verified.
+            let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(chunk.len());
+            let mut copy_out: Vec<Option<(&mut [u8], usize)>> = Vec::with_capacity(chunk.len());
+            for ((req, plan), buf) in chunk.iter_mut().zip(chunk_plans).zip(scratch.iter_mut()) {
+                let len = align_up(plan.bytes());
+                ops.push((req.slot, plan.base(), len, false));
+                if reads_in_place(req) {
+                    bufs.push(&mut *req.buf);
+                    copy_out.push(None);
+                } else {
+                    bufs.push(&mut buf[..len]);
+                    copy_out.push(Some((&mut *req.buf, req.offset - plan.base())));
+                }
+            }
+            // Each read is checked (and copied out) as it completes, while the others are in
+            // flight.
             self.run(
-                &mut ring,
+                uring,
+                broken,
                 &ops,
+                &mut bufs,
                 || {},
                 |i, outcome, buf| {
-                    let (req, plan) = (&mut chunk[i], &chunk_plans[i]);
                     if result.is_err() {
                         return;
                     }
+                    let (slot, plan) = (slots[i], &chunk_plans[i]);
                     let data = &buf[..plan.bytes()];
                     result = outcome
-                        .map_err(|e| Self::io_err(req.slot, e))
-                        .and_then(|()| plan.verify(NAME, req.slot, data))
+                        .map_err(|e| Self::io_err(slot, e))
+                        .and_then(|()| plan.verify(NAME, slot, data))
                         .map(|()| {
-                            let at = req.offset - plan.base();
-                            req.buf.copy_from_slice(&data[at..at + req.buf.len()]);
+                            if let Some((dst, at)) = copy_out[i].as_mut() {
+                                let len = dst.len();
+                                dst.copy_from_slice(&data[*at..*at + len]);
+                            }
                         });
                 },
             );
