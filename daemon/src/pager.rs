@@ -1472,11 +1472,7 @@ impl Pager {
             }
         }
         self.write_evictions(batch);
-        let failed = self.ask_zaps(&clean)?;
-        if failed > 0 {
-            started -= failed as i64;
-            exhausted = true;
-        }
+        self.ask_zaps(&clean)?;
         Ok((started, exhausted))
     }
 
@@ -1770,7 +1766,7 @@ impl Pager {
             }
         }
         self.d.store.release(&w.merges.iter().flatten().map(|m| m.slot).collect::<Vec<_>>());
-        self.ask_zaps(&zap).map(|_| ())
+        self.ask_zaps(&zap)
     }
 
     /// Eviction `id`'s slot is written, its window's spilled pages read into it: those still
@@ -1810,47 +1806,47 @@ impl Pager {
     }
 
     /// Ask the agent to zap evictions `ids`, whose slots hold their bytes, each journaled
-    /// first. Returns the pages of those cancelled.
-    fn ask_zaps(&mut self, ids: &[u64]) -> Result<usize, Gone> {
-        let mut cancelled_pages = 0;
-        let mut gone = None;
+    /// first; all at once. If they cannot be sent, they are cancelled and the client is gone.
+    fn ask_zaps(&mut self, ids: &[u64]) -> Result<(), Gone> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut zaps = Vec::with_capacity(ids.len());
         for &id in ids {
             let e = self.evictions.get_mut(&id).unwrap();
-            let (start, len) = (e.w.start, e.w.len);
             e.sent_at = Instant::now();
             if let Some(j) = &mut self.journal {
                 // Before the zap: once the pages are gone, only this says where they are.
                 j.evict(id, &e.intent(&self.d.store));
             }
-            let sent = self
-                .agent
-                .as_ref()
-                .map(|a| proto::send(a.as_raw_fd(), Frame::new(Kind::Zap, id, start, len), None, b""));
-            if !matches!(sent, Some(Ok(()))) {
-                log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
-                cancelled_pages += self.evictions[&id].pages.len();
-                self.cancel(id);
-                gone = Some(Gone("its agent connection is closed"));
-            }
+            zaps.push(Frame::new(Kind::Zap, id, e.w.start, e.w.len));
         }
-        match gone {
-            Some(g) => Err(g),
-            None => Ok(cancelled_pages),
+        let sent = self.agent.as_ref().map(|a| proto::send_frames(a.as_raw_fd(), &zaps));
+        if matches!(sent, Some(Ok(()))) {
+            return Ok(());
         }
+        log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
+        for &id in ids {
+            self.cancel(id);
+        }
+        Err(Gone("its agent connection is closed"))
     }
 
+    /// Handle every frame the agent sent, then send the replies together.
     fn read_agent(&mut self) -> Result<(), Gone> {
         let fd = self.agent.as_ref().unwrap().as_raw_fd();
+        let mut replies = Vec::new();
         loop {
             match proto::recv(fd, true) {
-                Ok(Recv::WouldBlock) => return Ok(()),
+                Ok(Recv::WouldBlock) => break,
                 Ok(Recv::Frame(f, fd_in)) => {
                     close_stray(fd_in);
-                    self.on_agent_frame(f, fd)?;
+                    replies.push(self.on_agent_frame(f)?);
                 }
                 Ok(Recv::Eof) | Err(_) => return Err(Gone("its agent connection closed")),
             }
         }
+        proto::send_frames(fd, &replies).map_err(|_| Gone("its agent connection closed"))
     }
 
     /// Should a fill wait because this client's agent stalled and the budget is exceeded?
@@ -1877,15 +1873,15 @@ impl Pager {
         self.stalled_hold_until = None;
     }
 
-    fn on_agent_frame(&mut self, f: Frame, fd: RawFd) -> Result<(), Gone> {
+    /// One frame from the agent, handled; returns the reply to send it.
+    fn on_agent_frame(&mut self, f: Frame) -> Result<Frame, Gone> {
         self.agent_answered();
         // Sent under the gate: every zap the crashed daemon let go has landed.
         self.late_zaps = false;
         if f.a & proto::SHARED_ZAP_BIT != 0 && matches!(f.kind, Kind::Zapping | Kind::Zapped) {
             let reply = self.shared.as_mut().map_or(Kind::NoGo, |s| s.on_agent_frame(f));
             let reply = if f.kind == Kind::Zapped { Kind::Done } else { reply };
-            return proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
-                .map_err(|_| Gone("its agent connection closed"));
+            return Ok(Frame::new(reply, f.a, 0, 0));
         }
         match f.kind {
             Kind::Zapping => {
@@ -1910,9 +1906,7 @@ impl Pager {
                     }
                     None => false,
                 };
-                let reply = if go { Kind::Go } else { Kind::NoGo };
-                proto::send(fd, Frame::new(reply, f.a, 0, 0), None, b"")
-                    .map_err(|_| Gone("its agent connection closed"))?;
+                Ok(Frame::new(if go { Kind::Go } else { Kind::NoGo }, f.a, 0, 0))
             }
             Kind::Zapped => {
                 if f.c != proto::ZAP_SKIPPED {
@@ -1926,15 +1920,13 @@ impl Pager {
                 }
                 // The agent holds the gate until this: a program REMOVE can only follow
                 // once the eviction is settled, so it is never taken for the agent's.
-                proto::send(fd, Frame::new(Kind::Done, f.a, 0, 0), None, b"")
-                    .map_err(|_| Gone("its agent connection closed"))?;
+                Ok(Frame::new(Kind::Done, f.a, 0, 0))
             }
             other => {
                 log::warn!("pid {}: unexpected {other:?} on the agent connection", self.info.pid);
-                return Err(Gone("protocol error on its agent connection"));
+                Err(Gone("protocol error on its agent connection"))
             }
         }
-        Ok(())
     }
 
     fn read_requests(&mut self) -> Result<(), Gone> {

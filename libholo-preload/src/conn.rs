@@ -791,8 +791,15 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64
         }
     }
     INFLIGHT_LEN.store(n, Release);
-    let say = |kind: Kind, z: &Frame, b: u64| proto::send(fd, Frame::new(kind, z.a, b, 0), None, b"").is_ok();
-    if !zaps.iter().all(|z| say(Kind::Zapping, z, 0)) {
+    // Each kind of frame for the whole batch or run in one send: the daemon wakes once.
+    let say = |kind: Kind, zaps: &[Frame], b: u64| {
+        let mut frames = [Frame::new(kind, 0, 0, 0); ZAP_BATCH];
+        for (f, z) in frames.iter_mut().zip(zaps) {
+            *f = Frame::new(kind, z.a, b, 0);
+        }
+        proto::send_frames(fd, &frames[..zaps.len()]).is_ok()
+    };
+    if !say(Kind::Zapping, zaps, 0) {
         return false;
     }
     let mut go = [false; ZAP_BATCH];
@@ -824,7 +831,7 @@ fn zap_batch(fd: c_int, queue: &mut ZapQueue, batch: &mut Batch, generation: u64
         // successor is told these may have happened.
         batch.called[k..end].fill(true);
         let rc = zap(zaps[k].b, zaps[end - 1].b + zaps[end - 1].c - zaps[k].b);
-        if !zaps[k..end].iter().all(|z| say(Kind::Zapped, z, rc)) {
+        if !say(Kind::Zapped, &zaps[k..end], rc) {
             return false;
         }
         k = end;
