@@ -33,6 +33,7 @@ pub mod conformance;
 mod fsdir;
 pub mod hbm;
 mod nvme;
+mod pagehash;
 mod pagesums;
 pub mod remote;
 mod slots;

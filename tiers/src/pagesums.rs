@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use crate::slots::{SlotAllocator, TakenSlots};
-use crate::{checksum, SlotId, TierError, IO_ALIGN};
+use crate::{SlotId, TierError, IO_ALIGN};
 
 /// Bytes one page checksum covers: the unit a partial read reads and verifies.
 pub(crate) const PAGE: usize = IO_ALIGN;
@@ -24,7 +24,9 @@ pub(crate) struct Sum {
 
 impl Sum {
     pub fn of(data: &[u8]) -> Sum {
-        Sum { len: data.len() as u32, pages: data.chunks(PAGE).map(page_sum).collect() }
+        let mut pages = Vec::with_capacity(data.len().div_ceil(PAGE));
+        crate::pagehash::page_sums(data, &mut pages);
+        Sum { len: data.len() as u32, pages: pages.into() }
     }
 
     /// The NVMe sidecar's record of this sum (`nvme::sum_record_bytes`).
@@ -42,11 +44,6 @@ impl Sum {
         let words = r[8..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()));
         (len > 0).then(|| Sum { len, pages: words.take((len as usize).div_ceil(PAGE)).collect() })
     }
-}
-
-/// The checksum of one page's bytes (the last page of a short slot may be shorter).
-pub(crate) fn page_sum(page: &[u8]) -> u64 {
-    u64::from_le_bytes(checksum(page)[..8].try_into().unwrap())
 }
 
 /// The sums of every slot below a tier's high-water mark, flat (8 bytes a page, no per-slot
@@ -140,7 +137,9 @@ impl<'a> PagePlan<'a> {
     /// `data` (the [`Self::bytes`] fetched) against the sums; a mismatch names its page.
     pub fn verify(&self, tier: &'static str, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
         debug_assert_eq!(data.len(), self.bytes());
-        match (self.first..self.end).zip(data.chunks(PAGE)).find(|&(k, page)| page_sum(page) != self.sum.pages[k]) {
+        let mut sums = Vec::with_capacity(self.end - self.first);
+        crate::pagehash::page_sums(data, &mut sums);
+        match (self.first..self.end).zip(sums).find(|&(k, sum)| sum != self.sum.pages[k]) {
             None => Ok(()),
             Some((k, _)) => Err(TierError::Corrupt {
                 tier,
