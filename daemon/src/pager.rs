@@ -1826,6 +1826,7 @@ impl Pager {
             return Ok(());
         }
         log::warn!("pid {}: cannot send Zap: {sent:?}", self.info.pid);
+        // Some may have gone out: harmless, the client is dropped (its agent connection too).
         for &id in ids {
             self.cancel(id);
         }

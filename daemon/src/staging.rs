@@ -60,7 +60,8 @@ impl DerefMut for StageBuf {
 
 impl Drop for StageBuf {
     fn drop(&mut self) {
-        let mut free = self.pool.free.lock().unwrap();
+        // Poisoned or not, the list is sound: a drop while unwinding must not panic again.
+        let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < self.pool.keep {
             free.push(self.buf.take().unwrap());
         }

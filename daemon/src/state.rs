@@ -223,8 +223,9 @@ pub struct PendingChild {
 /// by this plus the evictions in flight.
 pub const THROTTLE_SLACK_GRANULES: u64 = 32;
 
-/// Staging buffers kept idle for reuse: what a streaming client's prefetch batches in
-/// flight hold (two batches of at most 4 MiB).
+/// Staging buffers kept idle for reuse, daemon-wide: what one streaming client's prefetch
+/// batches in flight hold (two batches of at most 4 MiB). Several streams at once allocate
+/// beyond it (costing time, never correctness).
 const STAGING_KEEP_BYTES: usize = 8 << 20;
 
 pub struct Daemon {

@@ -756,6 +756,8 @@ fn settle_batch(generation: u64) -> bool {
 
 /// Zaps done under one hold of the gate.
 const ZAP_BATCH: usize = 16;
+// A batch's frames of one kind go in one send.
+const _: () = assert!(ZAP_BATCH <= proto::MAX_SEND_FRAMES);
 
 /// Under the gate: take the zaps queued or already sent (up to a batch), ask the go for all,
 /// zap those given it, report, and keep the gate until the daemon has settled every one

@@ -212,7 +212,7 @@ impl NvmeTier {
     }
 
     /// Run `ops` (slot, offset in it, length, write?) as one batch on `ring`, op `i` on
-    /// `bufs[i]` (aligned for direct I/O, at least its length): `meanwhile` runs once they
+    /// `bufs[i]` (aligned for direct I/O, of its length): `meanwhile` runs once they
     /// are submitted (or refused), and `done(i, outcome, buffer)` as each completes (a short
     /// transfer is finished synchronously first), so that the caller's work on one op
     /// (checksums) overlaps the I/O of the others. A refused batch marks the ring broken.
@@ -229,8 +229,8 @@ impl NvmeTier {
         let fd = types::Fd(self.file.as_raw_fd());
         for (i, (&(slot, at, len, write), buf)) in ops.iter().zip(bufs.iter_mut()).enumerate() {
             assert!(
-                buf.len() >= len && (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN),
-                "unaligned direct I/O buffer"
+                buf.len() == len && (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN),
+                "a direct I/O buffer must be aligned and of the op's length"
             );
             let ptr = buf.as_mut_ptr();
             let offset = self.offset(slot) + at as u64;
@@ -251,7 +251,7 @@ impl NvmeTier {
             *broken = true;
             meanwhile();
             for (i, buf) in bufs.iter().enumerate() {
-                done(i, Err(io::Error::new(e.kind(), e.to_string())), buf);
+                done(i, Err(io::Error::new(e.kind(), e.to_string())), &buf[..ops[i].2]);
             }
             return;
         }
@@ -302,10 +302,12 @@ impl NvmeTier {
     }
 }
 
-/// Whether `req` can be read straight into its own buffer: whole pages from a page
-/// boundary, into memory aligned for direct I/O (the pager's staged windows are).
-fn reads_in_place(req: &ReadReq<'_>) -> bool {
-    req.offset.is_multiple_of(PAGE)
+/// Whether `req` (which fetches `plan`) can be read straight into its own buffer: it asks
+/// for exactly the whole pages fetched, into memory aligned for direct I/O (the pager's
+/// staged windows are).
+fn reads_in_place(req: &ReadReq<'_>, plan: &PagePlan<'_>) -> bool {
+    req.offset == plan.base()
+        && req.buf.len() == plan.bytes()
         && req.buf.len().is_multiple_of(PAGE)
         && (req.buf.as_ptr() as usize).is_multiple_of(IO_ALIGN)
 }
@@ -415,7 +417,7 @@ impl Tier for NvmeTier {
             for ((req, plan), buf) in chunk.iter_mut().zip(chunk_plans).zip(scratch.iter_mut()) {
                 let len = align_up(plan.bytes());
                 ops.push((req.slot, plan.base(), len, false));
-                if reads_in_place(req) {
+                if reads_in_place(req, plan) {
                     bufs.push(&mut *req.buf);
                     copy_out.push(None);
                 } else {
@@ -449,6 +451,11 @@ impl Tier for NvmeTier {
                 },
             );
             if result.is_err() {
+                // Never leave damaged or unchecked bytes where the caller might take them
+                // for data: the reads made in its buffers are wiped.
+                for (buf, _) in bufs.iter_mut().zip(&copy_out).filter(|(_, copy)| copy.is_none()) {
+                    buf.fill(0);
+                }
                 break;
             }
         }
@@ -562,6 +569,24 @@ mod tests {
         assert_eq!(buf, [7; 4096]);
         t.free(4);
         assert_eq!(t.alloc().unwrap(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A read made in the caller's memory that fails its checksum leaves zeros there, not
+    /// the damaged bytes.
+    #[test]
+    fn a_failed_read_in_place_leaves_no_damaged_bytes() {
+        let dir = std::env::temp_dir().join(format!("holo-nvme-wipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nvme.slab");
+        let t = NvmeTier::open(&path, 65536, None, false).unwrap();
+        let slot = t.alloc().unwrap();
+        t.write(slot, &[7; 65536]).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"X", slot as u64 * 65536 + 100).unwrap();
+        let mut buf = AlignedBuf::new(65536);
+        assert!(matches!(t.read(slot, 0, &mut buf), Err(TierError::Corrupt { .. })));
+        assert!(buf.iter().all(|&b| b == 0), "a damaged read left bytes in the caller's buffer");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

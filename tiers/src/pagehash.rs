@@ -111,6 +111,22 @@ mod tests {
         assert!(none.is_empty());
     }
 
+    /// Each kernel this CPU has (the default picks only the widest): every group size.
+    #[test]
+    fn every_simd_kernel_gives_the_same_sums() {
+        let data: Vec<u8> =
+            (0..LANES as u64 * PAGE as u64).map(|i| (i.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as u8).collect();
+        let kernels =
+            [Some(Platform::portable()), Platform::sse2(), Platform::sse41(), Platform::avx2(), Platform::avx512()];
+        for (k, platform) in kernels.into_iter().enumerate().filter_map(|(k, p)| Some((k, p?))) {
+            for n in 1..=LANES {
+                let mut got = Vec::new();
+                hash_pages(platform, &data[..n * PAGE], &mut got);
+                assert_eq!(got, one_by_one(&data[..n * PAGE]), "kernel {k}, {n} pages");
+            }
+        }
+    }
+
     #[test]
     fn a_changed_byte_changes_only_its_page() {
         let mut data = vec![7u8; 16 * PAGE];
