@@ -40,7 +40,8 @@ impl StagePool {
     }
 
     /// Buffers idle in the pool now.
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.free.lock().unwrap().len()
     }
 }

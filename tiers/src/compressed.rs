@@ -430,8 +430,7 @@ mod tests {
     }
 
     fn blake3_word(seed: u64, i: usize) -> u64 {
-        let hash = blake3::hash(&[seed.to_le_bytes(), (i as u64).to_le_bytes()].concat());
-        u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap())
+        crate::pagehash::page_sums(&[seed.to_le_bytes(), (i as u64).to_le_bytes()].concat())[0]
     }
 
     #[test]

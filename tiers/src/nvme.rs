@@ -90,6 +90,17 @@ struct Ring {
     broken: bool,
 }
 
+impl Ring {
+    /// Its parts for one [`NvmeTier::run`] of `n` ops: the ring, its broken flag, and at
+    /// least `n` scratch buffers of `slot_bytes`.
+    fn parts(&mut self, n: usize, slot_bytes: usize) -> (&mut IoUring, &mut bool, &mut [AlignedBuf]) {
+        while self.bufs.len() < n {
+            self.bufs.push(AlignedBuf::new(slot_bytes));
+        }
+        (&mut self.uring, &mut self.broken, &mut self.bufs)
+    }
+}
+
 impl NvmeTier {
     /// Open `path`: a regular file or a block device (used whole). With `keep`, the slots
     /// that an earlier run's checksum records name stay readable ([`Tier::kept_slots`]);
@@ -251,7 +262,7 @@ impl NvmeTier {
             *broken = true;
             meanwhile();
             for (i, buf) in bufs.iter().enumerate() {
-                done(i, Err(io::Error::new(e.kind(), e.to_string())), &buf[..ops[i].2]);
+                done(i, Err(io::Error::new(e.kind(), e.to_string())), buf);
             }
             return;
         }
@@ -280,7 +291,7 @@ impl NvmeTier {
                         self.file.read_exact_at(&mut bufs[i][rest], off)
                     }
                 };
-                done(i, outcome, &bufs[i][..len]);
+                done(i, outcome, bufs[i]);
             }
         }
     }
@@ -346,10 +357,7 @@ impl Tier for NvmeTier {
         };
         let mut results = Vec::with_capacity(writes.len());
         for chunk in writes.chunks(RING_DEPTH) {
-            while ring.bufs.len() < chunk.len() {
-                ring.bufs.push(AlignedBuf::new(self.slot_bytes));
-            }
-            let Ring { uring, bufs: scratch, broken } = &mut ring;
+            let (uring, broken, scratch) = ring.parts(chunk.len(), self.slot_bytes);
             let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(chunk.len());
             let ops: Vec<_> = chunk
                 .iter()
@@ -404,11 +412,7 @@ impl Tier for NvmeTier {
         let mut ring = self.take_ring().map_err(|e| Self::io_err(reqs[0].slot, e))?;
         let mut result = Ok(());
         for (chunk, chunk_plans) in reqs.chunks_mut(RING_DEPTH).zip(plans.chunks(RING_DEPTH)) {
-            let Ring { uring, bufs: scratch, broken } = &mut ring;
-            while scratch.len() < chunk.len() {
-                scratch.push(AlignedBuf::new(self.slot_bytes));
-            }
-            let slots: Vec<SlotId> = chunk.iter().map(|r| r.slot).collect();
+            let (uring, broken, scratch) = ring.parts(chunk.len(), self.slot_bytes);
             let mut ops = Vec::with_capacity(chunk.len());
             // Each read lands in the caller's buffer when that is aligned for direct I/O and
             // asks for whole pages; else in a scratch buffer, copied out once verified.
@@ -437,7 +441,7 @@ impl Tier for NvmeTier {
                     if result.is_err() {
                         return;
                     }
-                    let (slot, plan) = (slots[i], &chunk_plans[i]);
+                    let (slot, plan) = (ops[i].0, &chunk_plans[i]);
                     let data = &buf[..plan.bytes()];
                     result = outcome
                         .map_err(|e| Self::io_err(slot, e))

@@ -15,7 +15,8 @@
 use blake3::platform::Platform;
 use blake3::IncrementCounter;
 
-const PAGE: usize = 4096;
+use crate::pagesums::PAGE;
+
 const CHUNK: usize = blake3::CHUNK_LEN;
 const CHUNKS_PER_PAGE: usize = PAGE / CHUNK;
 /// Pages compressed together: the widest SIMD degree (AVX-512).
@@ -29,16 +30,18 @@ const PARENT: u8 = 1 << 2;
 const ROOT: u8 = 1 << 3;
 
 /// The first 8 bytes (LE) of the BLAKE3 hash of each 4 KiB page of `data`, and of its short
-/// last page if any, appended to `out`.
-pub(crate) fn page_sums(data: &[u8], out: &mut Vec<u64>) {
+/// last page if any.
+pub(crate) fn page_sums(data: &[u8]) -> Vec<u64> {
     let platform = Platform::detect();
+    let mut out = Vec::with_capacity(data.len().div_ceil(PAGE));
     let whole = data.len() / PAGE * PAGE;
     for group in data[..whole].chunks(PAGE * LANES) {
-        hash_pages(platform, group, out);
+        hash_pages(platform, group, &mut out);
     }
     if whole < data.len() {
         out.push(first_word(blake3::hash(&data[whole..]).as_bytes()));
     }
+    out
 }
 
 /// `group`: 1 to [`LANES`] whole pages.
@@ -101,14 +104,10 @@ mod tests {
         for pages in [1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 40] {
             for tail in [0, 1, 1000, 1024, 1025, 4095] {
                 let len = (pages * PAGE - if tail > 0 { PAGE - tail } else { 0 }).min(data.len());
-                let mut got = Vec::new();
-                page_sums(&data[..len], &mut got);
-                assert_eq!(got, one_by_one(&data[..len]), "{pages} pages, tail {tail}");
+                assert_eq!(page_sums(&data[..len]), one_by_one(&data[..len]), "{pages} pages, tail {tail}");
             }
         }
-        let mut none = Vec::new();
-        page_sums(&[], &mut none);
-        assert!(none.is_empty());
+        assert!(page_sums(&[]).is_empty());
     }
 
     /// Each kernel this CPU has (the default picks only the widest): every group size.
@@ -130,11 +129,9 @@ mod tests {
     #[test]
     fn a_changed_byte_changes_only_its_page() {
         let mut data = vec![7u8; 16 * PAGE];
-        let mut before = Vec::new();
-        page_sums(&data, &mut before);
+        let before = page_sums(&data);
         data[5 * PAGE + 123] ^= 1;
-        let mut after = Vec::new();
-        page_sums(&data, &mut after);
+        let after = page_sums(&data);
         let changed: Vec<usize> = (0..16).filter(|&k| before[k] != after[k]).collect();
         assert_eq!(changed, [5]);
     }

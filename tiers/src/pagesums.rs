@@ -24,9 +24,7 @@ pub(crate) struct Sum {
 
 impl Sum {
     pub fn of(data: &[u8]) -> Sum {
-        let mut pages = Vec::with_capacity(data.len().div_ceil(PAGE));
-        crate::pagehash::page_sums(data, &mut pages);
-        Sum { len: data.len() as u32, pages: pages.into() }
+        Sum { len: data.len() as u32, pages: crate::pagehash::page_sums(data).into() }
     }
 
     /// The NVMe sidecar's record of this sum (`nvme::sum_record_bytes`).
@@ -137,8 +135,7 @@ impl<'a> PagePlan<'a> {
     /// `data` (the [`Self::bytes`] fetched) against the sums; a mismatch names its page.
     pub fn verify(&self, tier: &'static str, slot: SlotId, data: &[u8]) -> Result<(), TierError> {
         debug_assert_eq!(data.len(), self.bytes());
-        let mut sums = Vec::with_capacity(self.end - self.first);
-        crate::pagehash::page_sums(data, &mut sums);
+        let sums = crate::pagehash::page_sums(data);
         match (self.first..self.end).zip(sums).find(|&(k, sum)| sum != self.sum.pages[k]) {
             None => Ok(()),
             Some((k, _)) => Err(TierError::Corrupt {
