@@ -977,7 +977,7 @@ impl Pager {
             room,
             count,
             ahead.count,
-            (ahead.count as u64).min(reserve),
+            ((PREFETCH_MAX_BATCHES * ahead.count) as u64).min(reserve),
             self.granule / PAGE,
         ));
         let mut staged = Vec::new();
@@ -2109,10 +2109,10 @@ const RESERVE_SHARE: u64 = 32;
 
 /// The room (in pages) that a prefetch granted `count` of the `window` granules it wanted
 /// (of `granule_pages` each) lacks, when `room` pages were left: what it was refused, and
-/// room for `reserve` granules more, so that the stream's next stretch can be read once this
+/// room for `reserve` granules more, so that the stream's next stretches can be read once this
 /// one is, without waiting for evictions to start. Nothing while the budget has that much
-/// room. (The reserve is at most a window, and a small share of the budget: a small budget
-/// keeps its hot granules.)
+/// room. (The reserve is a window for each batch the reader may have in hand, and at most a
+/// small share of the budget: a small budget keeps its hot granules.)
 fn ahead_shortfall(room: i64, count: usize, window: usize, reserve: u64, granule_pages: u64) -> u64 {
     let left = room.max(0) as u64 - count as u64 * granule_pages;
     let refused = (window - count) as u64 * granule_pages;
