@@ -133,12 +133,7 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
     // default 10% target would cut it and evict the hot set, which is not what this measures.
     let dir = TempDir::new("heat-restart");
     let config = dir.path().join("holo-pager.toml");
-    std::fs::write(
-        &config,
-        "pressure_target_pct = 100
-",
-    )
-    .unwrap();
+    std::fs::write(&config, "pressure_target_pct = 100\n").unwrap();
     let mut daemon = Daemon::start("16M", "64K", &["--config", config.to_str().unwrap()]);
     let (hot, scan) = (3u64 << 20, 16u64 << 20);
     let size = hot + 4 * scan;
