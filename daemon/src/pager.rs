@@ -62,9 +62,9 @@ const EVICTION_BATCH_BYTES: u64 = 1 << 20;
 const STAGE_MAX_BYTES: usize = 4 << 20;
 /// Most granules, and bytes, one prefetch fetches ahead.
 const PREFETCH_MAX_GRANULES: u64 = 32;
-const PREFETCH_MAX_BYTES: u64 = 4 << 20;
+pub(crate) const PREFETCH_MAX_BYTES: u64 = 4 << 20;
 /// Prefetch batches the reader may have in hand: one being read while the next is asked for.
-const PREFETCH_MAX_BATCHES: usize = 2;
+pub(crate) const PREFETCH_MAX_BATCHES: usize = 2;
 /// The slot of an eviction captured but not yet written.
 const NO_SLOT: SlotId = SlotId::MAX;
 /// After an eviction found no room in any tier, wait this long before trying again, so that

@@ -224,9 +224,9 @@ pub struct PendingChild {
 pub const THROTTLE_SLACK_GRANULES: u64 = 32;
 
 /// Staging buffers kept idle for reuse, daemon-wide: what one streaming client's prefetch
-/// batches in flight hold (two batches of at most 4 MiB). Several streams at once allocate
-/// beyond it (costing time, never correctness).
-const STAGING_KEEP_BYTES: usize = 8 << 20;
+/// batches in flight hold. Several streams at once allocate beyond it (costing time, never
+/// correctness).
+const STAGING_KEEP_BYTES: usize = crate::pager::PREFETCH_MAX_BATCHES * crate::pager::PREFETCH_MAX_BYTES as usize;
 
 pub struct Daemon {
     pub config: Config,
