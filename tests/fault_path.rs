@@ -158,6 +158,18 @@ fn mremap_and_realloc_semantics() {
     run_paged(&daemon, "mremap_semantics", &["128M"], "mremap_semantics: all checks passed");
 }
 
+/// DONTNEED, mremap away and back, and fork, each just ahead of a sequential scan, where the
+/// read-ahead is being read and installed by the reader's thread: every page holds what the
+/// program last gave it (zeros after a DONTNEED), in the parent and in every child. (Without
+/// the gate between installs and address-space events, a page discarded ahead of the scan
+/// came back with its old data.)
+#[test]
+fn address_space_changes_ahead_of_the_read_ahead() {
+    let _heavy = heavy();
+    let daemon = Daemon::start("64M", "64K", &[]);
+    run_paged(&daemon, "prefetch_races", &["256M", "3"], "prefetch_races: all checks passed");
+}
+
 /// memtester's own patterns (and its mlock) through a budget a third of its buffer.
 ///
 /// The full test list makes ~1000 sweeps of the buffer: minutes natively, far more through

@@ -45,7 +45,9 @@ use crate::prefetch::{Ahead, Fetch, Streams};
 use crate::shared::{self, Shared};
 use crate::staging::StageBuf;
 use crate::state::{ClientInfo, Daemon, PendingChild, RegionSummary, THROTTLE_SLACK_GRANULES};
-use crate::worker::{spawn_reader, spawn_writer, Batch, MergeRead, Prefetched, Reader, Writer, Written};
+use crate::worker::{
+    spawn_reader, spawn_writer, Batch, Gate, InstalledRun, MergeRead, Prefetched, ReadJob, Reader, Writer, Written,
+};
 
 /// Messages read from the uffd in one go.
 const MSG_BATCH: usize = 64;
@@ -177,6 +179,21 @@ pub struct Staged {
     bytes: StageBuf,
 }
 
+impl Staged {
+    /// Each run of spilled pages: where it goes in the client, the pages' states, their bytes.
+    pub fn spilled_runs(&self) -> impl Iterator<Item = (u64, &[PageState], &[u8])> + '_ {
+        let p = PAGE as usize;
+        spilled_runs(&self.pages).map(move |r| {
+            (self.start + r.start as u64 * PAGE, &self.pages[r.start..r.end], &self.bytes[r.start * p..r.end * p])
+        })
+    }
+
+    /// The window's address range.
+    pub fn range(&self) -> (u64, u64) {
+        (self.start, self.start + self.pages.len() as u64 * PAGE)
+    }
+}
+
 enum Served {
     Done,
     Defer,
@@ -191,7 +208,9 @@ struct Gone(&'static str);
 pub struct Pager {
     d: Arc<Daemon>,
     info: Arc<ClientInfo>,
-    uffd: Uffd,
+    uffd: Arc<Uffd>,
+    /// Orders the reader's installs against the address-space events this thread reads.
+    gate: Arc<Gate>,
     req: UnixStream,
     agent: Option<UnixStream>,
     mem: File,
@@ -341,7 +360,9 @@ impl Pager {
             evictions.insert(id, e);
         }
         let writer = spawn_writer(d.clone(), info.pid)?;
-        let reader = spawn_reader(d.clone(), info.pid)?;
+        let uffd = Arc::new(uffd);
+        let gate = Arc::new(Gate::default());
+        let reader = spawn_reader(d.clone(), info.pid, uffd.clone(), gate.clone())?;
         let mut policy = match (&journal, resumed) {
             (Some(j), true) => seeded_policy(&heat::path_for(j.path()), &table, granule, d_budget_granules, info.pid),
             _ => ArcPolicy::new(d_budget_granules),
@@ -354,6 +375,7 @@ impl Pager {
             d,
             info,
             uffd,
+            gate,
             req,
             agent: None,
             mem,
@@ -572,13 +594,31 @@ impl Pager {
 
     fn read_uffd(&mut self, msgs: &mut [UffdMsg]) -> Result<(), Gone> {
         loop {
-            let n = match self.uffd.read_msgs(msgs) {
-                Ok(n) => n,
-                Err(e) => {
-                    log::debug!("uffd of pid {} unreadable: {e}", self.info.pid);
-                    return Err(Gone("its userfaultfd is unreadable"));
+            // Read with the gate held: the ranges the events change are noted before the
+            // reader may install again, and what it installed before goes in the table
+            // before the events are handled ([`Gate`]).
+            let (n, installed) = {
+                let mut changes = self.gate.lock();
+                let n = match self.uffd.read_msgs(msgs) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::debug!("uffd of pid {} unreadable: {e}", self.info.pid);
+                        return Err(Gone("its userfaultfd is unreadable"));
+                    }
+                };
+                for m in &msgs[..n] {
+                    match m.decode() {
+                        Event::Remove { start, end } | Event::Unmap { start, end } => changes.note(start, end),
+                        Event::Remap { from, to, len } => {
+                            changes.note(from, from + len);
+                            changes.note(to, to + len);
+                        }
+                        _ => {}
+                    }
                 }
+                (n, changes.take_installed())
             };
+            self.record_installed(installed);
             if n == 0 {
                 return Ok(());
             }
@@ -1009,6 +1049,11 @@ impl Pager {
             return !staged.is_empty();
         }
         let batch: Vec<Staged> = unread.iter().map(|w| self.to_stage(*w, 0..(w.len / PAGE) as usize)).collect();
+        let protect = batch
+            .iter()
+            .map(|st| clean_fill_slot(&st.pages, 0..st.pages.len(), self.clean.get(&st.start).copied()).is_some())
+            .collect();
+        let since = self.gate.lock().count();
         // The slots must outlive the read even if their pages let go of them meanwhile (a
         // DONTNEED): a freed slot could be rewritten under the reader.
         self.d.store.retain(batch.iter().flat_map(|st| spilled_slots(&st.pages)));
@@ -1016,7 +1061,7 @@ impl Pager {
         let (first, last) = (unread[0].start, unread[unread.len() - 1].start);
         self.read_ahead.push(ReadAhead { lo: first.min(last), hi: first.max(last), ahead });
         self.reading.extend(unread);
-        self.reader.submit(batch);
+        self.reader.submit(ReadJob { wins: batch, protect, since });
         true
     }
 
@@ -1047,18 +1092,62 @@ impl Pager {
         }
     }
 
-    /// The reader is done with a prefetch batch: stage what it read and install what is
-    /// still valid (the page states and slot versions it was read under still hold).
+    /// The reader is done with a prefetch batch: record what it installed, and stage and
+    /// install what it did not and is still valid (the page states and slot versions it was
+    /// read under still hold).
     fn prefetched(&mut self, p: Prefetched) {
+        let installed = self.gate.lock().take_installed();
+        self.record_installed(installed);
         self.unpin(&p.wins);
         if let Err(e) = p.read {
             // The fault that reaches such a granule reads it again, and reports any error.
             log::debug!("pid {}: prefetch read failed: {e}", self.info.pid);
             return;
         }
-        let starts: Vec<u64> = p.wins.iter().map(|st| st.start).collect();
-        self.keep_staged(p.wins);
+        let rest: Vec<Staged> = p.wins.into_iter().zip(p.whole).filter(|(_, whole)| !whole).map(|(st, _)| st).collect();
+        let starts: Vec<u64> = rest.iter().map(|st| st.start).collect();
+        self.keep_staged(rest);
         self.install_staged(&starts);
+    }
+
+    /// This thread is about to change the states of window `w` (an eviction of a window
+    /// partly resident while its spilled pages are read ahead): the reader installs nothing
+    /// more in it, and what it installed already goes in the table first, so that a page
+    /// the program wrote since is captured, not overwritten by its older slot copy.
+    fn stop_installs(&mut self, w: Window) {
+        if !self.being_read(w.start) {
+            return;
+        }
+        let installed = {
+            let mut changes = self.gate.lock();
+            changes.note(w.start, w.end());
+            changes.take_installed()
+        };
+        self.record_installed(installed);
+    }
+
+    /// The reader installed these runs: their pages are resident now. (The table still holds
+    /// the states they were read under: faults on windows being read wait, and the gate
+    /// refuses installs over windows that events or evictions changed.)
+    fn record_installed(&mut self, runs: Vec<InstalledRun>) {
+        for r in runs {
+            debug_assert!(
+                r.states.iter().enumerate().all(|(k, s)| self.table.get(r.dst + k as u64 * PAGE) == Some(*s)),
+                "the reader installed pages whose state changed"
+            );
+            let clean_slot = r.protect.then(|| spilled_slots(&r.states).next()).flatten();
+            if clean_slot.is_none() {
+                self.forget_clean(r.window, r.window + self.granule);
+            }
+            let from_tier = self.installed(r.dst, &r.states, clean_slot.is_some());
+            if let Some(slot) = clean_slot {
+                self.note_clean(r.window, slot, r.states.len());
+            }
+            self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
+            if r.first {
+                self.policy.on_fault(r.window);
+            }
+        }
     }
 
     /// Windows the reader has finished with: they are no longer being read, and the slot
@@ -1417,8 +1506,17 @@ impl Pager {
         }
         // With no agent, while the tiers refuse granules, or paused (agent stalled): give the
         // request back, the budget picks another victim.
-        let (started, exhausted) =
-            if self.can_evict() { self.start_evictions(want, false, Self::next_victim)? } else { (0, true) };
+        let started =
+            if self.can_evict() { self.start_evictions(want, false, Self::next_victim) } else { Ok((0, true)) };
+        let (started, exhausted) = match started {
+            Ok(s) => s,
+            Err(gone) => {
+                // The client is gone: none of the request stays with it (the budget would count
+                // it as under way for ever, and hold every fill while it is exceeded).
+                self.d.budget.requested.fetch_sub(want, Relaxed);
+                return Err(gone);
+            }
+        };
         let left = (want - started).max(0);
         if exhausted {
             // Nothing (more) to evict here: let the budget pick another victim.
@@ -1633,6 +1731,7 @@ impl Pager {
     /// [`Self::commit_evictions`]. Returns the eviction's id, the pages captured, and whether
     /// buffer `k` was used: a clean window needs no capture, it reuses its slot.
     fn capture(&mut self, w: Window, k: usize, proactive: bool) -> Result<(u64, usize, bool), Served> {
+        self.stop_installs(w);
         let resident: Vec<u64> = self
             .table
             .pages(w)
@@ -2092,15 +2191,13 @@ impl Pager {
         }
         let refs: Vec<SlotId> = self.table.spilled_refs().collect();
         self.d.store.release(&refs);
+        self.d.remove_client(&self.info);
         let resident = self.info.resident.load(Relaxed);
         self.d.add_resident(&self.info, -resident);
-        let left = self.info.evict_request.swap(0, Relaxed);
-        self.d.budget.requested.fetch_sub(left, Relaxed);
         self.table = PageTable::default();
         if let Some(j) = self.journal.take() {
             j.remove();
         }
-        self.d.remove_client(self.info.token);
     }
 }
 

@@ -172,7 +172,7 @@ fn spawn_pager(
     // The pager reads without blocking; the timeout bounds only the rest of a partial frame.
     let _ = conn.set_read_timeout(Some(PEER_IO_TIMEOUT));
     let pager = Pager::new(d.clone(), info.clone(), uffd, conn, table, resume).map_err(|e| {
-        d.remove_client(info.token);
+        d.remove_client(&info);
         format!("cannot open /proc/{}/mem: {e}", info.pid)
     })?;
     std::thread::Builder::new()
@@ -209,7 +209,7 @@ fn start_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer) -> Result<(), Str
     let uffd = match handshake {
         Ok(u) => u,
         Err(e) => {
-            d.remove_client(info.token);
+            d.remove_client(&info);
             let _ = send_text(fd, Kind::Error, &e);
             return Err(e);
         }
@@ -255,12 +255,12 @@ fn resume_client(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, zaps: u64) -> Re
     }
     let info = register_client(d, peer).map_err(refuse)?;
     if let Err(e) = ask_priority(&info, asked) {
-        d.remove_client(info.token);
+        d.remove_client(&info);
         return Err(refuse(e));
     }
     let welcome = Frame::new(Kind::Welcome, info.token, d.config.granule_bytes, 0);
     if let Err(e) = proto::send(fd, welcome, None, b"") {
-        d.remove_client(info.token);
+        d.remove_client(&info);
         return Err(format!("cannot welcome resumed client: {e}"));
     }
     log::info!(
@@ -316,7 +316,7 @@ fn start_child(d: &Arc<Daemon>, conn: UnixStream, peer: Peer, parent_pid: i32) -
     if let Err(e) = proto::send(fd, welcome, Some(child.uffd.fd().as_raw_fd()), b"") {
         let refs: Vec<_> = child.table.spilled_refs().collect();
         d.store.release(&refs);
-        d.remove_client(info.token);
+        d.remove_client(&info);
         return Err(format!("cannot welcome forked child: {e}"));
     }
     log::info!("forked child pid {} of pid {parent_pid} connected", peer.pid);

@@ -323,8 +323,12 @@ impl Daemon {
         self.next_token.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
     }
 
-    pub fn remove_client(&self, token: u64) {
-        self.clients.lock().unwrap().retain(|c| c.token != token);
+    /// Take a client off the list, then give back the evictions it was asked for and had not
+    /// started: from then on the budget asks the others.
+    pub fn remove_client(&self, who: &ClientInfo) {
+        self.clients.lock().unwrap().retain(|c| c.token != who.token);
+        let left = who.evict_request.swap(0, Relaxed);
+        self.budget.requested.fetch_sub(left, Relaxed);
     }
 
     /// Applied cluster entries moved leases: the pagers with shared regions attached read
@@ -373,15 +377,16 @@ impl Daemon {
         let batch = (8 * self.config.granule_bytes / PAGE) as i64;
         let ask = excess.max(batch);
         let now = self.now_ms();
-        let victim = {
-            let clients = self.clients.lock().unwrap();
-            clients
-                .iter()
-                .filter(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed) > 0)
-                .filter(|c| c.evict_paused_until_ms.load(Relaxed) <= now)
-                .max_by_key(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed))
-                .cloned()
-        };
+        // Asked with the list locked: a client that leaves takes itself off the list first and
+        // then gives back what it was asked ([`Self::remove_client`]), so no request is left
+        // with a client that is gone (it would count as an eviction under way for ever, and
+        // hold every fill while the budget is exceeded).
+        let clients = self.clients.lock().unwrap();
+        let victim = clients
+            .iter()
+            .filter(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed) > 0)
+            .filter(|c| c.evict_paused_until_ms.load(Relaxed) <= now)
+            .max_by_key(|c| c.resident.load(Relaxed) - c.evict_request.load(Relaxed));
         if let Some(v) = victim {
             v.evict_request.fetch_add(ask, Relaxed);
             b.requested.fetch_add(ask, Relaxed);
