@@ -11,7 +11,9 @@
 //!    agent:   Zapping -> Go | NoGo, Zapped -> eviction done (or cancelled)
 //!    wake:    evict what the budget asked for
 //!    writer:  a batch of captured evictions is in the tiers -> Zap each
-//!    reader:  granules prefetch read ahead are here -> install them (UFFDIO_COPY)
+//!    reader:  granules prefetch read ahead are read and installed -> record them (the
+//!             installs, made by the reader's second thread, are ordered against the
+//!             events this thread reads by the worker's Gate)
 //! ```
 //!
 //! Eviction of a window, step by step (the `EvictState` names):

@@ -662,6 +662,10 @@ fn print_done(v: &serde_json::Value) {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader goes away, as other
+    // command-line tools do (Rust ignores SIGPIPE, and print! then panics).
+    // SAFETY: restoring a signal's default disposition before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
