@@ -4,7 +4,9 @@
 //!   and an eviction's write overlap on the disk), after reading into each the pages of its
 //!   window that live in older slots, so that the new slot holds the whole window;
 //! * the **reader** reads the granules that prefetch fetches ahead, while the program goes on
-//!   with those already installed (the next batch is on its way while this one is used).
+//!   with those already installed (the next batch is on its way while this one is used), and
+//!   its second thread installs each batch read (UFFDIO_COPY) while the first reads the next,
+//!   ordered against the address-space events the pager reads by the [`Gate`].
 //!
 //! The pager hands a job over with its buffers and gets them back, with the outcome, through
 //! a channel; an eventfd in its poll set says a job is done.
