@@ -190,9 +190,9 @@ impl Staged {
         })
     }
 
-    /// The window's address range.
-    pub fn range(&self) -> (u64, u64) {
-        (self.start, self.start + self.pages.len() as u64 * PAGE)
+    /// The window it is a copy of.
+    pub fn window(&self) -> Window {
+        Window { start: self.start, len: self.pages.len() as u64 * PAGE }
     }
 }
 
@@ -1139,15 +1139,15 @@ impl Pager {
             );
             let clean_slot = r.protect.then(|| spilled_slots(&r.states).next()).flatten();
             if clean_slot.is_none() {
-                self.forget_clean(r.window, r.window + self.granule);
+                self.forget_clean(r.window.start, r.window.end());
             }
             let from_tier = self.installed(r.dst, &r.states, clean_slot.is_some());
             if let Some(slot) = clean_slot {
-                self.note_clean(r.window, slot, r.states.len());
+                self.note_clean(r.window.start, slot, r.states.len());
             }
             self.d.stats.dram.prefetched.fetch_add(from_tier as u64, Relaxed);
             if r.first {
-                self.policy.on_fault(r.window);
+                self.policy.on_fault(r.window.start);
             }
         }
     }
@@ -1513,9 +1513,8 @@ impl Pager {
         let (started, exhausted) = match started {
             Ok(s) => s,
             Err(gone) => {
-                // The client is gone: none of the request stays with it (the budget would count
-                // it as under way for ever, and hold every fill while it is exceeded).
-                self.d.budget.requested.fetch_sub(want, Relaxed);
+                // The client is gone: its request goes back with it ([`Daemon::remove_client`]).
+                self.info.evict_request.fetch_add(want, Relaxed);
                 return Err(gone);
             }
         };

@@ -23,7 +23,7 @@ use holo_pagers::uffd::{Fill, Uffd};
 use holo_tiers::{SlotId, TierError};
 
 use crate::pager::{read_staged, Staged};
-use crate::pagetable::{PageState, PAGE};
+use crate::pagetable::{PageState, Window, PAGE};
 use crate::state::Daemon;
 
 /// Evictions `ids`, the `k`th captured into the first `lens[k]` bytes of `bufs[k]`, the
@@ -101,10 +101,10 @@ pub struct Changes {
 }
 
 /// Pages the reader installed: from `dst`, as many as `states` (their states when the batch
-/// was chosen), of the window at `window`, write-protected if `protect` (a clean fill);
-/// `first`: the first it installed of that window (one access, however many pieces).
+/// was chosen), of `window`, write-protected if `protect` (a clean fill); `first`: the first
+/// it installed of that window (one access, however many pieces).
 pub struct InstalledRun {
-    pub window: u64,
+    pub window: Window,
     pub dst: u64,
     pub states: Vec<PageState>,
     pub protect: bool,
@@ -198,7 +198,7 @@ fn install(uffd: &Uffd, gate: &Gate, job: &ReadJob) -> Vec<bool> {
     for (k, (st, &protect)) in job.wins.iter().zip(&job.protect).enumerate() {
         let mut first = true;
         for (dst, states, bytes) in st.spilled_runs() {
-            if !install_run(uffd, gate, job.since, st.range(), dst, states, bytes, protect, &mut first) {
+            if !install_run(uffd, gate, job.since, st.window(), dst, states, bytes, protect, &mut first) {
                 return whole;
             }
         }
@@ -217,7 +217,7 @@ fn install_run(
     uffd: &Uffd,
     gate: &Gate,
     since: u64,
-    window: (u64, u64),
+    window: Window,
     dst: u64,
     states: &[PageState],
     bytes: &[u8],
@@ -228,7 +228,7 @@ fn install_run(
     let mut done = 0;
     while done < states.len() {
         let mut changes = gate.lock();
-        if changes.changed_since(since, window.0, window.1) {
+        if changes.changed_since(since, window.start, window.end()) {
             return false;
         }
         let at = dst + done as u64 * PAGE;
@@ -242,7 +242,7 @@ fn install_run(
         };
         if n > 0 {
             let piece = states[done..done + n].to_vec();
-            changes.installed.push(InstalledRun { window: window.0, dst: at, states: piece, protect, first: *first });
+            changes.installed.push(InstalledRun { window, dst: at, states: piece, protect, first: *first });
             *first = false;
             done += n;
         } else {
