@@ -587,7 +587,9 @@ impl Tier for NvmeTier {
 
     fn usage(&self) -> TierUsage {
         let s = self.slots.lock().unwrap();
-        let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd());
+        // Blocks allocated ahead of the writes are this tier's room too.
+        let ahead = s.allocated_to.saturating_sub(s.page.alloc().high_water() as u64) * self.slot_bytes as u64;
+        let free_space = || crate::filesystem_free_bytes(self.file.as_raw_fd()) + ahead;
         TierUsage::of(s.page.alloc(), self.slot_bytes, self.capacity_configured, free_space)
     }
 }
