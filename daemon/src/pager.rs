@@ -1098,8 +1098,7 @@ impl Pager {
     /// install what it did not and is still valid (the page states and slot versions it was
     /// read under still hold).
     fn prefetched(&mut self, p: Prefetched) {
-        let installed = self.gate.lock().take_installed();
-        self.record_installed(installed);
+        self.take_installs(None);
         self.unpin(&p.wins);
         if let Err(e) = p.read {
             // The fault that reaches such a granule reads it again, and reports any error.
@@ -1117,12 +1116,19 @@ impl Pager {
     /// more in it, and what it installed already goes in the table first, so that a page
     /// the program wrote since is captured, not overwritten by its older slot copy.
     fn stop_installs(&mut self, w: Window) {
-        if !self.being_read(w.start) {
-            return;
+        if self.being_read(w.start) {
+            self.take_installs(Some(w));
         }
+    }
+
+    /// Record what the reader installed so far, first noting in the gate that this thread
+    /// is about to change window `changing`, if any, so that nothing more lands there.
+    fn take_installs(&mut self, changing: Option<Window>) {
         let installed = {
             let mut changes = self.gate.lock();
-            changes.note(w.start, w.end());
+            if let Some(w) = changing {
+                changes.note(w.start, w.end());
+            }
             changes.take_installed()
         };
         self.record_installed(installed);

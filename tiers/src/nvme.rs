@@ -241,16 +241,17 @@ impl NvmeTier {
         }
         // Under the lock: a slot's blocks are never allocated while the tier punches them.
         for (start, end) in runs {
-            // SAFETY: fallocate on an fd we own; it allocates blocks and changes no data.
-            unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    0,
-                    self.offset(start as SlotId) as i64,
-                    ((end - start) * self.slot_bytes as u64) as i64,
-                );
-            }
+            self.fallocate(0, start, end);
         }
+    }
+
+    /// `fallocate(mode)` over the blocks of slots `start..end`. Its failure is the caller's
+    /// to ignore: it costs speed or disk space, never data.
+    fn fallocate(&self, mode: i32, start: u64, end: u64) {
+        let (at, len) = (start * self.slot_bytes as u64, (end - start) * self.slot_bytes as u64);
+        // SAFETY: fallocate on an fd we own; neither allocating nor punching the blocks of
+        // slots that hold no data changes any data.
+        unsafe { libc::fallocate(self.file.as_raw_fd(), mode, at as i64, len as i64) };
     }
 
     /// Persist slot `slot`'s checksum record (`None`: free). Failure to record only costs
@@ -555,15 +556,8 @@ impl Tier for NvmeTier {
             for slot in std::mem::take(&mut s.unpunched) {
                 if !s.page.in_use(slot) && (slot as u64) < s.allocated_to {
                     s.holes.insert(slot);
-                    // SAFETY: fallocate on an fd we own, with a range inside the file.
-                    unsafe {
-                        libc::fallocate(
-                            self.file.as_raw_fd(),
-                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                            self.offset(slot) as i64,
-                            self.slot_bytes as i64,
-                        );
-                    }
+                    let slot = slot as u64;
+                    self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, slot, slot + 1);
                 }
             }
         }
