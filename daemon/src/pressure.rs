@@ -422,11 +422,12 @@ const THROTTLE_FAULT_GAP_MS: u64 = 20;
 /// fault served per [`THROTTLE_FAULT_GAP_MS`]; other clients, and every client otherwise,
 /// pass at the cost of one atomic load.
 pub fn hold_fault(d: &Daemon, client: &ClientInfo) -> bool {
+    throttled(d, client) && hold_fault_at(d, client, d.now_ms())
+}
+
+/// [`hold_fault`] for a throttled `client` at `now` ([`Daemon::now_ms`]).
+fn hold_fault_at(d: &Daemon, client: &ClientInfo, now: u64) -> bool {
     let shared = &d.pressure;
-    if !throttled(d, client) {
-        return false;
-    }
-    let now = d.now_ms();
     if now < client.next_fault_ms.load(Relaxed) {
         client.fault_held.store(true, Relaxed);
         return true;
@@ -1342,12 +1343,16 @@ mod tests {
         for _ in 0..100 {
             assert!(!hold_fault(&d, &high), "the top priority is never throttled");
         }
-        assert!(!hold_fault(&d, &low), "the first fault passes and starts the gap");
-        assert!(hold_fault(&d, &low), "the next waits for the gap");
-        assert!(hold_fault(&d, &low));
-        std::thread::sleep(Duration::from_millis(THROTTLE_FAULT_GAP_MS + 5));
-        assert!(!hold_fault(&d, &low), "then passes");
+        assert!(throttled(&d, &low) && !throttled(&d, &high));
+        // The clock is the test's: a real one would make the gap depend on scheduling.
+        let t = 1000;
+        assert!(!hold_fault_at(&d, &low, t), "the first fault passes and starts the gap");
+        assert!(hold_fault_at(&d, &low, t + 1), "the next waits for the gap");
+        assert!(hold_fault_at(&d, &low, t + THROTTLE_FAULT_GAP_MS - 1));
+        assert_eq!(d.pressure.counters.throttled_faults.load(Relaxed), 0);
+        assert!(!hold_fault_at(&d, &low, t + THROTTLE_FAULT_GAP_MS), "then passes");
         assert_eq!(d.pressure.counters.throttled_faults.load(Relaxed), 1, "one fault was served late");
+        assert!(hold_fault_at(&d, &low, t + THROTTLE_FAULT_GAP_MS + 1), "and starts the next gap");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

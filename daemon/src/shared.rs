@@ -2819,8 +2819,9 @@ mod tests {
         let batch = (0..n)
             .map(|k| {
                 let ext = Extent { region: "x".into(), ..granule_ext(k) };
-                // Past half its life, clear of the skew margin.
-                let lease = Lease { extent: ext.clone(), holder: 1, epoch: 1, expires_at_ms: now_ms() + 2_000 };
+                // Past half its life (10 s), so due for renewal, and clear of the skew margin by
+                // 4 s: the 16 publications' fsyncs fit on a slow disk.
+                let lease = Lease { extent: ext.clone(), holder: 1, epoch: 1, expires_at_ms: now_ms() + 4_500 };
                 let (bytes, present) = (vec![7; GRANULE as usize], vec![true; (GRANULE / PAGE) as usize]);
                 Publication { at: REGION_AT + k * GRANULE, ext, lease, bytes, present, lost: None, stray: None }
             })

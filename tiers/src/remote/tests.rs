@@ -235,7 +235,10 @@ fn a_silent_peer_costs_one_deadline_and_in_flight_calls_are_bounded() {
     let started = Instant::now();
     let e = t.stat(0).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
+    // One deadline: not TCP's own timeouts, nor retries (bounded loosely: a loaded machine
+    // runs this thread late).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "took {took:?}");
     // Two calls at once with room for one in flight: the second waits, then gives up. A long
     // deadline, so that the two overlap however late a loaded machine runs the second thread.
     let t = TcpTransport::new(
@@ -430,14 +433,16 @@ fn a_peer_that_starts_late_is_met_and_counted() {
 // ---------------------------------------------------------------------------------------------
 // Loss of a peer and re-replication
 
-/// A tier on `donors`, `replicas` copies each, peers declared lost after 300 ms of failures;
-/// `rate` 0: no maintenance thread (the test calls `maintain`).
+/// A tier on `donors`, `replicas` copies each, peers declared lost after 2 s of failures
+/// (longer than a call's deadline and the back-off after a failure, as the daemon's config
+/// demands: one slow call to a live donor must not lose it); `rate` 0: no maintenance thread
+/// (the test calls `maintain`).
 fn lossy_tier(donors: &[&DonorServer], replicas: usize, rate: u64) -> RemoteTier {
     let addrs: Vec<SocketAddr> = donors.iter().map(|d| d.local_addr()).collect();
     let t =
         TcpTransport::new(&addrs, TransportOptions { timeout: Duration::from_millis(500), max_inflight: 8, key: None });
     let opts = RemoteOptions {
-        lost_after: Duration::from_millis(300),
+        lost_after: Duration::from_secs(2),
         rereplicate_bytes_per_sec: rate,
         ..RemoteOptions::new(SLOT, replicas, 0x10557)
     };
