@@ -16,6 +16,27 @@ fn run_paged(daemon: &Daemon, program: &str, args: &[&str], result_prefix: &str)
     out
 }
 
+/// A program writing fresh memory front to back faults on few of its windows: after two
+/// first touches in a row the pager fills the next windows with zeros ahead of it (1, 2, 4,
+/// ... up to 1 MiB), so most of them are in place before the program reaches them.
+#[test]
+fn fresh_memory_written_front_to_back_is_filled_ahead_of_its_faults() {
+    let daemon = Daemon::start("1G", "64K", &[]);
+    let granules = parse_size("64M") / parse_size("64K");
+    let out = run_shimmed(&daemon, &c_program("fill_verify"), &["64M", "1"], &[]);
+    out.assert_success(&daemon).assert_managed(&daemon).assert_stdout_has(&daemon, "fill_verify: verified 67108864");
+    let dram = &daemon.holoctl_json(&["tiers"])["tiers"][0];
+    let (faults, ahead) = (dram["faults"].as_u64().unwrap_or(0), dram["filled_ahead_pages"].as_u64().unwrap_or(0));
+    out.check(
+        &daemon,
+        faults < granules / 4 && ahead >= granules * 3 / 4 * 16,
+        &format!(
+            "expected under {} faults for {granules} fresh windows written in order, the rest filled ahead: {dram}",
+            granules / 4
+        ),
+    );
+}
+
 #[test]
 fn fill_verify_2g_through_256m_budget() {
     let _heavy = heavy();

@@ -111,6 +111,12 @@ pub const METRICS: &[Desc] = &[
     ),
     m("holo_pager_prefetched_pages_total", Counter, &[], "Pages fetched from a tier ahead of a refault trend."),
     m(
+        "holo_pager_filled_ahead_pages_total",
+        Counter,
+        &[],
+        "Fresh pages filled with zeros ahead of a program's first touches, front to back.",
+    ),
+    m(
         "holo_pager_clean_evictions_total",
         Counter,
         &[],
@@ -503,6 +509,7 @@ pub fn render(d: &Daemon) -> String {
         w.sample(&[label.as_str()], f(filled));
     }
     w.single("holo_pager_prefetched_pages_total", f(s.dram.prefetched.load(Relaxed)));
+    w.single("holo_pager_filled_ahead_pages_total", f(s.dram.filled_ahead.load(Relaxed)));
     w.single("holo_pager_clean_evictions_total", f(s.dram.clean_evictions.load(Relaxed)));
     w.single("holo_pager_failed_faults_total", f(s.failed_faults.count.load(Relaxed)));
     w.single("holo_pager_cancelled_evictions_total", f(s.cancelled_evictions.load(Relaxed)));

@@ -236,12 +236,16 @@ pub struct Pager {
     clean: BTreeMap<u64, (SlotId, u32)>,
     /// Where faults assemble a window's bytes.
     buf: Vec<u8>,
+    /// A window of zeros, what fills ahead of first touches copy.
+    zeros: Vec<u8>,
     /// Windows read from the tiers and not installed yet, oldest first: a fill the kernel
     /// refused with EAGAIN (the address space was changing), retried after the events are
     /// read, or a fault of a batch staged ahead, takes its bytes from here, not the tiers.
     staged: VecDeque<Staged>,
     /// The trend of this client's refaults, for prefetch.
     trend: Streams,
+    /// This client's first touches of fresh memory, front to back ([`Self::fill_ahead`]).
+    first_touch: FirstTouch,
     /// Where evictions capture windows, one buffer per eviction of a batch; empty while
     /// both sets of buffers are with the writer.
     evict_bufs: Vec<Vec<u8>>,
@@ -390,9 +394,11 @@ impl Pager {
             policy,
             hand: 0,
             buf: vec![0; granule as usize],
+            zeros: vec![0; granule as usize],
             staged: VecDeque::new(),
             clean: BTreeMap::new(),
             trend: Streams::new(granule, (PREFETCH_MAX_BYTES / granule).clamp(1, PREFETCH_MAX_GRANULES) as usize),
+            first_touch: FirstTouch::default(),
             evict_bufs: eviction_buffers(granule),
             spare_bufs: Some(eviction_buffers(granule)),
             writer,
@@ -891,6 +897,7 @@ impl Pager {
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
+        let first_touch = pages.iter().all(|p| *p == PageState::Untouched);
         let k = ((f.addr - w.start) / PAGE) as usize;
         // Decided before the fill: a refault with no trend reads and fills its page alone.
         let refault = any_spilled(&pages);
@@ -988,7 +995,58 @@ impl Pager {
         if let (true, Some(Fetch { ahead: Some(ahead), .. })) = (from_tier, fetch) {
             let _ = self.prefetch(w, ahead);
         }
+        if first_touch && faulting_page_filled {
+            self.fill_ahead(w);
+        }
         Served::Done
+    }
+
+    /// Window `w` was just touched for the first time. If it follows the window the last
+    /// first touch ended at, the program is filling fresh memory front to back: fill the
+    /// windows after it with zeros too (1, 2, 4, ... up to [`FILL_AHEAD_BYTES`]), within the
+    /// budget's room as prefetch, so that the program writes into one while the next are
+    /// filled. Otherwise each window costs a fault's round trip: measured, a sequential first
+    /// touch ran at a third of its native speed, the program and the pager each idle half the
+    /// time. Untouched memory reads as zeros whatever happens to it meanwhile (a DONTNEED, an
+    /// unmap that the events will report), so a fill ahead can never show a program stale
+    /// bytes; anything in the way just stops it.
+    fn fill_ahead(&mut self, w: Window) {
+        let ft = &mut self.first_touch;
+        let max = (FILL_AHEAD_BYTES / self.granule).max(1);
+        ft.ahead = if w.start == ft.next { (ft.ahead * 2).clamp(1, max) } else { 0 };
+        ft.next = w.end();
+        if ft.ahead == 0 || crate::pressure::throttled(&self.d, &self.info) || self.d.throttle_fills() {
+            return;
+        }
+        let want = ft.ahead as usize;
+        let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
+        let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
+        let count = want.min((room.max(0) as u64 * PAGE / self.granule) as usize);
+        let reserve = (self.d.resident_limit_pages().max(0) as u64 / RESERVE_SHARE) * PAGE / self.granule;
+        self.evict_ahead(ahead_shortfall(room, count, want, (want as u64).min(reserve), self.granule / PAGE));
+        let mut at = w.end();
+        for _ in 0..count {
+            let Some(next) = self.table.window(at, self.granule) else { break };
+            let untouched = self.table.pages(next).iter().all(|p| *p == PageState::Untouched);
+            if next.start != at || !untouched || self.in_shared(at) || self.evicting(next.start, next.end()) {
+                break;
+            }
+            let filled = match self.uffd.copy_with(next.start, &self.zeros[..next.len as usize], false) {
+                Fill::Done => (next.len / PAGE) as usize,
+                Fill::Partial(bytes) => (bytes / PAGE) as usize,
+                _ => 0,
+            };
+            if filled > 0 {
+                self.installed(next.start, &vec![PageState::Untouched; filled], false);
+                self.policy.on_fault(next.start);
+                self.d.stats.dram.filled_ahead.fetch_add(filled as u64, Relaxed);
+            }
+            if filled as u64 * PAGE < next.len {
+                break;
+            }
+            at = next.end();
+        }
+        self.first_touch.next = at;
     }
 
     /// `filled` more pages of the window at `start` were filled clean from `slot`.
@@ -2206,6 +2264,18 @@ impl Pager {
             j.remove();
         }
     }
+}
+
+/// How far ahead of a program's first touches of fresh memory, front to back, the pager
+/// fills windows with zeros ([`Pager::fill_ahead`]).
+const FILL_AHEAD_BYTES: u64 = 1 << 20;
+
+/// A client's first touches: where the last one (and the windows filled after it) ended, and
+/// how many windows were filled ahead then.
+#[derive(Default)]
+struct FirstTouch {
+    next: u64,
+    ahead: u64,
 }
 
 /// At most this share of the budget is kept free ahead of a stream's read-ahead.

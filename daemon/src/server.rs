@@ -433,6 +433,7 @@ pub fn tiers_json(d: &Daemon) -> serde_json::Value {
         "evictions": dram_evicted,
         "refaults": dram_refaulted,
         "prefetched_pages": s.dram.prefetched.load(Relaxed),
+        "filled_ahead_pages": s.dram.filled_ahead.load(Relaxed),
         "clean_evictions": s.dram.clean_evictions.load(Relaxed),
         // Of the evictions, those of cold granules with no pressure (holoctl pressure).
         "offloaded_granules": d.pressure.counters.offloaded_granules.load(Relaxed),

@@ -25,6 +25,8 @@ pub struct DramCounters {
     pub refaults: AtomicU64,
     /// Of those, pages fetched ahead of a trend before anything faulted on them.
     pub prefetched: AtomicU64,
+    /// Fresh pages filled with zeros ahead of first touches ([`crate::pager`]'s `fill_ahead`).
+    pub filled_ahead: AtomicU64,
     /// Granules evicted with no capture and no write: clean, their slot held their bytes.
     pub clean_evictions: AtomicU64,
 }
