@@ -1,8 +1,10 @@
 /* cold_hot SIZE HOT
  *
- * Fills SIZE bytes with a known pattern and prints `ready`. Then a thread reads the first HOT
+ * Fills SIZE bytes with a known pattern and prints `ready`. Then a thread reads the last HOT
  * bytes (the hot set) over and over: each pass sums every word, every 16th pass verifies the
- * pattern. The rest is never touched again (the cold part). Commands on stdin, one a line:
+ * pattern. The rest is never touched again (the cold part). The hot set ends the buffer, so
+ * that read-ahead along the loop finds nothing of the cold part past it (it would bring cold
+ * granules back with every refault of the hot set). Commands on stdin, one a line:
  *   stats  print `passes N seconds S`: hot passes since `ready`, and the time they took;
  *   check  stop the hot loop, verify all SIZE bytes, print `ok passes N seconds S`, exit.
  * With holo offloading cold memory, the cold part is read back from the tiers by `check`.
@@ -17,7 +19,7 @@ static const char *prog = "cold_hot";
 static const uint64_t seed = 0xc01d;
 
 static unsigned char *buf;
-static size_t hot;
+static size_t hot, hot_at; /* the hot set: HOT bytes at offset SIZE - HOT */
 static atomic_bool stop;
 static atomic_ulong passes;
 static volatile uint64_t sink;
@@ -32,11 +34,11 @@ static double now_s(void)
 static void *hot_loop(void *arg)
 {
     (void)arg;
-    const volatile uint64_t *w = (const volatile uint64_t *)buf;
+    const volatile uint64_t *w = (const volatile uint64_t *)(buf + hot_at);
     while (!atomic_load(&stop)) {
         unsigned long n = atomic_load(&passes);
         if (n % 16 == 0) {
-            verify_or_die(prog, "hot set", buf, 0, hot, seed);
+            verify_or_die(prog, "hot set", buf, hot_at, hot, seed);
         } else {
             uint64_t sum = 0;
             for (size_t i = 0; i < hot / 8; i++)
@@ -60,6 +62,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: SIZE must be a non-zero multiple of 8, HOT one no larger\n", prog);
         return 2;
     }
+    hot_at = size - hot;
     buf = alloc_filled(prog, size, seed);
     double t0 = now_s();
     pthread_t t;
