@@ -1019,11 +1019,7 @@ impl Pager {
             return;
         }
         let want = ft.ahead as usize;
-        let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
-        let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
-        let count = want.min((room.max(0) as u64 * PAGE / self.granule) as usize);
-        let reserve = (self.d.resident_limit_pages().max(0) as u64 / RESERVE_SHARE) * PAGE / self.granule;
-        self.evict_ahead(ahead_shortfall(room, count, want, (want as u64).min(reserve), self.granule / PAGE));
+        let count = self.room_ahead(want, want as u64);
         let mut at = w.end();
         for _ in 0..count {
             let Some(next) = self.table.window(at, self.granule) else { break };
@@ -1067,19 +1063,7 @@ impl Pager {
     /// drops them.
     fn prefetch(&mut self, w: Window, ahead: Ahead) -> bool {
         let g = self.granule as i64;
-        // Prefetched pages displace colder ones (they push the resident set over the budget,
-        // and evictions follow), but never into the slack that throttles fills.
-        let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
-        let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
-        let count = ahead.count.min((room.max(0) as u64 * PAGE / self.granule) as usize);
-        let reserve = (self.d.resident_limit_pages().max(0) as u64 / RESERVE_SHARE) * PAGE / self.granule;
-        self.evict_ahead(ahead_shortfall(
-            room,
-            count,
-            ahead.count,
-            ((PREFETCH_MAX_BATCHES * ahead.count) as u64).min(reserve),
-            self.granule / PAGE,
-        ));
+        let count = self.room_ahead(ahead.count, (PREFETCH_MAX_BATCHES * ahead.count) as u64);
         let mut staged = Vec::new();
         let mut unread = Vec::new();
         let mut reach = None;
@@ -1136,6 +1120,20 @@ impl Pager {
         if self.prefetch(w, r.ahead) {
             self.read_ahead.retain(|x| x.lo != r.lo);
         }
+    }
+
+    /// How many of `want` granules read or filled ahead of need the budget has room for now.
+    /// They displace colder ones (they push the resident set over the budget, and evictions
+    /// follow), but never into the slack that throttles fills. What the budget lacks for them,
+    /// and for `reserve` granules more (at most [`RESERVE_SHARE`] of the budget), is asked of
+    /// evictions at once ([`ahead_shortfall`]).
+    fn room_ahead(&mut self, want: usize, reserve: u64) -> usize {
+        let slack = (THROTTLE_SLACK_GRANULES / 2 * self.granule / PAGE) as i64;
+        let room = self.d.resident_limit_pages() + slack - self.d.budget.resident.load(Relaxed) - self.reading_pages;
+        let count = want.min((room.max(0) as u64 * PAGE / self.granule) as usize);
+        let share = (self.d.resident_limit_pages().max(0) as u64 / RESERVE_SHARE) * PAGE / self.granule;
+        self.evict_ahead(ahead_shortfall(room, count, want, reserve.min(share), self.granule / PAGE));
+        count
     }
 
     /// Prefetch needs `pages` more room than the budget has ([`ahead_shortfall`]): evict
