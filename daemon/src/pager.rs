@@ -38,7 +38,7 @@ use holo_pagers::proto::{self, Frame, Kind, Recv};
 use holo_pagers::uffd::{Event, Fill, Uffd, UffdMsg};
 use holo_tiers::SlotId;
 
-use crate::arc::{ArcPolicy, Placement, Tick, TICK_MS};
+use crate::arc::{ArcPolicy, Heat, Placement, Tick, TICK_MS};
 use crate::heat;
 use crate::journal::{Intent, Journal, SharedRegion};
 use crate::numa::Placer;
@@ -897,7 +897,7 @@ impl Pager {
             self.d.add_resident(&self.info, -1);
         }
         let pages = self.table.pages(w).to_vec();
-        let first_touch = pages.iter().all(|p| *p == PageState::Untouched);
+        let first_touch = untouched(&pages);
         let k = ((f.addr - w.start) / PAGE) as usize;
         // Decided before the fill: a refault with no trend reads and fills its page alone.
         let refault = any_spilled(&pages);
@@ -1023,8 +1023,11 @@ impl Pager {
         let mut at = w.end();
         for _ in 0..count {
             let Some(next) = self.table.window(at, self.granule) else { break };
-            let untouched = self.table.pages(next).iter().all(|p| *p == PageState::Untouched);
-            if next.start != at || !untouched || self.in_shared(at) || self.evicting(next.start, next.end()) {
+            if next.start != at
+                || !untouched(self.table.pages(next))
+                || self.in_shared(at)
+                || self.evicting(next.start, next.end())
+            {
                 break;
             }
             let filled = match self.uffd.copy_with(next.start, &self.zeros[..next.len as usize], false) {
@@ -1033,7 +1036,7 @@ impl Pager {
                 _ => 0,
             };
             if filled > 0 {
-                self.installed(next.start, &vec![PageState::Untouched; filled], false);
+                self.installed(next.start, &UNTOUCHED[..filled], false);
                 self.policy.on_fault(next.start);
                 self.d.stats.dram.filled_ahead.fetch_add(filled as u64, Relaxed);
             }
@@ -2268,6 +2271,11 @@ impl Pager {
 /// fills windows with zeros ([`Pager::fill_ahead`]).
 const FILL_AHEAD_BYTES: u64 = 1 << 20;
 
+/// The states of a window filled ahead, for [`Pager::installed`]: as many as the largest
+/// granule has pages.
+const UNTOUCHED: [PageState; (crate::config::MAX_GRANULE / PAGE) as usize] =
+    [PageState::Untouched; (crate::config::MAX_GRANULE / PAGE) as usize];
+
 /// A client's first touches: where the last one (and the windows filled after it) ended, and
 /// how many windows were filled ahead then.
 #[derive(Default)]
@@ -2320,9 +2328,8 @@ fn resident_window(table: &PageTable, key: u64, granule: u64) -> Option<Window> 
 }
 
 /// The policy of a client resumed after a restart: seeded from the heat its predecessor
-/// saved at `path`, keeping as resident only keys of windows resident now and as ghosts
-/// only keys of windows that are not. Advice only: a heat that cannot be read leaves the
-/// policy empty, saying why in one line.
+/// saved at `path`, brought up to date with `table` ([`reconcile_heat`]). Advice only: a
+/// heat that cannot be read leaves the policy empty, saying why in one line.
 fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pid: i32) -> ArcPolicy {
     // A directory holds at most 2 keys per granule of its budget, plus resident keys over it
     // (a predecessor with a larger budget): a file beyond that bound is refused unread (a
@@ -2335,11 +2342,7 @@ fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pi
             return ArcPolicy::new(capacity);
         }
     };
-    let resident = |k: &u64| resident_window(table, *k, granule).is_some();
-    heat.t1.retain(resident);
-    heat.t2.retain(resident);
-    heat.b1.retain(|k| !resident(k));
-    heat.b2.retain(|k| !resident(k));
+    reconcile_heat(&mut heat, table, granule);
     let policy = ArcPolicy::with_heat(capacity, &heat);
     let l = policy.lens();
     log::info!(
@@ -2351,6 +2354,30 @@ fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pi
         policy.p()
     );
     policy
+}
+
+/// Bring a heat saved up to [`heat::SAVE_EVERY`] before the restart up to date with the
+/// windows resident now: only keys of resident windows stay resident and only keys of the
+/// others stay ghosts, and resident windows the heat does not list (faulted after it was
+/// saved) join T1 as its most recent keys. Left out, they would be evicted last, by the clock
+/// hand, while T1 looked short of its target and REPLACE took T2's frequent keys instead.
+fn reconcile_heat(heat: &mut Heat, table: &PageTable, granule: u64) {
+    let resident = |k: &u64| resident_window(table, *k, granule).is_some();
+    heat.t1.retain(resident);
+    heat.t2.retain(resident);
+    heat.b1.retain(|k| !resident(k));
+    heat.b2.retain(|k| !resident(k));
+    let listed: std::collections::HashSet<u64> = heat.t1.iter().chain(&heat.t2).copied().collect();
+    for r in table.regions().filter(|r| r.resident > 0) {
+        let mut at = r.start;
+        while at < r.end() {
+            let w = table.window(at, granule).expect("inside the region");
+            if table.pages(w).contains(&PageState::Resident) && !listed.contains(&w.start) {
+                heat.t1.push(w.start);
+            }
+            at = w.end();
+        }
+    }
 }
 
 /// What a fault outside the table's regions is ([`Pager::adopt`]).
@@ -2460,6 +2487,11 @@ fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
 }
 
 /// Whether any of `pages` lives in a tier.
+/// Whether no page of `pages` was ever written (the program's first touch).
+fn untouched(pages: &[PageState]) -> bool {
+    pages.iter().all(|p| *p == PageState::Untouched)
+}
+
 fn any_spilled(pages: &[PageState]) -> bool {
     spilled_slots(pages).next().is_some()
 }
@@ -2490,6 +2522,51 @@ mod tests {
         // No room at all (over budget): the refused window and the next.
         assert_eq!(ahead_shortfall(-100, 0, 32, 32, g), 64 * g);
         assert_eq!(ahead_shortfall(10 * g as i64, 10, 32, 32, g), 54 * g);
+    }
+
+    /// A heat saved mid-scan, before the restart: the scan's later windows are resident but
+    /// unlisted, and its earlier ones listed but gone. Seeded from it as it stands, T1 would
+    /// hold 20 keys against a target of 117 and the next scan would evict the hot set in T2.
+    #[test]
+    fn a_stale_heat_learns_the_resident_windows_it_does_not_list() {
+        let (g, c) = (0x10000u64, 240u64);
+        let base = 0x1000_0000u64;
+        let key = |i: u64| base + i * g;
+        let mut table = PageTable::default();
+        table.add_region(base, 1024 * g).unwrap();
+        // The hot set, 48 windows, and the scan's last 200 windows are resident; one window of
+        // the scan holds only a single resident page.
+        for i in (0..48).chain(300..500) {
+            let pages = if i == 499 { 1 } else { g / PAGE };
+            for p in 0..pages {
+                table.set(key(i) + p * PAGE, Resident);
+            }
+        }
+        let mut heat = Heat {
+            p: 117,
+            t1: (200..320).map(key).collect(),
+            t2: (0..48).map(key).collect(),
+            b1: (100..200).chain(300..310).map(key).collect(),
+            b2: vec![],
+        };
+        reconcile_heat(&mut heat, &table, g);
+        assert_eq!(heat.t2, (0..48).map(key).collect::<Vec<_>>());
+        assert_eq!(heat.t1, (300..500).map(key).collect::<Vec<_>>(), "listed first, then the unlisted in order");
+        assert_eq!(heat.b1, (100..200).map(key).collect::<Vec<_>>(), "resident keys are no ghosts");
+        // The next scan takes T1's keys, never the hot set. (The pager evicts while the
+        // windows resident, not the keys ARC knows, are over the budget.)
+        let mut policy = ArcPolicy::with_heat(c, &heat);
+        let mut resident = 248;
+        for i in 600..900 {
+            policy.on_fault(key(i));
+            resident += 1;
+            while resident > c {
+                resident -= 1;
+                let v = policy.victim().unwrap();
+                assert!(v >= key(48), "hot window {v:#x} evicted: {:?}, p {}", policy.lens(), policy.p());
+                policy.on_evicted(v);
+            }
+        }
     }
 
     #[test]
