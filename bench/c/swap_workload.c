@@ -7,7 +7,9 @@
  *
  * Phases, in order, each timed with CLOCK_MONOTONIC and printed as one JSON line on stdout:
  *   write      write every page once with its position-dependent pattern
- *   seq_read   PASSES full sequential passes reading every word (latency per 4 KiB page)
+ *   seq_read   PASSES full sequential passes reading every word (latency per 4 KiB page);
+ *              with PASSES > 1 also timed apart: seq_first_pass (right after the write phase,
+ *              so a pager also writes out the dirty pages it kept) and seq_later_passes
  *   rand_read  RAND_OPS reads of a whole random 4 KiB page (first word checked)
  *   rand_write RAND_OPS rewrites of a whole random 4 KiB page with a new version of its pattern
  *   verify     every word checked against its pattern and version
@@ -59,10 +61,11 @@ static long long tv_us(struct timeval t)
     return (long long)t.tv_sec * 1000000 + t.tv_usec;
 }
 
-static void report(const char *phase, size_t bytes, size_t ops, uint64_t ns, uint32_t *lat, long flt)
+/* `faults`: the major faults during the phase. */
+static void report(const char *phase, size_t bytes, size_t ops, uint64_t ns, uint32_t *lat, long faults)
 {
     printf("{\"phase\":\"%s\",\"bytes\":%zu,\"ops\":%zu,\"ns\":%llu,\"majflt\":%ld", phase, bytes, ops,
-           (unsigned long long)ns, majflt() - flt);
+           (unsigned long long)ns, faults);
     if (lat) {
         qsort(lat, ops, sizeof *lat, cmp_u32);
         printf(",\"p50_ns\":%u,\"p90_ns\":%u,\"p99_ns\":%u,\"max_ns\":%u", pct(lat, ops, 0.5),
@@ -104,12 +107,14 @@ int main(int argc, char **argv)
     uint64_t t0 = now_ns();
     for (size_t pg = 0; pg < npages; pg++)
         write_page(base + pg * WORDS, pg, 0);
-    report("write", size, npages, now_ns() - t0, NULL, flt);
+    report("write", size, npages, now_ns() - t0, NULL, majflt() - flt);
 
     uint64_t acc = 0;
     flt = majflt();
     t0 = now_ns();
-    for (size_t pass = 0; pass < passes; pass++)
+    uint64_t first_end = 0;
+    long first_flt = 0;
+    for (size_t pass = 0; pass < passes; pass++) {
         for (size_t pg = 0; pg < npages; pg++) {
             const volatile uint64_t *p = base + pg * WORDS;
             uint64_t a = now_ns(), x = 0;
@@ -118,7 +123,18 @@ int main(int argc, char **argv)
             acc ^= x;
             lat[pass * npages + pg] = (uint32_t)(now_ns() - a);
         }
-    report("seq_read", size * passes, npages * passes, now_ns() - t0, lat, flt);
+        if (pass == 0) {
+            first_end = now_ns();
+            first_flt = majflt();
+        }
+    }
+    uint64_t seq_end = now_ns();
+    report("seq_read", size * passes, npages * passes, seq_end - t0, lat, majflt() - flt);
+    if (passes > 1) {
+        report("seq_first_pass", size, npages, first_end - t0, NULL, first_flt - flt);
+        report("seq_later_passes", size * (passes - 1), npages * (passes - 1), seq_end - first_end, NULL,
+               majflt() - first_flt);
+    }
 
     uint64_t rng = seed | 1;
     size_t bad = 0;
@@ -134,7 +150,7 @@ int main(int argc, char **argv)
         bad += p[0] != word(pg * WORDS, ver[pg]);
         acc ^= x;
     }
-    report("rand_read", ops * PAGE, ops, now_ns() - t0, lat, flt);
+    report("rand_read", ops * PAGE, ops, now_ns() - t0, lat, majflt() - flt);
 
     flt = majflt();
     t0 = now_ns();
@@ -144,7 +160,7 @@ int main(int argc, char **argv)
         write_page(base + pg * WORDS, pg, ++ver[pg]);
         lat[i] = (uint32_t)(now_ns() - a);
     }
-    report("rand_write", ops * PAGE, ops, now_ns() - t0, lat, flt);
+    report("rand_write", ops * PAGE, ops, now_ns() - t0, lat, majflt() - flt);
 
     flt = majflt();
     t0 = now_ns();
@@ -155,7 +171,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "swap_workload: MISMATCH at byte %zu: %016llx, expected %016llx\n",
                         (pg * WORDS + w) * 8, (unsigned long long)got, (unsigned long long)want);
         }
-    report("verify", size, npages, now_ns() - t0, NULL, flt);
+    report("verify", size, npages, now_ns() - t0, NULL, majflt() - flt);
     /* CPU time of the whole process and of this (the only program) thread: the rest is what
      * other threads (holo's agent, under the shim) spent. */
     struct rusage all, main_thread;
