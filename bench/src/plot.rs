@@ -30,13 +30,14 @@ pub struct Panel {
     pub curves: Vec<Curve>,
 }
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 95, 168),   // blue
     RGBColor(192, 57, 43),   // red
     RGBColor(46, 139, 87),   // green
     RGBColor(142, 68, 173),  // purple
     RGBColor(110, 110, 110), // grey
     RGBColor(20, 20, 20),    // black
+    RGBColor(211, 130, 0),   // orange
 ];
 
 /// Where the usual distributions put a font, tried when `HOLO_BENCH_FONT` names none.

@@ -15,6 +15,8 @@
 //!   (`holo` has it off). The pool is paid out of holo's budget, so holo-zstd keeps that much
 //!   less of the workload resident: both use the same DRAM. The pool is the daemon's memory:
 //!   the daemon's cgroup gets it on top of `--pager-limit`.
+//! * `holo-noprefetch`: `holo` with `prefetch = false`: each refault reads its own granule, no
+//!   read-ahead along trends (what prefetch is worth, same run).
 //! * `swapfile`: no shim; a swapfile on the same disk is the only swap.
 //! * `zram`: no shim; a zram device (`--zram-comp`, default lzo) is the only swap. zram's
 //!   memory is not charged to the cgroup: the output reports it.
@@ -58,7 +60,7 @@ defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granu
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, holo-zstd's compressed tier a quarter of the limit (paid out of it; at most half),
 scratch files under /var/tmp, contenders holo,swapfile,zram,disk (holo-zstd: also holo, with its
-compressed tier; plain holo has it off)";
+compressed tier; plain holo has it off; holo-noprefetch: holo with prefetch off)";
 
 const MIB: u64 = 1 << 20;
 /// `seq_first_pass` and `seq_later_passes` split `seq_read` (with 2 passes or more): the first
@@ -99,14 +101,21 @@ pub(crate) fn check_interrupt() -> Result<()> {
 pub(crate) enum Contender {
     Holo,
     HoloZstd,
+    HoloNoPrefetch,
     Swapfile,
     Zram,
     Disk,
 }
 
 impl Contender {
-    const ALL: [Contender; 5] =
-        [Contender::Holo, Contender::HoloZstd, Contender::Swapfile, Contender::Zram, Contender::Disk];
+    const ALL: [Contender; 6] = [
+        Contender::Holo,
+        Contender::HoloZstd,
+        Contender::HoloNoPrefetch,
+        Contender::Swapfile,
+        Contender::Zram,
+        Contender::Disk,
+    ];
     /// Run unless `--contenders` says otherwise.
     const DEFAULT: [Contender; 4] = [Contender::Holo, Contender::Swapfile, Contender::Zram, Contender::Disk];
 
@@ -114,6 +123,7 @@ impl Contender {
         match self {
             Contender::Holo => "holo",
             Contender::HoloZstd => "holo-zstd",
+            Contender::HoloNoPrefetch => "holo-noprefetch",
             Contender::Swapfile => "swapfile",
             Contender::Zram => "zram",
             Contender::Disk => "disk",
@@ -121,7 +131,7 @@ impl Contender {
     }
 
     fn is_holo(self) -> bool {
-        matches!(self, Contender::Holo | Contender::HoloZstd)
+        matches!(self, Contender::Holo | Contender::HoloZstd | Contender::HoloNoPrefetch)
     }
 }
 
@@ -707,12 +717,12 @@ fn no_swap_or_refuse(what: &str) -> Result<()> {
     }
 }
 
-/// A private holo-pager (in a capped cgroup of its own) and the workload under the shim;
-/// with `compressed`, the daemon has a compressed tier of `--compressed-dram`, and its cgroup
-/// that much more room.
-fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed: bool) -> Result<Value> {
+/// A private holo-pager (in a capped cgroup of its own) and the workload under the shim, as
+/// contender `c`: for holo-zstd the daemon has a compressed tier of `--compressed-dram`, and
+/// its cgroup that much more room; for holo-noprefetch, prefetch is off.
+fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, c: Contender) -> Result<Value> {
     no_swap_or_refuse("holo")?;
-    let pool = if compressed { o.pool() } else { 0 };
+    let pool = if c == Contender::HoloZstd { o.pool() } else { 0 };
     let pager_cg = MemCg::create(
         &s.mem_root,
         &format!("holo-bench-swap-{}-pager", std::process::id()),
@@ -725,7 +735,7 @@ fn run_holo(p: &Programs, o: &Opts, s: &Setup, dir: &Path, seed: u64, compressed
     // is set out of reach, the cgroup cap stays.
     let conf = dir.join("holo-pager.toml");
     let mut text = format!("cgroup_margin = \"{}\"\npressure_target_pct = 100\nmetrics_listen = \"off\"\n", o.margin);
-    text += &format!("compressed_dram_size = \"{pool}\"\n");
+    text += &format!("compressed_dram_size = \"{pool}\"\nprefetch = {}\n", c != Contender::HoloNoPrefetch);
     fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let (mut daemon, socket, log_path) = start_pager(&p.pager, dir, &o.limit.to_string(), &o.granule, |cmd| {
         pager_cg.join_on_exec(cmd);
@@ -898,8 +908,9 @@ pub(crate) fn run_round(p: &Programs, o: &Opts, setup: &Setup, round: usize, c: 
     fs::create_dir(&dir).map_err(|e| e.to_string())?;
     let t = Instant::now();
     let mut row = match c {
-        Contender::Holo => run_holo(p, o, setup, &dir, seed, false)?,
-        Contender::HoloZstd => run_holo(p, o, setup, &dir, seed, true)?,
+        c @ (Contender::Holo | Contender::HoloZstd | Contender::HoloNoPrefetch) => {
+            run_holo(p, o, setup, &dir, seed, c)?
+        }
         Contender::Swapfile => run_swapfile(p, o, setup, &dir, seed)?,
         Contender::Zram => run_zram(p, o, setup, &dir, seed)?,
         Contender::Disk => run_disk(p, setup, &dir, seed)?,
@@ -1091,7 +1102,7 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     println!("each cell: median over the rounds that passed of that round's figure; [worst round]");
     let holo = summary.iter().find(|s| s["contender"] == "holo");
     println!(
-        "\n{:<16} {:<14} {:>5} {:>17} {:>10} {:>9} {:>10} {:>13} {:>13}",
+        "\n{:<16} {:<16} {:>5} {:>17} {:>10} {:>9} {:>10} {:>13} {:>13}",
         "phase", "contender", "ok", "MB/s [worst]", "ops/s", "p50 us", "p99 us", "thru holo/x", "p99 holo/x"
     );
     for ph in PHASES {
@@ -1110,7 +1121,7 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
             };
             let lat = |k: &str| v[k].as_f64().map_or("-".into(), |x| format!("{x:.1}"));
             println!(
-                "{:<16} {:<14} {:>5} {:>17} {:>10.0} {:>9} {:>10} {:>13} {:>13}",
+                "{:<16} {:<16} {:>5} {:>17} {:>10.0} {:>9} {:>10} {:>13} {:>13}",
                 ph,
                 s["contender"].as_str().unwrap_or("?"),
                 format!("{}/{}", s["rounds_ok"], s["rounds"]),
@@ -1126,13 +1137,13 @@ fn print_tables(o: &Opts, summary: &[Value], device: &str) {
     println!("(latencies are per 4 KiB page or operation; thru holo/x > 1 and p99 holo/x < 1 favour holo)");
 
     println!(
-        "\n{:<14} {:>16} {:>10} {:>20} {:>10} {:>10}  outcomes",
+        "\n{:<16} {:>16} {:>10} {:>20} {:>10} {:>10}  outcomes",
         "contender", "cgroup max MiB", "failcnt", "DRAM outside MiB", "pswpin", "pswpout"
     );
     for s in summary.iter().filter(|s| s["contender"] != "disk") {
         let mib = |k: &str| s[k].as_f64().map_or("-".into(), |b| format!("{:.0}", b / MIB as f64));
         println!(
-            "{:<14} {:>16} {:>10} {:>20} {:>10} {:>10}  {}",
+            "{:<16} {:>16} {:>10} {:>20} {:>10} {:>10}  {}",
             s["contender"].as_str().unwrap_or("?"),
             mib("cgroup_max_usage_bytes"),
             f(&s["cgroup_failcnt"]),
@@ -1213,7 +1224,7 @@ pub(crate) fn panels(report: &Value) -> Result<(String, Vec<Panel>)> {
             }
         }
         // holo last: drawn on top.
-        for (colour, c) in [(1, "swapfile"), (2, "zram"), (3, "holo-zstd"), (0, "holo")] {
+        for (colour, c) in [(1, "swapfile"), (2, "zram"), (3, "holo-zstd"), (6, "holo-noprefetch"), (0, "holo")] {
             let hist = merged(ok(c), &format!("/phases/{ph}/hist"))?;
             curves.push(Curve { label: c.into(), colour, hist });
         }

@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub last_resort_after_ms: Option<u64>,
     pub cold_after_ms: Option<u64>,
     pub cold_offload_rate: Option<String>,
+    pub prefetch: Option<bool>,
     pub priorities: Option<std::collections::BTreeMap<String, i32>>,
     pub nvme_path: Option<PathBuf>,
     pub nvme_capacity: Option<String>,
@@ -122,6 +123,9 @@ pub struct Config {
     pub cold_after_ms: u64,
     /// ...at most this many bytes a second, all clients together.
     pub cold_offload_rate_bytes: u64,
+    /// Read ahead along refault trends (README, *Prefetch*). Off, each refault reads only its
+    /// own granule: for comparison, as the benchmarks do.
+    pub prefetch: bool,
     /// Client priorities by cgroup path (a client's v2 cgroup or v1 memory cgroup, or an
     /// ancestor), longest path first; unlisted clients have priority 0. Under pressure the
     /// faults of clients below the highest priority are throttled, and at the last resort the
@@ -536,6 +540,7 @@ impl Config {
             last_resort_after_ms,
             cold_after_ms,
             cold_offload_rate_bytes,
+            prefetch: fc.prefetch.unwrap_or(true),
             priorities,
             cluster,
             remote,
@@ -611,6 +616,9 @@ mod tests {
         std::fs::write(&f, "cold_after_ms = 0\ncold_offload_rate = \"64M\"\n").unwrap();
         let c = Config::resolve(Some(&f), Overrides::default()).unwrap();
         assert_eq!((c.cold_after_ms, c.cold_offload_rate_bytes), (0, 64 << 20));
+        assert!(c.prefetch, "on unless the file turns it off");
+        std::fs::write(&f, "prefetch = false\n").unwrap();
+        assert!(!Config::resolve(Some(&f), Overrides::default()).unwrap().prefetch);
         for (bad, key) in [
             ("pressure_target_pct = 0.0", "pressure_target_pct"),
             ("pressure_target_pct = 101.0", "pressure_target_pct"),

@@ -992,7 +992,7 @@ impl Pager {
             // Its page was present or resident: let the thread retry the access.
             let _ = self.uffd.wake(f.addr, PAGE);
         }
-        if let (true, Some(Fetch { ahead: Some(ahead), .. })) = (from_tier, fetch) {
+        if let (true, true, Some(Fetch { ahead: Some(ahead), .. })) = (self.d.config.prefetch, from_tier, fetch) {
             let _ = self.prefetch(w, ahead);
         }
         if first_touch && faulting_page_filled {
