@@ -42,17 +42,17 @@ fn fresh_memory_written_front_to_back_is_filled_ahead_of_its_faults() {
 #[test]
 fn a_scan_is_read_ahead_unless_prefetch_is_off() {
     let dir = TempDir::new("prefetch-off");
-    let prefetched = |config: &str| {
-        let path = dir.path().join(format!("{}.toml", config.len()));
+    let prefetched = |name: &str, config: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         let daemon = Daemon::start("16M", "64K", &["--config", path.to_str().unwrap()]);
         run_paged(&daemon, "fill_verify", &["64M", "2"], "fill_verify: verified 67108864 bytes in 2 passes");
         let dram = daemon.holoctl_json(&["tiers"])["tiers"][0].clone();
         (dram["refaults"].as_u64().unwrap_or(0), dram["prefetched_pages"].as_u64().unwrap_or(0), dram)
     };
-    let (refaults, ahead, dram) = prefetched("");
+    let (refaults, ahead, dram) = prefetched("default", "");
     assert!(refaults > 0 && ahead * 2 > refaults, "most refaulted pages should have been read ahead: {dram}");
-    let (refaults, ahead, dram) = prefetched("prefetch = false\n");
+    let (refaults, ahead, dram) = prefetched("off", "prefetch = false\n");
     assert!(refaults > 0 && ahead == 0, "with prefetch off nothing should be read ahead: {dram}");
 }
 

@@ -2486,12 +2486,12 @@ fn eviction_buffers(granule: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Whether any of `pages` lives in a tier.
 /// Whether no page of `pages` was ever written (the program's first touch).
 fn untouched(pages: &[PageState]) -> bool {
     pages.iter().all(|p| *p == PageState::Untouched)
 }
 
+/// Whether any of `pages` lives in a tier.
 fn any_spilled(pages: &[PageState]) -> bool {
     spilled_slots(pages).next().is_some()
 }
