@@ -22,7 +22,7 @@
 //! address-space gate and may zap now. `Removed`: its EVENT_REMOVE was read, pages are
 //! `Spilled`. Then `Zapped` ends it. While a window has an eviction, its faults wait.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -2362,22 +2362,24 @@ fn seeded_policy(path: &Path, table: &PageTable, granule: u64, capacity: u64, pi
 /// saved) join T1 as its most recent keys. Left out, they would be evicted last, by the clock
 /// hand, while T1 looked short of its target and REPLACE took T2's frequent keys instead.
 fn reconcile_heat(heat: &mut Heat, table: &PageTable, granule: u64) {
-    let resident = |k: &u64| resident_window(table, *k, granule).is_some();
-    heat.t1.retain(resident);
-    heat.t2.retain(resident);
-    heat.b1.retain(|k| !resident(k));
-    heat.b2.retain(|k| !resident(k));
-    let listed: std::collections::HashSet<u64> = heat.t1.iter().chain(&heat.t2).copied().collect();
+    let mut resident = Vec::new();
     for r in table.regions().filter(|r| r.resident > 0) {
         let mut at = r.start;
         while at < r.end() {
             let w = table.window(at, granule).expect("inside the region");
-            if table.pages(w).contains(&PageState::Resident) && !listed.contains(&w.start) {
-                heat.t1.push(w.start);
+            if table.pages(w).contains(&PageState::Resident) {
+                resident.push(w.start);
             }
             at = w.end();
         }
     }
+    let is_resident: HashSet<u64> = resident.iter().copied().collect();
+    heat.t1.retain(|k| is_resident.contains(k));
+    heat.t2.retain(|k| is_resident.contains(k));
+    heat.b1.retain(|k| !is_resident.contains(k));
+    heat.b2.retain(|k| !is_resident.contains(k));
+    let listed: HashSet<u64> = heat.t1.iter().chain(&heat.t2).copied().collect();
+    heat.t1.extend(resident.into_iter().filter(|k| !listed.contains(k)));
 }
 
 /// What a fault outside the table's regions is ([`Pager::adopt`]).
