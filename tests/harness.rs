@@ -221,23 +221,46 @@ impl Daemon {
     /// Starts the daemon again after [`Daemon::kill`] or [`Daemon::stop`], with the same flags, socket and state
     /// directory (as a restart after a crash would); its output is appended to the same log.
     pub fn restart(&mut self) {
-        assert!(self.child.lock().unwrap().is_none(), "restart() is for a daemon that kill() or stop() ended");
+        let child = self.respawn();
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_ready();
+    }
+
+    /// [`Daemon::restart`] expecting the daemon to refuse to start: it must exit non-zero
+    /// within 30 s. Returns what it logged.
+    pub fn restart_refused(&mut self) -> String {
+        let mut child = self.respawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match child.try_wait().unwrap() {
+                Some(status) => break status,
+                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("holo-pager should have refused to start\n{}", self.report_log());
+                }
+            }
+        };
+        assert!(status.code().is_some_and(|c| c != 0), "holo-pager should exit non-zero, not {status}");
+        self.log()
+    }
+
+    fn respawn(&mut self) -> Child {
+        assert!(self.child.lock().unwrap().is_none(), "a restart is for a daemon that kill() or stop() ended");
         let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
         cmd.env("RUST_BACKTRACE", "1");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command));
-        *self.child.lock().unwrap() = Some(child);
-        self.wait_ready();
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command))
     }
 
-    /// [`Daemon::restart`] with another DRAM budget, as an upgrade with a new configuration
-    /// would. The budget lives only in the arguments the daemon is started with.
-    pub fn restart_with_budget(&mut self, budget: &str) {
-        let at = self.args.iter().position(|a| a == "--dram-budget").expect("started with --dram-budget");
-        self.args[at + 1] = budget.into();
-        self.restart();
+    /// Set `flag`'s value for the next restart, as an upgrade with a new configuration would
+    /// (e.g. `--dram-budget`, `--granule`).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let at = self.args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("started without {flag}"));
+        self.args[at + 1] = value.into();
     }
 
     fn wait_ready(&mut self) {

@@ -81,6 +81,31 @@ fn restart_without_state_kills_the_client_loudly() {
     out.check(&daemon, !out.stdout.lines().any(|l| l == "ok"), "the client carried on without its pages");
 }
 
+/// A daemon restarted with another granule size over the state of a live client refuses to
+/// start, saying which size the state needs (it would read every slot at the wrong size);
+/// started again with that size it resumes, and the client verifies every page.
+#[test]
+fn a_restart_with_another_granule_is_refused_and_the_right_one_resumes() {
+    let _heavy = heavy();
+    let mut daemon = Daemon::start("64M", "64K", &[]);
+    let cmd = shimmed_command(&daemon, &c_program("hold_and_check"), &["256M"], &[("HOLO_DAEMON_TIMEOUT", "60")]);
+    let mut held = Spawned::spawn(cmd, true);
+    held.wait_for_line("ready", Duration::from_secs(120), &daemon);
+    assert!(daemon.tier("nvme").pages > 0, "precondition: pages should be spilled\n{}", daemon.report());
+    daemon.kill();
+    daemon.set_flag("--granule", "256K");
+    let said = daemon.restart_refused();
+    assert!(
+        said.contains("written for 64 KiB granules") && said.contains("--granule 64K"),
+        "the refusal should name the granule the state needs\n{said}"
+    );
+    daemon.set_flag("--granule", "64K");
+    daemon.restart();
+    held.send_line("go");
+    let out = held.finish(Duration::from_secs(120));
+    out.assert_success(&daemon).assert_stdout_has(&daemon, "ok");
+}
+
 /// Eight threads writing and reading at random while the daemon is killed and restarted
 /// three times: faults parked in the dead daemon, write-protected windows it left and zaps
 /// under way are all taken up by its successor; every page verifies.
@@ -184,7 +209,8 @@ fn a_restarted_daemon_keeps_the_hot_set_through_a_scan() {
         }
     });
     daemon.kill();
-    daemon.restart_with_budget("15M");
+    daemon.set_flag("--dram-budget", "15M");
+    daemon.restart();
     daemon.wait_until("the client to resume", Duration::from_secs(60), || {
         if daemon.log().contains("resumed after a restart") {
             Ok(())

@@ -56,7 +56,7 @@ const USAGE: &str = "usage: holo-bench swap [--rounds N] [--limit SIZE] [--worki
        [--pager-limit SIZE] [--compressed-dram SIZE] [--dir DIR] [--contenders LIST] [--out FILE]
        [--plot FILE.png]
        holo-bench swap --replot RUN.json [--plot FILE.png]   (redraws an earlier run's plot)
-defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 64K, random
+defaults: 3 rounds, limit 256M, working set 4x the limit, margin 32M, holo granule 128K (the daemon's), random
 data, 2 sequential passes, 40000 random reads and as many writes, zram lzo, holo-pager's own
 cgroup 64M, holo-zstd's compressed tier a quarter of the limit (paid out of it; at most half),
 scratch files under /var/tmp, contenders holo,swapfile,zram,disk (holo-zstd: also holo, with its
@@ -210,7 +210,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Opts> {
         limit: 256 * MIB,
         working_set: 0,
         margin: 32 * MIB,
-        granule: "64K".into(),
+        granule: "128K".into(),
         data: "random".into(),
         passes: 2,
         rand_ops: 40000,

@@ -30,7 +30,7 @@ struct Args {
     /// Bytes of managed memory kept resident across all clients, e.g. 256M [default: 1G]
     #[arg(long)]
     dram_budget: Option<String>,
-    /// Transfer unit between tiers, a power of two from 4K to 2M [default: 64K]
+    /// Transfer unit between tiers, a power of two from 4K to 2M [default: 128K]
     #[arg(long)]
     granule: Option<String>,
     /// A uid besides root allowed to register memory (repeatable)
@@ -117,7 +117,8 @@ fn main() -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state directory {}", config.state_dir.display()))?;
-    let store = Store::open(&config)?;
+    let keep = holo_pager::store::claim_granule(&config.state_dir, config.granule_bytes).map_err(anyhow::Error::msg)?;
+    let store = Store::open(&config, keep)?;
     // Lent to peers for as long as the daemon runs; before the cluster member, which registers
     // the donor's address.
     holo_pager::remote::start_donor(&config.remote, config.granule_bytes)

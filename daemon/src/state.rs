@@ -462,7 +462,7 @@ pub fn test_daemon(dir: &std::path::Path) -> Daemon {
         },
     )
     .unwrap();
-    let store = crate::store::Store::open(&config).unwrap();
+    let store = crate::store::Store::open(&config, true).unwrap();
     Daemon::new(config, store)
 }
 

@@ -448,6 +448,51 @@ pub fn load_map(records: &[u8], levels: usize) -> (Vec<Entry>, u64) {
     (entries, next_version)
 }
 
+/// The granule size the state in `dir` was written for (`STATE_DIR/granule`): slots, map
+/// records and journals all have that size built in, so a daemon started with another would
+/// read every slot and page table wrong. With state to recover (a map that names granules,
+/// or a client's journal) a different granule is refused; with none, the new one is recorded
+/// and the tiers start empty. Returns whether the tiers may keep what an earlier run left (a
+/// state without a record, from a build that did not write one, is kept as before).
+pub fn claim_granule(dir: &std::path::Path, granule: u64) -> Result<bool, String> {
+    let path = dir.join("granule");
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{}: {:?} is not a size in bytes", path.display(), text.trim()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if recorded == Some(granule) {
+        return Ok(true);
+    }
+    if let Some(was) = recorded.filter(|_| holds_state(dir)) {
+        return Err(format!(
+            "the state in {} was written for {} KiB granules and this daemon is set to {} KiB: start it with \
+             --granule {}K (or `granule = \"{}K\"`) to resume what it holds, or empty that directory to start \
+             afresh (the pages it holds are lost)",
+            dir.display(),
+            was >> 10,
+            granule >> 10,
+            was >> 10,
+            was >> 10
+        ));
+    }
+    std::fs::write(&path, format!("{granule}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(recorded.is_none())
+}
+
+/// Whether `dir` holds anything a restart would resume: a map record naming a granule, or a
+/// client's journal.
+fn holds_state(dir: &std::path::Path) -> bool {
+    let map = std::fs::read(dir.join("store.map")).unwrap_or_default();
+    let journal =
+        |e: std::io::Result<std::fs::DirEntry>| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".journal"));
+    map.iter().any(|&b| b != 0) || std::fs::read_dir(dir.join("clients")).is_ok_and(|mut d| d.any(journal))
+}
+
 /// What [`recover_map`] decided.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -505,9 +550,11 @@ impl Store {
     /// the node is in a cluster, FS if `fs_dir` is set, HBM if `hbm` is "auto" and a GPU is
     /// found, compressed DRAM if `compressed_dram_size` is set), fastest first as
     /// `tier_order.rs` decides.
-    pub fn open(config: &Config) -> Result<Store, TierError> {
+    /// Open the tiers and the map. With `keep`, the slots an earlier run left stay for
+    /// [`Store::recover`] (see [`claim_granule`]); without, the tiers start empty.
+    pub fn open(config: &Config, keep: bool) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
-        let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, true)?;
+        let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, keep)?;
         if !nvme.direct() {
             log::warn!(
                 "nvme tier: {} refuses O_DIRECT (tmpfs?): buffered I/O, evicted pages may linger in the page cache",
@@ -525,7 +572,7 @@ impl Store {
             // other's slots.
             let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let dir = dir.join(format!("holo-{}", node.trim()));
-            tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, true)?));
+            tiers.push(Box::new(FsTier::open(&dir, g, config.fs_capacity_bytes, keep)?));
         }
         if let Some(hbm) = open_hbm(config) {
             tiers.push(Box::new(hbm));
@@ -1362,6 +1409,24 @@ mod tests {
             ],
             config,
         )
+    }
+
+    #[test]
+    fn another_granule_is_refused_only_over_state_to_resume() {
+        let dir = std::env::temp_dir().join(format!("holo-store-granule-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("clients")).unwrap();
+        assert_eq!(claim_granule(&dir, 65536), Ok(true), "no record yet: kept as before");
+        assert_eq!(claim_granule(&dir, 65536), Ok(true), "the recorded size");
+        assert_eq!(claim_granule(&dir, 262144), Ok(false), "nothing to resume: recorded, tiers start empty");
+        std::fs::write(dir.join("store.map"), [0, 0, 0, 7]).unwrap();
+        let refused = claim_granule(&dir, 65536).unwrap_err();
+        assert!(refused.contains("256 KiB granules") && refused.contains("--granule 256K"), "{refused}");
+        std::fs::write(dir.join("store.map"), [0; 16]).unwrap();
+        std::fs::write(dir.join("clients/12-34.journal"), b"x").unwrap();
+        assert!(claim_granule(&dir, 65536).is_err(), "a client's journal is state to resume");
+        assert_eq!(claim_granule(&dir, 262144), Ok(true));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
