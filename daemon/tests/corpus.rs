@@ -49,7 +49,7 @@ fn hand_written_configs_give_their_specific_error() {
         Ok(c) => panic!("{name}: accepted ({c:?}), expected an error with {want:?}"),
         Err(e) => assert!(e.contains(want), "{name}: {e:?} does not contain {want:?}"),
     };
-    assert_eq!(ok("hand-empty.toml").granule_bytes, 64 << 10);
+    assert_eq!(ok("hand-empty.toml").granule_bytes, holo_pager::config::DEFAULT_GRANULE);
     let c = ok("hand-example-uncommented.toml");
     assert_eq!((c.dram_budget_bytes, c.max_clients, c.pressure_interval_ms), (1 << 30, 256, 250));
     err("hand-unknown-key.toml", "unknown field `bogus`");
