@@ -177,9 +177,10 @@ pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
 /// fifth of RAM; a quarter here, since holo's refuses incompressible data at the door (it
 /// costs such data nothing) and the pool is paid out of the budget.
 pub const COMPRESSED_DRAM_AUTO_SHARE: u64 = 4;
-/// Twice the 64 KiB of earlier builds: a scan from the tiers reads ~1.15x faster, within 80%
-/// of the raw disk here, and scattered 4 KiB access costs about the same; 256 KiB scans no
-/// faster and writes back scattered writes 0.75x as fast (BENCHMARKS.md, "Granule size").
+/// Twice the 64 KiB of earlier builds: a scan from the tiers reads 1.14x faster (84-117% of
+/// the raw disk here), random 4 KiB reads cost the same and random writes 0.88x; 256 KiB
+/// scans 1.1x faster again, but random writes fall to 0.79x of 64 KiB's (BENCHMARKS.md,
+/// "Twenty-first session: granule size").
 pub const DEFAULT_GRANULE: u64 = 128 << 10;
 pub const MIN_GRANULE: u64 = 4 << 10;
 pub const MAX_GRANULE: u64 = 2 << 20;

@@ -549,9 +549,8 @@ impl Store {
     /// The tiers the configuration asks for (NVMe, remote DRAM if `remote_peers` lists any or
     /// the node is in a cluster, FS if `fs_dir` is set, HBM if `hbm` is "auto" and a GPU is
     /// found, compressed DRAM if `compressed_dram_size` is set), fastest first as
-    /// `tier_order.rs` decides.
-    /// Open the tiers and the map. With `keep`, the slots an earlier run left stay for
-    /// [`Store::recover`] (see [`claim_granule`]); without, the tiers start empty.
+    /// `tier_order.rs` decides, and the map. With `keep`, the slots an earlier run left stay
+    /// for [`Store::recover`] (see [`claim_granule`]); without, the tiers start empty.
     pub fn open(config: &Config, keep: bool) -> Result<Store, TierError> {
         let g = config.granule_bytes as usize;
         let nvme = NvmeTier::open(&config.nvme_path, g, config.nvme_capacity_bytes, keep)?;
