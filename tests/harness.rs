@@ -221,39 +221,31 @@ impl Daemon {
     /// Starts the daemon again after [`Daemon::kill`] or [`Daemon::stop`], with the same flags, socket and state
     /// directory (as a restart after a crash would); its output is appended to the same log.
     pub fn restart(&mut self) {
-        let child = self.respawn();
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
+        let mut cmd = self.restart_command();
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command));
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
     }
 
     /// [`Daemon::restart`] expecting the daemon to refuse to start: it must exit non-zero
-    /// within 30 s. Returns what it logged.
+    /// within 30 s. Returns what it printed.
     pub fn restart_refused(&mut self) -> String {
-        let mut child = self.respawn();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            match child.try_wait().unwrap() {
-                Some(status) => break status,
-                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("holo-pager should have refused to start\n{}", self.report_log());
-                }
-            }
-        };
-        assert!(status.code().is_some_and(|c| c != 0), "holo-pager should exit non-zero, not {status}");
-        self.log()
+        let out = run(self.restart_command(), Duration::from_secs(30));
+        out.ensure(
+            !out.timed_out && out.status.code().is_some_and(|c| c != 0),
+            "holo-pager should have refused to start",
+        );
+        out.stdout + &out.stderr
     }
 
-    fn respawn(&mut self) -> Child {
+    fn restart_command(&self) -> Command {
         assert!(self.child.lock().unwrap().is_none(), "a restart is for a daemon that kill() or stop() ended");
-        let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
         cmd.env("RUST_BACKTRACE", "1");
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.command))
+        cmd
     }
 
     /// Set `flag`'s value for the next restart, as an upgrade with a new configuration would

@@ -62,7 +62,7 @@ fn order_tiers(tiers: Vec<Box<dyn Tier>>, config: &Config, records: &mut [u8]) -
         source: std::io::Error::other(detail),
     };
     let names: Vec<&'static str> = tiers.iter().map(|t| t.name()).collect();
-    let fresh = records.iter().all(|&b| b == 0);
+    let fresh = map_is_fresh(records);
     let recorded = tier_order::read_recorded(&path).map_err(order_err)?;
     let mut probes: Vec<Option<Probe>> = vec![None; tiers.len()];
     let order: Vec<usize> = match &recorded {
@@ -480,7 +480,9 @@ pub fn claim_granule(dir: &std::path::Path, granule: u64) -> Result<bool, String
             was >> 10
         ));
     }
-    std::fs::write(&path, format!("{granule}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // Atomic, as the tier order's record: a torn record would stop every later start.
+    holo_tiers::atomic::write_atomic(&path, &[format!("{granule}\n").as_bytes()], holo_tiers::atomic::Durability::Full)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(recorded.is_none())
 }
 
@@ -490,7 +492,12 @@ fn holds_state(dir: &std::path::Path) -> bool {
     let map = std::fs::read(dir.join("store.map")).unwrap_or_default();
     let journal =
         |e: std::io::Result<std::fs::DirEntry>| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".journal"));
-    map.iter().any(|&b| b != 0) || std::fs::read_dir(dir.join("clients")).is_ok_and(|mut d| d.any(journal))
+    !map_is_fresh(&map) || std::fs::read_dir(dir.join("clients")).is_ok_and(|mut d| d.any(journal))
+}
+
+/// Whether the store map's `records` name no granule: a first start, or all freed.
+fn map_is_fresh(records: &[u8]) -> bool {
+    records.iter().all(|&b| b == 0)
 }
 
 /// What [`recover_map`] decided.
